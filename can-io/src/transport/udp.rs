@@ -1,0 +1,305 @@
+//! UDP transports: REMP (our dongle protocol) and cannelloni v2.
+//!
+//! Both batch frames into datagrams on [`CanBus::send`] and put the batch on the wire at
+//! [`CanBus::flush`] or when it is full. Received datagrams that do not decode are skipped and
+//! counted (`BusStats::malformed`), never fatal: anyone can send a UDP datagram.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use tokio::net::UdpSocket;
+
+use super::{BusStats, CanBus, now_ns, send_error};
+use crate::error::Error;
+use crate::frame::{CanRecord, Channel, Direction};
+use crate::wire::cannelloni::{self, CannelloniSender};
+use crate::wire::remp::{self, RempEvent, RempReceiver, RempSender};
+
+const RECV_BUF: usize = 65536;
+
+async fn bind(local: SocketAddr, what: &'static str) -> Result<UdpSocket, Error> {
+    UdpSocket::bind(local).await.map_err(|source| Error::Io {
+        action: what,
+        source,
+    })
+}
+
+/// REMP over UDP, either side: a dongle sending to an agent, or an agent receiving from
+/// dongles (and answering to the address a dongle was last heard from).
+#[derive(Debug)]
+pub struct RempUdp {
+    socket: UdpSocket,
+    peer: Option<SocketAddr>,
+    last_from: Option<SocketAddr>,
+    sender: RempSender,
+    receiver: RempReceiver,
+    inbox: VecDeque<CanRecord>,
+    events: VecDeque<RempEvent>,
+    buf: Vec<u8>,
+    stats: BusStats,
+}
+
+impl RempUdp {
+    /// Bind `local` and speak as `serial`. With `peer`, datagrams go there; without, they go to
+    /// the address the last datagram came from.
+    pub async fn bind(
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        serial: &str,
+    ) -> Result<Self, Error> {
+        let boot_id = boot_id();
+        Ok(Self {
+            socket: bind(local, "binding the REMP socket").await?,
+            peer,
+            last_from: None,
+            sender: RempSender::new(serial, boot_id, 1000)?,
+            receiver: RempReceiver::default(),
+            inbox: VecDeque::new(),
+            events: VecDeque::new(),
+            buf: vec![0; RECV_BUF],
+            stats: BusStats::default(),
+        })
+    }
+
+    /// A simulated dongle: binds an ephemeral port, sends its hello to `agent`.
+    pub async fn dongle(agent: SocketAddr, serial: &str) -> Result<Self, Error> {
+        let local: SocketAddr = if agent.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let mut bus = Self::bind(local, Some(agent), serial).await?;
+        bus.hello().await?;
+        Ok(bus)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.socket.local_addr().map_err(|source| Error::Io {
+            action: "reading the local address",
+            source,
+        })
+    }
+
+    async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
+        let peer = self
+            .peer
+            .or(self.last_from)
+            .ok_or_else(|| Error::Unsupported {
+                protocol: "REMP",
+                reason: "no peer to send to yet (no datagram received)".into(),
+            })?;
+        self.socket
+            .send_to(d, peer)
+            .await
+            .map_err(|e| send_error("REMP", "sending a REMP datagram", e))?;
+        Ok(())
+    }
+
+    /// Send a hello (announces the serial and channel names).
+    pub async fn hello(&mut self) -> Result<(), Error> {
+        let d = self.sender.hello()?;
+        self.send_datagram(&d).await
+    }
+
+    /// Send a keep-alive.
+    pub async fn keepalive(&mut self) -> Result<(), Error> {
+        let d = self.sender.keepalive()?;
+        self.send_datagram(&d).await
+    }
+
+    /// The per-dongle sequence counters.
+    pub fn receiver(&self) -> &RempReceiver {
+        &self.receiver
+    }
+
+    /// The next event (hello, keep-alive, frames or a dropped datagram) from any dongle.
+    /// Malformed datagrams are counted and skipped.
+    pub async fn recv_event(&mut self) -> Result<RempEvent, Error> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        loop {
+            let (n, from) = self
+                .socket
+                .recv_from(&mut self.buf)
+                .await
+                .map_err(|source| Error::Io {
+                    action: "receiving a REMP datagram",
+                    source,
+                })?;
+            match self.receiver.handle_datagram(&self.buf[..n], now_ns()) {
+                Ok(ev) => {
+                    if !matches!(ev, RempEvent::Dropped { .. }) {
+                        self.last_from = Some(from);
+                    }
+                    return Ok(ev);
+                }
+                Err(e) => {
+                    self.stats.malformed += 1;
+                    tracing::debug!(%from, error = %e, "skipping malformed REMP datagram");
+                }
+            }
+        }
+    }
+}
+
+/// A random-enough boot id without a random number generator dependency: time and address
+/// of a stack value, hashed.
+fn boot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.finish()
+}
+
+impl CanBus for RempUdp {
+    async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
+        for d in self.sender.push(record)? {
+            self.send_datagram(&d).await?;
+        }
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if let Some(d) = self.sender.flush()? {
+            self.send_datagram(&d).await?;
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
+        loop {
+            if let Some(r) = self.inbox.pop_front() {
+                self.stats.received += 1;
+                return Ok(Some(r));
+            }
+            if let RempEvent::Frames { records, .. } = self.recv_event().await? {
+                self.inbox.extend(records);
+            }
+        }
+    }
+
+    fn stats(&self) -> BusStats {
+        let t = self.receiver.totals();
+        BusStats {
+            dropped: self.stats.dropped + t.lost + t.stale,
+            ..self.stats
+        }
+    }
+}
+
+/// cannelloni v2 over UDP. cannelloni carries no timestamps, channel or direction: received
+/// records get the local receive time, the configured channel name and `Direction::Rx`.
+#[derive(Debug)]
+pub struct CannelloniUdp {
+    socket: UdpSocket,
+    peer: Option<SocketAddr>,
+    last_from: Option<SocketAddr>,
+    channel: Channel,
+    sender: CannelloniSender,
+    inbox: VecDeque<CanRecord>,
+    buf: Vec<u8>,
+    stats: BusStats,
+}
+
+impl CannelloniUdp {
+    /// Bind `local`; send to `peer` (or, without one, to whoever sent last). Received frames
+    /// are named `channel`.
+    pub async fn bind(
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        channel: &str,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            socket: bind(local, "binding the cannelloni socket").await?,
+            peer,
+            last_from: None,
+            channel: Channel::from(channel),
+            sender: CannelloniSender::new(),
+            inbox: VecDeque::new(),
+            buf: vec![0; RECV_BUF],
+            stats: BusStats::default(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.socket.local_addr().map_err(|source| Error::Io {
+            action: "reading the local address",
+            source,
+        })
+    }
+
+    async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
+        let peer = self
+            .peer
+            .or(self.last_from)
+            .ok_or_else(|| Error::Unsupported {
+                protocol: "cannelloni",
+                reason: "no peer to send to yet (no datagram received)".into(),
+            })?;
+        self.socket
+            .send_to(d, peer)
+            .await
+            .map_err(|e| send_error("cannelloni", "sending a cannelloni datagram", e))?;
+        Ok(())
+    }
+}
+
+impl CanBus for CannelloniUdp {
+    async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
+        if let Some(d) = self.sender.push(record.frame)? {
+            self.send_datagram(&d).await?;
+        }
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if let Some(d) = self.sender.flush()? {
+            self.send_datagram(&d).await?;
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
+        loop {
+            if let Some(r) = self.inbox.pop_front() {
+                self.stats.received += 1;
+                return Ok(Some(r));
+            }
+            let (n, from) = self
+                .socket
+                .recv_from(&mut self.buf)
+                .await
+                .map_err(|source| Error::Io {
+                    action: "receiving a cannelloni datagram",
+                    source,
+                })?;
+            match cannelloni::decode_datagram(&self.buf[..n]) {
+                Ok(d) => {
+                    self.last_from = Some(from);
+                    let ts = now_ns();
+                    self.inbox.extend(
+                        d.frames
+                            .into_iter()
+                            .map(|f| CanRecord::new(ts, self.channel.clone(), Direction::Rx, f)),
+                    );
+                }
+                Err(e) => {
+                    self.stats.malformed += 1;
+                    tracing::debug!(%from, error = %e, "skipping malformed cannelloni datagram");
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> BusStats {
+        self.stats
+    }
+}
+
+/// Re-exported so callers can size buffers.
+pub use remp::MAX_DATAGRAM as REMP_MAX_DATAGRAM;

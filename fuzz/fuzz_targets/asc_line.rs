@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| can_io::formats::asc::Reader::new(data).for_each(drop));
