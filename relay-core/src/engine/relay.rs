@@ -1,0 +1,681 @@
+//! The relay engine: groups, modes, the replay scheduler.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::{Error, Result};
+use crate::log::{AppendOutcome, Item, MAX_SEQ, ReadBatch, Seq, Trimmed};
+
+use super::io::{
+    EngineConfig, GroupSnapshot, GroupStatus, RelayOutput, SideWelcome, StorageRequest,
+};
+use super::stream::{Entry, NextSource, StreamState};
+use super::types::{Direction, GroupBacklog, GroupId, GroupMode, Side};
+
+#[derive(Debug)]
+struct Group {
+    activated: bool,
+    online: [bool; 2],
+    streams: [StreamState; 2],
+    published: Option<(GroupMode, Vec<Side>)>,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::AToB => 0,
+        Direction::BToA => 1,
+    }
+}
+
+impl Group {
+    fn stream(&mut self, dir: Direction) -> &mut StreamState {
+        &mut self.streams[dir_index(dir)]
+    }
+
+    fn is_online(&self, side: Side) -> bool {
+        self.online[side_index(side)]
+    }
+
+    fn status(&mut self) -> GroupStatus {
+        let offline: Vec<Side> = [Side::A, Side::B]
+            .into_iter()
+            .filter(|s| !self.is_online(*s))
+            .collect();
+        let replaying = self.streams.iter_mut().any(StreamState::is_replaying);
+        let mode = if !self.activated {
+            GroupMode::Inactive
+        } else if offline.is_empty() && !replaying {
+            GroupMode::Active
+        } else {
+            GroupMode::Degraded
+        };
+        let mut backlog = GroupBacklog::default();
+        for dir in Direction::BOTH {
+            backlog.set(dir, self.streams[dir_index(dir)].backlog());
+        }
+        GroupStatus {
+            mode,
+            backlog,
+            offline,
+        }
+    }
+}
+
+/// The sans-IO group relay engine for every group a server instance holds.
+///
+/// It owns no socket, clock or storage: inputs come in through `handle_*` with the current time
+/// in milliseconds, and what to do comes out of [`poll_output`](Self::poll_output) (messages for
+/// sides and events to publish) and [`poll_storage`](Self::poll_storage) (stream-log work whose
+/// results go back in through `handle_append_result` / `handle_read_result`).
+///
+/// # Call order
+///
+/// 1. [`add_group`](Self::add_group) with what the log holds (heads, cursors, activation).
+/// 2. For every event, the matching `handle_*` call.
+/// 3. Drain [`poll_storage`](Self::poll_storage) and execute each request against the log,
+///    feeding results back (appends of one stream in request order).
+/// 4. While [`poll_timeout`](Self::poll_timeout) is at or before now, call
+///    [`handle_timeout`](Self::handle_timeout) — each call is one scheduling round.
+/// 5. Drain [`poll_output`](Self::poll_output) and send/publish each output, in order (a
+///    `Gap` must reach the side before the `Deliver` that follows it).
+///
+/// # Delivery and fairness
+///
+/// Items are delivered only after they are durable. Each stream delivers from one of two
+/// sources, always in seq order: items it read back from the log (*replay*, after a reconnect
+/// or when it fell behind), or items kept in memory right after they became durable (*live*).
+/// Replay is rate-limited per stream by a token bucket ([`EngineConfig::replay_rate_per_s`],
+/// burst [`EngineConfig::replay_burst`]) on the caller's clock. Every scheduling round visits
+/// each stream that has work once, in rotating order, and lets it deliver at most
+/// [`EngineConfig::quantum`] items (deficit round robin with unit cost). So an item that is
+/// durable and live when a round starts is delivered in that round, however large another
+/// stream's backlog is: the starvation bound is **one round**.
+#[derive(Debug)]
+pub struct RelayEngine {
+    config: EngineConfig,
+    groups: BTreeMap<GroupId, Group>,
+    ready: VecDeque<(GroupId, Direction)>,
+    outputs: VecDeque<RelayOutput>,
+    storage: VecDeque<StorageRequest>,
+    now_ms: u64,
+}
+
+impl RelayEngine {
+    /// An engine with no groups.
+    pub fn new(config: EngineConfig) -> Self {
+        RelayEngine {
+            config,
+            groups: BTreeMap::new(),
+            ready: VecDeque::new(),
+            outputs: VecDeque::new(),
+            storage: VecDeque::new(),
+            now_ms: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Loads a group from what the log holds. Replaces an already loaded group of that id.
+    /// Publishes its initial mode.
+    pub fn add_group(&mut self, group: GroupId, snapshot: GroupSnapshot, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
+        let g = Group {
+            activated: snapshot.activated,
+            online: [false, false],
+            streams: [
+                StreamState::new(
+                    snapshot.a_to_b.head,
+                    snapshot.a_to_b.consumer_cursor,
+                    &config,
+                    now_ms,
+                ),
+                StreamState::new(
+                    snapshot.b_to_a.head,
+                    snapshot.b_to_a.consumer_cursor,
+                    &config,
+                    now_ms,
+                ),
+            ],
+            published: None,
+        };
+        self.groups.insert(group.clone(), g);
+        self.ready.retain(|(gid, _)| *gid != group);
+        self.publish_mode(&group);
+    }
+
+    /// Forgets a group (for example when the last side left and the driver evicts it).
+    pub fn remove_group(&mut self, group: &GroupId) {
+        self.groups.remove(group);
+        self.ready.retain(|(gid, _)| gid != group);
+    }
+
+    /// Whether a group is loaded.
+    pub fn has_group(&self, group: &GroupId) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// The group's current mode, backlog and offline sides.
+    pub fn group_status(&mut self, group: &GroupId) -> Option<GroupStatus> {
+        self.groups.get_mut(group).map(Group::status)
+    }
+
+    /// Activates a group (idempotent). Returns the mode afterwards.
+    pub fn handle_activate(&mut self, group: &GroupId, now_ms: u64) -> Result<GroupMode> {
+        self.set_activation(group, true, now_ms)
+    }
+
+    /// Deactivates a group (idempotent): delivery stops, frames are refused, stored items stay.
+    /// Returns the mode afterwards.
+    pub fn handle_deactivate(&mut self, group: &GroupId, now_ms: u64) -> Result<GroupMode> {
+        self.set_activation(group, false, now_ms)
+    }
+
+    fn set_activation(&mut self, group: &GroupId, on: bool, now_ms: u64) -> Result<GroupMode> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let g = self.group_mut(group)?;
+        g.activated = on;
+        if on {
+            for dir in Direction::BOTH {
+                self.enqueue(group, dir);
+            }
+        }
+        self.publish_mode(group);
+        Ok(self.group_mut(group)?.status().mode)
+    }
+
+    /// Side `side` connected. `rx_cursor` is the last seq of its inbound stream it has processed
+    /// (from its `hello`); delivery resumes right after it. A cursor beyond the stream's head is
+    /// refused with [`Error::CursorAhead`]. Replaces an earlier connection of the same side.
+    pub fn handle_connected(
+        &mut self,
+        group: &GroupId,
+        side: Side,
+        rx_cursor: Seq,
+        now_ms: u64,
+    ) -> Result<SideWelcome> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
+        let g = self.group_mut(group)?;
+        let inbound = side.inbound();
+        let head = g.stream(inbound).head;
+        if rx_cursor > head {
+            return Err(Error::CursorAhead {
+                stream: inbound.stream_key(group),
+                cursor: rx_cursor,
+                head,
+            });
+        }
+        g.online[side_index(side)] = true;
+        let s = g.stream(inbound);
+        s.consumer_connected(rx_cursor, &config, now_ms);
+        let mut store_cursor = None;
+        if rx_cursor > s.consumer_acked {
+            s.consumer_acked = rx_cursor;
+            store_cursor = Some(rx_cursor);
+        }
+        let out = g.stream(side.outbound());
+        out.producer_fresh = true;
+        let tx_acked = out.head;
+        if let Some(seq) = store_cursor {
+            self.storage.push_back(StorageRequest::StoreCursor {
+                group: group.clone(),
+                direction: inbound,
+                seq,
+            });
+        }
+        self.enqueue(group, inbound);
+        self.publish_mode(group);
+        let mode = self.group_mut(group)?.status().mode;
+        Ok(SideWelcome {
+            tx_acked,
+            rx_from: rx_cursor,
+            mode,
+        })
+    }
+
+    /// Side `side` disconnected. Its inbound delivery stops; appends already in flight still
+    /// complete.
+    pub fn handle_disconnected(&mut self, group: &GroupId, side: Side, now_ms: u64) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let g = self.group_mut(group)?;
+        g.online[side_index(side)] = false;
+        g.stream(side.inbound()).consumer_disconnected();
+        self.publish_mode(group);
+        Ok(())
+    }
+
+    /// Frames from side `side` (its outbound stream), with producer seqs. Retransmissions at or
+    /// below what was already handed to the log are dropped here (and re-acknowledged when
+    /// durable); the rest become one append request. Refused, with nothing stored, when the group
+    /// is not activated ([`Error::GroupInactive`]), the side is not connected, a seq is outside
+    /// `1..=MAX_SEQ` ([`Error::InvalidSeq`]) or a timestamp above it
+    /// ([`Error::InvalidTimestamp`]), or the batch
+    /// leaves a hole after what this connection already sent ([`Error::SeqOutOfOrder`]; only
+    /// the first batch after a connect may start higher — the log reports that hole as a
+    /// `missing` gap). After a refusal the producer resends from its last ack.
+    pub fn handle_frames(
+        &mut self,
+        group: &GroupId,
+        side: Side,
+        items: Vec<Item>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let g = self.group_mut(group)?;
+        if !g.is_online(side) {
+            return Err(Error::SideNotConnected {
+                group: group.to_string(),
+                side: side.to_string(),
+            });
+        }
+        // Only the very first batch of a connection may open a hole, refused or not: anything
+        // after a refused batch was built on it.
+        let first_of_connection =
+            std::mem::replace(&mut g.stream(side.outbound()).producer_fresh, false);
+        if !g.activated {
+            return Err(Error::GroupInactive {
+                group: group.to_string(),
+            });
+        }
+        let dir = side.outbound();
+        // Refuse what the log would refuse, before anything is queued: a failed append would
+        // only reset the producer into resending the same batch.
+        if let Some(bad) = items.iter().find(|i| i.seq == 0 || i.seq > MAX_SEQ) {
+            return Err(Error::InvalidSeq {
+                stream: dir.stream_key(group),
+                seq: bad.seq,
+                max: MAX_SEQ,
+            });
+        }
+        if let Some(bad) = items.iter().find(|i| i.ts_ms > MAX_SEQ) {
+            return Err(Error::InvalidTimestamp {
+                stream: dir.stream_key(group),
+                seq: bad.seq,
+                ts_ms: bad.ts_ms,
+            });
+        }
+        let s = g.stream(dir);
+        let mut fresh: Vec<Item> = Vec::with_capacity(items.len());
+        let mut last = s.appended;
+        for item in items {
+            if item.seq > last {
+                last = item.seq;
+                fresh.push(item);
+            }
+        }
+        if fresh.is_empty() {
+            // Pure retransmission: re-acknowledge what is durable.
+            if s.pending_appends.is_empty() {
+                let up_to = s.head;
+                self.outputs.push_back(RelayOutput::Ack {
+                    group: group.clone(),
+                    to: side,
+                    up_to,
+                });
+            }
+            return Ok(());
+        }
+        let expected = s.appended + 1;
+        if !first_of_connection && fresh[0].seq > expected {
+            return Err(Error::SeqOutOfOrder {
+                stream: dir.stream_key(group),
+                expected,
+                got: fresh[0].seq,
+            });
+        }
+        s.appended = last;
+        s.pending_appends.push_back(fresh.clone());
+        self.storage.push_back(StorageRequest::Append {
+            group: group.clone(),
+            direction: dir,
+            items: fresh,
+        });
+        Ok(())
+    }
+
+    /// The result of the oldest outstanding append of `direction`. On success the producer is
+    /// acknowledged and the new items become live; on failure the producer is reset so it
+    /// resends from its last ack.
+    pub fn handle_append_result(
+        &mut self,
+        group: &GroupId,
+        direction: Direction,
+        result: std::result::Result<AppendOutcome, Error>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
+        let g = self.group_mut(group)?;
+        let producer = direction.producer();
+        let producer_online = g.is_online(producer);
+        let s = g.stream(direction);
+        let Some(items) = s.pending_appends.pop_front() else {
+            return Ok(());
+        };
+        match result {
+            Ok(outcome) => {
+                let old_head = s.head;
+                s.head = s.head.max(outcome.ack);
+                let new_head = s.head;
+                s.read_exhausted_at = None;
+                s.push_live(
+                    items
+                        .into_iter()
+                        .filter(|i| i.seq > old_head && i.seq <= new_head),
+                    &config,
+                );
+                if producer_online {
+                    self.outputs.push_back(RelayOutput::Ack {
+                        group: group.clone(),
+                        to: producer,
+                        up_to: new_head,
+                    });
+                }
+                self.enqueue(group, direction);
+                self.publish_mode(group);
+            }
+            Err(_) => {
+                // Everything after this append was built on it: drop it all and let the
+                // producer resend from the durable head.
+                s.pending_appends.clear();
+                s.appended = s.head;
+                self.outputs.push_back(RelayOutput::ResetProducer {
+                    group: group.clone(),
+                    side: producer,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer of `direction`'s inbound stream acknowledged everything up to `up_to`
+    /// (items and gaps). An ack beyond what was delivered is refused with
+    /// [`Error::CursorAhead`].
+    pub fn handle_ack(
+        &mut self,
+        group: &GroupId,
+        side: Side,
+        up_to: Seq,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let dir = side.inbound();
+        let g = self.group_mut(group)?;
+        let s = g.stream(dir);
+        if up_to > s.delivered {
+            return Err(Error::CursorAhead {
+                stream: dir.stream_key(group),
+                cursor: up_to,
+                head: s.delivered,
+            });
+        }
+        if up_to <= s.consumer_acked {
+            return Ok(());
+        }
+        s.consumer_acked = up_to;
+        self.storage.push_back(StorageRequest::StoreCursor {
+            group: group.clone(),
+            direction: dir,
+            seq: up_to,
+        });
+        // The consumer window opened up.
+        self.enqueue(group, dir);
+        Ok(())
+    }
+
+    /// The result of a [`StorageRequest::Read`]. Results carrying an old `epoch` (from before a
+    /// reconnect) are ignored.
+    pub fn handle_read_result(
+        &mut self,
+        group: &GroupId,
+        direction: Direction,
+        epoch: u64,
+        result: std::result::Result<ReadBatch, Error>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let s = self.group_mut(group)?.stream(direction);
+        if s.epoch != epoch || !s.read_in_flight {
+            return Ok(());
+        }
+        match result {
+            Ok(batch) => s.read_done(batch),
+            // Retried at the next round.
+            Err(_) => s.read_in_flight = false,
+        }
+        self.enqueue(group, direction);
+        self.publish_mode(group);
+        Ok(())
+    }
+
+    /// Retention trimmed `direction` (what `StreamLog::trim` returned). Emits a buffer-pressure
+    /// event for every trim that removed items the consumer had not acknowledged; the consumer
+    /// learns the exact range through a gap when it reads there.
+    pub fn handle_trimmed(
+        &mut self,
+        group: &GroupId,
+        direction: Direction,
+        trims: &[Trimmed],
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let g = self.group_mut(group)?;
+        let s = g.stream(direction);
+        let mut events = Vec::new();
+        for t in trims {
+            let acked = s.consumer_acked;
+            let unacknowledged = if t.last > acked {
+                (t.last - acked.max(t.first.saturating_sub(1))).min(t.count)
+            } else {
+                0
+            };
+            s.trimmed(t.last);
+            if unacknowledged > 0 {
+                events.push(RelayOutput::BufferPressure {
+                    group: group.clone(),
+                    direction,
+                    trimmed: *t,
+                    unacknowledged,
+                });
+            }
+        }
+        self.outputs.extend(events);
+        self.enqueue(group, direction);
+        Ok(())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run next: now (the latest time the
+    /// engine was given) when a stream can deliver or needs a read, the time a replaying
+    /// stream gets its next token, or `None` when there is nothing to schedule.
+    pub fn poll_timeout(&mut self) -> Option<u64> {
+        let config = self.config;
+        let now = self.now_ms;
+        let mut best: Option<u64> = None;
+        for (gid, dir) in &self.ready {
+            let Some(g) = self.groups.get_mut(gid) else {
+                continue;
+            };
+            let activated = g.activated;
+            let s = g.stream(*dir);
+            let at = if !activated || !s.consumer_online {
+                // One round takes it out of the ready queue.
+                Some(now)
+            } else {
+                match s.next_source() {
+                    NextSource::Live if s.window_room(&config) > 0 => Some(now),
+                    NextSource::Replay if matches!(s.replay.front(), Some(Entry::Gap(_))) => {
+                        Some(now)
+                    }
+                    NextSource::Replay if s.window_room(&config) > 0 => {
+                        let mut bucket = s.bucket;
+                        bucket.refill(&config, now);
+                        bucket.ms_until_one(&config).map(|ms| now + ms)
+                    }
+                    NextSource::NeedRead if !s.read_in_flight => Some(now),
+                    _ => None,
+                }
+            };
+            if let Some(at) = at {
+                best = Some(best.map_or(at, |b| b.min(at)));
+            }
+        }
+        best
+    }
+
+    /// One scheduling round at `now_ms`: refills replay tokens, lets every ready stream deliver
+    /// up to one quantum in rotating order, and issues log reads for streams that fell behind.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
+        let rounds = self.ready.len();
+        for _ in 0..rounds {
+            let Some((gid, dir)) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let activated = g.activated;
+            let s = g.stream(dir);
+            s.queued = false;
+            if !activated || !s.consumer_online {
+                continue;
+            }
+            s.bucket.refill(&config, now_ms);
+            s.deficit = config.quantum;
+            let outputs = Self::serve(&gid, dir, s, &config);
+            if s.wants_read(&config) {
+                s.read_in_flight = true;
+                self.storage.push_back(StorageRequest::Read {
+                    group: gid.clone(),
+                    direction: dir,
+                    after: s.replay_end(),
+                    max: config.read_batch,
+                    epoch: s.epoch,
+                });
+            }
+            self.outputs.extend(outputs);
+            if s.has_work(&config) {
+                s.queued = true;
+                self.ready.push_back((gid.clone(), dir));
+            }
+            self.publish_mode(&gid);
+        }
+    }
+
+    /// Delivers from one stream within its quantum, replay tokens and consumer window.
+    fn serve(
+        gid: &GroupId,
+        dir: Direction,
+        s: &mut StreamState,
+        config: &EngineConfig,
+    ) -> Vec<RelayOutput> {
+        let to = dir.consumer();
+        let mut outputs = Vec::new();
+        let mut batch: Vec<Item> = Vec::new();
+        let flush = |batch: &mut Vec<Item>, outputs: &mut Vec<RelayOutput>| {
+            if !batch.is_empty() {
+                outputs.push(RelayOutput::Deliver {
+                    group: gid.clone(),
+                    to,
+                    items: std::mem::take(batch),
+                });
+            }
+        };
+        loop {
+            let source = s.next_source();
+            match source {
+                NextSource::Replay => {
+                    let Some(front) = s.replay.front() else { break };
+                    if let Entry::Gap(gap) = front {
+                        let gap = *gap;
+                        flush(&mut batch, &mut outputs);
+                        outputs.push(RelayOutput::Gap {
+                            group: gid.clone(),
+                            to,
+                            gap,
+                        });
+                        s.delivered = gap.to;
+                        s.replay.pop_front();
+                        continue;
+                    }
+                    if s.deficit == 0 || s.bucket.whole() == 0 || s.window_room(config) == 0 {
+                        break;
+                    }
+                    if let Some(Entry::Item(item)) = s.replay.pop_front() {
+                        s.delivered = item.seq;
+                        s.bucket.take(1);
+                        s.deficit -= 1;
+                        batch.push(item);
+                    }
+                }
+                NextSource::Live => {
+                    if s.deficit == 0 || s.window_room(config) == 0 {
+                        break;
+                    }
+                    if let Some(item) = s.live.pop_front() {
+                        s.delivered = item.seq;
+                        s.deficit -= 1;
+                        batch.push(item);
+                    }
+                }
+                NextSource::NeedRead | NextSource::CaughtUp => break,
+            }
+        }
+        flush(&mut batch, &mut outputs);
+        outputs
+    }
+
+    /// The next output to send or publish.
+    pub fn poll_output(&mut self) -> Option<RelayOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// The next stream-log request to execute.
+    pub fn poll_storage(&mut self) -> Option<StorageRequest> {
+        self.storage.pop_front()
+    }
+
+    fn group_mut(&mut self, group: &GroupId) -> Result<&mut Group> {
+        self.groups
+            .get_mut(group)
+            .ok_or_else(|| Error::UnknownGroup {
+                group: group.to_string(),
+            })
+    }
+
+    fn enqueue(&mut self, group: &GroupId, dir: Direction) {
+        if let Some(g) = self.groups.get_mut(group) {
+            let s = g.stream(dir);
+            if !s.queued {
+                s.queued = true;
+                self.ready.push_back((group.clone(), dir));
+            }
+        }
+    }
+
+    fn publish_mode(&mut self, group: &GroupId) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        let status = g.status();
+        let key = (status.mode, status.offline.clone());
+        if g.published.as_ref() != Some(&key) {
+            g.published = Some(key);
+            self.outputs.push_back(RelayOutput::ModeChanged {
+                group: group.clone(),
+                status,
+            });
+        }
+    }
+}

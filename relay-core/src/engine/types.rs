@@ -1,0 +1,165 @@
+//! Plain domain types shared by the engine, its driver and the wire protocol.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One end of a group: the two dongles of a group are side `a` and side `b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Side A.
+    A,
+    /// Side B.
+    B,
+}
+
+impl Side {
+    /// The other side of the group.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// The direction this side produces into (`A` → `a_to_b`).
+    pub fn outbound(self) -> Direction {
+        match self {
+            Side::A => Direction::AToB,
+            Side::B => Direction::BToA,
+        }
+    }
+
+    /// The direction this side consumes from (`A` ← `b_to_a`).
+    pub fn inbound(self) -> Direction {
+        self.peer().outbound()
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::A => "a",
+            Side::B => "b",
+        })
+    }
+}
+
+/// One direction of a group: each direction is its own sequenced stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Frames produced by side A, delivered to side B.
+    AToB,
+    /// Frames produced by side B, delivered to side A.
+    BToA,
+}
+
+impl Direction {
+    /// Both directions, in a fixed order.
+    pub const BOTH: [Direction; 2] = [Direction::AToB, Direction::BToA];
+
+    /// The side that produces this stream.
+    pub fn producer(self) -> Side {
+        match self {
+            Direction::AToB => Side::A,
+            Direction::BToA => Side::B,
+        }
+    }
+
+    /// The side that consumes this stream.
+    pub fn consumer(self) -> Side {
+        self.producer().peer()
+    }
+
+    /// The stream key suffix used by the stream log (`a_to_b` / `b_to_a`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::AToB => "a_to_b",
+            Direction::BToA => "b_to_a",
+        }
+    }
+
+    /// The stream-log key for this direction of `group` (`group:{id}:a_to_b`).
+    pub fn stream_key(self, group: &GroupId) -> String {
+        format!("group:{}:{}", group.as_str(), self.as_str())
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifier of a relay group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupId(String);
+
+impl GroupId {
+    /// Wraps a group id. Validation (length, characters) is the caller's: the engine treats it
+    /// as an opaque key.
+    pub fn new(id: impl Into<String>) -> Self {
+        GroupId(id.into())
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The relay mode of a group, as published in `group_state` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMode {
+    /// Not activated: nothing is relayed.
+    Inactive,
+    /// Activated, both sides online, no backlog replaying.
+    Active,
+    /// Activated, and one side is offline or a backlog is still draining.
+    Degraded,
+}
+
+impl fmt::Display for GroupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GroupMode::Inactive => "inactive",
+            GroupMode::Active => "active",
+            GroupMode::Degraded => "degraded",
+        })
+    }
+}
+
+/// Items stored but not yet acknowledged by the consumer, per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBacklog {
+    /// Backlog of the `a_to_b` stream (waiting for side B).
+    pub a_to_b: u64,
+    /// Backlog of the `b_to_a` stream (waiting for side A).
+    pub b_to_a: u64,
+}
+
+impl GroupBacklog {
+    /// The backlog of one direction.
+    pub fn get(&self, dir: Direction) -> u64 {
+        match dir {
+            Direction::AToB => self.a_to_b,
+            Direction::BToA => self.b_to_a,
+        }
+    }
+
+    pub(crate) fn set(&mut self, dir: Direction, value: u64) {
+        match dir {
+            Direction::AToB => self.a_to_b = value,
+            Direction::BToA => self.b_to_a = value,
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! SQLite stream log: the embedded durable default.
+//!
+//! One database file, WAL journal, one transaction per append batch. rusqlite calls block, so
+//! every call runs on tokio's blocking pool (`spawn_blocking`) holding the one connection; the
+//! async runtime is never blocked. Schema and durability: `docs/storage.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    AppendOutcome, Backlog, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta, TrimReason,
+    Trimmed, dense_prefix, validate_batch, validate_stream_name,
+};
+use crate::error::{Error, Result};
+
+/// How hard SQLite syncs to disk on commit (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSynchronous {
+    /// `NORMAL` (default): in WAL mode a commit does not wait for fsync; the WAL is synced at
+    /// checkpoints. Survives a crash of the process; an OS crash or power loss can lose the
+    /// last committed transactions (never corrupts the file).
+    #[default]
+    Normal,
+    /// `FULL`: every commit fsyncs the WAL. Survives OS crashes and power loss too; several
+    /// times slower for small batches.
+    Full,
+}
+
+impl SqliteSynchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Normal => "NORMAL",
+            SqliteSynchronous::Full => "FULL",
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log_streams (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    head            INTEGER NOT NULL DEFAULT 0,
+    len             INTEGER NOT NULL DEFAULT 0,
+    trimmed_through INTEGER NOT NULL DEFAULT 0,
+    trim_reason     TEXT
+);
+CREATE TABLE IF NOT EXISTS log_items (
+    stream_id INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    payload   BLOB NOT NULL,
+    PRIMARY KEY (stream_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_cursors (
+    stream_id INTEGER NOT NULL,
+    consumer  TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, consumer)
+) WITHOUT ROWID;
+";
+
+/// A [`StreamLog`] in a SQLite database file. Cloning shares the same connection.
+///
+/// Dropping the last clone closes the file; opening the same path again sees everything that
+/// was committed.
+#[derive(Debug, Clone)]
+pub struct SqliteStreamLog {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+/// One row of `log_streams`.
+struct StreamRow {
+    id: i64,
+    meta: StreamMeta,
+    len: u64,
+}
+
+fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |source| Error::Sqlite { action, source }
+}
+
+fn to_i64(v: u64) -> i64 {
+    // Seqs and timestamps are validated to be <= MAX_SEQ (2^53 - 1) before they get here.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(stream: &str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt {
+        stream: stream.to_owned(),
+        detail: format!("negative number {v} in SQLite"),
+    })
+}
+
+impl SqliteStreamLog {
+    /// Opens (creating if needed) the log in the database file at `path`, in WAL mode with the
+    /// given `synchronous` level.
+    pub async fn open(path: impl AsRef<Path>, synchronous: SqliteSynchronous) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(&p, synchronous))
+            .await
+            .map_err(|_| Error::WorkerGone { action: "open" })??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path),
+        })
+    }
+
+    fn open_blocking(path: &Path, synchronous: SqliteSynchronous) -> Result<Connection> {
+        let open_err = |source| Error::SqliteOpen {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // WAL lets readers of other connections proceed during a commit and makes small
+        // commits cheap; busy_timeout covers a second process opening the same file.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", synchronous.pragma())
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(conn)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, action: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic inside a previous call rolled its transaction back (rusqlite's
+            // Transaction drops with rollback), so a poisoned connection is still consistent.
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|_| Error::WorkerGone { action })?
+    }
+}
+
+fn load_stream(conn: &Connection, stream: &str) -> Result<Option<StreamRow>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, head, len, trimmed_through, trim_reason FROM log_streams WHERE name = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_row([stream], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql("load stream"))?;
+    let Some((id, head, len, trimmed_through, reason)) = row else {
+        return Ok(None);
+    };
+    let trim_reason = match reason {
+        None => None,
+        Some(r) => Some(TrimReason::parse(&r).ok_or_else(|| Error::Corrupt {
+            stream: stream.to_owned(),
+            detail: format!("unknown trim reason {r:?}"),
+        })?),
+    };
+    Ok(Some(StreamRow {
+        id,
+        meta: StreamMeta {
+            head: to_u64(stream, head)?,
+            trimmed_through: to_u64(stream, trimmed_through)?,
+            trim_reason,
+        },
+        len: to_u64(stream, len)?,
+    }))
+}
+
+fn stream_id_or_create(conn: &Connection, stream: &str) -> Result<i64> {
+    conn.prepare_cached("INSERT INTO log_streams (name) VALUES (?1) ON CONFLICT(name) DO NOTHING")
+        .and_then(|mut st| st.execute([stream]))
+        .map_err(sql("create stream"))?;
+    conn.prepare_cached("SELECT id FROM log_streams WHERE name = ?1")
+        .and_then(|mut st| st.query_row([stream], |r| r.get(0)))
+        .map_err(sql("create stream"))
+}
+
+fn append_blocking(conn: &mut Connection, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("append"))?;
+    let row = match load_stream(&tx, stream)? {
+        Some(row) => row,
+        None => {
+            stream_id_or_create(&tx, stream)?;
+            load_stream(&tx, stream)?.ok_or_else(|| Error::Corrupt {
+                stream: stream.to_owned(),
+                detail: "stream row vanished after insert".to_owned(),
+            })?
+        }
+    };
+    let mut head = row.meta.head;
+    let mut stored = 0u64;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO log_items (stream_id, seq, ts_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(sql("append"))?;
+        for item in items {
+            if item.seq > head {
+                insert
+                    .execute(params![
+                        row.id,
+                        to_i64(item.seq),
+                        to_i64(item.ts_ms),
+                        &item.payload[..]
+                    ])
+                    .map_err(sql("append"))?;
+                head = item.seq;
+                stored += 1;
+            }
+        }
+    }
+    if stored > 0 {
+        tx.prepare_cached("UPDATE log_streams SET head = ?1, len = len + ?2 WHERE id = ?3")
+            .and_then(|mut st| st.execute(params![to_i64(head), to_i64(stored), row.id]))
+            .map_err(sql("append"))?;
+    }
+    tx.commit().map_err(sql("append"))?;
+    Ok(AppendOutcome {
+        stored,
+        duplicates: items.len() as u64 - stored,
+        ack: head,
+    })
+}
+
+fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
+    let Some(row) = load_stream(conn, stream)? else {
+        return Ok(ReadBatch::default());
+    };
+    // Fetch at least one row to learn the next stored seq even when max == 0.
+    let limit = to_i64(max.max(1) as u64);
+    let mut st = conn
+        .prepare_cached(
+            "SELECT seq, ts_ms, payload FROM log_items
+             WHERE stream_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(sql("read"))?;
+    let rows = st
+        .query_map(params![row.id, to_i64(after), limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(sql("read"))?;
+    let mut items = Vec::new();
+    for r in rows {
+        let (seq, ts, payload) = r.map_err(sql("read"))?;
+        items.push(Item {
+            seq: to_u64(stream, seq)?,
+            ts_ms: to_u64(stream, ts)?,
+            payload: payload.into(),
+        });
+    }
+    let next = items.first().map(|i| i.seq);
+    let gap = row.meta.gap_after(after, next);
+    match next {
+        Some(start) if StreamMeta::items_follow(gap.as_ref(), next) => {
+            items.truncate(max);
+            dense_prefix(&mut items, start);
+        }
+        _ => items.clear(),
+    }
+    Ok(ReadBatch { gap, items })
+}
+
+/// Deletes the items below `survivor` (all items when `None`) and records the trim.
+fn remove_prefix(
+    tx: &Connection,
+    row: &mut StreamRow,
+    first: Seq,
+    survivor: Option<Seq>,
+    reason: TrimReason,
+) -> Result<Option<Trimmed>> {
+    let bound = survivor.unwrap_or(Seq::MAX);
+    let count = tx
+        .prepare_cached("DELETE FROM log_items WHERE stream_id = ?1 AND seq < ?2")
+        .and_then(|mut st| st.execute(params![row.id, to_i64(bound)]))
+        .map_err(sql("trim"))? as u64;
+    if count == 0 {
+        return Ok(None);
+    }
+    let last = survivor.map_or(row.meta.head, |s| s - 1);
+    row.len = row.len.saturating_sub(count);
+    row.meta.trimmed_through = last;
+    row.meta.trim_reason = Some(reason);
+    tx.prepare_cached(
+        "UPDATE log_streams SET len = ?1, trimmed_through = ?2, trim_reason = ?3 WHERE id = ?4",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            to_i64(row.len),
+            to_i64(last),
+            reason.as_str(),
+            row.id
+        ])
+    })
+    .map_err(sql("trim"))?;
+    Ok(Some(Trimmed {
+        count,
+        first,
+        last,
+        reason,
+    }))
+}
+
+fn first_seq(conn: &Connection, stream: &str, id: i64, offset: u64) -> Result<Option<Seq>> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM log_items WHERE stream_id = ?1 ORDER BY seq LIMIT 1 OFFSET ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![id, to_i64(offset)], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sql("trim"))?;
+    seq.map(|s| to_u64(stream, s)).transpose()
+}
+
+fn trim_blocking(
+    conn: &mut Connection,
+    stream: &str,
+    retention: &Retention,
+    now_ms: u64,
+) -> Result<Vec<Trimmed>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("trim"))?;
+    let Some(mut row) = load_stream(&tx, stream)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    if let Some(max_age) = retention.max_age_ms {
+        let cutoff = to_i64(now_ms.saturating_sub(max_age));
+        // Walk from the oldest item to the first young-enough one: O(removed), no ts index.
+        let mut st = tx
+            .prepare_cached("SELECT seq, ts_ms FROM log_items WHERE stream_id = ?1 ORDER BY seq")
+            .map_err(sql("trim"))?;
+        let mut rows = st.query([row.id]).map_err(sql("trim"))?;
+        let mut first = None;
+        let mut survivor = None;
+        while let Some(r) = rows.next().map_err(sql("trim"))? {
+            let seq: i64 = r.get(0).map_err(sql("trim"))?;
+            let ts: i64 = r.get(1).map_err(sql("trim"))?;
+            if ts >= cutoff {
+                survivor = Some(to_u64(stream, seq)?);
+                break;
+            }
+            first.get_or_insert(to_u64(stream, seq)?);
+        }
+        drop(rows);
+        drop(st);
+        if let Some(first) = first {
+            out.extend(remove_prefix(
+                &tx,
+                &mut row,
+                first,
+                survivor,
+                TrimReason::Age,
+            )?);
+        }
+    }
+    if let Some(max_len) = retention.max_len
+        && row.len > max_len
+    {
+        let excess = row.len - max_len;
+        if let Some(first) = first_seq(&tx, stream, row.id, 0)? {
+            let survivor = first_seq(&tx, stream, row.id, excess)?;
+            out.extend(remove_prefix(
+                &tx,
+                &mut row,
+                first,
+                survivor,
+                TrimReason::Length,
+            )?);
+        }
+    }
+    tx.commit().map_err(sql("trim"))?;
+    Ok(out)
+}
+
+fn backlog_blocking(conn: &Connection, stream: &str, after: Seq) -> Result<Backlog> {
+    let Some(row) = load_stream(conn, stream)? else {
+        return Ok(Backlog::default());
+    };
+    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM log_items WHERE stream_id = ?1 AND seq > ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![row.id, to_i64(after)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+        })
+        .map_err(sql("backlog"))?;
+    let oldest_ts: Option<i64> = match oldest {
+        Some(seq) => conn
+            .prepare_cached("SELECT ts_ms FROM log_items WHERE stream_id = ?1 AND seq = ?2")
+            .and_then(|mut st| st.query_row(params![row.id, seq], |r| r.get(0)).optional())
+            .map_err(sql("backlog"))?,
+        None => None,
+    };
+    Ok(Backlog {
+        count: to_u64(stream, count)?,
+        oldest_seq: oldest.map(|s| to_u64(stream, s)).transpose()?,
+        newest_seq: newest.map(|s| to_u64(stream, s)).transpose()?,
+        oldest_ts_ms: oldest_ts.map(|t| to_u64(stream, t)).transpose()?,
+        head: row.meta.head,
+    })
+}
+
+impl StreamLog for SqliteStreamLog {
+    async fn append(&self, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
+        validate_stream_name(stream)?;
+        validate_batch(stream, items)?;
+        if items.is_empty() {
+            let head = self.backlog(stream, Seq::MAX).await?.head;
+            return Ok(AppendOutcome {
+                stored: 0,
+                duplicates: 0,
+                ack: head,
+            });
+        }
+        let stream = stream.to_owned();
+        let items = items.to_vec();
+        self.with_conn("append", move |c| append_blocking(c, &stream, &items))
+            .await
+    }
+
+    async fn read(&self, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        self.with_conn("read", move |c| read_blocking(c, &stream, after, max))
+            .await
+    }
+
+    async fn store_cursor(&self, stream: &str, consumer: &str, seq: Seq) -> Result<()> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        let consumer = consumer.to_owned();
+        self.with_conn("store cursor", move |c| {
+            let id = stream_id_or_create(c, &stream)?;
+            c.prepare_cached(
+                "INSERT INTO log_cursors (stream_id, consumer, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(stream_id, consumer) DO UPDATE SET seq = excluded.seq",
+            )
+            .and_then(|mut st| st.execute(params![id, consumer, to_i64(seq)]))
+            .map_err(sql("store cursor"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_cursor(&self, stream: &str, consumer: &str) -> Result<Option<Seq>> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        let consumer = consumer.to_owned();
+        self.with_conn("load cursor", move |c| {
+            let seq: Option<i64> = c
+                .prepare_cached(
+                    "SELECT c.seq FROM log_cursors c JOIN log_streams s ON s.id = c.stream_id
+                     WHERE s.name = ?1 AND c.consumer = ?2",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![stream, consumer], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql("load cursor"))?;
+            seq.map(|s| to_u64(&stream, s)).transpose()
+        })
+        .await
+    }
+
+    async fn trim(&self, stream: &str, retention: &Retention, now_ms: u64) -> Result<Vec<Trimmed>> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        let retention = *retention;
+        self.with_conn("trim", move |c| {
+            trim_blocking(c, &stream, &retention, now_ms)
+        })
+        .await
+    }
+
+    async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        self.with_conn("backlog", move |c| backlog_blocking(c, &stream, after))
+            .await
+    }
+}

@@ -1,0 +1,148 @@
+//! SQLite inbox: the durable default on the remote collector.
+//!
+//! ```sql
+//! inbox_record(source TEXT, seq INTEGER, ts_ms INTEGER, payload BLOB, PRIMARY KEY (source, seq))
+//! ```
+//!
+//! A commit is one transaction of `INSERT OR IGNORE`s (the primary key is the dedup); the ack is
+//! computed inside the same transaction and returned only after `COMMIT` succeeded.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
+use super::outbox::OutboxRecord;
+use super::outbox_sqlite::UplinkSync;
+use crate::error::{Error, Result};
+use crate::log::Seq;
+
+const STORE: &str = "inbox";
+
+/// An [`UplinkInbox`] in a SQLite file (WAL).
+#[derive(Debug)]
+pub struct SqliteInbox {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |source| Error::UplinkStore {
+        store: STORE,
+        action,
+        source,
+    }
+}
+
+fn to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl SqliteInbox {
+    /// Opens (creating if needed) the inbox at `path`. With [`UplinkSync::Full`] (the default)
+    /// an acknowledged record survives an OS crash or power loss of the collector; with
+    /// [`UplinkSync::Normal`] only a process crash — and the vehicle forgets what was acked.
+    pub fn open(path: impl AsRef<Path>, sync: UplinkSync) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| Error::UplinkStoreOpen {
+            store: STORE,
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        let sync_pragma = match sync {
+            UplinkSync::Full => "FULL",
+            UplinkSync::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", sync_pragma)
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS inbox_record (
+                 source TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+                 payload BLOB NOT NULL, PRIMARY KEY (source, seq)) WITHOUT ROWID;",
+        )
+        .map_err(open_err)?;
+        Ok(SqliteInbox { conn, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn high_water(conn: &Connection, source: &str) -> rusqlite::Result<Seq> {
+        let max: Option<i64> = conn.query_row(
+            "SELECT max(seq) FROM inbox_record WHERE source = ?1",
+            params![source],
+            |row| row.get(0),
+        )?;
+        Ok(max.map_or(0, from_sql))
+    }
+}
+
+impl UplinkInbox for SqliteInbox {
+    fn commit(&mut self, source: &str, records: &[OutboxRecord]) -> Result<InboxCommit> {
+        validate_commit(source, records)?;
+        let tx = self.conn.transaction().map_err(sql_err("commit"))?;
+        let mut commit = InboxCommit::default();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO inbox_record (source, seq, ts_ms, payload)
+                         VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql_err("commit"))?;
+            for record in records {
+                let changed = insert
+                    .execute(params![
+                        source,
+                        to_sql(record.seq),
+                        to_sql(record.ts_ms),
+                        &record.payload[..]
+                    ])
+                    .map_err(sql_err("commit"))?;
+                if changed == 1 {
+                    commit.stored += 1;
+                } else {
+                    commit.duplicates += 1;
+                }
+            }
+        }
+        commit.ack = Self::high_water(&tx, source).map_err(sql_err("commit"))?;
+        tx.commit().map_err(sql_err("commit"))?;
+        Ok(commit)
+    }
+
+    fn acked(&mut self, source: &str) -> Result<Seq> {
+        Self::high_water(&self.conn, source).map_err(sql_err("acked"))
+    }
+
+    fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, ts_ms, payload FROM inbox_record WHERE source = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+            )
+            .map_err(sql_err("read"))?;
+        let rows = stmt
+            .query_map(params![source, to_sql(after), to_sql(max as u64)], |row| {
+                Ok(OutboxRecord {
+                    seq: from_sql(row.get(0)?),
+                    ts_ms: from_sql(row.get(1)?),
+                    payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(2)?),
+                })
+            })
+            .map_err(sql_err("read"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_err("read"))
+    }
+}
