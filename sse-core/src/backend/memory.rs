@@ -1,0 +1,299 @@
+//! In-memory backend: one [`StreamBuffer`] per stream key, shared by all subscribers of this
+//! process. History is lost when the process ends; IDs of the next process start at its own start
+//! time, so old IDs are recognised (`earlier_process`) instead of matching by accident.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use super::{Clock, EventBackend, StreamConfig, Subscription, sampling_log, validate_stream_key};
+use crate::buffer::{StreamBuffer, StreamCursor, StreamItem};
+use crate::error::SseError;
+use crate::id::EventId;
+use crate::sampler::CanFrameSampler;
+
+/// How many items a subscriber takes from the buffer per lock.
+const READ_BATCH: usize = 16;
+
+#[derive(Debug)]
+struct StreamState {
+    buffer: StreamBuffer,
+    sampler: Option<CanFrameSampler>,
+    config: StreamConfig,
+}
+
+#[derive(Debug)]
+struct SharedStream {
+    state: Mutex<StreamState>,
+    /// Bumped on every publish; subscribers wait on it when caught up.
+    published: watch::Sender<u64>,
+}
+
+impl SharedStream {
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        // A panic while holding the lock cannot leave the buffer half-updated in a way readers
+        // could misinterpret (push is append-then-trim), so recover from poisoning.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The in-memory hub.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    clock: Arc<dyn Clock>,
+    origin_ms: u64,
+    default_config: StreamConfig,
+    streams: Mutex<HashMap<String, Arc<SharedStream>>>,
+}
+
+impl MemoryBackend {
+    /// A hub whose IDs start at the clock's current reading.
+    pub fn new(clock: Arc<dyn Clock>, default_config: StreamConfig) -> Self {
+        let origin_ms = clock.now_ms();
+        Self {
+            clock,
+            origin_ms,
+            default_config,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stream(&self, key: &str) -> Result<Arc<SharedStream>, SseError> {
+        validate_stream_key(key)?;
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::clone(
+            streams
+                .entry(key.to_owned())
+                .or_insert_with(|| self.new_stream(self.default_config)),
+        ))
+    }
+
+    fn new_stream(&self, config: StreamConfig) -> Arc<SharedStream> {
+        let (published, _) = watch::channel(0);
+        Arc::new(SharedStream {
+            state: Mutex::new(StreamState {
+                buffer: StreamBuffer::new(config.bounds, self.origin_ms),
+                sampler: config.sampling.map(CanFrameSampler::new),
+                config,
+            }),
+            published,
+        })
+    }
+
+    /// Publish without going through the async trait (it never waits).
+    pub fn publish_now(
+        &self,
+        stream_key: &str,
+        event_type: &str,
+        data: &str,
+    ) -> Result<EventId, SseError> {
+        let stream = self.stream(stream_key)?;
+        let now = self.clock.now_ms();
+        let id = {
+            let mut st = stream.lock();
+            crate::buffer::validate_event_type(event_type)?;
+            let mut sampled_out = false;
+            if event_type == "can_frame" {
+                let threshold = st.config.sampling.map(|s| s.threshold_per_s).unwrap_or(0);
+                if let Some(sampler) = st.sampler.as_mut() {
+                    let decision = sampler.handle_can_frame(now);
+                    sampled_out = !decision.send;
+                    if let Some(switch) = decision.switch {
+                        tracing::info!(stream = stream_key, ?switch, "can_frame sampling switched");
+                        st.buffer
+                            .push("log", &sampling_log(switch, threshold, now), false, now)?;
+                    }
+                }
+            }
+            st.buffer.push(event_type, data, sampled_out, now)?.id
+        };
+        stream.published.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(id)
+    }
+
+    /// Subscribe without going through the async trait; the returned handle can be polled
+    /// synchronously with [`MemorySubscription::try_next`] (benchmarks, tests) or awaited.
+    pub fn subscribe_now(
+        &self,
+        stream_key: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<MemorySubscription, SseError> {
+        let stream = self.stream(stream_key)?;
+        let now = self.clock.now_ms();
+        let mut published = stream.published.subscribe();
+        published.mark_unchanged();
+        let start = {
+            let mut st = stream.lock();
+            st.buffer.trim(now);
+            st.buffer.locate(last_event_id)
+        };
+        let mut pending = VecDeque::new();
+        if let Some(reset) = start.reset {
+            pending.push_back(StreamItem::Reset(Box::new(reset)));
+        }
+        Ok(MemorySubscription {
+            stream,
+            clock: Arc::clone(&self.clock),
+            cursor: start.cursor,
+            pending,
+            published,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Forget streams that have no retained event and no subscriber, so that a daemon serving
+    /// many short-lived keys does not keep one empty buffer per key forever. Call it periodically.
+    /// A forgotten stream starts again with IDs from the current time (never below the old ones,
+    /// since its events have all aged out). Returns how many streams were removed.
+    pub fn prune_idle_streams(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let before = streams.len();
+        streams.retain(|_, stream| {
+            if Arc::strong_count(stream) > 1 {
+                return true;
+            }
+            let mut st = stream.lock();
+            st.buffer.trim(now);
+            !st.buffer.is_empty()
+        });
+        before - streams.len()
+    }
+
+    /// Retained events and trim counters of one stream (for metrics and tests).
+    pub fn stream_stats(&self, stream_key: &str) -> Option<StreamStats> {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let stream = streams.get(stream_key)?;
+        let st = stream.lock();
+        Some(StreamStats {
+            retained: st.buffer.len(),
+            oldest: st.buffer.oldest(),
+            latest: st.buffer.latest(),
+            trimmed_by_count: st.buffer.trim_counters().by_count,
+            trimmed_by_age: st.buffer.trim_counters().by_age,
+        })
+    }
+}
+
+/// A snapshot of one in-memory stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Events in the buffer.
+    pub retained: usize,
+    /// Oldest retained ID.
+    pub oldest: Option<EventId>,
+    /// Latest ID issued.
+    pub latest: Option<EventId>,
+    /// Events trimmed by the count bound so far.
+    pub trimmed_by_count: u64,
+    /// Events trimmed by the age bound so far.
+    pub trimmed_by_age: u64,
+}
+
+/// A subscriber of the in-memory hub: a cursor into the shared buffer plus a small batch of
+/// items taken but not yet handed out. It never holds more than one batch, whatever the backlog.
+#[derive(Debug)]
+pub struct MemorySubscription {
+    stream: Arc<SharedStream>,
+    clock: Arc<dyn Clock>,
+    cursor: StreamCursor,
+    pending: VecDeque<StreamItem>,
+    published: watch::Receiver<u64>,
+    scratch: Vec<StreamItem>,
+}
+
+impl MemorySubscription {
+    /// Items taken from the buffer but not handed out yet (at most one read batch plus a reset).
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next item if one is available now, without waiting.
+    pub fn try_next(&mut self) -> Option<StreamItem> {
+        if let Some(item) = self.pending.pop_front() {
+            return Some(item);
+        }
+        let now = self.clock.now_ms();
+        loop {
+            let advanced = {
+                let mut st = self.stream.lock();
+                // Age is enforced on reads too, so a quiet stream does not serve stale events.
+                st.buffer.trim(now);
+                st.buffer
+                    .read(&mut self.cursor, &mut self.scratch, READ_BATCH)
+            };
+            self.pending.extend(self.scratch.drain(..));
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if advanced == 0 {
+                return None;
+            }
+            // Only sampled-out events were passed over: read on.
+        }
+    }
+
+    /// The next item, waiting for a publish when caught up. Never ends while the hub exists.
+    pub async fn next(&mut self) -> StreamItem {
+        loop {
+            // Mark the current publish count as seen *before* reading, so a publish that lands
+            // after the read wakes us (no lost wake-up).
+            self.published.borrow_and_update();
+            if let Some(item) = self.try_next() {
+                return item;
+            }
+            if self.published.changed().await.is_err() {
+                // The stream was dropped with the hub; wait forever like an idle stream.
+                futures::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Turn into a [`Subscription`] stream.
+    pub fn into_subscription(self) -> Subscription {
+        let stream = futures::stream::unfold(self, |mut sub| async move {
+            let item = sub.next().await;
+            Some((Ok(item), sub))
+        });
+        Subscription::new(stream.boxed())
+    }
+}
+
+impl EventBackend for MemoryBackend {
+    fn publish<'a>(
+        &'a self,
+        stream_key: &'a str,
+        event_type: &'a str,
+        data: &'a str,
+    ) -> BoxFuture<'a, Result<EventId, SseError>> {
+        futures::future::ready(self.publish_now(stream_key, event_type, data)).boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        stream_key: &'a str,
+        last_event_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Subscription, SseError>> {
+        futures::future::ready(
+            self.subscribe_now(stream_key, last_event_id)
+                .map(MemorySubscription::into_subscription),
+        )
+        .boxed()
+    }
+
+    fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError> {
+        let stream = self.stream(stream_key)?;
+        let mut st = stream.lock();
+        st.buffer.set_bounds(config.bounds);
+        if st.config.sampling != config.sampling {
+            st.sampler = config.sampling.map(CanFrameSampler::new);
+        }
+        st.config = config;
+        let now = self.clock.now_ms();
+        st.buffer.trim(now);
+        Ok(())
+    }
+}

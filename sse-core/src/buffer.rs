@@ -1,0 +1,401 @@
+//! The sans-IO ring buffer of one stream, and the cursors subscribers read it with.
+//!
+//! Every event gets an absolute index (`first_index + position`). A subscriber holds only a
+//! [`StreamCursor`] (the next absolute index it wants), never a copy of the events, so a stalled
+//! subscriber costs a few bytes whatever happens to the stream. Trimming (by count and by each
+//! event's age) moves `first_index` forward; a cursor left behind gets exactly one
+//! [`StreamReset`] and continues from the oldest retained event.
+//!
+//! Resume never scans: IDs are strictly increasing, so finding an ID is a binary search over the
+//! deque (`O(log n)`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SseError;
+use crate::id::EventId;
+
+/// Default count bound of a stream buffer.
+pub const DEFAULT_MAX_EVENTS: usize = 10_000;
+/// Default age bound of a stream buffer, in milliseconds.
+pub const DEFAULT_MAX_AGE_MS: u64 = 60_000;
+
+/// How much history one stream keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamBounds {
+    /// Most events kept; older ones are trimmed first. At least 1.
+    pub max_events: usize,
+    /// Oldest event age kept, in ms: an event published at `t` is trimmed once `now - t > max_age_ms`.
+    pub max_age_ms: u64,
+}
+
+impl Default for StreamBounds {
+    fn default() -> Self {
+        Self {
+            max_events: DEFAULT_MAX_EVENTS,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        }
+    }
+}
+
+/// One event as stored in a stream buffer and handed to subscribers (shared, never copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its ID, unique and increasing within the stream.
+    pub id: EventId,
+    /// The SSE event type (`can_frame`, `log`, …).
+    pub event_type: String,
+    /// The payload, one JSON object for console events (any text is allowed).
+    pub data: String,
+    /// When it was published, in ms on the hub clock; the age bound uses it.
+    pub published_ms: u64,
+    /// Kept in the buffer but left out of SSE output because `can_frame` sampling was on.
+    pub sampled_out: bool,
+}
+
+/// Why a subscriber got a `stream_reset` instead of an exact resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// The requested ID was trimmed from the buffer (older than the oldest retained event).
+    TooOld,
+    /// The requested ID is newer than the latest event ever published on this stream.
+    NewerThanLatest,
+    /// The requested ID was issued by an earlier process (before this backend started).
+    EarlierProcess,
+    /// The requested ID is not of the form `<ms>-<n>`.
+    Malformed,
+    /// The requested ID lies within the retained range but was never issued.
+    UnknownId,
+    /// The subscriber read too slowly and the events it had not read yet were trimmed.
+    Lagged,
+}
+
+/// The payload of a `stream_reset` event: `{requested, oldest, latest, reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReset {
+    /// The ID the subscriber asked to resume after (or the last one it was given, for `lagged`).
+    pub requested: Option<String>,
+    /// The oldest retained ID (the next event the subscriber gets), if any.
+    pub oldest: Option<String>,
+    /// The latest ID published on the stream, if any.
+    pub latest: Option<String>,
+    /// Why.
+    pub reason: ResetReason,
+}
+
+/// What a subscriber receives: an event from the buffer, or a `stream_reset` notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// A published event (shared with every other subscriber).
+    Event(Arc<StoredEvent>),
+    /// The stream could not be resumed exactly; what follows starts at `oldest`.
+    Reset(Box<StreamReset>),
+}
+
+/// A subscriber's position in one stream buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCursor {
+    /// Absolute index of the next event to read.
+    next: u64,
+    /// The last ID handed out through this cursor (for `lagged` resets).
+    last_seen: Option<EventId>,
+}
+
+/// Where a new subscription starts, as decided by [`StreamBuffer::locate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartPosition {
+    /// The cursor to read with.
+    pub cursor: StreamCursor,
+    /// The reset to deliver first, when the requested ID could not be resumed exactly.
+    pub reset: Option<StreamReset>,
+}
+
+/// Counters of what trimming removed (nothing leaves silently).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrimCounters {
+    /// Events trimmed because the count bound was reached.
+    pub by_count: u64,
+    /// Events trimmed because they were older than the age bound.
+    pub by_age: u64,
+}
+
+/// The bounded history of one stream. Pure data structure: the caller passes the time.
+#[derive(Debug)]
+pub struct StreamBuffer {
+    events: VecDeque<Arc<StoredEvent>>,
+    first_index: u64,
+    bounds: StreamBounds,
+    /// No ID issued by this buffer is below `origin_ms`; an ID below it comes from an earlier process.
+    origin_ms: u64,
+    last_issued: Option<EventId>,
+    last_trimmed: Option<EventId>,
+    trimmed: TrimCounters,
+}
+
+/// Check an event type: non-empty, no CR, LF or NUL (it goes on one `event:` line).
+pub fn validate_event_type(event_type: &str) -> Result<(), SseError> {
+    if event_type.is_empty() || event_type.contains(['\r', '\n', '\0']) {
+        return Err(SseError::InvalidEventType {
+            value: event_type.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl StreamBuffer {
+    /// An empty buffer whose IDs start at `origin_ms` or later.
+    pub fn new(bounds: StreamBounds, origin_ms: u64) -> Self {
+        Self {
+            events: VecDeque::new(),
+            first_index: 0,
+            bounds: StreamBounds {
+                max_events: bounds.max_events.max(1),
+                ..bounds
+            },
+            origin_ms,
+            last_issued: None,
+            last_trimmed: None,
+            trimmed: TrimCounters::default(),
+        }
+    }
+
+    /// Change the bounds; they apply from the next trim.
+    pub fn set_bounds(&mut self, bounds: StreamBounds) {
+        self.bounds = StreamBounds {
+            max_events: bounds.max_events.max(1),
+            ..bounds
+        };
+    }
+
+    /// The current bounds.
+    pub fn bounds(&self) -> StreamBounds {
+        self.bounds
+    }
+
+    /// Append an event at `now_ms`, give it the next ID, trim, and return it.
+    pub fn push(
+        &mut self,
+        event_type: &str,
+        data: &str,
+        sampled_out: bool,
+        now_ms: u64,
+    ) -> Result<Arc<StoredEvent>, SseError> {
+        validate_event_type(event_type)?;
+        let id = EventId::next_after(self.last_issued, self.origin_ms, now_ms);
+        let event = Arc::new(StoredEvent {
+            id,
+            event_type: event_type.to_owned(),
+            data: data.to_owned(),
+            published_ms: now_ms,
+            sampled_out,
+        });
+        self.last_issued = Some(id);
+        self.events.push_back(Arc::clone(&event));
+        self.trim(now_ms);
+        Ok(event)
+    }
+
+    /// Drop events beyond the count bound and every event older than the age bound.
+    pub fn trim(&mut self, now_ms: u64) {
+        while self.events.len() > self.bounds.max_events {
+            self.pop_front();
+            self.trimmed.by_count += 1;
+        }
+        while let Some(front) = self.events.front() {
+            if now_ms.saturating_sub(front.published_ms) <= self.bounds.max_age_ms {
+                break;
+            }
+            self.pop_front();
+            self.trimmed.by_age += 1;
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(ev) = self.events.pop_front() {
+            self.last_trimmed = Some(ev.id);
+            self.first_index += 1;
+        }
+    }
+
+    /// Number of retained events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event is retained.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Absolute index one past the newest event.
+    pub fn end_index(&self) -> u64 {
+        self.first_index + self.events.len() as u64
+    }
+
+    /// The oldest retained ID.
+    pub fn oldest(&self) -> Option<EventId> {
+        self.events.front().map(|e| e.id)
+    }
+
+    /// The latest ID ever issued (it may have been trimmed since).
+    pub fn latest(&self) -> Option<EventId> {
+        self.last_issued
+    }
+
+    /// What trimming removed so far.
+    pub fn trim_counters(&self) -> TrimCounters {
+        self.trimmed
+    }
+
+    /// Decide where a subscription that last saw `requested` starts. `None` means live only.
+    /// Binary search over the ordered IDs: no scan, whatever the depth.
+    pub fn locate(&self, requested: Option<&str>) -> StartPosition {
+        let Some(raw) = requested else {
+            return self.exact(self.end_index(), self.last_issued);
+        };
+        let Ok(id) = raw.parse::<EventId>() else {
+            return self.reset_start(raw, ResetReason::Malformed);
+        };
+        if Some(id) == self.last_issued {
+            return self.exact(self.end_index(), Some(id));
+        }
+        if Some(id) == self.last_trimmed {
+            return self.exact(self.first_index, Some(id));
+        }
+        match self.events.binary_search_by(|e| e.id.cmp(&id)) {
+            Ok(pos) => self.exact(self.first_index + pos as u64 + 1, Some(id)),
+            Err(_) => {
+                let reason = if id.ms < self.origin_ms {
+                    ResetReason::EarlierProcess
+                } else if self.last_issued.is_none_or(|latest| id > latest) {
+                    ResetReason::NewerThanLatest
+                } else if self.oldest().is_none_or(|oldest| id < oldest) {
+                    ResetReason::TooOld
+                } else {
+                    ResetReason::UnknownId
+                };
+                self.reset_start(raw, reason)
+            }
+        }
+    }
+
+    fn exact(&self, next: u64, last_seen: Option<EventId>) -> StartPosition {
+        StartPosition {
+            cursor: StreamCursor { next, last_seen },
+            reset: None,
+        }
+    }
+
+    fn reset_start(&self, requested: &str, reason: ResetReason) -> StartPosition {
+        StartPosition {
+            cursor: StreamCursor {
+                next: self.first_index,
+                last_seen: None,
+            },
+            reset: Some(self.reset(Some(requested.to_owned()), reason)),
+        }
+    }
+
+    fn reset(&self, requested: Option<String>, reason: ResetReason) -> StreamReset {
+        StreamReset {
+            requested,
+            oldest: self.oldest().map(|id| id.to_string()),
+            latest: self.last_issued.map(|id| id.to_string()),
+            reason,
+        }
+    }
+
+    /// Read up to `max` items after `cursor` into `out` and advance it. A cursor that fell
+    /// behind the buffer yields one `lagged` reset and moves to the oldest event. Events flagged
+    /// `sampled_out` are skipped (the cursor still moves past them). Returns how many buffer
+    /// positions the cursor advanced, so callers can tell "nothing new" (0) apart.
+    pub fn read(&self, cursor: &mut StreamCursor, out: &mut Vec<StreamItem>, max: usize) -> usize {
+        let mut advanced = 0;
+        if cursor.next < self.first_index {
+            let requested = cursor.last_seen.map(|id| id.to_string());
+            out.push(StreamItem::Reset(Box::new(
+                self.reset(requested, ResetReason::Lagged),
+            )));
+            advanced += (self.first_index - cursor.next) as usize;
+            cursor.next = self.first_index;
+        }
+        let start = (cursor.next - self.first_index) as usize;
+        let mut taken = 0;
+        for ev in self.events.range(start.min(self.events.len())..) {
+            if taken >= max {
+                break;
+            }
+            cursor.next += 1;
+            cursor.last_seen = Some(ev.id);
+            advanced += 1;
+            if !ev.sampled_out {
+                out.push(StreamItem::Event(Arc::clone(ev)));
+                taken += 1;
+            }
+        }
+        advanced
+    }
+
+    /// Whether `cursor` has read everything currently in the buffer.
+    pub fn is_caught_up(&self, cursor: &StreamCursor) -> bool {
+        cursor.next >= self.end_index()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(items: &[StreamItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                StreamItem::Event(e) => e.id.to_string(),
+                StreamItem::Reset(r) => format!("reset:{:?}", r.reason),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resume_from_middle_is_exact() {
+        let mut b = StreamBuffer::new(StreamBounds::default(), 1000);
+        let evs: Vec<_> = (0..5)
+            .map(|i| b.push("log", &i.to_string(), false, 1000).expect("push"))
+            .collect();
+        let mut start = b.locate(Some(&evs[1].id.to_string()));
+        assert!(start.reset.is_none());
+        let mut out = Vec::new();
+        b.read(&mut start.cursor, &mut out, 100);
+        assert_eq!(ids(&out), ["1000-2", "1000-3", "1000-4"]);
+    }
+
+    #[test]
+    fn classifies_reset_reasons() {
+        let mut b = StreamBuffer::new(
+            StreamBounds {
+                max_events: 3,
+                max_age_ms: 60_000,
+            },
+            1000,
+        );
+        for t in 0..6 {
+            b.push("log", "x", false, 1000 + t * 10).expect("push");
+        }
+        let reason = |s: &str| b.locate(Some(s)).reset.map(|r| r.reason);
+        assert_eq!(reason("junk"), Some(ResetReason::Malformed));
+        assert_eq!(reason("999-0"), Some(ResetReason::EarlierProcess));
+        assert_eq!(reason("1000-0"), Some(ResetReason::TooOld));
+        assert_eq!(
+            reason("1020-0"),
+            None,
+            "the last trimmed id resumes exactly"
+        );
+        assert_eq!(reason("1035-0"), Some(ResetReason::UnknownId));
+        assert_eq!(reason("1050-1"), Some(ResetReason::NewerThanLatest));
+        assert_eq!(reason("1050-0"), None);
+    }
+}

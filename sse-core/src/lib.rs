@@ -1,0 +1,43 @@
+//! # sse-core
+//!
+//! Resumable Server-Sent Event streams for the live console.
+//!
+//! ## Design
+//! - [`buffer::StreamBuffer`] is the sans-IO heart: a ring buffer of one stream, bounded by count
+//!   and by each event's age, with IDs `<ms>-<n>` that increase strictly. Subscribers hold only a
+//!   [`buffer::StreamCursor`] (an absolute index), so a stalled subscriber never grows memory; a
+//!   cursor left behind by trimming gets one `stream_reset` (`lagged`) and continues from the
+//!   oldest event. Resume by ID is a binary search (IDs are ordered), never a scan.
+//! - [`backend::EventBackend`] is the hub API (`publish`, `subscribe`) with two backends:
+//!   [`backend::memory::MemoryBackend`] (default, one process) and
+//!   [`backend::redis::RedisBackend`] (a Redis stream per key, shared by server instances). One
+//!   conformance suite runs against both.
+//! - [`sampler::CanFrameSampler`] decides which `can_frame` events go to SSE output when a stream
+//!   is busy; sampled-out events stay in the buffer with their IDs, and each switch is announced
+//!   by exactly one `log` event.
+//! - [`encoder`] writes the WHATWG event-stream format exactly and turns subscription items into
+//!   a `Stream<Item = Bytes>` body with keep-alives; [`parser`] reads it back incrementally for
+//!   clients. [`events`] holds the typed console events.
+//!
+//! ## What this crate does not do
+//! It contains no HTTP server or routing: the daemon serves [`encoder::event_stream_body`] with
+//! [`encoder::RESPONSE_HEADERS`] from whatever framework it uses, and reads `Last-Event-ID` itself.
+//! It does not authenticate subscribers, persist history beyond the configured bounds, or relay
+//! CAN traffic (sampling affects console output only, never the relay).
+
+pub mod backend;
+pub mod buffer;
+pub mod encoder;
+pub mod error;
+pub mod events;
+pub mod id;
+pub mod parser;
+pub mod sampler;
+
+pub use backend::memory::{MemoryBackend, MemorySubscription};
+pub use backend::redis::{RedisBackend, RedisBackendConfig};
+pub use backend::{Clock, EventBackend, ManualClock, StreamConfig, Subscription, SystemClock};
+pub use buffer::{ResetReason, StoredEvent, StreamBounds, StreamItem, StreamReset};
+pub use error::SseError;
+pub use id::EventId;
+pub use parser::{EventStreamParser, ParsedEvent, ParsedItem};

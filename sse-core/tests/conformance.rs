@@ -1,0 +1,439 @@
+//! One conformance suite for every `EventBackend`: in-memory and Redis (the real server from
+//! `REDIS_URL`, default `redis://127.0.0.1:6379`; the Redis run fails when it is unreachable).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sse_core::backend::SystemClock;
+use sse_core::sampler::SamplingConfig;
+use sse_core::{
+    Clock, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
+    ResetReason, StreamBounds, StreamConfig, StreamItem, Subscription,
+};
+
+/// Bound on how long we wait for an item that must come (not a timing assertion: a hang guard).
+const ITEM_GUARD: Duration = Duration::from_secs(20);
+
+async fn next_item(sub: &mut Subscription) -> StreamItem {
+    match tokio::time::timeout(ITEM_GUARD, sub.next()).await {
+        Ok(Some(Ok(item))) => item,
+        Ok(Some(Err(err))) => panic!("subscription error: {err}"),
+        Ok(None) => panic!("subscription ended"),
+        Err(_) => panic!("no item within the guard time"),
+    }
+}
+
+async fn next_event(sub: &mut Subscription) -> (EventId, String, String) {
+    match next_item(sub).await {
+        StreamItem::Event(e) => (e.id, e.event_type.clone(), e.data.clone()),
+        StreamItem::Reset(r) => panic!("unexpected reset {r:?}"),
+    }
+}
+
+async fn next_reset(sub: &mut Subscription) -> sse_core::StreamReset {
+    match next_item(sub).await {
+        StreamItem::Reset(r) => *r,
+        StreamItem::Event(e) => panic!("expected a reset, got event {}", e.id),
+    }
+}
+
+async fn publish_n(b: &dyn EventBackend, key: &str, n: usize, tag: &str) -> Vec<EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            b.publish(key, "log", &format!("{{\"{tag}\":{i}}}"))
+                .await
+                .expect("publish"),
+        );
+    }
+    ids
+}
+
+/// Publish a marker and read until it: returns what came before it. Used to prove that nothing
+/// else was queued without waiting for a timeout.
+async fn drain_until_marker(
+    b: &dyn EventBackend,
+    sub: &mut Subscription,
+    key: &str,
+) -> Vec<StreamItem> {
+    let marker = b
+        .publish(key, "presence", "{\"marker\":true}")
+        .await
+        .expect("marker");
+    let mut before = Vec::new();
+    loop {
+        let item = next_item(sub).await;
+        if let StreamItem::Event(e) = &item
+            && e.id == marker
+        {
+            return before;
+        }
+        before.push(item);
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub(crate) async fn ids_increase_and_no_id_means_live_only(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let before = publish_n(b, key, 5, "old").await;
+        assert!(
+            before.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing: {before:?}"
+        );
+        let mut sub = b.subscribe(key, None).await.expect("subscribe");
+        let live = publish_n(b, key, 3, "new").await;
+        assert!(live[0] > before[4]);
+        for id in &live {
+            assert_eq!(next_event(&mut sub).await.0, *id);
+        }
+        assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
+    }
+
+    pub(crate) async fn exact_resume_from_middle_then_live(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let ids = publish_n(b, key, 10, "e").await;
+        let mut sub = b
+            .subscribe(key, Some(&ids[3].to_string()))
+            .await
+            .expect("subscribe");
+        for (i, id) in ids.iter().enumerate().skip(4) {
+            let (got, t, data) = next_event(&mut sub).await;
+            assert_eq!(
+                (got, t.as_str(), data),
+                (*id, "log", format!("{{\"e\":{i}}}"))
+            );
+        }
+        let live = publish_n(b, key, 2, "l").await;
+        for id in live {
+            assert_eq!(next_event(&mut sub).await.0, id);
+        }
+    }
+
+    pub(crate) async fn resume_from_latest_gets_only_live(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let ids = publish_n(b, key, 4, "e").await;
+        let mut sub = b
+            .subscribe(key, Some(&ids[3].to_string()))
+            .await
+            .expect("subscribe");
+        assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
+    }
+
+    pub(crate) async fn malformed_id_resets_once_then_history_then_live(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let ids = publish_n(b, key, 3, "e").await;
+        for bad in ["garbage", "", "12-", "-5", "1.5-0"] {
+            let mut sub = b.subscribe(key, Some(bad)).await.expect("subscribe");
+            let reset = next_reset(&mut sub).await;
+            assert_eq!(reset.reason, ResetReason::Malformed, "{bad:?}");
+            assert_eq!(reset.requested.as_deref(), Some(bad));
+            assert_eq!(reset.oldest, Some(ids[0].to_string()));
+            assert!(reset.latest.is_some());
+            for id in &ids {
+                assert_eq!(next_event(&mut sub).await.0, *id);
+            }
+            // Exactly one reset: everything after it is history, then the marker.
+            let rest = drain_until_marker(b, &mut sub, key).await;
+            assert!(
+                rest.iter()
+                    .all(|i| matches!(i, StreamItem::Event(e) if e.event_type == "presence")),
+                "{rest:?}"
+            );
+        }
+    }
+
+    pub(crate) async fn newer_than_latest_resets(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let ids = publish_n(b, key, 2, "e").await;
+        let newer = EventId::new(ids[1].ms + 1_000_000, 0);
+        let mut sub = b
+            .subscribe(key, Some(&newer.to_string()))
+            .await
+            .expect("subscribe");
+        let reset = next_reset(&mut sub).await;
+        assert_eq!(reset.reason, ResetReason::NewerThanLatest);
+        assert_eq!(reset.latest, Some(ids[1].to_string()));
+        assert_eq!(next_event(&mut sub).await.0, ids[0]);
+        assert_eq!(next_event(&mut sub).await.0, ids[1]);
+    }
+
+    pub(crate) async fn too_old_resets_then_retained_history(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds {
+                    max_events: 3,
+                    max_age_ms: 60_000,
+                },
+                sampling: None,
+            },
+        )
+        .expect("configure");
+        let ids = publish_n(b, key, 8, "e").await;
+        let mut sub = b
+            .subscribe(key, Some(&ids[0].to_string()))
+            .await
+            .expect("subscribe");
+        let reset = next_reset(&mut sub).await;
+        assert_eq!(reset.reason, ResetReason::TooOld);
+        assert_eq!(reset.oldest, Some(ids[5].to_string()));
+        assert_eq!(reset.latest, Some(ids[7].to_string()));
+        for id in &ids[5..] {
+            assert_eq!(next_event(&mut sub).await.0, *id);
+        }
+    }
+
+    pub(crate) async fn publishing_during_replay_loses_and_repeats_nothing(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        let first = publish_n(b, key, 300, "a").await;
+        let mut sub = b
+            .subscribe(key, Some(&first[0].to_string()))
+            .await
+            .expect("subscribe");
+        let (more, received) = tokio::join!(publish_n(b, key, 300, "b"), async {
+            let mut got = Vec::new();
+            for _ in 0..599 {
+                got.push(next_event(&mut sub).await.0);
+            }
+            got
+        });
+        let expected: Vec<EventId> = first[1..].iter().chain(more.iter()).copied().collect();
+        assert_eq!(received, expected);
+    }
+
+    pub(crate) async fn lagging_subscriber_gets_one_reset_and_continues_from_oldest(
+        b: &dyn EventBackend,
+        _c: &ManualClock,
+        key: &str,
+    ) {
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds {
+                    max_events: 5,
+                    max_age_ms: 60_000,
+                },
+                sampling: None,
+            },
+        )
+        .expect("configure");
+        let mut sub = b.subscribe(key, None).await.expect("subscribe");
+        let ids = publish_n(b, key, 20, "e").await;
+        let reset = next_reset(&mut sub).await;
+        assert_eq!(reset.reason, ResetReason::Lagged);
+        assert_eq!(reset.oldest, Some(ids[15].to_string()));
+        for id in &ids[15..] {
+            assert_eq!(next_event(&mut sub).await.0, *id);
+        }
+        assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
+    }
+
+    pub(crate) async fn bad_input_is_refused(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+        assert!(b.publish(key, "bad\ntype", "x").await.is_err());
+        assert!(b.publish(key, "", "x").await.is_err());
+        assert!(b.publish("bad key", "log", "x").await.is_err());
+        assert!(b.subscribe("", None).await.is_err());
+        // Nothing was stored by the refused calls.
+        let ok = b.publish(key, "log", "x").await.expect("publish");
+        let mut sub = b.subscribe(key, Some("0-0")).await.expect("subscribe");
+        let _reset = next_reset(&mut sub).await;
+        assert_eq!(next_event(&mut sub).await.0, ok);
+    }
+
+    pub(crate) async fn streams_are_independent(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+        let other = format!("{key}-other");
+        let mut sub = b.subscribe(key, None).await.expect("subscribe");
+        b.publish(&other, "log", "elsewhere")
+            .await
+            .expect("publish");
+        let mine = b.publish(key, "log", "here").await.expect("publish");
+        assert_eq!(next_event(&mut sub).await.0, mine);
+    }
+
+    pub(crate) async fn sampled_out_frames_are_kept_and_announced_once(
+        b: &dyn EventBackend,
+        c: &ManualClock,
+        key: &str,
+    ) {
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds::default(),
+                sampling: Some(SamplingConfig {
+                    threshold_per_s: 10,
+                }),
+            },
+        )
+        .expect("configure");
+        let mut sub = b.subscribe(key, None).await.expect("subscribe");
+        let mut frame_ids = Vec::new();
+        // 100 frames within one second, then a quiet second, then one frame to close it.
+        for _ in 0..100 {
+            frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
+            c.advance(5);
+        }
+        c.advance(1_000);
+        frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
+        c.advance(1_000);
+        frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
+        assert!(
+            frame_ids.windows(2).all(|w| w[0] < w[1]),
+            "publishing is unaffected"
+        );
+        let items = drain_until_marker(b, &mut sub, key).await;
+        let logs: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Event(e) if e.event_type == "log" => Some(e.data.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(logs.len(), 2, "one log per switch: {logs:?}");
+        assert!(
+            logs[0].contains("\"active\":true") && logs[1].contains("\"active\":false"),
+            "{logs:?}"
+        );
+        let delivered: Vec<EventId> = items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Event(e) if e.event_type == "can_frame" => Some(e.id),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            delivered.len() < 60 && delivered.len() > 10,
+            "sampled output: {}",
+            delivered.len()
+        );
+        assert_eq!(
+            delivered.last(),
+            frame_ids.last(),
+            "sending resumes after sampling off"
+        );
+        // A sampled-out frame is still in the buffer: resuming after it is exact.
+        let skipped = frame_ids
+            .iter()
+            .find(|id| !delivered.contains(id))
+            .expect("some frame sampled out");
+        let mut resumed = b
+            .subscribe(key, Some(&skipped.to_string()))
+            .await
+            .expect("subscribe");
+        assert!(matches!(
+            next_item(&mut resumed).await,
+            StreamItem::Event(_)
+        ));
+    }
+
+    pub(crate) async fn events_older_than_max_age_are_not_replayed(
+        b: &dyn EventBackend,
+        c: &ManualClock,
+        key: &str,
+    ) {
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds {
+                    max_events: 100,
+                    max_age_ms: 1_000,
+                },
+                sampling: None,
+            },
+        )
+        .expect("configure");
+        let old = publish_n(b, key, 3, "old").await;
+        c.advance(600);
+        let young = publish_n(b, key, 2, "young").await;
+        c.advance(600);
+        // old are now 1,200 ms old (> 1,000), young 600 ms.
+        let mut sub = b
+            .subscribe(key, Some(&old[0].to_string()))
+            .await
+            .expect("subscribe");
+        let reset = next_reset(&mut sub).await;
+        assert_eq!(reset.reason, ResetReason::TooOld);
+        assert_eq!(reset.oldest, Some(young[0].to_string()));
+        assert_eq!(next_event(&mut sub).await.0, young[0]);
+        assert_eq!(next_event(&mut sub).await.0, young[1]);
+    }
+}
+
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(SystemClock.now_ms()))
+}
+
+async fn redis_backend(clock: Arc<ManualClock>) -> RedisBackend {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let mut config = RedisBackendConfig::new(&url);
+    config.key_prefix = format!("tether:test:sse:{}:", uuid::Uuid::new_v4());
+    RedisBackend::connect(config, clock)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url} is required: {e}"))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let clock = super::manual_clock();
+                    let backend = super::MemoryBackend::new(clock.clone(), super::StreamConfig::default());
+                    super::cases::$name(&backend, &clock, "dongle:1").await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let clock = super::manual_clock();
+                    let backend = super::redis_backend(clock.clone()).await;
+                    super::cases::$name(&backend, &clock, "dongle:1").await;
+                    backend.delete_stream("dongle:1").await.expect("cleanup");
+                    backend.delete_stream("dongle:1-other").await.expect("cleanup");
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ids_increase_and_no_id_means_live_only,
+    exact_resume_from_middle_then_live,
+    resume_from_latest_gets_only_live,
+    malformed_id_resets_once_then_history_then_live,
+    newer_than_latest_resets,
+    too_old_resets_then_retained_history,
+    publishing_during_replay_loses_and_repeats_nothing,
+    lagging_subscriber_gets_one_reset_and_continues_from_oldest,
+    bad_input_is_refused,
+    streams_are_independent,
+    sampled_out_frames_are_kept_and_announced_once,
+    events_older_than_max_age_are_not_replayed,
+);

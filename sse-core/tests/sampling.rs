@@ -1,0 +1,82 @@
+//! Sampling of `can_frame` output: exactly one `log` event per switch, other event types never
+//! sampled, and publishing (IDs, buffer contents) unaffected.
+
+use std::sync::Arc;
+
+use sse_core::sampler::SamplingConfig;
+use sse_core::{Clock, ManualClock, MemoryBackend, StreamBounds, StreamConfig, StreamItem};
+
+#[test]
+fn one_log_per_switch_and_publishing_unaffected() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let config = StreamConfig {
+        bounds: StreamBounds::default(),
+        sampling: Some(SamplingConfig {
+            threshold_per_s: 10,
+        }),
+    };
+    let hub = MemoryBackend::new(clock.clone(), config);
+    let mut sub = hub.subscribe_now("dongle:1", None).expect("subscribe");
+    // Frames per one-second window: on, stays on, quiet (off), on, silent, one frame (off).
+    let pattern = [50u64, 50, 5, 50, 0, 1];
+    let mut frame_ids = Vec::new();
+    let mut presence_ids = Vec::new();
+    for count in pattern {
+        for i in 0..count {
+            frame_ids.push(
+                hub.publish_now("dongle:1", "can_frame", "{}")
+                    .expect("publish"),
+            );
+            if i % 10 == 0 {
+                presence_ids.push(
+                    hub.publish_now("dongle:1", "presence", "{}")
+                        .expect("publish"),
+                );
+            }
+            clock.advance(1_000 / count.max(1) - 1);
+        }
+        let start = clock.now_ms() - clock.now_ms() % 1_000;
+        clock.set(start + 1_000);
+    }
+    let mut logs = Vec::new();
+    let mut frames_out = 0;
+    let mut presence_out = Vec::new();
+    while let Some(item) = sub.try_next() {
+        let StreamItem::Event(e) = item else {
+            panic!("no reset expected")
+        };
+        match e.event_type.as_str() {
+            "log" => {
+                logs.push(serde_json::from_str::<serde_json::Value>(&e.data).expect("json log"))
+            }
+            "can_frame" => frames_out += 1,
+            "presence" => presence_out.push(e.id),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let active: Vec<bool> = logs
+        .iter()
+        .map(|l| l["sampling"]["active"].as_bool().expect("active flag"))
+        .collect();
+    assert_eq!(
+        active,
+        [true, false, true, false],
+        "exactly one log per switch: {logs:?}"
+    );
+    let on = &logs[0]["sampling"];
+    assert!(on["input_rate_per_s"].as_u64().expect("rate") > 10);
+    let fraction = on["fraction"].as_f64().expect("fraction");
+    assert!(fraction > 0.0 && fraction < 1.0);
+    assert!(
+        frames_out < frame_ids.len(),
+        "some frames were sampled out of the output"
+    );
+    assert_eq!(presence_out, presence_ids, "other types are never sampled");
+    // Publishing is unaffected: every frame got an increasing ID and is in the buffer.
+    assert!(frame_ids.windows(2).all(|w| w[0] < w[1]));
+    let stats = hub.stream_stats("dongle:1").expect("stream");
+    assert_eq!(
+        stats.retained,
+        frame_ids.len() + presence_ids.len() + logs.len()
+    );
+}
