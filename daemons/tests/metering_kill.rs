@@ -1,0 +1,95 @@
+//! Process-level: `kill -9` of the agent at random moments while records flow, then restart.
+//! Every queued record reaches the control plane at least once, nothing else does, and the
+//! queue and processing lists end empty.
+#![allow(clippy::unwrap_used)]
+
+mod metering_support;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metering_support::*;
+use rand::Rng;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing() {
+    const RECORDS: usize = 4000;
+    const KILLS: usize = 5;
+    let (cp, url) = start_double().await;
+    // Slow answers widen the window in which items are held when the kill lands.
+    cp.delay_ms.store(5, Ordering::Relaxed);
+    // Crashes must never dead-letter here: allow many deliveries.
+    let setup = agent_setup(
+        &url,
+        &redis_url(),
+        "    max_deliveries: 1000\n    batch_size: 100\n",
+        "",
+    );
+    let p = setup.prefix.clone();
+    let mut r = redis_conn(&setup.redis_url).await;
+    let queue = format!("{p}queue:usage_records");
+    let produced: Vec<String> = (0..RECORDS).map(|i| format!("rec-{i}")).collect();
+
+    let producer = {
+        let mut r = r.clone();
+        let queue = queue.clone();
+        let produced = produced.clone();
+        tokio::spawn(async move {
+            for chunk in produced.chunks(100) {
+                let msgs: Vec<String> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| usage_record(&format!("s{}", i % 7), id))
+                    .collect();
+                lpush(&mut r, &queue, &msgs).await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+
+    let mut agent = spawn_agent(&setup, 0);
+    for k in 1..=KILLS {
+        let wait = rand::rng().random_range(150..700);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        kill9(&mut agent);
+        agent = spawn_agent(&setup, k);
+    }
+    producer.await.unwrap();
+
+    let want: HashSet<String> = produced.iter().cloned().collect();
+    eventually(
+        Duration::from_secs(120),
+        "every record delivered",
+        || async {
+            let seen = cp.record_ids();
+            want.iter().all(|id| seen.contains_key(id))
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(60), "queue and processing lists empty", || {
+        let mut r = r.clone();
+        let (p, queue) = (p.clone(), queue.clone());
+        async move { llen(&mut r, &queue).await == 0 && processing_total(&mut r, &p).await == 0 }
+    })
+    .await;
+    let seen = cp.record_ids();
+    let extra: Vec<&String> = seen.keys().filter(|k| !want.contains(*k)).collect();
+    assert!(
+        extra.is_empty(),
+        "sent records that were never queued: {extra:?}"
+    );
+    assert_eq!(
+        llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
+        0
+    );
+    let redelivered = seen.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} records, {redelivered} seen more than once (the control plane deduplicates them)",
+        seen.len()
+    );
+
+    sigterm(&agent);
+    assert!(wait_exit(agent).await.success());
+    cleanup(&mut r, &p).await;
+}

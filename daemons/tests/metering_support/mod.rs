@@ -1,0 +1,381 @@
+//! Shared harness of the metering process tests: a control-plane double (a real axum server on
+//! loopback that records requests and injects faults), agent processes, Redis helpers.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+
+pub const TEST_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAzNXGtS/pKejqAyRzvywFjYUtIOdwyPCJqHMUaqkkMDU=\n-----END PUBLIC KEY-----\n";
+/// Test-only signing key (matches `TEST_PUBLIC_KEY`).
+pub const TEST_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKCW1rLWKrnHkxOYuGgr8WEa5WRGEJ9SXg/eRGxB1f8Y\n-----END PRIVATE KEY-----\n";
+/// A key the control plane does not publish.
+pub const OTHER_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDN7nFUt3GezcLb/O/ZOM3iHNQUwQdJ/dKhO4svrHVCD\n-----END PRIVATE KEY-----\n";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// What the double saw and how it misbehaves.
+#[derive(Default)]
+pub struct DoubleState {
+    /// Every request: (method, path, body).
+    pub requests: Mutex<Vec<(String, String, Value)>>,
+    /// record_id → times received in an accepted batch.
+    pub records: Mutex<HashMap<String, u32>>,
+    /// Answer 503 to session endpoints while set.
+    pub down: AtomicBool,
+    /// Answer 503 to this many of the next public-keys requests.
+    pub fail_public_keys: AtomicU32,
+    /// Sessions whose usage records are refused with 400.
+    pub reject_sessions: Mutex<HashSet<String>>,
+    /// Command tokens served on every poll.
+    pub commands: Mutex<Vec<String>>,
+    /// Every 1 in N usage batches gets a 503 (0 = never).
+    pub fail_every: AtomicU64,
+    pub counter: AtomicU64,
+    /// Artificial latency of session endpoints.
+    pub delay_ms: AtomicU64,
+}
+
+impl DoubleState {
+    pub fn record_ids(&self) -> HashMap<String, u32> {
+        self.records.lock().unwrap().clone()
+    }
+    pub fn requests_to(&self, suffix: &str) -> Vec<(String, String, Value)> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.1.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+}
+
+type S = Arc<DoubleState>;
+
+fn log(s: &S, method: &str, path: String, body: &Value) {
+    s.requests
+        .lock()
+        .unwrap()
+        .push((method.into(), path, body.clone()));
+}
+
+async fn session_gate(s: &S) -> Option<Response> {
+    let d = s.delay_ms.load(Ordering::Relaxed);
+    if d > 0 {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+    }
+    if s.down.load(Ordering::Relaxed) {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "down").into_response());
+    }
+    None
+}
+
+async fn usage(State(s): State<S>, Path(id): Path<String>, body: axum::Json<Value>) -> Response {
+    log(
+        &s,
+        "POST",
+        format!("/api/v1/sessions/{id}/usage-records"),
+        &body,
+    );
+    if let Some(r) = session_gate(&s).await {
+        return r;
+    }
+    let every = s.fail_every.load(Ordering::Relaxed);
+    if every > 0 && s.counter.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "0")],
+            "flaky",
+        )
+            .into_response();
+    }
+    if s.reject_sessions.lock().unwrap().contains(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "session unknown"})),
+        )
+            .into_response();
+    }
+    let mut recs = s.records.lock().unwrap();
+    for r in body["records"].as_array().cloned().unwrap_or_default() {
+        let rid = r["record_id"].as_str().unwrap_or("").to_owned();
+        *recs.entry(rid).or_default() += 1;
+    }
+    axum::Json(json!({"accepted": true})).into_response()
+}
+
+async fn session_event(
+    State(s): State<S>,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::Json<Value>,
+) -> Response {
+    log(&s, "POST", format!("/api/v1/sessions/{id}/{action}"), &body);
+    if let Some(r) = session_gate(&s).await {
+        return r;
+    }
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn register(State(s): State<S>, body: axum::Json<Value>) -> Response {
+    log(&s, "POST", "/api/v1/servers/register".into(), &body);
+    axum::Json(json!({"registered": true})).into_response()
+}
+
+async fn heartbeat(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    body: axum::Json<Value>,
+) -> Response {
+    log(&s, "PUT", format!("/api/v1/servers/{id}/heartbeat"), &body);
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn shutdown(State(s): State<S>, Path(id): Path<String>, body: axum::Json<Value>) -> Response {
+    log(&s, "POST", format!("/api/v1/servers/{id}/shutdown"), &body);
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn public_keys(State(s): State<S>, Path(id): Path<String>) -> Response {
+    log(
+        &s,
+        "GET",
+        format!("/api/v1/servers/{id}/public-keys"),
+        &Value::Null,
+    );
+    if s.fail_public_keys.load(Ordering::Relaxed) > 0 {
+        s.fail_public_keys.fetch_sub(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "keys unavailable").into_response();
+    }
+    axum::Json(json!({"keys": [{"kid": "k1", "alg": "EdDSA", "public_key_pem": TEST_PUBLIC_KEY}]}))
+        .into_response()
+}
+
+async fn commands(State(s): State<S>, Path(id): Path<String>) -> Response {
+    log(
+        &s,
+        "GET",
+        format!("/api/v1/servers/{id}/commands"),
+        &Value::Null,
+    );
+    let list: Vec<Value> = s
+        .commands
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"token": t}))
+        .collect();
+    axum::Json(json!({"commands": list})).into_response()
+}
+
+async fn command_result(
+    State(s): State<S>,
+    Path((id, cid)): Path<(String, String)>,
+    body: axum::Json<Value>,
+) -> Response {
+    log(
+        &s,
+        "POST",
+        format!("/api/v1/servers/{id}/commands/{cid}/result"),
+        &body,
+    );
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+/// Start the double; returns its state and base URL.
+pub async fn start_double() -> (S, String) {
+    let state: S = Arc::new(DoubleState::default());
+    let app = Router::new()
+        .route("/api/v1/sessions/{id}/usage-records", post(usage))
+        .route("/api/v1/sessions/{id}/{action}", post(session_event))
+        .route("/api/v1/servers/register", post(register))
+        .route("/api/v1/servers/{id}/heartbeat", put(heartbeat))
+        .route("/api/v1/servers/{id}/shutdown", post(shutdown))
+        .route("/api/v1/servers/{id}/public-keys", get(public_keys))
+        .route("/api/v1/servers/{id}/commands", get(commands))
+        .route(
+            "/api/v1/servers/{id}/commands/{cid}/result",
+            post(command_result),
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (state, format!("http://{addr}"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Test settings for one agent.
+pub struct AgentSetup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub health_port: u16,
+    pub prefix: String,
+    pub redis_url: String,
+}
+
+/// Write a config with short timings. `extra` is appended under `metering:` sections via
+/// overrides in `queues`/`control_plane` (YAML text with two-space indent inside `metering:`).
+pub fn agent_setup(cp_url: &str, redis_url: &str, queues: &str, control_plane: &str) -> AgentSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("mtest:{}:", uuid::Uuid::new_v4());
+    let health_port = free_port();
+    let yaml = format!(
+        "metering:\n  server: {{id: srv-test, region: test-region, port: 8080}}\n  redis: {{url: \"{redis_url}\", key_prefix: \"{prefix}\"}}\n  control_plane:\n    base_url: \"{cp_url}\"\n    api_key: \"${{CP_KEY}}\"\n    timeout: 5\n    retry_base: 0.01\n    retry_cap: 0.1\n{control_plane}  queues:\n    block_seconds: 0.2\n    lease_ttl_seconds: 1\n    reaper_interval_seconds: 0.3\n{queues}  monitoring:\n    heartbeat_interval: 0.5\n    health_check_port: {health_port}\n    metrics_port: {health_port}\n    command_poll_interval: 0.3\n    log_level: info\n"
+    );
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    AgentSetup {
+        dir,
+        config,
+        health_port,
+        prefix,
+        redis_url: redis_url.into(),
+    }
+}
+
+/// Start `tether agent --config …`; logs go to `<dir>/agent-N.log`.
+pub fn spawn_agent(setup: &AgentSetup, n: usize) -> Child {
+    let log = std::fs::File::create(setup.dir.path().join(format!("agent-{n}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["agent", "--config"])
+        .arg(&setup.config)
+        .env("CP_KEY", "test-key")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub fn agent_logs(setup: &AgentSetup) -> String {
+    let mut out = String::new();
+    for n in 0..20 {
+        if let Ok(s) = std::fs::read_to_string(setup.dir.path().join(format!("agent-{n}.log"))) {
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
+pub async fn get_json(url: &str) -> Option<Value> {
+    let r = reqwest::get(url).await.ok()?;
+    r.json().await.ok()
+}
+
+pub async fn get_text(url: &str) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
+}
+
+/// Poll `f` every 50 ms until it returns true or `limit` passes (then panic with `what`).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable (REDIS_URL)")
+}
+
+pub async fn lpush(conn: &mut redis::aio::MultiplexedConnection, key: &str, items: &[String]) {
+    let _: () = redis::cmd("LPUSH")
+        .arg(key)
+        .arg(items)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+pub async fn llen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("LLEN").arg(key).query_async(conn).await.unwrap()
+}
+
+/// Sum of the lengths of every processing list under `prefix`.
+pub async fn processing_total(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}metering:processing:*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for k in keys {
+        n += llen(conn, &k).await;
+    }
+    n
+}
+
+pub async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(conn).await.unwrap();
+    }
+}
+
+pub fn usage_record(session: &str, record_id: &str) -> String {
+    json!({
+        "api_session_id": session, "customer_id": "cust-1", "product_code": "speech_transcription",
+        "connection_duration_seconds": 1.5, "data_bytes_processed": 4096,
+        "audio_duration_seconds": 1.25, "request_count": 1,
+        "request_timestamp": "2026-11-23T10:00:00Z", "response_timestamp": "2026-11-23T10:00:01Z",
+        "record_id": record_id
+    })
+    .to_string()
+}
+
+pub fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Wait for a child to exit (blocking in a helper thread).
+pub async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics of the metering role (labels `server_id`, `region`, `queue_name`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::message::QueueKind;
+
+/// Labels of per-queue series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// Configured server id.
+    pub server_id: String,
+    /// Configured region.
+    pub region: String,
+    /// Short queue name.
+    pub queue_name: String,
+}
+
+/// Labels of per-agent series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// Configured server id.
+    pub server_id: String,
+    /// Configured region.
+    pub region: String,
+}
+
+type HistogramFamily = Family<QueueLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// All metering metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    server: ServerLabels,
+    /// Items the control plane accepted (`usage_records_processed_total`).
+    pub processed: Family<QueueLabels, Counter>,
+    /// Items moved to a DLQ (`metering_dead_lettered_total`).
+    pub dead_lettered: Family<QueueLabels, Counter>,
+    /// HTTP requests sent to the control plane (`control_plane_requests_total`).
+    pub cp_requests: Family<QueueLabels, Counter>,
+    /// Retries within attempt cycles (`control_plane_retries_total`).
+    pub retries: Family<QueueLabels, Counter>,
+    /// Attempt cycles that ended with the control plane unavailable (`failed_deliveries_total`).
+    pub failed_deliveries: Family<QueueLabels, Counter>,
+    /// Seconds from taking an item to its acknowledgement (`delivery_latency_seconds`).
+    pub latency: HistogramFamily,
+    /// Queue length (`redis_queue_depth`).
+    pub queue_depth: Family<QueueLabels, Gauge>,
+    /// This instance's processing-list length (`metering_processing_depth`).
+    pub processing_depth: Family<QueueLabels, Gauge>,
+    /// DLQ length (`metering_dlq_size`).
+    pub dlq_size: Family<QueueLabels, Gauge>,
+    /// 1 when the last Redis command succeeded (`redis_connection_status`).
+    pub redis_status: Family<ServerLabels, Gauge>,
+    /// 0 closed, 1 half-open, 2 open (`circuit_breaker_state`).
+    pub breaker_state: Family<ServerLabels, Gauge>,
+    /// Items of dead instances returned to their queue (`metering_reaped_total`).
+    pub reaped: Family<ServerLabels, Counter>,
+}
+
+impl Metrics {
+    /// Register everything for `server_id` / `region`.
+    pub fn new(server_id: &str, region: &str) -> Self {
+        let mut registry = Registry::default();
+        let processed = Family::default();
+        let dead_lettered = Family::default();
+        let cp_requests = Family::default();
+        let retries = Family::default();
+        let failed_deliveries = Family::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let queue_depth = Family::default();
+        let processing_depth = Family::default();
+        let dlq_size = Family::default();
+        let redis_status = Family::default();
+        let breaker_state = Family::default();
+        let reaped = Family::default();
+        registry.register(
+            "usage_records_processed",
+            "Items accepted by the control plane",
+            processed.clone(),
+        );
+        registry.register(
+            "metering_dead_lettered",
+            "Items moved to a dead-letter queue",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "control_plane_requests",
+            "Requests sent to the control plane",
+            cp_requests.clone(),
+        );
+        registry.register(
+            "control_plane_retries",
+            "Retries after retryable failures",
+            retries.clone(),
+        );
+        registry.register(
+            "failed_deliveries",
+            "Attempt cycles that ended unavailable",
+            failed_deliveries.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from take to acknowledgement",
+            latency.clone(),
+        );
+        registry.register(
+            "redis_queue_depth",
+            "Items waiting in the queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "metering_processing_depth",
+            "Items held by this instance",
+            processing_depth.clone(),
+        );
+        registry.register(
+            "metering_dlq_size",
+            "Items in the dead-letter queue",
+            dlq_size.clone(),
+        );
+        registry.register(
+            "redis_connection_status",
+            "1 if Redis answered the last command",
+            redis_status.clone(),
+        );
+        registry.register(
+            "circuit_breaker_state",
+            "0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "metering_reaped",
+            "Items of dead instances returned to their queue",
+            reaped.clone(),
+        );
+        let m = Metrics {
+            registry,
+            server: ServerLabels {
+                server_id: server_id.into(),
+                region: region.into(),
+            },
+            processed,
+            dead_lettered,
+            cp_requests,
+            retries,
+            failed_deliveries,
+            latency,
+            queue_depth,
+            processing_depth,
+            dlq_size,
+            redis_status,
+            breaker_state,
+            reaped,
+        };
+        // Create every series up front so dashboards see zeros, not gaps.
+        for q in QueueKind::ALL {
+            let l = m.queue(q);
+            let _ = m.processed.get_or_create(&l);
+            let _ = m.dead_lettered.get_or_create(&l);
+            let _ = m.cp_requests.get_or_create(&l);
+            let _ = m.retries.get_or_create(&l);
+            let _ = m.failed_deliveries.get_or_create(&l);
+            let _ = m.latency.get_or_create(&l);
+            let _ = m.queue_depth.get_or_create(&l);
+            let _ = m.processing_depth.get_or_create(&l);
+            let _ = m.dlq_size.get_or_create(&l);
+        }
+        let _ = m.redis_status.get_or_create(&m.server);
+        let _ = m.breaker_state.get_or_create(&m.server);
+        let _ = m.reaped.get_or_create(&m.server);
+        m
+    }
+
+    /// Labels for `q`.
+    pub fn queue(&self, q: QueueKind) -> QueueLabels {
+        QueueLabels {
+            server_id: self.server.server_id.clone(),
+            region: self.server.region.clone(),
+            queue_name: q.name().into(),
+        }
+    }
+
+    /// Per-agent labels.
+    pub fn server(&self) -> &ServerLabels {
+        &self.server
+    }
+
+    /// Sum of a per-queue counter over all queues.
+    pub fn total(&self, family: &Family<QueueLabels, Counter>) -> u64 {
+        QueueKind::ALL
+            .into_iter()
+            .map(|q| family.get_or_create(&self.queue(q)).get())
+            .sum()
+    }
+
+    /// Sum of a per-queue gauge over all queues.
+    pub fn total_gauge(&self, family: &Family<QueueLabels, Gauge>) -> i64 {
+        QueueKind::ALL
+            .into_iter()
+            .map(|q| family.get_or_create(&self.queue(q)).get())
+            .sum()
+    }
+
+    /// Render in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

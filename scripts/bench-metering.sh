@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Metering benchmarks (short runs; the machine is shared). Starts its own redis-server on a
+# spare port (no persistence, noeviction) so it never touches anyone's data.
+#  1. Drain N queued items with a do-nothing handler: our reliable-queue consumer
+#     (metering-core, batched LMOVE + ack) vs a BullMQ worker vs an RQ SimpleWorker.
+#  2. End to end: `tether agent` forwarding usage records to a control-plane double that answers
+#     in 2 ms with 1 % 503s: records/s, duplicates, resident memory, start time.
+# Usage: scripts/bench-metering.sh [DRAIN_N=100000] [E2E_N=200000] [RQ_N=20000] [RUNS=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRAIN_N=${1:-100000}
+E2E_N=${2:-200000}
+RQ_N=${3:-5000}
+RUNS=${4:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/tether-target-metering}
+cargo build -q --release -p metering-core --examples
+cargo build -q --release -p tether-daemons --bin tether
+BIN=$CARGO_TARGET_DIR/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --maxmemory-policy noeviction \
+  --dir "$WORK" >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS_URL="redis://127.0.0.1:$RPORT"
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# Fill queue:usage_records under a prefix with N ~300-byte usage records (pipelined, fast).
+fill() {
+  local prefix=$1 n=$2
+  python3 - "$prefix" "$n" <<'PY' | redis-cli -p "$RPORT" --pipe >/dev/null
+import json, sys
+prefix, n = sys.argv[1], int(sys.argv[2])
+key = f"{prefix}queue:usage_records"
+out = sys.stdout.buffer
+def cmd(*parts):
+    b = [f"*{len(parts)}\r\n".encode()]
+    for p in parts:
+        p = p.encode() if isinstance(p, str) else p
+        b.append(f"${len(p)}\r\n".encode() + p + b"\r\n")
+    return b"".join(b)
+for i in range(n):
+    rec = json.dumps({"api_session_id": f"s{i % 50}", "customer_id": "c1", "product_code": "speech_transcription",
+        "connection_duration_seconds": 1.5, "data_bytes_processed": 4096, "audio_duration_seconds": 1.25,
+        "request_count": 1, "request_timestamp": "2026-11-23T10:00:00Z",
+        "response_timestamp": "2026-11-23T10:00:01Z", "record_id": f"rec-{i}"})
+    out.write(cmd("LPUSH", key, rec))
+PY
+}
+
+echo "== 1. drain $DRAIN_N items, do-nothing handler (runs: $RUNS) =="
+ours=()
+for r in $(seq "$RUNS"); do
+  fill "d$r:" "$DRAIN_N"
+  ours+=("$("$BIN/examples/bench_drain" "$REDIS_URL" "d$r:" "$DRAIN_N" 4 500 | awk '{print $3}')")
+done
+OURS=$(printf '%s\n' "${ours[@]}" | median)
+echo "metering-core: runs ${ours[*]} items/s, median $OURS"
+
+# BullMQ (npm), installed into a temp dir.
+BULL=""
+if command -v npm >/dev/null; then
+  mkdir -p "$WORK/bull" && (cd "$WORK/bull" && npm init -y >/dev/null && npm install --silent bullmq ioredis >/dev/null 2>&1) || true
+  cat > "$WORK/bull/drain.js" <<'JS'
+const { Queue, Worker } = require('bullmq');
+const [port, n, name] = [Number(process.argv[2]), Number(process.argv[3]), process.argv[4]];
+const connection = { host: '127.0.0.1', port };
+(async () => {
+  const q = new Queue(name, { connection });
+  const payload = { api_session_id: 's1', customer_id: 'c1', product_code: 'speech_transcription',
+    connection_duration_seconds: 1.5, data_bytes_processed: 4096, audio_duration_seconds: 1.25,
+    request_count: 1, request_timestamp: '2026-11-23T10:00:00Z', response_timestamp: '2026-11-23T10:00:01Z' };
+  for (let i = 0; i < n; i += 1000) {
+    const jobs = [];
+    for (let j = i; j < Math.min(n, i + 1000); j++) jobs.push({ name: 'u', data: { ...payload, record_id: 'rec-' + j },
+      opts: { removeOnComplete: true } });
+    await q.addBulk(jobs);
+  }
+  let done = 0; const start = process.hrtime.bigint();
+  await new Promise((resolve) => {
+    const w = new Worker(name, async () => {}, { connection, concurrency: 100 });
+    w.on('completed', () => { if (++done === n) { resolve(); w.close(); } });
+  });
+  const secs = Number(process.hrtime.bigint() - start) / 1e9;
+  console.log(`${done} ${secs.toFixed(3)} ${(done / secs).toFixed(0)}`);
+  await q.close();
+  process.exit(0);
+})();
+JS
+  if [ -d "$WORK/bull/node_modules/bullmq" ]; then
+    bull=()
+    for r in $(seq "$RUNS"); do bull+=("$(node "$WORK/bull/drain.js" "$RPORT" "$DRAIN_N" "b$r" | awk '{print $3}')"); done
+    BULL=$(printf '%s\n' "${bull[@]}" | median)
+    echo "BullMQ $(node -e "console.log(require('$WORK/bull/node_modules/bullmq/package.json').version)"): runs ${bull[*]} items/s, median $BULL"
+  else
+    echo "BullMQ: npm install failed; skipped"
+  fi
+fi
+
+# RQ SimpleWorker (PyPI), in a temp venv. RQ is slow to enqueue; it drains RQ_N items.
+RQ=""
+if python3 -m venv "$WORK/venv" >/dev/null 2>&1 && "$WORK/venv/bin/pip" install -q rq >/dev/null 2>&1; then
+  printf 'def noop(x):\n    return None\n' > "$WORK/rqnoop.py"
+  cat > "$WORK/rqbench.py" <<'PY'
+import sys, time
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rqnoop import noop
+port, n, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = Redis(port=port)
+q = Queue(name, connection=conn)
+with q.connection.pipeline() as pipe:
+    # The do-nothing handler.
+    q.enqueue_many([Queue.prepare_data(noop, args=("x",), result_ttl=0) for _ in range(n)], pipeline=pipe)
+    pipe.execute()
+w = SimpleWorker([q], connection=conn)
+start = time.perf_counter()
+w.work(burst=True, logging_level="WARNING")
+secs = time.perf_counter() - start
+print(n, f"{secs:.3f}", f"{n / secs:.0f}")
+PY
+  rq=()
+  for r in $(seq "$RUNS"); do rq+=("$(cd "$WORK" && timeout 300 "$WORK/venv/bin/python" "$WORK/rqbench.py" "$RPORT" "$RQ_N" "rq$r" | tail -1 | awk '{print $3}')"); done
+  RQ=$(printf '%s\n' "${rq[@]}" | median)
+  echo "RQ $("$WORK/venv/bin/python" -c 'import rq; print(rq.__version__)') SimpleWorker ($RQ_N items): runs ${rq[*]} items/s, median $RQ"
+else
+  echo "RQ: pip install failed; skipped"
+fi
+[ -n "$BULL" ] && echo "ratio metering-core / BullMQ: $(python3 -c "print(round($OURS/$BULL, 2))")"
+[ -n "$RQ" ] && echo "ratio metering-core / RQ: $(python3 -c "print(round($OURS/$RQ, 2))")"
+
+echo "== 2. end to end: $E2E_N records → control-plane double (2 ms, 1 % 503) =="
+CPORT=$(free_port)
+"$BIN/examples/bench_control_plane" "$CPORT" &
+PIDS+=($!)
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$CPORT/stats" >/dev/null && break; sleep 0.1; done
+HPORT=$(free_port)
+cat > "$WORK/agent.yaml" <<YAML
+metering:
+  server: {id: bench, region: local, port: 8080}
+  redis: {url: "$REDIS_URL", key_prefix: "e2e:"}
+  control_plane: {base_url: "http://127.0.0.1:$CPORT", api_key: k, retry_base: 0.01, retry_cap: 0.5}
+  queues: {workers: 4, batch_size: 1000, max_concurrent_requests: 64}
+  monitoring: {health_check_port: $HPORT, metrics_port: $HPORT, log_level: warn, heartbeat_interval: 5}
+YAML
+fill "e2e:" "$E2E_N"
+t0=$(date +%s.%N)
+"$BIN/tether" agent --config "$WORK/agent.yaml" 2>"$WORK/agent.log" &
+APID=$!
+PIDS+=($APID)
+until curl -sf "http://127.0.0.1:$HPORT/health" >/dev/null; do sleep 0.005; done
+t_health=$(date +%s.%N)
+while :; do
+  u=$(curl -sf "http://127.0.0.1:$CPORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["unique"])')
+  [ "$u" -ge "$E2E_N" ] && break
+  sleep 0.05
+done
+t1=$(date +%s.%N)
+STATS=$(curl -sf "http://127.0.0.1:$CPORT/stats")
+RSS=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
+kill -TERM "$APID"; wait "$APID" || true
+left=$(redis-cli -p "$RPORT" llen e2e:queue:usage_records)
+dlq=$(redis-cli -p "$RPORT" llen e2e:metering:dlq:usage_records)
+python3 - "$t0" "$t_health" "$t1" "$E2E_N" "$RSS" "$STATS" "$left" "$dlq" <<'PY'
+import json, sys
+t0, th, t1, n, rss = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+s = json.loads(sys.argv[6])
+print(f"start to /health answering: {(th - t0) * 1000:.0f} ms")
+print(f"records/s end to end (from process start): {n / (t1 - t0):.0f}  ({t1 - t0:.2f} s for {n})")
+print(f"control-plane requests {s['requests']}, 503s {s['failed']}, distinct records {s['unique']}, "
+      f"duplicate record ids received {s['duplicates']}")
+print(f"peak resident memory: {rss / 1024:.1f} MiB; left in queue {sys.argv[7]}, DLQ {sys.argv[8]}")
+PY
