@@ -1,0 +1,380 @@
+//! Server configuration: defaults, an optional YAML file with `${VAR}` substitution, and
+//! command-line overrides, validated before anything starts.
+//!
+//! Precedence, lowest first: built-in defaults, the file, then flags (and `REDIS_URL`, which
+//! clap reads into the `--redis-url` flag). `${NAME}` in any string of the file is replaced by
+//! the environment variable `NAME`; an unset variable is an error naming it, never an empty
+//! string slipped into an address.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::server::ServerError;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./tether-data";
+/// Default request body limit (64 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default time a client has to send a complete request head (seconds).
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+
+/// The configuration file's shape. Every field is optional; unknown fields are refused so a
+/// typo is an error rather than a silently ignored setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Directory for the records database (and, later, embedded stream logs).
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL. Only checked for reachability by `/readyz` in this version.
+    pub redis_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a complete request head; idle keep-alive connections are
+    /// closed after the same time.
+    pub header_read_timeout_secs: Option<u64>,
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--redis-url` / `REDIS_URL`.
+    pub redis_url: Option<String>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Redis URL, when configured.
+    pub redis_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults with a given listen address and data directory (handy for tests and embedding).
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            redis_url: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+        }
+    }
+
+    /// Merges defaults, `file` and `overrides` and validates the result.
+    pub fn resolve(
+        file: Option<FileConfig>,
+        origin: &str,
+        overrides: Overrides,
+    ) -> Result<ServerConfig, ServerError> {
+        let file = file.unwrap_or_default();
+        let invalid = |detail: String| ServerError::ConfigInvalid {
+            origin: origin.to_owned(),
+            detail,
+        };
+        let listen_text = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(format!(
+                "listen address {listen_text:?} is not an IP:port such as 127.0.0.1:8080"
+            ))
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir is empty".to_owned()));
+        }
+        // An empty value (e.g. `REDIS_URL=`) means "no Redis", like an absent one.
+        let redis_url = overrides
+            .redis_url
+            .or(file.redis_url)
+            .filter(|url| !url.trim().is_empty());
+        if let Some(url) = &redis_url {
+            redis::Client::open(url.as_str()).map_err(|err| ServerError::RedisUrl {
+                detail: err.to_string(),
+            })?;
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid(format!(
+                "max_body_bytes {max_body_bytes} is outside 1024..=16777216"
+            )));
+        }
+        let header_secs = file
+            .header_read_timeout_secs
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS);
+        if !(1..=3600).contains(&header_secs) {
+            return Err(invalid(format!(
+                "header_read_timeout_secs {header_secs} is outside 1..=3600"
+            )));
+        }
+        Ok(ServerConfig {
+            listen,
+            data_dir,
+            redis_url,
+            max_body_bytes,
+            header_read_timeout: Duration::from_secs(header_secs),
+        })
+    }
+}
+
+/// Reads and parses a YAML configuration file, substituting `${VAR}` from the environment.
+pub fn load_file(path: &Path) -> Result<FileConfig, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
+        action: "read config file",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_file(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
+}
+
+/// Parses YAML configuration text, substituting `${VAR}` with `lookup`.
+///
+/// Substitution happens on parsed string values, not on the raw text, so a value containing
+/// YAML syntax (`:`, `#`, quotes) cannot change the document's structure.
+pub fn parse_file(
+    text: &str,
+    origin: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<FileConfig, ServerError> {
+    let invalid = |detail: String| ServerError::ConfigInvalid {
+        origin: origin.to_owned(),
+        detail,
+    };
+    let mut value: serde_norway::Value =
+        serde_norway::from_str(text).map_err(|err| invalid(err.to_string()))?;
+    if value.is_null() {
+        return Ok(FileConfig::default());
+    }
+    substitute(&mut value, origin, lookup)?;
+    serde_norway::from_value(value).map_err(|err| invalid(err.to_string()))
+}
+
+fn substitute(
+    value: &mut serde_norway::Value,
+    origin: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ServerError> {
+    use serde_norway::Value;
+    match value {
+        Value::String(text) => {
+            *text = expand(text, origin, lookup)?;
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                substitute(item, origin, lookup)?;
+            }
+        }
+        Value::Mapping(map) => {
+            for (_, item) in map.iter_mut() {
+                substitute(item, origin, lookup)?;
+            }
+        }
+        Value::Tagged(tagged) => substitute(&mut tagged.value, origin, lookup)?,
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+    Ok(())
+}
+
+/// Replaces every `${NAME}` in `text`. `NAME` is `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn expand(
+    text: &str,
+    origin: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ServerError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ServerError::ConfigInvalid {
+                origin: origin.to_owned(),
+                detail: format!("unterminated ${{ in {text:?}"),
+            });
+        };
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if name.is_empty() || !valid {
+            return Err(ServerError::ConfigInvalid {
+                origin: origin.to_owned(),
+                detail: format!("invalid variable name {name:?} in {text:?}"),
+            });
+        }
+        let value = lookup(name).ok_or_else(|| ServerError::ConfigEnvUnset {
+            origin: origin.to_owned(),
+            name: name.to_owned(),
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("9999".to_owned()),
+            "TRICKY" => Some("a: b # c".to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitutes_variables_in_strings() {
+        let cfg = parse_file(
+            "listen: \"127.0.0.1:${PORT}\"\ndata_dir: ${TRICKY}\n",
+            "t",
+            &env,
+        )
+        .map_err(|e| e.to_string());
+        assert_eq!(
+            cfg,
+            Ok(FileConfig {
+                listen: Some("127.0.0.1:9999".to_owned()),
+                data_dir: Some(PathBuf::from("a: b # c")),
+                ..FileConfig::default()
+            })
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let err = parse_file("redis_url: ${NOPE_UNSET}\n", "cfg.yaml", &env).err();
+        assert!(
+            matches!(&err, Some(ServerError::ConfigEnvUnset { name, .. }) if name == "NOPE_UNSET"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn bad_syntax_and_unknown_fields_are_refused() {
+        for text in ["listen: ${PORT", "listen: ${1X}", "lisen: x", "listen: [1"] {
+            assert!(parse_file(text, "t", &env).is_err(), "{text}");
+        }
+        assert_eq!(parse_file("", "t", &env).ok(), Some(FileConfig::default()));
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let file = FileConfig {
+            listen: Some("127.0.0.1:1".to_owned()),
+            data_dir: Some(PathBuf::from("/from/file")),
+            ..FileConfig::default()
+        };
+        let cfg = ServerConfig::resolve(
+            Some(file),
+            "t",
+            Overrides {
+                listen: Some("127.0.0.1:2".to_owned()),
+                ..Overrides::default()
+            },
+        );
+        let cfg = cfg.map_err(|e| e.to_string());
+        assert_eq!(
+            cfg.as_ref().map(|c| (c.listen.port(), c.data_dir.clone())),
+            Ok((2, PathBuf::from("/from/file")))
+        );
+        let defaults = ServerConfig::resolve(None, "t", Overrides::default()).ok();
+        assert_eq!(
+            defaults.map(|c| (c.listen.to_string(), c.data_dir, c.redis_url)),
+            Some((
+                DEFAULT_LISTEN.to_owned(),
+                PathBuf::from(DEFAULT_DATA_DIR),
+                None
+            ))
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let bad_listen = Overrides {
+            listen: Some("localhost".to_owned()),
+            ..Overrides::default()
+        };
+        assert!(ServerConfig::resolve(None, "t", bad_listen).is_err());
+        let bad_redis = Overrides {
+            redis_url: Some("not a url".to_owned()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            ServerConfig::resolve(None, "t", bad_redis),
+            Err(ServerError::RedisUrl { .. })
+        ));
+        let tiny = FileConfig {
+            max_body_bytes: Some(10),
+            ..FileConfig::default()
+        };
+        assert!(ServerConfig::resolve(Some(tiny), "t", Overrides::default()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::expand;
+
+    fn env(name: &str) -> Option<String> {
+        name.strip_prefix("V").map(|n| format!("<{n}>"))
+    }
+
+    proptest! {
+        /// Text without `${` comes back unchanged.
+        #[test]
+        fn text_without_placeholders_is_unchanged(text in "[^$]*|[a-z$ {}]*") {
+            prop_assume!(!text.contains("${"));
+            prop_assert_eq!(expand(&text, "t", &env).ok(), Some(text.clone()));
+        }
+
+        /// Pieces of literal text and set variables expand to the concatenation of their values;
+        /// any input either expands or returns an error, never panics.
+        #[test]
+        fn placeholders_expand_to_their_values(
+            parts in proptest::collection::vec(("[a-z :#'\"]{0,5}", "[A-Z0-9_]{1,4}"), 0..6),
+            junk in "\\PC{0,40}",
+        ) {
+            let mut text = String::new();
+            let mut expected = String::new();
+            for (literal, name) in &parts {
+                text.push_str(literal);
+                text.push_str(&format!("${{V{name}}}"));
+                expected.push_str(literal);
+                expected.push_str(&format!("<{name}>"));
+            }
+            prop_assert_eq!(expand(&text, "t", &env).ok(), Some(expected));
+            let _ = expand(&junk, "t", &env);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::server::ServerError;
+use crate::server::group_mode::Backlog;
+use crate::server::metrics::ServerMetrics;
+use crate::server::store::{Actor, ModeChange, Store};
+
+/// How many mode changes a slow subscriber may fall behind before it is told it lagged.
+const MODE_CHANGE_BUFFER: usize = 1024;
+
+/// Tells the API how many frames wait in a group's streams.
+///
+/// The data plane implements this over its stream logs; the API and the store only ask.
+pub trait BacklogProbe: Send + Sync + std::fmt::Debug + 'static {
+    /// Undelivered frames per direction of `group`.
+    fn backlog(&self, group: Uuid) -> Backlog;
+}
+
+/// The probe used while no data plane runs in this server: no frames can have been buffered,
+/// so every backlog is zero.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDataPlane;
+
+impl BacklogProbe for NoDataPlane {
+    fn backlog(&self, _group: Uuid) -> Backlog {
+        Backlog::default()
+    }
+}
+
+/// Shared state of the HTTP server (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Arc<ServerMetrics>,
+    pub(crate) backlog: Arc<dyn BacklogProbe>,
+    pub(crate) redis: Option<redis::Client>,
+    pub(crate) readiness_timeout: Duration,
+    mode_changes: broadcast::Sender<ModeChange>,
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<ServerMetrics>,
+        backlog: Arc<dyn BacklogProbe>,
+        redis: Option<redis::Client>,
+    ) -> AppState {
+        AppState {
+            store,
+            metrics,
+            backlog,
+            redis,
+            readiness_timeout: Duration::from_secs(2),
+            mode_changes: broadcast::channel(MODE_CHANGE_BUFFER).0,
+        }
+    }
+
+    /// The records store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
+    }
+
+    /// The backlog probe.
+    pub fn backlog(&self) -> &Arc<dyn BacklogProbe> {
+        &self.backlog
+    }
+
+    /// Subscribes to group mode changes (the source of `group_state` events). Every change is
+    /// already persisted and audited when it is published; a subscriber that lags more than
+    /// 1024 changes gets `RecvError::Lagged` with the count and can re-read the groups.
+    pub fn subscribe_mode_changes(&self) -> broadcast::Receiver<ModeChange> {
+        self.mode_changes.subscribe()
+    }
+
+    /// Publishes mode changes written by the store. With no subscriber nothing is lost: the
+    /// change is in the database and the audit log.
+    pub fn publish_mode_changes(&self, changes: impl IntoIterator<Item = ModeChange>) {
+        for change in changes {
+            let _ = self.mode_changes.send(change);
+        }
+    }
+
+    /// Data plane entry point: a dongle connected or disconnected. Updates presence, re-evaluates
+    /// its group's mode with the current backlog, and publishes any change.
+    pub async fn set_dongle_online(
+        &self,
+        dongle_id: Uuid,
+        online: bool,
+    ) -> Result<Vec<ModeChange>, ServerError> {
+        let probe = Arc::clone(&self.backlog);
+        let changes = self
+            .store
+            .call(move |store| {
+                store
+                    .set_dongle_online(dongle_id, online, Utc::now(), &|group| probe.backlog(group))
+            })
+            .await?;
+        self.publish_mode_changes(changes.clone());
+        Ok(changes)
+    }
+
+    /// Data plane entry point: a group's backlog changed (grew from zero or drained to zero).
+    /// Re-evaluates its mode and publishes a change, if any.
+    pub async fn refresh_group_mode(
+        &self,
+        group_id: Uuid,
+    ) -> Result<Option<ModeChange>, ServerError> {
+        let backlog = self.backlog.backlog(group_id);
+        let change = self
+            .store
+            .call(move |store| {
+                store.refresh_group_mode(
+                    group_id,
+                    backlog,
+                    &Actor::DataPlane,
+                    "backlog",
+                    Utc::now(),
+                )
+            })
+            .await?;
+        self.publish_mode_changes(change.clone());
+        Ok(change)
+    }
+}
