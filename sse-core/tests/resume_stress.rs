@@ -101,10 +101,10 @@ fn check(published: &[EventId], seen: &[Seen], who: usize) -> usize {
                     *first_in_subscription || *reason == ResetReason::Lagged,
                     "subscriber {who}: reset in the middle: {s:?}"
                 );
-                assert!(
-                    after_reset.is_none(),
-                    "subscriber {who}: two resets in a row"
-                );
+                // Two resets in a row are legitimate: a client that disconnects right after a
+                // reset resumes with the same (still stale) ID and is reset again, and a
+                // subscriber can lag twice before reading. What must hold is that the next
+                // event is the oldest one the latest reset announced.
                 after_reset = Some(oldest.clone().expect("history retained"));
                 resets += 1;
             }
