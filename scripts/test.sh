@@ -154,7 +154,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
             cp -r "$corpus/." "$work/" 2>/dev/null
             if (cd fuzz && cargo fuzz run --target-dir "$fuzz_target_dir" -O "$target" "$work" -- \
                 -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >"$work.log" 2>&1); then
-                echo "fuzz $target: ok ($(grep -oE '#[0-9]+' "$work.log" | tail -n1 | tr -d '#') runs)"
+                echo "fuzz $target: ok ($(grep -oE '^#[0-9]+' "$work.log" | tail -n1 | tr -d '#') runs)"
                 pass
             else
                 tail -n 30 "$work.log"
