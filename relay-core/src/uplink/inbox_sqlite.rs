@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 
 use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
 use super::outbox::OutboxRecord;
-use super::outbox_sqlite::UplinkSync;
+use super::outbox_sqlite::{UplinkSync, from_sql, store_err, to_sql};
 use crate::error::{Error, Result};
 use crate::log::Seq;
 
@@ -27,19 +27,7 @@ pub struct SqliteInbox {
 }
 
 fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
-    move |source| Error::UplinkStore {
-        store: STORE,
-        action,
-        source,
-    }
-}
-
-fn to_sql(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn from_sql(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+    store_err(STORE, action)
 }
 
 impl SqliteInbox {

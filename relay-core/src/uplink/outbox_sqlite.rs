@@ -51,20 +51,28 @@ struct Meta {
     stored: u64,
 }
 
-fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+/// Maps a rusqlite error of `store` (outbox or inbox) during `action` to the crate error.
+pub(super) fn store_err(
+    store: &'static str,
+    action: &'static str,
+) -> impl Fn(rusqlite::Error) -> Error {
     move |source| Error::UplinkStore {
-        store: STORE,
+        store,
         action,
         source,
     }
 }
 
-fn to_sql(value: u64) -> i64 {
+fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    store_err(STORE, action)
+}
+
+pub(super) fn to_sql(value: u64) -> i64 {
     // Seqs, counts and millisecond timestamps stay far below 2^63; saturate rather than wrap.
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn from_sql(value: i64) -> u64 {
+pub(super) fn from_sql(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
