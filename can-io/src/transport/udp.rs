@@ -17,20 +17,72 @@ use crate::wire::remp::{self, RempEvent, RempReceiver, RempSender};
 
 const RECV_BUF: usize = 65536;
 
-async fn bind(local: SocketAddr, what: &'static str) -> Result<UdpSocket, Error> {
-    UdpSocket::bind(local).await.map_err(|source| Error::Io {
-        action: what,
-        source,
-    })
+/// A UDP socket and the peer it talks to: a fixed address, or else whoever was last heard from.
+#[derive(Debug)]
+struct UdpPeer {
+    socket: UdpSocket,
+    peer: Option<SocketAddr>,
+    last_from: Option<SocketAddr>,
+    protocol: &'static str,
+}
+
+impl UdpPeer {
+    async fn bind(
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        protocol: &'static str,
+        action: &'static str,
+    ) -> Result<Self, Error> {
+        let socket = UdpSocket::bind(local)
+            .await
+            .map_err(|source| Error::Io { action, source })?;
+        Ok(Self {
+            socket,
+            peer,
+            last_from: None,
+            protocol,
+        })
+    }
+
+    fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.socket.local_addr().map_err(|source| Error::Io {
+            action: "reading the local address",
+            source,
+        })
+    }
+
+    async fn send(&self, d: &[u8], action: &'static str) -> Result<(), Error> {
+        let peer = self
+            .peer
+            .or(self.last_from)
+            .ok_or_else(|| Error::Unsupported {
+                protocol: self.protocol,
+                reason: "no peer to send to yet (no datagram received)".into(),
+            })?;
+        self.socket
+            .send_to(d, peer)
+            .await
+            .map_err(|e| send_error(self.protocol, action, e))?;
+        Ok(())
+    }
+
+    async fn recv_from(
+        &self,
+        buf: &mut [u8],
+        action: &'static str,
+    ) -> Result<(usize, SocketAddr), Error> {
+        self.socket
+            .recv_from(buf)
+            .await
+            .map_err(|source| Error::Io { action, source })
+    }
 }
 
 /// REMP over UDP, either side: a dongle sending to an agent, or an agent receiving from
 /// dongles (and answering to the address a dongle was last heard from).
 #[derive(Debug)]
 pub struct RempUdp {
-    socket: UdpSocket,
-    peer: Option<SocketAddr>,
-    last_from: Option<SocketAddr>,
+    link: UdpPeer,
     sender: RempSender,
     receiver: RempReceiver,
     inbox: VecDeque<CanRecord>,
@@ -49,9 +101,7 @@ impl RempUdp {
     ) -> Result<Self, Error> {
         let boot_id = boot_id();
         Ok(Self {
-            socket: bind(local, "binding the REMP socket").await?,
-            peer,
-            last_from: None,
+            link: UdpPeer::bind(local, peer, "REMP", "binding the REMP socket").await?,
             sender: RempSender::new(serial, boot_id, 1000)?,
             receiver: RempReceiver::default(),
             inbox: VecDeque::new(),
@@ -75,25 +125,11 @@ impl RempUdp {
 
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.socket.local_addr().map_err(|source| Error::Io {
-            action: "reading the local address",
-            source,
-        })
+        self.link.local_addr()
     }
 
     async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
-        let peer = self
-            .peer
-            .or(self.last_from)
-            .ok_or_else(|| Error::Unsupported {
-                protocol: "REMP",
-                reason: "no peer to send to yet (no datagram received)".into(),
-            })?;
-        self.socket
-            .send_to(d, peer)
-            .await
-            .map_err(|e| send_error("REMP", "sending a REMP datagram", e))?;
-        Ok(())
+        self.link.send(d, "sending a REMP datagram").await
     }
 
     /// Send a hello (announces the serial and channel names).
@@ -121,17 +157,13 @@ impl RempUdp {
         }
         loop {
             let (n, from) = self
-                .socket
-                .recv_from(&mut self.buf)
-                .await
-                .map_err(|source| Error::Io {
-                    action: "receiving a REMP datagram",
-                    source,
-                })?;
+                .link
+                .recv_from(&mut self.buf, "receiving a REMP datagram")
+                .await?;
             match self.receiver.handle_datagram(&self.buf[..n], now_ns()) {
                 Ok(ev) => {
                     if !matches!(ev, RempEvent::Dropped { .. }) {
-                        self.last_from = Some(from);
+                        self.link.last_from = Some(from);
                     }
                     return Ok(ev);
                 }
@@ -194,9 +226,7 @@ impl CanBus for RempUdp {
 /// records get the local receive time, the configured channel name and `Direction::Rx`.
 #[derive(Debug)]
 pub struct CannelloniUdp {
-    socket: UdpSocket,
-    peer: Option<SocketAddr>,
-    last_from: Option<SocketAddr>,
+    link: UdpPeer,
     channel: Channel,
     sender: CannelloniSender,
     inbox: VecDeque<CanRecord>,
@@ -213,9 +243,7 @@ impl CannelloniUdp {
         channel: &str,
     ) -> Result<Self, Error> {
         Ok(Self {
-            socket: bind(local, "binding the cannelloni socket").await?,
-            peer,
-            last_from: None,
+            link: UdpPeer::bind(local, peer, "cannelloni", "binding the cannelloni socket").await?,
             channel: Channel::from(channel),
             sender: CannelloniSender::new(),
             inbox: VecDeque::new(),
@@ -226,25 +254,11 @@ impl CannelloniUdp {
 
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.socket.local_addr().map_err(|source| Error::Io {
-            action: "reading the local address",
-            source,
-        })
+        self.link.local_addr()
     }
 
     async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
-        let peer = self
-            .peer
-            .or(self.last_from)
-            .ok_or_else(|| Error::Unsupported {
-                protocol: "cannelloni",
-                reason: "no peer to send to yet (no datagram received)".into(),
-            })?;
-        self.socket
-            .send_to(d, peer)
-            .await
-            .map_err(|e| send_error("cannelloni", "sending a cannelloni datagram", e))?;
-        Ok(())
+        self.link.send(d, "sending a cannelloni datagram").await
     }
 }
 
@@ -271,16 +285,12 @@ impl CanBus for CannelloniUdp {
                 return Ok(Some(r));
             }
             let (n, from) = self
-                .socket
-                .recv_from(&mut self.buf)
-                .await
-                .map_err(|source| Error::Io {
-                    action: "receiving a cannelloni datagram",
-                    source,
-                })?;
+                .link
+                .recv_from(&mut self.buf, "receiving a cannelloni datagram")
+                .await?;
             match cannelloni::decode_datagram(&self.buf[..n]) {
                 Ok(d) => {
-                    self.last_from = Some(from);
+                    self.link.last_from = Some(from);
                     let ts = now_ns();
                     self.inbox.extend(
                         d.frames
