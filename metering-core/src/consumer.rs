@@ -119,7 +119,23 @@ impl Shared {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        f(&mut b)
+        let out = f(&mut b);
+        // Publish every transition at once, so the gauge never lags the breaker by a sample
+        // period (the sampler still refreshes it for the time-driven open → half-open step).
+        self.publish_breaker_state(b.state(Instant::now()));
+        out
+    }
+
+    fn publish_breaker_state(&self, state: BreakerState) {
+        let v = match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        self.metrics
+            .breaker_state
+            .get_or_create(self.metrics.server())
+            .set(v);
     }
 
     /// Breaker state now.
@@ -412,15 +428,7 @@ async fn sampler(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 Err(_) => s.set_redis(false),
             }
         }
-        let state = match s.breaker_state() {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        };
-        s.metrics
-            .breaker_state
-            .get_or_create(s.metrics.server())
-            .set(state);
+        s.breaker(|_| ());
         if !sleep_or_shutdown(s.cfg.sample_interval, &mut shutdown).await {
             return;
         }
