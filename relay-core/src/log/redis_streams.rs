@@ -8,9 +8,13 @@
 //!   `tr` (reason of the last trim).
 //! * `{prefix}{stream}#cursors` — a hash: consumer → seq.
 //!
-//! Every multi-step write is one Lua script (`EVALSHA` through [`redis::Script`]) so that
-//! the dedup check and `XADD`, or a trim and its bookkeeping, are atomic; a read is a
-//! `MULTI`/`EXEC` of `HMGET` and `XRANGE`. Seqs and timestamps
+//! An append is one `MULTI`/`EXEC`: an `XADD` with the explicit ID `{seq}-0` per item, then a
+//! short script that raises `head`. The explicit ID *is* the dedup check: Redis refuses an ID
+//! at or below the stream's top ("equal or smaller than the target stream top item"), atomically
+//! with the insert, so a retransmitted item is answered with that error and counted as a
+//! duplicate, and the transaction keeps a concurrent trim or read from landing in the middle.
+//! (Doing the same check in a Lua loop around `XADD` cost about twice as much per item.) A trim
+//! and its bookkeeping are one Lua script; a read is a `MULTI`/`EXEC` of `HMGET` and `XRANGE`. Seqs and timestamps
 //! stay below 2^53 so Lua's double-precision numbers hold them exactly; numbers are turned back
 //! into strings with `string.format('%d')`, never `tostring` (which rounds to 14 digits).
 //!
@@ -29,24 +33,16 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Dedup check and `XADD` for a batch. KEYS: stream, meta. ARGV: seq, ts, data triples.
-/// Returns `{stored, head}`.
-const APPEND_LUA: &str = r"
-local head_s = redis.call('HGET', KEYS[2], 'head') or '0'
-local head = tonumber(head_s)
-local stored = 0
-for i = 1, #ARGV, 3 do
-  local seq = tonumber(ARGV[i])
-  if seq > head then
-    -- A bare `seq` as ID is `{seq}-0` to Redis; it saves a string concat per item.
-    redis.call('XADD', KEYS[1], ARGV[i], 'seq', ARGV[i], 'ts', ARGV[i + 1], 'data', ARGV[i + 2])
-    head = seq
-    head_s = ARGV[i]
-    stored = stored + 1
-  end
+/// Raises the head watermark to ARGV[1] if it is higher. KEYS: meta. Returns the head.
+/// Runs inside the append's `MULTI`, after the batch's `XADD`s.
+const RAISE_HEAD_LUA: &str = r"
+local head = tonumber(redis.call('HGET', KEYS[1], 'head') or '0')
+local top = tonumber(ARGV[1])
+if top > head then
+  redis.call('HSET', KEYS[1], 'head', ARGV[1])
+  return top
 end
-if stored > 0 then redis.call('HSET', KEYS[2], 'head', head_s) end
-return {stored, head}
+return head
 ";
 
 /// Age then length retention. KEYS: stream, meta. ARGV: age cutoff ms or '', max_len or ''.
@@ -137,7 +133,6 @@ return {count, first[1], last[1], ts, head}
 pub struct RedisStreamLog {
     conn: ConnectionManager,
     prefix: String,
-    append: Script,
     trim: Script,
     backlog: Script,
 }
@@ -172,7 +167,6 @@ impl RedisStreamLog {
         Ok(Self {
             conn,
             prefix: key_prefix.to_owned(),
-            append: Script::new(APPEND_LUA),
             trim: Script::new(TRIM_LUA),
             backlog: Script::new(BACKLOG_LUA),
         })
@@ -208,6 +202,12 @@ impl RedisStreamLog {
             .await
             .map_err(redis_err("delete stream"))
     }
+}
+
+/// Whether an `XADD` error is Redis refusing an ID at or below the stream's top: our dedup.
+fn is_duplicate_id(e: &redis::ServerError) -> bool {
+    e.details()
+        .is_some_and(|d| d.contains("equal or smaller than the target stream top item"))
 }
 
 /// Converts a bulk string or integer reply to `u64`.
@@ -311,16 +311,69 @@ impl StreamLog for RedisStreamLog {
         validate_stream_name(stream)?;
         validate_batch(stream, items)?;
         let [k, meta] = self.keys(stream);
-        let mut inv = self.append.key(k);
-        inv.key(meta);
+        let Some(last) = items.last() else {
+            let mut conn = self.conn.clone();
+            let head: Value = redis::cmd("HGET")
+                .arg(&meta)
+                .arg("head")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("append"))?;
+            return Ok(AppendOutcome {
+                stored: 0,
+                duplicates: 0,
+                ack: opt_num(stream, &head, "head")?.unwrap_or(0),
+            });
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors();
         for item in items {
-            inv.arg(item.seq).arg(item.ts_ms).arg(&item.payload[..]);
+            pipe.cmd("XADD")
+                .arg(&k)
+                .arg(item.seq)
+                .arg("seq")
+                .arg(item.seq)
+                .arg("ts")
+                .arg(item.ts_ms)
+                .arg("data")
+                .arg(&item.payload[..]);
         }
+        // EVAL, not EVALSHA: inside MULTI a NOSCRIPT error could not be retried, and Redis
+        // caches the compiled script by its hash anyway.
+        pipe.cmd("EVAL")
+            .arg(RAISE_HEAD_LUA)
+            .arg(1)
+            .arg(&meta)
+            .arg(last.seq);
         let mut conn = self.conn.clone();
-        let (stored, ack): (u64, u64) = inv
-            .invoke_async(&mut conn)
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
             .await
             .map_err(redis_err("append"))?;
+        if replies.len() != items.len() + 1 {
+            return Err(corrupt(
+                stream,
+                format!(
+                    "append got {} replies for {} items",
+                    replies.len(),
+                    items.len()
+                ),
+            ));
+        }
+        let mut stored = 0u64;
+        for reply in &replies[..items.len()] {
+            match reply {
+                Value::ServerError(e) if is_duplicate_id(e) => {}
+                Value::ServerError(e) => {
+                    return Err(Error::Redis {
+                        action: "append",
+                        source: redis::RedisError::from(e.clone()),
+                    });
+                }
+                _ => stored += 1,
+            }
+        }
+        let ack = num(stream, &replies[items.len()], "head")?;
         Ok(AppendOutcome {
             stored,
             duplicates: items.len() as u64 - stored,
