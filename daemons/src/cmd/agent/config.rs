@@ -19,9 +19,21 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// The Tether server (`http://` or `https://`), used by the dongle role.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub server_url: Option<String>,
+    /// The agent's API token (`POST /api/v1/agents`), used by the dongle role.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub token: Option<String>,
+    /// Where the agent keeps its state (the dongle role's outbox and cursors).
+    #[serde(default)]
+    pub data_dir: Option<std::path::PathBuf>,
     /// The usage-metering role.
     #[serde(default)]
     pub metering: Option<MeteringConfig>,
+    /// The dongle role (REMP dongles ↔ `/ws/data`).
+    #[serde(default)]
+    pub dongle: Option<super::dongle::config::DongleSection>,
 }
 
 /// `metering:` section.
@@ -356,9 +368,18 @@ pub fn parse(
     substitute(&mut value, env)?;
     apply_overrides(&mut value, env_vars)?;
     let cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
-    match &cfg.metering {
-        Some(m) => m.validate()?,
-        None => bail!("no role configured: add a `metering:` section"),
+    if cfg.metering.is_none() && cfg.dongle.is_none() {
+        bail!("no role configured: add a `metering:` or a `dongle:` section");
+    }
+    if let Some(m) = &cfg.metering {
+        m.validate()?;
+    }
+    if cfg.dongle.is_some() {
+        super::dongle::config::DongleRole::from_agent(&cfg)?;
+    } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
+        bail!(
+            "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"
+        );
     }
     Ok(cfg)
 }
@@ -458,7 +479,7 @@ fn apply_overrides(root: &mut Value, vars: &[(String, String)]) -> anyhow::Resul
     Ok(())
 }
 
-fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
@@ -469,7 +490,7 @@ fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
-fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s)),

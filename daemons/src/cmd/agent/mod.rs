@@ -1,6 +1,7 @@
-//! `tether agent`: the edge-side daemon. Roles are switched on by sections of its config file;
-//! today there is `metering` (usage forwarder). New roles add an optional section to
-//! [`config::AgentConfig`] and a task in [`run`].
+//! `tether agent`: the edge-side daemon. Roles are switched on by sections of its config file:
+//! `metering` (usage forwarder) and `dongle` (REMP dongles ↔ the server's group relay, see
+//! `docs/agent.md`). New roles add an optional section to [`config::AgentConfig`] and a task in
+//! [`run`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use anyhow::{Context, bail};
 
 pub mod config;
 pub mod dlq;
+pub mod dongle;
 pub mod metering;
 
 /// `tether agent` arguments.
@@ -68,8 +70,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             rt.block_on(dlq::run(&m, cmd))
         }
         None => {
-            let m = cfg.metering.context("the config has no metering section")?;
-            rt.block_on(metering::run(m))
+            let dongle = match &cfg.dongle {
+                Some(_) => Some(dongle::config::DongleRole::from_agent(&cfg)?),
+                None => None,
+            };
+            rt.block_on(async move {
+                match (cfg.metering, dongle) {
+                    (Some(m), Some(d)) => {
+                        let (a, b) = tokio::join!(metering::run(m), dongle::run(d));
+                        let (a, b) = (a?, b?);
+                        Ok(if a == ExitCode::SUCCESS { b } else { a })
+                    }
+                    (Some(m), None) => metering::run(m).await,
+                    (None, Some(d)) => dongle::run(d).await,
+                    (None, None) => bail!("no role configured"),
+                }
+            })
         }
     }
 }

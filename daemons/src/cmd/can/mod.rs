@@ -13,6 +13,7 @@ use can_io::formats::{LogFormat, LogReader};
 use indicatif::{ProgressBar, ProgressBarIter, ProgressStyle};
 
 pub mod convert;
+pub mod dongle;
 pub mod record;
 pub mod replay;
 pub mod stats;
@@ -29,6 +30,8 @@ pub enum CanCommand {
     Replay(replay::ReplayArgs),
     /// Record a bus (REMP/cannelloni UDP, socketcand, multicast) to a candump log.
     Record(record::RecordArgs),
+    /// A simulated REMP dongle for `tether agent`: replays a capture, records what it receives.
+    Dongle(dongle::DongleArgs),
     /// Run a socketcand server whose clients share one bus (for tests and demos).
     #[command(name = "serve-socketcand", hide = true)]
     ServeSocketcand(record::ServeSocketcandArgs),
@@ -41,6 +44,7 @@ pub fn run(cmd: CanCommand) -> anyhow::Result<ExitCode> {
         CanCommand::Convert(args) => convert::run(&args),
         CanCommand::Replay(args) => replay::run(&args),
         CanCommand::Record(args) => record::run_record(&args),
+        CanCommand::Dongle(args) => dongle::run(&args),
         CanCommand::ServeSocketcand(args) => record::run_serve_socketcand(&args),
     }
 }

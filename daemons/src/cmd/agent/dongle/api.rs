@@ -1,0 +1,134 @@
+//! The server's REST API as the dongle role uses it: announce a dongle, read its assignment.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::json;
+
+/// A group assignment as `GET /api/v1/agent/dongles/{id}` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Assignment {
+    /// Group uuid.
+    pub id: String,
+    /// `a` or `b`.
+    pub side: String,
+    /// `inactive`, `active` or `degraded`.
+    pub mode: String,
+}
+
+impl Assignment {
+    /// Whether frames are relayed (`active` or `degraded`).
+    pub fn is_active(&self) -> bool {
+        self.mode != "inactive"
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DongleView {
+    id: serde_json::Value,
+    #[serde(default)]
+    group: Option<Assignment>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server refused the token (401/403): retrying will not help until it changes.
+    #[error("the server refused the agent token ({0})")]
+    Unauthorized(u16),
+    /// The dongle is unknown to the server (404): announce it again.
+    #[error("the server does not know this dongle")]
+    NotFound,
+    /// Anything else (network, 5xx, 409 …): retry with backoff.
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+/// REST client with the agent token.
+#[derive(Debug, Clone)]
+pub struct ServerApi {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ServerApi {
+    /// A client for `base` (no trailing slash).
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("tether-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(ServerApi {
+            http,
+            base: base.to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    fn check(status: reqwest::StatusCode, body: &str) -> Result<(), ApiError> {
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            401 | 403 => Err(ApiError::Unauthorized(status.as_u16())),
+            404 => Err(ApiError::NotFound),
+            code => Err(ApiError::Other(anyhow::anyhow!(
+                "HTTP {code}: {}",
+                body.chars().take(300).collect::<String>()
+            ))),
+        }
+    }
+
+    /// `POST /api/v1/agent/dongles {"serial"}` → the server's dongle id.
+    pub async fn announce(&self, serial: &str) -> Result<String, ApiError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/dongles", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "serial": serial }))
+            .send()
+            .await
+            .map_err(|e| ApiError::Other(anyhow::Error::new(e).context("announcing")))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| ApiError::Other(e.into()))?;
+        Self::check(status, &body)?;
+        let view: DongleView = serde_json::from_str(&body)
+            .map_err(|e| ApiError::Other(anyhow::anyhow!("announce answer: {e}")))?;
+        id_string(&view.id).map_err(ApiError::Other)
+    }
+
+    /// `GET /api/v1/agent/dongles/{id}` → the group assignment, if any.
+    pub async fn assignment(&self, dongle_id: &str) -> Result<Option<Assignment>, ApiError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/agent/dongles/{dongle_id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ApiError::Other(anyhow::Error::new(e).context("polling")))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| ApiError::Other(e.into()))?;
+        Self::check(status, &body)?;
+        let view: DongleView = serde_json::from_str(&body)
+            .map_err(|e| ApiError::Other(anyhow::anyhow!("assignment answer: {e}")))?;
+        if let Some(g) = &view.group
+            && (g.side != "a" && g.side != "b")
+        {
+            return Err(ApiError::Other(anyhow::anyhow!(
+                "assignment answer: side {:?} is neither a nor b",
+                g.side
+            )));
+        }
+        Ok(view.group)
+    }
+}
+
+fn id_string(v: &serde_json::Value) -> anyhow::Result<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => bail!("announce answer: unusable dongle id {other}"),
+    }
+}

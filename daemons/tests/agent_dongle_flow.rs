@@ -1,0 +1,243 @@
+//! The real `tether agent` (dongle role) between an in-process REMP dongle and a loopback
+//! stand-in for the server (`agent_dongle_support`): frames both ways in order, the outbox
+//! holding frames through a server outage, and counted drops without a group.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod agent_dongle_support;
+
+use agent_dongle_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_flow_both_ways_in_order() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, metrics) = (free_udp_port(), free_tcp_port());
+    let config = write_config(dir.path(), &server.url(), udp, metrics);
+    server.assign("SIM-A", "g-1", "a", "active");
+    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let mut dongle = SimDongle::new("SIM-A", agent.udp).await;
+    // Hello until the agent has a data-plane session for the dongle's group.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while server.hellos_for("g-1").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session; log:\n{}",
+            agent.log_text()
+        );
+        dongle.hello().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let hello = &server.hellos_for("g-1")[0];
+    assert_eq!(hello.resume.rx_seq, 0);
+    assert_eq!(hello.encodings[0], relay_core::protocol::Encoding::Msgpack);
+
+    // Dongle → server: a real capture, complete and in order.
+    let records = capture(2000);
+    assert_eq!(records.len(), 2000);
+    dongle.send(&records).await;
+    eventually("2000 frames stored", || {
+        server.stream("g-1", "a").len() >= 2000
+    })
+    .await;
+    let stored = server.stream("g-1", "a");
+    assert_eq!(stored.len(), 2000);
+    for (i, (w, r)) in stored.iter().zip(&records).enumerate() {
+        assert!(same_frame(w, r), "frame {i}: stored {w:?}, sent {r:?}");
+        assert_eq!(w.group_id, "g-1");
+    }
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_acked_total{serial=\"SIM-A\"}",
+            2000,
+        )
+        .await;
+
+    // Server → dongle: frames for this side reach the dongle in order, and are acknowledged.
+    let inbound = synthetic("g-1", 500, 0);
+    server.push_to_agent("g-1", "a", &inbound);
+    dongle.receive(500).await;
+    for (i, (r, w)) in dongle.received.iter().zip(&inbound).enumerate() {
+        assert!(same_frame(w, r), "inbound {i}: got {r:?}, sent {w:?}");
+    }
+    eventually("agent acked 500", || server.agent_acked("g-1", "a") == 500).await;
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_delivered_total{serial=\"SIM-A\"}",
+            500,
+        )
+        .await;
+    server.assert_no_violations();
+    let text = agent.metrics_text().await;
+    let dropped: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("tether_agent_dongle_frames_dropped_total{") && !l.ends_with(" 0")
+        })
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "no frame should be dropped: {dropped:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_holds_frames_while_the_server_is_unreachable() {
+    let mut server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, metrics) = (free_udp_port(), free_tcp_port());
+    let config = write_config(dir.path(), &server.url(), udp, metrics);
+    server.assign("SIM-B", "g-2", "b", "active");
+    let mut agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let mut dongle = SimDongle::new("SIM-B", agent.udp).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while server.hellos_for("g-2").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session; log:\n{}",
+            agent.log_text()
+        );
+        dongle.hello().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let records = capture(1500);
+    dongle.send(&records[..300]).await;
+    eventually("300 stored", || server.stream("g-2", "b").len() == 300).await;
+
+    // The server goes away: frames wait in the agent's outbox.
+    server.stop().await;
+    dongle.send(&records[300..1200]).await;
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-B\"}", 900)
+        .await;
+    assert_eq!(server.stream("g-2", "b").len(), 300);
+
+    // It comes back: everything arrives, in order, once.
+    server.restart().await;
+    dongle.send(&records[1200..]).await;
+    eventually("1500 stored", || server.stream("g-2", "b").len() >= 1500).await;
+    let stored = server.stream("g-2", "b");
+    assert_eq!(stored.len(), 1500);
+    for (i, (w, r)) in stored.iter().zip(&records).enumerate() {
+        assert!(same_frame(w, r), "frame {i}");
+    }
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-B\"}", 0)
+        .await;
+    server.assert_no_violations();
+    assert!(server.hellos_for("g-2").len() >= 2, "the agent reconnected");
+    // SIGTERM: a clean exit with the totals logged.
+    assert!(
+        agent.terminate(),
+        "exit 0 on SIGTERM; log:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("dongle agent stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_without_an_active_group_are_dropped_and_counted() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, metrics) = (free_udp_port(), free_tcp_port());
+    let config = write_config(dir.path(), &server.url(), udp, metrics);
+    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let mut dongle = SimDongle::new("SIM-C", agent.udp).await;
+    // Learned and announced, but in no group.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !server.inner().dongles.contains_key("SIM-C") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not announced; log:\n{}",
+            agent.log_text()
+        );
+        dongle.hello().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let records = capture(200);
+    dongle.send(&records[..50]).await;
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}",
+            50,
+        )
+        .await;
+
+    // An inactive group: the session is up but frames are still not relayed.
+    server.assign("SIM-C", "g-3", "a", "inactive");
+    eventually("session", || !server.hellos_for("g-3").is_empty()).await;
+    dongle.send(&records[50..80]).await;
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}",
+            80,
+        )
+        .await;
+
+    // Activated: frames flow, numbered from 1.
+    server.assign("SIM-C", "g-3", "a", "active");
+    // The mode change reaches the agent by group_state (and by the poll).
+    agent
+        .wait_metric("tether_agent_dongle_relaying{serial=\"SIM-C\"}", 1)
+        .await;
+    dongle.send(&records[80..]).await;
+    eventually("120 stored", || server.stream("g-3", "a").len() >= 120).await;
+    let stored = server.stream("g-3", "a");
+    assert_eq!(stored.len(), 120);
+    for (w, r) in stored.iter().zip(&records[80..]) {
+        assert!(same_frame(w, r));
+    }
+    server.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_are_dropped_counted_and_the_stream_stays_dense() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, metrics) = (free_udp_port(), free_tcp_port());
+    let config = write_config(dir.path(), &server.url(), udp, metrics);
+    server.assign("SIM-D", "g-4", "a", "active");
+    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let mut dongle = SimDongle::new("SIM-D", agent.udp).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while server.hellos_for("g-4").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session; log:\n{}",
+            agent.log_text()
+        );
+        dongle.hello().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let records = capture(400);
+    dongle.send(&records[..100]).await;
+    eventually("100 stored", || server.stream("g-4", "a").len() == 100).await;
+
+    // The group was deactivated while a batch was in flight: the server refuses it.
+    server.inner().refuse_batches = 1;
+    dongle.send(&records[100..150]).await;
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-D\",reason=\"group_inactive\"}",
+            50,
+        )
+        .await;
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-D\"}", 0)
+        .await;
+    agent
+        .wait_metric("tether_agent_dongle_connected{serial=\"SIM-D\"}", 1)
+        .await;
+    // Later frames continue the stream without a hole (seqs of refused frames are reused).
+    dongle.send(&records[150..]).await;
+    eventually("350 stored", || server.stream("g-4", "a").len() >= 350).await;
+    let stored = server.stream("g-4", "a");
+    assert_eq!(stored.len(), 350);
+    for (w, r) in stored
+        .iter()
+        .zip(records[..100].iter().chain(&records[150..]))
+    {
+        assert!(same_frame(w, r));
+    }
+    server.assert_no_violations();
+}
