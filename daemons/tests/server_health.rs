@@ -124,8 +124,10 @@ async fn metrics_count_requests_by_route_and_connections() -> TestResult {
         .ok_or("no connections_open gauge")?;
     let open: i64 = open_line.rsplit(' ').next().unwrap_or("x").parse()?;
     assert!(open >= 1, "{open_line}");
-    // Only families this server updates: nothing about relaying or SSE yet.
-    assert!(!text.contains("relay") && !text.contains("sse"), "{text}");
+    // The data plane's and the console's families are exported too.
+    for family in ["tether_server_relay_", "tether_server_sse_subscribers"] {
+        assert!(text.contains(family), "no {family}* family in {text}");
+    }
     srv.server.shutdown().await?;
     Ok(())
 }

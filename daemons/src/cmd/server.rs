@@ -32,10 +32,10 @@ pub struct RunArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Data directory for the records database [default: ./tether-data].
+    /// Data directory for the records database and the relay streams [default: ./tether-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Redis URL. In this version only checked for reachability by /readyz.
+    /// Redis URL: relay streams and console history live in Redis instead of the data directory.
     #[arg(long, value_name = "URL", env = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// YAML configuration file; `${VAR}` is replaced from the environment, flags override it.
@@ -210,6 +210,18 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!(
             "header_read_timeout_secs: {}",
             config.header_read_timeout.as_secs()
+        );
+        let relay = &config.relay;
+        let or_unlimited =
+            |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+        println!(
+            "relay: max_len {}, max_age_secs {}, replay_rate_per_s {}, replay_burst {}, consumer_window {}, trim_interval_secs {}",
+            or_unlimited(relay.max_len),
+            or_unlimited(relay.max_age.map(|a| a.as_secs())),
+            relay.replay_rate_per_s,
+            relay.replay_burst,
+            relay.consumer_window,
+            relay.trim_interval.as_secs()
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::server::ServerError;
+use crate::server::console::{ConsoleConfig, ConsoleSettings};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -39,6 +40,125 @@ pub struct FileConfig {
     /// Seconds a client has to send a complete request head; idle keep-alive connections are
     /// closed after the same time.
     pub header_read_timeout_secs: Option<u64>,
+    /// The data plane's relay settings (`relay:`).
+    pub relay: Option<RelayFileConfig>,
+    /// The live console's settings (`console:`).
+    pub console: Option<ConsoleSettings>,
+}
+
+/// Default length retention per relay stream (items).
+pub const DEFAULT_RELAY_MAX_LEN: u64 = 1_000_000;
+/// Default replay rate per stream (frames/s).
+pub const DEFAULT_RELAY_REPLAY_RATE: u64 = 5_000;
+/// Default replay burst per stream (frames).
+pub const DEFAULT_RELAY_REPLAY_BURST: u64 = 500;
+/// Default consumer window (unacknowledged frames per consumer).
+pub const DEFAULT_RELAY_CONSUMER_WINDOW: u64 = 4096;
+/// Default seconds between retention trims.
+pub const DEFAULT_RELAY_TRIM_INTERVAL_SECS: u64 = 10;
+
+/// The `relay:` section of the configuration file. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFileConfig {
+    /// Keep at most this many frames per stream (direction of a group); `0` = unlimited.
+    pub max_len: Option<u64>,
+    /// Remove frames whose capture timestamp is older than this many seconds; `0` or absent =
+    /// no age limit.
+    pub max_age_secs: Option<u64>,
+    /// Replay rate limit per stream after a reconnect, frames per second.
+    pub replay_rate_per_s: Option<u64>,
+    /// Largest replay burst per stream, frames.
+    pub replay_burst: Option<u64>,
+    /// Most frames delivered to a consumer and not yet acknowledged.
+    pub consumer_window: Option<u64>,
+    /// Seconds between retention trims.
+    pub trim_interval_secs: Option<u64>,
+}
+
+/// The validated relay settings of the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Length retention per stream (`None` = unlimited).
+    pub max_len: Option<u64>,
+    /// Age retention (`None` = unlimited). Ages are measured on the frames' capture timestamps.
+    pub max_age: Option<Duration>,
+    /// Replay rate limit per stream, frames per second.
+    pub replay_rate_per_s: u64,
+    /// Replay burst per stream, frames.
+    pub replay_burst: u64,
+    /// Unacknowledged frames per consumer.
+    pub consumer_window: u64,
+    /// Time between retention trims.
+    pub trim_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_len: Some(DEFAULT_RELAY_MAX_LEN),
+            max_age: None,
+            replay_rate_per_s: DEFAULT_RELAY_REPLAY_RATE,
+            replay_burst: DEFAULT_RELAY_REPLAY_BURST,
+            consumer_window: DEFAULT_RELAY_CONSUMER_WINDOW,
+            trim_interval: Duration::from_secs(DEFAULT_RELAY_TRIM_INTERVAL_SECS),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Merges the file section over the defaults and validates the result.
+    pub fn resolve(file: Option<RelayFileConfig>) -> Result<RelayConfig, String> {
+        let file = file.unwrap_or_default();
+        let max_len = match file.max_len {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(DEFAULT_RELAY_MAX_LEN),
+        };
+        let max_age = match file.max_age_secs {
+            None | Some(0) => None,
+            Some(secs) if secs > 10 * 365 * 86_400 => {
+                return Err(format!("relay.max_age_secs {secs} is more than ten years"));
+            }
+            Some(secs) => Some(Duration::from_secs(secs)),
+        };
+        let replay_rate_per_s = file.replay_rate_per_s.unwrap_or(DEFAULT_RELAY_REPLAY_RATE);
+        if !(1..=10_000_000).contains(&replay_rate_per_s) {
+            return Err(format!(
+                "relay.replay_rate_per_s {replay_rate_per_s} is outside 1..=10000000"
+            ));
+        }
+        let replay_burst = file.replay_burst.unwrap_or(DEFAULT_RELAY_REPLAY_BURST);
+        if !(1..=1_000_000).contains(&replay_burst) {
+            return Err(format!(
+                "relay.replay_burst {replay_burst} is outside 1..=1000000"
+            ));
+        }
+        let consumer_window = file
+            .consumer_window
+            .unwrap_or(DEFAULT_RELAY_CONSUMER_WINDOW);
+        if !(1..=1_000_000).contains(&consumer_window) {
+            return Err(format!(
+                "relay.consumer_window {consumer_window} is outside 1..=1000000"
+            ));
+        }
+        let trim_secs = file
+            .trim_interval_secs
+            .unwrap_or(DEFAULT_RELAY_TRIM_INTERVAL_SECS);
+        if !(1..=86_400).contains(&trim_secs) {
+            return Err(format!(
+                "relay.trim_interval_secs {trim_secs} is outside 1..=86400"
+            ));
+        }
+        Ok(RelayConfig {
+            max_len,
+            max_age,
+            replay_rate_per_s,
+            replay_burst,
+            consumer_window,
+            trim_interval: Duration::from_secs(trim_secs),
+        })
+    }
 }
 
 /// Values given on the command line; `None` means "not given".
@@ -65,6 +185,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time a client has to send a complete request head.
     pub header_read_timeout: Duration,
+    /// The data plane's relay settings.
+    pub relay: RelayConfig,
+    /// The live console's settings.
+    pub console: ConsoleConfig,
 }
 
 impl ServerConfig {
@@ -76,6 +200,8 @@ impl ServerConfig {
             redis_url: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            relay: RelayConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -130,12 +256,16 @@ impl ServerConfig {
                 "header_read_timeout_secs {header_secs} is outside 1..=3600"
             )));
         }
+        let relay = RelayConfig::resolve(file.relay).map_err(invalid)?;
+        let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
         Ok(ServerConfig {
             listen,
             data_dir,
             redis_url,
             max_body_bytes,
             header_read_timeout: Duration::from_secs(header_secs),
+            relay,
+            console,
         })
     }
 }
@@ -337,6 +467,41 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(ServerConfig::resolve(Some(tiny), "t", Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn relay_section_defaults_overrides_and_limits() {
+        let defaults = ServerConfig::resolve(None, "t", Overrides::default()).map(|c| c.relay);
+        assert_eq!(defaults.ok(), Some(RelayConfig::default()));
+        let file = parse_file(
+            "relay:\n  max_len: 0\n  max_age_secs: 60\n  replay_rate_per_s: 100\n  trim_interval_secs: 2\n",
+            "t",
+            &env,
+        )
+        .ok();
+        let relay = ServerConfig::resolve(file, "t", Overrides::default())
+            .map(|c| c.relay)
+            .ok();
+        assert_eq!(
+            relay.map(|r| (r.max_len, r.max_age, r.replay_rate_per_s, r.trim_interval)),
+            Some((
+                None,
+                Some(Duration::from_secs(60)),
+                100,
+                Duration::from_secs(2)
+            ))
+        );
+        for bad in [
+            "relay:\n  replay_rate_per_s: 0\n",
+            "relay:\n  consumer_window: 0\n",
+            "relay:\n  trim_interval_secs: 0\n",
+            "relay:\n  bogus: 1\n",
+        ] {
+            let parsed = parse_file(bad, "t", &env);
+            let resolved =
+                parsed.and_then(|f| ServerConfig::resolve(Some(f), "t", Overrides::default()));
+            assert!(resolved.is_err(), "{bad}");
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the HTTP server, in the OpenMetrics text format.
 //!
-//! Only families this server actually updates are registered: relay and SSE families are added
-//! by the code that produces those numbers, never pre-registered at zero.
+//! Only families this server actually updates are registered: relay ([`RelayMetrics`]) and SSE
+//! families are added by the code that produces those numbers, never pre-registered at zero.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +29,165 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of per-group relay gauges. One series per loaded group and direction: bounded by the
+/// number of groups, and removed when a group is unloaded.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupDirectionLabels {
+    /// Group id (UUID).
+    pub group: String,
+    /// `a_to_b` or `b_to_a`.
+    pub direction: &'static str,
+}
+
+/// Labels of trim counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrimLabels {
+    /// Retention rule: `age` or `length`.
+    pub reason: &'static str,
+}
+
+/// Labels of data-plane refusals and connection ends.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// A data-plane error code (`bad_message`, `group_inactive`, …) or close cause.
+    pub code: &'static str,
+}
+
+fn relay_delay_histogram() -> Histogram {
+    // 50 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+}
+
+/// The data plane's metric families (`tether_server_relay_*`), registered by
+/// [`RelayMetrics::register`] when the data plane starts.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    /// Frames received from producers in `frames` messages (retransmits included).
+    pub frames_received: Counter,
+    /// Frames stored in a stream log for the first time.
+    pub frames_stored: Counter,
+    /// Frames stored while their consumer was offline or still replaying a backlog.
+    pub frames_buffered: Counter,
+    /// Frames handed to a consumer connection (live or replayed).
+    pub frames_relayed: Counter,
+    /// Frames refused without being stored (inactive group, out of order, bad message), by code.
+    pub frames_refused: Family<CodeLabels, Counter>,
+    /// Frames removed by retention, by rule.
+    pub frames_trimmed: Family<TrimLabels, Counter>,
+    /// Frames removed by retention before their consumer acknowledged them (reported to it as
+    /// a gap, to the group console as buffer pressure), by rule.
+    pub frames_trimmed_undelivered: Family<TrimLabels, Counter>,
+    /// Frames waiting for an offline or replaying consumer, per group and direction.
+    pub backlog: Family<GroupDirectionLabels, Gauge>,
+    /// Data-plane WebSocket connections past the handshake.
+    pub connections: Gauge,
+    /// Data-plane connections refused or closed with a protocol error, by code.
+    pub errors: Family<CodeLabels, Counter>,
+    /// Stream-log operations that failed (appends, reads, trims, cursor stores).
+    pub storage_errors: Counter,
+    /// Time from a frame batch arriving at the server to its delivery to the consumer
+    /// connection: the relay's added latency when live, the replay lag after an outage.
+    pub delivery_delay: Histogram,
+}
+
+impl RelayMetrics {
+    /// Creates the families and registers them in `metrics`' registry.
+    pub fn register(metrics: &mut ServerMetrics) -> RelayMetrics {
+        let relay = RelayMetrics {
+            frames_received: Counter::default(),
+            frames_stored: Counter::default(),
+            frames_buffered: Counter::default(),
+            frames_relayed: Counter::default(),
+            frames_refused: Family::default(),
+            frames_trimmed: Family::default(),
+            frames_trimmed_undelivered: Family::default(),
+            backlog: Family::default(),
+            connections: Gauge::default(),
+            errors: Family::default(),
+            storage_errors: Counter::default(),
+            delivery_delay: relay_delay_histogram(),
+        };
+        let r = metrics.registry_mut();
+        r.register(
+            "relay_frames_received",
+            "Frames received from producing agents (retransmits included)",
+            relay.frames_received.clone(),
+        );
+        r.register(
+            "relay_frames_stored",
+            "Frames stored in a relay stream log for the first time",
+            relay.frames_stored.clone(),
+        );
+        r.register(
+            "relay_frames_buffered",
+            "Frames stored while their consumer was offline or replaying a backlog",
+            relay.frames_buffered.clone(),
+        );
+        r.register(
+            "relay_frames_relayed",
+            "Frames delivered to a consuming agent (live or replayed)",
+            relay.frames_relayed.clone(),
+        );
+        r.register(
+            "relay_frames_refused",
+            "Frames refused without being stored, by error code",
+            relay.frames_refused.clone(),
+        );
+        r.register(
+            "relay_frames_trimmed",
+            "Frames removed from relay streams by retention, by rule",
+            relay.frames_trimmed.clone(),
+        );
+        r.register(
+            "relay_frames_trimmed_undelivered",
+            "Frames removed by retention before their consumer acknowledged them (buffer pressure)",
+            relay.frames_trimmed_undelivered.clone(),
+        );
+        r.register(
+            "relay_backlog_frames",
+            "Frames waiting for an offline or replaying consumer, per group and direction",
+            relay.backlog.clone(),
+        );
+        r.register(
+            "relay_connections",
+            "Data-plane WebSocket connections past the handshake",
+            relay.connections.clone(),
+        );
+        r.register(
+            "relay_errors",
+            "Data-plane protocol errors sent to agents, by code",
+            relay.errors.clone(),
+        );
+        r.register(
+            "relay_storage_errors",
+            "Relay stream-log operations that failed",
+            relay.storage_errors.clone(),
+        );
+        r.register(
+            "relay_delivery_delay_seconds",
+            "Time from a frame batch arriving to its delivery to the consumer connection",
+            relay.delivery_delay.clone(),
+        );
+        relay
+    }
+}
+
+/// Labels of console event counters: the SSE event type (`presence`, `can_frame`, `log`,
+/// `group_state`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabels {
+    /// Event type.
+    pub event_type: String,
+}
+
+/// Labels of dropped console events: why they were dropped (`queue_full`, `closed`,
+/// `backend_error`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Reason.
+    pub reason: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 0.5 ms … ~1 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 12))
@@ -48,6 +207,15 @@ pub struct ServerMetrics {
     pub connections_accepted: Counter,
     /// `/readyz` answers of 503 (the failing dependency is logged).
     pub readiness_failures: Counter,
+    /// Open console (SSE) responses.
+    pub sse_subscribers: Gauge,
+    /// Console events written to the hub, by event type.
+    pub console_events_published: Family<EventTypeLabels, Counter>,
+    /// Console events lost before reaching the hub, by reason.
+    pub console_events_dropped: Family<DropLabels, Counter>,
+    /// `can_frame` events left out of console streams by sampling (not an error: the relay
+    /// still carries every frame).
+    pub console_can_frames_sampled_out: Counter,
 }
 
 impl Default for ServerMetrics {
@@ -93,6 +261,30 @@ impl ServerMetrics {
             "/readyz answers of 503 (database or Redis unreachable)",
             readiness_failures.clone(),
         );
+        let sse_subscribers = Gauge::default();
+        registry.register(
+            "sse_subscribers",
+            "Open console (Server-Sent Events) responses",
+            sse_subscribers.clone(),
+        );
+        let console_events_published = Family::<EventTypeLabels, Counter>::default();
+        registry.register(
+            "console_events_published",
+            "Console events written to the event hub, by event type",
+            console_events_published.clone(),
+        );
+        let console_events_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "console_events_dropped",
+            "Console events lost before reaching the event hub, by reason",
+            console_events_dropped.clone(),
+        );
+        let console_can_frames_sampled_out = Counter::default();
+        registry.register(
+            "console_can_frames_sampled_out",
+            "can_frame events left out of console streams by sampling (the relay carries all)",
+            console_can_frames_sampled_out.clone(),
+        );
         ServerMetrics {
             registry,
             http_requests,
@@ -100,6 +292,10 @@ impl ServerMetrics {
             connections_open,
             connections_accepted,
             readiness_failures,
+            sse_subscribers,
+            console_events_published,
+            console_events_dropped,
+            console_can_frames_sampled_out,
         }
     }
 

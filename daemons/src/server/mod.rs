@@ -1,24 +1,27 @@
 //! # `tether server` — library side
 //!
 //! The REST API of the server: users and their tokens, agents, dongles, relay groups with their
-//! mode and audit log, plus `/healthz`, `/readyz` and `/metrics`. Records live in SQLite
-//! (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; the API is described in
-//! `docs/api.md`.
+//! mode and audit log, plus `/healthz`, `/readyz` and `/metrics`; and the data plane
+//! (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group. Records
+//! live in SQLite (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; relay streams
+//! live in `<data-dir>/streams.db` (SQLite) or, with a Redis URL, in Redis Streams. The API is
+//! described in `docs/api.md`, the data-plane protocol in `docs/protocols/data-plane.md`.
 //!
 //! Layout: [`config`] (YAML + flags), [`store`] (SQLite records, ownership enforced in every
 //! query), [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the
 //! one pure function deciding a group's mode), [`routes`] (axum handlers and JSON errors),
-//! [`metrics`] (Prometheus families this code updates).
+//! [`metrics`] (Prometheus families this code updates), [`dataplane`] (the relay engine's
+//! driver and the `/ws/data` connections).
 //!
-//! What this module does not do (yet): no data-plane WebSocket (`/ws/data`), no SSE consoles,
-//! and no Redis-backed streams. A configured Redis URL is validated and checked by `/readyz`
-//! only. Until the data plane is wired in, group backlogs are zero ([`state::NoDataPlane`]) and
-//! dongles stay offline. The data plane plugs in through [`spawn_with`] (its
-//! [`state::BacklogProbe`]) and calls [`state::AppState::set_dongle_online`],
-//! [`state::AppState::refresh_group_mode`] and [`store::Store::mark_dongle_seen`]; consoles turn
-//! [`state::AppState::subscribe_mode_changes`] into `group_state` events.
+//! [`spawn`] runs everything. [`spawn_with`] runs the REST API alone with a caller-provided
+//! [`state::BacklogProbe`] (tests of the API's mode logic); its `/ws/data` answers 503. The data
+//! plane reports to the API through [`state::AppState::set_dongle_online`],
+//! [`state::AppState::refresh_group_mode`] and [`store::Store::mark_dongle_seen`], and follows
+//! REST activations through [`state::AppState::subscribe_mode_changes`].
 
 pub mod config;
+pub mod console;
+pub mod dataplane;
 mod error;
 pub mod group_mode;
 mod listener;
@@ -34,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,9 +45,10 @@ use tokio::task::JoinHandle;
 pub use config::ServerConfig;
 pub use error::ServerError;
 
+use dataplane::{BacklogCache, DataPlane, DataPlaneTasks};
 use listener::CountingListener;
-use metrics::ServerMetrics;
-use state::{AppState, BacklogProbe, NoDataPlane};
+use metrics::{RelayMetrics, ServerMetrics};
+use state::{AppState, BacklogProbe};
 use store::Store;
 
 /// How long a graceful shutdown waits for open requests before closing connections anyway.
@@ -56,6 +61,7 @@ pub struct RunningServer {
     state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    data_plane: Option<DataPlaneTasks>,
 }
 
 impl RunningServer {
@@ -72,9 +78,16 @@ impl RunningServer {
     /// Stops accepting connections, lets open requests finish (up to a grace period) and waits
     /// for the server to end.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        // Open console streams never end by themselves: end them so connections can close.
+        self.state.console().close();
         if let Some(stop) = self.stop.take() {
             // The receiver is gone only if the server already ended; joining reports why.
             let _ = stop.send(());
+        }
+        // Upgraded WebSockets are not tracked by the HTTP graceful shutdown: the data plane
+        // closes its connections itself (and flushes consumer cursors).
+        if let Some(data_plane) = self.data_plane.take() {
+            data_plane.shutdown().await;
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
             Ok(joined) => joined.map_err(|err| ServerError::TaskFailed {
@@ -90,15 +103,24 @@ impl RunningServer {
     }
 }
 
-/// Opens the data directory, binds the listen address and starts serving in the background.
+/// Opens the data directory and the relay stream log, binds the listen address and starts
+/// serving the REST API and the data plane in the background.
 pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    spawn_with(config, Arc::new(NoDataPlane)).await
+    start(config, None).await
 }
 
-/// Like [`spawn`], with the data plane's backlog probe.
+/// Like [`spawn`] but without the data plane: the REST API with the caller's backlog probe.
+/// `/ws/data` answers 503.
 pub async fn spawn_with(
     config: ServerConfig,
     backlog: Arc<dyn BacklogProbe>,
+) -> Result<RunningServer, ServerError> {
+    start(config, Some(backlog)).await
+}
+
+async fn start(
+    config: ServerConfig,
+    probe: Option<Arc<dyn BacklogProbe>>,
 ) -> Result<RunningServer, ServerError> {
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open_in(&data_dir))
@@ -115,8 +137,26 @@ pub async fn spawn_with(
         .map_err(|err| ServerError::RedisUrl {
             detail: err.to_string(),
         })?;
-    let metrics = Arc::new(ServerMetrics::new());
-    let state = AppState::new(Arc::new(store), Arc::clone(&metrics), backlog, redis);
+    let mut metrics = ServerMetrics::new();
+    let relay = match probe {
+        Some(probe) => Err(probe),
+        None => Ok((
+            RelayMetrics::register(&mut metrics),
+            Arc::new(BacklogCache::default()),
+            dataplane::open_stream_log(&config).await?,
+        )),
+    };
+    let metrics = Arc::new(metrics);
+    let probe: Arc<dyn BacklogProbe> = match &relay {
+        Ok((_, cache, _)) => cache.clone(),
+        Err(probe) => Arc::clone(probe),
+    };
+    let console = console::Console::start(
+        config.console.clone(),
+        config.redis_url.as_deref(),
+        &metrics,
+    )?;
+    let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -127,7 +167,25 @@ pub async fn spawn_with(
         addr: config.listen.to_string(),
         source,
     })?;
-    let app = routes::router(state.clone(), config.max_body_bytes);
+    let mut app = routes::router(state.clone(), config.max_body_bytes);
+    let mut data_plane = None;
+    if let Ok((relay_metrics, cache, log)) = relay {
+        // Presence recorded by an earlier process is stale until agents reconnect.
+        let changes = state
+            .store()
+            .call(|store| store.reset_presence(chrono::Utc::now()))
+            .await?;
+        state.publish_mode_changes(changes);
+        let (plane, tasks): (DataPlane, DataPlaneTasks) = DataPlane::start(
+            state.clone(),
+            log,
+            config.relay.clone(),
+            relay_metrics,
+            cache,
+        );
+        app = app.layer(Extension(plane));
+        data_plane = Some(tasks);
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = CountingListener::new(tcp, metrics);
     let task = tokio::spawn(serve::serve(
@@ -136,12 +194,19 @@ pub async fn spawn_with(
         config.header_read_timeout,
         stopped,
     ));
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), redis = config.redis_url.is_some(), "server listening");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        redis = config.redis_url.is_some(),
+        data_plane = data_plane.is_some(),
+        "server listening"
+    );
     Ok(RunningServer {
         addr,
         state,
         stop: Some(stop),
         task,
+        data_plane,
     })
 }
 

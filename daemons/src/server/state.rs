@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::server::ServerError;
+use crate::server::console::{Console, PresenceStatus};
 use crate::server::group_mode::Backlog;
 use crate::server::metrics::ServerMetrics;
 use crate::server::store::{Actor, ModeChange, Store};
@@ -43,24 +44,39 @@ pub struct AppState {
     pub(crate) redis: Option<redis::Client>,
     pub(crate) readiness_timeout: Duration,
     mode_changes: broadcast::Sender<ModeChange>,
+    console: Console,
 }
 
 impl AppState {
-    /// Builds the state from its parts.
+    /// Builds the state from its parts, and has `console` publish this state's group mode
+    /// changes as `group_state` events.
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<ServerMetrics>,
         backlog: Arc<dyn BacklogProbe>,
         redis: Option<redis::Client>,
+        console: Console,
     ) -> AppState {
+        let mode_changes = broadcast::channel(MODE_CHANGE_BUFFER).0;
+        console.watch_mode_changes(
+            mode_changes.subscribe(),
+            Arc::clone(&store),
+            Arc::clone(&backlog),
+        );
         AppState {
             store,
             metrics,
             backlog,
             redis,
             readiness_timeout: Duration::from_secs(2),
-            mode_changes: broadcast::channel(MODE_CHANGE_BUFFER).0,
+            mode_changes,
+            console,
         }
+    }
+
+    /// The live console (SSE streams of dongles and groups).
+    pub fn console(&self) -> &Console {
+        &self.console
     }
 
     /// The records store.
@@ -93,23 +109,57 @@ impl AppState {
         }
     }
 
-    /// Data plane entry point: a dongle connected or disconnected. Updates presence, re-evaluates
-    /// its group's mode with the current backlog, and publishes any change.
+    /// Data plane entry point: a dongle connected or disconnected. Updates presence, publishes
+    /// a `presence` event (on the dongle's console and its group's), re-evaluates its group's
+    /// mode with the current backlog, and publishes any change.
     pub async fn set_dongle_online(
         &self,
         dongle_id: Uuid,
         online: bool,
     ) -> Result<Vec<ModeChange>, ServerError> {
         let probe = Arc::clone(&self.backlog);
-        let changes = self
+        let (changes, group) = self
             .store
             .call(move |store| {
-                store
-                    .set_dongle_online(dongle_id, online, Utc::now(), &|group| probe.backlog(group))
+                let changes = store.set_dongle_online(dongle_id, online, Utc::now(), &|group| {
+                    probe.backlog(group)
+                })?;
+                let group = store.group_of_dongle(dongle_id)?.map(|g| g.id);
+                Ok((changes, group))
             })
             .await?;
+        let status = if online {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        };
+        self.console.presence(dongle_id, group, status);
         self.publish_mode_changes(changes.clone());
         Ok(changes)
+    }
+
+    /// Data plane entry point: traffic or a keep-alive arrived from a dongle. Updates
+    /// `last_seen` and publishes a `presence` `seen` event, at most one per dongle per
+    /// `console.seen_interval_secs`. `Ok(false)` for an unknown dongle.
+    pub async fn mark_dongle_seen(&self, dongle_id: Uuid) -> Result<bool, ServerError> {
+        let due = self.console.seen_due(dongle_id);
+        let (known, group) = self
+            .store
+            .call(move |store| {
+                let known = store.mark_dongle_seen(dongle_id, Utc::now())?;
+                let group = if known && due {
+                    store.group_of_dongle(dongle_id)?.map(|g| g.id)
+                } else {
+                    None
+                };
+                Ok((known, group))
+            })
+            .await?;
+        if known && due {
+            self.console
+                .presence(dongle_id, group, PresenceStatus::Seen);
+        }
+        Ok(known)
     }
 
     /// Data plane entry point: a group's backlog changed (grew from zero or drained to zero).

@@ -84,6 +84,35 @@ pub(super) async fn get(
         .ok_or_else(|| ApiError::not_found("dongle"))
 }
 
+/// `GET /api/v1/agent/dongles/{id}` (agent token): which group and side the agent opens on
+/// `/ws/data` for one of its dongles.
+pub(super) async fn assignment(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    IdPath(id): IdPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let found = state
+        .store
+        .call(move |store| {
+            let Some(dongle) = store.dongle_of_agent(&agent, id)? else {
+                return Ok(None);
+            };
+            let group = store.group_of_dongle(dongle.id)?;
+            Ok(Some((dongle, group)))
+        })
+        .await?;
+    let (dongle, group) = found.ok_or_else(|| ApiError::not_found("dongle"))?;
+    let group = group.map(|g| {
+        let side = if g.dongle_a == dongle.id { "a" } else { "b" };
+        json!({ "id": g.id, "side": side, "mode": g.mode })
+    });
+    Ok(Json(json!({
+        "id": dongle.id,
+        "serial": dongle.serial,
+        "group": group,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_serial;

@@ -27,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{AgentAuth, UserAuth};
 pub use error::{ApiError, ApiJson, IdPath};
 
+use crate::server::console::routes as console;
 use crate::server::metrics::{RequestLabels, RouteLabels};
 use crate::server::state::AppState;
 
@@ -39,17 +40,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/agents", post(agents::create).get(agents::list))
         .route("/agents/{id}", get(agents::get).delete(agents::delete))
         .route("/agent/dongles", post(dongles::announce))
+        .route("/agent/dongles/{id}", get(dongles::assignment))
         .route("/dongles", get(dongles::list))
         .route("/dongles/{id}", get(dongles::get))
         .route("/groups", post(groups::create).get(groups::list))
         .route("/groups/{id}", get(groups::get).delete(groups::delete))
         .route("/groups/{id}/activate", post(groups::activate))
         .route("/groups/{id}/deactivate", post(groups::deactivate))
-        .route("/groups/{id}/audit", get(groups::audit));
+        .route("/groups/{id}/audit", get(groups::audit))
+        .route("/streams/console", get(console::multiplexed))
+        .route("/streams/dongles/{id}/console", get(console::dongle))
+        .route("/streams/groups/{id}/console", get(console::group));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/ws/data", get(crate::server::dataplane::ws_data))
         .nest("/api/v1", api)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)

@@ -139,6 +139,31 @@ impl Store {
             .map_err(ServerError::db("reading a dongle"))
     }
 
+    /// The dongle `dongle_id` if `agent` is the agent that announced it (last); `None` for
+    /// another agent's dongle or an unknown id. The data plane and the agent assignment endpoint
+    /// use this to keep an agent to its own dongles.
+    pub fn dongle_of_agent(
+        &self,
+        agent: &Agent,
+        dongle_id: Uuid,
+    ) -> Result<Option<Dongle>, ServerError> {
+        self.lock()
+            .query_row(
+                &format!(
+                    "SELECT {DONGLE_COLUMNS} FROM dongles
+                     WHERE id = ?1 AND agent_id = ?2 AND user_id = ?3"
+                ),
+                params![
+                    dongle_id.to_string(),
+                    agent.id.to_string(),
+                    agent.user_id.to_string()
+                ],
+                dongle_row,
+            )
+            .optional()
+            .map_err(ServerError::db("reading a dongle"))
+    }
+
     /// Updates `last_seen` (data plane: traffic or keep-alive). `Ok(false)` for an unknown id.
     pub fn mark_dongle_seen(
         &self,
@@ -153,6 +178,42 @@ impl Store {
             )
             .map_err(ServerError::db("marking a dongle seen"))?;
         Ok(changed == 1)
+    }
+
+    /// Marks every online dongle offline and re-evaluates their groups' modes (with no backlog
+    /// known yet). The data plane calls this when it starts: presence recorded by an earlier
+    /// process (stopped or killed) is stale until agents reconnect. Returns the mode changes
+    /// written (and audited).
+    pub fn reset_presence(&self, now: DateTime<Utc>) -> Result<Vec<ModeChange>, ServerError> {
+        let groups: Vec<Uuid> = {
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT DISTINCT m.group_id FROM group_members m
+                     JOIN dongles d ON d.id = m.dongle_id WHERE d.online = 1",
+                )
+                .map_err(ServerError::db("resetting presence"))?;
+            let rows = stmt
+                .query_map([], |row| uuid_at(row, 0))
+                .map_err(ServerError::db("resetting presence"))?;
+            let groups = rows
+                .collect::<Result<_, _>>()
+                .map_err(ServerError::db("resetting presence"))?;
+            conn.execute("UPDATE dongles SET online = 0 WHERE online = 1", [])
+                .map_err(ServerError::db("resetting presence"))?;
+            groups
+        };
+        let mut changes = Vec::new();
+        for group_id in groups {
+            changes.extend(self.refresh_group_mode(
+                group_id,
+                Backlog::default(),
+                &Actor::DataPlane,
+                "presence",
+                now,
+            )?);
+        }
+        Ok(changes)
     }
 
     /// Sets a dongle online or offline (data plane), updates `last_seen`, and re-evaluates the

@@ -347,6 +347,31 @@ impl Store {
         Ok(change)
     }
 
+    /// Writes an audit entry for an event that does not change the mode (data plane: buffer
+    /// pressure), with the current mode as old and new mode. `Ok(false)` when the group is gone.
+    pub fn record_group_event(
+        &self,
+        group_id: Uuid,
+        actor: &Actor,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, ServerError> {
+        let conn = self.lock();
+        let mode = conn
+            .query_row(
+                "SELECT mode FROM relay_groups WHERE id = ?1",
+                params![group_id.to_string()],
+                |row| mode_at(row, 0),
+            )
+            .optional()
+            .map_err(ServerError::db("writing the group audit log"))?;
+        let Some(mode) = mode else {
+            return Ok(false);
+        };
+        audit(&conn, group_id, actor, action, Some(mode), Some(mode), now)?;
+        Ok(true)
+    }
+
     /// The audit log of one of the user's groups, oldest first; `None` if it is not theirs or
     /// unknown.
     pub fn group_audit(

@@ -207,7 +207,9 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// Who: `user:<name>` or `data-plane`.
     pub actor: String,
-    /// What: `create`, `activate`, `deactivate`, `presence`, `backlog`, `delete`.
+    /// What: `create`, `activate`, `deactivate`, `presence`, `backlog`, `delete`, or
+    /// `buffer_pressure` (retention removed frames the consumer had not received; the mode is
+    /// unchanged).
     pub action: String,
     /// Mode before (`null` for `create`).
     pub old_mode: Option<GroupMode>,

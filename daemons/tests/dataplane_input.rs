@@ -1,0 +1,206 @@
+//! Bad input on `/ws/data`: every refusal has the protocol's error code, nothing is stored, and
+//! the server keeps serving.
+
+#[path = "server_support/data_client.rs"]
+mod data_client;
+mod server_support;
+
+use data_client::{DataClient, Received};
+use relay_core::engine::Side;
+use relay_core::log::{SqliteStreamLog, SqliteSynchronous, StreamLog};
+use relay_core::protocol::{Encoding, ErrorCode, Message};
+use reqwest::StatusCode;
+use serde_json::json;
+use server_support::{TestResult, TestServer, text};
+
+const JSON: &[Encoding] = &[Encoding::Json];
+
+/// Sends `first` (raw text) and optionally a hello before it; expects an error with `code`
+/// followed by the server closing the connection.
+async fn refused(client: &mut DataClient, raw: &str, code: ErrorCode) -> TestResult<String> {
+    client.send_text(raw).await?;
+    let seen = client.recv_until_closed().await?;
+    let errors: Vec<_> = seen
+        .iter()
+        .filter_map(|m| match m {
+            Message::Error(err) => Some(err.clone()),
+            _ => None,
+        })
+        .collect();
+    match errors.as_slice() {
+        [err] if err.code == code => Ok(err.message.clone()),
+        _ => Err(format!("{raw}: expected one {code:?} error then a close, got {seen:?}").into()),
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult {
+    let srv = TestServer::start().await?;
+    let (user, agent, a, b) = srv.user_with_pair("mallory").await?;
+    let (_, group) = srv
+        .post(
+            "/api/v1/groups",
+            &user,
+            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
+        )
+        .await?;
+    let id = text(&group, "id")?;
+    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
+        .await?;
+
+    // Before the handshake.
+    let hello = |version: u64| {
+        json!({"type":"hello","version":version,"group_id":id,"side":"a","resume":{"rx_seq":0}})
+            .to_string()
+    };
+    let cases: Vec<(String, ErrorCode)> = vec![
+        ("{not json".to_owned(), ErrorCode::BadMessage),
+        (
+            r#"{"type":"ack","up_to":1}"#.to_owned(),
+            ErrorCode::HandshakeRequired,
+        ),
+        (
+            r#"{"type":"subscribe","what":1}"#.to_owned(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"hello","version":1,"group_id":5,"side":"a","resume":{"rx_seq":0}}"#
+                .to_owned(),
+            ErrorCode::BadMessage,
+        ),
+        (hello(7), ErrorCode::UnsupportedVersion),
+        (
+            r#"{"type":"hello","version":9,"something":["new"]}"#.to_owned(),
+            ErrorCode::UnsupportedVersion,
+        ),
+    ];
+    for (raw, code) in &cases {
+        let mut client = DataClient::connect(&srv.base, &agent).await?;
+        let message = refused(&mut client, raw, *code).await?;
+        if raw == &hello(7) {
+            assert_eq!(
+                message,
+                "protocol version 7 is not supported; this server speaks [1]"
+            );
+        }
+    }
+
+    // After the handshake.
+    let cases = [
+        (
+            r#"{"type":"frames","first_seq":"x","frames":[]}"#,
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"frames","first_seq":1,"frames":[]}"#,
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"frames","first_seq":1,"frames":[{"groupId":"g","direction":"rx","ts":1,"canId":1,"isExtended":false,"dlc":8,"dataHex":"01"}]}"#,
+            ErrorCode::BadMessage,
+        ),
+        (r#"{"type":"teleport"}"#, ErrorCode::BadMessage),
+        (r#"{"type":"ack","up_to":-1}"#, ErrorCode::BadMessage),
+        (r#"{"type":"ack","up_to":99}"#, ErrorCode::CursorAhead),
+        (
+            r#"{"type":"welcome","version":1,"encoding":"json","tx_acked":0,"rx_from":0,"mode":"active"}"#,
+            ErrorCode::BadMessage,
+        ),
+        (&hello(1), ErrorCode::HandshakeRequired),
+        ("[1,2,3]", ErrorCode::BadMessage),
+    ];
+    for (raw, code) in cases {
+        let (mut client, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+        refused(&mut client, raw, code).await?;
+    }
+
+    // A resume cursor beyond anything stored.
+    let mut client = DataClient::connect(&srv.base, &agent).await?;
+    match client.hello(&id, Side::B, 5, JSON).await? {
+        Message::Error(err) => assert_eq!(err.code, ErrorCode::CursorAhead),
+        other => return Err(format!("expected cursor_ahead, got {other:?}").into()),
+    }
+
+    // Binary garbage after a msgpack handshake.
+    let (mut client, _) =
+        DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Msgpack]).await?;
+    client.encoding = Encoding::Json;
+    client.send(&data_client::batch(1, 1)).await?;
+    let seen = client.recv_until(|m| matches!(m, Message::Ack(_))).await?;
+    assert!(matches!(seen.last(), Some(Message::Ack(ack)) if ack.up_to == 1));
+    client.encoding = Encoding::Msgpack;
+    let _ = client; // the garbage below goes through a fresh connection
+    let (mut client, _) =
+        DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Msgpack]).await?;
+    client.send_text("").await?;
+    let seen = client.recv_until_closed().await?;
+    assert!(
+        seen.iter()
+            .any(|m| matches!(m, Message::Error(e) if e.code == ErrorCode::BadMessage)),
+        "{seen:?}"
+    );
+
+    // Nothing but the one good frame was stored, and the server still serves.
+    let log = SqliteStreamLog::open(
+        srv.dir.path().join("data").join("streams.db"),
+        SqliteSynchronous::Normal,
+    )
+    .await?;
+    assert_eq!(
+        log.backlog(&format!("group:{id}:a_to_b"), 0).await?.count,
+        1
+    );
+    let health = srv
+        .client
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await?;
+    assert_eq!(health.status(), StatusCode::OK);
+    let (mut a, welcome) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+    assert_eq!(welcome.tx_acked, 1);
+    let (mut b, _) = DataClient::open(&srv.base, &agent, &id, Side::B, 0, JSON).await?;
+    a.send_frames(2, 3).await?;
+    let mut got = Received::default();
+    b.consume_until(3, &mut got).await?;
+    assert_eq!(got.seqs, vec![1, 2, 3]);
+    let metrics = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(r#"tether_server_relay_errors_total{code="bad_message"}"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResult {
+    let srv = TestServer::start().await?;
+    let (user, agent, a, b) = srv.user_with_pair("oscar").await?;
+    let (_, group) = srv
+        .post(
+            "/api/v1/groups",
+            &user,
+            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
+        )
+        .await?;
+    let id = text(&group, "id")?;
+    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
+        .await?;
+    let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+    a.send_frames(1, 3).await?;
+    a.wait_ack(3).await?;
+    a.send_frames(10, 12).await?;
+    let seen = a.recv_until(|m| matches!(m, Message::Error(_))).await?;
+    assert!(
+        matches!(seen.last(), Some(Message::Error(e)) if e.code == ErrorCode::SeqOutOfOrder),
+        "{seen:?}"
+    );
+    a.send_frames(4, 5).await?;
+    assert_eq!(a.wait_ack(5).await?, 5);
+    Ok(())
+}
