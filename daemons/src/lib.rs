@@ -28,6 +28,8 @@ pub enum Command {
     /// CAN log and wire tools: stats, convert, replay, record.
     #[command(subcommand)]
     Can(cmd::can::CanCommand),
+    /// The group relay on this machine: a server, two agents and two simulated dongles.
+    Demo(cmd::demo::DemoArgs),
     /// The cloud server: REST API, records, health and metrics; `server token …` manages tokens.
     Server(cmd::server::ServerArgs),
     /// Server-Sent Events tools: parse a stream, tail a URL.
@@ -52,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Can(cmd) => cmd::can::run(cmd),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Sse(cmd) => cmd::sse::run(cmd),
     }

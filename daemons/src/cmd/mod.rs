@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod can;
+pub mod demo;
 pub mod server;
 pub mod sse;

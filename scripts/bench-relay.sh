@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Group relay benchmark: N dongle pairs, each direction at a fixed frame rate, through one
+# release `tether server` — first with the SQLite default, then with Redis — and, in the same
+# run, through a plain WebSocket relay (the ceiling of the same stack: loopback TCP,
+# tungstenite, the same MessagePack batches, no storage and no protocol logic).
+#
+# The load comes from `daemons/examples/bench_relay.rs`: protocol clients that behave like
+# dongle agents on `/ws/data` (hello with MessagePack, frame batches every 5 ms, cumulative
+# acks), not `tether agent` processes fed over UDP — on this 2-core machine 40 agent processes
+# plus 40 simulated dongles would measure the simulators, not the relay. Groups, agents and
+# dongles are created through the REST API as a user would.
+#
+# Prints per target: frames/s delivered while sending (run_deliv) and over the whole run
+# including the drain (all_deliv), frames lost (must be 0), duplicates, frames still undelivered
+# when the drain timeout ended, added latency p50/p99 (send → receive through the relay, same
+# clock), then a summary table.
+#
+# Redis: a private redis-server on a spare port (no persistence, noeviction), never the shared
+# one. Everything runs under `nice`; the machine is shared, figures are noisy.
+#
+# Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
+#        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PAIRS=${1:-20}
+RATE=${2:-4500}
+DURATION=${3:-10}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
+if [ -z "${NO_BUILD:-}" ]; then
+  nice cargo build -q --release -p tether-daemons --bin tether --example bench_relay
+fi
+BIN=$CARGO_TARGET_DIR/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --maxmemory-policy noeviction --dir "$WORK" >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS="redis://127.0.0.1:$RPORT"
+
+RESULTS=()
+
+# run_relay LABEL [REDIS_URL]
+run_relay() {
+  local label=$1 redis=${2:-}
+  local data="$WORK/$label"
+  mkdir -p "$data"
+  local token
+  token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
+  local args=(server --listen 127.0.0.1:0 --data-dir "$data")
+  [ -n "$redis" ] && args+=(--redis-url "$redis")
+  REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$label.out" 2>"$WORK/$label.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  local base=""
+  for _ in $(seq 100); do
+    base=$(sed -n 's/^tether server listening on //p' "$WORK/$label.out" 2>/dev/null | head -1)
+    [ -n "$base" ] && break
+    sleep 0.1
+  done
+  [ -n "$base" ] || { echo "server ($label) did not start:" >&2; cat "$WORK/$label.err" >&2; exit 1; }
+  echo "== $label: $PAIRS pairs x $RATE frames/s per direction for ${DURATION}s via $base ==" >&2
+  local line
+  line=$(nice "$BIN/examples/bench_relay" relay --server "$base" --token "$token" \
+    --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label "$label")
+  echo "$line"
+  RESULTS+=("$line")
+  local rss
+  rss=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ' || echo "?")
+  echo "   server resident memory after the run: ${rss} KiB" >&2
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+run_relay sqlite
+run_relay redis "$REDIS"
+echo "== ceiling: plain WebSocket relay, same clients and batches ==" >&2
+line=$(nice "$BIN/examples/bench_relay" echo --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label ceiling)
+echo "$line"
+RESULTS+=("$line")
+
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+echo
+printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s\n' target offered/s run_deliv/s all_deliv/s lost dup undelivered drain_s p50_ms p99_ms
+for r in "${RESULTS[@]}"; do
+  printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s\n' "$(field "$r" label)" "$(field "$r" offered_fps)" \
+    "$(field "$r" delivered_fps_during_run)" "$(field "$r" delivered_fps_overall)" "$(field "$r" lost)" \
+    "$(field "$r" duplicated)" "$(field "$r" undelivered_at_end)" "$(field "$r" drain_s)" \
+    "$(field "$r" latency_ms_p50)" "$(field "$r" latency_ms_p99)"
+done

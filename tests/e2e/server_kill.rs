@@ -1,0 +1,96 @@
+//! `kill -9` of `tether server` in the middle of a two-way stream, then a restart on the same
+//! data directory and port: with the SQLite default and with Redis (`REDIS_URL`), no
+//! acknowledged frame is lost or duplicated. The agents keep unacknowledged frames in their
+//! outboxes and resend them, the server acknowledges only durable frames and deduplicates
+//! resends, and the receiving agents deduplicate by sequence number — so each dongle's record
+//! must equal exactly what the other one replayed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    DongleProc, Pair, ServerOptions, ServerProc, TestResult, Workspace, candump_frames,
+    check_relayed, metric_sum, redis_url, require_redis, wait_frames,
+};
+
+async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
+    let ws = Workspace::new()?;
+    let mut server = ServerProc::start(&ws, options).await?;
+    let api = server.api();
+    let pair = Pair::start(&ws, &server, user).await?;
+    let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
+    let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
+    let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
+    let want_at_b = candump_frames(&from_a);
+    let want_at_a = candump_frames(&from_b);
+    let mut dongle_a = DongleProc::start(
+        &ws,
+        &pair.a.serial,
+        &pair.a.agent.udp_addr(),
+        Some((&from_a, "8")),
+        Some(&a_rx),
+    )?;
+    let mut dongle_b = DongleProc::start(
+        &ws,
+        &pair.b.serial,
+        &pair.b.agent.udp_addr(),
+        Some((&from_b, "8")),
+        Some(&b_rx),
+    )?;
+    let outcome = async {
+        pair.wait_mode(&api, "active").await?;
+        // Mid-stream: some frames through in both directions, most still to come.
+        wait_frames(&b_rx, 300, "B receives A's first frames").await?;
+        wait_frames(&a_rx, 300, "A receives B's first frames").await?;
+        let at_kill = candump_frames(&b_rx).len();
+        server.kill9();
+        // Down for a moment while the dongles keep sending into the agents' outboxes.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.restart().await?;
+        check_relayed("A → B across kill -9", &want_at_b, &pair.a.agent, &b_rx).await?;
+        check_relayed("B → A across kill -9", &want_at_a, &pair.b.agent, &a_rx).await?;
+        assert!(
+            at_kill < want_at_b.len(),
+            "the kill came after the stream ended"
+        );
+        // Both agents saw the server go away (check_relayed made sure they dropped nothing
+        // once they knew the group).
+        for agent in [&pair.a.agent, &pair.b.agent] {
+            let text = agent.metrics().await.ok_or("agent metrics")?;
+            let disconnects = metric_sum(&text, "tether_agent_dongle_disconnects_total", &[]);
+            assert!(
+                disconnects >= 1.0,
+                "{}: no disconnect seen\n{text}",
+                agent.name
+            );
+        }
+        let group = pair.wait_mode(&api, "active").await?;
+        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
+        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        TestResult::Ok(())
+    }
+    .await;
+    dongle_a.stop().await?;
+    dongle_b.stop().await?;
+    pair.explain(&ws, outcome).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_sqlite_loses_and_duplicates_nothing() -> TestResult {
+    kill_mid_stream(ServerOptions::default(), "dave").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_redis_loses_and_duplicates_nothing() -> TestResult {
+    let url = redis_url();
+    require_redis(&url).await?;
+    kill_mid_stream(
+        ServerOptions {
+            redis_url: Some(url),
+            ..ServerOptions::default()
+        },
+        "erin",
+    )
+    .await
+}

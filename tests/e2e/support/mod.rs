@@ -1,0 +1,971 @@
+//! Shared harness of the cross-crate end-to-end tests: everything runs as real `tether`
+//! processes on loopback — `tether server` with its own data directory (and Redis when asked),
+//! `tether agent` with a dongle role, `tether can dongle` simulated dongles replaying and
+//! recording candump logs — set up through the CLI and the REST API only, never by editing a
+//! database. SSE consoles are read with sse-core's parser over a streaming HTTP response.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sse_core::{EventStreamParser, ParsedEvent, ParsedItem};
+
+/// The binary under test.
+pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+/// Result type of the tests.
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Generous limit for anything the system does on its own (agents reconnecting, backlogs
+/// draining) on a loaded 2-core machine. Only a ceiling for polling, never an assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The real capture shipped with the project.
+pub fn capture_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/captures/nissan-leaf-isotp.log")
+}
+
+/// `REDIS_URL`, or the local default. Tests that need Redis fail when it does not answer.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Fails (does not skip) when Redis is not reachable.
+pub async fn require_redis(url: &str) -> TestResult {
+    let client = redis::Client::open(url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("Redis must be reachable at {url} (REDIS_URL): {e}"))?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+    assert_eq!(pong, "PONG");
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> TestResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {limit:?} waiting for: {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free UDP port on loopback (bound then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends a signal by name (`TERM`, `INT`, `KILL`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Waits for a child to exit without blocking the runtime; kills it after `limit`.
+pub async fn wait_child(child: &mut Child, limit: Duration) -> TestResult<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("process {} did not exit within {limit:?}", child.id()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A whole test's scratch space: data directories, configs, logs, captures.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> TestResult<Workspace> {
+        Ok(Workspace {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// All process logs of the test, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return out;
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "stderr"))
+            .collect();
+        names.sort();
+        for path in names {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("---- {} (last 40 lines)\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// On failure, prints every process log (readable, to stderr) before handing the error on.
+    pub fn explain<T>(&self, outcome: TestResult<T>) -> TestResult<T> {
+        if outcome.is_err() {
+            eprintln!("{}", self.logs());
+        }
+        outcome
+    }
+
+    /// Writes the capture's frames `keep(index)` selects to a new candump file.
+    pub fn split_capture(&self, name: &str, keep: impl Fn(usize) -> bool) -> TestResult<PathBuf> {
+        let text = std::fs::read_to_string(capture_path())?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with('('))
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, l)| l)
+            .collect();
+        let path = self.path(name);
+        std::fs::write(&path, lines.join("\n") + "\n")?;
+        Ok(path)
+    }
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Use Redis for relay streams and SSE history.
+    pub redis_url: Option<String>,
+    /// Extra YAML appended to the server's configuration file (retention, …).
+    pub extra_config: String,
+    /// Fixed port (a restart reuses the first one).
+    pub port: Option<u16>,
+}
+
+/// A `tether server` child process with its data directory.
+pub struct ServerProc {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub base: String,
+    pub options: ServerOptions,
+    stderr_dir: PathBuf,
+    starts: usize,
+}
+
+impl ServerProc {
+    /// Starts a server with a fresh data directory under `ws`.
+    pub async fn start(ws: &Workspace, options: ServerOptions) -> TestResult<ServerProc> {
+        let data_dir = ws.path("server-data");
+        let config = ws.path("server.yaml");
+        let mut yaml = format!("data_dir: \"{}\"\n", data_dir.display());
+        if let Some(url) = &options.redis_url {
+            yaml.push_str(&format!("redis_url: \"{url}\"\n"));
+        }
+        yaml.push_str(&options.extra_config);
+        std::fs::write(&config, yaml)?;
+        let mut server = ServerProc {
+            child: None,
+            data_dir,
+            config,
+            addr: "127.0.0.1:0".parse()?,
+            base: String::new(),
+            options,
+            stderr_dir: ws.dir.path().to_owned(),
+            starts: 0,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> TestResult {
+        let port = self.options.port.unwrap_or(0);
+        let stderr = std::fs::File::create(
+            self.stderr_dir
+                .join(format!("server-{}.stderr", self.starts)),
+        )?;
+        self.starts += 1;
+        let mut cmd = Command::new(TETHER);
+        cmd.args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&self.config)
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = reader.read_line(&mut line);
+            // Keep draining stdout so the server never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                    sink.clear();
+                }
+            });
+            read.map(|_| line)
+        })
+        .await??;
+        let Some(base) = line.trim().strip_prefix("tether server listening on ") else {
+            let _ = child.kill();
+            return Err(format!("server did not start: first line {line:?}").into());
+        };
+        self.base = base.to_owned();
+        self.addr = base.trim_start_matches("http://").parse()?;
+        self.options.port = Some(self.addr.port());
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) -> TestResult<ExitStatus> {
+        let mut child = self.child.take().ok_or("server not running")?;
+        signal(child.id(), "TERM");
+        wait_child(&mut child, Duration::from_secs(30)).await
+    }
+
+    /// Starts the server again on the same data directory, configuration and port. Retries
+    /// while the port is still held by the previous process.
+    pub async fn restart(&mut self) -> TestResult {
+        let mut last = String::new();
+        for _ in 0..50 {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("server did not restart: {last}").into())
+    }
+
+    /// A user token, created with `tether server token create` (the CLI, like an operator).
+    pub fn user_token(&self, user: &str) -> TestResult<String> {
+        let out = Command::new(TETHER)
+            .args(["server", "token", "create", "--user", user, "--data-dir"])
+            .arg(&self.data_dir)
+            .env_remove("REDIS_URL")
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A small JSON client of the REST API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResult<(StatusCode, Value)> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(20));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, body))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> TestResult<(StatusCode, Value)> {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> TestResult<(StatusCode, Value)> {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// `POST /api/v1/agents` → `(id, token)`.
+    pub async fn create_agent(&self, user_token: &str, name: &str) -> TestResult<(String, String)> {
+        let (status, body) = self
+            .post("/api/v1/agents", user_token, json!({ "name": name }))
+            .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!("create agent: {status} {body}").into());
+        }
+        Ok((text(&body, "id")?, text(&body, "token")?))
+    }
+
+    /// `POST /api/v1/agent/dongles` with an agent token → dongle id.
+    pub async fn announce_dongle(&self, agent_token: &str, serial: &str) -> TestResult<String> {
+        let (status, body) = self
+            .post(
+                "/api/v1/agent/dongles",
+                agent_token,
+                json!({ "serial": serial }),
+            )
+            .await?;
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            return Err(format!("announce dongle: {status} {body}").into());
+        }
+        text(&body, "id")
+    }
+
+    /// Creates and activates a group → its id.
+    pub async fn active_group(
+        &self,
+        user_token: &str,
+        name: &str,
+        a: &str,
+        b: &str,
+    ) -> TestResult<String> {
+        let (status, body) = self
+            .post(
+                "/api/v1/groups",
+                user_token,
+                json!({ "name": name, "dongle_a": a, "dongle_b": b }),
+            )
+            .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!("create group: {status} {body}").into());
+        }
+        let id = text(&body, "id")?;
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/groups/{id}/activate"),
+                user_token,
+                json!({}),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("activate group: {status} {body}").into());
+        }
+        Ok(id)
+    }
+
+    /// `GET /api/v1/groups/{id}`, `None` while the server does not answer 200.
+    pub async fn group(&self, user_token: &str, id: &str) -> Option<Value> {
+        match self.get(&format!("/api/v1/groups/{id}"), user_token).await {
+            Ok((StatusCode::OK, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// `GET /metrics` text, `None` while the server does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+}
+
+/// A string field of a JSON object.
+pub fn text(body: &Value, field: &str) -> TestResult<String> {
+    body[field]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no string field {field:?} in {body}").into())
+}
+
+/// The error code of a JSON error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Sum of every sample of a metric family in OpenMetrics text whose labels contain all of
+/// `labels` (`key="value"` pieces).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let metric = key.split('{').next()?;
+            (metric == name && labels.iter().all(|want| key.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// A `tether agent` child process with a dongle role.
+pub struct AgentProc {
+    pub name: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub udp_port: u16,
+    pub metrics_port: u16,
+    pub token: String,
+    pub child: Option<Child>,
+    stderr_dir: PathBuf,
+    starts: usize,
+}
+
+impl AgentProc {
+    /// Writes the agent's configuration (token through `${TETHER_AGENT_TOKEN}`) and starts it.
+    pub fn start(
+        ws: &Workspace,
+        name: &str,
+        server: &ServerProc,
+        token: &str,
+    ) -> TestResult<AgentProc> {
+        let data_dir = ws.path(&format!("agent-{name}-data"));
+        let udp_port = free_udp_port();
+        let metrics_port = free_tcp_port();
+        let config = ws.path(&format!("agent-{name}.yaml"));
+        // Short polling and backoff ceilings so outages heal quickly in tests.
+        let yaml = format!(
+            "server_url: \"{}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n  protocol: remp\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
+            server.base,
+            data_dir.display()
+        );
+        std::fs::write(&config, yaml)?;
+        let mut agent = AgentProc {
+            name: name.to_owned(),
+            config,
+            data_dir,
+            udp_port,
+            metrics_port,
+            token: token.to_owned(),
+            child: None,
+            stderr_dir: ws.dir.path().to_owned(),
+            starts: 0,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Starts (again) with the same configuration and data directory.
+    pub fn spawn(&mut self) -> TestResult {
+        let stderr = std::fs::File::create(
+            self.stderr_dir
+                .join(format!("agent-{}-{}.stderr", self.name, self.starts)),
+        )?;
+        self.starts += 1;
+        let child = Command::new(TETHER)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("TETHER_AGENT_TOKEN", &self.token)
+            .env("RUST_LOG", "info")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The agent's Prometheus text (`metrics_listen`), `None` while it does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
+    /// Waits until the running agent listens for dongles (its log says so): a datagram sent
+    /// before that would hit a closed port.
+    pub async fn ready(&self) -> TestResult {
+        let log = self.stderr_dir.join(format!(
+            "agent-{}-{}.stderr",
+            self.name,
+            self.starts.saturating_sub(1)
+        ));
+        eventually(
+            PATIENCE,
+            &format!("agent {} listening", self.name),
+            || async {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|text| text.contains("dongle agent listening"))
+                    .map(|_| ())
+            },
+        )
+        .await
+    }
+
+    /// Frames the agent dropped because it did not know the dongle's group yet: the first
+    /// frames of a dongle it has just learned, before its assignment arrived (counted and
+    /// logged by the agent). Fails if the agent dropped frames for any other reason.
+    pub async fn leading_drops(&self) -> TestResult<usize> {
+        let text = self.metrics().await.ok_or("agent metrics do not answer")?;
+        let family = "tether_agent_dongle_frames_dropped_total";
+        let all = metric_sum(&text, family, &[]);
+        let no_group = metric_sum(&text, family, &["reason=\"no_group\""]);
+        if all != no_group {
+            return Err(format!("{}: frames dropped for other reasons\n{text}", self.name).into());
+        }
+        Ok(no_group as usize)
+    }
+
+    /// `HOST:PORT` the agent's dongle role listens on.
+    pub fn udp_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.udp_port)
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub async fn stop(&mut self) -> TestResult<ExitStatus> {
+        let mut child = self.child.take().ok_or("agent not running")?;
+        signal(child.id(), "TERM");
+        wait_child(&mut child, Duration::from_secs(30)).await
+    }
+
+    /// Everything the agent wrote to stderr over all its runs.
+    pub fn logs(&self) -> String {
+        (0..self.starts)
+            .map(|n| {
+                std::fs::read_to_string(
+                    self.stderr_dir
+                        .join(format!("agent-{}-{n}.stderr", self.name)),
+                )
+                .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `tether can dongle` simulated dongle.
+pub struct DongleProc {
+    pub serial: String,
+    pub record: Option<PathBuf>,
+    pub child: Option<Child>,
+}
+
+impl DongleProc {
+    /// Starts a simulated dongle talking to `agent` (UDP), replaying `replay` at `speed` when
+    /// given, recording what it receives to `record` when given.
+    pub fn start(
+        ws: &Workspace,
+        serial: &str,
+        agent_udp: &str,
+        replay: Option<(&Path, &str)>,
+        record: Option<&Path>,
+    ) -> TestResult<DongleProc> {
+        let mut n = 0;
+        while ws.path(&format!("dongle-{serial}-{n}.stderr")).exists() {
+            n += 1;
+        }
+        let stderr = std::fs::File::create(ws.path(&format!("dongle-{serial}-{n}.stderr")))?;
+        let mut cmd = Command::new(TETHER);
+        cmd.args(["can", "dongle", "--serial", serial, "--agent", agent_udp]);
+        if let Some((file, speed)) = replay {
+            cmd.arg("--replay").arg(file).args(["--speed", speed]);
+        }
+        if let Some(out) = record {
+            cmd.arg("--record").arg(out);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        Ok(DongleProc {
+            serial: serial.to_owned(),
+            record: record.map(Path::to_owned),
+            child: Some(child),
+        })
+    }
+
+    /// SIGTERM and wait for the exit (the record file is complete afterwards).
+    pub async fn stop(&mut self) -> TestResult<ExitStatus> {
+        let mut child = self.child.take().ok_or("dongle not running")?;
+        signal(child.id(), "TERM");
+        wait_child(&mut child, Duration::from_secs(30)).await
+    }
+
+    /// Waits until a replay-only dongle ends on its own at the end of its capture.
+    pub async fn finished(&mut self) -> TestResult<ExitStatus> {
+        let child = self.child.as_mut().ok_or("dongle not running")?;
+        let status = wait_child(child, PATIENCE).await?;
+        self.child = None;
+        Ok(status)
+    }
+}
+
+impl Drop for DongleProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The frames of a candump log as `ID#DATA` strings (upper case), in file order; timestamps,
+/// interface names and direction marks are dropped. A missing file reads as no frames.
+pub fn candump_frames(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('('))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// Checks that `got` is exactly `want`: same frames, same order, nothing missing or doubled.
+/// The message names the first difference.
+pub fn assert_same_frames(what: &str, want: &[String], got: &[String]) -> TestResult {
+    if want == got {
+        return Ok(());
+    }
+    let first = want
+        .iter()
+        .zip(got)
+        .position(|(w, g)| w != g)
+        .unwrap_or(want.len().min(got.len()));
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for f in want {
+        *counts.entry(f).or_default() += 1;
+    }
+    for f in got {
+        *counts.entry(f).or_default() -= 1;
+    }
+    let missing: i64 = counts.values().filter(|c| **c > 0).sum();
+    let extra: i64 = -counts.values().filter(|c| **c < 0).sum::<i64>();
+    Err(format!(
+        "{what}: sent {} frames, received {}; first difference at index {first} (want {:?}, got {:?}); {missing} missing, {extra} extra by content",
+        want.len(),
+        got.len(),
+        want.get(first),
+        got.get(first),
+    )
+    .into())
+}
+
+/// An SSE console being read in the background: every event lands in `events`.
+pub struct SseReader {
+    pub events: Arc<Mutex<Vec<ParsedEvent>>>,
+    pub status: Arc<Mutex<Option<StatusCode>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SseReader {
+    /// Opens `url` with a bearer token (or none) and reads events until dropped. Reconnects
+    /// with `Last-Event-ID` when the stream ends (the server restarting).
+    pub fn open(url: String, token: Option<String>) -> SseReader {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(None));
+        let (ev, st) = (Arc::clone(&events), Arc::clone(&status));
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut parser = EventStreamParser::new();
+            loop {
+                let mut request = client.get(&url).header("Accept", "text/event-stream");
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                if !parser.last_event_id().is_empty() {
+                    request = request.header("Last-Event-ID", parser.last_event_id());
+                }
+                if let Ok(mut response) = request.send().await {
+                    *st.lock().unwrap() = Some(response.status());
+                    if response.status() == StatusCode::OK {
+                        let mut items = Vec::new();
+                        while let Ok(Some(chunk)) = response.chunk().await {
+                            parser.feed(&chunk, &mut items);
+                            let mut sink = ev.lock().unwrap();
+                            for item in items.drain(..) {
+                                if let ParsedItem::Event(event) = item {
+                                    sink.push(event);
+                                }
+                            }
+                        }
+                        parser.reconnect();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        SseReader {
+            events,
+            status,
+            task,
+        }
+    }
+
+    /// The events of a type, parsed as JSON.
+    pub fn of_type(&self, event_type: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .filter_map(|e| serde_json::from_str(&e.data).ok())
+            .collect()
+    }
+}
+
+impl Drop for SseReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One side of a relay set-up: an agent process and its dongle.
+pub struct Side {
+    pub agent: AgentProc,
+    pub dongle_id: String,
+    pub serial: String,
+}
+
+/// A user with two agents, two pre-announced dongles and an active group between them, agents
+/// running, no dongle processes yet.
+pub struct Pair {
+    pub user_token: String,
+    pub group_id: String,
+    pub a: Side,
+    pub b: Side,
+}
+
+impl Pair {
+    /// Sets everything up through the CLI and the REST API.
+    pub async fn start(ws: &Workspace, server: &ServerProc, user: &str) -> TestResult<Pair> {
+        let api = server.api();
+        let user_token = server.user_token(user)?;
+        let (_, token_a) = api
+            .create_agent(&user_token, &format!("{user}-agent-a"))
+            .await?;
+        let (_, token_b) = api
+            .create_agent(&user_token, &format!("{user}-agent-b"))
+            .await?;
+        let serial_a = format!("{user}-A");
+        let serial_b = format!("{user}-B");
+        let dongle_a = api.announce_dongle(&token_a, &serial_a).await?;
+        let dongle_b = api.announce_dongle(&token_b, &serial_b).await?;
+        let group_id = api
+            .active_group(&user_token, &format!("{user} pair"), &dongle_a, &dongle_b)
+            .await?;
+        let agent_a = AgentProc::start(ws, &format!("{user}-a"), server, &token_a)?;
+        let agent_b = AgentProc::start(ws, &format!("{user}-b"), server, &token_b)?;
+        agent_a.ready().await?;
+        agent_b.ready().await?;
+        Ok(Pair {
+            user_token,
+            group_id,
+            a: Side {
+                agent: agent_a,
+                dongle_id: dongle_a,
+                serial: serial_a,
+            },
+            b: Side {
+                agent: agent_b,
+                dongle_id: dongle_b,
+                serial: serial_b,
+            },
+        })
+    }
+
+    /// On failure, prints both agents' frame counters and every process log, then hands the
+    /// error on.
+    pub async fn explain<T>(&self, ws: &Workspace, outcome: TestResult<T>) -> TestResult<T> {
+        if outcome.is_err() {
+            for agent in [&self.a.agent, &self.b.agent] {
+                let text = agent.metrics().await.unwrap_or_default();
+                eprintln!("---- agent {} counters", agent.name);
+                for line in text.lines().filter(|l| {
+                    !l.starts_with('#')
+                        && (l.contains("frames_") || l.contains("remp_") || l.contains("gap_"))
+                }) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        ws.explain(outcome)
+    }
+
+    /// Waits until the group reports `mode` (and returns its state).
+    pub async fn wait_mode(&self, api: &Api, mode: &str) -> TestResult<Value> {
+        eventually(
+            PATIENCE,
+            &format!("group {} {mode}", self.group_id),
+            || async {
+                api.group(&self.user_token, &self.group_id)
+                    .await
+                    .filter(|g| g["mode"] == mode)
+            },
+        )
+        .await
+    }
+
+    /// Console URL of the group.
+    pub fn group_console(&self, server: &ServerProc) -> String {
+        format!(
+            "{}/api/v1/streams/groups/{}/console",
+            server.base, self.group_id
+        )
+    }
+}
+
+/// Waits until the candump log at `path` holds at least `n` frames; returns them.
+pub async fn wait_frames(path: &Path, n: usize, what: &str) -> TestResult<Vec<String>> {
+    let result = eventually(PATIENCE, what, || async {
+        let frames = candump_frames(path);
+        (frames.len() >= n).then_some(frames)
+    })
+    .await;
+    result.map_err(|e| format!("{e} ({} of {n} frames arrived)", candump_frames(path).len()).into())
+}
+
+/// Waits until everything `sender` relayed from `sent` has arrived in the candump log at
+/// `path`, lets it settle, and checks it is exactly `sent` minus the frames the sender's agent
+/// dropped before it knew the group (a prefix, counted): nothing lost, doubled or reordered.
+/// Returns that leading drop count.
+pub async fn check_relayed(
+    what: &str,
+    sent: &[String],
+    sender: &AgentProc,
+    path: &Path,
+) -> TestResult<usize> {
+    let waited = eventually(PATIENCE, what, || async {
+        let skipped = sender.leading_drops().await.ok()?;
+        (candump_frames(path).len() + skipped >= sent.len()).then_some(())
+    })
+    .await;
+    if let Err(err) = waited {
+        let skipped = sender.leading_drops().await?;
+        return Err(format!(
+            "{err}: {} of {} frames arrived, {skipped} dropped by the sending agent before it knew the group",
+            candump_frames(path).len(),
+            sent.len()
+        )
+        .into());
+    }
+    let got = settle_frames(path, Duration::from_secs(2)).await;
+    let skipped = sender.leading_drops().await?;
+    assert_same_frames(what, &sent[skipped.min(sent.len())..], &got)?;
+    Ok(skipped)
+}
+
+/// Waits until the candump log at `path` stops growing (no new frame for `quiet`), returns it.
+pub async fn settle_frames(path: &Path, quiet: Duration) -> Vec<String> {
+    let mut last = candump_frames(path);
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = candump_frames(path);
+        if now.len() == last.len() {
+            return now;
+        }
+        last = now;
+    }
+}
