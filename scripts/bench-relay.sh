@@ -20,6 +20,7 @@
 #
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
+#        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${1:-20}
@@ -59,6 +60,7 @@ run_relay() {
   token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
   local args=(server --listen 127.0.0.1:0 --data-dir "$data")
   [ -n "$redis" ] && args+=(--redis-url "$redis")
+  [ -n "${SERVER_CONFIG:-}" ] && args+=(--config "$SERVER_CONFIG")
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$label.out" 2>"$WORK/$label.err" &
   local pid=$!
   PIDS+=("$pid")
