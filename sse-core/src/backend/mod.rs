@@ -162,8 +162,10 @@ pub fn validate_stream_key(key: &str) -> Result<(), SseError> {
     Ok(())
 }
 
-/// The `log` event data announcing a sampling switch.
-pub(crate) fn sampling_log(switch: SamplingSwitch, threshold_per_s: u32, now_ms: u64) -> String {
+/// The `log` event data (JSON) announcing a sampling switch: the text every sampler of the
+/// console uses, whether the hub samples or its caller does (as `tether server` does before
+/// publishing).
+pub fn sampling_log(switch: SamplingSwitch, threshold_per_s: u32, now_ms: u64) -> String {
     let (active, input_rate_per_s, fraction) = match switch {
         SamplingSwitch::On {
             input_rate_per_s,

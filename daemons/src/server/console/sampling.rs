@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sse_core::events::{ConsoleEvent, LogEvent, LogLevel, SamplingNotice, rfc3339_ms};
 use sse_core::sampler::{CanFrameSampler, SampleDecision, SamplingConfig, SamplingSwitch};
 
 use super::ConsoleScope;
@@ -67,33 +66,7 @@ impl Samplers {
 
     /// The `log` event data announcing `switch` (the same text as sse-core's hub writes).
     pub(crate) fn notice(&self, switch: SamplingSwitch, now_ms: u64) -> String {
-        let (active, input_rate_per_s, fraction) = match switch {
-            SamplingSwitch::On {
-                input_rate_per_s,
-                fraction,
-            } => (true, input_rate_per_s, fraction),
-            SamplingSwitch::Off { input_rate_per_s } => (false, input_rate_per_s, 1.0),
-        };
-        let message = if active {
-            format!(
-                "can_frame sampling on: {input_rate_per_s} frames/s in, sending {fraction:.4} of them"
-            )
-        } else {
-            format!("can_frame sampling off: {input_rate_per_s} frames/s in, sending all")
-        };
-        ConsoleEvent::Log(LogEvent {
-            ts: rfc3339_ms(now_ms),
-            level: LogLevel::Info,
-            source: "sse.sampler".to_owned(),
-            message,
-            sampling: Some(SamplingNotice {
-                active,
-                input_rate_per_s,
-                fraction,
-                threshold_per_s: self.config.threshold_per_s,
-            }),
-        })
-        .to_data()
+        sse_core::backend::sampling_log(switch, self.config.threshold_per_s, now_ms)
     }
 }
 
