@@ -6,6 +6,7 @@
 #  2. End to end: `tether agent` forwarding usage records to a control-plane double that answers
 #     in 2 ms with 1 % 503s: records/s, duplicates, resident memory, start time.
 # Usage: scripts/bench-metering.sh [DRAIN_N=100000] [E2E_N=200000] [RQ_N=20000] [RUNS=3]
+# DRAIN_N=0 skips part 1 (only the end-to-end runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRAIN_N=${1:-100000}
@@ -54,6 +55,7 @@ for i in range(n):
 PY
 }
 
+if [ "$DRAIN_N" -gt 0 ]; then
 echo "== 1. drain $DRAIN_N items, do-nothing handler (runs: $RUNS) =="
 ours=()
 for r in $(seq "$RUNS"); do
@@ -134,46 +136,67 @@ else
 fi
 [ -n "$BULL" ] && echo "ratio metering-core / BullMQ: $(python3 -c "print(round($OURS/$BULL, 2))")"
 [ -n "$RQ" ] && echo "ratio metering-core / RQ: $(python3 -c "print(round($OURS/$RQ, 2))")"
+fi
 
-echo "== 2. end to end: $E2E_N records → control-plane double (2 ms, 1 % 503) =="
+echo "== 2. end to end: $E2E_N records → control-plane double (2 ms, 1 % 503), runs: $RUNS =="
 CPORT=$(free_port)
 "$BIN/examples/bench_control_plane" "$CPORT" &
 PIDS+=($!)
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$CPORT/stats" >/dev/null && break; sleep 0.1; done
-HPORT=$(free_port)
-cat > "$WORK/agent.yaml" <<YAML
+rates=(); rsss=(); anons=(); files=(); healths=(); redis_ms=()
+for r in $(seq "$RUNS"); do
+  curl -sf -X POST "http://127.0.0.1:$CPORT/reset" >/dev/null
+  HPORT=$(free_port)
+  cat > "$WORK/agent.yaml" <<YAML
 metering:
   server: {id: bench, region: local, port: 8080}
-  redis: {url: "$REDIS_URL", key_prefix: "e2e:"}
+  redis: {url: "$REDIS_URL", key_prefix: "e2e$r:"}
   control_plane: {base_url: "http://127.0.0.1:$CPORT", api_key: k, retry_base: 0.01, retry_cap: 0.5}
   queues: {workers: 4, batch_size: 1000, max_concurrent_requests: 64}
   monitoring: {health_check_port: $HPORT, metrics_port: $HPORT, log_level: warn, heartbeat_interval: 5}
 YAML
-fill "e2e:" "$E2E_N"
-t0=$(date +%s.%N)
-"$BIN/tether" agent --config "$WORK/agent.yaml" 2>"$WORK/agent.log" &
-APID=$!
-PIDS+=($APID)
-until curl -sf "http://127.0.0.1:$HPORT/health" >/dev/null; do sleep 0.005; done
-t_health=$(date +%s.%N)
-while :; do
-  u=$(curl -sf "http://127.0.0.1:$CPORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["unique"])')
-  [ "$u" -ge "$E2E_N" ] && break
-  sleep 0.05
-done
-t1=$(date +%s.%N)
-STATS=$(curl -sf "http://127.0.0.1:$CPORT/stats")
-RSS=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
-kill -TERM "$APID"; wait "$APID" || true
-left=$(redis-cli -p "$RPORT" llen e2e:queue:usage_records)
-dlq=$(redis-cli -p "$RPORT" llen e2e:metering:dlq:usage_records)
-python3 - "$t0" "$t_health" "$t1" "$E2E_N" "$RSS" "$STATS" "$left" "$dlq" <<'PY'
+  fill "e2e$r:" "$E2E_N"
+  redis-cli -p "$RPORT" config resetstat >/dev/null
+  t0=$(date +%s.%N)
+  "$BIN/tether" agent --config "$WORK/agent.yaml" 2>"$WORK/agent.log" &
+  APID=$!
+  PIDS+=($APID)
+  until curl -sf "http://127.0.0.1:$HPORT/health" >/dev/null; do sleep 0.005; done
+  t_health=$(date +%s.%N)
+  while :; do
+    u=$(curl -sf "http://127.0.0.1:$CPORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["unique"])')
+    [ "$u" -ge "$E2E_N" ] && break
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  STATS=$(curl -sf "http://127.0.0.1:$CPORT/stats")
+  # Peak RSS, and what the current RSS is made of (anonymous = heap and stacks; file = the
+  # mapped `tether` binary and shared libraries).
+  MEM=$(awk '/VmHWM|RssAnon|RssFile/ {printf "%s ", $2}' "/proc/$APID/status")
+  # Redis time spent in scripts (fetch, ack, …) during the run.
+  RED=$(redis-cli -p "$RPORT" info commandstats | awk -F'[=,]' '/^cmdstat_(evalsha|eval):/ {u += $4} END {print u / 1000}')
+  kill -TERM "$APID"; wait "$APID" || true
+  left=$(redis-cli -p "$RPORT" llen "e2e$r:queue:usage_records")
+  dlq=$(redis-cli -p "$RPORT" llen "e2e$r:metering:dlq:usage_records")
+  line=$(python3 - "$t0" "$t_health" "$t1" "$E2E_N" "$MEM" "$STATS" "$left" "$dlq" "$RED" <<'PY'
 import json, sys
-t0, th, t1, n, rss = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+t0, th, t1, n = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+hwm, anon, file = (int(x) for x in sys.argv[5].split())
 s = json.loads(sys.argv[6])
-print(f"start to /health answering: {(th - t0) * 1000:.0f} ms")
-print(f"records/s end to end (from process start): {n / (t1 - t0):.0f}  ({t1 - t0:.2f} s for {n})")
-print(f"control-plane requests {s['requests']}, 503s {s['failed']}, distinct records {s['unique']}, "
-      f"duplicate record ids received {s['duplicates']}")
-print(f"peak resident memory: {rss / 1024:.1f} MiB; left in queue {sys.argv[7]}, DLQ {sys.argv[8]}")
+rate = n / (t1 - t0)
+print(f"{rate:.0f} {hwm / 1024:.1f} {anon / 1024:.1f} {file / 1024:.1f} {(th - t0) * 1000:.0f} {float(sys.argv[9]):.0f}")
+print(f"run: {rate:.0f} records/s ({t1 - t0:.2f} s for {n}); /health after {(th - t0) * 1000:.0f} ms; "
+      f"peak RSS {hwm / 1024:.1f} MiB (at the end: anon {anon / 1024:.1f}, file {file / 1024:.1f} MiB); "
+      f"Redis script time {float(sys.argv[9]):.0f} ms; requests {s['requests']}, 503s {s['failed']}, "
+      f"distinct {s['unique']}, duplicate ids {s['duplicates']}; left in queue {sys.argv[7]}, DLQ {sys.argv[8]}",
+      file=sys.stderr)
 PY
+)
+  read -r rate rss anon file health red <<<"$line"
+  rates+=("$rate"); rsss+=("$rss"); anons+=("$anon"); files+=("$file"); healths+=("$health"); redis_ms+=("$red")
+done
+echo "records/s end to end (from process start): runs ${rates[*]}, median $(printf '%s\n' "${rates[@]}" | median)"
+echo "peak RSS MiB: runs ${rsss[*]}, median $(printf '%s\n' "${rsss[@]}" | median)" \
+  "(anon ${anons[*]}; file-backed ${files[*]})"
+echo "start to /health ms: runs ${healths[*]}, median $(printf '%s\n' "${healths[@]}" | median)"
+echo "Redis script time per run ms: ${redis_ms[*]}"

@@ -1,6 +1,7 @@
 //! Benchmark helper: a control-plane double answering every session request after 2 ms, with
 //! 1 % of usage batches answered 503. Counts distinct accepted record ids and duplicates.
-//! `GET /stats` → `{"unique": N, "duplicates": D, "requests": R, "failed": F}`.
+//! `GET /stats` → `{"unique": N, "duplicates": D, "requests": R, "failed": F}`;
+//! `POST /reset` zeroes them (between runs).
 //! Usage: bench_control_plane PORT
 #![allow(clippy::print_stdout)]
 
@@ -52,6 +53,17 @@ async fn ok() -> Json<Value> {
     Json(json!({"ok": true, "keys": [], "commands": []}))
 }
 
+async fn reset(State(s): State<Arc<Stats>>) -> StatusCode {
+    match s.ids.lock() {
+        Ok(mut g) => g.clear(),
+        Err(p) => p.into_inner().clear(),
+    }
+    s.duplicates.store(0, Ordering::Relaxed);
+    s.requests.store(0, Ordering::Relaxed);
+    s.failed.store(0, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
 async fn stats(State(s): State<Arc<Stats>>) -> Json<Value> {
     let unique = s.ids.lock().map(|g| g.len()).unwrap_or(0);
     Json(
@@ -70,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/api/v1/sessions/{id}/usage-records", post(usage))
         .route("/stats", get(stats))
+        .route("/reset", post(reset))
         .fallback(any(ok))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -86,10 +86,12 @@ pub struct Shared {
     pub redis_ok: AtomicBool,
     /// Whether the control plane answered the last request.
     pub cp_ok: AtomicBool,
-    /// Items workers hold right now, per queue (a multiset of raw bytes). The orphan sweep
-    /// gives back items of our processing list that no worker holds: a fetch whose reply was
-    /// lost (connection dropped after the script ran) leaves such items behind.
-    in_hand: [std::sync::Mutex<HashMap<Vec<u8>, u32>>; 3],
+    /// Items workers hold right now, per queue (a multiset of 64-bit hashes of the raw bytes,
+    /// so the bytes are not kept twice). The orphan sweep gives back items of our processing
+    /// list that no worker holds: a fetch whose reply was lost (connection dropped after the
+    /// script ran) leaves such items behind. A hash collision can only make the sweep skip an
+    /// orphan while the colliding item is held; it is returned on a later pass.
+    in_hand: [std::sync::Mutex<HashMap<u64, u32>>; 3],
 }
 
 impl Shared {
@@ -143,7 +145,7 @@ impl Shared {
         self.breaker(|b| b.state(Instant::now()))
     }
 
-    fn in_hand<T>(&self, q: QueueKind, f: impl FnOnce(&mut HashMap<Vec<u8>, u32>) -> T) -> T {
+    fn in_hand<T>(&self, q: QueueKind, f: impl FnOnce(&mut HashMap<u64, u32>) -> T) -> T {
         let i = QueueKind::ALL.iter().position(|k| *k == q).unwrap_or(0);
         let mut g = match self.in_hand[i].lock() {
             Ok(g) => g,
@@ -152,15 +154,13 @@ impl Shared {
         f(&mut g)
     }
 
-    fn take_in_hand(&self, q: QueueKind, items: &[Vec<u8>]) {
+    fn take_in_hand(&self, q: QueueKind, items: &[u64]) {
         self.in_hand(q, |m| {
-            items
-                .iter()
-                .for_each(|i| *m.entry(i.clone()).or_insert(0) += 1)
+            items.iter().for_each(|i| *m.entry(*i).or_insert(0) += 1)
         });
     }
 
-    fn release_in_hand(&self, q: QueueKind, items: &[Vec<u8>]) {
+    fn release_in_hand(&self, q: QueueKind, items: &[u64]) {
         self.in_hand(q, |m| {
             for i in items {
                 if let Some(n) = m.get_mut(i) {
@@ -186,7 +186,8 @@ impl Shared {
 struct Request {
     route: Route,
     session_id: String,
-    items: Vec<(Vec<u8>, ValidMessage)>,
+    /// (position in the fetched batch, raw bytes, parsed message)
+    items: Vec<(usize, Vec<u8>, ValidMessage)>,
 }
 
 impl Request {
@@ -331,6 +332,12 @@ async fn lease_keeper(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Hash of an item's bytes for the in-hand multiset.
+fn item_hash(raw: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(raw)
+}
+
 /// Items of our processing list that no worker holds, counted by value.
 async fn orphans(s: &Shared, q: QueueKind) -> Result<HashMap<Vec<u8>, u32>> {
     let mut c = s.store.conn();
@@ -347,7 +354,7 @@ async fn orphans(s: &Shared, q: QueueKind) -> Result<HashMap<Vec<u8>, u32>> {
     }
     s.in_hand(q, |m| {
         extra.retain(|k, n| {
-            *n = n.saturating_sub(m.get(k).copied().unwrap_or(0));
+            *n = n.saturating_sub(m.get(&item_hash(k)).copied().unwrap_or(0));
             *n > 0
         })
     });
@@ -517,10 +524,10 @@ async fn worker(s: Arc<Shared>, q: QueueKind, index: usize, mut shutdown: watch:
         };
         failures = 0;
         s.set_redis(true);
-        s.take_in_hand(q, &items);
-        let kept = items.clone();
+        let hashes: Vec<u64> = items.iter().map(|i| item_hash(i)).collect();
+        s.take_in_hand(q, &hashes);
         process_batch(&s, q, items, &shutdown).await;
-        s.release_in_hand(q, &kept);
+        s.release_in_hand(q, &hashes);
     }
 }
 
@@ -537,7 +544,7 @@ async fn process_batch(
     // Per session, in queue order.
     let mut sessions: Vec<(String, Vec<Request>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for raw in items {
+    for (pos, raw) in items.into_iter().enumerate() {
         let msg = match validate(q, &raw) {
             Ok(m) => m,
             Err(e) => {
@@ -561,27 +568,71 @@ async fn process_batch(
             });
         if join {
             if let Some(r) = reqs.last_mut() {
-                r.items.push((raw, msg));
+                r.items.push((pos, raw, msg));
             }
         } else {
             reqs.push(Request {
                 route: msg.route.clone(),
                 session_id: msg.session_id.clone(),
-                items: vec![(raw, msg)],
+                items: vec![(pos, raw, msg)],
             });
         }
     }
     let first_attempt_at = first_attempt_at.as_str();
-    futures::stream::iter(sessions)
-        .for_each_concurrent(
-            s.cfg.max_concurrent_requests.max(1),
-            |(_, reqs)| async move {
-                for r in reqs {
-                    deliver(s, q, r, taken_at, first_attempt_at, shutdown.clone()).await;
+    // Requests whose items the control plane accepted, acknowledged together below.
+    let accepted: Vec<Request> = futures::stream::iter(sessions)
+        .map(|(_, reqs)| async move {
+            let mut done = Vec::new();
+            for r in reqs {
+                if let Some(r) = deliver(s, q, r, first_attempt_at, shutdown.clone()).await {
+                    done.push(r);
                 }
-            },
-        )
+            }
+            done
+        })
+        .buffer_unordered(s.cfg.max_concurrent_requests.max(1))
+        .flat_map(futures::stream::iter)
+        .collect()
         .await;
+    ack_accepted(s, q, accepted, taken_at, shutdown).await;
+}
+
+/// Acknowledge every accepted request of one fetched batch in one script. The accepted items of
+/// a batch are, unless some were refused or given back, exactly the batch, which lies side by
+/// side in the processing list: one pass over the list removes them all. (Acknowledging each
+/// request on its own cost one `LREM` scan of the whole processing list per record, and the
+/// single-threaded Redis spent most of the benchmark doing that; see `docs/benchmarks.md`.) An
+/// item still leaves the processing list only after the control plane accepted it; a crash
+/// between acceptance and this ack redelivers it, and the control plane answers "duplicate".
+async fn ack_accepted(
+    s: &Shared,
+    q: QueueKind,
+    accepted: Vec<Request>,
+    taken_at: Instant,
+    shutdown: &watch::Receiver<bool>,
+) {
+    if accepted.is_empty() {
+        return;
+    }
+    let mut items: Vec<(usize, &[u8])> = accepted
+        .iter()
+        .flat_map(|r| r.items.iter().map(|(pos, raw, _)| (*pos, raw.as_slice())))
+        .collect();
+    items.sort_unstable_by_key(|(pos, _)| *pos);
+    let raws: Vec<&[u8]> = items.into_iter().map(|(_, raw)| raw).collect();
+    if redis_until_ok(s, "ack", shutdown, || s.store.ack(q, &raws))
+        .await
+        .is_some()
+    {
+        let labels = s.metrics.queue(q);
+        s.metrics
+            .processed
+            .get_or_create(&labels)
+            .inc_by(raws.len() as u64);
+        let latency = s.metrics.latency.get_or_create(&labels);
+        let secs = taken_at.elapsed().as_secs_f64();
+        accepted.iter().for_each(|_| latency.observe(secs));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -618,35 +669,39 @@ async fn dead_letter(
     }
 }
 
+/// Deliver one request; `Some(r)` when the control plane accepted it (the caller acks it).
 async fn deliver(
     s: &Shared,
     q: QueueKind,
-    r: Request,
-    taken_at: Instant,
+    mut r: Request,
     first_attempt_at: &str,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Request> {
     let labels = s.metrics.queue(q);
     let now = chrono::Utc::now();
     let body = if r.route == Route::UsageRecords {
         let records: Vec<Value> = r
             .items
             .iter()
-            .map(|(_, m)| m.enriched(&s.enrichment, now))
+            .map(|(_, _, m)| m.enriched(&s.enrichment, now))
             .collect();
         json!({ "records": records })
     } else {
         r.items
             .first()
-            .map(|(_, m)| m.enriched(&s.enrichment, now))
+            .map(|(_, _, m)| m.enriched(&s.enrichment, now))
             .unwrap_or(Value::Null)
     };
+    // The parsed fields now live in `body`; keep only the raw bytes and the keys.
+    r.items
+        .iter_mut()
+        .for_each(|(_, _, m)| m.body = serde_json::Map::new());
     let key = if r.items.len() == 1 {
-        r.items.first().map(|(_, m)| m.key.clone())
+        r.items.first().map(|(_, _, m)| m.key.clone())
     } else {
         None
     };
-    let correlation: Vec<&str> = r.items.iter().map(|(_, m)| m.key.as_str()).collect();
+    let correlation: Vec<&str> = r.items.iter().map(|(_, _, m)| m.key.as_str()).collect();
     let path = r.path();
     let mut cycles = 0u32;
     loop {
@@ -662,7 +717,7 @@ async fn deliver(
                         .min(Duration::from_millis(200));
                     if !sleep_or_shutdown(d, &mut shutdown).await {
                         give_back(s, q, &r, &shutdown).await;
-                        return;
+                        return None;
                     }
                 }
             }
@@ -680,26 +735,14 @@ async fn deliver(
             Delivery::Accepted { duplicate, .. } => {
                 s.breaker(Breaker::on_success);
                 s.cp_ok.store(true, Ordering::Relaxed);
-                let raws: Vec<&[u8]> = r.items.iter().map(|(raw, _)| raw.as_slice()).collect();
-                if redis_until_ok(s, "ack", &shutdown, || s.store.ack(q, &raws))
-                    .await
-                    .is_some()
-                {
-                    let n = raws.len() as u64;
-                    s.metrics.processed.get_or_create(&labels).inc_by(n);
-                    s.metrics
-                        .latency
-                        .get_or_create(&labels)
-                        .observe(taken_at.elapsed().as_secs_f64());
-                }
                 debug!(correlation_ids = ?correlation, %path, duplicate, "delivered");
-                return;
+                return Some(r);
             }
             Delivery::Rejected { status, body } => {
                 s.breaker(Breaker::on_success);
                 s.cp_ok.store(true, Ordering::Relaxed);
                 warn!(correlation_ids = ?correlation, %path, status, "control plane refused; dead-lettering");
-                for (raw, _) in &r.items {
+                for (_, raw, _) in &r.items {
                     let reason = format!("control plane refused with HTTP {status}");
                     dead_letter(
                         s,
@@ -713,7 +756,7 @@ async fn deliver(
                     )
                     .await;
                 }
-                return;
+                return None;
             }
             Delivery::Unavailable {
                 reason,
@@ -728,7 +771,7 @@ async fn deliver(
                     retry_after.unwrap_or_else(|| Duration::from_millis(100).mul_f64(1.0 + unit));
                 if !sleep_or_shutdown(pause, &mut shutdown).await {
                     give_back(s, q, &r, &shutdown).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -736,6 +779,6 @@ async fn deliver(
 }
 
 async fn give_back(s: &Shared, q: QueueKind, r: &Request, shutdown: &watch::Receiver<bool>) {
-    let raws: Vec<&[u8]> = r.items.iter().map(|(raw, _)| raw.as_slice()).collect();
+    let raws: Vec<&[u8]> = r.items.iter().map(|(_, raw, _)| raw.as_slice()).collect();
     let _ = redis_until_ok(s, "give back", shutdown, || s.store.give_back(q, &raws)).await;
 }
