@@ -53,20 +53,9 @@ struct Agent {
     last_key_refresh: std::sync::Mutex<Option<Instant>>,
 }
 
-fn init_logs(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Run the role until SIGTERM/SIGINT.
 pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
-    init_logs(&cfg.monitoring.log_level);
+    super::init_logs(&cfg.monitoring.log_level);
     let started = Instant::now();
     let store = queue_store(&cfg, "agent")?;
     let cp = &cfg.control_plane;

@@ -155,6 +155,46 @@ async fn single(state: &AppState, scope: ConsoleScope, last_event_id: Option<Str
     stream_response(console, event_stream_body(items, options))
 }
 
+/// The first of `scopes` that `user` does not own, as the `not_found` subject (`"dongle"` /
+/// `"group"`), checked in one store call. Someone else's stream answers exactly like a missing one.
+async fn first_not_owned(
+    state: &AppState,
+    user: Uuid,
+    scopes: Vec<ConsoleScope>,
+) -> Result<Option<&'static str>, ApiError> {
+    let missing = state
+        .store
+        .call(move |store| {
+            for scope in scopes {
+                let (owned, what) = match scope {
+                    ConsoleScope::Dongle(id) => (store.get_dongle(user, id)?.is_some(), "dongle"),
+                    ConsoleScope::Group(id) => (store.get_group(user, id)?.is_some(), "group"),
+                };
+                if !owned {
+                    return Ok(Some(what));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+    Ok(missing)
+}
+
+/// One console stream of something the caller owns.
+async fn owned_single(
+    state: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    scope: ConsoleScope,
+) -> Result<Response, ApiError> {
+    let query = query(&uri)?;
+    let user = authenticate(&state, &headers, &query).await?;
+    if let Some(what) = first_not_owned(&state, user.id, vec![scope]).await? {
+        return Err(ApiError::not_found(what));
+    }
+    Ok(single(&state, scope, last_event_id(&headers, &query)).await)
+}
+
 /// `GET /api/v1/streams/dongles/{id}/console`.
 pub(crate) async fn dongle(
     State(state): State<AppState>,
@@ -162,19 +202,7 @@ pub(crate) async fn dongle(
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let query = query(&uri)?;
-    let user = authenticate(&state, &headers, &query).await?;
-    state
-        .store
-        .call(move |store| store.get_dongle(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("dongle"))?;
-    Ok(single(
-        &state,
-        ConsoleScope::Dongle(id),
-        last_event_id(&headers, &query),
-    )
-    .await)
+    owned_single(state, headers, uri, ConsoleScope::Dongle(id)).await
 }
 
 /// `GET /api/v1/streams/groups/{id}/console`.
@@ -184,19 +212,7 @@ pub(crate) async fn group(
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let query = query(&uri)?;
-    let user = authenticate(&state, &headers, &query).await?;
-    state
-        .store
-        .call(move |store| store.get_group(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("group"))?;
-    Ok(single(
-        &state,
-        ConsoleScope::Group(id),
-        last_event_id(&headers, &query),
-    )
-    .await)
+    owned_single(state, headers, uri, ConsoleScope::Group(id)).await
 }
 
 fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
@@ -246,22 +262,7 @@ pub(crate) async fn multiplexed(
     if scopes.iter().collect::<HashSet<_>>().len() != scopes.len() {
         return Err(bad("a stream is named twice".to_owned()));
     }
-    let missing = state
-        .store
-        .call(move |store| {
-            for id in dongles {
-                if store.get_dongle(user.id, id)?.is_none() {
-                    return Ok(Some("dongle"));
-                }
-            }
-            for id in groups {
-                if store.get_group(user.id, id)?.is_none() {
-                    return Ok(Some("group"));
-                }
-            }
-            Ok(None)
-        })
-        .await?;
+    let missing = first_not_owned(&state, user.id, scopes.clone()).await?;
     if let Some(what) = missing {
         return Err(ApiError::not_found(what));
     }

@@ -56,17 +56,6 @@ pub const STATE_FILE: &str = "dongle-agent.sqlite";
 /// Name of the lock file inside `data_dir` (held while the role runs).
 pub const LOCK_FILE: &str = "dongle-agent.lock";
 
-fn init_logs(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// A learned dongle, as the UDP task sees it.
 struct DongleEntry {
     frames: mpsc::Sender<Vec<CanRecord>>,
@@ -75,7 +64,7 @@ struct DongleEntry {
 
 /// Run the role until SIGTERM / Ctrl-C; exit 0 after flushing.
 pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
-    init_logs(&role.log_level);
+    crate::cmd::agent::init_logs(&role.log_level);
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
     // One agent per state directory: two would hand out the same seqs.
