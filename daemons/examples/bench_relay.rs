@@ -155,7 +155,7 @@ async fn connect_relay(
     request
         .headers_mut()
         .insert("Authorization", format!("Bearer {agent_token}").parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .context("connecting to /ws/data")?;
     let hello = Message::Hello(Hello {
@@ -183,7 +183,8 @@ async fn connect_relay(
 
 /// Opens a connection to the echo relay and registers it as `group`/`side`.
 async fn connect_echo(addr: SocketAddr, group: &str, side: Side) -> anyhow::Result<WsStream> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await?;
     let side = if side == Side::A { "a" } else { "b" };
     socket
         .send(WsMessage::text(

@@ -69,7 +69,7 @@ impl DataClient {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
         request.headers_mut().insert("authorization", value);
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         Ok(DataClient {
             ws,
             encoding: Encoding::Json,

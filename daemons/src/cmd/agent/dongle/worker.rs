@@ -356,11 +356,13 @@ impl Worker {
             HeaderValue::from_str(&format!("Bearer {}", self.ctx.cfg.token))
                 .context("the token is not a valid header value")?,
         );
-        let (ws, _) =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(req))
-                .await
-                .context("connecting timed out")?
-                .with_context(|| format!("connecting to {}", self.ctx.cfg.ws_url))?;
+        // `true`: no Nagle. Frame batches and acks are small and latency-bound; with Nagle a
+        // batch waits for the previous segment's (delayed) ACK — tens of ms per hop.
+        let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
+        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+            .await
+            .context("connecting timed out")?
+            .with_context(|| format!("connecting to {}", self.ctx.cfg.ws_url))?;
         let (mut sink, mut stream) = ws.split();
         let hello = Message::Hello(Hello {
             version: protocol::PROTOCOL_VERSION,
