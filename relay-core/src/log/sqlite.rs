@@ -1,13 +1,19 @@
 //! SQLite stream log: the embedded durable default.
 //!
-//! One database file, WAL journal, one transaction per append batch. rusqlite calls block, so
-//! every call runs on tokio's blocking pool (`spawn_blocking`) holding the one connection; the
-//! async runtime is never blocked. Schema and durability: `docs/storage.md`.
+//! One database file, WAL journal. rusqlite calls block, so every call runs on tokio's blocking
+//! pool (`spawn_blocking`) holding the one connection; the async runtime is never blocked.
+//!
+//! Appends are *group-committed*: concurrent appends (of any streams) queue up, and one writer on
+//! the blocking pool stores every queued append in one transaction, each in its own savepoint, so
+//! that one refused append does not undo the others. Every caller is answered after the commit.
+//! Under load the transactions grow instead of the queue. Schema and durability:
+//! `docs/storage.md`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::{
     AppendOutcome, Backlog, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta, TrimReason,
@@ -69,7 +75,40 @@ CREATE TABLE IF NOT EXISTS log_cursors (
 #[derive(Debug, Clone)]
 pub struct SqliteStreamLog {
     conn: Arc<Mutex<Connection>>,
+    appends: Arc<Mutex<AppendQueue>>,
     path: Arc<PathBuf>,
+}
+
+/// Appends waiting for the group-commit writer.
+#[derive(Debug, Default)]
+struct AppendQueue {
+    jobs: Vec<AppendJob>,
+    /// Whether a writer is running (it takes the queue until it finds it empty).
+    writing: bool,
+}
+
+/// One caller's append.
+#[derive(Debug)]
+struct AppendJob {
+    stream: String,
+    items: Vec<Item>,
+    done: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// Clears [`AppendQueue::writing`] if the writer panics (its jobs are dropped, so that their
+/// callers get [`Error::WorkerGone`] instead of waiting forever, and the next append starts a
+/// new writer). A writer that ends normally clears it itself, under the queue's lock.
+struct WriterGuard(Arc<Mutex<AppendQueue>>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .writing = false;
+        }
+    }
 }
 
 /// One row of `log_streams`.
@@ -106,6 +145,7 @@ impl SqliteStreamLog {
             .map_err(|_| Error::WorkerGone { action: "open" })??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            appends: Arc::default(),
             path: Arc::new(path),
         })
     }
@@ -143,13 +183,99 @@ impl SqliteStreamLog {
         tokio::task::spawn_blocking(move || {
             // A panic inside a previous call rolled its transaction back (rusqlite's
             // Transaction drops with rollback), so a poisoned connection is still consistent.
-            let mut guard = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut guard)
         })
         .await
         .map_err(|_| Error::WorkerGone { action })?
+    }
+
+    /// Queues an append for the group-commit writer, starting one if none is running, and waits
+    /// for its outcome.
+    async fn append_queued(&self, stream: String, items: Vec<Item>) -> Result<AppendOutcome> {
+        let (done, outcome) = oneshot::channel();
+        let start = {
+            let mut queue = self.appends.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.jobs.push(AppendJob {
+                stream,
+                items,
+                done,
+            });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start {
+            let conn = Arc::clone(&self.conn);
+            let appends = Arc::clone(&self.appends);
+            // Not awaited: the writer answers every job through its channel.
+            drop(tokio::task::spawn_blocking(move || {
+                write_queued(&conn, &appends);
+            }));
+        }
+        outcome
+            .await
+            .map_err(|_| Error::WorkerGone { action: "append" })?
+    }
+}
+
+/// The group-commit writer: stores queued appends until the queue is empty.
+fn write_queued(conn: &Mutex<Connection>, appends: &Arc<Mutex<AppendQueue>>) {
+    let _guard = WriterGuard(Arc::clone(appends));
+    loop {
+        let jobs = {
+            let mut queue = appends.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.jobs.is_empty() {
+                // Cleared under the same lock a caller checks it with: no job is stranded.
+                queue.writing = false;
+                return;
+            }
+            std::mem::take(&mut queue.jobs)
+        };
+        let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+        append_group_blocking(&mut conn, jobs);
+    }
+}
+
+/// Stores `jobs` in one transaction, each in its own savepoint, and answers each after the
+/// commit. If the transaction itself cannot begin or commit (nothing of it is stored), each job
+/// is retried alone so that it gets its own outcome or error.
+fn append_group_blocking(conn: &mut Connection, jobs: Vec<AppendJob>) {
+    if jobs.len() == 1 {
+        for job in jobs {
+            let _ = job
+                .done
+                .send(append_blocking(conn, &job.stream, &job.items));
+        }
+        return;
+    }
+    let grouped = (|| -> rusqlite::Result<Vec<Result<AppendOutcome>>> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let sp = tx.savepoint()?;
+            let outcome = append_items(&sp, &job.stream, &job.items);
+            if outcome.is_ok() {
+                sp.commit()?;
+            }
+            // An error drops the savepoint, which rolls back this job's changes only.
+            outcomes.push(outcome);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+    match grouped {
+        Ok(outcomes) => {
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.done.send(outcome);
+            }
+        }
+        Err(err) => {
+            tracing::debug!(%err, jobs = jobs.len(), "group commit failed; appending one by one");
+            for job in jobs {
+                let _ = job
+                    .done
+                    .send(append_blocking(conn, &job.stream, &job.items));
+            }
+        }
     }
 }
 
@@ -205,11 +331,18 @@ fn append_blocking(conn: &mut Connection, stream: &str, items: &[Item]) -> Resul
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql("append"))?;
-    let row = match load_stream(&tx, stream)? {
+    let outcome = append_items(&tx, stream, items)?;
+    tx.commit().map_err(sql("append"))?;
+    Ok(outcome)
+}
+
+/// The body of an append, inside the caller's transaction or savepoint.
+fn append_items(tx: &Connection, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
+    let row = match load_stream(tx, stream)? {
         Some(row) => row,
         None => {
-            stream_id_or_create(&tx, stream)?;
-            load_stream(&tx, stream)?.ok_or_else(|| Error::Corrupt {
+            stream_id_or_create(tx, stream)?;
+            load_stream(tx, stream)?.ok_or_else(|| Error::Corrupt {
                 stream: stream.to_owned(),
                 detail: "stream row vanished after insert".to_owned(),
             })?
@@ -243,7 +376,6 @@ fn append_blocking(conn: &mut Connection, stream: &str, items: &[Item]) -> Resul
             .and_then(|mut st| st.execute(params![to_i64(head), to_i64(stored), row.id]))
             .map_err(sql("append"))?;
     }
-    tx.commit().map_err(sql("append"))?;
     Ok(AppendOutcome {
         stored,
         duplicates: items.len() as u64 - stored,
@@ -450,10 +582,7 @@ impl StreamLog for SqliteStreamLog {
                 ack: head,
             });
         }
-        let stream = stream.to_owned();
-        let items = items.to_vec();
-        self.with_conn("append", move |c| append_blocking(c, &stream, &items))
-            .await
+        self.append_queued(stream.to_owned(), items.to_vec()).await
     }
 
     async fn read(&self, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
