@@ -21,11 +21,7 @@ pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<Message, Error> {
             max: MAX_MESSAGE_BYTES,
         });
     }
-    let parsed: Result<Message, String> = match encoding {
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-        Encoding::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
-    };
-    let message = match parsed {
+    let message = match parse_message(bytes, encoding) {
         Ok(message) => message,
         Err(reason) => {
             // A hello from a newer version may not match our grammar at all: name the version
@@ -76,6 +72,41 @@ pub fn negotiate_encoding(offered: &[Encoding], supported: &[Encoding]) -> Encod
         .copied()
         .find(|e| supported.contains(e))
         .unwrap_or(Encoding::Json)
+}
+
+/// A message's `type` field alone.
+#[derive(Deserialize)]
+struct TypeProbe {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], encoding: Encoding) -> Result<T, String> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// Parses a message in two passes: its `type`, then the whole message as that type's struct
+/// (which ignores the `type` field). Deriving `Deserialize` for the internally tagged
+/// [`Message`] would buffer every message, frames and all, in serde's generic `Content` tree
+/// before building the struct — the single largest cost of the server's receive path.
+fn parse_message(bytes: &[u8], encoding: Encoding) -> Result<Message, String> {
+    let TypeProbe { kind } = parse(bytes, encoding)?;
+    match kind.as_str() {
+        "hello" => parse(bytes, encoding).map(Message::Hello),
+        "welcome" => parse(bytes, encoding).map(Message::Welcome),
+        "frames" => parse(bytes, encoding).map(Message::Frames),
+        "ack" => parse(bytes, encoding).map(Message::Ack),
+        "gap" => parse(bytes, encoding).map(Message::Gap),
+        "group_state" => parse(bytes, encoding).map(Message::GroupState),
+        "error" => parse(bytes, encoding).map(Message::Error),
+        other => Err(format!(
+            "unknown variant `{other}`, expected one of `hello`, `welcome`, `frames`, `ack`, \
+             `gap`, `group_state`, `error`"
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,89 @@
+//! Data-plane codec cost per frame batch, side by side with the baseline it replaced:
+//!
+//! * `decode/two_pass` — [`protocol::decode`] (type probe, then the message's own struct, then
+//!   validation) of one 22-frame `frames` batch (4,500 frames/s in 5 ms batches).
+//! * `decode/tagged_derive` — the same bytes through serde's derived internally tagged
+//!   [`Message`] (buffers the whole message in serde's `Content` tree first), no validation.
+//! * `encode` — what the server does to deliver the batch: build it from stored items
+//!   (`FrameBatch::from_items`) and encode it.
+//!
+//! Run: `cargo bench -p relay-core --bench protocol` (the machine is shared: compare ratios).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use can_io::wire::relay_json::{CanRelayFrame, RelayDirection};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use relay_core::protocol::{self, Encoding, FrameBatch, Message};
+
+const FRAMES: u64 = 22;
+
+fn batch() -> Message {
+    let frames = (0..FRAMES)
+        .map(|i| CanRelayFrame {
+            group_id: "0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a".to_owned(),
+            direction: RelayDirection::Rx,
+            ts: 1_700_000_000_000_000_000 + i * 222_222,
+            can_id: 0x7e8,
+            is_extended: false,
+            dlc: 8,
+            data_hex: "0210030000000000".to_owned(),
+            channel: None,
+            is_fd: false,
+            brs: false,
+            esi: false,
+            is_remote: false,
+            is_error: false,
+            raw_dlc: None,
+        })
+        .collect();
+    Message::Frames(FrameBatch {
+        first_seq: 1,
+        frames,
+    })
+}
+
+fn codec(c: &mut Criterion) {
+    let message = batch();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(FRAMES));
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        let bytes = protocol::encode(&message, encoding).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("two_pass", encoding.as_str()),
+            &bytes,
+            |b, bytes| b.iter(|| protocol::decode(bytes, encoding).unwrap()),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("tagged_derive", encoding.as_str()),
+            &bytes,
+            |b, bytes| {
+                b.iter(|| -> Message {
+                    match encoding {
+                        Encoding::Json => serde_json::from_slice(bytes).unwrap(),
+                        Encoding::Msgpack => rmp_serde::from_slice(bytes).unwrap(),
+                    }
+                })
+            },
+        );
+    }
+    group.finish();
+
+    let Message::Frames(frames) = &message else {
+        unreachable!()
+    };
+    let items = frames.to_items();
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(FRAMES));
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        group.bench_function(encoding.as_str(), |b| {
+            b.iter(|| {
+                let batch = FrameBatch::from_items("a_to_b", &items).unwrap();
+                protocol::encode(&Message::Frames(batch), encoding).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);
