@@ -44,6 +44,7 @@ pub struct AppState {
     pub(crate) redis: Option<redis::Client>,
     pub(crate) readiness_timeout: Duration,
     mode_changes: broadcast::Sender<ModeChange>,
+    group_deletions: broadcast::Sender<Uuid>,
     console: Console,
 }
 
@@ -70,6 +71,7 @@ impl AppState {
             redis,
             readiness_timeout: Duration::from_secs(2),
             mode_changes,
+            group_deletions: broadcast::channel(MODE_CHANGE_BUFFER).0,
             console,
         }
     }
@@ -107,6 +109,17 @@ impl AppState {
         for change in changes {
             let _ = self.mode_changes.send(change);
         }
+    }
+
+    /// Subscribes to group deletions (ids of deleted groups, published after the delete was
+    /// committed). A subscriber that lags gets `RecvError::Lagged` and can re-read its groups.
+    pub fn subscribe_group_deletions(&self) -> broadcast::Receiver<Uuid> {
+        self.group_deletions.subscribe()
+    }
+
+    /// Publishes that a group was deleted (the data plane closes its connections at once).
+    pub fn publish_group_deleted(&self, group: Uuid) {
+        let _ = self.group_deletions.send(group);
     }
 
     /// Data plane entry point: a dongle connected or disconnected. Updates presence, publishes

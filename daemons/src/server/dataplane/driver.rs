@@ -250,6 +250,7 @@ impl Driver {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut modes: broadcast::Receiver<ModeChange>,
+        mut deletions: broadcast::Receiver<Uuid>,
         mut stop: watch::Receiver<bool>,
     ) {
         let Some(mut events) = self.events_rx.take() else {
@@ -260,6 +261,7 @@ impl Driver {
         let mut flush_tick = tokio::time::interval(CURSOR_FLUSH);
         flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut modes_open = true;
+        let mut deletions_open = true;
         loop {
             let deadline = self.engine.poll_timeout().map(|ms| self.instant_at(ms));
             tokio::select! {
@@ -292,6 +294,16 @@ impl Driver {
                             self.resync_groups();
                         }
                         Err(broadcast::error::RecvError::Closed) => modes_open = false,
+                    }
+                }
+                deleted = deletions.recv(), if deletions_open => {
+                    match deleted {
+                        Ok(group) => self.remove_group(group),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "data plane lagged behind group deletions; re-reading groups");
+                            self.resync_groups();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => deletions_open = false,
                     }
                 }
                 _ = trim_tick.tick() => {
@@ -780,7 +792,7 @@ impl Driver {
     }
 
     /// Re-reads activation and existence of every loaded group from the records (after the
-    /// mode feed lagged, and periodically to notice deleted groups).
+    /// mode feed or the deletion feed lagged, and periodically as a backstop).
     fn resync_groups(&self) {
         let ids: Vec<Uuid> = self.groups.values().map(|l| l.uuid).collect();
         if ids.is_empty() {

@@ -307,6 +307,7 @@ impl DataPlane {
         ));
         let cell = Arc::new(OnceLock::new());
         let mode_changes = state.subscribe_mode_changes();
+        let deletions = state.subscribe_group_deletions();
         let driver = {
             let cell = Arc::clone(&cell);
             let metrics = metrics.clone();
@@ -316,7 +317,9 @@ impl DataPlane {
                 };
                 let _ = cell.set(log.clone());
                 let driver = driver::Driver::new(state, log, config, metrics, cache, sync_tx);
-                driver.run(commands_rx, mode_changes, stop_rx).await;
+                driver
+                    .run(commands_rx, mode_changes, deletions, stop_rx)
+                    .await;
             })
         };
         let plane = DataPlane {

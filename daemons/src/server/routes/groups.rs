@@ -106,6 +106,7 @@ pub(super) async fn delete(
         .call(move |store| store.delete_group(user.id, id, &actor, Utc::now()))
         .await?;
     if deleted {
+        state.publish_group_deleted(id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("group"))
