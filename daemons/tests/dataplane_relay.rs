@@ -476,5 +476,29 @@ async fn deleting_a_group_closes_its_sides() -> TestResult {
         again.hello(&id, Side::A, 0, JSON).await?,
         Message::Error(_)
     ));
+    // Its streams are deleted, and the frames B never got are counted.
+    let srv_r = &srv;
+    eventually("the deleted group's streams removed and counted", || async move {
+        let text = metrics(srv_r).await?;
+        Ok(
+            text.contains(r#"tether_server_relay_frames_trimmed_total{reason="group_deleted"} 3"#)
+                && text.contains(
+                    r#"tether_server_relay_frames_trimmed_undelivered_total{reason="group_deleted"} 3"#,
+                ),
+        )
+    })
+    .await?;
+    let log = relay_core::log::SqliteStreamLog::open(
+        srv.dir.path().join("data").join("streams.db"),
+        relay_core::log::SqliteSynchronous::Normal,
+    )
+    .await?;
+    let key = relay_core::engine::Direction::AToB
+        .stream_key(&relay_core::engine::GroupId::new(id.clone()));
+    assert_eq!(
+        log.backlog(&key, 0).await?.head,
+        0,
+        "stream {key} still exists"
+    );
     Ok(())
 }

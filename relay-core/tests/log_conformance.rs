@@ -554,6 +554,34 @@ mod cases {
         assert_eq!(log.backlog("race", 0).await.expect("backlog").count, 200);
     }
 
+    pub(crate) async fn delete_forgets_the_stream(h: &mut impl Harness) {
+        let log = h.log();
+        assert_eq!(log.delete("del").await.expect("delete unknown"), 0);
+        log.append("del", &items("del", 1..=10))
+            .await
+            .expect("append");
+        log.append("del-other", &items("del-other", 1..=3))
+            .await
+            .expect("append");
+        log.store_cursor("del", "b", 4).await.expect("cursor");
+        log.trim("del", &by_len(8), 0).await.expect("trim");
+        assert_eq!(log.delete("del").await.expect("delete"), 8);
+        let backlog = log.backlog("del", 0).await.expect("backlog");
+        assert_eq!((backlog.count, backlog.head), (0, 0));
+        assert_eq!(log.load_cursor("del", "b").await.expect("cursor"), None);
+        // As if new: seq 1 is accepted again, and no trim gap is left behind.
+        let out = log
+            .append("del", &items("del", 1..=2))
+            .await
+            .expect("append");
+        assert_eq!((out.stored, out.ack), (2, 2));
+        let batch = log.read("del", 0, 10).await.expect("read");
+        assert_eq!((batch.gap, seqs(&batch)), (None, vec![1, 2]));
+        // Other streams are untouched.
+        assert_eq!(log.backlog("del-other", 0).await.expect("backlog").count, 3);
+        assert!(log.delete("bad#name").await.is_err());
+    }
+
     pub(crate) async fn concurrent_streams_each_in_order(h: &mut impl Harness) {
         let log = h.log();
         // Many producers of different streams at once (the SQLite log commits what is queued
@@ -622,6 +650,7 @@ macro_rules! all_cases {
                 reopen_keeps_everything,
                 concurrent_appends_from_tasks,
                 concurrent_streams_each_in_order,
+                delete_forgets_the_stream,
             ]
         );
     };

@@ -114,4 +114,8 @@ impl StreamLog for AnyStreamLog {
     async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {
         dispatch!(self, log => log.backlog(stream, after))
     }
+
+    async fn delete(&self, stream: &str) -> Result<u64> {
+        dispatch!(self, log => log.delete(stream))
+    }
 }

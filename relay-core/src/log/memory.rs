@@ -183,4 +183,12 @@ impl StreamLog for MemoryStreamLog {
     async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {
         self.backlog_now(stream, after)
     }
+
+    async fn delete(&self, stream: &str) -> Result<u64> {
+        validate_stream_name(stream)?;
+        Ok(self
+            .lock()
+            .remove(stream)
+            .map_or(0, |s| s.items.len() as u64))
+    }
 }

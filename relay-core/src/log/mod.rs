@@ -253,6 +253,11 @@ pub trait StreamLog: Send + Sync {
 
     /// Reports the stored items after seq `after` and the stream's head.
     fn backlog(&self, stream: &str, after: Seq) -> impl Future<Output = Result<Backlog>> + Send;
+
+    /// Deletes the stream: its items, head, trim record and cursors. Afterwards it is as if it
+    /// never existed (appends start again at any seq). Returns how many stored items were
+    /// removed; deleting an unknown stream removes nothing and is not an error.
+    fn delete(&self, stream: &str) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Checks a stream name: 1..=[`MAX_STREAM_NAME_LEN`] bytes, no control characters, no `#`

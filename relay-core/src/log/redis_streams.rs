@@ -188,19 +188,9 @@ impl RedisStreamLog {
         [k, meta]
     }
 
-    /// Deletes every key of `stream` (entries, meta, cursors). For tests and decommissioning.
+    /// Deletes every key of `stream` (entries, meta, cursors): [`StreamLog::delete`].
     pub async fn delete_stream(&self, stream: &str) -> Result<()> {
-        validate_stream_name(stream)?;
-        let [k, meta] = self.keys(stream);
-        let cursors = format!("{k}#cursors");
-        let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(&k)
-            .arg(&meta)
-            .arg(&cursors)
-            .exec_async(&mut conn)
-            .await
-            .map_err(redis_err("delete stream"))
+        self.delete(stream).await.map(drop)
     }
 }
 
@@ -485,6 +475,26 @@ impl StreamLog for RedisStreamLog {
             });
         }
         Ok(out)
+    }
+
+    async fn delete(&self, stream: &str) -> Result<u64> {
+        validate_stream_name(stream)?;
+        let [k, meta] = self.keys(stream);
+        let cursors = format!("{k}#cursors");
+        let mut conn = self.conn.clone();
+        // One MULTI: the length that is reported is the length that is deleted.
+        let (len, _deleted): (u64, u64) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&k)
+            .cmd("DEL")
+            .arg(&k)
+            .arg(&meta)
+            .arg(&cursors)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("delete stream"))?;
+        Ok(len)
     }
 
     async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {

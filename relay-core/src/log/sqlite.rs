@@ -383,6 +383,26 @@ fn append_items(tx: &Connection, stream: &str, items: &[Item]) -> Result<AppendO
     })
 }
 
+fn delete_blocking(conn: &mut Connection, stream: &str) -> Result<u64> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("delete"))?;
+    let Some(row) = load_stream(&tx, stream)? else {
+        return Ok(0);
+    };
+    for statement in [
+        "DELETE FROM log_items WHERE stream_id = ?1",
+        "DELETE FROM log_cursors WHERE stream_id = ?1",
+        "DELETE FROM log_streams WHERE id = ?1",
+    ] {
+        tx.prepare_cached(statement)
+            .and_then(|mut st| st.execute([row.id]))
+            .map_err(sql("delete"))?;
+    }
+    tx.commit().map_err(sql("delete"))?;
+    Ok(row.len)
+}
+
 fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
     let Some(row) = load_stream(conn, stream)? else {
         return Ok(ReadBatch::default());
@@ -643,6 +663,13 @@ impl StreamLog for SqliteStreamLog {
         validate_stream_name(stream)?;
         let stream = stream.to_owned();
         self.with_conn("backlog", move |c| backlog_blocking(c, &stream, after))
+            .await
+    }
+
+    async fn delete(&self, stream: &str) -> Result<u64> {
+        validate_stream_name(stream)?;
+        let stream = stream.to_owned();
+        self.with_conn("delete", move |c| delete_blocking(c, &stream))
             .await
     }
 }

@@ -18,6 +18,7 @@ use relay_core::engine::{
 use relay_core::log::{AnyStreamLog, ReadBatch, Retention, Seq, Trimmed};
 use relay_core::protocol::{ErrorCode, GroupState};
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
@@ -88,6 +89,7 @@ struct Slot {
 #[derive(Debug)]
 struct Lane {
     tx: mpsc::UnboundedSender<AppendRequest>,
+    task: JoinHandle<()>,
     generation: u64,
 }
 
@@ -396,14 +398,16 @@ impl Driver {
     }
 
     fn lane_for(&self, gid: &GroupId, direction: Direction) -> Lane {
+        let (tx, task) = storage::spawn_lane(
+            self.log.clone(),
+            gid.clone(),
+            direction,
+            self.events_tx.clone(),
+            self.metrics.clone(),
+        );
         Lane {
-            tx: storage::spawn_lane(
-                self.log.clone(),
-                gid.clone(),
-                direction,
-                self.events_tx.clone(),
-                self.metrics.clone(),
-            ),
+            tx,
+            task,
             generation: 0,
         }
     }
@@ -842,7 +846,20 @@ impl Driver {
                 });
             }
         }
+        let undelivered = self
+            .engine
+            .group_status(&gid)
+            .map_or(0, |status| status.backlog.a_to_b + status.backlog.b_to_a);
         self.engine.remove_group(&gid);
+        // Dropping the senders lets the lanes finish what is queued; then the streams go.
+        let lanes = loaded.lanes.into_iter().map(|lane| lane.task).collect();
+        storage::spawn_delete_group(
+            self.log.clone(),
+            gid.clone(),
+            lanes,
+            undelivered,
+            self.metrics.clone(),
+        );
         self.cursors.retain(|(g, _), _| *g != gid);
         self.dirty.remove(&gid);
         self.hints.remove(&group);

@@ -14,9 +14,10 @@
 use relay_core::engine::{Direction, GroupId};
 use relay_core::log::{AnyStreamLog, AppendOutcome, Item, Retention, Seq, StreamLog};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::driver::Event;
-use crate::server::metrics::RelayMetrics;
+use crate::server::metrics::{RelayMetrics, TrimLabels};
 
 /// Most items merged into one log append.
 const MAX_MERGED_ITEMS: usize = 8192;
@@ -39,17 +40,58 @@ pub(super) enum AppendDone {
     Failed(String),
 }
 
-/// Starts the append lane of one stream.
+/// Starts the append lane of one stream. The task ends once the sender is dropped and the
+/// queued appends are done.
 pub(super) fn spawn_lane(
     log: AnyStreamLog,
     group: GroupId,
     direction: Direction,
     events: mpsc::UnboundedSender<Event>,
     metrics: RelayMetrics,
-) -> mpsc::UnboundedSender<AppendRequest> {
+) -> (mpsc::UnboundedSender<AppendRequest>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(lane(log, group, direction, rx, events, metrics));
-    tx
+    let task = tokio::spawn(lane(log, group, direction, rx, events, metrics));
+    (tx, task)
+}
+
+/// Deletes the streams of a deleted group once its append lanes have finished (so that no
+/// append in flight re-creates them), counting the frames discarded with it: `undelivered`
+/// (per direction, the engine's backlog at deletion) and everything stored.
+pub(super) fn spawn_delete_group(
+    log: AnyStreamLog,
+    group: GroupId,
+    lanes: Vec<JoinHandle<()>>,
+    undelivered: u64,
+    metrics: RelayMetrics,
+) {
+    tokio::spawn(async move {
+        for lane in lanes {
+            let _ = lane.await;
+        }
+        let mut removed = 0;
+        for direction in Direction::BOTH {
+            let key = direction.stream_key(&group);
+            match log.delete(&key).await {
+                Ok(n) => removed += n,
+                Err(err) => {
+                    metrics.storage_errors.inc();
+                    tracing::warn!(stream = %key, %err, "deleting the stream of a deleted group failed");
+                }
+            }
+        }
+        let labels = TrimLabels {
+            reason: "group_deleted",
+        };
+        metrics
+            .frames_trimmed
+            .get_or_create(&labels)
+            .inc_by(removed);
+        metrics
+            .frames_trimmed_undelivered
+            .get_or_create(&labels)
+            .inc_by(undelivered);
+        tracing::info!(%group, removed, undelivered, "deleted the relay streams of a deleted group");
+    });
 }
 
 async fn lane(
