@@ -10,7 +10,9 @@
 //! `docs/storage.md`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -76,7 +78,72 @@ CREATE TABLE IF NOT EXISTS log_cursors (
 pub struct SqliteStreamLog {
     conn: Arc<Mutex<Connection>>,
     appends: Arc<Mutex<AppendQueue>>,
+    checkpoints: Arc<Checkpoints>,
     path: Arc<PathBuf>,
+}
+
+/// How often the background checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// State shared with the background checkpointer; it stops when the last log clone is gone.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    /// The checkpointer copied every WAL frame that existed when it started: a checkpoint by
+    /// the writer now copies only what was committed since, and lets the next write restart
+    /// the WAL from its beginning (which a checkpoint racing with commits never allows).
+    caught_up: AtomicBool,
+}
+
+/// Starts the checkpointer thread: its own connection runs a `PASSIVE` checkpoint every
+/// [`CHECKPOINT_EVERY`]. SQLite's automatic checkpoint would run inside a commit, holding the
+/// writer (and every append queued behind it) for the page copies and the fsyncs: the slowest
+/// tenth of group commits took 12–30 ms under the relay bench, against ~2 ms without.
+fn spawn_checkpointer(
+    path: &Path,
+    synchronous: SqliteSynchronous,
+    checkpoints: Weak<Checkpoints>,
+) -> Result<()> {
+    let open_err = |source| Error::SqliteOpen {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", synchronous.pragma())
+        .map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(open_err)?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("tether-sqlite-checkpoint".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                let Some(state) = checkpoints.upgrade() else {
+                    return;
+                };
+                // (busy, frames in the WAL, frames copied)
+                let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                });
+                match result {
+                    Ok((0, frames, copied)) if frames > 0 && copied >= frames => {
+                        state.caught_up.store(true, Ordering::Release);
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), %err, "SQLite checkpoint failed");
+                    }
+                }
+            }
+        })
+        .map_err(|_| Error::WorkerGone {
+            action: "starting the checkpoint thread",
+        })?;
+    Ok(())
 }
 
 /// Appends waiting for the group-commit writer.
@@ -140,12 +207,25 @@ impl SqliteStreamLog {
     pub async fn open(path: impl AsRef<Path>, synchronous: SqliteSynchronous) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(&p, synchronous))
-            .await
-            .map_err(|_| Error::WorkerGone { action: "open" })??;
+        let checkpoints = Arc::new(Checkpoints::default());
+        let weak = Arc::downgrade(&checkpoints);
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = Self::open_blocking(&p, synchronous)?;
+            spawn_checkpointer(&p, synchronous, weak)?;
+            // The checkpointer copies the WAL into the file from now on, off the write path.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|source| Error::SqliteOpen {
+                    path: p.clone(),
+                    source,
+                })?;
+            Ok::<_, Error>(conn)
+        })
+        .await
+        .map_err(|_| Error::WorkerGone { action: "open" })??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             appends: Arc::default(),
+            checkpoints,
             path: Arc::new(path),
         })
     }
@@ -162,7 +242,7 @@ impl SqliteStreamLog {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())
             .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(conn)
@@ -206,9 +286,10 @@ impl SqliteStreamLog {
         if start {
             let conn = Arc::clone(&self.conn);
             let appends = Arc::clone(&self.appends);
+            let checkpoints = Arc::clone(&self.checkpoints);
             // Not awaited: the writer answers every job through its channel.
             drop(tokio::task::spawn_blocking(move || {
-                write_queued(&conn, &appends);
+                write_queued(&conn, &appends, &checkpoints);
             }));
         }
         outcome
@@ -218,7 +299,11 @@ impl SqliteStreamLog {
 }
 
 /// The group-commit writer: stores queued appends until the queue is empty.
-fn write_queued(conn: &Mutex<Connection>, appends: &Arc<Mutex<AppendQueue>>) {
+fn write_queued(
+    conn: &Mutex<Connection>,
+    appends: &Arc<Mutex<AppendQueue>>,
+    checkpoints: &Checkpoints,
+) {
     let _guard = WriterGuard(Arc::clone(appends));
     loop {
         let jobs = {
@@ -232,6 +317,11 @@ fn write_queued(conn: &Mutex<Connection>, appends: &Arc<Mutex<AppendQueue>>) {
         };
         let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
         append_group_blocking(&mut conn, jobs);
+        if checkpoints.caught_up.swap(false, Ordering::AcqRel) {
+            // Copies only the frames committed since the checkpointer's pass (cheap), so that
+            // the next write can restart the WAL. Busy or failed: the next pass tries again.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
     }
 }
 
@@ -671,5 +761,47 @@ impl StreamLog for SqliteStreamLog {
         let stream = stream.to_owned();
         self.with_conn("delete", move |c| delete_blocking(c, &stream))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn the_background_checkpointer_moves_the_wal_into_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("streams.db");
+        let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal)
+            .await
+            .expect("open");
+        let empty = std::fs::metadata(&path).expect("db file").len();
+        let payload = Bytes::from(vec![7u8; 200]);
+        for batch in 0..40u64 {
+            let items: Vec<Item> = (1..=500)
+                .map(|i| Item {
+                    seq: batch * 500 + i,
+                    ts_ms: 0,
+                    payload: payload.clone(),
+                })
+                .collect();
+            log.append("ckpt", &items).await.expect("append");
+        }
+        // ~4 MB were committed to the WAL; the automatic checkpoint is off, so only the
+        // checkpointer thread can have copied them into the database file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = std::fs::metadata(&path).expect("db file").len();
+            if len > empty + 2_000_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "database file still {len} bytes (empty: {empty})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(log.backlog("ckpt", 0).await.expect("backlog").count, 20_000);
     }
 }
