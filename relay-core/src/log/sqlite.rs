@@ -3,9 +3,9 @@
 //! One database file, WAL journal. rusqlite calls block, so every call runs on tokio's blocking
 //! pool (`spawn_blocking`) holding the one connection; the async runtime is never blocked.
 //!
-//! Appends are *group-committed*: concurrent appends (of any streams) queue up, and one writer on
-//! the blocking pool stores every queued append in one transaction, each in its own savepoint, so
-//! that one refused append does not undo the others. Every caller is answered after the commit.
+//! Appends and cursor stores are *group-committed*: concurrent ones (of any streams) queue up,
+//! and one writer on the blocking pool stores everything queued in one transaction, each in its
+//! own savepoint, so that one refused write does not undo the others. Every caller is answered after the commit.
 //! Under load the transactions grow instead of the queue. Schema and durability:
 //! `docs/storage.md`.
 
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS log_cursors (
 #[derive(Debug, Clone)]
 pub struct SqliteStreamLog {
     conn: Arc<Mutex<Connection>>,
-    appends: Arc<Mutex<AppendQueue>>,
+    writes: Arc<Mutex<WriteQueue>>,
     checkpoints: Arc<Checkpoints>,
     path: Arc<PathBuf>,
 }
@@ -146,26 +146,102 @@ fn spawn_checkpointer(
     Ok(())
 }
 
-/// Appends waiting for the group-commit writer.
+/// Writes waiting for the group-commit writer.
 #[derive(Debug, Default)]
-struct AppendQueue {
-    jobs: Vec<AppendJob>,
+struct WriteQueue {
+    jobs: Vec<WriteJob>,
     /// Whether a writer is running (it takes the queue until it finds it empty).
     writing: bool,
 }
 
-/// One caller's append.
+/// One caller's write.
 #[derive(Debug)]
-struct AppendJob {
-    stream: String,
-    items: Vec<Item>,
-    done: oneshot::Sender<Result<AppendOutcome>>,
+enum WriteJob {
+    Append {
+        stream: String,
+        items: Vec<Item>,
+        done: oneshot::Sender<Result<AppendOutcome>>,
+    },
+    Cursor {
+        stream: String,
+        consumer: String,
+        seq: Seq,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
-/// Clears [`AppendQueue::writing`] if the writer panics (its jobs are dropped, so that their
+/// The result of a [`WriteJob`].
+enum Written {
+    Append(Result<AppendOutcome>),
+    Cursor(Result<()>),
+}
+
+impl Written {
+    fn is_ok(&self) -> bool {
+        match self {
+            Written::Append(r) => r.is_ok(),
+            Written::Cursor(r) => r.is_ok(),
+        }
+    }
+}
+
+impl WriteJob {
+    /// Runs the job inside the caller's transaction or savepoint.
+    fn run(&self, tx: &Connection) -> Written {
+        match self {
+            WriteJob::Append { stream, items, .. } => {
+                Written::Append(append_items(tx, stream, items))
+            }
+            WriteJob::Cursor {
+                stream,
+                consumer,
+                seq,
+                ..
+            } => Written::Cursor(store_cursor_in(tx, stream, consumer, *seq)),
+        }
+    }
+
+    /// Runs the job in a transaction of its own.
+    fn run_alone(&self, conn: &mut Connection) -> Written {
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) => return self.failed(sql("begin")(err)),
+        };
+        let written = self.run(&tx);
+        if written.is_ok()
+            && let Err(err) = tx.commit()
+        {
+            return self.failed(sql("commit")(err));
+        }
+        written
+    }
+
+    fn failed(&self, err: Error) -> Written {
+        match self {
+            WriteJob::Append { .. } => Written::Append(Err(err)),
+            WriteJob::Cursor { .. } => Written::Cursor(Err(err)),
+        }
+    }
+
+    /// Answers the caller (a mismatched result, impossible by construction, drops the
+    /// channel: the caller sees [`Error::WorkerGone`]).
+    fn answer(self, written: Written) {
+        match (self, written) {
+            (WriteJob::Append { done, .. }, Written::Append(r)) => {
+                let _ = done.send(r);
+            }
+            (WriteJob::Cursor { done, .. }, Written::Cursor(r)) => {
+                let _ = done.send(r);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Clears [`WriteQueue::writing`] if the writer panics (its jobs are dropped, so that their
 /// callers get [`Error::WorkerGone`] instead of waiting forever, and the next append starts a
 /// new writer). A writer that ends normally clears it itself, under the queue's lock.
-struct WriterGuard(Arc<Mutex<AppendQueue>>);
+struct WriterGuard(Arc<Mutex<WriteQueue>>);
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
@@ -224,7 +300,7 @@ impl SqliteStreamLog {
         .map_err(|_| Error::WorkerGone { action: "open" })??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            appends: Arc::default(),
+            writes: Arc::default(),
             checkpoints,
             path: Arc::new(path),
         })
@@ -270,44 +346,35 @@ impl SqliteStreamLog {
         .map_err(|_| Error::WorkerGone { action })?
     }
 
-    /// Queues an append for the group-commit writer, starting one if none is running, and waits
-    /// for its outcome.
-    async fn append_queued(&self, stream: String, items: Vec<Item>) -> Result<AppendOutcome> {
-        let (done, outcome) = oneshot::channel();
+    /// Queues a write for the group-commit writer, starting one if none is running.
+    fn enqueue(&self, job: WriteJob) {
         let start = {
-            let mut queue = self.appends.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.jobs.push(AppendJob {
-                stream,
-                items,
-                done,
-            });
+            let mut queue = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.jobs.push(job);
             !std::mem::replace(&mut queue.writing, true)
         };
         if start {
             let conn = Arc::clone(&self.conn);
-            let appends = Arc::clone(&self.appends);
+            let writes = Arc::clone(&self.writes);
             let checkpoints = Arc::clone(&self.checkpoints);
             // Not awaited: the writer answers every job through its channel.
             drop(tokio::task::spawn_blocking(move || {
-                write_queued(&conn, &appends, &checkpoints);
+                write_queued(&conn, &writes, &checkpoints);
             }));
         }
-        outcome
-            .await
-            .map_err(|_| Error::WorkerGone { action: "append" })?
     }
 }
 
 /// The group-commit writer: stores queued appends until the queue is empty.
 fn write_queued(
     conn: &Mutex<Connection>,
-    appends: &Arc<Mutex<AppendQueue>>,
+    writes: &Arc<Mutex<WriteQueue>>,
     checkpoints: &Checkpoints,
 ) {
-    let _guard = WriterGuard(Arc::clone(appends));
+    let _guard = WriterGuard(Arc::clone(writes));
     loop {
         let jobs = {
-            let mut queue = appends.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = writes.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.jobs.is_empty() {
                 // Cleared under the same lock a caller checks it with: no job is stranded.
                 queue.writing = false;
@@ -316,7 +383,7 @@ fn write_queued(
             std::mem::take(&mut queue.jobs)
         };
         let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-        append_group_blocking(&mut conn, jobs);
+        write_group_blocking(&mut conn, jobs);
         if checkpoints.caught_up.swap(false, Ordering::AcqRel) {
             // Copies only the frames committed since the checkpointer's pass (cheap), so that
             // the next write can restart the WAL. Busy or failed: the next pass tries again.
@@ -328,42 +395,40 @@ fn write_queued(
 /// Stores `jobs` in one transaction, each in its own savepoint, and answers each after the
 /// commit. If the transaction itself cannot begin or commit (nothing of it is stored), each job
 /// is retried alone so that it gets its own outcome or error.
-fn append_group_blocking(conn: &mut Connection, jobs: Vec<AppendJob>) {
+fn write_group_blocking(conn: &mut Connection, jobs: Vec<WriteJob>) {
     if jobs.len() == 1 {
         for job in jobs {
-            let _ = job
-                .done
-                .send(append_blocking(conn, &job.stream, &job.items));
+            let written = job.run_alone(conn);
+            job.answer(written);
         }
         return;
     }
-    let grouped = (|| -> rusqlite::Result<Vec<Result<AppendOutcome>>> {
+    let grouped = (|| -> rusqlite::Result<Vec<Written>> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut results = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let sp = tx.savepoint()?;
-            let outcome = append_items(&sp, &job.stream, &job.items);
-            if outcome.is_ok() {
+            let written = job.run(&sp);
+            if written.is_ok() {
                 sp.commit()?;
             }
             // An error drops the savepoint, which rolls back this job's changes only.
-            outcomes.push(outcome);
+            results.push(written);
         }
         tx.commit()?;
-        Ok(outcomes)
+        Ok(results)
     })();
     match grouped {
-        Ok(outcomes) => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.done.send(outcome);
+        Ok(results) => {
+            for (job, written) in jobs.into_iter().zip(results) {
+                job.answer(written);
             }
         }
         Err(err) => {
-            tracing::debug!(%err, jobs = jobs.len(), "group commit failed; appending one by one");
+            tracing::debug!(%err, jobs = jobs.len(), "group commit failed; writing one by one");
             for job in jobs {
-                let _ = job
-                    .done
-                    .send(append_blocking(conn, &job.stream, &job.items));
+                let written = job.run_alone(conn);
+                job.answer(written);
             }
         }
     }
@@ -417,13 +482,15 @@ fn stream_id_or_create(conn: &Connection, stream: &str) -> Result<i64> {
         .map_err(sql("create stream"))
 }
 
-fn append_blocking(conn: &mut Connection, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql("append"))?;
-    let outcome = append_items(&tx, stream, items)?;
-    tx.commit().map_err(sql("append"))?;
-    Ok(outcome)
+fn store_cursor_in(tx: &Connection, stream: &str, consumer: &str, seq: Seq) -> Result<()> {
+    let id = stream_id_or_create(tx, stream)?;
+    tx.prepare_cached(
+        "INSERT INTO log_cursors (stream_id, consumer, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT(stream_id, consumer) DO UPDATE SET seq = excluded.seq",
+    )
+    .and_then(|mut st| st.execute(params![id, consumer, to_i64(seq)]))
+    .map_err(sql("store cursor"))?;
+    Ok(())
 }
 
 /// The body of an append, inside the caller's transaction or savepoint.
@@ -692,7 +759,15 @@ impl StreamLog for SqliteStreamLog {
                 ack: head,
             });
         }
-        self.append_queued(stream.to_owned(), items.to_vec()).await
+        let (done, outcome) = oneshot::channel();
+        self.enqueue(WriteJob::Append {
+            stream: stream.to_owned(),
+            items: items.to_vec(),
+            done,
+        });
+        outcome
+            .await
+            .map_err(|_| Error::WorkerGone { action: "append" })?
     }
 
     async fn read(&self, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
@@ -704,19 +779,16 @@ impl StreamLog for SqliteStreamLog {
 
     async fn store_cursor(&self, stream: &str, consumer: &str, seq: Seq) -> Result<()> {
         validate_stream_name(stream)?;
-        let stream = stream.to_owned();
-        let consumer = consumer.to_owned();
-        self.with_conn("store cursor", move |c| {
-            let id = stream_id_or_create(c, &stream)?;
-            c.prepare_cached(
-                "INSERT INTO log_cursors (stream_id, consumer, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(stream_id, consumer) DO UPDATE SET seq = excluded.seq",
-            )
-            .and_then(|mut st| st.execute(params![id, consumer, to_i64(seq)]))
-            .map_err(sql("store cursor"))?;
-            Ok(())
-        })
-        .await
+        let (done, stored) = oneshot::channel();
+        self.enqueue(WriteJob::Cursor {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            seq,
+            done,
+        });
+        stored.await.map_err(|_| Error::WorkerGone {
+            action: "store cursor",
+        })?
     }
 
     async fn load_cursor(&self, stream: &str, consumer: &str) -> Result<Option<Seq>> {

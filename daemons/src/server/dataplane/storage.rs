@@ -215,19 +215,21 @@ pub(super) fn spawn_trim(
     });
 }
 
-/// Stores consumer cursors, one after the other. Failures are logged and counted: a lost cursor
-/// only causes re-delivery, which agents deduplicate.
+/// Stores consumer cursors, all at once (SQLite commits them in one transaction, Redis
+/// pipelines them). Failures are logged and counted: a lost cursor only causes re-delivery,
+/// which agents deduplicate.
 pub(super) async fn store_cursors(
     log: &AnyStreamLog,
     cursors: Vec<((GroupId, Direction), Seq)>,
     metrics: &RelayMetrics,
 ) {
-    for ((group, direction), seq) in cursors {
+    let stores = cursors.into_iter().map(|((group, direction), seq)| async move {
         let key = direction.stream_key(&group);
         let consumer = direction.consumer().to_string();
         if let Err(err) = log.store_cursor(&key, &consumer, seq).await {
             metrics.storage_errors.inc();
             tracing::warn!(stream = %key, %err, seq, "storing a consumer cursor failed");
         }
-    }
+    });
+    futures::future::join_all(stores).await;
 }
