@@ -6,13 +6,15 @@
 #  2. End to end: `tether agent` forwarding usage records to a control-plane double that answers
 #     in 2 ms with 1 % 503s: records/s, duplicates, resident memory, start time.
 # Usage: scripts/bench-metering.sh [DRAIN_N=100000] [E2E_N=200000] [RQ_N=20000] [RUNS=3]
-# DRAIN_N=0 skips part 1 (only the end-to-end runs).
+# DRAIN_N=0 skips part 1 (only the end-to-end runs). The agent's in-flight window can be changed
+# with MAX_CONCURRENT (control-plane requests per worker, default 64; 4 workers, batches of 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRAIN_N=${1:-100000}
 E2E_N=${2:-200000}
 RQ_N=${3:-5000}
 RUNS=${4:-3}
+MAX_CONCURRENT=${MAX_CONCURRENT:-64}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/tether-target-metering}
 cargo build -q --release -p metering-core --examples
 cargo build -q --release -p tether-daemons --bin tether
@@ -138,12 +140,12 @@ fi
 [ -n "$RQ" ] && echo "ratio metering-core / RQ: $(python3 -c "print(round($OURS/$RQ, 2))")"
 fi
 
-echo "== 2. end to end: $E2E_N records → control-plane double (2 ms, 1 % 503), runs: $RUNS =="
+echo "== 2. end to end: $E2E_N records → control-plane double (2 ms, 1 % 503), max_concurrent_requests $MAX_CONCURRENT, runs: $RUNS =="
 CPORT=$(free_port)
 "$BIN/examples/bench_control_plane" "$CPORT" &
 PIDS+=($!)
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$CPORT/stats" >/dev/null && break; sleep 0.1; done
-rates=(); rsss=(); anons=(); files=(); healths=(); redis_ms=()
+rates=(); rsss=(); anons=(); files=(); healths=(); redis_ms=(); cpus=()
 for r in $(seq "$RUNS"); do
   curl -sf -X POST "http://127.0.0.1:$CPORT/reset" >/dev/null
   HPORT=$(free_port)
@@ -152,7 +154,7 @@ metering:
   server: {id: bench, region: local, port: 8080}
   redis: {url: "$REDIS_URL", key_prefix: "e2e$r:"}
   control_plane: {base_url: "http://127.0.0.1:$CPORT", api_key: k, retry_base: 0.01, retry_cap: 0.5}
-  queues: {workers: 4, batch_size: 1000, max_concurrent_requests: 64}
+  queues: {workers: 4, batch_size: 1000, max_concurrent_requests: $MAX_CONCURRENT}
   monitoring: {health_check_port: $HPORT, metrics_port: $HPORT, log_level: warn, heartbeat_interval: 5}
 YAML
   fill "e2e$r:" "$E2E_N"
@@ -173,30 +175,34 @@ YAML
   # Peak RSS, and what the current RSS is made of (anonymous = heap and stacks; file = the
   # mapped `tether` binary and shared libraries).
   MEM=$(awk '/VmHWM|RssAnon|RssFile/ {printf "%s ", $2}' "/proc/$APID/status")
+  # CPU seconds the agent used (user + system): less noisy than wall-clock rates.
+  CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$APID/stat")
   # Redis time spent in scripts (fetch, ack, …) during the run.
   RED=$(redis-cli -p "$RPORT" info commandstats | awk -F'[=,]' '/^cmdstat_(evalsha|eval):/ {u += $4} END {print u / 1000}')
   kill -TERM "$APID"; wait "$APID" || true
   left=$(redis-cli -p "$RPORT" llen "e2e$r:queue:usage_records")
   dlq=$(redis-cli -p "$RPORT" llen "e2e$r:metering:dlq:usage_records")
-  line=$(python3 - "$t0" "$t_health" "$t1" "$E2E_N" "$MEM" "$STATS" "$left" "$dlq" "$RED" <<'PY'
+  line=$(python3 - "$t0" "$t_health" "$t1" "$E2E_N" "$MEM" "$STATS" "$left" "$dlq" "$RED" "$CPU" <<'PY'
 import json, sys
 t0, th, t1, n = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 hwm, anon, file = (int(x) for x in sys.argv[5].split())
 s = json.loads(sys.argv[6])
 rate = n / (t1 - t0)
-print(f"{rate:.0f} {hwm / 1024:.1f} {anon / 1024:.1f} {file / 1024:.1f} {(th - t0) * 1000:.0f} {float(sys.argv[9]):.0f}")
+print(f"{rate:.0f} {hwm / 1024:.1f} {anon / 1024:.1f} {file / 1024:.1f} {(th - t0) * 1000:.0f} {float(sys.argv[9]):.0f} {sys.argv[10]}")
 print(f"run: {rate:.0f} records/s ({t1 - t0:.2f} s for {n}); /health after {(th - t0) * 1000:.0f} ms; "
       f"peak RSS {hwm / 1024:.1f} MiB (at the end: anon {anon / 1024:.1f}, file {file / 1024:.1f} MiB); "
-      f"Redis script time {float(sys.argv[9]):.0f} ms; requests {s['requests']}, 503s {s['failed']}, "
+      f"agent CPU {sys.argv[10]} s; Redis script time {float(sys.argv[9]):.0f} ms; requests {s['requests']}, 503s {s['failed']}, "
       f"distinct {s['unique']}, duplicate ids {s['duplicates']}; left in queue {sys.argv[7]}, DLQ {sys.argv[8]}",
       file=sys.stderr)
 PY
 )
-  read -r rate rss anon file health red <<<"$line"
+  read -r rate rss anon file health red cpu <<<"$line"
   rates+=("$rate"); rsss+=("$rss"); anons+=("$anon"); files+=("$file"); healths+=("$health"); redis_ms+=("$red")
+  cpus+=("$cpu")
 done
 echo "records/s end to end (from process start): runs ${rates[*]}, median $(printf '%s\n' "${rates[@]}" | median)"
 echo "peak RSS MiB: runs ${rsss[*]}, median $(printf '%s\n' "${rsss[@]}" | median)" \
   "(anon ${anons[*]}; file-backed ${files[*]})"
 echo "start to /health ms: runs ${healths[*]}, median $(printf '%s\n' "${healths[@]}" | median)"
+echo "agent CPU s: runs ${cpus[*]}, median $(printf '%s\n' "${cpus[@]}" | median)"
 echo "Redis script time per run ms: ${redis_ms[*]}"

@@ -26,6 +26,10 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Retry policy per attempt cycle.
     pub retry: RetryPolicy,
+    /// Idle connections kept open for reuse. Set it to the most requests the caller has in
+    /// flight at once: with fewer, every burst closes the surplus connections and the next one
+    /// opens them again (a TCP, and in production a TLS, handshake per request).
+    pub max_idle_connections: usize,
 }
 
 /// How one attempt cycle (first try + retries) ended.
@@ -52,6 +56,20 @@ pub enum Delivery {
         /// Server-requested wait, if any.
         retry_after: Option<Duration>,
     },
+}
+
+/// A request built once by [`ControlPlaneClient::prepare`] and sent by
+/// [`ControlPlaneClient::send_prepared`] as often as needed.
+#[derive(Debug)]
+pub struct Prepared(PreparedInner);
+
+#[derive(Debug)]
+enum PreparedInner {
+    Ready(Box<reqwest::Request>),
+    /// The path does not join onto the base URL: refused without a try.
+    BadUrl(String),
+    /// The request cannot be built (e.g. a header value): every try fails.
+    Unbuildable(String),
 }
 
 /// The client.
@@ -125,7 +143,7 @@ impl ControlPlaneClient {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .user_agent(user_agent)
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(cfg.max_idle_connections.max(1))
             .build()
             .map_err(|e| MeteringError::Http {
                 action: "build control-plane client".into(),
@@ -146,25 +164,47 @@ impl ControlPlaneClient {
             .map_err(|e| MeteringError::Config(format!("bad control-plane path {path}: {e}")))
     }
 
-    /// One try, classified.
-    async fn try_once(
+    /// Build a request for [`Self::send_prepared`]; `body` is JSON.
+    pub fn prepare(
         &self,
-        method: &Method,
-        url: &Url,
-        body: Option<&Value>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
         idempotency_key: Option<&str>,
-    ) -> Delivery {
+    ) -> Prepared {
+        let url = match self.url(path) {
+            Ok(u) => u,
+            Err(e) => return Prepared(PreparedInner::BadUrl(e.to_string())),
+        };
         let mut req = self
             .http
-            .request(method.clone(), url.clone())
+            .request(method, url)
             .header("X-API-Key", &self.api_key);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
-        let resp = match req.send().await {
+        Prepared(match req.build() {
+            Ok(r) => PreparedInner::Ready(Box::new(r)),
+            Err(e) => PreparedInner::Unbuildable(format!("request failed: {e}")),
+        })
+    }
+
+    /// One try, classified.
+    async fn try_once(&self, req: &reqwest::Request) -> Delivery {
+        // A body given as bytes is always cloneable; the clone shares its buffer.
+        let Some(req) = req.try_clone() else {
+            return Delivery::Rejected {
+                status: 0,
+                body: "request body cannot be resent".into(),
+            };
+        };
+        let sent = self.http.execute(req).await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 return Delivery::Unavailable {
@@ -224,20 +264,31 @@ impl ControlPlaneClient {
         path: &str,
         body: Option<&Value>,
         idempotency_key: Option<&str>,
-        mut on_retry: impl FnMut(),
+        on_retry: impl FnMut(),
     ) -> Delivery {
-        let url = match self.url(path) {
-            Ok(u) => u,
-            Err(e) => {
-                return Delivery::Rejected {
-                    status: 0,
-                    body: e.to_string(),
-                };
-            }
-        };
+        let body = body.map(|b| b.to_string().into_bytes());
+        let req = self.prepare(method, path, body, idempotency_key);
+        self.send_prepared(&req, on_retry).await
+    }
+
+    /// [`Self::send`] for a [`Self::prepare`]d request, which can be sent again in later attempt
+    /// cycles: its body is serialised once and never copied.
+    pub async fn send_prepared(&self, req: &Prepared, mut on_retry: impl FnMut()) -> Delivery {
+        if let PreparedInner::BadUrl(e) = &req.0 {
+            return Delivery::Rejected {
+                status: 0,
+                body: e.clone(),
+            };
+        }
         let mut retry = 0;
         loop {
-            let d = self.try_once(&method, &url, body, idempotency_key).await;
+            let d = match &req.0 {
+                PreparedInner::Ready(r) => self.try_once(r).await,
+                PreparedInner::BadUrl(e) | PreparedInner::Unbuildable(e) => Delivery::Unavailable {
+                    reason: e.clone(),
+                    retry_after: None,
+                },
+            };
             let Delivery::Unavailable { retry_after, .. } = &d else {
                 return d;
             };

@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rand::Rng;
 use reqwest::Method;
-use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::client::{ControlPlaneClient, Delivery};
 use crate::error::Result;
-use crate::message::{Enrichment, QueueKind, Route, ValidMessage, raw_hash_key, validate};
+use crate::message::{
+    CompactMessage, Enrichment, QueueKind, Route, raw_hash_key, validate_compact,
+};
 use crate::metrics::Metrics;
 use crate::queue::{DlqEntry, QueueStore};
 
@@ -186,8 +187,10 @@ impl Shared {
 struct Request {
     route: Route,
     session_id: String,
-    /// (position in the fetched batch, raw bytes, parsed message)
-    items: Vec<(usize, Vec<u8>, ValidMessage)>,
+    /// (position in the fetched batch, raw bytes, validated message). A validated message
+    /// holds its fields serialised, not parsed: a fetched batch in flight costs about twice its
+    /// raw size, where parsed and enriched trees cost ten times that (`docs/benchmarks.md`).
+    items: Vec<(usize, Vec<u8>, CompactMessage)>,
 }
 
 impl Request {
@@ -545,7 +548,7 @@ async fn process_batch(
     let mut sessions: Vec<(String, Vec<Request>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (pos, raw) in items.into_iter().enumerate() {
-        let msg = match validate(q, &raw) {
+        let msg = match validate_compact(q, &raw) {
             Ok(m) => m,
             Err(e) => {
                 let reason = match e {
@@ -557,10 +560,15 @@ async fn process_batch(
                 continue;
             }
         };
-        let slot = *index.entry(msg.session_id.clone()).or_insert_with(|| {
-            sessions.push((msg.session_id.clone(), Vec::new()));
-            sessions.len() - 1
-        });
+        // Look up before inserting: a batch has few sessions, so most records clone nothing.
+        let slot = match index.get(&msg.session_id) {
+            Some(slot) => *slot,
+            None => {
+                sessions.push((msg.session_id.clone(), Vec::new()));
+                index.insert(msg.session_id.clone(), sessions.len() - 1);
+                sessions.len() - 1
+            }
+        };
         let reqs = &mut sessions[slot].1;
         let join = msg.route == Route::UsageRecords
             && reqs.last().is_some_and(|r| {
@@ -678,24 +686,31 @@ async fn deliver(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Request> {
     let labels = s.metrics.queue(q);
-    let now = chrono::Utc::now();
-    let body = if r.route == Route::UsageRecords {
-        let records: Vec<Value> = r
+    // The body is built once, as bytes, and shared by every retry.
+    let tail = s.enrichment.json_tail(chrono::Utc::now());
+    let mut body = Vec::with_capacity(
+        16 + r
             .items
             .iter()
-            .map(|(_, _, m)| m.enriched(&s.enrichment, now))
-            .collect();
-        json!({ "records": records })
+            .map(|(_, _, m)| m.enriched_len(&tail) + 1)
+            .sum::<usize>(),
+    );
+    if r.route == Route::UsageRecords {
+        body.extend_from_slice(b"{\"records\":[");
+        for (i, (_, _, m)) in r.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            m.write_enriched(&tail, &mut body);
+        }
+        body.extend_from_slice(b"]}");
+    } else if let Some((_, _, m)) = r.items.first() {
+        m.write_enriched(&tail, &mut body);
     } else {
-        r.items
-            .first()
-            .map(|(_, _, m)| m.enriched(&s.enrichment, now))
-            .unwrap_or(Value::Null)
-    };
-    // The parsed fields now live in `body`; keep only the raw bytes and the keys.
-    r.items
-        .iter_mut()
-        .for_each(|(_, _, m)| m.body = serde_json::Map::new());
+        body.extend_from_slice(b"null");
+    }
+    // The fields now live in `body`; keep only the raw bytes and the keys.
+    r.items.iter_mut().for_each(|(_, _, m)| m.clear_fields());
     let key = if r.items.len() == 1 {
         r.items.first().map(|(_, _, m)| m.key.clone())
     } else {
@@ -703,6 +718,10 @@ async fn deliver(
     };
     let correlation: Vec<&str> = r.items.iter().map(|(_, _, m)| m.key.as_str()).collect();
     let path = r.path();
+    // Built once: every try of every attempt cycle sends the same body buffer.
+    let req = s
+        .client
+        .prepare(Method::POST, &path, Some(body), key.as_deref());
     let mut cycles = 0u32;
     loop {
         // Gate on the breaker; on shutdown, give the items back untouched.
@@ -726,7 +745,7 @@ async fn deliver(
         s.metrics.cp_requests.get_or_create(&labels).inc();
         let d = s
             .client
-            .send(Method::POST, &path, Some(&body), key.as_deref(), || {
+            .send_prepared(&req, || {
                 s.metrics.retries.get_or_create(&labels).inc();
                 s.metrics.cp_requests.get_or_create(&labels).inc();
             })

@@ -111,6 +111,130 @@ impl ValidMessage {
     }
 }
 
+/// The fields [`ValidMessage::enriched`] sets; a producer's own values for them are replaced.
+const ENRICHMENT_FIELDS: [&str; 4] = [
+    "server_instance_id",
+    "api_server_region",
+    "processing_timestamp",
+    "agent_version",
+];
+
+/// A validated message as the consumer holds it until its request is built: the fields
+/// serialised once (idempotency key filled in, producer-set enrichment fields dropped) instead
+/// of a parsed tree, so a held message costs about its own size and enriching it is a copy.
+/// [`CompactMessage::write_enriched`] yields the same object as [`ValidMessage::enriched`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactMessage {
+    /// Target route.
+    pub route: Route,
+    /// `api_session_id`, safe to put in a URL path segment.
+    pub session_id: String,
+    /// Idempotency key.
+    pub key: String,
+    /// The JSON object without its closing brace: `{"a":1,"b":"x"` (or `{` when empty). A
+    /// `String`, not a `Box<str>`: shrinking the buffer to fit would only leave small holes.
+    head: String,
+}
+
+impl ValidMessage {
+    /// This message in compact form.
+    pub fn into_compact(mut self) -> CompactMessage {
+        for f in ENRICHMENT_FIELDS {
+            self.body.remove(f);
+        }
+        let mut head = Value::Object(self.body).to_string();
+        head.pop(); // the closing brace
+        CompactMessage {
+            route: self.route,
+            session_id: self.session_id,
+            key: self.key,
+            head,
+        }
+    }
+}
+
+impl CompactMessage {
+    /// Append the enriched object to `out`; `tail` is [`Enrichment::json_tail`].
+    pub fn write_enriched(&self, tail: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head.as_bytes());
+        if self.head.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(tail.as_bytes());
+    }
+
+    /// Bytes [`Self::write_enriched`] appends.
+    pub fn enriched_len(&self, tail: &str) -> usize {
+        self.head.len() + 1 + tail.len()
+    }
+
+    /// Drop the serialised fields once the request body holds them (the key stays).
+    pub fn clear_fields(&mut self) {
+        self.head = String::new();
+    }
+}
+
+impl Enrichment {
+    /// The enrichment fields as the end of a JSON object, `"server_instance_id":…}`, for
+    /// [`CompactMessage::write_enriched`]; built once per request.
+    pub fn json_tail(&self, now: DateTime<Utc>) -> String {
+        let ts = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let values = [
+            self.server_instance_id.as_str(),
+            self.api_server_region.as_str(),
+            ts.as_str(),
+            self.agent_version.as_str(),
+        ];
+        let mut out = String::with_capacity(160);
+        for (i, (k, v)) in ENRICHMENT_FIELDS.iter().zip(values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(k);
+            out.push_str("\":");
+            out.push_str(&Value::from(v).to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Fuzzing and test entry point (the `metering_message` target): runs both validators
+/// ([`validate`] then [`ValidMessage::into_compact`], and [`validate_compact`]) on `raw` from
+/// queue `q`, and panics unless they agree on the verdict, the refusal reason, the route,
+/// session and key, and the forwarded (enriched) object.
+pub fn fuzz_validators_agree(q: QueueKind, raw: &[u8]) {
+    let e = Enrichment {
+        server_instance_id: "srv".into(),
+        api_server_region: "eu".into(),
+        agent_version: "1.2.3".into(),
+    };
+    let tail = e.json_tail(Utc::now());
+    let slow = validate(q, raw).map(ValidMessage::into_compact);
+    let fast = validate_compact(q, raw);
+    match (slow, fast) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                (&a.route, &a.session_id, &a.key),
+                (&b.route, &b.session_id, &b.key)
+            );
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.write_enriched(&tail, &mut x);
+            b.write_enriched(&tail, &mut y);
+            let x = serde_json::from_slice::<Value>(&x).ok();
+            let y = serde_json::from_slice::<Value>(&y).ok();
+            assert!(x.is_some(), "not JSON: {}", String::from_utf8_lossy(raw));
+            assert_eq!(x, y, "{}", String::from_utf8_lossy(raw));
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        (a, b) => panic!(
+            "validators disagree on {}: {a:?} vs {b:?}",
+            String::from_utf8_lossy(raw)
+        ),
+    }
+}
+
 /// `sha256:<hex>` of the raw message bytes: the key of a message that carries none.
 pub fn raw_hash_key(raw: &[u8]) -> String {
     let digest = Sha256::digest(raw);
@@ -134,6 +258,15 @@ pub fn derived_transaction_id(raw: &[u8]) -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
+/// What the checks found: where the message goes, its key, and which field carries the key
+/// in the forwarded body (`None`: the key is not forwarded as a field).
+struct Checked {
+    route: Route,
+    session_id: String,
+    key: String,
+    key_field: Option<&'static str>,
+}
+
 /// Validate a raw queued message from `queue`.
 pub fn validate(queue: QueueKind, raw: &[u8]) -> Result<ValidMessage, MeteringError> {
     let bad = |reason: String| MeteringError::Malformed {
@@ -151,91 +284,276 @@ pub fn validate(queue: QueueKind, raw: &[u8]) -> Result<ValidMessage, MeteringEr
     let Value::Object(mut body) = value else {
         return Err(bad("message is not a JSON object".into()));
     };
-    let session_id = session_id_field(&body).map_err(bad)?;
-    non_empty_string(&body, "customer_id").map_err(bad)?;
+    let c = check(queue, &body, raw).map_err(bad)?;
+    if let Some(f) = c.key_field {
+        body.insert(f.into(), Value::String(c.key.clone()));
+    }
+    Ok(ValidMessage {
+        route: c.route,
+        session_id: c.session_id,
+        key: c.key,
+        body,
+    })
+}
+
+/// [`validate`] straight to the compact form. A flat object (scalar values, no escaped or
+/// repeated keys — what producers send) is checked on a borrowed view of the bytes and its
+/// values are copied verbatim, without building a tree; anything else, and every message the
+/// checks refuse, goes through [`validate`], so results and refusal reasons are the same.
+pub fn validate_compact(queue: QueueKind, raw: &[u8]) -> Result<CompactMessage, MeteringError> {
+    if let Some(m) = validate_flat(queue, raw) {
+        return Ok(m);
+    }
+    validate(queue, raw).map(ValidMessage::into_compact)
+}
+
+fn validate_flat(queue: QueueKind, raw: &[u8]) -> Option<CompactMessage> {
+    if raw.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    let flat: FlatObject<'_> = serde_json::from_slice(raw).ok()?;
+    let c = check(queue, &flat, raw).ok()?;
+    // Sized exactly (as if every field were kept, plus the key field): no shrinking later.
+    let mut head = String::with_capacity(
+        flat.0
+            .iter()
+            .map(|(k, v, _)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + c.key.len()
+            + 24,
+    );
+    head.push('{');
+    let mut key_written = false;
+    for (k, v, scalar) in &flat.0 {
+        if ENRICHMENT_FIELDS.contains(k) {
+            continue;
+        }
+        if Some(*k) == c.key_field {
+            // Null or absent: the derived key is written below instead.
+            if !matches!(scalar, Scalar::Str(_)) {
+                continue;
+            }
+            key_written = true;
+        }
+        if head.len() > 1 {
+            head.push(',');
+        }
+        head.push('"');
+        head.push_str(k);
+        head.push_str("\":");
+        head.push_str(v.get());
+    }
+    if let Some(f) = c.key_field
+        && !key_written
+    {
+        if head.len() > 1 {
+            head.push(',');
+        }
+        head.push_str(&Value::from(f).to_string());
+        head.push(':');
+        head.push_str(&Value::from(c.key.as_str()).to_string());
+    }
+    Some(CompactMessage {
+        route: c.route,
+        session_id: c.session_id,
+        key: c.key,
+        head,
+    })
+}
+
+/// A field value as the checks see it.
+enum Field<'a> {
+    Null,
+    Str(&'a str),
+    Num(&'a serde_json::Number),
+    Other,
+}
+
+/// Field lookup for the checks: a parsed object, or the borrowed view of a flat one.
+trait Fields {
+    fn field(&self, name: &str) -> Option<Field<'_>>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        self.get(name).map(|v| match v {
+            Value::Null => Field::Null,
+            Value::String(s) => Field::Str(s),
+            Value::Number(n) => Field::Num(n),
+            _ => Field::Other,
+        })
+    }
+}
+
+/// A scalar value of a flat object, parsed exactly as `serde_json::Value` would parse it (so
+/// the same strings and numbers are refused), borrowed when it has no escapes.
+enum Scalar<'a> {
+    Null,
+    Bool,
+    Num(serde_json::Number),
+    Str(std::borrow::Cow<'a, str>),
+}
+
+/// A JSON object whose keys have no escapes and occur once and whose values are scalars:
+/// (key, raw value text, parsed value), in input order. Anything else fails to deserialise.
+struct FlatObject<'a>(Vec<(&'a str, &'a serde_json::value::RawValue, Scalar<'a>)>);
+
+impl Fields for FlatObject<'_> {
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        self.0
+            .iter()
+            .find(|(k, _, _)| *k == name)
+            .map(|(_, _, v)| match v {
+                Scalar::Null => Field::Null,
+                Scalar::Str(s) => Field::Str(s.as_ref()),
+                Scalar::Num(n) => Field::Num(n),
+                Scalar::Bool => Field::Other,
+            })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FlatObject<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FlatObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a flat JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(k) = map.next_key::<&'de str>()? {
+                    let v: &'de serde_json::value::RawValue = map.next_value()?;
+                    if out.iter().any(|(seen, _, _)| *seen == k) {
+                        return Err(A::Error::custom("repeated key"));
+                    }
+                    let scalar = scalar(v.get()).map_err(A::Error::custom)?;
+                    out.push((k, v, scalar));
+                }
+                Ok(FlatObject(out))
+            }
+        }
+        d.deserialize_map(V)
+            .map_err(|e| D::Error::custom(e.to_string()))
+    }
+}
+
+fn scalar(text: &str) -> Result<Scalar<'_>, String> {
+    struct S;
+    impl<'de> serde::de::Visitor<'de> for S {
+        type Value = std::borrow::Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Owned(v.to_owned()))
+        }
+    }
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            use serde::Deserializer as _;
+            let mut de = serde_json::Deserializer::from_str(text);
+            let s = de.deserialize_str(S).map_err(|e| e.to_string())?;
+            de.end().map_err(|e| e.to_string())?;
+            Ok(Scalar::Str(s))
+        }
+        Some(b'n') => Ok(Scalar::Null),
+        Some(b't' | b'f') => Ok(Scalar::Bool),
+        Some(b'-' | b'0'..=b'9') => serde_json::from_str(text)
+            .map(Scalar::Num)
+            .map_err(|e| e.to_string()),
+        _ => Err("not a scalar".into()),
+    }
+}
+
+/// The field checks shared by both validators.
+fn check(queue: QueueKind, body: &impl Fields, raw: &[u8]) -> Result<Checked, String> {
+    let session_id = session_id_field(body)?;
+    non_empty_string(body, "customer_id")?;
     match queue {
         QueueKind::UsageRecords => {
-            let product = non_empty_string(&body, "product_code").map_err(bad)?;
+            let product = non_empty_string(body, "product_code")?;
             if product != PRODUCT_CODE {
-                return Err(bad(format!(
+                return Err(format!(
                     "product_code must be {PRODUCT_CODE:?}, got {product:?}"
-                )));
+                ));
             }
             for f in ["connection_duration_seconds", "audio_duration_seconds"] {
-                non_negative_number(&body, f).map_err(bad)?;
+                non_negative_number(body, f)?;
             }
             for f in ["data_bytes_processed", "request_count"] {
-                non_negative_integer(&body, f).map_err(bad)?;
+                non_negative_integer(body, f)?;
             }
-            let req = timestamp(&body, "request_timestamp").map_err(bad)?;
-            let resp = timestamp(&body, "response_timestamp").map_err(bad)?;
+            let req = timestamp(body, "request_timestamp")?;
+            let resp = timestamp(body, "response_timestamp")?;
             if resp < req {
-                return Err(bad("response_timestamp is before request_timestamp".into()));
+                return Err("response_timestamp is before request_timestamp".into());
             }
-            let key = match body.get("record_id") {
-                None | Some(Value::Null) => raw_hash_key(raw),
-                Some(_) => non_empty_string(&body, "record_id")
-                    .map_err(bad)?
-                    .to_owned(),
+            let key = match body.field("record_id") {
+                None | Some(Field::Null) => raw_hash_key(raw),
+                Some(_) => non_empty_string(body, "record_id")?.to_owned(),
             };
-            body.insert("record_id".into(), Value::String(key.clone()));
-            Ok(ValidMessage {
+            Ok(Checked {
                 route: Route::UsageRecords,
                 session_id,
                 key,
-                body,
+                key_field: Some("record_id"),
             })
         }
         QueueKind::SessionLifecycle => {
-            let route = match non_empty_string(&body, "event").map_err(bad)? {
+            let route = match non_empty_string(body, "event")? {
                 "start" => Route::SessionStart,
                 "complete" => Route::SessionComplete,
                 other => {
-                    return Err(bad(format!(
+                    return Err(format!(
                         "event must be \"start\" or \"complete\", got {other:?}"
-                    )));
+                    ));
                 }
             };
-            timestamp(&body, "timestamp").map_err(bad)?;
-            Ok(ValidMessage {
+            timestamp(body, "timestamp")?;
+            Ok(Checked {
                 route,
                 session_id,
                 key: raw_hash_key(raw),
-                body,
+                key_field: None,
             })
         }
         QueueKind::QuotaRefresh => {
-            if body.contains_key("timestamp") {
-                timestamp(&body, "timestamp").map_err(bad)?;
+            if body.field("timestamp").is_some() {
+                timestamp(body, "timestamp")?;
             }
-            let key = match body.get("transaction_id") {
-                None | Some(Value::Null) => derived_transaction_id(raw),
-                Some(_) => non_empty_string(&body, "transaction_id")
-                    .map_err(bad)?
-                    .to_owned(),
+            let key = match body.field("transaction_id") {
+                None | Some(Field::Null) => derived_transaction_id(raw),
+                Some(_) => non_empty_string(body, "transaction_id")?.to_owned(),
             };
-            body.insert("transaction_id".into(), Value::String(key.clone()));
-            Ok(ValidMessage {
+            Ok(Checked {
                 route: Route::QuotaRefresh,
                 session_id,
                 key,
-                body,
+                key_field: Some("transaction_id"),
             })
         }
     }
 }
 
-fn non_empty_string<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(format!("missing required field {field}")),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(format!("{field} is empty")),
-        Some(Value::String(s)) if s.len() > 256 => Err(format!("{field} is longer than 256 bytes")),
-        Some(Value::String(s)) => Ok(s),
+fn non_empty_string<'a>(body: &'a impl Fields, field: &str) -> Result<&'a str, String> {
+    match body.field(field) {
+        None | Some(Field::Null) => Err(format!("missing required field {field}")),
+        Some(Field::Str(s)) if s.trim().is_empty() => Err(format!("{field} is empty")),
+        Some(Field::Str(s)) if s.len() > 256 => Err(format!("{field} is longer than 256 bytes")),
+        Some(Field::Str(s)) => Ok(s),
         Some(_) => Err(format!("{field} must be a string")),
     }
 }
 
-fn session_id_field(body: &Map<String, Value>) -> Result<String, String> {
+fn session_id_field(body: &impl Fields) -> Result<String, String> {
     let id = non_empty_string(body, "api_session_id")?;
     // The id goes into a URL path segment: allow only characters that need no escaping.
     if id.len() > 128
@@ -250,10 +568,10 @@ fn session_id_field(body: &Map<String, Value>) -> Result<String, String> {
     Ok(id.to_owned())
 }
 
-fn non_negative_number(body: &Map<String, Value>, field: &str) -> Result<f64, String> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(format!("missing required field {field}")),
-        Some(Value::Number(n)) => match n.as_f64() {
+fn non_negative_number(body: &impl Fields, field: &str) -> Result<f64, String> {
+    match body.field(field) {
+        None | Some(Field::Null) => Err(format!("missing required field {field}")),
+        Some(Field::Num(n)) => match n.as_f64() {
             Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
             _ => Err(format!("{field} must be a non-negative number")),
         },
@@ -261,17 +579,17 @@ fn non_negative_number(body: &Map<String, Value>, field: &str) -> Result<f64, St
     }
 }
 
-fn non_negative_integer(body: &Map<String, Value>, field: &str) -> Result<u64, String> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(format!("missing required field {field}")),
-        Some(Value::Number(n)) => n
+fn non_negative_integer(body: &impl Fields, field: &str) -> Result<u64, String> {
+    match body.field(field) {
+        None | Some(Field::Null) => Err(format!("missing required field {field}")),
+        Some(Field::Num(n)) => n
             .as_u64()
             .ok_or_else(|| format!("{field} must be a non-negative integer")),
         Some(_) => Err(format!("{field} must be an integer")),
     }
 }
 
-fn timestamp(body: &Map<String, Value>, field: &str) -> Result<DateTime<Utc>, String> {
+fn timestamp(body: &impl Fields, field: &str) -> Result<DateTime<Utc>, String> {
     let s = non_empty_string(body, field)?;
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))

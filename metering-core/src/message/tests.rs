@@ -129,6 +129,140 @@ fn enrichment_adds_the_four_fields() {
     assert!(out["processing_timestamp"].is_string());
 }
 
+#[test]
+fn compact_form_enriches_to_the_same_object() {
+    let e = Enrichment {
+        server_instance_id: "srv \"1\"".into(),
+        api_server_region: "eu".into(),
+        agent_version: "1.2.3".into(),
+    };
+    let now = Utc::now();
+    let mut with_own = good_usage();
+    // A producer-set enrichment field and an extra field: replaced and kept as `enriched` does.
+    with_own["agent_version"] = json!("0.0.1");
+    with_own["extra"] = json!({"nested": [1, "two", null]});
+    let mut no_id = good_usage();
+    no_id.as_object_mut().unwrap().remove("record_id");
+    let quota = json!({"api_session_id": "s", "customer_id": "c"});
+    for (q, v) in [
+        (QueueKind::UsageRecords, good_usage()),
+        (QueueKind::UsageRecords, with_own),
+        (QueueKind::UsageRecords, no_id),
+        (QueueKind::QuotaRefresh, quota),
+    ] {
+        let m = validate(q, v.to_string().as_bytes()).unwrap();
+        let want = m.enriched(&e, now);
+        let c = m.clone().into_compact();
+        assert_eq!(
+            (&c.route, &c.session_id, &c.key),
+            (&m.route, &m.session_id, &m.key)
+        );
+        let mut out = Vec::new();
+        c.write_enriched(&e.json_tail(now), &mut out);
+        assert_eq!(out.len(), c.enriched_len(&e.json_tail(now)));
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+/// Both validators on `raw`: the same verdict, reason, key and forwarded object.
+fn assert_validators_agree(q: QueueKind, raw: &[u8]) {
+    fuzz_validators_agree(q, raw);
+}
+
+#[test]
+fn flat_validator_agrees_on_edge_cases() {
+    let good = good_usage().to_string();
+    // The common case takes the flat path (with and without a record_id).
+    assert!(validate_flat(QueueKind::UsageRecords, good.as_bytes()).is_some());
+    let mut no_id = good_usage();
+    no_id.as_object_mut().unwrap().remove("record_id");
+    let no_id = no_id.to_string();
+    assert!(validate_flat(QueueKind::UsageRecords, no_id.as_bytes()).is_some());
+    assert_validators_agree(QueueKind::UsageRecords, no_id.as_bytes());
+    let body = good.trim_end_matches('}');
+    for extra in [
+        r#","extra":1e400"#,
+        r#","extra":"\ud800""#,
+        r#","extra":[1,{"a":null}]"#,
+        r#","k\u0065y":1"#,
+        r#","record_id":"rec-2""#,
+        r#","agent_version":"x","processing_timestamp":null"#,
+        r#","note":"a \"quoted\" \u00e9 \n""#,
+        r#","n":-0,"m":18446744073709551616,"f":1.50e3,"b":true"#,
+        "",
+    ] {
+        let raw = format!("{body}{extra}}}");
+        for q in QueueKind::ALL {
+            assert_validators_agree(q, raw.as_bytes());
+        }
+    }
+    for raw in [
+        &b"not json"[..],
+        b"[1]",
+        b"{}",
+        b" {\"a\":1} ",
+        b"{\"a\":1}x",
+        b"\xff",
+    ] {
+        for q in QueueKind::ALL {
+            assert_validators_agree(q, raw);
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn flat_validator_agrees_with_the_tree_validator(
+        edits in proptest::collection::vec((0usize..19, 0usize..24), 0..6),
+        drop in proptest::collection::vec(0usize..10, 0..3),
+    ) {
+        const KEYS: [&str; 19] = [
+            "api_session_id", "customer_id", "product_code", "connection_duration_seconds",
+            "data_bytes_processed", "audio_duration_seconds", "request_count",
+            "request_timestamp", "response_timestamp", "record_id", "event", "timestamp",
+            "transaction_id", "agent_version", "server_instance_id", "extra", "k\\u0065y",
+            "x y", "\u{e9}",
+        ];
+        const VALUES: [&str; 24] = [
+            r#""s1""#, r#""c1""#, r#""speech_transcription""#, r#""2026-11-23T10:00:00Z""#,
+            r#""2026-11-23T10:00:01Z""#, r#""start""#, r#""complete""#, "1", "0", "-1", "1.5",
+            "1e400", "18446744073709551616", "null", "true", "[1,2]", r#"{"a":1}"#,
+            r#""a\"b""#, r#""\ud800""#, r#""\u00e9t\u00e9""#, r#""""#, r#""rec-1""#, "-0",
+            r#""2026-11-23T10:00:00+01:00""#,
+        ];
+        let mut fields: Vec<(String, String)> = good_usage()
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (serde_json::to_string(k).unwrap(), v.to_string()))
+            .collect();
+        for d in drop {
+            if d < fields.len() {
+                fields.remove(d);
+            }
+        }
+        for (k, v) in edits {
+            // Appended, so a key already present is repeated.
+            fields.push((format!("\"{}\"", KEYS[k]), VALUES[v].to_owned()));
+        }
+        let raw = format!(
+            "{{{}}}",
+            fields.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+        );
+        for q in QueueKind::ALL {
+            assert_validators_agree(q, raw.as_bytes());
+        }
+    }
+
+    #[test]
+    fn validators_agree_on_any_bytes(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+        for q in QueueKind::ALL {
+            assert_validators_agree(q, &raw);
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn validator_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -55,10 +55,14 @@ struct Agent {
 
 /// Run the role until SIGTERM/SIGINT.
 pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
+    // First of all, so a stop request during start-up is a graceful stop, not a kill by the
+    // default action (the role can start and stop within milliseconds now).
+    let stop_signals = StopSignals::register();
     super::init_logs(&cfg.monitoring.log_level);
     let started = Instant::now();
     let store = queue_store(&cfg, "agent")?;
     let cp = &cfg.control_plane;
+    let q = &cfg.queues;
     let client = ControlPlaneClient::new(
         &ClientConfig {
             base_url: cp.base_url.clone(),
@@ -71,10 +75,15 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
                 cap: secs("retry_cap", cp.retry_cap)?,
                 ..RetryPolicy::default()
             },
+            // Every worker of every queue may have `max_concurrent_requests` in flight, plus
+            // registration, heartbeats and command polls.
+            max_idle_connections: q.workers.max(1)
+                * q.max_concurrent_requests.max(1)
+                * QueueKind::ALL.len()
+                + 4,
         },
         &format!("tether-agent/{VERSION}"),
     )?;
-    let q = &cfg.queues;
     let consumer_cfg = ConsumerConfig {
         workers: q.workers,
         batch_size: q.batch_size,
@@ -155,7 +164,7 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
         tokio::spawn(command_loop(agent.clone(), stop_rx.clone())),
     ];
 
-    wait_for_signal().await;
+    stop_signals.wait().await;
     info!("stopping: no new items; finishing or returning in-flight items");
     let _ = stop_tx.send(true);
     let _ = consumer_task.await;
@@ -174,25 +183,62 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT handlers, installed when registered; a signal that arrives before
+/// [`StopSignals::wait`] is kept for it.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            StopSignals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (self.term, self.int);
+            let term = async {
+                match &mut term {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match &mut int {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
