@@ -223,13 +223,15 @@ pub(super) async fn store_cursors(
     cursors: Vec<((GroupId, Direction), Seq)>,
     metrics: &RelayMetrics,
 ) {
-    let stores = cursors.into_iter().map(|((group, direction), seq)| async move {
-        let key = direction.stream_key(&group);
-        let consumer = direction.consumer().to_string();
-        if let Err(err) = log.store_cursor(&key, &consumer, seq).await {
-            metrics.storage_errors.inc();
-            tracing::warn!(stream = %key, %err, seq, "storing a consumer cursor failed");
-        }
-    });
+    let stores = cursors
+        .into_iter()
+        .map(|((group, direction), seq)| async move {
+            let key = direction.stream_key(&group);
+            let consumer = direction.consumer().to_string();
+            if let Err(err) = log.store_cursor(&key, &consumer, seq).await {
+                metrics.storage_errors.inc();
+                tracing::warn!(stream = %key, %err, seq, "storing a consumer cursor failed");
+            }
+        });
     futures::future::join_all(stores).await;
 }
