@@ -3,9 +3,14 @@
 //! IDs; authentication and ownership; sampling; shutdown and disconnect.
 
 mod console_support;
+#[path = "server_support/data_client.rs"]
+mod data_client;
 mod server_support;
 
 use console_support::{EVENT_TIMEOUT, eventually_metrics, frame, json, metric, open, subscribe};
+use data_client::DataClient;
+use relay_core::engine::Side;
+use relay_core::protocol::Encoding;
 use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer, code};
@@ -92,6 +97,52 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
     );
     assert!(!state.mark_dongle_seen(Uuid::new_v4()).await?);
     server.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_presence_follows_its_first_and_last_data_plane_connection() -> TestResult {
+    let server = TestServer::start().await?;
+    let token = server.user_token("ava").await?;
+    let (agent_id, agent) = server.agent(&token, "ava-edge").await?;
+    let a = server.dongle(&agent, "ava-A").await?;
+    let b = server.dongle(&agent, "ava-B").await?;
+    let group = console_support::group(&server, &token, &a, &b).await?;
+    let mut on_a = subscribe(
+        &server,
+        &format!("/api/v1/streams/dongles/{a}/console"),
+        Some(&token),
+        None,
+    )
+    .await?;
+    let mut on_group = subscribe(
+        &server,
+        &format!("/api/v1/streams/groups/{group}/console"),
+        Some(&token),
+        None,
+    )
+    .await?;
+    // Two connections of the same agent: one `online` when the first opens, one `offline`
+    // when the last closes, on the dongle's and on the group's stream.
+    let (side_a, _) =
+        DataClient::open(&server.base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
+    let (side_b, _) =
+        DataClient::open(&server.base, &agent, &group, Side::B, 0, &[Encoding::Json]).await?;
+    side_a.close().await?;
+    side_b.close().await?;
+    for (what, events) in [("dongle", &mut on_a), ("group", &mut on_group)] {
+        let mut statuses = Vec::new();
+        while statuses.last().map(String::as_str) != Some("offline") {
+            let event = tokio::time::timeout(EVENT_TIMEOUT, events.next_of("presence")).await??;
+            let body = json(&event)?;
+            if body.get("agent_id").is_some() {
+                assert_eq!(body["agent_id"], agent_id.as_str(), "{what}: {body}");
+                assert!(body.get("dongle_id").is_none(), "{what}: {body}");
+                statuses.push(body["status"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        assert_eq!(statuses, ["online", "offline"], "{what}");
+    }
     Ok(())
 }
 

@@ -151,6 +151,23 @@ impl AppState {
         Ok(changes)
     }
 
+    /// Data plane entry point: an agent's first data-plane connection opened (`online`) or its
+    /// last one closed. Publishes a `presence` event with its `agent_id` on the console
+    /// streams of the dongles it announced and of their groups.
+    pub async fn set_agent_online(&self, agent_id: Uuid, online: bool) -> Result<(), ServerError> {
+        let dongles = self
+            .store
+            .call(move |store| store.dongles_of_agent(agent_id))
+            .await?;
+        let status = if online {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        };
+        self.console.agent_presence(agent_id, &dongles, status);
+        Ok(())
+    }
+
     /// Data plane entry point: traffic or a keep-alive arrived from a dongle. Updates
     /// `last_seen` and publishes a `presence` `seen` event, at most one per dongle per
     /// `console.seen_interval_secs`. `Ok(false)` for an unknown dongle.

@@ -37,6 +37,22 @@ struct PresenceData<'a> {
     status: PresenceStatus,
 }
 
+#[derive(Serialize)]
+struct AgentPresenceData<'a> {
+    ts: &'a str,
+    agent_id: Uuid,
+    status: PresenceStatus,
+}
+
+/// `presence` of an agent: `{ts, agent_id, status}` (`online` / `offline`).
+pub(crate) fn agent_presence(at: DateTime<Utc>, agent: Uuid, status: PresenceStatus) -> String {
+    to_json(&AgentPresenceData {
+        ts: &timestamp(at),
+        agent_id: agent,
+        status,
+    })
+}
+
 /// `presence`: `{ts, dongle_id, status}`.
 pub(crate) fn presence(at: DateTime<Utc>, dongle: Uuid, status: PresenceStatus) -> String {
     to_json(&PresenceData {

@@ -287,6 +287,26 @@ impl Console {
         self.enqueue(ConsoleScope::Dongle(dongle), "presence", data);
     }
 
+    /// Publishes an agent's `presence` on the streams of its dongles and of their groups (each
+    /// group once).
+    pub fn agent_presence(
+        &self,
+        agent: Uuid,
+        dongles: &[(Uuid, Option<Uuid>)],
+        status: PresenceStatus,
+    ) {
+        let data = events::agent_presence(Utc::now(), agent, status);
+        let mut groups: Vec<Uuid> = dongles.iter().filter_map(|(_, g)| *g).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            self.enqueue(ConsoleScope::Group(group), "presence", data.clone());
+        }
+        for (dongle, _) in dongles {
+            self.enqueue(ConsoleScope::Dongle(*dongle), "presence", data.clone());
+        }
+    }
+
     /// Whether a `seen` event for `dongle` is due (none within `seen_interval`); if so, the
     /// caller is expected to publish one now.
     pub fn seen_due(&self, dongle: Uuid) -> bool {

@@ -103,6 +103,7 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         return;
     }
     metrics.connections.inc();
+    plane.agent_connection(agent.id, true);
     tracing::info!(agent = %agent.id, group = %session.group, side = %session.side, encoding = encoding.as_str(), "data-plane side connected");
     let stream_key = session
         .side
@@ -144,6 +145,7 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         }
     }
     metrics.connections.dec();
+    plane.agent_connection(agent.id, false);
     tracing::info!(agent = %agent.id, group = %session.group, side = %session.side, "data-plane side disconnected");
 }
 

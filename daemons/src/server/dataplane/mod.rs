@@ -42,7 +42,7 @@ mod taps;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -178,6 +178,11 @@ struct Shared {
     log: Arc<OnceLock<AnyStreamLog>>,
     metrics: RelayMetrics,
     next_conn: AtomicU64,
+    /// Open (welcomed) connections per agent, for the agent's `presence`.
+    agents: Mutex<HashMap<Uuid, usize>>,
+    /// The sync task's queue (agent presence goes through it, in order with the rest). Weak:
+    /// the task ends when the driver, which holds the strong sender, is gone.
+    sync: mpsc::WeakUnboundedSender<sync::SyncJob>,
 }
 
 /// A running data plane (cheap to clone): what the `/ws/data` handler needs.
@@ -300,6 +305,7 @@ impl DataPlane {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let sync = tokio::spawn(sync::run(state.clone(), sync_rx));
+        let weak_sync = sync_tx.downgrade();
         tokio::spawn(sync::publish_backlogs(
             state.clone(),
             Arc::clone(&cache),
@@ -328,6 +334,8 @@ impl DataPlane {
                 log: cell,
                 metrics,
                 next_conn: AtomicU64::new(1),
+                agents: Mutex::default(),
+                sync: weak_sync,
             }),
         };
         let tasks = DataPlaneTasks {
@@ -340,6 +348,39 @@ impl DataPlane {
 
     fn next_conn_id(&self) -> ConnId {
         self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts an agent's connection in (`opened`) or out; its first opening and its last
+    /// closing are published as the agent's presence.
+    fn agent_connection(&self, agent: Uuid, opened: bool) {
+        let changed = {
+            let mut agents = self
+                .shared
+                .agents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = agents.entry(agent).or_default();
+            if opened {
+                *count += 1;
+                *count == 1
+            } else {
+                *count = count.saturating_sub(1);
+                let last = *count == 0;
+                if last {
+                    agents.remove(&agent);
+                }
+                last
+            }
+        };
+        if changed {
+            // Gone only after shutdown, when presence no longer matters.
+            if let Some(sync) = self.shared.sync.upgrade() {
+                let _ = sync.send(sync::SyncJob::AgentOnline {
+                    agent,
+                    online: opened,
+                });
+            }
+        }
     }
 }
 

@@ -36,6 +36,13 @@ pub(super) enum SyncJob {
         /// Connected or not.
         online: bool,
     },
+    /// An agent's first connection opened or its last one closed.
+    AgentOnline {
+        /// The agent.
+        agent: Uuid,
+        /// Connected or not.
+        online: bool,
+    },
     /// The engine's mode (or offline set) changed: re-evaluate and persist the group's mode.
     Refresh {
         /// The group.
@@ -83,6 +90,11 @@ async fn apply(state: &AppState, job: SyncJob) {
         SyncJob::Online { dongle, online } => {
             if let Err(err) = state.set_dongle_online(dongle, online).await {
                 tracing::error!(%dongle, online, %err, "recording dongle presence failed");
+            }
+        }
+        SyncJob::AgentOnline { agent, online } => {
+            if let Err(err) = state.set_agent_online(agent, online).await {
+                tracing::error!(%agent, online, %err, "publishing agent presence failed");
             }
         }
         SyncJob::Refresh { group } => {

@@ -122,6 +122,33 @@ impl Store {
             .map_err(ServerError::db("reading a dongle"))
     }
 
+    /// The dongles `agent_id` announced (last), each with its group if it is in one: where the
+    /// agent's `presence` events go.
+    pub fn dongles_of_agent(
+        &self,
+        agent_id: Uuid,
+    ) -> Result<Vec<(Uuid, Option<Uuid>)>, ServerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT d.id, m.group_id FROM dongles d
+                 LEFT JOIN group_members m ON m.dongle_id = d.id
+                 WHERE d.agent_id = ?1 ORDER BY d.created_at, d.id",
+            )
+            .map_err(ServerError::db("listing an agent's dongles"))?;
+        let rows = stmt
+            .query_map(params![agent_id.to_string()], |row| {
+                let group = match row.get::<_, Option<String>>(1)? {
+                    Some(_) => Some(uuid_at(row, 1)?),
+                    None => None,
+                };
+                Ok((uuid_at(row, 0)?, group))
+            })
+            .map_err(ServerError::db("listing an agent's dongles"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(ServerError::db("listing an agent's dongles"))
+    }
+
     /// The dongle with `serial` if `agent` may speak for it (it belongs to the agent's user).
     /// The data plane uses this to map a REMP serial to a dongle record.
     pub fn dongle_for_agent(
