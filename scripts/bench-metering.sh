@@ -7,14 +7,15 @@
 #     in 2 ms with 1 % 503s: records/s, duplicates, resident memory, start time.
 # Usage: scripts/bench-metering.sh [DRAIN_N=100000] [E2E_N=200000] [RQ_N=20000] [RUNS=3]
 # DRAIN_N=0 skips part 1 (only the end-to-end runs). The agent's in-flight window can be changed
-# with MAX_CONCURRENT (control-plane requests per worker, default 64; 4 workers, batches of 1000).
+# with MAX_CONCURRENT (control-plane requests per worker, default 16; 4 workers, batches of 1000:
+# 64 requests in flight, as many as the agent's own defaults, 2 workers x 32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRAIN_N=${1:-100000}
 E2E_N=${2:-200000}
 RQ_N=${3:-5000}
 RUNS=${4:-3}
-MAX_CONCURRENT=${MAX_CONCURRENT:-64}
+MAX_CONCURRENT=${MAX_CONCURRENT:-16}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/tether-target-metering}
 cargo build -q --release -p metering-core --examples
 cargo build -q --release -p tether-daemons --bin tether
