@@ -90,7 +90,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// committed since the checkpointer's pass, with its two fsyncs (~8 ms seen here), so it is
 /// done once per this many frames rather than after every pass (at 2 pairs x 500 frames/s that
 /// took the relay's p99 from 0.59 to 1.10 ms).
-const RESTART_FRAMES: i64 = 16384;
+const RESTART_FRAMES: i64 = 4096;
 
 /// State shared with the background checkpointer; it stops when the last log clone is gone.
 #[derive(Debug, Default)]
