@@ -105,6 +105,8 @@ struct Loaded {
     last_seen: [Option<Instant>; 2],
     mode: GroupMode,
     trimming: [bool; 2],
+    /// The backlog last written to the cache and the gauges (`None`: never).
+    published: Option<Backlog>,
 }
 
 fn side_index(side: Side) -> usize {
@@ -363,10 +365,10 @@ impl Driver {
         }
     }
 
-    /// Publishes the backlog of every group touched since the last call.
+    /// Publishes the backlog of every group touched since the last call, if it changed.
     fn refresh_cache(&mut self) {
         for gid in std::mem::take(&mut self.dirty) {
-            let Some(loaded) = self.groups.get(&gid) else {
+            let Some(loaded) = self.groups.get_mut(&gid) else {
                 continue;
             };
             let uuid = loaded.uuid;
@@ -381,6 +383,12 @@ impl Driver {
                     b_to_a: status.backlog.b_to_a,
                 }
             };
+            // Groups turn dirty on every ack: publish only what changed (the cache's write
+            // lock and two label allocations per group otherwise ran on each pump).
+            if loaded.published == Some(backlog) {
+                continue;
+            }
+            loaded.published = Some(backlog);
             self.cache.set(uuid, backlog);
             for (direction, value) in [
                 (Direction::AToB, backlog.a_to_b),
@@ -446,6 +454,7 @@ impl Driver {
                             last_seen: [None, None],
                             mode: GroupMode::Inactive,
                             trimming: [false, false],
+                            published: None,
                         },
                     );
                 }
