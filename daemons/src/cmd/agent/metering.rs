@@ -27,6 +27,7 @@ use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
 use super::config::{MeteringConfig, secs};
+use crate::cmd::can::record::StopSignals;
 
 /// Agent version reported everywhere.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -181,65 +182,6 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
     }
     info!("metering agent stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM and SIGINT handlers, installed when registered; a signal that arrives before
-/// [`StopSignals::wait`] is kept for it.
-struct StopSignals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn register() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            StopSignals {
-                term: signal(SignalKind::terminate()).ok(),
-                int: signal(SignalKind::interrupt()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            StopSignals {}
-        }
-    }
-
-    async fn wait(self) {
-        #[cfg(unix)]
-        {
-            let (mut term, mut int) = (self.term, self.int);
-            let term = async {
-                match &mut term {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let int = async {
-                match &mut int {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = term => {}
-                _ = int => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn router(agent: Arc<Agent>) -> Router {

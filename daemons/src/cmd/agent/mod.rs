@@ -90,8 +90,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             rt.block_on(async move {
                 match (cfg.metering, dongle) {
                     (Some(m), Some(d)) => {
-                        let (a, b) = tokio::join!(metering::run(m), dongle::run(d));
-                        let (a, b) = (a?, b?);
+                        // A role that fails (at start-up, say) ends the process instead of
+                        // leaving the other one running unnoticed.
+                        let (a, b) = tokio::try_join!(metering::run(m), dongle::run(d))?;
                         Ok(if a == ExitCode::SUCCESS { b } else { a })
                     }
                     (Some(m), None) => metering::run(m).await,

@@ -64,6 +64,9 @@ struct DongleEntry {
 
 /// Run the role until SIGTERM / Ctrl-C; exit 0 after flushing.
 pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
+    // First of all, so a stop request during start-up is a graceful stop, not a kill by the
+    // default action.
+    let stop_signals = crate::cmd::can::record::StopSignals::register();
     crate::cmd::agent::init_logs(&role.log_level);
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
@@ -130,7 +133,7 @@ pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
     if let Some(every) = role.stats_interval {
         tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
     }
-    crate::cmd::can::record::shutdown_signal().await;
+    stop_signals.wait().await;
     info!("stopping: flushing outboxes");
     let _ = stop_tx.send(true);
     match udp.await {
