@@ -446,6 +446,42 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
 }
 
 #[tokio::test]
+async fn revoking_an_agent_closes_its_open_connections() -> TestResult {
+    let srv = TestServer::start().await?;
+    let user = srv.user_token("rita").await?;
+    let (agent_id, agent) = srv.agent(&user, "rita-edge").await?;
+    let a = srv.dongle(&agent, "rita-A").await?;
+    let b = srv.dongle(&agent, "rita-B").await?;
+    let (status, body) = srv
+        .post(
+            "/api/v1/groups",
+            &user,
+            json!({ "name": "rita", "dongle_a": a, "dongle_b": b }),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = text(&body, "id")?;
+    let (mut side, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+    let (status, _) = srv
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/agents/{agent_id}"),
+            Some(&user),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // The open connection is closed with `unauthorized`, not only new upgrades refused.
+    let seen = side.recv_until_closed().await?;
+    assert!(
+        seen.iter().any(|m| matches!(m, Message::Error(e)
+            if e.code == relay_core::protocol::ErrorCode::Unauthorized)),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn deleting_a_group_closes_its_sides() -> TestResult {
     // No periodic resync during the test: the deletion itself must reach the data plane.
     let srv = TestServer::start_with(|config| {

@@ -45,6 +45,7 @@ pub struct AppState {
     pub(crate) readiness_timeout: Duration,
     mode_changes: broadcast::Sender<ModeChange>,
     group_deletions: broadcast::Sender<Uuid>,
+    agent_revocations: broadcast::Sender<Uuid>,
     console: Console,
 }
 
@@ -72,6 +73,7 @@ impl AppState {
             readiness_timeout: Duration::from_secs(2),
             mode_changes,
             group_deletions: broadcast::channel(MODE_CHANGE_BUFFER).0,
+            agent_revocations: broadcast::channel(MODE_CHANGE_BUFFER).0,
             console,
         }
     }
@@ -120,6 +122,16 @@ impl AppState {
     /// Publishes that a group was deleted (the data plane closes its connections at once).
     pub fn publish_group_deleted(&self, group: Uuid) {
         let _ = self.group_deletions.send(group);
+    }
+
+    /// Subscribes to agent revocations (ids, published after the revocation was committed).
+    pub fn subscribe_agent_revocations(&self) -> broadcast::Receiver<Uuid> {
+        self.agent_revocations.subscribe()
+    }
+
+    /// Publishes that an agent was revoked: its open data-plane connections are closed.
+    pub fn publish_agent_revoked(&self, agent: Uuid) {
+        let _ = self.agent_revocations.send(agent);
     }
 
     /// Data plane entry point: a dongle connected or disconnected. Updates presence, publishes

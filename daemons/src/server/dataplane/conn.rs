@@ -16,7 +16,7 @@ use relay_core::protocol::{
     self, Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, Hello, MAX_BATCH_FRAMES, Message,
     PROTOCOL_VERSION, Welcome,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::driver::code_label;
@@ -70,6 +70,9 @@ struct Session {
 
 /// Runs one upgraded connection to its end.
 pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, agent: Agent) {
+    // Before anything else, so that no revocation after the token check is missed.
+    let mut revocations = state.subscribe_agent_revocations();
+    let mut revocations_open = true;
     let (mut sink, mut source) = socket.split();
     let metrics = &plane.shared.metrics;
     let hello = match read_hello(&mut source).await {
@@ -117,6 +120,26 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
                 writer_done = true;
                 break;
             }
+            revoked = revocations.recv(), if revocations_open => match revoked {
+                Ok(id) if id == agent.id => {
+                    outbox.push(Out::Fatal(
+                        ErrorCode::Unauthorized,
+                        "the agent was revoked".to_owned(),
+                    ));
+                    break;
+                }
+                Ok(_) => {}
+                // Revocations were missed: this one may be among them. The agent reconnects,
+                // which checks its token again.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    outbox.push(Out::Fatal(
+                        ErrorCode::Internal,
+                        "the server missed agent revocations; reconnect".to_owned(),
+                    ));
+                    break;
+                }
+                Err(broadcast::error::RecvError::Closed) => revocations_open = false,
+            },
             message = source.next() => {
                 let bytes_and_encoding = match message {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,

@@ -64,6 +64,7 @@ pub(super) async fn delete(
         .call(move |store| store.revoke_agent(user.id, id, Utc::now()))
         .await?;
     if revoked {
+        state.publish_agent_revoked(id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("agent"))
