@@ -57,6 +57,7 @@ async fn frames_flow_both_ways_in_order() {
     let inbound = synthetic("g-1", 500, 0);
     server.push_to_agent("g-1", "a", &inbound);
     dongle.receive(500).await;
+    assert_eq!(dongle.received.len(), inbound.len(), "no frame twice");
     for (i, (r, w)) in dongle.received.iter().zip(&inbound).enumerate() {
         assert!(same_frame(w, r), "inbound {i}: got {r:?}, sent {w:?}");
     }

@@ -121,24 +121,29 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
         other => return Err(format!("expected cursor_ahead, got {other:?}").into()),
     }
 
-    // Binary garbage after a msgpack handshake.
+    // A msgpack connection still reads JSON text frames.
     let (mut client, _) =
         DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Msgpack]).await?;
     client.encoding = Encoding::Json;
     client.send(&data_client::batch(1, 1)).await?;
     let seen = client.recv_until(|m| matches!(m, Message::Ack(_))).await?;
     assert!(matches!(seen.last(), Some(Message::Ack(ack)) if ack.up_to == 1));
-    client.encoding = Encoding::Msgpack;
-    let _ = client; // the garbage below goes through a fresh connection
-    let (mut client, _) =
-        DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Msgpack]).await?;
-    client.send_text("").await?;
-    let seen = client.recv_until_closed().await?;
-    assert!(
-        seen.iter()
-            .any(|m| matches!(m, Message::Error(e) if e.code == ErrorCode::BadMessage)),
-        "{seen:?}"
-    );
+    // Binary garbage, and an empty text frame, after a msgpack handshake: each closes its
+    // connection with bad_message.
+    for garbage in [Some(&[0xc1_u8, 0xff, 0x00][..]), None] {
+        let (mut client, _) =
+            DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Msgpack]).await?;
+        match garbage {
+            Some(bytes) => client.send_binary(bytes).await?,
+            None => client.send_text("").await?,
+        }
+        let seen = client.recv_until_closed().await?;
+        assert!(
+            seen.iter()
+                .any(|m| matches!(m, Message::Error(e) if e.code == ErrorCode::BadMessage)),
+            "{garbage:?}: {seen:?}"
+        );
+    }
 
     // Nothing but the one good frame was stored, and the server still serves.
     let log = SqliteStreamLog::open(

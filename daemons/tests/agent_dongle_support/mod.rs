@@ -300,9 +300,6 @@ async fn session(m: Mock, mut sock: WebSocket) {
                     Message::Ack(a) => {
                         let mut g = m.inner.lock().unwrap();
                         let cur = g.agent_acked.entry(key.clone()).or_default();
-                        if a.up_to < *cur {
-                            // A reconnect may ack less than before only if it resumed lower.
-                        }
                         *cur = (*cur).max(a.up_to);
                     }
                     other => {
@@ -608,26 +605,29 @@ impl Agent {
         }
     }
 
-    /// The value of a metric line starting with `prefix` (0 when absent).
-    pub async fn metric(&self, prefix: &str) -> u64 {
+    /// The value of a metric line starting with `prefix` (`None` when absent, or while the
+    /// endpoint is not up).
+    pub async fn metric(&self, prefix: &str) -> Option<u64> {
         let text = self.metrics_text().await;
         text.lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+            .map(|v| v as u64)
     }
 
+    /// Waits until the metric line is present with value `want` (an absent line never
+    /// matches, not even `want == 0`).
     pub async fn wait_metric(&self, prefix: &str, want: u64) {
         let deadline = tokio::time::Instant::now() + GUARD;
         loop {
             let v = self.metric(prefix).await;
-            if v == want {
+            if v == Some(want) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{prefix} stayed at {v}, wanted {want}; agent log:\n{}",
+                "{prefix} stayed at {v:?}, wanted {want}; agent log:\n{}",
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -116,6 +116,14 @@ impl DataClient {
         }
     }
 
+    /// Sends a raw binary message.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> TestResult {
+        self.ws
+            .send(WsMessage::Binary(bytes.to_vec().into()))
+            .await?;
+        Ok(())
+    }
+
     /// Sends a raw text message.
     pub async fn send_text(&mut self, text: &str) -> TestResult {
         self.ws.send(WsMessage::Text(text.into())).await?;
