@@ -246,18 +246,19 @@ impl WriteJob {
     }
 }
 
-/// Clears [`WriteQueue::writing`] if the writer panics (its jobs are dropped, so that their
-/// callers get [`Error::WorkerGone`] instead of waiting forever, and the next append starts a
-/// new writer). A writer that ends normally clears it itself, under the queue's lock.
+/// Clears [`WriteQueue::writing`] if the writer panics (its jobs and those still queued are
+/// dropped, so that their callers get [`Error::WorkerGone`] instead of waiting, and the next
+/// append starts a new writer). A writer that ends normally clears it itself, under the queue's lock.
 struct WriterGuard(Arc<Mutex<WriteQueue>>);
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .writing = false;
+            let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.writing = false;
+            // Jobs queued since the writer's last take would wait for the next append: fail
+            // them now (their callers get `WorkerGone`).
+            queue.jobs.clear();
         }
     }
 }
