@@ -95,9 +95,10 @@ impl StreamOutbox {
     }
 
     /// Append frames (assigning the next seqs); drops the oldest beyond the cap, counted.
-    pub fn append(&mut self, frames: Vec<WireFrame>) -> anyhow::Result<()> {
+    /// Returns how many were dropped.
+    pub fn append(&mut self, frames: Vec<WireFrame>) -> anyhow::Result<u64> {
         if frames.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let payloads: Vec<Vec<u8>> = frames.iter().map(|f| f.encode().into_bytes()).collect();
         let (id, last, stored, cap) = (self.id, self.last_seq, self.pending(), self.cap);
@@ -116,7 +117,7 @@ impl StreamOutbox {
                 .dropped(&self.key.serial, DropReason::OutboxFull, a.dropped_oldest);
         }
         self.publish();
-        Ok(())
+        Ok(a.dropped_oldest)
     }
 
     /// The server acknowledged `up_to`; returns how many held frames that released.

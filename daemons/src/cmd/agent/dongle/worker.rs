@@ -323,10 +323,7 @@ impl Worker {
             .flatten()
             .map(|r| WireFrame::from_record(&group, r))
             .collect();
-        let before = outbox.pending();
-        outbox.append(frames)?;
-        let after = outbox.pending();
-        let dropped = (before + n).saturating_sub(after);
+        let dropped = outbox.append(frames)?;
         self.drops
             .note(&self.serial, DropReason::OutboxFull, dropped);
         Ok(())
