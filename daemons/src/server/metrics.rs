@@ -177,7 +177,7 @@ impl RelayMetrics {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventTypeLabels {
     /// Event type.
-    pub event_type: String,
+    pub event_type: &'static str,
 }
 
 /// Labels of dropped console events: why they were dropped (`queue_full`, `closed`,
@@ -185,7 +185,7 @@ pub struct EventTypeLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     /// Reason.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 fn duration_histogram() -> Histogram {

@@ -16,8 +16,10 @@
 //! [`spawn`] runs everything. [`spawn_with`] runs the REST API alone with a caller-provided
 //! [`state::BacklogProbe`] (tests of the API's mode logic); its `/ws/data` answers 503. The data
 //! plane reports to the API through [`state::AppState::set_dongle_online`],
-//! [`state::AppState::refresh_group_mode`] and [`store::Store::mark_dongle_seen`], and follows
-//! REST activations through [`state::AppState::subscribe_mode_changes`].
+//! [`state::AppState::refresh_group_mode`], [`state::AppState::mark_dongle_seen`] and
+//! [`state::AppState::set_agent_online`], and follows REST activations and deletions through
+//! [`state::AppState::subscribe_mode_changes`] and
+//! [`state::AppState::subscribe_group_deletions`].
 
 pub mod config;
 pub mod console;

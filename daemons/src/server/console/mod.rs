@@ -117,12 +117,8 @@ struct ConsoleMetrics {
 }
 
 impl ConsoleMetrics {
-    fn dropped(&self, reason: &str) {
-        self.dropped
-            .get_or_create(&DropLabels {
-                reason: reason.to_owned(),
-            })
-            .inc();
+    fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&DropLabels { reason }).inc();
     }
 }
 
@@ -414,9 +410,7 @@ async fn publish_loop(
                     Ok(_) => {
                         metrics
                             .published
-                            .get_or_create(&EventTypeLabels {
-                                event_type: "log".to_owned(),
-                            })
+                            .get_or_create(&EventTypeLabels { event_type: "log" })
                             .inc();
                         drop_log.record(n, reason);
                         continue;
@@ -506,7 +500,7 @@ async fn publish_batch(
             metrics
                 .published
                 .get_or_create(&EventTypeLabels {
-                    event_type: job.event_type.to_owned(),
+                    event_type: job.event_type,
                 })
                 .inc();
         }

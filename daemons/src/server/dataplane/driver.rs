@@ -838,6 +838,8 @@ impl Driver {
 
     /// Unloads a deleted group: its connections are closed, its gauges removed.
     fn remove_group(&mut self, group: Uuid) {
+        // Also for a group never loaded here: the mode feed left a hint for it.
+        self.hints.remove(&group);
         let gid = GroupId::new(group.to_string());
         let Some(loaded) = self.groups.remove(&gid) else {
             return;
@@ -871,7 +873,6 @@ impl Driver {
         );
         self.cursors.retain(|(g, _), _| *g != gid);
         self.dirty.remove(&gid);
-        self.hints.remove(&group);
         self.cache.remove(group);
         for direction in Direction::BOTH {
             self.metrics.backlog.remove(&GroupDirectionLabels {
