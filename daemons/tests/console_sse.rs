@@ -147,6 +147,40 @@ async fn agent_presence_follows_its_first_and_last_data_plane_connection() -> Te
 }
 
 #[tokio::test]
+async fn frames_retransmitted_after_a_reconnect_are_shown_once() -> TestResult {
+    let server = TestServer::start().await?;
+    let (token, agent, a, b) = server.user_with_pair("rex").await?;
+    let group = console_support::group(&server, &token, &a, &b).await?;
+    let mut on_a = subscribe(
+        &server,
+        &format!("/api/v1/streams/dongles/{a}/console"),
+        Some(&token),
+        None,
+    )
+    .await?;
+    let (mut side, _) =
+        DataClient::open(&server.base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
+    side.send_frames(1, 3).await?;
+    side.close().await?;
+    // The agent resends what it sent before, plus one new frame.
+    let (mut side, _) =
+        DataClient::open(&server.base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
+    side.send_frames(1, 4).await?;
+    let mut shown = Vec::new();
+    while shown.last() != Some(&4) {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, on_a.next_of("can_frame")).await??;
+        // The test frames carry their seq as their 8 data bytes.
+        let data = json(&event)?["data_hex"]
+            .as_str()
+            .ok_or("can_frame without data_hex")?
+            .replace(' ', "");
+        shown.push(u64::from_str_radix(&data, 16)?);
+    }
+    assert_eq!(shown, [1, 2, 3, 4]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn can_frames_and_logs_resume_exactly_after_any_id() -> TestResult {
     let server = TestServer::start().await?;
     let (token, _agent, a, b) = server.user_with_pair("bob").await?;

@@ -367,7 +367,13 @@ async fn handle(
     let command = match protocol::decode(bytes, encoding) {
         Ok(Message::Frames(batch)) => {
             metrics.frames_received.inc_by(batch.frames.len() as u64);
-            taps::can_frames(state, session.dongle, session.group, &batch.frames);
+            let skip = plane.already_shown(
+                session.group,
+                session.side,
+                batch.first_seq,
+                batch.frames.len(),
+            );
+            taps::can_frames(state, session.dongle, session.group, &batch.frames[skip..]);
             Command::Frames {
                 conn: session.conn,
                 group: session.group,

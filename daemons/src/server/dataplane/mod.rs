@@ -180,6 +180,9 @@ struct Shared {
     next_conn: AtomicU64,
     /// Open (welcomed) connections per agent, for the agent's `presence`.
     agents: Mutex<HashMap<Uuid, usize>>,
+    /// Highest seq per (group, producing side) already shown on the console, across
+    /// connections: a retransmission after a reconnect is not shown twice.
+    shown: Mutex<HashMap<(Uuid, Side), u64>>,
     /// The sync task's queue (agent presence goes through it, in order with the rest). Weak:
     /// the task ends when the driver, which holds the strong sender, is gone.
     sync: mpsc::WeakUnboundedSender<sync::SyncJob>,
@@ -335,6 +338,7 @@ impl DataPlane {
                 metrics,
                 next_conn: AtomicU64::new(1),
                 agents: Mutex::default(),
+                shown: Mutex::default(),
                 sync: weak_sync,
             }),
         };
@@ -348,6 +352,23 @@ impl DataPlane {
 
     fn next_conn_id(&self) -> ConnId {
         self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many leading frames of a batch starting at `first_seq` the console has already shown
+    /// (retransmissions); records the batch's last seq as shown.
+    fn already_shown(&self, group: Uuid, side: Side, first_seq: u64, len: usize) -> usize {
+        let last = first_seq.saturating_add(len as u64).saturating_sub(1);
+        let mut shown = self
+            .shared
+            .shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let high = shown.entry((group, side)).or_default();
+        let skip = usize::try_from(high.saturating_sub(first_seq.saturating_sub(1)))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        *high = (*high).max(last);
+        skip
     }
 
     /// Counts an agent's connection in (`opened`) or out; its first opening and its last
