@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::config::MAX_MULTIPLEXED_STREAMS;
 use super::multiplex::{self, CompositeEncoder, Member};
 use super::{Console, ConsoleScope};
-use crate::server::routes::{ApiError, IdPath};
+use crate::server::routes::{ApiError, IdPath, bearer_token, user_for_token};
 use crate::server::state::AppState;
 use crate::server::store::User;
 
@@ -42,24 +42,8 @@ async fn authenticate(
     headers: &HeaderMap,
     query: &StreamQuery,
 ) -> Result<User, ApiError> {
-    let token = match headers.get(header::AUTHORIZATION) {
-        Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
-            match text.split_once(' ') {
-                Some((scheme, token))
-                    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-                {
-                    token.trim().to_owned()
-                }
-                _ => {
-                    return Err(ApiError::unauthorized(
-                        "Authorization header is not `Bearer <token>`",
-                    ));
-                }
-            }
-        }
+    let token = match bearer_token(headers)? {
+        Some(token) => token.to_owned(),
         None => match query.access_token.as_deref().map(str::trim) {
             Some(token) if !token.is_empty() => token.to_owned(),
             _ => {
@@ -69,11 +53,7 @@ async fn authenticate(
             }
         },
     };
-    state
-        .store
-        .call(move |store| store.authenticate_user(&token))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
+    user_for_token(state, token).await
 }
 
 /// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text

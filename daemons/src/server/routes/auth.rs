@@ -1,7 +1,7 @@
 //! Bearer-token authentication of users and agents.
 
 use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts};
+use axum::http::{HeaderMap, header, request::Parts};
 
 use super::ApiError;
 use crate::server::state::AppState;
@@ -9,10 +9,16 @@ use crate::server::store::{Agent, User};
 
 /// The token in `Authorization: Bearer <token>`.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    bearer_token(&parts.headers)?
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))
+}
+
+/// The token of an `Authorization: Bearer <token>` header; `None` without the header, an
+/// error for a header of another shape.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
     let text = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
@@ -24,7 +30,16 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
             "Authorization header is not `Bearer <token>`",
         ));
     }
-    Ok(token.trim())
+    Ok(Some(token.trim()))
+}
+
+/// The user of a live user token.
+pub(crate) async fn user_for_token(state: &AppState, token: String) -> Result<User, ApiError> {
+    state
+        .store
+        .call(move |store| store.authenticate_user(&token))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
 }
 
 /// A request authenticated with a live user token.
@@ -36,12 +51,7 @@ impl FromRequestParts<AppState> for UserAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?.to_owned();
-        let user = state
-            .store
-            .call(move |store| store.authenticate_user(&token))
-            .await?;
-        user.map(UserAuth)
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
+        user_for_token(state, token).await.map(UserAuth)
     }
 }
 

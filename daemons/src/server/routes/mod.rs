@@ -25,6 +25,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{AgentAuth, UserAuth};
+pub(crate) use auth::{bearer_token, user_for_token};
 pub use error::{ApiError, ApiJson, IdPath};
 
 use crate::server::console::routes as console;
