@@ -374,8 +374,8 @@ async fn publish_loop(
     mut closed: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    let mut failures = FailureLog::default();
-    let mut drop_log = DropLog::default();
+    let mut failures = WarnThrottle::default();
+    let mut drop_log = WarnThrottle::default();
     loop {
         let closing = tokio::select! {
             n = jobs.recv_many(&mut batch, PUBLISH_BATCH) => n == 0,
@@ -412,7 +412,13 @@ async fn publish_loop(
                             .published
                             .get_or_create(&EventTypeLabels { event_type: "log" })
                             .inc();
-                        drop_log.record(n, reason);
+                        if let Some(dropped) = drop_log.add(n) {
+                            tracing::warn!(
+                                dropped,
+                                reason,
+                                "console events were dropped; their streams got a log event saying so"
+                            );
+                        }
                         continue;
                     }
                     Err(_) => hub_down = true,
@@ -427,58 +433,29 @@ async fn publish_loop(
     }
 }
 
-/// Logs publish failures at most once per [`FAILURE_LOG_INTERVAL`], with the count since.
-#[derive(Debug, Default)]
-struct FailureLog {
-    last: Option<Instant>,
-    failed: u64,
-}
-
-/// Shortest time between two warnings about failed publishes.
+/// Shortest time between two warnings of one kind (publish failures, announced drops).
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-impl FailureLog {
-    fn record(&mut self, failed: u64, error: &sse_core::SseError) {
-        self.failed += failed;
-        if self
-            .last
-            .is_some_and(|at| at.elapsed() < FAILURE_LOG_INTERVAL)
-        {
-            return;
-        }
-        tracing::warn!(
-            failed = self.failed,
-            error = %error,
-            "console events could not be published (counted in console_events_dropped_total)"
-        );
-        self.last = Some(Instant::now());
-        self.failed = 0;
-    }
-}
-
-/// Logs announced drops at most once per [`FAILURE_LOG_INTERVAL`], with the count since.
+/// Counts events of one kind and says when a warning with the count since the last one is due
+/// (at most once per [`FAILURE_LOG_INTERVAL`]).
 #[derive(Debug, Default)]
-struct DropLog {
+struct WarnThrottle {
     last: Option<Instant>,
-    dropped: u64,
+    count: u64,
 }
 
-impl DropLog {
-    fn record(&mut self, dropped: u64, reason: &str) {
-        self.dropped += dropped;
+impl WarnThrottle {
+    /// Adds `n`; `Some(total since the last warning)` when a warning is due now.
+    fn add(&mut self, n: u64) -> Option<u64> {
+        self.count += n;
         if self
             .last
             .is_some_and(|at| at.elapsed() < FAILURE_LOG_INTERVAL)
         {
-            return;
+            return None;
         }
-        tracing::warn!(
-            dropped = self.dropped,
-            reason,
-            "console events were dropped; their streams got a log event saying so"
-        );
         self.last = Some(Instant::now());
-        self.dropped = 0;
+        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -488,7 +465,7 @@ async fn publish_batch(
     batch: &mut Vec<Job>,
     metrics: &ConsoleMetrics,
     ledger: &DropLedger,
-    failures: &mut FailureLog,
+    failures: &mut WarnThrottle,
 ) {
     if batch.is_empty() {
         return;
@@ -548,8 +525,14 @@ async fn publish_batch(
             }
         }
     }
-    if let Some(err) = first_error {
-        failures.record(failed, &err);
+    if let Some(err) = first_error
+        && let Some(failed) = failures.add(failed)
+    {
+        tracing::warn!(
+            failed,
+            error = %err,
+            "console events could not be published (counted in console_events_dropped_total)"
+        );
     }
     batch.clear();
 }
