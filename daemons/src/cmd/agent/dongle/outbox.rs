@@ -174,9 +174,14 @@ impl StreamOutbox {
                 "the server holds fewer frames than it acknowledged before");
         }
         let base = tx_acked.max(self.acked);
-        if self.pending.is_empty() && self.last_seq > base {
-            // Frames above `base` were dropped here and never stored there: reuse their seqs so
-            // the stream stays dense.
+        let hole = match self.pending.front() {
+            Some((first, _)) => *first > base + 1,
+            None => self.last_seq > base,
+        };
+        if hole {
+            // Frames above `base` were dropped here (the cap, or no group) and never stored
+            // there: reuse their seqs so the stream stays dense; otherwise the server would
+            // refuse the next batch as out of order on every reconnect.
             self.renumber(base)?;
         }
         Ok(base)
@@ -269,5 +274,10 @@ mod tests {
         o.append(frames(150)).unwrap();
         assert_eq!(o.pending(), 100);
         assert_eq!(o.batch_after(0, 1).unwrap().first_seq, 102);
+        // Those were never sent: on the next reconnect the held frames follow the server's
+        // ack densely instead of leaving a hole it would refuse.
+        assert_eq!(o.reconcile(50).unwrap(), 50);
+        assert_eq!((o.pending(), o.last_seq), (100, 150));
+        assert_eq!(o.batch_after(50, 1).unwrap().first_seq, 51);
     }
 }
