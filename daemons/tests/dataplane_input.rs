@@ -114,9 +114,9 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
         refused(&mut client, raw, code).await?;
     }
 
-    // A resume cursor beyond anything stored.
+    // A resume cursor beyond anything stored plus the cut-through window (default 4096).
     let mut client = DataClient::connect(&srv.base, &agent).await?;
-    match client.hello(&id, Side::B, 5, JSON).await? {
+    match client.hello(&id, Side::B, 100_000, JSON).await? {
         Message::Error(err) => assert_eq!(err.code, ErrorCode::CursorAhead),
         other => return Err(format!("expected cursor_ahead, got {other:?}").into()),
     }

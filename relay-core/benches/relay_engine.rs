@@ -47,6 +47,7 @@ fn config() -> EngineConfig {
         read_batch: 1024,
         live_buffer: 4096,
         consumer_window: 1_000_000,
+        ..EngineConfig::default()
     }
 }
 

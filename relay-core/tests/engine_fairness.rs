@@ -75,6 +75,7 @@ fn live_streams_are_not_starved_by_a_100k_replay() {
         read_batch: 512,
         live_buffer: 4096,
         consumer_window: 1_000_000,
+        ..EngineConfig::default()
     };
     let log = MemoryStreamLog::new();
     let g1 = GroupId::new("replaying");

@@ -1,5 +1,5 @@
-//! Engine behaviour step by step: modes, activation, durability before acks, dedup, refusals,
-//! buffer pressure, gaps, stale reads.
+//! Engine behaviour step by step: modes, activation, durability before acks, cut-through
+//! delivery, dedup, refusals, buffer pressure, gaps, stale reads.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -31,8 +31,12 @@ struct H {
 
 impl H {
     fn new(activated: bool) -> Self {
+        Self::with_config(activated, EngineConfig::default())
+    }
+
+    fn with_config(activated: bool, config: EngineConfig) -> Self {
         let g = GroupId::new("g");
-        let mut engine = RelayEngine::new(EngineConfig::default());
+        let mut engine = RelayEngine::new(config);
         engine.add_group(
             g.clone(),
             GroupSnapshot {
@@ -283,9 +287,11 @@ fn refusals_change_nothing() {
         })
     ));
     h.drive();
-    // A consumer cursor beyond the head is refused at connect and in acks.
+    // A consumer cursor beyond the head plus the cut-through is refused at connect, one
+    // beyond what was delivered in acks.
+    let limit = 2 + EngineConfig::default().cut_through;
     assert!(matches!(
-        h.engine.handle_connected(&h.g, Side::B, 3, 0),
+        h.engine.handle_connected(&h.g, Side::B, limit + 1, 0),
         Err(Error::CursorAhead { .. })
     ));
     h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
@@ -450,4 +456,115 @@ fn first_batch_hole_becomes_a_missing_gap_for_the_consumer() {
         (1, 4, 4, GapReason::Missing)
     );
     assert_eq!(H::delivered(&outs, Side::B), vec![5, 6, 7]);
+}
+
+/// Runs scheduling rounds at `now` without executing storage; returns the outputs.
+fn rounds_only(engine: &mut RelayEngine, now: u64) -> Vec<RelayOutput> {
+    while engine.poll_timeout().is_some_and(|t| t <= now) {
+        engine.handle_timeout(now);
+    }
+    std::iter::from_fn(|| engine.poll_output()).collect()
+}
+
+fn delivered_to(outs: &[RelayOutput], side: Side) -> Vec<u64> {
+    outs.iter()
+        .filter_map(|o| match o {
+            RelayOutput::Deliver { to, items, .. } if *to == side => {
+                Some(items.iter().map(|i| i.seq).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn cut_through_delivers_before_durability_and_never_twice() {
+    let mut h = H::new(true);
+    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.drive();
+    h.engine
+        .handle_frames(&h.g, Side::A, items(1..=3), 0)
+        .unwrap();
+    // Delivered while the append is still in flight; the producer is not acknowledged yet.
+    let append = h.engine.poll_storage().unwrap();
+    assert!(matches!(append, StorageRequest::Append { .. }));
+    let outs = rounds_only(&mut h.engine, 0);
+    assert_eq!(delivered_to(&outs, Side::B), vec![1, 2, 3]);
+    assert!(!outs.iter().any(|o| matches!(o, RelayOutput::Ack { .. })));
+
+    // The append fails: the producer is reset and resends; B does not get 1..=3 again.
+    h.engine
+        .handle_append_result(
+            &h.g,
+            Direction::AToB,
+            Err(Error::Corrupt {
+                stream: "s".into(),
+                detail: "disk full".into(),
+            }),
+            0,
+        )
+        .unwrap();
+    let outs = rounds_only(&mut h.engine, 0);
+    assert!(outs.contains(&RelayOutput::ResetProducer {
+        group: h.g.clone(),
+        side: Side::A
+    }));
+    let welcome = h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    assert_eq!(welcome.tx_acked, 0);
+    h.engine
+        .handle_frames(&h.g, Side::A, items(1..=4), 0)
+        .unwrap();
+    let outs = h.drive();
+    assert_eq!(delivered_to(&outs, Side::B), vec![4]);
+    assert!(outs.contains(&RelayOutput::Ack {
+        group: h.g.clone(),
+        to: Side::A,
+        up_to: 4
+    }));
+    h.engine.handle_ack(&h.g, Side::B, 4, 0).unwrap();
+
+    // After a crash B may hold seqs the log never stored: its cursor is accepted up to the
+    // head plus the cut-through, and the producer's resend of those seqs is not delivered.
+    let welcome = h.engine.handle_connected(&h.g, Side::B, 6, 0).unwrap();
+    assert_eq!((welcome.rx_from, welcome.ahead_of_log), (6, 2));
+    h.engine
+        .handle_frames(&h.g, Side::A, items(5..=7), 0)
+        .unwrap();
+    let outs = h.drive();
+    assert_eq!(delivered_to(&outs, Side::B), vec![7]);
+}
+
+#[test]
+fn without_cut_through_only_durable_items_are_delivered() {
+    let config = EngineConfig {
+        cut_through: 0,
+        ..EngineConfig::default()
+    };
+    let mut h = H::with_config(true, config);
+    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.drive();
+    h.engine
+        .handle_frames(&h.g, Side::A, items(1..=3), 0)
+        .unwrap();
+    let append = h.engine.poll_storage().unwrap();
+    assert!(delivered_to(&rounds_only(&mut h.engine, 0), Side::B).is_empty());
+    let StorageRequest::Append {
+        direction, items, ..
+    } = append
+    else {
+        panic!("expected an append, got {append:?}");
+    };
+    let outcome = block_on(h.log.append(&direction.stream_key(&h.g), &items));
+    h.engine
+        .handle_append_result(&h.g, direction, outcome, 0)
+        .unwrap();
+    assert_eq!(delivered_to(&h.drive(), Side::B), vec![1, 2, 3]);
+    // And a cursor above the durable head is refused.
+    assert!(matches!(
+        h.engine.handle_connected(&h.g, Side::B, 4, 0),
+        Err(Error::CursorAhead { .. })
+    ));
 }

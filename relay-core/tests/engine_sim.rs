@@ -1,5 +1,6 @@
 //! Simulation tests: two sides and the relay engine over a virtual link and clock, with
-//! disconnects, reconnects, deactivation and retention trims at random points. The end state is
+//! disconnects, reconnects, deactivation, retention trims, slow and failing storage and server
+//! crashes at random points. The end state is
 //! checked against the model in `engine_support` (every frame delivered exactly once in order,
 //! or reported in a retention gap with the exact count).
 
@@ -22,6 +23,10 @@ enum Op {
     Trim(Direction, u64),
     Deactivate,
     Activate,
+    /// Completes this many storage requests (only with slow storage).
+    Storage(usize),
+    FailAppend,
+    Crash,
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -42,6 +47,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The same, plus slow storage (appends complete only when told), failing appends and server
+/// crashes: what cut-through delivery has to survive.
+fn op_slow_storage() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        4 => (1usize..6).prop_map(Op::Storage),
+        1 => Just(Op::FailAppend),
+        1 => Just(Op::Crash),
+    ]
+}
+
 fn small_config() -> EngineConfig {
     // Small numbers so that the live buffer overflows, reads are partial, the token bucket
     // runs dry and the consumer window fills inside short action sequences.
@@ -52,11 +68,17 @@ fn small_config() -> EngineConfig {
         read_batch: 7,
         live_buffer: 5,
         consumer_window: 12,
+        cut_through: 6,
     }
 }
 
 fn run(ops: &[Op], config: EngineConfig) -> Sim {
+    run_with(ops, config, false)
+}
+
+fn run_with(ops: &[Op], config: EngineConfig, slow_storage: bool) -> Sim {
     let mut sim = Sim::new(config);
+    sim.deferred = slow_storage;
     sim.connect(Side::A);
     sim.connect(Side::B);
     for op in ops {
@@ -69,6 +91,9 @@ fn run(ops: &[Op], config: EngineConfig) -> Sim {
             Op::Trim(d, n) => sim.trim(d, n),
             Op::Deactivate => sim.set_active(false),
             Op::Activate => sim.set_active(true),
+            Op::Storage(n) => sim.complete_storage(n),
+            Op::FailAppend => sim.fail_next_append = true,
+            Op::Crash => sim.crash(),
         }
     }
     sim.settle();
@@ -90,6 +115,22 @@ proptest! {
         let mut sim = run(&ops, small_config());
         // Settled with both sides online and nothing to replay: the group is active.
         prop_assert_eq!(sim.engine.group_status(&sim.group).map(|s| s.mode), Some(GroupMode::Active));
+    }
+
+    #[test]
+    fn slow_storage_failures_and_crashes_neither_lose_nor_repeat(
+        ops in proptest::collection::vec(op_slow_storage(), 1..100),
+        strict in any::<bool>(),
+    ) {
+        let config = EngineConfig {
+            cut_through: if strict { 0 } else { 6 },
+            ..small_config()
+        };
+        let mut sim = run_with(&ops, config, true);
+        prop_assert_eq!(sim.engine.group_status(&sim.group).map(|s| s.mode), Some(GroupMode::Active));
+        if strict {
+            prop_assert_eq!(sim.ahead_of_log, 0, "without cut-through no side holds undurable items");
+        }
     }
 
     #[test]

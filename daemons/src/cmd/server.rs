@@ -215,12 +215,13 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
         let or_unlimited =
             |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
         println!(
-            "relay: max_len {}, max_age_secs {}, replay_rate_per_s {}, replay_burst {}, consumer_window {}, trim_interval_secs {}",
+            "relay: max_len {}, max_age_secs {}, replay_rate_per_s {}, replay_burst {}, consumer_window {}, cut_through {}, trim_interval_secs {}",
             or_unlimited(relay.max_len),
             or_unlimited(relay.max_age.map(|a| a.as_secs())),
             relay.replay_rate_per_s,
             relay.replay_burst,
             relay.consumer_window,
+            relay.cut_through,
             relay.trim_interval.as_secs()
         );
         return Ok(ExitCode::SUCCESS);

@@ -54,6 +54,8 @@ pub const DEFAULT_RELAY_REPLAY_RATE: u64 = 5_000;
 pub const DEFAULT_RELAY_REPLAY_BURST: u64 = 500;
 /// Default consumer window (unacknowledged frames per consumer).
 pub const DEFAULT_RELAY_CONSUMER_WINDOW: u64 = 4096;
+/// Default `relay.cut_through`: frames a stream may deliver ahead of its durable head.
+pub const DEFAULT_RELAY_CUT_THROUGH: u64 = 4096;
 /// Default seconds between retention trims.
 pub const DEFAULT_RELAY_TRIM_INTERVAL_SECS: u64 = 10;
 
@@ -72,6 +74,8 @@ pub struct RelayFileConfig {
     pub replay_burst: Option<u64>,
     /// Most frames delivered to a consumer and not yet acknowledged.
     pub consumer_window: Option<u64>,
+    /// Most frames delivered ahead of the durable head (cut-through); `0` = only durable ones.
+    pub cut_through: Option<u64>,
     /// Seconds between retention trims.
     pub trim_interval_secs: Option<u64>,
 }
@@ -89,6 +93,9 @@ pub struct RelayConfig {
     pub replay_burst: u64,
     /// Unacknowledged frames per consumer.
     pub consumer_window: u64,
+    /// Frames a stream may deliver before they are durable
+    /// ([`relay_core::engine::EngineConfig::cut_through`]).
+    pub cut_through: u64,
     /// Time between retention trims.
     pub trim_interval: Duration,
 }
@@ -101,6 +108,7 @@ impl Default for RelayConfig {
             replay_rate_per_s: DEFAULT_RELAY_REPLAY_RATE,
             replay_burst: DEFAULT_RELAY_REPLAY_BURST,
             consumer_window: DEFAULT_RELAY_CONSUMER_WINDOW,
+            cut_through: DEFAULT_RELAY_CUT_THROUGH,
             trim_interval: Duration::from_secs(DEFAULT_RELAY_TRIM_INTERVAL_SECS),
         }
     }
@@ -142,6 +150,12 @@ impl RelayConfig {
                 "relay.consumer_window {consumer_window} is outside 1..=1000000"
             ));
         }
+        let cut_through = file.cut_through.unwrap_or(DEFAULT_RELAY_CUT_THROUGH);
+        if cut_through > 1_000_000 {
+            return Err(format!(
+                "relay.cut_through {cut_through} is outside 0..=1000000"
+            ));
+        }
         let trim_secs = file
             .trim_interval_secs
             .unwrap_or(DEFAULT_RELAY_TRIM_INTERVAL_SECS);
@@ -156,6 +170,7 @@ impl RelayConfig {
             replay_rate_per_s,
             replay_burst,
             consumer_window,
+            cut_through,
             trim_interval: Duration::from_secs(trim_secs),
         })
     }
@@ -494,6 +509,7 @@ mod tests {
         for bad in [
             "relay:\n  replay_rate_per_s: 0\n",
             "relay:\n  consumer_window: 0\n",
+            "relay:\n  cut_through: 1000001\n",
             "relay:\n  trim_interval_secs: 0\n",
             "relay:\n  bogus: 1\n",
         ] {

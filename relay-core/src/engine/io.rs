@@ -10,16 +10,24 @@ pub struct EngineConfig {
     /// Items a stream may deliver per scheduling round (the deficit-round-robin quantum).
     pub quantum: u64,
     /// Replay rate limit per stream, items per second (token bucket refill). Live items (served
-    /// from memory right after they became durable) are not limited.
+    /// from memory as they arrive) are not limited.
     pub replay_rate_per_s: u64,
     /// Token bucket capacity: the largest replay burst, in items.
     pub replay_burst: u64,
     /// Items asked for per storage read.
     pub read_batch: usize,
-    /// Durable items kept in memory per stream for live delivery; older ones are re-read.
+    /// Items kept in memory per stream for live delivery; older ones are re-read from the log
+    /// once durable.
     pub live_buffer: usize,
     /// Most items delivered to a consumer and not yet acknowledged by it (flow control).
     pub consumer_window: u64,
+    /// Most items a stream delivers ahead of its durable head (*cut-through*): a live item is
+    /// handed to the consumer as soon as it arrives if its seq is at most `head + this`, so
+    /// the log's commit latency is not added to delivery. `0` delivers only durable items.
+    /// Producers are still acknowledged only after durability. After a server crash a consumer
+    /// may hold items the log never stored; its cursor is accepted up to `head + this` and the
+    /// producer's resend of those seqs is not delivered again.
+    pub cut_through: u64,
 }
 
 impl Default for EngineConfig {
@@ -31,6 +39,7 @@ impl Default for EngineConfig {
             read_batch: 512,
             live_buffer: 4096,
             consumer_window: 4096,
+            cut_through: 4096,
         }
     }
 }
@@ -75,6 +84,11 @@ pub struct SideWelcome {
     pub rx_from: Seq,
     /// The group's mode after the connect.
     pub mode: GroupMode,
+    /// How far the side's cursor is above every seq its producer handed to the log. Non-zero
+    /// only when the side received items (by cut-through) that the log did not store — a
+    /// failed append, or a server crash that lost appends in flight: the producer resends them,
+    /// and they are not delivered again.
+    pub ahead_of_log: Seq,
 }
 
 /// Something the driver has to send or publish.

@@ -42,12 +42,12 @@ impl Group {
         self.online[side_index(side)]
     }
 
-    fn status(&mut self) -> GroupStatus {
+    fn status(&mut self, config: &EngineConfig) -> GroupStatus {
         let offline: Vec<Side> = [Side::A, Side::B]
             .into_iter()
             .filter(|s| !self.is_online(*s))
             .collect();
-        let replaying = self.streams.iter_mut().any(StreamState::is_replaying);
+        let replaying = self.streams.iter_mut().any(|s| s.is_replaying(config));
         let mode = if !self.activated {
             GroupMode::Inactive
         } else if offline.is_empty() && !replaying {
@@ -87,14 +87,16 @@ impl Group {
 ///
 /// # Delivery and fairness
 ///
-/// Items are delivered only after they are durable. Each stream delivers from one of two
-/// sources, always in seq order: items it read back from the log (*replay*, after a reconnect
-/// or when it fell behind), or items kept in memory right after they became durable (*live*).
+/// Producers are acknowledged only after their items are durable; delivery does not wait for
+/// that (*cut-through*, bounded by [`EngineConfig::cut_through`]; `0` delivers only durable
+/// items). Each stream delivers from one of two sources, always in seq order: items it read
+/// back from the log (*replay*, after a reconnect or when it fell behind), or items kept in
+/// memory as they arrived (*live*).
 /// Replay is rate-limited per stream by a token bucket ([`EngineConfig::replay_rate_per_s`],
 /// burst [`EngineConfig::replay_burst`]) on the caller's clock. Every scheduling round visits
 /// each stream that has work once, in rotating order, and lets it deliver at most
 /// [`EngineConfig::quantum`] items (deficit round robin with unit cost). So an item that is
-/// durable and live when a round starts is delivered in that round, however large another
+/// live and deliverable when a round starts is delivered in that round, however large another
 /// stream's backlog is: the starvation bound is **one round**.
 #[derive(Debug)]
 pub struct RelayEngine {
@@ -166,7 +168,8 @@ impl RelayEngine {
 
     /// The group's current mode, backlog and offline sides.
     pub fn group_status(&mut self, group: &GroupId) -> Option<GroupStatus> {
-        self.groups.get_mut(group).map(Group::status)
+        let config = self.config;
+        self.groups.get_mut(group).map(|g| g.status(&config))
     }
 
     /// Activates a group (idempotent). Returns the mode afterwards.
@@ -190,12 +193,14 @@ impl RelayEngine {
             }
         }
         self.publish_mode(group);
-        Ok(self.group_mut(group)?.status().mode)
+        let config = self.config;
+        Ok(self.group_mut(group)?.status(&config).mode)
     }
 
     /// Side `side` connected. `rx_cursor` is the last seq of its inbound stream it has processed
-    /// (from its `hello`); delivery resumes right after it. A cursor beyond the stream's head is
-    /// refused with [`Error::CursorAhead`]. Replaces an earlier connection of the same side.
+    /// (from its `hello`); delivery resumes right after it. A cursor more than
+    /// [`EngineConfig::cut_through`] beyond the stream's durable head is refused with
+    /// [`Error::CursorAhead`]. Replaces an earlier connection of the same side.
     pub fn handle_connected(
         &mut self,
         group: &GroupId,
@@ -208,11 +213,15 @@ impl RelayEngine {
         let g = self.group_mut(group)?;
         let inbound = side.inbound();
         let head = g.stream(inbound).head;
-        if rx_cursor > head {
+        // With cut-through a consumer may hold items that are not durable yet (or that a
+        // crashed server never stored); their producer resends them and `delivered` keeps them
+        // from being delivered twice.
+        let limit = head.saturating_add(config.cut_through);
+        if rx_cursor > limit {
             return Err(Error::CursorAhead {
                 stream: inbound.stream_key(group),
                 cursor: rx_cursor,
-                head,
+                head: limit,
             });
         }
         g.online[side_index(side)] = true;
@@ -223,6 +232,7 @@ impl RelayEngine {
             s.consumer_acked = rx_cursor;
             store_cursor = Some(rx_cursor);
         }
+        let ahead = rx_cursor.saturating_sub(s.appended);
         let out = g.stream(side.outbound());
         out.producer_fresh = true;
         let tx_acked = out.head;
@@ -235,11 +245,12 @@ impl RelayEngine {
         }
         self.enqueue(group, inbound);
         self.publish_mode(group);
-        let mode = self.group_mut(group)?.status().mode;
+        let mode = self.group_mut(group)?.status(&config).mode;
         Ok(SideWelcome {
             tx_acked,
             rx_from: rx_cursor,
             mode,
+            ahead_of_log: ahead,
         })
     }
 
@@ -271,6 +282,7 @@ impl RelayEngine {
         now_ms: u64,
     ) -> Result<()> {
         self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
         let g = self.group_mut(group)?;
         if !g.is_online(side) {
             return Err(Error::SideNotConnected {
@@ -334,7 +346,10 @@ impl RelayEngine {
             });
         }
         s.appended = last;
-        s.pending_appends.push_back(fresh.clone());
+        s.pending_appends.push_back(last);
+        // Live at once: delivery does not wait for the append (see `EngineConfig::cut_through`).
+        s.push_live(fresh.iter().cloned(), &config);
+        self.enqueue(group, dir);
         self.storage.push_back(StorageRequest::Append {
             group: group.clone(),
             direction: dir,
@@ -344,8 +359,8 @@ impl RelayEngine {
     }
 
     /// The result of the oldest outstanding append of `direction`. On success the producer is
-    /// acknowledged and the new items become live; on failure the producer is reset so it
-    /// resends from its last ack.
+    /// acknowledged and the durable head moves; on failure the producer is reset so it resends
+    /// from its last ack (items it already delivered are not delivered again).
     pub fn handle_append_result(
         &mut self,
         group: &GroupId,
@@ -354,26 +369,18 @@ impl RelayEngine {
         now_ms: u64,
     ) -> Result<()> {
         self.now_ms = self.now_ms.max(now_ms);
-        let config = self.config;
         let g = self.group_mut(group)?;
         let producer = direction.producer();
         let producer_online = g.is_online(producer);
         let s = g.stream(direction);
-        let Some(items) = s.pending_appends.pop_front() else {
+        if s.pending_appends.pop_front().is_none() {
             return Ok(());
-        };
+        }
         match result {
             Ok(outcome) => {
-                let old_head = s.head;
                 s.head = s.head.max(outcome.ack);
                 let new_head = s.head;
                 s.read_exhausted_at = None;
-                s.push_live(
-                    items
-                        .into_iter()
-                        .filter(|i| i.seq > old_head && i.seq <= new_head),
-                    &config,
-                );
                 if producer_online {
                     self.outputs.push_back(RelayOutput::Ack {
                         group: group.clone(),
@@ -389,6 +396,7 @@ impl RelayEngine {
                 // producer resend from the durable head.
                 s.pending_appends.clear();
                 s.appended = s.head;
+                s.forget_undurable();
                 self.outputs.push_back(RelayOutput::ResetProducer {
                     group: group.clone(),
                     side: producer,
@@ -511,7 +519,7 @@ impl RelayEngine {
                 // One round takes it out of the ready queue.
                 Some(now)
             } else {
-                match s.next_source() {
+                match s.next_source(&config) {
                     NextSource::Live if s.window_room(&config) > 0 => Some(now),
                     NextSource::Replay if matches!(s.replay.front(), Some(Entry::Gap(_))) => {
                         Some(now)
@@ -593,7 +601,7 @@ impl RelayEngine {
             }
         };
         loop {
-            let source = s.next_source();
+            let source = s.next_source(config);
             match source {
                 NextSource::Replay => {
                     let Some(front) = s.replay.front() else { break };
@@ -668,7 +676,7 @@ impl RelayEngine {
         let Some(g) = self.groups.get_mut(group) else {
             return;
         };
-        let status = g.status();
+        let status = g.status(&self.config);
         let key = (status.mode, status.offline.clone());
         if g.published.as_ref() != Some(&key) {
             g.published = Some(key);

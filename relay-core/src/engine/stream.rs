@@ -93,8 +93,8 @@ pub(super) struct StreamState {
     /// start above `appended + 1` (it no longer holds those seqs, e.g. after a server-side log
     /// loss); the log reports that hole to readers as a `missing` gap.
     pub(super) producer_fresh: bool,
-    /// Appends in flight, oldest first.
-    pub(super) pending_appends: VecDeque<Vec<Item>>,
+    /// Appends in flight (the last seq of each), oldest first.
+    pub(super) pending_appends: VecDeque<Seq>,
     /// The consumer's cumulative ack.
     pub(super) consumer_acked: Seq,
     /// Retention removed everything up to here (as far as the engine was told).
@@ -105,7 +105,7 @@ pub(super) struct StreamState {
     pub(super) delivered: Seq,
     /// Entries read from the log, starting at `delivered + 1`.
     pub(super) replay: VecDeque<Entry>,
-    /// Recently durable items, ascending (may start above `delivered + 1`).
+    /// Recently received items, durable or not, ascending (may start above `delivered + 1`).
     pub(super) live: VecDeque<Item>,
     /// A read is in flight.
     pub(super) read_in_flight: bool,
@@ -177,7 +177,8 @@ impl StreamState {
         self.deficit = 0;
     }
 
-    /// Items became durable; keep them for live delivery while the consumer is connected.
+    /// Items were accepted for the log; keep them for live delivery while the consumer is
+    /// connected.
     pub(super) fn push_live(
         &mut self,
         items: impl IntoIterator<Item = Item>,
@@ -206,8 +207,17 @@ impl StreamState {
         self.replay.back().map_or(self.delivered, Entry::last_seq)
     }
 
-    /// Where the next seq comes from. Drops stale entries on the way.
-    pub(super) fn next_source(&mut self) -> NextSource {
+    /// An append failed and the producer will resend everything above the durable head:
+    /// forget the live copies of those seqs (the resend brings them again).
+    pub(super) fn forget_undurable(&mut self) {
+        while self.live.back().is_some_and(|i| i.seq > self.head) {
+            self.live.pop_back();
+        }
+    }
+
+    /// Where the next seq comes from. Drops stale entries on the way. A live item more than
+    /// [`EngineConfig::cut_through`] above the durable head waits for the head to move.
+    pub(super) fn next_source(&mut self, config: &EngineConfig) -> NextSource {
         while self
             .replay
             .front()
@@ -221,11 +231,9 @@ impl StreamState {
         while self.live.front().is_some_and(|i| i.seq <= self.delivered) {
             self.live.pop_front();
         }
-        if self
-            .live
-            .front()
-            .is_some_and(|i| i.seq == self.delivered + 1)
-        {
+        if self.live.front().is_some_and(|i| {
+            i.seq == self.delivered + 1 && i.seq <= self.head.saturating_add(config.cut_through)
+        }) {
             return NextSource::Live;
         }
         if self.delivered < self.head {
@@ -242,7 +250,7 @@ impl StreamState {
         {
             return false;
         }
-        match self.next_source() {
+        match self.next_source(config) {
             NextSource::NeedRead => true,
             // Prefetch the next batch while the current one drains.
             NextSource::Replay => {
@@ -273,11 +281,11 @@ impl StreamState {
     }
 
     /// Whether the consumer is in replay: behind, and fed from the log rather than memory.
-    pub(super) fn is_replaying(&mut self) -> bool {
+    pub(super) fn is_replaying(&mut self, config: &EngineConfig) -> bool {
         self.consumer_online
             && (self.read_in_flight
                 || matches!(
-                    self.next_source(),
+                    self.next_source(config),
                     NextSource::Replay | NextSource::NeedRead
                 ))
     }
@@ -288,7 +296,7 @@ impl StreamState {
         if !self.consumer_online {
             return false;
         }
-        match self.next_source() {
+        match self.next_source(config) {
             NextSource::Replay => {
                 matches!(self.replay.front(), Some(Entry::Gap(_))) || self.window_room(config) > 0
             }

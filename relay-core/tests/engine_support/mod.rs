@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::executor::block_on;
 use relay_core::engine::{
     Direction, EngineConfig, GroupId, GroupMode, GroupSnapshot, RelayEngine, RelayOutput, Side,
-    StorageRequest,
+    StorageRequest, StreamSnapshot,
 };
 use relay_core::log::{Gap, GapReason, Item, MemoryStreamLog, Retention, Seq, StreamLog, Trimmed};
 
@@ -67,6 +67,17 @@ pub struct Sim {
     pub modes: Vec<GroupMode>,
     pub rounds: u64,
     pub resets: u64,
+    /// Whether the group is activated (the records' copy, which survives a crash).
+    pub activated: bool,
+    /// Storage requests run only when [`Sim::complete_storage`] says so (slow storage).
+    pub deferred: bool,
+    /// Storage requests issued and not executed yet, oldest first.
+    pub pending: VecDeque<StorageRequest>,
+    /// The next append executed fails (nothing stored).
+    pub fail_next_append: bool,
+    pub crashes: u64,
+    /// Side connections accepted with a cursor above everything the log was handed.
+    pub ahead_of_log: u64,
 }
 
 impl Sim {
@@ -95,6 +106,12 @@ impl Sim {
             modes: Vec::new(),
             rounds: 0,
             resets: 0,
+            activated: true,
+            deferred: false,
+            pending: VecDeque::new(),
+            fail_next_append: false,
+            crashes: 0,
+            ahead_of_log: 0,
         };
         sim.drive();
         sim
@@ -112,7 +129,10 @@ impl Sim {
         let welcome = self
             .engine
             .handle_connected(&self.group, side, rx, self.now_ms)
-            .expect("a side's cursor never exceeds the head");
+            .expect("a side's cursor never exceeds the head by more than the cut-through");
+        if welcome.ahead_of_log > 0 {
+            self.ahead_of_log += 1;
+        }
         let s = self.side(side);
         s.connected = true;
         s.last_ack_sent = rx;
@@ -142,6 +162,7 @@ impl Sim {
             self.engine.handle_deactivate(&self.group, self.now_ms)
         }
         .expect("group is loaded");
+        self.activated = on;
         assert_eq!(on, mode != GroupMode::Inactive);
         self.drive();
     }
@@ -289,13 +310,69 @@ impl Sim {
         }
     }
 
+    /// Executes up to `n` of the oldest pending storage requests, then drives the engine.
+    pub fn complete_storage(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some(req) = self.pending.pop_front() else {
+                break;
+            };
+            self.execute(req);
+        }
+        self.drive();
+    }
+
+    /// The server crashes: the engine and every storage request in flight are gone, the log
+    /// keeps what was stored, and both sides lose their connections. A new engine is loaded
+    /// from the log the way the server loads a group.
+    pub fn crash(&mut self) {
+        self.crashes += 1;
+        self.pending.clear();
+        let config = *self.engine.config();
+        let mut snapshot = GroupSnapshot {
+            activated: self.activated,
+            ..Default::default()
+        };
+        for dir in Direction::BOTH {
+            let key = dir.stream_key(&self.group);
+            let head = block_on(self.log.backlog(&key, 0))
+                .expect("memory backlog")
+                .head;
+            let consumer = dir.consumer().to_string();
+            let cursor = block_on(self.log.load_cursor(&key, &consumer))
+                .expect("memory cursor")
+                .unwrap_or(0);
+            let stream = StreamSnapshot {
+                head,
+                consumer_cursor: cursor,
+            };
+            match dir {
+                Direction::AToB => snapshot.a_to_b = stream,
+                Direction::BToA => snapshot.b_to_a = stream,
+            }
+        }
+        self.engine = RelayEngine::new(config);
+        self.engine
+            .add_group(self.group.clone(), snapshot, self.now_ms);
+        for side in [Side::A, Side::B] {
+            let s = self.side(side);
+            s.connected = false;
+            s.downlink.clear();
+            s.uplink.clear();
+        }
+        self.drive();
+    }
+
     /// Runs the driver until the engine has nothing left to do at the current time.
     pub fn drive(&mut self) {
         loop {
             let mut progressed = false;
             while let Some(req) = self.engine.poll_storage() {
                 progressed = true;
-                self.execute(req);
+                if self.deferred {
+                    self.pending.push_back(req);
+                } else {
+                    self.execute(req);
+                }
             }
             if self.engine.poll_timeout().is_some_and(|t| t <= self.now_ms) {
                 progressed = true;
@@ -346,7 +423,19 @@ impl Sim {
                 direction,
                 items,
             } => {
-                let result = block_on(self.log.append(&direction.stream_key(&group), &items));
+                let result = if std::mem::take(&mut self.fail_next_append) {
+                    // Like the server's append lanes: appends of this stream issued before the
+                    // engine learns of the failure are skipped, or they would store after a hole.
+                    self.pending.retain(|r| {
+                        !matches!(r, StorageRequest::Append { direction: d, .. } if *d == direction)
+                    });
+                    Err(relay_core::Error::Corrupt {
+                        stream: direction.stream_key(&group),
+                        detail: "simulated storage failure".to_owned(),
+                    })
+                } else {
+                    block_on(self.log.append(&direction.stream_key(&group), &items))
+                };
                 self.engine
                     .handle_append_result(&group, direction, result, now)
                     .expect("loaded");
@@ -381,6 +470,9 @@ impl Sim {
     /// Reconnects everything, activates, and runs until every produced frame is acknowledged
     /// and every consumer has caught up (bounded).
     pub fn settle(&mut self) {
+        self.deferred = false;
+        self.fail_next_append = false;
+        self.complete_storage(usize::MAX);
         self.set_active(true);
         self.connect(Side::A);
         self.connect(Side::B);

@@ -219,6 +219,7 @@ impl Driver {
             replay_rate_per_s: config.replay_rate_per_s,
             replay_burst: config.replay_burst,
             consumer_window: config.consumer_window,
+            cut_through: config.cut_through,
             ..EngineConfig::default()
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -461,6 +462,13 @@ impl Driver {
                 self.dirty.insert(gid.clone());
                 match self.engine.handle_connected(&gid, side, rx_cursor, now) {
                     Ok(welcome) => {
+                        if welcome.ahead_of_log > 0 {
+                            // Not a loss: the side already has these frames, and their producer
+                            // still holds them (never acknowledged) and resends them.
+                            tracing::info!(group = %gid, %side, rx_cursor,
+                                ahead = welcome.ahead_of_log,
+                                "side resumes above the stored stream: frames it received before they were durable were not stored (a failed append or a server crash); their resend is not delivered again");
+                        }
                         if reply.send(Ok(welcome)).is_err() {
                             // The connection ended while waiting: it never became current.
                             // Leave the engine as it was for a side that is not connected.
