@@ -4,8 +4,11 @@
 //!   validation) of one 22-frame `frames` batch (4,500 frames/s in 5 ms batches).
 //! * `decode/tagged_derive` — the same bytes through serde's derived internally tagged
 //!   [`Message`] (buffers the whole message in serde's `Content` tree first), no validation.
-//! * `encode` — what the server does to deliver the batch: build it from stored items
-//!   (`FrameBatch::from_items`) and encode it.
+//! * `deliver/spliced` — what the server does to deliver the batch from stored items
+//!   ([`protocol::encode_delivery`]: MessagePack spliced from the stored frames; JSON decoded
+//!   and re-encoded), beside `deliver/reencoded`, the decode-and-encode path for every frame.
+//! * `store` — turning a received batch into stream items: MessagePack (the stored format)
+//!   against compact JSON (the format before).
 //!
 //! Run: `cargo bench -p relay-core --bench protocol` (the machine is shared: compare ratios).
 
@@ -71,17 +74,34 @@ fn codec(c: &mut Criterion) {
     let Message::Frames(frames) = &message else {
         unreachable!()
     };
-    let items = frames.to_items();
-    let mut group = c.benchmark_group("encode");
+    let items = frames.to_items().unwrap();
+    let mut group = c.benchmark_group("deliver");
     group.throughput(Throughput::Elements(FRAMES));
     for encoding in [Encoding::Msgpack, Encoding::Json] {
-        group.bench_function(encoding.as_str(), |b| {
+        group.bench_function(BenchmarkId::new("spliced", encoding.as_str()), |b| {
+            b.iter(|| protocol::encode_delivery("a_to_b", &items, encoding).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("reencoded", encoding.as_str()), |b| {
             b.iter(|| {
                 let batch = FrameBatch::from_items("a_to_b", &items).unwrap();
                 protocol::encode(&Message::Frames(batch), encoding).unwrap()
             })
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(FRAMES));
+    group.bench_function("msgpack", |b| b.iter(|| frames.to_items().unwrap()));
+    group.bench_function("json", |b| {
+        b.iter(|| {
+            frames
+                .frames
+                .iter()
+                .map(CanRelayFrame::encode)
+                .collect::<Vec<_>>()
+        })
+    });
     group.finish();
 }
 

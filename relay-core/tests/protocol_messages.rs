@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use relay_core::Error;
 use relay_core::engine::{GroupBacklog, GroupMode, Side};
+use relay_core::log::Item;
 use relay_core::protocol::{
     self, Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, GapNotice, GroupState, Hello,
     Message, ResumeCursor, Welcome, WireGapReason, decode, decode_hello, encode,
@@ -301,10 +302,15 @@ fn batches_convert_to_stream_items_and_back() {
         first_seq: 41,
         frames: vec![frame(), frame()],
     };
-    let items = batch.to_items();
+    let items = batch.to_items().unwrap();
     assert_eq!(
         items.iter().map(|i| i.seq).collect::<Vec<_>>(),
         vec![41, 42]
+    );
+    // Stored as the frame's MessagePack with named fields.
+    assert_eq!(
+        items[0].payload,
+        rmp_serde::to_vec_named(&batch.frames[0]).unwrap()
     );
     assert_eq!(items[0].ts_ms, 1_600_000_000_000, "frame ns -> item ms");
     assert_eq!(FrameBatch::from_items("s", &items).unwrap(), batch);
@@ -327,6 +333,56 @@ fn batches_convert_to_stream_items_and_back() {
 }
 
 #[test]
+fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
+    use relay_core::protocol::{encode_delivery, encode_stored_frame};
+    let mut second = frame();
+    second.data_hex = "0102".to_owned();
+    second.dlc = 2;
+    let batch = FrameBatch {
+        first_seq: 300,
+        frames: vec![frame(), second],
+    };
+    let stored = batch.to_items().unwrap();
+    // Logs written before the MessagePack format hold compact JSON.
+    let legacy: Vec<Item> = stored
+        .iter()
+        .zip(&batch.frames)
+        .map(|(item, frame)| Item {
+            payload: bytes::Bytes::from(frame.encode()),
+            ..item.clone()
+        })
+        .collect();
+    let mixed = vec![stored[0].clone(), legacy[1].clone()];
+    let message = Message::Frames(batch.clone());
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        let expected = encode(&message, encoding).unwrap();
+        for items in [&stored, &legacy, &mixed] {
+            let bytes = encode_delivery("s", items, encoding).unwrap();
+            // Spliced or re-encoded, the bytes are what the encoder writes.
+            assert_eq!(bytes, expected, "{encoding:?}");
+            assert_eq!(decode(&bytes, encoding).unwrap(), message);
+        }
+    }
+    assert_eq!(
+        stored[1].payload,
+        encode_stored_frame(&batch.frames[1]).unwrap()
+    );
+    let mut holey = stored.clone();
+    holey[1].seq = 302;
+    assert!(matches!(
+        encode_delivery("s", &holey, Encoding::Msgpack),
+        Err(Error::Corrupt { .. })
+    ));
+    // A payload in neither format is found when it cannot be spliced.
+    let mut garbage = stored;
+    garbage[0].payload = bytes::Bytes::from_static(b"\xc1");
+    assert!(matches!(
+        encode_delivery("s", &garbage, Encoding::Msgpack),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
 fn fuzz_seed_corpus_round_trips() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/data_plane_message");
@@ -340,4 +396,18 @@ fn fuzz_seed_corpus_round_trips() {
         decoded >= 5,
         "the seed corpus holds valid messages ({decoded})"
     );
+}
+
+#[test]
+fn stored_frame_seed_corpus_decodes_in_both_formats() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/stored_frame");
+    let mut frames = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        protocol::fuzz_stored_frame(&bytes);
+        frames.push(protocol::decode_stored_frame(&bytes).unwrap());
+    }
+    // One seed is JSON, one MessagePack, of the same frame.
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0], frames[1]);
 }

@@ -233,12 +233,19 @@ impl CanRelayFrame {
     /// Parse and validate one JSON object.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         let frame: Self = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        if frame.group_id.is_empty() || frame.group_id.len() > MAX_GROUP_ID_LEN {
+        frame.validate()?;
+        Ok(frame)
+    }
+
+    /// Checks what the field types alone do not: the `groupId` length and that the fields
+    /// make a valid frame (for a value that was deserialized some other way).
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.group_id.is_empty() || self.group_id.len() > MAX_GROUP_ID_LEN {
             return Err(malformed(format!(
                 "groupId must be 1–{MAX_GROUP_ID_LEN} bytes"
             )));
         }
-        frame.frame()?;
-        Ok(frame)
+        self.frame()?;
+        Ok(())
     }
 }

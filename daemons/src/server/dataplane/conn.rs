@@ -1,7 +1,6 @@
 //! One `/ws/data` connection: handshake and authorisation, then a reader (this task) feeding
 //! the driver and a writer task draining the connection's outbox.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use relay_core::Error as RelayError;
 use relay_core::engine::{Direction, GroupId, GroupSnapshot, Side, StreamSnapshot};
 use relay_core::log::{AnyStreamLog, Item, MAX_SEQ, StreamLog};
 use relay_core::protocol::{
-    self, Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, Hello, MAX_BATCH_FRAMES, Message,
+    self, Ack, Encoding, ErrorCode, ErrorMessage, Hello, MAX_BATCH_FRAMES, Message,
     PROTOCOL_VERSION, Welcome,
 };
 use tokio::sync::{broadcast, oneshot};
@@ -374,11 +373,15 @@ async fn handle(
                 batch.frames.len(),
             );
             taps::can_frames(state, session.dongle, session.group, &batch.frames[skip..]);
+            let items = match batch.to_items() {
+                Ok(items) => items,
+                Err(err) => return fatal(ErrorCode::Internal, err.to_string()),
+            };
             Command::Frames {
                 conn: session.conn,
                 group: session.group,
                 side: session.side,
-                items: batch.to_items(),
+                items,
                 received: Instant::now(),
             }
         }
@@ -439,54 +442,34 @@ async fn close_with_error(
 
 /// Encodes a message in the connection's encoding.
 fn encode(message: &Message, encoding: Encoding) -> Result<WsMessage, RelayError> {
-    let bytes = protocol::encode(message, encoding)?;
-    Ok(match encoding {
+    Ok(ws_message(protocol::encode(message, encoding)?, encoding))
+}
+
+/// JSON as a text message, MessagePack as a binary one.
+fn ws_message(bytes: Vec<u8>, encoding: Encoding) -> WsMessage {
+    match encoding {
         Encoding::Json => match String::from_utf8(bytes) {
             Ok(text) => WsMessage::Text(text.into()),
             Err(err) => WsMessage::Binary(Bytes::from(err.into_bytes())),
         },
         Encoding::Msgpack => WsMessage::Binary(Bytes::from(bytes)),
-    })
-}
-
-/// A `frames` message in JSON, spliced from the stored payloads (each is the compact JSON of its
-/// frame) without decoding them. `None` when an item is not UTF-8 or the seqs are not dense.
-fn frames_json(items: &[Item]) -> Option<String> {
-    let first = items.first()?.seq;
-    let size: usize = items.iter().map(|i| i.payload.len() + 1).sum();
-    let mut text = String::with_capacity(size + 48);
-    let _ = write!(text, r#"{{"type":"frames","first_seq":{first},"frames":["#);
-    for (offset, item) in items.iter().enumerate() {
-        if item.seq != first + offset as u64 {
-            return None;
-        }
-        if offset > 0 {
-            text.push(',');
-        }
-        text.push_str(std::str::from_utf8(&item.payload).ok()?);
     }
-    text.push_str("]}");
-    Some(text)
 }
 
-/// Encodes delivered items as `frames` messages of at most [`MAX_BATCH_FRAMES`] frames.
+/// Encodes delivered items as `frames` messages of at most [`MAX_BATCH_FRAMES`] frames,
+/// spliced from the stored payloads where their format allows.
 fn encode_frames(
     items: &[Item],
     encoding: Encoding,
     stream_key: &str,
 ) -> Result<Vec<WsMessage>, RelayError> {
-    let mut messages = Vec::with_capacity(1);
-    for chunk in items.chunks(MAX_BATCH_FRAMES) {
-        if encoding == Encoding::Json
-            && let Some(text) = frames_json(chunk)
-        {
-            messages.push(WsMessage::Text(text.into()));
-            continue;
-        }
-        let batch = FrameBatch::from_items(stream_key, chunk)?;
-        messages.push(encode(&Message::Frames(batch), encoding)?);
-    }
-    Ok(messages)
+    items
+        .chunks(MAX_BATCH_FRAMES)
+        .map(|chunk| {
+            let bytes = protocol::encode_delivery(stream_key, chunk, encoding)?;
+            Ok(ws_message(bytes, encoding))
+        })
+        .collect()
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
@@ -564,30 +547,6 @@ async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, encoding: Encoding, str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spliced_json_frames_decode_like_encoded_ones() {
-        let frame = r#"{"groupId":"g","direction":"rx","ts":1000000,"canId":291,"isExtended":false,"dlc":2,"dataHex":"0102"}"#;
-        let items: Vec<Item> = (5..8)
-            .map(|seq| Item {
-                seq,
-                ts_ms: 1,
-                payload: Bytes::from_static(frame.as_bytes()),
-            })
-            .collect();
-        let text = frames_json(&items).unwrap_or_default();
-        let decoded = protocol::decode(text.as_bytes(), Encoding::Json);
-        match decoded {
-            Ok(Message::Frames(batch)) => {
-                assert_eq!(batch.first_seq, 5);
-                assert_eq!(batch.frames.len(), 3);
-            }
-            other => panic!("not a frames message: {other:?}"),
-        }
-        let mut holey = items.clone();
-        holey.remove(1);
-        assert!(frames_json(&holey).is_none());
-    }
 
     #[test]
     fn clip_keeps_char_boundaries() {
