@@ -26,7 +26,8 @@ pub struct EngineConfig {
     /// the log's commit latency is not added to delivery. `0` delivers only durable items.
     /// Producers are still acknowledged only after durability. After a server crash a consumer
     /// may hold items the log never stored; its cursor is accepted up to `head + this` and the
-    /// producer's resend of those seqs is not delivered again.
+    /// producer's resend of those seqs is not delivered again. This relies on producers never
+    /// sending other content under a seq they sent before.
     pub cut_through: u64,
 }
 

@@ -40,6 +40,10 @@ pub struct StreamOutbox {
     pub acked: u64,
     /// Last inbound seq processed.
     pub rx_seq: u64,
+    /// Highest seq that may have reached the server (sent in this process; after a restart
+    /// every assigned seq counts). The server may have delivered such a seq to the other side
+    /// before it was durable (cut-through), so it is never reused for another frame.
+    sent_high: u64,
     pending: VecDeque<(u64, WireFrame)>,
     cap: u64,
     metrics: DongleMetrics,
@@ -73,6 +77,7 @@ impl StreamOutbox {
             last_seq: loaded.last_seq,
             acked: loaded.acked,
             rx_seq: loaded.rx_seq,
+            sent_high: loaded.last_seq,
             pending,
             cap,
             metrics,
@@ -142,13 +147,23 @@ impl StreamOutbox {
         let id = self.id;
         let n = with_store(&self.store, |s| s.drop_pending(id))?;
         self.pending.clear();
+        if reason == DropReason::GroupInactive {
+            // The server refused these (the group is inactive) and delivered none of them:
+            // their seqs may be reused.
+            self.sent_high = self.acked;
+        }
         self.metrics.dropped(&self.key.serial, reason, n);
         self.publish();
         Ok(n)
     }
 
+    /// Frames up to `seq` were handed to the connection.
+    pub fn note_sent(&mut self, seq: u64) {
+        self.sent_high = self.sent_high.max(seq);
+    }
+
     /// Make the held frames follow `base` densely (`base` becomes the ack).
-    pub fn renumber(&mut self, base: u64) -> anyhow::Result<()> {
+    fn renumber(&mut self, base: u64) -> anyhow::Result<()> {
         let id = self.id;
         self.last_seq = with_store(&self.store, |s| s.renumber(id, base))?;
         self.acked = base;
@@ -174,15 +189,19 @@ impl StreamOutbox {
                 "the server holds fewer frames than it acknowledged before");
         }
         let base = tx_acked.max(self.acked);
+        // Frames above `base` were dropped here (the cap, or no group) and never stored there.
+        // Seqs that were never sent are reused, so the stream stays dense. Seqs that were sent
+        // are not: the server may have delivered them to the other side before they were
+        // durable, and the other side skips a seq it already has. The server tells the other
+        // side about those as a `missing` gap (a hole in a connection's first batch).
+        let floor = base.max(self.sent_high.min(self.last_seq));
         let hole = match self.pending.front() {
-            Some((first, _)) => *first > base + 1,
-            None => self.last_seq > base,
+            Some((first, _)) => *first > floor + 1,
+            None => self.last_seq > floor,
         };
         if hole {
-            // Frames above `base` were dropped here (the cap, or no group) and never stored
-            // there: reuse their seqs so the stream stays dense; otherwise the server would
-            // refuse the next batch as out of order on every reconnect.
-            self.renumber(base)?;
+            self.renumber(floor)?;
+            return Ok(floor);
         }
         Ok(base)
     }
@@ -275,9 +294,23 @@ mod tests {
         assert_eq!(o.pending(), 100);
         assert_eq!(o.batch_after(0, 1).unwrap().first_seq, 102);
         // Those were never sent: on the next reconnect the held frames follow the server's
-        // ack densely instead of leaving a hole it would refuse.
+        // ack densely.
         assert_eq!(o.reconcile(50).unwrap(), 50);
         assert_eq!((o.pending(), o.last_seq), (100, 150));
         assert_eq!(o.batch_after(50, 1).unwrap().first_seq, 51);
+        // 51..=80 were sent, then the cap drops 51..=90 unacknowledged: the server may have
+        // delivered 51..=80 already (cut-through), so those seqs are not reused; the held
+        // frames close only the hole of the unsent ones and keep their place above 80.
+        o.note_sent(80);
+        o.append(frames(40)).unwrap();
+        assert_eq!(o.batch_after(0, 1).unwrap().first_seq, 91);
+        assert_eq!(o.reconcile(50).unwrap(), 80);
+        assert_eq!(o.batch_after(80, 1).unwrap().first_seq, 81);
+        assert_eq!((o.pending(), o.last_seq), (100, 180));
+        // Frames the server refused for an inactive group were not delivered: reused.
+        o.note_sent(180);
+        o.drop_pending(DropReason::GroupInactive).unwrap();
+        assert_eq!(o.reconcile(80).unwrap(), 80);
+        assert_eq!(o.last_seq, 80);
     }
 }

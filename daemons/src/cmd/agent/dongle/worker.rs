@@ -610,7 +610,7 @@ impl Worker {
         let window = self.ctx.cfg.send_window_frames;
         let max = self.ctx.cfg.batch_max_frames;
         loop {
-            let (Some(c), Some(o)) = (self.conn.as_mut(), self.outbox.as_ref()) else {
+            let (Some(c), Some(o)) = (self.conn.as_mut(), self.outbox.as_mut()) else {
                 return Ok(());
             };
             if c.mode == GroupMode::Inactive {
@@ -626,6 +626,8 @@ impl Worker {
             };
             let n = batch.frames.len() as u64;
             let last = batch.last_seq().unwrap_or(c.sent_up_to);
+            // Before the send: a seq that may have reached the server is never reused.
+            o.note_sent(last);
             let bytes = protocol::encode(&Message::Frames(batch), c.encoding)?;
             let ws = match c.encoding {
                 Encoding::Json => {
