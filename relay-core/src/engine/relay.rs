@@ -327,7 +327,7 @@ impl RelayEngine {
         }
         if fresh.is_empty() {
             // Pure retransmission: re-acknowledge what is durable.
-            if s.pending_appends.is_empty() {
+            if s.appends_in_flight == 0 {
                 let up_to = s.head;
                 self.outputs.push_back(RelayOutput::Ack {
                     group: group.clone(),
@@ -346,7 +346,7 @@ impl RelayEngine {
             });
         }
         s.appended = last;
-        s.pending_appends.push_back(last);
+        s.appends_in_flight += 1;
         // Live at once: delivery does not wait for the append (see `EngineConfig::cut_through`).
         s.push_live(fresh.iter().cloned(), &config);
         self.enqueue(group, dir);
@@ -373,9 +373,10 @@ impl RelayEngine {
         let producer = direction.producer();
         let producer_online = g.is_online(producer);
         let s = g.stream(direction);
-        if s.pending_appends.pop_front().is_none() {
+        let Some(left) = s.appends_in_flight.checked_sub(1) else {
             return Ok(());
-        }
+        };
+        s.appends_in_flight = left;
         match result {
             Ok(outcome) => {
                 s.head = s.head.max(outcome.ack);
@@ -394,7 +395,7 @@ impl RelayEngine {
             Err(_) => {
                 // Everything after this append was built on it: drop it all and let the
                 // producer resend from the durable head.
-                s.pending_appends.clear();
+                s.appends_in_flight = 0;
                 s.appended = s.head;
                 s.forget_undurable();
                 self.outputs.push_back(RelayOutput::ResetProducer {

@@ -93,8 +93,8 @@ pub(super) struct StreamState {
     /// start above `appended + 1` (it no longer holds those seqs, e.g. after a server-side log
     /// loss); the log reports that hole to readers as a `missing` gap.
     pub(super) producer_fresh: bool,
-    /// Appends in flight (the last seq of each), oldest first.
-    pub(super) pending_appends: VecDeque<Seq>,
+    /// Appends in flight.
+    pub(super) appends_in_flight: usize,
     /// The consumer's cumulative ack.
     pub(super) consumer_acked: Seq,
     /// Retention removed everything up to here (as far as the engine was told).
@@ -127,7 +127,7 @@ impl StreamState {
             head,
             appended: head,
             producer_fresh: true,
-            pending_appends: VecDeque::new(),
+            appends_in_flight: 0,
             consumer_acked: consumer_cursor.min(head),
             trimmed_through: 0,
             consumer_online: false,

@@ -1,5 +1,7 @@
 //! Encoding, decoding and validation of data-plane messages.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use super::messages::{Encoding, FrameBatch, GapNotice, Hello, Message};
@@ -74,14 +76,14 @@ pub fn negotiate_encoding(offered: &[Encoding], supported: &[Encoding]) -> Encod
         .unwrap_or(Encoding::Json)
 }
 
-/// A message's `type` field alone.
+/// A message's `type` field alone (borrowed from the input unless JSON escapes it).
 #[derive(Deserialize)]
-struct TypeProbe {
-    #[serde(rename = "type")]
-    kind: String,
+struct TypeProbe<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], encoding: Encoding) -> Result<T, String> {
+fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8], encoding: Encoding) -> Result<T, String> {
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         Encoding::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
@@ -94,7 +96,7 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], encoding: Encoding) -> Re
 /// before building the struct — the single largest cost of the server's receive path.
 fn parse_message(bytes: &[u8], encoding: Encoding) -> Result<Message, String> {
     let TypeProbe { kind } = parse(bytes, encoding)?;
-    match kind.as_str() {
+    match &*kind {
         "hello" => parse(bytes, encoding).map(Message::Hello),
         "welcome" => parse(bytes, encoding).map(Message::Welcome),
         "frames" => parse(bytes, encoding).map(Message::Frames),
@@ -110,17 +112,14 @@ fn parse_message(bytes: &[u8], encoding: Encoding) -> Result<Message, String> {
 }
 
 #[derive(Deserialize)]
-struct HelloProbe {
-    #[serde(rename = "type")]
-    kind: String,
+struct HelloProbe<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     version: Option<u64>,
 }
 
 fn probe_hello_version(bytes: &[u8], encoding: Encoding) -> Option<u64> {
-    let probe: HelloProbe = match encoding {
-        Encoding::Json => serde_json::from_slice(bytes).ok()?,
-        Encoding::Msgpack => rmp_serde::from_slice(bytes).ok()?,
-    };
+    let probe: HelloProbe<'_> = parse(bytes, encoding).ok()?;
     if probe.kind == "hello" {
         probe.version
     } else {

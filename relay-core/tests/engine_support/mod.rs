@@ -75,7 +75,6 @@ pub struct Sim {
     pub pending: VecDeque<StorageRequest>,
     /// The next append executed fails (nothing stored).
     pub fail_next_append: bool,
-    pub crashes: u64,
     /// Side connections accepted with a cursor above everything the log was handed.
     pub ahead_of_log: u64,
 }
@@ -110,7 +109,6 @@ impl Sim {
             deferred: false,
             pending: VecDeque::new(),
             fail_next_append: false,
-            crashes: 0,
             ahead_of_log: 0,
         };
         sim.drive();
@@ -325,7 +323,6 @@ impl Sim {
     /// keeps what was stored, and both sides lose their connections. A new engine is loaded
     /// from the log the way the server loads a group.
     pub fn crash(&mut self) {
-        self.crashes += 1;
         self.pending.clear();
         let config = *self.engine.config();
         let mut snapshot = GroupSnapshot {
