@@ -8,7 +8,7 @@
 //! connections' non-blocking outboxes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use relay_core::Error as RelayError;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::outbox::{Out, Outbox, Pushed};
 use super::storage::{self, AppendDone, AppendRequest};
 use super::sync::SyncJob;
-use super::{BacklogCache, Command, ConnId, Refusal};
+use super::{BacklogCache, Command, ConnId, Refusal, ShownSeqs};
 use crate::server::config::RelayConfig;
 use crate::server::group_mode::Backlog;
 use crate::server::metrics::{CodeLabels, GroupDirectionLabels, RelayMetrics, TrimLabels};
@@ -180,6 +180,8 @@ pub(super) struct Driver {
     metrics: RelayMetrics,
     cache: Arc<BacklogCache>,
     sync: mpsc::UnboundedSender<SyncJob>,
+    /// The console's retransmission filter (see `Shared::shown`).
+    shown: ShownSeqs,
     groups: HashMap<GroupId, Loaded>,
     /// Latest activation seen on the mode feed, for groups loaded later.
     hints: HashMap<Uuid, bool>,
@@ -214,6 +216,7 @@ impl Driver {
         metrics: RelayMetrics,
         cache: Arc<BacklogCache>,
         sync: mpsc::UnboundedSender<SyncJob>,
+        shown: ShownSeqs,
     ) -> Driver {
         let engine = RelayEngine::new(EngineConfig {
             replay_rate_per_s: config.replay_rate_per_s,
@@ -231,6 +234,7 @@ impl Driver {
             metrics,
             cache,
             sync,
+            shown,
             groups: HashMap::new(),
             hints: HashMap::new(),
             dirty: HashSet::new(),
@@ -846,8 +850,14 @@ impl Driver {
 
     /// Unloads a deleted group: its connections are closed, its gauges removed.
     fn remove_group(&mut self, group: Uuid) {
-        // Also for a group never loaded here: the mode feed left a hint for it.
+        // Also for a group never loaded here: the mode feed left a hint for it, and its
+        // sides may have sent frames that the console showed.
         self.hints.remove(&group);
+        {
+            let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
+            shown.remove(&(group, Side::A));
+            shown.remove(&(group, Side::B));
+        }
         let gid = GroupId::new(group.to_string());
         let Some(loaded) = self.groups.remove(&gid) else {
             return;

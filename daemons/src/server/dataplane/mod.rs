@@ -171,6 +171,9 @@ enum Command {
     },
 }
 
+/// See `Shared::shown`.
+type ShownSeqs = Arc<Mutex<HashMap<(Uuid, Side), u64>>>;
+
 #[derive(Debug)]
 struct Shared {
     commands: mpsc::Sender<Command>,
@@ -181,8 +184,9 @@ struct Shared {
     /// Open (welcomed) connections per agent, for the agent's `presence`.
     agents: Mutex<HashMap<Uuid, usize>>,
     /// Highest seq per (group, producing side) already shown on the console, across
-    /// connections: a retransmission after a reconnect is not shown twice.
-    shown: Mutex<HashMap<(Uuid, Side), u64>>,
+    /// connections: a retransmission after a reconnect is not shown twice. The driver drops a
+    /// deleted group's entries.
+    shown: ShownSeqs,
     /// The sync task's queue (agent presence goes through it, in order with the rest). Weak:
     /// the task ends when the driver, which holds the strong sender, is gone.
     sync: mpsc::WeakUnboundedSender<sync::SyncJob>,
@@ -317,15 +321,18 @@ impl DataPlane {
         let cell = Arc::new(OnceLock::new());
         let mode_changes = state.subscribe_mode_changes();
         let deletions = state.subscribe_group_deletions();
+        let shown = ShownSeqs::default();
         let driver = {
             let cell = Arc::clone(&cell);
             let metrics = metrics.clone();
+            let shown = Arc::clone(&shown);
             tokio::spawn(async move {
                 let Some(log) = connect_log(log, &mut stop_rx).await else {
                     return;
                 };
                 let _ = cell.set(log.clone());
-                let driver = driver::Driver::new(state, log, config, metrics, cache, sync_tx);
+                let driver =
+                    driver::Driver::new(state, log, config, metrics, cache, sync_tx, shown);
                 driver
                     .run(commands_rx, mode_changes, deletions, stop_rx)
                     .await;
@@ -338,7 +345,7 @@ impl DataPlane {
                 metrics,
                 next_conn: AtomicU64::new(1),
                 agents: Mutex::default(),
-                shown: Mutex::default(),
+                shown,
                 sync: weak_sync,
             }),
         };
