@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::cmd::signals::StopSignals;
 use crate::server::store::Store;
 
 /// Marker file that makes a directory a demo directory (safe to wipe).
@@ -251,38 +252,13 @@ fn field(body: &Value, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no {name:?} in {body}"))
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn stop_requested() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     // Listen for Ctrl-C from the start: the terminal sends it to the children as well, and a
     // child exiting because of it is a shutdown, not a failure.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stop = StopSignals::register();
     tokio::spawn(async move {
-        stop_requested().await;
+        stop.wait().await;
         let _ = stop_tx.send(true);
     });
     let exe = std::env::current_exe().context("cannot find the tether binary")?;

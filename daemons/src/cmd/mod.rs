@@ -4,4 +4,5 @@ pub mod agent;
 pub mod can;
 pub mod demo;
 pub mod server;
+pub(crate) mod signals;
 pub mod sse;

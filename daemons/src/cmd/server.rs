@@ -11,6 +11,7 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::cmd::signals::StopSignals;
 use crate::server::config::{self, Overrides, ServerConfig};
 use crate::server::store::Store;
 
@@ -232,7 +233,9 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        crate::server::run(config, shutdown_signal(), |addr| {
+        // First, so that a SIGTERM during start-up is not lost.
+        let stop = StopSignals::register();
+        crate::server::run(config, stop.wait(), |addr| {
             // A plain line on stdout, so scripts and tests learn the port picked for :0.
             println!("tether server listening on http://{addr}");
             let _ = std::io::stdout().flush();
@@ -240,32 +243,4 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
 use super::config::{MeteringConfig, secs};
-use crate::cmd::can::record::StopSignals;
+use crate::cmd::signals::StopSignals;
 
 /// Agent version reported everywhere.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -19,8 +19,9 @@ use can_io::transport::udp::RempUdp;
 use can_io::wire::remp::RempEvent;
 use tokio::sync::mpsc;
 
-use super::record::{resolve, runtime, shutdown_signal};
+use super::record::{resolve, runtime};
 use super::{InputFormat, open_log};
+use crate::cmd::signals::shutdown_signal;
 
 /// Keep-alive interval.
 const KEEPALIVE: Duration = Duration::from_secs(1);

@@ -10,8 +10,9 @@ use anyhow::Context;
 use can_io::transport::CanBus;
 use can_io::transport::replay::{LogReplay, ReplaySpeed};
 
-use super::record::{AnyBus, BusUrl, UdpProtocol, runtime, shutdown_signal};
+use super::record::{AnyBus, BusUrl, UdpProtocol, runtime};
 use super::{InputFormat, open_log};
+use crate::cmd::signals::shutdown_signal;
 
 /// Keep-alive interval of the simulated REMP dongle.
 const KEEPALIVE: Duration = Duration::from_secs(1);

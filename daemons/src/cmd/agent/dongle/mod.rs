@@ -66,7 +66,7 @@ struct DongleEntry {
 pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
     // First of all, so a stop request during start-up is a graceful stop, not a kill by the
     // default action.
-    let stop_signals = crate::cmd::can::record::StopSignals::register();
+    let stop_signals = crate::cmd::signals::StopSignals::register();
     crate::cmd::agent::init_logs(&role.log_level);
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
