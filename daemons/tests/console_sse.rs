@@ -27,20 +27,8 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
     let server = TestServer::start().await?;
     let (token, _agent, a, b) = server.user_with_pair("ann").await?;
     let group = console_support::group(&server, &token, &a, &b).await?;
-    let mut on_group = subscribe(
-        &server,
-        &format!("/api/v1/streams/groups/{group}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
-    let mut on_a = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut on_group = console_support::subscribe_group(&server, &token, &group).await?;
+    let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
 
     let state = server.server.state();
     state.set_dongle_online(uuid(&a)?, true).await?;
@@ -108,20 +96,8 @@ async fn agent_presence_follows_its_first_and_last_data_plane_connection() -> Te
     let a = server.dongle(&agent, "ava-A").await?;
     let b = server.dongle(&agent, "ava-B").await?;
     let group = console_support::group(&server, &token, &a, &b).await?;
-    let mut on_a = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
-    let mut on_group = subscribe(
-        &server,
-        &format!("/api/v1/streams/groups/{group}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
+    let mut on_group = console_support::subscribe_group(&server, &token, &group).await?;
     // Two connections of the same agent: one `online` when the first opens, one `offline`
     // when the last closes, on the dongle's and on the group's stream.
     let (side_a, _) =
@@ -151,13 +127,7 @@ async fn frames_retransmitted_after_a_reconnect_are_shown_once() -> TestResult {
     let server = TestServer::start().await?;
     let (token, agent, a, b) = server.user_with_pair("rex").await?;
     let group = console_support::group(&server, &token, &a, &b).await?;
-    let mut on_a = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
     let (mut side, _) =
         DataClient::open(&server.base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
     side.send_frames(1, 3).await?;
@@ -501,13 +471,7 @@ async fn fast_frames_are_sampled_and_announced() -> TestResult {
     .await?;
     let (token, _agent, a, _b) = server.user_with_pair("hal").await?;
     let dongle = uuid(&a)?;
-    let mut events = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut events = console_support::subscribe_dongle(&server, &token, &a).await?;
     let console = server.server.state().console();
     for i in 0..500u32 {
         console.can_frame(dongle, None, &frame(i % 0x7FF, "00"));
@@ -618,13 +582,7 @@ async fn a_full_queue_drops_counts_and_tells_the_stream() -> TestResult {
     let server = TestServer::start_with(|config| config.console.queue_capacity = 16).await?;
     let (token, _agent, a, _b) = server.user_with_pair("jon").await?;
     let dongle = uuid(&a)?;
-    let mut events = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut events = console_support::subscribe_dongle(&server, &token, &a).await?;
     let console = server.server.state().console();
     // This test's runtime has one thread: the publisher cannot run during this loop, so exactly
     // 16 events fit and the rest are dropped.
@@ -673,13 +631,7 @@ async fn an_unreachable_redis_is_counted_and_resumable_not_fatal() -> TestResult
         client: reqwest::Client::new(),
     };
     let (token, _agent, a, _b) = server.user_with_pair("kim").await?;
-    let mut events = subscribe(
-        &server,
-        &format!("/api/v1/streams/dongles/{a}/console"),
-        Some(&token),
-        None,
-    )
-    .await?;
+    let mut events = console_support::subscribe_dongle(&server, &token, &a).await?;
     let ended = tokio::time::timeout(EVENT_TIMEOUT, events.next_or_end()).await?;
     assert!(
         ended?.is_none(),

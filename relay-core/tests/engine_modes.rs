@@ -34,6 +34,28 @@ impl H {
         Self::with_config(activated, EngineConfig::default())
     }
 
+    /// The oldest A → B append fails; returns the outputs of `then` (which runs the engine).
+    fn fail_oldest_append(&mut self, then: fn(&mut H) -> Vec<RelayOutput>) -> Vec<RelayOutput> {
+        let failure = Error::WorkerGone { action: "append" };
+        self.engine
+            .handle_append_result(&self.g, Direction::AToB, Err(failure), 0)
+            .unwrap();
+        then(self)
+    }
+
+    /// After a failed append: A was reset, and reconnecting it resumes from its ack (0).
+    fn reconnect_reset_producer(&mut self, outs: &[RelayOutput]) {
+        assert!(outs.contains(&RelayOutput::ResetProducer {
+            group: self.g.clone(),
+            side: Side::A
+        }));
+        let welcome = self
+            .engine
+            .handle_connected(&self.g, Side::A, 0, 0)
+            .unwrap();
+        assert_eq!(welcome.tx_acked, 0);
+    }
+
     fn with_config(activated: bool, config: EngineConfig) -> Self {
         let g = GroupId::new("g");
         let mut engine = RelayEngine::new(config);
@@ -315,18 +337,9 @@ fn failed_append_resets_the_producer_which_resends() {
         .handle_frames(&h.g, Side::A, items(4..=6), 0)
         .unwrap();
     assert!(h.engine.poll_storage().is_some());
-    let failure = Error::WorkerGone { action: "append" };
-    h.engine
-        .handle_append_result(&h.g, Direction::AToB, Err(failure), 0)
-        .unwrap();
-    let outs = h.drive();
-    assert!(outs.contains(&RelayOutput::ResetProducer {
-        group: h.g.clone(),
-        side: Side::A
-    }));
+    let outs = h.fail_oldest_append(H::drive);
     // The producer reconnects and resends from its ack (0).
-    let welcome = h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
-    assert_eq!(welcome.tx_acked, 0);
+    h.reconnect_reset_producer(&outs);
     h.engine
         .handle_frames(&h.g, Side::A, items(1..=6), 0)
         .unwrap();
@@ -495,24 +508,8 @@ fn cut_through_delivers_before_durability_and_never_twice() {
     assert!(!outs.iter().any(|o| matches!(o, RelayOutput::Ack { .. })));
 
     // The append fails: the producer is reset and resends; B does not get 1..=3 again.
-    h.engine
-        .handle_append_result(
-            &h.g,
-            Direction::AToB,
-            Err(Error::Corrupt {
-                stream: "s".into(),
-                detail: "disk full".into(),
-            }),
-            0,
-        )
-        .unwrap();
-    let outs = rounds_only(&mut h.engine, 0);
-    assert!(outs.contains(&RelayOutput::ResetProducer {
-        group: h.g.clone(),
-        side: Side::A
-    }));
-    let welcome = h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
-    assert_eq!(welcome.tx_acked, 0);
+    let outs = h.fail_oldest_append(|h| rounds_only(&mut h.engine, 0));
+    h.reconnect_reset_producer(&outs);
     h.engine
         .handle_frames(&h.g, Side::A, items(1..=4), 0)
         .unwrap();

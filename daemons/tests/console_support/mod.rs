@@ -122,6 +122,22 @@ pub async fn subscribe(
         .map_err(|(status, body)| format!("{path}: {status} {body}").into())
 }
 
+/// [`subscribe`] to a dongle's console with a user token, from the start.
+pub async fn subscribe_dongle(
+    server: &TestServer,
+    token: &str,
+    dongle: &str,
+) -> TestResult<Events> {
+    let path = format!("/api/v1/streams/dongles/{dongle}/console");
+    subscribe(server, &path, Some(token), None).await
+}
+
+/// [`subscribe`] to a group's console with a user token, from the start.
+pub async fn subscribe_group(server: &TestServer, token: &str, group: &str) -> TestResult<Events> {
+    let path = format!("/api/v1/streams/groups/{group}/console");
+    subscribe(server, &path, Some(token), None).await
+}
+
 /// The data of an event as JSON.
 pub fn json(event: &ParsedEvent) -> TestResult<Value> {
     Ok(serde_json::from_str(&event.data)?)
