@@ -192,7 +192,7 @@ async fn frames_without_an_active_group_are_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_batches_are_dropped_counted_and_the_stream_stays_dense() {
+async fn refused_batches_are_dropped_counted_and_their_seqs_not_reused() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (udp, metrics) = (free_udp_port(), free_tcp_port());
@@ -229,11 +229,14 @@ async fn refused_batches_are_dropped_counted_and_the_stream_stays_dense() {
     agent
         .wait_metric("tether_agent_dongle_connected{serial=\"SIM-D\"}", 1)
         .await;
-    // Later frames continue the stream without a hole (seqs of refused frames are reused).
+    // Later frames continue above the refused ones: those were sent, and a real server may
+    // have accepted (and delivered) some before the deactivation, so their seqs are never
+    // reused. The new connection's first batch skips them; the server reports them `missing`.
     dongle.send(&records[150..]).await;
     eventually("350 stored", || server.stream("g-4", "a").len() >= 350).await;
     let stored = server.stream("g-4", "a");
     assert_eq!(stored.len(), 350);
+    assert_eq!(server.skipped("g-4", "a"), 50);
     for (w, r) in stored
         .iter()
         .zip(records[..100].iter().chain(&records[150..]))

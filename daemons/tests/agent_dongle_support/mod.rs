@@ -44,8 +44,9 @@ pub struct Inner {
     pub dongles: HashMap<String, String>,
     /// dongle id → (group, side, mode).
     pub groups: HashMap<String, (String, String, String)>,
-    /// Outbound frames stored per stream, index = seq − 1.
-    pub streams: HashMap<Key, Vec<WireFrame>>,
+    /// Outbound frames stored per stream, index = seq − 1; `None` is a seq the agent skipped
+    /// at the start of a connection (the real server reports it as `missing`).
+    pub streams: HashMap<Key, Vec<Option<WireFrame>>>,
     /// Frames for the agent per stream, index = seq − 1.
     pub to_agent: HashMap<Key, Vec<WireFrame>>,
     /// The agent's cumulative ack of `to_agent`.
@@ -270,21 +271,24 @@ async fn session(m: Mock, mut sock: WebSocket) {
                             let mut violations = Vec::new();
                             let stream = g.streams.entry(key.clone()).or_default();
                             let held = stream.len() as u64;
-                            if b.first_seq > held + 1 {
+                            if b.first_seq > held + 1 && !first_batch {
                                 violations.push(format!(
-                                    "{key:?}: batch at {} leaves a hole after {held} (first batch of connection: {first_batch})",
+                                    "{key:?}: batch at {} leaves a hole after {held}",
                                     b.first_seq
                                 ));
                             } else {
+                                // Only a connection's first batch may skip seqs (as on the
+                                // real server).
+                                stream.resize(stream.len().max(usize::try_from(b.first_seq - 1).unwrap()), None);
                                 for (seq, f) in (b.first_seq..).zip(b.frames) {
                                     let held = stream.len() as u64;
                                     if seq <= held {
                                         let i = usize::try_from(seq - 1).unwrap();
-                                        if stream[i] != f {
+                                        if stream[i].as_ref() != Some(&f) {
                                             violations.push(format!("{key:?}: seq {seq} resent with other content"));
                                         }
                                     } else {
-                                        stream.push(f);
+                                        stream.push(Some(f));
                                     }
                                 }
                             }
@@ -377,12 +381,21 @@ impl MockServer {
             .insert(id, (group.to_owned(), side.to_owned(), mode.to_owned()));
     }
 
+    /// The frames stored for a stream, in seq order (skipped seqs left out).
     pub fn stream(&self, group: &str, side: &str) -> Vec<WireFrame> {
         self.inner()
             .streams
             .get(&(group.to_owned(), side.to_owned()))
-            .cloned()
+            .map(|s| s.iter().flatten().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Seqs the agent skipped at the start of a connection.
+    pub fn skipped(&self, group: &str, side: &str) -> usize {
+        self.inner()
+            .streams
+            .get(&(group.to_owned(), side.to_owned()))
+            .map_or(0, |s| s.iter().filter(|f| f.is_none()).count())
     }
 
     pub fn push_to_agent(&self, group: &str, side: &str, frames: &[WireFrame]) {

@@ -146,12 +146,10 @@ impl StreamOutbox {
     pub fn drop_pending(&mut self, reason: DropReason) -> anyhow::Result<u64> {
         let id = self.id;
         let n = with_store(&self.store, |s| s.drop_pending(id))?;
+        // `sent_high` stays, whatever the reason: even after a `group_inactive` refusal the
+        // server may have accepted (and, by cut-through, delivered) a batch sent just before
+        // the deactivation whose append was still in flight when `tx_acked` was read.
         self.pending.clear();
-        if reason == DropReason::GroupInactive {
-            // The server refused these (the group is inactive) and delivered none of them:
-            // their seqs may be reused.
-            self.sent_high = self.acked;
-        }
         self.metrics.dropped(&self.key.serial, reason, n);
         self.publish();
         Ok(n)
@@ -283,7 +281,7 @@ mod tests {
             (o.last_seq, o.batch_after(50, 10).unwrap().first_seq),
             (54, 51)
         );
-        // Everything held was dropped and never stored: the seqs are reused.
+        // Everything held was dropped and never sent: the seqs are reused.
         o.drop_pending(DropReason::GroupInactive).unwrap();
         assert_eq!(o.reconcile(50).unwrap(), 50);
         assert_eq!(o.last_seq, 50);
@@ -307,10 +305,16 @@ mod tests {
         assert_eq!(o.reconcile(50).unwrap(), 80);
         assert_eq!(o.batch_after(80, 1).unwrap().first_seq, 81);
         assert_eq!((o.pending(), o.last_seq), (100, 180));
-        // Frames the server refused for an inactive group were not delivered: reused.
+        // The group was deactivated while 81..=180 were sent: the server refused some of them,
+        // but may have accepted the first batches (appends in flight, not yet in `tx_acked`).
+        // None of those seqs is reused; only the unsent 181..=190 are.
         o.note_sent(180);
+        o.append(frames(10)).unwrap();
+        assert_eq!(o.last_seq, 190);
         o.drop_pending(DropReason::GroupInactive).unwrap();
-        assert_eq!(o.reconcile(80).unwrap(), 80);
-        assert_eq!(o.last_seq, 80);
+        assert_eq!(o.reconcile(80).unwrap(), 180);
+        assert_eq!(o.last_seq, 180);
+        o.append(frames(1)).unwrap();
+        assert_eq!(o.batch_after(180, 10).unwrap().first_seq, 181);
     }
 }
