@@ -221,6 +221,52 @@ async fn offline_side_builds_a_backlog_that_replays_in_order_then_the_group_is_a
 }
 
 #[tokio::test]
+async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -> TestResult {
+    let srv = TestServer::start().await?;
+    let (_, agent, id) = group(&srv, "carol", true).await?;
+    let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+    a.send_frames(1, 10).await?;
+    a.wait_ack(10).await?;
+    // Storage corruption (or another writer) while B is away: 4 is not MessagePack at all, 5
+    // is a map cut short, which spliced as it is would swallow the frames after it.
+    let path = srv.dir.path().join("data").join("streams.db");
+    let stream = key(&id, "a_to_b");
+    tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
+        let db = rusqlite::Connection::open(path)?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        let corrupt = |seq: i64, payload: &[u8]| {
+            db.execute(
+                "UPDATE log_items SET payload = ?1 WHERE seq = ?2 AND stream_id = \
+                 (SELECT id FROM log_streams WHERE name = ?3)",
+                rusqlite::params![payload, seq, stream],
+            )
+        };
+        assert_eq!(corrupt(4, b"\xc1")?, 1);
+        assert_eq!(corrupt(5, b"\x87\xa7groupId")?, 1);
+        Ok(())
+    })
+    .await??;
+
+    // MessagePack: the path that splices stored rows (the JSON path decodes every row; the
+    // unit tests of `encode_delivery` cover both).
+    let (mut b, _) = DataClient::open(&srv.base, &agent, &id, Side::B, 0, MSGPACK).await?;
+    let mut got = Received::default();
+    b.consume_until(10, &mut got).await?;
+    assert_eq!(got.seqs, [1, 2, 3, 6, 7, 8, 9, 10]);
+    assert_eq!(got.gaps, [(4, 5, 2, "corrupt".to_owned())]);
+    let text = metrics(&srv).await?;
+    assert!(
+        text.contains("tether_server_relay_frames_corrupt_total 2"),
+        "{text}"
+    );
+    // The stream goes on.
+    a.send_frames(11, 12).await?;
+    b.consume_until(12, &mut got).await?;
+    assert_eq!(got.seqs[8..], [11, 12]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn retention_while_away_gives_an_exact_gap_pressure_metric_and_audit_entry() -> TestResult {
     let srv = TestServer::start_with(|config| {
         config.relay.max_len = Some(50);

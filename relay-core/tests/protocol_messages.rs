@@ -279,6 +279,26 @@ proptest! {
         protocol::fuzz_decode(&bytes);
     }
 
+    /// A stored frame with a few bytes changed and maybe cut short: the delivery built from it
+    /// is a frame or a `corrupt` gap, never a broken message (the checks are in the fuzz
+    /// entry point).
+    #[test]
+    fn damaged_stored_frames_never_break_a_delivery(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = protocol::encode_stored_frame(&frame()).unwrap();
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        protocol::fuzz_stored_frame(&bytes);
+    }
+
     #[test]
     fn decode_never_panics_on_mutated_examples(
         index in 0..SPEC_EXAMPLES.len(),
@@ -334,7 +354,7 @@ fn batches_convert_to_stream_items_and_back() {
 
 #[test]
 fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
-    use relay_core::protocol::{encode_delivery, encode_stored_frame};
+    use relay_core::protocol::{DeliveryMessage, encode_delivery, encode_stored_frame};
     let mut second = frame();
     second.data_hex = "0102".to_owned();
     second.dlc = 2;
@@ -357,10 +377,14 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
     for encoding in [Encoding::Msgpack, Encoding::Json] {
         let expected = encode(&message, encoding).unwrap();
         for items in [&stored, &legacy, &mixed] {
-            let bytes = encode_delivery("s", items, encoding).unwrap();
+            let messages = encode_delivery("s", items, encoding).unwrap();
             // Spliced or re-encoded, the bytes are what the encoder writes.
-            assert_eq!(bytes, expected, "{encoding:?}");
-            assert_eq!(decode(&bytes, encoding).unwrap(), message);
+            assert_eq!(
+                messages,
+                vec![DeliveryMessage::Frames(expected.clone())],
+                "{encoding:?}"
+            );
+            assert_eq!(decode(&expected, encoding).unwrap(), message);
         }
     }
     assert_eq!(
@@ -373,13 +397,54 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
         encode_delivery("s", &holey, Encoding::Msgpack),
         Err(Error::Corrupt { .. })
     ));
-    // A payload in neither format is found when it cannot be spliced.
-    let mut garbage = stored;
-    garbage[0].payload = bytes::Bytes::from_static(b"\xc1");
-    assert!(matches!(
-        encode_delivery("s", &garbage, Encoding::Msgpack),
-        Err(Error::Corrupt { .. })
-    ));
+}
+
+#[test]
+fn stored_items_that_are_not_frames_become_a_corrupt_gap() {
+    use relay_core::protocol::{DeliveryMessage, encode_delivery};
+    let frames: Vec<protocol::WireFrame> = (0..5).map(|_| frame()).collect();
+    let batch = FrameBatch {
+        first_seq: 10,
+        frames,
+    };
+    let mut items = batch.to_items().unwrap();
+    // 11: the never-used marker; 12: a map cut short (it would swallow the next item's bytes
+    // if spliced); 14: JSON that is not a frame.
+    items[1].payload = bytes::Bytes::from_static(b"\xc1");
+    let cut = items[2].payload.slice(..items[2].payload.len() - 3);
+    items[2].payload = cut;
+    items[4].payload = bytes::Bytes::from_static(b"{\"canId\":1}");
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        let messages = encode_delivery("s", &items, encoding).unwrap();
+        let decoded: Vec<Message> = messages
+            .iter()
+            .map(|m| decode(&m.clone().into_bytes(), encoding).unwrap())
+            .collect();
+        let one = |first_seq| {
+            Message::Frames(FrameBatch {
+                first_seq,
+                frames: vec![frame()],
+            })
+        };
+        let gap = |from, to| {
+            Message::Gap(GapNotice {
+                from,
+                to,
+                count: to - from + 1,
+                reason: WireGapReason::Corrupt,
+            })
+        };
+        assert_eq!(
+            decoded,
+            vec![one(10), gap(11, 12), one(13), gap(14, 14)],
+            "{encoding:?}"
+        );
+        let DeliveryMessage::Corrupt { gap, detail, .. } = &messages[1] else {
+            panic!("{:?}", messages[1]);
+        };
+        assert_eq!((gap.from, gap.count), (11, 2));
+        assert!(!detail.is_empty());
+    }
 }
 
 #[test]

@@ -85,6 +85,9 @@ pub struct RelayMetrics {
     pub errors: Family<CodeLabels, Counter>,
     /// Stream-log operations that failed (appends, reads, trims, cursor stores).
     pub storage_errors: Counter,
+    /// Stored items that were not valid frames when read for delivery (storage corruption, or
+    /// another writer): skipped and reported to the consumer as a `corrupt` gap.
+    pub frames_corrupt: Counter,
     /// Time from a frame batch arriving at the server to its delivery to the consumer
     /// connection: the relay's added latency when live, the replay lag after an outage.
     pub delivery_delay: Histogram,
@@ -105,6 +108,7 @@ impl RelayMetrics {
             connections: Gauge::default(),
             errors: Family::default(),
             storage_errors: Counter::default(),
+            frames_corrupt: Counter::default(),
             delivery_delay: relay_delay_histogram(),
         };
         let r = metrics.registry_mut();
@@ -162,6 +166,11 @@ impl RelayMetrics {
             "relay_storage_errors",
             "Relay stream-log operations that failed",
             relay.storage_errors.clone(),
+        );
+        r.register(
+            "relay_frames_corrupt",
+            "Stored items that were not valid frames when read for delivery, skipped as a corrupt gap",
+            relay.frames_corrupt.clone(),
         );
         r.register(
             "relay_delivery_delay_seconds",

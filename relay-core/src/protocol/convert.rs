@@ -4,13 +4,18 @@
 //! named fields — exactly the bytes it has inside a MessagePack `frames` message — with the
 //! frame's own timestamp, in milliseconds, as the item's `ts_ms` (so age retention follows
 //! capture time). Logs written before that hold the frame's compact JSON instead; both are read.
-//! Deliveries are spliced from the stored bytes when the stored format matches the
-//! connection's encoding ([`encode_delivery`]), and decoded and re-encoded otherwise.
+//! Deliveries to MessagePack connections are spliced from the stored bytes when those are
+//! MessagePack ([`encode_delivery`]), and decoded and re-encoded otherwise; stored items that
+//! do not decode become a `corrupt` gap.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 
 use super::codec::encode;
-use super::messages::{Encoding, FrameBatch, GroupState, Message, WireFrame};
+use super::messages::{
+    Encoding, FrameBatch, GapNotice, GroupState, Message, WireFrame, WireGapReason,
+};
 use crate::engine::{GroupId, GroupStatus};
 use crate::error::{Error, Result};
 use crate::log::Item;
@@ -97,29 +102,127 @@ fn dense_first_seq(stream: &str, items: &[Item]) -> Result<u64> {
     Ok(first_seq)
 }
 
-/// One `frames` message carrying `items` (dense seqs, at most
-/// [`MAX_BATCH_FRAMES`](super::MAX_BATCH_FRAMES)) in `encoding`. When every stored payload is
-/// already in that encoding the message is spliced from them without decoding; otherwise each
-/// is decoded, validated and encoded again.
-pub fn encode_delivery(stream: &str, items: &[Item], encoding: Encoding) -> Result<Vec<u8>> {
-    let first_seq = dense_first_seq(stream, items)?;
+/// One message of a delivery, encoded in the connection's encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryMessage {
+    /// A `frames` message.
+    Frames(Vec<u8>),
+    /// A `gap` message with reason `corrupt`: stored items that are not a valid frame. They are
+    /// skipped so the stream goes on; the caller should count and log them.
+    Corrupt {
+        /// The encoded `gap` message.
+        bytes: Vec<u8>,
+        /// The skipped seqs.
+        gap: GapNotice,
+        /// Why the first of them was refused.
+        detail: String,
+    },
+}
+
+impl DeliveryMessage {
+    /// The encoded message.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            DeliveryMessage::Frames(bytes) | DeliveryMessage::Corrupt { bytes, .. } => bytes,
+        }
+    }
+}
+
+/// `items` (dense seqs, at most [`MAX_BATCH_FRAMES`](super::MAX_BATCH_FRAMES)) as messages in
+/// `encoding`: `frames` messages, and a `corrupt` gap for each run of stored items that are not
+/// a valid frame (so one bad row cannot wedge its stream).
+///
+/// For a MessagePack connection, a stored MessagePack map whose extent is exactly its payload is
+/// spliced into the message as it is, without decoding (the walk keeps one bad row from
+/// breaking the message's framing; a well-formed map that is not a valid frame still reaches
+/// the agent, whose decoder refuses the message). Anything else — and every item for a JSON
+/// connection — is decoded, validated and encoded again. Fails only when the items are empty or
+/// not dense, or an encoder fails.
+pub fn encode_delivery(
+    stream: &str,
+    items: &[Item],
+    encoding: Encoding,
+) -> Result<Vec<DeliveryMessage>> {
+    dense_first_seq(stream, items)?;
+    let mut out = Vec::with_capacity(1);
+    let mut run: Vec<Cow<'_, [u8]>> = Vec::with_capacity(items.len());
+    let mut run_first = 0;
+    let mut bad: Option<(u64, u64, String)> = None;
+    for item in items {
+        match deliverable(&item.payload, encoding) {
+            Ok(payload) => {
+                if let Some(b) = bad.take() {
+                    out.push(corrupt_gap(b, encoding)?);
+                }
+                if run.is_empty() {
+                    run_first = item.seq;
+                }
+                run.push(payload);
+            }
+            Err(detail) => {
+                if !run.is_empty() {
+                    out.push(DeliveryMessage::Frames(splice(run_first, &run, encoding)));
+                    run.clear();
+                }
+                bad = Some(match bad {
+                    Some((from, _, first_detail)) => (from, item.seq, first_detail),
+                    None => (item.seq, item.seq, detail),
+                });
+            }
+        }
+    }
+    if let Some(b) = bad {
+        out.push(corrupt_gap(b, encoding)?);
+    }
+    if !run.is_empty() {
+        out.push(DeliveryMessage::Frames(splice(run_first, &run, encoding)));
+    }
+    Ok(out)
+}
+
+/// A stored payload as it goes into a message in `encoding`, or why it cannot.
+fn deliverable(payload: &[u8], encoding: Encoding) -> std::result::Result<Cow<'_, [u8]>, String> {
+    if encoding == Encoding::Msgpack
+        && is_msgpack_map(payload)
+        && msgpack_extent(payload) == Some(payload.len())
+    {
+        return Ok(Cow::Borrowed(payload));
+    }
+    let frame = decode_stored_frame(payload)?;
     match encoding {
-        Encoding::Msgpack if items.iter().all(|i| is_msgpack_map(&i.payload)) => {
-            Ok(splice_msgpack(first_seq, items))
-        }
-        Encoding::Json if items.iter().all(|i| is_json(&i.payload)) => {
-            Ok(splice_json(first_seq, items))
-        }
-        _ => encode(
-            &Message::Frames(FrameBatch::from_items(stream, items)?),
-            encoding,
-        ),
+        Encoding::Msgpack => encode_stored_frame(&frame).map_err(|e| e.to_string()),
+        Encoding::Json => Ok(frame.encode().into_bytes()),
+    }
+    .map(Cow::Owned)
+}
+
+fn corrupt_gap(
+    (from, to, detail): (u64, u64, String),
+    encoding: Encoding,
+) -> Result<DeliveryMessage> {
+    let gap = GapNotice {
+        from,
+        to,
+        count: to - from + 1,
+        reason: WireGapReason::Corrupt,
+    };
+    Ok(DeliveryMessage::Corrupt {
+        bytes: encode(&Message::Gap(gap), encoding)?,
+        gap,
+        detail,
+    })
+}
+
+fn splice(first_seq: u64, payloads: &[Cow<'_, [u8]>], encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Msgpack => splice_msgpack(first_seq, payloads),
+        Encoding::Json => splice_json(first_seq, payloads),
     }
 }
 
 /// `{"type":"frames","first_seq":N,"frames":[...]}` as `rmp_serde::to_vec_named` writes it.
-fn splice_msgpack(first_seq: u64, items: &[Item]) -> Vec<u8> {
-    let size: usize = items.iter().map(|i| i.payload.len()).sum();
+fn splice_msgpack(first_seq: u64, payloads: &[Cow<'_, [u8]>]) -> Vec<u8> {
+    let size: usize = payloads.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(size + 40);
     // Writing into a Vec cannot fail.
     let _ = rmp::encode::write_map_len(&mut out, 3);
@@ -128,35 +231,141 @@ fn splice_msgpack(first_seq: u64, items: &[Item]) -> Vec<u8> {
     let _ = rmp::encode::write_str(&mut out, "first_seq");
     let _ = rmp::encode::write_uint(&mut out, first_seq);
     let _ = rmp::encode::write_str(&mut out, "frames");
-    let _ = rmp::encode::write_array_len(&mut out, u32::try_from(items.len()).unwrap_or(u32::MAX));
-    for item in items {
-        out.extend_from_slice(&item.payload);
+    let _ =
+        rmp::encode::write_array_len(&mut out, u32::try_from(payloads.len()).unwrap_or(u32::MAX));
+    for p in payloads {
+        out.extend_from_slice(p);
     }
     out
 }
 
 /// The same message in compact JSON.
-fn splice_json(first_seq: u64, items: &[Item]) -> Vec<u8> {
-    let size: usize = items.iter().map(|i| i.payload.len() + 1).sum();
+fn splice_json(first_seq: u64, payloads: &[Cow<'_, [u8]>]) -> Vec<u8> {
+    let size: usize = payloads.iter().map(|p| p.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 48);
     out.extend_from_slice(br#"{"type":"frames","first_seq":"#);
     out.extend_from_slice(first_seq.to_string().as_bytes());
     out.extend_from_slice(br#","frames":["#);
-    for (i, item) in items.iter().enumerate() {
+    for (i, p) in payloads.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&item.payload);
+        out.extend_from_slice(p);
     }
     out.extend_from_slice(b"]}");
     out
 }
 
-/// Fuzzing entry point for the stored-frame decoder: never panics, and a frame it accepts is
-/// stored and read back unchanged, also through a spliced delivery.
+/// The length of the one MessagePack value at the start of `buf`, walking its structure without
+/// decoding it; `None` when `buf` ends inside it or holds the never-used marker `0xc1`.
+fn msgpack_extent(buf: &[u8]) -> Option<usize> {
+    fn be(bytes: &[u8]) -> usize {
+        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+    }
+    let mut pos = 0usize;
+    // Values still to walk; each takes at least one byte, so more than the bytes left is
+    // already truncated (this also bounds the count).
+    let mut open = 1usize;
+    while open > 0 {
+        open -= 1;
+        let marker = *buf.get(pos)?;
+        pos += 1;
+        // The markers a frame is made of, first.
+        match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => continue,
+            0xa0..=0xbf => {
+                pos += usize::from(marker & 0x1f);
+                if pos > buf.len() {
+                    return None;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        // (bytes of a length field, fixed bytes after it, values inside)
+        let (len_bytes, fixed, values): (usize, usize, usize) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0, 0),
+            0x80..=0x8f => (0, 0, 2 * usize::from(marker & 0x0f)),
+            0x90..=0x9f => (0, 0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => (0, usize::from(marker & 0x1f), 0),
+            0xc1 => return None,
+            0xc4 | 0xd9 => (1, 0, 0),
+            0xc5 | 0xda => (2, 0, 0),
+            0xc6 | 0xdb => (4, 0, 0),
+            0xc7 => (1, 1, 0),
+            0xc8 => (2, 1, 0),
+            0xc9 => (4, 1, 0),
+            0xca => (0, 4, 0),
+            0xcb => (0, 8, 0),
+            0xcc | 0xd0 => (0, 1, 0),
+            0xcd | 0xd1 => (0, 2, 0),
+            0xce | 0xd2 => (0, 4, 0),
+            0xcf | 0xd3 => (0, 8, 0),
+            0xd4 => (0, 2, 0),
+            0xd5 => (0, 3, 0),
+            0xd6 => (0, 5, 0),
+            0xd7 => (0, 9, 0),
+            0xd8 => (0, 17, 0),
+            0xdc => (2, 0, 0),
+            0xdd => (4, 0, 0),
+            0xde => (2, 0, 0),
+            0xdf => (4, 0, 0),
+        };
+        let n = be(buf.get(pos..pos.checked_add(len_bytes)?)?);
+        pos += len_bytes;
+        let (data, inner) = match marker {
+            0xdc | 0xdd => (0, n),
+            0xde | 0xdf => (0, n.checked_mul(2)?),
+            _ if len_bytes > 0 => (n, 0),
+            _ => (0, values),
+        };
+        pos = pos.checked_add(fixed)?.checked_add(data)?;
+        if pos > buf.len() {
+            return None;
+        }
+        open = open.checked_add(inner)?;
+        if open > buf.len() - pos {
+            return None;
+        }
+    }
+    Some(pos)
+}
+
+/// Fuzzing entry point for the stored-frame decoder and the delivery built from stored bytes:
+/// never panics; any stored bytes become one `frames` message whose MessagePack framing holds,
+/// or one `corrupt` gap; a frame the decoder accepts is stored and read back unchanged, also
+/// through a spliced delivery.
 #[doc(hidden)]
 pub fn fuzz_stored_frame(data: &[u8]) {
-    let Ok(frame) = decode_stored_frame(data) else {
+    let raw = Item {
+        seq: 7,
+        ts_ms: 0,
+        payload: Bytes::copy_from_slice(data),
+    };
+    let decoded = decode_stored_frame(data);
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        let messages = encode_delivery("fuzz", std::slice::from_ref(&raw), encoding)
+            .unwrap_or_else(|e| panic!("one dense item: {e}"));
+        let [message] = messages.as_slice() else {
+            panic!("one item, {} messages", messages.len())
+        };
+        match message {
+            DeliveryMessage::Corrupt { bytes, gap, .. } => {
+                assert!(decoded.is_err(), "a valid frame reported corrupt");
+                assert_eq!((gap.from, gap.to, gap.count), (7, 7, 1));
+                let back = super::codec::decode(bytes, encoding).map_err(|e| e.to_string());
+                assert_eq!(back, Ok(Message::Gap(*gap)));
+            }
+            DeliveryMessage::Frames(bytes) => {
+                if encoding == Encoding::Msgpack {
+                    assert_eq!(msgpack_extent(bytes), Some(bytes.len()));
+                } else {
+                    assert!(decoded.is_ok(), "JSON frames only from a valid frame");
+                }
+            }
+        }
+    }
+    let Ok(frame) = decoded else {
         return;
     };
     let stored = encode_stored_frame(&frame).unwrap_or_default();
@@ -168,7 +377,15 @@ pub fn fuzz_stored_frame(data: &[u8]) {
     };
     for encoding in [Encoding::Msgpack, Encoding::Json] {
         let message = encode_delivery("fuzz", std::slice::from_ref(&item), encoding)
-            .and_then(|bytes| super::codec::decode(&bytes, encoding));
+            .map(|m| {
+                m.into_iter()
+                    .map(DeliveryMessage::into_bytes)
+                    .collect::<Vec<_>>()
+            })
+            .and_then(|m| match m.as_slice() {
+                [bytes] => super::codec::decode(bytes, encoding),
+                _ => panic!("one item, {} messages", m.len()),
+            });
         match message {
             Ok(Message::Frames(batch)) => assert_eq!(batch.frames, std::slice::from_ref(&frame)),
             other => panic!("delivery of {frame:?} decoded as {other:?}"),
@@ -185,5 +402,43 @@ impl GroupState {
             backlog: status.backlog,
             offline: status.offline.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpack_extent_walks_every_marker() {
+        let value = serde_json::json!({
+            "s": "x".repeat(40), "long": "y".repeat(300), "n": [0, -1, -200, 70000, u64::MAX, i64::MIN],
+            "f": 1.5, "b": true, "nil": null, "m": {"inner": [[], {}, [1, [2, [3]]]]},
+            "arr": (0..20).collect::<Vec<u32>>(),
+        });
+        let mut bytes = rmp_serde::to_vec_named(&value).unwrap();
+        rmp::encode::write_bin(&mut bytes, &[1, 2, 3]).unwrap();
+        let whole = bytes.len();
+        // The map alone, then the bin after it.
+        let map = msgpack_extent(&bytes).unwrap();
+        assert_eq!(msgpack_extent(&bytes[map..]), Some(whole - map));
+        // Every truncation of the map is found.
+        for cut in 0..map {
+            assert_eq!(msgpack_extent(&bytes[..cut]), None, "cut at {cut}");
+        }
+        for (marker, len) in [
+            (vec![0xc7, 1, 9, 0], 4),
+            (vec![0xd4, 1, 2], 3),
+            (vec![0xd8; 18], 18),
+            (vec![0xcb, 0, 0, 0, 0, 0, 0, 0, 0], 9),
+            (vec![0xdd, 0, 0, 0, 1, 0xc0], 6),
+            (vec![0xdf, 0, 0, 0, 1, 0xc0, 0xc2], 7),
+        ] {
+            assert_eq!(msgpack_extent(&marker), Some(len), "{marker:x?}");
+        }
+        assert_eq!(msgpack_extent(&[0xc1]), None);
+        // A count far beyond the bytes left is refused at once.
+        assert_eq!(msgpack_extent(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]), None);
     }
 }

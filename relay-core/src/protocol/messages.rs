@@ -150,6 +150,9 @@ pub enum WireGapReason {
     RetentionAge,
     /// Never stored: the producer skipped these seqs, or a memory log lost them in a restart.
     Missing,
+    /// Stored, but not a valid frame (storage corruption, or another writer): skipped so the
+    /// stream goes on. Sent by the server's delivery path, never by the log.
+    Corrupt,
     /// Removed for a reason this version does not name.
     #[serde(other)]
     Other,

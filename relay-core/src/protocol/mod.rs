@@ -17,7 +17,9 @@ mod convert;
 pub mod messages;
 
 pub use codec::{decode, decode_hello, encode, fuzz_decode, negotiate_encoding};
-pub use convert::{decode_stored_frame, encode_delivery, encode_stored_frame, fuzz_stored_frame};
+pub use convert::{
+    DeliveryMessage, decode_stored_frame, encode_delivery, encode_stored_frame, fuzz_stored_frame,
+};
 pub use messages::{
     Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, GapNotice, GroupState, Hello, Message,
     ResumeCursor, Welcome, WireFrame, WireGapReason,

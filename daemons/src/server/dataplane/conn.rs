@@ -12,8 +12,8 @@ use relay_core::Error as RelayError;
 use relay_core::engine::{Direction, GroupId, GroupSnapshot, Side, StreamSnapshot};
 use relay_core::log::{AnyStreamLog, Item, MAX_SEQ, StreamLog};
 use relay_core::protocol::{
-    self, Ack, Encoding, ErrorCode, ErrorMessage, Hello, MAX_BATCH_FRAMES, Message,
-    PROTOCOL_VERSION, Welcome,
+    self, Ack, DeliveryMessage, Encoding, ErrorCode, ErrorMessage, Hello, MAX_BATCH_FRAMES,
+    Message, PROTOCOL_VERSION, Welcome,
 };
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::driver::code_label;
 use super::outbox::{Out, Outbox};
 use super::{Command, DataPlane, Refusal, taps};
-use crate::server::metrics::CodeLabels;
+use crate::server::metrics::{CodeLabels, RelayMetrics};
 use crate::server::state::AppState;
 use crate::server::store::Agent;
 
@@ -111,7 +111,13 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         .side
         .inbound()
         .stream_key(&GroupId::new(session.group.to_string()));
-    let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), encoding, stream_key));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&outbox),
+        encoding,
+        stream_key,
+        metrics.clone(),
+    ));
     let mut writer_done = false;
     loop {
         tokio::select! {
@@ -413,11 +419,7 @@ async fn handle(
 }
 
 /// Sends an error and closes, before the writer exists (handshake refusals).
-async fn close_with_error(
-    sink: &mut Sink,
-    refused: Refusal,
-    metrics: &crate::server::metrics::RelayMetrics,
-) {
+async fn close_with_error(sink: &mut Sink, refused: Refusal, metrics: &RelayMetrics) {
     metrics
         .errors
         .get_or_create(&CodeLabels {
@@ -457,19 +459,26 @@ fn ws_message(bytes: Vec<u8>, encoding: Encoding) -> WsMessage {
 }
 
 /// Encodes delivered items as `frames` messages of at most [`MAX_BATCH_FRAMES`] frames,
-/// spliced from the stored payloads where their format allows.
+/// spliced from the stored payloads where their format allows. Stored items that are not a
+/// valid frame go out as a `corrupt` gap, counted and logged.
 fn encode_frames(
     items: &[Item],
     encoding: Encoding,
     stream_key: &str,
+    metrics: &RelayMetrics,
 ) -> Result<Vec<WsMessage>, RelayError> {
-    items
-        .chunks(MAX_BATCH_FRAMES)
-        .map(|chunk| {
-            let bytes = protocol::encode_delivery(stream_key, chunk, encoding)?;
-            Ok(ws_message(bytes, encoding))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(items.len().div_ceil(MAX_BATCH_FRAMES));
+    for chunk in items.chunks(MAX_BATCH_FRAMES) {
+        for message in protocol::encode_delivery(stream_key, chunk, encoding)? {
+            if let DeliveryMessage::Corrupt { gap, detail, .. } = &message {
+                tracing::error!(stream = %stream_key, from = gap.from, to = gap.to, %detail,
+                    "stored items are not valid frames: skipped, reported to the agent as a corrupt gap");
+                metrics.frames_corrupt.inc_by(gap.count);
+            }
+            out.push(ws_message(message.into_bytes(), encoding));
+        }
+    }
+    Ok(out)
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
@@ -483,12 +492,18 @@ async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
 }
 
 /// Drains the outbox into the socket until a close or a write failure.
-async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, encoding: Encoding, stream_key: String) {
+async fn write_loop(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    encoding: Encoding,
+    stream_key: String,
+    metrics: RelayMetrics,
+) {
     loop {
         let batch = outbox.take().await;
         for out in batch {
             let encoded = match out {
-                Out::Frames(items) => encode_frames(&items, encoding, &stream_key),
+                Out::Frames(items) => encode_frames(&items, encoding, &stream_key, &metrics),
                 Out::Ack(up_to) => encode(&Message::Ack(Ack { up_to }), encoding).map(|m| vec![m]),
                 Out::Gap(gap) => encode(&Message::Gap(gap), encoding).map(|m| vec![m]),
                 Out::GroupState(state) => {
