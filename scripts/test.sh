@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command. Installs what is missing, starts Redis when none answers, then runs:
-# rustfmt, clippy, the workspace tests (with REDIS_URL set), the Python interop tests and a short
+# rustfmt, clippy, the workspace tests (with REDIS_URL set), the Python tests (interop, and the
+# `tether` module built from bindings/ with maturin) and a short
 # smoke run of every fuzz target. Ends with one line `N passed, N failed` over all suites.
 #
 # Environment:
@@ -126,6 +127,11 @@ if [ "$status" -ne 0 ]; then fail "cargo test" $(( ${n_fail:-0} > 0 ? ${n_fail:-
 rm -f "$out"
 
 log "Python interop tests"
+log "building the tether Python module (bindings/) into $venv"
+if ! VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop --quiet --locked \
+        --manifest-path bindings/Cargo.toml; then
+    fail "build the tether Python module"
+fi
 if cargo build --locked --bin tether; then
     export TETHER_BIN="$CARGO_TARGET_DIR/debug/tether"
     out=$(mktemp)

@@ -1,0 +1,91 @@
+//! Python exceptions, one per kind of failure, all subclasses of `tether.TetherError`. Every
+//! function of the module is a pure codec, so every failure is bad input: `TetherError` is a
+//! `ValueError`, and `except ValueError` catches them too.
+
+use can_io::Error as CanError;
+use metering_core::MeteringError;
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+create_exception!(
+    tether,
+    TetherError,
+    PyValueError,
+    "Base class of every error raised by tether (a ValueError: all of them are bad input)."
+);
+create_exception!(
+    tether,
+    InvalidFrameError,
+    TetherError,
+    "A frame CAN cannot carry: identifier out of range, or a bad length or DLC."
+);
+create_exception!(
+    tether,
+    LogFormatError,
+    TetherError,
+    "A log line that does not parse, or a log whose format cannot be told; the message starts with the line number."
+);
+create_exception!(
+    tether,
+    MalformedError,
+    TetherError,
+    "Bytes of a wire protocol (REMP) that do not form a valid message."
+);
+create_exception!(
+    tether,
+    TruncatedError,
+    TetherError,
+    "A wire message that ends before a field it announces."
+);
+create_exception!(
+    tether,
+    UnsupportedError,
+    TetherError,
+    "Something the chosen protocol cannot carry (e.g. a 256th REMP channel)."
+);
+create_exception!(
+    tether,
+    InvalidMessageError,
+    TetherError,
+    "A metering message that `tether agent` would refuse and dead-letter."
+);
+
+/// Adds the exception classes to the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("TetherError", py.get_type::<TetherError>())?;
+    m.add("InvalidFrameError", py.get_type::<InvalidFrameError>())?;
+    m.add("LogFormatError", py.get_type::<LogFormatError>())?;
+    m.add("MalformedError", py.get_type::<MalformedError>())?;
+    m.add("TruncatedError", py.get_type::<TruncatedError>())?;
+    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
+    m.add("InvalidMessageError", py.get_type::<InvalidMessageError>())?;
+    Ok(())
+}
+
+/// The exception for a can-io error.
+pub(crate) fn can(err: CanError) -> PyErr {
+    let text = err.to_string();
+    match err {
+        CanError::IdOutOfRange { .. }
+        | CanError::ClassicTooLong { .. }
+        | CanError::InvalidFdLength { .. }
+        | CanError::InvalidRawDlc { .. } => InvalidFrameError::new_err(text),
+        CanError::BadLine { .. } | CanError::AtLine { .. } => LogFormatError::new_err(text),
+        CanError::Malformed { .. } => MalformedError::new_err(text),
+        CanError::Truncated { .. } => TruncatedError::new_err(text),
+        CanError::Unsupported { .. } => UnsupportedError::new_err(text),
+        // Transport errors: nothing in this module moves frames.
+        _ => TetherError::new_err(text),
+    }
+}
+
+/// The exception for a metering-core error.
+pub(crate) fn metering(err: MeteringError) -> PyErr {
+    let text = err.to_string();
+    match err {
+        MeteringError::Malformed { .. } => InvalidMessageError::new_err(text),
+        _ => TetherError::new_err(text),
+    }
+}

@@ -1,0 +1,40 @@
+//! # tether (Python)
+//!
+//! The PyO3 module `tether`, for Python services and tools around the Tether data plane. It
+//! exposes the pure codecs of the Rust crates, with the same validation:
+//!
+//! * [`Frame`](frame::Frame) — one timestamped CAN, CAN FD or remote frame (can-io's
+//!   `CanRecord`), range-checked on construction.
+//! * `parse_log` / `format_log` — candump, Vector ASC and JSON-lines logs (can-io `formats`).
+//! * `RempSender` / `RempReceiver` — the REMP datagrams simulated dongles and `tether agent`
+//!   exchange (can-io `wire::remp`), so a Python program can act as a dongle or listen to one.
+//! * `validate_message` — metering-core's validation of a queued usage record, session event
+//!   or quota request, as `tether agent` applies it before forwarding (so a producer can check
+//!   a message before pushing it).
+//!
+//! Errors are Python exceptions under `tether.TetherError`, one per kind of failure
+//! ([`error`]). The module holds no threads, sockets or files: it does not relay, buffer or
+//! send anything, and it does not talk to Redis or the control plane.
+
+mod error;
+mod frame;
+mod logs;
+mod metering;
+mod remp;
+
+use pyo3::prelude::*;
+
+/// The `tether` Python module.
+#[pymodule]
+fn tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    error::register(m)?;
+    m.add_class::<frame::Frame>()?;
+    m.add_class::<logs::ParsedLog>()?;
+    m.add_function(wrap_pyfunction!(logs::parse_log, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::format_log, m)?)?;
+    m.add_class::<remp::RempSender>()?;
+    m.add_class::<remp::RempReceiver>()?;
+    m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
+    Ok(())
+}
