@@ -228,7 +228,8 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
     a.send_frames(1, 10).await?;
     a.wait_ack(10).await?;
     // Storage corruption (or another writer) while B is away: 4 is not MessagePack at all, 5
-    // is a map cut short, which spliced as it is would swallow the frames after it.
+    // is a map cut short, which spliced as it is would swallow the frames after it, and 8 has
+    // one bit flipped in a key, which keeps the MessagePack well formed.
     let path = srv.dir.path().join("data").join("streams.db");
     let stream = key(&id, "a_to_b");
     tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
@@ -243,6 +244,18 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
         };
         assert_eq!(corrupt(4, b"\xc1")?, 1);
         assert_eq!(corrupt(5, b"\x87\xa7groupId")?, 1);
+        let mut row: Vec<u8> = db.query_row(
+            "SELECT payload FROM log_items WHERE seq = 8 AND stream_id = \
+             (SELECT id FROM log_streams WHERE name = ?1)",
+            [&stream],
+            |r| r.get(0),
+        )?;
+        let at = row
+            .windows(7)
+            .position(|w| w == b"groupId")
+            .expect("a stored frame");
+        row[at] ^= 0x01;
+        assert_eq!(corrupt(8, &row)?, 1);
         Ok(())
     })
     .await??;
@@ -252,17 +265,23 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
     let (mut b, _) = DataClient::open(&srv.base, &agent, &id, Side::B, 0, MSGPACK).await?;
     let mut got = Received::default();
     b.consume_until(10, &mut got).await?;
-    assert_eq!(got.seqs, [1, 2, 3, 6, 7, 8, 9, 10]);
-    assert_eq!(got.gaps, [(4, 5, 2, "corrupt".to_owned())]);
+    assert_eq!(got.seqs, [1, 2, 3, 6, 7, 9, 10]);
+    assert_eq!(
+        got.gaps,
+        [
+            (4, 5, 2, "corrupt".to_owned()),
+            (8, 8, 1, "corrupt".to_owned())
+        ]
+    );
     let text = metrics(&srv).await?;
     assert!(
-        text.contains("tether_server_relay_frames_corrupt_total 2"),
+        text.contains("tether_server_relay_frames_corrupt_total 3"),
         "{text}"
     );
     // The stream goes on.
     a.send_frames(11, 12).await?;
     b.consume_until(12, &mut got).await?;
-    assert_eq!(got.seqs[8..], [11, 12]);
+    assert_eq!(got.seqs[7..], [11, 12]);
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 //!   validation) of one 22-frame `frames` batch (4,500 frames/s in 5 ms batches).
 //! * `decode/tagged_derive` — the same bytes through serde's derived internally tagged
 //!   [`Message`] (buffers the whole message in serde's `Content` tree first), no validation.
-//! * `deliver/spliced` — what the server does to deliver the batch from stored items
-//!   ([`protocol::encode_delivery`]: MessagePack spliced from the stored frames; JSON decoded
-//!   and re-encoded), beside `deliver/reencoded`, the decode-and-encode path for every frame.
+//! * `deliver/live` and `deliver/log` — what the server does to deliver the batch
+//!   ([`protocol::encode_delivery`]): from memory, MessagePack spliced without decoding; read
+//!   back from the log, every frame decoded and validated first, then spliced (MessagePack) or
+//!   re-encoded (JSON). Beside `deliver/reencoded`, decode-and-encode for every frame.
 //! * `store` — turning a received batch into stream items: MessagePack (the stored format)
 //!   against compact JSON (the format before).
 //!
@@ -16,6 +17,7 @@
 
 use can_io::wire::relay_json::{CanRelayFrame, RelayDirection};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use relay_core::engine::DeliverySource;
 use relay_core::protocol::{self, Encoding, FrameBatch, Message};
 
 const FRAMES: u64 = 22;
@@ -78,9 +80,11 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("deliver");
     group.throughput(Throughput::Elements(FRAMES));
     for encoding in [Encoding::Msgpack, Encoding::Json] {
-        group.bench_function(BenchmarkId::new("spliced", encoding.as_str()), |b| {
-            b.iter(|| protocol::encode_delivery("a_to_b", &items, encoding).unwrap())
-        });
+        for (name, source) in [("live", DeliverySource::Live), ("log", DeliverySource::Log)] {
+            group.bench_function(BenchmarkId::new(name, encoding.as_str()), |b| {
+                b.iter(|| protocol::encode_delivery("a_to_b", &items, encoding, source).unwrap())
+            });
+        }
         group.bench_function(BenchmarkId::new("reencoded", encoding.as_str()), |b| {
             b.iter(|| {
                 let batch = FrameBatch::from_items("a_to_b", &items).unwrap();

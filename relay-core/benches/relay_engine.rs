@@ -90,7 +90,10 @@ fn drive(engine: &mut RelayEngine, log: &MemoryStreamLog) -> u64 {
         }
         while let Some(out) = engine.poll_output() {
             progressed = true;
-            if let RelayOutput::Deliver { group, to, items } = out {
+            if let RelayOutput::Deliver {
+                group, to, items, ..
+            } = out
+            {
                 delivered += items.len() as u64;
                 let last = items.last().map_or(0, |i| i.seq);
                 engine.handle_ack(&group, to, last, 0).unwrap();

@@ -147,7 +147,9 @@ fn live_streams_are_not_starved_by_a_100k_replay() {
         let mut replayed_this_round = 0;
         while let Some(out) = d.engine.poll_output() {
             match out {
-                RelayOutput::Deliver { group, to, items } => {
+                RelayOutput::Deliver {
+                    group, to, items, ..
+                } => {
                     let last = last_delivered.entry((group.clone(), to)).or_default();
                     for it in &items {
                         assert_eq!(it.seq, *last + 1, "per-stream order on {group}/{to}");

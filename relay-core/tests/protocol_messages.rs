@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use relay_core::Error;
-use relay_core::engine::{GroupBacklog, GroupMode, Side};
+use relay_core::engine::{DeliverySource, GroupBacklog, GroupMode, Side};
 use relay_core::log::Item;
 use relay_core::protocol::{
     self, Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, GapNotice, GroupState, Hello,
@@ -377,7 +377,7 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
     for encoding in [Encoding::Msgpack, Encoding::Json] {
         let expected = encode(&message, encoding).unwrap();
         for items in [&stored, &legacy, &mixed] {
-            let messages = encode_delivery("s", items, encoding).unwrap();
+            let messages = encode_delivery("s", items, encoding, DeliverySource::Log).unwrap();
             // Spliced or re-encoded, the bytes are what the encoder writes.
             assert_eq!(
                 messages,
@@ -394,7 +394,7 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
     let mut holey = stored.clone();
     holey[1].seq = 302;
     assert!(matches!(
-        encode_delivery("s", &holey, Encoding::Msgpack),
+        encode_delivery("s", &holey, Encoding::Msgpack, DeliverySource::Log),
         Err(Error::Corrupt { .. })
     ));
 }
@@ -415,7 +415,7 @@ fn stored_items_that_are_not_frames_become_a_corrupt_gap() {
     items[2].payload = cut;
     items[4].payload = bytes::Bytes::from_static(b"{\"canId\":1}");
     for encoding in [Encoding::Msgpack, Encoding::Json] {
-        let messages = encode_delivery("s", &items, encoding).unwrap();
+        let messages = encode_delivery("s", &items, encoding, DeliverySource::Log).unwrap();
         let decoded: Vec<Message> = messages
             .iter()
             .map(|m| decode(&m.clone().into_bytes(), encoding).unwrap())
@@ -445,6 +445,22 @@ fn stored_items_that_are_not_frames_become_a_corrupt_gap() {
         assert_eq!((gap.from, gap.count), (11, 2));
         assert!(!detail.is_empty());
     }
+    // One bit flipped in a key keeps the MessagePack well formed: read back from the log it is
+    // still found; from memory (bytes this process built) it is spliced unchecked.
+    let mut flipped = batch.to_items().unwrap()[0].clone();
+    let mut bytes = flipped.payload.to_vec();
+    let at = bytes.windows(7).position(|w| w == b"groupId").unwrap();
+    bytes[at] ^= 1;
+    flipped.payload = bytes::Bytes::from(bytes);
+    let one = std::slice::from_ref(&flipped);
+    assert!(matches!(
+        encode_delivery("s", one, Encoding::Msgpack, DeliverySource::Log).unwrap()[..],
+        [DeliveryMessage::Corrupt { .. }]
+    ));
+    assert!(matches!(
+        encode_delivery("s", one, Encoding::Msgpack, DeliverySource::Live).unwrap()[..],
+        [DeliveryMessage::Frames(_)]
+    ));
 }
 
 #[test]

@@ -92,6 +92,17 @@ pub struct SideWelcome {
     pub ahead_of_log: Seq,
 }
 
+/// Where the items of a delivery come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliverySource {
+    /// Accepted from the producer in this process and handed over from memory (cut-through or
+    /// live): the payloads are the bytes the caller built from a validated batch.
+    Live,
+    /// Read back from the stream log (a replay, or a consumer catching up): the payloads have
+    /// been at rest and may be damaged, so the caller should check them before use.
+    Log,
+}
+
 /// Something the driver has to send or publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayOutput {
@@ -103,6 +114,8 @@ pub enum RelayOutput {
         to: Side,
         /// The items.
         items: Vec<Item>,
+        /// Where all of them come from.
+        source: DeliverySource,
     },
     /// Tell side `to` that its outbound stream is durable up to `up_to`.
     Ack {

@@ -27,8 +27,8 @@ mod stream;
 mod types;
 
 pub use io::{
-    EngineConfig, GroupSnapshot, GroupStatus, RelayOutput, SideWelcome, StorageRequest,
-    StreamSnapshot,
+    DeliverySource, EngineConfig, GroupSnapshot, GroupStatus, RelayOutput, SideWelcome,
+    StorageRequest, StreamSnapshot,
 };
 pub use relay::RelayEngine;
 pub use types::{Direction, GroupBacklog, GroupId, GroupMode, Side};

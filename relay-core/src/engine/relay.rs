@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::log::{AppendOutcome, Item, MAX_SEQ, ReadBatch, Seq, Trimmed};
 
 use super::io::{
-    EngineConfig, GroupSnapshot, GroupStatus, RelayOutput, SideWelcome, StorageRequest,
+    DeliverySource, EngineConfig, GroupSnapshot, GroupStatus, RelayOutput, SideWelcome,
+    StorageRequest,
 };
 use super::stream::{Entry, NextSource, StreamState};
 use super::types::{Direction, GroupBacklog, GroupId, GroupMode, Side};
@@ -591,15 +592,27 @@ impl RelayEngine {
     ) -> Vec<RelayOutput> {
         let to = dir.consumer();
         let mut outputs = Vec::new();
-        let mut batch: Vec<Item> = Vec::new();
-        let flush = |batch: &mut Vec<Item>, outputs: &mut Vec<RelayOutput>| {
-            if !batch.is_empty() {
+        // One delivery holds items of one source.
+        let mut batch: (Vec<Item>, DeliverySource) = (Vec::new(), DeliverySource::Live);
+        let flush = |batch: &mut (Vec<Item>, DeliverySource), outputs: &mut Vec<RelayOutput>| {
+            if !batch.0.is_empty() {
                 outputs.push(RelayOutput::Deliver {
                     group: gid.clone(),
                     to,
-                    items: std::mem::take(batch),
+                    items: std::mem::take(&mut batch.0),
+                    source: batch.1,
                 });
             }
+        };
+        let add = |batch: &mut (Vec<Item>, DeliverySource),
+                   outputs: &mut Vec<RelayOutput>,
+                   item: Item,
+                   source: DeliverySource| {
+            if batch.1 != source {
+                flush(batch, outputs);
+                batch.1 = source;
+            }
+            batch.0.push(item);
         };
         loop {
             let source = s.next_source(config);
@@ -625,7 +638,7 @@ impl RelayEngine {
                         s.delivered = item.seq;
                         s.bucket.take(1);
                         s.deficit -= 1;
-                        batch.push(item);
+                        add(&mut batch, &mut outputs, item, DeliverySource::Log);
                     }
                 }
                 NextSource::Live => {
@@ -635,7 +648,7 @@ impl RelayEngine {
                     if let Some(item) = s.live.pop_front() {
                         s.delivered = item.seq;
                         s.deficit -= 1;
-                        batch.push(item);
+                        add(&mut batch, &mut outputs, item, DeliverySource::Live);
                     }
                 }
                 NextSource::NeedRead | NextSource::CaughtUp => break,

@@ -218,7 +218,10 @@ pub trait StreamLog: Send + Sync {
     ) -> impl Future<Output = Result<AppendOutcome>> + Send;
 
     /// Reads up to `max` items after seq `after`, with a [`Gap`] first when seq `after + 1` is
-    /// gone. `max == 0` returns only the gap, if any.
+    /// gone. `max == 0` returns only the gap, if any. A stored item whose timestamp or payload
+    /// cannot be read back (storage damage, another writer) comes out with `ts_ms` 0 or an
+    /// empty payload rather than failing the read, which would stall the stream: the caller's
+    /// decoder refuses it (the relay reports it as a `corrupt` gap).
     fn read(
         &self,
         stream: &str,

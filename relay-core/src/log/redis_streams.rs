@@ -246,28 +246,27 @@ fn parse_entry(stream: &str, entry: &Value) -> Result<Item> {
         return Err(corrupt(stream, format!("bad entry {entry:?}")));
     };
     let seq = id_seq(stream, id)?;
-    let (mut ts, mut data) = (None, None);
+    // A missing or damaged `ts` or `data` does not fail the read (that would stall the
+    // stream): it comes out as 0 / empty, and the caller's decoder refuses the item.
+    let (mut ts_ms, mut payload) = (0, Bytes::new());
     for pair in fields.chunks_exact(2) {
         if let Value::BulkString(name) = &pair[0] {
             match name.as_slice() {
-                b"ts" => ts = Some(num(stream, &pair[1], "ts")?),
+                b"ts" => ts_ms = num(stream, &pair[1], "ts").unwrap_or(0),
                 b"data" => {
                     if let Value::BulkString(b) = &pair[1] {
-                        data = Some(Bytes::copy_from_slice(b));
+                        payload = Bytes::copy_from_slice(b);
                     }
                 }
                 _ => {}
             }
         }
     }
-    match (ts, data) {
-        (Some(ts_ms), Some(payload)) => Ok(Item {
-            seq,
-            ts_ms,
-            payload,
-        }),
-        _ => Err(corrupt(stream, format!("entry {seq} lacks ts or data"))),
-    }
+    Ok(Item {
+        seq,
+        ts_ms,
+        payload,
+    })
 }
 
 fn array(stream: &str, v: Value) -> Result<Vec<Value>> {
@@ -524,5 +523,44 @@ impl StreamLog for RedisStreamLog {
             oldest_ts_ms: opt_num(stream, &ts, "ts")?,
             head: num(stream, &head, "head")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn damaged_entries_come_out_empty_instead_of_failing_the_read() {
+        let entry = |fields: Vec<Value>| Value::Array(vec![bulk(b"7-0"), Value::Array(fields)]);
+        let good = parse_entry(
+            "s",
+            &entry(vec![bulk(b"ts"), bulk(b"12"), bulk(b"data"), bulk(b"ab")]),
+        );
+        assert_eq!(
+            good.ok(),
+            Some(Item {
+                seq: 7,
+                ts_ms: 12,
+                payload: Bytes::from_static(b"ab")
+            })
+        );
+        for (fields, ts) in [
+            (vec![bulk(b"ts"), bulk(b"12")], 12),
+            (
+                vec![bulk(b"ts"), bulk(b"-1"), bulk(b"data"), Value::Int(3)],
+                0,
+            ),
+            (vec![], 0),
+        ] {
+            let item = parse_entry("s", &entry(fields)).expect("an item");
+            assert_eq!((item.seq, item.ts_ms, item.payload.len()), (7, ts, 0));
+        }
+        // Without a seq there is nothing to report: the read fails.
+        assert!(parse_entry("s", &Value::Array(vec![bulk(b"x"), Value::Array(vec![])])).is_err());
     }
 }

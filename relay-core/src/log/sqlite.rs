@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -583,19 +584,25 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
         .map_err(sql("read"))?;
     let rows = st
         .query_map(params![row.id, to_i64(after), limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
+            // A damaged timestamp or payload does not fail the read (that would stall the
+            // stream): it comes out as 0 / empty, and the caller's decoder refuses the item.
+            let ts = match r.get_ref(1)? {
+                ValueRef::Integer(ts) => u64::try_from(ts).unwrap_or(0),
+                _ => 0,
+            };
+            let payload = match r.get_ref(2)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                _ => Vec::new(),
+            };
+            Ok((r.get::<_, i64>(0)?, ts, payload))
         })
         .map_err(sql("read"))?;
     let mut items = Vec::new();
     for r in rows {
-        let (seq, ts, payload) = r.map_err(sql("read"))?;
+        let (seq, ts_ms, payload) = r.map_err(sql("read"))?;
         items.push(Item {
             seq: to_u64(stream, seq)?,
-            ts_ms: to_u64(stream, ts)?,
+            ts_ms,
             payload: payload.into(),
         });
     }
@@ -884,5 +891,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(log.backlog("ckpt", 0).await.expect("backlog").count, 20_000);
+    }
+
+    #[tokio::test]
+    async fn damaged_rows_come_out_empty_instead_of_failing_the_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("streams.db");
+        let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal)
+            .await
+            .expect("open");
+        let items: Vec<Item> = (1..=3)
+            .map(|seq| Item {
+                seq,
+                ts_ms: 1_000 + seq,
+                payload: Bytes::from(vec![seq as u8; 4]),
+            })
+            .collect();
+        log.append("s", &items).await.expect("append");
+        let db = Connection::open(&path).expect("second connection");
+        db.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        db.execute(
+            "UPDATE log_items SET ts_ms = -5, payload = 7 WHERE seq = 2",
+            [],
+        )
+        .expect("damage");
+        let read = log.read("s", 0, 10).await.expect("read");
+        let got: Vec<(u64, u64, &[u8])> = read
+            .items
+            .iter()
+            .map(|i| (i.seq, i.ts_ms, i.payload.as_ref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1_001, &[1u8; 4][..]),
+                (2, 0, &[][..]),
+                (3, 1_003, &[3u8; 4][..])
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@ use super::codec::encode;
 use super::messages::{
     Encoding, FrameBatch, GapNotice, GroupState, Message, WireFrame, WireGapReason,
 };
-use crate::engine::{GroupId, GroupStatus};
+use crate::engine::{DeliverySource, GroupId, GroupStatus};
 use crate::error::{Error, Result};
 use crate::log::Item;
 
@@ -35,6 +35,10 @@ pub fn decode_stored_frame(bytes: &[u8]) -> std::result::Result<WireFrame, Strin
     }
     let frame: WireFrame = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
     frame.validate().map_err(|e| e.to_string())?;
+    // The decoder ignores what follows the map; a stored frame is exactly one map.
+    if msgpack_extent(bytes) != Some(bytes.len()) {
+        return Err("bytes after the frame's MessagePack map".to_owned());
+    }
     Ok(frame)
 }
 
@@ -130,18 +134,19 @@ impl DeliveryMessage {
 
 /// `items` (dense seqs, at most [`MAX_BATCH_FRAMES`](super::MAX_BATCH_FRAMES)) as messages in
 /// `encoding`: `frames` messages, and a `corrupt` gap for each run of stored items that are not
-/// a valid frame (so one bad row cannot wedge its stream).
+/// a valid frame (so one damaged row cannot wedge its stream).
 ///
-/// For a MessagePack connection, a stored MessagePack map whose extent is exactly its payload is
-/// spliced into the message as it is, without decoding (the walk keeps one bad row from
-/// breaking the message's framing; a well-formed map that is not a valid frame still reaches
-/// the agent, whose decoder refuses the message). Anything else — and every item for a JSON
-/// connection — is decoded, validated and encoded again. Fails only when the items are empty or
-/// not dense, or an encoder fails.
+/// Items read back from the log ([`DeliverySource::Log`]) are each decoded and validated; for a
+/// MessagePack connection the stored bytes are then spliced into the message as they are.
+/// [`DeliverySource::Live`] items are the bytes [`FrameBatch::to_items`] built from a validated
+/// batch in this process: for a MessagePack connection they are spliced without decoding. For
+/// a JSON connection every item is decoded and encoded again. Fails only when the items are
+/// empty or not dense, or an encoder fails.
 pub fn encode_delivery(
     stream: &str,
     items: &[Item],
     encoding: Encoding,
+    source: DeliverySource,
 ) -> Result<Vec<DeliveryMessage>> {
     dense_first_seq(stream, items)?;
     let mut out = Vec::with_capacity(1);
@@ -149,7 +154,7 @@ pub fn encode_delivery(
     let mut run_first = 0;
     let mut bad: Option<(u64, u64, String)> = None;
     for item in items {
-        match deliverable(&item.payload, encoding) {
+        match deliverable(&item.payload, encoding, source) {
             Ok(payload) => {
                 if let Some(b) = bad.take() {
                     out.push(corrupt_gap(b, encoding)?);
@@ -181,14 +186,21 @@ pub fn encode_delivery(
 }
 
 /// A stored payload as it goes into a message in `encoding`, or why it cannot.
-fn deliverable(payload: &[u8], encoding: Encoding) -> std::result::Result<Cow<'_, [u8]>, String> {
-    if encoding == Encoding::Msgpack
-        && is_msgpack_map(payload)
-        && msgpack_extent(payload) == Some(payload.len())
-    {
+fn deliverable(
+    payload: &[u8],
+    encoding: Encoding,
+    source: DeliverySource,
+) -> std::result::Result<Cow<'_, [u8]>, String> {
+    if source == DeliverySource::Live && encoding == Encoding::Msgpack && is_msgpack_map(payload) {
         return Ok(Cow::Borrowed(payload));
     }
+    // A row from the log is decoded and validated: damage inside a value (a flipped bit in a
+    // key, a hex digit, an identifier) keeps the MessagePack structure intact but would make
+    // the agent refuse the whole message, again on every redelivery.
     let frame = decode_stored_frame(payload)?;
+    if encoding == Encoding::Msgpack && is_msgpack_map(payload) {
+        return Ok(Cow::Borrowed(payload));
+    }
     match encoding {
         Encoding::Msgpack => encode_stored_frame(&frame).map_err(|e| e.to_string()),
         Encoding::Json => Ok(frame.encode().into_bytes()),
@@ -332,11 +344,19 @@ fn msgpack_extent(buf: &[u8]) -> Option<usize> {
 }
 
 /// Fuzzing entry point for the stored-frame decoder and the delivery built from stored bytes:
-/// never panics; any stored bytes become one `frames` message whose MessagePack framing holds,
-/// or one `corrupt` gap; a frame the decoder accepts is stored and read back unchanged, also
-/// through a spliced delivery.
+/// never panics; any bytes read back from a log become one `frames` message that decodes to
+/// the frame the decoder accepts, or one `corrupt` gap; an accepted frame is stored and read
+/// back unchanged, and delivered the same from memory as from the log.
 #[doc(hidden)]
 pub fn fuzz_stored_frame(data: &[u8]) {
+    let one = |item: &Item, encoding: Encoding, source: DeliverySource| {
+        let messages = encode_delivery("fuzz", std::slice::from_ref(item), encoding, source)
+            .unwrap_or_else(|e| panic!("one dense item: {e}"));
+        match <[DeliveryMessage; 1]>::try_from(messages) {
+            Ok([message]) => message,
+            Err(m) => panic!("one item, {} messages", m.len()),
+        }
+    };
     let raw = Item {
         seq: 7,
         ts_ms: 0,
@@ -344,26 +364,22 @@ pub fn fuzz_stored_frame(data: &[u8]) {
     };
     let decoded = decode_stored_frame(data);
     for encoding in [Encoding::Msgpack, Encoding::Json] {
-        let messages = encode_delivery("fuzz", std::slice::from_ref(&raw), encoding)
-            .unwrap_or_else(|e| panic!("one dense item: {e}"));
-        let [message] = messages.as_slice() else {
-            panic!("one item, {} messages", messages.len())
-        };
-        match message {
-            DeliveryMessage::Corrupt { bytes, gap, .. } => {
-                assert!(decoded.is_err(), "a valid frame reported corrupt");
+        let (bytes, expected) = match (one(&raw, encoding, DeliverySource::Log), &decoded) {
+            (DeliveryMessage::Corrupt { bytes, gap, .. }, Err(_)) => {
                 assert_eq!((gap.from, gap.to, gap.count), (7, 7, 1));
-                let back = super::codec::decode(bytes, encoding).map_err(|e| e.to_string());
-                assert_eq!(back, Ok(Message::Gap(*gap)));
+                (bytes, Message::Gap(gap))
             }
-            DeliveryMessage::Frames(bytes) => {
-                if encoding == Encoding::Msgpack {
-                    assert_eq!(msgpack_extent(bytes), Some(bytes.len()));
-                } else {
-                    assert!(decoded.is_ok(), "JSON frames only from a valid frame");
-                }
+            (DeliveryMessage::Frames(bytes), Ok(frame)) => {
+                let expected = FrameBatch {
+                    first_seq: 7,
+                    frames: vec![frame.clone()],
+                };
+                (bytes, Message::Frames(expected))
             }
-        }
+            (message, decoded) => panic!("{message:?} from a row that decodes as {decoded:?}"),
+        };
+        let back = super::codec::decode(&bytes, encoding).map_err(|e| e.to_string());
+        assert_eq!(back, Ok(expected));
     }
     let Ok(frame) = decoded else {
         return;
@@ -376,17 +392,9 @@ pub fn fuzz_stored_frame(data: &[u8]) {
         payload: Bytes::from(stored),
     };
     for encoding in [Encoding::Msgpack, Encoding::Json] {
-        let message = encode_delivery("fuzz", std::slice::from_ref(&item), encoding)
-            .map(|m| {
-                m.into_iter()
-                    .map(DeliveryMessage::into_bytes)
-                    .collect::<Vec<_>>()
-            })
-            .and_then(|m| match m.as_slice() {
-                [bytes] => super::codec::decode(bytes, encoding),
-                _ => panic!("one item, {} messages", m.len()),
-            });
-        match message {
+        let live = one(&item, encoding, DeliverySource::Live).into_bytes();
+        assert_eq!(one(&item, encoding, DeliverySource::Log).into_bytes(), live);
+        match super::codec::decode(&live, encoding) {
             Ok(Message::Frames(batch)) => assert_eq!(batch.frames, std::slice::from_ref(&frame)),
             other => panic!("delivery of {frame:?} decoded as {other:?}"),
         }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use relay_core::Error as RelayError;
-use relay_core::engine::{Direction, GroupId, GroupSnapshot, Side, StreamSnapshot};
+use relay_core::engine::{DeliverySource, Direction, GroupId, GroupSnapshot, Side, StreamSnapshot};
 use relay_core::log::{AnyStreamLog, Item, MAX_SEQ, StreamLog};
 use relay_core::protocol::{
     self, Ack, DeliveryMessage, Encoding, ErrorCode, ErrorMessage, Hello, MAX_BATCH_FRAMES,
@@ -463,13 +463,14 @@ fn ws_message(bytes: Vec<u8>, encoding: Encoding) -> WsMessage {
 /// valid frame go out as a `corrupt` gap, counted and logged.
 fn encode_frames(
     items: &[Item],
+    source: DeliverySource,
     encoding: Encoding,
     stream_key: &str,
     metrics: &RelayMetrics,
 ) -> Result<Vec<WsMessage>, RelayError> {
     let mut out = Vec::with_capacity(items.len().div_ceil(MAX_BATCH_FRAMES));
     for chunk in items.chunks(MAX_BATCH_FRAMES) {
-        for message in protocol::encode_delivery(stream_key, chunk, encoding)? {
+        for message in protocol::encode_delivery(stream_key, chunk, encoding, source)? {
             if let DeliveryMessage::Corrupt { gap, detail, .. } = &message {
                 tracing::error!(stream = %stream_key, from = gap.from, to = gap.to, %detail,
                     "stored items are not valid frames: skipped, reported to the agent as a corrupt gap");
@@ -503,7 +504,9 @@ async fn write_loop(
         let batch = outbox.take().await;
         for out in batch {
             let encoded = match out {
-                Out::Frames(items) => encode_frames(&items, encoding, &stream_key, &metrics),
+                Out::Frames(items, source) => {
+                    encode_frames(&items, source, encoding, &stream_key, &metrics)
+                }
                 Out::Ack(up_to) => encode(&Message::Ack(Ack { up_to }), encoding).map(|m| vec![m]),
                 Out::Gap(gap) => encode(&Message::Gap(gap), encoding).map(|m| vec![m]),
                 Out::GroupState(state) => {

@@ -948,7 +948,12 @@ impl Driver {
 
     fn route(&mut self, output: RelayOutput) {
         match output {
-            RelayOutput::Deliver { group, to, items } => {
+            RelayOutput::Deliver {
+                group,
+                to,
+                items,
+                source,
+            } => {
                 let Some(loaded) = self.groups.get_mut(&group) else {
                     return;
                 };
@@ -972,7 +977,7 @@ impl Driver {
                         .delivery_delay
                         .observe(at.elapsed().as_secs_f64());
                 }
-                if loaded.push(to, Out::Frames(items)) == Pushed::Overflow {
+                if loaded.push(to, Out::Frames(items, source)) == Pushed::Overflow {
                     self.metrics
                         .errors
                         .get_or_create(&CodeLabels {

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
+use relay_core::engine::DeliverySource;
 use relay_core::log::{Item, Seq};
 use relay_core::protocol::{ErrorCode, GapNotice, GroupState};
 use tokio::sync::Notify;
@@ -20,8 +21,8 @@ pub(super) const MAX_QUEUED: usize = 16_384;
 /// A message for the agent.
 #[derive(Debug)]
 pub(super) enum Out {
-    /// Inbound items to deliver (dense seqs).
-    Frames(Vec<Item>),
+    /// Inbound items to deliver (dense seqs), and where they come from.
+    Frames(Vec<Item>, DeliverySource),
     /// Cumulative ack of the agent's outbound stream.
     Ack(Seq),
     /// Seqs the agent will never get.
@@ -149,10 +150,13 @@ mod tests {
     fn overflow_replaces_the_queue_with_a_fatal_error() {
         let outbox = Outbox::default();
         for i in 0..MAX_QUEUED {
-            outbox.push(Out::Frames(Vec::new()));
+            outbox.push(Out::Frames(Vec::new(), DeliverySource::Live));
             let _ = i;
         }
-        assert_eq!(outbox.push(Out::Frames(Vec::new())), Pushed::Overflow);
+        assert_eq!(
+            outbox.push(Out::Frames(Vec::new(), DeliverySource::Live)),
+            Pushed::Overflow
+        );
         let inner = outbox.lock();
         assert_eq!(inner.queue.len(), 1);
         assert!(matches!(
