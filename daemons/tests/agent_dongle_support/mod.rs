@@ -257,6 +257,9 @@ async fn session(m: Mock, mut sock: WebSocket) {
                             g.refuse_batches = g.refuse_batches.saturating_sub(1);
                             r
                         };
+                        // As on the real server, a refused batch uses up the first batch's
+                        // allowance to skip seqs.
+                        let first_batch = std::mem::replace(&mut first_batch, false);
                         if mode == GroupMode::Inactive || refuse {
                             let e = Message::Error(ErrorMessage {
                                 code: ErrorCode::GroupInactive,
@@ -296,7 +299,6 @@ async fn session(m: Mock, mut sock: WebSocket) {
                             g.violations.extend(violations);
                             (ack, g.hold_acks)
                         };
-                        first_batch = false;
                         if !hold && !send(&mut sock, &Message::Ack(Ack { up_to: ack }), enc).await {
                             break;
                         }

@@ -36,8 +36,12 @@ pub struct StreamOutbox {
     pub key: StreamKey,
     /// Highest seq assigned.
     pub last_seq: u64,
-    /// Server's cumulative ack.
+    /// Server's cumulative ack, raised to the floor of a renumbering (seqs below it are never
+    /// sent again).
     pub acked: u64,
+    /// Highest ack the server itself sent or reported (in this process; the stored `acked`
+    /// after a restart): what "the server lost frames" is judged against.
+    server_acked: u64,
     /// Last inbound seq processed.
     pub rx_seq: u64,
     /// Highest seq that may have reached the server (sent in this process; after a restart
@@ -76,6 +80,7 @@ impl StreamOutbox {
             key,
             last_seq: loaded.last_seq,
             acked: loaded.acked,
+            server_acked: loaded.acked,
             rx_seq: loaded.rx_seq,
             sent_high: loaded.last_seq,
             pending,
@@ -127,6 +132,7 @@ impl StreamOutbox {
 
     /// The server acknowledged `up_to`; returns how many held frames that released.
     pub fn ack(&mut self, up_to: u64) -> anyhow::Result<u64> {
+        self.server_acked = self.server_acked.max(up_to);
         if up_to <= self.acked {
             return Ok(0);
         }
@@ -180,12 +186,12 @@ impl StreamOutbox {
             self.renumber(tx_acked)?;
             return Ok(tx_acked);
         }
-        let newly = self.ack(tx_acked)?;
-        DongleMetrics::inc(&self.metrics.frames_acked, &self.key.serial, newly);
-        if tx_acked < self.acked {
-            warn!(serial = %self.key.serial, server = tx_acked, local = self.acked,
+        if tx_acked < self.server_acked {
+            warn!(serial = %self.key.serial, server = tx_acked, local = self.server_acked,
                 "the server holds fewer frames than it acknowledged before");
         }
+        let newly = self.ack(tx_acked)?;
+        DongleMetrics::inc(&self.metrics.frames_acked, &self.key.serial, newly);
         let base = tx_acked.max(self.acked);
         // Frames above `base` were dropped here (the cap, or no group) and never stored there.
         // Seqs that were never sent are reused, so the stream stays dense. Seqs that were sent
