@@ -46,6 +46,12 @@ create_exception!(
 );
 create_exception!(
     tether,
+    ProtocolError,
+    TetherError,
+    "A data-plane (`/ws/data`) message the protocol refuses."
+);
+create_exception!(
+    tether,
     InvalidMessageError,
     TetherError,
     "A metering message that `tether agent` would refuse and dead-letter."
@@ -60,6 +66,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MalformedError", py.get_type::<MalformedError>())?;
     m.add("TruncatedError", py.get_type::<TruncatedError>())?;
     m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
+    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("InvalidMessageError", py.get_type::<InvalidMessageError>())?;
     Ok(())
 }
@@ -79,6 +86,11 @@ pub(crate) fn can(err: CanError) -> PyErr {
         // Transport errors: nothing in this module moves frames.
         _ => TetherError::new_err(text),
     }
+}
+
+/// The exception for a relay-core error (only protocol errors reach the bindings).
+pub(crate) fn relay(err: relay_core::Error) -> PyErr {
+    ProtocolError::new_err(err.to_string())
 }
 
 /// The exception for a metering-core error.

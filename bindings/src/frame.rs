@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use can_io::formats::candump::{self, LineStyle};
+use can_io::wire::relay_json::CanRelayFrame;
 use can_io::{
     CanFrame, CanId, CanRecord, Channel, DataFrame, Direction, FdFlags, FdFrame, RemoteFrame,
 };
@@ -188,5 +189,24 @@ impl Frame {
             self.record.ts_ns,
             direction_name(self.record.direction)
         )
+    }
+
+    /// This frame as the protocol's `CanRelayFrame` dict for group `group_id` (what a
+    /// `frames` message carries).
+    fn to_relay<'py>(&self, py: Python<'py>, group_id: &str) -> PyResult<Bound<'py, PyAny>> {
+        let wire = CanRelayFrame::from_record(group_id, &self.record);
+        wire.validate().map_err(error::can)?;
+        Ok(pythonize::pythonize(py, &wire)?)
+    }
+
+    /// A frame from a `CanRelayFrame` dict (as `decode_message` returns them); `channel` names
+    /// it when the dict has none.
+    #[staticmethod]
+    #[pyo3(signature = (relay, channel = "can0"))]
+    fn from_relay(relay: &Bound<'_, PyAny>, channel: &str) -> PyResult<Frame> {
+        let wire: CanRelayFrame = pythonize::depythonize(relay)
+            .map_err(|e| error::MalformedError::new_err(format!("not a CanRelayFrame: {e}")))?;
+        let record = wire.to_record(&channel.into()).map_err(error::can)?;
+        Ok(Frame { record })
     }
 }

@@ -8,6 +8,9 @@
 //! * `parse_log` / `format_log` — candump, Vector ASC and JSON-lines logs (can-io `formats`).
 //! * `RempSender` / `RempReceiver` — the REMP datagrams simulated dongles and `tether agent`
 //!   exchange (can-io `wire::remp`), so a Python program can act as a dongle or listen to one.
+//! * `encode_message` / `decode_message`, `Frame.to_relay` / `Frame.from_relay` — the
+//!   `/ws/data` protocol of relay-core (docs/protocols/data-plane.md), checked as the server
+//!   checks it, so a Python program can be a data-plane agent.
 //! * `validate_message` — metering-core's validation of a queued usage record, session event
 //!   or quota request, as `tether agent` applies it before forwarding (so a producer can check
 //!   a message before pushing it).
@@ -20,6 +23,7 @@ mod error;
 mod frame;
 mod logs;
 mod metering;
+mod protocol;
 mod remp;
 
 use pyo3::prelude::*;
@@ -35,6 +39,8 @@ fn tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logs::format_log, m)?)?;
     m.add_class::<remp::RempSender>()?;
     m.add_class::<remp::RempReceiver>()?;
+    m.add_function(wrap_pyfunction!(protocol::encode_message, m)?)?;
+    m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
     Ok(())
 }

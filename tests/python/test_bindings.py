@@ -1,6 +1,6 @@
-"""The `tether` Python module (bindings/, PyO3): frames, logs, REMP and metering validation,
-checked against python-can on the shared captures and against the real `tether can dongle`
-binary over UDP.
+"""The `tether` Python module (bindings/, PyO3): frames, logs, REMP, the data-plane protocol
+and metering validation, checked against python-can on the shared captures, against the real
+`tether can dongle` binary over UDP, and as a data-plane agent of the real `tether server`.
 
 Needs the module installed in the virtualenv (scripts/test.sh runs `maturin develop`) and
 TETHER_BIN (the built `tether` binary).
@@ -8,13 +8,17 @@ TETHER_BIN (the built `tether` binary).
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import can
+import httpx
 import pytest
+from websockets.sync.client import connect
 
 import tether
 
@@ -245,6 +249,121 @@ def test_the_rust_dongle_simulator_records_what_a_python_agent_sends(tmp_path):
         child.communicate(timeout=30)
     recorded = tether.parse_log(out.read_bytes(), "candump")
     assert [view(f) for f in recorded.frames] == [view(f) for f in sent]
+
+
+# --- data-plane protocol ---------------------------------------------------------------------
+
+
+def test_protocol_messages_round_trip_in_both_encodings_and_are_checked():
+    hello = {"type": "hello", "version": 1, "group_id": "g-42", "side": "a", "resume": {"rx_seq": 7},
+             "encodings": ["msgpack", "json"]}
+    assert tether.decode_message(tether.encode_message(hello).decode()) == hello
+    frames = [tether.Frame(0x7E0 + i, bytes([i, 2, 3]), ts_ns=1_600_000_000_000_000_000 + i, direction="rx")
+              for i in range(5)]
+    batch = {"type": "frames", "first_seq": 11, "frames": [f.to_relay("g-42") for f in frames]}
+    assert batch["frames"][0] == {"groupId": "g-42", "direction": "rx", "ts": 1_600_000_000_000_000_000,
+                                  "canId": 0x7E0, "isExtended": False, "dlc": 3, "dataHex": "000203",
+                                  "channel": "can0"}
+    packed = tether.encode_message(batch, "msgpack")
+    back = tether.decode_message(packed)
+    assert back["first_seq"] == 11
+    assert [tether.Frame.from_relay(f) for f in back["frames"]] == frames
+    # JSON text and MessagePack bytes of the same message decode alike.
+    assert tether.decode_message(tether.encode_message(batch, "json").decode()) == back
+    for bad in [
+        {"type": "nope"},
+        {"type": "ack"},
+        {"type": "hello", "version": 1, "group_id": "", "side": "a", "resume": {"rx_seq": 0}, "encodings": ["json"]},
+        {**batch, "frames": [{**batch["frames"][0], "dlc": 9}]},
+        {**batch, "frames": [{**batch["frames"][0], "canId": 0x800}]},
+    ]:
+        with pytest.raises(tether.ProtocolError):
+            tether.encode_message(bad)
+    with pytest.raises(tether.ProtocolError):
+        tether.decode_message(b"\xc1")
+    with pytest.raises(tether.ProtocolError):
+        tether.decode_message('{"type":"frames","first_seq":"x","frames":[]}')
+    with pytest.raises(tether.TetherError):
+        tether.Frame.from_relay({"groupId": "g"})
+
+
+def env_without_redis():
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env["RUST_LOG"] = "warn"
+    return env
+
+
+@pytest.fixture
+def server(tmp_path):
+    data = tmp_path / "data"
+    token = subprocess.run(
+        [tether_bin(), "server", "token", "create", "--user", "pia", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=30, env=env_without_redis(), check=True,
+    ).stdout.strip()
+    proc = subprocess.Popen(
+        [tether_bin(), "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
+    )
+    line = proc.stdout.readline()
+    m = re.match(r"tether server listening on http://(127\.0\.0\.1:\d+)", line)
+    if not m:
+        proc.kill()
+        pytest.fail(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
+    yield {"addr": m.group(1), "token": token}
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def api(s, token, method, path, body=None):
+    r = httpx.request(method, f"http://{s['addr']}{path}", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+    return r.json() if r.content else None
+
+
+def open_side(s, agent_token, group, side):
+    ws = connect(f"ws://{s['addr']}/ws/data", additional_headers={"Authorization": f"Bearer {agent_token}"},
+                 open_timeout=30)
+    hello = {"type": "hello", "version": 1, "group_id": group, "side": side, "resume": {"rx_seq": 0},
+             "encodings": ["msgpack", "json"]}
+    ws.send(tether.encode_message(hello).decode())  # the handshake is JSON text
+    welcome = tether.decode_message(ws.recv(timeout=30))
+    assert (welcome["type"], welcome["encoding"], welcome["tx_acked"]) == ("welcome", "msgpack", 0), welcome
+    return ws
+
+
+def test_a_python_agent_relays_frames_through_the_real_server(server):
+    agent = api(server, server["token"], "POST", "/api/v1/agents", {"name": "py-edge"})
+    dongles = [api(server, agent["token"], "POST", "/api/v1/agent/dongles", {"serial": serial})["id"]
+               for serial in ("PY-A", "PY-B")]
+    group = api(server, server["token"], "POST", "/api/v1/groups",
+                {"name": "py-pair", "dongle_a": dongles[0], "dongle_b": dongles[1]})["id"]
+    api(server, server["token"], "POST", f"/api/v1/groups/{group}/activate")
+    a, b = open_side(server, agent["token"], group, "a"), open_side(server, agent["token"], group, "b")
+    sent = tether.parse_log(CAPTURE.read_bytes()).frames[:300]
+    for first in range(0, len(sent), 100):
+        chunk = sent[first:first + 100]
+        batch = {"type": "frames", "first_seq": first + 1, "frames": [f.to_relay(group) for f in chunk]}
+        a.send(tether.encode_message(batch, "msgpack"))
+    got, acked = [], 0
+    while len(got) < len(sent):
+        m = tether.decode_message(b.recv(timeout=30))
+        if m["type"] == "frames":
+            assert m["first_seq"] == len(got) + 1
+            got += [tether.Frame.from_relay(f, channel=f.get("channel") or "can0") for f in m["frames"]]
+            b.send(tether.encode_message({"type": "ack", "up_to": len(got)}, "msgpack"))
+    while acked < len(sent):
+        m = tether.decode_message(a.recv(timeout=30))
+        if m["type"] == "ack":
+            acked = m["up_to"]
+    assert [view(f) for f in got] == [view(f) for f in sent]
+    assert [(f.ts_ns, f.direction) for f in got] == [(f.ts_ns, f.direction) for f in sent]
+    state = api(server, server["token"], "GET", f"/api/v1/groups/{group}")
+    assert state["mode"] == "active"
+    a.close()
+    b.close()
 
 
 # --- metering --------------------------------------------------------------------------------
