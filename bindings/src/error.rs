@@ -42,7 +42,7 @@ create_exception!(
     tether,
     UnsupportedError,
     TetherError,
-    "Something the chosen protocol cannot carry (e.g. a 256th REMP channel)."
+    "Something the chosen protocol cannot carry (e.g. a 17th REMP channel), or a REMP serial beyond the receiver's max_dongles."
 );
 create_exception!(
     tether,

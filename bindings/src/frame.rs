@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use can_io::formats::candump::{self, LineStyle};
 use can_io::wire::relay_json::CanRelayFrame;
+use can_io::wire::remp::MAX_CHANNEL_NAME;
 use can_io::{
     CanFrame, CanId, CanRecord, Channel, DataFrame, Direction, FdFlags, FdFrame, RemoteFrame,
 };
@@ -32,6 +33,20 @@ pub(crate) fn direction_name(d: Direction) -> &'static str {
         Direction::Tx => "tx",
         Direction::Unknown => "unknown",
     }
+}
+
+/// A channel name that every log format and REMP can carry: 1–15 printable ASCII bytes
+/// without spaces (so it cannot break a candump line).
+fn check_channel(name: &str) -> PyResult<()> {
+    if name.is_empty()
+        || name.len() > MAX_CHANNEL_NAME
+        || !name.bytes().all(|b| (0x21..=0x7E).contains(&b))
+    {
+        return Err(PyValueError::new_err(format!(
+            "channel {name:?} must be 1–{MAX_CHANNEL_NAME} printable ASCII bytes without spaces"
+        )));
+    }
+    Ok(())
 }
 
 fn parse_direction(name: &str) -> PyResult<Direction> {
@@ -87,9 +102,7 @@ impl Frame {
         } else {
             CanFrame::Data(DataFrame::new(id, data).map_err(error::can)?)
         };
-        if channel.is_empty() {
-            return Err(PyValueError::new_err("channel must not be empty"));
-        }
+        check_channel(channel)?;
         let channel: Channel = Arc::from(channel);
         Ok(Frame {
             record: CanRecord::new(ts_ns, channel, parse_direction(direction)?, frame),
@@ -193,20 +206,25 @@ impl Frame {
 
     /// This frame as the protocol's `CanRelayFrame` dict for group `group_id` (what a
     /// `frames` message carries).
+    /// Raises `ProtocolError` for a `group_id` the protocol refuses (empty, over 128 bytes).
     fn to_relay<'py>(&self, py: Python<'py>, group_id: &str) -> PyResult<Bound<'py, PyAny>> {
         let wire = CanRelayFrame::from_record(group_id, &self.record);
-        wire.validate().map_err(error::can)?;
+        wire.validate()
+            .map_err(|e| error::ProtocolError::new_err(e.to_string()))?;
         Ok(pythonize::pythonize(py, &wire)?)
     }
 
     /// A frame from a `CanRelayFrame` dict (as `decode_message` returns them); `channel` names
-    /// it when the dict has none.
+    /// it when the dict has none. Raises `ProtocolError` for a dict the protocol refuses.
     #[staticmethod]
     #[pyo3(signature = (relay, channel = "can0"))]
     fn from_relay(relay: &Bound<'_, PyAny>, channel: &str) -> PyResult<Frame> {
-        let wire: CanRelayFrame = pythonize::depythonize(relay)
-            .map_err(|e| error::MalformedError::new_err(format!("not a CanRelayFrame: {e}")))?;
+        check_channel(channel)?;
+        let json = crate::protocol::to_json(relay)?;
+        let wire = CanRelayFrame::decode(&json)
+            .map_err(|e| error::ProtocolError::new_err(format!("not a CanRelayFrame: {e}")))?;
         let record = wire.to_record(&channel.into()).map_err(error::can)?;
+        check_channel(&record.channel)?;
         Ok(Frame { record })
     }
 }

@@ -96,7 +96,7 @@ pub(crate) fn parse_log(
         match line {
             Ok(line) => match line.entry {
                 Entry::Record(record) => out.frames.push(Py::new(py, Frame { record })?),
-                Entry::Drop(notice) => out.dropped += notice.dropped,
+                Entry::Drop(notice) => out.dropped = out.dropped.saturating_add(notice.dropped),
             },
             Err(err) if strict => return Err(error::can(err)),
             Err(err) => {

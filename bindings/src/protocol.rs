@@ -29,14 +29,22 @@ pub(crate) fn encode_message<'py>(
     encoding: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let encoding = encoding_by_name(encoding)?;
-    let value: serde_json::Value = pythonize::depythonize(message)
-        .map_err(|e| PyValueError::new_err(format!("not a JSON-like message: {e}")))?;
-    let json = serde_json::to_vec(&value)
-        .map_err(|e| PyValueError::new_err(format!("not a JSON-like message: {e}")))?;
+    let json = to_json(message)?;
     // Through the receivers' decoder: the same checks, the same error texts.
     let message = protocol::decode(&json, Encoding::Json).map_err(error::relay)?;
     let bytes = protocol::encode(&message, encoding).map_err(error::relay)?;
     Ok(PyBytes::new(py, &bytes))
+}
+
+/// `value` as JSON bytes, by Python's `json` module (which bounds nesting with a
+/// `RecursionError`, where a native walk of a deeply nested dict would overflow the stack).
+pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let text = value
+        .py()
+        .import("json")?
+        .call_method1("dumps", (value,))?
+        .extract::<String>()?;
+    Ok(text.into_bytes())
 }
 
 /// Decodes and checks one data-plane message into a dict. `data` is a `str` (a text

@@ -63,6 +63,9 @@ def test_frames_are_validated_and_compare_by_value():
         (dict(can_id=0x1, data=b"\x01", remote=True), ValueError),
         (dict(can_id=0x1, direction="up"), ValueError),
         (dict(can_id=0x1, channel=""), ValueError),
+        # A name that would break a candump line, and one longer than Linux allows.
+        (dict(can_id=0x1, channel="can0 1#00\n(0.0) x"), ValueError),
+        (dict(can_id=0x1, channel="c" * 16), ValueError),
     ],
 )
 def test_bad_frames_raise_a_named_error(kwargs, error):
@@ -136,6 +139,8 @@ def test_bad_lines_raise_with_their_number_or_are_listed():
         b"(1.0) can0 123#11\nDROPCOUNT: dropped 5 CAN frames on 'can0' socket (total drops 5)\n(2.0) can0 123#12\n"
     )
     assert (len(dropped), dropped.dropped) == (2, 5)
+    most = b"DROPCOUNT: dropped 18446744073709551615 CAN frames on 'can0' socket (total drops 1)\n"
+    assert tether.parse_log(most * 2, "candump").dropped == 2**64 - 1
 
 
 # --- REMP ------------------------------------------------------------------------------------
@@ -283,8 +288,18 @@ def test_protocol_messages_round_trip_in_both_encodings_and_are_checked():
         tether.decode_message(b"\xc1")
     with pytest.raises(tether.ProtocolError):
         tether.decode_message('{"type":"frames","first_seq":"x","frames":[]}')
-    with pytest.raises(tether.TetherError):
+    with pytest.raises(tether.ProtocolError):
         tether.Frame.from_relay({"groupId": "g"})
+    with pytest.raises(ValueError):
+        tether.Frame.from_relay({**batch["frames"][0], "channel": ""})
+    with pytest.raises(tether.ProtocolError):
+        frames[0].to_relay("")
+    # Nesting far beyond any message is a Python exception, not a crashed interpreter.
+    deep = {}
+    for _ in range(100_000):
+        deep = {"x": deep}
+    with pytest.raises(RecursionError):
+        tether.encode_message(deep)
 
 
 def env_without_redis():
