@@ -220,8 +220,9 @@ pub trait StreamLog: Send + Sync {
     /// Reads up to `max` items after seq `after`, with a [`Gap`] first when seq `after + 1` is
     /// gone. `max == 0` returns only the gap, if any. A stored item whose timestamp or payload
     /// cannot be read back (storage damage, another writer) comes out with `ts_ms` 0 or an
-    /// empty payload rather than failing the read, which would stall the stream: the caller's
-    /// decoder refuses it (the relay reports it as a `corrupt` gap).
+    /// empty payload rather than failing the read, which would stall the stream: an empty
+    /// payload is refused by the caller's decoder (the relay reports it as a `corrupt` gap); a
+    /// timestamp of 0 only makes the item the first to go under age retention.
     fn read(
         &self,
         stream: &str,

@@ -695,7 +695,11 @@ fn trim_blocking(
         let mut survivor = None;
         while let Some(r) = rows.next().map_err(sql("trim"))? {
             let seq: i64 = r.get(0).map_err(sql("trim"))?;
-            let ts: i64 = r.get(1).map_err(sql("trim"))?;
+            // A damaged timestamp reads as 0 (as in `read`): the row counts as old.
+            let ts = match r.get_ref(1).map_err(sql("trim"))? {
+                ValueRef::Integer(ts) => ts,
+                _ => 0,
+            };
             if ts >= cutoff {
                 survivor = Some(to_u64(stream, seq)?);
                 break;

@@ -39,8 +39,8 @@ pub struct StreamOutbox {
     /// Server's cumulative ack, raised to the floor of a renumbering (seqs below it are never
     /// sent again).
     pub acked: u64,
-    /// Highest ack the server itself sent or reported (in this process; the stored `acked`
-    /// after a restart): what "the server lost frames" is judged against.
+    /// Highest ack the server itself sent or reported in this process: what "the server lost
+    /// frames" is judged against (not the stored `acked`, which a renumbering raises).
     server_acked: u64,
     /// Last inbound seq processed.
     pub rx_seq: u64,
@@ -80,7 +80,7 @@ impl StreamOutbox {
             key,
             last_seq: loaded.last_seq,
             acked: loaded.acked,
-            server_acked: loaded.acked,
+            server_acked: 0,
             rx_seq: loaded.rx_seq,
             sent_high: loaded.last_seq,
             pending,
@@ -183,6 +183,7 @@ impl StreamOutbox {
         if tx_acked > self.last_seq {
             warn!(serial = %self.key.serial, group = %self.key.group_id, server = tx_acked, local = self.last_seq,
                 "the server holds seqs this agent never assigned (its state was lost): continuing above them");
+            self.server_acked = self.server_acked.max(tx_acked);
             self.renumber(tx_acked)?;
             return Ok(tx_acked);
         }
