@@ -934,5 +934,21 @@ mod tests {
                 (3, 1_003, &[3u8; 4][..])
             ]
         );
+        // A timestamp that is not a number at all counts as 0 for age retention too, instead of
+        // failing every trim of the stream.
+        db.execute("UPDATE log_items SET ts_ms = 'x' WHERE seq = 3", [])
+            .expect("damage");
+        let retention = crate::log::Retention {
+            max_len: None,
+            max_age_ms: Some(500),
+        };
+        let trimmed = log.trim("s", &retention, 2_000).await.expect("trim");
+        assert_eq!(
+            trimmed.iter().map(|t| t.count).sum::<u64>(),
+            3,
+            "{trimmed:?}"
+        );
+        let left = log.read("s", 0, 10).await.expect("read");
+        assert!(left.items.is_empty(), "{left:?}");
     }
 }
