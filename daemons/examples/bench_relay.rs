@@ -155,7 +155,8 @@ async fn connect_relay(
     request
         .headers_mut()
         .insert("Authorization", format!("Bearer {agent_token}").parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+    let config = Some(tether_daemons::ws_client_config());
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, config, true)
         .await
         .context("connecting to /ws/data")?;
     let hello = Message::Hello(Hello {
@@ -183,8 +184,12 @@ async fn connect_relay(
 
 /// Opens a connection to the echo relay and registers it as `group`/`side`.
 async fn connect_echo(addr: SocketAddr, group: &str, side: Side) -> anyhow::Result<WsStream> {
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/"),
+        Some(tether_daemons::ws_client_config()),
+        true,
+    )
+    .await?;
     let side = if side == Side::A { "a" } else { "b" };
     socket
         .send(WsMessage::text(
@@ -442,7 +447,10 @@ async fn start_echo() -> anyhow::Result<SocketAddr> {
             let _ = tcp.set_nodelay(true);
             let peers = Arc::clone(&peers);
             tokio::spawn(async move {
-                let Ok(socket) = tokio_tungstenite::accept_async(tcp).await else {
+                // The same read buffer as the relay server's.
+                let config = Some(tether_daemons::ws_client_config());
+                let Ok(socket) = tokio_tungstenite::accept_async_with_config(tcp, config).await
+                else {
                     return;
                 };
                 let (mut sink, mut stream) = socket.split();

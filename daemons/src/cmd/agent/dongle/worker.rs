@@ -355,7 +355,11 @@ impl Worker {
         );
         // `true`: no Nagle. Frame batches and acks are small and latency-bound; with Nagle a
         // batch waits for the previous segment's (delayed) ACK — tens of ms per hop.
-        let connect = tokio_tungstenite::connect_async_with_config(req, None, true);
+        let connect = tokio_tungstenite::connect_async_with_config(
+            req,
+            Some(crate::ws_client_config()),
+            true,
+        );
         let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .context("connecting timed out")?
