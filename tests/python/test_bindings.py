@@ -8,8 +8,6 @@ TETHER_BIN (the built `tether` binary).
 
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 import can
 import httpx
 import pytest
+from tether_server import create_token, running_server
 from websockets.sync.client import connect
 
 import tether
@@ -302,33 +301,12 @@ def test_protocol_messages_round_trip_in_both_encodings_and_are_checked():
         tether.encode_message(deep)
 
 
-def env_without_redis():
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env["RUST_LOG"] = "warn"
-    return env
-
-
 @pytest.fixture
 def server(tmp_path):
     data = tmp_path / "data"
-    token = subprocess.run(
-        [tether_bin(), "server", "token", "create", "--user", "pia", "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=30, env=env_without_redis(), check=True,
-    ).stdout.strip()
-    proc = subprocess.Popen(
-        [tether_bin(), "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
-    )
-    line = proc.stdout.readline()
-    m = re.match(r"tether server listening on http://(127\.0\.0\.1:\d+)", line)
-    if not m:
-        proc.kill()
-        pytest.fail(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    yield {"addr": m.group(1), "token": token}
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 0
+    token = create_token(data, "pia")
+    with running_server(data) as addr:
+        yield {"addr": addr, "token": token}
 
 
 def api(s, token, method, path, body=None):

@@ -8,55 +8,21 @@ Needs env TETHER_BIN (the built `tether` binary). Runs the embedded default (no 
 """
 
 import json
-import os
 import re
-import signal
-import subprocess
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
-
-TETHER = os.environ.get("TETHER_BIN", "tether")
-TIMEOUT = 20
-
-
-def env_without_redis():
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env["RUST_LOG"] = "warn"
-    return env
+from tether_server import TIMEOUT, create_token, running_server
 
 
 @pytest.fixture
 def server(tmp_path):
     data = tmp_path / "data"
-    token = subprocess.run(
-        [TETHER, "server", "token", "create", "--user", "alice", "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env_without_redis(), check=True,
-    ).stdout.strip()
-    assert token.startswith("tu_"), token
-    stranger = subprocess.run(
-        [TETHER, "server", "token", "create", "--user", "mallory", "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env_without_redis(), check=True,
-    ).stdout.strip()
-    proc = subprocess.Popen(
-        [TETHER, "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
-    )
-    line = proc.stdout.readline()
-    m = re.match(r"tether server listening on (http://127\.0\.0\.1:\d+)", line)
-    if not m:
-        proc.kill()
-        pytest.fail(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    yield {"base": m.group(1), "token": token, "stranger": stranger}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0
+    token = create_token(data, "alice")
+    stranger = create_token(data, "mallory")
+    with running_server(data) as addr:
+        yield {"base": f"http://{addr}", "token": token, "stranger": stranger}
 
 
 def api(base, token, method, path, body=None):

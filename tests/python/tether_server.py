@@ -1,0 +1,56 @@
+"""The real `tether server` binary for the Python tests: the embedded SQLite default (no Redis),
+a fresh data directory, users' tokens from `tether server token create`.
+
+Needs TETHER_BIN (the built `tether` binary); scripts/test.sh sets it.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+
+TETHER = os.environ.get("TETHER_BIN", "tether")
+TIMEOUT = 20
+
+
+def env_without_redis():
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env["RUST_LOG"] = "warn"
+    return env
+
+
+def create_token(data, user):
+    """A new API token for `user` (created if needed) in the server's data directory."""
+    token = subprocess.run(
+        [TETHER, "server", "token", "create", "--user", user, "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=TIMEOUT, env=env_without_redis(), check=True,
+    ).stdout.strip()
+    assert token.startswith("tu_"), token
+    return token
+
+
+@contextlib.contextmanager
+def running_server(data):
+    """Starts `tether server` on a free loopback port; yields its `host:port`. On exit it is
+    stopped with SIGTERM and must exit 0."""
+    proc = subprocess.Popen(
+        [TETHER, "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
+    )
+    line = proc.stdout.readline()
+    m = re.match(r"tether server listening on http://(127\.0\.0\.1:\d+)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
+    try:
+        yield m.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
