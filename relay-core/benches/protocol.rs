@@ -9,7 +9,9 @@
 //!   back from the log, every frame decoded and validated first, then spliced (MessagePack) or
 //!   re-encoded (JSON). Beside `deliver/reencoded`, decode-and-encode for every frame.
 //! * `store` — turning a received batch into stream items: MessagePack (the stored format)
-//!   against compact JSON (the format before).
+//!   encoded again, MessagePack sliced from the received message
+//!   ([`FrameBatch::to_items_from`], what the server does), and compact JSON (the format
+//!   before).
 //!
 //! Run: `cargo bench -p relay-core --bench protocol` (the machine is shared: compare ratios).
 
@@ -97,6 +99,10 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(FRAMES));
     group.bench_function("msgpack", |b| b.iter(|| frames.to_items().unwrap()));
+    let received = bytes::Bytes::from(protocol::encode(&message, Encoding::Msgpack).unwrap());
+    group.bench_function("msgpack_received_slices", |b| {
+        b.iter(|| frames.to_items_from(&received, Encoding::Msgpack).unwrap())
+    });
     group.bench_function("json", |b| {
         b.iter(|| {
             frames

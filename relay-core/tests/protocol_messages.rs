@@ -99,6 +99,8 @@ fn every_message_round_trips_in_both_encodings() {
         for encoding in [Encoding::Json, Encoding::Msgpack] {
             let bytes = encode(&message, encoding).unwrap();
             assert_eq!(decode(&bytes, encoding).unwrap(), message, "{encoding:?}");
+            // The fuzz entry point's checks, on real messages (stored items included).
+            protocol::fuzz_decode(&bytes);
         }
     }
 }
@@ -397,6 +399,35 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
         encode_delivery("s", &holey, Encoding::Msgpack, DeliverySource::Log),
         Err(Error::Corrupt { .. })
     ));
+}
+
+#[test]
+fn received_msgpack_frames_are_stored_as_their_own_bytes() {
+    let batch = FrameBatch {
+        first_seq: 41,
+        frames: vec![frame(), frame()],
+    };
+    let message = Message::Frames(batch.clone());
+    let received = bytes::Bytes::from(encode(&message, Encoding::Msgpack).unwrap());
+    let items = batch.to_items_from(&received, Encoding::Msgpack).unwrap();
+    assert_eq!(
+        items,
+        batch.to_items().unwrap(),
+        "the same items as encoding them again"
+    );
+    let range = received.as_ptr_range();
+    for item in &items {
+        assert!(
+            range.contains(&item.payload.as_ptr()),
+            "a slice of the received message, not a copy"
+        );
+    }
+    // JSON is encoded into the stored form.
+    let json = bytes::Bytes::from(encode(&message, Encoding::Json).unwrap());
+    assert_eq!(
+        batch.to_items_from(&json, Encoding::Json).unwrap(),
+        batch.to_items().unwrap()
+    );
 }
 
 #[test]

@@ -236,6 +236,18 @@ pub fn fuzz_decode(data: &[u8]) {
                 matches!(&again, Ok(m) if *m == message),
                 "round trip changed {message:?}: {again:?}"
             );
+            // Items stored from the received bytes hold exactly the frames decoded.
+            if let Message::Frames(batch) = &message {
+                let bytes = bytes::Bytes::copy_from_slice(data);
+                let items = batch.to_items_from(&bytes, encoding);
+                let stored: Option<Vec<_>> = items.ok().and_then(|items| {
+                    items
+                        .iter()
+                        .map(|i| super::decode_stored_frame(&i.payload).ok())
+                        .collect()
+                });
+                assert_eq!(stored.as_deref(), Some(&batch.frames[..]));
+            }
         }
     }
 }

@@ -68,6 +68,30 @@ impl FrameBatch {
             .collect()
     }
 
+    /// [`to_items`](Self::to_items) for a batch that [`decode`](super::decode) read from
+    /// `message` in `encoding`. From MessagePack, each item's payload is the frame's own slice
+    /// of `message` — already the stored form, a map with named fields — without copying or
+    /// encoding it again. Anything else (JSON, frames sent as arrays, an unexpected layout) is
+    /// encoded as `to_items` does.
+    pub fn to_items_from(&self, message: &Bytes, encoding: Encoding) -> Result<Vec<Item>> {
+        if encoding == Encoding::Msgpack
+            && let Some(ranges) = frame_ranges(message)
+            && ranges.len() == self.frames.len()
+            && ranges.iter().all(|r| is_msgpack_map(&message[r.clone()]))
+        {
+            return Ok((self.first_seq..)
+                .zip(&self.frames)
+                .zip(ranges)
+                .map(|((seq, frame), range)| Item {
+                    seq,
+                    ts_ms: frame.ts / 1_000_000,
+                    payload: message.slice(range),
+                })
+                .collect());
+        }
+        self.to_items()
+    }
+
     /// A batch from items the engine delivers (dense seqs). Fails with [`Error::Corrupt`] when
     /// an item is not a valid stored `CanRelayFrame` (someone else wrote to `stream`), or the
     /// items are empty or not dense.
@@ -266,6 +290,32 @@ fn splice_json(first_seq: u64, payloads: &[Cow<'_, [u8]>]) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// Where the elements of the `frames` array of a MessagePack message (a map) are, walking its
+/// structure; `None` when it is not laid out so.
+fn frame_ranges(message: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut rest = message;
+    let entries = rmp::decode::read_map_len(&mut rest).ok()?;
+    let mut pos = message.len() - rest.len();
+    for _ in 0..entries {
+        let (key, after) = rmp::decode::read_str_from_slice(message.get(pos..)?).ok()?;
+        pos = message.len() - after.len();
+        if key == "frames" {
+            let mut rest = &message[pos..];
+            let n = rmp::decode::read_array_len(&mut rest).ok()?;
+            pos = message.len() - rest.len();
+            let mut ranges = Vec::with_capacity(usize::try_from(n).ok()?.min(rest.len()));
+            for _ in 0..n {
+                let len = msgpack_extent(&message[pos..])?;
+                ranges.push(pos..pos + len);
+                pos += len;
+            }
+            return Some(ranges);
+        }
+        pos += msgpack_extent(&message[pos..])?;
+    }
+    None
 }
 
 /// The length of the one MessagePack value at the start of `buf`, walking its structure without

@@ -355,7 +355,7 @@ async fn handle(
     state: &AppState,
     session: &Session,
     outbox: &Outbox,
-    bytes: &[u8],
+    bytes: &Bytes,
     encoding: Encoding,
 ) -> bool {
     let metrics = &plane.shared.metrics;
@@ -379,7 +379,7 @@ async fn handle(
                 batch.frames.len(),
             );
             taps::can_frames(state, session.dongle, session.group, &batch.frames[skip..]);
-            let items = match batch.to_items() {
+            let items = match batch.to_items_from(bytes, encoding) {
                 Ok(items) => items,
                 Err(err) => return fatal(ErrorCode::Internal, err.to_string()),
             };
