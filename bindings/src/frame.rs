@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use can_io::formats::candump::{self, LineStyle};
 use can_io::wire::relay_json::CanRelayFrame;
-use can_io::wire::remp::MAX_CHANNEL_NAME;
+use can_io::wire::remp::{MAX_CHANNEL_NAME, validate_channel_name};
 use can_io::{
     CanFrame, CanId, CanRecord, Channel, DataFrame, Direction, FdFlags, FdFrame, RemoteFrame,
 };
@@ -35,18 +35,14 @@ pub(crate) fn direction_name(d: Direction) -> &'static str {
     }
 }
 
-/// A channel name that every log format and REMP can carry: 1–15 printable ASCII bytes
-/// without spaces (so it cannot break a candump line).
+/// A channel name that every log format and REMP can carry (REMP's rule: 1–15 printable ASCII
+/// bytes without spaces, so it cannot break a candump line); a plain `ValueError` otherwise.
 fn check_channel(name: &str) -> PyResult<()> {
-    if name.is_empty()
-        || name.len() > MAX_CHANNEL_NAME
-        || !name.bytes().all(|b| (0x21..=0x7E).contains(&b))
-    {
-        return Err(PyValueError::new_err(format!(
+    validate_channel_name(name).map_err(|_| {
+        PyValueError::new_err(format!(
             "channel {name:?} must be 1–{MAX_CHANNEL_NAME} printable ASCII bytes without spaces"
-        )));
-    }
-    Ok(())
+        ))
+    })
 }
 
 fn parse_direction(name: &str) -> PyResult<Direction> {

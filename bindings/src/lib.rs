@@ -28,6 +28,22 @@ mod remp;
 
 use pyo3::prelude::*;
 
+/// A `bytes` or `str` argument named `name`: its bytes, and whether it was text.
+pub(crate) fn bytes_or_str<'a>(
+    arg: &'a Bound<'_, PyAny>,
+    name: &str,
+) -> PyResult<(std::borrow::Cow<'a, [u8]>, bool)> {
+    if let Ok(b) = arg.cast::<pyo3::types::PyBytes>() {
+        Ok((std::borrow::Cow::Borrowed(b.as_bytes()), false))
+    } else if let Ok(s) = arg.extract::<String>() {
+        Ok((std::borrow::Cow::Owned(s.into_bytes()), true))
+    } else {
+        Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{name} must be bytes or str"
+        )))
+    }
+}
+
 /// The `tether` Python module.
 #[pymodule]
 fn tether(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -67,15 +67,8 @@ pub(crate) fn parse_log(
     format: Option<&str>,
     strict: bool,
 ) -> PyResult<ParsedLog> {
-    let text: String;
-    let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
-        b.as_bytes()
-    } else if let Ok(s) = data.extract::<String>() {
-        text = s;
-        text.as_bytes()
-    } else {
-        return Err(PyValueError::new_err("data must be bytes or str"));
-    };
+    let (bytes, _) = crate::bytes_or_str(data, "data")?;
+    let bytes: &[u8] = &bytes;
     let format = match format {
         Some(name) => format_by_name(name)?,
         None => LogFormat::detect(bytes).ok_or_else(|| {

@@ -3,7 +3,7 @@
 use metering_core::message::{QueueKind, Route, validate};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyDict;
 
 use crate::error;
 
@@ -24,14 +24,8 @@ pub(crate) fn validate_message<'py>(
             "queue must be \"usage_records\", \"session_lifecycle\" or \"quota_refresh\", not {queue:?}"
         ))
     })?;
-    let valid = if let Ok(b) = raw.cast::<PyBytes>() {
-        validate(queue, b.as_bytes())
-    } else if let Ok(s) = raw.extract::<String>() {
-        validate(queue, s.as_bytes())
-    } else {
-        return Err(PyValueError::new_err("raw must be bytes or str"));
-    }
-    .map_err(error::metering)?;
+    let (raw, _) = crate::bytes_or_str(raw, "raw")?;
+    let valid = validate(queue, &raw).map_err(error::metering)?;
     let route = match valid.route {
         Route::UsageRecords => "usage_records",
         Route::SessionStart => "session_start",

@@ -2,7 +2,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::PyBytes;
 use relay_core::protocol::{self, Encoding};
 
 use crate::error;
@@ -58,12 +58,11 @@ pub(crate) fn decode_message<'py>(
     data: &Bound<'py, PyAny>,
     encoding: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (bytes, default): (Vec<u8>, Encoding) = if data.cast::<PyString>().is_ok() {
-        (data.extract::<String>()?.into_bytes(), Encoding::Json)
-    } else if let Ok(b) = data.cast::<PyBytes>() {
-        (b.as_bytes().to_vec(), Encoding::Msgpack)
+    let (bytes, text) = crate::bytes_or_str(data, "data")?;
+    let default = if text {
+        Encoding::Json
     } else {
-        return Err(PyValueError::new_err("data must be str or bytes"));
+        Encoding::Msgpack
     };
     let encoding = encoding.map_or(Ok(default), encoding_by_name)?;
     let message = protocol::decode(&bytes, encoding).map_err(error::relay)?;

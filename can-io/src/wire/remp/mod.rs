@@ -217,7 +217,9 @@ fn encode_hello(h: &Hello, out: &mut Vec<u8>) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_channel_name(name: &str) -> Result<(), Error> {
+/// Check a channel name: 1–[`MAX_CHANNEL_NAME`] bytes of printable ASCII without spaces (a
+/// Linux interface name, and nothing that could break a candump line).
+pub fn validate_channel_name(name: &str) -> Result<(), Error> {
     if name.is_empty()
         || name.len() > MAX_CHANNEL_NAME
         || !name.bytes().all(|b| (0x21..=0x7E).contains(&b))
