@@ -491,17 +491,23 @@ fn delivered_to(outs: &[RelayOutput], side: Side) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn cut_through_delivers_before_durability_and_never_twice() {
-    let mut h = H::new(true);
+/// Both sides online, A sends 1..=3: the append request, not yet executed.
+fn three_frames_appending(config: EngineConfig) -> (H, StorageRequest) {
+    let mut h = H::with_config(true, config);
     h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
     h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
     h.drive();
     h.engine
         .handle_frames(&h.g, Side::A, items(1..=3), 0)
         .unwrap();
-    // Delivered while the append is still in flight; the producer is not acknowledged yet.
     let append = h.engine.poll_storage().unwrap();
+    (h, append)
+}
+
+#[test]
+fn cut_through_delivers_before_durability_and_never_twice() {
+    // Delivered while the append is still in flight; the producer is not acknowledged yet.
+    let (mut h, append) = three_frames_appending(EngineConfig::default());
     assert!(matches!(append, StorageRequest::Append { .. }));
     let outs = rounds_only(&mut h.engine, 0);
     assert_eq!(delivered_to(&outs, Side::B), vec![1, 2, 3]);
@@ -539,14 +545,7 @@ fn without_cut_through_only_durable_items_are_delivered() {
         cut_through: 0,
         ..EngineConfig::default()
     };
-    let mut h = H::with_config(true, config);
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
-    h.drive();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=3), 0)
-        .unwrap();
-    let append = h.engine.poll_storage().unwrap();
+    let (mut h, append) = three_frames_appending(config);
     assert!(delivered_to(&rounds_only(&mut h.engine, 0), Side::B).is_empty());
     let StorageRequest::Append {
         direction, items, ..
