@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use data_client::{DataClient, Received};
 use relay_core::engine::{GroupMode, Side};
-use relay_core::log::{MAX_SEQ, SqliteStreamLog, SqliteSynchronous, StreamLog};
+use relay_core::log::{MAX_SEQ, SqliteStreamLog, SqliteSynchronous, StreamLog, sqlite_chunk};
 use relay_core::protocol::{Encoding, Message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -235,27 +235,38 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
     tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
         let db = rusqlite::Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(10))?;
-        let corrupt = |seq: i64, payload: &[u8]| {
-            db.execute(
-                "UPDATE log_items SET payload = ?1 WHERE seq = ?2 AND stream_id = \
-                 (SELECT id FROM log_streams WHERE name = ?3)",
-                rusqlite::params![payload, seq, stream],
-            )
-        };
-        assert_eq!(corrupt(4, b"\xc1")?, 1);
-        assert_eq!(corrupt(5, b"\x87\xa7groupId")?, 1);
-        let mut row: Vec<u8> = db.query_row(
-            "SELECT payload FROM log_items WHERE seq = 8 AND stream_id = \
-             (SELECT id FROM log_streams WHERE name = ?1)",
+        // The ten frames are one chunk row (docs/storage.md): decode it, damage three
+        // payloads, write it back.
+        let (id, first_seq, last_seq, count, blob): (i64, i64, i64, i64, Vec<u8>) = db.query_row(
+            "SELECT id, first_seq, last_seq, count, items FROM log_chunks WHERE stream_id = \
+                 (SELECT id FROM log_streams WHERE name = ?1)",
             [&stream],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?;
+        let bounds = sqlite_chunk::ChunkBounds {
+            first_seq: first_seq as u64,
+            last_seq: last_seq as u64,
+            count: count as u64,
+        };
+        let decoded = sqlite_chunk::decode(bounds, &blob.into(), false);
+        assert_eq!(decoded.error, None);
+        let mut items = decoded.items;
+        assert_eq!(items.len(), 10);
+        items[3].payload = bytes::Bytes::from_static(b"\xc1");
+        items[4].payload = bytes::Bytes::from_static(b"\x87\xa7groupId");
+        let mut row = items[7].payload.to_vec();
         let at = row
             .windows(7)
             .position(|w| w == b"groupId")
             .expect("a stored frame");
         row[at] ^= 0x01;
-        assert_eq!(corrupt(8, &row)?, 1);
+        items[7].payload = row.into();
+        let (_, damaged) = sqlite_chunk::encode(&items);
+        let changed = db.execute(
+            "UPDATE log_chunks SET items = ?1 WHERE id = ?2",
+            rusqlite::params![damaged, id],
+        )?;
+        assert_eq!(changed, 1);
         Ok(())
     })
     .await??;

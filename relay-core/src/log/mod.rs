@@ -48,6 +48,7 @@ mod any;
 mod memory;
 mod redis_streams;
 mod sqlite;
+pub mod sqlite_chunk;
 
 pub use any::{AnyStreamLog, StreamLogConfig};
 pub use memory::MemoryStreamLog;

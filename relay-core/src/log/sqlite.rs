@@ -18,6 +18,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+
+use super::sqlite_chunk::{self, ChunkBounds, ChunkError, ChunkWriter};
 use super::{
     AppendOutcome, Backlog, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta, TrimReason,
     Trimmed, dense_prefix, validate_batch, validate_stream_name,
@@ -56,13 +59,15 @@ CREATE TABLE IF NOT EXISTS log_streams (
     trimmed_through INTEGER NOT NULL DEFAULT 0,
     trim_reason     TEXT
 );
-CREATE TABLE IF NOT EXISTS log_items (
+CREATE TABLE IF NOT EXISTS log_chunks (
+    id        INTEGER PRIMARY KEY,
     stream_id INTEGER NOT NULL,
-    seq       INTEGER NOT NULL,
-    ts_ms     INTEGER NOT NULL,
-    payload   BLOB NOT NULL,
-    PRIMARY KEY (stream_id, seq)
-) WITHOUT ROWID;
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    count     INTEGER NOT NULL,
+    items     BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS log_chunks_by_stream ON log_chunks(stream_id, last_seq);
 CREATE TABLE IF NOT EXISTS log_cursors (
     stream_id INTEGER NOT NULL,
     consumer  TEXT NOT NULL,
@@ -331,6 +336,15 @@ impl SqliteStreamLog {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let mut conn = conn;
+        if let Some((moved, skipped)) = migrate_item_rows(&mut conn)? {
+            tracing::info!(
+                path = %path.display(),
+                moved,
+                skipped,
+                "moved the stream log from one row per item (log_items) to chunks (log_chunks)"
+            );
+        }
         Ok(conn)
     }
 
@@ -373,6 +387,82 @@ impl SqliteStreamLog {
             }));
         }
     }
+}
+
+/// Moves a log written by an older version — one `log_items` row per item — into chunks, in
+/// one transaction, and drops `log_items`. Returns `None` when there is no such table, else the
+/// items moved and the rows skipped (a seq that cannot be read). A timestamp or payload that
+/// cannot be read is moved as 0 / empty, as reading it did, so it is still reported as damaged.
+fn migrate_item_rows(conn: &mut Connection) -> Result<Option<(u64, u64)>> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_items')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("move log_items"))?;
+    if !exists {
+        return Ok(None);
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("move log_items"))?;
+    let moved = move_item_rows(&tx)?;
+    tx.execute_batch("DROP TABLE log_items")
+        .map_err(sql("move log_items"))?;
+    tx.commit().map_err(sql("move log_items"))?;
+    Ok(Some(moved))
+}
+
+/// The body of [`migrate_item_rows`]: streams `log_items` in order into chunks.
+fn move_item_rows(tx: &Connection) -> Result<(u64, u64)> {
+    let (mut moved, mut skipped) = (0u64, 0u64);
+    let mut select = tx
+        .prepare("SELECT stream_id, seq, ts_ms, payload FROM log_items ORDER BY stream_id, seq")
+        .map_err(sql("move log_items"))?;
+    let mut rows = select.query([]).map_err(sql("move log_items"))?;
+    let mut chunk = ChunkWriter::new();
+    let mut current = None;
+    while let Some(r) = rows.next().map_err(sql("move log_items"))? {
+        let (stream_id, seq, ts, payload) = (
+            r.get_ref(0).map_err(sql("move log_items"))?,
+            r.get_ref(1).map_err(sql("move log_items"))?,
+            r.get_ref(2).map_err(sql("move log_items"))?,
+            r.get_ref(3).map_err(sql("move log_items"))?,
+        );
+        let (ValueRef::Integer(stream_id), ValueRef::Integer(seq)) = (stream_id, seq) else {
+            skipped += 1;
+            continue;
+        };
+        if !(1..=to_i64(super::MAX_SEQ)).contains(&seq) {
+            skipped += 1;
+            continue;
+        }
+        let ts_ms = match ts {
+            ValueRef::Integer(ts) => u64::try_from(ts).unwrap_or(0).min(super::MAX_SEQ),
+            _ => 0,
+        };
+        let payload = match payload {
+            ValueRef::Blob(b) | ValueRef::Text(b) => Bytes::copy_from_slice(b),
+            _ => Bytes::new(),
+        };
+        if current != Some(stream_id) || chunk.is_full() {
+            if let Some(id) = current.filter(|_| !chunk.is_empty()) {
+                insert_chunk(tx, id, &mut chunk)?;
+            }
+            current = Some(stream_id);
+        }
+        chunk.push(&Item {
+            seq: seq as u64,
+            ts_ms,
+            payload,
+        });
+        moved += 1;
+    }
+    if let Some(id) = current.filter(|_| !chunk.is_empty()) {
+        insert_chunk(tx, id, &mut chunk)?;
+    }
+    Ok((moved, skipped))
 }
 
 /// The group-commit writer: stores queued appends until the queue is empty.
@@ -517,26 +607,19 @@ fn append_items(tx: &Connection, stream: &str, items: &[Item]) -> Result<AppendO
     };
     let mut head = row.meta.head;
     let mut stored = 0u64;
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO log_items (stream_id, seq, ts_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(sql("append"))?;
-        for item in items {
-            if item.seq > head {
-                insert
-                    .execute(params![
-                        row.id,
-                        to_i64(item.seq),
-                        to_i64(item.ts_ms),
-                        &item.payload[..]
-                    ])
-                    .map_err(sql("append"))?;
-                head = item.seq;
-                stored += 1;
+    let mut chunk = ChunkWriter::new();
+    for item in items {
+        if item.seq > head {
+            chunk.push(item);
+            head = item.seq;
+            stored += 1;
+            if chunk.is_full() {
+                insert_chunk(tx, row.id, &mut chunk)?;
             }
         }
+    }
+    if !chunk.is_empty() {
+        insert_chunk(tx, row.id, &mut chunk)?;
     }
     if stored > 0 {
         tx.prepare_cached("UPDATE log_streams SET head = ?1, len = len + ?2 WHERE id = ?3")
@@ -550,6 +633,98 @@ fn append_items(tx: &Connection, stream: &str, items: &[Item]) -> Result<AppendO
     })
 }
 
+/// Stores what `chunk` holds as one `log_chunks` row and empties it.
+fn insert_chunk(tx: &Connection, stream_id: i64, chunk: &mut ChunkWriter) -> Result<()> {
+    let (bounds, blob) = chunk.take();
+    tx.prepare_cached(
+        "INSERT INTO log_chunks (stream_id, first_seq, last_seq, count, items)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            stream_id,
+            to_i64(bounds.first_seq),
+            to_i64(bounds.last_seq),
+            to_i64(bounds.count),
+            blob
+        ])
+    })
+    .map_err(sql("append"))?;
+    Ok(())
+}
+
+/// One `log_chunks` row.
+struct ChunkRow {
+    id: i64,
+    bounds: ChunkBounds,
+    /// Empty when the row's blob column is not a blob (a damaged row; it then fails to decode).
+    blob: Bytes,
+}
+
+/// The columns [`ChunkRow::from_row`] reads, in order.
+macro_rules! chunk_columns {
+    () => {
+        "id, first_seq, last_seq, count, items"
+    };
+}
+
+impl ChunkRow {
+    /// Reads a row selected with `chunk_columns!()`. A blob that cannot be read comes out empty
+    /// (and then fails to decode, so its items are reported as damaged); bounds that cannot be
+    /// read fail, as a seq that cannot be read always did.
+    fn from_row(stream: &str, r: &rusqlite::Row<'_>) -> Result<Self> {
+        let int = |i: usize| -> Result<u64> {
+            let v: i64 = r.get(i).map_err(sql("read chunk"))?;
+            to_u64(stream, v)
+        };
+        let bounds = ChunkBounds {
+            first_seq: int(1)?,
+            last_seq: int(2)?,
+            count: int(3)?,
+        };
+        let blob = match r.get_ref(4).map_err(sql("read chunk"))? {
+            ValueRef::Blob(b) => Bytes::copy_from_slice(b),
+            _ => Bytes::new(),
+        };
+        Ok(Self {
+            id: r.get(0).map_err(sql("read chunk"))?,
+            bounds,
+            blob,
+        })
+    }
+
+    /// The chunk's items above `after`, or why they cannot be decoded.
+    fn items_after(&self, stream: &str, after: Seq) -> std::result::Result<Vec<Item>, ChunkError> {
+        let decoded = sqlite_chunk::decode(self.bounds, &self.blob, false);
+        if let Some(err) = decoded.error {
+            tracing::warn!(
+                stream,
+                chunk = self.id,
+                first_seq = self.bounds.first_seq,
+                last_seq = self.bounds.last_seq,
+                %err,
+                "damaged chunk in the SQLite stream log"
+            );
+            return Err(err);
+        }
+        let mut items = decoded.items;
+        items.retain(|i| i.seq > after);
+        Ok(items)
+    }
+
+    /// Placeholders for the chunk's seqs above `after` when its blob is damaged: every seq of its
+    /// range (holes inside cannot be told), with an empty payload that no reader accepts, so
+    /// that readers report them instead of stalling. At most `limit`.
+    fn damaged_items_after(&self, after: Seq, limit: usize) -> impl Iterator<Item = Item> {
+        let from = self.bounds.first_seq.max(after.saturating_add(1));
+        (from..=self.bounds.last_seq).take(limit).map(|seq| Item {
+            seq,
+            ts_ms: 0,
+            payload: Bytes::new(),
+        })
+    }
+}
+
 fn delete_blocking(conn: &mut Connection, stream: &str) -> Result<u64> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -558,7 +733,7 @@ fn delete_blocking(conn: &mut Connection, stream: &str) -> Result<u64> {
         return Ok(0);
     };
     for statement in [
-        "DELETE FROM log_items WHERE stream_id = ?1",
+        "DELETE FROM log_chunks WHERE stream_id = ?1",
         "DELETE FROM log_cursors WHERE stream_id = ?1",
         "DELETE FROM log_streams WHERE id = ?1",
     ] {
@@ -574,37 +749,36 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
     let Some(row) = load_stream(conn, stream)? else {
         return Ok(ReadBatch::default());
     };
-    // Fetch at least one row to learn the next stored seq even when max == 0.
-    let limit = to_i64(max.max(1) as u64);
+    // Fetch at least one item to learn the next stored seq even when max == 0.
+    let want = max.max(1);
     let mut st = conn
-        .prepare_cached(
-            "SELECT seq, ts_ms, payload FROM log_items
-             WHERE stream_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
+        .prepare_cached(concat!(
+            "SELECT ",
+            chunk_columns!(),
+            " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq"
+        ))
         .map_err(sql("read"))?;
-    let rows = st
-        .query_map(params![row.id, to_i64(after), limit], |r| {
-            // A damaged timestamp or payload does not fail the read (that would stall the
-            // stream): it comes out as 0 / empty, and the caller's decoder refuses the item.
-            let ts = match r.get_ref(1)? {
-                ValueRef::Integer(ts) => u64::try_from(ts).unwrap_or(0),
-                _ => 0,
-            };
-            let payload = match r.get_ref(2)? {
-                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
-                _ => Vec::new(),
-            };
-            Ok((r.get::<_, i64>(0)?, ts, payload))
-        })
+    let mut rows = st
+        .query(params![row.id, to_i64(after)])
         .map_err(sql("read"))?;
-    let mut items = Vec::new();
-    for r in rows {
-        let (seq, ts_ms, payload) = r.map_err(sql("read"))?;
-        items.push(Item {
-            seq: to_u64(stream, seq)?,
-            ts_ms,
-            payload: payload.into(),
-        });
+    let mut items: Vec<Item> = Vec::new();
+    while items.len() < want {
+        let Some(r) = rows.next().map_err(sql("read"))? else {
+            break;
+        };
+        let chunk = ChunkRow::from_row(stream, r)?;
+        if items
+            .last()
+            .is_some_and(|last| chunk.bounds.first_seq > last.seq + 1)
+        {
+            // A hole: the read stops in front of it.
+            break;
+        }
+        let room = want - items.len();
+        match chunk.items_after(stream, after) {
+            Ok(found) => items.extend(found.into_iter().take(room)),
+            Err(_) => items.extend(chunk.damaged_items_after(after, room)),
+        }
     }
     let next = items.first().map(|i| i.seq);
     let gap = row.meta.gap_after(after, next);
@@ -618,23 +792,69 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
     Ok(ReadBatch { gap, items })
 }
 
-/// Deletes the items below `survivor` (all items when `None`) and records the trim.
+/// Where a retention rule cuts a stream.
+#[derive(Default)]
+struct Cut {
+    /// The first item removed, `None` when nothing is.
+    first: Option<Seq>,
+    /// The first item kept, `None` when every item goes.
+    survivor: Option<Seq>,
+    /// Items removed.
+    count: u64,
+    /// The chunk the cut goes through, and its items from the survivor on.
+    split: Option<(i64, Vec<Item>)>,
+}
+
+impl Cut {
+    /// Removes all of `chunk`.
+    fn take_whole(&mut self, chunk: &ChunkRow) {
+        self.first.get_or_insert(chunk.bounds.first_seq);
+        self.count += chunk.bounds.count;
+    }
+
+    /// Removes the first `k` of `items` (all of `chunk`'s, `0 < k < items.len()`) and keeps
+    /// the rest.
+    fn split_at(&mut self, chunk: &ChunkRow, mut items: Vec<Item>, k: usize) {
+        self.first.get_or_insert(chunk.bounds.first_seq);
+        self.count += k as u64;
+        self.survivor = Some(items[k].seq);
+        self.split = Some((chunk.id, items.split_off(k)));
+    }
+}
+
+/// Removes what `cut` says and records the trim.
 fn remove_prefix(
     tx: &Connection,
     row: &mut StreamRow,
-    first: Seq,
-    survivor: Option<Seq>,
+    cut: Cut,
     reason: TrimReason,
 ) -> Result<Option<Trimmed>> {
-    let bound = survivor.unwrap_or(Seq::MAX);
-    let count = tx
-        .prepare_cached("DELETE FROM log_items WHERE stream_id = ?1 AND seq < ?2")
-        .and_then(|mut st| st.execute(params![row.id, to_i64(bound)]))
-        .map_err(sql("trim"))? as u64;
-    if count == 0 {
+    let Some(first) = cut.first else {
         return Ok(None);
+    };
+    // Chunks wholly below the survivor; the one it is in (if it is not its first item) is
+    // written again with the kept items.
+    let bound = cut.survivor.unwrap_or(Seq::MAX);
+    tx.prepare_cached("DELETE FROM log_chunks WHERE stream_id = ?1 AND last_seq < ?2")
+        .and_then(|mut st| st.execute(params![row.id, to_i64(bound)]))
+        .map_err(sql("trim"))?;
+    if let Some((id, kept)) = cut.split {
+        let (bounds, blob) = sqlite_chunk::encode(&kept);
+        tx.prepare_cached(
+            "UPDATE log_chunks SET first_seq = ?1, count = ?2, items = ?3 WHERE id = ?4",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                to_i64(bounds.first_seq),
+                to_i64(bounds.count),
+                blob,
+                id
+            ])
+        })
+        .map_err(sql("trim"))?;
     }
-    let last = survivor.map_or(row.meta.head, |s| s - 1);
+    let count = cut.count;
+    let last = cut.survivor.map_or(row.meta.head, |s| s - 1);
     row.len = row.len.saturating_sub(count);
     row.meta.trimmed_through = last;
     row.meta.trim_reason = Some(reason);
@@ -658,17 +878,84 @@ fn remove_prefix(
     }))
 }
 
-fn first_seq(conn: &Connection, stream: &str, id: i64, offset: u64) -> Result<Option<Seq>> {
-    let seq: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM log_items WHERE stream_id = ?1 ORDER BY seq LIMIT 1 OFFSET ?2",
-        )
-        .and_then(|mut st| {
-            st.query_row(params![id, to_i64(offset)], |r| r.get(0))
-                .optional()
-        })
+/// The age rule's cut: the oldest items while `ts_ms < cutoff`, up to the first young-enough
+/// one. Walks chunks from the oldest, decoding seqs and timestamps only: O(removed). A
+/// damaged chunk counts as old (as a damaged timestamp did), so it cannot hold retention up.
+fn age_cut(tx: &Connection, stream: &str, stream_id: i64, cutoff: u64) -> Result<Cut> {
+    let mut st = tx
+        .prepare_cached(concat!(
+            "SELECT ",
+            chunk_columns!(),
+            " FROM log_chunks WHERE stream_id = ?1 ORDER BY last_seq"
+        ))
         .map_err(sql("trim"))?;
-    seq.map(|s| to_u64(stream, s)).transpose()
+    let mut rows = st.query([stream_id]).map_err(sql("trim"))?;
+    let mut cut = Cut::default();
+    while let Some(r) = rows.next().map_err(sql("trim"))? {
+        let chunk = ChunkRow::from_row(stream, r)?;
+        let Ok(items) = chunk.items_after(stream, 0) else {
+            cut.take_whole(&chunk);
+            continue;
+        };
+        match items.iter().position(|i| i.ts_ms >= cutoff) {
+            None => cut.take_whole(&chunk),
+            Some(0) => {
+                cut.survivor = Some(chunk.bounds.first_seq);
+                break;
+            }
+            Some(k) => {
+                cut.split_at(&chunk, items, k);
+                break;
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// The length rule's cut: the oldest `excess` items. Walks chunk counts from the oldest and
+/// decodes only the chunk the cut goes through (one that is damaged goes whole).
+fn length_cut(tx: &Connection, stream: &str, stream_id: i64, excess: u64) -> Result<Cut> {
+    // Without the blobs: only the chunk the cut goes through is read whole.
+    let mut st = tx
+        .prepare_cached(
+            "SELECT id, first_seq, last_seq, count, NULL FROM log_chunks
+             WHERE stream_id = ?1 ORDER BY last_seq",
+        )
+        .map_err(sql("trim"))?;
+    let mut rows = st.query([stream_id]).map_err(sql("trim"))?;
+    let mut cut = Cut::default();
+    while let Some(r) = rows.next().map_err(sql("trim"))? {
+        let mut chunk = ChunkRow::from_row(stream, r)?;
+        if cut.count >= excess {
+            cut.survivor = Some(chunk.bounds.first_seq);
+            break;
+        }
+        let need = excess - cut.count;
+        if chunk.bounds.count <= need {
+            cut.take_whole(&chunk);
+            continue;
+        }
+        chunk.blob = tx
+            .prepare_cached("SELECT items FROM log_chunks WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([chunk.id], |r| {
+                    Ok(match r.get_ref(0)? {
+                        ValueRef::Blob(b) => Bytes::copy_from_slice(b),
+                        _ => Bytes::new(),
+                    })
+                })
+            })
+            .map_err(sql("trim"))?;
+        match chunk.items_after(stream, 0) {
+            // `need < count`, which is then the number of items.
+            Ok(items) if (need as usize) < items.len() => {
+                cut.split_at(&chunk, items, need as usize);
+                break;
+            }
+            _ => cut.take_whole(&chunk),
+        }
+    }
+    Ok(cut)
 }
 
 fn trim_blocking(
@@ -685,53 +972,14 @@ fn trim_blocking(
     };
     let mut out = Vec::new();
     if let Some(max_age) = retention.max_age_ms {
-        let cutoff = to_i64(now_ms.saturating_sub(max_age));
-        // Walk from the oldest item to the first young-enough one: O(removed), no ts index.
-        let mut st = tx
-            .prepare_cached("SELECT seq, ts_ms FROM log_items WHERE stream_id = ?1 ORDER BY seq")
-            .map_err(sql("trim"))?;
-        let mut rows = st.query([row.id]).map_err(sql("trim"))?;
-        let mut first = None;
-        let mut survivor = None;
-        while let Some(r) = rows.next().map_err(sql("trim"))? {
-            let seq: i64 = r.get(0).map_err(sql("trim"))?;
-            // A damaged timestamp reads as 0 (as in `read`): the row counts as old.
-            let ts = match r.get_ref(1).map_err(sql("trim"))? {
-                ValueRef::Integer(ts) => ts,
-                _ => 0,
-            };
-            if ts >= cutoff {
-                survivor = Some(to_u64(stream, seq)?);
-                break;
-            }
-            first.get_or_insert(to_u64(stream, seq)?);
-        }
-        drop(rows);
-        drop(st);
-        if let Some(first) = first {
-            out.extend(remove_prefix(
-                &tx,
-                &mut row,
-                first,
-                survivor,
-                TrimReason::Age,
-            )?);
-        }
+        let cut = age_cut(&tx, stream, row.id, now_ms.saturating_sub(max_age))?;
+        out.extend(remove_prefix(&tx, &mut row, cut, TrimReason::Age)?);
     }
     if let Some(max_len) = retention.max_len
         && row.len > max_len
     {
-        let excess = row.len - max_len;
-        if let Some(first) = first_seq(&tx, stream, row.id, 0)? {
-            let survivor = first_seq(&tx, stream, row.id, excess)?;
-            out.extend(remove_prefix(
-                &tx,
-                &mut row,
-                first,
-                survivor,
-                TrimReason::Length,
-            )?);
-        }
+        let cut = length_cut(&tx, stream, row.id, row.len - max_len)?;
+        out.extend(remove_prefix(&tx, &mut row, cut, TrimReason::Length)?);
     }
     tx.commit().map_err(sql("trim"))?;
     Ok(out)
@@ -741,28 +989,54 @@ fn backlog_blocking(conn: &Connection, stream: &str, after: Seq) -> Result<Backl
     let Some(row) = load_stream(conn, stream)? else {
         return Ok(Backlog::default());
     };
-    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) = conn
+    let (count, newest): (i64, Option<i64>) = conn
         .prepare_cached(
-            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM log_items WHERE stream_id = ?1 AND seq > ?2",
+            "SELECT COALESCE(SUM(count), 0), MAX(last_seq) FROM log_chunks
+             WHERE stream_id = ?1 AND last_seq > ?2",
         )
         .and_then(|mut st| {
             st.query_row(params![row.id, to_i64(after)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?))
             })
         })
         .map_err(sql("backlog"))?;
-    let oldest_ts: Option<i64> = match oldest {
-        Some(seq) => conn
-            .prepare_cached("SELECT ts_ms FROM log_items WHERE stream_id = ?1 AND seq = ?2")
-            .and_then(|mut st| st.query_row(params![row.id, seq], |r| r.get(0)).optional())
-            .map_err(sql("backlog"))?,
-        None => None,
+    let mut count = to_u64(stream, count)?;
+    // The oldest chunk may hold items at or below `after`, and holds the oldest timestamp.
+    let mut st = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            chunk_columns!(),
+            " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq LIMIT 1"
+        ))
+        .map_err(sql("backlog"))?;
+    let mut rows = st
+        .query(params![row.id, to_i64(after)])
+        .map_err(sql("backlog"))?;
+    let (oldest_seq, oldest_ts_ms) = match rows.next().map_err(sql("backlog"))? {
+        None => (None, None),
+        Some(r) => {
+            let chunk = ChunkRow::from_row(stream, r)?;
+            let (above, oldest) = match chunk.items_after(stream, after) {
+                Ok(items) => (
+                    items.len() as u64,
+                    items.first().map(|i| (Some(i.seq), Some(i.ts_ms))),
+                ),
+                // As many as a read yields for it (placeholders), with no timestamp.
+                Err(_) => {
+                    let from = chunk.bounds.first_seq.max(after.saturating_add(1));
+                    let above = (chunk.bounds.last_seq + 1).saturating_sub(from);
+                    (above, (above > 0).then_some((Some(from), None)))
+                }
+            };
+            count = count.saturating_sub(chunk.bounds.count) + above;
+            oldest.unwrap_or((None, None))
+        }
     };
     Ok(Backlog {
-        count: to_u64(stream, count)?,
-        oldest_seq: oldest.map(|s| to_u64(stream, s)).transpose()?,
+        count,
+        oldest_seq,
         newest_seq: newest.map(|s| to_u64(stream, s)).transpose()?,
-        oldest_ts_ms: oldest_ts.map(|t| to_u64(stream, t)).transpose()?,
+        oldest_ts_ms,
         head: row.meta.head,
     })
 }
@@ -897,58 +1171,186 @@ mod tests {
         assert_eq!(log.backlog("ckpt", 0).await.expect("backlog").count, 20_000);
     }
 
-    #[tokio::test]
-    async fn damaged_rows_come_out_empty_instead_of_failing_the_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    fn items(seqs: std::ops::RangeInclusive<u64>) -> Vec<Item> {
+        seqs.map(|seq| Item {
+            seq,
+            ts_ms: 1_000 + seq,
+            payload: Bytes::from(vec![seq as u8; 4]),
+        })
+        .collect()
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> (SqliteStreamLog, Connection) {
         let path = dir.path().join("streams.db");
         let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal)
             .await
             .expect("open");
-        let items: Vec<Item> = (1..=3)
-            .map(|seq| Item {
-                seq,
-                ts_ms: 1_000 + seq,
-                payload: Bytes::from(vec![seq as u8; 4]),
-            })
-            .collect();
-        log.append("s", &items).await.expect("append");
         let db = Connection::open(&path).expect("second connection");
         db.busy_timeout(Duration::from_secs(10))
             .expect("busy timeout");
-        db.execute(
-            "UPDATE log_items SET ts_ms = -5, payload = 7 WHERE seq = 2",
-            [],
-        )
-        .expect("damage");
-        let read = log.read("s", 0, 10).await.expect("read");
-        let got: Vec<(u64, u64, &[u8])> = read
-            .items
-            .iter()
-            .map(|i| (i.seq, i.ts_ms, i.payload.as_ref()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                (1, 1_001, &[1u8; 4][..]),
-                (2, 0, &[][..]),
-                (3, 1_003, &[3u8; 4][..])
-            ]
-        );
-        // A timestamp that is not a number at all counts as 0 for age retention too, instead of
-        // failing every trim of the stream.
-        db.execute("UPDATE log_items SET ts_ms = 'x' WHERE seq = 3", [])
-            .expect("damage");
+        (log, db)
+    }
+
+    /// Trims with `max_len` / `max_age_ms` at `now_ms`, as `(first, last, count)` per rule.
+    async fn trim(
+        log: &SqliteStreamLog,
+        max_len: Option<u64>,
+        max_age_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Vec<(Seq, Seq, u64)> {
         let retention = crate::log::Retention {
-            max_len: None,
-            max_age_ms: Some(500),
+            max_len,
+            max_age_ms,
         };
-        let trimmed = log.trim("s", &retention, 2_000).await.expect("trim");
+        let trimmed = log.trim("s", &retention, now_ms).await.expect("trim");
+        trimmed.iter().map(|t| (t.first, t.last, t.count)).collect()
+    }
+
+    /// `(first_seq, last_seq, count)` of every chunk row.
+    fn chunk_rows(db: &Connection) -> Vec<(i64, i64, i64)> {
+        db.prepare("SELECT first_seq, last_seq, count FROM log_chunks ORDER BY last_seq")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("chunks")
+    }
+
+    #[tokio::test]
+    async fn an_append_is_one_chunk_row_up_to_the_chunk_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, db) = open(&dir).await;
+        log.append("s", &items(1..=3)).await.expect("append");
+        log.append("s", &items(4..=600)).await.expect("append");
+        let rows = chunk_rows(&db);
         assert_eq!(
-            trimmed.iter().map(|t| t.count).sum::<u64>(),
-            3,
-            "{trimmed:?}"
+            rows,
+            [(1, 3, 3), (4, 259, 256), (260, 515, 256), (516, 600, 85)]
         );
+        let read = log.read("s", 2, 300).await.expect("read");
+        assert_eq!(read.items, items(3..=302));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_chunk_reads_as_empty_items_instead_of_failing_the_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, db) = open(&dir).await;
+        log.append("s", &items(1..=3)).await.expect("append");
+        log.append("s", &items(4..=5)).await.expect("append");
+        // The blob of the first chunk cut short, then not a blob at all.
+        for damage in [
+            "UPDATE log_chunks SET items = substr(items, 1, 9) WHERE first_seq = 1",
+            "UPDATE log_chunks SET items = 7 WHERE first_seq = 1",
+        ] {
+            db.execute(damage, []).expect("damage");
+            let read = log.read("s", 1, 10).await.expect("read");
+            let got: Vec<(u64, u64, &[u8])> = read
+                .items
+                .iter()
+                .map(|i| (i.seq, i.ts_ms, i.payload.as_ref()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (2, 0, &[][..]),
+                    (3, 0, &[][..]),
+                    (4, 1_004, &[4u8; 4][..]),
+                    (5, 1_005, &[5u8; 4][..])
+                ],
+                "{damage}"
+            );
+            let backlog = log.backlog("s", 1).await.expect("backlog");
+            assert_eq!(
+                (backlog.count, backlog.oldest_seq, backlog.oldest_ts_ms),
+                (4, Some(2), None)
+            );
+        }
+        // A damaged chunk counts as old for age retention instead of holding every trim up.
+        assert_eq!(trim(&log, None, Some(500), 1_505).await, [(1, 4, 4)]);
         let left = log.read("s", 0, 10).await.expect("read");
-        assert!(left.items.is_empty(), "{left:?}");
+        assert_eq!(left.items, items(5..=5));
+    }
+
+    #[tokio::test]
+    async fn trims_split_the_chunk_the_cut_goes_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, db) = open(&dir).await;
+        log.append("s", &items(1..=10)).await.expect("append");
+        log.append("s", &items(11..=20)).await.expect("append");
+        assert_eq!(trim(&log, Some(13), None, 0).await, [(1, 7, 7)]);
+        // Items 8..=11 are older than 1_012 - 1_000.
+        assert_eq!(trim(&log, None, Some(1_000), 2_012).await, [(8, 11, 4)]);
+        let rows = chunk_rows(&db);
+        assert_eq!(rows, [(12, 20, 9)]);
+        assert_eq!(
+            log.read("s", 0, 100).await.expect("read").items,
+            items(12..=20)
+        );
+        assert_eq!(log.backlog("s", 0).await.expect("backlog").count, 9);
+    }
+
+    #[tokio::test]
+    async fn a_log_of_one_row_per_item_is_moved_into_chunks_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("streams.db");
+        {
+            // The schema and rows of the previous layout, with one damaged timestamp and one
+            // row whose seq cannot be read.
+            let db = Connection::open(&path).expect("create");
+            db.execute_batch(
+                "CREATE TABLE log_streams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                     head INTEGER NOT NULL DEFAULT 0, len INTEGER NOT NULL DEFAULT 0,
+                     trimmed_through INTEGER NOT NULL DEFAULT 0, trim_reason TEXT);
+                 CREATE TABLE log_items (stream_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+                     ts_ms INTEGER NOT NULL, payload BLOB NOT NULL,
+                     PRIMARY KEY (stream_id, seq)) WITHOUT ROWID;
+                 CREATE TABLE log_cursors (stream_id INTEGER NOT NULL, consumer TEXT NOT NULL,
+                     seq INTEGER NOT NULL, PRIMARY KEY (stream_id, consumer)) WITHOUT ROWID;
+                 INSERT INTO log_streams (id, name, head, len, trimmed_through, trim_reason)
+                     VALUES (1, 'a', 300, 299, 1, 'length'), (2, 'b', 5, 2, 0, NULL);
+                 INSERT INTO log_cursors VALUES (1, 'reader', 150);
+                 INSERT INTO log_items VALUES (2, 4, 'x', x'04'), (2, 5, 1005, x'05'),
+                     (2, 'bad', 0, x'00');",
+            )
+            .expect("old schema");
+            let mut insert = db
+                .prepare("INSERT INTO log_items VALUES (1, ?1, ?2, ?3)")
+                .expect("prepare");
+            for item in items(2..=300) {
+                insert
+                    .execute(params![
+                        item.seq as i64,
+                        item.ts_ms as i64,
+                        &item.payload[..]
+                    ])
+                    .expect("row");
+            }
+        }
+        let (log, db) = open(&dir).await;
+        let gone: bool = db
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'log_items')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("query");
+        assert!(gone);
+        let read = log.read("a", 0, 1_000).await.expect("read");
+        assert_eq!(read.gap.map(|g| (g.from, g.to)), Some((1, 1)));
+        assert_eq!(read.items, items(2..=300));
+        assert_eq!(
+            log.load_cursor("a", "reader").await.expect("cursor"),
+            Some(150)
+        );
+        let read = log.read("b", 0, 10).await.expect("read");
+        let got: Vec<(u64, u64)> = read.items.iter().map(|i| (i.seq, i.ts_ms)).collect();
+        assert_eq!(got, [(4, 0), (5, 1_005)]);
+        // Appends go on from the old head.
+        let outcome = log.append("a", &items(300..=301)).await.expect("append");
+        assert_eq!((outcome.stored, outcome.ack), (1, 301));
+        // Opening again finds nothing left to move.
+        drop(log);
+        let (log, _) = open(&dir).await;
+        assert_eq!(log.backlog("a", 0).await.expect("backlog").count, 300);
     }
 }

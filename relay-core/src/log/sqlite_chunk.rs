@@ -1,0 +1,381 @@
+//! The encoding of the items inside one row of the SQLite log's `log_chunks` table.
+//!
+//! [`SqliteStreamLog`](super::SqliteStreamLog) stores the items of one append as one row
+//! (split into rows of at most [`MAX_ITEMS`] items and about [`TARGET_BYTES`] bytes), not one
+//! row per item: a row per item made every append rewrite ~5 B-tree pages of its stream (the
+//! streams' insertion points are interleaved in one table, so almost every page fill split a
+//! page in the middle of the tree), and SQLite's per-row work dominated the writer. The layout
+//! is documented in `docs/storage.md`; this module only encodes and decodes the `items` blob.
+//!
+//! The blob is the items in seq order, each as three LEB128 varints and the payload:
+//!
+//! ```text
+//! seq_delta  varint   seq minus the previous item's seq (the first: minus first_seq - 1), >= 1
+//! ts_ms      varint   <= MAX_SEQ
+//! len        varint   payload length
+//! payload    len bytes
+//! ```
+//!
+//! The row's `first_seq`, `last_seq` and `count` columns repeat what the blob says, so that
+//! range queries and counts never decode it, and so that a damaged blob is detected: the
+//! decoder checks that the blob ends exactly after `count` items, the last one at `last_seq`.
+//! Payloads are not copied: decoded items hold slices of the blob's [`Bytes`].
+
+use bytes::Bytes;
+
+use super::{Item, MAX_SEQ, Seq};
+
+/// Most items in one chunk. An append with more becomes several chunks.
+pub const MAX_ITEMS: usize = 256;
+
+/// A chunk is closed once its blob reaches this many bytes (one larger item still makes one
+/// chunk). Keeps a read that needs a few items from decoding much more than it returns.
+pub const TARGET_BYTES: usize = 64 * 1024;
+
+/// Why a blob does not decode. Each names the byte offset where decoding stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// The blob ends inside an item.
+    #[error("chunk truncated at byte {offset}")]
+    Truncated {
+        /// Where the incomplete item starts.
+        offset: usize,
+    },
+    /// A varint longer than 10 bytes or above `u64::MAX`.
+    #[error("bad varint at byte {offset}")]
+    BadVarint {
+        /// Where the varint starts.
+        offset: usize,
+    },
+    /// A seq delta of 0, or a seq above [`MAX_SEQ`] or above the row's `last_seq`.
+    #[error("seq out of order or range at byte {offset}")]
+    BadSeq {
+        /// Where the item starts.
+        offset: usize,
+    },
+    /// A timestamp above [`MAX_SEQ`].
+    #[error("timestamp out of range at byte {offset}")]
+    BadTimestamp {
+        /// Where the item starts.
+        offset: usize,
+    },
+    /// The blob holds a different number of items than the row says, or does not end at the
+    /// row's `last_seq`.
+    #[error("chunk holds other items than its row says (at byte {offset})")]
+    Mismatch {
+        /// Where decoding stopped.
+        offset: usize,
+    },
+}
+
+/// The columns of a chunk row that describe its blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkBounds {
+    /// Seq of the first item.
+    pub first_seq: Seq,
+    /// Seq of the last item.
+    pub last_seq: Seq,
+    /// Number of items.
+    pub count: u64,
+}
+
+/// Appends items to one chunk blob.
+#[derive(Debug, Default)]
+pub struct ChunkWriter {
+    blob: Vec<u8>,
+    first_seq: Seq,
+    last_seq: Seq,
+    count: u64,
+}
+
+impl ChunkWriter {
+    /// An empty chunk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the chunk is full ([`MAX_ITEMS`] items or [`TARGET_BYTES`] bytes).
+    pub fn is_full(&self) -> bool {
+        self.count as usize >= MAX_ITEMS || self.blob.len() >= TARGET_BYTES
+    }
+
+    /// Whether no item was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends `item`, whose seq must be above the previous item's (the caller, the append,
+    /// only stores items above the stream's head, so they ascend).
+    pub fn push(&mut self, item: &Item) {
+        debug_assert!(self.count == 0 || item.seq > self.last_seq);
+        let prev = if self.count == 0 {
+            self.first_seq = item.seq;
+            item.seq - 1
+        } else {
+            self.last_seq
+        };
+        put_varint(&mut self.blob, item.seq - prev);
+        put_varint(&mut self.blob, item.ts_ms);
+        put_varint(&mut self.blob, item.payload.len() as u64);
+        self.blob.extend_from_slice(&item.payload);
+        self.last_seq = item.seq;
+        self.count += 1;
+    }
+
+    /// The row's columns and blob; the writer is empty again afterwards.
+    pub fn take(&mut self) -> (ChunkBounds, Vec<u8>) {
+        let bounds = ChunkBounds {
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            count: self.count,
+        };
+        self.count = 0;
+        (bounds, std::mem::take(&mut self.blob))
+    }
+}
+
+/// Encodes `items` (ascending seqs, at least one) as one chunk, regardless of its size limits.
+pub fn encode(items: &[Item]) -> (ChunkBounds, Vec<u8>) {
+    let mut writer = ChunkWriter::new();
+    for item in items {
+        writer.push(item);
+    }
+    writer.take()
+}
+
+/// The result of decoding a blob: every item up to the first damage, and the damage.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The items that decoded, in seq order, all within the row's bounds.
+    pub items: Vec<Item>,
+    /// Why decoding stopped early, or `None` when the blob matched its row exactly.
+    pub error: Option<ChunkError>,
+}
+
+/// Decodes the blob of a row with `bounds`. Never fails as a whole: a damaged blob yields the
+/// items before the damage and the error, so that a caller can still deliver those and report
+/// the rest. With `skip_payloads` the items come out with empty payloads (for trims, which
+/// only look at seqs and timestamps).
+pub fn decode(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
+    let mut items = Vec::with_capacity(bounds.count.min(MAX_ITEMS as u64) as usize);
+    let mut pos = 0usize;
+    let mut prev = bounds.first_seq.saturating_sub(1);
+    let error = loop {
+        if pos == blob.len() {
+            let complete = items.len() as u64 == bounds.count
+                && items.last().map(|i: &Item| i.seq) == Some(bounds.last_seq)
+                && items.first().map(|i: &Item| i.seq) == Some(bounds.first_seq);
+            break (!complete).then_some(ChunkError::Mismatch { offset: pos });
+        }
+        let start = pos;
+        let delta = match get_varint(blob, &mut pos) {
+            Ok(v) => v,
+            Err(e) => break Some(e),
+        };
+        let seq = match prev.checked_add(delta) {
+            Some(seq) if delta > 0 && seq <= MAX_SEQ && seq <= bounds.last_seq => seq,
+            _ => break Some(ChunkError::BadSeq { offset: start }),
+        };
+        let ts_ms = match get_varint(blob, &mut pos) {
+            Ok(ts) if ts <= MAX_SEQ => ts,
+            Ok(_) => break Some(ChunkError::BadTimestamp { offset: start }),
+            Err(e) => break Some(e),
+        };
+        let len = match get_varint(blob, &mut pos) {
+            Ok(len) => len,
+            Err(e) => break Some(e),
+        };
+        let end = match usize::try_from(len).ok().and_then(|l| pos.checked_add(l)) {
+            Some(end) if end <= blob.len() => end,
+            _ => break Some(ChunkError::Truncated { offset: start }),
+        };
+        if items.len() as u64 == bounds.count {
+            break Some(ChunkError::Mismatch { offset: start });
+        }
+        let payload = if skip_payloads {
+            Bytes::new()
+        } else {
+            blob.slice(pos..end)
+        };
+        items.push(Item {
+            seq,
+            ts_ms,
+            payload,
+        });
+        pos = end;
+        prev = seq;
+    };
+    Decoded { items, error }
+}
+
+/// Fuzz entry point (`fuzz/fuzz_targets/sqlite_chunk.rs`): the first 12 bytes are a row's
+/// `first_seq` (4), seq span (4) and `count` (4), the rest its blob. Decoding never panics,
+/// yields ascending items within the row's bounds, and a clean decode re-encodes to the same
+/// items and bounds.
+#[doc(hidden)]
+pub fn fuzz_chunk(data: &[u8]) {
+    let Some((head, blob)) = data.split_first_chunk::<12>() else {
+        return;
+    };
+    let word = |i: usize| {
+        u64::from(u32::from_le_bytes([
+            head[i],
+            head[i + 1],
+            head[i + 2],
+            head[i + 3],
+        ]))
+    };
+    let first_seq = word(0);
+    let bounds = ChunkBounds {
+        first_seq,
+        last_seq: first_seq + word(4),
+        count: word(8),
+    };
+    let blob = Bytes::copy_from_slice(blob);
+    let decoded = decode(bounds, &blob, false);
+    let mut prev = bounds.first_seq.saturating_sub(1);
+    for item in &decoded.items {
+        assert!(item.seq > prev && item.seq <= bounds.last_seq && item.ts_ms <= MAX_SEQ);
+        prev = item.seq;
+    }
+    assert!(decoded.items.len() as u64 <= bounds.count);
+    let skipped = decode(bounds, &blob, true);
+    assert_eq!(skipped.error, decoded.error);
+    assert_eq!(skipped.items.len(), decoded.items.len());
+    if decoded.error.is_none() {
+        let (again, encoded) = encode(&decoded.items);
+        assert_eq!(again, bounds);
+        let round = decode(again, &Bytes::from(encoded), false);
+        assert_eq!((round.items, round.error), (decoded.items, None));
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ChunkError> {
+    let start = *pos;
+    let mut value = 0u64;
+    for i in 0..10 {
+        let Some(&byte) = buf.get(start + i) else {
+            return Err(ChunkError::Truncated { offset: start });
+        };
+        let bits = u64::from(byte & 0x7F);
+        // The tenth byte may carry only the top bit of a u64.
+        if i == 9 && bits > 1 {
+            return Err(ChunkError::BadVarint { offset: start });
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            *pos = start + i + 1;
+            return Ok(value);
+        }
+    }
+    Err(ChunkError::BadVarint { offset: start })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: Seq, ts_ms: u64, payload: &[u8]) -> Item {
+        Item {
+            seq,
+            ts_ms,
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    #[test]
+    fn round_trips_items_with_holes_and_empty_payloads() {
+        let items = vec![
+            item(7, 1_700_000_000_000, b"abc"),
+            item(8, 0, b""),
+            item(300, MAX_SEQ, &[0xFF; 200]),
+        ];
+        let (bounds, blob) = encode(&items);
+        assert_eq!(
+            bounds,
+            ChunkBounds {
+                first_seq: 7,
+                last_seq: 300,
+                count: 3
+            }
+        );
+        let decoded = decode(bounds, &Bytes::from(blob), false);
+        assert_eq!(decoded.error, None);
+        assert_eq!(decoded.items, items);
+    }
+
+    #[test]
+    fn a_damaged_blob_keeps_the_items_before_the_damage() {
+        let items: Vec<Item> = (1..=3).map(|s| item(s, s, &[s as u8; 5])).collect();
+        let (bounds, blob) = encode(&items);
+        // Truncated inside the third item.
+        let cut = Bytes::copy_from_slice(&blob[..blob.len() - 2]);
+        let decoded = decode(bounds, &cut, false);
+        assert_eq!(decoded.items, items[..2]);
+        assert!(matches!(decoded.error, Some(ChunkError::Truncated { .. })));
+        // A row that claims more items than the blob holds.
+        let more = ChunkBounds {
+            count: 4,
+            last_seq: 4,
+            ..bounds
+        };
+        let decoded = decode(more, &Bytes::from(blob.clone()), false);
+        assert_eq!(decoded.items, items);
+        assert!(matches!(decoded.error, Some(ChunkError::Mismatch { .. })));
+        // A row that claims fewer.
+        let fewer = ChunkBounds {
+            count: 2,
+            last_seq: 3,
+            ..bounds
+        };
+        let decoded = decode(fewer, &Bytes::from(blob), false);
+        assert_eq!(decoded.items, items[..2]);
+        assert!(matches!(decoded.error, Some(ChunkError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn refuses_zero_deltas_overlong_varints_and_seqs_past_the_row() {
+        let bounds = ChunkBounds {
+            first_seq: 1,
+            last_seq: 5,
+            count: 1,
+        };
+        for (blob, want) in [
+            (vec![0u8, 0, 0], ChunkError::BadSeq { offset: 0 }),
+            (vec![9u8, 0, 0], ChunkError::BadSeq { offset: 0 }),
+            (vec![0xFFu8; 11], ChunkError::BadVarint { offset: 0 }),
+            (
+                [&[1u8][..], &[0xFF; 9], &[0x02]].concat(),
+                ChunkError::BadVarint { offset: 1 },
+            ),
+            (vec![1u8, 0, 5, 1], ChunkError::Truncated { offset: 0 }),
+        ] {
+            let decoded = decode(bounds, &Bytes::from(blob.clone()), false);
+            assert!(decoded.items.is_empty(), "{blob:?}");
+            assert_eq!(decoded.error, Some(want), "{blob:?}");
+        }
+    }
+
+    #[test]
+    fn the_writer_reports_full_at_either_limit() {
+        let mut writer = ChunkWriter::new();
+        for seq in 1..=MAX_ITEMS as u64 {
+            assert!(!writer.is_full());
+            writer.push(&item(seq, 0, b"x"));
+        }
+        assert!(writer.is_full());
+        let (bounds, _) = writer.take();
+        assert_eq!(bounds.count, MAX_ITEMS as u64);
+        assert!(writer.is_empty());
+        writer.push(&item(1_000, 0, &vec![0u8; TARGET_BYTES]));
+        assert!(writer.is_full());
+    }
+}
