@@ -408,8 +408,13 @@ fn migrate_item_rows(conn: &mut Connection) -> Result<Option<(u64, u64)>> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql("move log_items"))?;
     let moved = move_item_rows(&tx)?;
-    tx.execute_batch("DROP TABLE log_items")
-        .map_err(sql("move log_items"))?;
+    // Rows that could not be moved are no longer stored items.
+    tx.execute_batch(
+        "UPDATE log_streams SET len =
+             (SELECT COALESCE(SUM(count), 0) FROM log_chunks WHERE stream_id = log_streams.id);
+         DROP TABLE log_items;",
+    )
+    .map_err(sql("move log_items"))?;
     tx.commit().map_err(sql("move log_items"))?;
     Ok(Some(moved))
 }
@@ -677,10 +682,16 @@ impl ChunkRow {
             let v: i64 = r.get(i).map_err(sql("read chunk"))?;
             to_u64(stream, v)
         };
+        // A `count` that cannot be read is only a mismatch with the blob: the chunk reads as
+        // damaged instead of failing every read of the stream.
+        let count = match r.get_ref(3).map_err(sql("read chunk"))? {
+            ValueRef::Integer(n) => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
         let bounds = ChunkBounds {
             first_seq: int(1)?,
             last_seq: int(2)?,
-            count: int(3)?,
+            count,
         };
         let blob = match r.get_ref(4).map_err(sql("read chunk"))? {
             ValueRef::Blob(b) => Bytes::copy_from_slice(b),
@@ -715,9 +726,16 @@ impl ChunkRow {
     /// Placeholders for the chunk's seqs above `after` when its blob is damaged: every seq of its
     /// range (holes inside cannot be told), with an empty payload that no reader accepts, so
     /// that readers report them instead of stalling. At most `limit`.
-    fn damaged_items_after(&self, after: Seq, limit: usize) -> impl Iterator<Item = Item> {
+    /// Never above `head`: damaged bounds must not move a reader past items still to come.
+    fn damaged_items_after(
+        &self,
+        after: Seq,
+        head: Seq,
+        limit: usize,
+    ) -> impl Iterator<Item = Item> {
         let from = self.bounds.first_seq.max(after.saturating_add(1));
-        (from..=self.bounds.last_seq).take(limit).map(|seq| Item {
+        let to = self.bounds.last_seq.min(head);
+        (from..=to).take(limit).map(|seq| Item {
             seq,
             ts_ms: 0,
             payload: Bytes::new(),
@@ -777,7 +795,7 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
         let room = want - items.len();
         match chunk.items_after(stream, after) {
             Ok(found) => items.extend(found.into_iter().take(room)),
-            Err(_) => items.extend(chunk.damaged_items_after(after, room)),
+            Err(_) => items.extend(chunk.damaged_items_after(after, row.meta.head, room)),
         }
     }
     let next = items.first().map(|i| i.seq);
@@ -1024,7 +1042,7 @@ fn backlog_blocking(conn: &Connection, stream: &str, after: Seq) -> Result<Backl
                 // As many as a read yields for it (placeholders), with no timestamp.
                 Err(_) => {
                     let from = chunk.bounds.first_seq.max(after.saturating_add(1));
-                    let above = (chunk.bounds.last_seq + 1).saturating_sub(from);
+                    let above = (chunk.bounds.last_seq.min(row.meta.head) + 1).saturating_sub(from);
                     (above, (above > 0).then_some((Some(from), None)))
                 }
             };
@@ -1269,6 +1287,20 @@ mod tests {
         assert_eq!(trim(&log, None, Some(500), 1_505).await, [(1, 4, 4)]);
         let left = log.read("s", 0, 10).await.expect("read");
         assert_eq!(left.items, items(5..=5));
+        // Damaged bounds never take a reader past the head (5).
+        db.execute(
+            "UPDATE log_chunks SET last_seq = 99, items = x'00' WHERE first_seq = 5",
+            [],
+        )
+        .expect("damage");
+        let read = log.read("s", 4, 10).await.expect("read");
+        let got: Vec<(u64, usize)> = read
+            .items
+            .iter()
+            .map(|i| (i.seq, i.payload.len()))
+            .collect();
+        assert_eq!(got, [(5, 0)]);
+        assert_eq!(log.backlog("s", 4).await.expect("backlog").count, 1);
     }
 
     #[tokio::test]
@@ -1307,7 +1339,7 @@ mod tests {
                  CREATE TABLE log_cursors (stream_id INTEGER NOT NULL, consumer TEXT NOT NULL,
                      seq INTEGER NOT NULL, PRIMARY KEY (stream_id, consumer)) WITHOUT ROWID;
                  INSERT INTO log_streams (id, name, head, len, trimmed_through, trim_reason)
-                     VALUES (1, 'a', 300, 299, 1, 'length'), (2, 'b', 5, 2, 0, NULL);
+                     VALUES (1, 'a', 300, 299, 1, 'length'), (2, 'b', 5, 3, 0, NULL);
                  INSERT INTO log_cursors VALUES (1, 'reader', 150);
                  INSERT INTO log_items VALUES (2, 4, 'x', x'04'), (2, 5, 1005, x'05'),
                      (2, 'bad', 0, x'00');",
@@ -1345,6 +1377,13 @@ mod tests {
         let read = log.read("b", 0, 10).await.expect("read");
         let got: Vec<(u64, u64)> = read.items.iter().map(|i| (i.seq, i.ts_ms)).collect();
         assert_eq!(got, [(4, 0), (5, 1_005)]);
+        // `len` counts what was moved: the unreadable row is not kept to max_len.
+        let retention = crate::log::Retention {
+            max_len: Some(1),
+            max_age_ms: None,
+        };
+        let trimmed = log.trim("b", &retention, 0).await.expect("trim");
+        assert_eq!(trimmed.iter().map(|t| t.count).sum::<u64>(), 1);
         // Appends go on from the old head.
         let outcome = log.append("a", &items(300..=301)).await.expect("append");
         assert_eq!((outcome.stored, outcome.ack), (1, 301));

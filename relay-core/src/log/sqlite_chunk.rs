@@ -153,9 +153,10 @@ pub struct Decoded {
 }
 
 /// Decodes the blob of a row with `bounds`. Never fails as a whole: a damaged blob yields the
-/// items before the damage and the error, so that a caller can still deliver those and report
-/// the rest. With `skip_payloads` the items come out with empty payloads (for trims, which
-/// only look at seqs and timestamps).
+/// items decoded before the damage was noticed, and the error. Those items are not
+/// necessarily right (a flipped bit in a seq delta is only noticed at the end, when the last
+/// seq does not match), so the SQLite log does not deliver any item of a damaged chunk. With
+/// `skip_payloads` the items come out with empty payloads.
 pub fn decode(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
     let mut items = Vec::with_capacity(bounds.count.min(MAX_ITEMS as u64) as usize);
     let mut pos = 0usize;
