@@ -717,3 +717,66 @@ fn config_parses_each_backend() {
     );
     assert!(serde_json::from_str::<StreamLogConfig>(r#"{"type":"disk"}"#).is_err());
 }
+
+/// A Redis stream written before chunks (one entry per item, fields `seq`/`ts`/`data`, no
+/// `len`) is read, appended to, trimmed, counted and deleted as if it had been written by this
+/// version.
+#[tokio::test]
+async fn redis_streams_of_one_entry_per_item_keep_working() {
+    let h = RedisHarness::new().await;
+    let log = h.log();
+    let key = log.stream_key("old");
+    let client = ::redis::Client::open(log_common::redis_url()).expect("Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis connection");
+    for seq in 1..=5u64 {
+        let _: String = ::redis::cmd("XADD")
+            .arg(&key)
+            .arg(seq)
+            .arg("seq")
+            .arg(seq)
+            .arg("ts")
+            .arg(seq * 10)
+            .arg("data")
+            .arg(&payload("old", seq)[..])
+            .query_async(&mut conn)
+            .await
+            .expect("old-layout entry");
+    }
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{key}#meta"))
+        .arg("head")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .expect("old-layout meta");
+
+    let read = log.read("old", 1, 10).await.expect("read");
+    assert_eq!(read.items, items("old", 2..=5));
+    let outcome = log
+        .append("old", &items("old", 4..=8))
+        .await
+        .expect("append");
+    assert_eq!((outcome.stored, outcome.duplicates, outcome.ack), (3, 2, 8));
+    assert_eq!(log.backlog("old", 0).await.expect("backlog").count, 8);
+    // By length across both layouts: the five old entries and one item of the new chunk.
+    let trimmed = log.trim("old", &by_len(2), 0).await.expect("trim");
+    assert_eq!(
+        trimmed
+            .iter()
+            .map(|t| (t.first, t.last, t.count))
+            .collect::<Vec<_>>(),
+        [(1, 6, 6)]
+    );
+    let read = log.read("old", 0, 10).await.expect("read");
+    assert_eq!(
+        read.gap,
+        gap(1, 6, GapReason::Retention(TrimReason::Length))
+    );
+    assert_eq!(read.items, items("old", 7..=8));
+    assert_eq!(log.backlog("old", 0).await.expect("backlog").count, 2);
+    assert_eq!(log.delete("old").await.expect("delete"), 2);
+    h.cleanup().await;
+}

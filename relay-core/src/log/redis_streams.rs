@@ -1,22 +1,25 @@
 //! Redis Streams stream log: for deployments that scale out over several servers.
 //!
 //! Layout (details and the scripts' contract in `docs/storage.md`):
-//! * `{prefix}{stream}` — a Redis stream; entry ID `{seq}-0`, fields `seq`, `ts`, `data`.
-//!   Using the seq as the ID lets a read seek to any seq with `XRANGE`, and makes Redis itself
-//!   refuse an ID at or below the top (IDs only grow, even after trimming to empty).
+//! * `{prefix}{stream}` — a Redis stream of *chunks*: one entry per append (split at
+//!   [`sqlite_chunk::MAX_ITEMS`] items or [`sqlite_chunk::TARGET_BYTES`] bytes), entry ID
+//!   `{last_seq}-0`, fields `first` (first seq), `n` (items) and `items` (the items, encoded as
+//!   in [`sqlite_chunk`]). Using the last seq as the ID lets a read seek to the chunk holding
+//!   any seq with `XRANGE`. Logs written before chunks hold one entry per item, ID `{seq}-0`,
+//!   fields `seq`, `ts`, `data`; they are still read, as chunks of one item.
 //! * `{prefix}{stream}#meta` — a hash: `head` (highest accepted seq), `tt` (trimmed through),
-//!   `tr` (reason of the last trim).
+//!   `tr` (reason of the last trim), `len` (items stored).
 //! * `{prefix}{stream}#cursors` — a hash: consumer → seq.
 //!
-//! An append is one `MULTI`/`EXEC`: an `XADD` with the explicit ID `{seq}-0` per item, then a
-//! short script that raises `head`. The explicit ID *is* the dedup check: Redis refuses an ID
-//! at or below the stream's top ("equal or smaller than the target stream top item"), atomically
-//! with the insert, so a retransmitted item is answered with that error and counted as a
-//! duplicate, and the transaction keeps a concurrent trim or read from landing in the middle.
-//! (Doing the same check in a Lua loop around `XADD` cost about twice as much per item.) A trim
-//! and its bookkeeping are one Lua script; a read is a `MULTI`/`EXEC` of `HMGET` and `XRANGE`. Seqs and timestamps
-//! stay below 2^53 so Lua's double-precision numbers hold them exactly; numbers are turned back
-//! into strings with `string.format('%d')`, never `tostring` (which rounds to 14 digits).
+//! An append is one script call: the script refuses the chunks unless their first seq is above
+//! `head` (returning the head, so that the caller drops the duplicates and tries again), then
+//! adds them, raises `head` and `len`. A trim is computed here from the oldest chunks and
+//! applied by a script that first checks that the oldest chunk and `tt` are still the ones the
+//! computation saw (or it is computed again). Redis cannot rewrite the chunk a trim cuts
+//! through, so that chunk stays and its items at or below `tt` are skipped by every reader.
+//! A read is a `MULTI`/`EXEC` of `HMGET` and `XRANGE`. Seqs and timestamps stay below 2^53 so
+//! Lua's double-precision numbers hold them exactly; numbers are turned back into strings with
+//! `string.format('%d')`, never `tostring` (which rounds to 14 digits).
 //!
 //! Gaps are computed from our seqs and the `tt` watermark, never from Redis: `XRANGE` from a
 //! trimmed ID silently starts at the next survivor.
@@ -27,102 +30,95 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
+use super::sqlite_chunk::{self, ChunkBounds, ChunkWriter};
 use super::{
     AppendOutcome, Backlog, Item, MAX_SEQ, ReadBatch, Retention, Seq, StreamLog, StreamMeta,
     TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
 
-/// Raises the head watermark to ARGV[1] if it is higher. KEYS: meta. Returns the head.
-/// Runs inside the append's `MULTI`, after the batch's `XADD`s.
-const RAISE_HEAD_LUA: &str = r"
-local head = tonumber(redis.call('HGET', KEYS[1], 'head') or '0')
-local top = tonumber(ARGV[1])
-if top > head then
-  redis.call('HSET', KEYS[1], 'head', ARGV[1])
-  return top
+/// Sets `len` from `XLEN` when a stream written before chunks (one entry per item) has none.
+/// Part of the scripts below. KEYS: stream, meta.
+macro_rules! init_len_lua {
+    () => {
+        "if redis.call('HEXISTS', KEYS[2], 'len') == 0 then
+  redis.call('HSET', KEYS[2], 'len', redis.call('XLEN', KEYS[1]))
 end
-return head
-";
+"
+    };
+}
 
-/// Age then length retention. KEYS: stream, meta. ARGV: age cutoff ms or '', max_len or ''.
-/// Returns a list of `{reason, count, first, last}`.
-const TRIM_LUA: &str = r"
-local stream, meta = KEYS[1], KEYS[2]
-local head = redis.call('HGET', meta, 'head')
-local out = {}
-if not head then return out end
-local function seq_of(id) return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1)) end
-local function oldest() local r = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1); return r[1] end
-local function finish(reason, first, count)
-  local surv = oldest()
-  local last
-  if surv then last = seq_of(surv[1]) - 1 else last = tonumber(head) end
-  redis.call('HSET', meta, 'tt', string.format('%d', last), 'tr', reason)
-  table.insert(out, {reason, count, first, last})
+/// Adds chunks. KEYS: stream, meta. ARGV: the first chunk's first seq, then per chunk its ID
+/// (last seq), first seq, item count and blob. Returns `{1, head}` when added, `{0, head}`
+/// (nothing changed) when the first seq is not above `head`.
+const APPEND_LUA: &str = concat!(
+    "local head = redis.call('HGET', KEYS[2], 'head') or '0'
+if tonumber(ARGV[1]) <= tonumber(head) then return {0, head} end
+",
+    init_len_lua!(),
+    "local n = 0
+for i = 2, #ARGV, 4 do
+  redis.call('XADD', KEYS[1], ARGV[i], 'first', ARGV[i + 1], 'n', ARGV[i + 2], 'items', ARGV[i + 3])
+  n = n + tonumber(ARGV[i + 2])
 end
-if ARGV[1] ~= '' then
-  local cutoff = tonumber(ARGV[1])
-  local first, survivor = nil, nil
-  local start = '-'
-  while true do
-    local chunk = redis.call('XRANGE', stream, start, '+', 'COUNT', 256)
-    for _, e in ipairs(chunk) do
-      local f, ts = e[2], nil
-      for i = 1, #f, 2 do if f[i] == 'ts' then ts = tonumber(f[i + 1]) end end
-      if ts == nil or ts >= cutoff then survivor = e[1]; break end
-      if not first then first = seq_of(e[1]) end
-    end
-    if survivor or #chunk < 256 then break end
-    start = '(' .. chunk[#chunk][1]
-  end
-  if first then
-    local n
-    if survivor then n = redis.call('XTRIM', stream, 'MINID', survivor)
-    else n = redis.call('XTRIM', stream, 'MAXLEN', 0) end
-    finish('age', first, n)
-  end
-end
-if ARGV[2] ~= '' then
-  local max = tonumber(ARGV[2])
-  if redis.call('XLEN', stream) > max then
-    local first = seq_of(oldest()[1])
-    local n = redis.call('XTRIM', stream, 'MAXLEN', max)
-    finish('length', first, n)
-  end
-end
-return out
-";
+local top = ARGV[#ARGV - 3]
+redis.call('HINCRBY', KEYS[2], 'len', n)
+redis.call('HSET', KEYS[2], 'head', top)
+return {1, top}
+"
+);
 
-/// Backlog after a cursor. KEYS: stream, meta. ARGV: after + 1 (start ID).
-/// Returns `{count, oldest_seq, newest_seq, oldest_ts, head}` (false where absent).
+/// Applies a trim computed by [`RedisStreamLog::cut`]. KEYS: stream, meta. ARGV: the oldest
+/// entry ID and the `tt` the computation saw, the first ID to keep, the new `tt`, the reason,
+/// the items removed. Returns 1, or 0 (nothing changed) when the oldest entry or `tt` changed.
+const APPLY_TRIM_LUA: &str = concat!(
+    "local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local tt = redis.call('HGET', KEYS[2], 'tt') or '0'
+if not oldest or oldest[1] ~= ARGV[1] or tt ~= ARGV[2] then return 0 end
+",
+    init_len_lua!(),
+    "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+redis.call('HSET', KEYS[2], 'tt', ARGV[4], 'tr', ARGV[5])
+redis.call('HINCRBY', KEYS[2], 'len', -tonumber(ARGV[6]))
+return 1
+"
+);
+
+/// The first entry after a cursor, the newest entry's ID, and the item count of the entries
+/// from the first on (`n` of each chunk, 1 for an entry of the old layout). KEYS: stream,
+/// meta. ARGV: start ID. Returns `{count, first entry, newest ID, head, tt}` (false where
+/// absent).
 const BACKLOG_LUA: &str = r"
 local stream = KEYS[1]
 local head = redis.call('HGET', KEYS[2], 'head') or '0'
+local tt = redis.call('HGET', KEYS[2], 'tt') or '0'
 local first = redis.call('XRANGE', stream, ARGV[1], '+', 'COUNT', 1)[1]
-if not first then return {0, false, false, false, head} end
+if not first then return {0, false, false, head, tt} end
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-local function seq_of(id) return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1)) end
-local f, ts = first[2], false
-for i = 1, #f, 2 do if f[i] == 'ts' then ts = f[i + 1] end end
-local lo, hi = seq_of(first[1]), seq_of(last[1])
-local all_lo = seq_of(redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1])
-local count
-if redis.call('XLEN', stream) == hi - all_lo + 1 then
-  -- No producer holes anywhere: the count follows from the seqs.
-  count = hi - lo + 1
-else
-  count = 0
-  local start = ARGV[1]
-  while true do
-    local chunk = redis.call('XRANGE', stream, start, '+', 'COUNT', 1024)
-    count = count + #chunk
-    if #chunk < 1024 then break end
-    start = '(' .. chunk[#chunk][1]
+local count = 0
+local start = ARGV[1]
+while true do
+  local page = redis.call('XRANGE', stream, start, '+', 'COUNT', 1024)
+  for _, e in ipairs(page) do
+    local f, n = e[2], 1
+    for i = 1, #f, 2 do if f[i] == 'n' then n = tonumber(f[i + 1]) or 0 end end
+    count = count + n
   end
+  if #page < 1024 then break end
+  start = '(' .. page[#page][1]
 end
-return {count, first[1], last[1], ts, head}
+return {count, first, last[1], head, tt}
 ";
+
+/// Entries a read fetches first; each further page doubles, up to [`READ_PAGE_MAX`], until the
+/// read has its items (a chunk holds 1 to 256 items).
+const READ_PAGE_FIRST: usize = 16;
+/// The largest page of entries a read fetches at once.
+const READ_PAGE_MAX: usize = 256;
+/// Entries a trim computation fetches per page.
+const TRIM_PAGE: usize = 64;
+/// Times an append or a trim is tried again when a concurrent writer changed what it saw.
+const RETRIES: usize = 16;
 
 /// A [`StreamLog`] on Redis Streams. Cloning shares the connection.
 ///
@@ -133,7 +129,8 @@ return {count, first[1], last[1], ts, head}
 pub struct RedisStreamLog {
     conn: ConnectionManager,
     prefix: String,
-    trim: Script,
+    append: Script,
+    apply_trim: Script,
     backlog: Script,
 }
 
@@ -167,7 +164,8 @@ impl RedisStreamLog {
         Ok(Self {
             conn,
             prefix: key_prefix.to_owned(),
-            trim: Script::new(TRIM_LUA),
+            append: Script::new(APPEND_LUA),
+            apply_trim: Script::new(APPLY_TRIM_LUA),
             backlog: Script::new(BACKLOG_LUA),
         })
     }
@@ -192,12 +190,6 @@ impl RedisStreamLog {
     pub async fn delete_stream(&self, stream: &str) -> Result<()> {
         self.delete(stream).await.map(drop)
     }
-}
-
-/// Whether an `XADD` error is Redis refusing an ID at or below the stream's top: our dedup.
-fn is_duplicate_id(e: &redis::ServerError) -> bool {
-    e.details()
-        .is_some_and(|d| d.contains("equal or smaller than the target stream top item"))
 }
 
 /// Converts a bulk string or integer reply to `u64`.
@@ -237,36 +229,172 @@ fn id_seq(stream: &str, id: &Value) -> Result<Seq> {
         .ok_or_else(|| corrupt(stream, format!("bad entry ID {id:?}")))
 }
 
-/// Parses one `XRANGE` entry `[id, [field, value, ...]]`.
-fn parse_entry(stream: &str, entry: &Value) -> Result<Item> {
-    let Value::Array(parts) = entry else {
-        return Err(corrupt(stream, format!("bad entry {entry:?}")));
-    };
-    let [id, Value::Array(fields)] = parts.as_slice() else {
-        return Err(corrupt(stream, format!("bad entry {entry:?}")));
-    };
-    let seq = id_seq(stream, id)?;
-    // A missing or damaged `ts` or `data` does not fail the read (that would stall the
-    // stream): it comes out as 0 / empty, and the caller's decoder refuses the item.
-    let (mut ts_ms, mut payload) = (0, Bytes::new());
-    for pair in fields.chunks_exact(2) {
-        if let Value::BulkString(name) = &pair[0] {
-            match name.as_slice() {
-                b"ts" => ts_ms = num(stream, &pair[1], "ts").unwrap_or(0),
-                b"data" => {
-                    if let Value::BulkString(b) = &pair[1] {
-                        payload = Bytes::copy_from_slice(b);
-                    }
+/// The ID of an entry as Redis returned it (passed back to the trim script verbatim).
+fn id_text(id: &Value) -> Option<String> {
+    match id {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// One stream entry: a chunk, or one item of the layout before chunks.
+#[derive(Debug)]
+struct Entry {
+    /// The ID as Redis returned it.
+    id: String,
+    /// The seq in the ID: the last item's.
+    last_seq: Seq,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A chunk; a field that is missing or not a number is `None` (the chunk is damaged).
+    Chunk {
+        first: Option<Seq>,
+        count: Option<u64>,
+        blob: Bytes,
+    },
+    /// An entry of the old layout. A missing or damaged `ts` or `data` comes out as 0 / empty,
+    /// which the caller's decoder refuses, instead of failing the read.
+    Item(Item),
+}
+
+impl Entry {
+    /// Parses `[id, [field, value, ...]]`. Fails only when the ID carries no seq.
+    fn parse(stream: &str, entry: &Value) -> Result<Self> {
+        let Value::Array(parts) = entry else {
+            return Err(corrupt(stream, format!("bad entry {entry:?}")));
+        };
+        let [id, Value::Array(fields)] = parts.as_slice() else {
+            return Err(corrupt(stream, format!("bad entry {entry:?}")));
+        };
+        let last_seq = id_seq(stream, id)?;
+        let id = id_text(id).ok_or_else(|| corrupt(stream, format!("bad entry ID {id:?}")))?;
+        let field = |name: &[u8]| {
+            fields
+                .chunks_exact(2)
+                .find(|pair| matches!(&pair[0], Value::BulkString(n) if n == name))
+                .map(|pair| &pair[1])
+        };
+        let bytes = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => Bytes::copy_from_slice(b),
+            _ => Bytes::new(),
+        };
+        let number = |v: Option<&Value>| v.and_then(|v| num(stream, v, "field").ok());
+        let body = if field(b"items").is_some() || field(b"n").is_some() {
+            Body::Chunk {
+                first: number(field(b"first")),
+                count: number(field(b"n")),
+                blob: bytes(field(b"items")),
+            }
+        } else {
+            Body::Item(Item {
+                seq: last_seq,
+                ts_ms: number(field(b"ts")).unwrap_or(0),
+                payload: bytes(field(b"data")),
+            })
+        };
+        Ok(Self { id, last_seq, body })
+    }
+
+    /// Items in the entry, as the `n` field says (1 for the old layout, 0 when unreadable).
+    fn count(&self) -> u64 {
+        match &self.body {
+            Body::Chunk { count, .. } => count.unwrap_or(0),
+            Body::Item(_) => 1,
+        }
+    }
+
+    /// The entry's first seq, as far as it can tell.
+    fn first_seq(&self) -> Seq {
+        match &self.body {
+            Body::Chunk { first, .. } => first.unwrap_or(self.last_seq),
+            Body::Item(item) => item.seq,
+        }
+    }
+
+    /// The entry's items above `floor`, or `None` when the chunk is damaged.
+    fn items_above(&self, stream: &str, floor: Seq) -> Option<Vec<Item>> {
+        let mut items = match &self.body {
+            Body::Item(item) => vec![item.clone()],
+            Body::Chunk {
+                first: Some(first),
+                count: Some(count),
+                blob,
+            } => {
+                let bounds = ChunkBounds {
+                    first_seq: *first,
+                    last_seq: self.last_seq,
+                    count: *count,
+                };
+                let decoded = sqlite_chunk::decode(bounds, blob, false);
+                if let Some(err) = decoded.error {
+                    tracing::warn!(stream, entry = %self.id, %err, "damaged chunk in the Redis stream log");
+                    return None;
                 }
-                _ => {}
+                decoded.items
+            }
+            Body::Chunk { .. } => {
+                tracing::warn!(stream, entry = %self.id, "chunk without readable first/n fields in the Redis stream log");
+                return None;
+            }
+        };
+        items.retain(|i| i.seq > floor);
+        Some(items)
+    }
+
+    /// Placeholders for a damaged chunk's seqs above `floor` and up to `head`, as the SQLite
+    /// log reads them: empty payloads, which the relay reports as a `corrupt` gap.
+    fn damaged_above(&self, floor: Seq, head: Seq) -> std::ops::RangeInclusive<Seq> {
+        self.first_seq().max(floor.saturating_add(1))..=self.last_seq.min(head)
+    }
+
+    /// The entry's items above `floor`, damaged ones as placeholders, at most `limit`.
+    fn read_above(&self, stream: &str, floor: Seq, head: Seq, limit: usize) -> Vec<Item> {
+        match self.items_above(stream, floor) {
+            Some(mut items) => {
+                items.truncate(limit);
+                items
+            }
+            None => self
+                .damaged_above(floor, head)
+                .take(limit)
+                .map(|seq| Item {
+                    seq,
+                    ts_ms: 0,
+                    payload: Bytes::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// How many items a read yields from this entry above `floor`.
+    fn live_above(&self, stream: &str, floor: Seq, head: Seq) -> u64 {
+        match self.items_above(stream, floor) {
+            Some(items) => items.len() as u64,
+            None => {
+                let r = self.damaged_above(floor, head);
+                (r.end() + 1).saturating_sub(*r.start())
             }
         }
     }
-    Ok(Item {
-        seq,
-        ts_ms,
-        payload,
-    })
+}
+
+/// Where a retention rule cuts a stream, computed from what one walk saw.
+#[derive(Debug)]
+struct Cut {
+    /// The oldest entry's ID and the raw `tt` the walk saw: the trim script applies the cut
+    /// only if they are unchanged.
+    oldest_id: String,
+    seen_tt: String,
+    /// The first entry ID kept (`XTRIM MINID`).
+    min_id: String,
+    /// The new `tt`.
+    last: Seq,
+    first: Seq,
+    count: u64,
 }
 
 fn array(stream: &str, v: Value) -> Result<Vec<Value>> {
@@ -295,79 +423,254 @@ fn meta_from(stream: &str, head: &Value, tt: &Value, tr: &Value) -> Result<Strea
     })
 }
 
+/// The error of an append or trim that lost to concurrent writers [`RETRIES`] times in a row.
+fn contended(action: &'static str) -> Error {
+    Error::Redis {
+        action,
+        source: redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+            "concurrent writers kept changing the stream",
+        )),
+    }
+}
+
+/// Splits the items above `head` (each above the previous one kept) into chunks.
+fn chunks_above(items: &[Item], head: Seq) -> Vec<(ChunkBounds, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut chunk = ChunkWriter::new();
+    let mut top = head;
+    for item in items.iter().filter(|i| i.seq > head) {
+        if item.seq <= top {
+            continue;
+        }
+        chunk.push(item);
+        top = item.seq;
+        if chunk.is_full() {
+            out.push(chunk.take());
+        }
+    }
+    if !chunk.is_empty() {
+        out.push(chunk.take());
+    }
+    out
+}
+
+/// A retention rule, for [`RedisStreamLog::cut`].
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// Remove the oldest items while `ts_ms` is below this.
+    Age(u64),
+    /// Keep the newest this many items.
+    Length(u64),
+}
+
+impl RedisStreamLog {
+    /// Up to `count` entries after the entry `id` (exclusive).
+    async fn entries_after(
+        &self,
+        stream: &str,
+        id: &str,
+        count: usize,
+        action: &'static str,
+    ) -> Result<Vec<Value>> {
+        let mut conn = self.conn.clone();
+        let next: Value = redis::cmd("XRANGE")
+            .arg(self.stream_key(stream))
+            .arg(format!("({id}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err(action))?;
+        array(stream, next)
+    }
+
+    /// Computes where `rule` cuts the stream, from its oldest entries on. `None` when it
+    /// removes nothing.
+    async fn cut(&self, stream: &str, rule: Rule) -> Result<Option<Cut>> {
+        let [k, meta] = self.keys(stream);
+        let mut conn = self.conn.clone();
+        let (fields, xlen, entries): (Vec<Value>, u64, Value) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&meta)
+            .arg(&["head", "tt", "len"])
+            .cmd("XLEN")
+            .arg(&k)
+            .cmd("XRANGE")
+            .arg(&k)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(TRIM_PAGE)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("trim"))?;
+        let [head, tt, len] = <[Value; 3]>::try_from(fields)
+            .map_err(|p| corrupt(stream, format!("HMGET returned {} fields", p.len())))?;
+        let head = opt_num(stream, &head, "head")?.unwrap_or(0);
+        let seen_tt = match &tt {
+            Value::Nil => "0".to_owned(),
+            v => id_text(v).ok_or_else(|| corrupt(stream, format!("bad tt {v:?}")))?,
+        };
+        let tt = opt_num(stream, &tt, "tt")?.unwrap_or(0);
+        // A stream written before chunks has no `len`: one entry per item.
+        let len = opt_num(stream, &len, "len")?.unwrap_or(xlen);
+        let excess = match rule {
+            Rule::Length(max) if len <= max => return Ok(None),
+            Rule::Length(max) => len - max,
+            Rule::Age(_) => 0,
+        };
+        let mut page = array(stream, entries)?;
+        let Some(oldest) = page.first() else {
+            return Ok(None);
+        };
+        let oldest_id = Entry::parse(stream, oldest)?.id;
+        let mut first = None;
+        let mut count = 0u64;
+        let mut last_seen = tt;
+        loop {
+            let full = page.len() == TRIM_PAGE;
+            let mut last_id = None;
+            for value in &page {
+                let entry = Entry::parse(stream, value)?;
+                // Only the oldest entry can hold items at or below `tt`.
+                let items = entry.items_above(stream, tt);
+                let first_live = match &items {
+                    Some(items) => items.first().map(|i| i.seq),
+                    None => Some(*entry.damaged_above(tt, head).start()),
+                };
+                let survivor = match (rule, items) {
+                    (Rule::Age(cutoff), Some(items)) => {
+                        let k = items.iter().position(|i| i.ts_ms >= cutoff);
+                        let old = k.unwrap_or(items.len());
+                        if old > 0 {
+                            first.get_or_insert(items[0].seq);
+                        }
+                        count += old as u64;
+                        k.map(|k| items[k].seq)
+                    }
+                    // Damaged: it counts as old.
+                    (Rule::Age(_), None) => {
+                        let live = entry.live_above(stream, tt, head);
+                        if live > 0 {
+                            first = first.or(first_live);
+                        }
+                        count += live;
+                        None
+                    }
+                    (Rule::Length(_), _) if count >= excess => first_live,
+                    (Rule::Length(_), items) => {
+                        let need = excess - count;
+                        let live = match &items {
+                            Some(items) => items.len() as u64,
+                            None => entry.live_above(stream, tt, head),
+                        };
+                        match items {
+                            Some(items) if need < live => {
+                                first.get_or_insert(items[0].seq);
+                                count += need;
+                                Some(items[need as usize].seq)
+                            }
+                            // All of it (a damaged chunk the cut goes through goes whole).
+                            _ => {
+                                if live > 0 {
+                                    first = first.or(first_live);
+                                }
+                                count += live;
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some(survivor) = survivor {
+                    return Ok(first.map(|first| Cut {
+                        oldest_id,
+                        seen_tt,
+                        min_id: entry.id,
+                        last: survivor - 1,
+                        first,
+                        count,
+                    }));
+                }
+                last_seen = entry.last_seq;
+                last_id = Some(entry.id);
+            }
+            let Some(last_id) = last_id.filter(|_| full) else {
+                break;
+            };
+            page = self
+                .entries_after(stream, &last_id, TRIM_PAGE, "trim")
+                .await?;
+        }
+        // Every entry seen goes.
+        Ok(first.map(|first| Cut {
+            oldest_id,
+            seen_tt,
+            min_id: format!("{}-0", last_seen + 1),
+            last: last_seen,
+            first,
+            count,
+        }))
+    }
+}
+
 impl StreamLog for RedisStreamLog {
     async fn append(&self, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
         validate_stream_name(stream)?;
         validate_batch(stream, items)?;
-        let [k, meta] = self.keys(stream);
-        let Some(last) = items.last() else {
-            let mut conn = self.conn.clone();
-            let head: Value = redis::cmd("HGET")
-                .arg(&meta)
-                .arg("head")
-                .query_async(&mut conn)
+        let keys = self.keys(stream);
+        let mut conn = self.conn.clone();
+        // First assume nothing is a duplicate; the script answers with the head otherwise.
+        let mut head = 0;
+        for _ in 0..RETRIES {
+            let chunks = chunks_above(items, head);
+            let stored: u64 = chunks.iter().map(|(b, _)| b.count).sum();
+            let Some((first, _)) = chunks.first() else {
+                if items.is_empty() {
+                    // Nothing to store: report the head.
+                    let value: Value = redis::cmd("HGET")
+                        .arg(&keys[1])
+                        .arg("head")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(redis_err("append"))?;
+                    head = opt_num(stream, &value, "head")?.unwrap_or(0);
+                }
+                return Ok(AppendOutcome {
+                    stored: 0,
+                    duplicates: items.len() as u64,
+                    ack: head,
+                });
+            };
+            let mut call = self.append.key(&keys[0]);
+            call.key(&keys[1]).arg(first.first_seq);
+            for (bounds, blob) in &chunks {
+                call.arg(bounds.last_seq)
+                    .arg(bounds.first_seq)
+                    .arg(bounds.count)
+                    .arg(&blob[..]);
+            }
+            let reply: Value = call
+                .invoke_async(&mut conn)
                 .await
                 .map_err(redis_err("append"))?;
-            return Ok(AppendOutcome {
-                stored: 0,
-                duplicates: 0,
-                ack: opt_num(stream, &head, "head")?.unwrap_or(0),
-            });
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic().ignore_errors();
-        for item in items {
-            pipe.cmd("XADD")
-                .arg(&k)
-                .arg(item.seq)
-                .arg("seq")
-                .arg(item.seq)
-                .arg("ts")
-                .arg(item.ts_ms)
-                .arg("data")
-                .arg(&item.payload[..]);
-        }
-        // EVAL, not EVALSHA: inside MULTI a NOSCRIPT error could not be retried, and Redis
-        // caches the compiled script by its hash anyway.
-        pipe.cmd("EVAL")
-            .arg(RAISE_HEAD_LUA)
-            .arg(1)
-            .arg(&meta)
-            .arg(last.seq);
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("append"))?;
-        if replies.len() != items.len() + 1 {
-            return Err(corrupt(
-                stream,
-                format!(
-                    "append got {} replies for {} items",
-                    replies.len(),
-                    items.len()
-                ),
-            ));
-        }
-        let mut stored = 0u64;
-        for reply in &replies[..items.len()] {
-            match reply {
-                Value::ServerError(e) if is_duplicate_id(e) => {}
-                Value::ServerError(e) => {
-                    return Err(Error::Redis {
-                        action: "append",
-                        source: redis::RedisError::from(e.clone()),
-                    });
-                }
-                _ => stored += 1,
+            let parts = array(stream, reply)?;
+            let [added, now] = <[Value; 2]>::try_from(parts)
+                .map_err(|p| corrupt(stream, format!("append reply has {} parts", p.len())))?;
+            let now = num(stream, &now, "head")?;
+            if num(stream, &added, "append result")? == 1 {
+                return Ok(AppendOutcome {
+                    stored,
+                    duplicates: items.len() as u64 - stored,
+                    ack: now,
+                });
             }
+            // Some items are at or below the head: drop them and try again.
+            head = now;
         }
-        let ack = num(stream, &replies[items.len()], "head")?;
-        Ok(AppendOutcome {
-            stored,
-            duplicates: items.len() as u64 - stored,
-            ack,
-        })
+        Err(contended("append"))
     }
 
     async fn read(&self, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
@@ -377,8 +680,11 @@ impl StreamLog for RedisStreamLog {
         }
         let [k, meta] = self.keys(stream);
         let mut conn = self.conn.clone();
-        // MULTI/EXEC keeps the watermark and the entries consistent with each other (a trim
-        // cannot land between them) without copying every entry through Lua.
+        let want = max.max(1);
+        let mut page_size = READ_PAGE_FIRST.min(want);
+        // MULTI/EXEC keeps the watermark and the first entries consistent with each other (a
+        // trim cannot land between them) without copying every entry through Lua. Later pages
+        // only add items after these; a trim between pages makes a hole, where the read stops.
         let (fields, entries): (Vec<Value>, Value) = redis::pipe()
             .atomic()
             .cmd("HMGET")
@@ -389,17 +695,44 @@ impl StreamLog for RedisStreamLog {
             .arg(format!("{}-0", after + 1))
             .arg("+")
             .arg("COUNT")
-            .arg(max.max(1))
+            .arg(page_size)
             .query_async(&mut conn)
             .await
             .map_err(redis_err("read"))?;
         let [head, tt, tr] = <[Value; 3]>::try_from(fields)
             .map_err(|p| corrupt(stream, format!("HMGET returned {} fields", p.len())))?;
         let meta = meta_from(stream, &head, &tt, &tr)?;
-        let mut items = array(stream, entries)?
-            .iter()
-            .map(|e| parse_entry(stream, e))
-            .collect::<Result<Vec<_>>>()?;
+        // Items at or below the watermark are trimmed even where their chunk remains.
+        let floor = after.max(meta.trimmed_through);
+        let mut items: Vec<Item> = Vec::new();
+        let mut page = array(stream, entries)?;
+        'pages: loop {
+            let full = page.len() == page_size;
+            let mut last_id = None;
+            for value in &page {
+                let entry = Entry::parse(stream, value)?;
+                if items
+                    .last()
+                    .is_some_and(|last| entry.first_seq() > last.seq + 1)
+                {
+                    // A hole: the read stops in front of it.
+                    break 'pages;
+                }
+                let above = items.last().map_or(floor, |last| last.seq.max(floor));
+                items.extend(entry.read_above(stream, above, meta.head, want - items.len()));
+                if items.len() >= want {
+                    break 'pages;
+                }
+                last_id = Some(entry.id);
+            }
+            let Some(last_id) = last_id.filter(|_| full) else {
+                break;
+            };
+            page_size = (page_size * 2).min(READ_PAGE_MAX);
+            page = self
+                .entries_after(stream, &last_id, page_size, "read")
+                .await?;
+        }
         let next = items.first().map(|i| i.seq);
         let gap = meta.gap_after(after, next);
         match next {
@@ -440,38 +773,50 @@ impl StreamLog for RedisStreamLog {
 
     async fn trim(&self, stream: &str, retention: &Retention, now_ms: u64) -> Result<Vec<Trimmed>> {
         validate_stream_name(stream)?;
-        let [k, meta] = self.keys(stream);
-        let cutoff = retention
-            .max_age_ms
-            .map(|age| now_ms.saturating_sub(age).min(MAX_SEQ + 1).to_string())
-            .unwrap_or_default();
-        let max_len = retention.max_len.map(|n| n.to_string()).unwrap_or_default();
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .trim
-            .key(k)
-            .key(meta)
-            .arg(cutoff)
-            .arg(max_len)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err("trim"))?;
+        let keys = self.keys(stream);
+        let mut rules = Vec::new();
+        if let Some(age) = retention.max_age_ms {
+            rules.push((Rule::Age(now_ms.saturating_sub(age)), TrimReason::Age));
+        }
+        if let Some(max) = retention.max_len {
+            rules.push((Rule::Length(max), TrimReason::Length));
+        }
         let mut out = Vec::new();
-        for t in array(stream, reply)? {
-            let parts = array(stream, t)?;
-            let [reason, count, first, last] = <[Value; 4]>::try_from(parts)
-                .map_err(|p| corrupt(stream, format!("trim record has {} parts", p.len())))?;
-            let reason = match &reason {
-                Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(TrimReason::parse),
-                _ => None,
+        let mut conn = self.conn.clone();
+        for (rule, reason) in rules {
+            let mut applied = false;
+            for _ in 0..RETRIES {
+                let Some(cut) = self.cut(stream, rule).await? else {
+                    applied = true;
+                    break;
+                };
+                let done: u64 = self
+                    .apply_trim
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .arg(&cut.oldest_id)
+                    .arg(&cut.seen_tt)
+                    .arg(&cut.min_id)
+                    .arg(cut.last)
+                    .arg(reason.as_str())
+                    .arg(cut.count)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(redis_err("trim"))?;
+                if done == 1 {
+                    out.push(Trimmed {
+                        count: cut.count,
+                        first: cut.first,
+                        last: cut.last,
+                        reason,
+                    });
+                    applied = true;
+                    break;
+                }
             }
-            .ok_or_else(|| corrupt(stream, format!("bad trim reason {reason:?}")))?;
-            out.push(Trimmed {
-                count: num(stream, &count, "count")?,
-                first: num(stream, &first, "first")?,
-                last: num(stream, &last, "last")?,
-                reason,
-            });
+            if !applied {
+                return Err(contended("trim"));
+            }
         }
         Ok(out)
     }
@@ -482,8 +827,11 @@ impl StreamLog for RedisStreamLog {
         let cursors = format!("{k}#cursors");
         let mut conn = self.conn.clone();
         // One MULTI: the length that is reported is the length that is deleted.
-        let (len, _deleted): (u64, u64) = redis::pipe()
+        let (len, xlen, _deleted): (Value, u64, u64) = redis::pipe()
             .atomic()
+            .cmd("HGET")
+            .arg(&meta)
+            .arg("len")
             .cmd("XLEN")
             .arg(&k)
             .cmd("DEL")
@@ -493,7 +841,8 @@ impl StreamLog for RedisStreamLog {
             .query_async(&mut conn)
             .await
             .map_err(redis_err("delete stream"))?;
-        Ok(len)
+        // A stream written before chunks has no `len`: one entry per item.
+        Ok(opt_num(stream, &len, "len").ok().flatten().unwrap_or(xlen))
     }
 
     async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {
@@ -510,18 +859,32 @@ impl StreamLog for RedisStreamLog {
             .await
             .map_err(redis_err("backlog"))?;
         let parts = array(stream, reply)?;
-        let [count, oldest, newest, ts, head] = <[Value; 5]>::try_from(parts)
+        let [count, first, newest, head, tt] = <[Value; 5]>::try_from(parts)
             .map_err(|p| corrupt(stream, format!("backlog reply has {} parts", p.len())))?;
-        let opt_seq = |v: &Value| match v {
-            Value::Nil => Ok(None),
-            v => id_seq(stream, v).map(Some),
+        let head = num(stream, &head, "head")?;
+        let floor = after.max(num(stream, &tt, "tt")?);
+        let mut count = num(stream, &count, "count")?;
+        let (oldest_seq, oldest_ts_ms) = match &first {
+            Value::Nil => (None, None),
+            entry => {
+                // The first entry may hold items at or below the cursor or the watermark.
+                let entry = Entry::parse(stream, entry)?;
+                count = count.saturating_sub(entry.count()) + entry.live_above(stream, floor, head);
+                match entry.items_above(stream, floor) {
+                    Some(items) => (items.first().map(|i| i.seq), items.first().map(|i| i.ts_ms)),
+                    None => (Some(*entry.damaged_above(floor, head).start()), None),
+                }
+            }
         };
         Ok(Backlog {
-            count: num(stream, &count, "count")?,
-            oldest_seq: opt_seq(&oldest)?,
-            newest_seq: opt_seq(&newest)?,
-            oldest_ts_ms: opt_num(stream, &ts, "ts")?,
-            head: num(stream, &head, "head")?,
+            count,
+            oldest_seq: oldest_seq.filter(|_| count > 0),
+            newest_seq: match newest {
+                Value::Nil => None,
+                v => Some(id_seq(stream, &v)?),
+            },
+            oldest_ts_ms: oldest_ts_ms.filter(|_| count > 0),
+            head,
         })
     }
 }
@@ -534,21 +897,29 @@ mod tests {
         Value::BulkString(b.to_vec())
     }
 
+    fn entry(id: &[u8], fields: Vec<Value>) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
     #[test]
-    fn damaged_entries_come_out_empty_instead_of_failing_the_read() {
-        let entry = |fields: Vec<Value>| Value::Array(vec![bulk(b"7-0"), Value::Array(fields)]);
-        let good = parse_entry(
+    fn entries_of_the_old_layout_read_as_one_item_and_damage_comes_out_empty() {
+        let good = Entry::parse(
             "s",
-            &entry(vec![bulk(b"ts"), bulk(b"12"), bulk(b"data"), bulk(b"ab")]),
-        );
+            &entry(
+                b"7-0",
+                vec![bulk(b"ts"), bulk(b"12"), bulk(b"data"), bulk(b"ab")],
+            ),
+        )
+        .expect("an entry");
         assert_eq!(
-            good.ok(),
-            Some(Item {
+            good.items_above("s", 0),
+            Some(vec![Item {
                 seq: 7,
                 ts_ms: 12,
                 payload: Bytes::from_static(b"ab")
-            })
+            }])
         );
+        assert_eq!(good.items_above("s", 7), Some(vec![]));
         for (fields, ts) in [
             (vec![bulk(b"ts"), bulk(b"12")], 12),
             (
@@ -557,10 +928,95 @@ mod tests {
             ),
             (vec![], 0),
         ] {
-            let item = parse_entry("s", &entry(fields)).expect("an item");
-            assert_eq!((item.seq, item.ts_ms, item.payload.len()), (7, ts, 0));
+            let items = Entry::parse("s", &entry(b"7-0", fields))
+                .expect("an entry")
+                .items_above("s", 0)
+                .expect("an item");
+            assert_eq!(
+                items
+                    .iter()
+                    .map(|i| (i.seq, i.ts_ms, i.payload.len()))
+                    .collect::<Vec<_>>(),
+                [(7, ts, 0)]
+            );
         }
         // Without a seq there is nothing to report: the read fails.
-        assert!(parse_entry("s", &Value::Array(vec![bulk(b"x"), Value::Array(vec![])])).is_err());
+        assert!(Entry::parse("s", &entry(b"x", vec![])).is_err());
+    }
+
+    #[test]
+    fn damaged_chunks_read_as_placeholders_up_to_the_head() {
+        let items: Vec<Item> = (5..=7)
+            .map(|seq| Item {
+                seq,
+                ts_ms: seq,
+                payload: Bytes::from(vec![seq as u8]),
+            })
+            .collect();
+        let (bounds, blob) = sqlite_chunk::encode(&items);
+        let chunk = |n: &[u8], blob: &[u8]| {
+            entry(
+                b"7-0",
+                vec![
+                    bulk(b"first"),
+                    bulk(b"5"),
+                    bulk(b"n"),
+                    bulk(n),
+                    bulk(b"items"),
+                    bulk(blob),
+                ],
+            )
+        };
+        let good = Entry::parse("s", &chunk(b"3", &blob)).expect("an entry");
+        assert_eq!(good.count(), bounds.count);
+        assert_eq!(good.read_above("s", 5, 7, 10), items[1..]);
+        for damaged in [
+            chunk(b"4", &blob),
+            chunk(b"3", &blob[..4]),
+            chunk(b"x", &blob),
+        ] {
+            let entry = Entry::parse("s", &damaged).expect("an entry");
+            assert_eq!(entry.items_above("s", 0), None);
+            let read: Vec<(Seq, usize)> = entry
+                .read_above("s", 4, 6, 10)
+                .iter()
+                .map(|i| (i.seq, i.payload.len()))
+                .collect();
+            assert_eq!(read, [(5, 0), (6, 0)]);
+            assert_eq!(entry.live_above("s", 5, 6), 1);
+        }
+    }
+
+    #[test]
+    fn appends_keep_only_items_above_the_head_in_chunks() {
+        let items: Vec<Item> = [3, 1, 4, 4, 5]
+            .into_iter()
+            .chain(10..=300)
+            .map(|seq| Item {
+                seq,
+                ts_ms: 0,
+                payload: Bytes::new(),
+            })
+            .collect();
+        let bounds: Vec<_> = chunks_above(&items, 3)
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect();
+        assert_eq!(
+            bounds,
+            [
+                ChunkBounds {
+                    first_seq: 4,
+                    last_seq: 263,
+                    count: 256
+                },
+                ChunkBounds {
+                    first_seq: 264,
+                    last_seq: 300,
+                    count: 37
+                }
+            ]
+        );
+        assert!(chunks_above(&items, 300).is_empty());
     }
 }
