@@ -719,8 +719,8 @@ fn config_parses_each_backend() {
 }
 
 /// A Redis stream written before chunks (one entry per item, fields `seq`/`ts`/`data`, no
-/// `len`) is read, appended to, trimmed, counted and deleted as if it had been written by this
-/// version.
+/// `len`, possibly a `head` below its top entry) is read, appended to, trimmed, counted and
+/// deleted as if it had been written by this version.
 #[tokio::test]
 async fn redis_streams_of_one_entry_per_item_keep_working() {
     let h = RedisHarness::new().await;
@@ -748,7 +748,8 @@ async fn redis_streams_of_one_entry_per_item_keep_working() {
     let _: () = ::redis::cmd("HSET")
         .arg(format!("{key}#meta"))
         .arg("head")
-        .arg(5)
+        // The old append set `head` to a batch's last item, not its highest.
+        .arg(4)
         .query_async(&mut conn)
         .await
         .expect("old-layout meta");

@@ -37,12 +37,22 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Sets `len` from `XLEN` when a stream written before chunks (one entry per item) has none.
-/// Part of the scripts below. KEYS: stream, meta.
+/// Sets `len` from `XLEN` when a stream written before chunks (one entry per item) has none,
+/// and raises its `head` to its top entry if it is below: the old append set `head` to a
+/// batch's last item, not its highest, and left the dedup to `XADD`'s ID check. Part of the
+/// scripts below. KEYS: stream, meta. Numbers go back to Redis as `%d` strings (Redis
+/// 7.2.0–7.2.4 formatted some Lua numbers as `1e+08`).
 macro_rules! init_len_lua {
     () => {
         "if redis.call('HEXISTS', KEYS[2], 'len') == 0 then
-  redis.call('HSET', KEYS[2], 'len', redis.call('XLEN', KEYS[1]))
+  redis.call('HSET', KEYS[2], 'len', string.format('%d', redis.call('XLEN', KEYS[1])))
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if top then
+    local seq = string.sub(top[1], 1, string.find(top[1], '-', 1, true) - 1)
+    if tonumber(seq) > tonumber(redis.call('HGET', KEYS[2], 'head') or '0') then
+      redis.call('HSET', KEYS[2], 'head', seq)
+    end
+  end
 end
 "
     };
@@ -52,17 +62,16 @@ end
 /// (last seq), first seq, item count and blob. Returns `{1, head}` when added, `{0, head}`
 /// (nothing changed) when the first seq is not above `head`.
 const APPEND_LUA: &str = concat!(
+    init_len_lua!(),
     "local head = redis.call('HGET', KEYS[2], 'head') or '0'
 if tonumber(ARGV[1]) <= tonumber(head) then return {0, head} end
-",
-    init_len_lua!(),
-    "local n = 0
+local n = 0
 for i = 2, #ARGV, 4 do
   redis.call('XADD', KEYS[1], ARGV[i], 'first', ARGV[i + 1], 'n', ARGV[i + 2], 'items', ARGV[i + 3])
   n = n + tonumber(ARGV[i + 2])
 end
 local top = ARGV[#ARGV - 3]
-redis.call('HINCRBY', KEYS[2], 'len', n)
+redis.call('HINCRBY', KEYS[2], 'len', string.format('%d', n))
 redis.call('HSET', KEYS[2], 'head', top)
 return {1, top}
 "
@@ -70,7 +79,7 @@ return {1, top}
 
 /// Applies a trim computed by [`RedisStreamLog::cut`]. KEYS: stream, meta. ARGV: the oldest
 /// entry ID and the `tt` the computation saw, the first ID to keep, the new `tt`, the reason,
-/// the items removed. Returns 1, or 0 (nothing changed) when the oldest entry or `tt` changed.
+/// what to take off `len`. Returns 1, or 0 (nothing changed) when the oldest entry or `tt` changed.
 const APPLY_TRIM_LUA: &str = concat!(
     "local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local tt = redis.call('HGET', KEYS[2], 'tt') or '0'
@@ -79,7 +88,7 @@ if not oldest or oldest[1] ~= ARGV[1] or tt ~= ARGV[2] then return 0 end
     init_len_lua!(),
     "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 redis.call('HSET', KEYS[2], 'tt', ARGV[4], 'tr', ARGV[5])
-redis.call('HINCRBY', KEYS[2], 'len', -tonumber(ARGV[6]))
+redis.call('HINCRBY', KEYS[2], 'len', string.format('%d', -tonumber(ARGV[6])))
 return 1
 "
 );
@@ -101,7 +110,7 @@ while true do
   local page = redis.call('XRANGE', stream, start, '+', 'COUNT', 1024)
   for _, e in ipairs(page) do
     local f, n = e[2], 1
-    for i = 1, #f, 2 do if f[i] == 'n' then n = tonumber(f[i + 1]) or 0 end end
+    for i = 1, #f, 2 do if f[i] == 'n' then n = tonumber(f[i + 1]) or 1 end end
     count = count + n
   end
   if #page < 1024 then break end
@@ -299,10 +308,11 @@ impl Entry {
         Ok(Self { id, last_seq, body })
     }
 
-    /// Items in the entry, as the `n` field says (1 for the old layout, 0 when unreadable).
+    /// Items in the entry, as the `n` field says (1 for the old layout or when unreadable, as
+    /// the backlog script counts it).
     fn count(&self) -> u64 {
         match &self.body {
-            Body::Chunk { count, .. } => count.unwrap_or(0),
+            Body::Chunk { count, .. } => count.unwrap_or(1),
             Body::Item(_) => 1,
         }
     }
@@ -394,7 +404,11 @@ struct Cut {
     /// The new `tt`.
     last: Seq,
     first: Seq,
+    /// Items removed, as readers saw them.
     count: u64,
+    /// What to take off `len`: what the appends of the removed items added (differs from
+    /// `count` only for damaged chunks).
+    len_delta: u64,
 }
 
 fn array(stream: &str, v: Value) -> Result<Vec<Value>> {
@@ -529,6 +543,7 @@ impl RedisStreamLog {
         let oldest_id = Entry::parse(stream, oldest)?.id;
         let mut first = None;
         let mut count = 0u64;
+        let mut len_delta = 0u64;
         let mut last_seen = tt;
         loop {
             let full = page.len() == TRIM_PAGE;
@@ -539,7 +554,19 @@ impl RedisStreamLog {
                 let items = entry.items_above(stream, tt);
                 let first_live = match &items {
                     Some(items) => items.first().map(|i| i.seq),
-                    None => Some(*entry.damaged_above(tt, head).start()),
+                    None => {
+                        let range = entry.damaged_above(tt, head);
+                        (!range.is_empty()).then(|| *range.start())
+                    }
+                };
+                // What the appends added to `len` for this entry's items above `tt`, `live`
+                // being how many readers see.
+                let added = |live: u64| {
+                    if entry.first_seq() > tt {
+                        entry.count()
+                    } else {
+                        live
+                    }
                 };
                 let survivor = match (rule, items) {
                     (Rule::Age(cutoff), Some(items)) => {
@@ -549,6 +576,10 @@ impl RedisStreamLog {
                             first.get_or_insert(items[0].seq);
                         }
                         count += old as u64;
+                        len_delta += match k {
+                            Some(_) => old as u64,
+                            None => added(old as u64),
+                        };
                         k.map(|k| items[k].seq)
                     }
                     // Damaged: it counts as old.
@@ -558,6 +589,7 @@ impl RedisStreamLog {
                             first = first.or(first_live);
                         }
                         count += live;
+                        len_delta += added(live);
                         None
                     }
                     (Rule::Length(_), _) if count >= excess => first_live,
@@ -571,6 +603,7 @@ impl RedisStreamLog {
                             Some(items) if need < live => {
                                 first.get_or_insert(items[0].seq);
                                 count += need;
+                                len_delta += need;
                                 Some(items[need as usize].seq)
                             }
                             // All of it (a damaged chunk the cut goes through goes whole).
@@ -579,6 +612,7 @@ impl RedisStreamLog {
                                     first = first.or(first_live);
                                 }
                                 count += live;
+                                len_delta += added(live);
                                 None
                             }
                         }
@@ -592,6 +626,7 @@ impl RedisStreamLog {
                         last: survivor - 1,
                         first,
                         count,
+                        len_delta,
                     }));
                 }
                 last_seen = entry.last_seq;
@@ -612,6 +647,7 @@ impl RedisStreamLog {
             last: last_seen,
             first,
             count,
+            len_delta,
         }))
     }
 }
@@ -799,7 +835,7 @@ impl StreamLog for RedisStreamLog {
                     .arg(&cut.min_id)
                     .arg(cut.last)
                     .arg(reason.as_str())
-                    .arg(cut.count)
+                    .arg(cut.len_delta)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(redis_err("trim"))?;
