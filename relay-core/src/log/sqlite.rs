@@ -1161,13 +1161,25 @@ mod tests {
             .await
             .expect("open");
         let empty = std::fs::metadata(&path).expect("db file").len();
-        let payload = Bytes::from(vec![7u8; 200]);
+        // Payloads that do not compress (chunks are LZ4-compressed when that pays).
+        let noise: Vec<u8> = (0..8_000_000u64)
+            .scan(0x9E37_79B9_7F4A_7C15u64, |x, _| {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                Some(*x as u8)
+            })
+            .collect();
+        let noise = Bytes::from(noise);
         for batch in 0..40u64 {
             let items: Vec<Item> = (1..=500)
-                .map(|i| Item {
-                    seq: batch * 500 + i,
-                    ts_ms: 0,
-                    payload: payload.clone(),
+                .map(|i| {
+                    let at = ((batch * 500 + i) * 200) as usize % (noise.len() - 200);
+                    Item {
+                        seq: batch * 500 + i,
+                        ts_ms: 0,
+                        payload: noise.slice(at..at + 200),
+                    }
                 })
                 .collect();
             log.append("ckpt", &items).await.expect("append");

@@ -7,7 +7,14 @@
 //! page in the middle of the tree), and SQLite's per-row work dominated the writer. The layout
 //! is documented in `docs/storage.md`; this module only encodes and decodes the `items` blob.
 //!
-//! The blob is the items in seq order, each as three LEB128 varints and the payload:
+//! The blob is one format byte, then the items:
+//!
+//! ```text
+//! 0x00  items                                   (raw)
+//! 0x01  u32 LE length of the items, LZ4 block   (compressed)
+//! ```
+//!
+//! The items are in seq order, each as three LEB128 varints and the payload:
 //!
 //! ```text
 //! seq_delta  varint   seq minus the previous item's seq (the first: minus first_seq - 1), >= 1
@@ -15,6 +22,12 @@
 //! len        varint   payload length
 //! payload    len bytes
 //! ```
+//!
+//! A chunk of at least [`COMPRESS_FROM`] bytes is compressed with LZ4 (the block format,
+//! `lz4_flex`) when that makes it smaller. Relay frames repeat their group id and field names,
+//! so a chunk of them shrinks several times: less disk and WAL traffic for SQLite, less memory
+//! for Redis. The decoder inflates at most [`MAX_INFLATED`] bytes, so a damaged length cannot
+//! make it allocate more.
 //!
 //! The row's `first_seq`, `last_seq` and `count` columns repeat what the blob says, so that
 //! range queries and counts never decode it, and so that a damaged blob is detected: the
@@ -32,7 +45,19 @@ pub const MAX_ITEMS: usize = 256;
 /// chunk). Keeps a read that needs a few items from decoding much more than it returns.
 pub const TARGET_BYTES: usize = 64 * 1024;
 
-/// Why a blob does not decode. Each names the byte offset where decoding stopped.
+/// Chunks whose items take fewer bytes are stored raw: compressing them would not pay.
+pub const COMPRESS_FROM: usize = 128;
+
+/// The largest items section the decoder inflates (and the writer compresses; larger ones are
+/// stored raw).
+pub const MAX_INFLATED: usize = 16 << 20;
+
+/// Format byte of a raw chunk.
+const RAW: u8 = 0;
+/// Format byte of an LZ4-compressed chunk.
+const LZ4: u8 = 1;
+
+/// Why a blob does not decode. Each names the byte offset in the items where decoding stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
     /// The blob ends inside an item.
@@ -59,6 +84,12 @@ pub enum ChunkError {
         /// Where the item starts.
         offset: usize,
     },
+    /// The blob is empty or starts with an unknown format byte.
+    #[error("chunk of unknown format")]
+    UnknownFormat,
+    /// The compressed items do not inflate to their stated length (at most [`MAX_INFLATED`]).
+    #[error("compressed chunk does not inflate")]
+    Inflate,
     /// The blob holds a different number of items than the row says, or does not end at the
     /// row's `last_seq`.
     #[error("chunk holds other items than its row says (at byte {offset})")]
@@ -122,7 +153,8 @@ impl ChunkWriter {
         self.count += 1;
     }
 
-    /// The row's columns and blob; the writer is empty again afterwards.
+    /// The row's columns and blob (compressed if that pays); the writer is empty again
+    /// afterwards.
     pub fn take(&mut self) -> (ChunkBounds, Vec<u8>) {
         let bounds = ChunkBounds {
             first_seq: self.first_seq,
@@ -130,7 +162,8 @@ impl ChunkWriter {
             count: self.count,
         };
         self.count = 0;
-        (bounds, std::mem::take(&mut self.blob))
+        let items = std::mem::take(&mut self.blob);
+        (bounds, seal(&items))
     }
 }
 
@@ -158,6 +191,57 @@ pub struct Decoded {
 /// seq does not match), so the SQLite log does not deliver any item of a damaged chunk. With
 /// `skip_payloads` the items come out with empty payloads.
 pub fn decode(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
+    match open(blob) {
+        Ok(items) => decode_items(bounds, &items, skip_payloads),
+        Err(err) => Decoded {
+            items: Vec::new(),
+            error: Some(err),
+        },
+    }
+}
+
+/// The blob with its format byte in front: compressed when the items are at least
+/// [`COMPRESS_FROM`] (and at most [`MAX_INFLATED`]) bytes and that makes them smaller.
+fn seal(items: &[u8]) -> Vec<u8> {
+    if (COMPRESS_FROM..=MAX_INFLATED).contains(&items.len()) {
+        let packed = lz4_flex::block::compress(items);
+        if packed.len() + 4 < items.len() {
+            let mut blob = Vec::with_capacity(5 + packed.len());
+            blob.push(LZ4);
+            blob.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            blob.extend_from_slice(&packed);
+            return blob;
+        }
+    }
+    let mut blob = Vec::with_capacity(1 + items.len());
+    blob.push(RAW);
+    blob.extend_from_slice(items);
+    blob
+}
+
+/// The items section of a blob: a slice of it, or inflated.
+fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
+    match blob.first() {
+        Some(&RAW) => Ok(blob.slice(1..)),
+        Some(&LZ4) => {
+            let Some((len, packed)) = blob[1..].split_first_chunk::<4>() else {
+                return Err(ChunkError::Inflate);
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > MAX_INFLATED {
+                return Err(ChunkError::Inflate);
+            }
+            match lz4_flex::block::decompress(packed, len) {
+                Ok(items) if items.len() == len => Ok(Bytes::from(items)),
+                _ => Err(ChunkError::Inflate),
+            }
+        }
+        _ => Err(ChunkError::UnknownFormat),
+    }
+}
+
+/// Decodes the items section of a blob.
+fn decode_items(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
     let mut items = Vec::with_capacity(bounds.count.min(MAX_ITEMS as u64) as usize);
     let mut pos = 0usize;
     let mut prev = bounds.first_seq.saturating_sub(1);
@@ -308,9 +392,41 @@ mod tests {
                 count: 3
             }
         );
+        // 200 equal bytes: compressed.
+        assert_eq!(blob[0], LZ4);
+        assert!(blob.len() < 100, "{}", blob.len());
         let decoded = decode(bounds, &Bytes::from(blob), false);
         assert_eq!(decoded.error, None);
         assert_eq!(decoded.items, items);
+        // Too small to compress.
+        let (bounds, blob) = encode(&items[..2]);
+        assert_eq!(blob[0], RAW);
+        assert_eq!(decode(bounds, &Bytes::from(blob), false).items, items[..2]);
+    }
+
+    #[test]
+    fn a_compressed_blob_that_does_not_inflate_is_damaged() {
+        let items: Vec<Item> = (1..=20).map(|s| item(s, s, &[7; 40])).collect();
+        let (bounds, blob) = encode(&items);
+        assert_eq!(blob[0], LZ4);
+        let decode_err = |blob: Vec<u8>| decode(bounds, &Bytes::from(blob), false).error;
+        // Cut short, a length one too large, a length over the limit, no length at all.
+        assert_eq!(
+            decode_err(blob[..blob.len() - 3].to_vec()),
+            Some(ChunkError::Inflate)
+        );
+        let mut longer = blob.clone();
+        longer[1] = longer[1].wrapping_add(1);
+        assert_eq!(decode_err(longer), Some(ChunkError::Inflate));
+        let mut huge = blob.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_err(huge), Some(ChunkError::Inflate));
+        assert_eq!(decode_err(vec![LZ4, 1, 0]), Some(ChunkError::Inflate));
+        assert_eq!(decode_err(vec![]), Some(ChunkError::UnknownFormat));
+        assert_eq!(
+            decode_err(vec![2, 1, 0, 0]),
+            Some(ChunkError::UnknownFormat)
+        );
     }
 
     #[test]
@@ -359,9 +475,30 @@ mod tests {
             ),
             (vec![1u8, 0, 5, 1], ChunkError::Truncated { offset: 0 }),
         ] {
-            let decoded = decode(bounds, &Bytes::from(blob.clone()), false);
+            let raw = [&[RAW][..], &blob].concat();
+            let decoded = decode(bounds, &Bytes::from(raw), false);
             assert!(decoded.items.is_empty(), "{blob:?}");
             assert_eq!(decoded.error, Some(want), "{blob:?}");
+        }
+    }
+
+    #[test]
+    fn the_fuzz_property_holds_for_raw_and_compressed_chunks() {
+        for n in [1u64, 3, 40] {
+            let items: Vec<Item> = (1..=n).map(|s| item(s + 9, s, &[s as u8; 30])).collect();
+            let (bounds, blob) = encode(&items);
+            let span = (bounds.last_seq - bounds.first_seq) as u32;
+            let head = [
+                (bounds.first_seq as u32).to_le_bytes(),
+                span.to_le_bytes(),
+                (bounds.count as u32).to_le_bytes(),
+            ]
+            .concat();
+            fuzz_chunk(&[&head[..], &blob].concat());
+            // And every truncation of it.
+            for cut in 0..blob.len() {
+                fuzz_chunk(&[&head[..], &blob[..cut]].concat());
+            }
         }
     }
 

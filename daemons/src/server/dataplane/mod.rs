@@ -19,9 +19,9 @@
 //!
 //! Durability: the driver acknowledges a producer's frames only after the stream-log append
 //! returned (SQLite: the transaction committed in WAL mode, which survives a crash of the
-//! process; Redis: `XADD` answered). Consumer cursors are stored in the background at most every
-//! [`driver::CURSOR_FLUSH`]: a lost cursor only causes re-delivery, which agents deduplicate by
-//! seq.
+//! process; Redis: the append script answered). Consumer cursors are stored in the background
+//! at most every [`driver::CURSOR_FLUSH`]: a lost cursor only causes re-delivery, which agents
+//! deduplicate by seq.
 //!
 //! The backlog the REST API shows ([`BacklogCache`], the server's
 //! [`crate::server::state::BacklogProbe`]) is the engine's per-direction backlog while the group
