@@ -897,7 +897,7 @@ fn remove_prefix(
 }
 
 /// The age rule's cut: the oldest items while `ts_ms < cutoff`, up to the first young-enough
-/// one. Walks chunks from the oldest, decoding seqs and timestamps only: O(removed). A
+/// one. Walks chunks from the oldest, decoding each: O(removed). A
 /// damaged chunk counts as old (as a damaged timestamp did), so it cannot hold retention up.
 fn age_cut(tx: &Connection, stream: &str, stream_id: i64, cutoff: u64) -> Result<Cut> {
     let mut st = tx

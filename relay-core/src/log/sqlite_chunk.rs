@@ -11,8 +11,12 @@
 //!
 //! ```text
 //! 0x00  items                                   (raw)
-//! 0x01  u32 LE length of the items, LZ4 block   (compressed)
+//! 0x02  u32 LE length of the items, LZ4 block   (compressed)
 //! ```
+//!
+//! A blob that starts with `0x01` is the items with no format byte, as the builds between the
+//! first chunks (`f86d6cc`) and compression (`ef7db65`) wrote them: their first byte is the first
+//! item's seq delta, which is always 1. They are still read.
 //!
 //! The items are in seq order, each as three LEB128 varints and the payload:
 //!
@@ -54,8 +58,10 @@ pub const MAX_INFLATED: usize = 16 << 20;
 
 /// Format byte of a raw chunk.
 const RAW: u8 = 0;
+/// First byte of a blob written without a format byte (the first item's seq delta, always 1).
+const UNTAGGED: u8 = 1;
 /// Format byte of an LZ4-compressed chunk.
-const LZ4: u8 = 1;
+const LZ4: u8 = 2;
 
 /// Why a blob does not decode. Each names the byte offset in the items where decoding stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -223,6 +229,7 @@ fn seal(items: &[u8]) -> Vec<u8> {
 fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
     match blob.first() {
         Some(&RAW) => Ok(blob.slice(1..)),
+        Some(&UNTAGGED) => Ok(blob.clone()),
         Some(&LZ4) => {
             let Some((len, packed)) = blob[1..].split_first_chunk::<4>() else {
                 return Err(ChunkError::Inflate);
@@ -424,9 +431,46 @@ mod tests {
         assert_eq!(decode_err(vec![LZ4, 1, 0]), Some(ChunkError::Inflate));
         assert_eq!(decode_err(vec![]), Some(ChunkError::UnknownFormat));
         assert_eq!(
-            decode_err(vec![2, 1, 0, 0]),
+            decode_err(vec![3, 1, 0, 0]),
             Some(ChunkError::UnknownFormat)
         );
+    }
+
+    #[test]
+    fn reads_a_block_compressed_by_the_reference_lz4() {
+        // fuzz/corpus/sqlite_chunk/twenty-items-lz4: 20 items compressed with the C library
+        // (python-lz4 `lz4.block.compress(store_size=False)`), after the fuzz input's 12-byte
+        // row header.
+        let seed = include_bytes!("../../../fuzz/corpus/sqlite_chunk/twenty-items-lz4");
+        let (_, blob) = seed.split_at(12);
+        assert_eq!(blob[0], LZ4);
+        let bounds = ChunkBounds {
+            first_seq: 100,
+            last_seq: 119,
+            count: 20,
+        };
+        let decoded = decode(bounds, &Bytes::copy_from_slice(blob), false);
+        assert_eq!(decoded.error, None);
+        assert_eq!(decoded.items.len(), 20);
+        assert!(
+            decoded
+                .items
+                .iter()
+                .all(|i| i.payload.ends_with(&[i.seq as u8; 8]))
+        );
+        fuzz_chunk(seed);
+    }
+
+    #[test]
+    fn blobs_written_without_a_format_byte_are_still_read() {
+        let items: Vec<Item> = (5..=7).map(|s| item(s, s, &[s as u8; 3])).collect();
+        let (bounds, blob) = encode(&items);
+        assert_eq!(blob[0], RAW);
+        // The layout before format bytes: the items alone, starting with the delta 1.
+        let untagged = Bytes::copy_from_slice(&blob[1..]);
+        assert_eq!(untagged[0], UNTAGGED);
+        let decoded = decode(bounds, &untagged, false);
+        assert_eq!((decoded.items, decoded.error), (items, None));
     }
 
     #[test]
