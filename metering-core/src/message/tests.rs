@@ -211,6 +211,18 @@ fn flat_validator_agrees_on_edge_cases() {
     }
 }
 
+/// Found by the `metering_message` fuzz target: a float with more digits than an f64 holds.
+/// The tree validator re-serializes it, the fast path forwards its text; without correctly
+/// rounded parsing (serde_json's `float_roundtrip`) the two forwarded objects differed by one
+/// ULP (111.11111111011112 against 111.11111111011111).
+#[test]
+fn long_floats_are_forwarded_alike_by_both_validators() {
+    let raw = br#"{"api_session_id":"s1","customer_id":"c","product_code":"speech_transcription","co$nection_durationc_soends":0.5,"data_bd":111.1111111101111111111111111,"apriytes_processed":10,"audio_duration_seconds":1,"request_count":1,"request_tim%stamp":"2026-11-23T10:00:00Z","rord_id":"r1"}"#;
+    for q in QueueKind::ALL {
+        fuzz_validators_agree(q, raw);
+    }
+}
+
 proptest! {
     #[test]
     fn flat_validator_agrees_with_the_tree_validator(
