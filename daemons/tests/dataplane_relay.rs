@@ -248,7 +248,7 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
             last_seq: last_seq as u64,
             count: count as u64,
         };
-        let decoded = sqlite_chunk::decode(bounds, &blob.into(), false);
+        let decoded = sqlite_chunk::decode(bounds, &blob.into());
         assert_eq!(decoded.error, None);
         let mut items = decoded.items;
         assert_eq!(items.len(), 10);

@@ -1,8 +1,9 @@
 //! Stream log throughput: append + read per backend at batch sizes 1, 64 and 1024, side by side
 //! with the raw ceiling of the same engine measured in the same run:
 //!
-//! * SQLite: plain batched `INSERT`s with rusqlite into a table of the same shape, same pragmas
-//!   (WAL, `synchronous=NORMAL`), one transaction per batch, no async hop.
+//! * SQLite: plain batched `INSERT`s with rusqlite, one row per item, into a table of the shape
+//!   the log used before chunks (docs/storage.md), same pragmas (WAL, `synchronous=NORMAL`), one
+//!   transaction per batch, no async hop.
 //! * Redis: `redis-benchmark -c 1 -P <batch> XADD … * f <64 bytes>` (one client, pipelined).
 //!
 //! Each cell is the median of `REPS` runs; payloads are 64 bytes. Run it with
@@ -99,8 +100,8 @@ fn rates(n: usize, runs: &[(f64, f64)]) -> Rates {
     }
 }
 
-/// The SQLite ceiling: the same table shape and pragmas, plain rusqlite, one transaction per
-/// batch. Returns items/s.
+/// The SQLite ceiling: one row per item in the log's table shape before chunks, same pragmas,
+/// plain rusqlite, one transaction per batch. Returns items/s.
 fn sqlite_raw(path: &Path, items: &[Item], batch: usize) -> BenchResult<f64> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -327,8 +327,12 @@ impl Entry {
 
     /// The entry's items above `floor`, or `None` when the chunk is damaged.
     fn items_above(&self, stream: &str, floor: Seq) -> Option<Vec<Item>> {
-        let mut items = match &self.body {
-            Body::Item(item) => vec![item.clone()],
+        match &self.body {
+            Body::Item(item) => Some(
+                std::iter::once(item.clone())
+                    .filter(|i| i.seq > floor)
+                    .collect(),
+            ),
             Body::Chunk {
                 first: Some(first),
                 count: Some(count),
@@ -339,26 +343,23 @@ impl Entry {
                     last_seq: self.last_seq,
                     count: *count,
                 };
-                let decoded = sqlite_chunk::decode(bounds, blob, false);
-                if let Some(err) = decoded.error {
-                    tracing::warn!(stream, entry = %self.id, %err, "damaged chunk in the Redis stream log");
-                    return None;
-                }
-                decoded.items
+                sqlite_chunk::items_above(bounds, blob, floor)
+                    .inspect_err(|err| {
+                        tracing::warn!(stream, entry = %self.id, %err, "damaged chunk in the Redis stream log");
+                    })
+                    .ok()
             }
             Body::Chunk { .. } => {
                 tracing::warn!(stream, entry = %self.id, "chunk without readable first/n fields in the Redis stream log");
-                return None;
+                None
             }
-        };
-        items.retain(|i| i.seq > floor);
-        Some(items)
+        }
     }
 
     /// Placeholders for a damaged chunk's seqs above `floor` and up to `head`, as the SQLite
     /// log reads them: empty payloads, which the relay reports as a `corrupt` gap.
     fn damaged_above(&self, floor: Seq, head: Seq) -> std::ops::RangeInclusive<Seq> {
-        self.first_seq().max(floor.saturating_add(1))..=self.last_seq.min(head)
+        sqlite_chunk::damaged_range(self.first_seq(), self.last_seq, floor, head)
     }
 
     /// The entry's items above `floor`, damaged ones as placeholders, at most `limit`.
@@ -368,15 +369,7 @@ impl Entry {
                 items.truncate(limit);
                 items
             }
-            None => self
-                .damaged_above(floor, head)
-                .take(limit)
-                .map(|seq| Item {
-                    seq,
-                    ts_ms: 0,
-                    payload: Bytes::new(),
-                })
-                .collect(),
+            None => sqlite_chunk::placeholders(self.damaged_above(floor, head), limit).collect(),
         }
     }
 

@@ -704,10 +704,9 @@ impl ChunkRow {
         })
     }
 
-    /// The chunk's items above `after`, or why they cannot be decoded.
+    /// The chunk's items above `after`, or why they cannot be decoded (logged).
     fn items_after(&self, stream: &str, after: Seq) -> std::result::Result<Vec<Item>, ChunkError> {
-        let decoded = sqlite_chunk::decode(self.bounds, &self.blob, false);
-        if let Some(err) = decoded.error {
+        sqlite_chunk::items_above(self.bounds, &self.blob, after).inspect_err(|err| {
             tracing::warn!(
                 stream,
                 chunk = self.id,
@@ -716,30 +715,12 @@ impl ChunkRow {
                 %err,
                 "damaged chunk in the SQLite stream log"
             );
-            return Err(err);
-        }
-        let mut items = decoded.items;
-        items.retain(|i| i.seq > after);
-        Ok(items)
+        })
     }
 
-    /// Placeholders for the chunk's seqs above `after` when its blob is damaged: every seq of its
-    /// range (holes inside cannot be told), with an empty payload that no reader accepts, so
-    /// that readers report them instead of stalling. At most `limit`.
-    /// Never above `head`: damaged bounds must not move a reader past items still to come.
-    fn damaged_items_after(
-        &self,
-        after: Seq,
-        head: Seq,
-        limit: usize,
-    ) -> impl Iterator<Item = Item> {
-        let from = self.bounds.first_seq.max(after.saturating_add(1));
-        let to = self.bounds.last_seq.min(head);
-        (from..=to).take(limit).map(|seq| Item {
-            seq,
-            ts_ms: 0,
-            payload: Bytes::new(),
-        })
+    /// The seqs a read yields placeholders for when the chunk is damaged.
+    fn damaged_after(&self, after: Seq, head: Seq) -> std::ops::RangeInclusive<Seq> {
+        sqlite_chunk::damaged_range(self.bounds.first_seq, self.bounds.last_seq, after, head)
     }
 }
 
@@ -795,7 +776,10 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
         let room = want - items.len();
         match chunk.items_after(stream, after) {
             Ok(found) => items.extend(found.into_iter().take(room)),
-            Err(_) => items.extend(chunk.damaged_items_after(after, row.meta.head, room)),
+            Err(_) => items.extend(sqlite_chunk::placeholders(
+                chunk.damaged_after(after, row.meta.head),
+                room,
+            )),
         }
     }
     let next = items.first().map(|i| i.seq);
@@ -1041,9 +1025,9 @@ fn backlog_blocking(conn: &Connection, stream: &str, after: Seq) -> Result<Backl
                 ),
                 // As many as a read yields for it (placeholders), with no timestamp.
                 Err(_) => {
-                    let from = chunk.bounds.first_seq.max(after.saturating_add(1));
-                    let above = (chunk.bounds.last_seq.min(row.meta.head) + 1).saturating_sub(from);
-                    (above, (above > 0).then_some((Some(from), None)))
+                    let seqs = chunk.damaged_after(after, row.meta.head);
+                    let above = (seqs.end() + 1).saturating_sub(*seqs.start());
+                    (above, (above > 0).then_some((Some(*seqs.start()), None)))
                 }
             };
             count = count.saturating_sub(chunk.bounds.count) + above;

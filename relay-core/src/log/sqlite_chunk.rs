@@ -2,7 +2,7 @@
 //!
 //! [`SqliteStreamLog`](super::SqliteStreamLog) stores the items of one append as one row
 //! (split into rows of at most [`MAX_ITEMS`] items and about [`TARGET_BYTES`] bytes), not one
-//! row per item: a row per item made every append rewrite ~5 B-tree pages of its stream (the
+//! row per item: a row per item made every append write ~6 WAL pages (measured; the
 //! streams' insertion points are interleaved in one table, so almost every page fill split a
 //! page in the middle of the tree), and SQLite's per-row work dominated the writer. The layout
 //! is documented in `docs/storage.md`; this module only encodes and decodes the `items` blob.
@@ -194,16 +194,53 @@ pub struct Decoded {
 /// Decodes the blob of a row with `bounds`. Never fails as a whole: a damaged blob yields the
 /// items decoded before the damage was noticed, and the error. Those items are not
 /// necessarily right (a flipped bit in a seq delta is only noticed at the end, when the last
-/// seq does not match), so the SQLite log does not deliver any item of a damaged chunk. With
-/// `skip_payloads` the items come out with empty payloads.
-pub fn decode(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
+/// seq does not match), so the logs deliver no item of a damaged chunk ([`items_above`]).
+pub fn decode(bounds: ChunkBounds, blob: &Bytes) -> Decoded {
     match open(blob) {
-        Ok(items) => decode_items(bounds, &items, skip_payloads),
+        Ok(items) => decode_items(bounds, &items),
         Err(err) => Decoded {
             items: Vec::new(),
             error: Some(err),
         },
     }
+}
+
+/// The items of a chunk above `floor`, or why its blob is damaged. A damaged chunk yields none
+/// of its items, not even those decoded before the damage was noticed ([`decode`]).
+pub fn items_above(bounds: ChunkBounds, blob: &Bytes, floor: Seq) -> Result<Vec<Item>, ChunkError> {
+    let decoded = decode(bounds, blob);
+    if let Some(err) = decoded.error {
+        return Err(err);
+    }
+    let mut items = decoded.items;
+    items.retain(|i| i.seq > floor);
+    Ok(items)
+}
+
+/// The seqs a damaged chunk from `first_seq` to `last_seq` stands for above `floor`: every seq
+/// of its range (holes inside it cannot be told), and never above `head`, so that damaged
+/// bounds cannot move a reader past items still to come.
+pub fn damaged_range(
+    first_seq: Seq,
+    last_seq: Seq,
+    floor: Seq,
+    head: Seq,
+) -> std::ops::RangeInclusive<Seq> {
+    first_seq.max(floor.saturating_add(1))..=last_seq.min(head)
+}
+
+/// What a read yields for the seqs of a damaged chunk: items with an empty payload, which no
+/// reader accepts (the relay reports them as a `corrupt` gap) instead of stalling. At most
+/// `limit`.
+pub fn placeholders(
+    seqs: std::ops::RangeInclusive<Seq>,
+    limit: usize,
+) -> impl Iterator<Item = Item> {
+    seqs.take(limit).map(|seq| Item {
+        seq,
+        ts_ms: 0,
+        payload: Bytes::new(),
+    })
 }
 
 /// The blob with its format byte in front: compressed when the items are at least
@@ -248,7 +285,7 @@ fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
 }
 
 /// Decodes the items section of a blob.
-fn decode_items(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decoded {
+fn decode_items(bounds: ChunkBounds, blob: &Bytes) -> Decoded {
     let mut items = Vec::with_capacity(bounds.count.min(MAX_ITEMS as u64) as usize);
     let mut pos = 0usize;
     let mut prev = bounds.first_seq.saturating_sub(1);
@@ -284,11 +321,7 @@ fn decode_items(bounds: ChunkBounds, blob: &Bytes, skip_payloads: bool) -> Decod
         if items.len() as u64 == bounds.count {
             break Some(ChunkError::Mismatch { offset: start });
         }
-        let payload = if skip_payloads {
-            Bytes::new()
-        } else {
-            blob.slice(pos..end)
-        };
+        let payload = blob.slice(pos..end);
         items.push(Item {
             seq,
             ts_ms,
@@ -324,20 +357,17 @@ pub fn fuzz_chunk(data: &[u8]) {
         count: word(8),
     };
     let blob = Bytes::copy_from_slice(blob);
-    let decoded = decode(bounds, &blob, false);
+    let decoded = decode(bounds, &blob);
     let mut prev = bounds.first_seq.saturating_sub(1);
     for item in &decoded.items {
         assert!(item.seq > prev && item.seq <= bounds.last_seq && item.ts_ms <= MAX_SEQ);
         prev = item.seq;
     }
     assert!(decoded.items.len() as u64 <= bounds.count);
-    let skipped = decode(bounds, &blob, true);
-    assert_eq!(skipped.error, decoded.error);
-    assert_eq!(skipped.items.len(), decoded.items.len());
     if decoded.error.is_none() {
         let (again, encoded) = encode(&decoded.items);
         assert_eq!(again, bounds);
-        let round = decode(again, &Bytes::from(encoded), false);
+        let round = decode(again, &Bytes::from(encoded));
         assert_eq!((round.items, round.error), (decoded.items, None));
     }
 }
@@ -402,13 +432,13 @@ mod tests {
         // 200 equal bytes: compressed.
         assert_eq!(blob[0], LZ4);
         assert!(blob.len() < 100, "{}", blob.len());
-        let decoded = decode(bounds, &Bytes::from(blob), false);
+        let decoded = decode(bounds, &Bytes::from(blob));
         assert_eq!(decoded.error, None);
         assert_eq!(decoded.items, items);
         // Too small to compress.
         let (bounds, blob) = encode(&items[..2]);
         assert_eq!(blob[0], RAW);
-        assert_eq!(decode(bounds, &Bytes::from(blob), false).items, items[..2]);
+        assert_eq!(decode(bounds, &Bytes::from(blob)).items, items[..2]);
     }
 
     #[test]
@@ -416,7 +446,7 @@ mod tests {
         let items: Vec<Item> = (1..=20).map(|s| item(s, s, &[7; 40])).collect();
         let (bounds, blob) = encode(&items);
         assert_eq!(blob[0], LZ4);
-        let decode_err = |blob: Vec<u8>| decode(bounds, &Bytes::from(blob), false).error;
+        let decode_err = |blob: Vec<u8>| decode(bounds, &Bytes::from(blob)).error;
         // Cut short, a length one too large, a length over the limit, no length at all.
         assert_eq!(
             decode_err(blob[..blob.len() - 3].to_vec()),
@@ -449,7 +479,7 @@ mod tests {
             last_seq: 119,
             count: 20,
         };
-        let decoded = decode(bounds, &Bytes::copy_from_slice(blob), false);
+        let decoded = decode(bounds, &Bytes::copy_from_slice(blob));
         assert_eq!(decoded.error, None);
         assert_eq!(decoded.items.len(), 20);
         assert!(
@@ -469,7 +499,7 @@ mod tests {
         // The layout before format bytes: the items alone, starting with the delta 1.
         let untagged = Bytes::copy_from_slice(&blob[1..]);
         assert_eq!(untagged[0], UNTAGGED);
-        let decoded = decode(bounds, &untagged, false);
+        let decoded = decode(bounds, &untagged);
         assert_eq!((decoded.items, decoded.error), (items, None));
     }
 
@@ -479,7 +509,7 @@ mod tests {
         let (bounds, blob) = encode(&items);
         // Truncated inside the third item.
         let cut = Bytes::copy_from_slice(&blob[..blob.len() - 2]);
-        let decoded = decode(bounds, &cut, false);
+        let decoded = decode(bounds, &cut);
         assert_eq!(decoded.items, items[..2]);
         assert!(matches!(decoded.error, Some(ChunkError::Truncated { .. })));
         // A row that claims more items than the blob holds.
@@ -488,7 +518,7 @@ mod tests {
             last_seq: 4,
             ..bounds
         };
-        let decoded = decode(more, &Bytes::from(blob.clone()), false);
+        let decoded = decode(more, &Bytes::from(blob.clone()));
         assert_eq!(decoded.items, items);
         assert!(matches!(decoded.error, Some(ChunkError::Mismatch { .. })));
         // A row that claims fewer.
@@ -497,7 +527,7 @@ mod tests {
             last_seq: 3,
             ..bounds
         };
-        let decoded = decode(fewer, &Bytes::from(blob), false);
+        let decoded = decode(fewer, &Bytes::from(blob));
         assert_eq!(decoded.items, items[..2]);
         assert!(matches!(decoded.error, Some(ChunkError::Mismatch { .. })));
     }
@@ -520,7 +550,7 @@ mod tests {
             (vec![1u8, 0, 5, 1], ChunkError::Truncated { offset: 0 }),
         ] {
             let raw = [&[RAW][..], &blob].concat();
-            let decoded = decode(bounds, &Bytes::from(raw), false);
+            let decoded = decode(bounds, &Bytes::from(raw));
             assert!(decoded.items.is_empty(), "{blob:?}");
             assert_eq!(decoded.error, Some(want), "{blob:?}");
         }
