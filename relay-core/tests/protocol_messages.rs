@@ -365,28 +365,37 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
         frames: vec![frame(), second],
     };
     let stored = batch.to_items().unwrap();
-    // Logs written before the MessagePack format hold compact JSON.
-    let legacy: Vec<Item> = stored
-        .iter()
-        .zip(&batch.frames)
-        .map(|(item, frame)| Item {
-            payload: bytes::Bytes::from(frame.encode()),
-            ..item.clone()
-        })
-        .collect();
-    let mixed = vec![stored[0].clone(), legacy[1].clone()];
     let message = Message::Frames(batch.clone());
     for encoding in [Encoding::Msgpack, Encoding::Json] {
         let expected = encode(&message, encoding).unwrap();
-        for items in [&stored, &legacy, &mixed] {
-            let messages = encode_delivery("s", items, encoding, DeliverySource::Log).unwrap();
+        for source in [DeliverySource::Log, DeliverySource::Live] {
+            let messages = encode_delivery("s", &stored, encoding, source).unwrap();
             // Spliced or re-encoded, the bytes are what the encoder writes.
             assert_eq!(
                 messages,
                 vec![DeliveryMessage::Frames(expected.clone())],
-                "{encoding:?}"
+                "{encoding:?} {source:?}"
             );
-            assert_eq!(decode(&expected, encoding).unwrap(), message);
+        }
+        assert_eq!(decode(&expected, encoding).unwrap(), message);
+    }
+    // A frame stored as JSON is not the stored form: a `corrupt` gap, from the log or not.
+    let json = Item {
+        payload: bytes::Bytes::from(batch.frames[1].encode()),
+        ..stored[1].clone()
+    };
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        for source in [DeliverySource::Log, DeliverySource::Live] {
+            let messages =
+                encode_delivery("s", &[stored[0].clone(), json.clone()], encoding, source).unwrap();
+            assert!(
+                matches!(
+                    &messages[..],
+                    [DeliveryMessage::Frames(_), DeliveryMessage::Corrupt { gap, .. }]
+                        if (gap.from, gap.to) == (301, 301)
+                ),
+                "{encoding:?} {source:?}: {messages:?}"
+            );
         }
     }
     assert_eq!(
@@ -511,7 +520,7 @@ fn fuzz_seed_corpus_round_trips() {
 }
 
 #[test]
-fn stored_frame_seed_corpus_decodes_in_both_formats() {
+fn stored_frame_seed_corpus_holds_one_msgpack_frame() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/stored_frame");
     let mut frames = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -519,7 +528,10 @@ fn stored_frame_seed_corpus_decodes_in_both_formats() {
         protocol::fuzz_stored_frame(&bytes);
         frames.push(protocol::decode_stored_frame(&bytes).unwrap());
     }
-    // One seed is JSON, one MessagePack, of the same frame.
-    assert_eq!(frames.len(), 2);
-    assert_eq!(frames[0], frames[1]);
+    // One seed: the MessagePack of a frame (the stored form).
+    assert_eq!(frames.len(), 1);
+    // The same frame as JSON (the wire form for people) is not a stored frame.
+    let json = frames[0].encode();
+    assert!(protocol::decode_stored_frame(json.as_bytes()).is_err());
+    protocol::fuzz_stored_frame(json.as_bytes());
 }
