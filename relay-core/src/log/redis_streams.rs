@@ -897,6 +897,15 @@ mod tests {
         Value::Array(vec![bulk(id), Value::Array(fields)])
     }
 
+    /// `(seq, payload length)` of what a read above `floor` yields from `entry`.
+    fn read_lens(entry: &Entry, floor: Seq, head: Seq) -> Vec<(Seq, usize)> {
+        entry
+            .read_above("s", floor, head, 10)
+            .iter()
+            .map(|i| (i.seq, i.payload.len()))
+            .collect()
+    }
+
     #[test]
     fn damaged_chunks_read_as_placeholders_up_to_the_head() {
         let items: Vec<Item> = (5..=7)
@@ -930,12 +939,7 @@ mod tests {
         ] {
             let entry = Entry::parse("s", &damaged).expect("an entry");
             assert_eq!(entry.items_above("s", 0), None);
-            let read: Vec<(Seq, usize)> = entry
-                .read_above("s", 4, 6, 10)
-                .iter()
-                .map(|i| (i.seq, i.payload.len()))
-                .collect();
-            assert_eq!(read, [(5, 0), (6, 0)]);
+            assert_eq!(read_lens(&entry, 4, 6), [(5, 0), (6, 0)]);
             assert_eq!(entry.live_above("s", 5, 6), 1);
         }
         // An entry without the chunk fields (say, one item as `seq`/`ts`/`data`) is a damaged
@@ -949,12 +953,7 @@ mod tests {
         )
         .expect("an entry");
         assert_eq!(fieldless.items_above("s", 0), None);
-        let read: Vec<(Seq, usize)> = fieldless
-            .read_above("s", 4, 7, 10)
-            .iter()
-            .map(|i| (i.seq, i.payload.len()))
-            .collect();
-        assert_eq!(read, [(7, 0)]);
+        assert_eq!(read_lens(&fieldless, 4, 7), [(7, 0)]);
         assert_eq!(fieldless.count(), 1);
         // Without a seq there is nothing to report: the read fails.
         assert!(Entry::parse("s", &entry(b"x", vec![])).is_err());
