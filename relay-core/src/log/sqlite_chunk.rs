@@ -333,8 +333,8 @@ fn decode_items(bounds: ChunkBounds, blob: &Bytes) -> Decoded {
 /// Fuzz entry point (`fuzz/fuzz_targets/sqlite_chunk.rs`): the first 12 bytes are a row's
 /// `first_seq` (4), seq span (4) and `count` (4), the rest its blob. Decoding never panics,
 /// yields ascending items within the row's bounds, and a clean decode re-encodes to the same
-/// items and bounds.
-#[doc(hidden)]
+/// items and bounds. Built only for tests and `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_chunk(data: &[u8]) {
     let Some((head, blob)) = data.split_first_chunk::<12>() else {
         return;

@@ -388,8 +388,9 @@ fn msgpack_extent(buf: &[u8]) -> Option<usize> {
 /// Fuzzing entry point for the stored-frame decoder and the delivery built from stored bytes:
 /// never panics; any bytes read back from a log become one `frames` message that decodes to
 /// the frame the decoder accepts, or one `corrupt` gap; an accepted frame is stored and read
-/// back unchanged, and delivered the same from memory as from the log.
-#[doc(hidden)]
+/// back unchanged, and delivered the same from memory as from the log. Built only for tests and
+/// `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_stored_frame(data: &[u8]) {
     let one = |item: &Item, encoding: Encoding, source: DeliverySource| {
         let messages = encode_delivery("fuzz", std::slice::from_ref(item), encoding, source)
