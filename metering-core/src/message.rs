@@ -203,7 +203,9 @@ impl Enrichment {
 /// Fuzzing and test entry point (the `metering_message` target): runs both validators
 /// ([`validate`] then [`ValidMessage::into_compact`], and [`validate_compact`]) on `raw` from
 /// queue `q`, and panics unless they agree on the verdict, the refusal reason, the route,
-/// session and key, and the forwarded (enriched) object.
+/// session and key, and the forwarded (enriched) object. Built only for tests and `cargo fuzz`
+/// (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_validators_agree(q: QueueKind, raw: &[u8]) {
     let e = Enrichment {
         server_instance_id: "srv".into(),

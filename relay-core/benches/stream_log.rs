@@ -2,8 +2,8 @@
 //! with the raw ceiling of the same engine measured in the same run:
 //!
 //! * SQLite: plain batched `INSERT`s with rusqlite, one row per item, into a table of the shape
-//!   the log used before chunks (docs/storage.md), same pragmas (WAL, `synchronous=NORMAL`), one
-//!   transaction per batch, no async hop.
+//!   the log used before chunks, same connection settings (`relay_core::sqlite::open_wal`,
+//!   `Durability::Normal`), one transaction per batch, no async hop.
 //! * Redis: `redis-benchmark -c 1 -P <batch> XADD … * f <64 bytes>` (one client, pipelined).
 //!
 //! Each cell is the median of `REPS` runs; payloads are 64 bytes. Run it with
@@ -16,9 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relay_core::log::{
-    Item, MemoryStreamLog, RedisStreamLog, SqliteStreamLog, SqliteSynchronous, StreamLog,
-};
+use relay_core::log::{Item, MemoryStreamLog, RedisStreamLog, SqliteStreamLog, StreamLog};
+use relay_core::sqlite::{Durability, open_wal};
 
 const REPS: usize = 3;
 const BATCHES: [usize; 3] = [1, 64, 1024];
@@ -103,9 +102,7 @@ fn rates(n: usize, runs: &[(f64, f64)]) -> Rates {
 /// The SQLite ceiling: one row per item in the log's table shape before chunks, same pragmas,
 /// plain rusqlite, one transaction per batch. Returns items/s.
 fn sqlite_raw(path: &Path, items: &[Item], batch: usize) -> BenchResult<f64> {
-    let mut conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let mut conn = open_wal(path, Durability::Normal)?;
     conn.execute_batch(
         "CREATE TABLE raw_items (stream_id INTEGER NOT NULL, seq INTEGER NOT NULL,
          ts_ms INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (stream_id, seq))
@@ -205,7 +202,7 @@ async fn bench() -> BenchResult<Vec<Row>> {
             for ours in [rep % 2 == 0, rep % 2 != 0] {
                 if ours {
                     let path = dir.path().join(format!("log-{batch}-{rep}.db"));
-                    let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal).await?;
+                    let log = SqliteStreamLog::open(&path, Durability::Normal).await?;
                     runs.push(run_log(&log, "group:bench:a_to_b", &items, batch).await?);
                 } else {
                     let raw_path = dir.path().join(format!("raw-{batch}-{rep}.db"));

@@ -43,7 +43,8 @@ pub enum Error {
         ts_ms: u64,
     },
 
-    /// Opening or creating the SQLite database file failed.
+    /// Opening or creating the SQLite database file failed (including the connection settings
+    /// of [`crate::sqlite::open_wal`] and the format check).
     #[error("cannot open SQLite stream log at {path}: {source}")]
     SqliteOpen {
         /// The database file.
@@ -51,6 +52,21 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: rusqlite::Error,
+    },
+
+    /// A stream log's storage holds another format than this build reads and writes
+    /// ([`crate::log::FORMAT_VERSION`]): written by another build, or not a stream log. Nothing
+    /// was changed. Not retryable: use a build that reads it, or another file or key prefix.
+    #[error(
+        "stream log at {location} has storage format {found}; this build reads format {expected}"
+    )]
+    UnsupportedLogFormat {
+        /// The SQLite file, or the Redis key holding the version.
+        location: String,
+        /// The version found.
+        found: String,
+        /// The version this build reads ([`crate::log::FORMAT_VERSION`]).
+        expected: u32,
     },
 
     /// A SQLite statement failed during `action` (for example `"append"`, `"read"`).
@@ -261,6 +277,7 @@ impl Error {
             | Error::InvalidSeq { .. }
             | Error::InvalidTimestamp { .. }
             | Error::Corrupt { .. }
+            | Error::UnsupportedLogFormat { .. }
             | Error::WorkerGone { .. }
             | Error::MessageTooLarge { .. }
             | Error::ProtocolDecode { .. }

@@ -8,6 +8,8 @@
 //! * [`engine`] — the sans-IO group relay engine: modes, replay scheduling, buffer pressure.
 //! * [`protocol`] — the agent ↔ server data-plane wire messages.
 //! * [`uplink`] — the telemetry store-and-forward primitive: outbox, inbox and uplink session.
+//! * [`sqlite`] — [`sqlite::open_wal`] and [`sqlite::Durability`]: how every SQLite file of
+//!   Tether is opened (WAL, `synchronous`, busy timeout, foreign keys), in one function.
 //!
 //! What this crate does not do: no HTTP, WebSocket or socket code, and no clock of its own
 //! (callers pass the current time). Daemons own the I/O.
@@ -16,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod protocol;
+pub mod sqlite;
 pub mod uplink;
 
 pub use error::Error;

@@ -9,8 +9,8 @@ mod log_common;
 use log_common::{Harness, MemoryHarness, RedisHarness, SqliteHarness, item, items, payload};
 use relay_core::Error;
 use relay_core::log::{
-    AppendOutcome, Backlog, Gap, GapReason, Item, MAX_SEQ, ReadBatch, Retention, StreamLog,
-    TrimReason, Trimmed,
+    AppendOutcome, Backlog, FORMAT_VERSION, Gap, GapReason, Item, MAX_SEQ, ReadBatch,
+    RedisStreamLog, Retention, StreamLog, TrimReason, Trimmed,
 };
 
 fn seqs(batch: &ReadBatch) -> Vec<u64> {
@@ -679,7 +679,8 @@ async fn futures_are_send_for_spawn() {
 /// The example configuration in `docs/storage.md` parses, and unknown keys are refused.
 #[test]
 fn config_parses_each_backend() {
-    use relay_core::log::{SqliteSynchronous, StreamLogConfig};
+    use relay_core::log::StreamLogConfig;
+    use relay_core::sqlite::Durability;
     let sqlite: StreamLogConfig =
         serde_json::from_str(r#"{"type":"sqlite","path":"/var/lib/tether/streams.db"}"#)
             .expect("sqlite config");
@@ -687,7 +688,7 @@ fn config_parses_each_backend() {
         sqlite,
         StreamLogConfig::Sqlite {
             path: "/var/lib/tether/streams.db".into(),
-            synchronous: SqliteSynchronous::Normal
+            synchronous: Durability::Normal
         }
     );
     let redis: StreamLogConfig =
@@ -706,7 +707,7 @@ fn config_parses_each_backend() {
     assert!(matches!(
         full,
         StreamLogConfig::Sqlite {
-            synchronous: SqliteSynchronous::Full,
+            synchronous: Durability::Full,
             ..
         }
     ));
@@ -718,66 +719,46 @@ fn config_parses_each_backend() {
     assert!(serde_json::from_str::<StreamLogConfig>(r#"{"type":"disk"}"#).is_err());
 }
 
-/// A Redis stream written before chunks (one entry per item, fields `seq`/`ts`/`data`, no
-/// `len`, possibly a `head` below its top entry) is read, appended to, trimmed, counted and
-/// deleted as if it had been written by this version.
+/// The first connect stamps the prefix with the format version; a prefix stamped with another
+/// version is refused, and left as it was.
 #[tokio::test]
-async fn redis_streams_of_one_entry_per_item_keep_working() {
+async fn redis_prefix_of_another_format_is_refused() {
     let h = RedisHarness::new().await;
-    let log = h.log();
-    let key = log.stream_key("old");
+    let key = format!("{}#format", h.log().key_prefix());
     let client = ::redis::Client::open(log_common::redis_url()).expect("Redis URL");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("Redis connection");
-    for seq in 1..=5u64 {
-        let _: String = ::redis::cmd("XADD")
-            .arg(&key)
-            .arg(seq)
-            .arg("seq")
-            .arg(seq)
-            .arg("ts")
-            .arg(seq * 10)
-            .arg("data")
-            .arg(&payload("old", seq)[..])
-            .query_async(&mut conn)
-            .await
-            .expect("old-layout entry");
-    }
-    let _: () = ::redis::cmd("HSET")
-        .arg(format!("{key}#meta"))
-        .arg("head")
-        // The old append set `head` to a batch's last item, not its highest.
-        .arg(4)
+    let stamp: Option<String> = ::redis::cmd("GET")
+        .arg(&key)
         .query_async(&mut conn)
         .await
-        .expect("old-layout meta");
-
-    let read = log.read("old", 1, 10).await.expect("read");
-    assert_eq!(read.items, items("old", 2..=5));
-    let outcome = log
-        .append("old", &items("old", 4..=8))
+        .expect("GET");
+    assert_eq!(stamp, Some(FORMAT_VERSION.to_string()));
+    // A second connect checks and accepts it.
+    RedisStreamLog::connect(&log_common::redis_url(), h.log().key_prefix())
         .await
-        .expect("append");
-    assert_eq!((outcome.stored, outcome.duplicates, outcome.ack), (3, 2, 8));
-    assert_eq!(log.backlog("old", 0).await.expect("backlog").count, 8);
-    // By length across both layouts: the five old entries and one item of the new chunk.
-    let trimmed = log.trim("old", &by_len(2), 0).await.expect("trim");
-    assert_eq!(
-        trimmed
-            .iter()
-            .map(|t| (t.first, t.last, t.count))
-            .collect::<Vec<_>>(),
-        [(1, 6, 6)]
+        .expect("same format");
+    let _: () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg(FORMAT_VERSION + 1)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let err = RedisStreamLog::connect(&log_common::redis_url(), h.log().key_prefix())
+        .await
+        .expect_err("another format");
+    assert!(
+        matches!(&err, Error::UnsupportedLogFormat { found, expected, .. }
+            if *found == (FORMAT_VERSION + 1).to_string() && *expected == FORMAT_VERSION),
+        "{err}"
     );
-    let read = log.read("old", 0, 10).await.expect("read");
-    assert_eq!(
-        read.gap,
-        gap(1, 6, GapReason::Retention(TrimReason::Length))
-    );
-    assert_eq!(read.items, items("old", 7..=8));
-    assert_eq!(log.backlog("old", 0).await.expect("backlog").count, 2);
-    assert_eq!(log.delete("old").await.expect("delete"), 2);
+    let stamp: Option<String> = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(stamp, Some((FORMAT_VERSION + 1).to_string()));
     h.cleanup().await;
 }

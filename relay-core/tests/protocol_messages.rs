@@ -1,10 +1,9 @@
 //! Data-plane protocol: the spec's examples decode, every message round-trips through both
-//! encodings, versions and rules are enforced with typed errors, and garbage never panics.
+//! encodings, versions and rules are enforced with typed errors. That garbage and damaged
+//! frames never panic is checked with the fuzz entry points, in `src/protocol/fuzz_tests.rs`.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use relay_core::Error;
 use relay_core::engine::{DeliverySource, GroupBacklog, GroupMode, Side};
 use relay_core::log::Item;
@@ -99,8 +98,17 @@ fn every_message_round_trips_in_both_encodings() {
         for encoding in [Encoding::Json, Encoding::Msgpack] {
             let bytes = encode(&message, encoding).unwrap();
             assert_eq!(decode(&bytes, encoding).unwrap(), message, "{encoding:?}");
-            // The fuzz entry point's checks, on real messages (stored items included).
-            protocol::fuzz_decode(&bytes);
+            // Items stored from the received bytes hold exactly the frames decoded.
+            if let Message::Frames(batch) = &message {
+                let received = bytes::Bytes::from(bytes);
+                let stored: Vec<protocol::WireFrame> = batch
+                    .to_items_from(&received, encoding)
+                    .unwrap()
+                    .iter()
+                    .map(|i| protocol::decode_stored_frame(&i.payload).unwrap())
+                    .collect();
+                assert_eq!(stored, batch.frames, "{encoding:?}");
+            }
         }
     }
 }
@@ -268,56 +276,6 @@ fn unknown_codes_and_reasons_from_newer_peers_decode() {
     ));
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/protocol_messages.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn decode_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        protocol::fuzz_decode(&bytes);
-    }
-
-    /// A stored frame with a few bytes changed and maybe cut short: the delivery built from it
-    /// is a frame or a `corrupt` gap, never a broken message (the checks are in the fuzz
-    /// entry point).
-    #[test]
-    fn damaged_stored_frames_never_break_a_delivery(
-        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
-        cut in any::<prop::sample::Index>(),
-        truncate in any::<bool>(),
-    ) {
-        let mut bytes = protocol::encode_stored_frame(&frame()).unwrap();
-        for (at, value) in edits {
-            let i = at.index(bytes.len());
-            bytes[i] = value;
-        }
-        if truncate {
-            bytes.truncate(cut.index(bytes.len()));
-        }
-        protocol::fuzz_stored_frame(&bytes);
-    }
-
-    #[test]
-    fn decode_never_panics_on_mutated_examples(
-        index in 0..SPEC_EXAMPLES.len(),
-        cut in 0usize..400,
-        flip in 0usize..400,
-        byte in any::<u8>(),
-    ) {
-        let mut bytes = SPEC_EXAMPLES[index].as_bytes().to_vec();
-        if flip < bytes.len() {
-            bytes[flip] = byte;
-        }
-        bytes.truncate(cut.max(1));
-        // The fuzz target's body: decodes both ways and checks re-encoding round-trips.
-        protocol::fuzz_decode(&bytes);
-    }
-}
-
 #[test]
 fn batches_convert_to_stream_items_and_back() {
     let batch = FrameBatch {
@@ -365,28 +323,37 @@ fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
         frames: vec![frame(), second],
     };
     let stored = batch.to_items().unwrap();
-    // Logs written before the MessagePack format hold compact JSON.
-    let legacy: Vec<Item> = stored
-        .iter()
-        .zip(&batch.frames)
-        .map(|(item, frame)| Item {
-            payload: bytes::Bytes::from(frame.encode()),
-            ..item.clone()
-        })
-        .collect();
-    let mixed = vec![stored[0].clone(), legacy[1].clone()];
     let message = Message::Frames(batch.clone());
     for encoding in [Encoding::Msgpack, Encoding::Json] {
         let expected = encode(&message, encoding).unwrap();
-        for items in [&stored, &legacy, &mixed] {
-            let messages = encode_delivery("s", items, encoding, DeliverySource::Log).unwrap();
+        for source in [DeliverySource::Log, DeliverySource::Live] {
+            let messages = encode_delivery("s", &stored, encoding, source).unwrap();
             // Spliced or re-encoded, the bytes are what the encoder writes.
             assert_eq!(
                 messages,
                 vec![DeliveryMessage::Frames(expected.clone())],
-                "{encoding:?}"
+                "{encoding:?} {source:?}"
             );
-            assert_eq!(decode(&expected, encoding).unwrap(), message);
+        }
+        assert_eq!(decode(&expected, encoding).unwrap(), message);
+    }
+    // A frame stored as JSON is not the stored form: a `corrupt` gap, from the log or not.
+    let json = Item {
+        payload: bytes::Bytes::from(batch.frames[1].encode()),
+        ..stored[1].clone()
+    };
+    for encoding in [Encoding::Msgpack, Encoding::Json] {
+        for source in [DeliverySource::Log, DeliverySource::Live] {
+            let messages =
+                encode_delivery("s", &[stored[0].clone(), json.clone()], encoding, source).unwrap();
+            assert!(
+                matches!(
+                    &messages[..],
+                    [DeliveryMessage::Frames(_), DeliveryMessage::Corrupt { gap, .. }]
+                        if (gap.from, gap.to) == (301, 301)
+                ),
+                "{encoding:?} {source:?}: {messages:?}"
+            );
         }
     }
     assert_eq!(
@@ -492,34 +459,4 @@ fn stored_items_that_are_not_frames_become_a_corrupt_gap() {
         encode_delivery("s", one, Encoding::Msgpack, DeliverySource::Live).unwrap()[..],
         [DeliveryMessage::Frames(_)]
     ));
-}
-
-#[test]
-fn fuzz_seed_corpus_round_trips() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/data_plane_message");
-    let mut decoded = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        protocol::fuzz_decode(&bytes);
-        decoded += usize::from(decode(&bytes, Encoding::Json).is_ok());
-    }
-    assert!(
-        decoded >= 5,
-        "the seed corpus holds valid messages ({decoded})"
-    );
-}
-
-#[test]
-fn stored_frame_seed_corpus_decodes_in_both_formats() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/stored_frame");
-    let mut frames = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        protocol::fuzz_stored_frame(&bytes);
-        frames.push(protocol::decode_stored_frame(&bytes).unwrap());
-    }
-    // One seed is JSON, one MessagePack, of the same frame.
-    assert_eq!(frames.len(), 2);
-    assert_eq!(frames[0], frames[1]);
 }

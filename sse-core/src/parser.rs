@@ -211,8 +211,11 @@ pub fn parse_all(input: &[u8]) -> Vec<ParsedItem> {
 /// Fuzzing entry point: parses `input` whole and again split at a point chosen by its first byte,
 /// and checks both give the same items.
 ///
+/// Built only for tests and `cargo fuzz` (`--cfg fuzzing`).
+///
 /// # Panics
 /// Only if the parser is wrong: chunk boundaries changed the result.
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_check(input: &[u8]) {
     let whole = parse_all(input);
     let split = usize::from(input.first().copied().unwrap_or(0)) % (input.len() + 1);

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AppendOutcome, Backlog, Item, MemoryStreamLog, ReadBatch, RedisStreamLog, Retention, Seq,
-    SqliteStreamLog, SqliteSynchronous, StreamLog, Trimmed,
+    SqliteStreamLog, StreamLog, Trimmed,
 };
 use crate::error::Result;
+use crate::sqlite::Durability;
 
 /// Which stream log backend to use, and with what durability.
 ///
@@ -33,9 +34,9 @@ pub enum StreamLogConfig {
     Sqlite {
         /// The database file, normally in the data directory.
         path: PathBuf,
-        /// `PRAGMA synchronous` level.
-        #[serde(default)]
-        synchronous: SqliteSynchronous,
+        /// `normal` (the default) or `full`: see [`Durability`].
+        #[serde(default = "default_durability")]
+        synchronous: Durability,
     },
     /// Redis Streams, shared by several servers. Exactly as durable as the Redis server is
     /// configured: with RDB snapshots only, a Redis crash loses writes since the last
@@ -48,6 +49,10 @@ pub enum StreamLogConfig {
         #[serde(default = "default_key_prefix")]
         key_prefix: String,
     },
+}
+
+fn default_durability() -> Durability {
+    Durability::Normal
 }
 
 fn default_key_prefix() -> String {

@@ -35,7 +35,9 @@
 //! [`RedisStreamLog`] (scale-out). [`StreamLogConfig`] picks one in configuration and documents
 //! the durability trade-off of each; [`AnyStreamLog`] dispatches to the chosen one.
 //!
-//! The on-disk and in-Redis layouts are documented in `docs/storage.md`.
+//! The on-disk and in-Redis layouts are documented in `docs/storage.md`. They are one format,
+//! version [`FORMAT_VERSION`], which the durable backends stamp on their storage and check
+//! when they open it.
 
 use std::future::Future;
 
@@ -50,10 +52,20 @@ mod redis_streams;
 mod sqlite;
 pub mod sqlite_chunk;
 
+/// The SQLite log's durability level under its former name (the server still uses it);
+/// [`Durability`](crate::sqlite::Durability) is the one enum.
+pub use crate::sqlite::Durability as SqliteSynchronous;
 pub use any::{AnyStreamLog, StreamLogConfig};
 pub use memory::MemoryStreamLog;
 pub use redis_streams::RedisStreamLog;
-pub use sqlite::{SqliteStreamLog, SqliteSynchronous};
+pub use sqlite::SqliteStreamLog;
+
+/// The version of the durable stream logs' storage format (`docs/storage.md`): the SQLite
+/// schema, the Redis key layout, and the chunk encoding of [`sqlite_chunk`] that both hold.
+/// [`SqliteStreamLog`] keeps it in `PRAGMA user_version`, [`RedisStreamLog`] in the key
+/// `{prefix}#format`; each writes it when it creates the storage and refuses storage with
+/// another version on open ([`Error::UnsupportedLogFormat`]).
+pub const FORMAT_VERSION: u32 = 1;
 
 /// A producer-assigned sequence number: dense per stream, starting at 1, never reused.
 pub type Seq = u64;

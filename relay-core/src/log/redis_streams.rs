@@ -5,11 +5,13 @@
 //!   [`sqlite_chunk::MAX_ITEMS`] items or [`sqlite_chunk::TARGET_BYTES`] bytes), entry ID
 //!   `{last_seq}-0`, fields `first` (first seq), `n` (items) and `items` (the items, encoded as
 //!   in [`sqlite_chunk`]). Using the last seq as the ID lets a read seek to the chunk holding
-//!   any seq with `XRANGE`. Logs written before chunks hold one entry per item, ID `{seq}-0`,
-//!   fields `seq`, `ts`, `data`; they are still read, as chunks of one item.
+//!   any seq with `XRANGE`.
 //! * `{prefix}{stream}#meta` — a hash: `head` (highest accepted seq), `tt` (trimmed through),
 //!   `tr` (reason of the last trim), `len` (items stored).
 //! * `{prefix}{stream}#cursors` — a hash: consumer → seq.
+//! * `{prefix}#format` — the storage format version ([`FORMAT_VERSION`]), set by the first
+//!   [`RedisStreamLog::connect`] on an empty prefix and checked by every later one. (Stream
+//!   names are never empty and never hold `#`, so no stream's keys can be this one.)
 //!
 //! An append is one script call: the script refuses the chunks unless their first seq is above
 //! `head` (returning the head, so that the caller drops the duplicates and tries again), then
@@ -32,38 +34,18 @@ use redis::{Script, Value};
 
 use super::sqlite_chunk::{self, ChunkBounds, ChunkWriter};
 use super::{
-    AppendOutcome, Backlog, Item, MAX_SEQ, ReadBatch, Retention, Seq, StreamLog, StreamMeta,
-    TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
+    AppendOutcome, Backlog, FORMAT_VERSION, Item, MAX_SEQ, ReadBatch, Retention, Seq, StreamLog,
+    StreamMeta, TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
-
-/// Sets `len` from `XLEN` when a stream written before chunks (one entry per item) has none,
-/// and raises its `head` to its top entry if it is below: the old append set `head` to a
-/// batch's last item, not its highest, and left the dedup to `XADD`'s ID check. Part of the
-/// scripts below. KEYS: stream, meta. Numbers go back to Redis as `%d` strings (Redis
-/// 7.2.0–7.2.4 formatted some Lua numbers as `1e+08`).
-macro_rules! init_len_lua {
-    () => {
-        "if redis.call('HEXISTS', KEYS[2], 'len') == 0 then
-  redis.call('HSET', KEYS[2], 'len', string.format('%d', redis.call('XLEN', KEYS[1])))
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-  if top then
-    local seq = string.sub(top[1], 1, string.find(top[1], '-', 1, true) - 1)
-    if tonumber(seq) > tonumber(redis.call('HGET', KEYS[2], 'head') or '0') then
-      redis.call('HSET', KEYS[2], 'head', seq)
-    end
-  end
-end
-"
-    };
-}
 
 /// Adds chunks. KEYS: stream, meta. ARGV: the first chunk's first seq, then per chunk its ID
 /// (last seq), first seq, item count and blob. Returns `{1, head}` when added, `{0, head}`
 /// (nothing changed) when the first seq is not above `head`.
-const APPEND_LUA: &str = concat!(
-    init_len_lua!(),
-    "local head = redis.call('HGET', KEYS[2], 'head') or '0'
+/// Numbers go back to Redis as `%d` strings (Redis 7.2.0–7.2.4 formatted some Lua numbers as
+/// `1e+08`).
+const APPEND_LUA: &str = r"
+local head = redis.call('HGET', KEYS[2], 'head') or '0'
 if tonumber(ARGV[1]) <= tonumber(head) then return {0, head} end
 local n = 0
 for i = 2, #ARGV, 4 do
@@ -74,27 +56,23 @@ local top = ARGV[#ARGV - 3]
 redis.call('HINCRBY', KEYS[2], 'len', string.format('%d', n))
 redis.call('HSET', KEYS[2], 'head', top)
 return {1, top}
-"
-);
+";
 
 /// Applies a trim computed by [`RedisStreamLog::cut`]. KEYS: stream, meta. ARGV: the oldest
 /// entry ID and the `tt` the computation saw, the first ID to keep, the new `tt`, the reason,
 /// what to take off `len`. Returns 1, or 0 (nothing changed) when the oldest entry or `tt` changed.
-const APPLY_TRIM_LUA: &str = concat!(
-    "local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+const APPLY_TRIM_LUA: &str = r"
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local tt = redis.call('HGET', KEYS[2], 'tt') or '0'
 if not oldest or oldest[1] ~= ARGV[1] or tt ~= ARGV[2] then return 0 end
-",
-    init_len_lua!(),
-    "redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 redis.call('HSET', KEYS[2], 'tt', ARGV[4], 'tr', ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'len', string.format('%d', -tonumber(ARGV[6])))
 return 1
-"
-);
+";
 
 /// The first entry after a cursor, the newest entry's ID, and the item count of the entries
-/// from the first on (`n` of each chunk, 1 for an entry of the old layout). KEYS: stream,
+/// from the first on (`n` of each chunk, 1 where it is unreadable). KEYS: stream,
 /// meta. ARGV: start ID. Returns `{count, first entry, newest ID, head, tt}` (false where
 /// absent).
 const BACKLOG_LUA: &str = r"
@@ -157,7 +135,9 @@ fn redis_err(action: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
 
 impl RedisStreamLog {
     /// Connects to `url` (`redis://host:port/db`); every key this log touches starts with
-    /// `key_prefix`.
+    /// `key_prefix`. The first connect on a prefix stamps it with [`FORMAT_VERSION`] (key
+    /// `{prefix}#format`); a prefix stamped with another version is refused
+    /// ([`Error::UnsupportedLogFormat`]).
     ///
     /// The response timeout is raised from the redis crate's 500 ms default to 30 s: a trim of a
     /// large backlog is one script that may legitimately run longer than 500 ms.
@@ -170,6 +150,7 @@ impl RedisStreamLog {
             .get_connection_manager_with_config(config)
             .await
             .map_err(redis_err("connect"))?;
+        check_format(&mut conn.clone(), key_prefix).await?;
         Ok(Self {
             conn,
             prefix: key_prefix.to_owned(),
@@ -198,6 +179,32 @@ impl RedisStreamLog {
     /// Deletes every key of `stream` (entries, meta, cursors): [`StreamLog::delete`].
     pub async fn delete_stream(&self, stream: &str) -> Result<()> {
         self.delete(stream).await.map(drop)
+    }
+}
+
+/// Stamps `{prefix}#format` with [`FORMAT_VERSION`] unless it is set, then checks it (one
+/// `MULTI`, so that concurrent first connects agree).
+async fn check_format(conn: &mut ConnectionManager, prefix: &str) -> Result<()> {
+    let key = format!("{prefix}#format");
+    let (found,): (Option<String>,) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(&key)
+        .arg(FORMAT_VERSION)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(redis_err("check the format version"))?;
+    match found {
+        Some(v) if v == FORMAT_VERSION.to_string() => Ok(()),
+        found => Err(Error::UnsupportedLogFormat {
+            location: format!("Redis key {key:?}"),
+            found: found.unwrap_or_else(|| "none".to_owned()),
+            expected: FORMAT_VERSION,
+        }),
     }
 }
 
@@ -247,27 +254,19 @@ fn id_text(id: &Value) -> Option<String> {
     }
 }
 
-/// One stream entry: a chunk, or one item of the layout before chunks.
+/// One stream entry: a chunk.
 #[derive(Debug)]
 struct Entry {
     /// The ID as Redis returned it.
     id: String,
     /// The seq in the ID: the last item's.
     last_seq: Seq,
-    body: Body,
-}
-
-#[derive(Debug)]
-enum Body {
-    /// A chunk; a field that is missing or not a number is `None` (the chunk is damaged).
-    Chunk {
-        first: Option<Seq>,
-        count: Option<u64>,
-        blob: Bytes,
-    },
-    /// An entry of the old layout. A missing or damaged `ts` or `data` comes out as 0 / empty,
-    /// which the caller's decoder refuses, instead of failing the read.
-    Item(Item),
+    /// The `first` field; `None` when it is missing or not a number (the chunk is damaged).
+    first: Option<Seq>,
+    /// The `n` field; `None` when it is missing or not a number (the chunk is damaged).
+    count: Option<u64>,
+    /// The `items` field; empty when it is missing (the chunk then fails to decode).
+    blob: Bytes,
 }
 
 impl Entry {
@@ -287,73 +286,46 @@ impl Entry {
                 .find(|pair| matches!(&pair[0], Value::BulkString(n) if n == name))
                 .map(|pair| &pair[1])
         };
-        let bytes = |v: Option<&Value>| match v {
-            Some(Value::BulkString(b)) => Bytes::copy_from_slice(b),
-            _ => Bytes::new(),
-        };
-        let number = |v: Option<&Value>| v.and_then(|v| num(stream, v, "field").ok());
-        let body = if field(b"items").is_some() || field(b"n").is_some() {
-            Body::Chunk {
-                first: number(field(b"first")),
-                count: number(field(b"n")),
-                blob: bytes(field(b"items")),
-            }
-        } else {
-            Body::Item(Item {
-                seq: last_seq,
-                ts_ms: number(field(b"ts")).unwrap_or(0),
-                payload: bytes(field(b"data")),
-            })
-        };
-        Ok(Self { id, last_seq, body })
+        let number = |name: &[u8]| field(name).and_then(|v| num(stream, v, "field").ok());
+        Ok(Self {
+            id,
+            last_seq,
+            first: number(b"first"),
+            count: number(b"n"),
+            blob: match field(b"items") {
+                Some(Value::BulkString(b)) => Bytes::copy_from_slice(b),
+                _ => Bytes::new(),
+            },
+        })
     }
 
-    /// Items in the entry, as the `n` field says (1 for the old layout or when unreadable, as
-    /// the backlog script counts it).
+    /// Items in the entry, as the `n` field says (1 when it is unreadable, as the backlog
+    /// script counts it).
     fn count(&self) -> u64 {
-        match &self.body {
-            Body::Chunk { count, .. } => count.unwrap_or(1),
-            Body::Item(_) => 1,
-        }
+        self.count.unwrap_or(1)
     }
 
     /// The entry's first seq, as far as it can tell.
     fn first_seq(&self) -> Seq {
-        match &self.body {
-            Body::Chunk { first, .. } => first.unwrap_or(self.last_seq),
-            Body::Item(item) => item.seq,
-        }
+        self.first.unwrap_or(self.last_seq)
     }
 
     /// The entry's items above `floor`, or `None` when the chunk is damaged.
     fn items_above(&self, stream: &str, floor: Seq) -> Option<Vec<Item>> {
-        match &self.body {
-            Body::Item(item) => Some(
-                std::iter::once(item.clone())
-                    .filter(|i| i.seq > floor)
-                    .collect(),
-            ),
-            Body::Chunk {
-                first: Some(first),
-                count: Some(count),
-                blob,
-            } => {
-                let bounds = ChunkBounds {
-                    first_seq: *first,
-                    last_seq: self.last_seq,
-                    count: *count,
-                };
-                sqlite_chunk::items_above(bounds, blob, floor)
-                    .inspect_err(|err| {
-                        tracing::warn!(stream, entry = %self.id, %err, "damaged chunk in the Redis stream log");
-                    })
-                    .ok()
-            }
-            Body::Chunk { .. } => {
-                tracing::warn!(stream, entry = %self.id, "chunk without readable first/n fields in the Redis stream log");
-                None
-            }
-        }
+        let (Some(first_seq), Some(count)) = (self.first, self.count) else {
+            tracing::warn!(stream, entry = %self.id, "chunk without readable first/n fields in the Redis stream log");
+            return None;
+        };
+        let bounds = ChunkBounds {
+            first_seq,
+            last_seq: self.last_seq,
+            count,
+        };
+        sqlite_chunk::items_above(bounds, &self.blob, floor)
+            .inspect_err(|err| {
+                tracing::warn!(stream, entry = %self.id, %err, "damaged chunk in the Redis stream log");
+            })
+            .ok()
     }
 
     /// Placeholders for a damaged chunk's seqs above `floor` and up to `head`, as the SQLite
@@ -498,13 +470,11 @@ impl RedisStreamLog {
     async fn cut(&self, stream: &str, rule: Rule) -> Result<Option<Cut>> {
         let [k, meta] = self.keys(stream);
         let mut conn = self.conn.clone();
-        let (fields, xlen, entries): (Vec<Value>, u64, Value) = redis::pipe()
+        let (fields, entries): (Vec<Value>, Value) = redis::pipe()
             .atomic()
             .cmd("HMGET")
             .arg(&meta)
             .arg(&["head", "tt", "len"])
-            .cmd("XLEN")
-            .arg(&k)
             .cmd("XRANGE")
             .arg(&k)
             .arg("-")
@@ -522,8 +492,7 @@ impl RedisStreamLog {
             v => id_text(v).ok_or_else(|| corrupt(stream, format!("bad tt {v:?}")))?,
         };
         let tt = opt_num(stream, &tt, "tt")?.unwrap_or(0);
-        // A stream written before chunks has no `len`: one entry per item.
-        let len = opt_num(stream, &len, "len")?.unwrap_or(xlen);
+        let len = opt_num(stream, &len, "len")?.unwrap_or(0);
         let excess = match rule {
             Rule::Length(max) if len <= max => return Ok(None),
             Rule::Length(max) => len - max,
@@ -856,13 +825,11 @@ impl StreamLog for RedisStreamLog {
         let cursors = format!("{k}#cursors");
         let mut conn = self.conn.clone();
         // One MULTI: the length that is reported is the length that is deleted.
-        let (len, xlen, _deleted): (Value, u64, u64) = redis::pipe()
+        let (len, _deleted): (Value, u64) = redis::pipe()
             .atomic()
             .cmd("HGET")
             .arg(&meta)
             .arg("len")
-            .cmd("XLEN")
-            .arg(&k)
             .cmd("DEL")
             .arg(&k)
             .arg(&meta)
@@ -870,8 +837,8 @@ impl StreamLog for RedisStreamLog {
             .query_async(&mut conn)
             .await
             .map_err(redis_err("delete stream"))?;
-        // A stream written before chunks has no `len`: one entry per item.
-        Ok(opt_num(stream, &len, "len").ok().flatten().unwrap_or(xlen))
+        // The keys are gone either way: an unreadable `len` reports 0 rather than failing.
+        Ok(opt_num(stream, &len, "len").ok().flatten().unwrap_or(0))
     }
 
     async fn backlog(&self, stream: &str, after: Seq) -> Result<Backlog> {
@@ -930,47 +897,13 @@ mod tests {
         Value::Array(vec![bulk(id), Value::Array(fields)])
     }
 
-    #[test]
-    fn entries_of_the_old_layout_read_as_one_item_and_damage_comes_out_empty() {
-        let good = Entry::parse(
-            "s",
-            &entry(
-                b"7-0",
-                vec![bulk(b"ts"), bulk(b"12"), bulk(b"data"), bulk(b"ab")],
-            ),
-        )
-        .expect("an entry");
-        assert_eq!(
-            good.items_above("s", 0),
-            Some(vec![Item {
-                seq: 7,
-                ts_ms: 12,
-                payload: Bytes::from_static(b"ab")
-            }])
-        );
-        assert_eq!(good.items_above("s", 7), Some(vec![]));
-        for (fields, ts) in [
-            (vec![bulk(b"ts"), bulk(b"12")], 12),
-            (
-                vec![bulk(b"ts"), bulk(b"-1"), bulk(b"data"), Value::Int(3)],
-                0,
-            ),
-            (vec![], 0),
-        ] {
-            let items = Entry::parse("s", &entry(b"7-0", fields))
-                .expect("an entry")
-                .items_above("s", 0)
-                .expect("an item");
-            assert_eq!(
-                items
-                    .iter()
-                    .map(|i| (i.seq, i.ts_ms, i.payload.len()))
-                    .collect::<Vec<_>>(),
-                [(7, ts, 0)]
-            );
-        }
-        // Without a seq there is nothing to report: the read fails.
-        assert!(Entry::parse("s", &entry(b"x", vec![])).is_err());
+    /// `(seq, payload length)` of what a read above `floor` yields from `entry`.
+    fn read_lens(entry: &Entry, floor: Seq, head: Seq) -> Vec<(Seq, usize)> {
+        entry
+            .read_above("s", floor, head, 10)
+            .iter()
+            .map(|i| (i.seq, i.payload.len()))
+            .collect()
     }
 
     #[test]
@@ -1006,14 +939,24 @@ mod tests {
         ] {
             let entry = Entry::parse("s", &damaged).expect("an entry");
             assert_eq!(entry.items_above("s", 0), None);
-            let read: Vec<(Seq, usize)> = entry
-                .read_above("s", 4, 6, 10)
-                .iter()
-                .map(|i| (i.seq, i.payload.len()))
-                .collect();
-            assert_eq!(read, [(5, 0), (6, 0)]);
+            assert_eq!(read_lens(&entry, 4, 6), [(5, 0), (6, 0)]);
             assert_eq!(entry.live_above("s", 5, 6), 1);
         }
+        // An entry without the chunk fields (say, one item as `seq`/`ts`/`data`) is a damaged
+        // chunk of its ID's seq.
+        let fieldless = Entry::parse(
+            "s",
+            &entry(
+                b"7-0",
+                vec![bulk(b"ts"), bulk(b"12"), bulk(b"data"), bulk(b"ab")],
+            ),
+        )
+        .expect("an entry");
+        assert_eq!(fieldless.items_above("s", 0), None);
+        assert_eq!(read_lens(&fieldless, 4, 7), [(7, 0)]);
+        assert_eq!(fieldless.count(), 1);
+        // Without a seq there is nothing to report: the read fails.
+        assert!(Entry::parse("s", &entry(b"x", vec![])).is_err());
     }
 
     #[test]

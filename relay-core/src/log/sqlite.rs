@@ -8,6 +8,10 @@
 //! own savepoint, so that one refused write does not undo the others. Every caller is answered after the commit.
 //! Under load the transactions grow instead of the queue. Schema and durability:
 //! `docs/storage.md`.
+//!
+//! The file is stamped with [`FORMAT_VERSION`] (`PRAGMA user_version`) when it is created; a
+//! file with another version, or an unstamped one that already holds tables, is refused on
+//! open ([`Error::UnsupportedLogFormat`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,36 +26,14 @@ use bytes::Bytes;
 
 use super::sqlite_chunk::{self, ChunkBounds, ChunkError, ChunkWriter};
 use super::{
-    AppendOutcome, Backlog, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta, TrimReason,
-    Trimmed, dense_prefix, validate_batch, validate_stream_name,
+    AppendOutcome, Backlog, FORMAT_VERSION, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta,
+    TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
-
-/// How hard SQLite syncs to disk on commit (`PRAGMA synchronous`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SqliteSynchronous {
-    /// `NORMAL` (default): in WAL mode a commit does not wait for fsync; the WAL is synced at
-    /// checkpoints. Survives a crash of the process; an OS crash or power loss can lose the
-    /// last committed transactions (never corrupts the file).
-    #[default]
-    Normal,
-    /// `FULL`: every commit fsyncs the WAL. Survives OS crashes and power loss too; several
-    /// times slower for small batches.
-    Full,
-}
-
-impl SqliteSynchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            SqliteSynchronous::Normal => "NORMAL",
-            SqliteSynchronous::Full => "FULL",
-        }
-    }
-}
+use crate::sqlite::{Durability, open_wal, open_wal_manual_checkpoints};
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS log_streams (
+CREATE TABLE log_streams (
     id              INTEGER PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,
     head            INTEGER NOT NULL DEFAULT 0,
@@ -59,7 +41,7 @@ CREATE TABLE IF NOT EXISTS log_streams (
     trimmed_through INTEGER NOT NULL DEFAULT 0,
     trim_reason     TEXT
 );
-CREATE TABLE IF NOT EXISTS log_chunks (
+CREATE TABLE log_chunks (
     id        INTEGER PRIMARY KEY,
     stream_id INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
@@ -67,8 +49,8 @@ CREATE TABLE IF NOT EXISTS log_chunks (
     count     INTEGER NOT NULL,
     items     BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS log_chunks_by_stream ON log_chunks(stream_id, last_seq);
-CREATE TABLE IF NOT EXISTS log_cursors (
+CREATE UNIQUE INDEX log_chunks_by_stream ON log_chunks(stream_id, last_seq);
+CREATE TABLE log_cursors (
     stream_id INTEGER NOT NULL,
     consumer  TEXT NOT NULL,
     seq       INTEGER NOT NULL,
@@ -114,18 +96,13 @@ struct Checkpoints {
 /// tenth of group commits took 12–30 ms under the relay bench, against ~2 ms without.
 fn spawn_checkpointer(
     path: &Path,
-    synchronous: SqliteSynchronous,
+    durability: Durability,
     checkpoints: Weak<Checkpoints>,
 ) -> Result<()> {
-    let open_err = |source| Error::SqliteOpen {
+    let conn = open_wal(path, durability).map_err(|source| Error::SqliteOpen {
         path: path.to_path_buf(),
         source,
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", synchronous.pragma())
-        .map_err(open_err)?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(open_err)?;
+    })?;
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("tether-sqlite-checkpoint".to_owned())
@@ -293,22 +270,24 @@ fn to_u64(stream: &str, v: i64) -> Result<u64> {
 }
 
 impl SqliteStreamLog {
-    /// Opens (creating if needed) the log in the database file at `path`, in WAL mode with the
-    /// given `synchronous` level.
-    pub async fn open(path: impl AsRef<Path>, synchronous: SqliteSynchronous) -> Result<Self> {
+    /// Opens (creating if needed) the log in the database file at `path`
+    /// ([`open_wal`](crate::sqlite::open_wal), with `durability`). Fails with
+    /// [`Error::UnsupportedLogFormat`] when the file holds another format version.
+    pub async fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
         let checkpoints = Arc::new(Checkpoints::default());
         let weak = Arc::downgrade(&checkpoints);
         let conn = tokio::task::spawn_blocking(move || {
-            let conn = Self::open_blocking(&p, synchronous)?;
-            spawn_checkpointer(&p, synchronous, weak)?;
-            // The checkpointer copies the WAL into the file from now on, off the write path.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)
-                .map_err(|source| Error::SqliteOpen {
+            // The checkpointer copies the WAL into the file, off the write path.
+            let mut conn = open_wal_manual_checkpoints(&p, durability).map_err(|source| {
+                Error::SqliteOpen {
                     path: p.clone(),
                     source,
-                })?;
+                }
+            })?;
+            create_or_check_format(&mut conn, &p)?;
+            spawn_checkpointer(&p, durability, weak)?;
             Ok::<_, Error>(conn)
         })
         .await
@@ -319,33 +298,6 @@ impl SqliteStreamLog {
             checkpoints,
             path: Arc::new(path),
         })
-    }
-
-    fn open_blocking(path: &Path, synchronous: SqliteSynchronous) -> Result<Connection> {
-        let open_err = |source| Error::SqliteOpen {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        // WAL lets readers of other connections proceed during a commit and makes small
-        // commits cheap; busy_timeout covers a second process opening the same file.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", synchronous.pragma())
-            .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        let mut conn = conn;
-        if let Some((moved, skipped)) = migrate_item_rows(&mut conn)? {
-            tracing::info!(
-                path = %path.display(),
-                moved,
-                skipped,
-                "moved the stream log from one row per item (log_items) to chunks (log_chunks)"
-            );
-        }
-        Ok(conn)
     }
 
     /// The database file.
@@ -389,85 +341,43 @@ impl SqliteStreamLog {
     }
 }
 
-/// Moves a log written by an older version — one `log_items` row per item — into chunks, in
-/// one transaction, and drops `log_items`. Returns `None` when there is no such table, else the
-/// items moved and the rows skipped (a seq that cannot be read). A timestamp or payload that
-/// cannot be read is moved as 0 / empty, as reading it did, so it is still reported as damaged.
-fn migrate_item_rows(conn: &mut Connection) -> Result<Option<(u64, u64)>> {
-    let exists: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_items')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql("move log_items"))?;
-    if !exists {
-        return Ok(None);
-    }
+/// Creates the schema in a new file and stamps it with [`FORMAT_VERSION`] (`PRAGMA
+/// user_version`), or checks the stamp of an existing one. One `IMMEDIATE` transaction that
+/// reads the version first, so that two processes creating the same file do not both create it.
+/// A file with version 0 that already holds tables was not written by this log (or by a build
+/// before the version was stamped): it is refused, as is any other version.
+fn create_or_check_format(conn: &mut Connection, path: &Path) -> Result<()> {
+    let open_err = |source| Error::SqliteOpen {
+        path: path.to_path_buf(),
+        source,
+    };
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql("move log_items"))?;
-    let moved = move_item_rows(&tx)?;
-    // Rows that could not be moved are no longer stored items.
-    tx.execute_batch(
-        "UPDATE log_streams SET len =
-             (SELECT COALESCE(SUM(count), 0) FROM log_chunks WHERE stream_id = log_streams.id);
-         DROP TABLE log_items;",
-    )
-    .map_err(sql("move log_items"))?;
-    tx.commit().map_err(sql("move log_items"))?;
-    Ok(Some(moved))
-}
-
-/// The body of [`migrate_item_rows`]: streams `log_items` in order into chunks.
-fn move_item_rows(tx: &Connection) -> Result<(u64, u64)> {
-    let (mut moved, mut skipped) = (0u64, 0u64);
-    let mut select = tx
-        .prepare("SELECT stream_id, seq, ts_ms, payload FROM log_items ORDER BY stream_id, seq")
-        .map_err(sql("move log_items"))?;
-    let mut rows = select.query([]).map_err(sql("move log_items"))?;
-    let mut chunk = ChunkWriter::new();
-    let mut current = None;
-    while let Some(r) = rows.next().map_err(sql("move log_items"))? {
-        let (stream_id, seq, ts, payload) = (
-            r.get_ref(0).map_err(sql("move log_items"))?,
-            r.get_ref(1).map_err(sql("move log_items"))?,
-            r.get_ref(2).map_err(sql("move log_items"))?,
-            r.get_ref(3).map_err(sql("move log_items"))?,
-        );
-        let (ValueRef::Integer(stream_id), ValueRef::Integer(seq)) = (stream_id, seq) else {
-            skipped += 1;
-            continue;
-        };
-        if !(1..=to_i64(super::MAX_SEQ)).contains(&seq) {
-            skipped += 1;
-            continue;
-        }
-        let ts_ms = match ts {
-            ValueRef::Integer(ts) => u64::try_from(ts).unwrap_or(0).min(super::MAX_SEQ),
-            _ => 0,
-        };
-        let payload = match payload {
-            ValueRef::Blob(b) | ValueRef::Text(b) => Bytes::copy_from_slice(b),
-            _ => Bytes::new(),
-        };
-        if current != Some(stream_id) || chunk.is_full() {
-            if let Some(id) = current.filter(|_| !chunk.is_empty()) {
-                insert_chunk(tx, id, &mut chunk)?;
-            }
-            current = Some(stream_id);
-        }
-        chunk.push(&Item {
-            seq: seq as u64,
-            ts_ms,
-            payload,
-        });
-        moved += 1;
+        .map_err(open_err)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
+    let refuse = |found: String| Error::UnsupportedLogFormat {
+        location: path.display().to_string(),
+        found,
+        expected: FORMAT_VERSION,
+    };
+    if version == i64::from(FORMAT_VERSION) {
+        return Ok(());
     }
-    if let Some(id) = current.filter(|_| !chunk.is_empty()) {
-        insert_chunk(tx, id, &mut chunk)?;
+    if version != 0 {
+        return Err(refuse(version.to_string()));
     }
-    Ok((moved, skipped))
+    let objects: i64 = tx
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if objects > 0 {
+        return Err(refuse("0 (unstamped, yet it holds tables)".to_owned()));
+    }
+    tx.execute_batch(SCHEMA).map_err(open_err)?;
+    tx.pragma_update(None, "user_version", FORMAT_VERSION)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
 }
 
 /// The group-commit writer: stores queued appends until the queue is empty.
@@ -1141,7 +1051,7 @@ mod tests {
     async fn the_background_checkpointer_moves_the_wal_into_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("streams.db");
-        let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal)
+        let log = SqliteStreamLog::open(&path, Durability::Normal)
             .await
             .expect("open");
         let empty = std::fs::metadata(&path).expect("db file").len();
@@ -1196,7 +1106,7 @@ mod tests {
 
     async fn open(dir: &tempfile::TempDir) -> (SqliteStreamLog, Connection) {
         let path = dir.path().join("streams.db");
-        let log = SqliteStreamLog::open(&path, SqliteSynchronous::Normal)
+        let log = SqliteStreamLog::open(&path, Durability::Normal)
             .await
             .expect("open");
         let db = Connection::open(&path).expect("second connection");
@@ -1318,74 +1228,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_log_of_one_row_per_item_is_moved_into_chunks_on_open() {
+    async fn a_new_file_is_stamped_and_other_formats_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("streams.db");
-        {
-            // The schema and rows of the previous layout, with one damaged timestamp and one
-            // row whose seq cannot be read.
-            let db = Connection::open(&path).expect("create");
-            db.execute_batch(
-                "CREATE TABLE log_streams (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-                     head INTEGER NOT NULL DEFAULT 0, len INTEGER NOT NULL DEFAULT 0,
-                     trimmed_through INTEGER NOT NULL DEFAULT 0, trim_reason TEXT);
-                 CREATE TABLE log_items (stream_id INTEGER NOT NULL, seq INTEGER NOT NULL,
-                     ts_ms INTEGER NOT NULL, payload BLOB NOT NULL,
-                     PRIMARY KEY (stream_id, seq)) WITHOUT ROWID;
-                 CREATE TABLE log_cursors (stream_id INTEGER NOT NULL, consumer TEXT NOT NULL,
-                     seq INTEGER NOT NULL, PRIMARY KEY (stream_id, consumer)) WITHOUT ROWID;
-                 INSERT INTO log_streams (id, name, head, len, trimmed_through, trim_reason)
-                     VALUES (1, 'a', 300, 299, 1, 'length'), (2, 'b', 5, 3, 0, NULL);
-                 INSERT INTO log_cursors VALUES (1, 'reader', 150);
-                 INSERT INTO log_items VALUES (2, 4, 'x', x'04'), (2, 5, 1005, x'05'),
-                     (2, 'bad', 0, x'00');",
-            )
-            .expect("old schema");
-            let mut insert = db
-                .prepare("INSERT INTO log_items VALUES (1, ?1, ?2, ?3)")
-                .expect("prepare");
-            for item in items(2..=300) {
-                insert
-                    .execute(params![
-                        item.seq as i64,
-                        item.ts_ms as i64,
-                        &item.payload[..]
-                    ])
-                    .expect("row");
-            }
-        }
         let (log, db) = open(&dir).await;
-        let gone: bool = db
-            .query_row(
-                "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'log_items')",
-                [],
-                |r| r.get(0),
-            )
-            .expect("query");
-        assert!(gone);
-        let read = log.read("a", 0, 1_000).await.expect("read");
-        assert_eq!(read.gap.map(|g| (g.from, g.to)), Some((1, 1)));
-        assert_eq!(read.items, items(2..=300));
-        assert_eq!(
-            log.load_cursor("a", "reader").await.expect("cursor"),
-            Some(150)
-        );
-        let read = log.read("b", 0, 10).await.expect("read");
-        let got: Vec<(u64, u64)> = read.items.iter().map(|i| (i.seq, i.ts_ms)).collect();
-        assert_eq!(got, [(4, 0), (5, 1_005)]);
-        // `len` counts what was moved: the unreadable row is not kept to max_len.
-        let retention = crate::log::Retention {
-            max_len: Some(1),
-            max_age_ms: None,
-        };
-        let trimmed = log.trim("b", &retention, 0).await.expect("trim");
-        assert_eq!(trimmed.iter().map(|t| t.count).sum::<u64>(), 1);
-        // Appends go on from the old head.
-        let outcome = log.append("a", &items(300..=301)).await.expect("append");
-        assert_eq!((outcome.stored, outcome.ack), (1, 301));
-        // Opening again finds nothing left to move.
+        let version: i64 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, i64::from(FORMAT_VERSION));
+        log.append("s", &items(1..=3)).await.expect("append");
         drop(log);
+        // Opening again checks the stamp and keeps everything.
         let (log, _) = open(&dir).await;
-        assert_eq!(log.backlog("a", 0).await.expect("backlog").count, 300);
+        assert_eq!(log.backlog("s", 0).await.expect("backlog").count, 3);
+        drop(log);
+        // Another version (a later build's file) is refused, and left as it was.
+        db.pragma_update(None, "user_version", 2).expect("stamp");
+        let path = dir.path().join("streams.db");
+        let err = SqliteStreamLog::open(&path, Durability::Normal)
+            .await
+            .expect_err("version 2");
+        assert!(
+            matches!(&err, Error::UnsupportedLogFormat { found, expected: 1, .. } if found == "2"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        let version: i64 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, 2);
+        // A file that holds tables but no stamp: the one-row-per-item layout of builds before
+        // chunks, or another store's file.
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .and_then(|c| {
+                c.execute_batch(
+                    "CREATE TABLE log_items (stream_id INTEGER, seq INTEGER, ts_ms INTEGER,
+                         payload BLOB, PRIMARY KEY (stream_id, seq)) WITHOUT ROWID;",
+                )
+            })
+            .expect("unstamped file");
+        let err = SqliteStreamLog::open(&other, Durability::Normal)
+            .await
+            .expect_err("unstamped with tables");
+        assert!(
+            matches!(&err, Error::UnsupportedLogFormat { found, .. } if found.starts_with('0')),
+            "{err}"
+        );
     }
 }

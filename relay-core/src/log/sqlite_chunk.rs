@@ -14,9 +14,9 @@
 //! 0x02  u32 LE length of the items, LZ4 block   (compressed)
 //! ```
 //!
-//! A blob that starts with `0x01` is the items with no format byte, as the builds between the
-//! first chunks (`f86d6cc`) and compression (`ef7db65`) wrote them: their first byte is the first
-//! item's seq delta, which is always 1. They are still read.
+//! The writer picks either (raw for small or incompressible chunks); any other first byte is
+//! [`ChunkError::UnknownFormat`], a damaged chunk. (`0x01` was the first byte of the blobs of
+//! unreleased builds that wrote no format byte; it is not read.)
 //!
 //! The items are in seq order, each as three LEB128 varints and the payload:
 //!
@@ -58,8 +58,6 @@ pub const MAX_INFLATED: usize = 16 << 20;
 
 /// Format byte of a raw chunk.
 const RAW: u8 = 0;
-/// First byte of a blob written without a format byte (the first item's seq delta, always 1).
-const UNTAGGED: u8 = 1;
 /// Format byte of an LZ4-compressed chunk.
 const LZ4: u8 = 2;
 
@@ -266,7 +264,6 @@ fn seal(items: &[u8]) -> Vec<u8> {
 fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
     match blob.first() {
         Some(&RAW) => Ok(blob.slice(1..)),
-        Some(&UNTAGGED) => Ok(blob.clone()),
         Some(&LZ4) => {
             let Some((len, packed)) = blob[1..].split_first_chunk::<4>() else {
                 return Err(ChunkError::Inflate);
@@ -336,8 +333,8 @@ fn decode_items(bounds: ChunkBounds, blob: &Bytes) -> Decoded {
 /// Fuzz entry point (`fuzz/fuzz_targets/sqlite_chunk.rs`): the first 12 bytes are a row's
 /// `first_seq` (4), seq span (4) and `count` (4), the rest its blob. Decoding never panics,
 /// yields ascending items within the row's bounds, and a clean decode re-encodes to the same
-/// items and bounds.
-#[doc(hidden)]
+/// items and bounds. Built only for tests and `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_chunk(data: &[u8]) {
     let Some((head, blob)) = data.split_first_chunk::<12>() else {
         return;
@@ -492,15 +489,20 @@ mod tests {
     }
 
     #[test]
-    fn blobs_written_without_a_format_byte_are_still_read() {
+    fn a_blob_without_a_format_byte_is_of_unknown_format() {
         let items: Vec<Item> = (5..=7).map(|s| item(s, s, &[s as u8; 3])).collect();
         let (bounds, blob) = encode(&items);
         assert_eq!(blob[0], RAW);
-        // The layout before format bytes: the items alone, starting with the delta 1.
+        // The items alone start with the first seq delta, 1: not a format byte.
         let untagged = Bytes::copy_from_slice(&blob[1..]);
-        assert_eq!(untagged[0], UNTAGGED);
+        assert_eq!(untagged[0], 1);
         let decoded = decode(bounds, &untagged);
-        assert_eq!((decoded.items, decoded.error), (items, None));
+        assert!(decoded.items.is_empty());
+        assert_eq!(decoded.error, Some(ChunkError::UnknownFormat));
+        assert_eq!(
+            items_above(bounds, &untagged, 0),
+            Err(ChunkError::UnknownFormat)
+        );
     }
 
     #[test]

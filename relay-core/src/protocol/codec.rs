@@ -227,7 +227,9 @@ fn validate_gap(gap: &GapNotice) -> Result<(), Error> {
 
 /// Fuzzing entry point (the `data_plane_message` target): decodes `data` as JSON and as
 /// MessagePack, and checks that whatever decodes re-encodes to a message that decodes to
-/// itself. Panics only on such a round-trip mismatch, which would be a bug.
+/// itself. Panics only on such a round-trip mismatch, which would be a bug. Built only for tests
+/// and `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_decode(data: &[u8]) {
     for encoding in [Encoding::Json, Encoding::Msgpack] {
         if let Ok(message) = decode(data, encoding) {

@@ -3,10 +3,9 @@
 //! A relayed frame is stored in the stream log as the MessagePack of its `CanRelayFrame` with
 //! named fields — exactly the bytes it has inside a MessagePack `frames` message — with the
 //! frame's own timestamp, in milliseconds, as the item's `ts_ms` (so age retention follows
-//! capture time). Logs written before that hold the frame's compact JSON instead; both are read.
-//! Deliveries to MessagePack connections are spliced from the stored bytes when those are
-//! MessagePack ([`encode_delivery`]), and decoded and re-encoded otherwise; stored items that
-//! do not decode become a `corrupt` gap.
+//! capture time). Deliveries to MessagePack connections are spliced from the stored bytes
+//! ([`encode_delivery`]), deliveries to JSON connections decoded and encoded again; stored items
+//! that do not decode become a `corrupt` gap.
 
 use std::borrow::Cow;
 
@@ -28,11 +27,9 @@ pub fn encode_stored_frame(frame: &WireFrame) -> Result<Vec<u8>> {
     })
 }
 
-/// Decodes and validates one stored frame, MessagePack or (older logs) compact JSON.
+/// Decodes and validates one stored frame: exactly one MessagePack map
+/// ([`encode_stored_frame`]). Anything else, JSON included, is refused.
 pub fn decode_stored_frame(bytes: &[u8]) -> std::result::Result<WireFrame, String> {
-    if is_json(bytes) {
-        return WireFrame::decode(bytes).map_err(|e| e.to_string());
-    }
     let frame: WireFrame = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
     frame.validate().map_err(|e| e.to_string())?;
     // The decoder ignores what follows the map; a stored frame is exactly one map.
@@ -40,11 +37,6 @@ pub fn decode_stored_frame(bytes: &[u8]) -> std::result::Result<WireFrame, Strin
         return Err("bytes after the frame's MessagePack map".to_owned());
     }
     Ok(frame)
-}
-
-/// A stored JSON frame (an object); MessagePack maps never start with `{`.
-fn is_json(payload: &[u8]) -> bool {
-    payload.first() == Some(&b'{')
 }
 
 /// A stored MessagePack frame (a fixmap or map16).
@@ -396,8 +388,9 @@ fn msgpack_extent(buf: &[u8]) -> Option<usize> {
 /// Fuzzing entry point for the stored-frame decoder and the delivery built from stored bytes:
 /// never panics; any bytes read back from a log become one `frames` message that decodes to
 /// the frame the decoder accepts, or one `corrupt` gap; an accepted frame is stored and read
-/// back unchanged, and delivered the same from memory as from the log.
-#[doc(hidden)]
+/// back unchanged, and delivered the same from memory as from the log. Built only for tests and
+/// `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_stored_frame(data: &[u8]) {
     let one = |item: &Item, encoding: Encoding, source: DeliverySource| {
         let messages = encode_delivery("fuzz", std::slice::from_ref(item), encoding, source)

@@ -14,12 +14,16 @@
 
 mod codec;
 mod convert;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod messages;
 
-pub use codec::{decode, decode_hello, encode, fuzz_decode, negotiate_encoding};
-pub use convert::{
-    DeliveryMessage, decode_stored_frame, encode_delivery, encode_stored_frame, fuzz_stored_frame,
-};
+#[cfg(any(test, fuzzing))]
+pub use codec::fuzz_decode;
+pub use codec::{decode, decode_hello, encode, negotiate_encoding};
+#[cfg(any(test, fuzzing))]
+pub use convert::fuzz_stored_frame;
+pub use convert::{DeliveryMessage, decode_stored_frame, encode_delivery, encode_stored_frame};
 pub use messages::{
     Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, GapNotice, GroupState, Hello, Message,
     ResumeCursor, Welcome, WireFrame, WireGapReason,

@@ -13,9 +13,10 @@ use rusqlite::{Connection, params};
 
 use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
 use super::outbox::OutboxRecord;
-use super::outbox_sqlite::{UplinkSync, from_sql, store_err, to_sql};
+use super::outbox_sqlite::{from_sql, store_err, to_sql};
 use crate::error::{Error, Result};
 use crate::log::Seq;
+use crate::sqlite::{Durability, open_wal};
 
 const STORE: &str = "inbox";
 
@@ -31,27 +32,18 @@ fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 impl SqliteInbox {
-    /// Opens (creating if needed) the inbox at `path`. With [`UplinkSync::Full`] (the default)
-    /// an acknowledged record survives an OS crash or power loss of the collector; with
-    /// [`UplinkSync::Normal`] only a process crash — and the vehicle forgets what was acked.
-    pub fn open(path: impl AsRef<Path>, sync: UplinkSync) -> Result<Self> {
+    /// Opens (creating if needed) the inbox at `path` ([`open_wal`](crate::sqlite::open_wal)).
+    /// With [`Durability::Full`] (use it on a collector) an acknowledged record survives an OS
+    /// crash or power loss of the collector; with [`Durability::Normal`] only a process crash —
+    /// and the vehicle forgets what was acked.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let open_err = |source| Error::UplinkStoreOpen {
             store: STORE,
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(open_err)?;
-        let sync_pragma = match sync {
-            UplinkSync::Full => "FULL",
-            UplinkSync::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", sync_pragma)
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        let conn = open_wal(&path, durability).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS inbox_record (
                  source TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,

@@ -20,6 +20,9 @@ mod outbox_memory;
 mod outbox_sqlite;
 mod session;
 
+/// The uplink stores' durability level under its former name;
+/// [`Durability`](crate::sqlite::Durability) is the one enum.
+pub use crate::sqlite::Durability as UplinkSync;
 pub use inbox::{InboxCommit, MAX_SOURCE_LEN, MemoryInbox, UplinkInbox};
 pub use inbox_sqlite::SqliteInbox;
 pub use outbox::{
@@ -27,7 +30,7 @@ pub use outbox::{
     UplinkOutbox,
 };
 pub use outbox_memory::MemoryOutbox;
-pub use outbox_sqlite::{SqliteOutbox, UplinkSync};
+pub use outbox_sqlite::SqliteOutbox;
 pub use session::{
     SentBatch, SessionAction, SessionConfig, UplinkSession, UplinkState, UplinkStats,
 };

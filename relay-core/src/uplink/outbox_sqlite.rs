@@ -19,21 +19,9 @@ use super::outbox::{
 };
 use crate::error::{Error, Result};
 use crate::log::Seq;
+use crate::sqlite::{Durability, open_wal};
 
 const STORE: &str = "outbox";
-
-/// How hard SQLite syncs a commit to disk (`PRAGMA synchronous`), with WAL in both cases.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UplinkSync {
-    /// `synchronous=FULL` (default): every commit is fsynced before `append` returns, so an
-    /// appended record survives a process crash **and** a power loss or OS crash. Vehicles lose
-    /// power without warning, hence the default. Roughly 3× slower per transaction; batch appends.
-    #[default]
-    Full,
-    /// `synchronous=NORMAL`: survives a process crash (SIGKILL, panic); a power loss or OS crash
-    /// may lose the last committed transactions — appended records included.
-    Normal,
-}
 
 /// An [`UplinkOutbox`] in a SQLite file.
 #[derive(Debug)]
@@ -77,25 +65,22 @@ pub(super) fn from_sql(value: i64) -> u64 {
 }
 
 impl SqliteOutbox {
-    /// Opens (creating if needed) the outbox at `path` with WAL and the given sync level.
-    pub fn open(path: impl AsRef<Path>, config: OutboxConfig, sync: UplinkSync) -> Result<Self> {
+    /// Opens (creating if needed) the outbox at `path` ([`open_wal`](crate::sqlite::open_wal)).
+    /// Use [`Durability::Full`] on a vehicle: an appended record then survives a power loss or
+    /// OS crash too, not only a process crash. Batch appends (`full` is ~3× slower per
+    /// transaction).
+    pub fn open(
+        path: impl AsRef<Path>,
+        config: OutboxConfig,
+        durability: Durability,
+    ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let open_err = |source| Error::UplinkStoreOpen {
             store: STORE,
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(open_err)?;
-        let sync_pragma = match sync {
-            UplinkSync::Full => "FULL",
-            UplinkSync::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", sync_pragma)
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        let conn = open_wal(&path, durability).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS outbox_record (
                  seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, payload BLOB NOT NULL);

@@ -9,9 +9,8 @@
 #![allow(dead_code, async_fn_in_trait)]
 
 use bytes::Bytes;
-use relay_core::log::{
-    Item, MemoryStreamLog, RedisStreamLog, Seq, SqliteStreamLog, SqliteSynchronous, StreamLog,
-};
+use relay_core::log::{Item, MemoryStreamLog, RedisStreamLog, Seq, SqliteStreamLog, StreamLog};
+use relay_core::sqlite::Durability;
 
 /// One backend under test.
 pub(crate) trait Harness {
@@ -66,7 +65,7 @@ impl SqliteHarness {
     /// A fresh database file in a new temporary directory.
     pub(crate) async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log = SqliteStreamLog::open(dir.path().join("streams.db"), SqliteSynchronous::Normal)
+        let log = SqliteStreamLog::open(dir.path().join("streams.db"), Durability::Normal)
             .await
             .expect("open SQLite stream log");
         Self {
@@ -88,12 +87,9 @@ impl Harness for SqliteHarness {
         // Drop first so the connection is really closed before the file is opened again.
         drop(self.log.take());
         self.log = Some(
-            SqliteStreamLog::open(
-                self.dir.path().join("streams.db"),
-                SqliteSynchronous::Normal,
-            )
-            .await
-            .expect("reopen SQLite stream log"),
+            SqliteStreamLog::open(self.dir.path().join("streams.db"), Durability::Normal)
+                .await
+                .expect("reopen SQLite stream log"),
         );
     }
     async fn cleanup(self) {}
