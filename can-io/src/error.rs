@@ -93,6 +93,18 @@ pub enum Error {
         /// The transport.
         transport: &'static str,
     },
+    /// A CAN interface (SocketCAN) could not be opened or set up: missing interface (`ENODEV`),
+    /// a kernel without `AF_CAN` (`EAFNOSUPPORT`), a socket option refused.
+    #[error("cannot {action} CAN interface {interface:?}: {source}")]
+    Interface {
+        /// The interface name as given (e.g. `can0`).
+        interface: String,
+        /// The step that failed (`"open"`, `"subscribe to error frames on"`, …).
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An operating-system I/O error on a socket or file.
     #[error("I/O error while {action}: {source}")]
     Io {
@@ -110,7 +122,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::QueueFull { .. } => true,
-            Error::Io { source, .. } => matches!(
+            Error::Io { source, .. } | Error::Interface { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::Interrupted
