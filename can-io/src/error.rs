@@ -42,6 +42,16 @@ pub enum Error {
         /// What is wrong with the line.
         reason: std::borrow::Cow<'static, str>,
     },
+    /// A line of a log longer than the reader's limit (`formats::DEFAULT_MAX_LINE_LEN` unless
+    /// set). Found while reading, without holding the line; readers report it inside
+    /// [`Error::AtLine`] and carry on at the next line.
+    #[error("{format} line longer than the {limit}-byte limit")]
+    LineTooLong {
+        /// The log format being read (`"candump"`, `"asc"`, `"jsonl"`).
+        format: &'static str,
+        /// The limit, in bytes before the `\n`.
+        limit: usize,
+    },
     /// A log reader met a bad line; `source` says why. Readers report it and carry on.
     #[error("line {line}: {source}")]
     AtLine {
