@@ -145,8 +145,9 @@ fn arb_candump_text() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// The candump reader written as "split at newlines, parse each line".
-fn candump_line_by_line(text: &[u8]) -> Vec<Result<(u64, Entry, LineStyle), String>> {
+/// The candump reader written plainly: split at `\n`, no empty last line, a line longer than
+/// `limit` before its `\n` is refused, otherwise parse it without a trailing `\r`.
+fn candump_line_by_line(text: &[u8], limit: usize) -> Vec<Result<(u64, Entry, LineStyle), String>> {
     let mut parser = candump::Parser::new();
     let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -155,6 +156,11 @@ fn candump_line_by_line(text: &[u8]) -> Vec<Result<(u64, Entry, LineStyle), Stri
     (1u64..)
         .zip(lines)
         .filter_map(|(n, l)| {
+            if l.len() > limit {
+                return Some(Err(format!(
+                    "line {n}: candump line longer than the {limit}-byte limit"
+                )));
+            }
             let l = l.strip_suffix(b"\r").unwrap_or(l);
             match parser.parse(l) {
                 Ok(Some((entry, style))) => Some(Ok((n, entry, style))),
@@ -183,7 +189,14 @@ proptest! {
     #[test]
     fn candump_reader_unchanged_on_ordinary_input(text in arb_candump_text(), chunk in 1usize..64) {
         let reader = candump::Reader::new(BufReader::with_capacity(chunk, &text[..]));
-        prop_assert_eq!(as_comparable(reader), candump_line_by_line(&text));
+        prop_assert_eq!(as_comparable(reader), candump_line_by_line(&text, DEFAULT_MAX_LINE_LEN));
+    }
+
+    /// With a small limit, exactly the lines over it are refused, and only those.
+    #[test]
+    fn candump_reader_refuses_exactly_the_long_lines(text in arb_candump_text(), chunk in 1usize..64, limit in 0usize..80) {
+        let reader = candump::Reader::with_max_line_len(BufReader::with_capacity(chunk, &text[..]), limit);
+        prop_assert_eq!(as_comparable(reader), candump_line_by_line(&text, limit));
     }
 
     /// JSON lines and ASC read the same in small chunks as in one piece.

@@ -357,56 +357,7 @@ pub(crate) fn push_hex_byte(out: &mut Vec<u8>, b: u8) {
 mod tests {
     use std::io::{BufReader, Read};
 
-    use proptest::prelude::*;
-
     use super::*;
-
-    /// What `next_line` yields for every line of `input`, until the end or the first I/O error.
-    fn all_lines<R: BufRead>(source: &mut LineSource<R>) -> Vec<Result<(u64, Vec<u8>), String>> {
-        let mut out = Vec::new();
-        while let Some(item) = source.next_line("test") {
-            out.push(
-                item.map(|(n, l)| (n, l.to_vec()))
-                    .map_err(|e| e.to_string()),
-            );
-        }
-        out
-    }
-
-    /// The line rules written plainly: split at `\n`, no empty last line, too long when the
-    /// bytes before the `\n` exceed the limit, else without a trailing `\r`.
-    fn model(input: &[u8], limit: usize) -> Vec<Result<(u64, Vec<u8>), String>> {
-        let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
-        if lines.last().is_some_and(|l| l.is_empty()) {
-            lines.pop();
-        }
-        (1u64..)
-            .zip(lines)
-            .map(|(n, l)| {
-                if l.len() > limit {
-                    Err(format!(
-                        "line {n}: candump line longer than the {limit}-byte limit"
-                    ))
-                } else {
-                    Ok((n, l.strip_suffix(b"\r").unwrap_or(l).to_vec()))
-                }
-            })
-            .collect()
-    }
-
-    proptest! {
-        /// Whatever the chunking of the input, lines come out as the plain rules say.
-        #[test]
-        fn lines_follow_the_model(
-            input in prop::collection::vec(prop::sample::select(b"ab\r\n".to_vec()), 0..200),
-            limit in 0usize..24,
-            chunk in 1usize..16,
-        ) {
-            let mut source = LineSource::new(BufReader::with_capacity(chunk, &input[..]), "candump", limit);
-            prop_assert_eq!(all_lines(&mut source), model(&input, limit));
-            prop_assert!(source.buf.capacity() <= limit.max(256.min(limit)));
-        }
-    }
 
     /// A 100 MB line without a newline: refused at the limit without being held, and the next
     /// line is read.
