@@ -1,4 +1,4 @@
-//! SocketCAN (Linux raw `AF_CAN` sockets) through the [`socketcan`](::socketcan) crate's tokio
+//! SocketCAN (Linux raw `AF_CAN` sockets) through the `socketcan` crate's tokio
 //! support, behind the `socketcan` feature.
 //!
 //! [`SocketCan::open`] opens a raw socket on one interface with CAN FD frames enabled, every
