@@ -42,6 +42,16 @@ pub enum Error {
         /// What is wrong with the line.
         reason: std::borrow::Cow<'static, str>,
     },
+    /// A line of a log longer than the reader's limit (`formats::DEFAULT_MAX_LINE_LEN` unless
+    /// set). Found while reading, without holding the line; readers report it inside
+    /// [`Error::AtLine`] and carry on at the next line.
+    #[error("{format} line longer than the {limit}-byte limit")]
+    LineTooLong {
+        /// The log format being read (`"candump"`, `"asc"`, `"jsonl"`).
+        format: &'static str,
+        /// The limit, in bytes before the `\n`.
+        limit: usize,
+    },
     /// A log reader met a bad line; `source` says why. Readers report it and carry on.
     #[error("line {line}: {source}")]
     AtLine {
@@ -93,6 +103,18 @@ pub enum Error {
         /// The transport.
         transport: &'static str,
     },
+    /// A CAN interface (SocketCAN) could not be opened or set up: missing interface (`ENODEV`),
+    /// a kernel without `AF_CAN` (`EAFNOSUPPORT`), a socket option refused.
+    #[error("cannot {action} CAN interface {interface:?}: {source}")]
+    Interface {
+        /// The interface name as given (e.g. `can0`).
+        interface: String,
+        /// The step that failed (`"open"`, `"subscribe to error frames on"`, …).
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An operating-system I/O error on a socket or file.
     #[error("I/O error while {action}: {source}")]
     Io {
@@ -110,7 +132,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::QueueFull { .. } => true,
-            Error::Io { source, .. } => matches!(
+            Error::Io { source, .. } | Error::Interface { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::Interrupted

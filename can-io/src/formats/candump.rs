@@ -520,10 +520,16 @@ pub struct Reader<R> {
 }
 
 impl<R: BufRead> Reader<R> {
-    /// A reader over `input`.
+    /// A reader over `input`, with lines up to [`DEFAULT_MAX_LINE_LEN`](super::DEFAULT_MAX_LINE_LEN).
     pub fn new(input: R) -> Self {
+        Self::with_max_line_len(input, super::DEFAULT_MAX_LINE_LEN)
+    }
+
+    /// A reader over `input` that refuses lines longer than `max_line_len` bytes (a bad line:
+    /// [`Error::LineTooLong`] inside [`Error::AtLine`]; reading goes on at the next line).
+    pub fn with_max_line_len(input: R, max_line_len: usize) -> Self {
         Self {
-            lines: LineSource::new(input),
+            lines: LineSource::new(input, "candump", max_line_len),
             parser: Parser::new(),
         }
     }

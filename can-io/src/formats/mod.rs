@@ -5,6 +5,11 @@
 //! [`Error::AtLine`] carrying the 1-based line number and the reason, then carries on with the
 //! next line. Only an I/O error ends the iteration.
 //!
+//! Lines are bounded: a line longer than [`DEFAULT_MAX_LINE_LEN`] (or the limit given to
+//! `with_max_line_len`) is a bad line like any other ([`Error::LineTooLong`] inside
+//! [`Error::AtLine`]), found while reading — a reader never holds more than the limit plus the
+//! input's read chunk, whatever the input.
+//!
 //! Readers intern channel names, so every record read from one file shares one allocation per
 //! distinct interface name; apart from that, reading allocates nothing per frame.
 //!
@@ -118,12 +123,21 @@ pub enum LogReader<R> {
 }
 
 impl<R: BufRead> LogReader<R> {
-    /// A reader of `format` over `input`.
+    /// A reader of `format` over `input`, with lines up to [`DEFAULT_MAX_LINE_LEN`].
     pub fn new(format: LogFormat, input: R) -> Self {
+        Self::with_max_line_len(format, input, DEFAULT_MAX_LINE_LEN)
+    }
+
+    /// A reader of `format` over `input` that refuses lines longer than `max_line_len` bytes.
+    pub fn with_max_line_len(format: LogFormat, input: R, max_line_len: usize) -> Self {
         match format {
-            LogFormat::Candump => LogReader::Candump(candump::Reader::new(input)),
-            LogFormat::Asc => LogReader::Asc(asc::Reader::new(input)),
-            LogFormat::Jsonl => LogReader::Jsonl(jsonl::Reader::new(input)),
+            LogFormat::Candump => {
+                LogReader::Candump(candump::Reader::with_max_line_len(input, max_line_len))
+            }
+            LogFormat::Asc => LogReader::Asc(asc::Reader::with_max_line_len(input, max_line_len)),
+            LogFormat::Jsonl => {
+                LogReader::Jsonl(jsonl::Reader::with_max_line_len(input, max_line_len))
+            }
         }
     }
 
@@ -183,27 +197,41 @@ impl ChannelInterner {
     }
 }
 
+/// The longest line a log reader takes unless told otherwise: 64 KiB, counted without the `\n`
+/// (a `\r` before it counts). Real lines are under 200 bytes; this only stops a file without
+/// newlines from being read into memory whole.
+pub const DEFAULT_MAX_LINE_LEN: usize = 64 * 1024;
+
 /// Reads lines into one reused buffer, counting them and trimming the line ending.
+///
+/// Lines are bounded while they are read: the buffer never holds more than `max_len` bytes, and
+/// the rest of an over-long line is consumed from the input's own buffer and dropped, so memory
+/// stays at `max_len` plus the input's read chunk whatever the input holds.
 #[derive(Debug)]
 pub(crate) struct LineSource<R> {
     input: R,
     buf: Vec<u8>,
     number: u64,
+    format: &'static str,
+    max_len: usize,
     failed: bool,
 }
 
 impl<R: BufRead> LineSource<R> {
-    pub(crate) fn new(input: R) -> Self {
+    pub(crate) fn new(input: R, format: &'static str, max_len: usize) -> Self {
         Self {
             input,
-            buf: Vec::with_capacity(256),
+            buf: Vec::with_capacity(256.min(max_len)),
             number: 0,
+            format,
+            max_len,
             failed: false,
         }
     }
 
     /// The next line without its `\n` / `\r\n`, with its number; `None` at the end of input or
-    /// after an I/O error (which is returned once).
+    /// after an I/O error (which is returned once). A line longer than the limit is
+    /// `Error::AtLine` with [`Error::LineTooLong`]; reading goes on at the next line.
     pub(crate) fn next_line(
         &mut self,
         action: &'static str,
@@ -212,24 +240,61 @@ impl<R: BufRead> LineSource<R> {
             return None;
         }
         self.buf.clear();
-        match self.input.read_until(b'\n', &mut self.buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                self.number += 1;
-                let mut line = self.buf.as_slice();
-                if let [rest @ .., b'\n'] = line {
-                    line = rest;
+        let mut read_any = false;
+        let mut too_long = false;
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    self.failed = true;
+                    return Some(Err(Error::Io { action, source }));
                 }
-                if let [rest @ .., b'\r'] = line {
-                    line = rest;
-                }
-                Some(Ok((self.number, line)))
+            };
+            if chunk.is_empty() {
+                break;
             }
-            Err(source) => {
-                self.failed = true;
-                Some(Err(Error::Io { action, source }))
+            read_any = true;
+            let (take, ended) = match memchr::memchr(b'\n', chunk) {
+                Some(at) => (at, true),
+                None => (chunk.len(), false),
+            };
+            if !too_long {
+                let len = self.buf.len() + take;
+                if len > self.max_len {
+                    too_long = true;
+                } else {
+                    if len > self.buf.capacity() {
+                        // Grow as Vec would, but never past the limit.
+                        let target = len.max(self.buf.capacity() * 2).min(self.max_len);
+                        self.buf.reserve_exact(target - self.buf.len());
+                    }
+                    self.buf.extend_from_slice(&chunk[..take]);
+                }
+            }
+            self.input.consume(take + usize::from(ended));
+            if ended {
+                break;
             }
         }
+        if !read_any {
+            return None;
+        }
+        self.number += 1;
+        if too_long {
+            return Some(Err(Error::AtLine {
+                line: self.number,
+                source: Box::new(Error::LineTooLong {
+                    format: self.format,
+                    limit: self.max_len,
+                }),
+            }));
+        }
+        let mut line = self.buf.as_slice();
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        Some(Ok((self.number, line)))
     }
 }
 
@@ -288,8 +353,50 @@ pub(crate) fn push_hex_byte(out: &mut Vec<u8>, b: u8) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::io::{BufReader, Read};
+
     use super::*;
+
+    /// A 100 MB line without a newline: refused at the limit without being held, and the next
+    /// line is read.
+    #[test]
+    fn an_endless_line_is_refused_while_reading() {
+        let endless = std::io::repeat(b'(').take(100 * 1024 * 1024);
+        let input = BufReader::new(endless.chain(&b"\n(1.000000) can0 123#00\r\n"[..]));
+        let mut source = LineSource::new(input, "candump", DEFAULT_MAX_LINE_LEN);
+        let err = source.next_line("test").unwrap().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 1: candump line longer than the 65536-byte limit"
+        );
+        assert!(matches!(
+            &err,
+            Error::AtLine { line: 1, source } if matches!(**source, Error::LineTooLong { limit: DEFAULT_MAX_LINE_LEN, format: "candump" })
+        ));
+        assert!(source.buf.capacity() <= DEFAULT_MAX_LINE_LEN);
+        let (n, line) = source.next_line("test").unwrap().unwrap();
+        assert_eq!((n, line), (2, &b"(1.000000) can0 123#00"[..]));
+        assert!(source.next_line("test").is_none());
+    }
+
+    /// An I/O error ends the lines: returned once, then nothing.
+    #[test]
+    fn an_io_error_is_returned_once() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
+        }
+        let mut source = LineSource::new(BufReader::new(Broken), "asc", 10);
+        assert!(matches!(
+            source.next_line("reading"),
+            Some(Err(Error::Io { .. }))
+        ));
+        assert!(source.next_line("reading").is_none());
+    }
 
     #[test]
     fn detects_formats_from_the_first_line() {

@@ -7,7 +7,7 @@
 //! | cannelloni over UDP | [`udp::CannelloniUdp`] | v2 datagrams |
 //! | socketcand | [`socketcand::SocketcandServer`], [`socketcand::SocketcandClient`] | TCP, raw mode, classic frames |
 //! | python-can multicast | [`multicast::MulticastBus`] | msgpack datagrams on an IPv4 group |
-//! | SocketCAN | `socketcan::SocketCan` (feature `socketcan`, Linux) | raw `AF_CAN` socket, classic + FD |
+//! | SocketCAN | `socketcan::SocketCan` (feature `socketcan`, Linux) | raw `AF_CAN` socket through the `socketcan` crate; classic, remote, error and FD frames, kernel receive timestamps |
 //! | log replay | [`replay::LogReplay`] | original timing, scaled, or as fast as possible |
 //! | recorder | [`record::record`] | any bus → candump log |
 //!
