@@ -159,6 +159,14 @@ impl IsoTpEndpoint {
         self.stats.frames_received += 1;
         let overhead = self.cfg.addressing.overhead();
         match pci::parse(pdu, data.len()) {
+            // A flow control with a reserved status ends a transmission that awaited one.
+            Err(e @ IsoTpError::InvalidFlowStatus { .. }) => match &self.tx {
+                Some(Transmission {
+                    state: TxState::WaitFc { .. },
+                    ..
+                }) => self.abort_tx(e),
+                _ => self.error(IsoTpError::UnexpectedFlowControl),
+            },
             Err(e) => self.error(e),
             Ok(Pci::Single { data }) => {
                 let (interrupted, step) = self.rx.single(data);
