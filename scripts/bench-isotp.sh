@@ -66,7 +66,7 @@ for line in os.environ["RUST_OUT"].splitlines():
     if m:
         rust[m.group(1)] = float(m.group(2)) * UNITS[m.group(3)]
 rs_msgs = rust["isotp/segment_reassemble_messages"]
-rs_mb = rust["isotp/segment_reassemble_bytes"] / 1e6
+rs_mb = rs_msgs * TOTAL / len(MSGS) / 1e6
 print(f"rust   tether     segment+reassemble median {rs_msgs/1e3:.2f} Kmsg/s  {rs_mb:.3f} MB/s")
 print(f"ratio rust/python: {rs_msgs/py_msgs:.1f}x messages/s, {rs_mb/py_mb:.1f}x MB/s (goal >= 50x)")
 PYEOF

@@ -13,7 +13,7 @@ use can_io::isotp::{Addressing, FrameFormat, IsoTpChannel, IsoTpConfig};
 use can_io::transport::CanBus;
 use can_io::transport::udp::{CannelloniUdp, RempUdp};
 use can_io::transport::virtual_bus::{OverflowPolicy, VirtualBus};
-use can_io::uds::ecu::{EcuProfile, run_ecus};
+use can_io::uds::ecu::{EcuProfile, EcuSimulator, run_ecus};
 use can_io::uds::{
     Answer, Nrc, UdsError, UdsRequest, UdsResponse, UdsTester, UdsTesterCore, UdsTiming,
 };
@@ -79,7 +79,10 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
         panic!("not a DTC answer")
     };
     let codes: Vec<String> = dtcs.iter().map(|d| d.dtc.to_string()).collect();
-    assert_eq!(codes, ["P0420-00", "U0100-00", "P0300-00", "P0171-00", "P0562-16"]);
+    assert_eq!(
+        codes,
+        ["P0420-00", "U0100-00", "P0300-00", "P0171-00", "P0562-16"]
+    );
     assert_eq!(dtcs[0].status.0, 0x2F);
     assert_eq!(
         dtcs[0].dtc.description(),
@@ -87,7 +90,11 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     );
     // The status mask filters.
     let confirmed = UdsRequest::ReadDtcByStatusMask { status_mask: 0x08 };
-    match tester.request_decoded(engine, &confirmed, &no_lengths()).await.unwrap() {
+    match tester
+        .request_decoded(engine, &confirmed, &no_lengths())
+        .await
+        .unwrap()
+    {
         UdsResponse::Dtcs { dtcs, .. } => assert_eq!(dtcs.len(), 3),
         other => panic!("{other:?}"),
     }
@@ -97,7 +104,11 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
         dids: vec![0xF40D, 0xF190],
     };
     let lengths = BTreeMap::from([(0xF40D, 1)]);
-    match tester.request_decoded(engine, &dids, &lengths).await.unwrap() {
+    match tester
+        .request_decoded(engine, &dids, &lengths)
+        .await
+        .unwrap()
+    {
         UdsResponse::Data(v) => {
             assert_eq!(v[0].data, [0x3C]);
             assert_eq!(v[1].data, b"1HGCM82633A004352");
@@ -106,7 +117,10 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     }
 
     // Negative answers carry the NRC's name.
-    let err = tester.request(engine, &[0x22, 0x12, 0x34]).await.unwrap_err();
+    let err = tester
+        .request(engine, &[0x22, 0x12, 0x34])
+        .await
+        .unwrap_err();
     let Error::Uds(e) = err else { panic!("{err}") };
     assert_eq!(
         e,
@@ -117,7 +131,9 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     );
     assert_eq!(e.reason(), "requestOutOfRange");
     let err = tester.request(engine, &[0x27, 0x01]).await.unwrap_err();
-    assert!(matches!(err, Error::Uds(UdsError::Negative { nrc, .. }) if nrc.name() == "serviceNotSupported"));
+    assert!(
+        matches!(err, Error::Uds(UdsError::Negative { nrc, .. }) if nrc.name() == "serviceNotSupported")
+    );
 
     // Response pending: the ABS answers 0x78 first, then after 300 ms (longer than P2).
     let pending_before = tester.core().stats().pending;
@@ -141,11 +157,20 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(tester.request(engine, &[0x3E, 0x80]).await.unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        tester.request(engine, &[0x3E, 0x80]).await.unwrap(),
+        Vec::<u8>::new()
+    );
 
     // No ECU on 0x7E2: timeout after P2.
-    let err = tester.request(id(0x7E2), &[0x19, 0x02, 0xFF]).await.unwrap_err();
-    assert!(matches!(err, Error::Uds(UdsError::Timeout { sid: 0x19, .. })), "{err}");
+    let err = tester
+        .request(id(0x7E2), &[0x19, 0x02, 0xFF])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Uds(UdsError::Timeout { sid: 0x19, .. })),
+        "{err}"
+    );
 
     // Functional ReadDTC: both ECUs answer (the ABS after its pending), streamed as they come.
     let mut streamed = Vec::new();
@@ -163,10 +188,17 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     // ClearDTC on the engine empties its list; the ABS keeps its own.
     let clear = UdsRequest::ClearDiagnosticInformation { group: 0xFF_FFFF };
     assert_eq!(
-        tester.request_decoded(engine, &clear, &no_lengths()).await.unwrap(),
+        tester
+            .request_decoded(engine, &clear, &no_lengths())
+            .await
+            .unwrap(),
         UdsResponse::Cleared
     );
-    match tester.request_decoded(engine, &read_all, &no_lengths()).await.unwrap() {
+    match tester
+        .request_decoded(engine, &read_all, &no_lengths())
+        .await
+        .unwrap()
+    {
         UdsResponse::Dtcs { dtcs, .. } => assert!(dtcs.is_empty()),
         other => panic!("{other:?}"),
     }
@@ -181,22 +213,30 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     assert_eq!(stats.errors(), 0);
 }
 
+/// Run the profile's ECUs on `ecu_bus` while `tester` diagnoses them; the simulator after.
+async fn diagnose_against_ecus<T: CanBus, E: CanBus + 'static>(
+    mut tester: UdsTester<T>,
+    ecu_bus: E,
+) -> EcuSimulator {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let sim = tokio::spawn(async move {
+        run_ecus(ecu_bus, &profile(), async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    diagnose(&mut tester).await;
+    stop_tx.send(()).unwrap();
+    sim.await.unwrap().unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn tester_and_ecus_on_the_virtual_bus() {
     let bus = VirtualBus::new();
     let ecu_port = bus.port("ecus", 256, OverflowPolicy::Backpressure);
     let tester_port = bus.port("tester", 256, OverflowPolicy::Backpressure);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let sim = tokio::spawn(async move {
-        run_ecus(ecu_port, &profile(), async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
-    let mut tester = UdsTester::new(tester_port, UdsTesterCore::obd(timing()).unwrap());
-    diagnose(&mut tester).await;
-    stop_tx.send(()).unwrap();
-    let sim = sim.await.unwrap().unwrap();
+    let tester = UdsTester::new(tester_port, UdsTesterCore::obd(timing()).unwrap());
+    let sim = diagnose_against_ecus(tester, ecu_port).await;
     let stats = sim.stats();
     assert_eq!(stats[0].0, "engine");
     assert!(sim.responders().next().unwrap().dtcs().is_empty());
@@ -212,20 +252,13 @@ fn localhost() -> SocketAddr {
 async fn tester_and_ecus_over_remp_on_udp_loopback() {
     // The agent side (tester) and a dongle (hosting the ECUs), as REMP peers.
     let mut agent = RempUdp::bind(localhost(), None, "agent").await.unwrap();
-    let dongle = RempUdp::dongle(agent.local_addr().unwrap(), "SIM-ECU-1").await.unwrap();
+    let dongle = RempUdp::dongle(agent.local_addr().unwrap(), "SIM-ECU-1")
+        .await
+        .unwrap();
     // The agent answers to the address it last heard from: wait for the dongle's hello.
     agent.recv_event().await.unwrap();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let sim = tokio::spawn(async move {
-        run_ecus(dongle, &profile(), async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
-    let mut tester = UdsTester::new(agent, UdsTesterCore::obd(timing()).unwrap());
-    diagnose(&mut tester).await;
-    stop_tx.send(()).unwrap();
-    let sim = sim.await.unwrap().unwrap();
+    let tester = UdsTester::new(agent, UdsTesterCore::obd(timing()).unwrap());
+    let sim = diagnose_against_ecus(tester, dongle).await;
     assert_eq!(sim.stats()[1].1.pending, 2);
 }
 
@@ -243,7 +276,9 @@ async fn exchange<A: CanBus, B: CanBus + 'static>(mut a: IsoTpChannel<A>, mut b:
     let msg: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let echo = tokio::spawn(async move {
         let m = b.recv().await.unwrap();
-        b.send(&m.iter().rev().copied().collect::<Vec<_>>()).await.unwrap();
+        b.send(&m.iter().rev().copied().collect::<Vec<_>>())
+            .await
+            .unwrap();
         b.stats()
     });
     a.send(&msg).await.unwrap();
@@ -268,7 +303,9 @@ async fn isotp_channels_on_the_virtual_bus() {
 #[tokio::test]
 async fn isotp_channels_over_cannelloni_on_udp_loopback() {
     // b answers whoever sent last; a sends to b.
-    let sb = CannelloniUdp::bind(localhost(), None, "can0").await.unwrap();
+    let sb = CannelloniUdp::bind(localhost(), None, "can0")
+        .await
+        .unwrap();
     let sa = CannelloniUdp::bind(localhost(), Some(sb.local_addr().unwrap()), "can0")
         .await
         .unwrap();
@@ -301,7 +338,10 @@ async fn a_silent_peer_times_out_and_a_bad_target_is_refused() {
         UdsTesterCore::obd(timing()).unwrap(),
     );
     let err = tester.request(id(0x123), &[0x3E, 0x00]).await.unwrap_err();
-    assert!(matches!(err, Error::Uds(UdsError::InvalidRequest { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Uds(UdsError::InvalidRequest { .. })),
+        "{err}"
+    );
     let err = tester
         .request_functional(&[0x22; 9], |_| {})
         .await

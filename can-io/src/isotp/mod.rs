@@ -313,3 +313,67 @@ pub trait FrameMachine {
     /// The bus did not take `frame` within N_As / N_Ar.
     fn handle_transmit_timeout(&mut self, frame: &CanFrame, now: Instant);
 }
+
+/// Fuzz entry point (`fuzz/fuzz_targets/isotp_frames.rs`): `data` is a sequence of frames, each
+/// `[flags, len, bytes…]` (flags bit 0: CAN FD, bit 1: on the peer's identifier rather than
+/// ours, bits 2–7: milliseconds since the previous frame). They go into a receiving endpoint
+/// that is also mid-transmission (so flow control matters) and into a passive monitor. Never
+/// panics; every error event is counted exactly once.
+#[doc(hidden)]
+pub fn fuzz_frames(data: &[u8]) {
+    use crate::frame::{CanId, DataFrame, FdFlags, FdFrame, fd_len_to_dlc};
+    let (Ok(ours), Ok(peer)) = (CanId::standard(0x7E0), CanId::standard(0x7E8)) else {
+        return;
+    };
+    let mut cfg = IsoTpConfig::new(Addressing::Normal {
+        tx_id: peer,
+        rx_id: ours,
+    });
+    cfg.max_rx_len = 4096;
+    cfg.block_size = 2;
+    let Ok(mut ep) = IsoTpEndpoint::new(cfg) else {
+        return;
+    };
+    let mut monitor = IsoTpMonitor::link(&Addressing::Normal {
+        tx_id: peer,
+        rx_id: ours,
+    });
+    let mut now = Instant::now();
+    let _ = ep.send(&[0x5A; 300], now);
+    let (mut ep_errors, mut mon_errors) = (0u64, 0u64);
+    let mut rest = data;
+    while let [flags, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len()).min(64);
+        let (bytes, next) = tail.split_at(n);
+        rest = next;
+        now += std::time::Duration::from_millis(u64::from(flags >> 2));
+        let id = if flags & 2 == 0 { ours } else { peer };
+        let frame = if flags & 1 == 1 && fd_len_to_dlc(n).is_some() {
+            FdFrame::new(id, bytes, FdFlags::default()).map(CanFrame::Fd)
+        } else {
+            DataFrame::new(id, &bytes[..n.min(8)]).map(CanFrame::Data)
+        };
+        let Ok(frame) = frame else { continue };
+        ep.handle_timeout(now);
+        ep.handle_frame(&frame, now);
+        while ep.poll_transmit(now).is_some() {}
+        while let Some(e) = ep.poll_event() {
+            if let IsoTpEvent::Received(m) = &e {
+                assert!(m.len() <= 4096);
+            }
+            ep_errors += u64::from(matches!(e, IsoTpEvent::Error(_)));
+        }
+        monitor.handle_timeout(now);
+        monitor.handle_frame(&frame, now);
+        while let Some(e) = monitor.poll_event() {
+            mon_errors += u64::from(matches!(e.event, IsoTpEvent::Error(_)));
+        }
+    }
+    assert_eq!(ep.stats().errors(), ep_errors);
+    let counted: u64 = [ours, peer]
+        .iter()
+        .filter_map(|id| monitor.stats(*id))
+        .map(|s| s.errors())
+        .sum();
+    assert_eq!(counted, mon_errors);
+}

@@ -174,6 +174,77 @@ impl UdsError {
     }
 }
 
+/// Fuzz entry point (`fuzz/fuzz_targets/uds_response.rs`): byte 0 picks a request (ReadDTC,
+/// ClearDTC, ReadDataByIdentifier of one or two DIDs, session, reset, TesterPresent, raw) and
+/// the rest is the ECU's answer. The answer goes through the request's decoder and a
+/// [`UdsClient`]; the same bytes go to a simulated ECU as a request. Never panics.
+#[doc(hidden)]
+pub fn fuzz_response(data: &[u8]) {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+    let Some((&pick, answer)) = data.split_first() else {
+        return;
+    };
+    let request = match pick % 8 {
+        0 => UdsRequest::ReadDtcByStatusMask { status_mask: 0xFF },
+        1 => UdsRequest::ClearDiagnosticInformation {
+            group: service::ALL_DTCS,
+        },
+        2 => UdsRequest::ReadDataByIdentifier { dids: vec![0xF190] },
+        3 => UdsRequest::ReadDataByIdentifier {
+            dids: vec![0xF40D, 0xF190],
+        },
+        4 => UdsRequest::DiagnosticSessionControl { session: 3 },
+        5 => UdsRequest::EcuReset { reset_type: 1 },
+        6 => UdsRequest::TesterPresent {
+            suppress_positive: false,
+        },
+        _ => UdsRequest::Raw(vec![pick]),
+    };
+    let lengths = BTreeMap::from([(0xF40D, 1), (0xF190, usize::from(pick >> 3))]);
+    let _ = request.decode_response(answer, &lengths);
+    let Ok(bytes) = request.encode() else {
+        return;
+    };
+    let now = Instant::now();
+    let mut client = UdsClient::new(UdsTiming::default());
+    let Ok(responder) = crate::frame::CanId::standard(0x7E8) else {
+        return;
+    };
+    if client.begin(&bytes, &[], false).is_ok() {
+        client.request_sent(now);
+        client.handle_response(responder, answer, now);
+        client.handle_timeout(now + std::time::Duration::from_secs(10));
+        while client.poll_event().is_some() {}
+        assert!(client.is_idle());
+    }
+    let spec = ecu::EcuSpec {
+        name: "fuzz".into(),
+        request_id: 0x7E0,
+        response_id: 0x7E8,
+        functional_id: None,
+        dtcs: vec![ecu::DtcSpec {
+            code: Some("P0420".into()),
+            ftb: 0,
+            dtc: None,
+            status: 0x2F,
+        }],
+        dids: BTreeMap::from([(
+            0xF190,
+            ecu::DidSpec {
+                ascii: Some("VIN".into()),
+                hex: None,
+            },
+        )]),
+        response_pending_ms: 0,
+        isotp: ecu::IsoTpSpec::default(),
+    };
+    if let Ok(mut ecu) = ecu::EcuResponder::new(&spec) {
+        ecu.handle_request(answer, pick & 1 == 1, now);
+        while ecu.poll_response().is_some() {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
