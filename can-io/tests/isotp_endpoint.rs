@@ -466,6 +466,9 @@ fn send_refuses_what_it_cannot_carry() {
         ep.send(&[], now),
         Err(IsoTpError::CannotSend { len: 0, .. })
     ));
+    ep.send(&[1, 2], now).unwrap();
+    assert_eq!(ep.send(&[3], now), Err(IsoTpError::Busy));
+    ep.poll_transmit(now).unwrap();
     ep.send(&payload(100), now).unwrap();
     assert_eq!(ep.send(&payload(100), now), Err(IsoTpError::Busy));
     let mut bad = IsoTpConfig::new(Addressing::normal(1, 2).unwrap());

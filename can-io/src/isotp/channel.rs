@@ -14,7 +14,7 @@ use crate::transport::CanBus;
 /// Frames on other identifiers are dropped (counted in [`IsoTpStats::frames_ignored`]): give
 /// the channel a bus of its own, or use the UDS tester, which shares one bus between several
 /// links. Both calls are cancel-safe as long as the bus's `recv` is (all of this crate's are);
-/// a cancelled `send` leaves its transmission running, and the next call finishes it.
+/// a cancelled `send` leaves its message going, and the next `send` finishes it first.
 #[derive(Debug)]
 pub struct IsoTpChannel<B> {
     driver: BusDriver<B>,
@@ -57,15 +57,24 @@ impl<B: CanBus> IsoTpChannel<B> {
     /// Send one message and wait until its last frame is on the bus. Errors: the transfer's
     /// ([`IsoTpError::Timeout`] N_Bs, [`IsoTpError::Overflow`], …) or the bus's.
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), Error> {
-        if !self.ep.is_sending() {
-            self.tx_outcome = None;
-            self.ep.send(payload, now())?;
+        if self.ep.is_sending() {
+            // A cancelled call left its message going: finish it first.
+            if let Err(e) = self.finish_send().await? {
+                tracing::debug!(error = %e, "abandoned ISO-TP transmission failed");
+            }
         }
+        self.tx_outcome = None;
+        self.ep.send(payload, now())?;
+        Ok(self.finish_send().await??)
+    }
+
+    /// Drive the endpoint until the message being sent is out (or failed).
+    async fn finish_send(&mut self) -> Result<Result<(), IsoTpError>, Error> {
         loop {
             self.driver.transmit(&mut self.ep).await?;
             self.drain_events();
             if let Some(outcome) = self.tx_outcome.take() {
-                return outcome.map_err(Error::from);
+                return Ok(outcome);
             }
             self.driver.wait(&mut self.ep).await?;
         }

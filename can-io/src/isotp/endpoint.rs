@@ -46,8 +46,8 @@ struct Transmission {
 /// what arrives on its receive address, and runs flow control and timers for both. See the
 /// [module docs](super) for the call order.
 ///
-/// One message is in flight per direction at a time: `send` while a transmission is in progress
-/// is [`IsoTpError::Busy`]. A new first or single frame while a message is being reassembled
+/// One message is in flight per direction at a time: `send` while one is being sent is
+/// [`IsoTpError::Busy`]. A new first or single frame while a message is being reassembled
 /// aborts that reception ([`IsoTpError::Interrupted`]), as the standard says.
 #[derive(Debug)]
 pub struct IsoTpEndpoint {
@@ -90,16 +90,16 @@ impl IsoTpEndpoint {
         self.tx.is_none() && !self.rx.in_progress() && self.out.is_empty()
     }
 
-    /// Whether a transmission is in progress.
+    /// Whether a message is being sent (a single frame not yet handed out counts).
     pub fn is_sending(&self) -> bool {
-        self.tx.is_some()
+        self.tx.is_some() || self.out.iter().any(|(_, k)| *k == OutKind::Single)
     }
 
     /// Start sending `payload`: a single frame if it fits, else a first frame and, as flow
     /// control allows, consecutive frames. [`IsoTpEvent::Sent`] follows once the last frame has
     /// been handed out.
     pub fn send(&mut self, payload: &[u8], now: Instant) -> Result<(), IsoTpError> {
-        if self.tx.is_some() {
+        if self.is_sending() {
             return Err(IsoTpError::Busy);
         }
         let len = payload.len();
