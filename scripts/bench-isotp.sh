@@ -16,7 +16,7 @@ if [ -z "${TETHER_PYTHON:-}" ]; then
     TETHER_PYTHON=.venv-bench/bin/python
 fi
 
-RUST_OUT=$(cargo bench -p can-io --bench isotp 2>&1 | grep -E "^isotp/|thrpt:" | paste - - )
+RUST_OUT=$(cargo bench -p can-io --bench isotp 2>&1 | grep -E "^isotp/|thrpt: +\[[0-9]" | paste - - )
 echo "$RUST_OUT" | sed -E 's/ +/ /g; s/^(isotp\/[a-z_]+).*thrpt: \[[^ ]+ [^ ]+ ([^ ]+ [^ ]+) .*/rust \1 median \2/'
 
 RUST_OUT="$RUST_OUT" "$TETHER_PYTHON" - <<'PYEOF'
