@@ -124,6 +124,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An ISO-TP transfer failed (a timeout, an overflow answer, a malformed sequence) or could
+    /// not start.
+    #[error("ISO-TP: {0}")]
+    IsoTp(#[from] crate::isotp::IsoTpError),
+    /// A UDS request failed: a negative response, no response in time, or an answer that does
+    /// not decode.
+    #[error("UDS: {0}")]
+    Uds(#[from] crate::uds::UdsError),
 }
 
 impl Error {
@@ -132,6 +140,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::QueueFull { .. } => true,
+            Error::Uds(e) => e.is_retryable(),
             Error::Io { source, .. } | Error::Interface { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::WouldBlock
