@@ -23,6 +23,15 @@ pub enum SseError {
         /// The refused value.
         value: String,
     },
+    /// A console event's type is unknown or its data does not fit the type's schema (reading
+    /// an event back with `ConsoleEvent::from_parts`).
+    #[error("invalid console event {event_type:?}: {detail}")]
+    InvalidConsoleEvent {
+        /// The event type given.
+        event_type: String,
+        /// What did not fit.
+        detail: String,
+    },
     /// A stream key is empty or contains characters we do not allow in keys.
     #[error("invalid stream key {key:?}: {reason}")]
     InvalidStreamKey {

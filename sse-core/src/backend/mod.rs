@@ -11,9 +11,9 @@ use futures::stream::BoxStream;
 
 use crate::buffer::{StreamBounds, StreamItem};
 use crate::error::SseError;
-use crate::events::{ConsoleEvent, LogEvent, LogLevel, SamplingNotice, rfc3339_ms};
+use crate::events::ConsoleEvent;
 use crate::id::EventId;
-use crate::sampler::{SamplingConfig, SamplingSwitch};
+use crate::sampler::{SamplingConfig, SamplingSwitch, sampling_notice};
 
 pub mod memory;
 pub mod redis;
@@ -162,37 +162,10 @@ pub fn validate_stream_key(key: &str) -> Result<(), SseError> {
     Ok(())
 }
 
-/// The `log` event data (JSON) announcing a sampling switch: the text every sampler of the
-/// console uses, whether the hub samples or its caller does (as `tether server` does before
-/// publishing).
+/// The `log` event data (JSON) announcing a sampling switch: [`sampling_notice`] as it goes on
+/// the `data:` line.
 pub fn sampling_log(switch: SamplingSwitch, threshold_per_s: u32, now_ms: u64) -> String {
-    let (active, input_rate_per_s, fraction) = match switch {
-        SamplingSwitch::On {
-            input_rate_per_s,
-            fraction,
-        } => (true, input_rate_per_s, fraction),
-        SamplingSwitch::Off { input_rate_per_s } => (false, input_rate_per_s, 1.0),
-    };
-    let message = if active {
-        format!(
-            "can_frame sampling on: {input_rate_per_s} frames/s in, sending {fraction:.4} of them"
-        )
-    } else {
-        format!("can_frame sampling off: {input_rate_per_s} frames/s in, sending all")
-    };
-    ConsoleEvent::Log(LogEvent {
-        ts: rfc3339_ms(now_ms),
-        level: LogLevel::Info,
-        source: "sse.sampler".to_owned(),
-        message,
-        sampling: Some(SamplingNotice {
-            active,
-            input_rate_per_s,
-            fraction,
-            threshold_per_s,
-        }),
-    })
-    .to_data()
+    ConsoleEvent::Log(sampling_notice(switch, threshold_per_s, now_ms)).to_data()
 }
 
 /// A shared handle to any backend.
