@@ -51,6 +51,17 @@ pub enum SseError {
         #[source]
         source: redis::RedisError,
     },
+    /// A connection to Redis failed moments ago, so `action` on `stream_key` was not tried
+    /// (it is tried again after the backend's reconnect pause).
+    #[error(
+        "redis unavailable during {action} on stream {stream_key:?}: a connection attempt failed moments ago"
+    )]
+    RedisUnavailable {
+        /// What we were doing.
+        action: &'static str,
+        /// The stream key concerned.
+        stream_key: String,
+    },
     /// Redis returned an entry or reply we could not understand (missing field, bad ID).
     #[error("unexpected redis reply during {action} on stream {stream_key:?}: {detail}")]
     RedisReply {
@@ -71,6 +82,7 @@ impl SseError {
             SseError::Redis { source, .. } => {
                 source.is_io_error() || source.is_timeout() || source.is_connection_dropped()
             }
+            SseError::RedisUnavailable { .. } => true,
             _ => false,
         }
     }

@@ -36,7 +36,9 @@ pub mod sampler;
 
 pub use backend::memory::{MemoryBackend, MemorySubscription};
 pub use backend::redis::{RedisBackend, RedisBackendConfig};
-pub use backend::{Clock, EventBackend, ManualClock, StreamConfig, Subscription, SystemClock};
+pub use backend::{
+    Clock, EventBackend, ManualClock, StreamConfig, StreamPosition, Subscription, SystemClock,
+};
 pub use buffer::{ResetReason, StoredEvent, StreamBounds, StreamItem, StreamReset};
 pub use error::SseError;
 pub use id::EventId;

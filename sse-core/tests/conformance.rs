@@ -9,7 +9,7 @@ use sse_core::backend::SystemClock;
 use sse_core::sampler::SamplingConfig;
 use sse_core::{
     Clock, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
-    ResetReason, StreamBounds, StreamConfig, StreamItem, Subscription,
+    ResetReason, SseError, StreamBounds, StreamConfig, StreamItem, StreamPosition, Subscription,
 };
 
 /// Bound on how long we wait for an item that must come (not a timing assertion: a hang guard).
@@ -350,6 +350,49 @@ mod cases {
         ));
     }
 
+    pub(crate) async fn position_tracks_latest_and_trimming(
+        b: &dyn EventBackend,
+        c: &ManualClock,
+        key: &str,
+    ) {
+        let none = b.position(key).await.expect("position");
+        assert_eq!(none, StreamPosition::default());
+        assert!(none.complete());
+        let first = publish_n(b, key, 2, "e").await;
+        let at = b.position(key).await.expect("position");
+        assert_eq!(
+            (at.latest, at.published, at.retained),
+            (Some(first[1]), 2, 2)
+        );
+        assert!(at.complete());
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds {
+                    max_events: 2,
+                    max_age_ms: 1_000,
+                },
+                sampling: None,
+            },
+        )
+        .expect("configure");
+        let more = publish_n(b, key, 2, "f").await;
+        let trimmed = b.position(key).await.expect("position");
+        assert_eq!(
+            (trimmed.latest, trimmed.published, trimmed.retained),
+            (Some(more[1]), 4, 2)
+        );
+        assert!(!trimmed.complete());
+        // Aged out entirely: the latest ID is still known.
+        c.advance(5_000);
+        let aged = b.position(key).await.expect("position");
+        assert_eq!(
+            (aged.latest, aged.published, aged.retained),
+            (Some(more[1]), 4, 0)
+        );
+        assert!(b.position("bad key").await.is_err());
+    }
+
     pub(crate) async fn events_older_than_max_age_are_not_replayed(
         b: &dyn EventBackend,
         c: &ManualClock,
@@ -436,4 +479,89 @@ conformance!(
     streams_are_independent,
     sampled_out_frames_are_kept_and_announced_once,
     events_older_than_max_age_are_not_replayed,
+    position_tracks_latest_and_trimming,
 );
+
+#[tokio::test]
+async fn memory_prunes_idle_streams_only() {
+    let clock = manual_clock();
+    let backend = MemoryBackend::new(clock.clone(), StreamConfig::default());
+    publish_n(&backend, "dongle:1", 1, "e").await;
+    let _sub = backend
+        .subscribe("dongle:2", None)
+        .await
+        .expect("subscribe");
+    backend.position("dongle:3").await.expect("position");
+    assert_eq!(EventBackend::prune_idle_streams(&backend), 0);
+    clock.advance(61_000);
+    // dongle:1 aged out; dongle:2 has a subscriber; dongle:3 was never created.
+    assert_eq!(EventBackend::prune_idle_streams(&backend), 1);
+    assert!(backend.stream_stats("dongle:1").is_none());
+    assert!(backend.stream_stats("dongle:2").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prunes_local_state_of_idle_default_streams() {
+    let clock = manual_clock();
+    let backend = redis_backend(clock.clone()).await;
+    let custom = StreamConfig {
+        bounds: StreamBounds {
+            max_events: 5,
+            max_age_ms: 1_000_000,
+        },
+        sampling: None,
+    };
+    backend
+        .configure_stream("group:1", custom)
+        .expect("configure");
+    publish_n(&backend, "group:1", 1, "e").await;
+    publish_n(&backend, "dongle:1", 1, "e").await;
+    assert_eq!(backend.prune_idle_streams(), 0);
+    clock.advance(61_000);
+    assert_eq!(backend.prune_idle_streams(), 1, "only the default stream");
+    // Its history is in Redis, not in local state: still there.
+    let at = backend.position("dongle:1").await.expect("position");
+    assert_eq!(at.published, 1);
+    for key in ["group:1", "dongle:1"] {
+        backend.delete_stream(key).await.expect("cleanup");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_fast_and_is_retried_later() {
+    let clock = manual_clock();
+    // Port 1 on loopback: connection refused.
+    let mut config = RedisBackendConfig::new("redis://127.0.0.1:1");
+    config.reconnect_pause = Duration::from_millis(200);
+    assert!(
+        RedisBackend::connect(config.clone(), clock.clone())
+            .await
+            .is_err()
+    );
+    let backend = RedisBackend::new(config, clock).expect("a valid URL is accepted");
+    let first = backend.publish("dongle:1", "log", "{}").await;
+    assert!(
+        matches!(&first, Err(e @ SseError::Redis { .. }) if e.is_retryable()),
+        "{first:?}"
+    );
+    let paused = backend.publish("dongle:1", "log", "{}").await;
+    assert!(
+        matches!(&paused, Err(e @ SseError::RedisUnavailable { .. }) if e.is_retryable()),
+        "{paused:?}"
+    );
+    assert!(matches!(
+        backend.subscribe("dongle:1", None).await,
+        Err(SseError::RedisUnavailable { .. })
+    ));
+    assert!(matches!(
+        backend.position("dongle:1").await,
+        Err(SseError::RedisUnavailable { .. })
+    ));
+    // After the pause it tries again (and fails again, with the real error).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        backend.publish("dongle:1", "log", "{}").await,
+        Err(SseError::Redis { .. })
+    ));
+    assert!(RedisBackend::new(RedisBackendConfig::new("not a url"), manual_clock()).is_err());
+}

@@ -73,6 +73,25 @@ pub struct StreamConfig {
     pub sampling: Option<SamplingConfig>,
 }
 
+/// Where a stream stands: its latest ID, and how many events it ever had and still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamPosition {
+    /// The latest ID published on the stream (remembered even after it was trimmed), if any.
+    pub latest: Option<EventId>,
+    /// Events ever published on it (as far as the backend remembers the stream).
+    pub published: u64,
+    /// Events it retains now.
+    pub retained: u64,
+}
+
+impl StreamPosition {
+    /// Whether it still holds every event ever published on it (nothing trimmed), so that
+    /// reading it from the start misses nothing.
+    pub fn complete(&self) -> bool {
+        self.published == self.retained
+    }
+}
+
 /// A subscription: replayed events, then live ones, as a stream of items. Dropping it
 /// unsubscribes.
 pub struct Subscription {
@@ -129,6 +148,19 @@ pub trait EventBackend: Send + Sync {
 
     /// Set bounds and sampling of one stream (default: [`StreamConfig::default`]).
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError>;
+
+    /// Where `stream_key` stands now (after trimming by age). A stream never published on is
+    /// at `StreamPosition::default()`: no latest ID, complete.
+    fn position<'a>(
+        &'a self,
+        stream_key: &'a str,
+    ) -> BoxFuture<'a, Result<StreamPosition, SseError>>;
+
+    /// Forget what this process keeps for streams gone idle (in memory: streams with no
+    /// retained event and no subscriber; with Redis: local settings of streams with default
+    /// settings and no publish for a minute; Redis keys expire by themselves). Call it now and
+    /// then; returns how many streams were forgotten.
+    fn prune_idle_streams(&self) -> usize;
 }
 
 /// Publish a typed console event.
