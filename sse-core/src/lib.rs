@@ -31,6 +31,7 @@ pub mod encoder;
 pub mod error;
 pub mod events;
 pub mod id;
+pub mod multiplex;
 pub mod parser;
 pub mod sampler;
 
