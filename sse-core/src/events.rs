@@ -8,6 +8,22 @@
 //! with [`ConsoleEvent::from_parts`].
 //!
 //! Streams are named by [`ConsoleStream`]: `dongle:<uuid>` and `group:<uuid>`.
+//!
+//! ```
+//! use chrono::{TimeZone, Utc};
+//! use sse_core::events::{ConsoleEvent, ConsoleStream, Presence, PresenceStatus};
+//! use uuid::Uuid;
+//!
+//! let dongle = Uuid::nil();
+//! let at = Utc.timestamp_millis_opt(1_795_960_800_123).unwrap();
+//! let event = ConsoleEvent::from(Presence::dongle(at, dongle, PresenceStatus::Online));
+//! assert_eq!(ConsoleStream::Dongle(dongle).key(), "dongle:00000000-0000-0000-0000-000000000000");
+//! assert_eq!(event.event_type(), "presence");
+//! assert_eq!(
+//!     event.to_data(),
+//!     r#"{"ts":"2026-11-29T14:00:00.123Z","dongle_id":"00000000-0000-0000-0000-000000000000","status":"online"}"#
+//! );
+//! ```
 
 use std::fmt;
 

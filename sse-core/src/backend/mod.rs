@@ -69,7 +69,10 @@ impl Clock for ManualClock {
 pub struct StreamConfig {
     /// History bounds.
     pub bounds: StreamBounds,
-    /// `can_frame` output sampling; `None` turns it off.
+    /// `can_frame` output sampling inside the hub; `None` turns it off. Frames sampled out here
+    /// are stored with their IDs but not sent. `tether server` leaves it off and samples before
+    /// publishing with [`crate::sampler::StreamSamplers`] instead (frames not sent are not
+    /// stored); this hub-side mode is to be removed so that one sampling behaviour remains.
     pub sampling: Option<SamplingConfig>,
 }
 
