@@ -1,10 +1,12 @@
-//! The fuzz seed corpora of console events and composite IDs hold what the server sends: every
-//! console event seed reads and writes back unchanged, every composite seed splits per stream.
+//! The fuzz seed corpora and the protocol doc's examples hold what the server sends: every
+//! console event seed and every example in `docs/protocols/console-events.md` reads and writes
+//! back unchanged, every composite seed splits per stream.
 
 use std::path::{Path, PathBuf};
 
 use sse_core::events::ConsoleEvent;
 use sse_core::multiplex::{Start, parse_composite};
+use sse_core::parser::{ParsedItem, parse_all};
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -68,4 +70,45 @@ fn composite_id_seeds_split_per_stream() {
             );
         }
     }
+}
+
+#[test]
+fn every_example_in_the_protocol_doc_round_trips() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocols/console-events.md");
+    let doc = std::fs::read_to_string(&path).expect("the protocol doc");
+    let mut checked = Vec::new();
+    for block in doc.split("```").skip(1).step_by(2) {
+        if !block.starts_with("\nevent: ") {
+            continue;
+        }
+        for item in parse_all(block.trim_start().as_bytes()) {
+            let ParsedItem::Event(event) = item else {
+                continue;
+            };
+            if event.data.starts_with(r#"{"stream":"#) {
+                // Multiplexed: the stream's own object with `stream` (and `stream_id`) first.
+                let value: serde_json::Value = serde_json::from_str(&event.data).expect("json");
+                assert!(value["stream"].is_string(), "{}", event.data);
+                continue;
+            }
+            let parsed = ConsoleEvent::from_parts(&event.event_type, &event.data)
+                .unwrap_or_else(|e| panic!("{}: {e}", event.data));
+            assert_eq!(parsed.to_data(), event.data, "written back unchanged");
+            checked.push(parsed.event_type());
+        }
+    }
+    checked.sort_unstable();
+    checked.dedup();
+    assert_eq!(
+        checked,
+        [
+            "can_frame",
+            "command_status",
+            "group_state",
+            "log",
+            "presence",
+            "stream_reset"
+        ],
+        "an example of every type"
+    );
 }
