@@ -71,8 +71,10 @@ impl fmt::Display for ConsoleStream {
     }
 }
 
-/// Every console event type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every console event type. Serializes as its payload alone (what goes on the `data:` line);
+/// the type goes on the `event:` line ([`ConsoleEvent::event_type`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 #[non_exhaustive]
 pub enum ConsoleEvent {
     /// A dongle or an agent came online, went offline, or (dongles) was seen.
@@ -123,17 +125,9 @@ impl ConsoleEvent {
 
     /// The `data:` payload: one JSON object, no line breaks (serde_json escapes them).
     pub fn to_data(&self) -> String {
-        let result = match self {
-            ConsoleEvent::Presence(v) => serde_json::to_string(v),
-            ConsoleEvent::CanFrame(v) => serde_json::to_string(v),
-            ConsoleEvent::Log(v) => serde_json::to_string(v),
-            ConsoleEvent::CommandStatus(v) => serde_json::to_string(v),
-            ConsoleEvent::GroupState(v) => serde_json::to_string(v),
-            ConsoleEvent::StreamReset(v) => serde_json::to_string(v),
-        };
         // Strings, numbers, bools, UUIDs and JSON values only (a non-finite float becomes
         // `null`): serializing cannot fail.
-        result.unwrap_or_else(|_| "{}".to_owned())
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
     /// Reads an event back from its type and data (clients, tests). Unknown fields are ignored,

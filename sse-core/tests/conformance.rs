@@ -1,16 +1,17 @@
 //! One conformance suite for every `EventBackend`: in-memory and Redis (the real server from
 //! `REDIS_URL`, default `redis://127.0.0.1:6379`; the Redis run fails when it is unreachable).
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use futures::StreamExt;
-use sse_core::backend::SystemClock;
 use sse_core::sampler::SamplingConfig;
 use sse_core::{
-    Clock, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
+    EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
     ResetReason, SseError, StreamBounds, StreamConfig, StreamItem, StreamPosition, Subscription,
 };
+use support::{for_each_backend, manual_clock, redis_backend};
 
 /// Bound on how long we wait for an item that must come (not a timing assertion: a hang guard).
 const ITEM_GUARD: Duration = Duration::from_secs(20);
@@ -76,11 +77,14 @@ async fn drain_until_marker(
 mod cases {
     use super::*;
 
+    /// The stream every case uses (and `<KEY>-other` beside it).
+    pub(crate) const KEY: &str = "dongle:1";
+
     pub(crate) async fn ids_increase_and_no_id_means_live_only(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let before = publish_n(b, key, 5, "old").await;
         assert!(
             before.windows(2).all(|w| w[0] < w[1]),
@@ -95,11 +99,8 @@ mod cases {
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
-    pub(crate) async fn exact_resume_from_middle_then_live(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn exact_resume_from_middle_then_live(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 10, "e").await;
         let mut sub = b
             .subscribe(key, Some(&ids[3].to_string()))
@@ -118,11 +119,8 @@ mod cases {
         }
     }
 
-    pub(crate) async fn resume_from_latest_gets_only_live(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn resume_from_latest_gets_only_live(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 4, "e").await;
         let mut sub = b
             .subscribe(key, Some(&ids[3].to_string()))
@@ -134,8 +132,8 @@ mod cases {
     pub(crate) async fn malformed_id_resets_once_then_history_then_live(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let ids = publish_n(b, key, 3, "e").await;
         for bad in ["garbage", "", "12-", "-5", "1.5-0"] {
             let mut sub = b.subscribe(key, Some(bad)).await.expect("subscribe");
@@ -157,11 +155,8 @@ mod cases {
         }
     }
 
-    pub(crate) async fn newer_than_latest_resets(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn newer_than_latest_resets(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 2, "e").await;
         let newer = EventId::new(ids[1].ms + 1_000_000, 0);
         let mut sub = b
@@ -178,8 +173,8 @@ mod cases {
     pub(crate) async fn too_old_resets_then_retained_history(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -208,8 +203,8 @@ mod cases {
     pub(crate) async fn publishing_during_replay_loses_and_repeats_nothing(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let first = publish_n(b, key, 300, "a").await;
         let mut sub = b
             .subscribe(key, Some(&first[0].to_string()))
@@ -229,8 +224,8 @@ mod cases {
     pub(crate) async fn lagging_subscriber_gets_one_reset_and_continues_from_oldest(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -253,7 +248,8 @@ mod cases {
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
-    pub(crate) async fn bad_input_is_refused(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+    pub(crate) async fn bad_input_is_refused(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         assert!(b.publish(key, "bad\ntype", "x").await.is_err());
         assert!(b.publish(key, "", "x").await.is_err());
         assert!(b.publish("bad key", "log", "x").await.is_err());
@@ -265,7 +261,8 @@ mod cases {
         assert_eq!(next_event(&mut sub).await.0, ok);
     }
 
-    pub(crate) async fn streams_are_independent(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+    pub(crate) async fn streams_are_independent(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let other = format!("{key}-other");
         let mut sub = b.subscribe(key, None).await.expect("subscribe");
         b.publish(&other, "log", "elsewhere")
@@ -278,8 +275,8 @@ mod cases {
     pub(crate) async fn sampled_out_frames_are_kept_and_announced_once(
         b: &dyn EventBackend,
         c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -350,11 +347,8 @@ mod cases {
         ));
     }
 
-    pub(crate) async fn position_tracks_latest_and_trimming(
-        b: &dyn EventBackend,
-        c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn position_tracks_latest_and_trimming(b: &dyn EventBackend, c: &ManualClock) {
+        let key = KEY;
         let none = b.position(key).await.expect("position");
         assert_eq!(none, StreamPosition::default());
         assert!(none.complete());
@@ -396,8 +390,8 @@ mod cases {
     pub(crate) async fn events_older_than_max_age_are_not_replayed(
         b: &dyn EventBackend,
         c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -426,47 +420,8 @@ mod cases {
     }
 }
 
-fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(SystemClock.now_ms()))
-}
-
-async fn redis_backend(clock: Arc<ManualClock>) -> RedisBackend {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut config = RedisBackendConfig::new(&url);
-    config.key_prefix = format!("tether:test:sse:{}:", uuid::Uuid::new_v4());
-    RedisBackend::connect(config, clock)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url} is required: {e}"))
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::MemoryBackend::new(clock.clone(), super::StreamConfig::default());
-                    super::cases::$name(&backend, &clock, "dongle:1").await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::redis_backend(clock.clone()).await;
-                    super::cases::$name(&backend, &clock, "dongle:1").await;
-                    backend.delete_stream("dongle:1").await.expect("cleanup");
-                    backend.delete_stream("dongle:1-other").await.expect("cleanup");
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+for_each_backend!(
+    cleanup: ["dongle:1", "dongle:1-other"],
     ids_increase_and_no_id_means_live_only,
     exact_resume_from_middle_then_live,
     resume_from_latest_gets_only_live,

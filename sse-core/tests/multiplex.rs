@@ -2,21 +2,22 @@
 //! exact resume per stream, `~` parts and resets. Run against the in-memory hub and real Redis
 //! (`REDIS_URL`, default `redis://127.0.0.1:6379`; the Redis run fails when it is unreachable).
 
+mod support;
+
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
-use sse_core::backend::SystemClock;
 use sse_core::encoder::BodyOptions;
 use sse_core::multiplex::open_body;
 use sse_core::parser::{EventStreamParser, ParsedEvent, ParsedItem};
 use sse_core::{
-    Clock, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
-    StreamBounds, StreamConfig,
+    EventBackend, EventId, ManualClock, RedisBackend, RedisBackendConfig, StreamBounds,
+    StreamConfig,
 };
+use support::{for_each_backend, manual_clock};
 
 /// A hang guard, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(20);
@@ -227,48 +228,8 @@ mod cases {
     }
 }
 
-fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(SystemClock.now_ms()))
-}
-
-async fn redis_backend(clock: Arc<ManualClock>) -> RedisBackend {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut config = RedisBackendConfig::new(&url);
-    config.key_prefix = format!("tether:test:sse-mux:{}:", uuid::Uuid::new_v4());
-    RedisBackend::connect(config, clock)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url} is required: {e}"))
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::MemoryBackend::new(clock.clone(), super::StreamConfig::default());
-                    super::cases::$name(&backend, &clock).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::redis_backend(clock.clone()).await;
-                    super::cases::$name(&backend, &clock).await;
-                    for key in [super::A, super::G] {
-                        backend.delete_stream(key).await.expect("cleanup");
-                    }
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+for_each_backend!(
+    cleanup: [super::A, super::G],
     both_streams_tagged_and_resumed_exactly,
     fresh_connection_starts_after_the_latest_event,
     a_from_start_part_replays_a_complete_stream_without_reset,
