@@ -151,8 +151,9 @@ impl Default for BodyOptions {
     }
 }
 
-struct BodyState<S> {
+struct BodyState<S, F> {
     items: Pin<Box<S>>,
+    encode: F,
     keep_alive: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     opening: Option<Bytes>,
@@ -168,6 +169,22 @@ pub fn event_stream_body<S>(items: S, options: BodyOptions) -> impl Stream<Item 
 where
     S: Stream<Item = Result<StreamItem, SseError>> + Send + 'static,
 {
+    encode_body(items, options, |out, item| encode_item(out, &item))
+}
+
+/// [`event_stream_body`] for items of any kind: `encode` appends each item's event(s) to the
+/// chunk it is given (with [`encode_event`]); opening, keep-alives and the error comment are
+/// the same. The multiplexed console stream uses it with a composite-ID encoder.
+pub fn encode_body<S, T, F>(
+    items: S,
+    options: BodyOptions,
+    encode: F,
+) -> impl Stream<Item = Bytes> + Send
+where
+    S: Stream<Item = Result<T, SseError>> + Send + 'static,
+    T: Send + 'static,
+    F: FnMut(&mut BytesMut, T) + Send + 'static,
+{
     let mut opening = BytesMut::new();
     if let Some(ms) = options.retry_ms {
         opening.put_slice(b"retry: ");
@@ -177,6 +194,7 @@ where
     opening.put_slice(b": stream open\n\n");
     let state = BodyState {
         items: Box::pin(items),
+        encode,
         keep_alive: options.keep_alive,
         timer: Box::pin(tokio::time::sleep(options.keep_alive)),
         opening: Some(opening.freeze()),
@@ -192,7 +210,7 @@ where
         let mut out = BytesMut::new();
         tokio::select! {
             item = st.items.next() => match item {
-                Some(Ok(item)) => encode_item(&mut out, &item),
+                Some(Ok(item)) => (st.encode)(&mut out, item),
                 Some(Err(err)) => {
                     let text = err.to_string().replace(['\r', '\n'], " ");
                     let _ = encode_comment(&mut out, &format!("error: {text}"));

@@ -23,6 +23,15 @@ pub enum SseError {
         /// The refused value.
         value: String,
     },
+    /// A console event's type is unknown or its data does not fit the type's schema (reading
+    /// an event back with `ConsoleEvent::from_parts`).
+    #[error("invalid console event {event_type:?}: {detail}")]
+    InvalidConsoleEvent {
+        /// The event type given.
+        event_type: String,
+        /// What did not fit.
+        detail: String,
+    },
     /// A stream key is empty or contains characters we do not allow in keys.
     #[error("invalid stream key {key:?}: {reason}")]
     InvalidStreamKey {
@@ -41,6 +50,17 @@ pub enum SseError {
         /// The underlying client error.
         #[source]
         source: redis::RedisError,
+    },
+    /// A connection to Redis failed moments ago, so `action` on `stream_key` was not tried
+    /// (it is tried again after the backend's reconnect pause).
+    #[error(
+        "redis unavailable during {action} on stream {stream_key:?}: a connection attempt failed moments ago"
+    )]
+    RedisUnavailable {
+        /// What we were doing.
+        action: &'static str,
+        /// The stream key concerned.
+        stream_key: String,
     },
     /// Redis returned an entry or reply we could not understand (missing field, bad ID).
     #[error("unexpected redis reply during {action} on stream {stream_key:?}: {detail}")]
@@ -62,6 +82,7 @@ impl SseError {
             SseError::Redis { source, .. } => {
                 source.is_io_error() || source.is_timeout() || source.is_connection_dropped()
             }
+            SseError::RedisUnavailable { .. } => true,
             _ => false,
         }
     }

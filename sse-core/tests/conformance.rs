@@ -1,16 +1,17 @@
 //! One conformance suite for every `EventBackend`: in-memory and Redis (the real server from
 //! `REDIS_URL`, default `redis://127.0.0.1:6379`; the Redis run fails when it is unreachable).
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use futures::StreamExt;
-use sse_core::backend::SystemClock;
 use sse_core::sampler::SamplingConfig;
 use sse_core::{
-    Clock, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
-    ResetReason, StreamBounds, StreamConfig, StreamItem, Subscription,
+    EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
+    ResetReason, SseError, StreamBounds, StreamConfig, StreamItem, StreamPosition, Subscription,
 };
+use support::{for_each_backend, manual_clock, redis_backend};
 
 /// Bound on how long we wait for an item that must come (not a timing assertion: a hang guard).
 const ITEM_GUARD: Duration = Duration::from_secs(20);
@@ -76,11 +77,14 @@ async fn drain_until_marker(
 mod cases {
     use super::*;
 
+    /// The stream every case uses (and `<KEY>-other` beside it).
+    pub(crate) const KEY: &str = "dongle:1";
+
     pub(crate) async fn ids_increase_and_no_id_means_live_only(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let before = publish_n(b, key, 5, "old").await;
         assert!(
             before.windows(2).all(|w| w[0] < w[1]),
@@ -95,11 +99,8 @@ mod cases {
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
-    pub(crate) async fn exact_resume_from_middle_then_live(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn exact_resume_from_middle_then_live(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 10, "e").await;
         let mut sub = b
             .subscribe(key, Some(&ids[3].to_string()))
@@ -118,11 +119,8 @@ mod cases {
         }
     }
 
-    pub(crate) async fn resume_from_latest_gets_only_live(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn resume_from_latest_gets_only_live(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 4, "e").await;
         let mut sub = b
             .subscribe(key, Some(&ids[3].to_string()))
@@ -134,8 +132,8 @@ mod cases {
     pub(crate) async fn malformed_id_resets_once_then_history_then_live(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let ids = publish_n(b, key, 3, "e").await;
         for bad in ["garbage", "", "12-", "-5", "1.5-0"] {
             let mut sub = b.subscribe(key, Some(bad)).await.expect("subscribe");
@@ -157,11 +155,8 @@ mod cases {
         }
     }
 
-    pub(crate) async fn newer_than_latest_resets(
-        b: &dyn EventBackend,
-        _c: &ManualClock,
-        key: &str,
-    ) {
+    pub(crate) async fn newer_than_latest_resets(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let ids = publish_n(b, key, 2, "e").await;
         let newer = EventId::new(ids[1].ms + 1_000_000, 0);
         let mut sub = b
@@ -178,8 +173,8 @@ mod cases {
     pub(crate) async fn too_old_resets_then_retained_history(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -208,8 +203,8 @@ mod cases {
     pub(crate) async fn publishing_during_replay_loses_and_repeats_nothing(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         let first = publish_n(b, key, 300, "a").await;
         let mut sub = b
             .subscribe(key, Some(&first[0].to_string()))
@@ -229,8 +224,8 @@ mod cases {
     pub(crate) async fn lagging_subscriber_gets_one_reset_and_continues_from_oldest(
         b: &dyn EventBackend,
         _c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -253,7 +248,8 @@ mod cases {
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
-    pub(crate) async fn bad_input_is_refused(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+    pub(crate) async fn bad_input_is_refused(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         assert!(b.publish(key, "bad\ntype", "x").await.is_err());
         assert!(b.publish(key, "", "x").await.is_err());
         assert!(b.publish("bad key", "log", "x").await.is_err());
@@ -265,7 +261,8 @@ mod cases {
         assert_eq!(next_event(&mut sub).await.0, ok);
     }
 
-    pub(crate) async fn streams_are_independent(b: &dyn EventBackend, _c: &ManualClock, key: &str) {
+    pub(crate) async fn streams_are_independent(b: &dyn EventBackend, _c: &ManualClock) {
+        let key = KEY;
         let other = format!("{key}-other");
         let mut sub = b.subscribe(key, None).await.expect("subscribe");
         b.publish(&other, "log", "elsewhere")
@@ -278,8 +275,8 @@ mod cases {
     pub(crate) async fn sampled_out_frames_are_kept_and_announced_once(
         b: &dyn EventBackend,
         c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -350,11 +347,51 @@ mod cases {
         ));
     }
 
+    pub(crate) async fn position_tracks_latest_and_trimming(b: &dyn EventBackend, c: &ManualClock) {
+        let key = KEY;
+        let none = b.position(key).await.expect("position");
+        assert_eq!(none, StreamPosition::default());
+        assert!(none.complete());
+        let first = publish_n(b, key, 2, "e").await;
+        let at = b.position(key).await.expect("position");
+        assert_eq!(
+            (at.latest, at.published, at.retained),
+            (Some(first[1]), 2, 2)
+        );
+        assert!(at.complete());
+        b.configure_stream(
+            key,
+            StreamConfig {
+                bounds: StreamBounds {
+                    max_events: 2,
+                    max_age_ms: 1_000,
+                },
+                sampling: None,
+            },
+        )
+        .expect("configure");
+        let more = publish_n(b, key, 2, "f").await;
+        let trimmed = b.position(key).await.expect("position");
+        assert_eq!(
+            (trimmed.latest, trimmed.published, trimmed.retained),
+            (Some(more[1]), 4, 2)
+        );
+        assert!(!trimmed.complete());
+        // Aged out entirely: the latest ID is still known.
+        c.advance(5_000);
+        let aged = b.position(key).await.expect("position");
+        assert_eq!(
+            (aged.latest, aged.published, aged.retained),
+            (Some(more[1]), 4, 0)
+        );
+        assert!(b.position("bad key").await.is_err());
+    }
+
     pub(crate) async fn events_older_than_max_age_are_not_replayed(
         b: &dyn EventBackend,
         c: &ManualClock,
-        key: &str,
     ) {
+        let key = KEY;
         b.configure_stream(
             key,
             StreamConfig {
@@ -383,47 +420,8 @@ mod cases {
     }
 }
 
-fn manual_clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(SystemClock.now_ms()))
-}
-
-async fn redis_backend(clock: Arc<ManualClock>) -> RedisBackend {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut config = RedisBackendConfig::new(&url);
-    config.key_prefix = format!("tether:test:sse:{}:", uuid::Uuid::new_v4());
-    RedisBackend::connect(config, clock)
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {url} is required: {e}"))
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::MemoryBackend::new(clock.clone(), super::StreamConfig::default());
-                    super::cases::$name(&backend, &clock, "dongle:1").await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let clock = super::manual_clock();
-                    let backend = super::redis_backend(clock.clone()).await;
-                    super::cases::$name(&backend, &clock, "dongle:1").await;
-                    backend.delete_stream("dongle:1").await.expect("cleanup");
-                    backend.delete_stream("dongle:1-other").await.expect("cleanup");
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+for_each_backend!(
+    cleanup: ["dongle:1", "dongle:1-other"],
     ids_increase_and_no_id_means_live_only,
     exact_resume_from_middle_then_live,
     resume_from_latest_gets_only_live,
@@ -436,4 +434,89 @@ conformance!(
     streams_are_independent,
     sampled_out_frames_are_kept_and_announced_once,
     events_older_than_max_age_are_not_replayed,
+    position_tracks_latest_and_trimming,
 );
+
+#[tokio::test]
+async fn memory_prunes_idle_streams_only() {
+    let clock = manual_clock();
+    let backend = MemoryBackend::new(clock.clone(), StreamConfig::default());
+    publish_n(&backend, "dongle:1", 1, "e").await;
+    let _sub = backend
+        .subscribe("dongle:2", None)
+        .await
+        .expect("subscribe");
+    backend.position("dongle:3").await.expect("position");
+    assert_eq!(EventBackend::prune_idle_streams(&backend), 0);
+    clock.advance(61_000);
+    // dongle:1 aged out; dongle:2 has a subscriber; dongle:3 was never created.
+    assert_eq!(EventBackend::prune_idle_streams(&backend), 1);
+    assert!(backend.stream_stats("dongle:1").is_none());
+    assert!(backend.stream_stats("dongle:2").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prunes_local_state_of_idle_default_streams() {
+    let clock = manual_clock();
+    let backend = redis_backend(clock.clone()).await;
+    let custom = StreamConfig {
+        bounds: StreamBounds {
+            max_events: 5,
+            max_age_ms: 1_000_000,
+        },
+        sampling: None,
+    };
+    backend
+        .configure_stream("group:1", custom)
+        .expect("configure");
+    publish_n(&backend, "group:1", 1, "e").await;
+    publish_n(&backend, "dongle:1", 1, "e").await;
+    assert_eq!(backend.prune_idle_streams(), 0);
+    clock.advance(61_000);
+    assert_eq!(backend.prune_idle_streams(), 1, "only the default stream");
+    // Its history is in Redis, not in local state: still there.
+    let at = backend.position("dongle:1").await.expect("position");
+    assert_eq!(at.published, 1);
+    for key in ["group:1", "dongle:1"] {
+        backend.delete_stream(key).await.expect("cleanup");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_fast_and_is_retried_later() {
+    let clock = manual_clock();
+    // Port 1 on loopback: connection refused.
+    let mut config = RedisBackendConfig::new("redis://127.0.0.1:1");
+    config.reconnect_pause = Duration::from_millis(200);
+    assert!(
+        RedisBackend::connect(config.clone(), clock.clone())
+            .await
+            .is_err()
+    );
+    let backend = RedisBackend::new(config, clock).expect("a valid URL is accepted");
+    let first = backend.publish("dongle:1", "log", "{}").await;
+    assert!(
+        matches!(&first, Err(e @ SseError::Redis { .. }) if e.is_retryable()),
+        "{first:?}"
+    );
+    let paused = backend.publish("dongle:1", "log", "{}").await;
+    assert!(
+        matches!(&paused, Err(e @ SseError::RedisUnavailable { .. }) if e.is_retryable()),
+        "{paused:?}"
+    );
+    assert!(matches!(
+        backend.subscribe("dongle:1", None).await,
+        Err(SseError::RedisUnavailable { .. })
+    ));
+    assert!(matches!(
+        backend.position("dongle:1").await,
+        Err(SseError::RedisUnavailable { .. })
+    ));
+    // After the pause it tries again (and fails again, with the real error).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        backend.publish("dongle:1", "log", "{}").await,
+        Err(SseError::Redis { .. })
+    ));
+    assert!(RedisBackend::new(RedisBackendConfig::new("not a url"), manual_clock()).is_err());
+}

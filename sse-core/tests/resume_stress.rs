@@ -3,6 +3,8 @@
 //! duplicate, except right after a `stream_reset`, which must come first in its subscription (or
 //! be a `lagged` reset) and be followed by exactly the event it names as `oldest`.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +12,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sse_core::{
-    EventBackend, EventId, MemoryBackend, RedisBackend, RedisBackendConfig, ResetReason,
-    StreamBounds, StreamConfig, StreamItem, SystemClock,
+    EventBackend, EventId, MemoryBackend, ResetReason, StreamBounds, StreamConfig, StreamItem,
+    SystemClock,
 };
 use tokio::sync::watch;
 
@@ -205,14 +207,7 @@ async fn memory_resume_stress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_resume_stress() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut config = RedisBackendConfig::new(&url);
-    config.key_prefix = format!("tether:test:sse:{}:", uuid::Uuid::new_v4());
-    let backend = Arc::new(
-        RedisBackend::connect(config, Arc::new(SystemClock))
-            .await
-            .unwrap_or_else(|e| panic!("Redis at {url} is required: {e}")),
-    );
+    let backend = Arc::new(support::redis_backend(Arc::new(SystemClock)).await);
     let b: Arc<dyn EventBackend> = backend.clone();
     let resets = stress(b, "dongle:stress", 1_500, 4, 150).await;
     eprintln!("redis stress: {resets} resets over 4 subscribers");

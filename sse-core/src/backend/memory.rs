@@ -9,7 +9,10 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use super::{Clock, EventBackend, StreamConfig, Subscription, sampling_log, validate_stream_key};
+use super::{
+    Clock, EventBackend, StreamConfig, StreamPosition, Subscription, sampling_log,
+    validate_stream_key,
+};
 use crate::buffer::{StreamBuffer, StreamCursor, StreamItem};
 use crate::error::SseError;
 use crate::id::EventId;
@@ -163,6 +166,28 @@ impl MemoryBackend {
         before - streams.len()
     }
 
+    /// [`EventBackend::position`] without going through the async trait.
+    pub fn position_now(&self, stream_key: &str) -> Result<StreamPosition, SseError> {
+        validate_stream_key(stream_key)?;
+        let stream = {
+            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            match streams.get(stream_key) {
+                Some(stream) => Arc::clone(stream),
+                None => return Ok(StreamPosition::default()),
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut st = stream.lock();
+        st.buffer.trim(now);
+        let trimmed = st.buffer.trim_counters();
+        let retained = st.buffer.len() as u64;
+        Ok(StreamPosition {
+            latest: st.buffer.latest(),
+            published: retained + trimmed.by_count + trimmed.by_age,
+            retained,
+        })
+    }
+
     /// Retained events and trim counters of one stream (for metrics and tests).
     pub fn stream_stats(&self, stream_key: &str) -> Option<StreamStats> {
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
@@ -282,6 +307,17 @@ impl EventBackend for MemoryBackend {
                 .map(MemorySubscription::into_subscription),
         )
         .boxed()
+    }
+
+    fn position<'a>(
+        &'a self,
+        stream_key: &'a str,
+    ) -> BoxFuture<'a, Result<StreamPosition, SseError>> {
+        futures::future::ready(self.position_now(stream_key)).boxed()
+    }
+
+    fn prune_idle_streams(&self) -> usize {
+        MemoryBackend::prune_idle_streams(self)
     }
 
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError> {

@@ -11,9 +11,9 @@ use futures::stream::BoxStream;
 
 use crate::buffer::{StreamBounds, StreamItem};
 use crate::error::SseError;
-use crate::events::{ConsoleEvent, LogEvent, LogLevel, SamplingNotice, rfc3339_ms};
+use crate::events::ConsoleEvent;
 use crate::id::EventId;
-use crate::sampler::{SamplingConfig, SamplingSwitch};
+use crate::sampler::{SamplingConfig, SamplingSwitch, sampling_notice};
 
 pub mod memory;
 pub mod redis;
@@ -69,8 +69,30 @@ impl Clock for ManualClock {
 pub struct StreamConfig {
     /// History bounds.
     pub bounds: StreamBounds,
-    /// `can_frame` output sampling; `None` turns it off.
+    /// `can_frame` output sampling inside the hub; `None` turns it off. Frames sampled out here
+    /// are stored with their IDs but not sent. `tether server` leaves it off and samples before
+    /// publishing with [`crate::sampler::StreamSamplers`] instead (frames not sent are not
+    /// stored); this hub-side mode is to be removed so that one sampling behaviour remains.
     pub sampling: Option<SamplingConfig>,
+}
+
+/// Where a stream stands: its latest ID, and how many events it ever had and still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamPosition {
+    /// The latest ID published on the stream (remembered even after it was trimmed), if any.
+    pub latest: Option<EventId>,
+    /// Events ever published on it (as far as the backend remembers the stream).
+    pub published: u64,
+    /// Events it retains now.
+    pub retained: u64,
+}
+
+impl StreamPosition {
+    /// Whether it still holds every event ever published on it (nothing trimmed), so that
+    /// reading it from the start misses nothing.
+    pub fn complete(&self) -> bool {
+        self.published == self.retained
+    }
 }
 
 /// A subscription: replayed events, then live ones, as a stream of items. Dropping it
@@ -129,6 +151,19 @@ pub trait EventBackend: Send + Sync {
 
     /// Set bounds and sampling of one stream (default: [`StreamConfig::default`]).
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError>;
+
+    /// Where `stream_key` stands now (after trimming by age). A stream never published on is
+    /// at `StreamPosition::default()`: no latest ID, complete.
+    fn position<'a>(
+        &'a self,
+        stream_key: &'a str,
+    ) -> BoxFuture<'a, Result<StreamPosition, SseError>>;
+
+    /// Forget what this process keeps for streams gone idle (in memory: streams with no
+    /// retained event and no subscriber; with Redis: local settings of streams with default
+    /// settings and no publish for a minute; Redis keys expire by themselves). Call it now and
+    /// then; returns how many streams were forgotten.
+    fn prune_idle_streams(&self) -> usize;
 }
 
 /// Publish a typed console event.
@@ -162,37 +197,10 @@ pub fn validate_stream_key(key: &str) -> Result<(), SseError> {
     Ok(())
 }
 
-/// The `log` event data (JSON) announcing a sampling switch: the text every sampler of the
-/// console uses, whether the hub samples or its caller does (as `tether server` does before
-/// publishing).
+/// The `log` event data (JSON) announcing a sampling switch: [`sampling_notice`] as it goes on
+/// the `data:` line.
 pub fn sampling_log(switch: SamplingSwitch, threshold_per_s: u32, now_ms: u64) -> String {
-    let (active, input_rate_per_s, fraction) = match switch {
-        SamplingSwitch::On {
-            input_rate_per_s,
-            fraction,
-        } => (true, input_rate_per_s, fraction),
-        SamplingSwitch::Off { input_rate_per_s } => (false, input_rate_per_s, 1.0),
-    };
-    let message = if active {
-        format!(
-            "can_frame sampling on: {input_rate_per_s} frames/s in, sending {fraction:.4} of them"
-        )
-    } else {
-        format!("can_frame sampling off: {input_rate_per_s} frames/s in, sending all")
-    };
-    ConsoleEvent::Log(LogEvent {
-        ts: rfc3339_ms(now_ms),
-        level: LogLevel::Info,
-        source: "sse.sampler".to_owned(),
-        message,
-        sampling: Some(SamplingNotice {
-            active,
-            input_rate_per_s,
-            fraction,
-            threshold_per_s,
-        }),
-    })
-    .to_data()
+    ConsoleEvent::Log(sampling_notice(switch, threshold_per_s, now_ms)).to_data()
 }
 
 /// A shared handle to any backend.

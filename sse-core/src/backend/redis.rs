@@ -13,20 +13,30 @@
 //! (never below the stream's last ms), so a virtual clock works here too and ages are measured on
 //! the same clock as in memory.
 //!
+//! The publishing connection is opened on first use ([`RedisBackend::new`]) or at once
+//! ([`RedisBackend::connect`]). After a failed connection attempt, calls within
+//! [`RedisBackendConfig::reconnect_pause`] fail at once with [`SseError::RedisUnavailable`]
+//! instead of each trying again, so a daemon whose Redis is away keeps serving and reconnects
+//! by itself once Redis is back.
+//!
 //! Readers use `XREAD BLOCK` on a connection of their own with no client response timeout (the
 //! `redis` crate's 500 ms default would cut every block short). Redis resumes silently after a
 //! trimmed ID, so readers check the sequence numbers and turn a jump into a `lagged` reset.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
-use super::{Clock, EventBackend, StreamConfig, Subscription, sampling_log, validate_stream_key};
+use super::{
+    Clock, EventBackend, StreamConfig, StreamPosition, Subscription, sampling_log,
+    validate_stream_key,
+};
 use crate::buffer::{ResetReason, StoredEvent, StreamItem, StreamReset, validate_event_type};
 use crate::error::SseError;
 use crate::id::EventId;
@@ -59,6 +69,12 @@ return ids
 /// latest ID survive the age bound's reach while abandoned streams still go away.
 const MIN_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 const READ_COUNT: usize = 64;
+/// Local state of a stream with default settings is forgotten after this long without a
+/// publish (its sampler starts off again).
+const LOCAL_IDLE_MS: u64 = 60_000;
+
+/// The default prefix of every key the Redis backend writes.
+pub const DEFAULT_KEY_PREFIX: &str = "tether:sse:";
 
 /// Settings of the Redis backend.
 #[derive(Debug, Clone)]
@@ -71,17 +87,35 @@ pub struct RedisBackendConfig {
     pub block_ms: u64,
     /// Settings of streams without their own.
     pub default_stream: StreamConfig,
+    /// Longest wait for one connection attempt (publishing and each subscriber's connection).
+    pub connect_timeout: Duration,
+    /// After a failed connection attempt, calls within this time fail at once
+    /// ([`SseError::RedisUnavailable`]) instead of each trying to connect.
+    pub reconnect_pause: Duration,
 }
 
 impl RedisBackendConfig {
-    /// Defaults for `url`: prefix `tether:sse:`, 5 s blocks, default stream settings.
+    /// Defaults for `url`: prefix [`DEFAULT_KEY_PREFIX`], 5 s blocks, default stream settings,
+    /// 2 s connection timeout, 1 s pause after a failed connection.
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
-            key_prefix: "tether:sse:".to_owned(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             block_ms: 5_000,
             default_stream: StreamConfig::default(),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_pause: Duration::from_secs(1),
         }
+    }
+
+    /// The Redis stream holding `stream_key`'s events: `<prefix><stream_key>`.
+    pub fn stream_key(&self, stream_key: &str) -> String {
+        format!("{}{stream_key}", self.key_prefix)
+    }
+
+    /// The hash holding `stream_key`'s metadata (`n`, `ms`, `last`): `<prefix><stream_key>:meta`.
+    pub fn meta_key(&self, stream_key: &str) -> String {
+        format!("{}{stream_key}:meta", self.key_prefix)
     }
 }
 
@@ -89,12 +123,16 @@ impl RedisBackendConfig {
 struct LocalStream {
     config: StreamConfig,
     sampler: Option<CanFrameSampler>,
+    /// When it last published, on the hub clock.
+    last_ms: u64,
 }
 
 /// The Redis hub.
 pub struct RedisBackend {
     client: Client,
     publisher: ConnectionManager,
+    /// When the last connection attempt failed (see [`RedisBackendConfig::reconnect_pause`]).
+    last_failure: Mutex<Option<Instant>>,
     script: Script,
     config: RedisBackendConfig,
     clock: Arc<dyn Clock>,
@@ -126,19 +164,21 @@ fn reply_err(action: &'static str, key: &str, detail: String) -> SseError {
 }
 
 impl RedisBackend {
-    /// Connect (the publishing connection is opened now, so a bad URL fails here).
-    pub async fn connect(
-        config: RedisBackendConfig,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, SseError> {
+    /// A backend that connects on first use: only the URL is checked now, so a daemon starts
+    /// while Redis is away. Needs a tokio runtime.
+    pub fn new(config: RedisBackendConfig, clock: Arc<dyn Clock>) -> Result<Self, SseError> {
         let client = Client::open(config.url.as_str()).map_err(redis_err("connect", ""))?;
-        let publisher = client
-            .get_connection_manager()
-            .await
+        // One attempt per reconnection: the pause after a failure, not the manager's backoff,
+        // keeps callers from hammering an unreachable Redis, and no caller waits for retries.
+        let manager = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(config.connect_timeout));
+        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), manager)
             .map_err(redis_err("connect", ""))?;
         Ok(Self {
             client,
             publisher,
+            last_failure: Mutex::new(None),
             script: Script::new(PUBLISH_SCRIPT),
             config,
             clock,
@@ -146,23 +186,76 @@ impl RedisBackend {
         })
     }
 
+    /// A backend whose publishing connection is opened now, so an unreachable Redis fails here.
+    pub async fn connect(
+        config: RedisBackendConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SseError> {
+        let backend = Self::new(config, clock)?;
+        let mut con = backend.connection("connect", "")?;
+        let result = redis::cmd("PING").query_async::<()>(&mut con).await;
+        backend.checked(result, "connect", "")?;
+        Ok(backend)
+    }
+
+    /// The key layout and settings this backend runs with.
+    pub fn config(&self) -> &RedisBackendConfig {
+        &self.config
+    }
+
+    /// The publishing connection, unless a connection attempt failed moments ago.
+    fn connection(&self, action: &'static str, key: &str) -> Result<ConnectionManager, SseError> {
+        let failed_at = *self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = failed_at
+            && at.elapsed() < self.config.reconnect_pause
+        {
+            return Err(SseError::RedisUnavailable {
+                action,
+                stream_key: key.to_owned(),
+            });
+        }
+        Ok(self.publisher.clone())
+    }
+
+    /// Maps a command's result, noting a connection failure (for the reconnect pause).
+    fn checked<T>(
+        &self,
+        result: Result<T, RedisError>,
+        action: &'static str,
+        key: &str,
+    ) -> Result<T, SseError> {
+        let mut last_failure = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(value) => {
+                *last_failure = None;
+                Ok(value)
+            }
+            Err(err) => {
+                if is_connection_error(&err) {
+                    *last_failure = Some(Instant::now());
+                }
+                Err(redis_err(action, key)(err))
+            }
+        }
+    }
+
     fn stream_key(&self, key: &str) -> String {
-        format!("{}{key}", self.config.key_prefix)
+        self.config.stream_key(key)
     }
 
     fn meta_key(&self, key: &str) -> String {
-        format!("{}{key}:meta", self.config.key_prefix)
+        self.config.meta_key(key)
     }
 
     /// Delete a stream and its metadata (tests, operations).
     pub async fn delete_stream(&self, stream_key: &str) -> Result<(), SseError> {
-        let mut con = self.publisher.clone();
-        redis::cmd("DEL")
+        let mut con = self.connection("delete", stream_key)?;
+        let result = redis::cmd("DEL")
             .arg(self.stream_key(stream_key))
             .arg(self.meta_key(stream_key))
             .query_async::<()>(&mut con)
-            .await
-            .map_err(redis_err("delete", stream_key))
+            .await;
+        self.checked(result, "delete", stream_key)
     }
 
     async fn publish_inner(
@@ -181,7 +274,9 @@ impl RedisBackend {
             let st = local.entry(key.to_owned()).or_insert_with(|| LocalStream {
                 config: default,
                 sampler: default.sampling.map(CanFrameSampler::new),
+                last_ms: now,
             });
+            st.last_ms = now;
             let mut sampled_out = false;
             if event_type == "can_frame"
                 && let Some(sampler) = st.sampler.as_mut()
@@ -213,11 +308,9 @@ impl RedisBackend {
         for (t, d, s) in &entries {
             invocation.arg(t).arg(d).arg(if *s { "1" } else { "0" });
         }
-        let mut con = self.publisher.clone();
-        let ids: Vec<String> = invocation
-            .invoke_async(&mut con)
-            .await
-            .map_err(redis_err("publish", key))?;
+        let mut con = self.connection("publish", key)?;
+        let result = invocation.invoke_async(&mut con).await;
+        let ids: Vec<String> = self.checked(result, "publish", key)?;
         let last = ids
             .last()
             .ok_or_else(|| reply_err("publish", key, "script returned no id".into()))?;
@@ -246,12 +339,15 @@ impl RedisBackend {
         last_event_id: Option<&str>,
     ) -> Result<Subscription, SseError> {
         validate_stream_key(key)?;
-        let cfg = AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut con = self
+        self.connection("subscribe", key)?;
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.config.connect_timeout));
+        let result = self
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(redis_err("subscribe", key))?;
+            .await;
+        let mut con = self.checked(result, "subscribe", key)?;
         let stream = self.stream_key(key);
         let max_age = self.stream_config(key).bounds.max_age_ms;
         let min_ms = self.clock.now_ms().saturating_sub(max_age);
@@ -322,6 +418,58 @@ impl RedisBackend {
         Ok(Subscription::new(items.boxed()))
     }
 
+    /// Trims by age, then reads the latest ID (`meta` hash), the number of events ever
+    /// published (`n`) and the number retained (`XLEN`), in one round trip.
+    async fn position_inner(&self, key: &str) -> Result<StreamPosition, SseError> {
+        validate_stream_key(key)?;
+        let stream = self.stream_key(key);
+        let meta = self.meta_key(key);
+        let min_ms = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.stream_config(key).bounds.max_age_ms);
+        let mut pipe = redis::pipe();
+        if min_ms > 0 {
+            pipe.cmd("XTRIM")
+                .arg(&stream)
+                .arg("MINID")
+                .arg(format!("{min_ms}-0"))
+                .ignore();
+        }
+        pipe.cmd("HGET").arg(&meta).arg("last");
+        pipe.cmd("HGET").arg(&meta).arg("n");
+        pipe.cmd("XLEN").arg(&stream);
+        let mut con = self.connection("position", key)?;
+        let result = pipe.query_async(&mut con).await;
+        let (last, n, len): (Option<String>, Option<u64>, u64) =
+            self.checked(result, "position", key)?;
+        let latest = match last {
+            None => None,
+            Some(raw) => Some(
+                raw.parse()
+                    .map_err(|_| reply_err("position", key, format!("bad last id {raw:?}")))?,
+            ),
+        };
+        Ok(StreamPosition {
+            latest,
+            published: n.unwrap_or(0),
+            retained: len,
+        })
+    }
+
+    /// Forgets the local state (settings, sampler) of streams with default settings that have
+    /// not published for a minute.
+    fn prune_local(&self) -> usize {
+        let now = self.clock.now_ms();
+        let default = self.config.default_stream;
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let before = local.len();
+        local.retain(|_, st| {
+            st.config != default || now.saturating_sub(st.last_ms) <= LOCAL_IDLE_MS
+        });
+        before - local.len()
+    }
+
     fn stream_config(&self, key: &str) -> StreamConfig {
         let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         local
@@ -329,6 +477,14 @@ impl RedisBackend {
             .map(|s| s.config)
             .unwrap_or(self.config.default_stream)
     }
+}
+
+/// Errors after which the connection is probably gone (refused, timed out, dropped).
+fn is_connection_error(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_connection_dropped()
 }
 
 fn reset(
@@ -479,6 +635,17 @@ impl EventBackend for RedisBackend {
         self.subscribe_inner(stream_key, last_event_id).boxed()
     }
 
+    fn position<'a>(
+        &'a self,
+        stream_key: &'a str,
+    ) -> BoxFuture<'a, Result<StreamPosition, SseError>> {
+        self.position_inner(stream_key).boxed()
+    }
+
+    fn prune_idle_streams(&self) -> usize {
+        self.prune_local()
+    }
+
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError> {
         validate_stream_key(stream_key)?;
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -487,6 +654,7 @@ impl EventBackend for RedisBackend {
             .or_insert_with(|| LocalStream {
                 config,
                 sampler: config.sampling.map(CanFrameSampler::new),
+                last_ms: self.clock.now_ms(),
             });
         if st.config.sampling != config.sampling {
             st.sampler = config.sampling.map(CanFrameSampler::new);
