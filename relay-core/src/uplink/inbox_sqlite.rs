@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
-use super::outbox::OutboxRecord;
-use super::outbox_sqlite::{UplinkSync, from_sql, store_err, to_sql};
+use super::store::OutboxRecord;
+use super::store_sqlite::{UplinkSync, from_sql, open_connection, store_err, to_sql};
 use crate::error::{Error, Result};
 use crate::log::Seq;
 
@@ -36,28 +36,14 @@ impl SqliteInbox {
     /// [`UplinkSync::Normal`] only a process crash — and the vehicle forgets what was acked.
     pub fn open(path: impl AsRef<Path>, sync: UplinkSync) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| Error::UplinkStoreOpen {
-            store: STORE,
-            path: path.clone(),
-            source,
-        };
-        let conn = Connection::open(&path).map_err(open_err)?;
-        let sync_pragma = match sync {
-            UplinkSync::Full => "FULL",
-            UplinkSync::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", sync_pragma)
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(
+        let conn = open_connection(
+            STORE,
+            &path,
+            sync,
             "CREATE TABLE IF NOT EXISTS inbox_record (
                  source TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
                  payload BLOB NOT NULL, PRIMARY KEY (source, seq)) WITHOUT ROWID;",
-        )
-        .map_err(open_err)?;
+        )?;
         Ok(SqliteInbox { conn, path })
     }
 
