@@ -7,7 +7,9 @@
 //!   Redis Streams backends.
 //! * [`engine`] — the sans-IO group relay engine: modes, replay scheduling, buffer pressure.
 //! * [`protocol`] — the agent ↔ server data-plane wire messages.
-//! * [`uplink`] — the telemetry store-and-forward primitive: outbox, inbox and uplink session.
+//! * [`uplink`] — store-and-forward, the producer side of every durable stream (the agent's
+//!   relay streams, the telemetry uplink): multi-stream outbox store, stream rules, sans-IO
+//!   session; and the telemetry remote's inbox.
 //!
 //! What this crate does not do: no HTTP, WebSocket or socket code, and no clock of its own
 //! (callers pass the current time). Daemons own the I/O.

@@ -12,13 +12,12 @@ use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use relay_core::Error;
 use relay_core::uplink::{
     AppendReport, DropReason, NewRecord, OnAck, OutboxRecord, Reconciled, StreamConfig,
     StreamOutbox, UplinkSync,
 };
-use uplink_support::{Backend, StoreHarness};
+use uplink_support::{Backend, StoreHarness, proptest_config, runtime};
 
 const KEY: &str = "model";
 
@@ -190,10 +189,7 @@ impl Model {
             out.newly_acked = self.ack(remote).unwrap();
             out.lost_in_flight = self.settle(remote.max(self.acked));
             out.renumbered = self.close_hole();
-            let before_first = self
-                .pending()
-                .first()
-                .map_or(self.last_seq, |(s, _)| s - 1);
+            let before_first = self.pending().first().map_or(self.last_seq, |(s, _)| s - 1);
             out.resume_after = self.acked.max(before_first.min(self.floor()));
         }
         out.acked = self.acked;
@@ -264,13 +260,22 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn reason(i: u8) -> DropReason {
-    [DropReason::Overflow, DropReason::Refused, DropReason::Abandoned][usize::from(i) % 3]
+    [
+        DropReason::Overflow,
+        DropReason::Refused,
+        DropReason::Abandoned,
+    ][usize::from(i) % 3]
 }
 
 fn ids_of(records: &[OutboxRecord]) -> Vec<(u64, u64)> {
     records
         .iter()
-        .map(|r| (r.seq, std::str::from_utf8(&r.payload).unwrap().parse().unwrap()))
+        .map(|r| {
+            (
+                r.seq,
+                std::str::from_utf8(&r.payload).unwrap().parse().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -287,7 +292,11 @@ async fn check(o: &mut StreamOutbox, m: &Model, step: &str) {
         "{step}"
     );
     assert_eq!(
-        [stats.dropped.overflow, stats.dropped.refused, stats.dropped.abandoned],
+        [
+            stats.dropped.overflow,
+            stats.dropped.refused,
+            stats.dropped.abandoned
+        ],
         m.dropped,
         "{step}"
     );
@@ -316,7 +325,9 @@ async fn run(backend: Backend, keep: bool, cap: usize, ops: Vec<Op>) {
         on_ack: if keep { OnAck::Keep } else { OnAck::Delete },
         mirror_max: 4,
     };
-    let mut o = StreamOutbox::open(store.handle(), KEY, config).await.unwrap();
+    let mut o = StreamOutbox::open(store.handle(), KEY, config)
+        .await
+        .unwrap();
     let mut m = Model {
         cap,
         keep,
@@ -371,7 +382,11 @@ async fn run(backend: Backend, keep: bool, cap: usize, ops: Vec<Op>) {
             }
             Op::Reconcile(k) => {
                 // Mostly at or below the last seq, sometimes beyond it (state lost here).
-                let remote = if k < 50 { m.acked + k * m.last_seq.saturating_sub(m.acked) / 50 } else { m.last_seq + k - 49 };
+                let remote = if k < 50 {
+                    m.acked + k * m.last_seq.saturating_sub(m.acked) / 50
+                } else {
+                    m.last_seq + k - 49
+                };
                 let got = o.reconcile(remote).await.unwrap();
                 let want = m.reconcile(remote);
                 assert_eq!(got, want, "{step}");
@@ -389,7 +404,9 @@ async fn run(backend: Backend, keep: bool, cap: usize, ops: Vec<Op>) {
             Op::Restart => {
                 drop(o);
                 store.reopen().await;
-                o = StreamOutbox::open(store.handle(), KEY, config).await.unwrap();
+                o = StreamOutbox::open(store.handle(), KEY, config)
+                    .await
+                    .unwrap();
                 m.restart();
                 cursor = m.acked;
             }
@@ -398,21 +415,8 @@ async fn run(backend: Backend, keep: bool, cap: usize, ops: Vec<Op>) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 300,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/uplink_outbox_model.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(proptest_config(300, "proptest-regressions/uplink_outbox_model.txt"))]
 
     #[test]
     fn memory_outbox_follows_the_model(ops in proptest::collection::vec(op(), 1..80), keep in any::<bool>(), cap in 1usize..40) {
@@ -421,13 +425,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 40,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/uplink_outbox_model.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(proptest_config(40, "proptest-regressions/uplink_outbox_model.txt"))]
 
     #[test]
     fn sqlite_outbox_follows_the_model(ops in proptest::collection::vec(op(), 1..60), keep in any::<bool>(), cap in 1usize..40) {

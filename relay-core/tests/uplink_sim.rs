@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::uplink::{
@@ -32,7 +31,7 @@ use relay_core::uplink::{
     SentBatch, SessionAction, SessionConfig, SqliteInbox, StreamConfig, StreamOutbox, UplinkInbox,
     UplinkSession, UplinkSync,
 };
-use uplink_support::{Backend, StoreHarness};
+use uplink_support::{Backend, StoreHarness, proptest_config, runtime};
 
 const KEY: &str = "vehicle-1";
 const LATENCY_MS: u64 = 15;
@@ -462,21 +461,8 @@ fn relay() -> Consumer {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 200,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/uplink_sim.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(proptest_config(200, "proptest-regressions/uplink_sim.txt"))]
 
     /// The agent's case: the relay's rules, acked records deleted, a cap small enough that
     /// bursts overflow it while batches are in flight.
@@ -502,13 +488,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 12,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/uplink_sim.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(proptest_config(12, "proptest-regressions/uplink_sim.txt"))]
 
     /// Both durable: the SQLite outbox (reopened at each restart) and the SQLite inbox.
     #[test]

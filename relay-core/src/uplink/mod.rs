@@ -21,6 +21,67 @@
 //! * [`UplinkInbox`] — the telemetry remote's durable store, deduplicated by `(source, seq)`,
 //!   returning the ack only after commit. Backends: [`SqliteInbox`], [`MemoryInbox`].
 //!
+//! A driver owns the transport, the clock and the loop. Here the "remote" is an inbox in the same
+//! process and every batch is acknowledged at once; a real driver (the agent's `/ws/data`
+//! worker, the telemetry uplink) sends `Send` batches over its socket and feeds the answers back
+//! the same way:
+//!
+//! ```
+//! use rand::SeedableRng;
+//! use relay_core::uplink::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> relay_core::error::Result<()> {
+//! let store = OutboxStoreHandle::spawn(MemoryOutboxStore::new())?;
+//! let mut outbox = StreamOutbox::open(&store, "vehicle-1", StreamConfig::default()).await?;
+//! let rng = rand::rngs::StdRng::seed_from_u64(1);
+//! let mut session =
+//!     UplinkSession::new(SessionConfig::default(), rng, outbox.acked(), outbox.last_seq(), 0);
+//! let mut remote = MemoryInbox::new();
+//!
+//! let records = (0..1000).map(|i| NewRecord { ts_ms: i, payload: "telemetry".into() });
+//! outbox.append(records.collect()).await?;
+//! session.handle_records_available(outbox.last_seq());
+//!
+//! let now = 0; // a virtual clock: nothing here waits
+//! let mut acks = Vec::new();
+//! while let Some(action) = session.poll_action(now) {
+//!     match action {
+//!         SessionAction::Connect => session.handle_connected(remote.acked("vehicle-1")?, now),
+//!         SessionAction::Reconcile { remote_acked } => {
+//!             let reconciled = outbox.reconcile(remote_acked).await?;
+//!             session.handle_reconciled(&reconciled, now);
+//!         }
+//!         SessionAction::Send { after, max } => {
+//!             let batch = outbox.next_batch(after, max).await?;
+//!             let sent = batch.first().zip(batch.last()).map(|(f, l)| SentBatch {
+//!                 first: f.seq,
+//!                 last: l.seq,
+//!                 count: batch.len() as u64,
+//!                 bytes: batch.iter().map(|r| r.payload.len() as u64).sum(),
+//!             });
+//!             acks.push(remote.commit("vehicle-1", &batch)?.ack); // over the wire
+//!             session.handle_sent(sent, now);
+//!         }
+//!         SessionAction::MarkUplinked { up_to } => {
+//!             outbox.ack(up_to).await?;
+//!         }
+//!         SessionAction::DropPending { reason } => {
+//!             outbox.drop_pending(reason).await?;
+//!             session.handle_records_available(outbox.last_seq());
+//!         }
+//!         SessionAction::Disconnect => {} // close the socket
+//!     }
+//!     for ack in acks.drain(..) {
+//!         session.handle_ack(ack, now)?;
+//!     }
+//! }
+//! assert_eq!((outbox.pending(), remote.acked("vehicle-1")?), (0, 1000));
+//! assert_eq!(session.stats(now).records_acked_total, 1000);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The rules, the message mapping of both protocols and the storage layout are specified in
 //! `docs/protocols/uplink.md`. What this module does not do: no network I/O, no clock of its
 //! own (callers pass `now_ms`), no serialization of payloads (they are opaque bytes), no

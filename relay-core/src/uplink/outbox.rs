@@ -410,14 +410,7 @@ impl StreamOutbox {
                 .await?;
             records.extend(more);
         }
-        Ok(records
-            .into_iter()
-            .map(|r| OutboxRecord {
-                seq: draft.seq_of(r.slot),
-                ts_ms: r.ts_ms,
-                payload: r.payload,
-            })
-            .collect())
+        Ok(with_seqs(&draft, records))
     }
 
     /// The next batch to send: up to `max` pending records with seqs above `after` (the first
@@ -448,13 +441,18 @@ impl StreamOutbox {
             .store
             .read_newest(self.id, since_ts_ms, before_slot, max)
             .await?;
-        Ok(records
-            .into_iter()
-            .map(|r| OutboxRecord {
-                seq: draft.seq_of(r.slot),
-                ts_ms: r.ts_ms,
-                payload: r.payload,
-            })
-            .collect())
+        Ok(with_seqs(&draft, records))
     }
+}
+
+/// `records` with their seqs.
+fn with_seqs(draft: &Draft, records: Vec<StoredRecord>) -> Vec<OutboxRecord> {
+    records
+        .into_iter()
+        .map(|r| OutboxRecord {
+            seq: draft.seq_of(r.slot),
+            ts_ms: r.ts_ms,
+            payload: r.payload,
+        })
+        .collect()
 }

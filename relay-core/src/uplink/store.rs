@@ -184,8 +184,9 @@ impl Unsettled {
         lost
     }
 
-    /// The ranges as bytes (16 per range, little-endian), as the SQLite store keeps them.
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+    /// The ranges as bytes (16 per range: first and last seq, little-endian), as the SQLite
+    /// store keeps them.
+    pub fn to_bytes(&self) -> Vec<u8> {
         self.0
             .iter()
             .flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
@@ -193,7 +194,7 @@ impl Unsettled {
     }
 
     /// The inverse of [`to_bytes`](Self::to_bytes); `None` for bytes it did not write.
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         if !bytes.len().is_multiple_of(16) {
             return None;
         }

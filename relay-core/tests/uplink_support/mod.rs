@@ -81,6 +81,25 @@ impl StoreHarness {
     }
 }
 
+/// A single-threaded runtime for a property test case.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `cases` cases, failures persisted to `file` (under `proptest-regressions/`).
+pub(crate) fn proptest_config(cases: u32, file: &'static str) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(file),
+        )),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// A record taken at `ts_ms` whose payload names it.
 pub(crate) fn rec(ts_ms: u64) -> NewRecord {
     NewRecord {
