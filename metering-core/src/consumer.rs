@@ -219,13 +219,11 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Delay between Redis retries: full jitter up to 2 s.
+/// Delay between Redis retries: full jitter from 50 ms up to 2 s, at least 10 ms.
 fn redis_backoff(failures: u32) -> Duration {
-    let ceiling = Duration::from_millis(50u64.saturating_mul(1 << failures.min(6)))
-        .min(Duration::from_secs(2));
-    ceiling
-        .mul_f64(rand::rng().random::<f64>())
-        .max(Duration::from_millis(10))
+    crate::backoff::FullJitter::new(Duration::from_millis(50), Duration::from_secs(2))
+        .with_floor(Duration::from_millis(10))
+        .delay(failures, rand::rng().random::<f64>())
 }
 
 /// Run a Redis operation until it succeeds; on shutdown give up after `grace` more tries.

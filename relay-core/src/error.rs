@@ -236,9 +236,28 @@ pub enum Error {
         sent: u64,
     },
 
+    /// A second writer asked for an outbox stream that is open already (two writers would hand
+    /// out the same seqs). Nothing was opened.
+    #[error("outbox stream {stream:?} is already open")]
+    OutboxStreamBusy {
+        /// The stream key.
+        stream: String,
+    },
+
+    /// A call on an outbox stream was dropped (cancelled) while its commit was in flight, so
+    /// this handle may be behind its store. Nothing more is done through it: open the stream
+    /// again.
+    #[error(
+        "outbox stream {stream:?} is out of step with its store after a cancelled call; open it again"
+    )]
+    OutboxOutOfStep {
+        /// The stream key.
+        stream: String,
+    },
+
     /// The worker thread or blocking task that runs a backend's blocking calls died (it
-    /// panicked or the runtime is shutting down) during `action`.
-    #[error("stream log worker failed during {action}")]
+    /// panicked, the runtime is shutting down, or the store was closed) during `action`.
+    #[error("storage worker failed during {action}")]
     WorkerGone {
         /// What the log was doing.
         action: &'static str,
@@ -290,7 +309,9 @@ impl Error {
             | Error::CursorAhead { .. }
             | Error::SeqOutOfOrder { .. }
             | Error::InvalidUplinkInput { .. }
-            | Error::UplinkAckAhead { .. } => false,
+            | Error::UplinkAckAhead { .. }
+            | Error::OutboxStreamBusy { .. }
+            | Error::OutboxOutOfStep { .. } => false,
         }
     }
 }

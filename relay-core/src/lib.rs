@@ -7,7 +7,9 @@
 //!   Redis Streams backends.
 //! * [`engine`] — the sans-IO group relay engine: modes, replay scheduling, buffer pressure.
 //! * [`protocol`] — the agent ↔ server data-plane wire messages.
-//! * [`uplink`] — the telemetry store-and-forward primitive: outbox, inbox and uplink session.
+//! * [`uplink`] — store-and-forward, the producer side of every durable stream (the agent's
+//!   relay streams, the telemetry uplink): multi-stream outbox store, stream rules, sans-IO
+//!   session; and the telemetry remote's inbox.
 //! * [`sqlite`] — [`sqlite::open_wal`] and [`sqlite::Durability`]: how every SQLite file of
 //!   Tether is opened (WAL, `synchronous`, busy timeout, foreign keys), in one function.
 //!

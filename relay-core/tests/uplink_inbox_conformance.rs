@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use relay_core::Error;
-use relay_core::uplink::{MemoryInbox, OutboxRecord, SqliteInbox, UplinkInbox, UplinkSync};
+use relay_core::sqlite::Durability;
+use relay_core::uplink::{MemoryInbox, OutboxRecord, SqliteInbox, UplinkInbox};
 
 fn rec(seq: u64) -> OutboxRecord {
     OutboxRecord {
@@ -90,7 +91,7 @@ fn sqlite_inbox_conforms() {
     conformance(&mut || {
         n += 1;
         Box::new(
-            SqliteInbox::open(dir.path().join(format!("inbox-{n}.db")), UplinkSync::Full).unwrap(),
+            SqliteInbox::open(dir.path().join(format!("inbox-{n}.db")), Durability::Full).unwrap(),
         )
     });
 }
@@ -100,10 +101,10 @@ fn sqlite_inbox_keeps_acked_records_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inbox.db");
     {
-        let mut i = SqliteInbox::open(&path, UplinkSync::Full).unwrap();
+        let mut i = SqliteInbox::open(&path, Durability::Full).unwrap();
         assert_eq!(i.commit("veh", &recs(1..=100)).unwrap().ack, 100);
     }
-    let mut i = SqliteInbox::open(&path, UplinkSync::Normal).unwrap();
+    let mut i = SqliteInbox::open(&path, Durability::Normal).unwrap();
     assert_eq!(i.acked("veh").unwrap(), 100);
     assert_eq!(i.read("veh", 0, 1000).unwrap(), recs(1..=100));
     assert_eq!(i.commit("veh", &recs(95..=101)).unwrap().duplicates, 6);

@@ -1,31 +1,26 @@
-//! The uplink session state machine on a virtual clock: window, acks, backoff with full jitter,
-//! resume from the remote's ack, statistics; and an end-to-end simulation (outbox → session →
-//! virtual link → inbox) with random outages checked against the model "every record arrives
-//! exactly once and is marked uplinked only after the inbox committed it".
+//! The producer session on a virtual clock: window, reconcile before sending, acks, refusals,
+//! pause, backoff with full jitter, resume from the remote's ack, statistics. The end-to-end
+//! simulation (outbox → session → virtual link → consumer) is in `uplink_sim.rs`.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-use std::collections::VecDeque;
+use std::time::Duration;
 
-use bytes::Bytes;
-use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::Error;
 use relay_core::uplink::{
-    MemoryInbox, MemoryOutbox, NewRecord, OutboxConfig, OutboxRecord, SentBatch, SessionAction,
-    SessionConfig, SqliteInbox, SqliteOutbox, UplinkInbox, UplinkOutbox, UplinkSession,
-    UplinkState, UplinkSync,
+    DropReason, FullJitter, Reconciled, Refusal, RemoteAhead, SentBatch, SessionAction,
+    SessionConfig, UplinkSession, UplinkState,
 };
 
 fn config() -> SessionConfig {
     SessionConfig {
         window: 6,
         batch_max: 4,
-        backoff_base_ms: 100,
-        backoff_cap_ms: 2_000,
+        backoff: FullJitter::new(Duration::from_millis(100), Duration::from_millis(2_000)),
         stats_window_ms: 10_000,
+        remote_ahead: RemoteAhead::Renumber,
     }
 }
 
@@ -38,7 +33,29 @@ fn batch(first: u64, last: u64) -> Option<SentBatch> {
         first,
         last,
         count: last - first + 1,
+        bytes: (last - first + 1) * 64,
     })
+}
+
+fn reconciled(resume_after: u64, acked: u64, last_seq: u64) -> Reconciled {
+    Reconciled {
+        resume_after,
+        acked,
+        last_seq,
+        ..Reconciled::default()
+    }
+}
+
+/// Connects `s` to a remote holding `remote_acked`, and reconciles as an outbox with
+/// `last_seq` would.
+fn connect(s: &mut UplinkSession<StdRng>, remote_acked: u64, last_seq: u64, now: u64) {
+    assert_eq!(s.poll_action(now), Some(SessionAction::Connect));
+    s.handle_connected(remote_acked, now);
+    assert_eq!(
+        s.poll_action(now),
+        Some(SessionAction::Reconcile { remote_acked })
+    );
+    s.handle_reconciled(&reconciled(remote_acked, remote_acked, last_seq), now);
 }
 
 #[test]
@@ -49,6 +66,16 @@ fn window_limits_what_is_in_flight_and_acks_mark_uplinked() {
     assert_eq!(s.poll_action(0), None, "one attempt at a time");
     s.handle_connected(0, 5);
     assert_eq!(s.state(), UplinkState::Connected);
+    assert_eq!(
+        s.poll_action(5),
+        Some(SessionAction::Reconcile { remote_acked: 0 })
+    );
+    assert_eq!(
+        s.poll_action(5),
+        None,
+        "nothing is sent before the reconcile"
+    );
+    s.handle_reconciled(&reconciled(0, 0, 10), 5);
     assert_eq!(
         s.poll_action(5),
         Some(SessionAction::Send { after: 0, max: 4 })
@@ -75,6 +102,7 @@ fn window_limits_what_is_in_flight_and_acks_mark_uplinked() {
     let stats = s.stats(40);
     assert_eq!(stats.last_latency_ms, Some(30));
     assert_eq!(stats.records_acked_total, 4);
+    assert_eq!(stats.records_sent_total, 6);
     assert_eq!(stats.in_flight, 2);
     // Duplicate and older acks change nothing; acks beyond what was sent are refused.
     s.handle_ack(3, 41).unwrap();
@@ -88,8 +116,7 @@ fn window_limits_what_is_in_flight_and_acks_mark_uplinked() {
 #[test]
 fn latency_and_throughput_statistics() {
     let mut s = session(0, 100);
-    s.poll_action(0);
-    s.handle_connected(0, 0);
+    connect(&mut s, 0, 100, 0);
     let mut now = 0;
     let mut sent = 0;
     while sent < 100 {
@@ -115,12 +142,13 @@ fn latency_and_throughput_statistics() {
         ),
         (Some(10), Some(10), Some(10))
     );
-    // 100 records acknowledged within the 10 s window: 10 records/s.
+    // 100 records (6,400 bytes) acknowledged within the 10 s window: 10 records/s, 640 B/s.
     assert!(
         (stats.throughput_per_s - 10.0).abs() < 1e-9,
         "{}",
         stats.throughput_per_s
     );
+    assert!((stats.throughput_bytes_per_s - 640.0).abs() < 1e-9);
     // After the window passed with nothing acknowledged, throughput is 0.
     let later = s.stats(now + 20_000);
     assert_eq!(later.throughput_per_s, 0.0);
@@ -162,8 +190,7 @@ fn reconnect_backoff_uses_full_jitter_and_grows_to_the_cap() {
 #[test]
 fn resume_from_the_remote_ack_after_an_outage() {
     let mut s = session(0, 10);
-    s.poll_action(0);
-    s.handle_connected(0, 0);
+    connect(&mut s, 0, 10, 0);
     s.poll_action(0);
     s.handle_sent(batch(1, 4), 0);
     s.poll_action(0);
@@ -179,26 +206,55 @@ fn resume_from_the_remote_ack_after_an_outage() {
     let at = s.poll_timeout().unwrap();
     assert!(at <= 110);
     assert_eq!(s.poll_action(at), Some(SessionAction::Connect));
-    // The remote committed up to 5 before the connection dropped (its acks were lost).
+    // The remote committed up to 5 before the connection dropped (its acks were lost): the
+    // reconcile marks them, and sending resumes after 5.
     s.handle_connected(5, at);
     assert_eq!(
         s.poll_action(at),
-        Some(SessionAction::MarkUplinked { up_to: 5 })
+        Some(SessionAction::Reconcile { remote_acked: 5 })
     );
+    s.handle_reconciled(&reconciled(5, 5, 10), at);
     assert_eq!(
         s.poll_action(at),
         Some(SessionAction::Send { after: 5, max: 4 })
     );
-    assert_eq!(s.stats(at).consecutive_failures, 0);
+    let stats = s.stats(at);
+    assert_eq!(
+        (
+            stats.consecutive_failures,
+            stats.acked_through,
+            stats.disconnects
+        ),
+        (0, 5, 1)
+    );
 }
 
 #[test]
-fn remote_ahead_of_the_outbox_is_fatal_until_reset() {
+fn a_remote_ahead_of_the_outbox_is_reconciled_or_fatal_as_configured() {
+    // Default: reconcile (the outbox renumbers its held records to follow the remote).
     let mut s = session(0, 3);
+    s.poll_action(0);
+    s.handle_connected(50, 0);
+    assert_eq!(
+        s.poll_action(0),
+        Some(SessionAction::Reconcile { remote_acked: 50 })
+    );
+    s.handle_reconciled(&reconciled(50, 50, 53), 0);
+    assert_eq!(
+        s.poll_action(0),
+        Some(SessionAction::Send { after: 50, max: 4 })
+    );
+    // `Stop`: fatal until reset.
+    let stop = SessionConfig {
+        remote_ahead: RemoteAhead::Stop,
+        ..config()
+    };
+    let mut s = UplinkSession::new(stop, StdRng::seed_from_u64(1), 0, 3, 0);
     s.poll_action(0);
     s.handle_connected(50, 0);
     assert_eq!(s.state(), UplinkState::Error);
     assert!(s.stats(0).last_error.unwrap().contains("reset"));
+    assert_eq!(s.poll_action(0), Some(SessionAction::Disconnect));
     assert_eq!(s.poll_timeout(), None);
     assert_eq!(s.poll_action(1_000_000), None);
     s.reset(5);
@@ -208,13 +264,12 @@ fn remote_ahead_of_the_outbox_is_fatal_until_reset() {
 #[test]
 fn empty_fetch_stops_asking_until_new_records() {
     let mut s = session(0, 5);
-    s.poll_action(0);
-    s.handle_connected(0, 0);
+    connect(&mut s, 0, 5, 0);
     assert_eq!(
         s.poll_action(0),
         Some(SessionAction::Send { after: 0, max: 4 })
     );
-    // The overflow cap dropped everything pending.
+    // The cap dropped everything pending.
     s.handle_sent(None, 0);
     assert_eq!(s.poll_action(0), None);
     s.handle_records_available(9);
@@ -224,232 +279,89 @@ fn empty_fetch_stops_asking_until_new_records() {
     );
 }
 
-// ---- end-to-end simulation -------------------------------------------------------------
+#[test]
+fn refusals_drop_resync_or_stop() {
+    // `group_inactive`: drop the pending records, close, reconnect with backoff.
+    let mut s = session(0, 10);
+    connect(&mut s, 0, 10, 0);
+    s.poll_action(0);
+    s.handle_sent(batch(1, 4), 0);
+    s.handle_ack(2, 1).unwrap();
+    s.handle_refused(
+        Refusal::DropPending {
+            reason: DropReason::Refused,
+        },
+        2,
+    );
+    assert_eq!(s.state(), UplinkState::Disconnected);
+    assert_eq!(
+        s.poll_action(2),
+        Some(SessionAction::MarkUplinked { up_to: 2 })
+    );
+    assert_eq!(
+        s.poll_action(2),
+        Some(SessionAction::DropPending {
+            reason: DropReason::Refused
+        })
+    );
+    assert_eq!(s.poll_action(2), Some(SessionAction::Disconnect));
+    let at = s.poll_timeout().unwrap();
+    assert!(at <= 102);
+    s.handle_records_available(2);
+    connect(&mut s, 2, 2, at);
+    assert_eq!(s.poll_action(at), None, "nothing left to send");
+    let stats = s.stats(at);
+    assert_eq!((stats.refusals, stats.disconnects), (1, 1));
 
-enum ToRemote {
-    Batch(Vec<OutboxRecord>),
-}
+    // `seq_out_of_order`: close, reconnect, resend from the remote's ack.
+    let mut s = session(0, 10);
+    connect(&mut s, 0, 10, 0);
+    s.poll_action(0);
+    s.handle_sent(batch(1, 4), 0);
+    s.handle_refused(Refusal::Resync, 1);
+    assert_eq!(s.poll_action(1), Some(SessionAction::Disconnect));
+    let at = s.poll_timeout().unwrap();
+    connect(&mut s, 0, 10, at);
+    assert_eq!(
+        s.poll_action(at),
+        Some(SessionAction::Send { after: 0, max: 4 })
+    );
 
-struct E2e<O: UplinkOutbox, I: UplinkInbox> {
-    outbox: O,
-    inbox: I,
-    session: UplinkSession<StdRng>,
-    now: u64,
-    remote_up: bool,
-    connected: bool,
-    up: VecDeque<(u64, ToRemote)>,
-    down: VecDeque<(u64, u64)>,
-    latency: u64,
-    appended: u64,
-}
-
-const SOURCE: &str = "vehicle-1";
-
-fn payload(seq: u64) -> Bytes {
-    Bytes::from(format!("telemetry-{seq}"))
-}
-
-impl<O: UplinkOutbox, I: UplinkInbox> E2e<O, I> {
-    fn new(mut outbox: O, inbox: I, seed: u64) -> Self {
-        let stats = outbox.stats(0).unwrap();
-        let session = UplinkSession::new(
-            config(),
-            StdRng::seed_from_u64(seed),
-            stats.acked_through,
-            stats.last_seq,
-            0,
-        );
-        E2e {
-            outbox,
-            inbox,
-            session,
-            now: 0,
-            remote_up: true,
-            connected: false,
-            up: VecDeque::new(),
-            down: VecDeque::new(),
-            latency: 15,
-            appended: stats.last_seq,
-        }
-    }
-
-    fn append(&mut self, n: u64) {
-        let records: Vec<NewRecord> = (self.appended + 1..=self.appended + n)
-            .map(|seq| NewRecord {
-                ts_ms: self.now,
-                payload: payload(seq),
-            })
-            .collect();
-        let r = self.outbox.append(&records).unwrap();
-        assert_eq!(r.first_seq, self.appended + 1);
-        self.appended = r.last_seq;
-        self.session.handle_records_available(r.last_seq);
-        self.drive();
-    }
-
-    fn drop_link(&mut self) {
-        if self.connected {
-            self.connected = false;
-            self.up.clear();
-            self.down.clear();
-            self.session.handle_disconnected(self.now);
-        }
-        self.drive();
-    }
-
-    fn drive(&mut self) {
-        while let Some(action) = self.session.poll_action(self.now) {
-            match action {
-                SessionAction::Connect => {
-                    if self.remote_up {
-                        self.connected = true;
-                        let acked = self.inbox.acked(SOURCE).unwrap();
-                        self.session.handle_connected(acked, self.now);
-                    } else {
-                        self.session.handle_connect_failed(self.now);
-                    }
-                }
-                SessionAction::Send { after, max } => {
-                    let records = self.outbox.fetch_pending(after, max).unwrap();
-                    let sent = match (records.first(), records.last()) {
-                        (Some(f), Some(l)) => Some(SentBatch {
-                            first: f.seq,
-                            last: l.seq,
-                            count: records.len() as u64,
-                        }),
-                        _ => None,
-                    };
-                    if sent.is_some() {
-                        self.up
-                            .push_back((self.now + self.latency, ToRemote::Batch(records)));
-                    }
-                    self.session.handle_sent(sent, self.now);
-                }
-                SessionAction::MarkUplinked { up_to } => {
-                    // Marked only what the inbox committed.
-                    assert!(up_to <= self.inbox.acked(SOURCE).unwrap());
-                    self.outbox.mark_uplinked(up_to).unwrap();
-                }
-            }
-        }
-    }
-
-    fn advance(&mut self, ms: u64) {
-        let end = self.now + ms;
-        loop {
-            let next_up = self.up.front().map(|(t, _)| *t);
-            let next_down = self.down.front().map(|(t, _)| *t);
-            let next_timer = self.session.poll_timeout();
-            let next = [next_up, next_down, next_timer].into_iter().flatten().min();
-            match next {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    if next_up == Some(t) {
-                        let (_, ToRemote::Batch(records)) = self.up.pop_front().unwrap();
-                        let commit = self.inbox.commit(SOURCE, &records).unwrap();
-                        self.down.push_back((self.now + self.latency, commit.ack));
-                    } else if next_down == Some(t) {
-                        let (_, ack) = self.down.pop_front().unwrap();
-                        self.session.handle_ack(ack, self.now).unwrap();
-                    }
-                    self.drive();
-                }
-                _ => break,
-            }
-        }
-        self.now = end;
-        self.drive();
-    }
-
-    fn settle_and_check(&mut self) {
-        self.remote_up = true;
-        for _ in 0..10_000 {
-            if self.outbox.stats(self.now).unwrap().pending == 0
-                && self.up.is_empty()
-                && self.down.is_empty()
-            {
-                break;
-            }
-            self.advance(100);
-        }
-        let stats = self.outbox.stats(self.now).unwrap();
-        assert_eq!((stats.pending, stats.acked_through), (0, self.appended));
-        let got = self.inbox.read(SOURCE, 0, usize::MAX).unwrap();
-        assert_eq!(got.len() as u64, self.appended, "every record exactly once");
-        for (i, r) in got.iter().enumerate() {
-            assert_eq!(r.seq, i as u64 + 1);
-            assert_eq!(r.payload, payload(r.seq));
-        }
-        assert_eq!(self.session.stats(self.now).acked_through, self.appended);
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Append(u64),
-    Advance(u64),
-    DropLink,
-    RemoteDown,
-    RemoteUp,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (1u64..20).prop_map(Op::Append),
-        4 => (1u64..300).prop_map(Op::Advance),
-        1 => Just(Op::DropLink),
-        1 => Just(Op::RemoteDown),
-        1 => Just(Op::RemoteUp),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 150,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/uplink_session.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn outages_never_lose_or_duplicate_records(ops in proptest::collection::vec(op(), 1..60), seed in any::<u64>()) {
-        let mut sim = E2e::new(MemoryOutbox::new(OutboxConfig::default()), MemoryInbox::new(), seed);
-        for op in ops {
-            match op {
-                Op::Append(n) => sim.append(n),
-                Op::Advance(ms) => sim.advance(ms),
-                Op::DropLink => sim.drop_link(),
-                Op::RemoteDown => { sim.remote_up = false; sim.drop_link(); }
-                Op::RemoteUp => sim.remote_up = true,
-            }
-        }
-        sim.settle_and_check();
-    }
+    // A fatal code: close and stop.
+    let mut s = session(0, 10);
+    connect(&mut s, 0, 10, 0);
+    s.handle_refused(
+        Refusal::Fatal {
+            reason: "unsupported version".into(),
+        },
+        1,
+    );
+    assert_eq!(s.poll_action(1), Some(SessionAction::Disconnect));
+    assert_eq!(s.state(), UplinkState::Error);
+    assert_eq!(s.poll_timeout(), None);
+    // Refusals outside a connection are ignored.
+    s.handle_refused(Refusal::Resync, 2);
+    assert_eq!(s.stats(2).refusals, 1);
 }
 
 #[test]
-fn sqlite_end_to_end_with_outages_and_a_vehicle_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("outbox.db");
-    let inbox = SqliteInbox::open(dir.path().join("inbox.db"), UplinkSync::Full).unwrap();
-    let outbox = SqliteOutbox::open(&out_path, OutboxConfig::default(), UplinkSync::Full).unwrap();
-    let mut sim = E2e::new(outbox, inbox, 1);
-    for round in 0..20 {
-        sim.append(7);
-        sim.advance(20);
-        if round % 5 == 4 {
-            sim.drop_link();
-        }
-    }
-    // The vehicle restarts: a new session over the reopened outbox resumes from the ack.
-    let E2e {
-        inbox, appended, ..
-    } = sim;
-    let outbox = SqliteOutbox::open(&out_path, OutboxConfig::default(), UplinkSync::Full).unwrap();
-    let mut sim = E2e::new(outbox, inbox, 2);
-    assert_eq!(sim.appended, appended);
-    sim.append(3);
-    sim.settle_and_check();
-    assert_eq!(sim.appended, 143);
+fn paused_sessions_send_nothing_but_take_acks() {
+    let mut s = session(0, 10);
+    connect(&mut s, 0, 10, 0);
+    s.poll_action(0);
+    s.handle_sent(batch(1, 4), 0);
+    s.set_paused(true);
+    assert_eq!(s.poll_action(1), None);
+    s.handle_ack(4, 2).unwrap();
+    assert_eq!(
+        s.poll_action(2),
+        Some(SessionAction::MarkUplinked { up_to: 4 })
+    );
+    assert_eq!(s.poll_action(2), None);
+    assert!(s.stats(2).paused);
+    s.set_paused(false);
+    assert_eq!(
+        s.poll_action(3),
+        Some(SessionAction::Send { after: 4, max: 4 })
+    );
 }

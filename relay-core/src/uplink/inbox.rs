@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::outbox::OutboxRecord;
+use super::store::OutboxRecord;
 use crate::error::{Error, Result};
 use crate::log::Seq;
 

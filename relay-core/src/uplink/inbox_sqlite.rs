@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
-use super::outbox::OutboxRecord;
-use super::outbox_sqlite::{from_sql, store_err, to_sql};
+use super::store::OutboxRecord;
+use super::store_sqlite::{from_sql, open_connection, store_err, to_sql};
 use crate::error::{Error, Result};
 use crate::log::Seq;
-use crate::sqlite::{Durability, open_wal};
+use crate::sqlite::Durability;
 
 const STORE: &str = "inbox";
 
@@ -38,18 +38,14 @@ impl SqliteInbox {
     /// and the vehicle forgets what was acked.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| Error::UplinkStoreOpen {
-            store: STORE,
-            path: path.clone(),
-            source,
-        };
-        let conn = open_wal(&path, durability).map_err(open_err)?;
-        conn.execute_batch(
+        let conn = open_connection(
+            STORE,
+            &path,
+            durability,
             "CREATE TABLE IF NOT EXISTS inbox_record (
                  source TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
                  payload BLOB NOT NULL, PRIMARY KEY (source, seq)) WITHOUT ROWID;",
-        )
-        .map_err(open_err)?;
+        )?;
         Ok(SqliteInbox { conn, path })
     }
 
