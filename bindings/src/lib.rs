@@ -19,12 +19,15 @@
 //! ([`error`]). The module holds no threads, sockets or files: it does not relay, buffer or
 //! send anything, and it does not talk to Redis or the control plane.
 
+mod bus;
 mod error;
 mod frame;
 mod logs;
 mod metering;
 mod protocol;
 mod remp;
+mod sse;
+mod table;
 
 use pyo3::prelude::*;
 
@@ -44,19 +47,28 @@ pub(crate) fn bytes_or_str<'a>(
     }
 }
 
-/// The `tether` Python module.
+/// The native module `tether._tether`; the package `tether` (bindings/python/tether/)
+/// re-exports it.
 #[pymodule]
-fn tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     error::register(m)?;
     m.add_class::<frame::Frame>()?;
     m.add_class::<logs::ParsedLog>()?;
     m.add_function(wrap_pyfunction!(logs::parse_log, m)?)?;
     m.add_function(wrap_pyfunction!(logs::format_log, m)?)?;
+    m.add_class::<table::FrameTable>()?;
+    m.add_class::<table::io::LogBatches>()?;
+    m.add_function(wrap_pyfunction!(table::io::read_log, m)?)?;
+    m.add_function(wrap_pyfunction!(table::io::iter_log, m)?)?;
+    m.add_function(wrap_pyfunction!(table::io::write_log, m)?)?;
     m.add_class::<remp::RempSender>()?;
     m.add_class::<remp::RempReceiver>()?;
     m.add_function(wrap_pyfunction!(protocol::encode_message, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
+    m.add_class::<bus::CanLink>()?;
+    m.add_class::<sse::EventStreamParser>()?;
+    m.add_class::<sse::SseEvent>()?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use pyo3::types::PyBytes;
 use crate::error::{self, LogFormatError};
 use crate::frame::Frame;
 
-fn format_by_name(name: &str) -> PyResult<LogFormat> {
+pub(crate) fn format_by_name(name: &str) -> PyResult<LogFormat> {
     match name {
         "candump" => Ok(LogFormat::Candump),
         "asc" => Ok(LogFormat::Asc),

@@ -32,11 +32,11 @@ def create_token(data, user):
 
 
 @contextlib.contextmanager
-def running_server(data):
-    """Starts `tether server` on a free loopback port; yields its `host:port`. On exit it is
-    stopped with SIGTERM and must exit 0."""
+def running_server(data, listen="127.0.0.1:0"):
+    """Starts `tether server` on `listen` (default: a free loopback port); yields its
+    `host:port`. On exit it is stopped with SIGTERM and must exit 0."""
     proc = subprocess.Popen(
-        [TETHER, "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        [TETHER, "server", "--listen", listen, "--data-dir", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
     )
     line = proc.stdout.readline()
