@@ -68,7 +68,7 @@ def free_udp_port() -> int:
 
 
 def recv_n(bus: can.BusABC, n: int, timeout: float = 10) -> list[can.Message]:
-    got = []
+    got: list[can.Message] = []
     while len(got) < n:
         m = bus.recv(timeout=timeout)
         assert m is not None, f"only {len(got)} of {n} frames arrived"
@@ -85,6 +85,21 @@ def stop(proc: subprocess.Popen[str]) -> str:
         raise
     assert proc.returncode == 0, err
     return err
+
+
+def port_of(bus: TetherBus) -> str:
+    assert bus.local_addr is not None
+    return port_of(bus)
+
+
+def state_of(bus: can.BusABC) -> can.BusState:
+    return bus.state
+
+
+def tether_bus(channel: str, **kwargs: Any) -> TetherBus:
+    bus = can.Bus(interface="tether", channel=channel, **kwargs)
+    assert isinstance(bus, TetherBus)
+    return bus
 
 
 def agent_bus(**kwargs: Any) -> TetherBus:
@@ -109,7 +124,7 @@ def test_replayed_capture_arrives_filtered_in_rust(tmp_path: Path) -> None:
     answers = frames.filter_ids([0x7BB])
     bus = agent_bus(can_filters=[{"can_id": 0x7BB, "can_mask": 0x7FF, "extended": False}])
     try:
-        port = bus.local_addr.rsplit(":", 1)[1]
+        port = port_of(bus)
         subprocess.run(
             [TETHER, "can", "replay", str(CAPTURE), "--to", f"udp://127.0.0.1:{port}", "--speed", "max"],
             check=True, timeout=60, capture_output=True,
@@ -155,7 +170,7 @@ def test_tether_can_dongle_and_a_python_can_agent_talk_both_ways(tmp_path: Path)
     replay.write_text(SAMPLE)
     out = tmp_path / "from-agent.log"
     bus = agent_bus()
-    port = bus.local_addr.rsplit(":", 1)[1]
+    port = port_of(bus)
     dongle = subprocess.Popen(
         [TETHER, "can", "dongle", "--serial", "SIM-7", "--agent", f"127.0.0.1:{port}",
          "--replay", str(replay), "--speed", "max", "--record", str(out)],
@@ -184,8 +199,8 @@ def test_tether_can_dongle_and_a_python_can_agent_talk_both_ways(tmp_path: Path)
 def test_cannelloni_both_ways(tmp_path: Path) -> None:
     log = tmp_path / "in.log"
     log.write_text(SAMPLE)
-    with can.Bus(interface="tether", channel="cannelloni://127.0.0.1:0", listen=True, can_channel="vcan9") as bus:
-        port = bus.local_addr.rsplit(":", 1)[1]
+    with tether_bus("cannelloni://127.0.0.1:0", listen=True, can_channel="vcan9") as bus:
+        port = port_of(bus)
         subprocess.run(
             [TETHER, "can", "replay", str(log), "--to", f"udp://127.0.0.1:{port}", "--protocol", "cannelloni",
              "--speed", "max"],
@@ -246,12 +261,12 @@ def test_socketcand_with_python_cans_own_client_as_peer(tmp_path: Path) -> None:
         # socketcand's raw mode has no FD frames: refused, not dropped silently.
         with pytest.raises(can.CanOperationError, match="socketcand"):
             ours.send(MESSAGES[1])
-        assert ours.state == can.BusState.ACTIVE
+        assert state_of(ours) == can.BusState.ACTIVE
         stop(proc)
         # The server went away: the bus reports it instead of waiting forever.
         with pytest.raises(can.CanOperationError, match="closed"):
             ours.recv(timeout=5)
-        assert ours.state == can.BusState.ERROR
+        assert state_of(ours) == can.BusState.ERROR
     finally:
         ours.shutdown()
         theirs.shutdown()
@@ -262,7 +277,7 @@ def test_socketcand_with_python_cans_own_client_as_peer(tmp_path: Path) -> None:
 def test_filters_state_own_messages_notifier_and_iteration() -> None:
     """Two python-can buses over REMP on loopback: the generic python-can behaviours."""
     agent = agent_bus(receive_own_messages=True)
-    port = agent.local_addr.rsplit(":", 1)[1]
+    port = port_of(agent)
     dongle = can.Bus(interface="tether", channel=f"udp://127.0.0.1:{port}")
     try:
         # Timeout: nothing yet.
@@ -335,8 +350,8 @@ def test_filters_state_own_messages_notifier_and_iteration() -> None:
 
 def test_invalid_frames_are_refused_before_sending() -> None:
     with agent_bus() as bus:
-        port = bus.local_addr.rsplit(":", 1)[1]
-        with can.Bus(interface="tether", channel=f"udp://127.0.0.1:{port}") as dongle:
+        port = port_of(bus)
+        with tether_bus(f"udp://127.0.0.1:{port}") as dongle:
             bad = can.Message(arbitration_id=0x800, is_extended_id=False, check=False)
             with pytest.raises(can.CanOperationError, match="out of range"):
                 dongle.send(bad)
