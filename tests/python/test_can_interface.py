@@ -89,7 +89,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 def port_of(bus: TetherBus) -> str:
     assert bus.local_addr is not None
-    return port_of(bus)
+    return bus.local_addr.rsplit(":", 1)[1]
 
 
 def state_of(bus: can.BusABC) -> can.BusState:
