@@ -23,7 +23,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use crate::error;
-use crate::table::columns::{FrameParts, build_frame};
+use crate::table::columns::{FrameParts, build_frame, fd_of, id_of};
 
 /// Frames the task takes from the send queue before it flushes.
 const SEND_BATCH: usize = 256;
@@ -68,10 +68,7 @@ fn passes(filters: &Option<Vec<Filter>>, record: &CanRecord) -> bool {
     let Some(filters) = filters else {
         return true;
     };
-    let (id, extended) = match &record.frame {
-        CanFrame::Error(e) => (e.class_bits(), false),
-        f => f.id().map_or((0, false), |i| (i.raw(), i.is_extended())),
-    };
+    let (id, extended) = id_of(&record.frame);
     filters
         .iter()
         .any(|f| f.extended.is_none_or(|e| e == extended) && (f.can_id ^ id) & f.can_mask == 0)
@@ -407,16 +404,8 @@ impl CanLink {
             Err(RecvTimeoutError::Disconnected) => return Err(self.closed_error()),
         };
         let f = &record.frame;
-        let (id, extended) = match f {
-            CanFrame::Error(e) => (e.class_bits(), false),
-            other => other
-                .id()
-                .map_or((0, false), |i| (i.raw(), i.is_extended())),
-        };
-        let (fd, brs, esi) = match f {
-            CanFrame::Fd(x) => (true, x.flags().brs, x.flags().esi),
-            _ => (false, false, false),
-        };
+        let (id, extended) = id_of(f);
+        let (fd, brs, esi) = fd_of(f);
         let items: [Bound<'py, PyAny>; 12] = [
             record.ts_ns.into_pyobject(py)?.into_any(),
             id.into_pyobject(py)?.into_any(),

@@ -14,13 +14,11 @@ session through can-isotp (the NOTES say this works over python-can's `udp_multi
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -29,6 +27,7 @@ from typing import Any
 
 import can
 import pytest
+from netns import run_in_private_network
 
 import tether
 from tether.can_bus import TetherBus
@@ -102,6 +101,27 @@ def tether_bus(channel: str, **kwargs: Any) -> TetherBus:
     return bus
 
 
+def record_udp(out: Path, count: int, *protocol: str) -> tuple[subprocess.Popen[str], str]:
+    """`tether can record` listening on a free UDP port, ready; returns it and its address."""
+    url = f"udp://127.0.0.1:{free_udp_port()}"
+    rec = subprocess.Popen(
+        [TETHER, "can", "record", "--from", url, *protocol, "-o", str(out), "--count", str(count)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    assert rec.stderr is not None and rec.stderr.readline().startswith("recording")
+    return rec, url
+
+
+def finish(rec: subprocess.Popen[str]) -> str:
+    try:
+        _, err = rec.communicate(timeout=TIMEOUT)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+    assert rec.returncode == 0, err
+    return err
+
+
 def agent_bus(**kwargs: Any) -> TetherBus:
     bus = can.Bus(interface="tether", channel="udp://127.0.0.1:0", listen=True, **kwargs)
     assert isinstance(bus, TetherBus)
@@ -145,22 +165,12 @@ def test_replayed_capture_arrives_filtered_in_rust(tmp_path: Path) -> None:
 
 
 def test_a_python_can_program_is_a_dongle_for_tether_can_record(tmp_path: Path) -> None:
-    port = free_udp_port()
     out = tmp_path / "recorded.log"
-    rec = subprocess.Popen(
-        [TETHER, "can", "record", "--from", f"udp://127.0.0.1:{port}", "-o", str(out), "--count", "3"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert rec.stderr is not None and rec.stderr.readline().startswith("recording")
-        with can.Bus(interface="tether", channel=f"udp://127.0.0.1:{port}", serial="PY-DONGLE") as bus:
-            for m in MESSAGES:
-                bus.send(m)
-            _, err = rec.communicate(timeout=TIMEOUT)
-    finally:
-        if rec.poll() is None:
-            rec.kill()
-    assert rec.returncode == 0, err
+    rec, url = record_udp(out, 3)
+    with can.Bus(interface="tether", channel=url, serial="PY-DONGLE") as bus:
+        for m in MESSAGES:
+            bus.send(m)
+        err = finish(rec)
     assert frames_of(out.read_text()) == EXPECTED_LINES
     assert "0 lost" in err
 
@@ -214,23 +224,12 @@ def test_cannelloni_both_ways(tmp_path: Path) -> None:
         ]
         assert {m.channel for m in got} == {"vcan9"}  # cannelloni carries no channel names
 
-    port2 = free_udp_port()
     out = tmp_path / "out.log"
-    rec = subprocess.Popen(
-        [TETHER, "can", "record", "--from", f"udp://127.0.0.1:{port2}", "--protocol", "cannelloni",
-         "-o", str(out), "--count", "3"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert rec.stderr is not None and rec.stderr.readline().startswith("recording")
-        with can.Bus(interface="tether", channel=f"cannelloni://127.0.0.1:{port2}") as bus:
-            for m in MESSAGES:
-                bus.send(m)
-            _, err = rec.communicate(timeout=TIMEOUT)
-    finally:
-        if rec.poll() is None:
-            rec.kill()
-    assert rec.returncode == 0, err
+    rec, url = record_udp(out, 3, "--protocol", "cannelloni")
+    with can.Bus(interface="tether", channel=url.replace("udp://", "cannelloni://")) as bus:
+        for m in MESSAGES:
+            bus.send(m)
+        finish(rec)
     assert frames_of(out.read_text()) == EXPECTED_LINES
 
 
@@ -404,19 +403,9 @@ NAMESPACE_SCRIPT = textwrap.dedent(
 
 
 def test_udp_multicast_with_python_cans_own_bus_in_a_private_namespace(tmp_path: Path) -> None:
-    if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode != 0:
-        pytest.fail("unshare -rn is not available: cannot build the private network namespace")
     log = tmp_path / "replay.log"
     log.write_text(SAMPLE)
-    script = tmp_path / "inner.py"
-    script.write_text(NAMESPACE_SCRIPT)
-    cmd = (
-        "ip link set lo up && ip route add 224.0.0.0/4 dev lo && "
-        f"exec {sys.executable} {script} {TETHER} {log}"
-    )
-    res = subprocess.run(["unshare", "-rn", "sh", "-c", cmd], capture_output=True, text=True, timeout=90)
-    assert res.returncode == 0, res.stderr
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    result = run_in_private_network(tmp_path, NAMESPACE_SCRIPT, TETHER, str(log))
     assert result["from_theirs"] == result["sent"]
     assert result["from_ours"] == result["sent"]
     assert result["replayed"] == [

@@ -24,6 +24,20 @@ def _need(package: str, method: str) -> ModuleType:
         ) from e
 
 
+def _flags_and_lengths(table: FrameTable) -> dict[str, Any]:
+    """The columns every conversion takes as they are, in output order after ``id``."""
+    return {
+        "extended": table.extended,
+        "remote": table.remote,
+        "error": table.error,
+        "fd": table.fd,
+        "brs": table.brs,
+        "esi": table.esi,
+        "len": table.len,
+        "raw_dlc": table.raw_dlc,
+    }
+
+
 def to_arrow(table: FrameTable) -> Any:
     """The table as a `pyarrow.Table`: numeric columns without a copy, `channel` and
     `direction` as dictionary arrays, `data` as `large_binary` over the table's own buffers."""
@@ -45,14 +59,7 @@ def to_arrow(table: FrameTable) -> Any:
             "ts_ns": pa.array(table.ts_ns),
             "channel": channel,
             "id": pa.array(table.id),
-            "extended": pa.array(table.extended),
-            "remote": pa.array(table.remote),
-            "error": pa.array(table.error),
-            "fd": pa.array(table.fd),
-            "brs": pa.array(table.brs),
-            "esi": pa.array(table.esi),
-            "len": pa.array(table.len),
-            "raw_dlc": pa.array(table.raw_dlc),
+            **{name: pa.array(column) for name, column in _flags_and_lengths(table).items()},
             "data": data,
             "direction": direction,
         }
@@ -70,14 +77,7 @@ def to_pandas(table: FrameTable) -> Any:
             "ts_ns": table.ts_ns,
             "channel": pd.Categorical.from_codes(table.channel_codes, categories=table.channel_names),
             "id": table.id,
-            "extended": table.extended,
-            "remote": table.remote,
-            "error": table.error,
-            "fd": table.fd,
-            "brs": table.brs,
-            "esi": table.esi,
-            "len": table.len,
-            "raw_dlc": table.raw_dlc,
+            **_flags_and_lengths(table),
             "data": data,
             "direction": pd.Categorical.from_codes(table.direction, categories=DIRECTIONS),
         }
@@ -96,14 +96,7 @@ def to_polars(table: FrameTable) -> Any:
             "ts_ns": table.ts_ns,
             "channel": enum(table.channel_codes, table.channel_names),
             "id": table.id,
-            "extended": table.extended,
-            "remote": table.remote,
-            "error": table.error,
-            "fd": table.fd,
-            "brs": table.brs,
-            "esi": table.esi,
-            "len": table.len,
-            "raw_dlc": table.raw_dlc,
+            **_flags_and_lengths(table),
             "data": pl.Series(table.data_list(), dtype=pl.Binary),
             "direction": enum(table.direction, DIRECTIONS),
         }

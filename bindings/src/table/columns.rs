@@ -62,6 +62,25 @@ impl ChannelCodes {
     }
 }
 
+/// A frame's `id` column value and whether it is extended: the identifier, or the error
+/// class bits of an error frame (never extended).
+pub(crate) fn id_of(frame: &CanFrame) -> (u32, bool) {
+    match frame {
+        CanFrame::Error(e) => (e.class_bits(), false),
+        other => other
+            .id()
+            .map_or((0, false), |id| (id.raw(), id.is_extended())),
+    }
+}
+
+/// A frame's CAN FD flags column values: `(fd, brs, esi)`.
+pub(crate) fn fd_of(frame: &CanFrame) -> (bool, bool, bool) {
+    match frame {
+        CanFrame::Fd(f) => (true, f.flags().brs, f.flags().esi),
+        _ => (false, false, false),
+    }
+}
+
 /// Which identifiers to keep (error frames, which carry no identifier, never match).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IdFilter(Option<HashSet<u32>>);
@@ -144,16 +163,8 @@ impl Columns {
     ) -> Result<(), TimestampOverflow> {
         let ts = i64::try_from(record.ts_ns).map_err(|_| TimestampOverflow(record.ts_ns))?;
         let frame = &record.frame;
-        let (id, extended) = match frame {
-            CanFrame::Error(e) => (e.class_bits(), false),
-            other => other
-                .id()
-                .map_or((0, false), |id| (id.raw(), id.is_extended())),
-        };
-        let (fd, brs, esi) = match frame {
-            CanFrame::Fd(f) => (true, f.flags().brs, f.flags().esi),
-            _ => (false, false, false),
-        };
+        let (id, extended) = id_of(frame);
+        let (fd, brs, esi) = fd_of(frame);
         self.ts_ns.push(ts);
         self.id.push(id);
         self.extended.push(extended);

@@ -16,7 +16,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use super::columns::{ChannelCodes, Columns, IdFilter, RowError, TimestampOverflow};
 use super::{FrameTable, LogMeta, row_error};
 use crate::error::{self, LogFormatError};
-use crate::logs::format_by_name;
+use crate::logs::{bad_line, format_by_name};
 
 /// Buffer of the file reader of `iter_log`.
 const READ_BUFFER: usize = 1 << 20;
@@ -82,13 +82,7 @@ fn read_into<R: BufRead>(
             // An I/O error ends the reader; it is never a bad line.
             Err(err @ can_io::Error::Io { .. }) => return Err(ReadError::Log(err)),
             Err(err) if strict => return Err(ReadError::Log(err)),
-            Err(err) => {
-                let number = match &err {
-                    can_io::Error::AtLine { line, .. } => *line,
-                    _ => 0,
-                };
-                meta.bad_lines.push((number, err.to_string()));
-            }
+            Err(err) => meta.bad_lines.push(bad_line(&err)),
         }
     };
     meta.ignored_lines += reader.ignored_lines() - ignored_before;
