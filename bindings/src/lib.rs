@@ -1,11 +1,15 @@
 //! # tether (Python)
 //!
-//! The PyO3 module `tether`, for Python services and tools around the Tether data plane. It
-//! exposes the pure codecs of the Rust crates, with the same validation:
+//! The native module `tether._tether` of the Python package `tether` (bindings/python/tether/,
+//! which re-exports it and adds the python-can interface and the server clients in Python),
+//! for Python services and tools around the Tether data plane. It exposes the codecs of the
+//! Rust crates, with the same validation:
 //!
 //! * [`Frame`](frame::Frame) — one timestamped CAN, CAN FD or remote frame (can-io's
 //!   `CanRecord`), range-checked on construction.
 //! * `parse_log` / `format_log` — candump, Vector ASC and JSON-lines logs (can-io `formats`).
+//! * `read_log` / `iter_log` / `write_log` and [`FrameTable`](table::FrameTable) — logs as
+//!   NumPy columns built without the GIL and without a Python object per frame ([`table`]).
 //! * `RempSender` / `RempReceiver` — the REMP datagrams simulated dongles and `tether agent`
 //!   exchange (can-io `wire::remp`), so a Python program can act as a dongle or listen to one.
 //! * `encode_message` / `decode_message`, `Frame.to_relay` / `Frame.from_relay` — the
@@ -14,17 +18,24 @@
 //! * `validate_message` — metering-core's validation of a queued usage record, session event
 //!   or quota request, as `tether agent` applies it before forwarding (so a producer can check
 //!   a message before pushing it).
+//! * `EventStreamParser` — sse-core's WHATWG event-stream parser, for the console subscriber.
+//! * [`CanLink`](bus::CanLink) — one network CAN bus (can-io's `AnyBus`) on a background
+//!   thread, under `tether.can_bus.TetherBus` (python-can's `tether` interface).
 //!
-//! Errors are Python exceptions under `tether.TetherError`, one per kind of failure
-//! ([`error`]). The module holds no threads, sockets or files: it does not relay, buffer or
-//! send anything, and it does not talk to Redis or the control plane.
+//! Errors in input are Python exceptions under `tether.TetherError`, one per kind of failure
+//! ([`error`]); I/O errors are Python's `OSError` family. Only `CanLink` holds threads and
+//! sockets (one shared I/O thread for all links) and the log functions files; nothing here
+//! relays or buffers durably, and nothing talks to Redis or the control plane.
 
+mod bus;
 mod error;
 mod frame;
 mod logs;
 mod metering;
 mod protocol;
 mod remp;
+mod sse;
+mod table;
 
 use pyo3::prelude::*;
 
@@ -44,19 +55,28 @@ pub(crate) fn bytes_or_str<'a>(
     }
 }
 
-/// The `tether` Python module.
+/// The native module `tether._tether`; the package `tether` (bindings/python/tether/)
+/// re-exports it.
 #[pymodule]
-fn tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     error::register(m)?;
     m.add_class::<frame::Frame>()?;
     m.add_class::<logs::ParsedLog>()?;
     m.add_function(wrap_pyfunction!(logs::parse_log, m)?)?;
     m.add_function(wrap_pyfunction!(logs::format_log, m)?)?;
+    m.add_class::<table::FrameTable>()?;
+    m.add_class::<table::io::LogBatches>()?;
+    m.add_function(wrap_pyfunction!(table::io::read_log, m)?)?;
+    m.add_function(wrap_pyfunction!(table::io::iter_log, m)?)?;
+    m.add_function(wrap_pyfunction!(table::io::write_log, m)?)?;
     m.add_class::<remp::RempSender>()?;
     m.add_class::<remp::RempReceiver>()?;
     m.add_function(wrap_pyfunction!(protocol::encode_message, m)?)?;
     m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
+    m.add_class::<bus::CanLink>()?;
+    m.add_class::<sse::EventStreamParser>()?;
+    m.add_class::<sse::SseEvent>()?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use pyo3::types::PyBytes;
 use crate::error::{self, LogFormatError};
 use crate::frame::Frame;
 
-fn format_by_name(name: &str) -> PyResult<LogFormat> {
+pub(crate) fn format_by_name(name: &str) -> PyResult<LogFormat> {
     match name {
         "candump" => Ok(LogFormat::Candump),
         "asc" => Ok(LogFormat::Asc),
@@ -18,6 +18,15 @@ fn format_by_name(name: &str) -> PyResult<LogFormat> {
             "format must be \"candump\", \"asc\" or \"jsonl\", not {other:?}"
         ))),
     }
+}
+
+/// A line a reader refused, as `bad_lines` lists it: its number (0 when unknown) and reason.
+pub(crate) fn bad_line(err: &can_io::Error) -> (u64, String) {
+    let number = match err {
+        can_io::Error::AtLine { line, .. } => *line,
+        _ => 0,
+    };
+    (number, err.to_string())
 }
 
 /// What `parse_log` read: the frames in file order, and everything else the log said, so
@@ -92,13 +101,7 @@ pub(crate) fn parse_log(
                 Entry::Drop(notice) => out.dropped = out.dropped.saturating_add(notice.dropped),
             },
             Err(err) if strict => return Err(error::can(err)),
-            Err(err) => {
-                let number = match &err {
-                    can_io::Error::AtLine { line, .. } => *line,
-                    _ => 0,
-                };
-                out.bad_lines.push((number, err.to_string()));
-            }
+            Err(err) => out.bad_lines.push(bad_line(&err)),
         }
     }
     out.ignored_lines = reader.ignored_lines();

@@ -21,7 +21,8 @@ from websockets.sync.client import connect
 
 import tether
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "can"
+# shared/ sits beside the repository (CI); TETHER_SHARED_DATA points elsewhere (a git worktree).
+DATA = Path(os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data" / "can"))
 CAPTURE = Path(__file__).resolve().parents[2] / "data" / "captures" / "nissan-leaf-isotp.log"
 
 

@@ -9,16 +9,15 @@
 Needs env TETHER_BIN (the built `tether` binary).
 """
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 
 import can
 import pytest
+from netns import run_in_private_network
 
 TETHER = os.environ.get("TETHER_BIN", "tether")
 TIMEOUT = 20
@@ -167,8 +166,6 @@ NAMESPACE_SCRIPT = textwrap.dedent(
 
 
 def test_udp_multicast_both_ways_in_private_namespace(tmp_path):
-    if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode != 0:
-        pytest.fail("unshare -rn is not available: cannot build the private network namespace")
     log = tmp_path / "replay.log"
     log.write_text(
         "(1600000000.000001) can0 7E8#0641004A00000000\n"
@@ -176,15 +173,7 @@ def test_udp_multicast_both_ways_in_private_namespace(tmp_path):
         "(1600000000.000003) can0 7DF#R2\n"
     )
     out = tmp_path / "recorded.log"
-    script = tmp_path / "inner.py"
-    script.write_text(NAMESPACE_SCRIPT)
-    cmd = (
-        "ip link set lo up && ip route add 224.0.0.0/4 dev lo && "
-        f"exec {sys.executable} {script} {TETHER} {log} {out}"
-    )
-    res = subprocess.run(["unshare", "-rn", "sh", "-c", cmd], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    result = run_in_private_network(tmp_path, NAMESPACE_SCRIPT, TETHER, str(log), str(out))
     assert result["record_rc"] == 0, result["record_err"]
     assert frames_of(out.read_text()) == [
         "7E0#0210030000000000",

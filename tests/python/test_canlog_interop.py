@@ -14,7 +14,8 @@ from pathlib import Path
 import can
 import pytest
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "can"
+# shared/ sits beside the repository (CI); TETHER_SHARED_DATA points elsewhere (a git worktree).
+DATA = Path(os.environ.get("TETHER_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data" / "can"))
 CANDUMP_CAPTURES = ["savvycan-candump.log", "nissan-leaf-isotp.log"]
 ASC_SAMPLES = ["test_CanMessage.asc", "test_CanFdMessage.asc", "test_CanFdMessage64.asc", "test_CanRemoteMessage.asc"]
 

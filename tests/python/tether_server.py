@@ -9,19 +9,22 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Union
 
 TETHER = os.environ.get("TETHER_BIN", "tether")
 TIMEOUT = 20
 
 
-def env_without_redis():
+def env_without_redis() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("REDIS_URL", None)
     env["RUST_LOG"] = "warn"
     return env
 
 
-def create_token(data, user):
+def create_token(data: Union[str, Path], user: str) -> str:
     """A new API token for `user` (created if needed) in the server's data directory."""
     token = subprocess.run(
         [TETHER, "server", "token", "create", "--user", user, "--data-dir", str(data)],
@@ -32,13 +35,14 @@ def create_token(data, user):
 
 
 @contextlib.contextmanager
-def running_server(data):
-    """Starts `tether server` on a free loopback port; yields its `host:port`. On exit it is
-    stopped with SIGTERM and must exit 0."""
+def running_server(data: Union[str, Path], listen: str = "127.0.0.1:0") -> Iterator[str]:
+    """Starts `tether server` on `listen` (default: a free loopback port); yields its
+    `host:port`. On exit it is stopped with SIGTERM and must exit 0."""
     proc = subprocess.Popen(
-        [TETHER, "server", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        [TETHER, "server", "--listen", listen, "--data-dir", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
     )
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     m = re.match(r"tether server listening on http://(127\.0\.0\.1:\d+)", line)
     if not m:

@@ -11,12 +11,16 @@
 //! | log replay | [`replay::LogReplay`] | original timing, scaled, or as fast as possible |
 //! | recorder | [`record::record`] | any bus → candump log |
 //!
+//! [`open`] parses bus addresses (`udp://`, `cannelloni://`, `socketcand://`, `multicast://`) and
+//! opens any network backend as one [`open::AnyBus`].
+//!
 //! Sending never spins: a full transmit queue is [`Error::QueueFull`] (retryable) from the
 //! non-blocking paths, and the async [`CanBus::send`] waits for room instead. Frames a backend
 //! cannot carry (an FD frame on socketcand) and frames dropped by full receive queues are counted
 //! in [`BusStats`], never dropped silently.
 
 pub mod multicast;
+pub mod open;
 pub mod record;
 pub mod replay;
 #[cfg(all(feature = "socketcan", target_os = "linux"))]
