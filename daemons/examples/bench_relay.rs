@@ -155,7 +155,7 @@ async fn connect_relay(
     request
         .headers_mut()
         .insert("Authorization", format!("Bearer {agent_token}").parse()?);
-    let config = Some(tether_daemons::ws_client_config());
+    let config = Some(tether_runtime::ws::ws_client_config());
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, config, true)
         .await
         .context("connecting to /ws/data")?;
@@ -186,7 +186,7 @@ async fn connect_relay(
 async fn connect_echo(addr: SocketAddr, group: &str, side: Side) -> anyhow::Result<WsStream> {
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
         format!("ws://{addr}/"),
-        Some(tether_daemons::ws_client_config()),
+        Some(tether_runtime::ws::ws_client_config()),
         true,
     )
     .await?;
@@ -448,7 +448,7 @@ async fn start_echo() -> anyhow::Result<SocketAddr> {
             let peers = Arc::clone(&peers);
             tokio::spawn(async move {
                 // The same read buffer as the relay server's.
-                let config = Some(tether_daemons::ws_client_config());
+                let config = Some(tether_runtime::ws::ws_client_config());
                 let Ok(socket) = tokio_tungstenite::accept_async_with_config(tcp, config).await
                 else {
                     return;

@@ -11,17 +11,6 @@ use clap::{Parser, Subcommand};
 pub mod cmd;
 pub mod server;
 
-/// Read buffer of every data-plane WebSocket, server and client side. tungstenite's default
-/// (128 KiB) is zeroed again on every read, which at 5 ms batches on 40 connections was ~4 % of
-/// the server's CPU; a `frames` batch is a few KiB, and a larger message just takes more reads.
-pub const WS_READ_BUFFER_BYTES: usize = 16 * 1024;
-
-/// The tungstenite configuration of data-plane WebSocket clients ([`WS_READ_BUFFER_BYTES`]).
-pub fn ws_client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-}
-
 /// Tether: the data plane between vehicles and the cloud.
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about)]

@@ -4,5 +4,4 @@ pub mod agent;
 pub mod can;
 pub mod demo;
 pub mod server;
-pub(crate) mod signals;
 pub mod sse;

@@ -11,9 +11,9 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::cmd::signals::StopSignals;
 use crate::server::config::{self, Overrides, ServerConfig};
 use crate::server::store::Store;
+use tether_runtime::signals::StopSignals;
 
 /// `tether server`: run the server, or manage its users' tokens.
 #[derive(Debug, clap::Args)]
@@ -175,17 +175,6 @@ fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Already initialised (tests calling in-process) is fine.
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(
         args.config.as_deref(),
@@ -227,7 +216,9 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    init_logging();
+    tether_runtime::logging::init_json_logs(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

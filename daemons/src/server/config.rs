@@ -3,14 +3,16 @@
 //!
 //! Precedence, lowest first: built-in defaults, the file, then flags (and `REDIS_URL`, which
 //! clap reads into the `--redis-url` flag). `${NAME}` in any string of the file is replaced by
-//! the environment variable `NAME`; an unset variable is an error naming it, never an empty
-//! string slipped into an address.
+//! the environment variable `NAME` (`$${` writes a literal `${`; the rules are
+//! [`tether_runtime::config`]'s, the same as the agent's); an unset variable is an error naming
+//! it, never an empty string slipped into an address.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tether_runtime::config::{ConfigError, expand_yaml_strings};
 
 use crate::server::ServerError;
 use crate::server::console::{ConsoleConfig, ConsoleSettings};
@@ -297,7 +299,8 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ServerError> {
     })
 }
 
-/// Parses YAML configuration text, substituting `${VAR}` with `lookup`.
+/// Parses YAML configuration text, substituting `${VAR}` with `lookup` by the rules of
+/// [`tether_runtime::config`] (`$${` is a literal `${`).
 ///
 /// Substitution happens on parsed string values, not on the raw text, so a value containing
 /// YAML syntax (`:`, `#`, quotes) cannot change the document's structure.
@@ -315,73 +318,22 @@ pub fn parse_file(
     if value.is_null() {
         return Ok(FileConfig::default());
     }
-    substitute(&mut value, origin, lookup)?;
+    expand_yaml_strings(&mut value, lookup).map_err(|err| config_error(origin, err))?;
     serde_norway::from_value(value).map_err(|err| invalid(err.to_string()))
 }
 
-fn substitute(
-    value: &mut serde_norway::Value,
-    origin: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ServerError> {
-    use serde_norway::Value;
-    match value {
-        Value::String(text) => {
-            *text = expand(text, origin, lookup)?;
-        }
-        Value::Sequence(items) => {
-            for item in items {
-                substitute(item, origin, lookup)?;
-            }
-        }
-        Value::Mapping(map) => {
-            for (_, item) in map.iter_mut() {
-                substitute(item, origin, lookup)?;
-            }
-        }
-        Value::Tagged(tagged) => substitute(&mut tagged.value, origin, lookup)?,
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-    Ok(())
-}
-
-/// Replaces every `${NAME}` in `text`. `NAME` is `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn expand(
-    text: &str,
-    origin: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ServerError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            return Err(ServerError::ConfigInvalid {
-                origin: origin.to_owned(),
-                detail: format!("unterminated ${{ in {text:?}"),
-            });
-        };
-        let name = &after[..end];
-        let valid = name
-            .chars()
-            .enumerate()
-            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
-        if name.is_empty() || !valid {
-            return Err(ServerError::ConfigInvalid {
-                origin: origin.to_owned(),
-                detail: format!("invalid variable name {name:?} in {text:?}"),
-            });
-        }
-        let value = lookup(name).ok_or_else(|| ServerError::ConfigEnvUnset {
+/// Maps an expansion error of the file at `origin` to the server's error.
+fn config_error(origin: &str, err: ConfigError) -> ServerError {
+    match err {
+        ConfigError::Unset { name } => ServerError::ConfigEnvUnset {
             origin: origin.to_owned(),
-            name: name.to_owned(),
-        })?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
+            name,
+        },
+        other => ServerError::ConfigInvalid {
+            origin: origin.to_owned(),
+            detail: other.to_string(),
+        },
     }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -517,45 +469,6 @@ mod tests {
             let resolved =
                 parsed.and_then(|f| ServerConfig::resolve(Some(f), "t", Overrides::default()));
             assert!(resolved.is_err(), "{bad}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use proptest::prelude::*;
-
-    use super::expand;
-
-    fn env(name: &str) -> Option<String> {
-        name.strip_prefix("V").map(|n| format!("<{n}>"))
-    }
-
-    proptest! {
-        /// Text without `${` comes back unchanged.
-        #[test]
-        fn text_without_placeholders_is_unchanged(text in "[^$]*|[a-z$ {}]*") {
-            prop_assume!(!text.contains("${"));
-            prop_assert_eq!(expand(&text, "t", &env).ok(), Some(text.clone()));
-        }
-
-        /// Pieces of literal text and set variables expand to the concatenation of their values;
-        /// any input either expands or returns an error, never panics.
-        #[test]
-        fn placeholders_expand_to_their_values(
-            parts in proptest::collection::vec(("[a-z :#'\"]{0,5}", "[A-Z0-9_]{1,4}"), 0..6),
-            junk in "\\PC{0,40}",
-        ) {
-            let mut text = String::new();
-            let mut expected = String::new();
-            for (literal, name) in &parts {
-                text.push_str(literal);
-                text.push_str(&format!("${{V{name}}}"));
-                expected.push_str(literal);
-                expected.push_str(&format!("<{name}>"));
-            }
-            prop_assert_eq!(expand(&text, "t", &env).ok(), Some(expected));
-            let _ = expand(&junk, "t", &env);
         }
     }
 }

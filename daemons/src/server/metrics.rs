@@ -315,8 +315,6 @@ impl ServerMetrics {
 
     /// Renders every family in the OpenMetrics text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        tether_runtime::metrics::encode_text(&self.registry)
     }
 }

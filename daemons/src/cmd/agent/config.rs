@@ -1,19 +1,22 @@
 //! `tether agent` configuration: a YAML file with one optional section per role, `${VAR}`
 //! substitution, environment overrides and validation.
 //!
-//! Order of application: parse YAML → replace `${VAR}` in every string (an unset variable is an
-//! error naming it; `$${` writes a literal `${`) → apply overrides from environment variables
+//! Order of application: parse YAML → replace `${VAR}` in every string by the rules of
+//! [`tether_runtime::config`] (an unset variable is an error naming it; `$${` writes a literal
+//! `${`) → apply overrides from environment variables
 //! named `TETHER_<SECTION>__<KEY>__<SUBKEY>…` (double underscore separates levels; case does not
 //! matter, e.g. `TETHER_METERING__CONTROL_PLANE__API_KEY`) → deserialize and validate.
 //! Substituted and overriding values that read back exactly as a number or boolean become one,
 //! and string fields accept numbers, so `port: ${PORT}` and `api_key: ${KEY}` both work.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use tether_runtime::config::{
+    apply_env_overrides, expand_json_strings, opt_string_like, secs, string_like,
+};
 
 /// The whole agent file. Roles not present are off.
 #[derive(Debug, Clone, Deserialize)]
@@ -277,14 +280,6 @@ impl Default for MonitoringSection {
     }
 }
 
-/// Seconds from config to a `Duration`, refusing negatives, NaN and absurd values.
-pub fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !v.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&v) {
-        bail!("{name} must be a number of seconds between 0 and one year, got {v}");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 impl MeteringConfig {
     /// Check values serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -365,8 +360,8 @@ pub fn parse(
     if value.is_null() {
         value = Value::Object(Map::new());
     }
-    substitute(&mut value, env)?;
-    apply_overrides(&mut value, env_vars)?;
+    expand_json_strings(&mut value, env)?;
+    apply_env_overrides(&mut value, "TETHER_", env_vars)?;
     let cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
     if cfg.metering.is_none() && cfg.dongle.is_none() {
         bail!("no role configured: add a `metering:` or a `dongle:` section");
@@ -382,124 +377,6 @@ pub fn parse(
         );
     }
     Ok(cfg)
-}
-
-fn substitute(v: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    match v {
-        Value::String(s) if s.contains('$') => {
-            let out = substitute_str(s, env)?;
-            *v = coerce(out);
-        }
-        Value::Array(a) => a.iter_mut().try_for_each(|x| substitute(x, env))?,
-        Value::Object(m) => m.values_mut().try_for_each(|x| substitute(x, env))?,
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Replace `${NAME}`; `$${` is a literal `${`.
-pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(lit) = after.strip_prefix("${") {
-            out.push_str("${");
-            rest = lit;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
-                bail!("unterminated ${{ in {s:?}")
-            };
-            let name = &body[..end];
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                bail!("bad variable name {name:?} in {s:?}");
-            }
-            let val =
-                env(name).with_context(|| format!("environment variable {name} is not set"))?;
-            out.push_str(&val);
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// A string that reads back exactly as a number or boolean becomes one.
-fn coerce(s: String) -> Value {
-    if s == "true" || s == "false" {
-        return Value::Bool(s == "true");
-    }
-    if let Ok(i) = s.parse::<i64>()
-        && i.to_string() == s
-    {
-        return Value::from(i);
-    }
-    if let Ok(f) = s.parse::<f64>()
-        && f.is_finite()
-        && f.to_string() == s
-    {
-        return Value::from(f);
-    }
-    Value::String(s)
-}
-
-fn apply_overrides(root: &mut Value, vars: &[(String, String)]) -> anyhow::Result<()> {
-    for (name, val) in vars {
-        let Some(rest) = name.strip_prefix("TETHER_") else {
-            continue;
-        };
-        if !rest.contains("__") {
-            continue;
-        }
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.iter().any(String::is_empty) {
-            bail!("environment override {name}: empty key segment");
-        }
-        let mut cur = &mut *root;
-        for (i, seg) in path.iter().enumerate() {
-            let Value::Object(map) = cur else {
-                bail!(
-                    "environment override {name}: {} is not a section",
-                    path[..i].join(".")
-                );
-            };
-            if i + 1 == path.len() {
-                map.insert(seg.clone(), coerce(val.clone()));
-                break;
-            }
-            cur = map
-                .entry(seg.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a string, got {other}"
-        ))),
-    }
-}
-
-pub(crate) fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s)),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        Value::Bool(b) => Ok(Some(b.to_string())),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a string, got {other}"
-        ))),
-    }
 }
 
 #[cfg(test)]
@@ -521,8 +398,10 @@ mod tests {
         );
         let err = parse(MIN, &|_| None, &[]).expect_err("unset var");
         assert!(format!("{err:#}").contains("KEY is not set"), "{err:#}");
+        let escaped = MIN.replace("${KEY}", "a$${b}c$");
+        let cfg = parse(&escaped, &|_| None, &[]).expect("literal");
         assert_eq!(
-            substitute_str("a$${b}c$", &|_| None).expect("literal"),
+            cfg.metering.expect("metering").control_plane.api_key,
             "a${b}c$"
         );
     }

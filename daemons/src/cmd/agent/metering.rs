@@ -26,8 +26,10 @@ use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
-use super::config::{MeteringConfig, secs};
-use crate::cmd::signals::StopSignals;
+use tether_runtime::config::secs;
+
+use super::config::MeteringConfig;
+use tether_runtime::signals::StopSignals;
 
 /// Agent version reported everywhere.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -59,7 +61,7 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
     // First of all, so a stop request during start-up is a graceful stop, not a kill by the
     // default action (the role can start and stop within milliseconds now).
     let stop_signals = StopSignals::register();
-    super::init_logs(&cfg.monitoring.log_level);
+    tether_runtime::logging::init_json_logs(&cfg.monitoring.log_level);
     let started = Instant::now();
     let store = queue_store(&cfg, "agent")?;
     let cp = &cfg.control_plane;
@@ -214,7 +216,7 @@ async fn metrics(State(a): State<Arc<Agent>>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            tether_runtime::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         a.shared.metrics.render(),
     )

@@ -13,19 +13,6 @@ pub mod dlq;
 pub mod dongle;
 pub mod metering;
 
-/// Structured JSON logs on stderr at `level` (an `EnvFilter` directive; `info` if it does not
-/// parse), shared by every role. A second call is a no-op.
-pub(crate) fn init_logs(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// `tether agent` arguments.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::record::{resolve, runtime};
 use super::{InputFormat, open_log};
-use crate::cmd::signals::shutdown_signal;
+use tether_runtime::signals::shutdown_signal;
 
 /// Keep-alive interval.
 const KEEPALIVE: Duration = Duration::from_secs(1);

@@ -23,7 +23,7 @@ use can_io::transport::socketcand::{SocketcandClient, SocketcandServer};
 use can_io::transport::udp::{CannelloniUdp, RempUdp};
 use can_io::transport::{BusStats, CanBus};
 
-use crate::cmd::signals::shutdown_signal;
+use tether_runtime::signals::shutdown_signal;
 
 /// The UDP protocol on a `udp://` address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,7 +12,7 @@ use can_io::transport::replay::{LogReplay, ReplaySpeed};
 
 use super::record::{AnyBus, BusUrl, UdpProtocol, runtime};
 use super::{InputFormat, open_log};
-use crate::cmd::signals::shutdown_signal;
+use tether_runtime::signals::shutdown_signal;
 
 /// Keep-alive interval of the simulated REMP dongle.
 const KEEPALIVE: Duration = Duration::from_secs(1);

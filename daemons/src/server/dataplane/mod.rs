@@ -432,6 +432,6 @@ pub async fn ws_data(
     let max = relay_core::protocol::MAX_MESSAGE_BYTES + 1024;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(crate::WS_READ_BUFFER_BYTES)
+        .read_buffer_size(tether_runtime::ws::WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| conn::run(socket, plane, state, agent))
 }

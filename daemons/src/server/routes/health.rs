@@ -89,7 +89,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     Ok((
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            tether_runtime::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         text,
     )

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::super::config::{AgentConfig, opt_string_like, secs, string_like};
+use tether_runtime::config::{opt_string_like, secs, string_like};
+
+use super::super::config::AgentConfig;
 
 /// The dongle UDP protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

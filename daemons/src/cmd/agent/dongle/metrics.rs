@@ -302,11 +302,7 @@ impl MetricsHandle {
 
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        tether_runtime::metrics::encode_text(&self.registry).unwrap_or_default()
     }
 }
 

@@ -66,8 +66,8 @@ struct DongleEntry {
 pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
     // First of all, so a stop request during start-up is a graceful stop, not a kill by the
     // default action.
-    let stop_signals = crate::cmd::signals::StopSignals::register();
-    crate::cmd::agent::init_logs(&role.log_level);
+    let stop_signals = tether_runtime::signals::StopSignals::register();
+    tether_runtime::logging::init_json_logs(&role.log_level);
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
     // One agent per state directory: two would hand out the same seqs.
@@ -157,7 +157,7 @@ async fn metrics_text(State(h): State<MetricsHandle>) -> impl IntoResponse {
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            tether_runtime::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         h.encode(),
     )

@@ -357,7 +357,7 @@ impl Worker {
         // batch waits for the previous segment's (delayed) ACK — tens of ms per hop.
         let connect = tokio_tungstenite::connect_async_with_config(
             req,
-            Some(crate::ws_client_config()),
+            Some(tether_runtime::ws::ws_client_config()),
             true,
         );
         let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)

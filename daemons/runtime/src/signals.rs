@@ -1,14 +1,18 @@
 //! Stopping on SIGTERM / Ctrl-C, shared by every long-running subcommand.
+//!
+//! The daemons' libraries never install signal handlers themselves: they take a stop future.
+//! The `tether` binary registers [`StopSignals`] first thing and hands them `wait()`.
 
 /// Resolves on Ctrl-C or SIGTERM (handlers installed on the first poll; where a signal during
 /// start-up must not be lost, register [`StopSignals`] first).
-pub(crate) async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     StopSignals::register().wait().await;
 }
 
 /// SIGTERM and SIGINT handlers, installed when registered; a signal that arrives before
 /// [`StopSignals::wait`] is kept for it.
-pub(crate) struct StopSignals {
+#[derive(Debug)]
+pub struct StopSignals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -17,7 +21,7 @@ pub(crate) struct StopSignals {
 
 impl StopSignals {
     /// Installs the handlers; call it first thing, before any slow start-up work.
-    pub(crate) fn register() -> Self {
+    pub fn register() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -33,7 +37,7 @@ impl StopSignals {
     }
 
     /// Resolves on the first SIGTERM or SIGINT (Ctrl-C), also one received since `register`.
-    pub(crate) async fn wait(self) {
+    pub async fn wait(self) {
         #[cfg(unix)]
         {
             let (mut term, mut int) = (self.term, self.int);
