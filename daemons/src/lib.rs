@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmd;
-pub mod server;
 
 /// Tether: the data plane between vehicles and the cloud.
 #[derive(Debug, Parser)]

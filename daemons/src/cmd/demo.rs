@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::server::store::Store;
 use tether_runtime::signals::StopSignals;
+use tether_server::store::Store;
 
 /// Marker file that makes a directory a demo directory (safe to wipe).
 const MARKER: &str = ".tether-demo";

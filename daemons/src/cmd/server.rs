@@ -1,7 +1,7 @@
 //! `tether server` and `tether server token …`.
 //!
 //! Flag parsing, logging set-up, the runtime and signals only; the server itself is
-//! [`crate::server`].
+//! [`tether_server`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,9 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::server::config::{self, Overrides, ServerConfig};
-use crate::server::store::Store;
 use tether_runtime::signals::StopSignals;
+use tether_server::config::{self, Overrides, ServerConfig};
+use tether_server::store::Store;
 
 /// `tether server`: run the server, or manage its users' tokens.
 #[derive(Debug, clap::Args)]
@@ -226,7 +226,7 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // First, so that a SIGTERM during start-up is not lost.
         let stop = StopSignals::register();
-        crate::server::run(config, stop.wait(), |addr| {
+        tether_server::run(config, stop.wait(), |addr| {
             // A plain line on stdout, so scripts and tests learn the port picked for :0.
             println!("tether server listening on http://{addr}");
             let _ = std::io::stdout().flush();
