@@ -23,7 +23,10 @@ fn check(path: &std::path::Path, token: Option<&str>) -> (bool, String) {
 
 #[test]
 fn example_config_loads() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent-dongle.yaml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/agent/examples/agent-dongle.yaml"
+    );
     let (ok, text) = check(std::path::Path::new(example), Some("tok"));
     assert!(ok, "{text}");
     assert!(text.contains("configuration OK"), "{text}");

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use tether_runtime::config::{opt_string_like, secs, string_like};
 
-use super::super::config::AgentConfig;
+use crate::config::AgentConfig;
 
 /// The dongle UDP protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -238,8 +238,8 @@ impl DongleRole {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::config::parse;
     use super::*;
+    use crate::config::parse;
 
     const MIN: &str = "server_url: http://127.0.0.1:8080/\ntoken: ${TOK}\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:20100\n";
 

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use tether_runtime::config::secs;
 
-use super::config::MeteringConfig;
+use crate::config::MeteringConfig;
 use tether_runtime::signals::StopSignals;
 
 /// Agent version reported everywhere.

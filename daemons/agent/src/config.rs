@@ -36,7 +36,7 @@ pub struct AgentConfig {
     pub metering: Option<MeteringConfig>,
     /// The dongle role (REMP dongles ↔ `/ws/data`).
     #[serde(default)]
-    pub dongle: Option<super::dongle::config::DongleSection>,
+    pub dongle: Option<crate::dongle::config::DongleSection>,
 }
 
 /// `metering:` section.
@@ -370,7 +370,7 @@ pub fn parse(
         m.validate()?;
     }
     if cfg.dongle.is_some() {
-        super::dongle::config::DongleRole::from_agent(&cfg)?;
+        crate::dongle::config::DongleRole::from_agent(&cfg)?;
     } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
         bail!(
             "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"

@@ -1,17 +1,14 @@
-//! `tether agent`: the edge-side daemon. Roles are switched on by sections of its config file:
-//! `metering` (usage forwarder) and `dongle` (REMP dongles ↔ the server's group relay, see
-//! `docs/agent.md`). New roles add an optional section to [`config::AgentConfig`] and a task in
-//! [`run`].
+//! `tether agent`: flag parsing, the runtime and the role tools; the roles themselves are
+//! [`tether_agent`]'s. Roles are switched on by sections of the config file: `metering` (usage
+//! forwarder) and `dongle` (REMP dongles ↔ the server's group relay, see `docs/agent.md`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-pub mod config;
-pub mod dlq;
-pub mod dongle;
-pub mod metering;
+use tether_agent::config::{self, MeteringConfig};
+use tether_agent::{dlq, dongle, metering};
 
 /// `tether agent` arguments.
 #[derive(Debug, clap::Args)]
@@ -40,7 +37,45 @@ pub enum AgentTool {
 pub enum MeteringTool {
     /// Dead-letter queues: list, retry, purge.
     #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq(DlqCommand),
+}
+
+/// DLQ subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Print entries as JSON lines (newest first).
+    List {
+        /// Queue (`usage_records`, `session_lifecycle`, `quota_refresh`); all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Most entries per queue.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move entries back to the head of their queue, atomically.
+    Retry {
+        /// Queue; all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// One entry id.
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete entries.
+    Purge {
+        /// Queue; all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// One entry id.
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Load the config named by `--config` with the process environment.
@@ -67,7 +102,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     match args.tool {
         Some(AgentTool::Metering(MeteringTool::Dlq(cmd))) => {
             let m = cfg.metering.context("the config has no metering section")?;
-            rt.block_on(dlq::run(&m, cmd))
+            rt.block_on(run_dlq(&m, cmd))
         }
         None => {
             let dongle = match &cfg.dongle {
@@ -89,4 +124,29 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Runs a DLQ command, printing JSON lines.
+async fn run_dlq(cfg: &MeteringConfig, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DlqCommand::List { queue, limit } => {
+            for e in dlq::list(cfg, queue.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+        DlqCommand::Retry { id, all, .. } | DlqCommand::Purge { id, all, .. }
+            if id.is_none() && !all =>
+        {
+            bail!("say which entries: --id ID or --all");
+        }
+        DlqCommand::Retry { queue, id, .. } => {
+            let n = dlq::retry(cfg, queue.as_deref(), id.as_deref()).await?;
+            println!("{{\"retried\": {n}}}");
+        }
+        DlqCommand::Purge { queue, id, .. } => {
+            let n = dlq::purge(cfg, queue.as_deref(), id.as_deref()).await?;
+            println!("{{\"purged\": {n}}}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -240,8 +240,8 @@ mod tests {
     use can_io::CanRecord;
     use can_io::frame::{CanFrame, CanId, Channel, DataFrame, Direction};
 
-    use super::super::config::OutboxSync;
     use super::*;
+    use crate::dongle::config::OutboxSync;
 
     fn frames(n: u32) -> Vec<WireFrame> {
         (0..n)
