@@ -28,7 +28,7 @@ RATE=${2:-4500}
 DURATION=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
-  nice cargo build -q --release -p tether-daemons --bin tether && nice cargo build -q --release -p tether-server --example bench_relay
+  nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay
 fi
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d)

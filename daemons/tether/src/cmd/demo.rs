@@ -178,7 +178,7 @@ fn find_capture(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(here);
     }
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+        .join("../..")
         .join(CAPTURE);
     if built.is_file() {
         return Ok(built);

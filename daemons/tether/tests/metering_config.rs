@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn check(extra_env: &[(&str, &str)], unset: &[&str]) -> std::process::Output {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/agent/examples/metering.yaml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../agent/examples/metering.yaml"
+    );
     let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
     c.args(["agent", "--config", example, "--check-config"]);
     for (k, v) in extra_env {

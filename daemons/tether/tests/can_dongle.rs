@@ -17,7 +17,7 @@ use can_io::wire::remp::{self, RempBody, RempSender};
 const GUARD: Duration = Duration::from_secs(60);
 
 fn capture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/captures/nissan-leaf-isotp.log")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
 }
 
 fn read_log(path: &Path) -> Vec<CanRecord> {

@@ -1,7 +1,7 @@
 //! The real `tether` binary: `server token create|list|revoke`, `server` itself, its
 //! configuration file and graceful shutdown on SIGTERM.
 
-#[path = "../server/tests/server_support/mod.rs"]
+#[path = "../../server/tests/server_support/mod.rs"]
 mod server_support;
 
 use std::io::{BufRead, BufReader};
@@ -259,7 +259,10 @@ fn token_create_uses_the_config_files_data_dir() -> TestResult {
 #[test]
 fn shipped_example_config_is_valid() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/server/examples/server.yaml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../server/examples/server.yaml"
+    );
     let out = Command::new(TETHER)
         .args(["server", "--check-config", "--config", example])
         .env_remove("REDIS_URL")

@@ -25,7 +25,7 @@ fn check(path: &std::path::Path, token: Option<&str>) -> (bool, String) {
 fn example_config_loads() {
     let example = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/agent/examples/agent-dongle.yaml"
+        "/../agent/examples/agent-dongle.yaml"
     );
     let (ok, text) = check(std::path::Path::new(example), Some("tok"));
     assert!(ok, "{text}");

@@ -445,7 +445,7 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The capture shipped with the project.
 pub fn capture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/captures/nissan-leaf-isotp.log")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
 }
 
 /// The first `n` records of the shipped capture.

@@ -1,4 +1,4 @@
-//! # tether-daemons
+//! # tether (the binary)
 //!
 //! The `tether` binary: `tether server`, `tether agent` and the command-line tools. This crate
 //! is wiring only — parsing flags and config, owning sockets, clocks and tasks — around the
