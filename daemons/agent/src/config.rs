@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use crate::dongle::config::{DongleRole, DongleSection};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -36,7 +37,25 @@ pub struct AgentConfig {
     pub metering: Option<MeteringConfig>,
     /// The dongle role (REMP dongles ↔ `/ws/data`).
     #[serde(default)]
-    pub dongle: Option<crate::dongle::config::DongleSection>,
+    pub dongle: Option<DongleSection>,
+}
+
+impl AgentConfig {
+    /// The dongle role's validated settings (its section with `server_url`, `token` and
+    /// `data_dir`); `None` when the file has no `dongle:` section.
+    pub fn dongle_role(&self) -> anyhow::Result<Option<DongleRole>> {
+        self.dongle
+            .as_ref()
+            .map(|d| {
+                DongleRole::resolve(
+                    d,
+                    self.server_url.as_deref(),
+                    self.token.as_deref(),
+                    self.data_dir.as_deref(),
+                )
+            })
+            .transpose()
+    }
 }
 
 /// `metering:` section.
@@ -370,7 +389,7 @@ pub fn parse(
         m.validate()?;
     }
     if cfg.dongle.is_some() {
-        crate::dongle::config::DongleRole::from_agent(&cfg)?;
+        cfg.dongle_role()?;
     } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
         bail!(
             "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"

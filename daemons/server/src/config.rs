@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tether_runtime::config::{ConfigError, expand_yaml_strings};
 
-use crate::ServerError;
 use crate::console::{ConsoleConfig, ConsoleSettings};
+use crate::error::ServerError;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

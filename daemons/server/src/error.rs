@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the server outside a single HTTP request's validation.
 ///
 /// Request-level refusals (bad input, unknown ids, conflicts) are not errors of this type: they
-/// are answered as JSON errors by [`crate::routes::ApiError`].
+/// are answered as JSON errors by [`crate::http::ApiError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {

@@ -4,6 +4,7 @@
 //! [`group_mode`] so the three can never disagree about what `active` means.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// The relay mode of a group, as returned by the API and published in `group_state` events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,6 +64,26 @@ impl Backlog {
     /// Whether nothing waits in either direction.
     pub fn is_empty(&self) -> bool {
         self.a_to_b == 0 && self.b_to_a == 0
+    }
+}
+
+/// Tells the API how many frames wait in a group's streams.
+///
+/// The data plane implements this over its stream logs; the API, the store and the console only
+/// ask. It lives here, beside [`Backlog`], so that none of them depends on the data plane.
+pub trait BacklogProbe: Send + Sync + std::fmt::Debug + 'static {
+    /// Undelivered frames per direction of `group`.
+    fn backlog(&self, group: Uuid) -> Backlog;
+}
+
+/// The probe used while no data plane runs in this server: no frames can have been buffered,
+/// so every backlog is zero.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDataPlane;
+
+impl BacklogProbe for NoDataPlane {
+    fn backlog(&self, _group: Uuid) -> Backlog {
+        Backlog::default()
     }
 }
 

@@ -14,7 +14,7 @@
 //! driver and the `/ws/data` connections).
 //!
 //! [`spawn`] runs everything. [`spawn_with`] runs the REST API alone with a caller-provided
-//! [`state::BacklogProbe`] (tests of the API's mode logic); its `/ws/data` answers 503. The data
+//! [`group_mode::BacklogProbe`] (tests of the API's mode logic); its `/ws/data` answers 503. The data
 //! plane reports to the API through [`state::AppState::set_dongle_online`],
 //! [`state::AppState::refresh_group_mode`], [`state::AppState::mark_dongle_seen`] and
 //! [`state::AppState::set_agent_online`], and follows REST activations and deletions through
@@ -26,6 +26,7 @@ pub mod console;
 pub mod dataplane;
 mod error;
 pub mod group_mode;
+pub mod http;
 mod listener;
 pub mod metrics;
 pub mod routes;
@@ -48,9 +49,10 @@ pub use config::ServerConfig;
 pub use error::ServerError;
 
 use dataplane::{BacklogCache, DataPlane, DataPlaneTasks};
+use group_mode::BacklogProbe;
 use listener::CountingListener;
 use metrics::{RelayMetrics, ServerMetrics};
-use state::{AppState, BacklogProbe};
+use state::AppState;
 use store::Store;
 
 /// How long a graceful shutdown waits for open requests before closing connections anyway.

@@ -1,39 +1,22 @@
-//! What every request handler shares.
+//! What every request handler shares: [`AppState`], and the parts handlers of lower modules
+//! take from it (`State<Console>`, `State<Arc<Store>>`, through [`FromRef`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use chrono::Utc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::ServerError;
 use crate::console::{Console, PresenceStatus};
-use crate::group_mode::Backlog;
+use crate::error::ServerError;
+use crate::group_mode::BacklogProbe;
 use crate::metrics::ServerMetrics;
 use crate::store::{Actor, ModeChange, Store};
 
 /// How many mode changes a slow subscriber may fall behind before it is told it lagged.
 const MODE_CHANGE_BUFFER: usize = 1024;
-
-/// Tells the API how many frames wait in a group's streams.
-///
-/// The data plane implements this over its stream logs; the API and the store only ask.
-pub trait BacklogProbe: Send + Sync + std::fmt::Debug + 'static {
-    /// Undelivered frames per direction of `group`.
-    fn backlog(&self, group: Uuid) -> Backlog;
-}
-
-/// The probe used while no data plane runs in this server: no frames can have been buffered,
-/// so every backlog is zero.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoDataPlane;
-
-impl BacklogProbe for NoDataPlane {
-    fn backlog(&self, _group: Uuid) -> Backlog {
-        Backlog::default()
-    }
-}
 
 /// Shared state of the HTTP server (cheap to clone).
 #[derive(Debug, Clone)]
@@ -225,5 +208,20 @@ impl AppState {
             .await?;
         self.publish_mode_changes(change.clone());
         Ok(change)
+    }
+}
+
+/// Handlers below the state (the console's streams, the auth extractors) take the console
+/// without knowing `AppState`.
+impl FromRef<AppState> for Console {
+    fn from_ref(state: &AppState) -> Console {
+        state.console.clone()
+    }
+}
+
+/// Handlers below the state take the records store without knowing `AppState`.
+impl FromRef<AppState> for Arc<Store> {
+    fn from_ref(state: &AppState) -> Arc<Store> {
+        Arc::clone(&state.store)
     }
 }

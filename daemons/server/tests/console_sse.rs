@@ -620,7 +620,7 @@ async fn an_unreachable_redis_is_counted_and_resumable_not_fatal() -> TestResult
     config.redis_url = Some("redis://127.0.0.1:1".to_owned());
     let running = tether_server::spawn_with(
         config,
-        std::sync::Arc::new(tether_server::state::NoDataPlane),
+        std::sync::Arc::new(tether_server::group_mode::NoDataPlane),
     )
     .await?;
     let server = TestServer {

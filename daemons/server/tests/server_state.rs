@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer, text};
+use tether_server::group_mode::BacklogProbe;
 use tether_server::group_mode::{Backlog, GroupMode, OfflineSide};
-use tether_server::state::BacklogProbe;
 use tether_server::{self as server, ServerConfig};
 use uuid::Uuid;
 

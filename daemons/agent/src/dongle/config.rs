@@ -1,15 +1,13 @@
 //! The `dongle:` section of the agent file and its validated form, [`DongleRole`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use tether_runtime::config::{opt_string_like, secs, string_like};
-
-use crate::config::AgentConfig;
 
 /// The dongle UDP protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,14 +143,15 @@ pub struct DongleRole {
 }
 
 impl DongleRole {
-    /// Validate the `dongle:` section together with the top-level settings it needs.
-    pub fn from_agent(cfg: &AgentConfig) -> anyhow::Result<Self> {
-        let Some(d) = &cfg.dongle else {
-            bail!("the config has no dongle section")
-        };
-        let server_url = cfg
-            .server_url
-            .as_deref()
+    /// Validate the `dongle:` section `d` together with the top-level settings of the agent file
+    /// it needs (`server_url`, `token`, `data_dir`; see `AgentConfig::dongle_role`).
+    pub fn resolve(
+        d: &DongleSection,
+        server_url: Option<&str>,
+        token: Option<&str>,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let server_url = server_url
             .context("server_url is required by the dongle role")?
             .trim_end_matches('/')
             .to_owned();
@@ -165,9 +164,8 @@ impl DongleRole {
         };
         reqwest::Url::parse(&server_url)
             .with_context(|| format!("server_url {server_url:?} is not a valid URL"))?;
-        let token = cfg
-            .token
-            .clone()
+        let token = token
+            .map(str::to_owned)
             .context("token is required by the dongle role")?;
         if token.trim().is_empty() {
             bail!("token is empty");
@@ -175,9 +173,8 @@ impl DongleRole {
         if token.chars().any(char::is_control) {
             bail!("token contains control characters");
         }
-        let data_dir = cfg
-            .data_dir
-            .clone()
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
             .context("data_dir is required by the dongle role")?;
         let listen: SocketAddr = d.listen.parse().with_context(|| {
             format!(
@@ -233,56 +230,5 @@ impl DongleRole {
             stats_interval: (!stats.is_zero()).then_some(stats),
             log_level: d.log_level.clone(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::parse;
-
-    const MIN: &str = "server_url: http://127.0.0.1:8080/\ntoken: ${TOK}\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:20100\n";
-
-    fn env(n: &str) -> Option<String> {
-        (n == "TOK").then(|| "secret".to_owned())
-    }
-
-    #[test]
-    fn minimal_dongle_config() {
-        let cfg = parse(MIN, &env, &[]).expect("parses");
-        let role = DongleRole::from_agent(&cfg).expect("valid");
-        assert_eq!(role.token, "secret");
-        assert_eq!(role.ws_url, "ws://127.0.0.1:8080/ws/data");
-        assert_eq!(role.server_url, "http://127.0.0.1:8080");
-        assert_eq!(role.protocol, DongleProtocol::Remp);
-        assert!(cfg.metering.is_none());
-    }
-
-    #[test]
-    fn bad_dongle_configs_are_refused() {
-        for (bad, why) in [
-            (MIN.replace("127.0.0.1:20100", "nowhere"), "dongle.listen"),
-            (MIN.replace("http://", "ftp://"), "server_url must start"),
-            (MIN.replace("token: ${TOK}\n", ""), "token is required"),
-            (
-                MIN.replace("data_dir: /tmp/x\n", ""),
-                "data_dir is required",
-            ),
-            (
-                MIN.to_owned() + "  protocol: canbus\n",
-                "invalid configuration",
-            ),
-            (
-                MIN.to_owned() + "  outbox_max_frames: 0\n",
-                "outbox_max_frames",
-            ),
-            (MIN.to_owned() + "  listne: 1\n", "invalid configuration"),
-            (MIN.to_owned() + "  reconnect_min: -1\n", "reconnect_min"),
-        ] {
-            let err = parse(&bad, &env, &[]).expect_err(why);
-            assert!(format!("{err:#}").contains(why), "{why}: {err:#}");
-        }
-        let err = parse(MIN, &|_| None, &[]).expect_err("unset");
-        assert!(format!("{err:#}").contains("TOK is not set"), "{err:#}");
     }
 }

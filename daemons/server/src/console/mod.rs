@@ -39,9 +39,9 @@ use uuid::Uuid;
 pub use config::{ConsoleConfig, ConsoleSettings};
 pub use events::PresenceStatus;
 
-use crate::ServerError;
+use crate::error::ServerError;
+use crate::group_mode::BacklogProbe;
 use crate::metrics::{DropLabels, EventTypeLabels, ServerMetrics};
-use crate::state::BacklogProbe;
 use crate::store::{ModeChange, Store};
 use hub::Hub;
 use sampling::Samplers;

@@ -1,8 +1,11 @@
 //! The console's HTTP handlers: authentication (header or `?access_token=`), ownership checks,
-//! and the event-stream responses.
+//! and the event-stream responses. They take the console and the records store from the router
+//! state (`Console: FromRef<S>`, `Arc<Store>: FromRef<S>`), so the console does not depend on
+//! the server's `AppState`, which holds it.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -17,9 +20,8 @@ use uuid::Uuid;
 use super::config::MAX_MULTIPLEXED_STREAMS;
 use super::multiplex::{self, CompositeEncoder, Member};
 use super::{Console, ConsoleScope};
-use crate::routes::{ApiError, IdPath, bearer_token, user_for_token};
-use crate::state::AppState;
-use crate::store::User;
+use crate::http::{ApiError, IdPath, bearer_token, user_for_token};
+use crate::store::{Store, User};
 
 /// Query parameters every console route understands; others are ignored (cache busters).
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +40,7 @@ fn query(uri: &Uri) -> Result<StreamQuery, ApiError> {
 
 /// The user of a stream request: `Authorization: Bearer` when present, else `access_token`.
 async fn authenticate(
-    state: &AppState,
+    store: &Arc<Store>,
     headers: &HeaderMap,
     query: &StreamQuery,
 ) -> Result<User, ApiError> {
@@ -53,7 +55,7 @@ async fn authenticate(
             }
         },
     };
-    user_for_token(state, token).await
+    user_for_token(store, token).await
 }
 
 /// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text
@@ -110,8 +112,7 @@ fn stream_response(
     response
 }
 
-async fn single(state: &AppState, scope: ConsoleScope, last_event_id: Option<String>) -> Response {
-    let console = state.console();
+async fn single(console: &Console, scope: ConsoleScope, last_event_id: Option<String>) -> Response {
     if let ConsoleScope::Group(id) = scope {
         console.note_group(id);
     }
@@ -138,12 +139,11 @@ async fn single(state: &AppState, scope: ConsoleScope, last_event_id: Option<Str
 /// The first of `scopes` that `user` does not own, as the `not_found` subject (`"dongle"` /
 /// `"group"`), checked in one store call. Someone else's stream answers exactly like a missing one.
 async fn first_not_owned(
-    state: &AppState,
+    store: &Arc<Store>,
     user: Uuid,
     scopes: Vec<ConsoleScope>,
 ) -> Result<Option<&'static str>, ApiError> {
-    let missing = state
-        .store
+    let missing = store
         .call(move |store| {
             for scope in scopes {
                 let (owned, what) = match scope {
@@ -162,37 +162,40 @@ async fn first_not_owned(
 
 /// One console stream of something the caller owns.
 async fn owned_single(
-    state: AppState,
+    console: Console,
+    store: Arc<Store>,
     headers: HeaderMap,
     uri: Uri,
     scope: ConsoleScope,
 ) -> Result<Response, ApiError> {
     let query = query(&uri)?;
-    let user = authenticate(&state, &headers, &query).await?;
-    if let Some(what) = first_not_owned(&state, user.id, vec![scope]).await? {
+    let user = authenticate(&store, &headers, &query).await?;
+    if let Some(what) = first_not_owned(&store, user.id, vec![scope]).await? {
         return Err(ApiError::not_found(what));
     }
-    Ok(single(&state, scope, last_event_id(&headers, &query)).await)
+    Ok(single(&console, scope, last_event_id(&headers, &query)).await)
 }
 
 /// `GET /api/v1/streams/dongles/{id}/console`.
 pub(crate) async fn dongle(
-    State(state): State<AppState>,
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
     headers: HeaderMap,
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(state, headers, uri, ConsoleScope::Dongle(id)).await
+    owned_single(console, store, headers, uri, ConsoleScope::Dongle(id)).await
 }
 
 /// `GET /api/v1/streams/groups/{id}/console`.
 pub(crate) async fn group(
-    State(state): State<AppState>,
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
     headers: HeaderMap,
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(state, headers, uri, ConsoleScope::Group(id)).await
+    owned_single(console, store, headers, uri, ConsoleScope::Group(id)).await
 }
 
 fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
@@ -214,12 +217,13 @@ fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
 
 /// `GET /api/v1/streams/console?dongles=<id,…>&groups=<id,…>`.
 pub(crate) async fn multiplexed(
-    State(state): State<AppState>,
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = query(&uri)?;
-    let user = authenticate(&state, &headers, &query).await?;
+    let user = authenticate(&store, &headers, &query).await?;
     let dongles = id_list("dongles", query.dongles.as_deref())?;
     let groups = id_list("groups", query.groups.as_deref())?;
     let scopes: Vec<ConsoleScope> = dongles
@@ -242,11 +246,10 @@ pub(crate) async fn multiplexed(
     if scopes.iter().collect::<HashSet<_>>().len() != scopes.len() {
         return Err(bad("a stream is named twice".to_owned()));
     }
-    let missing = first_not_owned(&state, user.id, scopes.clone()).await?;
+    let missing = first_not_owned(&store, user.id, scopes.clone()).await?;
     if let Some(what) = missing {
         return Err(ApiError::not_found(what));
     }
-    let console = state.console();
     for scope in &scopes {
         if let ConsoleScope::Group(id) = scope {
             console.note_group(*id);
@@ -281,5 +284,5 @@ pub(crate) async fn multiplexed(
     };
     let config = console.config();
     let body = multiplex::body(items, encoder, config.keep_alive, config.retry_ms);
-    Ok(stream_response(console, body))
+    Ok(stream_response(&console, body))
 }

@@ -15,7 +15,7 @@ use relay_core::Error as RelayError;
 use relay_core::engine::{
     Direction, EngineConfig, GroupId, GroupMode, RelayEngine, RelayOutput, Side, StorageRequest,
 };
-use relay_core::log::{AnyStreamLog, ReadBatch, Retention, Seq, Trimmed};
+use relay_core::log::{AnyStreamLog, Retention, Seq};
 use relay_core::protocol::{ErrorCode, GroupState};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use super::outbox::{Out, Outbox, Pushed};
-use super::storage::{self, AppendDone, AppendRequest};
+use super::storage::{self, AppendDone, AppendRequest, Event};
 use super::sync::SyncJob;
 use super::{BacklogCache, Command, ConnId, Refusal, ShownSeqs};
 use crate::config::RelayConfig;
@@ -46,37 +46,6 @@ const SEEN_EVERY: Duration = Duration::from_secs(5);
 
 /// Arrival times kept per stream for the delivery-delay histogram.
 const MAX_ARRIVALS: usize = 4096;
-
-/// A storage result or a records fact, reported to the driver.
-#[derive(Debug)]
-pub(super) enum Event {
-    /// An append lane finished one (merged) append.
-    Appended {
-        group: GroupId,
-        direction: Direction,
-        generation: u64,
-        done: AppendDone,
-    },
-    /// A read finished.
-    Read {
-        group: GroupId,
-        direction: Direction,
-        epoch: u64,
-        result: Result<ReadBatch, RelayError>,
-    },
-    /// A retention trim finished.
-    Trimmed {
-        group: GroupId,
-        direction: Direction,
-        result: Result<Vec<Trimmed>, RelayError>,
-    },
-    /// The records say the group is (de)activated (re-read after a lagging mode feed).
-    Activation { group: Uuid, activated: bool },
-    /// The group no longer exists in the records.
-    GroupGone { group: Uuid },
-    /// A background cursor flush finished.
-    CursorsFlushed,
-}
 
 /// A connected side.
 #[derive(Debug)]

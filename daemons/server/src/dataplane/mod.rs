@@ -24,7 +24,7 @@
 //! deduplicate by seq.
 //!
 //! The backlog the REST API shows ([`BacklogCache`], the server's
-//! [`crate::state::BacklogProbe`]) is the engine's per-direction backlog while the group
+//! [`crate::group_mode::BacklogProbe`]) is the engine's per-direction backlog while the group
 //! is not `active` (a side is offline or replaying), and zero while it is `active`: frames in
 //! flight to a live consumer are not a backlog. That keeps the REST mode (computed from
 //! presence and backlog) equal to the engine's.
@@ -57,12 +57,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::ServerError;
 use crate::config::{RelayConfig, ServerConfig};
+use crate::error::ServerError;
 use crate::group_mode::Backlog;
+use crate::group_mode::BacklogProbe;
+use crate::http::{AgentAuth, ApiError};
 use crate::metrics::RelayMetrics;
-use crate::routes::{AgentAuth, ApiError};
-use crate::state::{AppState, BacklogProbe};
+use crate::state::AppState;
 
 use outbox::Outbox;
 

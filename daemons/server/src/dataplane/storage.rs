@@ -11,13 +11,49 @@
 //! them after a hole would turn the hole into a `missing` gap. The driver starts a new
 //! generation when it feeds the failure to the engine.
 
+use relay_core::Error as RelayError;
 use relay_core::engine::{Direction, GroupId};
-use relay_core::log::{AnyStreamLog, AppendOutcome, Item, Retention, Seq, StreamLog};
+use relay_core::log::{
+    AnyStreamLog, AppendOutcome, Item, ReadBatch, Retention, Seq, StreamLog, Trimmed,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
-use super::driver::Event;
 use crate::metrics::{RelayMetrics, TrimLabels};
+
+/// A storage result or a records fact, reported to the driver by the background tasks it
+/// starts (here and in the driver). Defined with the storage tasks, which produce most of them,
+/// so that this module needs nothing from the driver.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// An append lane finished one (merged) append.
+    Appended {
+        group: GroupId,
+        direction: Direction,
+        generation: u64,
+        done: AppendDone,
+    },
+    /// A read finished.
+    Read {
+        group: GroupId,
+        direction: Direction,
+        epoch: u64,
+        result: Result<ReadBatch, RelayError>,
+    },
+    /// A retention trim finished.
+    Trimmed {
+        group: GroupId,
+        direction: Direction,
+        result: Result<Vec<Trimmed>, RelayError>,
+    },
+    /// The records say the group is (de)activated (re-read after a lagging mode feed).
+    Activation { group: Uuid, activated: bool },
+    /// The group no longer exists in the records.
+    GroupGone { group: Uuid },
+    /// A background cursor flush finished.
+    CursorsFlushed,
+}
 
 /// Most items merged into one log append.
 const MAX_MERGED_ITEMS: usize = 8192;

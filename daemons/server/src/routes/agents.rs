@@ -8,7 +8,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiJson, IdPath, UserAuth, validate_name};
+use super::validate_name;
+use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 
 /// Body of `POST /api/v1/agents`.

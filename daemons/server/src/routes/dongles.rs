@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AgentAuth, ApiError, ApiJson, IdPath, UserAuth};
+use crate::http::{AgentAuth, ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 use crate::store::Announce;
 

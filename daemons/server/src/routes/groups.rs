@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ApiError, ApiJson, IdPath, UserAuth, validate_name};
+use super::validate_name;
+use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 use crate::store::{Actor, GroupRefusal, GroupState};
 

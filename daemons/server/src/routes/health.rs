@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::ApiError;
+use crate::http::ApiError;
 use crate::state::AppState;
 
 /// Alive: the process answers HTTP. Checks nothing else, so an orchestrator does not restart

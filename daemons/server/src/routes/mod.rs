@@ -1,13 +1,12 @@
 //! The HTTP routes and the layers around them.
 //!
 //! Every answer that is not a success is a JSON error (see [`ApiError`]): handlers return
-//! them, extractor rejections are mapped by [`ApiJson`] and [`IdPath`], and a last layer turns
-//! any remaining non-JSON error (the body-limit layer's 413, a caught panic) into one too.
+//! them, extractor rejections are mapped by [`crate::http::ApiJson`] and [`crate::http::IdPath`],
+//! and a last layer turns any remaining non-JSON error (the body-limit layer's 413, a caught
+//! panic) into one too.
 
 mod agents;
-mod auth;
 mod dongles;
-mod error;
 mod groups;
 mod health;
 
@@ -24,11 +23,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{AgentAuth, UserAuth};
-pub(crate) use auth::{bearer_token, user_for_token};
-pub use error::{ApiError, ApiJson, IdPath};
-
 use crate::console::routes as console;
+use crate::http::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
 

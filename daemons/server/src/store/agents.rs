@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{Agent, AgentWithToken, Store, time_at, to_millis, uuid_at};
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::token::{self, TokenKind};
 
 const AGENT_COLUMNS: &str = "id, user_id, name, created_at";

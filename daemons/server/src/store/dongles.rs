@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{
     Actor, Agent, Announce, Dongle, ModeChange, Store, opt_time_at, time_at, to_millis, uuid_at,
 };
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::group_mode::Backlog;
 
 const DONGLE_COLUMNS: &str = "id, user_id, serial, agent_id, online, last_seen, created_at";

@@ -8,7 +8,7 @@ use super::{
     Actor, AuditEntry, Group, GroupRefusal, ModeChange, Store, mode_at, opt_mode_at, time_at,
     to_millis, uuid_at,
 };
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::group_mode::{Backlog, GroupMode};
 
 const GROUP_SELECT: &str = "SELECT g.id, g.user_id, g.name, g.dongle_a, g.dongle_b, g.activated,

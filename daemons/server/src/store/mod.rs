@@ -34,7 +34,7 @@ pub use records::{
 };
 pub use schema::SCHEMA_VERSION;
 
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::group_mode::GroupMode;
 
 /// File name of the records database inside the data directory.

@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// Version 1: users and their tokens, agents, dongles, groups and the group audit log.
 const V1: &str = r#"

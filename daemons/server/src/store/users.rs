@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{Store, User, UserTokenInfo, opt_time_at, time_at, to_millis, uuid_at};
-use crate::ServerError;
+use crate::error::ServerError;
 use crate::token::{self, IssuedToken, TokenKind};
 
 impl Store {

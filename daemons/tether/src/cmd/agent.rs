@@ -105,10 +105,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             rt.block_on(run_dlq(&m, cmd))
         }
         None => {
-            let dongle = match &cfg.dongle {
-                Some(_) => Some(dongle::config::DongleRole::from_agent(&cfg)?),
-                None => None,
-            };
+            let dongle = cfg.dongle_role()?;
             rt.block_on(async move {
                 match (cfg.metering, dongle) {
                     (Some(m), Some(d)) => {

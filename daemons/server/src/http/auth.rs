@@ -1,11 +1,14 @@
-//! Bearer-token authentication of users and agents.
+//! Bearer-token authentication of users and agents. The extractors work on any router state
+//! that hands out the records store (`Arc<Store>: FromRef<S>`), so they need nothing above the
+//! store.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::{HeaderMap, header, request::Parts};
 
 use super::ApiError;
-use crate::state::AppState;
-use crate::store::{Agent, User};
+use crate::store::{Agent, Store, User};
 
 /// The token in `Authorization: Bearer <token>`.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -34,9 +37,8 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError
 }
 
 /// The user of a live user token.
-pub(crate) async fn user_for_token(state: &AppState, token: String) -> Result<User, ApiError> {
-    state
-        .store
+pub(crate) async fn user_for_token(store: &Arc<Store>, token: String) -> Result<User, ApiError> {
+    store
         .call(move |store| store.authenticate_user(&token))
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
@@ -46,12 +48,18 @@ pub(crate) async fn user_for_token(state: &AppState, token: String) -> Result<Us
 #[derive(Debug, Clone)]
 pub struct UserAuth(pub User);
 
-impl FromRequestParts<AppState> for UserAuth {
+impl<S> FromRequestParts<S> for UserAuth
+where
+    Arc<Store>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token = bearer(parts)?.to_owned();
-        user_for_token(state, token).await.map(UserAuth)
+        user_for_token(&Arc::<Store>::from_ref(state), token)
+            .await
+            .map(UserAuth)
     }
 }
 
@@ -59,13 +67,16 @@ impl FromRequestParts<AppState> for UserAuth {
 #[derive(Debug, Clone)]
 pub struct AgentAuth(pub Agent);
 
-impl FromRequestParts<AppState> for AgentAuth {
+impl<S> FromRequestParts<S> for AgentAuth
+where
+    Arc<Store>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token = bearer(parts)?.to_owned();
-        let agent = state
-            .store
+        let agent = Arc::<Store>::from_ref(state)
             .call(move |store| store.authenticate_agent(&token))
             .await?;
         agent

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// A refused request: status, a stable machine-readable `code`, and a human `message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
