@@ -41,6 +41,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The log filter of the agent: the metering role's `monitoring.log_level` when that role is
+    /// on, else the dongle role's `log_level`, else `info`.
+    pub fn log_level(&self) -> &str {
+        match (&self.metering, &self.dongle) {
+            (Some(m), _) => &m.monitoring.log_level,
+            (None, Some(d)) => &d.log_level,
+            (None, None) => "info",
+        }
+    }
+
     /// The dongle role's validated settings (its section with `server_url`, `token` and
     /// `data_dir`); `None` when the file has no `dongle:` section.
     pub fn dongle_role(&self) -> anyhow::Result<Option<DongleRole>> {

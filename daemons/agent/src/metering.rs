@@ -1,7 +1,7 @@
 //! The `metering` role: wires metering-core's consumer to config, logs, `/health`, `/metrics`,
 //! the admin DLQ endpoints, registration, heartbeats, command polling and graceful shutdown.
 
-use std::process::ExitCode;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,7 +29,6 @@ use tracing::{info, warn};
 use tether_runtime::config::secs;
 
 use crate::config::MeteringConfig;
-use tether_runtime::signals::StopSignals;
 
 /// Agent version reported everywhere.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,12 +55,13 @@ struct Agent {
     last_key_refresh: std::sync::Mutex<Option<Instant>>,
 }
 
-/// Run the role until SIGTERM/SIGINT.
-pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
-    // First of all, so a stop request during start-up is a graceful stop, not a kill by the
-    // default action (the role can start and stop within milliseconds now).
-    let stop_signals = StopSignals::register();
-    tether_runtime::logging::init_json_logs(&cfg.monitoring.log_level);
+/// Runs the role until `stop` completes, then stops taking items, finishes or returns the
+/// in-flight ones, tells the control plane it is shutting down and returns. Errors are
+/// start-up failures (settings, listeners); once running, the role retries everything itself.
+///
+/// It installs no signal handler and no log subscriber: the caller does (the `tether` binary
+/// registers SIGTERM / Ctrl-C before calling, so a stop during start-up is a graceful stop).
+pub async fn run(cfg: MeteringConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = queue_store(&cfg, "agent")?;
     let cp = &cfg.control_plane;
@@ -167,7 +167,7 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
         tokio::spawn(command_loop(agent.clone(), stop_rx.clone())),
     ];
 
-    stop_signals.wait().await;
+    stop.await;
     info!("stopping: no new items; finishing or returning in-flight items");
     let _ = stop_tx.send(true);
     let _ = consumer_task.await;
@@ -183,7 +183,7 @@ pub async fn run(cfg: MeteringConfig) -> anyhow::Result<ExitCode> {
         let _ = s.await;
     }
     info!("metering agent stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn router(agent: Arc<Agent>) -> Router {

@@ -1,25 +1,70 @@
-//! # `tether server` — library side
+//! # tether-server
 //!
-//! The REST API of the server: users and their tokens, agents, dongles, relay groups with their
-//! mode and audit log, plus `/healthz`, `/readyz` and `/metrics`; and the data plane
-//! (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group. Records
-//! live in SQLite (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; relay streams
-//! live in `<data-dir>/streams.db` (SQLite) or, with a Redis URL, in Redis Streams. The API is
-//! described in `docs/api.md`, the data-plane protocol in `docs/protocols/data-plane.md`.
+//! Tether's cloud side as a library: the REST API (users and their tokens, agents, dongles,
+//! relay groups with their mode and audit log), `/healthz`, `/readyz` and `/metrics`; the data
+//! plane (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group;
+//! and the live console (Server-Sent Event streams of dongles and groups). Records live in
+//! SQLite (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; relay streams live in
+//! `<data-dir>/streams.db` (SQLite) or, with a Redis URL, in Redis Streams. The API is described
+//! in `docs/api.md`, the data-plane protocol in `docs/protocols/data-plane.md`, the console in
+//! `docs/sse.md`.
 //!
-//! Layout: [`config`] (YAML + flags), [`store`] (SQLite records, ownership enforced in every
-//! query), [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the
-//! one pure function deciding a group's mode), [`routes`] (axum handlers and JSON errors),
-//! [`metrics`] (Prometheus families this code updates), [`dataplane`] (the relay engine's
-//! driver and the `/ws/data` connections).
+//! ## Running it
+//! [`spawn`] builds everything from a [`ServerConfig`] and serves it on `config.listen` (with a
+//! header-read timeout and connection metrics); [`run`] does the same until a stop future
+//! completes (what `tether server` calls). To serve Tether from **another Rust service**, build
+//! it with [`ServerBuilder`] and mount [`Server::router`] under any path prefix of your own
+//! axum app, on your own listener; call [`Server::shutdown`] when your server stops (it ends
+//! console streams and data-plane connections, which an HTTP graceful shutdown does not track).
 //!
-//! [`spawn`] runs everything. [`spawn_with`] runs the REST API alone with a caller-provided
-//! [`group_mode::BacklogProbe`] (tests of the API's mode logic); its `/ws/data` answers 503. The data
-//! plane reports to the API through [`state::AppState::set_dongle_online`],
+//! ```
+//! use axum::Router;
+//! use axum::routing::get;
+//! use tether_server::{ServerBuilder, ServerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let data_dir = dir.path().join("tether");
+//! let tether = ServerBuilder::new(ServerConfig::new("127.0.0.1:0".parse()?, data_dir))
+//!     .build()
+//!     .await?;
+//! // Tether's routes under /tether, next to the host's own.
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "host service" }))
+//!     .nest("/tether", tether.router());
+//! # drop(app);
+//! // … serve `app` on your listener; when it stops:
+//! tether.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Layout
+//! Modules, lowest first; each imports only modules listed before it:
+//! [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the one
+//! pure function deciding a group's mode, and [`group_mode::BacklogProbe`]), [`metrics`]
+//! (Prometheus families), `error` ([`ServerError`]) → [`store`] (SQLite records, ownership
+//! enforced in every query) → [`http`] (bearer auth, [`http::ApiError`], id extractors) →
+//! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
+//! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
+//! driver and the `/ws/data` connections) → [`routes`] (the router: REST handlers, and the
+//! console's and data plane's endpoints mounted). A new feature with HTTP endpoints (the
+//! commands service, the telemetry receiver) is a module beside [`dataplane`], its REST
+//! handlers a file in `routes/` registered in [`routes::router`], its tasks started in
+//! [`ServerBuilder::build`].
+//!
+//! The data plane reports to the API through [`state::AppState::set_dongle_online`],
 //! [`state::AppState::refresh_group_mode`], [`state::AppState::mark_dongle_seen`] and
 //! [`state::AppState::set_agent_online`], and follows REST activations and deletions through
 //! [`state::AppState::subscribe_mode_changes`] and
 //! [`state::AppState::subscribe_group_deletions`].
+//!
+//! ## What it does not do
+//! It installs no signal handlers and no log subscriber (the `tether` binary does, with
+//! `tether-runtime`), parses no command line, and holds no relay or event-stream logic of its
+//! own: ordering, replay, retention and group modes are `relay-core`'s engine, event streams
+//! `sse-core`'s hub. TLS is left to a proxy or to the embedding service.
 
 pub mod config;
 pub mod console;
@@ -40,7 +85,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -58,7 +103,8 @@ use store::Store;
 /// How long a graceful shutdown waits for open requests before closing connections anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// A server started with [`spawn`]: its address, state, and a way to stop it.
+/// A server started with [`spawn`] or [`Server::spawn`]: its address, state, and a way to stop
+/// it.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
@@ -110,7 +156,7 @@ impl RunningServer {
 /// Opens the data directory and the relay stream log, binds the listen address and starts
 /// serving the REST API and the data plane in the background.
 pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    start(config, None).await
+    ServerBuilder::new(config).build().await?.spawn().await
 }
 
 /// Like [`spawn`] but without the data plane: the REST API with the caller's backlog probe.
@@ -119,99 +165,189 @@ pub async fn spawn_with(
     config: ServerConfig,
     backlog: Arc<dyn BacklogProbe>,
 ) -> Result<RunningServer, ServerError> {
-    start(config, Some(backlog)).await
+    ServerBuilder::new(config)
+        .without_data_plane(backlog)
+        .build()
+        .await?
+        .spawn()
+        .await
 }
 
-async fn start(
+/// Builds a [`Server`] from its configuration.
+#[derive(Debug)]
+pub struct ServerBuilder {
     config: ServerConfig,
     probe: Option<Arc<dyn BacklogProbe>>,
-) -> Result<RunningServer, ServerError> {
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open_in(&data_dir))
-        .await
-        .map_err(|err| ServerError::TaskFailed {
-            task: "storage",
-            detail: err.to_string(),
-        })??;
-    let redis = config
-        .redis_url
-        .as_deref()
-        .map(redis::Client::open)
-        .transpose()
-        .map_err(|err| ServerError::RedisUrl {
-            detail: err.to_string(),
-        })?;
-    let mut metrics = ServerMetrics::new();
-    let relay = match probe {
-        Some(probe) => Err(probe),
-        None => Ok((
-            RelayMetrics::register(&mut metrics),
-            Arc::new(BacklogCache::default()),
-            dataplane::open_stream_log(&config).await?,
-        )),
-    };
-    let metrics = Arc::new(metrics);
-    let probe: Arc<dyn BacklogProbe> = match &relay {
-        Ok((_, cache, _)) => cache.clone(),
-        Err(probe) => Arc::clone(probe),
-    };
-    let console = console::Console::start(
-        config.console.clone(),
-        config.redis_url.as_deref(),
-        &metrics,
-    )?;
-    let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen.to_string(),
-            source,
-        })?;
-    let addr = tcp.local_addr().map_err(|source| ServerError::Bind {
-        addr: config.listen.to_string(),
-        source,
-    })?;
-    let mut app = routes::router(state.clone(), config.max_body_bytes);
-    let mut data_plane = None;
-    if let Ok((relay_metrics, cache, log)) = relay {
-        // Presence recorded by an earlier process is stale until agents reconnect.
-        let changes = state
-            .store()
-            .call(|store| store.reset_presence(chrono::Utc::now()))
-            .await?;
-        state.publish_mode_changes(changes);
-        let (plane, tasks): (DataPlane, DataPlaneTasks) = DataPlane::start(
-            state.clone(),
-            log,
-            config.relay.clone(),
-            relay_metrics,
-            cache,
-        );
-        app = app.layer(Extension(plane));
-        data_plane = Some(tasks);
+}
+
+impl ServerBuilder {
+    /// A builder for the whole server: REST API, console and data plane.
+    pub fn new(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            probe: None,
+        }
     }
-    let (stop, stopped) = oneshot::channel::<()>();
-    let listener = CountingListener::new(tcp, metrics);
-    let task = tokio::spawn(serve::serve(
-        listener,
-        app,
-        config.header_read_timeout,
-        stopped,
-    ));
-    tracing::info!(
-        %addr,
-        data_dir = %config.data_dir.display(),
-        redis = config.redis_url.is_some(),
-        data_plane = data_plane.is_some(),
-        "server listening"
-    );
-    Ok(RunningServer {
-        addr,
-        state,
-        stop: Some(stop),
-        task,
-        data_plane,
-    })
+
+    /// Leaves the data plane out: the REST API and the console run with `probe` as the source
+    /// of group backlogs (tests of the API's mode logic), and `/ws/data` answers 503.
+    pub fn without_data_plane(mut self, probe: Arc<dyn BacklogProbe>) -> ServerBuilder {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Opens the records store in the data directory and the relay stream log (SQLite now;
+    /// Redis is connected in the background), starts the console and the data plane, and builds
+    /// the router. Nothing listens yet: serve [`Server::router`] yourself or call
+    /// [`Server::spawn`].
+    pub async fn build(self) -> Result<Server, ServerError> {
+        let ServerBuilder { config, probe } = self;
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open_in(&data_dir))
+            .await
+            .map_err(|err| ServerError::TaskFailed {
+                task: "storage",
+                detail: err.to_string(),
+            })??;
+        let redis = config
+            .redis_url
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()
+            .map_err(|err| ServerError::RedisUrl {
+                detail: err.to_string(),
+            })?;
+        let mut metrics = ServerMetrics::new();
+        let relay = match probe {
+            Some(probe) => Err(probe),
+            None => Ok((
+                RelayMetrics::register(&mut metrics),
+                Arc::new(BacklogCache::default()),
+                dataplane::open_stream_log(&config).await?,
+            )),
+        };
+        let metrics = Arc::new(metrics);
+        let probe: Arc<dyn BacklogProbe> = match &relay {
+            Ok((_, cache, _)) => cache.clone(),
+            Err(probe) => Arc::clone(probe),
+        };
+        let console = console::Console::start(
+            config.console.clone(),
+            config.redis_url.as_deref(),
+            &metrics,
+        )?;
+        let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
+        let mut router = routes::router(state.clone(), config.max_body_bytes);
+        let mut data_plane = None;
+        if let Ok((relay_metrics, cache, log)) = relay {
+            // Presence recorded by an earlier process is stale until agents reconnect.
+            let changes = state
+                .store()
+                .call(|store| store.reset_presence(chrono::Utc::now()))
+                .await?;
+            state.publish_mode_changes(changes);
+            let (plane, tasks): (DataPlane, DataPlaneTasks) = DataPlane::start(
+                state.clone(),
+                log,
+                config.relay.clone(),
+                relay_metrics,
+                cache,
+            );
+            router = router.layer(Extension(plane));
+            data_plane = Some(tasks);
+        }
+        Ok(Server {
+            config,
+            router,
+            state,
+            data_plane,
+        })
+    }
+}
+
+/// A built server, not listening: its router, its shared state and its background tasks.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    router: Router,
+    state: AppState,
+    data_plane: Option<DataPlaneTasks>,
+}
+
+impl Server {
+    /// Every route of the server (`/healthz`, `/readyz`, `/metrics`, `/ws/data`, `/api/v1/…`)
+    /// with its layers (JSON errors, body limit, request metrics and tracing). Mount it at the
+    /// root or under a prefix (`Router::nest("/tether", …)`) of your own router and serve that
+    /// on your listener. Your listener's connections are not counted in
+    /// `tether_server_connections_*` and get no header-read timeout from Tether; both come with
+    /// [`Server::spawn`].
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The shared state (store, metrics, console), for in-process callers.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Ends what an HTTP graceful shutdown does not track: open console streams (which never
+    /// end by themselves) and data-plane WebSockets (closed by the data plane, which flushes
+    /// consumer cursors). Call it when the service serving [`Server::router`] starts to stop,
+    /// e.g. first thing in its graceful-shutdown future.
+    pub async fn shutdown(mut self) {
+        self.state.console().close();
+        if let Some(data_plane) = self.data_plane.take() {
+            data_plane.shutdown().await;
+        }
+    }
+
+    /// Binds `config.listen` and serves the router there in the background, with a header-read
+    /// timeout and connection metrics. On a bind failure the server is shut down.
+    pub async fn spawn(self) -> Result<RunningServer, ServerError> {
+        let listen = self.config.listen;
+        let bound = match TcpListener::bind(listen).await {
+            Ok(tcp) => tcp.local_addr().map(|addr| (tcp, addr)),
+            Err(err) => Err(err),
+        };
+        let (tcp, addr) = match bound {
+            Ok(bound) => bound,
+            Err(source) => {
+                self.shutdown().await;
+                return Err(ServerError::Bind {
+                    addr: listen.to_string(),
+                    source,
+                });
+            }
+        };
+        let Server {
+            config,
+            router,
+            state,
+            data_plane,
+        } = self;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = CountingListener::new(tcp, Arc::clone(state.metrics()));
+        let task = tokio::spawn(serve::serve(
+            listener,
+            router,
+            config.header_read_timeout,
+            stopped,
+        ));
+        tracing::info!(
+            %addr,
+            data_dir = %config.data_dir.display(),
+            redis = config.redis_url.is_some(),
+            data_plane = data_plane.is_some(),
+            "server listening"
+        );
+        Ok(RunningServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+            data_plane,
+        })
+    }
 }
 
 /// Runs a server until `shutdown` completes, then stops it gracefully. `on_listening` is called

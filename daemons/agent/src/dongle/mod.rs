@@ -12,8 +12,8 @@
 //! logged at a limited rate. Storage format and guarantees: `docs/agent.md`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,12 +62,13 @@ struct DongleEntry {
     peer: Arc<Mutex<SocketAddr>>,
 }
 
-/// Run the role until SIGTERM / Ctrl-C; exit 0 after flushing.
-pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
-    // First of all, so a stop request during start-up is a graceful stop, not a kill by the
-    // default action.
-    let stop_signals = tether_runtime::signals::StopSignals::register();
-    tether_runtime::logging::init_json_logs(&role.log_level);
+/// Runs the role until `stop` completes, then flushes the outboxes and returns. Errors are
+/// start-up failures (state directory, lock, UDP or metrics address); once running, the role
+/// retries everything itself.
+///
+/// It installs no signal handler and no log subscriber: the caller does (the `tether` binary
+/// registers SIGTERM / Ctrl-C before calling, so a stop during start-up is a graceful stop).
+pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
     // One agent per state directory: two would hand out the same seqs.
@@ -133,7 +134,7 @@ pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
     if let Some(every) = role.stats_interval {
         tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
     }
-    stop_signals.wait().await;
+    stop.await;
     info!("stopping: flushing outboxes");
     let _ = stop_tx.send(true);
     match udp.await {
@@ -149,7 +150,7 @@ pub async fn run(role: DongleRole) -> anyhow::Result<ExitCode> {
     if let Some(h) = http {
         let _ = h.await;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn metrics_text(State(h): State<MetricsHandle>) -> impl IntoResponse {

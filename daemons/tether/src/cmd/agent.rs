@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use tether_agent::config::{self, MeteringConfig};
-use tether_agent::{dlq, dongle, metering};
+use tether_agent::dlq;
+use tether_runtime::signals::StopSignals;
 
 /// `tether agent` arguments.
 #[derive(Debug, clap::Args)]
@@ -104,22 +105,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let m = cfg.metering.context("the config has no metering section")?;
             rt.block_on(run_dlq(&m, cmd))
         }
-        None => {
-            let dongle = cfg.dongle_role()?;
-            rt.block_on(async move {
-                match (cfg.metering, dongle) {
-                    (Some(m), Some(d)) => {
-                        // A role that fails (at start-up, say) ends the process instead of
-                        // leaving the other one running unnoticed.
-                        let (a, b) = tokio::try_join!(metering::run(m), dongle::run(d))?;
-                        Ok(if a == ExitCode::SUCCESS { b } else { a })
-                    }
-                    (Some(m), None) => metering::run(m).await,
-                    (None, Some(d)) => dongle::run(d).await,
-                    (None, None) => bail!("no role configured"),
-                }
-            })
-        }
+        None => rt.block_on(async move {
+            // First of all, so a stop request during start-up is a graceful stop, not a kill
+            // by the default action (a role can start and stop within milliseconds).
+            let stop = StopSignals::register();
+            tether_runtime::logging::init_json_logs(cfg.log_level());
+            tether_agent::run(cfg, stop.wait()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
