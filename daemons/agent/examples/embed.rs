@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! TETHER_URL=http://127.0.0.1:8080 AGENT_TOKEN=ta_… \
-//!     cargo run -p tether-agent --example embed -- ./embed-agent-state
+//!     cargo run -p tether-agent --example embed_agent -- ./embed-agent-state
 //! ```
 //!
 //! Dongles send REMP to UDP 127.0.0.1:20100; Ctrl-C stops the host, which stops the role (it

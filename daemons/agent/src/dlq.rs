@@ -33,32 +33,30 @@ pub async fn list(
     Ok(entries)
 }
 
-/// Moves the entry `id` (every entry when `None`) of `queue` (every queue when `None`) back to
-/// the head of its queue, atomically; returns how many moved.
-pub async fn retry(
-    cfg: &MeteringConfig,
-    queue: Option<&str>,
-    id: Option<&str>,
-) -> anyhow::Result<u64> {
-    let store = crate::metering::queue_store(cfg, "cli")?;
-    let mut n = 0;
-    for q in queues(queue)? {
-        n += store.dlq_retry(q, id).await?;
-    }
-    Ok(n)
+/// What to do with dead-lettered entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqAction {
+    /// Move them back to the head of their queue, atomically.
+    Retry,
+    /// Delete them.
+    Purge,
 }
 
-/// Deletes the entry `id` (every entry when `None`) of `queue` (every queue when `None`);
-/// returns how many were deleted.
-pub async fn purge(
+/// Applies `action` to the entry `id` (every entry when `None`) of `queue` (every queue when
+/// `None`); returns how many entries it applied to.
+pub async fn apply(
     cfg: &MeteringConfig,
+    action: DlqAction,
     queue: Option<&str>,
     id: Option<&str>,
 ) -> anyhow::Result<u64> {
     let store = crate::metering::queue_store(cfg, "cli")?;
     let mut n = 0;
     for q in queues(queue)? {
-        n += store.dlq_purge(q, id).await?;
+        n += match action {
+            DlqAction::Retry => store.dlq_retry(q, id).await?,
+            DlqAction::Purge => store.dlq_purge(q, id).await?,
+        };
     }
     Ok(n)
 }

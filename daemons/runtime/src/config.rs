@@ -260,12 +260,12 @@ pub fn opt_string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
 mod tests {
     use super::*;
 
+    const VARS: [(&str, &str); 2] = [("PORT", "9999"), ("TRICKY", "a: b # c")];
+
     fn env(name: &str) -> Option<String> {
-        match name {
-            "PORT" => Some("9999".to_owned()),
-            "TRICKY" => Some("a: b # c".to_owned()),
-            _ => None,
-        }
+        VARS.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| (*v).to_owned())
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! Tether's whole server (REST API, `/ws/data`, consoles, health and metrics) under `/tether`.
 //!
 //! ```text
-//! cargo run -p tether-server --example embed -- 127.0.0.1:8080 ./embed-data
+//! cargo run -p tether-server --example embed_server -- 127.0.0.1:8080 ./embed-data
 //! curl http://127.0.0.1:8080/               # the host's own route
 //! curl http://127.0.0.1:8080/tether/healthz # Tether's
 //! ```

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use tether_agent::config::{self, MeteringConfig};
-use tether_agent::dlq;
+use tether_agent::dlq::{self, DlqAction};
 use tether_runtime::signals::StopSignals;
 
 /// `tether agent` arguments.
@@ -130,11 +130,11 @@ async fn run_dlq(cfg: &MeteringConfig, cmd: DlqCommand) -> anyhow::Result<ExitCo
             bail!("say which entries: --id ID or --all");
         }
         DlqCommand::Retry { queue, id, .. } => {
-            let n = dlq::retry(cfg, queue.as_deref(), id.as_deref()).await?;
+            let n = dlq::apply(cfg, DlqAction::Retry, queue.as_deref(), id.as_deref()).await?;
             println!("{{\"retried\": {n}}}");
         }
         DlqCommand::Purge { queue, id, .. } => {
-            let n = dlq::purge(cfg, queue.as_deref(), id.as_deref()).await?;
+            let n = dlq::apply(cfg, DlqAction::Purge, queue.as_deref(), id.as_deref()).await?;
             println!("{{\"purged\": {n}}}");
         }
     }
