@@ -1,8 +1,14 @@
 //! # tether (the binary)
 //!
-//! The `tether` binary: `tether server`, `tether agent` and the command-line tools. This crate
-//! is wiring only — parsing flags and config, owning sockets, clocks and tasks — around the
-//! library crates (`can-io`, `relay-core`, `sse-core`, `metering-core`), which hold the logic.
+//! The `tether` binary: `tether server`, `tether agent`, `tether demo` and the command-line
+//! tools (`can …`, `sse …`). This crate is wiring only — parsing flags (clap), building the
+//! async runtime, registering stop signals and JSON logs (`tether-runtime`) — around the
+//! libraries that hold the logic: `tether-server` and `tether-agent` for the daemons, `can-io`
+//! and `sse-core` for the tools. `main.rs` only calls [`main`]; tests call [`run`] with a parsed
+//! [`Cli`].
+//!
+//! What it does not do: serve or relay anything itself, or define a configuration schema (the
+//! server's and agent's config types are their libraries').
 
 use std::process::ExitCode;
 
