@@ -21,7 +21,7 @@ capture="$root/../shared/data/can/savvycan-candump.log"
 if [ -n "${TETHER_BIN:-}" ]; then
     tether="$TETHER_BIN" # a release binary built elsewhere
 else
-    cargo build --release -q -p tether-daemons --bin tether
+    cargo build --release -q -p tether --bin tether
     tether="$CARGO_TARGET_DIR/release/tether"
 fi
 

@@ -18,7 +18,7 @@ RUNS=${4:-3}
 MAX_CONCURRENT=${MAX_CONCURRENT:-16}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/tether-target-metering}
 cargo build -q --release -p metering-core --examples
-cargo build -q --release -p tether-daemons --bin tether
+cargo build -q --release -p tether --bin tether
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d)
 PIDS=()

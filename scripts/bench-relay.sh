@@ -4,7 +4,7 @@
 # run, through a plain WebSocket relay (the ceiling of the same stack: loopback TCP,
 # tungstenite, the same MessagePack batches, no storage and no protocol logic).
 #
-# The load comes from `daemons/examples/bench_relay.rs`: protocol clients that behave like
+# The load comes from `daemons/server/examples/bench_relay.rs`: protocol clients that behave like
 # dongle agents on `/ws/data` (hello with MessagePack, frame batches every 5 ms, cumulative
 # acks), not `tether agent` processes fed over UDP — on this 2-core machine 40 agent processes
 # plus 40 simulated dongles would measure the simulators, not the relay. Groups, agents and
@@ -28,7 +28,7 @@ RATE=${2:-4500}
 DURATION=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
-  nice cargo build -q --release -p tether-daemons --bin tether --example bench_relay
+  nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay
 fi
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d)

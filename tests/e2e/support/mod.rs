@@ -35,7 +35,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The real capture shipped with the project.
 pub fn capture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/captures/nissan-leaf-isotp.log")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
 }
 
 /// `REDIS_URL`, or the local default. Tests that need Redis fail when it does not answer.

@@ -1,0 +1,479 @@
+//! `tether agent` configuration: a YAML file with one optional section per role, `${VAR}`
+//! substitution, environment overrides and validation.
+//!
+//! Order of application: parse YAML → replace `${VAR}` in every string by the rules of
+//! [`tether_runtime::config`] (an unset variable is an error naming it; `$${` writes a literal
+//! `${`) → apply overrides from environment variables
+//! named `TETHER_<SECTION>__<KEY>__<SUBKEY>…` (double underscore separates levels; case does not
+//! matter, e.g. `TETHER_METERING__CONTROL_PLANE__API_KEY`) → deserialize and validate.
+//! Substituted and overriding values that read back exactly as a number or boolean become one,
+//! and string fields accept numbers, so `port: ${PORT}` and `api_key: ${KEY}` both work.
+
+use std::path::Path;
+
+use crate::dongle::config::{DongleRole, DongleSection};
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tether_runtime::config::{
+    apply_env_overrides, expand_json_strings, opt_string_like, secs, string_like,
+};
+
+/// The whole agent file. Roles not present are off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The Tether server (`http://` or `https://`), used by the dongle role.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub server_url: Option<String>,
+    /// The agent's API token (`POST /api/v1/agents`), used by the dongle role.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub token: Option<String>,
+    /// Where the agent keeps its state (the dongle role's outbox and cursors).
+    #[serde(default)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// The usage-metering role.
+    #[serde(default)]
+    pub metering: Option<MeteringConfig>,
+    /// The dongle role (REMP dongles ↔ `/ws/data`).
+    #[serde(default)]
+    pub dongle: Option<DongleSection>,
+}
+
+impl AgentConfig {
+    /// The log filter of the agent: the metering role's `monitoring.log_level` when that role is
+    /// on, else the dongle role's `log_level`, else `info`.
+    pub fn log_level(&self) -> &str {
+        match (&self.metering, &self.dongle) {
+            (Some(m), _) => &m.monitoring.log_level,
+            (None, Some(d)) => &d.log_level,
+            (None, None) => "info",
+        }
+    }
+
+    /// The dongle role's validated settings (its section with `server_url`, `token` and
+    /// `data_dir`); `None` when the file has no `dongle:` section.
+    pub fn dongle_role(&self) -> anyhow::Result<Option<DongleRole>> {
+        self.dongle
+            .as_ref()
+            .map(|d| {
+                DongleRole::resolve(
+                    d,
+                    self.server_url.as_deref(),
+                    self.token.as_deref(),
+                    self.data_dir.as_deref(),
+                )
+            })
+            .transpose()
+    }
+}
+
+/// `metering:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// This API server.
+    pub server: ServerSection,
+    /// Where the queues live.
+    pub redis: RedisSection,
+    /// The control plane.
+    pub control_plane: ControlPlaneSection,
+    /// Consumer tuning.
+    #[serde(default)]
+    pub queues: QueuesSection,
+    /// Health, metrics, logs, heartbeat, command polling.
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
+}
+
+/// `metering.server`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Server id (registration key, command audience, `server_instance_id`).
+    #[serde(deserialize_with = "string_like")]
+    pub id: String,
+    /// Region (`api_server_region`).
+    #[serde(deserialize_with = "string_like")]
+    pub region: String,
+    /// Port of the speech API server, reported at registration.
+    pub port: u16,
+    /// Address reported at registration.
+    #[serde(default = "default_ip", deserialize_with = "string_like")]
+    pub ip_address: String,
+    /// Capabilities reported at registration.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+fn default_ip() -> String {
+    "127.0.0.1".into()
+}
+
+/// `metering.server.capabilities`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Concurrent sessions this server takes.
+    pub max_concurrent_sessions: u32,
+    /// Comma-separated product codes.
+    #[serde(deserialize_with = "string_like")]
+    pub supported_products: String,
+    /// Comma-separated language codes.
+    #[serde(deserialize_with = "string_like")]
+    pub supported_languages: String,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            max_concurrent_sessions: 100,
+            supported_products: "speech_transcription".into(),
+            supported_languages: "en".into(),
+        }
+    }
+}
+
+/// `metering.redis`: either `url`, or `host`/`port`/`password`/`db`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://…` URL; wins over the fields below.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub url: Option<String>,
+    /// Host (default 127.0.0.1).
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub host: Option<String>,
+    /// Port (default 6379).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Password.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub password: Option<String>,
+    /// Database number.
+    #[serde(default)]
+    pub db: Option<i64>,
+    /// Prefix of every key (default empty: the documented names `queue:usage_records`, …).
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub key_prefix: Option<String>,
+    /// Timeout of non-blocking commands, seconds (default 5).
+    #[serde(default = "five")]
+    pub operation_timeout: f64,
+}
+
+fn five() -> f64 {
+    5.0
+}
+
+impl RedisSection {
+    /// The connection URL.
+    pub fn connection_url(&self) -> String {
+        if let Some(u) = &self.url {
+            return u.clone();
+        }
+        let host = self.host.as_deref().unwrap_or("127.0.0.1");
+        let port = self.port.unwrap_or(6379);
+        let db = self.db.unwrap_or(0);
+        match &self.password {
+            Some(p) => format!("redis://:{}@{host}:{port}/{db}", percent_encode(p)),
+            None => format!("redis://{host}:{port}/{db}"),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `metering.control_plane`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneSection {
+    /// `https://…` (plain `http://` only to loopback).
+    #[serde(deserialize_with = "string_like")]
+    pub base_url: String,
+    /// Sent as `X-API-Key`; also protects the admin endpoints.
+    #[serde(deserialize_with = "string_like")]
+    pub api_key: String,
+    /// Whole-request timeout, seconds (default 10).
+    #[serde(default = "ten")]
+    pub timeout: f64,
+    /// Connect timeout, seconds (default 5).
+    #[serde(default = "five")]
+    pub connect_timeout: f64,
+    /// Retries per attempt cycle (default 2).
+    #[serde(default = "two")]
+    pub retry_attempts: u32,
+    /// Backoff base, seconds (default 0.2).
+    #[serde(default = "point_two")]
+    pub retry_base: f64,
+    /// Backoff cap, seconds (default 10).
+    #[serde(default = "ten")]
+    pub retry_cap: f64,
+    /// Failed attempt cycles that open the breaker (default 3).
+    #[serde(default = "three")]
+    pub breaker_failure_threshold: u32,
+    /// Seconds the breaker stays open before a probe (default 30).
+    #[serde(default = "thirty")]
+    pub breaker_open_seconds: f64,
+}
+
+fn ten() -> f64 {
+    10.0
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn point_two() -> f64 {
+    0.2
+}
+fn thirty() -> f64 {
+    30.0
+}
+
+/// `metering.queues`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesSection {
+    /// Workers per queue.
+    pub workers: usize,
+    /// Items per fetch.
+    pub batch_size: usize,
+    /// `BLMOVE` block, seconds.
+    pub block_seconds: f64,
+    /// Lease lifetime, seconds.
+    pub lease_ttl_seconds: f64,
+    /// Reaper period, seconds.
+    pub reaper_interval_seconds: f64,
+    /// Deliveries before the DLQ.
+    pub max_deliveries: u32,
+    /// Concurrent requests per worker.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for QueuesSection {
+    fn default() -> Self {
+        QueuesSection {
+            workers: 2,
+            batch_size: 500,
+            block_seconds: 1.0,
+            lease_ttl_seconds: 30.0,
+            reaper_interval_seconds: 15.0,
+            max_deliveries: 3,
+            max_concurrent_requests: 32,
+        }
+    }
+}
+
+/// `metering.monitoring`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringSection {
+    /// Heartbeat period, seconds.
+    pub heartbeat_interval: f64,
+    /// Port of `GET /metrics` (may equal `health_check_port`).
+    pub metrics_port: u16,
+    /// Port of `GET /health` and the admin endpoints.
+    pub health_check_port: u16,
+    /// Address both listen on.
+    #[serde(deserialize_with = "string_like")]
+    pub bind_address: String,
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
+    #[serde(deserialize_with = "string_like")]
+    pub log_level: String,
+    /// Command polling period, seconds (jittered ±10 %).
+    pub command_poll_interval: f64,
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        MonitoringSection {
+            heartbeat_interval: 30.0,
+            metrics_port: 9090,
+            health_check_port: 8081,
+            bind_address: "127.0.0.1".into(),
+            log_level: "info".into(),
+            command_poll_interval: 60.0,
+        }
+    }
+}
+
+impl MeteringConfig {
+    /// Check values serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.server.id.trim().is_empty() {
+            bail!("metering.server.id is empty");
+        }
+        if self.control_plane.api_key.is_empty() {
+            bail!("metering.control_plane.api_key is empty");
+        }
+        metering_core::client::check_base_url(&self.control_plane.base_url)?;
+        redis::Client::open(self.redis.connection_url())
+            .context("metering.redis: bad connection settings")?;
+        let cp = &self.control_plane;
+        for (n, v) in [
+            ("control_plane.timeout", cp.timeout),
+            ("control_plane.connect_timeout", cp.connect_timeout),
+            ("control_plane.retry_base", cp.retry_base),
+            ("control_plane.retry_cap", cp.retry_cap),
+            (
+                "control_plane.breaker_open_seconds",
+                cp.breaker_open_seconds,
+            ),
+            ("redis.operation_timeout", self.redis.operation_timeout),
+            ("queues.block_seconds", self.queues.block_seconds),
+            ("queues.lease_ttl_seconds", self.queues.lease_ttl_seconds),
+            (
+                "queues.reaper_interval_seconds",
+                self.queues.reaper_interval_seconds,
+            ),
+            (
+                "monitoring.heartbeat_interval",
+                self.monitoring.heartbeat_interval,
+            ),
+            (
+                "monitoring.command_poll_interval",
+                self.monitoring.command_poll_interval,
+            ),
+        ] {
+            secs(n, v)?;
+        }
+        if self.queues.block_seconds < 0.01 {
+            bail!("queues.block_seconds must be at least 0.01");
+        }
+        if self.queues.lease_ttl_seconds < 3.0 * self.queues.block_seconds.max(0.1) {
+            bail!("queues.lease_ttl_seconds must be at least three times block_seconds");
+        }
+        if self.queues.batch_size == 0
+            || self.queues.workers == 0
+            || self.queues.max_deliveries == 0
+        {
+            bail!("queues.batch_size, workers and max_deliveries must be positive");
+        }
+        if self.monitoring.heartbeat_interval < 0.1 || self.monitoring.command_poll_interval < 0.1 {
+            bail!("monitoring intervals must be at least 0.1 s");
+        }
+        Ok(())
+    }
+}
+
+/// Read, substitute, override, parse and validate `path`, using `env` for variables.
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_vars: &[(String, String)],
+) -> anyhow::Result<AgentConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text, env, env_vars).with_context(|| format!("in {}", path.display()))
+}
+
+/// [`load`] on text.
+pub fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_vars: &[(String, String)],
+) -> anyhow::Result<AgentConfig> {
+    let mut value: Value = serde_norway::from_str(text).context("not valid YAML")?;
+    if value.is_null() {
+        value = Value::Object(Map::new());
+    }
+    expand_json_strings(&mut value, env)?;
+    apply_env_overrides(&mut value, "TETHER_", env_vars)?;
+    let cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
+    if cfg.metering.is_none() && cfg.dongle.is_none() {
+        bail!("no role configured: add a `metering:` or a `dongle:` section");
+    }
+    if let Some(m) = &cfg.metering {
+        m.validate()?;
+    }
+    if cfg.dongle.is_some() {
+        cfg.dongle_role()?;
+    } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
+        bail!(
+            "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"
+        );
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "metering:\n  server: {id: s1, region: eu, port: 8080}\n  redis: {url: \"redis://127.0.0.1:6379\"}\n  control_plane: {base_url: \"http://127.0.0.1:1\", api_key: \"${KEY}\"}\n";
+
+    fn env_with(name: &'static str, val: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |n| (n == name).then(|| val.to_owned())
+    }
+
+    #[test]
+    fn substitution_and_unset_variable_error() {
+        let cfg = parse(MIN, &env_with("KEY", "12345"), &[]).expect("parses");
+        assert_eq!(
+            cfg.metering.expect("metering").control_plane.api_key,
+            "12345"
+        );
+        let err = parse(MIN, &|_| None, &[]).expect_err("unset var");
+        assert!(format!("{err:#}").contains("KEY is not set"), "{err:#}");
+        let escaped = MIN.replace("${KEY}", "a$${b}c$");
+        let cfg = parse(&escaped, &|_| None, &[]).expect("literal");
+        assert_eq!(
+            cfg.metering.expect("metering").control_plane.api_key,
+            "a${b}c$"
+        );
+    }
+
+    #[test]
+    fn env_overrides_any_key() {
+        let vars = vec![
+            (
+                "TETHER_METERING__CONTROL_PLANE__API_KEY".to_owned(),
+                "007".to_owned(),
+            ),
+            (
+                "TETHER_METERING__QUEUES__BATCH_SIZE".to_owned(),
+                "7".to_owned(),
+            ),
+            ("TETHER_BIN".to_owned(), "ignored".to_owned()),
+        ];
+        let cfg = parse(MIN, &env_with("KEY", "k"), &vars).expect("parses");
+        let m = cfg.metering.expect("metering");
+        assert_eq!(m.control_plane.api_key, "007");
+        assert_eq!(m.queues.batch_size, 7);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad_url = MIN.replace("http://127.0.0.1:1", "http://example.com");
+        assert!(parse(&bad_url, &env_with("KEY", "k"), &[]).is_err());
+        let typo = MIN.replace("region: eu", "regoin: eu");
+        assert!(parse(&typo, &env_with("KEY", "k"), &[]).is_err());
+        assert!(parse("", &|_| None, &[]).is_err());
+    }
+
+    #[test]
+    fn redis_url_from_parts() {
+        let r = RedisSection {
+            url: None,
+            host: Some("h".into()),
+            port: Some(7000),
+            password: Some("p@ss".into()),
+            db: Some(2),
+            key_prefix: None,
+            operation_timeout: 5.0,
+        };
+        assert_eq!(r.connection_url(), "redis://:p%40ss@h:7000/2");
+    }
+}

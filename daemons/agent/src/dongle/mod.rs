@@ -1,0 +1,320 @@
+//! The `dongle` role: REMP dongles on a UDP port ↔ the server's `/ws/data` group relay.
+//!
+//! * One UDP socket receives REMP from any number of dongles ([`RempReceiver`] keeps their
+//!   sequence state). A dongle is learned from any valid datagram — its hello, or a keep-alive
+//!   after an agent restart — and gets a [`worker::Worker`] and a [`poller`].
+//! * The poller announces the dongle (`POST /api/v1/agent/dongles`) and polls its assignment.
+//! * The worker keeps the dongle's frames in a durable, bounded outbox per group
+//!   ([`store`], [`outbox`]), runs the data-plane session (`docs/protocols/data-plane.md`) and
+//!   sends the other side's frames to the address the dongle was last heard from.
+//!
+//! Every dropped frame is counted by reason (`tether_agent_dongle_frames_dropped_total`) and
+//! logged at a limited rate. Storage format and guarantees: `docs/agent.md`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use can_io::CanRecord;
+use can_io::wire::remp::{RempEvent, RempReceiver};
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+pub mod api;
+pub mod backoff;
+pub mod config;
+pub mod metrics;
+pub mod outbox;
+pub mod poller;
+pub mod store;
+pub mod worker;
+
+use config::DongleRole;
+use metrics::{DongleMetrics, DropReason, MetricsHandle};
+use outbox::{SharedStore, with_store};
+use poller::PollState;
+use store::DongleStore;
+use worker::{Worker, WorkerCtx};
+
+/// Datagrams of frames queued per dongle between the UDP task and its worker.
+const DONGLE_QUEUE: usize = 4096;
+/// Dongles tracked at most (REMP's receiver refuses more serials).
+const MAX_DONGLES: usize = 4096;
+/// Queue-full warnings per dongle at most this often.
+const QUEUE_WARN_EVERY: Duration = Duration::from_secs(5);
+/// Name of the state file inside `data_dir`.
+pub const STATE_FILE: &str = "dongle-agent.sqlite";
+/// Name of the lock file inside `data_dir` (held while the role runs).
+pub const LOCK_FILE: &str = "dongle-agent.lock";
+
+/// A learned dongle, as the UDP task sees it.
+struct DongleEntry {
+    frames: mpsc::Sender<Vec<CanRecord>>,
+    peer: Arc<Mutex<SocketAddr>>,
+}
+
+/// Runs the role until `stop` completes, then flushes the outboxes and returns. Errors are
+/// start-up failures (state directory, lock, UDP or metrics address); once running, the role
+/// retries everything itself.
+///
+/// It installs no signal handler and no log subscriber: the caller does (the `tether` binary
+/// registers SIGTERM / Ctrl-C before calling, so a stop during start-up is a graceful stop).
+pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&role.data_dir)
+        .with_context(|| format!("creating {}", role.data_dir.display()))?;
+    // One agent per state directory: two would hand out the same seqs.
+    let lock_path = role.data_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another tether agent is using {} (locked: {})",
+            role.data_dir.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+        }
+    }
+    let path = role.data_dir.join(STATE_FILE);
+    let store: SharedStore = Arc::new(Mutex::new(DongleStore::open(&path, role.outbox_sync)?));
+    let socket = Arc::new(
+        UdpSocket::bind(role.listen)
+            .await
+            .with_context(|| format!("binding UDP {}", role.listen))?,
+    );
+    let udp_addr = socket.local_addr().context("reading the UDP address")?;
+    let handle = MetricsHandle::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http = None;
+    if let Some(addr) = role.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        info!(address = %listener.local_addr()?, "metrics listening");
+        let app = Router::new()
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(handle.clone());
+        let mut rx = stop_rx.clone();
+        http = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    info!(udp = %udp_addr, server = %role.server_url, data_dir = %role.data_dir.display(),
+        "dongle agent listening");
+    let role = Arc::new(role);
+    let api = api::ServerApi::new(&role.server_url, &role.token)?;
+    let ctx = WorkerCtx {
+        cfg: role.clone(),
+        store,
+        metrics: handle.metrics.clone(),
+        socket: socket.clone(),
+        stop: stop_rx.clone(),
+    };
+    let udp = tokio::spawn(udp_loop(ctx, api, stop_rx.clone()));
+    if let Some(every) = role.stats_interval {
+        tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
+    }
+    stop.await;
+    info!("stopping: flushing outboxes");
+    let _ = stop_tx.send(true);
+    match udp.await {
+        Ok(workers) => {
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+        Err(e) => warn!(error = %e, "the UDP task failed"),
+    }
+    log_totals(&handle, "dongle agent stopped");
+    drop(lock);
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+async fn metrics_text(State(h): State<MetricsHandle>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            tether_runtime::metrics::OPENMETRICS_CONTENT_TYPE,
+        )],
+        h.encode(),
+    )
+}
+
+/// Receive REMP until stopped; returns the workers to wait for.
+async fn udp_loop(
+    ctx: WorkerCtx,
+    api: api::ServerApi,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut receiver = RempReceiver::new(MAX_DONGLES);
+    let mut dongles: HashMap<String, DongleEntry> = HashMap::new();
+    let mut workers = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    let mut warned: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let (n, from) = tokio::select! {
+            _ = stop.changed() => break,
+            _ = gauges.tick() => {
+                for (serial, s, _) in receiver.dongles() {
+                    DongleMetrics::set(&ctx.metrics.remp_lost, serial, s.lost);
+                    DongleMetrics::set(&ctx.metrics.remp_dongle_dropped, serial, u64::from(s.dongle_dropped));
+                }
+                continue;
+            }
+            r = ctx.socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; the socket stays usable.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+        };
+        let event = match receiver.handle_datagram(&buf[..n], worker::now_ms() * 1_000_000) {
+            Ok(ev) => ev,
+            Err(e) => {
+                ctx.metrics.malformed_datagrams.inc();
+                tracing::debug!(%from, error = %e, "skipping a datagram that is not valid REMP");
+                continue;
+            }
+        };
+        let (serial, records) = match event {
+            RempEvent::Hello {
+                serial, restarted, ..
+            } => {
+                if restarted {
+                    info!(%serial, "dongle restarted");
+                }
+                (serial, None)
+            }
+            RempEvent::Keepalive { serial } => (serial, None),
+            RempEvent::Frames { serial, records } => (serial, Some(records)),
+            RempEvent::Dropped { .. } => continue,
+        };
+        if !dongles.contains_key(&serial) {
+            match learn(&ctx, &api, &serial, from) {
+                Ok((entry, handle)) => {
+                    dongles.insert(serial.clone(), entry);
+                    workers.push(handle);
+                }
+                Err(e) => {
+                    warn!(%serial, error = %format!("{e:#}"), "cannot start a worker for this dongle");
+                    continue;
+                }
+            }
+        }
+        let Some(entry) = dongles.get(&serial) else {
+            continue;
+        };
+        if let Ok(mut p) = entry.peer.lock()
+            && *p != from
+        {
+            *p = from;
+        }
+        if let Some(records) = records {
+            let n = records.len() as u64;
+            match entry.frames.try_send(records) {
+                Ok(()) => {}
+                Err(e) => {
+                    ctx.metrics.dropped(&serial, DropReason::QueueFull, n);
+                    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                    let now = tokio::time::Instant::now();
+                    let last = warned
+                        .entry(serial.clone())
+                        .or_insert(now - QUEUE_WARN_EVERY);
+                    if now.duration_since(*last) >= QUEUE_WARN_EVERY {
+                        *last = now;
+                        warn!(%serial, frames = n, worker_stopped = closed,
+                            "the dongle's queue is full or its worker stopped: frames dropped");
+                    }
+                    if closed {
+                        // Its worker failed: the next datagram starts a new one.
+                        dongles.remove(&serial);
+                    }
+                }
+            }
+        }
+    }
+    // Dropping the senders lets each worker drain its queue and stop.
+    drop(dongles);
+    workers
+}
+
+fn learn(
+    ctx: &WorkerCtx,
+    api: &api::ServerApi,
+    serial: &str,
+    from: SocketAddr,
+) -> anyhow::Result<(DongleEntry, tokio::task::JoinHandle<()>)> {
+    info!(%serial, %from, "new dongle");
+    ctx.metrics.note_serial(serial);
+    let saved = with_store(&ctx.store, |s| s.assignment(serial))?;
+    let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
+    let peer = Arc::new(Mutex::new(from));
+    let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
+    let repoll = Arc::new(Notify::new());
+    let w = Worker::new(
+        serial.to_owned(),
+        ctx.clone(),
+        rx,
+        peer.clone(),
+        poll_rx,
+        repoll.clone(),
+        saved.clone(),
+    )?;
+    tokio::spawn(poller::run(
+        serial.to_owned(),
+        ctx.cfg.clone(),
+        api.clone(),
+        saved.map(|s| s.dongle_id),
+        poll_tx,
+        repoll,
+        ctx.stop.clone(),
+    ));
+    let handle = tokio::spawn(w.run());
+    Ok((DongleEntry { frames: tx, peer }, handle))
+}
+
+async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut t = tokio::time::interval(every);
+    t.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = t.tick() => log_totals(&h, "dongle agent totals"),
+        }
+    }
+}
+
+fn log_totals(h: &MetricsHandle, what: &str) {
+    for serial in h.metrics.serials() {
+        let t = h.metrics.totals(&serial);
+        info!(%serial, frames_in = t.frames_in, acked = t.acked, delivered = t.delivered,
+            pending = t.pending, dropped = ?t.dropped, gap_frames = t.gaps, "{what}");
+    }
+}

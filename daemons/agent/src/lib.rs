@@ -1,0 +1,74 @@
+//! # tether-agent
+//!
+//! Tether's edge side as a library: the roles of `tether agent`, each a future that runs until
+//! a stop future completes, so another Rust program can run them next to its own work.
+//!
+//! * [`dongle`] — REMP dongles on a UDP port ↔ the server's `/ws/data` group relay, with a
+//!   durable outbox per stream (`docs/agent.md`): [`dongle::run`] with a
+//!   [`dongle::config::DongleRole`].
+//! * [`metering`] — usage records, session events and quota refreshes from Redis queues to a
+//!   control plane (`docs/protocols/metering.md`): [`metering::run`] with a
+//!   [`config::MeteringConfig`].
+//! * [`dlq`] — the metering role's dead-letter queues as a tool (list, retry, purge).
+//! * [`config`] — the agent file: one optional section per role, `${VAR}` and `TETHER_…`
+//!   overrides by `tether-runtime`'s rules, validated before anything starts.
+//!
+//! [`run`] runs every role the configuration switches on, as `tether agent` does. A new role is
+//! a module here with a `run(config, stop)` future, an optional section in
+//! [`config::AgentConfig`] (validated in [`config::parse`]) and a branch in [`run`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! let yaml = "server_url: http://127.0.0.1:8080\ntoken: ${AGENT_TOKEN}\n\
+//!             data_dir: ${STATE}\ndongle:\n  listen: 127.0.0.1:0\n";
+//! let state = dir.path().display().to_string();
+//! let env = |name: &str| match name {
+//!     "AGENT_TOKEN" => Some("ta_example".to_owned()),
+//!     "STATE" => Some(state.clone()),
+//!     _ => None,
+//! };
+//! let config = tether_agent::config::parse(yaml, &env, &[])?;
+//! // Runs until the stop future completes (here at once), then flushes and returns.
+//! tether_agent::run(config, async {}).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What it does not do: it installs no signal handler and no log subscriber (the `tether`
+//! binary registers SIGTERM / Ctrl-C and JSON logs with `tether-runtime`), and parses no
+//! command line. The wire protocols, relay rules and metering pipeline are the core crates'
+//! (`relay-core`, `can-io`, `metering-core`); the roles own the sockets, files and tasks.
+//! Errors are `anyhow` errors with context (start-up failures); once running, a role retries
+//! on its own and only stops when asked.
+
+use std::future::Future;
+
+use anyhow::bail;
+use futures::FutureExt;
+
+pub mod config;
+pub mod dlq;
+pub mod dongle;
+pub mod metering;
+
+/// Runs every role `config` switches on until `stop` completes, then stops them all (each
+/// flushes what it holds) and returns. A role that fails — at start-up, say — ends the others
+/// with its error instead of leaving them running unnoticed.
+pub async fn run(
+    config: config::AgentConfig,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let dongle = config.dongle_role()?;
+    let stop = stop.shared();
+    match (config.metering, dongle) {
+        (Some(m), Some(d)) => {
+            tokio::try_join!(metering::run(m, stop.clone()), dongle::run(d, stop))?;
+            Ok(())
+        }
+        (Some(m), None) => metering::run(m, stop).await,
+        (None, Some(d)) => dongle::run(d, stop).await,
+        (None, None) => bail!("no role configured"),
+    }
+}

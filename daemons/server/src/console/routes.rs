@@ -1,0 +1,288 @@
+//! The console's HTTP handlers: authentication (header or `?access_token=`), ownership checks,
+//! and the event-stream responses. They take the console and the records store from the router
+//! state (`Console: FromRef<S>`, `Arc<Store>: FromRef<S>`), so the console does not depend on
+//! the server's `AppState`, which holds it.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use sse_core::encoder::{BodyOptions, RESPONSE_HEADERS, event_stream_body};
+use uuid::Uuid;
+
+use super::config::MAX_MULTIPLEXED_STREAMS;
+use super::multiplex::{self, CompositeEncoder, Member};
+use super::{Console, ConsoleScope};
+use crate::http::{ApiError, IdPath, bearer_token, user_for_token};
+use crate::store::{Store, User};
+
+/// Query parameters every console route understands; others are ignored (cache busters).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamQuery {
+    access_token: Option<String>,
+    last_event_id: Option<String>,
+    dongles: Option<String>,
+    groups: Option<String>,
+}
+
+fn query(uri: &Uri) -> Result<StreamQuery, ApiError> {
+    Query::<StreamQuery>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", err.body_text()))
+}
+
+/// The user of a stream request: `Authorization: Bearer` when present, else `access_token`.
+async fn authenticate(
+    store: &Arc<Store>,
+    headers: &HeaderMap,
+    query: &StreamQuery,
+) -> Result<User, ApiError> {
+    let token = match bearer_token(headers)? {
+        Some(token) => token.to_owned(),
+        None => match query.access_token.as_deref().map(str::trim) {
+            Some(token) if !token.is_empty() => token.to_owned(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "missing Authorization: Bearer token or access_token parameter",
+                ));
+            }
+        },
+    };
+    user_for_token(store, token).await
+}
+
+/// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text
+/// is passed on as lossy text: the hub answers it with a `malformed` reset.
+fn last_event_id(headers: &HeaderMap, query: &StreamQuery) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| query.last_event_id.clone())
+}
+
+/// Counts an open response in the subscribers gauge for as long as it lives.
+struct SubscriberGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl SubscriberGuard {
+    fn new(console: &Console) -> SubscriberGuard {
+        let gauge = console.metrics().subscribers.clone();
+        gauge.inc();
+        SubscriberGuard(gauge)
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A 200 event-stream response around `body`, which ends when the console closes. Dropping it
+/// (client gone) frees the subscription and the gauge.
+fn stream_response(
+    console: &Console,
+    body: impl Stream<Item = Bytes> + Send + 'static,
+) -> Response {
+    let guard = SubscriberGuard::new(console);
+    let mut closed = console.closed();
+    let closing = async move {
+        // Ends on close, or when the console itself is gone.
+        let _ = closed.wait_for(|c| *c).await;
+    };
+    let body = body.take_until(closing).map(move |chunk| {
+        let _ = &guard;
+        Ok::<_, Infallible>(chunk)
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    for (name, value) in RESPONSE_HEADERS {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn single(console: &Console, scope: ConsoleScope, last_event_id: Option<String>) -> Response {
+    if let ConsoleScope::Group(id) = scope {
+        console.note_group(id);
+    }
+    let key = scope.stream_key();
+    let items = match console
+        .hub()
+        .subscribe(&key, last_event_id.as_deref())
+        .await
+    {
+        Ok(sub) => sub.boxed(),
+        Err(err) => {
+            // A hub outage is resumable: the client reconnects with its last ID.
+            tracing::warn!(stream = %key, error = %err, "console subscription failed");
+            futures::stream::once(futures::future::ready(Err(err))).boxed()
+        }
+    };
+    let options = BodyOptions {
+        keep_alive: console.config().keep_alive,
+        retry_ms: Some(console.config().retry_ms),
+    };
+    stream_response(console, event_stream_body(items, options))
+}
+
+/// The first of `scopes` that `user` does not own, as the `not_found` subject (`"dongle"` /
+/// `"group"`), checked in one store call. Someone else's stream answers exactly like a missing one.
+async fn first_not_owned(
+    store: &Arc<Store>,
+    user: Uuid,
+    scopes: Vec<ConsoleScope>,
+) -> Result<Option<&'static str>, ApiError> {
+    let missing = store
+        .call(move |store| {
+            for scope in scopes {
+                let (owned, what) = match scope {
+                    ConsoleScope::Dongle(id) => (store.get_dongle(user, id)?.is_some(), "dongle"),
+                    ConsoleScope::Group(id) => (store.get_group(user, id)?.is_some(), "group"),
+                };
+                if !owned {
+                    return Ok(Some(what));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+    Ok(missing)
+}
+
+/// One console stream of something the caller owns.
+async fn owned_single(
+    console: Console,
+    store: Arc<Store>,
+    headers: HeaderMap,
+    uri: Uri,
+    scope: ConsoleScope,
+) -> Result<Response, ApiError> {
+    let query = query(&uri)?;
+    let user = authenticate(&store, &headers, &query).await?;
+    if let Some(what) = first_not_owned(&store, user.id, vec![scope]).await? {
+        return Err(ApiError::not_found(what));
+    }
+    Ok(single(&console, scope, last_event_id(&headers, &query)).await)
+}
+
+/// `GET /api/v1/streams/dongles/{id}/console`.
+pub(crate) async fn dongle(
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
+    headers: HeaderMap,
+    uri: Uri,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    owned_single(console, store, headers, uri, ConsoleScope::Dongle(id)).await
+}
+
+/// `GET /api/v1/streams/groups/{id}/console`.
+pub(crate) async fn group(
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
+    headers: HeaderMap,
+    uri: Uri,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    owned_single(console, store, headers, uri, ConsoleScope::Group(id)).await
+}
+
+fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
+    raw.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Uuid::parse_str(s).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("{field} must be a comma-separated list of ids; {s:?} is not an id"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/streams/console?dongles=<id,…>&groups=<id,…>`.
+pub(crate) async fn multiplexed(
+    State(console): State<Console>,
+    State(store): State<Arc<Store>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let query = query(&uri)?;
+    let user = authenticate(&store, &headers, &query).await?;
+    let dongles = id_list("dongles", query.dongles.as_deref())?;
+    let groups = id_list("groups", query.groups.as_deref())?;
+    let scopes: Vec<ConsoleScope> = dongles
+        .iter()
+        .map(|id| ConsoleScope::Dongle(*id))
+        .chain(groups.iter().map(|id| ConsoleScope::Group(*id)))
+        .collect();
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    if scopes.is_empty() {
+        return Err(bad(
+            "name at least one stream with dongles=<id,…> or groups=<id,…>".to_owned(),
+        ));
+    }
+    if scopes.len() > MAX_MULTIPLEXED_STREAMS {
+        return Err(bad(format!(
+            "at most {MAX_MULTIPLEXED_STREAMS} streams per connection, {} named",
+            scopes.len()
+        )));
+    }
+    if scopes.iter().collect::<HashSet<_>>().len() != scopes.len() {
+        return Err(bad("a stream is named twice".to_owned()));
+    }
+    let missing = first_not_owned(&store, user.id, scopes.clone()).await?;
+    if let Some(what) = missing {
+        return Err(ApiError::not_found(what));
+    }
+    for scope in &scopes {
+        if let ConsoleScope::Group(id) = scope {
+            console.note_group(*id);
+        }
+    }
+    let keys: Vec<String> = scopes.iter().map(ConsoleScope::stream_key).collect();
+    let hub = console.hub();
+    let starts = match last_event_id(&headers, &query) {
+        Some(raw) => Ok(multiplex::parse_composite(&raw, keys.len())),
+        None => multiplex::fresh_starts(hub, &keys).await,
+    };
+    let subscribed = match starts {
+        Ok(starts) => {
+            let members: Vec<Member> = keys
+                .into_iter()
+                .zip(starts)
+                .map(|(key, start)| Member { key, start })
+                .collect();
+            multiplex::subscribe_all(hub, &members)
+                .await
+                .map(|items| (items, CompositeEncoder::new(&members)))
+        }
+        Err(err) => Err(err),
+    };
+    let (items, encoder) = match subscribed {
+        Ok(ok) => ok,
+        Err(err) => {
+            tracing::warn!(error = %err, "multiplexed console subscription failed");
+            let failed = futures::stream::once(futures::future::ready((0, Err(err)))).boxed();
+            (failed, CompositeEncoder::new(&[]))
+        }
+    };
+    let config = console.config();
+    let body = multiplex::body(items, encoder, config.keep_alive, config.retry_ms);
+    Ok(stream_response(&console, body))
+}

@@ -1,0 +1,1023 @@
+//! The task that owns the relay engine and executes what it asks for.
+//!
+//! Inputs: connection commands (bounded channel), storage results from background tasks,
+//! REST mode changes (activation, deactivation), timers (engine scheduling, retention, cursor
+//! flushes). After every input the driver *pumps* the engine in the documented call order:
+//! storage requests → scheduling rounds due → outputs. Nothing in this task awaits I/O: storage
+//! runs in [`super::storage`] tasks, records updates in [`super::sync`], and outputs go to the
+//! connections' non-blocking outboxes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use relay_core::Error as RelayError;
+use relay_core::engine::{
+    Direction, EngineConfig, GroupId, GroupMode, RelayEngine, RelayOutput, Side, StorageRequest,
+};
+use relay_core::log::{AnyStreamLog, Retention, Seq};
+use relay_core::protocol::{ErrorCode, GroupState};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use uuid::Uuid;
+
+use super::outbox::{Out, Outbox, Pushed};
+use super::storage::{self, AppendDone, AppendRequest, Event};
+use super::sync::SyncJob;
+use super::{BacklogCache, Command, ConnId, Refusal, ShownSeqs};
+use crate::config::RelayConfig;
+use crate::group_mode::Backlog;
+use crate::metrics::{CodeLabels, GroupDirectionLabels, RelayMetrics, TrimLabels};
+use crate::state::AppState;
+use crate::store::ModeChange;
+
+/// How often consumer cursors are written to the stream log.
+pub(super) const CURSOR_FLUSH: Duration = Duration::from_millis(250);
+
+/// Most commands handled before the engine is pumped.
+const COMMAND_BATCH: usize = 256;
+
+/// Most scheduling rounds per pump, so that inputs are never starved by a long replay.
+const MAX_ROUNDS_PER_PUMP: usize = 256;
+
+/// Minimum time between two `last_seen` updates of one dongle.
+const SEEN_EVERY: Duration = Duration::from_secs(5);
+
+/// Arrival times kept per stream for the delivery-delay histogram.
+const MAX_ARRIVALS: usize = 4096;
+
+/// A connected side.
+#[derive(Debug)]
+struct Slot {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+/// A stream's append lane and its generation (see [`super::storage`]).
+#[derive(Debug)]
+struct Lane {
+    tx: mpsc::UnboundedSender<AppendRequest>,
+    task: JoinHandle<()>,
+    generation: u64,
+}
+
+/// A group loaded in the engine.
+#[derive(Debug)]
+struct Loaded {
+    uuid: Uuid,
+    dongles: [Uuid; 2],
+    slots: [Option<Slot>; 2],
+    lanes: [Lane; 2],
+    /// Per direction: (last seq of a received batch, when it arrived), ascending.
+    arrivals: [VecDeque<(Seq, Instant)>; 2],
+    last_seen: [Option<Instant>; 2],
+    mode: GroupMode,
+    trimming: [bool; 2],
+    /// The backlog last written to the cache and the gauges (`None`: never).
+    published: Option<Backlog>,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+fn dir_index(direction: Direction) -> usize {
+    match direction {
+        Direction::AToB => 0,
+        Direction::BToA => 1,
+    }
+}
+
+impl Loaded {
+    fn current(&self, side: Side, conn: ConnId) -> bool {
+        self.slots[side_index(side)]
+            .as_ref()
+            .is_some_and(|slot| slot.conn == conn)
+    }
+
+    fn push(&self, side: Side, out: Out) -> Pushed {
+        match &self.slots[side_index(side)] {
+            Some(slot) => slot.outbox.push(out),
+            None => Pushed::Closing,
+        }
+    }
+}
+
+/// Maps an engine refusal to the protocol's error code.
+fn error_code(err: &RelayError) -> ErrorCode {
+    match err {
+        RelayError::GroupInactive { .. } => ErrorCode::GroupInactive,
+        RelayError::SeqOutOfOrder { .. } => ErrorCode::SeqOutOfOrder,
+        RelayError::CursorAhead { .. } => ErrorCode::CursorAhead,
+        RelayError::InvalidSeq { .. } | RelayError::InvalidTimestamp { .. } => {
+            ErrorCode::BadMessage
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The wire spelling of an error code, for metric labels.
+pub(super) fn code_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::BadMessage => "bad_message",
+        ErrorCode::HandshakeRequired => "handshake_required",
+        ErrorCode::GroupInactive => "group_inactive",
+        ErrorCode::SeqOutOfOrder => "seq_out_of_order",
+        ErrorCode::CursorAhead => "cursor_ahead",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Internal => "internal",
+        ErrorCode::Other => "other",
+    }
+}
+
+/// Whether an error code ends the connection (protocol doc, "Error codes").
+fn is_fatal(code: ErrorCode) -> bool {
+    !matches!(code, ErrorCode::GroupInactive | ErrorCode::SeqOutOfOrder)
+}
+
+/// The engine's driver.
+pub(super) struct Driver {
+    engine: RelayEngine,
+    state: AppState,
+    log: AnyStreamLog,
+    config: RelayConfig,
+    metrics: RelayMetrics,
+    cache: Arc<BacklogCache>,
+    sync: mpsc::UnboundedSender<SyncJob>,
+    /// The console's retransmission filter (see `Shared::shown`).
+    shown: ShownSeqs,
+    groups: HashMap<GroupId, Loaded>,
+    /// Latest activation seen on the mode feed, for groups loaded later.
+    hints: HashMap<Uuid, bool>,
+    dirty: HashSet<GroupId>,
+    cursors: HashMap<(GroupId, Direction), Seq>,
+    flushing: bool,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: Option<mpsc::UnboundedReceiver<Event>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub(super) fn new(
+        state: AppState,
+        log: AnyStreamLog,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        cache: Arc<BacklogCache>,
+        sync: mpsc::UnboundedSender<SyncJob>,
+        shown: ShownSeqs,
+    ) -> Driver {
+        let engine = RelayEngine::new(EngineConfig {
+            replay_rate_per_s: config.replay_rate_per_s,
+            replay_burst: config.replay_burst,
+            consumer_window: config.consumer_window,
+            cut_through: config.cut_through,
+            ..EngineConfig::default()
+        });
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Driver {
+            engine,
+            state,
+            log,
+            config,
+            metrics,
+            cache,
+            sync,
+            shown,
+            groups: HashMap::new(),
+            hints: HashMap::new(),
+            dirty: HashSet::new(),
+            cursors: HashMap::new(),
+            flushing: false,
+            events_tx,
+            events_rx: Some(events_rx),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// The driver loop; ends on shutdown, after closing every connection and flushing cursors.
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut modes: broadcast::Receiver<ModeChange>,
+        mut deletions: broadcast::Receiver<Uuid>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(mut events) = self.events_rx.take() else {
+            return;
+        };
+        let mut trim_tick = tokio::time::interval(self.config.trim_interval);
+        trim_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flush_tick = tokio::time::interval(CURSOR_FLUSH);
+        flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut modes_open = true;
+        let mut deletions_open = true;
+        loop {
+            let deadline = self.engine.poll_timeout().map(|ms| self.instant_at(ms));
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                Some(event) = events.recv() => {
+                    self.on_event(event);
+                    while let Ok(event) = events.try_recv() {
+                        self.on_event(event);
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.on_command(command);
+                    for _ in 1..COMMAND_BATCH {
+                        match commands.try_recv() {
+                            Ok(command) => self.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                change = modes.recv(), if modes_open => {
+                    match change {
+                        Ok(change) => self.on_mode_change(&change),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "data plane lagged behind group mode changes; re-reading activations");
+                            self.resync_groups();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => modes_open = false,
+                    }
+                }
+                deleted = deletions.recv(), if deletions_open => {
+                    match deleted {
+                        Ok(group) => self.remove_group(group),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "data plane lagged behind group deletions; re-reading groups");
+                            self.resync_groups();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => deletions_open = false,
+                    }
+                }
+                _ = trim_tick.tick() => {
+                    self.start_trims();
+                    self.resync_groups();
+                }
+                _ = flush_tick.tick() => self.flush_cursors(),
+                () = sleep_until_opt(deadline) => {}
+            }
+            self.pump();
+        }
+        for loaded in self.groups.values() {
+            for slot in loaded.slots.iter().flatten() {
+                slot.outbox
+                    .push(Out::Close("the server is shutting down".to_owned()));
+            }
+        }
+        let cursors: Vec<_> = self.cursors.drain().collect();
+        storage::store_cursors(&self.log, cursors, &self.metrics).await;
+    }
+
+    /// Runs the engine until it has nothing due: storage requests, scheduling rounds, outputs.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(request) = self.engine.poll_storage() {
+                self.execute(request);
+                progressed = true;
+            }
+            let now = self.now_ms();
+            let mut rounds = 0;
+            while rounds < MAX_ROUNDS_PER_PUMP
+                && self.engine.poll_timeout().is_some_and(|at| at <= now)
+            {
+                self.engine.handle_timeout(now);
+                rounds += 1;
+                progressed = true;
+            }
+            while let Some(output) = self.engine.poll_output() {
+                self.route(output);
+                progressed = true;
+            }
+            if !progressed || rounds >= MAX_ROUNDS_PER_PUMP {
+                break;
+            }
+        }
+        self.refresh_cache();
+    }
+
+    fn send_sync(&mut self, job: SyncJob) {
+        // The probe must show the engine's current backlog before the job reads it.
+        self.refresh_cache();
+        if self.sync.send(job).is_err() {
+            tracing::error!("data plane sync task is gone; records no longer follow the relay");
+        }
+    }
+
+    /// Publishes the backlog of every group touched since the last call, if it changed.
+    fn refresh_cache(&mut self) {
+        for gid in std::mem::take(&mut self.dirty) {
+            let Some(loaded) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let uuid = loaded.uuid;
+            let Some(status) = self.engine.group_status(&gid) else {
+                continue;
+            };
+            let backlog = if status.mode == GroupMode::Active {
+                Backlog::default()
+            } else {
+                Backlog {
+                    a_to_b: status.backlog.a_to_b,
+                    b_to_a: status.backlog.b_to_a,
+                }
+            };
+            // Groups turn dirty on every ack: publish only what changed (the cache's write
+            // lock and two label allocations per group otherwise ran on each pump).
+            if loaded.published == Some(backlog) {
+                continue;
+            }
+            loaded.published = Some(backlog);
+            self.cache.set(uuid, backlog);
+            for (direction, value) in [
+                (Direction::AToB, backlog.a_to_b),
+                (Direction::BToA, backlog.b_to_a),
+            ] {
+                self.metrics
+                    .backlog
+                    .get_or_create(&GroupDirectionLabels {
+                        group: uuid.to_string(),
+                        direction: direction.as_str(),
+                    })
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn lane_for(&self, gid: &GroupId, direction: Direction) -> Lane {
+        let (tx, task) = storage::spawn_lane(
+            self.log.clone(),
+            gid.clone(),
+            direction,
+            self.events_tx.clone(),
+            self.metrics.clone(),
+        );
+        Lane {
+            tx,
+            task,
+            generation: 0,
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.now_ms();
+        match command {
+            Command::Connect {
+                conn,
+                group,
+                side,
+                dongles,
+                rx_cursor,
+                mut snapshot,
+                outbox,
+                reply,
+            } => {
+                let gid = GroupId::new(group.to_string());
+                if !self.engine.has_group(&gid) {
+                    if let Some(&activated) = self.hints.get(&group) {
+                        snapshot.activated = activated;
+                    }
+                    self.engine.add_group(gid.clone(), snapshot, now);
+                    let lanes = [
+                        self.lane_for(&gid, Direction::AToB),
+                        self.lane_for(&gid, Direction::BToA),
+                    ];
+                    self.groups.insert(
+                        gid.clone(),
+                        Loaded {
+                            uuid: group,
+                            dongles,
+                            slots: [None, None],
+                            lanes,
+                            arrivals: [VecDeque::new(), VecDeque::new()],
+                            last_seen: [None, None],
+                            mode: GroupMode::Inactive,
+                            trimming: [false, false],
+                            published: None,
+                        },
+                    );
+                }
+                self.dirty.insert(gid.clone());
+                match self.engine.handle_connected(&gid, side, rx_cursor, now) {
+                    Ok(welcome) => {
+                        if welcome.ahead_of_log > 0 {
+                            // Not a loss: the side already has these frames, and their producer
+                            // still holds them (never acknowledged) and resends them.
+                            tracing::info!(group = %gid, %side, rx_cursor,
+                                ahead = welcome.ahead_of_log,
+                                "side resumes above the stored stream: frames it received before they were durable were not stored (a failed append or a server crash); their resend is not delivered again");
+                        }
+                        if reply.send(Ok(welcome)).is_err() {
+                            // The connection ended while waiting: it never became current.
+                            // Leave the engine as it was for a side that is not connected.
+                            self.side_gone(&gid, side);
+                            return;
+                        }
+                        let Some(loaded) = self.groups.get_mut(&gid) else {
+                            return;
+                        };
+                        let old = loaded.slots[side_index(side)].replace(Slot { conn, outbox });
+                        if let Some(old) = old {
+                            old.outbox.push(Out::Close(
+                                "replaced by a newer connection of the same side".to_owned(),
+                            ));
+                        }
+                        let dongle = loaded.dongles[side_index(side)];
+                        loaded.last_seen[side_index(side)] = Some(Instant::now());
+                        self.send_sync(SyncJob::Online {
+                            dongle,
+                            online: true,
+                        });
+                    }
+                    Err(err) => {
+                        let code = error_code(&err);
+                        let _ = reply.send(Err(Refusal {
+                            code,
+                            message: err.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::Frames {
+                conn,
+                group,
+                side,
+                items,
+                received,
+            } => {
+                let gid = GroupId::new(group.to_string());
+                let Some(loaded) = self.groups.get_mut(&gid) else {
+                    return;
+                };
+                if !loaded.current(side, conn) {
+                    // A replaced connection: it is being closed and its frames were never
+                    // acknowledged, so the agent resends them on its new connection.
+                    return;
+                }
+                let count = items.len() as u64;
+                let last = items.last().map_or(0, |i| i.seq);
+                match self.engine.handle_frames(&gid, side, items, now) {
+                    Ok(()) => {
+                        let arrivals = &mut loaded.arrivals[dir_index(side.outbound())];
+                        if arrivals.back().is_none_or(|(seq, _)| *seq < last) {
+                            arrivals.push_back((last, received));
+                            if arrivals.len() > MAX_ARRIVALS {
+                                arrivals.pop_front();
+                            }
+                        }
+                        self.seen(&gid, side);
+                    }
+                    Err(err) => {
+                        let code = error_code(&err);
+                        self.metrics
+                            .frames_refused
+                            .get_or_create(&CodeLabels {
+                                code: code_label(code),
+                            })
+                            .inc_by(count);
+                        self.refuse(&gid, side, code, err.to_string());
+                    }
+                }
+            }
+            Command::Ack {
+                conn,
+                group,
+                side,
+                up_to,
+            } => {
+                let gid = GroupId::new(group.to_string());
+                if !self
+                    .groups
+                    .get(&gid)
+                    .is_some_and(|loaded| loaded.current(side, conn))
+                {
+                    return;
+                }
+                match self.engine.handle_ack(&gid, side, up_to, now) {
+                    Ok(()) => self.seen(&gid, side),
+                    Err(err) => {
+                        let code = error_code(&err);
+                        self.refuse(&gid, side, code, err.to_string());
+                    }
+                }
+                self.dirty.insert(gid);
+            }
+            Command::Disconnected { conn, group, side } => {
+                let gid = GroupId::new(group.to_string());
+                if self
+                    .groups
+                    .get(&gid)
+                    .is_some_and(|loaded| loaded.current(side, conn))
+                {
+                    self.side_gone(&gid, side);
+                }
+            }
+        }
+    }
+
+    /// Traffic from a side: records `last_seen` at most every [`SEEN_EVERY`] per dongle.
+    fn seen(&mut self, gid: &GroupId, side: Side) {
+        let Some(loaded) = self.groups.get_mut(gid) else {
+            return;
+        };
+        let last = &mut loaded.last_seen[side_index(side)];
+        if last.is_none_or(|at| at.elapsed() >= SEEN_EVERY) {
+            *last = Some(Instant::now());
+            let dongle = loaded.dongles[side_index(side)];
+            self.send_sync(SyncJob::Seen { dongle });
+        }
+    }
+
+    /// Sends a refusal; a fatal one also disconnects the side.
+    fn refuse(&mut self, gid: &GroupId, side: Side, code: ErrorCode, message: String) {
+        self.metrics
+            .errors
+            .get_or_create(&CodeLabels {
+                code: code_label(code),
+            })
+            .inc();
+        let Some(loaded) = self.groups.get(gid) else {
+            return;
+        };
+        if is_fatal(code) {
+            loaded.push(side, Out::Fatal(code, message));
+            self.side_gone(gid, side);
+        } else {
+            loaded.push(side, Out::Error(code, message));
+        }
+    }
+
+    /// The side's connection is no longer current: engine, slot and presence follow.
+    fn side_gone(&mut self, gid: &GroupId, side: Side) {
+        let now = self.now_ms();
+        let Some(loaded) = self.groups.get_mut(gid) else {
+            return;
+        };
+        let slot = loaded.slots[side_index(side)].take();
+        let had_slot = slot.is_some();
+        if let Some(slot) = slot {
+            // Already closing in every normal path; this closes a connection that lost its slot
+            // otherwise (a newer connection of the side vanished during its handshake).
+            slot.outbox
+                .push(Out::Close("the connection is no longer current".to_owned()));
+        }
+        let dongle = loaded.dongles[side_index(side)];
+        if let Err(err) = self.engine.handle_disconnected(gid, side, now) {
+            tracing::error!(group = %gid, %side, %err, "engine refused a disconnect");
+        }
+        self.dirty.insert(gid.clone());
+        if had_slot {
+            self.send_sync(SyncJob::Online {
+                dongle,
+                online: false,
+            });
+        }
+    }
+
+    fn execute(&mut self, request: StorageRequest) {
+        match request {
+            StorageRequest::Append {
+                group,
+                direction,
+                items,
+            } => {
+                let Some(loaded) = self.groups.get(&group) else {
+                    return;
+                };
+                let lane = &loaded.lanes[dir_index(direction)];
+                let sent = lane.tx.send(AppendRequest {
+                    generation: lane.generation,
+                    items,
+                });
+                if sent.is_err() {
+                    // The lane task is gone (only at shutdown): report the append as failed
+                    // so that the producer resends after reconnecting.
+                    let now = self.now_ms();
+                    let _ = self.engine.handle_append_result(
+                        &group,
+                        direction,
+                        Err(RelayError::WorkerGone { action: "append" }),
+                        now,
+                    );
+                }
+            }
+            StorageRequest::Read {
+                group,
+                direction,
+                after,
+                max,
+                epoch,
+            } => storage::spawn_read(
+                self.log.clone(),
+                group,
+                direction,
+                after,
+                max,
+                epoch,
+                self.events_tx.clone(),
+            ),
+            StorageRequest::StoreCursor {
+                group,
+                direction,
+                seq,
+            } => {
+                self.cursors.insert((group, direction), seq);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = self.now_ms();
+        match event {
+            Event::Appended {
+                group,
+                direction,
+                generation,
+                done,
+            } => {
+                let Some(loaded) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                let lane = &mut loaded.lanes[dir_index(direction)];
+                if lane.generation != generation {
+                    return;
+                }
+                match done {
+                    AppendDone::Stored(outcomes) => {
+                        let stored: u64 = outcomes.iter().map(|o| o.stored).sum();
+                        let consumer_online =
+                            loaded.slots[side_index(direction.consumer())].is_some();
+                        if stored > 0 && (!consumer_online || loaded.mode != GroupMode::Active) {
+                            self.metrics.frames_buffered.inc_by(stored);
+                        }
+                        for outcome in outcomes {
+                            if let Err(err) = self.engine.handle_append_result(
+                                &group,
+                                direction,
+                                Ok(outcome),
+                                now,
+                            ) {
+                                tracing::error!(%group, %err, "engine refused an append result");
+                            }
+                        }
+                    }
+                    AppendDone::Failed(detail) => {
+                        lane.generation += 1;
+                        tracing::warn!(%group, direction = direction.as_str(), %detail, "resetting the producer after a failed append");
+                        let _ = self.engine.handle_append_result(
+                            &group,
+                            direction,
+                            Err(RelayError::WorkerGone { action: "append" }),
+                            now,
+                        );
+                    }
+                }
+                self.dirty.insert(group);
+            }
+            Event::Read {
+                group,
+                direction,
+                epoch,
+                result,
+            } => {
+                if let Err(err) = &result {
+                    self.metrics.storage_errors.inc();
+                    tracing::warn!(%group, direction = direction.as_str(), %err, "relay read failed; retrying");
+                }
+                if self.engine.has_group(&group) {
+                    let _ = self
+                        .engine
+                        .handle_read_result(&group, direction, epoch, result, now);
+                    self.dirty.insert(group);
+                }
+            }
+            Event::Trimmed {
+                group,
+                direction,
+                result,
+            } => {
+                let Some(loaded) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                loaded.trimming[dir_index(direction)] = false;
+                match result {
+                    Ok(trims) => {
+                        for trim in &trims {
+                            self.metrics
+                                .frames_trimmed
+                                .get_or_create(&TrimLabels {
+                                    reason: trim.reason.as_str(),
+                                })
+                                .inc_by(trim.count);
+                        }
+                        if !trims.is_empty() {
+                            let _ = self.engine.handle_trimmed(&group, direction, &trims, now);
+                            self.dirty.insert(group);
+                        }
+                    }
+                    Err(err) => {
+                        self.metrics.storage_errors.inc();
+                        tracing::warn!(%group, direction = direction.as_str(), %err, "relay retention trim failed");
+                    }
+                }
+            }
+            Event::Activation { group, activated } => self.set_activation(group, activated),
+            Event::GroupGone { group } => self.remove_group(group),
+            Event::CursorsFlushed => self.flushing = false,
+        }
+    }
+
+    fn on_mode_change(&mut self, change: &ModeChange) {
+        let activated = change.state.mode != crate::group_mode::GroupMode::Inactive;
+        self.set_activation(change.state.id, activated);
+    }
+
+    fn set_activation(&mut self, group: Uuid, activated: bool) {
+        self.hints.insert(group, activated);
+        let gid = GroupId::new(group.to_string());
+        if !self.engine.has_group(&gid) {
+            return;
+        }
+        let now = self.now_ms();
+        let result = if activated {
+            self.engine.handle_activate(&gid, now)
+        } else {
+            self.engine.handle_deactivate(&gid, now)
+        };
+        if let Err(err) = result {
+            tracing::error!(%group, %err, "engine refused an activation change");
+        }
+        self.dirty.insert(gid);
+    }
+
+    /// Re-reads activation and existence of every loaded group from the records (after the
+    /// mode feed or the deletion feed lagged, and periodically as a backstop).
+    fn resync_groups(&self) {
+        let ids: Vec<Uuid> = self.groups.values().map(|l| l.uuid).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let store = Arc::clone(self.state.store());
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = store
+                .call(move |store| {
+                    ids.into_iter()
+                        .map(|id| store.group(id).map(|g| (id, g.map(|g| g.activated))))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+            match result {
+                Ok(groups) => {
+                    for (group, activated) in groups {
+                        let event = match activated {
+                            Some(activated) => Event::Activation { group, activated },
+                            None => Event::GroupGone { group },
+                        };
+                        let _ = events.send(event);
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "re-reading relay groups failed"),
+            }
+        });
+    }
+
+    /// Unloads a deleted group: its connections are closed, its gauges removed.
+    fn remove_group(&mut self, group: Uuid) {
+        // Also for a group never loaded here: the mode feed left a hint for it, and its
+        // sides may have sent frames that the console showed.
+        self.hints.remove(&group);
+        {
+            let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
+            shown.remove(&(group, Side::A));
+            shown.remove(&(group, Side::B));
+        }
+        let gid = GroupId::new(group.to_string());
+        let Some(loaded) = self.groups.remove(&gid) else {
+            return;
+        };
+        tracing::info!(%group, "relay group deleted; closing its connections");
+        for (index, slot) in loaded.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                slot.outbox.push(Out::Fatal(
+                    ErrorCode::Unauthorized,
+                    "the group was deleted".to_owned(),
+                ));
+                self.send_sync(SyncJob::Online {
+                    dongle: loaded.dongles[index],
+                    online: false,
+                });
+            }
+        }
+        let undelivered = self
+            .engine
+            .group_status(&gid)
+            .map_or(0, |status| status.backlog.a_to_b + status.backlog.b_to_a);
+        self.engine.remove_group(&gid);
+        // Dropping the senders lets the lanes finish what is queued; then the streams go.
+        let lanes = loaded.lanes.into_iter().map(|lane| lane.task).collect();
+        storage::spawn_delete_group(
+            self.log.clone(),
+            gid.clone(),
+            lanes,
+            undelivered,
+            self.metrics.clone(),
+        );
+        self.cursors.retain(|(g, _), _| *g != gid);
+        self.dirty.remove(&gid);
+        self.cache.remove(group);
+        for direction in Direction::BOTH {
+            self.metrics.backlog.remove(&GroupDirectionLabels {
+                group: group.to_string(),
+                direction: direction.as_str(),
+            });
+        }
+    }
+
+    fn start_trims(&mut self) {
+        let retention = Retention {
+            max_len: self.config.max_len,
+            max_age_ms: self
+                .config
+                .max_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        };
+        if retention.max_len.is_none() && retention.max_age_ms.is_none() {
+            return;
+        }
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        for (gid, loaded) in &mut self.groups {
+            for direction in Direction::BOTH {
+                let index = dir_index(direction);
+                if loaded.trimming[index] {
+                    continue;
+                }
+                loaded.trimming[index] = true;
+                storage::spawn_trim(
+                    self.log.clone(),
+                    gid.clone(),
+                    direction,
+                    retention,
+                    now_ms,
+                    self.events_tx.clone(),
+                );
+            }
+        }
+    }
+
+    fn flush_cursors(&mut self) {
+        if self.flushing || self.cursors.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let cursors: Vec<_> = self.cursors.drain().collect();
+        let log = self.log.clone();
+        let metrics = self.metrics.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            storage::store_cursors(&log, cursors, &metrics).await;
+            let _ = events.send(Event::CursorsFlushed);
+        });
+    }
+
+    fn route(&mut self, output: RelayOutput) {
+        match output {
+            RelayOutput::Deliver {
+                group,
+                to,
+                items,
+                source,
+            } => {
+                let Some(loaded) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                let count = items.len() as u64;
+                self.metrics.frames_relayed.inc_by(count);
+                let last = items.last().map_or(0, |i| i.seq);
+                let arrivals = &mut loaded.arrivals[dir_index(to.inbound())];
+                let mut arrived = None;
+                while let Some(&(seq, at)) = arrivals.front() {
+                    if seq > last {
+                        break;
+                    }
+                    arrived = Some(at);
+                    arrivals.pop_front();
+                }
+                if arrived.is_none() {
+                    arrived = arrivals.front().map(|&(_, at)| at);
+                }
+                if let Some(at) = arrived {
+                    self.metrics
+                        .delivery_delay
+                        .observe(at.elapsed().as_secs_f64());
+                }
+                if loaded.push(to, Out::Frames(items, source)) == Pushed::Overflow {
+                    self.metrics
+                        .errors
+                        .get_or_create(&CodeLabels {
+                            code: "slow_consumer",
+                        })
+                        .inc();
+                }
+                self.dirty.insert(group);
+            }
+            RelayOutput::Ack { group, to, up_to } => {
+                if let Some(loaded) = self.groups.get(&group) {
+                    loaded.push(to, Out::Ack(up_to));
+                }
+            }
+            RelayOutput::Gap { group, to, gap } => {
+                if let Some(loaded) = self.groups.get(&group) {
+                    loaded.push(to, Out::Gap(gap.into()));
+                }
+            }
+            RelayOutput::ModeChanged { group, status } => {
+                let Some(loaded) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                loaded.mode = status.mode;
+                let message = GroupState::from_status(&group, &status);
+                for side in [Side::A, Side::B] {
+                    loaded.push(side, Out::GroupState(message.clone()));
+                }
+                let uuid = loaded.uuid;
+                self.dirty.insert(group);
+                self.send_sync(SyncJob::Refresh { group: uuid });
+            }
+            RelayOutput::BufferPressure {
+                group,
+                direction,
+                trimmed,
+                unacknowledged,
+            } => {
+                self.metrics
+                    .frames_trimmed_undelivered
+                    .get_or_create(&TrimLabels {
+                        reason: trimmed.reason.as_str(),
+                    })
+                    .inc_by(unacknowledged);
+                let Some(uuid) = self.groups.get(&group).map(|l| l.uuid) else {
+                    return;
+                };
+                self.send_sync(SyncJob::Pressure {
+                    group: uuid,
+                    direction,
+                    trimmed,
+                    unacknowledged,
+                });
+            }
+            RelayOutput::ResetProducer { group, side } => {
+                if let Some(loaded) = self.groups.get(&group) {
+                    loaded.push(
+                        side,
+                        Out::Fatal(
+                            ErrorCode::Internal,
+                            "storing frames failed; reconnect and resend from the last ack"
+                                .to_owned(),
+                        ),
+                    );
+                }
+                self.metrics
+                    .errors
+                    .get_or_create(&CodeLabels { code: "internal" })
+                    .inc();
+                self.side_gone(&group, side);
+            }
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The data plane: `/ws/data`, where dongle agents relay CAN frames between the two sides of a
+//! group (protocol: `docs/protocols/data-plane.md`).
+//!
+//! Layout:
+//!
+//! * [`conn`] — one task per WebSocket: authorisation of the `hello`, decoding, and a writer
+//!   task draining the connection's [`outbox::Outbox`]. Connection tasks never touch the engine
+//!   or the stream log directly.
+//! * [`driver`] — one task owning the sans-IO [`relay_core::engine::RelayEngine`]. It is fed
+//!   by the connection tasks through one bounded channel ([`Command`], one message per frame
+//!   *batch*, never per frame), executes the engine's storage requests against the stream log
+//!   in background tasks (appends of one stream in order through its [`storage`] lane, which
+//!   merges queued batches into one log append), feeds the results back, and routes the
+//!   engine's outputs to the connections' outboxes without ever waiting for a socket.
+//! * [`sync`] — one task applying the data plane's facts to the records, in order: presence
+//!   (`AppState::set_dongle_online`), mode refreshes when the engine's mode changes
+//!   (`AppState::refresh_group_mode`), throttled `last_seen`, and buffer-pressure audit entries
+//!   and console events.
+//!
+//! Durability: the driver acknowledges a producer's frames only after the stream-log append
+//! returned (SQLite: the transaction committed in WAL mode, which survives a crash of the
+//! process; Redis: the append script answered). Consumer cursors are stored in the background
+//! at most every [`driver::CURSOR_FLUSH`]: a lost cursor only causes re-delivery, which agents
+//! deduplicate by seq.
+//!
+//! The backlog the REST API shows ([`BacklogCache`], the server's
+//! [`crate::group_mode::BacklogProbe`]) is the engine's per-direction backlog while the group
+//! is not `active` (a side is offline or replaying), and zero while it is `active`: frames in
+//! flight to a live consumer are not a backlog. That keeps the REST mode (computed from
+//! presence and backlog) equal to the engine's.
+//!
+//! What it does not do: it does not evict groups (a loaded group stays in memory until it is
+//! deleted; the per-group state is small), and it trims only groups loaded since the start
+//! (a group is loaded when a side connects).
+
+mod conn;
+mod driver;
+mod outbox;
+mod storage;
+mod sync;
+mod taps;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use relay_core::engine::{GroupSnapshot, Side, SideWelcome};
+use relay_core::log::{AnyStreamLog, Item, Seq, SqliteSynchronous, StreamLogConfig};
+use relay_core::protocol::ErrorCode;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::{RelayConfig, ServerConfig};
+use crate::error::ServerError;
+use crate::group_mode::Backlog;
+use crate::group_mode::BacklogProbe;
+use crate::http::{AgentAuth, ApiError};
+use crate::metrics::RelayMetrics;
+use crate::state::AppState;
+
+use outbox::Outbox;
+
+/// File name of the SQLite stream log inside the data directory.
+pub const STREAM_LOG_FILE: &str = "streams.db";
+
+/// Key prefix of the Redis stream log.
+pub const REDIS_KEY_PREFIX: &str = "tether:";
+
+/// Capacity of the connection → driver channel, in messages (frame batches, acks, …).
+const COMMAND_CAPACITY: usize = 4096;
+
+/// How long [`DataPlane::shutdown`] waits for the driver to close connections and flush.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Per-group backlog as the REST API sees it, written by the driver, read by the API.
+#[derive(Debug, Default)]
+pub struct BacklogCache {
+    map: RwLock<HashMap<Uuid, Backlog>>,
+}
+
+impl BacklogCache {
+    fn set(&self, group: Uuid, backlog: Backlog) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if backlog.is_empty() {
+            map.remove(&group);
+        } else {
+            map.insert(group, backlog);
+        }
+    }
+
+    fn remove(&self, group: Uuid) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&group);
+    }
+
+    /// Every non-empty backlog (for the periodic `group_state` publisher).
+    fn snapshot(&self) -> HashMap<Uuid, Backlog> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl BacklogProbe for BacklogCache {
+    fn backlog(&self, group: Uuid) -> Backlog {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&group)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Identifies one WebSocket connection (a replaced connection's late messages are ignored).
+type ConnId = u64;
+
+/// Why the driver refused a side's connection.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+/// What a connection task tells the driver.
+#[derive(Debug)]
+enum Command {
+    /// A side passed authorisation and wants to be welcomed.
+    Connect {
+        conn: ConnId,
+        group: Uuid,
+        side: Side,
+        /// Dongle ids of sides A and B.
+        dongles: [Uuid; 2],
+        rx_cursor: Seq,
+        /// What the log and the records held when the connection looked (used only when the
+        /// group is not loaded yet).
+        snapshot: GroupSnapshot,
+        outbox: Arc<Outbox>,
+        reply: oneshot::Sender<Result<SideWelcome, Refusal>>,
+    },
+    /// A decoded `frames` batch.
+    Frames {
+        conn: ConnId,
+        group: Uuid,
+        side: Side,
+        items: Vec<Item>,
+        received: Instant,
+    },
+    /// A decoded `ack`.
+    Ack {
+        conn: ConnId,
+        group: Uuid,
+        side: Side,
+        up_to: Seq,
+    },
+    /// The connection ended (for any reason).
+    Disconnected {
+        conn: ConnId,
+        group: Uuid,
+        side: Side,
+    },
+}
+
+/// See `Shared::shown`.
+type ShownSeqs = Arc<Mutex<HashMap<(Uuid, Side), u64>>>;
+
+#[derive(Debug)]
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    /// Set once the stream log is connected.
+    log: Arc<OnceLock<AnyStreamLog>>,
+    metrics: RelayMetrics,
+    next_conn: AtomicU64,
+    /// Open (welcomed) connections per agent, for the agent's `presence`.
+    agents: Mutex<HashMap<Uuid, usize>>,
+    /// Highest seq per (group, producing side) already shown on the console, across
+    /// connections: a retransmission after a reconnect is not shown twice. The driver drops a
+    /// deleted group's entries.
+    shown: ShownSeqs,
+    /// The sync task's queue (agent presence goes through it, in order with the rest). Weak:
+    /// the task ends when the driver, which holds the strong sender, is gone.
+    sync: mpsc::WeakUnboundedSender<sync::SyncJob>,
+}
+
+/// A running data plane (cheap to clone): what the `/ws/data` handler needs.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    shared: Arc<Shared>,
+}
+
+/// The data plane's background tasks, for an orderly stop.
+#[derive(Debug)]
+pub struct DataPlaneTasks {
+    stop: watch::Sender<bool>,
+    driver: JoinHandle<()>,
+    sync: JoinHandle<()>,
+}
+
+impl DataPlaneTasks {
+    /// Closes every data-plane connection, flushes consumer cursors and waits for the tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.driver)
+            .await
+            .is_err()
+        {
+            tracing::warn!("data plane driver did not stop in time");
+        }
+        // The sync task ends when the driver dropped its sender; give it the same grace.
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.sync)
+            .await
+            .is_err()
+        {
+            tracing::warn!("data plane sync task did not stop in time");
+        }
+    }
+}
+
+/// Where the data plane's stream log comes from.
+#[derive(Debug)]
+pub enum StreamLogSource {
+    /// Already open (SQLite: opened at start so that a bad data directory fails fast).
+    Open(AnyStreamLog),
+    /// To connect in the background, retrying (Redis: the server starts, and `/readyz` reports,
+    /// while Redis is unreachable).
+    Connect(StreamLogConfig),
+}
+
+/// First and longest wait between attempts to connect the stream log.
+const CONNECT_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// The stream log the configuration asks for: Redis Streams when a Redis URL is configured
+/// (connected in the background), else SQLite in `<data-dir>/streams.db`, opened now (WAL,
+/// `synchronous=NORMAL`: an acknowledged frame survives a crash of the process).
+pub async fn open_stream_log(config: &ServerConfig) -> Result<StreamLogSource, ServerError> {
+    if let Some(url) = &config.redis_url {
+        return Ok(StreamLogSource::Connect(StreamLogConfig::Redis {
+            url: url.clone(),
+            key_prefix: REDIS_KEY_PREFIX.to_owned(),
+        }));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        action: "create data directory",
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let log_config = StreamLogConfig::Sqlite {
+        path: config.data_dir.join(STREAM_LOG_FILE),
+        synchronous: SqliteSynchronous::Normal,
+    };
+    let log = log_config
+        .open()
+        .await
+        .map_err(|err| ServerError::TaskFailed {
+            task: "opening the relay stream log",
+            detail: err.to_string(),
+        })?;
+    Ok(StreamLogSource::Open(log))
+}
+
+/// Connects the stream log, retrying with backoff; `None` when asked to stop first.
+async fn connect_log(
+    source: StreamLogSource,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<AnyStreamLog> {
+    let config = match source {
+        StreamLogSource::Open(log) => return Some(log),
+        StreamLogSource::Connect(config) => config,
+    };
+    let mut wait = CONNECT_RETRY.0;
+    loop {
+        tokio::select! {
+            opened = config.open() => match opened {
+                Ok(log) => {
+                    tracing::info!("relay stream log connected");
+                    return Some(log);
+                }
+                Err(err) => tracing::warn!(%err, retry_in_ms = wait.as_millis() as u64, "relay stream log unreachable; data plane waiting"),
+            },
+            _ = stop.changed() => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return None,
+        }
+        wait = (wait * 2).min(CONNECT_RETRY.1);
+    }
+}
+
+impl DataPlane {
+    /// Starts the driver and sync tasks. Subscribes to mode changes before returning, so no
+    /// activation made after this call is missed. Until the stream log is connected,
+    /// `/ws/data` refuses sides with an `internal` error (agents retry with backoff).
+    pub fn start(
+        state: AppState,
+        log: StreamLogSource,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        cache: Arc<BacklogCache>,
+    ) -> (DataPlane, DataPlaneTasks) {
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        let sync = tokio::spawn(sync::run(state.clone(), sync_rx));
+        let weak_sync = sync_tx.downgrade();
+        tokio::spawn(sync::publish_backlogs(
+            state.clone(),
+            Arc::clone(&cache),
+            stop_rx.clone(),
+        ));
+        let cell = Arc::new(OnceLock::new());
+        let mode_changes = state.subscribe_mode_changes();
+        let deletions = state.subscribe_group_deletions();
+        let shown = ShownSeqs::default();
+        let driver = {
+            let cell = Arc::clone(&cell);
+            let metrics = metrics.clone();
+            let shown = Arc::clone(&shown);
+            tokio::spawn(async move {
+                let Some(log) = connect_log(log, &mut stop_rx).await else {
+                    return;
+                };
+                let _ = cell.set(log.clone());
+                let driver =
+                    driver::Driver::new(state, log, config, metrics, cache, sync_tx, shown);
+                driver
+                    .run(commands_rx, mode_changes, deletions, stop_rx)
+                    .await;
+            })
+        };
+        let plane = DataPlane {
+            shared: Arc::new(Shared {
+                commands: commands_tx,
+                log: cell,
+                metrics,
+                next_conn: AtomicU64::new(1),
+                agents: Mutex::default(),
+                shown,
+                sync: weak_sync,
+            }),
+        };
+        let tasks = DataPlaneTasks {
+            stop: stop_tx,
+            driver,
+            sync,
+        };
+        (plane, tasks)
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.shared.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many leading frames of a batch starting at `first_seq` the console has already shown
+    /// (retransmissions); records the batch's last seq as shown.
+    fn already_shown(&self, group: Uuid, side: Side, first_seq: u64, len: usize) -> usize {
+        let last = first_seq.saturating_add(len as u64).saturating_sub(1);
+        let mut shown = self
+            .shared
+            .shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let high = shown.entry((group, side)).or_default();
+        let skip = usize::try_from(high.saturating_sub(first_seq.saturating_sub(1)))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        *high = (*high).max(last);
+        skip
+    }
+
+    /// Counts an agent's connection in (`opened`) or out; its first opening and its last
+    /// closing are published as the agent's presence.
+    fn agent_connection(&self, agent: Uuid, opened: bool) {
+        let changed = {
+            let mut agents = self
+                .shared
+                .agents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = agents.entry(agent).or_default();
+            if opened {
+                *count += 1;
+                *count == 1
+            } else {
+                *count = count.saturating_sub(1);
+                let last = *count == 0;
+                if last {
+                    agents.remove(&agent);
+                }
+                last
+            }
+        };
+        if changed {
+            // Gone only after shutdown, when presence no longer matters.
+            if let Some(sync) = self.shared.sync.upgrade() {
+                let _ = sync.send(sync::SyncJob::AgentOnline {
+                    agent,
+                    online: opened,
+                });
+            }
+        }
+    }
+}
+
+/// `GET /ws/data`: authenticates the agent (401 JSON error before any upgrade) and hands the
+/// upgraded socket to a connection task.
+pub async fn ws_data(
+    State(state): State<AppState>,
+    plane: Option<Extension<DataPlane>>,
+    AgentAuth(agent): AgentAuth,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(Extension(plane)) = plane else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the data plane is not running in this server",
+        )
+        .into_response();
+    };
+    // The protocol's limit plus room for the WebSocket framing.
+    let max = relay_core::protocol::MAX_MESSAGE_BYTES + 1024;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(tether_runtime::ws::WS_READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| conn::run(socket, plane, state, agent))
+}

@@ -1,0 +1,320 @@
+//! Prometheus metrics of the HTTP server, in the OpenMetrics text format.
+//!
+//! Only families this server actually updates are registered: relay ([`RelayMetrics`]) and SSE
+//! families are added by the code that produces those numbers, never pre-registered at zero.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-request metrics. `route` is the matched route template (`/api/v1/groups/{id}`)
+/// or `unmatched`, so label cardinality stays bounded whatever paths clients send.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route template.
+    pub route: String,
+    /// HTTP method (`GET`, `POST`, …, or `other`).
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of the request duration histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route template.
+    pub route: String,
+}
+
+/// Labels of per-group relay gauges. One series per loaded group and direction: bounded by the
+/// number of groups, and removed when a group is unloaded.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupDirectionLabels {
+    /// Group id (UUID).
+    pub group: String,
+    /// `a_to_b` or `b_to_a`.
+    pub direction: &'static str,
+}
+
+/// Labels of trim counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrimLabels {
+    /// Retention rule: `age` or `length`.
+    pub reason: &'static str,
+}
+
+/// Labels of data-plane refusals and connection ends.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// A data-plane error code (`bad_message`, `group_inactive`, …) or close cause.
+    pub code: &'static str,
+}
+
+fn relay_delay_histogram() -> Histogram {
+    // 50 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+}
+
+/// The data plane's metric families (`tether_server_relay_*`), registered by
+/// [`RelayMetrics::register`] when the data plane starts.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    /// Frames received from producers in `frames` messages (retransmits included).
+    pub frames_received: Counter,
+    /// Frames stored in a stream log for the first time.
+    pub frames_stored: Counter,
+    /// Frames stored while their consumer was offline or still replaying a backlog.
+    pub frames_buffered: Counter,
+    /// Frames handed to a consumer connection (live or replayed).
+    pub frames_relayed: Counter,
+    /// Frames refused without being stored (inactive group, out of order, bad message), by code.
+    pub frames_refused: Family<CodeLabels, Counter>,
+    /// Frames removed by retention, by rule.
+    pub frames_trimmed: Family<TrimLabels, Counter>,
+    /// Frames removed by retention before their consumer acknowledged them (reported to it as
+    /// a gap, to the group console as buffer pressure), by rule.
+    pub frames_trimmed_undelivered: Family<TrimLabels, Counter>,
+    /// Frames waiting for an offline or replaying consumer, per group and direction.
+    pub backlog: Family<GroupDirectionLabels, Gauge>,
+    /// Data-plane WebSocket connections past the handshake.
+    pub connections: Gauge,
+    /// Data-plane connections refused or closed with a protocol error, by code.
+    pub errors: Family<CodeLabels, Counter>,
+    /// Stream-log operations that failed (appends, reads, trims, cursor stores).
+    pub storage_errors: Counter,
+    /// Stored items that were not valid frames when read for delivery (storage corruption, or
+    /// another writer): skipped and reported to the consumer as a `corrupt` gap.
+    pub frames_corrupt: Counter,
+    /// Time from a frame batch arriving at the server to its delivery to the consumer
+    /// connection: the relay's added latency when live, the replay lag after an outage.
+    pub delivery_delay: Histogram,
+}
+
+impl RelayMetrics {
+    /// Creates the families and registers them in `metrics`' registry.
+    pub fn register(metrics: &mut ServerMetrics) -> RelayMetrics {
+        let relay = RelayMetrics {
+            frames_received: Counter::default(),
+            frames_stored: Counter::default(),
+            frames_buffered: Counter::default(),
+            frames_relayed: Counter::default(),
+            frames_refused: Family::default(),
+            frames_trimmed: Family::default(),
+            frames_trimmed_undelivered: Family::default(),
+            backlog: Family::default(),
+            connections: Gauge::default(),
+            errors: Family::default(),
+            storage_errors: Counter::default(),
+            frames_corrupt: Counter::default(),
+            delivery_delay: relay_delay_histogram(),
+        };
+        let r = metrics.registry_mut();
+        r.register(
+            "relay_frames_received",
+            "Frames received from producing agents (retransmits included)",
+            relay.frames_received.clone(),
+        );
+        r.register(
+            "relay_frames_stored",
+            "Frames stored in a relay stream log for the first time",
+            relay.frames_stored.clone(),
+        );
+        r.register(
+            "relay_frames_buffered",
+            "Frames stored while their consumer was offline or replaying a backlog",
+            relay.frames_buffered.clone(),
+        );
+        r.register(
+            "relay_frames_relayed",
+            "Frames delivered to a consuming agent (live or replayed)",
+            relay.frames_relayed.clone(),
+        );
+        r.register(
+            "relay_frames_refused",
+            "Frames refused without being stored, by error code",
+            relay.frames_refused.clone(),
+        );
+        r.register(
+            "relay_frames_trimmed",
+            "Frames removed from relay streams by retention, by rule",
+            relay.frames_trimmed.clone(),
+        );
+        r.register(
+            "relay_frames_trimmed_undelivered",
+            "Frames removed by retention before their consumer acknowledged them (buffer pressure)",
+            relay.frames_trimmed_undelivered.clone(),
+        );
+        r.register(
+            "relay_backlog_frames",
+            "Frames waiting for an offline or replaying consumer, per group and direction",
+            relay.backlog.clone(),
+        );
+        r.register(
+            "relay_connections",
+            "Data-plane WebSocket connections past the handshake",
+            relay.connections.clone(),
+        );
+        r.register(
+            "relay_errors",
+            "Data-plane protocol errors sent to agents, by code",
+            relay.errors.clone(),
+        );
+        r.register(
+            "relay_storage_errors",
+            "Relay stream-log operations that failed",
+            relay.storage_errors.clone(),
+        );
+        r.register(
+            "relay_frames_corrupt",
+            "Stored items that were not valid frames when read for delivery, skipped as a corrupt gap",
+            relay.frames_corrupt.clone(),
+        );
+        r.register(
+            "relay_delivery_delay_seconds",
+            "Time from a frame batch arriving to its delivery to the consumer connection",
+            relay.delivery_delay.clone(),
+        );
+        relay
+    }
+}
+
+/// Labels of console event counters: the SSE event type (`presence`, `can_frame`, `log`,
+/// `group_state`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabels {
+    /// Event type.
+    pub event_type: &'static str,
+}
+
+/// Labels of dropped console events: why they were dropped (`queue_full`, `closed`,
+/// `backend_error`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Reason.
+    pub reason: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms … ~1 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 12))
+}
+
+/// The server's metric families and their registry.
+#[derive(Debug)]
+pub struct ServerMetrics {
+    registry: Registry,
+    /// HTTP requests answered, by route, method and status.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// Time to answer HTTP requests, by route.
+    pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// TCP connections currently open.
+    pub connections_open: Gauge,
+    /// TCP connections accepted since start.
+    pub connections_accepted: Counter,
+    /// `/readyz` answers of 503 (the failing dependency is logged).
+    pub readiness_failures: Counter,
+    /// Open console (SSE) responses.
+    pub sse_subscribers: Gauge,
+    /// Console events written to the hub, by event type.
+    pub console_events_published: Family<EventTypeLabels, Counter>,
+    /// Console events lost before reaching the hub, by reason.
+    pub console_events_dropped: Family<DropLabels, Counter>,
+    /// `can_frame` events left out of console streams by sampling (not an error: the relay
+    /// still carries every frame).
+    pub console_can_frames_sampled_out: Counter,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics::new()
+    }
+}
+
+impl ServerMetrics {
+    /// Creates and registers all families under the `tether_server` prefix.
+    pub fn new() -> ServerMetrics {
+        let mut registry = Registry::with_prefix("tether_server");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            http_requests.clone(),
+        );
+        let http_request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by route template",
+            http_request_duration.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "TCP connections currently open",
+            connections_open.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "TCP connections accepted since start",
+            connections_accepted.clone(),
+        );
+        let readiness_failures = Counter::default();
+        registry.register(
+            "readiness_failures",
+            "/readyz answers of 503 (database or Redis unreachable)",
+            readiness_failures.clone(),
+        );
+        let sse_subscribers = Gauge::default();
+        registry.register(
+            "sse_subscribers",
+            "Open console (Server-Sent Events) responses",
+            sse_subscribers.clone(),
+        );
+        let console_events_published = Family::<EventTypeLabels, Counter>::default();
+        registry.register(
+            "console_events_published",
+            "Console events written to the event hub, by event type",
+            console_events_published.clone(),
+        );
+        let console_events_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "console_events_dropped",
+            "Console events lost before reaching the event hub, by reason",
+            console_events_dropped.clone(),
+        );
+        let console_can_frames_sampled_out = Counter::default();
+        registry.register(
+            "console_can_frames_sampled_out",
+            "can_frame events left out of console streams by sampling (the relay carries all)",
+            console_can_frames_sampled_out.clone(),
+        );
+        ServerMetrics {
+            registry,
+            http_requests,
+            http_request_duration,
+            connections_open,
+            connections_accepted,
+            readiness_failures,
+            sse_subscribers,
+            console_events_published,
+            console_events_dropped,
+            console_can_frames_sampled_out,
+        }
+    }
+
+    /// The registry, for code that adds its own families (data plane, consoles) at start-up.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Renders every family in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        tether_runtime::metrics::encode_text(&self.registry)
+    }
+}

@@ -1,0 +1,218 @@
+//! The records the store keeps, as the API shows them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::group_mode::{Backlog, GroupFacts, GroupMode, OfflineSide, group_mode};
+
+/// A user: owns agents, dongles and groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name, as given to `token create --user`.
+    pub name: String,
+    /// When the user was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user API token's metadata (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserTokenInfo {
+    /// Token id, used to revoke it.
+    pub id: Uuid,
+    /// Name of the owning user.
+    pub user: String,
+    /// The token's public lookup key (the 16 hex digits after `tu_`).
+    pub lookup: String,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An agent: a `tether agent` process acting for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agent {
+    /// Stable id.
+    pub id: Uuid,
+    /// The owning user (not shown by the API: it is always the caller).
+    #[serde(skip)]
+    pub user_id: Uuid,
+    /// Display name chosen by the user.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A newly created agent together with its token, returned exactly once.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentWithToken {
+    /// The agent.
+    #[serde(flatten)]
+    pub agent: Agent,
+    /// The agent's token (`ta_…`). Not stored; cannot be shown again.
+    pub token: String,
+}
+
+/// A dongle announced by an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dongle {
+    /// Stable id.
+    pub id: Uuid,
+    /// The owning user (the announcing agent's user).
+    #[serde(skip)]
+    pub user_id: Uuid,
+    /// The dongle's serial as it announces itself (REMP hello).
+    pub serial: String,
+    /// The agent that last announced it.
+    pub agent_id: Uuid,
+    /// Whether the data plane currently has the dongle connected.
+    pub online: bool,
+    /// Last time the data plane saw traffic or a keep-alive from it.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// When it was first announced.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Result of an agent announcing a dongle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announce {
+    /// First announcement: a new dongle record.
+    Created(Dongle),
+    /// The user already had this dongle (possibly via another of their agents, now replaced).
+    Existing(Dongle),
+    /// The serial belongs to a different user. Nothing was changed.
+    OwnedByOtherUser,
+}
+
+/// A group as stored, with the presence of its two dongles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Stable id.
+    pub id: Uuid,
+    /// The owning user.
+    pub user_id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Dongle of side A.
+    pub dongle_a: Uuid,
+    /// Dongle of side B.
+    pub dongle_b: Uuid,
+    /// Whether the user activated it.
+    pub activated: bool,
+    /// The last mode written (and audited).
+    pub mode: GroupMode,
+    /// Whether dongle A is online.
+    pub a_online: bool,
+    /// Whether dongle B is online.
+    pub b_online: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Group {
+    /// The facts [`group_mode`] needs, with the given backlog.
+    pub fn facts(&self, backlog: Backlog) -> GroupFacts {
+        GroupFacts {
+            activated: self.activated,
+            a_online: self.a_online,
+            b_online: self.b_online,
+            backlog,
+        }
+    }
+
+    /// The group's current state as the API and `group_state` events show it.
+    pub fn state(&self, backlog: Backlog) -> GroupState {
+        let (mode, offline_side) = group_mode(self.facts(backlog));
+        GroupState {
+            id: self.id,
+            name: self.name.clone(),
+            dongle_a: self.dongle_a,
+            dongle_b: self.dongle_b,
+            mode,
+            backlog,
+            offline_side,
+        }
+    }
+}
+
+/// A group's state: the body of group answers and of `group_state` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupState {
+    /// Group id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Dongle of side A.
+    pub dongle_a: Uuid,
+    /// Dongle of side B.
+    pub dongle_b: Uuid,
+    /// `inactive`, `active` or `degraded`.
+    pub mode: GroupMode,
+    /// Undelivered frames per direction.
+    pub backlog: Backlog,
+    /// Which side is offline, if any.
+    pub offline_side: Option<OfflineSide>,
+}
+
+/// Why a group could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRefusal {
+    /// `dongle_a` and `dongle_b` are the same dongle.
+    SameDongle,
+    /// The named side's dongle is not one of the user's (or does not exist).
+    UnknownDongle(char),
+    /// The named side's dongle is already in another group.
+    DongleInGroup(char),
+}
+
+/// Who caused a recorded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A user through the API (their name).
+    User(String),
+    /// The data plane (presence or backlog changes).
+    DataPlane,
+}
+
+impl Actor {
+    /// The stored spelling: `user:<name>` or `data-plane`.
+    pub fn as_stored(&self) -> String {
+        match self {
+            Actor::User(name) => format!("user:{name}"),
+            Actor::DataPlane => "data-plane".to_owned(),
+        }
+    }
+}
+
+/// A mode change written by the store: what the data plane publishes as a `group_state` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeChange {
+    /// The owning user (whose consoles see the event).
+    pub user_id: Uuid,
+    /// The mode before.
+    pub old: GroupMode,
+    /// The state after.
+    pub state: GroupState,
+}
+
+/// One entry of a group's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Increasing id (order of writing).
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who: `user:<name>` or `data-plane`.
+    pub actor: String,
+    /// What: `create`, `activate`, `deactivate`, `presence`, `backlog`, `delete`, or
+    /// `buffer_pressure` (retention removed frames the consumer had not received; the mode is
+    /// unchanged).
+    pub action: String,
+    /// Mode before (`null` for `create`).
+    pub old_mode: Option<GroupMode>,
+    /// Mode after (`null` for `delete`).
+    pub new_mode: Option<GroupMode>,
+}

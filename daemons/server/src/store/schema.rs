@@ -1,0 +1,109 @@
+//! Schema migrations, applied in order and tracked with `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`. Entries are never
+//! edited once released; changes are new entries. `docs/storage-server.md` describes the tables.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::ServerError;
+
+/// Version 1: users and their tokens, agents, dongles, groups and the group audit log.
+const V1: &str = r#"
+CREATE TABLE users (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE user_tokens (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    lookup      TEXT NOT NULL UNIQUE,
+    hash        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE agents (
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users(id),
+    name          TEXT NOT NULL,
+    token_lookup  TEXT NOT NULL UNIQUE,
+    token_hash    BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER
+);
+CREATE INDEX agents_by_user ON agents(user_id);
+CREATE TABLE dongles (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    serial      TEXT NOT NULL UNIQUE,
+    agent_id    TEXT NOT NULL REFERENCES agents(id),
+    online      INTEGER NOT NULL DEFAULT 0 CHECK (online IN (0, 1)),
+    last_seen   INTEGER,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX dongles_by_user ON dongles(user_id);
+CREATE TABLE relay_groups (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    name        TEXT NOT NULL,
+    dongle_a    TEXT NOT NULL REFERENCES dongles(id),
+    dongle_b    TEXT NOT NULL REFERENCES dongles(id),
+    activated   INTEGER NOT NULL DEFAULT 0 CHECK (activated IN (0, 1)),
+    mode        TEXT NOT NULL CHECK (mode IN ('inactive', 'active', 'degraded')),
+    created_at  INTEGER NOT NULL,
+    CHECK (dongle_a <> dongle_b)
+);
+CREATE INDEX relay_groups_by_user ON relay_groups(user_id);
+CREATE TABLE group_members (
+    dongle_id   TEXT PRIMARY KEY REFERENCES dongles(id),
+    group_id    TEXT NOT NULL REFERENCES relay_groups(id) ON DELETE CASCADE,
+    side        TEXT NOT NULL CHECK (side IN ('a', 'b'))
+);
+CREATE INDEX group_members_by_group ON group_members(group_id);
+CREATE TABLE group_audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id    TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    old_mode    TEXT,
+    new_mode    TEXT
+);
+CREATE INDEX group_audit_by_group ON group_audit(group_id, id);
+"#;
+
+/// All migrations; index `i` upgrades from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`SCHEMA_VERSION`], one transaction per step.
+///
+/// The version is read inside each write transaction, so two processes opening a fresh data
+/// directory at once (a `token create` beside a starting server) never apply a step twice.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), ServerError> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ServerError::db("starting a migration"))?;
+        let found: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(ServerError::db("reading the schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(ServerError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let Some(sql) = usize::try_from(found).ok().and_then(|i| MIGRATIONS.get(i)) else {
+            return Ok(());
+        };
+        tx.execute_batch(sql)
+            .map_err(ServerError::db("applying a migration"))?;
+        tx.pragma_update(None, "user_version", found + 1)
+            .map_err(ServerError::db("recording the schema version"))?;
+        tx.commit()
+            .map_err(ServerError::db("committing a migration"))?;
+    }
+}

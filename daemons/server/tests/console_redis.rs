@@ -1,0 +1,140 @@
+//! The live console with the Redis backend (needs `REDIS_URL`; fails without it): exact resume,
+//! `stream_reset` for stale IDs, and the multiplexed stream.
+
+mod console_support;
+mod server_support;
+
+use console_support::{frame, json, subscribe};
+use server_support::{TestResult, TestServer};
+use sse_core::events::LogLevel;
+use tether_server::ServerConfig;
+use tether_server::console::ConsoleScope;
+use uuid::Uuid;
+
+fn redis_url() -> TestResult<String> {
+    std::env::var("REDIS_URL")
+        .map_err(|_| "REDIS_URL must point at a Redis server for the console Redis tests".into())
+}
+
+/// Redis settings with a key prefix of this test's own.
+fn with_redis(url: String, prefix: String) -> impl FnOnce(&mut ServerConfig) {
+    move |config| {
+        config.redis_url = Some(url);
+        config.console.redis_key_prefix = prefix;
+    }
+}
+
+async fn delete_prefix(url: &str, prefix: &str) -> TestResult {
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut con)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut con)
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
+    let url = redis_url()?;
+    let prefix = format!("test:console:{}:", Uuid::new_v4());
+    let server = TestServer::start_with(with_redis(url.clone(), prefix.clone())).await?;
+    let (token, _agent, a, b) = server.user_with_pair("rae").await?;
+    let group = Uuid::parse_str(&console_support::group(&server, &token, &a, &b).await?)?;
+    let dongle = Uuid::parse_str(&a)?;
+    let console = server.server.state().console();
+    let path = format!("/api/v1/streams/dongles/{a}/console");
+    let mut live = subscribe(&server, &path, Some(&token), None).await?;
+    for i in 0..4u32 {
+        console.can_frame(dongle, Some(group), &frame(0x200 + i, "FF"));
+    }
+    console.log(
+        ConsoleScope::Dongle(dongle),
+        LogLevel::Error,
+        "boom".to_owned(),
+        serde_json::json!({ "code": 7 }),
+    );
+    let first = live.take(5).await?;
+    assert_eq!(json(&first[4])?["message"], "boom");
+    drop(live);
+
+    console.log(
+        ConsoleScope::Dongle(dongle),
+        LogLevel::Info,
+        "while away".to_owned(),
+        serde_json::Value::Null,
+    );
+    let mut resumed =
+        subscribe(&server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
+    let rest = resumed.take(4).await?;
+    for (got, want) in rest.iter().zip(&first[2..]) {
+        assert_eq!(got.last_event_id, want.last_event_id);
+        assert_eq!(got.data, want.data);
+    }
+    assert_eq!(json(&rest[3])?["message"], "while away");
+
+    // The keys are where docs/sse.md says, under this test's prefix.
+    let client = redis::Client::open(url.as_str())?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{prefix}dongle:{dongle}"))
+        .query_async(&mut con)
+        .await?;
+    assert_eq!(len, 6);
+
+    let mut stale = subscribe(&server, &path, Some(&token), Some("1-0")).await?;
+    let reset = stale.next().await?;
+    assert_eq!(reset.event_type, "stream_reset");
+    assert_eq!(json(&reset)?["reason"], "too_old");
+    let history = stale.take(6).await?;
+    assert_eq!(history[0].last_event_id, first[0].last_event_id);
+    assert_eq!(json(&history[5])?["message"], "while away");
+
+    server.server.shutdown().await?;
+    delete_prefix(&url, &prefix).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
+    let url = redis_url()?;
+    let prefix = format!("test:console:{}:", Uuid::new_v4());
+    let server = TestServer::start_with(with_redis(url.clone(), prefix.clone())).await?;
+    let (token, _agent, a, b) = server.user_with_pair("sam").await?;
+    let group_text = console_support::group(&server, &token, &a, &b).await?;
+    let (dongle, group) = (Uuid::parse_str(&a)?, Uuid::parse_str(&group_text)?);
+    let console = server.server.state().console();
+    let log = |scope, text: &str| {
+        console.log(
+            scope,
+            LogLevel::Info,
+            text.to_owned(),
+            serde_json::Value::Null,
+        );
+    };
+    let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
+    let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    log(ConsoleScope::Dongle(dongle), "d1");
+    let d1 = events.next().await?;
+    assert!(d1.last_event_id.ends_with(",~"), "{}", d1.last_event_id);
+    drop(events);
+    log(ConsoleScope::Group(group), "g-away");
+    log(ConsoleScope::Dongle(dongle), "d-away");
+    let mut resumed = subscribe(&server, &path, Some(&token), Some(&d1.last_event_id)).await?;
+    let mut lines: Vec<String> = Vec::new();
+    for event in resumed.take(2).await? {
+        assert_eq!(event.event_type, "log");
+        lines.push(json(&event)?["message"].as_str().unwrap_or("").to_owned());
+    }
+    lines.sort();
+    assert_eq!(lines, ["d-away", "g-away"]);
+    server.server.shutdown().await?;
+    delete_prefix(&url, &prefix).await?;
+    Ok(())
+}

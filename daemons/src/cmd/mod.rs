@@ -1,8 +1,0 @@
-//! Subcommand implementations.
-
-pub mod agent;
-pub mod can;
-pub mod demo;
-pub mod server;
-pub(crate) mod signals;
-pub mod sse;

@@ -1,0 +1,142 @@
+//! `tether agent`: flag parsing, the runtime and the role tools; the roles themselves are
+//! [`tether_agent`]'s. Roles are switched on by sections of the config file: `metering` (usage
+//! forwarder) and `dongle` (REMP dongles ↔ the server's group relay, see `docs/agent.md`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use tether_agent::config::{self, MeteringConfig};
+use tether_agent::dlq::{self, DlqAction};
+use tether_runtime::signals::StopSignals;
+
+/// `tether agent` arguments.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Configuration file (YAML).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Role tools (run without one to start the daemon).
+    #[command(subcommand)]
+    pub tool: Option<AgentTool>,
+}
+
+/// Role tools.
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentTool {
+    /// Metering role tools.
+    #[command(subcommand)]
+    Metering(MeteringTool),
+}
+
+/// `tether agent metering …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MeteringTool {
+    /// Dead-letter queues: list, retry, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// DLQ subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Print entries as JSON lines (newest first).
+    List {
+        /// Queue (`usage_records`, `session_lifecycle`, `quota_refresh`); all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Most entries per queue.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move entries back to the head of their queue, atomically.
+    Retry {
+        /// Queue; all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// One entry id.
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete entries.
+    Purge {
+        /// Queue; all when omitted.
+        #[arg(long)]
+        queue: Option<String>,
+        /// One entry id.
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Load the config named by `--config` with the process environment.
+pub fn load_config(args: &AgentArgs) -> anyhow::Result<config::AgentConfig> {
+    let Some(path) = &args.config else {
+        bail!("--config FILE is required")
+    };
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    config::load(path, &|n| std::env::var(n).ok(), &vars)
+}
+
+/// Run `tether agent`.
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(&args)?;
+    if args.check_config {
+        println!("configuration OK");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match args.tool {
+        Some(AgentTool::Metering(MeteringTool::Dlq(cmd))) => {
+            let m = cfg.metering.context("the config has no metering section")?;
+            rt.block_on(run_dlq(&m, cmd))
+        }
+        None => rt.block_on(async move {
+            // First of all, so a stop request during start-up is a graceful stop, not a kill
+            // by the default action (a role can start and stop within milliseconds).
+            let stop = StopSignals::register();
+            tether_runtime::logging::init_json_logs(cfg.log_level());
+            tether_agent::run(cfg, stop.wait()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+/// Runs a DLQ command, printing JSON lines.
+async fn run_dlq(cfg: &MeteringConfig, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DlqCommand::List { queue, limit } => {
+            for e in dlq::list(cfg, queue.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+        DlqCommand::Retry { id, all, .. } | DlqCommand::Purge { id, all, .. }
+            if id.is_none() && !all =>
+        {
+            bail!("say which entries: --id ID or --all");
+        }
+        DlqCommand::Retry { queue, id, .. } => {
+            let n = dlq::apply(cfg, DlqAction::Retry, queue.as_deref(), id.as_deref()).await?;
+            println!("{{\"retried\": {n}}}");
+        }
+        DlqCommand::Purge { queue, id, .. } => {
+            let n = dlq::apply(cfg, DlqAction::Purge, queue.as_deref(), id.as_deref()).await?;
+            println!("{{\"purged\": {n}}}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

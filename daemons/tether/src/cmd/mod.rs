@@ -1,0 +1,7 @@
+//! Subcommand implementations.
+
+pub mod agent;
+pub mod can;
+pub mod demo;
+pub mod server;
+pub mod sse;

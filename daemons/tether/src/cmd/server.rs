@@ -1,0 +1,237 @@
+//! `tether server` and `tether server token …`.
+//!
+//! Flag parsing, logging set-up, the runtime and signals only; the server itself is
+//! [`tether_server`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+use uuid::Uuid;
+
+use tether_runtime::signals::StopSignals;
+use tether_server::config::{self, Overrides, ServerConfig};
+use tether_server::store::Store;
+
+/// `tether server`: run the server, or manage its users' tokens.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    /// Token management instead of running the server.
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+    /// Options for running the server.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options of `tether server` (running it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory for the records database and the relay streams [default: ./tether-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Redis URL: relay streams and console history live in Redis instead of the data directory.
+    #[arg(long, value_name = "URL", env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// YAML configuration file; `${VAR}` is replaced from the environment, flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Subcommands of `tether server`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerAction {
+    /// Manage users' API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Where the token commands find the database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Data directory of the server [default: ./tether-data, or data_dir from --config].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The server's YAML configuration file (for its data_dir).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `tether server token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create the user if needed and print a new API token (shown once).
+    Create {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by its id (see `token list`).
+    Revoke {
+        /// Token id.
+        id: Uuid,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Runs `tether server …`.
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(ServerAction::Token(cmd)) => run_token(cmd),
+        None => run_server(args.run),
+    }
+}
+
+fn load_config(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<ServerConfig> {
+    let (file, origin) = match path {
+        Some(path) => (Some(config::load_file(path)?), path.display().to_string()),
+        None => (None, "command line".to_owned()),
+    };
+    Ok(ServerConfig::resolve(file, &origin, overrides)?)
+}
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    let config = load_config(
+        args.config.as_deref(),
+        Overrides {
+            data_dir: args.data_dir.clone(),
+            ..Overrides::default()
+        },
+    )?;
+    Ok(Store::open_in(&config.data_dir)?)
+}
+
+fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create { user, store } => {
+            let name = user.trim();
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name.chars().count() <= 100
+                    && !name.chars().any(char::is_control),
+                "user name must be 1 to 100 characters without control characters"
+            );
+            let store = open_store(&store)?;
+            let (user, id, issued) = store.create_user_token(name, Utc::now())?;
+            eprintln!(
+                "created token {id} for user {:?}; it is shown once, store it now",
+                user.name
+            );
+            println!("{}", issued.secret);
+        }
+        TokenCommand::Revoke { id, store } => {
+            let store = open_store(&store)?;
+            if store.revoke_user_token(id, Utc::now())? {
+                eprintln!("revoked token {id}");
+            } else {
+                eprintln!("token {id} was already revoked");
+            }
+        }
+        TokenCommand::List { user, store } => {
+            let store = open_store(&store)?;
+            let tokens = store.list_user_tokens(user.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ID\tUSER\tLOOKUP\tCREATED\tSTATUS")?;
+            for t in tokens {
+                let status = t.revoked_at.map_or_else(
+                    || "active".to_owned(),
+                    |at| format!("revoked {}", at.to_rfc3339()),
+                );
+                writeln!(
+                    out,
+                    "{}\t{}\ttu_{}…\t{}\t{}",
+                    t.id,
+                    t.user,
+                    t.lookup,
+                    t.created_at.to_rfc3339(),
+                    status
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(
+        args.config.as_deref(),
+        Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            redis_url: args.redis_url,
+        },
+    )?;
+    if args.check_config {
+        println!("configuration OK");
+        println!("listen: {}", config.listen);
+        println!("data_dir: {}", config.data_dir.display());
+        println!(
+            "redis: {}",
+            if config.redis_url.is_some() {
+                "configured"
+            } else {
+                "not configured"
+            }
+        );
+        println!("max_body_bytes: {}", config.max_body_bytes);
+        println!(
+            "header_read_timeout_secs: {}",
+            config.header_read_timeout.as_secs()
+        );
+        let relay = &config.relay;
+        let or_unlimited =
+            |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+        println!(
+            "relay: max_len {}, max_age_secs {}, replay_rate_per_s {}, replay_burst {}, consumer_window {}, cut_through {}, trim_interval_secs {}",
+            or_unlimited(relay.max_len),
+            or_unlimited(relay.max_age.map(|a| a.as_secs())),
+            relay.replay_rate_per_s,
+            relay.replay_burst,
+            relay.consumer_window,
+            relay.cut_through,
+            relay.trim_interval.as_secs()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    tether_runtime::logging::init_json_logs(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // First, so that a SIGTERM during start-up is not lost.
+        let stop = StopSignals::register();
+        tether_server::run(config, stop.wait(), |addr| {
+            // A plain line on stdout, so scripts and tests learn the port picked for :0.
+            println!("tether server listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,279 @@
+//! The real `tether` binary: `server token create|list|revoke`, `server` itself, its
+//! configuration file and graceful shutdown on SIGTERM.
+
+#[path = "../../server/tests/server_support/mod.rs"]
+mod server_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use reqwest::StatusCode;
+use server_support::{TestResult, code, read};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+fn tether(args: &[&str]) -> TestResult<Output> {
+    Ok(Command::new(TETHER)
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()?)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Starts `tether server` and returns it with the address it printed.
+fn start_server(data_dir: &Path) -> TestResult<(Child, String)> {
+    let mut child = Command::new(TETHER)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("tether server listening on ")
+        .ok_or_else(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn sigterm(child: &Child) -> TestResult {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_create_then_server_then_revoke() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().ok_or("non-UTF-8 temp path")?;
+    let created = tether(&[
+        "server",
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--data-dir",
+        data_arg,
+    ])?;
+    assert!(created.status.success(), "{created:?}");
+    let token = stdout(&created);
+    assert!(token.starts_with("tu_") && token.len() == 67, "{token}");
+    assert!(data.join("tether.db").exists());
+
+    let (mut child, addr) = start_server(&data)?;
+    let client = reqwest::Client::new();
+    let agents = client
+        .get(format!("{addr}/api/v1/agents"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let (status, body) = read(agents).await?;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({ "agents": [] }))
+    );
+
+    // A second token for the same user, created while the server runs (WAL, busy timeout).
+    let second = tether(&[
+        "server",
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--data-dir",
+        data_arg,
+    ])?;
+    assert!(second.status.success());
+    let listed = tether(&[
+        "server",
+        "token",
+        "list",
+        "--user",
+        "alice",
+        "--data-dir",
+        data_arg,
+    ])?;
+    let listing = stdout(&listed);
+    let rows: Vec<&str> = listing.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{listing}");
+    assert!(!listing.contains(&token), "secrets are never listed");
+    assert!(listing.contains(&token[3..19]), "the lookup key is");
+    let first_id = rows
+        .iter()
+        .find(|r| r.contains(&token[3..19]))
+        .and_then(|r| r.split('\t').next())
+        .ok_or("token row")?
+        .to_owned();
+
+    let revoked = tether(&[
+        "server",
+        "token",
+        "revoke",
+        &first_id,
+        "--data-dir",
+        data_arg,
+    ])?;
+    assert!(revoked.status.success(), "{revoked:?}");
+    let after = client
+        .get(format!("{addr}/api/v1/agents"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let (status, body) = read(after).await?;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let still = client
+        .get(format!("{addr}/api/v1/agents"))
+        .bearer_auth(stdout(&second))
+        .send()
+        .await?;
+    assert_eq!(still.status(), StatusCode::OK);
+    let listed = tether(&["server", "token", "list", "--data-dir", data_arg])?;
+    assert_eq!(stdout(&listed).matches("revoked").count(), 1);
+    let unknown = tether(&[
+        "server",
+        "token",
+        "revoke",
+        &uuid::Uuid::new_v4().to_string(),
+        "--data-dir",
+        data_arg,
+    ])?;
+    assert!(!unknown.status.success());
+
+    sigterm(&child)?;
+    let status = child.wait()?;
+    assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
+    Ok(())
+}
+
+#[test]
+fn config_file_with_env_substitution_and_flag_overrides() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        "listen: \"127.0.0.1:${TETHER_TEST_PORT}\"\ndata_dir: ${TETHER_TEST_DIR}/data\nmax_body_bytes: 4096\n",
+    )?;
+    let config_arg = config.to_str().ok_or("path")?;
+    let run = |extra: &[&str], port: Option<&str>| -> TestResult<Output> {
+        let mut cmd = Command::new(TETHER);
+        cmd.args(["server", "--check-config", "--config", config_arg])
+            .args(extra)
+            .env_remove("REDIS_URL")
+            .env("TETHER_TEST_DIR", dir.path());
+        match port {
+            Some(port) => cmd.env("TETHER_TEST_PORT", port),
+            None => cmd.env_remove("TETHER_TEST_PORT"),
+        };
+        Ok(cmd.output()?)
+    };
+    let ok = run(&[], Some("9123"))?;
+    assert!(ok.status.success(), "{ok:?}");
+    let text = stdout(&ok);
+    assert!(text.contains("listen: 127.0.0.1:9123"), "{text}");
+    assert!(
+        text.contains(&format!("data_dir: {}/data", dir.path().display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("max_body_bytes: 4096") && text.contains("redis: not configured"),
+        "{text}"
+    );
+    // Flags override the file.
+    let flagged = run(
+        &[
+            "--listen",
+            "127.0.0.1:7000",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ],
+        Some("9123"),
+    )?;
+    let text = stdout(&flagged);
+    assert!(
+        text.contains("listen: 127.0.0.1:7000") && text.contains("redis: configured"),
+        "{text}"
+    );
+    // An unset variable is an error naming it.
+    let unset = run(&[], None)?;
+    assert!(!unset.status.success());
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert!(err.contains("TETHER_TEST_PORT"), "{err}");
+    // A bad value is refused before anything starts.
+    let bad = run(&["--listen", "nowhere"], Some("9123"))?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("listen address"));
+    assert!(
+        !dir.path().join("data").exists(),
+        "--check-config creates nothing"
+    );
+    Ok(())
+}
+
+#[test]
+fn token_create_uses_the_config_files_data_dir() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!("data_dir: {}/from-config\n", dir.path().display()),
+    )?;
+    let out = tether(&[
+        "server",
+        "token",
+        "create",
+        "--user",
+        "bob",
+        "--config",
+        config.to_str().ok_or("path")?,
+    ])?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("from-config/tether.db").exists());
+    let empty = tether(&[
+        "server",
+        "token",
+        "create",
+        "--user",
+        "  ",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+    ])?;
+    assert!(!empty.status.success());
+    Ok(())
+}
+
+#[test]
+fn shipped_example_config_is_valid() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../server/examples/server.yaml"
+    );
+    let out = Command::new(TETHER)
+        .args(["server", "--check-config", "--config", example])
+        .env_remove("REDIS_URL")
+        .env("TETHER_DATA_DIR", dir.path())
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("listen: 127.0.0.1:8080"), "{text}");
+    assert!(
+        text.contains(&format!("data_dir: {}", dir.path().display())),
+        "{text}"
+    );
+    Ok(())
+}
