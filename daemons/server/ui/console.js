@@ -25,7 +25,6 @@ export class ConsoleStream {
     this.timer = null;
     this.closed = false;
     this.resuming = false;
-    this.firstAfterOpen = false;
     this.reconnects = 0;
     this.events = 0;
     this.listeners = TYPES.map((type) => [type, (ev) => this.dispatch(type, ev)]);
@@ -47,7 +46,6 @@ export class ConsoleStream {
     this.source = source;
     for (const [type, fn] of this.listeners) source.addEventListener(type, fn);
     source.onopen = () => {
-      this.firstAfterOpen = true;
       if (this.resuming) this.setState("resumed", `after ${this.lastId}`);
       else this.setState("live", "");
       this.resuming = true; // the browser's own reconnects resume from its last ID
@@ -82,8 +80,6 @@ export class ConsoleStream {
     this.events += 1;
     if (type === "stream_reset") {
       this.setState("reset", `${data.reason}: resumed from ${data.oldest ?? "the start"}, events between ${data.requested ?? "?"} and it are missing`, data);
-    } else if (this.firstAfterOpen && this.state === "resumed") {
-      this.firstAfterOpen = false;
     }
     if (ev.lastEventId) this.lastId = ev.lastEventId;
     this.onEvent(type, data, ev.lastEventId);

@@ -5,6 +5,7 @@
 import { h } from "./dom.js";
 
 const ROW_H = 24;
+const MIN_REDRAW_MS = 100;
 const COLUMNS = ["Time", "Dongle", "Dir", "Bus", "ID", "DLC", "Data"];
 
 export class FrameTable {
@@ -32,9 +33,9 @@ export class FrameTable {
     this.spacer.append(this.rows);
     this.viewport.append(this.spacer);
     this.el = h("div", { class: "vt-wrap" }, this.head, this.viewport);
-    this.viewport.addEventListener("scroll", () => this.invalidate(), { passive: true });
+    this.viewport.addEventListener("scroll", () => this.invalidate(true), { passive: true });
     this.viewport.addEventListener("keydown", (e) => this.key(e));
-    this.resize = new ResizeObserver(() => this.invalidate());
+    this.resize = new ResizeObserver(() => this.invalidate(true));
     this.resize.observe(this.viewport);
     this.rateTimer = setInterval(() => {
       this.rate = this.rateWindow;
@@ -42,10 +43,13 @@ export class FrameTable {
       if (this.onRate) this.onRate(this.rate);
     }, 1000);
     this.raf = 0;
+    this.later = 0;
+    this.drawnAt = 0;
   }
 
   destroy() {
     clearInterval(this.rateTimer);
+    clearTimeout(this.later);
     cancelAnimationFrame(this.raf);
     this.resize.disconnect();
   }
@@ -103,7 +107,7 @@ export class FrameTable {
       }
     }
     this.viewport.scrollTop = 0;
-    this.invalidate();
+    this.invalidate(true);
     return true;
   }
 
@@ -127,14 +131,21 @@ export class FrameTable {
     return this.ring[seq % this.capacity];
   }
 
-  invalidate() {
+  // New frames redraw at most every MIN_REDRAW_MS (a table changing 60 times a second cannot
+  // be read anyway, and each redraw costs style and layout); scrolling redraws at once.
+  invalidate(now = false) {
     this.dirty = true;
-    if (!this.raf) this.raf = requestAnimationFrame(() => { this.raf = 0; this.render(); });
+    if (this.raf || this.later) return;
+    const wait = now ? 0 : MIN_REDRAW_MS - (performance.now() - this.drawnAt);
+    const draw = () => { this.raf = requestAnimationFrame(() => { this.raf = 0; this.render(); }); };
+    if (wait > 0) this.later = setTimeout(() => { this.later = 0; draw(); }, wait);
+    else draw();
   }
 
   render() {
     if (!this.dirty) return;
     this.dirty = false;
+    this.drawnAt = performance.now();
     const count = this.count;
     this.spacer.style.height = `${count * ROW_H}px`;
     this.viewport.setAttribute("aria-rowcount", String(count));

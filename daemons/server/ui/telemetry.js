@@ -1,5 +1,8 @@
-// Telemetry: the uplink status (state, queue, throughput, drops) polled every second, with a
-// chart of queue size and throughput over the last ten minutes.
+// Telemetry: the vehicles whose uplink sends records to this server (`/ws/telemetry/upload`),
+// polled every second: connected or not, records stored, last acknowledged seq, age of the
+// newest record; for one vehicle, a chart of its throughput (records/s stored) and its queue as
+// the server sees it (seconds between now and the newest stored record: how far the uplink is
+// behind).
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
@@ -7,74 +10,65 @@ import { h } from "./dom.js";
 
 const POLL_MS = 1000;
 
-// Nested status objects flattened to `a.b` keys with scalar values.
-function flatten(obj, prefix = "", out = []) {
-  for (const [k, v] of Object.entries(obj || {})) {
-    const key = prefix ? `${prefix}.${k}` : k;
-    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
-    else out.push([key, v]);
-  }
-  return out;
+function age(ms) {
+  if (!Number.isFinite(ms)) return "—";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 120 ? `${s.toFixed(1)} s ago` : `${Math.round(s / 60)} min ago`;
 }
-
-// The first numeric field whose key matches one of the patterns, in pattern order.
-function pick(fields, patterns) {
-  for (const re of patterns) {
-    const hit = fields.find(([k, v]) => re.test(k) && typeof v === "number");
-    if (hit) return hit;
-  }
-  return null;
-}
-
-const QUEUE = [/(^|\.)queue_size$/, /queue/];
-const THROUGHPUT = [/records_per_s/, /throughput/, /per_s$/];
 
 // `#/telemetry` and `#/telemetry/{vehicle}`.
 export async function telemetryView(root, cleanup, vehicle) {
-  root.append(h("h1", {}, vehicle ? `Telemetry of ${vehicle}` : "Telemetry"));
-  let vehicles = null;
-  try {
-    const body = await api("/telemetry/vehicles");
-    vehicles = Array.isArray(body) ? body : body?.vehicles ?? [];
-  } catch (err) {
-    if (err.status !== 404) throw err;
-  }
-  if (vehicles && vehicles.length) {
-    root.append(h("nav", { "aria-label": "Telemetry vehicles" }, h("ul", { class: "inline", id: "telemetry-vehicles" },
-      vehicles.map((v) => {
-        const vid = v.vehicle_id ?? v.id ?? String(v);
-        return h("li", {}, h("a", { href: `#/telemetry/${encodeURIComponent(vid)}` }, v.name ?? vid));
-      }))));
-  }
-  const path = vehicle ? `/telemetry/vehicles/${encodeURIComponent(vehicle)}/status` : "/telemetry/status";
+  root.append(
+    vehicle ? h("p", { class: "crumbs" }, h("a", { href: "#/telemetry" }, "Telemetry"), " / ", vehicle) : "",
+    h("h1", {}, vehicle ? `Telemetry of ${vehicle}` : "Telemetry"));
   const state = h("p", { id: "uplink-state", role: "status" }, "loading…");
-  const facts = h("dl", { class: "facts", id: "telemetry-status" });
-  const canvas = h("canvas", { id: "telemetry-chart", class: "chart", role: "img", "aria-label": "Queue size and throughput over time" });
-  const legend = h("p", { class: "legend" },
-    h("span", { class: "swatch swatch-queue" }), " queue size (left) ",
-    h("span", { class: "swatch swatch-rate" }), " throughput (right)");
-  root.append(state, facts, h("figure", {}, canvas, h("figcaption", {}, legend)));
-  const chart = new LineChart(canvas, [{ label: "queue", color: "#1f5f8b" }, { label: "throughput", color: "#c0392b" }]);
+  const body = h("tbody", { id: "telemetry-vehicles" });
+  root.append(state, h("div", { class: "scroll-x" }, h("table", { class: "list" },
+    h("thead", {}, h("tr", {}, ["Vehicle", "Uplink", "Records", "Last seq", "Newest record"].map((c) => h("th", { scope: "col" }, c)))),
+    body)));
+  let chart = null;
+  if (vehicle) {
+    const canvas = h("canvas", { id: "telemetry-chart", class: "chart", role: "img", "aria-label": `Throughput and queue of ${vehicle} over time` });
+    root.append(h("figure", {}, canvas, h("figcaption", { class: "legend" },
+      h("span", { class: "swatch swatch-rate" }), " throughput, records/s (left) ",
+      h("span", { class: "swatch swatch-queue" }), " queue, seconds behind (right)")));
+    chart = new LineChart(canvas, [{ label: "records/s", color: "#c0392b" }, { label: "behind", color: "#1f5f8b" }]);
+  }
+  let last = null;
   let stopped = false;
+  let timer = 0;
   async function poll() {
     try {
-      const status = await api(path);
-      const fields = flatten(status);
-      const uplink = fields.find(([k]) => /(^|\.)(state|status|uplink_state)$/.test(k));
-      state.textContent = uplink ? `Uplink: ${uplink[1]}` : "Uplink status";
-      state.dataset.state = uplink ? String(uplink[1]) : "";
-      facts.replaceChildren(...fields.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-key": k }, v === null ? "—" : String(v))]));
-      const q = pick(fields, QUEUE);
-      const t = pick(fields, THROUGHPUT);
-      chart.add(Date.now(), q ? q[1] : NaN, t ? t[1] : NaN);
+      const list = (await api("/telemetry/vehicles")).vehicles ?? [];
+      const shown = vehicle ? list.filter((v) => v.id === vehicle) : list;
+      body.replaceChildren(...shown.map((v) => h("tr", { "data-vehicle": v.id, "data-connected": String(v.connected) },
+        h("th", { scope: "row" }, h("a", { href: `#/telemetry/${encodeURIComponent(v.id)}` }, v.id)),
+        h("td", {}, v.connected ? "connected" : "disconnected"),
+        h("td", {}, String(v.records)),
+        h("td", {}, String(v.last_seq ?? "—")),
+        h("td", {}, age(v.last_ts_ms)))));
+      if (vehicle) {
+        const v = shown[0];
+        state.textContent = v ? `Uplink: ${v.connected ? "connected" : "disconnected"}` : "This vehicle has not uploaded anything yet.";
+        state.dataset.state = v ? (v.connected ? "connected" : "disconnected") : "unknown";
+        if (v) {
+          const now = Date.now();
+          const rate = last ? ((v.records - last.records) * 1000) / (now - last.t) : NaN;
+          last = { records: v.records, t: now };
+          chart.add(now, rate, Number.isFinite(v.last_ts_ms) ? Math.max(0, (now - v.last_ts_ms) / 1000) : NaN);
+        }
+      } else {
+        state.textContent = list.length ? `${list.filter((v) => v.connected).length} of ${list.length} vehicles connected` : "No vehicle has uploaded telemetry yet.";
+        state.dataset.state = "listed";
+      }
     } catch (err) {
       state.textContent = err.status === 404
-        ? "This server reports no uplink status here (the telemetry endpoint answered 404)."
-        : `Cannot read the status: ${err.message}`;
-      state.dataset.state = "unavailable";
+        ? "This server has no telemetry receiver (GET /api/v1/telemetry/vehicles answered 404)."
+        : `Cannot read telemetry: ${err.message}`;
+      state.dataset.state = err.status === 404 ? "unavailable" : "error";
     }
     if (!stopped) timer = setTimeout(poll, POLL_MS);
   }
-  let timer = setTimeout(poll, 0);
+  poll();
   cleanup.push(() => { stopped = true; clearTimeout(timer); });
 }
