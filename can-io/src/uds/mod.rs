@@ -4,6 +4,8 @@
 //!   ([`UdsResponse`]): ReadDTCInformation `0x19 0x02`, ClearDiagnosticInformation `0x14`,
 //!   ReadDataByIdentifier `0x22`, DiagnosticSessionControl `0x10`, ECUReset `0x11`,
 //!   TesterPresent `0x3E`, and raw requests.
+//! * [`command`] — the commands API's commands (`ReadDTC`, `ClearDTC`, `ReadDataByID`, …)
+//!   parsed from `(command_name, command_params)` into a [`DiagCommand`] and its request.
 //! * [`dtc`] — DTCs, their SAE rendering (`P0420`) and status bytes.
 //! * [`UdsClient`] — the sans-IO request/response state machine: matches responses by service
 //!   id, turns `0x7F SID NRC` into typed negative answers, extends the wait to P2* on
@@ -19,6 +21,7 @@
 //! responses, or keeping a session alive on its own (send TesterPresent when you need it).
 
 mod client;
+pub mod command;
 pub mod dtc;
 pub mod ecu;
 pub mod service;
@@ -32,6 +35,7 @@ use automotive_diag::uds::{UdsCommand, UdsError as NrcCode};
 use crate::isotp::IsoTpError;
 
 pub use client::{Answer, EcuAnswer, UdsClient, UdsEvent, UdsStats, UdsTiming};
+pub use command::{CommandParamsError, DiagCommand, EcuAddress, SUPPORTED_COMMANDS};
 pub use dtc::{Dtc, DtcRecord, DtcStatus};
 pub use service::{DidValue, UdsRequest, UdsResponse};
 pub use tester::{Target, UdsTester, UdsTesterCore};
