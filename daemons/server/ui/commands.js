@@ -92,10 +92,14 @@ function follow(commandId, list, status, onDone) {
   socket.onmessage = (ev) => {
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
-    if (msg.event && msg.event !== "response") {
-      if (msg.status) status.textContent = msg.error_message ? `${msg.status}: ${msg.error_message}` : msg.status;
+    if (msg.event === "failed") {
+      final = true;
+      status.textContent = `failed: ${msg.error_message ?? "no reason given"}`;
+      status.dataset.state = "failed";
+      announce("Command failed");
       return;
     }
+    if (msg.event && msg.event !== "response") return;
     list.append(responseItem(msg));
     if (msg.is_final) {
       final = true;
