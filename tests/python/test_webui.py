@@ -11,6 +11,7 @@ the path is printed. Needs TETHER_BIN.
 import http.server
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from relay_harness import chromium, free_port, running_relay
-from tether_server import TIMEOUT
+from tether_server import TETHER, TIMEOUT, env_without_redis
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which(os.environ.get("CHROMIUM_BIN", "chromium")) and shutil.which(os.environ.get("CHROMEDRIVER_BIN", "chromedriver"))),
@@ -64,10 +65,24 @@ def rows(driver) -> int:
     return int(text(driver, "#row-count") or 0)
 
 
+COMMANDS_CONFIG = "commands:\n  connector: mock\n  mock_delay_ms: [200, 400]\n"
+
+
+def server_accepts(tmp: Path, config: str) -> bool:
+    """Whether this server build knows a configuration section (the commands service is optional)."""
+    path = tmp / "probe.yaml"
+    path.write_text(config)
+    probe = subprocess.run([TETHER, "server", "--config", str(path), "--check-config"],
+                           capture_output=True, timeout=TIMEOUT, env=env_without_redis())
+    return probe.returncode == 0
+
+
 @pytest.fixture(scope="module")
 def relay():
     tmp = Path(tempfile.mkdtemp(prefix="tether-webui-"))
     config = f'cors:\n  allowed_origins: ["{SECOND_ORIGIN}"]\n'
+    if server_accepts(tmp, COMMANDS_CONFIG):
+        config += COMMANDS_CONFIG
     with running_relay(tmp, config) as relay:
         yield relay
     shutil.rmtree(tmp, ignore_errors=True)

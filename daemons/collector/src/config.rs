@@ -243,7 +243,10 @@ fn durability(text: Option<&str>) -> anyhow::Result<Durability> {
 
 /// Reads the configuration from an optional YAML `file` text and the environment (`env`
 /// looks a variable up), validating it.
-pub fn load(file: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<CollectorConfig> {
+pub fn load(
+    file: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<CollectorConfig> {
     let mut tree = match file {
         Some(text) => {
             let mut yaml: serde_norway::Value =
@@ -333,7 +336,10 @@ pub fn load(file: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                     || a.id.len() > relay_core::uplink::MAX_SOURCE_LEN
                     || a.id.chars().any(char::is_control)
                 {
-                    bail!("vehicle id {:?} must be 1..=128 bytes without control characters", a.id);
+                    bail!(
+                        "vehicle id {:?} must be 1..=128 bytes without control characters",
+                        a.id
+                    );
                 }
                 if vehicles[..i].iter().any(|b| b.api_key == a.api_key) {
                     bail!("vehicles {:?} and another one share an API key", a.id);
@@ -367,7 +373,10 @@ mod tests {
         let e = env(&[
             ("ROLE", "vehicle"),
             ("DB_PATH", "/tmp/v.db"),
-            ("REMOTE_ENDPOINT_URL", "ws://127.0.0.1:9/ws/telemetry/upload"),
+            (
+                "REMOTE_ENDPOINT_URL",
+                "ws://127.0.0.1:9/ws/telemetry/upload",
+            ),
             ("ENABLE_CAN_LISTENER", "0"),
             ("DASHBOARD_RETENTION_S", "60"),
             ("MAX_LOCAL_RECORDS", "500"),
@@ -386,8 +395,13 @@ mod tests {
 
     #[test]
     fn the_environment_wins_over_the_file_and_keys_merge() -> anyhow::Result<()> {
-        let file = "role: remote\nlisten: 127.0.0.1:1\nvehicles:\n  - id: car-1\n    api_key: ${K1}\n";
-        let e = env(&[("K1", "k-one"), ("API_KEYS", "car-2:k-two"), ("LISTEN", "127.0.0.1:2")]);
+        let file =
+            "role: remote\nlisten: 127.0.0.1:1\nvehicles:\n  - id: car-1\n    api_key: ${K1}\n";
+        let e = env(&[
+            ("K1", "k-one"),
+            ("API_KEYS", "car-2:k-two"),
+            ("LISTEN", "127.0.0.1:2"),
+        ]);
         let CollectorConfig::Remote(r) = load(Some(file), &e)? else {
             bail!("not a remote");
         };
@@ -402,11 +416,23 @@ mod tests {
         let cases: &[&'static [(&'static str, &'static str)]] = &[
             &[("ROLE", "cloud")],
             &[("ROLE", "vehicle"), ("ENABLE_CAN_LISTENER", "false")],
-            &[("ROLE", "vehicle"), ("REMOTE_ENDPOINT_URL", "http://x"), ("ENABLE_CAN_LISTENER", "no")],
+            &[
+                ("ROLE", "vehicle"),
+                ("REMOTE_ENDPOINT_URL", "http://x"),
+                ("ENABLE_CAN_LISTENER", "no"),
+            ],
             &[("ROLE", "remote"), ("API_KEYS", "car-1")],
             &[("ROLE", "remote"), ("API_KEYS", "a:k,b:k")],
-            &[("ROLE", "vehicle"), ("MAX_LOCAL_RECORDS", "0"), ("ENABLE_UPLINK_MANAGER", "false")],
-            &[("ROLE", "vehicle"), ("CAN_BUS", "tcp://x"), ("ENABLE_UPLINK_MANAGER", "false")],
+            &[
+                ("ROLE", "vehicle"),
+                ("MAX_LOCAL_RECORDS", "0"),
+                ("ENABLE_UPLINK_MANAGER", "false"),
+            ],
+            &[
+                ("ROLE", "vehicle"),
+                ("CAN_BUS", "tcp://x"),
+                ("ENABLE_UPLINK_MANAGER", "false"),
+            ],
         ];
         for vars in cases {
             assert!(load(None, &env(vars)).is_err(), "{vars:?} accepted");

@@ -105,7 +105,9 @@ pub fn lagged_event(missed: u64) -> Event {
 pub fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
     use futures::StreamExt;
     let events = events.map(Ok::<_, Infallible>);
-    let mut response = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
     response.headers_mut().insert(
         "x-accel-buffering",
         axum::http::HeaderValue::from_static("no"),
@@ -124,6 +126,10 @@ pub fn metrics(registry: &Arc<Registry>) -> Response {
             text,
         )
             .into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics encoding failed",
+        ),
     }
 }

@@ -142,9 +142,10 @@ impl Driver {
                 self.session.handle_disconnected(self.now());
             }
             self.report_state_change().await;
-            let timeout = self.session.poll_timeout().map(|at| {
-                tokio::time::Instant::from_std(self.started + Duration::from_millis(at))
-            });
+            let timeout = self
+                .session
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::from_std(self.started + Duration::from_millis(at)));
             let wake = async {
                 match timeout {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -354,7 +355,9 @@ impl Driver {
                 self.metrics.store_errors.inc_by(n);
                 tracing::error!(error = %e, records = n, "the local store refused records");
                 if matches!(e, relay_core::error::Error::OutboxOutOfStep { .. }) {
-                    tracing::error!("the stream is out of step with its store; restart the collector");
+                    tracing::error!(
+                        "the stream is out of step with its store; restart the collector"
+                    );
                 }
             }
         }

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::driver::{Request, wall_ms};
 use super::LiveRecord;
+use super::driver::{Request, wall_ms};
 use crate::http::{error, json_bytes, only_params, param};
 use crate::record::push_item;
 

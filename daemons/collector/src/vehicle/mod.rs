@@ -157,10 +157,11 @@ impl Vehicle {
         };
         let path = config.db_path.clone();
         let durability = config.durability;
-        let sqlite = tokio::task::spawn_blocking(move || SqliteOutboxStore::open(&path, durability))
-            .await
-            .context("opening the local store")?
-            .with_context(|| format!("opening the local store {}", config.db_path.display()))?;
+        let sqlite =
+            tokio::task::spawn_blocking(move || SqliteOutboxStore::open(&path, durability))
+                .await
+                .context("opening the local store")?
+                .with_context(|| format!("opening the local store {}", config.db_path.display()))?;
         let store = OutboxStoreHandle::spawn(sqlite)?;
         let stream = StreamConfig {
             max_records: config.max_local_records,

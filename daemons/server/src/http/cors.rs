@@ -78,6 +78,22 @@ impl OriginPolicy {
         }))
     }
 
+    /// One line for `--check-config`: `off`, `any origin`, or the allowed origins.
+    pub fn describe(&self) -> String {
+        if self.any {
+            return "any origin".to_owned();
+        }
+        if self.origins.is_empty() {
+            return "off".to_owned();
+        }
+        let origins: Vec<&str> = self
+            .origins
+            .iter()
+            .filter_map(|o| o.to_str().ok())
+            .collect();
+        origins.join(", ")
+    }
+
     /// Whether cross-origin access is configured at all.
     pub fn is_enabled(&self) -> bool {
         self.any || !self.origins.is_empty()
@@ -236,6 +252,11 @@ mod tests {
         assert!(OriginPolicy::allowing(["*", "https://x"]).is_err());
         assert_eq!(OriginPolicy::resolve(None), Ok(OriginPolicy::default()));
         assert!(OriginPolicy::default().layer().is_none());
+        assert_eq!(OriginPolicy::default().describe(), "off");
+        assert_eq!(
+            policy.describe(),
+            "https://dash.example.com, http://127.0.0.1:3000"
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
             relay.cut_through,
             relay.trim_interval.as_secs()
         );
+        println!("cors: {}", config.cors.describe());
         return Ok(ExitCode::SUCCESS);
     }
     tether_runtime::logging::init_json_logs(
