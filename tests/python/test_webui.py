@@ -291,7 +291,8 @@ def test_vehicle_read_dtc(relay, browser):
     until("a final response", lambda: d.find_element(By.ID, "command-status").get_attribute("data-state") in ("completed", "closed"), 60)
     shot(d, "vehicle-command")
     assert d.find_element(By.ID, "command-status").get_attribute("data-state") == "completed", text(d, "#command-status")
-    assert d.find_elements(By.CSS_SELECTOR, "#responses .response")
+    codes = {cell.text for cell in d.find_elements(By.CSS_SELECTOR, "#responses .dtc")}
+    assert "P0420" in codes, codes
     until("the history", lambda: d.find_elements(By.CSS_SELECTOR, "#history tr[data-command]"))
 
 
