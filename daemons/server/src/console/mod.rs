@@ -36,8 +36,8 @@ use chrono::{DateTime, Utc};
 use sse_core::backend::SystemClock;
 use sse_core::encoder::BodyOptions;
 use sse_core::events::{
-    CanFrameEvent, ConsoleEvent, Direction, GroupBacklog, GroupMode as EventMode,
-    GroupState as GroupStateEvent, LogEvent, LogLevel, OfflineSide, Presence, timestamp,
+    CanFrameEvent, ConsoleEvent, Direction, GroupBacklog as EventBacklog, GroupMode as EventMode,
+    GroupState as GroupStateEvent, LogEvent, LogLevel, Presence, timestamp,
 };
 use sse_core::sampler::{SamplingConfig, StreamSamplers};
 use sse_core::{
@@ -51,7 +51,7 @@ pub use config::{ConsoleConfig, ConsoleSettings};
 pub use sse_core::events::{ConsoleStream, PresenceStatus};
 
 use crate::error::ServerError;
-use crate::group_mode::BacklogProbe;
+use crate::group_mode::{GroupMode, RelayProbe};
 use crate::metrics::{DropLabels, EventTypeLabels, ServerMetrics};
 use crate::store::{ModeChange, Store};
 
@@ -245,13 +245,13 @@ impl Console {
         &self,
         changes: broadcast::Receiver<ModeChange>,
         store: Arc<Store>,
-        backlog: Arc<dyn BacklogProbe>,
+        relay: Arc<dyn RelayProbe>,
     ) {
         tokio::spawn(watch_groups(
             Arc::downgrade(&self.inner),
             changes,
             store,
-            backlog,
+            relay,
             self.inner.closed.subscribe(),
         ));
     }
@@ -631,7 +631,7 @@ async fn watch_groups(
     console: Weak<Inner>,
     mut changes: broadcast::Receiver<ModeChange>,
     store: Arc<Store>,
-    backlog: Arc<dyn BacklogProbe>,
+    relay: Arc<dyn RelayProbe>,
     mut closed: watch::Receiver<bool>,
 ) {
     loop {
@@ -661,7 +661,9 @@ async fn watch_groups(
                 );
                 for id in groups {
                     match store.call(move |store| store.group(id)).await {
-                        Ok(Some(group)) => console.group_state(&group.state(backlog.backlog(id))),
+                        Ok(Some(group)) => {
+                            console.group_state(&group.state(relay.status(id).as_ref()))
+                        }
                         Ok(None) => {}
                         Err(err) => {
                             console.inner.metrics.dropped("backend_error");
@@ -705,7 +707,6 @@ fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> Option<CanFrameEvent>
 
 /// `group_state`: the group as `GET /api/v1/groups/{id}` shows it, plus `ts`.
 fn group_state_event(at: DateTime<Utc>, state: &crate::store::GroupState) -> GroupStateEvent {
-    use crate::group_mode::{GroupMode, OfflineSide as Side};
     GroupStateEvent {
         ts: timestamp(at),
         id: state.id,
@@ -717,15 +718,11 @@ fn group_state_event(at: DateTime<Utc>, state: &crate::store::GroupState) -> Gro
             GroupMode::Active => EventMode::Active,
             GroupMode::Degraded => EventMode::Degraded,
         },
-        backlog: GroupBacklog {
+        backlog: EventBacklog {
             a_to_b: state.backlog.a_to_b,
             b_to_a: state.backlog.b_to_a,
         },
-        offline_side: state.offline_side.map(|side| match side {
-            Side::A => OfflineSide::A,
-            Side::B => OfflineSide::B,
-            Side::Both => OfflineSide::Both,
-        }),
+        offline_side: state.offline_side,
     }
 }
 

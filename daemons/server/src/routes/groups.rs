@@ -64,7 +64,7 @@ pub(super) async fn create(
         })
         .await?;
     let group = created.map_err(refusal)?;
-    let state_now = group.state(state.backlog.backlog(group.id));
+    let state_now = group.state(state.relay.status(group.id).as_ref());
     Ok((StatusCode::CREATED, Json(state_now)))
 }
 
@@ -78,7 +78,7 @@ pub(super) async fn list(
         .await?;
     let states: Vec<GroupState> = groups
         .iter()
-        .map(|g| g.state(state.backlog.backlog(g.id)))
+        .map(|g| g.state(state.relay.status(g.id).as_ref()))
         .collect();
     Ok(Json(json!({ "groups": states })))
 }
@@ -93,7 +93,7 @@ pub(super) async fn get(
         .call(move |store| store.get_group(user.id, id))
         .await?
         .ok_or_else(|| ApiError::not_found("group"))?;
-    Ok(Json(group.state(state.backlog.backlog(group.id))))
+    Ok(Json(group.state(state.relay.status(group.id).as_ref())))
 }
 
 pub(super) async fn delete(
@@ -121,11 +121,12 @@ async fn set_activated(
     id: Uuid,
     activated: bool,
 ) -> Result<Json<GroupState>, ApiError> {
-    let backlog = state.backlog.backlog(id);
+    let relay = state.relay.status(id);
+    let relay_now = relay.clone();
     let result = state
         .store
         .call(move |store| {
-            store.set_group_activated(user_id, id, activated, backlog, &actor, Utc::now())
+            store.set_group_activated(user_id, id, activated, relay_now, &actor, Utc::now())
         })
         .await?;
     let (group, change) = result.ok_or_else(|| ApiError::not_found("group"))?;
@@ -138,7 +139,7 @@ async fn set_activated(
         );
     }
     state.publish_mode_changes(change);
-    Ok(Json(group.state(backlog)))
+    Ok(Json(group.state(relay.as_ref())))
 }
 
 pub(super) async fn activate(
