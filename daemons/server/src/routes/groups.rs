@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::validate_name;
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
-use crate::store::{Actor, GroupRefusal, GroupState};
+use crate::store::{Actor, GroupRefusal, GroupView};
 
 /// Body of `POST /api/v1/groups`.
 #[derive(Debug, Deserialize)]
@@ -76,7 +76,7 @@ pub(super) async fn list(
         .store
         .call(move |store| store.list_groups(user.id))
         .await?;
-    let states: Vec<GroupState> = groups
+    let states: Vec<GroupView> = groups
         .iter()
         .map(|g| g.state(state.relay.status(g.id).as_ref()))
         .collect();
@@ -120,7 +120,7 @@ async fn set_activated(
     actor: Actor,
     id: Uuid,
     activated: bool,
-) -> Result<Json<GroupState>, ApiError> {
+) -> Result<Json<GroupView>, ApiError> {
     let relay = state.relay.status(id);
     let relay_now = relay.clone();
     let result = state
@@ -146,7 +146,7 @@ pub(super) async fn activate(
     State(state): State<AppState>,
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
-) -> Result<Json<GroupState>, ApiError> {
+) -> Result<Json<GroupView>, ApiError> {
     let actor = Actor::User(user.name.clone());
     set_activated(state, user.id, actor, id, true).await
 }
@@ -155,7 +155,7 @@ pub(super) async fn deactivate(
     State(state): State<AppState>,
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
-) -> Result<Json<GroupState>, ApiError> {
+) -> Result<Json<GroupView>, ApiError> {
     let actor = Actor::User(user.name.clone());
     set_activated(state, user.id, actor, id, false).await
 }

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+pub use sse_core::events::GroupView;
+
 use crate::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 
 /// A user: owns agents, dongles and groups.
@@ -120,7 +122,7 @@ impl Group {
     /// presence and the engine's replay state; the backlog is the engine's
     /// ([`GroupStatus::waiting`]). `offline_side` reports presence whatever the mode, so a user
     /// sees before activating that a side is missing.
-    pub fn state(&self, relay: Option<&GroupStatus>) -> GroupState {
+    pub fn state(&self, relay: Option<&GroupStatus>) -> GroupView {
         let offline_side = match (self.a_online, self.b_online) {
             (true, true) => None,
             (false, true) => Some(OfflineSide::A),
@@ -133,7 +135,7 @@ impl Group {
             Some(status) if mode != GroupMode::Active => status.waiting(),
             _ => GroupBacklog::default(),
         };
-        GroupState {
+        GroupView {
             id: self.id,
             name: self.name.clone(),
             dongle_a: self.dongle_a,
@@ -143,25 +145,6 @@ impl Group {
             offline_side,
         }
     }
-}
-
-/// A group's state: the body of group answers and of `group_state` events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GroupState {
-    /// Group id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Dongle of side A.
-    pub dongle_a: Uuid,
-    /// Dongle of side B.
-    pub dongle_b: Uuid,
-    /// `inactive`, `active` or `degraded`.
-    pub mode: GroupMode,
-    /// Undelivered frames per direction.
-    pub backlog: GroupBacklog,
-    /// Which side is offline, if any.
-    pub offline_side: Option<OfflineSide>,
 }
 
 /// Why a group could not be created.
@@ -202,7 +185,7 @@ pub struct ModeChange {
     /// The mode before.
     pub old: GroupMode,
     /// The state after.
-    pub state: GroupState,
+    pub state: GroupView,
 }
 
 /// One entry of a group's audit log.
