@@ -34,6 +34,8 @@ use uuid::Uuid;
 use crate::buffer::StreamReset;
 use crate::error::SseError;
 
+pub use relay_core::engine::{GroupBacklog, GroupMode};
+
 /// The `source` of sampling notices (`log` events announcing a sampling switch).
 pub const SAMPLER_SOURCE: &str = "sse.sampler";
 
@@ -432,18 +434,6 @@ pub struct CommandStatus {
     pub error_message: Option<String>,
 }
 
-/// A group's relay mode, in the console's spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupMode {
-    /// `inactive`: not activated, nothing relayed.
-    Inactive,
-    /// `active`: both dongles online and nothing waiting.
-    Active,
-    /// `degraded`: activated, and a dongle offline or a backlog draining.
-    Degraded,
-}
-
 /// Which dongle(s) of a group are offline, in the console's spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -456,21 +446,11 @@ pub enum OfflineSide {
     Both,
 }
 
-/// Frames stored for a group and not yet delivered, per direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupBacklog {
-    /// From side A, waiting for side B.
-    pub a_to_b: u64,
-    /// From side B, waiting for side A.
-    pub b_to_a: u64,
-}
-
-/// `group_state`: the group as `GET /api/v1/groups/{id}` shows it, plus `ts`:
-/// `{ts, id, name, dongle_a, dongle_b, mode, backlog, offline_side}`.
+/// A relay group as `GET /api/v1/groups/{id}` shows it:
+/// `{id, name, dongle_a, dongle_b, mode, backlog, offline_side}`. Mode and backlog are the relay
+/// engine's types ([`GroupMode`], [`GroupBacklog`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupState {
-    /// When (milliseconds).
-    pub ts: String,
+pub struct GroupView {
     /// The group.
     pub id: Uuid,
     /// Its display name.
@@ -485,6 +465,17 @@ pub struct GroupState {
     pub backlog: GroupBacklog,
     /// The side(s) offline; written as `null` when both are online.
     pub offline_side: Option<OfflineSide>,
+}
+
+/// `group_state`: the group as `GET /api/v1/groups/{id}` shows it ([`GroupView`]), plus `ts`
+/// first: `{ts, id, name, dongle_a, dongle_b, mode, backlog, offline_side}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// When (milliseconds).
+    pub ts: String,
+    /// The group.
+    #[serde(flatten)]
+    pub group: GroupView,
 }
 
 #[cfg(test)]
@@ -608,16 +599,18 @@ mod tests {
     fn group_state_is_the_rest_body_plus_ts() {
         let state = GroupState {
             ts: timestamp(at(0)),
-            id: Uuid::nil(),
-            name: "pair".to_owned(),
-            dongle_a: DONGLE,
-            dongle_b: Uuid::nil(),
-            mode: GroupMode::Degraded,
-            backlog: GroupBacklog {
-                a_to_b: 3,
-                b_to_a: 0,
+            group: GroupView {
+                id: Uuid::nil(),
+                name: "pair".to_owned(),
+                dongle_a: DONGLE,
+                dongle_b: Uuid::nil(),
+                mode: GroupMode::Degraded,
+                backlog: GroupBacklog {
+                    a_to_b: 3,
+                    b_to_a: 0,
+                },
+                offline_side: None,
             },
-            offline_side: None,
         };
         let json = ConsoleEvent::from(state.clone()).to_data();
         assert_eq!(
@@ -632,7 +625,10 @@ mod tests {
         assert!(matches!(
             ConsoleEvent::from_parts("group_state", &both),
             Ok(ConsoleEvent::GroupState(GroupState {
-                offline_side: Some(OfflineSide::Both),
+                group: GroupView {
+                    offline_side: Some(OfflineSide::Both),
+                    ..
+                },
                 ..
             }))
         ));

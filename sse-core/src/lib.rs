@@ -14,7 +14,9 @@
 //!   connected on first use). One conformance suite runs against both.
 //! - [`events`] is the one definition of the console events (`presence`, `can_frame`, `log`,
 //!   `command_status`, `group_state`, `stream_reset`) exactly as `tether server` sends them, and
-//!   of the stream names ([`events::ConsoleStream`]: `dongle:<uuid>`, `group:<uuid>`).
+//!   of the stream names ([`events::ConsoleStream`]: `dongle:<uuid>`, `group:<uuid>`). A group's
+//!   mode and backlog in `group_state` are the relay engine's types (`relay_core::engine`), the
+//!   one source of the mode rule; [`events::GroupView`] is the group as the REST API shows it.
 //! - [`sampler`] holds the `can_frame` sampling policy: [`sampler::CanFrameSampler`] per stream,
 //!   [`sampler::StreamSamplers`] for a publisher that samples before publishing (what the server
 //!   does: frames not sent are never formatted or stored), and the one `log` notice per switch.

@@ -42,8 +42,8 @@
 //!
 //! ## Layout
 //! Modules, lowest first; each imports only modules listed before it:
-//! [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the one
-//! pure function deciding a group's mode, and [`group_mode::BacklogProbe`]), [`metrics`]
+//! [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the relay
+//! engine's mode rule and backlog as the server reads them, [`group_mode::RelayProbe`]), [`metrics`]
 //! (Prometheus families), `error` ([`ServerError`]) → [`store`] (SQLite records, ownership
 //! enforced in every query) → [`http`] (bearer auth, [`http::ApiError`], id extractors) →
 //! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
@@ -94,8 +94,8 @@ use tokio::task::JoinHandle;
 pub use config::ServerConfig;
 pub use error::ServerError;
 
-use dataplane::{BacklogCache, DataPlane, DataPlaneTasks};
-use group_mode::BacklogProbe;
+use dataplane::{DataPlane, DataPlaneTasks, RelayStatusCache};
+use group_mode::RelayProbe;
 use listener::CountingListener;
 use metrics::{RelayMetrics, ServerMetrics};
 use state::AppState;
@@ -160,14 +160,14 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
     ServerBuilder::new(config).build().await?.spawn().await
 }
 
-/// Like [`spawn`] but without the data plane: the REST API with the caller's backlog probe.
+/// Like [`spawn`] but without the data plane: the REST API with the caller's relay probe.
 /// `/ws/data` answers 503.
 pub async fn spawn_with(
     config: ServerConfig,
-    backlog: Arc<dyn BacklogProbe>,
+    relay: Arc<dyn RelayProbe>,
 ) -> Result<RunningServer, ServerError> {
     ServerBuilder::new(config)
-        .without_data_plane(backlog)
+        .without_data_plane(relay)
         .build()
         .await?
         .spawn()
@@ -178,7 +178,7 @@ pub async fn spawn_with(
 #[derive(Debug)]
 pub struct ServerBuilder {
     config: ServerConfig,
-    probe: Option<Arc<dyn BacklogProbe>>,
+    probe: Option<Arc<dyn RelayProbe>>,
 }
 
 impl ServerBuilder {
@@ -190,9 +190,9 @@ impl ServerBuilder {
         }
     }
 
-    /// Leaves the data plane out: the REST API and the console run with `probe` as the source
-    /// of group backlogs (tests of the API's mode logic), and `/ws/data` answers 503.
-    pub fn without_data_plane(mut self, probe: Arc<dyn BacklogProbe>) -> ServerBuilder {
+    /// Leaves the data plane out: the REST API and the console run with `probe` as the relay
+    /// engine's status of groups (tests of the API's mode logic), and `/ws/data` answers 503.
+    pub fn without_data_plane(mut self, probe: Arc<dyn RelayProbe>) -> ServerBuilder {
         self.probe = Some(probe);
         self
     }
@@ -223,12 +223,12 @@ impl ServerBuilder {
             Some(probe) => Err(probe),
             None => Ok((
                 RelayMetrics::register(&mut metrics),
-                Arc::new(BacklogCache::default()),
+                Arc::new(RelayStatusCache::default()),
                 dataplane::open_stream_log(&config).await?,
             )),
         };
         let metrics = Arc::new(metrics);
-        let probe: Arc<dyn BacklogProbe> = match &relay {
+        let probe: Arc<dyn RelayProbe> = match &relay {
             Ok((_, cache, _)) => cache.clone(),
             Err(probe) => Arc::clone(probe),
         };

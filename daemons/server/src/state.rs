@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::console::{Console, PresenceStatus};
 use crate::error::ServerError;
-use crate::group_mode::BacklogProbe;
+use crate::group_mode::RelayProbe;
 use crate::metrics::ServerMetrics;
 use crate::store::{Actor, ModeChange, Store};
 
@@ -23,7 +23,7 @@ const MODE_CHANGE_BUFFER: usize = 1024;
 pub struct AppState {
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<ServerMetrics>,
-    pub(crate) backlog: Arc<dyn BacklogProbe>,
+    pub(crate) relay: Arc<dyn RelayProbe>,
     pub(crate) redis: Option<redis::Client>,
     pub(crate) readiness_timeout: Duration,
     mode_changes: broadcast::Sender<ModeChange>,
@@ -38,7 +38,7 @@ impl AppState {
     pub fn new(
         store: Arc<Store>,
         metrics: Arc<ServerMetrics>,
-        backlog: Arc<dyn BacklogProbe>,
+        relay: Arc<dyn RelayProbe>,
         redis: Option<redis::Client>,
         console: Console,
     ) -> AppState {
@@ -46,12 +46,12 @@ impl AppState {
         console.watch_mode_changes(
             mode_changes.subscribe(),
             Arc::clone(&store),
-            Arc::clone(&backlog),
+            Arc::clone(&relay),
         );
         AppState {
             store,
             metrics,
-            backlog,
+            relay,
             redis,
             readiness_timeout: Duration::from_secs(2),
             mode_changes,
@@ -76,9 +76,9 @@ impl AppState {
         &self.metrics
     }
 
-    /// The backlog probe.
-    pub fn backlog(&self) -> &Arc<dyn BacklogProbe> {
-        &self.backlog
+    /// How the state reads the relay engine (mode facts and backlog of its groups).
+    pub fn relay(&self) -> &Arc<dyn RelayProbe> {
+        &self.relay
     }
 
     /// Subscribes to group mode changes (the source of `group_state` events). Every change is
@@ -125,12 +125,12 @@ impl AppState {
         dongle_id: Uuid,
         online: bool,
     ) -> Result<Vec<ModeChange>, ServerError> {
-        let probe = Arc::clone(&self.backlog);
+        let probe = Arc::clone(&self.relay);
         let (changes, group) = self
             .store
             .call(move |store| {
                 let changes = store.set_dongle_online(dongle_id, online, Utc::now(), &|group| {
-                    probe.backlog(group)
+                    probe.status(group)
                 })?;
                 let group = store.group_of_dongle(dongle_id)?.map(|g| g.id);
                 Ok((changes, group))
@@ -187,23 +187,18 @@ impl AppState {
         Ok(known)
     }
 
-    /// Data plane entry point: a group's backlog changed (grew from zero or drained to zero).
-    /// Re-evaluates its mode and publishes a change, if any.
+    /// Data plane entry point: the relay engine's status of a group changed (a side started or
+    /// stopped replaying, or its backlog changed). Re-evaluates its mode and publishes a
+    /// change, if any.
     pub async fn refresh_group_mode(
         &self,
         group_id: Uuid,
     ) -> Result<Option<ModeChange>, ServerError> {
-        let backlog = self.backlog.backlog(group_id);
+        let relay = self.relay.status(group_id);
         let change = self
             .store
             .call(move |store| {
-                store.refresh_group_mode(
-                    group_id,
-                    backlog,
-                    &Actor::DataPlane,
-                    "backlog",
-                    Utc::now(),
-                )
+                store.refresh_group_mode(group_id, relay, &Actor::DataPlane, "backlog", Utc::now())
             })
             .await?;
         self.publish_mode_changes(change.clone());

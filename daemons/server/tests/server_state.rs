@@ -9,21 +9,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer, text};
-use tether_server::group_mode::BacklogProbe;
-use tether_server::group_mode::{Backlog, GroupMode, OfflineSide};
+use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide, RelayProbe};
 use tether_server::{self as server, ServerConfig};
 use uuid::Uuid;
 
-/// A backlog probe the test controls: `a_to_b` for every group.
+/// A relay engine the test controls: every group replays an `a_to_b` backlog of the set
+/// size, or is caught up at zero.
 #[derive(Debug, Default)]
 struct FakeRelay(AtomicU64);
 
-impl BacklogProbe for FakeRelay {
-    fn backlog(&self, _group: Uuid) -> Backlog {
-        Backlog {
-            a_to_b: self.0.load(Ordering::SeqCst),
-            b_to_a: 0,
-        }
+impl RelayProbe for FakeRelay {
+    fn status(&self, _group: Uuid) -> Option<GroupStatus> {
+        let a_to_b = self.0.load(Ordering::SeqCst);
+        Some(GroupStatus {
+            mode: if a_to_b > 0 {
+                GroupMode::Degraded
+            } else {
+                GroupMode::Active
+            },
+            backlog: GroupBacklog { a_to_b, b_to_a: 0 },
+            offline: Vec::new(),
+            replaying: a_to_b > 0,
+        })
     }
 }
 

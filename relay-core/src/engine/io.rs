@@ -74,6 +74,21 @@ pub struct GroupStatus {
     pub backlog: GroupBacklog,
     /// Sides that are offline.
     pub offline: Vec<Side>,
+    /// Whether a stream's consumer is online and fed from the log (replaying its backlog).
+    pub replaying: bool,
+}
+
+impl GroupStatus {
+    /// The backlog as users see it: the stored, unacknowledged items while the group is not
+    /// `active` (a side offline or replaying), and none while it is `active` — items in flight
+    /// to a live consumer are not a backlog.
+    pub fn waiting(&self) -> GroupBacklog {
+        if self.mode == GroupMode::Active {
+            GroupBacklog::default()
+        } else {
+            self.backlog
+        }
+    }
 }
 
 /// What the driver tells a side that just connected (the data-plane `welcome`).
@@ -201,4 +216,26 @@ pub enum StorageRequest {
         /// The consumer's new cursor.
         seq: Seq,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_is_the_backlog_unless_active() {
+        let backlog = GroupBacklog {
+            a_to_b: 3,
+            b_to_a: 0,
+        };
+        let status = |mode| GroupStatus {
+            mode,
+            backlog,
+            offline: Vec::new(),
+            replaying: false,
+        };
+        assert_eq!(status(GroupMode::Degraded).waiting(), backlog);
+        assert_eq!(status(GroupMode::Inactive).waiting(), backlog);
+        assert!(status(GroupMode::Active).waiting().is_empty());
+    }
 }

@@ -49,13 +49,7 @@ impl Group {
             .filter(|s| !self.is_online(*s))
             .collect();
         let replaying = self.streams.iter_mut().any(|s| s.is_replaying(config));
-        let mode = if !self.activated {
-            GroupMode::Inactive
-        } else if offline.is_empty() && !replaying {
-            GroupMode::Active
-        } else {
-            GroupMode::Degraded
-        };
+        let mode = GroupMode::decide(self.activated, offline.is_empty(), replaying);
         let mut backlog = GroupBacklog::default();
         for dir in Direction::BOTH {
             backlog.set(dir, self.streams[dir_index(dir)].backlog());
@@ -64,6 +58,7 @@ impl Group {
             mode,
             backlog,
             offline,
+            replaying,
         }
     }
 }

@@ -128,13 +128,43 @@ pub enum GroupMode {
     Degraded,
 }
 
-impl fmt::Display for GroupMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl GroupMode {
+    /// The one rule for a group's mode, used by the engine and by the server's records:
+    /// `inactive` unless activated; then `active` only when both sides are online and no
+    /// stream is replaying a backlog, otherwise `degraded`.
+    pub fn decide(activated: bool, both_online: bool, replaying: bool) -> GroupMode {
+        if !activated {
+            GroupMode::Inactive
+        } else if both_online && !replaying {
+            GroupMode::Active
+        } else {
+            GroupMode::Degraded
+        }
+    }
+
+    /// The stored and wire spelling (`inactive`, `active`, `degraded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
             GroupMode::Inactive => "inactive",
             GroupMode::Active => "active",
             GroupMode::Degraded => "degraded",
-        })
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s spelling; `None` for anything else.
+    pub fn parse(text: &str) -> Option<GroupMode> {
+        match text {
+            "inactive" => Some(GroupMode::Inactive),
+            "active" => Some(GroupMode::Active),
+            "degraded" => Some(GroupMode::Degraded),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GroupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -148,6 +178,11 @@ pub struct GroupBacklog {
 }
 
 impl GroupBacklog {
+    /// Whether nothing waits in either direction.
+    pub fn is_empty(&self) -> bool {
+        self.a_to_b == 0 && self.b_to_a == 0
+    }
+
     /// The backlog of one direction.
     pub fn get(&self, dir: Direction) -> u64 {
         match dir {
@@ -161,5 +196,51 @@ impl GroupBacklog {
             Direction::AToB => self.a_to_b = value,
             Direction::BToA => self.b_to_a = value,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inactive_unless_activated_whatever_else() {
+        for both_online in [false, true] {
+            for replaying in [false, true] {
+                assert_eq!(
+                    GroupMode::decide(false, both_online, replaying),
+                    GroupMode::Inactive
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn active_needs_both_online_and_no_replay() {
+        assert_eq!(GroupMode::decide(true, true, false), GroupMode::Active);
+        assert_eq!(GroupMode::decide(true, true, true), GroupMode::Degraded);
+        assert_eq!(GroupMode::decide(true, false, false), GroupMode::Degraded);
+        assert_eq!(GroupMode::decide(true, false, true), GroupMode::Degraded);
+    }
+
+    #[test]
+    fn mode_spelling_round_trips() {
+        for mode in [GroupMode::Inactive, GroupMode::Active, GroupMode::Degraded] {
+            assert_eq!(GroupMode::parse(mode.as_str()), Some(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+            assert_eq!(
+                serde_json::to_value(mode).ok(),
+                Some(serde_json::Value::String(mode.as_str().to_owned()))
+            );
+        }
+        assert_eq!(GroupMode::parse("Active"), None);
+        assert!(GroupBacklog::default().is_empty());
+        assert!(
+            !GroupBacklog {
+                a_to_b: 0,
+                b_to_a: 1
+            }
+            .is_empty()
+        );
     }
 }

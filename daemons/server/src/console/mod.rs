@@ -32,12 +32,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use can_io::wire::relay_json::{CanRelayFrame, RelayDirection};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sse_core::backend::SystemClock;
 use sse_core::encoder::BodyOptions;
 use sse_core::events::{
-    CanFrameEvent, ConsoleEvent, Direction, GroupBacklog, GroupMode as EventMode,
-    GroupState as GroupStateEvent, LogEvent, LogLevel, OfflineSide, Presence, timestamp,
+    CanFrameEvent, ConsoleEvent, Direction, GroupState, GroupView, LogEvent, LogLevel, Presence,
+    timestamp,
 };
 use sse_core::sampler::{SamplingConfig, StreamSamplers};
 use sse_core::{
@@ -51,7 +51,7 @@ pub use config::{ConsoleConfig, ConsoleSettings};
 pub use sse_core::events::{ConsoleStream, PresenceStatus};
 
 use crate::error::ServerError;
-use crate::group_mode::BacklogProbe;
+use crate::group_mode::RelayProbe;
 use crate::metrics::{DropLabels, EventTypeLabels, ServerMetrics};
 use crate::store::{ModeChange, Store};
 
@@ -245,13 +245,13 @@ impl Console {
         &self,
         changes: broadcast::Receiver<ModeChange>,
         store: Arc<Store>,
-        backlog: Arc<dyn BacklogProbe>,
+        relay: Arc<dyn RelayProbe>,
     ) {
         tokio::spawn(watch_groups(
             Arc::downgrade(&self.inner),
             changes,
             store,
-            backlog,
+            relay,
             self.inner.closed.subscribe(),
         ));
     }
@@ -366,11 +366,15 @@ impl Console {
     }
 
     /// Publishes a group's state as `group_state` on its console.
-    pub fn group_state(&self, state: &crate::store::GroupState) {
+    pub fn group_state(&self, state: &GroupView) {
         self.note_group(state.id);
         self.enqueue(
             ConsoleStream::Group(state.id),
-            &group_state_event(Utc::now(), state).into(),
+            &GroupState {
+                ts: timestamp(Utc::now()),
+                group: state.clone(),
+            }
+            .into(),
         );
     }
 
@@ -441,6 +445,8 @@ async fn publish_loop(
     let mut drop_log = WarnThrottle::default();
     loop {
         let closing = tokio::select! {
+            // Queued events first: a drop notice follows the events queued before the drop.
+            biased;
             n = jobs.recv_many(&mut batch, PUBLISH_BATCH) => n == 0,
             () = ledger.wake.notified() => false,
             _ = closed.wait_for(|c| *c) => true,
@@ -631,7 +637,7 @@ async fn watch_groups(
     console: Weak<Inner>,
     mut changes: broadcast::Receiver<ModeChange>,
     store: Arc<Store>,
-    backlog: Arc<dyn BacklogProbe>,
+    relay: Arc<dyn RelayProbe>,
     mut closed: watch::Receiver<bool>,
 ) {
     loop {
@@ -661,7 +667,9 @@ async fn watch_groups(
                 );
                 for id in groups {
                     match store.call(move |store| store.group(id)).await {
-                        Ok(Some(group)) => console.group_state(&group.state(backlog.backlog(id))),
+                        Ok(Some(group)) => {
+                            console.group_state(&group.state(relay.status(id).as_ref()))
+                        }
                         Ok(None) => {}
                         Err(err) => {
                             console.inner.metrics.dropped("backend_error");
@@ -701,32 +709,6 @@ fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> Option<CanFrameEvent>
     event.is_remote = frame.is_remote;
     event.is_error = frame.is_error;
     Some(event)
-}
-
-/// `group_state`: the group as `GET /api/v1/groups/{id}` shows it, plus `ts`.
-fn group_state_event(at: DateTime<Utc>, state: &crate::store::GroupState) -> GroupStateEvent {
-    use crate::group_mode::{GroupMode, OfflineSide as Side};
-    GroupStateEvent {
-        ts: timestamp(at),
-        id: state.id,
-        name: state.name.clone(),
-        dongle_a: state.dongle_a,
-        dongle_b: state.dongle_b,
-        mode: match state.mode {
-            GroupMode::Inactive => EventMode::Inactive,
-            GroupMode::Active => EventMode::Active,
-            GroupMode::Degraded => EventMode::Degraded,
-        },
-        backlog: GroupBacklog {
-            a_to_b: state.backlog.a_to_b,
-            b_to_a: state.backlog.b_to_a,
-        },
-        offline_side: state.offline_side.map(|side| match side {
-            Side::A => OfflineSide::A,
-            Side::B => OfflineSide::B,
-            Side::Both => OfflineSide::Both,
-        }),
-    }
 }
 
 #[cfg(test)]

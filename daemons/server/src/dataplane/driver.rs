@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use relay_core::Error as RelayError;
 use relay_core::engine::{
-    Direction, EngineConfig, GroupId, GroupMode, RelayEngine, RelayOutput, Side, StorageRequest,
+    Direction, EngineConfig, GroupId, GroupMode, GroupStatus, RelayEngine, RelayOutput, Side,
+    StorageRequest,
 };
 use relay_core::log::{AnyStreamLog, Retention, Seq};
 use relay_core::protocol::{ErrorCode, GroupState};
@@ -25,9 +26,8 @@ use uuid::Uuid;
 use super::outbox::{Out, Outbox, Pushed};
 use super::storage::{self, AppendDone, AppendRequest, Event};
 use super::sync::SyncJob;
-use super::{BacklogCache, Command, ConnId, Refusal, ShownSeqs};
+use super::{Command, ConnId, Refusal, RelayStatusCache, ShownSeqs};
 use crate::config::RelayConfig;
-use crate::group_mode::Backlog;
 use crate::metrics::{CodeLabels, GroupDirectionLabels, RelayMetrics, TrimLabels};
 use crate::state::AppState;
 use crate::store::ModeChange;
@@ -74,8 +74,8 @@ struct Loaded {
     last_seen: [Option<Instant>; 2],
     mode: GroupMode,
     trimming: [bool; 2],
-    /// The backlog last written to the cache and the gauges (`None`: never).
-    published: Option<Backlog>,
+    /// The status last written to the cache and the gauges (`None`: never).
+    published: Option<GroupStatus>,
 }
 
 fn side_index(side: Side) -> usize {
@@ -147,7 +147,7 @@ pub(super) struct Driver {
     log: AnyStreamLog,
     config: RelayConfig,
     metrics: RelayMetrics,
-    cache: Arc<BacklogCache>,
+    cache: Arc<RelayStatusCache>,
     sync: mpsc::UnboundedSender<SyncJob>,
     /// The console's retransmission filter (see `Shared::shown`).
     shown: ShownSeqs,
@@ -183,7 +183,7 @@ impl Driver {
         log: AnyStreamLog,
         config: RelayConfig,
         metrics: RelayMetrics,
-        cache: Arc<BacklogCache>,
+        cache: Arc<RelayStatusCache>,
         sync: mpsc::UnboundedSender<SyncJob>,
         shown: ShownSeqs,
     ) -> Driver {
@@ -346,24 +346,19 @@ impl Driver {
                 continue;
             };
             let uuid = loaded.uuid;
-            let Some(status) = self.engine.group_status(&gid) else {
+            let Some(mut status) = self.engine.group_status(&gid) else {
                 continue;
-            };
-            let backlog = if status.mode == GroupMode::Active {
-                Backlog::default()
-            } else {
-                Backlog {
-                    a_to_b: status.backlog.a_to_b,
-                    b_to_a: status.backlog.b_to_a,
-                }
             };
             // Groups turn dirty on every ack: publish only what changed (the cache's write
-            // lock and two label allocations per group otherwise ran on each pump).
-            if loaded.published == Some(backlog) {
+            // lock and two label allocations per group otherwise ran on each pump), with the
+            // backlog as users see it.
+            status.backlog = status.waiting();
+            if loaded.published.as_ref() == Some(&status) {
                 continue;
             }
-            loaded.published = Some(backlog);
-            self.cache.set(uuid, backlog);
+            let backlog = status.backlog;
+            loaded.published = Some(status.clone());
+            self.cache.set(uuid, status);
             for (direction, value) in [
                 (Direction::AToB, backlog.a_to_b),
                 (Direction::BToA, backlog.b_to_a),
@@ -763,7 +758,7 @@ impl Driver {
     }
 
     fn on_mode_change(&mut self, change: &ModeChange) {
-        let activated = change.state.mode != crate::group_mode::GroupMode::Inactive;
+        let activated = change.state.mode != GroupMode::Inactive;
         self.set_activation(change.state.id, activated);
     }
 

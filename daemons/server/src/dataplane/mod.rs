@@ -23,11 +23,12 @@
 //! at most every [`driver::CURSOR_FLUSH`]: a lost cursor only causes re-delivery, which agents
 //! deduplicate by seq.
 //!
-//! The backlog the REST API shows ([`BacklogCache`], the server's
-//! [`crate::group_mode::BacklogProbe`]) is the engine's per-direction backlog while the group
-//! is not `active` (a side is offline or replaying), and zero while it is `active`: frames in
-//! flight to a live consumer are not a backlog. That keeps the REST mode (computed from
-//! presence and backlog) equal to the engine's.
+//! The rest of the server reads the engine through [`RelayStatusCache`] (its
+//! [`crate::group_mode::RelayProbe`]): the engine's status of every group it holds, rewritten by
+//! the driver whenever what the server shows of it changes (mode, offline sides, replay state,
+//! or the backlog as users see it, [`GroupStatus::waiting`]). Mode and backlog in the REST API,
+//! the audit log and `group_state` events follow from it and the engine's rule
+//! ([`crate::group_mode`]).
 //!
 //! What it does not do: it does not evict groups (a loaded group stays in memory until it is
 //! deleted; the per-group state is small), and it trims only groups loaded since the start
@@ -59,8 +60,7 @@ use uuid::Uuid;
 
 use crate::config::{RelayConfig, ServerConfig};
 use crate::error::ServerError;
-use crate::group_mode::Backlog;
-use crate::group_mode::BacklogProbe;
+use crate::group_mode::{GroupBacklog, GroupStatus, RelayProbe};
 use crate::http::{AgentAuth, ApiError};
 use crate::metrics::RelayMetrics;
 use crate::state::AppState;
@@ -79,20 +79,21 @@ const COMMAND_CAPACITY: usize = 4096;
 /// How long [`DataPlane::shutdown`] waits for the driver to close connections and flush.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
-/// Per-group backlog as the REST API sees it, written by the driver, read by the API.
+/// The relay engine's status of every group it holds, as the rest of the server reads it:
+/// written by the driver, read by the API, the store and the console. To spare a write on every
+/// acknowledgement, an entry holds the backlog as users see it ([`GroupStatus::waiting`]: zero
+/// while the group is `active`) and is rewritten only when something in it changed.
 #[derive(Debug, Default)]
-pub struct BacklogCache {
-    map: RwLock<HashMap<Uuid, Backlog>>,
+pub struct RelayStatusCache {
+    map: RwLock<HashMap<Uuid, GroupStatus>>,
 }
 
-impl BacklogCache {
-    fn set(&self, group: Uuid, backlog: Backlog) {
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if backlog.is_empty() {
-            map.remove(&group);
-        } else {
-            map.insert(group, backlog);
-        }
+impl RelayStatusCache {
+    fn set(&self, group: Uuid, status: GroupStatus) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group, status);
     }
 
     fn remove(&self, group: Uuid) {
@@ -103,22 +104,24 @@ impl BacklogCache {
     }
 
     /// Every non-empty backlog (for the periodic `group_state` publisher).
-    fn snapshot(&self) -> HashMap<Uuid, Backlog> {
+    fn backlogs(&self) -> HashMap<Uuid, GroupBacklog> {
         self.map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .filter(|(_, status)| !status.backlog.is_empty())
+            .map(|(group, status)| (*group, status.backlog))
+            .collect()
     }
 }
 
-impl BacklogProbe for BacklogCache {
-    fn backlog(&self, group: Uuid) -> Backlog {
+impl RelayProbe for RelayStatusCache {
+    fn status(&self, group: Uuid) -> Option<GroupStatus> {
         self.map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&group)
-            .copied()
-            .unwrap_or_default()
+            .cloned()
     }
 }
 
@@ -307,7 +310,7 @@ impl DataPlane {
         log: StreamLogSource,
         config: RelayConfig,
         metrics: RelayMetrics,
-        cache: Arc<BacklogCache>,
+        cache: Arc<RelayStatusCache>,
     ) -> (DataPlane, DataPlaneTasks) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (stop_tx, mut stop_rx) = watch::channel(false);

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::{BacklogCache, taps};
-use crate::group_mode::Backlog;
+use super::{RelayStatusCache, taps};
+use crate::group_mode::{GroupBacklog, RelayProbe};
 use crate::state::AppState;
 use crate::store::Actor;
 
@@ -164,10 +164,10 @@ async fn apply(state: &AppState, job: SyncJob) {
 /// `stop` turns true.
 pub(super) async fn publish_backlogs(
     state: AppState,
-    cache: Arc<BacklogCache>,
+    cache: Arc<RelayStatusCache>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut published: HashMap<Uuid, Backlog> = HashMap::new();
+    let mut published: HashMap<Uuid, GroupBacklog> = HashMap::new();
     let mut tick = tokio::time::interval(BACKLOG_PUBLISH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -175,22 +175,18 @@ pub(super) async fn publish_backlogs(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = cache.snapshot();
+        let now = cache.backlogs();
         // Changed or new backlogs, and groups whose backlog drained to zero since.
-        let mut changed: Vec<(Uuid, Backlog)> = now
+        let mut changed: Vec<Uuid> = now
             .iter()
             .filter(|(g, b)| published.get(g) != Some(b))
-            .map(|(g, b)| (*g, *b))
+            .map(|(g, _)| *g)
             .collect();
-        changed.extend(
-            published
-                .keys()
-                .filter(|g| !now.contains_key(g))
-                .map(|g| (*g, Backlog::default())),
-        );
-        for (group, backlog) in changed {
+        changed.extend(published.keys().filter(|g| !now.contains_key(g)));
+        for group in changed {
+            let relay = cache.status(group);
             match state.store().call(move |store| store.group(group)).await {
-                Ok(Some(record)) => state.console().group_state(&record.state(backlog)),
+                Ok(Some(record)) => state.console().group_state(&record.state(relay.as_ref())),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(%group, %err, "cannot read a group to publish its backlog");

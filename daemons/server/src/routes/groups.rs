@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::validate_name;
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
-use crate::store::{Actor, GroupRefusal, GroupState};
+use crate::store::{Actor, GroupRefusal, GroupView};
 
 /// Body of `POST /api/v1/groups`.
 #[derive(Debug, Deserialize)]
@@ -64,7 +64,7 @@ pub(super) async fn create(
         })
         .await?;
     let group = created.map_err(refusal)?;
-    let state_now = group.state(state.backlog.backlog(group.id));
+    let state_now = group.state(state.relay.status(group.id).as_ref());
     Ok((StatusCode::CREATED, Json(state_now)))
 }
 
@@ -76,9 +76,9 @@ pub(super) async fn list(
         .store
         .call(move |store| store.list_groups(user.id))
         .await?;
-    let states: Vec<GroupState> = groups
+    let states: Vec<GroupView> = groups
         .iter()
-        .map(|g| g.state(state.backlog.backlog(g.id)))
+        .map(|g| g.state(state.relay.status(g.id).as_ref()))
         .collect();
     Ok(Json(json!({ "groups": states })))
 }
@@ -93,7 +93,7 @@ pub(super) async fn get(
         .call(move |store| store.get_group(user.id, id))
         .await?
         .ok_or_else(|| ApiError::not_found("group"))?;
-    Ok(Json(group.state(state.backlog.backlog(group.id))))
+    Ok(Json(group.state(state.relay.status(group.id).as_ref())))
 }
 
 pub(super) async fn delete(
@@ -120,12 +120,13 @@ async fn set_activated(
     actor: Actor,
     id: Uuid,
     activated: bool,
-) -> Result<Json<GroupState>, ApiError> {
-    let backlog = state.backlog.backlog(id);
+) -> Result<Json<GroupView>, ApiError> {
+    let relay = state.relay.status(id);
+    let relay_now = relay.clone();
     let result = state
         .store
         .call(move |store| {
-            store.set_group_activated(user_id, id, activated, backlog, &actor, Utc::now())
+            store.set_group_activated(user_id, id, activated, relay_now, &actor, Utc::now())
         })
         .await?;
     let (group, change) = result.ok_or_else(|| ApiError::not_found("group"))?;
@@ -138,14 +139,14 @@ async fn set_activated(
         );
     }
     state.publish_mode_changes(change);
-    Ok(Json(group.state(backlog)))
+    Ok(Json(group.state(relay.as_ref())))
 }
 
 pub(super) async fn activate(
     State(state): State<AppState>,
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
-) -> Result<Json<GroupState>, ApiError> {
+) -> Result<Json<GroupView>, ApiError> {
     let actor = Actor::User(user.name.clone());
     set_activated(state, user.id, actor, id, true).await
 }
@@ -154,7 +155,7 @@ pub(super) async fn deactivate(
     State(state): State<AppState>,
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
-) -> Result<Json<GroupState>, ApiError> {
+) -> Result<Json<GroupView>, ApiError> {
     let actor = Actor::User(user.name.clone());
     set_activated(state, user.id, actor, id, false).await
 }

@@ -8,7 +8,7 @@ use super::{
     Actor, Agent, Announce, Dongle, ModeChange, Store, opt_time_at, time_at, to_millis, uuid_at,
 };
 use crate::error::ServerError;
-use crate::group_mode::Backlog;
+use crate::group_mode::GroupStatus;
 
 const DONGLE_COLUMNS: &str = "id, user_id, serial, agent_id, online, last_seen, created_at";
 
@@ -207,8 +207,8 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Marks every online dongle offline and re-evaluates their groups' modes (with no backlog
-    /// known yet). The data plane calls this when it starts: presence recorded by an earlier
+    /// Marks every online dongle offline and re-evaluates their groups' modes (the relay
+    /// engine holds nothing yet). The data plane calls this when it starts: presence recorded by an earlier
     /// process (stopped or killed) is stale until agents reconnect. Returns the mode changes
     /// written (and audited).
     pub fn reset_presence(&self, now: DateTime<Utc>) -> Result<Vec<ModeChange>, ServerError> {
@@ -234,7 +234,7 @@ impl Store {
         for group_id in groups {
             changes.extend(self.refresh_group_mode(
                 group_id,
-                Backlog::default(),
+                None,
                 &Actor::DataPlane,
                 "presence",
                 now,
@@ -244,14 +244,14 @@ impl Store {
     }
 
     /// Sets a dongle online or offline (data plane), updates `last_seen`, and re-evaluates the
-    /// mode of its group with the backlog `backlog_of` reports for it. Returns the mode changes
+    /// mode of its group with the relay engine's status `relay_of` reports for it. Returns the mode changes
     /// written (and audited), for the caller to publish as `group_state` events.
     pub fn set_dongle_online(
         &self,
         dongle_id: Uuid,
         online: bool,
         now: DateTime<Utc>,
-        backlog_of: &dyn Fn(Uuid) -> Backlog,
+        relay_of: &dyn Fn(Uuid) -> Option<GroupStatus>,
     ) -> Result<Vec<ModeChange>, ServerError> {
         let group = {
             let conn = self.lock();
@@ -272,7 +272,7 @@ impl Store {
         if let Some(group_id) = group {
             let change = self.refresh_group_mode(
                 group_id,
-                backlog_of(group_id),
+                relay_of(group_id),
                 &Actor::DataPlane,
                 "presence",
                 now,

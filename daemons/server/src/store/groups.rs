@@ -9,7 +9,7 @@ use super::{
     to_millis, uuid_at,
 };
 use crate::error::ServerError;
-use crate::group_mode::{Backlog, GroupMode};
+use crate::group_mode::{GroupMode, GroupStatus};
 
 const GROUP_SELECT: &str = "SELECT g.id, g.user_id, g.name, g.dongle_a, g.dongle_b, g.activated,
         g.mode, da.online, db.online, g.created_at
@@ -62,12 +62,12 @@ fn audit(
 fn apply_mode(
     conn: &Connection,
     group: &mut Group,
-    backlog: Backlog,
+    relay: Option<&GroupStatus>,
     actor: &Actor,
     action: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<ModeChange>, ServerError> {
-    let state = group.state(backlog);
+    let state = group.state(relay);
     if state.mode == group.mode {
         return Ok(None);
     }
@@ -283,7 +283,7 @@ impl Store {
         user_id: Uuid,
         group_id: Uuid,
         activated: bool,
-        backlog: Backlog,
+        relay: Option<GroupStatus>,
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> Result<Option<(Group, Option<ModeChange>)>, ServerError> {
@@ -311,17 +311,18 @@ impl Store {
             group.activated = activated;
         }
         let action = if activated { "activate" } else { "deactivate" };
-        let change = apply_mode(&tx, &mut group, backlog, actor, action, now)?;
+        let change = apply_mode(&tx, &mut group, relay.as_ref(), actor, action, now)?;
         tx.commit().map_err(ServerError::db("activating a group"))?;
         Ok(Some((group, change)))
     }
 
-    /// Re-evaluates a group's mode with a new backlog (data plane: backlog grew or drained) and
+    /// Re-evaluates a group's mode with the relay engine's new status of it (data plane: a side
+    /// started or stopped replaying, or the backlog changed) and
     /// stores and audits a change. `Ok(None)` when the mode is unchanged or the group is gone.
     pub fn refresh_group_mode(
         &self,
         group_id: Uuid,
-        backlog: Backlog,
+        relay: Option<GroupStatus>,
         actor: &Actor,
         action: &str,
         now: DateTime<Utc>,
@@ -341,7 +342,7 @@ impl Store {
         let Some(mut group) = group else {
             return Ok(None);
         };
-        let change = apply_mode(&tx, &mut group, backlog, actor, action, now)?;
+        let change = apply_mode(&tx, &mut group, relay.as_ref(), actor, action, now)?;
         tx.commit()
             .map_err(ServerError::db("refreshing a group mode"))?;
         Ok(change)

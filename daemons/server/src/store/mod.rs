@@ -29,7 +29,7 @@ use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
 pub use records::{
-    Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupState,
+    Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,
 };
 pub use schema::SCHEMA_VERSION;

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::group_mode::{Backlog, GroupFacts, GroupMode, OfflineSide, group_mode};
+pub use sse_core::events::GroupView;
+
+use crate::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 
 /// A user: owns agents, dongles and groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -113,20 +115,27 @@ pub struct Group {
 }
 
 impl Group {
-    /// The facts [`group_mode`] needs, with the given backlog.
-    pub fn facts(&self, backlog: Backlog) -> GroupFacts {
-        GroupFacts {
-            activated: self.activated,
-            a_online: self.a_online,
-            b_online: self.b_online,
-            backlog,
-        }
-    }
-
-    /// The group's current state as the API and `group_state` events show it.
-    pub fn state(&self, backlog: Backlog) -> GroupState {
-        let (mode, offline_side) = group_mode(self.facts(backlog));
-        GroupState {
+    /// The group's current state as the API and `group_state` events show it, given the relay
+    /// engine's status of it (`None`: the engine holds nothing of it).
+    ///
+    /// The mode is the engine's rule ([`GroupMode::decide`]) over the recorded activation and
+    /// presence and the engine's replay state; the backlog is the engine's
+    /// ([`GroupStatus::waiting`]). `offline_side` reports presence whatever the mode, so a user
+    /// sees before activating that a side is missing.
+    pub fn state(&self, relay: Option<&GroupStatus>) -> GroupView {
+        let offline_side = match (self.a_online, self.b_online) {
+            (true, true) => None,
+            (false, true) => Some(OfflineSide::A),
+            (true, false) => Some(OfflineSide::B),
+            (false, false) => Some(OfflineSide::Both),
+        };
+        let replaying = relay.is_some_and(|status| status.replaying);
+        let mode = GroupMode::decide(self.activated, offline_side.is_none(), replaying);
+        let backlog = match relay {
+            Some(status) if mode != GroupMode::Active => status.waiting(),
+            _ => GroupBacklog::default(),
+        };
+        GroupView {
             id: self.id,
             name: self.name.clone(),
             dongle_a: self.dongle_a,
@@ -136,25 +145,6 @@ impl Group {
             offline_side,
         }
     }
-}
-
-/// A group's state: the body of group answers and of `group_state` events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GroupState {
-    /// Group id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Dongle of side A.
-    pub dongle_a: Uuid,
-    /// Dongle of side B.
-    pub dongle_b: Uuid,
-    /// `inactive`, `active` or `degraded`.
-    pub mode: GroupMode,
-    /// Undelivered frames per direction.
-    pub backlog: Backlog,
-    /// Which side is offline, if any.
-    pub offline_side: Option<OfflineSide>,
 }
 
 /// Why a group could not be created.
@@ -195,7 +185,7 @@ pub struct ModeChange {
     /// The mode before.
     pub old: GroupMode,
     /// The state after.
-    pub state: GroupState,
+    pub state: GroupView,
 }
 
 /// One entry of a group's audit log.

@@ -3,7 +3,7 @@
 use chrono::Utc;
 
 use super::*;
-use crate::group_mode::{Backlog, GroupMode, OfflineSide};
+use crate::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 
 fn fixture() -> Result<(tempfile::TempDir, Store), ServerError> {
     let dir = tempfile::tempdir().map_err(|source| ServerError::Io {
@@ -59,11 +59,10 @@ fn presence_drives_mode_changes_with_audit() -> Result<(), Box<dyn std::error::E
     let group = store
         .create_group(user.id, &actor, "pair", a.id, b.id, now)?
         .map_err(|r| format!("refused: {r:?}"))?;
-    let none = |_| Backlog::default();
+    let none = |_| None;
     // Presence changes of an inactive group change no mode.
     assert!(store.set_dongle_online(a.id, true, now, &none)?.is_empty());
-    let activated =
-        store.set_group_activated(user.id, group.id, true, Backlog::default(), &actor, now)?;
+    let activated = store.set_group_activated(user.id, group.id, true, None, &actor, now)?;
     let (_, change) = activated.ok_or("group not found")?;
     assert_eq!(
         change.map(|c| (c.old, c.state.mode, c.state.offline_side)),
@@ -76,13 +75,24 @@ fn presence_drives_mode_changes_with_audit() -> Result<(), Box<dyn std::error::E
     let changes = store.set_dongle_online(b.id, true, now, &none)?;
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].state.mode, GroupMode::Active);
-    // A backlog keeps it degraded even with both sides online.
-    let backlog = Backlog {
+    // A stream replaying its backlog keeps it degraded even with both sides online, and the
+    // backlog shows.
+    let backlog = GroupBacklog {
         a_to_b: 5,
         b_to_a: 0,
     };
-    let change = store.refresh_group_mode(group.id, backlog, &Actor::DataPlane, "backlog", now)?;
-    assert_eq!(change.map(|c| c.state.mode), Some(GroupMode::Degraded));
+    let replaying = GroupStatus {
+        mode: GroupMode::Degraded,
+        backlog,
+        offline: Vec::new(),
+        replaying: true,
+    };
+    let change =
+        store.refresh_group_mode(group.id, Some(replaying), &Actor::DataPlane, "backlog", now)?;
+    assert_eq!(
+        change.map(|c| (c.state.mode, c.state.backlog)),
+        Some((GroupMode::Degraded, backlog))
+    );
     let audit = store.group_audit(user.id, group.id)?.unwrap_or_default();
     let trail: Vec<_> = audit
         .iter()
