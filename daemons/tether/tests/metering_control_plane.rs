@@ -62,6 +62,7 @@ fn spawn_agent_with_key(setup: &AgentSetup, n: usize, key: &str) -> Child {
 }
 
 struct Plane {
+    http: reqwest::Client,
     dir: tempfile::TempDir,
     port: u16,
     key: String,
@@ -103,6 +104,7 @@ impl Plane {
             d,
         );
         Plane {
+            http: reqwest::Client::new(),
             dir,
             port: free_port(),
             key,
@@ -113,7 +115,8 @@ impl Plane {
         format!("http://127.0.0.1:{}", self.port)
     }
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = self
+            .http
             .get(format!("{}{path}", self.url()))
             .bearer_auth(&self.operator)
             .send()
