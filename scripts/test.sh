@@ -58,6 +58,7 @@ command -v log2long >/dev/null || apt_install can-utils
 command -v unshare >/dev/null || apt_install util-linux
 command -v ip >/dev/null || apt_install iproute2
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+command -v systemd-analyze >/dev/null || apt_install systemd
 # The web page's browser tests (tests/python/test_webui.py) drive Debian's chromium.
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 
@@ -130,6 +131,30 @@ n_fail=$(grep -E '^test result:' "$out" | grep -oE '[0-9]+ failed' | grep -oE '[
 pass "${n_pass:-0}"
 if [ "$status" -ne 0 ]; then fail "cargo test" $(( ${n_fail:-0} > 0 ? ${n_fail:-0} : 1 )); fi
 rm -f "$out"
+
+log "deploy: systemd unit (systemd-analyze verify) and install script (DESTDIR)"
+deploy_tmp=$(mktemp -d)
+# verify checks that ExecStart exists: point it at a binary that does. Any message is a failure
+# (unknown keys are only warnings with exit code 0).
+sed "s|/usr/local/bin/tether|/bin/true|g" deploy/tether-agent.service >"$deploy_tmp/tether-agent.service"
+if verify_out=$(systemd-analyze verify "$deploy_tmp/tether-agent.service" 2>&1) && [ -z "$verify_out" ]; then
+    echo "systemd-analyze verify tether-agent.service: ok"
+    pass
+else
+    echo "$verify_out"
+    fail "systemd unit"
+fi
+if DESTDIR="$deploy_tmp/root" deploy/install.sh /bin/true >/dev/null \
+        && [ -x "$deploy_tmp/root/usr/local/bin/tether" ] \
+        && [ -f "$deploy_tmp/root/etc/systemd/system/tether-agent.service" ] \
+        && [ "$(stat -c %a "$deploy_tmp/root/etc/tether/agent.env")" = 600 ] \
+        && [ -f "$deploy_tmp/root/etc/tether/agent.yaml" ]; then
+    echo "deploy/install.sh into DESTDIR: ok"
+    pass
+else
+    fail "install script"
+fi
+rm -rf "$deploy_tmp"
 
 log "Python interop tests"
 log "building the tether Python module (bindings/) into $venv"

@@ -73,6 +73,7 @@ mod error;
 pub mod group_mode;
 pub mod http;
 mod listener;
+pub mod metering;
 pub mod metrics;
 pub mod routes;
 mod serve;
@@ -238,7 +239,16 @@ impl ServerBuilder {
             &metrics,
         )?;
         let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
-        let mut router = routes::router(state.clone(), config.max_body_bytes);
+        let metering_dir = config.data_dir.clone();
+        let metering =
+            tokio::task::spawn_blocking(move || metering::MeteringStore::open_in(&metering_dir))
+                .await
+                .map_err(|err| ServerError::TaskFailed {
+                    task: "metering storage",
+                    detail: err.to_string(),
+                })??;
+        let mut router = routes::router(state.clone(), config.max_body_bytes)
+            .layer(Extension(metering::Metering(Arc::new(metering))));
         let mut data_plane = None;
         if let Ok((relay_metrics, cache, log)) = relay {
             // Presence recorded by an earlier process is stale until agents reconnect.

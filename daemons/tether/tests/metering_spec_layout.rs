@@ -65,6 +65,23 @@ fn check_config_names_the_layout() {
         "{stdout}"
     );
 
+    // The deployment's file (deploy/metering.yaml) passes with its environment file's names.
+    let deployed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/metering.yaml");
+    let out = command(std::path::Path::new(deployed), "https://cp.example.com", "")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("logs: /var/log/tether (daily files, kept 7 days)"),
+        "{stdout}"
+    );
+
     let example = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../agent/examples/metering.yaml"

@@ -47,7 +47,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/groups/{id}/audit", get(groups::audit))
         .route("/streams/console", get(console::multiplexed))
         .route("/streams/dongles/{id}/console", get(console::dongle))
-        .route("/streams/groups/{id}/console", get(console::group));
+        .route("/streams/groups/{id}/console", get(console::group))
+        .merge(crate::metering::router());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

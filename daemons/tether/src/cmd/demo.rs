@@ -51,6 +51,13 @@ pub struct DemoArgs {
     /// Replay speed factor (1 = the capture's own timing) or `max`.
     #[arg(long, default_value = "1")]
     pub speed: String,
+    /// Also run the metering pipeline: a metering agent against the server's control plane,
+    /// with a few sessions pushed through Redis.
+    #[arg(long)]
+    pub metering: bool,
+    /// Redis for `--metering`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
+    pub redis_url: String,
 }
 
 /// A child process with a name for messages.
@@ -198,7 +205,7 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
 }
 
 /// A child of this binary with its stderr in `<dir>/logs/<name>.log`.
-fn child_command(exe: &Path, dir: &Path, name: &str) -> anyhow::Result<Command> {
+pub(super) fn child_command(exe: &Path, dir: &Path, name: &str) -> anyhow::Result<Command> {
     let mut cmd = Command::new(exe);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -368,6 +375,22 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
         children.add(dongle_name, dongle.spawn().context("starting a dongle")?);
     }
 
+    let metering = if args.metering {
+        let (mut cmd, health_port) =
+            super::demo_metering::prepare(&exe, &dir, &server_dir, &base, &args.redis_url, "demo")?;
+        children.add(
+            "metering agent",
+            cmd.spawn().context("starting the metering agent")?,
+        );
+        let sessions = super::demo_metering::push_sessions(&args.redis_url).await?;
+        Some(super::demo_metering::MeteringDemo {
+            health_port,
+            sessions,
+        })
+    } else {
+        None
+    };
+
     let (a, b) = (&sides[0].3, &sides[1].3);
     let group_url = format!("{base}/api/v1/streams/groups/{group_id}/console");
     println!("Tether demo: a server, two agents and two simulated dongles on this machine.");
@@ -393,6 +416,9 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     println!();
     println!("Watch the relay:");
     println!("  curl -N -H \"Authorization: Bearer {token}\" {group_url}");
+    if let Some(m) = &metering {
+        super::demo_metering::print(m, &base, &token);
+    }
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod can;
 pub mod demo;
+mod demo_metering;
 pub mod server;
 pub mod sse;

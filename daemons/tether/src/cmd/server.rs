@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use tether_runtime::signals::StopSignals;
 use tether_server::config::{self, Overrides, ServerConfig};
+use tether_server::metering::MeteringStore;
 use tether_server::store::Store;
 
 /// `tether server`: run the server, or manage its users' tokens.
@@ -53,6 +54,65 @@ pub enum ServerAction {
     /// Manage users' API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The metering control plane: data-plane server keys, customers, signing keys.
+    #[command(subcommand)]
+    Metering(MeteringCommand),
+}
+
+/// `tether server metering …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MeteringCommand {
+    /// Data-plane servers' `X-API-Key`s.
+    #[command(subcommand)]
+    Key(MeteringKeyCommand),
+    /// Customers and their credit balances.
+    #[command(subcommand)]
+    Customer(MeteringCustomerCommand),
+    /// The command-signing key.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
+}
+
+/// `tether server metering key …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MeteringKeyCommand {
+    /// Print a new `X-API-Key` for a data-plane server (shown once, stored hashed).
+    Create {
+        /// The server id the agent registers with (`server.id`).
+        #[arg(long)]
+        server_id: String,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `tether server metering customer …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MeteringCustomerCommand {
+    /// Create a customer with a credit balance (or set an existing one's balance).
+    Create {
+        /// Customer id (`customer_id` of the usage records).
+        #[arg(long)]
+        id: String,
+        /// Credit balance.
+        #[arg(long)]
+        credits: u32,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `tether server metering signing-key …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SigningKeyCommand {
+    /// Make a new key current; the previous one is still served until the next rotation.
+    Rotate {
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the token commands find the database.
@@ -74,6 +134,9 @@ pub enum TokenCommand {
         /// User name.
         #[arg(long)]
         user: String,
+        /// Give the user a role (`operator`: the metering control plane's operator APIs).
+        #[arg(long, value_parser = ["operator"])]
+        role: Option<String>,
         /// Where the database is.
         #[command(flatten)]
         store: StoreArgs,
@@ -101,6 +164,7 @@ pub enum TokenCommand {
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(ServerAction::Token(cmd)) => run_token(cmd),
+        Some(ServerAction::Metering(cmd)) => run_metering(cmd),
         None => run_server(args.run),
     }
 }
@@ -113,7 +177,7 @@ fn load_config(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Serv
     Ok(ServerConfig::resolve(file, &origin, overrides)?)
 }
 
-fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+fn data_dir(args: &StoreArgs) -> anyhow::Result<PathBuf> {
     let config = load_config(
         args.config.as_deref(),
         Overrides {
@@ -121,12 +185,57 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
             ..Overrides::default()
         },
     )?;
-    Ok(Store::open_in(&config.data_dir)?)
+    Ok(config.data_dir)
+}
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    Ok(Store::open_in(&data_dir(args)?)?)
+}
+
+fn open_metering(args: &StoreArgs) -> anyhow::Result<MeteringStore> {
+    Ok(MeteringStore::open_in(&data_dir(args)?)?)
+}
+
+fn run_metering(cmd: MeteringCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        MeteringCommand::Key(MeteringKeyCommand::Create { server_id, store }) => {
+            let id = server_id.trim();
+            anyhow::ensure!(
+                !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(
+                        |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                    ),
+                "server id must be 1-128 characters of [A-Za-z0-9._:-]"
+            );
+            let (key_id, secret) = open_metering(&store)?.create_server_key(id, Utc::now())?;
+            eprintln!(
+                "created X-API-Key {key_id} for server {id:?}; it is shown once, store it now"
+            );
+            println!("{secret}");
+        }
+        MeteringCommand::Customer(MeteringCustomerCommand::Create { id, credits, store }) => {
+            let id = id.trim();
+            anyhow::ensure!(
+                !id.is_empty() && id.len() <= 256,
+                "customer id must be 1 to 256 bytes"
+            );
+            let created =
+                open_metering(&store)?.upsert_customer(id, i64::from(credits), Utc::now())?;
+            let verb = if created { "created" } else { "updated" };
+            println!("{verb} customer {id} with {credits} credits");
+        }
+        MeteringCommand::SigningKey(SigningKeyCommand::Rotate { store }) => {
+            let kid = tether_server::metering::keys::rotate(&open_metering(&store)?, Utc::now())?;
+            println!("current signing key: {kid}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TokenCommand::Create { user, store } => {
+        TokenCommand::Create { user, role, store } => {
             let name = user.trim();
             anyhow::ensure!(
                 !name.is_empty()
@@ -134,6 +243,9 @@ fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     && !name.chars().any(char::is_control),
                 "user name must be 1 to 100 characters without control characters"
             );
+            if role.is_some() {
+                open_metering(&store)?.grant_operator(name)?;
+            }
             let store = open_store(&store)?;
             let (user, id, issued) = store.create_user_token(name, Utc::now())?;
             eprintln!(
