@@ -34,7 +34,10 @@ fn group_commits_list_sources_and_read_time_ranges(i: &mut dyn UplinkInbox) {
     let commits = i
         .commit_many(&[("a", &a1[..]), ("b", &b1[..]), ("a", &a2[..])])
         .unwrap();
-    let got: Vec<_> = commits.iter().map(|c| (c.stored, c.duplicates, c.ack)).collect();
+    let got: Vec<_> = commits
+        .iter()
+        .map(|c| (c.stored, c.duplicates, c.ack))
+        .collect();
     assert_eq!(got, vec![(3, 0, 3), (2, 0, 2), (2, 1, 5)]);
     // One invalid batch refuses the whole group.
     assert!(matches!(

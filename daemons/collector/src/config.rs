@@ -243,7 +243,10 @@ fn durability(text: Option<&str>) -> anyhow::Result<Durability> {
 
 /// Reads the configuration from an optional YAML `file` text and the environment (`env`
 /// looks a variable up), validating it.
-pub fn load(file: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<CollectorConfig> {
+pub fn load(
+    file: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<CollectorConfig> {
     let mut tree = match file {
         Some(text) => {
             let mut yaml: serde_norway::Value =
@@ -274,6 +277,60 @@ pub fn load(file: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
             }
         }
     }
+    from_tree(tree)
+}
+
+/// What the `telemetry:` section of `tether agent` takes from the rest of the agent's file.
+#[derive(Debug, Clone, Default)]
+pub struct SectionDefaults {
+    /// `DB_PATH` when the section has none (`<data_dir>/telemetry.db`).
+    pub db_path: Option<PathBuf>,
+    /// `REMOTE_ENDPOINT_URL` when the section has none (from the agent's `server_url`).
+    pub remote_endpoint_url: Option<String>,
+    /// `API_KEY` when the section has none (the agent's token).
+    pub api_key: Option<String>,
+}
+
+/// The vehicle role from a `telemetry:` section of `tether agent` (the same keys as the
+/// collector's file, without `role`; no dashboard API unless it sets `listen`).
+pub fn vehicle_from_section(
+    section: &Value,
+    defaults: &SectionDefaults,
+) -> anyhow::Result<VehicleConfig> {
+    let mut map = match section {
+        Value::Object(map) => map.clone(),
+        Value::Null => Map::new(),
+        _ => bail!("telemetry: must be a mapping"),
+    };
+    if map.contains_key("role") {
+        bail!("telemetry: is always the vehicle role; remove `role`");
+    }
+    let has_listen = map.contains_key("listen");
+    let mut fill = |key: &str, value: Option<String>| {
+        if let Some(v) = value
+            && !map.contains_key(key)
+        {
+            map.insert(key.to_owned(), Value::String(v));
+        }
+    };
+    fill(
+        "db_path",
+        defaults.db_path.as_ref().map(|p| p.display().to_string()),
+    );
+    fill("remote_endpoint_url", defaults.remote_endpoint_url.clone());
+    fill("api_key", defaults.api_key.clone());
+    match from_tree(Value::Object(map)).context("telemetry:")? {
+        CollectorConfig::Vehicle(mut v) => {
+            if !has_listen {
+                v.listen = None;
+            }
+            Ok(v)
+        }
+        CollectorConfig::Remote(_) => bail!("telemetry: is always the vehicle role"),
+    }
+}
+
+fn from_tree(tree: Value) -> anyhow::Result<CollectorConfig> {
     let raw: Raw = serde_json::from_value(tree).context("reading the collector config")?;
     let listen: SocketAddr = raw
         .listen
@@ -333,7 +390,10 @@ pub fn load(file: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                     || a.id.len() > relay_core::uplink::MAX_SOURCE_LEN
                     || a.id.chars().any(char::is_control)
                 {
-                    bail!("vehicle id {:?} must be 1..=128 bytes without control characters", a.id);
+                    bail!(
+                        "vehicle id {:?} must be 1..=128 bytes without control characters",
+                        a.id
+                    );
                 }
                 if vehicles[..i].iter().any(|b| b.api_key == a.api_key) {
                     bail!("vehicles {:?} and another one share an API key", a.id);
@@ -367,7 +427,10 @@ mod tests {
         let e = env(&[
             ("ROLE", "vehicle"),
             ("DB_PATH", "/tmp/v.db"),
-            ("REMOTE_ENDPOINT_URL", "ws://127.0.0.1:9/ws/telemetry/upload"),
+            (
+                "REMOTE_ENDPOINT_URL",
+                "ws://127.0.0.1:9/ws/telemetry/upload",
+            ),
             ("ENABLE_CAN_LISTENER", "0"),
             ("DASHBOARD_RETENTION_S", "60"),
             ("MAX_LOCAL_RECORDS", "500"),
@@ -386,8 +449,13 @@ mod tests {
 
     #[test]
     fn the_environment_wins_over_the_file_and_keys_merge() -> anyhow::Result<()> {
-        let file = "role: remote\nlisten: 127.0.0.1:1\nvehicles:\n  - id: car-1\n    api_key: ${K1}\n";
-        let e = env(&[("K1", "k-one"), ("API_KEYS", "car-2:k-two"), ("LISTEN", "127.0.0.1:2")]);
+        let file =
+            "role: remote\nlisten: 127.0.0.1:1\nvehicles:\n  - id: car-1\n    api_key: ${K1}\n";
+        let e = env(&[
+            ("K1", "k-one"),
+            ("API_KEYS", "car-2:k-two"),
+            ("LISTEN", "127.0.0.1:2"),
+        ]);
         let CollectorConfig::Remote(r) = load(Some(file), &e)? else {
             bail!("not a remote");
         };
@@ -402,11 +470,23 @@ mod tests {
         let cases: &[&'static [(&'static str, &'static str)]] = &[
             &[("ROLE", "cloud")],
             &[("ROLE", "vehicle"), ("ENABLE_CAN_LISTENER", "false")],
-            &[("ROLE", "vehicle"), ("REMOTE_ENDPOINT_URL", "http://x"), ("ENABLE_CAN_LISTENER", "no")],
+            &[
+                ("ROLE", "vehicle"),
+                ("REMOTE_ENDPOINT_URL", "http://x"),
+                ("ENABLE_CAN_LISTENER", "no"),
+            ],
             &[("ROLE", "remote"), ("API_KEYS", "car-1")],
             &[("ROLE", "remote"), ("API_KEYS", "a:k,b:k")],
-            &[("ROLE", "vehicle"), ("MAX_LOCAL_RECORDS", "0"), ("ENABLE_UPLINK_MANAGER", "false")],
-            &[("ROLE", "vehicle"), ("CAN_BUS", "tcp://x"), ("ENABLE_UPLINK_MANAGER", "false")],
+            &[
+                ("ROLE", "vehicle"),
+                ("MAX_LOCAL_RECORDS", "0"),
+                ("ENABLE_UPLINK_MANAGER", "false"),
+            ],
+            &[
+                ("ROLE", "vehicle"),
+                ("CAN_BUS", "tcp://x"),
+                ("ENABLE_UPLINK_MANAGER", "false"),
+            ],
         ];
         for vars in cases {
             assert!(load(None, &env(vars)).is_err(), "{vars:?} accepted");

@@ -57,7 +57,9 @@ pub fn is_json_object(payload: &[u8]) -> bool {
 /// Appends `{"seq": S, "ts_ms": T, <extra>"record": <payload>}` to `out`; `payload` must be a
 /// JSON object (checked when it was stored).
 pub fn push_item(out: &mut Vec<u8>, seq: u64, ts_ms: u64, extra: &str, payload: &[u8]) {
-    out.extend_from_slice(format!("{{\"seq\":{seq},\"ts_ms\":{ts_ms},{extra}\"record\":").as_bytes());
+    out.extend_from_slice(
+        format!("{{\"seq\":{seq},\"ts_ms\":{ts_ms},{extra}\"record\":").as_bytes(),
+    );
     out.extend_from_slice(payload);
     out.push(b'}');
 }

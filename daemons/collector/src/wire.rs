@@ -159,7 +159,11 @@ pub fn decode_batch(message: &Bytes) -> Result<Vec<OutboxRecord>, BatchError> {
             return Err(BatchError::Malformed("record is not a JSON object"));
         }
         previous = Some(seq);
-        records.push(OutboxRecord { seq, ts_ms, payload });
+        records.push(OutboxRecord {
+            seq,
+            ts_ms,
+            payload,
+        });
     }
     if !buf.is_empty() {
         return Err(BatchError::Malformed("trailing bytes"));

@@ -56,6 +56,7 @@ pub(crate) struct Driver {
     pub(crate) live: broadcast::Sender<Arc<LiveRecord>>,
     pub(crate) listener: Arc<ListenerCounters>,
     pub(crate) metrics: Arc<VehicleMetrics>,
+    pub(crate) acked: tokio::sync::watch::Sender<u64>,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     link: Option<mpsc::Sender<Bytes>>,
@@ -92,6 +93,7 @@ impl Driver {
         live: broadcast::Sender<Arc<LiveRecord>>,
         listener: Arc<ListenerCounters>,
         metrics: Arc<VehicleMetrics>,
+        acked: tokio::sync::watch::Sender<u64>,
     ) -> Self {
         let session = UplinkSession::new(
             session_config(&config),
@@ -111,6 +113,7 @@ impl Driver {
             live,
             listener,
             metrics,
+            acked,
             events_tx,
             events,
             link: None,
@@ -142,9 +145,10 @@ impl Driver {
                 self.session.handle_disconnected(self.now());
             }
             self.report_state_change().await;
-            let timeout = self.session.poll_timeout().map(|at| {
-                tokio::time::Instant::from_std(self.started + Duration::from_millis(at))
-            });
+            let timeout = self
+                .session
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::from_std(self.started + Duration::from_millis(at)));
             let wake = async {
                 match timeout {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -217,6 +221,7 @@ impl Driver {
                         );
                     }
                     self.session.handle_reconciled(&reconciled, self.now());
+                    self.acked.send_replace(self.outbox.acked());
                 }
                 SessionAction::Send { after, max } => {
                     let batch = self.outbox.next_batch(after, max).await?;
@@ -226,6 +231,7 @@ impl Driver {
                 SessionAction::MarkUplinked { up_to } => {
                     let n = self.outbox.ack(up_to).await?;
                     self.metrics.uplinked.inc_by(n);
+                    self.acked.send_replace(self.outbox.acked());
                 }
                 SessionAction::DropPending { reason } => {
                     self.outbox.drop_pending(reason).await?;
@@ -354,7 +360,9 @@ impl Driver {
                 self.metrics.store_errors.inc_by(n);
                 tracing::error!(error = %e, records = n, "the local store refused records");
                 if matches!(e, relay_core::error::Error::OutboxOutOfStep { .. }) {
-                    tracing::error!("the stream is out of step with its store; restart the collector");
+                    tracing::error!(
+                        "the stream is out of step with its store; restart the collector"
+                    );
                 }
             }
         }

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::driver::{Request, wall_ms};
 use super::LiveRecord;
+use super::driver::{Request, wall_ms};
 use crate::http::{error, json_bytes, only_params, param};
 use crate::record::push_item;
 
@@ -59,11 +59,11 @@ async fn recent(
         let seconds = param(&query, "seconds", api.retention_s)?.unwrap_or(api.retention_s);
         let before = param(&query, "before", i64::MAX as u64)?;
         let limit = param(&query, "limit", 1000)?.unwrap_or(100).max(1) as usize;
-        Ok::<_, Response>((seconds, before, limit))
+        Ok::<_, crate::http::BadRequest>((seconds, before, limit))
     })();
     let (seconds, before, limit) = match parsed {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(bad) => return bad.into_response(),
     };
     let (reply, answer) = oneshot::channel();
     let request = Request::Recent {

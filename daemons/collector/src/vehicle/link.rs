@@ -122,7 +122,9 @@ pub(crate) fn spawn_connect(
                         Err(e) => break format!("bad message from the remote: {e}"),
                     }
                 }
-                Some(Ok(Message::Close(frame))) => break format!("closed by the remote: {frame:?}"),
+                Some(Ok(Message::Close(frame))) => {
+                    break format!("closed by the remote: {frame:?}");
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break format!("connection error: {e}"),
                 None => break "connection closed".to_owned(),
@@ -133,15 +135,14 @@ pub(crate) fn spawn_connect(
     });
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, api_key: Option<&str>) -> Result<(Ws, u64), Failure> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| Failure {
-            reason: format!("REMOTE_ENDPOINT_URL {url:?}: {e}"),
-            fatal: true,
-        })?;
+    let mut request = url.into_client_request().map_err(|e| Failure {
+        reason: format!("REMOTE_ENDPOINT_URL {url:?}: {e}"),
+        fatal: true,
+    })?;
     if let Some(key) = api_key {
         let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Failure {
             reason: "API_KEY is not a valid header value".into(),
