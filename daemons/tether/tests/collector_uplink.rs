@@ -243,3 +243,56 @@ async fn a_bad_key_is_refused_before_the_upgrade() {
     assert_eq!(welcome["vehicle"], "car-1");
     assert_eq!(welcome["acked"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_telemetry_role_uplinks_with_the_agent_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (remote_port, dashboard_port) = (free_port(), free_port());
+    let mut bus = Bus::start().await;
+    let remote = Collector::spawn(
+        dir.path(),
+        "remote",
+        &remote_env(
+            &dir.path().join("remote.db"),
+            remote_port,
+            "truck-9:ta_agent_token",
+        ),
+    );
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server_url: http://127.0.0.1:{remote_port}\ntoken: ${{AGENT_TOKEN}}\n\
+             data_dir: {}\ntelemetry:\n  can_bus: socketcand://{}/vcan0\n  \
+             listen: 127.0.0.1:{dashboard_port}\n  status_interval_ms: 200\n",
+            dir.path().join("agent").display(),
+            bus.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("AGENT_TOKEN", "ta_agent_token")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let dashboard = format!("http://127.0.0.1:{dashboard_port}/api/v1/telemetry/status");
+    wait_for("the agent's telemetry role connected", || async {
+        get_json(&dashboard, None)
+            .await
+            .filter(|s| s["state"] == "connected")
+    })
+    .await;
+    bus.send_counters(0..40).await;
+    let remote_url = remote.http.clone();
+    wait_for("40 records under the agent token's vehicle", || async {
+        (remote_records(&remote_url, "truck-9").await.len() == 40).then_some(())
+    })
+    .await;
+    assert!(dir.path().join("agent").join("telemetry.db").exists());
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -410,7 +410,9 @@ impl Driver {
                 let _ = reply.send(page);
             }
             Request::Status { reply } => {
-                let _ = reply.send(self.status());
+                let status = self.status();
+                self.metrics.refresh(&status);
+                let _ = reply.send(status);
             }
         }
     }

@@ -131,5 +131,10 @@ async fn stream(State(api): State<VehicleApi>) -> Response {
 }
 
 async fn metrics(State(api): State<VehicleApi>) -> Response {
+    // A status request refreshes the gauges first, so they are current, not a tick old.
+    let (reply, answer) = oneshot::channel();
+    if api.requests.send(Request::Status { reply }).await.is_ok() {
+        let _ = answer.await;
+    }
     crate::http::metrics(&api.registry)
 }

@@ -155,6 +155,14 @@ impl Vehicle {
             Some(path) => Some(DbcDecoder::load(path)?),
             None => None,
         };
+        if let Some(parent) = config
+            .db_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         let path = config.db_path.clone();
         let durability = config.durability;
         let sqlite =
