@@ -67,6 +67,10 @@ pub struct AgentConfig {
     /// The dongle role (REMP dongles ↔ `/ws/data`).
     #[serde(default)]
     pub dongle: Option<DongleSection>,
+    /// The telemetry role (the vehicle collector, `tether_collector`): the keys of
+    /// `tether collector`'s file, in lower case, without `role`.
+    #[serde(default)]
+    pub telemetry: Option<Value>,
 }
 
 impl AgentConfig {
@@ -78,6 +82,33 @@ impl AgentConfig {
             (None, Some(d)) => &d.log_level,
             (None, None) => "info",
         }
+    }
+
+    /// The telemetry role's validated settings; `None` without a `telemetry:` section. Its
+    /// store defaults to `<data_dir>/telemetry.db`, its remote to the server's
+    /// `/ws/telemetry/upload` and its credential to the agent's token.
+    pub fn telemetry_role(
+        &self,
+    ) -> anyhow::Result<Option<tether_collector::config::VehicleConfig>> {
+        let Some(section) = &self.telemetry else {
+            return Ok(None);
+        };
+        let remote = self.server_url.as_deref().map(|url| {
+            let ws = if let Some(rest) = url.strip_prefix("https://") {
+                format!("wss://{rest}")
+            } else if let Some(rest) = url.strip_prefix("http://") {
+                format!("ws://{rest}")
+            } else {
+                url.to_owned()
+            };
+            format!("{}/ws/telemetry/upload", ws.trim_end_matches('/'))
+        });
+        let defaults = tether_collector::config::SectionDefaults {
+            db_path: self.data_dir.as_ref().map(|d| d.join("telemetry.db")),
+            remote_endpoint_url: remote,
+            api_key: self.token.clone(),
+        };
+        tether_collector::config::vehicle_from_section(section, &defaults).map(Some)
     }
 
     /// The dongle role's validated settings (its section with `server_url`, `token` and
@@ -483,17 +514,21 @@ pub fn parse(
     let layout = nest_specification_layout(&mut value)?;
     let mut cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
     cfg.layout = layout;
-    if cfg.metering.is_none() && cfg.dongle.is_none() {
-        bail!("no role configured: add a `metering:` or a `dongle:` section");
+    if cfg.metering.is_none() && cfg.dongle.is_none() && cfg.telemetry.is_none() {
+        bail!("no role configured: add a `metering:`, `dongle:` or `telemetry:` section");
     }
     if let Some(m) = &cfg.metering {
         m.validate()?;
     }
+    cfg.telemetry_role()?;
     if cfg.dongle.is_some() {
         cfg.dongle_role()?;
-    } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
+    } else if cfg.telemetry.is_none()
+        && (cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some())
+    {
         bail!(
-            "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"
+            "server_url, token and data_dir are settings of the dongle and telemetry roles: \
+             add a `dongle:` or `telemetry:` section"
         );
     }
     Ok(cfg)

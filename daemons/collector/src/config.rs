@@ -277,6 +277,60 @@ pub fn load(
             }
         }
     }
+    from_tree(tree)
+}
+
+/// What the `telemetry:` section of `tether agent` takes from the rest of the agent's file.
+#[derive(Debug, Clone, Default)]
+pub struct SectionDefaults {
+    /// `DB_PATH` when the section has none (`<data_dir>/telemetry.db`).
+    pub db_path: Option<PathBuf>,
+    /// `REMOTE_ENDPOINT_URL` when the section has none (from the agent's `server_url`).
+    pub remote_endpoint_url: Option<String>,
+    /// `API_KEY` when the section has none (the agent's token).
+    pub api_key: Option<String>,
+}
+
+/// The vehicle role from a `telemetry:` section of `tether agent` (the same keys as the
+/// collector's file, without `role`; no dashboard API unless it sets `listen`).
+pub fn vehicle_from_section(
+    section: &Value,
+    defaults: &SectionDefaults,
+) -> anyhow::Result<VehicleConfig> {
+    let mut map = match section {
+        Value::Object(map) => map.clone(),
+        Value::Null => Map::new(),
+        _ => bail!("telemetry: must be a mapping"),
+    };
+    if map.contains_key("role") {
+        bail!("telemetry: is always the vehicle role; remove `role`");
+    }
+    let has_listen = map.contains_key("listen");
+    let mut fill = |key: &str, value: Option<String>| {
+        if let Some(v) = value
+            && !map.contains_key(key)
+        {
+            map.insert(key.to_owned(), Value::String(v));
+        }
+    };
+    fill(
+        "db_path",
+        defaults.db_path.as_ref().map(|p| p.display().to_string()),
+    );
+    fill("remote_endpoint_url", defaults.remote_endpoint_url.clone());
+    fill("api_key", defaults.api_key.clone());
+    match from_tree(Value::Object(map)).context("telemetry:")? {
+        CollectorConfig::Vehicle(mut v) => {
+            if !has_listen {
+                v.listen = None;
+            }
+            Ok(v)
+        }
+        CollectorConfig::Remote(_) => bail!("telemetry: is always the vehicle role"),
+    }
+}
+
+fn from_tree(tree: Value) -> anyhow::Result<CollectorConfig> {
     let raw: Raw = serde_json::from_value(tree).context("reading the collector config")?;
     let listen: SocketAddr = raw
         .listen

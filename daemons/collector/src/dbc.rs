@@ -170,7 +170,11 @@ fn raw_value(signal: &Signal, data: &[u8]) -> Option<i128> {
             for i in 0..size {
                 value = (value << 1) | bit_at(data, bit)?;
                 if i + 1 < size {
-                    bit = if bit % 8 == 0 { bit + 15 } else { bit - 1 };
+                    bit = if bit.is_multiple_of(8) {
+                        bit + 15
+                    } else {
+                        bit - 1
+                    };
                 }
             }
         }

@@ -18,9 +18,14 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
     (status, axum::Json(body)).into_response()
 }
 
-/// A 400 `bad_request`.
-pub fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad_request", message)
+/// A refused request parameter: answered `400 {"error": {"code": "bad_request", …}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, "bad_request", self.0)
+    }
 }
 
 /// A 401 `unauthorized`.
@@ -62,12 +67,12 @@ pub fn param(
     query: &HashMap<String, String>,
     name: &str,
     max: u64,
-) -> Result<Option<u64>, Response> {
+) -> Result<Option<u64>, BadRequest> {
     match query.get(name) {
         None => Ok(None),
         Some(text) => match text.parse::<u64>() {
             Ok(v) if v <= max => Ok(Some(v)),
-            _ => Err(bad_request(format!(
+            _ => Err(BadRequest(format!(
                 "{name} must be an integer between 0 and {max}, got {text:?}"
             ))),
         },
@@ -75,9 +80,9 @@ pub fn param(
 }
 
 /// Refuses query parameters other than `allowed`.
-pub fn only_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Response> {
+pub fn only_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), BadRequest> {
     match query.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(bad_request(format!(
+        Some(k) => Err(BadRequest(format!(
             "unknown query parameter {k:?} (expected {})",
             allowed.join(", ")
         ))),
@@ -132,4 +137,25 @@ pub fn metrics(registry: &Arc<Registry>) -> Response {
             "metrics encoding failed",
         ),
     }
+}
+
+/// Serves `router` on `listen` until `stop` completes (open streams are cut then).
+pub async fn serve(
+    router: axum::Router,
+    listen: std::net::SocketAddr,
+    what: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding LISTEN {listen}"))?;
+    tracing::info!(addr = %tcp.local_addr()?, "{what} listening");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(tcp, router).await;
+    });
+    stop.await;
+    server.abort();
+    let _ = server.await;
+    Ok(())
 }

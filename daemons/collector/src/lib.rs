@@ -28,6 +28,18 @@ pub mod config;
 pub mod dbc;
 pub mod http;
 pub mod record;
+pub mod remote;
 pub mod status;
 pub mod vehicle;
 pub mod wire;
+
+/// Runs the configured role until `stop` completes.
+pub async fn run(
+    config: config::CollectorConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    match config {
+        config::CollectorConfig::Vehicle(v) => vehicle::run(v, stop).await,
+        config::CollectorConfig::Remote(r) => remote::run(r, stop).await,
+    }
+}

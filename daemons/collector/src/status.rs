@@ -139,3 +139,49 @@ mod tests {
         assert_eq!(&frames[3].frame.data()[4..], &1000u32.to_le_bytes());
     }
 }
+
+#[cfg(test)]
+mod dbc_tests {
+    use super::*;
+    use crate::dbc::DbcDecoder;
+
+    #[test]
+    fn the_shipped_dbc_decodes_the_frames() -> anyhow::Result<()> {
+        let dbc = DbcDecoder::parse(include_str!("../../../data/dbc/tether-system.dbc"))
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(dbc.len(), 4);
+        let report = StatusReport {
+            state: UplinkState::Error,
+            consecutive_failures: 7,
+            dropped: 42,
+            queue: 99,
+            stored: 120,
+            mean_latency_ms: Some(5),
+            max_latency_ms: Some(9),
+            bytes_per_s: 1000.0,
+            records_per_s: 20.0,
+        };
+        let decoded: Vec<_> = frames(&report, &"can0".into(), 0)
+            .iter()
+            .filter_map(|f| dbc.decode(&f.frame))
+            .collect();
+        let names: Vec<_> = decoded.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "UPLINK_STATUS",
+                "UPLINK_QUEUE",
+                "UPLINK_LATENCY",
+                "UPLINK_THROUGHPUT"
+            ]
+        );
+        assert_eq!(decoded[0].signals["UplinkState"]["value"], 3);
+        assert_eq!(decoded[0].signals["ConsecutiveFailures"]["value"], 7);
+        assert_eq!(decoded[0].signals["RecordsDropped"]["value"], 42);
+        assert_eq!(decoded[1].signals["QueueSize"]["value"], 99);
+        assert_eq!(decoded[2].signals["AvgLatency"]["value"], 5);
+        assert_eq!(decoded[3].signals["AvgThroughputKbps"]["value"], 8);
+        assert_eq!(decoded[3].signals["AvgThroughputRecords"]["value"], 20);
+        Ok(())
+    }
+}

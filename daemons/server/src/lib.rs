@@ -3,7 +3,9 @@
 //! Tether's cloud side as a library: the REST API (users and their tokens, agents, dongles,
 //! relay groups with their mode and audit log), `/healthz`, `/readyz` and `/metrics`; the data
 //! plane (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group;
-//! and the live console (Server-Sent Event streams of dongles and groups). Records live in
+//! the live console (Server-Sent Event streams of dongles and groups); and the telemetry
+//! receiver (`/ws/telemetry/upload` with agent tokens, `/api/v1/telemetry/vehicles…` with user
+//! tokens, `<data-dir>/telemetry.db`; see [`telemetry`] and `docs/protocols/telemetry.md`). Records live in
 //! SQLite (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; relay streams live in
 //! `<data-dir>/streams.db` (SQLite) or, with a Redis URL, in Redis Streams. The API is described
 //! in `docs/api.md`, the data-plane protocol in `docs/protocols/data-plane.md`, the console in
@@ -79,6 +81,7 @@ pub mod routes;
 mod serve;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod ui;
 
@@ -247,8 +250,19 @@ impl ServerBuilder {
                     task: "metering storage",
                     detail: err.to_string(),
                 })??;
+        let telemetry = tether_collector::remote::Remote::open(
+            &config.data_dir.join("telemetry.db"),
+            relay_core::sqlite::Durability::Full,
+            Arc::new(telemetry::StoreAuth::new(Arc::clone(state.store()))),
+        )
+        .map_err(|err| ServerError::TaskFailed {
+            task: "telemetry inbox",
+            detail: format!("{err:#}"),
+        })?;
         let mut router = routes::router(state.clone(), config.max_body_bytes)
-            .layer(Extension(metering::Metering(Arc::new(metering))));
+            .layer(Extension(metering::Metering(Arc::new(metering))))
+            .merge(tether_collector::remote::upload_router(telemetry.clone()))
+            .merge(tether_collector::remote::read_router(telemetry));
         let mut data_plane = None;
         if let Ok((relay_metrics, cache, log)) = relay {
             // Presence recorded by an earlier process is stale until agents reconnect.

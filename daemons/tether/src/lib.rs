@@ -1,7 +1,7 @@
 //! # tether (the binary)
 //!
 //! The `tether` binary: `tether server`, `tether agent`, `tether demo` and the command-line
-//! tools (`can …`, `sse …`). This crate is wiring only — parsing flags (clap), building the
+//! tools (`can …`, `sse …`), and `tether collector` (the telemetry roles). This crate is wiring only — parsing flags (clap), building the
 //! async runtime, registering stop signals and JSON logs (`tether-runtime`) — around the
 //! libraries that hold the logic: `tether-server` and `tether-agent` for the daemons, `can-io`
 //! and `sse-core` for the tools. `main.rs` only calls [`main`]; tests call [`run`] with a parsed
@@ -33,6 +33,9 @@ pub enum Command {
     /// CAN log and wire tools: stats, convert, replay, record.
     #[command(subcommand)]
     Can(cmd::can::CanCommand),
+    /// The telemetry collector, vehicle or remote role (`ROLE`, `DB_PATH`, … from the
+    /// environment or `--config`).
+    Collector(cmd::collector::CollectorArgs),
     /// The group relay on this machine: a server, two agents and two simulated dongles.
     Demo(cmd::demo::DemoArgs),
     /// The cloud server: REST API, records, health and metrics; `server token …` manages tokens.
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Can(cmd) => cmd::can::run(cmd),
+        Command::Collector(args) => cmd::collector::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Sse(cmd) => cmd::sse::run(cmd),

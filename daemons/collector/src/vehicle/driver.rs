@@ -56,6 +56,7 @@ pub(crate) struct Driver {
     pub(crate) live: broadcast::Sender<Arc<LiveRecord>>,
     pub(crate) listener: Arc<ListenerCounters>,
     pub(crate) metrics: Arc<VehicleMetrics>,
+    pub(crate) acked: tokio::sync::watch::Sender<u64>,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     link: Option<mpsc::Sender<Bytes>>,
@@ -92,6 +93,7 @@ impl Driver {
         live: broadcast::Sender<Arc<LiveRecord>>,
         listener: Arc<ListenerCounters>,
         metrics: Arc<VehicleMetrics>,
+        acked: tokio::sync::watch::Sender<u64>,
     ) -> Self {
         let session = UplinkSession::new(
             session_config(&config),
@@ -111,6 +113,7 @@ impl Driver {
             live,
             listener,
             metrics,
+            acked,
             events_tx,
             events,
             link: None,
@@ -218,6 +221,7 @@ impl Driver {
                         );
                     }
                     self.session.handle_reconciled(&reconciled, self.now());
+                    self.acked.send_replace(self.outbox.acked());
                 }
                 SessionAction::Send { after, max } => {
                     let batch = self.outbox.next_batch(after, max).await?;
@@ -227,6 +231,7 @@ impl Driver {
                 SessionAction::MarkUplinked { up_to } => {
                     let n = self.outbox.ack(up_to).await?;
                     self.metrics.uplinked.inc_by(n);
+                    self.acked.send_replace(self.outbox.acked());
                 }
                 SessionAction::DropPending { reason } => {
                     self.outbox.drop_pending(reason).await?;
@@ -405,7 +410,9 @@ impl Driver {
                 let _ = reply.send(page);
             }
             Request::Status { reply } => {
-                let _ = reply.send(self.status());
+                let status = self.status();
+                self.metrics.refresh(&status);
+                let _ = reply.send(status);
             }
         }
     }

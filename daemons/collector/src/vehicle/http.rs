@@ -59,11 +59,11 @@ async fn recent(
         let seconds = param(&query, "seconds", api.retention_s)?.unwrap_or(api.retention_s);
         let before = param(&query, "before", i64::MAX as u64)?;
         let limit = param(&query, "limit", 1000)?.unwrap_or(100).max(1) as usize;
-        Ok::<_, Response>((seconds, before, limit))
+        Ok::<_, crate::http::BadRequest>((seconds, before, limit))
     })();
     let (seconds, before, limit) = match parsed {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(bad) => return bad.into_response(),
     };
     let (reply, answer) = oneshot::channel();
     let request = Request::Recent {
@@ -131,5 +131,10 @@ async fn stream(State(api): State<VehicleApi>) -> Response {
 }
 
 async fn metrics(State(api): State<VehicleApi>) -> Response {
+    // A status request refreshes the gauges first, so they are current, not a tick old.
+    let (reply, answer) = oneshot::channel();
+    if api.requests.send(Request::Status { reply }).await.is_ok() {
+        let _ = answer.await;
+    }
     crate::http::metrics(&api.registry)
 }

@@ -33,6 +33,8 @@ pub struct ListenerCounters {
     pub status_frames: AtomicU64,
     /// Status frames the bus refused.
     pub status_errors: AtomicU64,
+    /// Times the bus was opened again after it ended.
+    pub reopened: AtomicU64,
 }
 
 /// A bus as the listener uses it.
@@ -152,23 +154,30 @@ impl Listener {
         }
     }
 
-    /// Runs until the bus ends or `records` closes: frames → records → `records`, status
-    /// frames from `status` → the bus.
-    pub async fn run(
-        mut self,
-        records: mpsc::Sender<Vec<NewRecord>>,
-        mut status: mpsc::Receiver<Vec<CanRecord>>,
-        counters: Arc<ListenerCounters>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
-    ) {
+    /// Runs until the bus ends, `records` closes or `stop` fires: frames → records →
+    /// `records`, status frames from `status` → the bus. What it holds is handed over before
+    /// it returns.
+    async fn run(
+        &mut self,
+        records: &mpsc::Sender<Vec<NewRecord>>,
+        status: &mut mpsc::Receiver<Vec<CanRecord>>,
+        counters: &ListenerCounters,
+        stop: &mut tokio::sync::oneshot::Receiver<()>,
+    ) -> Ended {
+        let mut ended = Ended::Closed;
+        let mut errors = 0u32;
         let mut backlog: Vec<NewRecord> = Vec::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut status_open = true;
         loop {
             tokio::select! {
-                _ = &mut stop => break,
+                _ = &mut *stop => {
+                    ended = Ended::Stopped;
+                    break;
+                }
                 received = self.bus.recv() => match received {
                     Ok(Some(frame)) => {
+                        errors = 0;
                         counters.frames.fetch_add(1, Ordering::Relaxed);
                         if backlog.len() >= MAX_BACKLOG {
                             counters.overflow.fetch_add(1, Ordering::Relaxed);
@@ -184,12 +193,19 @@ impl Listener {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "CAN bus receive error");
+                        errors += 1;
+                        if errors >= 10 {
+                            break;
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 },
                 permit = records.reserve(), if !backlog.is_empty() => match permit {
                     Ok(permit) => permit.send(std::mem::take(&mut backlog)),
-                    Err(_) => break,
+                    Err(_) => {
+                        ended = Ended::Stopped;
+                        break;
+                    }
                 },
                 frames = status.recv(), if status_open => match frames {
                     Some(frames) => {
@@ -214,6 +230,57 @@ impl Listener {
         }
         if !backlog.is_empty() {
             let _ = records.send(backlog).await;
+        }
+        ended
+    }
+}
+
+enum Ended {
+    Stopped,
+    Closed,
+}
+
+/// Runs `listener` until `stop` fires; when its bus ends or fails (a socketcand server went
+/// away) it is opened again, with full-jitter backoff (0.2 s … 10 s).
+pub(crate) async fn supervise(
+    listener: Listener,
+    address: String,
+    records: mpsc::Sender<Vec<NewRecord>>,
+    mut status: mpsc::Receiver<Vec<CanRecord>>,
+    counters: Arc<ListenerCounters>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use rand::Rng;
+    let policy = tether_retry::FullJitter::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(10),
+    );
+    let mut backoff = tether_retry::Backoff::new(policy);
+    let dbc = listener.dbc.clone();
+    let mut listener = Some(listener);
+    loop {
+        if let Some(mut l) = listener.take()
+            && let Ended::Stopped = l.run(&records, &mut status, &counters, &mut stop).await
+        {
+            return;
+        }
+        // The old bus is closed (dropped) before the address is bound again.
+        loop {
+            let delay = backoff.next_delay(rand::rng().random::<f64>());
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match Listener::open(&address, dbc.clone()).await {
+                Ok(l) => {
+                    tracing::info!(bus = %address, "CAN bus reopened");
+                    counters.reopened.fetch_add(1, Ordering::Relaxed);
+                    listener = Some(l);
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "reopening the CAN bus failed"),
+            }
         }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -146,6 +145,7 @@ pub struct Vehicle {
     listener: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     driver: (oneshot::Sender<()>, JoinHandle<()>),
     store: OutboxStoreHandle,
+    acked: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Vehicle {
@@ -155,6 +155,14 @@ impl Vehicle {
             Some(path) => Some(DbcDecoder::load(path)?),
             None => None,
         };
+        if let Some(parent) = config
+            .db_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         let path = config.db_path.clone();
         let durability = config.durability;
         let sqlite =
@@ -181,7 +189,9 @@ impl Vehicle {
             let addr = bus.local_addr();
             let (status_tx, status_rx) = mpsc::channel(64);
             let (stop_tx, stop_rx) = oneshot::channel();
-            let task = tokio::spawn(bus.run(
+            let task = tokio::spawn(listener::supervise(
+                bus,
+                config.can_bus.clone(),
                 records_tx.clone(),
                 status_rx,
                 Arc::clone(&counters),
@@ -192,6 +202,7 @@ impl Vehicle {
             (None, None, None)
         };
         let retention_s = config.dashboard_retention_s;
+        let (acked_tx, acked) = tokio::sync::watch::channel(outbox.acked());
         let driver = Driver::new(
             config,
             outbox,
@@ -201,6 +212,7 @@ impl Vehicle {
             live.clone(),
             counters,
             metrics,
+            acked_tx,
         );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(driver.run(async move {
@@ -216,6 +228,7 @@ impl Vehicle {
             listener,
             driver: (stop_tx, task),
             store,
+            acked,
         })
     }
 
@@ -232,6 +245,11 @@ impl Vehicle {
     /// Hands records to the store as the listener does (other record sources, benches).
     pub fn ingest(&self) -> mpsc::Sender<Vec<NewRecord>> {
         self.records.clone()
+    }
+
+    /// The remote's cumulative ack, as the store marked it (changes after each ack).
+    pub fn acked(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acked.clone()
     }
 
     /// The bound address of a UDP `CAN_BUS`.
@@ -274,23 +292,15 @@ pub async fn run(
     if let Some(addr) = vehicle.can_addr() {
         tracing::info!(%addr, "CAN listener bound");
     }
-    let server = match listen {
+    let served = match listen {
         Some(addr) => {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding LISTEN {addr}"))?;
-            tracing::info!(addr = %tcp.local_addr()?, "vehicle dashboard API listening");
-            let router = vehicle.router();
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(tcp, router).await;
-            }))
+            crate::http::serve(vehicle.router(), addr, "vehicle dashboard API", stop).await
         }
-        None => None,
+        None => {
+            stop.await;
+            Ok(())
+        }
     };
-    stop.await;
-    if let Some(server) = server {
-        server.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
-    }
-    vehicle.shutdown().await
+    let shut = vehicle.shutdown().await;
+    served.and(shut)
 }

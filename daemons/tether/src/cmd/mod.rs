@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod can;
+pub mod collector;
 pub mod demo;
 mod demo_metering;
 pub mod server;

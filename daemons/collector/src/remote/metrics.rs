@@ -1,0 +1,69 @@
+//! The remote's Prometheus families (`tether_telemetry_remote_*`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The remote's metrics.
+#[derive(Debug, Default)]
+pub struct RemoteMetrics {
+    /// Upgrades refused for a missing or unknown credential.
+    pub auth_refused: Counter,
+    /// Open upload connections.
+    pub connections: Gauge,
+    /// Batches received.
+    pub batches: Counter,
+    /// Batches refused as malformed (the connection is closed).
+    pub bad_batches: Counter,
+    /// Records stored.
+    pub records_stored: Counter,
+    /// Records received again and not stored (retransmissions).
+    pub duplicates: Counter,
+    /// Inbox transactions (each holds the batches of every connection queued meanwhile).
+    pub commit_groups: Counter,
+    /// Inbox transactions that failed (their batches were not acknowledged).
+    pub commit_errors: Counter,
+}
+
+impl RemoteMetrics {
+    /// Registers every family under `tether_telemetry_remote`.
+    pub fn register(self: &std::sync::Arc<Self>, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("tether_telemetry_remote");
+        r.register(
+            "auth_refused",
+            "Upgrades refused for a bad credential",
+            self.auth_refused.clone(),
+        );
+        r.register(
+            "connections",
+            "Open upload connections",
+            self.connections.clone(),
+        );
+        r.register("batches", "Batches received", self.batches.clone());
+        r.register(
+            "bad_batches",
+            "Batches refused as malformed",
+            self.bad_batches.clone(),
+        );
+        r.register(
+            "records_stored",
+            "Records stored",
+            self.records_stored.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Records received again, not stored",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "commit_groups",
+            "Inbox transactions",
+            self.commit_groups.clone(),
+        );
+        r.register(
+            "commit_errors",
+            "Inbox transactions that failed",
+            self.commit_errors.clone(),
+        );
+    }
+}

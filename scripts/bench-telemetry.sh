@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Telemetry uplink benchmark (docs/benchmarks.md, "Telemetry uplink"), all in one run:
+#
+# 1. loopback: one vehicle → one remote over a WebSocket on loopback, 64-byte records, both
+#    stores durable (SQLite WAL, synchronous=FULL): records/s from the first record handed to
+#    the vehicle to the remote's ack of the last one (`bench_telemetry loopback`, release).
+# 2. the Python reference of the original design (scripts/bench_telemetry_ref.py: `websockets`
+#    + `sqlite3`, one ack per batch, both ends durable), same record size, same machine, run
+#    right after — and the ratio.
+# 3. fleet: VEHICLES vehicles × RATE records/s into one release `tether collector` remote
+#    (ROLE=remote, durable inbox): aggregate acknowledged rate and p50/p99 send → ack. The
+#    vehicles run in one process (`bench_telemetry fleet`) with synchronous=NORMAL stores: one
+#    2-core machine cannot fsync for 200 vehicles; each real vehicle has its own disk.
+# 4. rss: one vehicle with MAX_LOCAL_RECORDS=100000, remote down, 200,000 records: peak RSS.
+#
+# Everything runs under `nice`; the machine is shared, figures are noisy (run it 3 times and
+# take medians). Usage: scripts/bench-telemetry.sh [RECORDS=300000] [VEHICLES=200] [RATE=1000]
+#   [SECONDS=10]; NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR;
+#   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RECORDS=${1:-300000}
+VEHICLES=${2:-200}
+RATE=${3:-1000}
+SECONDS_=${4:-10}
+PYTHON=${PYTHON:-.venv/bin/python}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
+if [ -z "${NO_BUILD:-}" ]; then
+  nice cargo build -q --release -p tether --bin tether
+  nice cargo build -q --release -p tether-collector --example bench_telemetry
+fi
+BIN=$CARGO_TARGET_DIR/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "== loopback, ${RECORDS} × 64-byte records, durable both ends"
+RUST=$(nice "$BIN/examples/bench_telemetry" loopback "$RECORDS" 64)
+echo "$RUST"
+PY_RECORDS=$((RECORDS / 10))
+echo "== python reference (websockets + sqlite3, one ack per batch of 1000), ${PY_RECORDS} records"
+PY=$(nice "$PYTHON" scripts/bench_telemetry_ref.py "$PY_RECORDS" 64 1000)
+echo "$PY"
+python3 - "$RUST" "$PY" <<'PYEOF'
+import json, sys
+r, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"ratio rust/python: {r['records_per_s'] / p['records_per_s']:.1f}x "
+      f"({r['records_per_s']:.0f} vs {p['records_per_s']:.0f} records/s)")
+PYEOF
+
+echo "== fleet: ${VEHICLES} vehicles × ${RATE} records/s for ${SECONDS_} s into one remote"
+PORT=$(free_port)
+KEYS=$(python3 -c "print(','.join(f'car-{i}:key-{i}' for i in range($VEHICLES)))")
+ROLE=remote DB_PATH="$WORK/remote.db" LISTEN="127.0.0.1:$PORT" API_KEYS="$KEYS" LOG_LEVEL=warn \
+  nice "$BIN/tether" collector 2>"$WORK/remote.log" &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.05; done
+mkdir -p "$WORK/fleet"
+nice "$BIN/examples/bench_telemetry" fleet "ws://127.0.0.1:$PORT/ws/telemetry/upload" \
+  "$VEHICLES" "$RATE" "$SECONDS_" "$WORK/fleet"
+
+echo "== vehicle RSS, MAX_LOCAL_RECORDS=100000, 200000 records, remote down"
+nice "$BIN/examples/bench_telemetry" rss 200000 100000
