@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use crate::diagnostics::config::{DiagnosticsRole, DiagnosticsSection};
 use crate::dongle::config::{DongleRole, DongleSection};
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -38,6 +39,9 @@ pub struct AgentConfig {
     /// The dongle role (REMP dongles ↔ `/ws/data`).
     #[serde(default)]
     pub dongle: Option<DongleSection>,
+    /// The diagnostics role (vehicle commands as UDS on CAN buses).
+    #[serde(default)]
+    pub diagnostics: Option<DiagnosticsSection>,
 }
 
 impl AgentConfig {
@@ -49,6 +53,15 @@ impl AgentConfig {
             (None, Some(d)) => &d.log_level,
             (None, None) => "info",
         }
+    }
+
+    /// The diagnostics role's validated settings (its section with `server_url` and `token`);
+    /// `None` when the file has no `diagnostics:` section.
+    pub fn diagnostics_role(&self) -> anyhow::Result<Option<DiagnosticsRole>> {
+        self.diagnostics
+            .as_ref()
+            .map(|d| DiagnosticsRole::resolve(d, self.server_url.as_deref(), self.token.as_deref()))
+            .transpose()
     }
 
     /// The dongle role's validated settings (its section with `server_url`, `token` and
@@ -392,17 +405,27 @@ pub fn parse(
     expand_json_strings(&mut value, env)?;
     apply_env_overrides(&mut value, "TETHER_", env_vars)?;
     let cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
-    if cfg.metering.is_none() && cfg.dongle.is_none() {
-        bail!("no role configured: add a `metering:` or a `dongle:` section");
+    if cfg.metering.is_none() && cfg.dongle.is_none() && cfg.diagnostics.is_none() {
+        bail!("no role configured: add a `metering:`, `dongle:` or `diagnostics:` section");
     }
     if let Some(m) = &cfg.metering {
         m.validate()?;
     }
     if cfg.dongle.is_some() {
         cfg.dongle_role()?;
-    } else if cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some() {
+    }
+    if cfg.diagnostics.is_some() {
+        cfg.diagnostics_role()?;
+    }
+    if cfg.dongle.is_none() && cfg.data_dir.is_some() {
+        bail!("data_dir is a setting of the dongle role: add a `dongle:` section");
+    }
+    if cfg.dongle.is_none()
+        && cfg.diagnostics.is_none()
+        && (cfg.server_url.is_some() || cfg.token.is_some())
+    {
         bail!(
-            "server_url, token and data_dir are settings of the dongle role: add a `dongle:` section"
+            "server_url and token are settings of the dongle and diagnostics roles: add a `dongle:` or `diagnostics:` section"
         );
     }
     Ok(cfg)

@@ -9,6 +9,9 @@
 //! * [`metering`] — usage records, session events and quota refreshes from Redis queues to a
 //!   control plane (`docs/protocols/metering.md`): [`metering::run`] with a
 //!   [`config::MeteringConfig`].
+//! * [`diagnostics`] — vehicle commands from the server's `/ws/data` diagnostics channel run
+//!   as UDS over ISO-TP on CAN buses, answers streamed back: [`diagnostics::run`] with a
+//!   [`diagnostics::config::DiagnosticsRole`].
 //! * [`dlq`] — the metering role's dead-letter queues as a tool (list, retry, purge).
 //! * [`config`] — the agent file: one optional section per role, `${VAR}` and `TETHER_…`
 //!   overrides by `tether-runtime`'s rules, validated before anything starts.
@@ -49,6 +52,7 @@ use anyhow::bail;
 use futures::FutureExt;
 
 pub mod config;
+pub mod diagnostics;
 pub mod dlq;
 pub mod dongle;
 pub mod metering;
@@ -61,14 +65,21 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dongle = config.dongle_role()?;
+    let diagnostics = config.diagnostics_role()?;
     let stop = stop.shared();
-    match (config.metering, dongle) {
-        (Some(m), Some(d)) => {
-            tokio::try_join!(metering::run(m, stop.clone()), dongle::run(d, stop))?;
-            Ok(())
-        }
-        (Some(m), None) => metering::run(m, stop).await,
-        (None, Some(d)) => dongle::run(d, stop).await,
-        (None, None) => bail!("no role configured"),
+    let mut roles: Vec<futures::future::LocalBoxFuture<'_, anyhow::Result<()>>> = Vec::new();
+    if let Some(m) = config.metering {
+        roles.push(metering::run(m, stop.clone()).boxed_local());
     }
+    if let Some(d) = dongle {
+        roles.push(dongle::run(d, stop.clone()).boxed_local());
+    }
+    if let Some(d) = diagnostics {
+        roles.push(diagnostics::run(d, stop.clone()).boxed_local());
+    }
+    if roles.is_empty() {
+        bail!("no role configured");
+    }
+    futures::future::try_join_all(roles).await?;
+    Ok(())
 }
