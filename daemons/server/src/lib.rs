@@ -1,7 +1,7 @@
 //! # tether-server
 //!
 //! Tether's cloud side as a library: the REST API (users and their tokens, agents, dongles,
-//! relay groups with their mode and audit log), `/healthz`, `/readyz` and `/metrics`; the data
+//! relay groups with their mode and audit log, vehicles and their commands), `/healthz`, `/readyz` and `/metrics`; the data
 //! plane (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group;
 //! and the live console (Server-Sent Event streams of dongles and groups). Records live in
 //! SQLite (`<data-dir>/tether.db`, WAL), see `docs/storage-server.md`; relay streams live in
@@ -48,7 +48,8 @@
 //! enforced in every query) → [`http`] (bearer auth, [`http::ApiError`], id extractors) →
 //! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
 //! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
-//! driver and the `/ws/data` connections) → [`routes`] (the router: REST handlers, and the
+//! driver and the `/ws/data` connections) → [`commands`] (vehicle commands: queues,
+//! connectors, the response bus, the diagnostics channel of `/ws/data`) → [`routes`] (the router: REST handlers, and the
 //! console's and data plane's endpoints mounted). A new feature with HTTP endpoints (the
 //! commands service, the telemetry receiver) is a module beside [`dataplane`], its REST
 //! handlers a file in `routes/` registered in [`routes::router`], its tasks started in
@@ -66,6 +67,7 @@
 //! own: ordering, replay, retention and group modes are `relay-core`'s engine, event streams
 //! `sse-core`'s hub. TLS is left to a proxy or to the embedding service.
 
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod dataplane;
@@ -218,6 +220,7 @@ impl ServerBuilder {
                 detail: err.to_string(),
             })?;
         let mut metrics = ServerMetrics::new();
+        let command_metrics = commands::CommandMetrics::register(&mut metrics);
         let relay = match probe {
             Some(probe) => Err(probe),
             None => Ok((
@@ -239,6 +242,7 @@ impl ServerBuilder {
         let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
         let mut router = routes::router(state.clone(), config.max_body_bytes);
         let mut data_plane = None;
+        let mut plane_handle = None;
         if let Ok((relay_metrics, cache, log)) = relay {
             // Presence recorded by an earlier process is stale until agents reconnect.
             let changes = state
@@ -253,9 +257,14 @@ impl ServerBuilder {
                 relay_metrics,
                 cache,
             );
-            router = router.layer(Extension(plane));
+            router = router.layer(Extension(plane.clone()));
             data_plane = Some(tasks);
+            plane_handle = Some(plane);
         }
+        let commands =
+            commands::Commands::start(&config.commands, &state, command_metrics, plane_handle)
+                .await?;
+        router = router.layer(Extension(commands));
         Ok(Server {
             config,
             router,

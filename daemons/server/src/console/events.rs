@@ -62,6 +62,24 @@ pub(crate) fn presence(at: DateTime<Utc>, dongle: Uuid, status: PresenceStatus) 
     })
 }
 
+/// `command_status`: `{ts, command_id, dongle_id, status, error_message?}` (sse-core's
+/// [`sse_core::events::CommandStatus`]).
+pub(crate) fn command_status(
+    at: DateTime<Utc>,
+    dongle: Uuid,
+    command: Uuid,
+    status: sse_core::events::CommandState,
+    error_message: Option<&str>,
+) -> String {
+    to_json(&sse_core::events::CommandStatus {
+        ts: timestamp(at),
+        command_id: command,
+        dongle_id: dongle,
+        status,
+        error_message: error_message.map(str::to_owned),
+    })
+}
+
 #[derive(Serialize)]
 struct GroupStateData<'a> {
     ts: &'a str,

@@ -317,6 +317,19 @@ impl Console {
         }
     }
 
+    /// A vehicle command changed state: `command_status` on the console of the dongle it
+    /// runs through. Never blocks.
+    pub fn command_status(
+        &self,
+        dongle: Uuid,
+        command: Uuid,
+        status: sse_core::events::CommandState,
+        error_message: Option<&str>,
+    ) {
+        let data = events::command_status(Utc::now(), dongle, command, status, error_message);
+        self.enqueue(ConsoleScope::Dongle(dongle), "command_status", data);
+    }
+
     /// Publishes a group's state as `group_state` on its console.
     pub fn group_state(&self, state: &crate::store::GroupState) {
         self.note_group(state.id);
