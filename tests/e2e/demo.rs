@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use support::{PATIENCE, SseReader, TETHER, TestResult, eventually, signal, wait_child};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +53,17 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
         })
         .await?
         .ok_or("the demo ended before printing its curl line")?;
+        // Then the ready ReadDTC command for the demo car.
+        let command_curl = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines_rx.recv().await {
+                if line.trim_start().starts_with("curl -X POST") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await?
+        .ok_or("the demo ended before printing its command curl line")?;
         let token = curl
             .split("Bearer ")
             .nth(1)
@@ -120,6 +133,40 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
         .await?;
         assert_eq!(status, reqwest::StatusCode::OK, "{group}");
         assert_ne!(group["mode"], "inactive", "{group}");
+        // The printed ReadDTC runs on the demo car's simulated engine ECU through agent A's
+        // diagnostics role.
+        let body: Value = serde_json::from_str(
+            command_curl
+                .split(" -d '")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next())
+                .ok_or_else(|| format!("no body in {command_curl:?}"))?,
+        )?;
+        let api = support::Api {
+            base: server.clone(),
+            client: reqwest::Client::new(),
+        };
+        let (status, accepted) = api.post("/api/v1/commands", &token, body).await?;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{accepted}");
+        let id = accepted["command_id"]
+            .as_str()
+            .ok_or("no command_id")?
+            .to_owned();
+        let done = eventually(PATIENCE, "the demo ReadDTC completes", || async {
+            let (_, c) = api
+                .get(&format!("/api/v1/commands/{id}"), &token)
+                .await
+                .ok()?;
+            (c["status"] == "completed" || c["status"] == "failed").then_some(c)
+        })
+        .await?;
+        assert_eq!(done["status"], "completed", "{done}");
+        let (_, responses) = api
+            .get(&format!("/api/v1/commands/{id}/responses"), &token)
+            .await?;
+        let payload = &responses["responses"][0]["response_payload"];
+        assert_eq!(payload["ecu"], "engine", "{responses}");
+        assert_eq!(payload["dtcs"][0]["dtcCode"], "P0420", "{responses}");
         TestResult::Ok(server)
     }
     .await;

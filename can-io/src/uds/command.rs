@@ -497,6 +497,73 @@ impl fmt::Display for DiagCommand {
     }
 }
 
+/// The response JSON of commands, the same from the server's mock connector and from an
+/// agent running the command on a bus (docs/protocols/data-plane.md, "Response shapes").
+pub mod response {
+    use serde_json::{Value, json};
+
+    use crate::uds::dtc::DtcRecord;
+    use crate::uds::service::DidValue;
+
+    /// ReadDTC: `{"ecu", "dtcs": [{"dtcCode", "ftb", "status", "description"?}]}`
+    /// (`description` for the generic codes `Dtc::description` knows).
+    pub fn dtcs(ecu: &str, records: &[DtcRecord]) -> Value {
+        let dtcs: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "dtcCode": r.dtc.sae_code(),
+                    "ftb": r.dtc.ftb(),
+                    "status": r.status.0,
+                });
+                if let Some(d) = r.dtc.description() {
+                    v["description"] = json!(d);
+                }
+                v
+            })
+            .collect();
+        json!({ "ecu": ecu, "dtcs": dtcs })
+    }
+
+    /// ClearDTC: `{"ecu", "cleared": true, "group"}`.
+    pub fn cleared(ecu: &str, group: u32) -> Value {
+        json!({ "ecu": ecu, "cleared": true, "group": group })
+    }
+
+    /// One DID's value: `{"did", "didHex", "hex", "ascii"?}` (`ascii` when every byte is
+    /// printable ASCII).
+    pub fn did_value(value: &DidValue) -> Value {
+        let mut v = json!({
+            "did": value.did,
+            "didHex": format!("{:04X}", value.did),
+            "hex": hex::encode_upper(&value.data),
+        });
+        if !value.data.is_empty() && value.data.iter().all(|b| (0x20..0x7F).contains(b)) {
+            v["ascii"] = json!(String::from_utf8_lossy(&value.data));
+        }
+        v
+    }
+
+    /// ReadDataByID: one DID's fields with `ecu` (when one DID was asked for as a number), or
+    /// `{"ecu", "values": [...]}` when a list was asked for.
+    pub fn dids(ecu: &str, values: &[DidValue], list: bool) -> Value {
+        match values {
+            [one] if !list => {
+                let mut v = did_value(one);
+                v["ecu"] = json!(ecu);
+                v
+            }
+            _ => json!({ "ecu": ecu, "values": values.iter().map(did_value).collect::<Vec<_>>() }),
+        }
+    }
+
+    /// DiagnosticSessionControl, ECUReset, TesterPresent, UdsRequest: `{"ecu", "hex"}` of the
+    /// positive response.
+    pub fn raw(ecu: &str, positive_response: &[u8]) -> Value {
+        json!({ "ecu": ecu, "hex": hex::encode_upper(positive_response) })
+    }
+}
+
 fn named_session(s: &str) -> Option<u8> {
     match s {
         "default" => Some(1),
@@ -781,6 +848,46 @@ mod tests {
         let fixed = EcuAddress::from_request_id(0x18DA_10F1).unwrap();
         assert_eq!(fixed.response_id, 0x18DA_F110);
         assert!(EcuAddress::from_request_id(0x2000_0000).is_err());
+    }
+
+    #[test]
+    fn response_shapes() {
+        use crate::uds::dtc::{Dtc, DtcRecord, DtcStatus};
+        use crate::uds::service::DidValue;
+        let record = DtcRecord {
+            dtc: Dtc::from_sae("P0420", 0).unwrap(),
+            status: DtcStatus(0x2F),
+        };
+        assert_eq!(
+            response::dtcs("engine", &[record]),
+            json!({"ecu": "engine", "dtcs": [{"dtcCode": "P0420", "ftb": 0, "status": 47,
+                   "description": "Catalyst System Efficiency Below Threshold"}]})
+        );
+        let vin = DidValue {
+            did: 0xF190,
+            data: b"1HGCM82633A004352".to_vec(),
+        };
+        let speed = DidValue {
+            did: 0xF40D,
+            data: vec![0x3C],
+        };
+        assert_eq!(
+            response::dids("engine", std::slice::from_ref(&vin), false),
+            json!({"ecu": "engine", "did": 61840, "didHex": "F190",
+                   "hex": "314847434D383236333341303034333532", "ascii": "1HGCM82633A004352"})
+        );
+        assert_eq!(
+            response::dids("engine", &[speed], true),
+            json!({"ecu": "engine", "values": [{"did": 62477, "didHex": "F40D", "hex": "3C"}]})
+        );
+        assert_eq!(
+            response::cleared("abs", ALL_DTCS),
+            json!({"ecu": "abs", "cleared": true, "group": 16777215})
+        );
+        assert_eq!(
+            response::raw("engine", &[0x50, 0x03]),
+            json!({"ecu": "engine", "hex": "5003"})
+        );
     }
 
     #[test]

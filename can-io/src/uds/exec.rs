@@ -171,7 +171,7 @@ impl ExecPlan {
 struct Streamer<'a> {
     held: Option<Value>,
     sent: u32,
-    emit: &'a mut dyn FnMut(Value, bool),
+    emit: &'a mut (dyn FnMut(Value, bool) + Send),
 }
 
 impl Streamer<'_> {
@@ -199,7 +199,7 @@ pub async fn execute<B: CanBus>(
     tester: &mut UdsTester<B>,
     plan: &ExecPlan,
     command: &DiagCommand,
-    emit: &mut dyn FnMut(Value, bool),
+    emit: &mut (dyn FnMut(Value, bool) + Send),
 ) -> Result<u32, ExecError> {
     let mut out = Streamer {
         held: None,
@@ -248,7 +248,7 @@ async fn ask<B: CanBus>(
     tester: &mut UdsTester<B>,
     plan: &ExecPlan,
     request: &[u8],
-    on_answer: &mut dyn FnMut(&EcuAnswer),
+    on_answer: &mut (dyn FnMut(&EcuAnswer) + Send),
 ) -> Result<(), ExecError> {
     let physical = |e: &EcuAddress| {
         crate::isotp::config_auto_id(e.request_id).map_err(|e| ExecError::Invalid(e.to_string()))

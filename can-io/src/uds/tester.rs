@@ -287,7 +287,9 @@ impl<B: CanBus> UdsTester<B> {
     /// [`UdsError::Transfer`] inside [`Error::Uds`].
     pub async fn request(&mut self, ecu: CanId, request: &[u8]) -> Result<Vec<u8>, Error> {
         let sid = request.first().copied().unwrap_or(0);
-        let answers = self.run(Target::Ecu(ecu), request, &mut |_| {}).await?;
+        let answers = self
+            .run(Target::Ecu(ecu), request, &mut |_: &EcuAnswer| {})
+            .await?;
         match answers.into_iter().next().map(|a| a.answer) {
             Some(Answer::Positive(m)) => Ok(m),
             Some(Answer::Negative(nrc)) => Err(UdsError::Negative { sid, nrc }.into()),
@@ -318,7 +320,7 @@ impl<B: CanBus> UdsTester<B> {
     pub async fn request_functional(
         &mut self,
         request: &[u8],
-        mut on_answer: impl FnMut(&EcuAnswer),
+        mut on_answer: impl FnMut(&EcuAnswer) + Send,
     ) -> Result<Vec<EcuAnswer>, Error> {
         self.run(Target::Functional, request, &mut on_answer).await
     }
@@ -327,7 +329,7 @@ impl<B: CanBus> UdsTester<B> {
         &mut self,
         target: Target,
         request: &[u8],
-        on_answer: &mut dyn FnMut(&EcuAnswer),
+        on_answer: &mut (dyn FnMut(&EcuAnswer) + Send),
     ) -> Result<Vec<EcuAnswer>, Error> {
         // A previous call that was cancelled may have left its request outstanding.
         self.core.abandon();

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use crate::diagnostics::config::{DiagnosticsRole, DiagnosticsSection};
 use crate::dongle::config::{DongleRole, DongleSection};
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -71,6 +72,9 @@ pub struct AgentConfig {
     /// `tether collector`'s file, in lower case, without `role`.
     #[serde(default)]
     pub telemetry: Option<Value>,
+    /// The diagnostics role (vehicle commands as UDS on CAN buses).
+    #[serde(default)]
+    pub diagnostics: Option<DiagnosticsSection>,
 }
 
 impl AgentConfig {
@@ -109,6 +113,15 @@ impl AgentConfig {
             api_key: self.token.clone(),
         };
         tether_collector::config::vehicle_from_section(section, &defaults).map(Some)
+    }
+
+    /// The diagnostics role's validated settings (its section with `server_url` and `token`);
+    /// `None` when the file has no `diagnostics:` section.
+    pub fn diagnostics_role(&self) -> anyhow::Result<Option<DiagnosticsRole>> {
+        self.diagnostics
+            .as_ref()
+            .map(|d| DiagnosticsRole::resolve(d, self.server_url.as_deref(), self.token.as_deref()))
+            .transpose()
     }
 
     /// The dongle role's validated settings (its section with `server_url`, `token` and
@@ -514,8 +527,14 @@ pub fn parse(
     let layout = nest_specification_layout(&mut value)?;
     let mut cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
     cfg.layout = layout;
-    if cfg.metering.is_none() && cfg.dongle.is_none() && cfg.telemetry.is_none() {
-        bail!("no role configured: add a `metering:`, `dongle:` or `telemetry:` section");
+    if cfg.metering.is_none()
+        && cfg.dongle.is_none()
+        && cfg.telemetry.is_none()
+        && cfg.diagnostics.is_none()
+    {
+        bail!(
+            "no role configured: add a `metering:`, `dongle:`, `telemetry:` or `diagnostics:` section"
+        );
     }
     if let Some(m) = &cfg.metering {
         m.validate()?;
@@ -523,12 +542,22 @@ pub fn parse(
     cfg.telemetry_role()?;
     if cfg.dongle.is_some() {
         cfg.dongle_role()?;
-    } else if cfg.telemetry.is_none()
-        && (cfg.server_url.is_some() || cfg.token.is_some() || cfg.data_dir.is_some())
+    }
+    if cfg.diagnostics.is_some() {
+        cfg.diagnostics_role()?;
+    }
+    if cfg.dongle.is_none() && cfg.telemetry.is_none() && cfg.data_dir.is_some() {
+        bail!(
+            "data_dir is a setting of the dongle and telemetry roles: add a `dongle:` or `telemetry:` section"
+        );
+    }
+    if cfg.dongle.is_none()
+        && cfg.diagnostics.is_none()
+        && cfg.telemetry.is_none()
+        && (cfg.server_url.is_some() || cfg.token.is_some())
     {
         bail!(
-            "server_url, token and data_dir are settings of the dongle and telemetry roles: \
-             add a `dongle:` or `telemetry:` section"
+            "server_url and token are settings of the dongle, diagnostics and telemetry roles: add a `dongle:`, `diagnostics:` or `telemetry:` section"
         );
     }
     Ok(cfg)

@@ -12,6 +12,9 @@
 //! * telemetry — the vehicle collector (`tether_collector::vehicle`, `docs/protocols/telemetry.md`):
 //!   a `telemetry:` section with the keys of `tether collector`'s file; it uplinks to the
 //!   server's `/ws/telemetry/upload` with the agent's token.
+//! * [`diagnostics`] — vehicle commands from the server's `/ws/data` diagnostics channel run
+//!   as UDS over ISO-TP on CAN buses, answers streamed back: [`diagnostics::run`] with a
+//!   [`diagnostics::config::DiagnosticsRole`].
 //! * [`dlq`] — the metering role's dead-letter queues as a tool (list, retry, purge).
 //! * [`config`] — the agent file: one optional section per role, `${VAR}` and `TETHER_…`
 //!   overrides by `tether-runtime`'s rules, validated before anything starts.
@@ -52,6 +55,7 @@ use anyhow::bail;
 use futures::FutureExt;
 
 pub mod config;
+pub mod diagnostics;
 pub mod dlq;
 pub mod dongle;
 pub mod metering;
@@ -65,6 +69,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dongle = config.dongle_role()?;
     let telemetry = config.telemetry_role()?;
+    let diagnostics = config.diagnostics_role()?;
     let stop = stop.shared();
     let mut roles: Vec<futures::future::LocalBoxFuture<'_, anyhow::Result<()>>> = Vec::new();
     if let Some(m) = config.metering {
@@ -75,6 +80,9 @@ pub async fn run(
     }
     if let Some(t) = telemetry {
         roles.push(tether_collector::vehicle::run(t, stop.clone()).boxed_local());
+    }
+    if let Some(d) = diagnostics {
+        roles.push(diagnostics::run(d, stop.clone()).boxed_local());
     }
     if roles.is_empty() {
         bail!("no role configured");

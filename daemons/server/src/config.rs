@@ -47,8 +47,73 @@ pub struct FileConfig {
     pub relay: Option<RelayFileConfig>,
     /// The live console's settings (`console:`).
     pub console: Option<ConsoleSettings>,
+    /// The vehicle-commands settings (`commands:`).
+    pub commands: Option<CommandsSettings>,
     /// Browsers on other origins (`cors:`).
     pub cors: Option<CorsSettings>,
+}
+
+/// Which connector runs vehicle commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// The vehicle's agent runs them as UDS on the vehicle's bus (`/ws/data` diagnostics
+    /// channel).
+    #[default]
+    Agent,
+    /// Canned answers after a random delay, for development.
+    Mock,
+}
+
+/// Default `commands.mock_delay_ms`.
+pub const DEFAULT_MOCK_DELAY_MS: [u64; 2] = [500, 1500];
+
+/// The `commands:` section as written in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsSettings {
+    /// `agent` (default) or `mock`.
+    pub connector: Option<ConnectorKind>,
+    /// The mock connector's delay range `[min, max]` in milliseconds.
+    pub mock_delay_ms: Option<[u64; 2]>,
+}
+
+/// The validated `commands:` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandsConfig {
+    /// The connector.
+    pub connector: ConnectorKind,
+    /// The mock connector's delay range.
+    pub mock_delay: (Duration, Duration),
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            connector: ConnectorKind::Agent,
+            mock_delay: (
+                Duration::from_millis(DEFAULT_MOCK_DELAY_MS[0]),
+                Duration::from_millis(DEFAULT_MOCK_DELAY_MS[1]),
+            ),
+        }
+    }
+}
+
+impl CommandsConfig {
+    /// Applies defaults and checks the delay range (min ≤ max ≤ 10 minutes).
+    pub fn resolve(file: Option<CommandsSettings>) -> Result<CommandsConfig, String> {
+        let file = file.unwrap_or_default();
+        let [min, max] = file.mock_delay_ms.unwrap_or(DEFAULT_MOCK_DELAY_MS);
+        if min > max || max > 600_000 {
+            return Err(format!(
+                "commands.mock_delay_ms [{min}, {max}] must be [min, max] with min <= max <= 600000"
+            ));
+        }
+        Ok(CommandsConfig {
+            connector: file.connector.unwrap_or_default(),
+            mock_delay: (Duration::from_millis(min), Duration::from_millis(max)),
+        })
+    }
 }
 
 /// Default length retention per relay stream (items).
@@ -209,6 +274,8 @@ pub struct ServerConfig {
     pub relay: RelayConfig,
     /// The live console's settings.
     pub console: ConsoleConfig,
+    /// The vehicle-commands settings.
+    pub commands: CommandsConfig,
     /// Which other origins browsers may call the API from (off by default).
     pub cors: OriginPolicy,
 }
@@ -224,6 +291,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             relay: RelayConfig::default(),
             console: ConsoleConfig::default(),
+            commands: CommandsConfig::default(),
             cors: OriginPolicy::default(),
         }
     }
@@ -281,6 +349,7 @@ impl ServerConfig {
         }
         let relay = RelayConfig::resolve(file.relay).map_err(invalid)?;
         let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
+        let commands = CommandsConfig::resolve(file.commands).map_err(invalid)?;
         let cors = OriginPolicy::resolve(file.cors).map_err(invalid)?;
         Ok(ServerConfig {
             listen,
@@ -290,6 +359,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_secs(header_secs),
             relay,
             console,
+            commands,
             cors,
         })
     }
@@ -442,6 +512,36 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(ServerConfig::resolve(Some(tiny), "t", Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn commands_section() {
+        let defaults = ServerConfig::resolve(None, "t", Overrides::default()).map(|c| c.commands);
+        assert_eq!(defaults.ok(), Some(CommandsConfig::default()));
+        let file = parse_file(
+            "commands:\n  connector: mock\n  mock_delay_ms: [0, 0]\n",
+            "t",
+            &env,
+        )
+        .ok();
+        let commands = ServerConfig::resolve(file, "t", Overrides::default())
+            .map(|c| c.commands)
+            .ok();
+        assert_eq!(
+            commands,
+            Some(CommandsConfig {
+                connector: ConnectorKind::Mock,
+                mock_delay: (Duration::ZERO, Duration::ZERO),
+            })
+        );
+        for bad in [
+            "commands:\n  connector: can\n",
+            "commands:\n  mock_delay_ms: [5]\n",
+        ] {
+            assert!(parse_file(bad, "t", &env).is_err(), "{bad}");
+        }
+        let reversed = parse_file("commands:\n  mock_delay_ms: [9, 1]\n", "t", &env).ok();
+        assert!(ServerConfig::resolve(reversed, "t", Overrides::default()).is_err());
     }
 
     #[test]

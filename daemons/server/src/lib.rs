@@ -1,7 +1,7 @@
 //! # tether-server
 //!
 //! Tether's cloud side as a library: the REST API (users and their tokens, agents, dongles,
-//! relay groups with their mode and audit log), `/healthz`, `/readyz` and `/metrics`; the data
+//! relay groups with their mode and audit log, vehicles and their commands), `/healthz`, `/readyz` and `/metrics`; the data
 //! plane (`/ws/data`), where dongle agents relay CAN frames between the two sides of a group;
 //! the live console (Server-Sent Event streams of dongles and groups); and the telemetry
 //! receiver (`/ws/telemetry/upload` with agent tokens, `/api/v1/telemetry/vehicles…` with user
@@ -50,8 +50,10 @@
 //! enforced in every query) → [`http`] (bearer auth, [`http::ApiError`], id extractors) →
 //! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
 //! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
-//! driver and the `/ws/data` connections) → [`routes`] (the router: REST handlers, and the
-//! console's and data plane's endpoints mounted, and [`ui`], the web page at `/`). A new feature with HTTP endpoints (the
+//! driver and the `/ws/data` connections) → [`commands`] (vehicle commands: queues,
+//! connectors, the response bus, the diagnostics channel of `/ws/data`) → [`routes`] (the
+//! router: REST handlers, and the console's and data plane's endpoints mounted, and [`ui`], the
+//! web page at `/`). A new feature with HTTP endpoints (the
 //! commands service, the telemetry receiver) is a module beside [`dataplane`], its REST
 //! handlers a file in `routes/` registered in [`routes::router`], its tasks started in
 //! [`ServerBuilder::build`].
@@ -68,6 +70,7 @@
 //! own: ordering, replay, retention and group modes are `relay-core`'s engine, event streams
 //! `sse-core`'s hub. TLS is left to a proxy or to the embedding service.
 
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod dataplane;
@@ -223,6 +226,7 @@ impl ServerBuilder {
                 detail: err.to_string(),
             })?;
         let mut metrics = ServerMetrics::new();
+        let command_metrics = commands::CommandMetrics::register(&mut metrics);
         let relay = match probe {
             Some(probe) => Err(probe),
             None => Ok((
@@ -264,6 +268,7 @@ impl ServerBuilder {
             .merge(tether_collector::remote::upload_router(telemetry.clone()))
             .merge(tether_collector::remote::read_router(telemetry));
         let mut data_plane = None;
+        let mut plane_handle = None;
         if let Ok((relay_metrics, cache, log)) = relay {
             // Presence recorded by an earlier process is stale until agents reconnect.
             let changes = state
@@ -278,9 +283,14 @@ impl ServerBuilder {
                 relay_metrics,
                 cache,
             );
-            router = router.layer(Extension(plane));
+            router = router.layer(Extension(plane.clone()));
             data_plane = Some(tasks);
+            plane_handle = Some(plane);
         }
+        let commands =
+            commands::Commands::start(&config.commands, &state, command_metrics, plane_handle)
+                .await?;
+        router = router.layer(Extension(commands));
         // The origin policy for WebSocket handlers' origin check, and the CORS layer outermost
         // so it answers preflights before any other layer sees them.
         router = router.layer(Extension(config.cors.clone()));

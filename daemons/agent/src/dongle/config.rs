@@ -151,28 +151,7 @@ impl DongleRole {
         token: Option<&str>,
         data_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let server_url = server_url
-            .context("server_url is required by the dongle role")?
-            .trim_end_matches('/')
-            .to_owned();
-        let ws_base = if let Some(rest) = server_url.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = server_url.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            bail!("server_url must start with http:// or https://, got {server_url:?}")
-        };
-        reqwest::Url::parse(&server_url)
-            .with_context(|| format!("server_url {server_url:?} is not a valid URL"))?;
-        let token = token
-            .map(str::to_owned)
-            .context("token is required by the dongle role")?;
-        if token.trim().is_empty() {
-            bail!("token is empty");
-        }
-        if token.chars().any(char::is_control) {
-            bail!("token contains control characters");
-        }
+        let (server_url, ws_base, token) = server_and_token(server_url, token, "dongle")?;
         let data_dir = data_dir
             .map(Path::to_path_buf)
             .context("data_dir is required by the dongle role")?;
@@ -231,4 +210,36 @@ impl DongleRole {
             log_level: d.log_level.clone(),
         })
     }
+}
+
+/// The checked `server_url` (no trailing slash), its WebSocket base (`ws://` / `wss://`) and the
+/// token, for a role (`role` names it in errors).
+pub(crate) fn server_and_token(
+    server_url: Option<&str>,
+    token: Option<&str>,
+    role: &str,
+) -> anyhow::Result<(String, String, String)> {
+    let server_url = server_url
+        .with_context(|| format!("server_url is required by the {role} role"))?
+        .trim_end_matches('/')
+        .to_owned();
+    let ws_base = if let Some(rest) = server_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = server_url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        bail!("server_url must start with http:// or https://, got {server_url:?}")
+    };
+    reqwest::Url::parse(&server_url)
+        .with_context(|| format!("server_url {server_url:?} is not a valid URL"))?;
+    let token = token
+        .map(str::to_owned)
+        .with_context(|| format!("token is required by the {role} role"))?;
+    if token.trim().is_empty() {
+        bail!("token is empty");
+    }
+    if token.chars().any(char::is_control) {
+        bail!("token contains control characters");
+    }
+    Ok((server_url, ws_base, token))
 }

@@ -341,29 +341,7 @@ impl Worker {
         let (Some((group, side, _)), Some(outbox)) = (&self.group, &self.outbox) else {
             return Ok(());
         };
-        let mut req = self
-            .ctx
-            .cfg
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .context("building the WebSocket request")?;
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {}", self.ctx.cfg.token))
-                .context("the token is not a valid header value")?,
-        );
-        // `true`: no Nagle. Frame batches and acks are small and latency-bound; with Nagle a
-        // batch waits for the previous segment's (delayed) ACK — tens of ms per hop.
-        let connect = tokio_tungstenite::connect_async_with_config(
-            req,
-            Some(tether_runtime::ws::ws_client_config()),
-            true,
-        );
-        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
-            .await
-            .context("connecting timed out")?
-            .with_context(|| format!("connecting to {}", self.ctx.cfg.ws_url))?;
+        let ws = connect_ws(&self.ctx.cfg.ws_url, &self.ctx.cfg.token, HANDSHAKE_TIMEOUT).await?;
         let (mut sink, mut stream) = ws.split();
         let hello = Message::Hello(Hello {
             version: protocol::PROTOCOL_VERSION,
@@ -716,4 +694,34 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Open the server's `/ws/data` (`url`) with the agent token, within `timeout`.
+pub(crate) async fn connect_ws(
+    url: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let mut req = url
+        .into_client_request()
+        .context("building the WebSocket request")?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?,
+    );
+    // `true`: no Nagle. Frame batches and acks are small and latency-bound; with Nagle a
+    // batch waits for the previous segment's (delayed) ACK — tens of ms per hop.
+    let connect = tokio_tungstenite::connect_async_with_config(
+        req,
+        Some(tether_runtime::ws::ws_client_config()),
+        true,
+    );
+    let (ws, _) = tokio::time::timeout(timeout, connect)
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
 }

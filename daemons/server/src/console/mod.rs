@@ -365,6 +365,25 @@ impl Console {
         }
     }
 
+    /// A vehicle command changed state: `command_status` on the console of the dongle it
+    /// runs through. Never blocks.
+    pub fn command_status(
+        &self,
+        dongle: Uuid,
+        command: Uuid,
+        status: sse_core::events::CommandState,
+        error_message: Option<&str>,
+    ) {
+        let event = ConsoleEvent::CommandStatus(sse_core::events::CommandStatus {
+            ts: sse_core::events::timestamp(Utc::now()),
+            command_id: command,
+            dongle_id: dongle,
+            status,
+            error_message: error_message.map(str::to_owned),
+        });
+        self.enqueue(ConsoleStream::Dongle(dongle), &event);
+    }
+
     /// Publishes a group's state as `group_state` on its console.
     pub fn group_state(&self, state: &GroupView) {
         self.note_group(state.id);

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::config::MAX_MULTIPLEXED_STREAMS;
 use super::{Console, ConsoleStream};
-use crate::http::{ApiError, IdPath, bearer_token, user_for_token};
+use crate::http::{ApiError, IdPath, user_from_header_or_param};
 use crate::store::{Store, User};
 
 /// Query parameters every console route understands; others are ignored (cache busters).
@@ -44,18 +44,7 @@ async fn authenticate(
     headers: &HeaderMap,
     query: &StreamQuery,
 ) -> Result<User, ApiError> {
-    let token = match bearer_token(headers)? {
-        Some(token) => token.to_owned(),
-        None => match query.access_token.as_deref().map(str::trim) {
-            Some(token) if !token.is_empty() => token.to_owned(),
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "missing Authorization: Bearer token or access_token parameter",
-                ));
-            }
-        },
-    };
-    user_for_token(store, token).await
+    user_from_header_or_param(store, headers, query.access_token.as_deref()).await
 }
 
 /// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text

@@ -74,8 +74,21 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
     let mut revocations_open = true;
     let (mut sink, mut source) = socket.split();
     let metrics = &plane.shared.metrics;
-    let hello = match read_hello(&mut source).await {
-        Ok(Some(hello)) => hello,
+    let hello = match read_hello(&mut source, plane.shared.diag.get().is_some()).await {
+        Ok(Some(First::Relay(hello))) => hello,
+        Ok(Some(First::Diag(bytes))) => {
+            let Some(channel) = plane.shared.diag.get().cloned() else {
+                return;
+            };
+            let Ok(socket) = sink.reunite(source) else {
+                return;
+            };
+            drop(revocations);
+            plane.agent_connection(agent.id, true);
+            channel.serve(socket, bytes, agent.clone()).await;
+            plane.agent_connection(agent.id, false);
+            return;
+        }
         Ok(None) => return,
         Err(refused) => {
             close_with_error(&mut sink, refused, metrics).await;
@@ -187,8 +200,17 @@ async fn disconnected(plane: &DataPlane, session: &Session) {
     let _ = plane.shared.commands.send(command).await;
 }
 
-/// Reads the first message, which must be a JSON `hello`. `Ok(None)`: the agent left.
-async fn read_hello(source: &mut Source) -> Result<Option<Hello>, Refusal> {
+/// What a connection opened with.
+enum First {
+    /// The relay's `hello`.
+    Relay(Hello),
+    /// A `diag_hello` (the diagnostics channel), as received.
+    Diag(Bytes),
+}
+
+/// Reads the first message, which must be a JSON `hello` (or, when `diag` is served, a
+/// `diag_hello`). `Ok(None)`: the agent left.
+async fn read_hello(source: &mut Source, diag: bool) -> Result<Option<First>, Refusal> {
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
         let message = match tokio::time::timeout_at(deadline, source.next()).await {
@@ -206,8 +228,11 @@ async fn read_hello(source: &mut Source) -> Result<Option<Hello>, Refusal> {
             Some(Ok(WsMessage::Text(text))) => Bytes::from(text),
             Some(Ok(WsMessage::Binary(bytes))) => bytes,
         };
+        if diag && protocol::diag::is_diag_hello(&bytes) {
+            return Ok(Some(First::Diag(bytes)));
+        }
         return match protocol::decode(&bytes, Encoding::Json) {
-            Ok(Message::Hello(hello)) => Ok(Some(hello)),
+            Ok(Message::Hello(hello)) => Ok(Some(First::Relay(hello))),
             Ok(other) => Err(refusal(
                 ErrorCode::HandshakeRequired,
                 format!(

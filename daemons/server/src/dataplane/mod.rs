@@ -194,6 +194,23 @@ struct Shared {
     /// The sync task's queue (agent presence goes through it, in order with the rest). Weak:
     /// the task ends when the driver, which holds the strong sender, is gone.
     sync: mpsc::WeakUnboundedSender<sync::SyncJob>,
+    /// Serves connections whose first message is `diag_hello` (set by the commands service).
+    diag: OnceLock<Arc<dyn DiagChannel>>,
+}
+
+/// The other user of `/ws/data`: a connection whose first message is `diag_hello` (the
+/// diagnostics channel, `relay_core::protocol::diag`) is handed over, with that first message,
+/// to the service registered with [`DataPlane::set_diag_channel`]. The data plane counts the
+/// connection in the agent's presence while it is served.
+pub trait DiagChannel: Send + Sync + std::fmt::Debug + 'static {
+    /// Serves one connection until it ends. `hello` is its first message (a `diag_hello`,
+    /// not yet validated).
+    fn serve(
+        &self,
+        socket: axum::extract::ws::WebSocket,
+        hello: bytes::Bytes,
+        agent: crate::store::Agent,
+    ) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// A running data plane (cheap to clone): what the `/ws/data` handler needs.
@@ -351,6 +368,7 @@ impl DataPlane {
                 agents: Mutex::default(),
                 shown,
                 sync: weak_sync,
+                diag: OnceLock::new(),
             }),
         };
         let tasks = DataPlaneTasks {
@@ -380,6 +398,21 @@ impl DataPlane {
             .min(len);
         *high = (*high).max(last);
         skip
+    }
+
+    /// Registers the service of the diagnostics channel (once; later calls are ignored).
+    pub fn set_diag_channel(&self, channel: Arc<dyn DiagChannel>) {
+        let _ = self.shared.diag.set(channel);
+    }
+
+    /// Whether `agent` has a `/ws/data` connection open (relay or diagnostics).
+    pub fn agent_connected(&self, agent: Uuid) -> bool {
+        self.shared
+            .agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&agent)
+            .is_some_and(|n| *n > 0)
     }
 
     /// Counts an agent's connection in (`opened`) or out; its first opening and its last

@@ -44,6 +44,27 @@ pub(crate) async fn user_for_token(store: &Arc<Store>, token: String) -> Result<
         .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
 }
 
+/// The user of a request that may carry its token in `Authorization: Bearer` (preferred) or,
+/// for browsers' `EventSource` / `WebSocket`, in an `access_token` query parameter.
+pub(crate) async fn user_from_header_or_param(
+    store: &Arc<Store>,
+    headers: &HeaderMap,
+    access_token: Option<&str>,
+) -> Result<User, ApiError> {
+    let token = match bearer_token(headers)? {
+        Some(token) => token.to_owned(),
+        None => match access_token.map(str::trim) {
+            Some(token) if !token.is_empty() => token.to_owned(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "missing Authorization: Bearer token or access_token parameter",
+                ));
+            }
+        },
+    };
+    user_for_token(store, token).await
+}
+
 /// A request authenticated with a live user token.
 #[derive(Debug, Clone)]
 pub struct UserAuth(pub User);

@@ -11,6 +11,6 @@ mod auth;
 pub mod cors;
 mod error;
 
+pub(crate) use auth::user_from_header_or_param;
 pub use auth::{AgentAuth, UserAuth};
-pub(crate) use auth::{bearer_token, user_for_token};
 pub use error::{ApiError, ApiJson, IdPath};

@@ -6,9 +6,11 @@
 //! panic) into one too.
 
 mod agents;
+mod commands;
 mod dongles;
 mod groups;
 mod health;
+mod vehicles;
 
 use std::time::Instant;
 
@@ -45,6 +47,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/groups/{id}/activate", post(groups::activate))
         .route("/groups/{id}/deactivate", post(groups::deactivate))
         .route("/groups/{id}/audit", get(groups::audit))
+        .route("/vehicles", post(vehicles::create).get(vehicles::list))
+        .route("/vehicles/{id}", get(vehicles::get))
+        .route(
+            "/vehicles/{id}/components/{ecu}/faults",
+            get(commands::faults).delete(commands::clear_faults),
+        )
+        .route(
+            "/vehicles/{id}/components/{ecu}/data/{did}",
+            get(commands::data),
+        )
+        .route("/commands", post(commands::submit).get(commands::list))
+        .route("/commands/{id}", get(commands::get))
+        .route("/commands/{id}/responses", get(commands::responses))
         .route("/streams/console", get(console::multiplexed))
         .route("/streams/dongles/{id}/console", get(console::dongle))
         .route("/streams/groups/{id}/console", get(console::group))
@@ -54,6 +69,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/ws/data", get(crate::dataplane::ws_data))
+        .route("/ws/responses/{id}", get(commands::stream))
         .nest("/api/v1", api)
         .merge(crate::ui::router())
         .fallback(unknown_route)

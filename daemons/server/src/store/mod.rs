@@ -1,5 +1,5 @@
 //! The server's records in SQLite: users and tokens, agents, dongles, groups, the group audit
-//! log.
+//! log, vehicles, vehicle commands and their responses.
 //!
 //! One connection behind a mutex: record traffic is small (API calls, presence changes) and
 //! SQLite serialises writers anyway. Methods are synchronous so the CLI can use them directly;
@@ -13,11 +13,13 @@
 //! backends), no HTTP.
 
 mod agents;
+mod commands;
 mod dongles;
 mod groups;
 mod records;
 mod schema;
 mod users;
+mod vehicles;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,11 +30,13 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
+pub use commands::{CommandQuery, CommandRecord, CommandStatus, ResponseOutcome, ResponseRecord};
 pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,
 };
 pub use schema::SCHEMA_VERSION;
+pub use vehicles::{Vehicle, VehicleRefusal};
 
 use crate::error::ServerError;
 use crate::group_mode::GroupMode;

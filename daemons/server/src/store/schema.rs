@@ -72,8 +72,48 @@ CREATE TABLE group_audit (
 CREATE INDEX group_audit_by_group ON group_audit(group_id, id);
 "#;
 
+/// Version 2: vehicles (with their ECU list), vehicle commands and their responses.
+const V2: &str = r#"
+CREATE TABLE vehicles (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    name        TEXT NOT NULL,
+    vin         TEXT,
+    dongle_id   TEXT REFERENCES dongles(id),
+    ecus        TEXT NOT NULL DEFAULT '[]',
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX vehicles_by_user ON vehicles(user_id, created_at, id);
+CREATE UNIQUE INDEX vehicles_by_dongle ON vehicles(dongle_id) WHERE dongle_id IS NOT NULL;
+CREATE TABLE commands (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users(id),
+    vehicle_id     TEXT NOT NULL REFERENCES vehicles(id),
+    command_name   TEXT NOT NULL,
+    command_params TEXT NOT NULL,
+    status         TEXT NOT NULL
+                   CHECK (status IN ('pending', 'in_progress', 'completed', 'failed')),
+    error_message  TEXT,
+    submitted_at   INTEGER NOT NULL,
+    completed_at   INTEGER,
+    deadline_at    INTEGER NOT NULL
+);
+CREATE INDEX commands_by_user ON commands(user_id, submitted_at, id);
+CREATE INDEX commands_by_vehicle ON commands(vehicle_id, submitted_at, id);
+CREATE INDEX commands_open ON commands(status) WHERE status IN ('pending', 'in_progress');
+CREATE TABLE command_responses (
+    id                TEXT PRIMARY KEY,
+    command_id        TEXT NOT NULL REFERENCES commands(id),
+    sequence_number   INTEGER NOT NULL CHECK (sequence_number >= 1),
+    is_final          INTEGER NOT NULL CHECK (is_final IN (0, 1)),
+    response_payload  TEXT NOT NULL,
+    received_at       INTEGER NOT NULL,
+    UNIQUE (command_id, sequence_number)
+);
+"#;
+
 /// All migrations; index `i` upgrades from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

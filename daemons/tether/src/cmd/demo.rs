@@ -29,6 +29,10 @@ use tether_server::store::Store;
 const MARKER: &str = ".tether-demo";
 /// The capture the dongles replay, relative to the workspace root.
 const CAPTURE: &str = "data/captures/nissan-leaf-isotp.log";
+/// The demo vehicle's ECU profile, relative to the workspace root.
+const ECU_PROFILE: &str = "data/ecu/demo.yaml";
+/// The serial the demo vehicle's bus is announced under.
+const VEHICLE_SERIAL: &str = "DEMO-CAR";
 /// How long the server has to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each child has to exit after SIGTERM before it is killed.
@@ -48,6 +52,9 @@ pub struct DemoArgs {
     /// Capture both dongles replay in a loop [default: data/captures/nissan-leaf-isotp.log].
     #[arg(long, value_name = "FILE")]
     pub capture: Option<PathBuf>,
+    /// The demo car's ECU profile [default: data/ecu/demo.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub ecu_profile: Option<PathBuf>,
     /// Replay speed factor (1 = the capture's own timing) or `max`.
     #[arg(long, default_value = "1")]
     pub speed: String,
@@ -180,17 +187,23 @@ fn find_capture(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(path.is_file(), "capture {} not found", path.display());
         return Ok(path.to_owned());
     }
-    let here = PathBuf::from(CAPTURE);
+    find_shipped(CAPTURE, "--capture FILE")
+}
+
+/// A file shipped with the project (`rel` from the workspace root): from the current directory,
+/// or from the source tree this binary was built from.
+fn find_shipped(rel: &str, option: &str) -> anyhow::Result<PathBuf> {
+    let here = PathBuf::from(rel);
     if here.is_file() {
         return Ok(here);
     }
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
-        .join(CAPTURE);
+        .join(rel);
     if built.is_file() {
         return Ok(built);
     }
-    bail!("cannot find {CAPTURE}; run from the repository root or pass --capture FILE")
+    bail!("cannot find {rel}; run from the repository root or pass {option}")
 }
 
 /// A free UDP port on loopback for an agent's dongle listener.
@@ -275,6 +288,11 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
     let capture = find_capture(args.capture.as_deref())?;
+    let ecu_profile = match &args.ecu_profile {
+        Some(p) => p.clone(),
+        None => find_shipped(ECU_PROFILE, "--ecu-profile FILE")?,
+    };
+    let profile = super::can::ecu::load_profile(&ecu_profile)?;
     let server_dir = dir.join("server");
 
     // The demo user, exactly as `tether server token create --user demo` makes it.
@@ -344,14 +362,44 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     )
     .await?;
 
+    // The demo vehicle: its bus is announced by agent A (whose diagnostics role serves it) and
+    // hosts the ECUs of the profile, simulated by `tether can ecu` as a REMP dongle.
+    let car_dongle = api
+        .post(
+            "/api/v1/agent/dongles",
+            &sides[0].2,
+            json!({ "serial": VEHICLE_SERIAL }),
+        )
+        .await?;
+    let ecus: Vec<Value> = profile
+        .ecus
+        .iter()
+        .map(|e| json!({"name": e.name, "request_id": e.request_id, "response_id": e.response_id}))
+        .collect();
+    let vehicle = api
+        .post(
+            "/api/v1/vehicles",
+            &token,
+            json!({ "name": "demo car", "vin": "1HGCM82633A004352",
+                    "dongle_id": field(&car_dongle, "id")?, "ecus": ecus }),
+        )
+        .await?;
+    let vehicle_id = field(&vehicle, "id")?;
+    let car_port = free_udp_port()?;
+
     for (side, serial, agent_token, _) in &sides {
         let port = free_udp_port()?;
         let agent_dir = dir.join(format!("agent-{side}"));
         let config = dir.join(format!("agent-{side}.yaml"));
-        let yaml = format!(
+        let mut yaml = format!(
             "# written by `tether demo`\nserver_url: \"{base}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{port}\"\n  protocol: remp\n",
             agent_dir.display()
         );
+        if *side == "a" {
+            yaml.push_str(&format!(
+                "diagnostics:\n  buses:\n    - {{serial: {VEHICLE_SERIAL}, bus: \"udp://127.0.0.1:{car_port}\"}}\n"
+            ));
+        }
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
         let (agent_name, dongle_name) = if *side == "a" {
             ("agent A", "dongle A")
@@ -390,6 +438,17 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Started after agent A, whose diagnostics bus it sends to (its hello is repeated as
+    // keep-alives every second, so a late agent learns it too).
+    let mut car = child_command(&exe, &dir, "ecu-car")?;
+    car.args(["can", "ecu", "--profile"])
+        .arg(&ecu_profile)
+        .args(["--bus", &format!("udp://127.0.0.1:{car_port}")])
+        .args(["--serial", "DEMO-CAR-ECUS"]);
+    children.add(
+        "demo car ECUs",
+        car.spawn().context("starting the ECU simulator")?,
+    );
 
     let (a, b) = (&sides[0].3, &sides[1].3);
     let group_url = format!("{base}/api/v1/streams/groups/{group_id}/console");
@@ -419,6 +478,22 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     if let Some(m) = &metering {
         super::demo_metering::print(m, &base, &token);
     }
+    println!();
+    println!(
+        "Run a diagnostic command on the demo car (its ECUs: {}):",
+        profile
+            .ecus
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  curl -X POST -H \"Authorization: Bearer {token}\" -H \"Content-Type: application/json\" -d '{{\"vehicle_id\": \"{vehicle_id}\", \"command_name\": \"ReadDTC\", \"command_params\": {{\"ecu\": \"engine\"}}}}' {base}/api/v1/commands"
+    );
+    println!(
+        "  then: curl -H \"Authorization: Bearer {token}\" {base}/api/v1/commands/<command_id>/responses"
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 

@@ -18,6 +18,7 @@ pub mod ecu;
 pub mod record;
 pub mod replay;
 pub mod stats;
+pub mod uds;
 
 /// CAN subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -35,6 +36,8 @@ pub enum CanCommand {
     Dongle(dongle::DongleArgs),
     /// Simulated ECUs answering UDS over ISO-TP on a bus, from a YAML profile.
     Ecu(ecu::EcuArgs),
+    /// Run one diagnostic command (ReadDTC, ReadDataByID, …) as UDS on a bus; JSON lines out.
+    Uds(uds::UdsArgs),
     /// Run a socketcand server whose clients share one bus (for tests and demos).
     #[command(name = "serve-socketcand", hide = true)]
     ServeSocketcand(record::ServeSocketcandArgs),
@@ -49,6 +52,7 @@ pub fn run(cmd: CanCommand) -> anyhow::Result<ExitCode> {
         CanCommand::Record(args) => record::run_record(&args),
         CanCommand::Dongle(args) => dongle::run(&args),
         CanCommand::Ecu(args) => ecu::run(&args),
+        CanCommand::Uds(args) => uds::run(&args),
         CanCommand::ServeSocketcand(args) => record::run_serve_socketcand(&args),
     }
 }

@@ -1,0 +1,368 @@
+//! The `diagnostics` role: runs the server's vehicle commands as UDS over ISO-TP on the
+//! vehicles' CAN buses and streams the ECUs' answers back (`docs/agent.md`, the diagnostics
+//! channel in `docs/protocols/data-plane.md`).
+//!
+//! * Each configured bus (`socketcan://can0`, `udp://…` where a REMP dongle sends, …) is
+//!   opened at start and announced to the server under its serial (`POST
+//!   /api/v1/agent/dongles`), which gives the dongle id vehicles name.
+//! * One `GET /ws/data` connection opens with `diag_hello` listing those dongle ids; on
+//!   `diag_welcome` the role takes `command`s. It reconnects with full-jitter backoff
+//!   (`tether-retry`) between `reconnect_min` and `reconnect_max`.
+//! * Each command is parsed (`can_io::uds::DiagCommand`), waits for its ECU's turn (one command
+//!   at a time per ECU, different ECUs in parallel, a functional request alone on its bus),
+//!   reports `command_status: in_progress`, runs on its own tester (`can_io::uds::exec`) and
+//!   streams `command_response`s (the last `is_final`) or one `command_failed`.
+//! * A connection that drops ends the commands running on it; the server fails or re-sends
+//!   them. Messages that could not be sent are counted (`undelivered`) and logged.
+//!
+//! What it does not do: share a REMP dongle with the `dongle` role (a bus here is its own
+//! address), keep sessions alive between commands, or retry a command itself.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use can_io::uds::exec::{ExecError, ExecPlan, execute};
+use can_io::uds::{DiagCommand, UdsTester};
+use futures::{SinkExt, StreamExt};
+use relay_core::protocol::diag::{
+    AgentCommandStatus, CommandFailed, CommandRequest, CommandResponse, CommandStatusUpdate,
+    DiagHello, DiagMessage, decode_diag, encode_diag,
+};
+use tether_retry::{Backoff, FullJitter};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+pub mod bus;
+pub mod config;
+
+use bus::DiagBusHandle;
+use config::DiagnosticsRole;
+
+/// Waits for the WebSocket handshake and the `diag_welcome`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Diagnostics protocol version.
+const VERSION: u16 = 1;
+
+/// Counters of the role.
+#[derive(Debug, Default)]
+pub struct DiagCounters {
+    /// Commands received.
+    pub commands: AtomicU64,
+    /// Commands that ended with a final response.
+    pub completed: AtomicU64,
+    /// Commands that ended with `command_failed`.
+    pub failed: AtomicU64,
+    /// Commands cut off by a dropped connection.
+    pub interrupted: AtomicU64,
+    /// Messages for the server that could not be sent (connection gone).
+    pub undelivered: AtomicU64,
+    /// Server messages that did not decode.
+    pub bad_messages: AtomicU64,
+}
+
+impl DiagCounters {
+    fn summary(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "{} commands: {} completed, {} failed, {} interrupted; {} messages undelivered, {} bad server messages",
+            g(&self.commands),
+            g(&self.completed),
+            g(&self.failed),
+            g(&self.interrupted),
+            g(&self.undelivered),
+            g(&self.bad_messages)
+        )
+    }
+}
+
+/// Runs the role until `stop` completes. Errors are start-up failures (a bus that cannot be
+/// opened); once running it retries on its own.
+pub async fn run(role: DiagnosticsRole, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with_counters(role, Arc::new(DiagCounters::default()), stop).await
+}
+
+/// [`run`] with the caller's counters (tests and benches read them).
+pub async fn run_with_counters(
+    role: DiagnosticsRole,
+    counters: Arc<DiagCounters>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut buses = Vec::new();
+    for b in &role.buses {
+        let h = DiagBusHandle::open(&b.serial, &b.address, stop_rx.clone())
+            .await
+            .with_context(|| format!("opening diagnostics bus {} ({})", b.address, b.serial))?;
+        info!(serial = %b.serial, bus = %b.address, "diagnostics bus open");
+        buses.push(h);
+    }
+    let api = crate::dongle::api::ServerApi::new(&role.server_url, &role.token)?;
+    tokio::select! {
+        () = stop => {}
+        () = session_loop(&role, &api, &buses, &counters) => {}
+    }
+    let _ = stop_tx.send(true);
+    for b in &buses {
+        let c = &b.counters;
+        info!(serial = %b.serial, frames_in = c.frames_in.load(Ordering::Relaxed),
+            frames_out = c.frames_out.load(Ordering::Relaxed),
+            send_failed = c.send_failed.load(Ordering::Relaxed),
+            tester_dropped = c.tester_dropped.load(Ordering::Relaxed), "diagnostics bus totals");
+    }
+    info!("diagnostics role stopped: {}", counters.summary());
+    Ok(())
+}
+
+fn unit() -> f64 {
+    rand::random::<f64>()
+}
+
+/// Announce, connect, serve; again after a failure, with backoff.
+async fn session_loop(
+    role: &DiagnosticsRole,
+    api: &crate::dongle::api::ServerApi,
+    buses: &[Arc<DiagBusHandle>],
+    counters: &Arc<DiagCounters>,
+) {
+    let mut backoff = Backoff::new(FullJitter::new(role.reconnect_min, role.reconnect_max));
+    let mut by_id: HashMap<Uuid, Arc<DiagBusHandle>> = HashMap::new();
+    loop {
+        if by_id.len() < buses.len() {
+            for b in buses {
+                if by_id.values().any(|x| Arc::ptr_eq(x, b)) {
+                    continue;
+                }
+                match api.announce(&b.serial).await {
+                    Ok(id) => match Uuid::parse_str(&id) {
+                        Ok(id) => {
+                            info!(serial = %b.serial, dongle_id = %id, "diagnostics bus announced");
+                            by_id.insert(id, b.clone());
+                        }
+                        Err(_) => {
+                            warn!(serial = %b.serial, %id, "the server's dongle id is not a UUID")
+                        }
+                    },
+                    Err(e) => warn!(serial = %b.serial, error = %e, "announcing the bus failed"),
+                }
+            }
+        }
+        if !by_id.is_empty() {
+            match serve(role, &by_id, counters, &mut backoff).await {
+                Ok(()) => info!("diagnostics connection closed by the server"),
+                Err(e) => warn!(error = %format!("{e:#}"), "diagnostics connection failed"),
+            }
+        }
+        tokio::time::sleep(backoff.next_delay(unit())).await;
+    }
+}
+
+/// One connection: hello, welcome, then commands until it ends.
+async fn serve(
+    role: &DiagnosticsRole,
+    by_id: &HashMap<Uuid, Arc<DiagBusHandle>>,
+    counters: &Arc<DiagCounters>,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let ws =
+        crate::dongle::worker::connect_ws(&role.ws_url, &role.token, HANDSHAKE_TIMEOUT).await?;
+    let (mut sink, mut stream) = ws.split();
+    let mut dongles: Vec<Uuid> = by_id.keys().copied().collect();
+    dongles.sort_unstable();
+    let hello = DiagMessage::DiagHello(DiagHello {
+        version: VERSION,
+        dongles,
+    });
+    sink.send(WsMessage::text(encode_diag(&hello)?))
+        .await
+        .context("sending diag_hello")?;
+    let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(WsMessage::Text(t))) => {
+                    return decode_diag(t.as_bytes()).map_err(anyhow::Error::from);
+                }
+                Some(Ok(WsMessage::Close(f))) => bail!("closed before diag_welcome: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("closed before diag_welcome"),
+            }
+        }
+    })
+    .await
+    .context("no diag_welcome in time")??;
+    match welcome {
+        DiagMessage::DiagWelcome(w) => {
+            for id in &w.refused {
+                let serial = by_id.get(id).map(|b| b.serial.as_str()).unwrap_or("?");
+                warn!(dongle_id = %id, %serial, "the server refused this bus (not announced by this agent's token)");
+            }
+            if w.dongles.is_empty() {
+                bail!("the server accepted none of the buses");
+            }
+            info!(
+                accepted = w.dongles.len(),
+                refused = w.refused.len(),
+                "diagnostics channel open"
+            );
+        }
+        DiagMessage::Error(e) => bail!(
+            "the server refused diag_hello: {} ({:?})",
+            e.message,
+            e.code
+        ),
+        other => bail!("expected diag_welcome, got {}", other.type_name()),
+    }
+    backoff.reset();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<DiagMessage>();
+    let mut tasks: JoinSet<Uuid> = JoinSet::new();
+    let mut running: HashSet<Uuid> = HashSet::new();
+    let result = loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(WsMessage::Text(t))) => match decode_diag(t.as_bytes()) {
+                    Ok(DiagMessage::Command(c)) => {
+                        counters.commands.fetch_add(1, Ordering::Relaxed);
+                        if !running.insert(c.command_id) {
+                            warn!(command_id = %c.command_id, "command already running: ignored");
+                            continue;
+                        }
+                        let bus = by_id.get(&c.dongle_id).cloned();
+                        let out = out_tx.clone();
+                        let counters = counters.clone();
+                        let timing = role.timing;
+                        tasks.spawn(async move {
+                            let id = c.command_id;
+                            run_command(c, bus, timing, &out, &counters).await;
+                            id
+                        });
+                    }
+                    Ok(DiagMessage::Error(e)) => warn!(code = ?e.code, message = %e.message, "server error"),
+                    Ok(other) => {
+                        counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+                        warn!(kind = other.type_name(), "unexpected message on the diagnostics channel");
+                    }
+                    Err(e) => {
+                        counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "undecodable message on the diagnostics channel");
+                    }
+                },
+                Some(Ok(WsMessage::Close(_))) | None => break Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading")),
+            },
+            Some(m) = out_rx.recv() => {
+                let text = encode_diag(&m)?;
+                if let Err(e) = sink.send(WsMessage::text(text)).await {
+                    counters.undelivered.fetch_add(1, Ordering::Relaxed);
+                    break Err(anyhow::Error::from(e).context("sending"));
+                }
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(id) = done {
+                    running.remove(&id);
+                }
+            }
+        }
+    };
+    // The commands still running lose their connection: the server fails or re-sends them.
+    let cut = tasks.len() as u64;
+    tasks.abort_all();
+    counters.interrupted.fetch_add(cut, Ordering::Relaxed);
+    drop(out_tx);
+    let mut lost = 0u64;
+    while out_rx.try_recv().is_ok() {
+        lost += 1;
+    }
+    if lost > 0 || cut > 0 {
+        counters.undelivered.fetch_add(lost, Ordering::Relaxed);
+        warn!(
+            commands = cut,
+            messages = lost,
+            "diagnostics connection ended: running commands interrupted, messages undelivered"
+        );
+    }
+    result
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Run one command and report it on `out`.
+async fn run_command(
+    c: CommandRequest,
+    bus: Option<Arc<DiagBusHandle>>,
+    timing: can_io::uds::UdsTiming,
+    out: &mpsc::UnboundedSender<DiagMessage>,
+    counters: &DiagCounters,
+) {
+    let id = c.command_id;
+    let fail = |error: String| {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = out.send(DiagMessage::CommandFailed(CommandFailed {
+            command_id: id,
+            error,
+        }));
+    };
+    let Some(bus) = bus else {
+        return fail(format!(
+            "bus_error: this agent has no bus for dongle {}",
+            c.dongle_id
+        ));
+    };
+    let command = match DiagCommand::parse(&c.command_name, &c.command_params) {
+        Ok(cmd) => cmd,
+        Err(e) => return fail(format!("invalid_command: {e}")),
+    };
+    let plan = match ExecPlan::new(&command, &c.ecus) {
+        Ok(p) => p,
+        Err(e) => return fail(e.reason()),
+    };
+    let left = c.deadline_ms.saturating_sub(now_ms());
+    if left == 0 {
+        return fail("timeout".into());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(left);
+    let Ok(_turn) = tokio::time::timeout_at(deadline, bus.turn(&plan.queue_key())).await else {
+        return fail("timeout".into());
+    };
+    let _ = out.send(DiagMessage::CommandStatus(CommandStatusUpdate {
+        command_id: id,
+        status: AgentCommandStatus::InProgress,
+    }));
+    let core = match plan.tester_core(timing) {
+        Ok(c) => c,
+        Err(e) => return fail(e.reason()),
+    };
+    let mut tester = UdsTester::new(bus.port(), core);
+    let mut seq = 0u32;
+    let mut emit = |response: serde_json::Value, is_final: bool| {
+        seq += 1;
+        let _ = out.send(DiagMessage::CommandResponse(CommandResponse {
+            command_id: id,
+            sequence_number: seq,
+            is_final,
+            response,
+        }));
+    };
+    let result =
+        tokio::time::timeout_at(deadline, execute(&mut tester, &plan, &command, &mut emit))
+            .await
+            .unwrap_or(Err(ExecError::Timeout));
+    match result {
+        Ok(_) => {
+            counters.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => fail(e.reason()),
+    }
+}
