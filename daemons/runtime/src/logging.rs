@@ -15,3 +15,28 @@ pub fn init_json_logs(directive: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Checks a log filter directive (`info`, `tether_server=debug,warn`) the way
+/// [`init_json_logs`] reads it; the error says what does not parse.
+pub fn check_log_level(directive: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(directive)
+        .map(drop)
+        .map_err(|err| {
+            format!("{directive:?} is not a log filter ({err}); try info, debug or warn")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in ["info", "debug", "tether_server=debug,warn", "trace"] {
+            assert_eq!(check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["no[such", "info,x=[", "tether=loud"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+}

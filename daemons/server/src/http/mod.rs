@@ -8,6 +8,7 @@
 
 mod auth;
 mod error;
+pub(crate) mod hyper_errors;
 
 pub use auth::{AgentAuth, UserAuth};
 pub(crate) use auth::{bearer_token, user_for_token};
