@@ -542,6 +542,24 @@ mod tests {
     }
 
     #[test]
+    fn dongle_keys_parse_one_or_several_and_bad_keys_are_refused() {
+        let base = "server_url: http://127.0.0.1:1\ntoken: t\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:0\n  require_auth: true\n  keys:\n";
+        let one = "ab".repeat(16);
+        let two = "cd".repeat(32);
+        let text = format!("{base}    D-1: {one}\n    D-2: [{two}, {one}]\n");
+        let cfg = parse_named(&text, "agent.yaml", &|_| None, &[]).expect("parses");
+        let role = cfg.dongle_role().expect("valid").expect("dongle role");
+        assert!(role.require_auth);
+        assert_eq!(role.keys["D-1"].len(), 1);
+        assert_eq!(role.keys["D-2"].len(), 2);
+        for bad in ["00ff", "zz", "[]"] {
+            let text = format!("{base}    D-1: {bad}\n");
+            let err = parse_named(&text, "agent.yaml", &|_| None, &[]).expect_err(bad);
+            assert!(format!("{err:#}").contains("dongle.keys"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
     fn redis_url_from_parts() {
         let r = RedisSection {
             url: None,
