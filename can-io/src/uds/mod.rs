@@ -4,6 +4,8 @@
 //!   ([`UdsResponse`]): ReadDTCInformation `0x19 0x02`, ClearDiagnosticInformation `0x14`,
 //!   ReadDataByIdentifier `0x22`, DiagnosticSessionControl `0x10`, ECUReset `0x11`,
 //!   TesterPresent `0x3E`, and raw requests.
+//! * [`command`] — the commands API's commands (`ReadDTC`, `ClearDTC`, `ReadDataByID`, …)
+//!   parsed from `(command_name, command_params)` into a [`DiagCommand`] and its request.
 //! * [`dtc`] — DTCs, their SAE rendering (`P0420`) and status bytes.
 //! * [`UdsClient`] — the sans-IO request/response state machine: matches responses by service
 //!   id, turns `0x7F SID NRC` into typed negative answers, extends the wait to P2* on
@@ -13,14 +15,18 @@
 //!   over frames and async over any [`CanBus`](crate::transport::CanBus).
 //! * [`ecu`] — the ECU simulator: a profile (YAML-friendly serde types), a sans-IO responder,
 //!   and [`ecu::run_ecus`] over any bus.
+//! * [`exec`] — a parsed [`DiagCommand`] run on a [`UdsTester`]: the request(s), functional
+//!   collection, and the commands API's response JSON.
 //!
 //! Service identifiers and NRC names come from the `automotive_diag` crate, not a table of our
 //! own. What this module does not do: security access, flashing, periodic or event-driven
 //! responses, or keeping a session alive on its own (send TesterPresent when you need it).
 
 mod client;
+pub mod command;
 pub mod dtc;
 pub mod ecu;
+pub mod exec;
 pub mod service;
 mod tester;
 
@@ -32,6 +38,7 @@ use automotive_diag::uds::{UdsCommand, UdsError as NrcCode};
 use crate::isotp::IsoTpError;
 
 pub use client::{Answer, EcuAnswer, UdsClient, UdsEvent, UdsStats, UdsTiming};
+pub use command::{CommandParamsError, DiagCommand, EcuAddress, SUPPORTED_COMMANDS};
 pub use dtc::{Dtc, DtcRecord, DtcStatus};
 pub use service::{DidValue, UdsRequest, UdsResponse};
 pub use tester::{Target, UdsTester, UdsTesterCore};

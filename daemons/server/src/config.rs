@@ -16,6 +16,7 @@ use tether_runtime::config::{ConfigError, expand_yaml_strings, located};
 
 use crate::console::{ConsoleConfig, ConsoleSettings};
 use crate::error::ServerError;
+use crate::http::cors::{CorsSettings, OriginPolicy};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -46,6 +47,8 @@ pub struct FileConfig {
     pub relay: Option<RelayFileConfig>,
     /// The live console's settings (`console:`).
     pub console: Option<ConsoleSettings>,
+    /// Browsers on other origins (`cors:`).
+    pub cors: Option<CorsSettings>,
 }
 
 /// Default length retention per relay stream (items).
@@ -206,6 +209,8 @@ pub struct ServerConfig {
     pub relay: RelayConfig,
     /// The live console's settings.
     pub console: ConsoleConfig,
+    /// Which other origins browsers may call the API from (off by default).
+    pub cors: OriginPolicy,
 }
 
 impl ServerConfig {
@@ -219,6 +224,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             relay: RelayConfig::default(),
             console: ConsoleConfig::default(),
+            cors: OriginPolicy::default(),
         }
     }
 
@@ -275,6 +281,7 @@ impl ServerConfig {
         }
         let relay = RelayConfig::resolve(file.relay).map_err(invalid)?;
         let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
+        let cors = OriginPolicy::resolve(file.cors).map_err(invalid)?;
         Ok(ServerConfig {
             listen,
             data_dir,
@@ -283,6 +290,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_secs(header_secs),
             relay,
             console,
+            cors,
         })
     }
 }
@@ -492,6 +500,8 @@ mod tests {
             "relay:\n  cut_through: 1000001\n",
             "relay:\n  trim_interval_secs: 0\n",
             "relay:\n  bogus: 1\n",
+            "cors:\n  allowed_origins: [\"https://x/\"]\n",
+            "cors:\n  origins: []\n",
         ] {
             let parsed = parse_file(bad, "t", &env);
             let resolved =

@@ -9,11 +9,15 @@
 //! of their outbound stream and cumulative `ack`s of the inbound one; the server also sends
 //! `gap`, `group_state` and `error`.
 //!
+//! The diagnostics channel (vehicle commands over `/ws/data`: `diag_hello`, `command`,
+//! `command_response`, …) is the sibling module [`diag`].
+//!
 //! This module does no I/O and keeps no connection state; the daemon's WebSocket handler owns
 //! the socket and feeds decoded messages to the [`crate::engine`].
 
 mod codec;
 mod convert;
+pub mod diag;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod messages;

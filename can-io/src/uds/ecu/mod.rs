@@ -13,6 +13,7 @@ mod profile;
 mod responder;
 mod simulator;
 
+pub(crate) use profile::parse_int_text;
 pub use profile::{DidSpec, DtcSpec, EcuProfile, EcuSpec, IsoTpSpec};
 pub use responder::{EcuResponder, EcuStats};
 pub use simulator::{EcuSimulator, run_ecus};

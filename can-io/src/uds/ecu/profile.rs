@@ -183,16 +183,19 @@ impl Num {
     fn value(self) -> Result<u64, String> {
         match self {
             Num::Int(v) => Ok(v),
-            Num::Text(s) => {
-                let t = s.trim();
-                let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-                    Some(h) => u64::from_str_radix(h, 16),
-                    None => t.parse(),
-                };
-                parsed.map_err(|_| format!("{s:?} is not a number (write 0x7E0 or 2016)"))
-            }
+            Num::Text(s) => parse_int_text(&s),
         }
     }
+}
+
+/// An integer written as text: `"0x7E0"` (hex) or `"2016"` (decimal).
+pub(crate) fn parse_int_text(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a number (write 0x7E0 or 2016)"))
 }
 
 fn parse_num<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {

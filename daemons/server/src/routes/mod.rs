@@ -54,6 +54,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/ws/data", get(crate::dataplane::ws_data))
         .nest("/api/v1", api)
+        .merge(crate::ui::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(CatchPanicLayer::custom(panic_response))
