@@ -144,7 +144,8 @@ async fn other_users_and_agents_are_kept_out() -> TestResult {
         .post("/api/v1/agent/dongles", &alice, json!({"serial": "X-1"}))
         .await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    // Another user's serial cannot be taken over.
+    // Another user's serial cannot be taken over: announcing it gives mallory a dongle of her
+    // own (serials are per account), alice's stays hers and is not revealed.
     let (status, body) = api
         .post(
             "/api/v1/agent/dongles",
@@ -152,11 +153,17 @@ async fn other_users_and_agents_are_kept_out() -> TestResult {
             json!({"serial": "ALICE-A"}),
         )
         .await?;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::CONFLICT, "serial_taken"),
-        "{body}"
-    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_ne!(body["id"].as_str(), Some(a.as_str()), "{body}");
+    let (status, _) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/dongles/{a}"),
+            Some(&mallory),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // SSE: 404 for someone else's streams, 401 for bad tokens, 200 for the owner.
     let base = &server.base;

@@ -113,12 +113,26 @@ impl RempUdp {
 
     /// A simulated dongle: binds an ephemeral port, sends its hello to `agent`.
     pub async fn dongle(agent: SocketAddr, serial: &str) -> Result<Self, Error> {
+        Self::dongle_with_key(agent, serial, None).await
+    }
+
+    /// [`RempUdp::dongle`] signing every datagram with `key` when given. A signing dongle's
+    /// boot id is its start time in nanoseconds, so it grows from run to run as receivers
+    /// require.
+    pub async fn dongle_with_key(
+        agent: SocketAddr,
+        serial: &str,
+        key: Option<remp::RempKey>,
+    ) -> Result<Self, Error> {
         let local: SocketAddr = if agent.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let mut bus = Self::bind(local, Some(agent), serial).await?;
+        if let Some(key) = key {
+            bus.sender = RempSender::new(serial, now_ns(), 1000)?.with_key(key);
+        }
         bus.hello().await?;
         Ok(bus)
     }

@@ -17,8 +17,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tether_runtime::config::{
-    apply_env_overrides, expand_json_strings, opt_string_like, secs, string_like,
+    apply_env_overrides, expand_json_strings, located, opt_string_like, secs, string_like,
 };
+use tether_runtime::logging::check_log_level;
 
 /// Which layout a metering configuration was written in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -472,7 +473,8 @@ impl MeteringConfig {
     }
 }
 
-/// Read, substitute, override, parse and validate `path`, using `env` for variables.
+/// Read, substitute, override, parse and validate `path`, using `env` for variables. An error
+/// about a key names its path and the file's line, or the `TETHER_…` variable that set it.
 pub fn load(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -480,7 +482,7 @@ pub fn load(
 ) -> anyhow::Result<AgentConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text, env, env_vars).with_context(|| format!("in {}", path.display()))
+    parse_named(&text, &path.display().to_string(), env, env_vars)
 }
 
 /// Moves the specification's top-level sections under `metering:`. A file mixing both
@@ -512,21 +514,56 @@ fn nest_specification_layout(value: &mut Value) -> anyhow::Result<Layout> {
     Ok(Layout::Specification)
 }
 
-/// [`load`] on text.
+/// [`load`] on text (errors name the file `<config>`).
 pub fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     env_vars: &[(String, String)],
 ) -> anyhow::Result<AgentConfig> {
-    let mut value: Value = serde_norway::from_str(text).context("not valid YAML")?;
-    if value.is_null() {
-        value = Value::Object(Map::new());
-    }
-    expand_json_strings(&mut value, env)?;
-    apply_env_overrides(&mut value, "TETHER_", env_vars)?;
+    parse_named(text, "<config>", env, env_vars)
+}
+
+/// [`load`] on text read from `file`.
+pub fn parse_named(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_vars: &[(String, String)],
+) -> anyhow::Result<AgentConfig> {
+    // Through the YAML tree first: it refuses duplicate keys (a JSON map keeps the last).
+    let yaml = located::parse_yaml(text, file)?;
+    let mut value: Value = if yaml.is_null() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::to_value(&yaml).with_context(|| format!("in {file}: keys must be strings"))?
+    };
+    expand_json_strings(&mut value, env).with_context(|| format!("in {file}"))?;
+    let overrides = apply_env_overrides(&mut value, "TETHER_", env_vars)?;
     let layout = nest_specification_layout(&mut value)?;
-    let mut cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
+    let origin = located::Origin {
+        file,
+        text,
+        overrides: &overrides,
+    };
+    let mut cfg: AgentConfig = located::deserialize(value, origin)?;
     cfg.layout = layout;
+    let at = |path: &[&str], message: String| {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        located::located(origin, &path, message)
+    };
+    if let Some(m) = &cfg.metering {
+        check_log_level(&m.monitoring.log_level)
+            .map_err(|e| at(&["metering", "monitoring", "log_level"], e))?;
+    }
+    if let Some(d) = &cfg.dongle {
+        check_log_level(&d.log_level).map_err(|e| at(&["dongle", "log_level"], e))?;
+    }
+    validate(&cfg).with_context(|| format!("in {file}"))?;
+    Ok(cfg)
+}
+
+/// The checks serde cannot make.
+fn validate(cfg: &AgentConfig) -> anyhow::Result<()> {
     if cfg.metering.is_none()
         && cfg.dongle.is_none()
         && cfg.telemetry.is_none()
@@ -560,7 +597,7 @@ pub fn parse(
             "server_url and token are settings of the dongle, diagnostics and telemetry roles: add a `dongle:`, `diagnostics:` or `telemetry:` section"
         );
     }
-    Ok(cfg)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -688,6 +725,65 @@ monitoring:    {heartbeat_interval: 60, metrics_port: 9090, health_check_port: 8
         assert!(format!("{err:#}").contains("sockt_timeout"), "{err:#}");
         let zero = SPEC.replace("log_retention_days: 7", "log_retention_days: 0");
         assert!(parse(&zero, &spec_env, &[]).is_err());
+    }
+
+    #[test]
+    fn errors_name_key_line_or_variable_and_duplicates_are_refused() {
+        let dongle = "server_url: http://127.0.0.1:1\ntoken: t\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:0\n  batch_max_frames: lots\n";
+        let err = parse_named(dongle, "agent.yaml", &|_| None, &[]).expect_err("lots");
+        assert_eq!(
+            format!("{err:#}"),
+            "agent.yaml:6: dongle.batch_max_frames: invalid type: string \"lots\", expected a non-negative integer"
+        );
+        let err = parse_named("dongle: yes\n", "agent.yaml", &|_| None, &[]).expect_err("yes");
+        assert_eq!(
+            format!("{err:#}"),
+            "agent.yaml:1: dongle: invalid type: string \"yes\", expected an object"
+        );
+        let good = dongle.replace("lots", "16");
+        let vars = vec![(
+            "TETHER_DONGLE__BATCH_MAX_FRAMES".to_owned(),
+            "many".to_owned(),
+        )];
+        let err = parse_named(&good, "agent.yaml", &|_| None, &vars).expect_err("env");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(
+                "environment variable TETHER_DONGLE__BATCH_MAX_FRAMES (dongle.batch_max_frames): invalid type"
+            ),
+            "{text}"
+        );
+        let twice = format!("{good}token: again\n");
+        let err = parse_named(&twice, "agent.yaml", &|_| None, &[]).expect_err("duplicate");
+        let text = format!("{err:#}");
+        assert!(text.starts_with("agent.yaml:7:"), "{text}");
+        assert!(text.contains("duplicate"), "{text}");
+        let level = format!("{good}  log_level: 'no[such'\n");
+        let err = parse_named(&level, "agent.yaml", &|_| None, &[]).expect_err("log level");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("agent.yaml:7: dongle.log_level: \"no[such\" is not a log filter"),
+            "{text}"
+        );
+        assert!(parse_named(&good, "agent.yaml", &|_| None, &[]).is_ok());
+    }
+
+    #[test]
+    fn dongle_keys_parse_one_or_several_and_bad_keys_are_refused() {
+        let base = "server_url: http://127.0.0.1:1\ntoken: t\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:0\n  require_auth: true\n  keys:\n";
+        let one = "ab".repeat(16);
+        let two = "cd".repeat(32);
+        let text = format!("{base}    D-1: {one}\n    D-2: [{two}, {one}]\n");
+        let cfg = parse_named(&text, "agent.yaml", &|_| None, &[]).expect("parses");
+        let role = cfg.dongle_role().expect("valid").expect("dongle role");
+        assert!(role.require_auth);
+        assert_eq!(role.keys["D-1"].len(), 1);
+        assert_eq!(role.keys["D-2"].len(), 2);
+        for bad in ["00ff", "zz", "[]"] {
+            let text = format!("{base}    D-1: {bad}\n");
+            let err = parse_named(&text, "agent.yaml", &|_| None, &[]).expect_err(bad);
+            assert!(format!("{err:#}").contains("dongle.keys"), "{bad}: {err:#}");
+        }
     }
 
     #[test]

@@ -33,13 +33,16 @@ fn bad_dongle_configs_are_refused() {
         ),
         (
             MIN.to_owned() + "  protocol: canbus\n",
-            "invalid configuration",
+            "<config>:6: dongle.protocol: unknown variant `canbus`",
         ),
         (
             MIN.to_owned() + "  outbox_max_frames: 0\n",
             "outbox_max_frames",
         ),
-        (MIN.to_owned() + "  listne: 1\n", "invalid configuration"),
+        (
+            MIN.to_owned() + "  listne: 1\n",
+            "<config>:6: dongle.listne: unknown field `listne`",
+        ),
         (MIN.to_owned() + "  reconnect_min: -1\n", "reconnect_min"),
     ] {
         let err = parse(&bad, &env, &[]).expect_err(why);

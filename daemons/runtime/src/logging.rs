@@ -25,6 +25,16 @@ where
         .try_init();
 }
 
+/// Checks a log filter directive (`info`, `tether_server=debug,warn`) the way
+/// [`init_json_logs`] reads it; the error says what does not parse.
+pub fn check_log_level(directive: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(directive)
+        .map(drop)
+        .map_err(|err| {
+            format!("{directive:?} is not a log filter ({err}); try info, debug or warn")
+        })
+}
+
 /// Where [`init_json_logs_in_dir`] writes.
 #[derive(Debug, Clone)]
 pub struct LogFiles {
@@ -96,5 +106,15 @@ mod tests {
     /// Today's file is the newest name (dates sort as text), and it holds the new line.
     fn chrono_free_today(logs: &[&String]) -> bool {
         logs.last().is_some_and(|n| !n.contains("2020-"))
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in ["info", "debug", "tether_server=debug,warn", "trace"] {
+            assert_eq!(check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["no[such", "info,x=[", "tether=loud"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
     }
 }

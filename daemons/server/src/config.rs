@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tether_runtime::config::{ConfigError, expand_yaml_strings};
+use tether_runtime::config::{ConfigError, expand_yaml_strings, located};
 
 use crate::console::{ConsoleConfig, ConsoleSettings};
 use crate::error::ServerError;
@@ -387,17 +387,17 @@ pub fn parse_file(
     origin: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FileConfig, ServerError> {
-    let invalid = |detail: String| ServerError::ConfigInvalid {
-        origin: origin.to_owned(),
-        detail,
-    };
-    let mut value: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|err| invalid(err.to_string()))?;
+    let mut value = located::parse_yaml(text, origin).map_err(ServerError::ConfigAt)?;
     if value.is_null() {
         return Ok(FileConfig::default());
     }
     expand_yaml_strings(&mut value, lookup).map_err(|err| config_error(origin, err))?;
-    serde_norway::from_value(value).map_err(|err| invalid(err.to_string()))
+    let at = located::Origin {
+        file: origin,
+        text,
+        overrides: &[],
+    };
+    located::deserialize(value, at).map_err(ServerError::ConfigAt)
 }
 
 /// Maps an expansion error of the file at `origin` to the server's error.
@@ -451,6 +451,34 @@ mod tests {
             matches!(&err, Some(ServerError::ConfigEnvUnset { name, .. }) if name == "NOPE_UNSET"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line_and_duplicates_are_refused() {
+        let err = parse_file(
+            "listen: 127.0.0.1:1\nrelay:\n  max_len: lots\n",
+            "server.yaml",
+            &env,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string());
+        assert_eq!(
+            err,
+            Err("invalid configuration: server.yaml:3: relay.max_len: invalid type: string \"lots\", expected a non-negative integer".to_owned())
+        );
+        let err = parse_file("relay: yes\n", "server.yaml", &env)
+            .map(drop)
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            err,
+            Err("invalid configuration: server.yaml:1: relay: invalid type: string \"yes\", expected an object".to_owned())
+        );
+        let err = parse_file("listen: a\ndata_dir: b\nlisten: c\n", "server.yaml", &env)
+            .map(drop)
+            .map_err(|e| e.to_string())
+            .unwrap_err();
+        assert!(err.contains("server.yaml:"), "{err}");
+        assert!(err.contains("duplicate"), "{err}");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum ServerError {
         /// What is wrong.
         detail: String,
     },
+    /// A value of the configuration file at a known key (and line) is not acceptable.
+    #[error("invalid configuration: {0}")]
+    ConfigAt(tether_runtime::config::ConfigError),
     /// The configuration references `${NAME}` but `NAME` is not set in the environment.
     #[error(
         "configuration in {origin} uses ${{{name}}} but environment variable {name} is not set"

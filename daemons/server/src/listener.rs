@@ -42,6 +42,7 @@ impl axum::serve::Listener for CountingListener {
                     let stream = CountedStream {
                         inner: stream,
                         metrics: Arc::clone(&self.metrics),
+                        rewritten: None,
                     };
                     return (stream, addr);
                 }
@@ -59,11 +60,49 @@ impl axum::serve::Listener for CountingListener {
     }
 }
 
-/// An accepted TCP stream that decrements the open-connections gauge when dropped.
+/// An accepted TCP stream that decrements the open-connections gauge when dropped, and gives
+/// hyper's own error answers a JSON body ([`crate::http::hyper_errors`]).
 #[derive(Debug)]
 pub(crate) struct CountedStream {
     inner: TcpStream,
     metrics: Arc<ServerMetrics>,
+    /// A rewritten answer being written in place of the caller's buffer: the bytes, how many
+    /// are written, and the caller's buffer length (reported once all are written).
+    rewritten: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl CountedStream {
+    /// Writes `buf`, or its JSON-bodied replacement. A replacement is reported as `buf.len()`
+    /// bytes written once all of it is out; until then the caller sees `Pending` or partial
+    /// progress is hidden, and calls again with the same buffer (hyper does).
+    fn write_maybe_rewritten(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.rewritten.is_none() {
+            let replacement = crate::http::hyper_errors::rewrite(buf)?;
+            self.rewritten = Some((replacement, 0, buf.len()));
+        }
+        let (bytes, written, reported) = self.rewritten.as_mut()?;
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.rewritten = None;
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(err)) => {
+                    self.rewritten = None;
+                    return Some(Poll::Ready(Err(err)));
+                }
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let reported = *reported;
+        self.rewritten = None;
+        Some(Poll::Ready(Ok(reported)))
+    }
 }
 
 impl Drop for CountedStream {
@@ -88,6 +127,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(done) = self.write_maybe_rewritten(cx, buf) {
+            return done;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -104,6 +146,13 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // Hyper's own answer is a head alone: one non-empty slice.
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && let Some(done) = self.write_maybe_rewritten(cx, only)
+        {
+            return done;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -12,6 +12,7 @@ use relay_core::protocol::{Encoding, ErrorCode, Message};
 use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer, text};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const JSON: &[Encoding] = &[Encoding::Json];
 
@@ -207,5 +208,121 @@ async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResu
     );
     a.send_frames(4, 5).await?;
     assert_eq!(a.wait_ack(5).await?, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted() -> TestResult {
+    let srv = TestServer::start().await?;
+    let (user, agent, a, b) = srv.user_with_pair("olga").await?;
+    let (_, group) = srv
+        .post(
+            "/api/v1/groups",
+            &user,
+            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
+        )
+        .await?;
+    let id = text(&group, "id")?;
+    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
+        .await?;
+    let over = relay_core::protocol::MAX_MESSAGE_BYTES + 64 * 1024;
+    let just_over = relay_core::protocol::MAX_MESSAGE_BYTES + 16;
+
+    // As the first message: an error and a close frame, not a dropped TCP connection.
+    let client = DataClient::connect(&srv.base, &agent).await?;
+    let (seen, code) = client
+        .send_while_reading(WsMessage::Binary(vec![0x90; over].into()))
+        .await?;
+    assert_eq!(code, Some(1009), "{seen:?}");
+    assert!(
+        matches!(seen.as_slice(), [Message::Error(e)] if e.code == ErrorCode::MessageTooBig),
+        "{seen:?}"
+    );
+
+    // After the handshake, binary above the WebSocket limit and JSON just above the
+    // protocol's limit.
+    for (encoding, big) in [
+        (Encoding::Msgpack, vec![0x90; over]),
+        (Encoding::Json, vec![b' '; just_over]),
+    ] {
+        let (client, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[encoding]).await?;
+        let message = match encoding {
+            Encoding::Json => WsMessage::Text(String::from_utf8(big)?.into()),
+            Encoding::Msgpack => WsMessage::Binary(big.into()),
+        };
+        let (seen, code) = client.send_while_reading(message).await?;
+        assert_eq!(code, Some(1009), "{encoding:?}: {seen:?}");
+        let error = seen.iter().find_map(|m| match m {
+            Message::Error(e) => Some(e.clone()),
+            _ => None,
+        });
+        let error = error.ok_or_else(|| format!("{encoding:?}: no error in {seen:?}"))?;
+        assert_eq!(error.code, ErrorCode::MessageTooBig);
+        assert!(error.message.contains("4194304"), "{}", error.message);
+    }
+    let metrics = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(r#"tether_server_relay_errors_total{code="message_too_big"} 3"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frame_naming_another_group_is_refused_counted_and_not_stored() -> TestResult {
+    let srv = TestServer::start().await?;
+    let (user, agent, a, b) = srv.user_with_pair("gina").await?;
+    let (_, group) = srv
+        .post(
+            "/api/v1/groups",
+            &user,
+            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
+        )
+        .await?;
+    let id = text(&group, "id")?;
+    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
+        .await?;
+    let (mut client, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
+    let mut foreign = data_client::batch(1, 2);
+    if let Message::Frames(batch) = &mut foreign {
+        batch.frames[0].group_id = id.clone();
+        batch.frames[1].group_id = "7d1c1c5e-0000-4000-8000-000000000000".to_owned();
+    }
+    client.send_raw(&foreign).await?;
+    let seen = client
+        .recv_until(|m| matches!(m, Message::Error(_)))
+        .await?;
+    match seen.last() {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::GroupMismatch);
+            assert!(e.message.contains("frame 1"), "{}", e.message);
+        }
+        other => return Err(format!("expected group_mismatch, got {other:?}").into()),
+    }
+    // The connection stays; the next good batch starts at 1 because nothing was stored.
+    client.send_frames(1, 2).await?;
+    let seen = client.recv_until(|m| matches!(m, Message::Ack(_))).await?;
+    assert!(matches!(seen.last(), Some(Message::Ack(ack)) if ack.up_to == 2));
+    let metrics = srv
+        .client
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(r#"tether_server_relay_errors_total{code="group_mismatch"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tether_server_relay_frames_refused_total{code="group_mismatch"} 2"#),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -492,6 +492,13 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
         client,
         dir,
     };
+    // Before any agent connects, the REST API shows what is stored and undelivered.
+    let (srv_r, user_r, id_r) = (&srv, user.as_str(), id.as_str());
+    eventually("the stored backlog after restart", || async move {
+        let state = group_state(srv_r, user_r, id_r).await?;
+        Ok(state["backlog"]["a_to_b"] == 20 && state["backlog"]["b_to_a"] == 0)
+    })
+    .await?;
     let (mut a, welcome_a) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     assert_eq!(
         welcome_a.tx_acked, 60,

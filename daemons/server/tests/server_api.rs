@@ -117,19 +117,29 @@ async fn dongle_announce_is_an_idempotent_upsert_owned_by_the_agents_user() -> T
     assert_eq!(status, StatusCode::OK);
     assert_eq!(moved["id"], first["id"]);
     assert_eq!(moved["agent_id"], agent2_id.as_str());
-    // Another user's agent: 409 without saying whose it is.
-    let (status, refused) = srv
+    // Another user's agent announcing the same serial gets a dongle of its own user: serials
+    // are a namespace per account, and nothing in the answer speaks of alice's.
+    let (status, bobs) = srv
         .post(
             "/api/v1/agent/dongles",
             &bob_agent,
             json!({ "serial": "VIN-42" }),
         )
         .await?;
-    assert_eq!(
-        (status, code(&refused)),
-        (StatusCode::CONFLICT, "serial_taken")
-    );
-    assert!(!refused.to_string().contains("alice"));
+    assert_eq!(status, StatusCode::CREATED, "{bobs}");
+    assert_ne!(bobs["id"], first["id"]);
+    assert_eq!(bobs["online"], false);
+    assert!(!bobs.to_string().contains(agent2_id.as_str()));
+    // And alice's announcement still finds her own dongle, unchanged.
+    let (status, mine) = srv
+        .post(
+            "/api/v1/agent/dongles",
+            &agent2,
+            json!({ "serial": "VIN-42" }),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mine["id"], first["id"]);
 
     let (_, list) = srv.get("/api/v1/dongles", &alice).await?;
     let dongles = list["dongles"].as_array().cloned().unwrap_or_default();
@@ -141,7 +151,11 @@ async fn dongle_announce_is_an_idempotent_upsert_owned_by_the_agents_user() -> T
         assert!(one.get(field).is_some(), "missing {field} in {one}");
     }
     let (_, bob_list) = srv.get("/api/v1/dongles", &bob).await?;
-    assert_eq!(bob_list["dongles"].as_array().map(Vec::len), Some(0));
+    let bob_dongles = bob_list["dongles"].as_array().cloned().unwrap_or_default();
+    assert_eq!(bob_dongles.len(), 1);
+    assert_eq!(bob_dongles[0]["id"], bobs["id"]);
+    let (status, _) = srv.get(&format!("/api/v1/dongles/{id}"), &bob).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     srv.server.shutdown().await?;
     Ok(())
 }

@@ -227,6 +227,10 @@ pub enum ErrorCode {
     Unauthorized,
     /// The server failed internally (storage); the agent should reconnect later.
     Internal,
+    /// A message was larger than the peer accepts (fatal; the close code is 1009).
+    MessageTooBig,
+    /// A frame names a group other than the connection's; the batch was not stored.
+    GroupMismatch,
     /// A code this version does not know.
     #[serde(other)]
     Other,

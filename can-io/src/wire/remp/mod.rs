@@ -16,10 +16,14 @@
 //! * [`RempReceiver`] — sans-IO receiving side: decodes, counts lost / duplicate / reordered
 //!   datagrams per dongle and names channels from the hello.
 
+mod auth;
 mod receiver;
 mod sender;
 
-pub use receiver::{DongleStats, RempEvent, RempReceiver, SEQ_WINDOW, SeqVerdict, SeqWindow};
+pub use auth::{FLAG_AUTH, MIN_KEY_LEN, RempKey, TAG_LEN};
+pub use receiver::{
+    AuthRefused, DongleStats, RempEvent, RempReceiver, SEQ_WINDOW, SeqVerdict, SeqWindow,
+};
 pub use sender::RempSender;
 
 use crate::error::Error;
@@ -348,10 +352,17 @@ pub fn decode(bytes: &[u8]) -> Result<RempDatagram, Error> {
     }
     let ty = r.u8()?;
     let flags = r.u8()?;
-    if flags != 0 {
+    if flags & !FLAG_AUTH != 0 {
         return Err(malformed(format!(
             "reserved header flags 0x{flags:02X} set"
         )));
+    }
+    if flags & FLAG_AUTH != 0 {
+        // The tag closes the datagram; the body ends before it.
+        let Some(end) = bytes.len().checked_sub(TAG_LEN) else {
+            return Err(malformed("authenticated datagram shorter than its tag"));
+        };
+        r.buf = &bytes[..end.max(r.pos)];
     }
     let serial_len = r.u8()? as usize;
     if serial_len == 0 || serial_len > MAX_SERIAL_LEN {
@@ -370,10 +381,15 @@ pub fn decode(bytes: &[u8]) -> Result<RempDatagram, Error> {
         msg_type::FRAMES => RempBody::Frames(decode_frames(&mut r)?),
         other => return Err(malformed(format!("unknown message type {other}"))),
     };
-    if r.pos != bytes.len() {
-        return Err(malformed(format!("{} trailing bytes", bytes.len() - r.pos)));
+    if r.pos != r.buf.len() {
+        return Err(malformed(format!("{} trailing bytes", r.buf.len() - r.pos)));
     }
     Ok(RempDatagram { serial, seq, body })
+}
+
+/// Whether a datagram (already decoded) carries an authentication tag.
+pub fn is_authenticated(bytes: &[u8]) -> bool {
+    bytes.get(6).is_some_and(|flags| flags & FLAG_AUTH != 0)
 }
 
 fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, Error> {

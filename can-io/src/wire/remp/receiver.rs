@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{RempBody, decode};
+use super::{RempBody, RempKey, decode, is_authenticated};
 use crate::error::Error;
 use crate::frame::{CanRecord, Channel};
 
@@ -150,6 +150,37 @@ pub struct RempReceiver {
     dongles: HashMap<String, DongleState>,
     max_dongles: usize,
     rejected_dongles: u64,
+    /// Authentication settings and counts (boxed: most receivers have none).
+    auth: Box<AuthState>,
+}
+
+#[derive(Debug, Default)]
+struct AuthState {
+    /// Keys per serial (several while a key is rotated); a serial listed here must sign.
+    keys: HashMap<String, Vec<RempKey>>,
+    /// Refuse every serial without a key.
+    require_auth: bool,
+    /// Datagrams refused by authentication, by reason.
+    refused: AuthRefused,
+}
+
+/// Datagrams refused by authentication (none of them changed any state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthRefused {
+    /// From a serial that has a key, without a valid tag under any of its keys.
+    pub bad_tag: u64,
+    /// From a serial without a key while authentication is required, or signed by a serial
+    /// the receiver has no key for.
+    pub no_key: u64,
+    /// Signed and valid, but from an older boot than one already accepted (a replay).
+    pub old_boot: u64,
+}
+
+impl AuthRefused {
+    /// All refusals.
+    pub fn total(&self) -> u64 {
+        self.bad_tag + self.no_key + self.old_boot
+    }
 }
 
 impl Default for RempReceiver {
@@ -166,12 +197,93 @@ impl RempReceiver {
             dongles: HashMap::new(),
             max_dongles,
             rejected_dongles: 0,
+            auth: Box::default(),
+        }
+    }
+
+    /// Requires datagrams of `serial` to be signed with one of `keys` (several while a key is
+    /// being rotated; an empty list removes the requirement). Takes effect at once.
+    pub fn set_keys(&mut self, serial: &str, keys: Vec<RempKey>) {
+        if keys.is_empty() {
+            self.auth.keys.remove(serial);
+        } else {
+            self.auth.keys.insert(serial.to_owned(), keys);
+        }
+    }
+
+    /// With `true`, datagrams of serials without a key are refused (the production setting).
+    pub fn set_require_auth(&mut self, require: bool) {
+        self.auth.require_auth = require;
+    }
+
+    /// Datagrams refused by authentication so far.
+    pub fn auth_refused(&self) -> AuthRefused {
+        self.auth.refused
+    }
+
+    /// Checks the tag of a datagram of `serial` whose sender claims (hello, keep-alive) or is
+    /// known to be in (frames) boot `boot_id`. `Err` (counted) when it must be refused;
+    /// `Ok(true)` for a valid signature.
+    fn authenticate(
+        &mut self,
+        serial: &str,
+        boot_id: Option<u64>,
+        bytes: &[u8],
+    ) -> Result<bool, Error> {
+        let refuse = |reason: String| Error::Unsupported {
+            protocol: "REMP",
+            reason,
+        };
+        match self.auth.keys.get(serial) {
+            Some(keys) => {
+                if let Some(boot) = boot_id
+                    && keys.iter().any(|k| k.verify(boot, bytes))
+                {
+                    Ok(true)
+                } else {
+                    self.auth.refused.bad_tag += 1;
+                    Err(refuse(if boot_id.is_none() {
+                        format!("frames of {serial} before its signed hello: dropped")
+                    } else {
+                        format!("datagram of {serial} is not signed with its key: dropped")
+                    }))
+                }
+            }
+            None if self.auth.require_auth || is_authenticated(bytes) => {
+                self.auth.refused.no_key += 1;
+                Err(refuse(format!(
+                    "no key for dongle {serial} (authentication required): dropped"
+                )))
+            }
+            None => Ok(false),
         }
     }
 
     /// Handle one datagram received at `now_ns`.
     pub fn handle_datagram(&mut self, bytes: &[u8], now_ns: u64) -> Result<RempEvent, Error> {
         let d = decode(bytes)?;
+        let claimed_boot = match &d.body {
+            RempBody::Hello(h) => Some(h.boot_id),
+            RempBody::Keepalive(k) => Some(k.boot_id),
+            RempBody::Frames(_) => None,
+        };
+        let known_boot = self.dongles.get(&d.serial).and_then(|s| s.boot_id);
+        // Before any state is touched: a forged datagram must change nothing.
+        let signed = self.authenticate(&d.serial, claimed_boot.or(known_boot), bytes)?;
+        if signed
+            && let (Some(claimed), Some(known)) = (claimed_boot, known_boot)
+            && claimed < known
+        {
+            // A signed dongle's boot id only grows: an older one is a recorded datagram.
+            self.auth.refused.old_boot += 1;
+            return Err(Error::Unsupported {
+                protocol: "REMP",
+                reason: format!(
+                    "datagram of {} from an older boot than the current one: dropped as a replay",
+                    d.serial
+                ),
+            });
+        }
         if !self.dongles.contains_key(&d.serial) && self.dongles.len() >= self.max_dongles {
             self.rejected_dongles += 1;
             return Err(Error::Unsupported {
@@ -292,6 +404,100 @@ impl RempReceiver {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn record(i: u64) -> CanRecord {
+        use crate::frame::{CanFrame, CanId, DataFrame, Direction};
+        let frame = DataFrame::new(CanId::standard(0x100).unwrap(), &[i as u8]).unwrap();
+        CanRecord::new(
+            i,
+            Channel::from("can0"),
+            Direction::Rx,
+            CanFrame::Data(frame),
+        )
+    }
+
+    /// Hello then one frames datagram per record.
+    fn datagrams(sender: &mut super::super::RempSender, n: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend(sender.push(&record(i)).unwrap());
+            out.extend(sender.flush().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn keyed_serials_accept_only_fresh_datagrams_signed_with_their_key() {
+        use super::super::RempSender;
+        let key = RempKey::new(&[7; 32]).unwrap();
+        let other = RempKey::new(&[8; 32]).unwrap();
+        let mut rx = RempReceiver::default();
+        rx.set_keys("D1", vec![key.clone()]);
+        let frames_of = |rx: &mut RempReceiver, bytes: &[u8]| match rx.handle_datagram(bytes, 0) {
+            Ok(RempEvent::Frames { records, .. }) => records.len(),
+            _ => 0,
+        };
+        // Unsigned and wrongly signed datagrams of D1 are dropped, counted, and change nothing.
+        let mut plain = RempSender::new("D1", 10, 1000).unwrap();
+        for d in datagrams(&mut plain, 2) {
+            assert!(rx.handle_datagram(&d, 0).is_err());
+        }
+        let mut forger = RempSender::new("D1", 10, 1000).unwrap().with_key(other);
+        for d in datagrams(&mut forger, 2) {
+            assert!(rx.handle_datagram(&d, 0).is_err());
+        }
+        assert_eq!(rx.auth_refused().bad_tag, 6);
+        assert_eq!(rx.stats("D1"), None, "no state from refused datagrams");
+        // The real dongle.
+        let mut dongle = RempSender::new("D1", 10, 1000)
+            .unwrap()
+            .with_key(key.clone());
+        let sent = datagrams(&mut dongle, 3);
+        let got: usize = sent.iter().map(|d| frames_of(&mut rx, d)).sum();
+        assert_eq!(got, 3);
+        // Replays are dropped by the sequence window.
+        for d in &sent {
+            assert_eq!(frames_of(&mut rx, d), 0);
+        }
+        // After a restart (a larger boot id) the old boot's datagrams fail: frames are bound
+        // to the boot, hellos from an older boot are refused as replays.
+        let mut rebooted = RempSender::new("D1", 11, 1000)
+            .unwrap()
+            .with_key(key.clone());
+        let fresh = datagrams(&mut rebooted, 1);
+        assert_eq!(
+            fresh.iter().map(|d| frames_of(&mut rx, d)).sum::<usize>(),
+            1
+        );
+        let before = rx.auth_refused();
+        for d in &sent {
+            assert!(rx.handle_datagram(d, 0).is_err());
+        }
+        let after = rx.auth_refused();
+        assert_eq!(after.old_boot - before.old_boot, 1, "the old hello");
+        assert_eq!(after.bad_tag - before.bad_tag, 3, "the old frames");
+        // Rotation: both keys accepted while the dongle switches.
+        let new_key = RempKey::new(&[9; 32]).unwrap();
+        rx.set_keys("D1", vec![key, new_key.clone()]);
+        let mut switched = RempSender::new("D1", 12, 1000).unwrap().with_key(new_key);
+        let n: usize = datagrams(&mut switched, 2)
+            .iter()
+            .map(|d| frames_of(&mut rx, d))
+            .sum();
+        assert_eq!(n, 2);
+        // Serials without a key: accepted unless authentication is required.
+        let mut open = RempSender::new("D2", 1, 1000).unwrap();
+        let first = datagrams(&mut open, 1);
+        assert_eq!(
+            first.iter().map(|d| frames_of(&mut rx, d)).sum::<usize>(),
+            1
+        );
+        rx.set_require_auth(true);
+        let before = rx.auth_refused().no_key;
+        let more = datagrams(&mut open, 1);
+        assert_eq!(more.iter().map(|d| frames_of(&mut rx, d)).sum::<usize>(), 0);
+        assert_eq!(rx.auth_refused().no_key - before, 1);
+    }
 
     #[test]
     fn window_classifies() {

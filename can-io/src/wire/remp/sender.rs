@@ -2,7 +2,7 @@
 
 use super::{
     FRAME_ENTRY_HEADER, Hello, Keepalive, MAX_CHANNELS, MAX_DATAGRAM, RempBody, RempDatagram,
-    RempFrame, header_len, validate_channel_name, validate_serial,
+    RempFrame, RempKey, TAG_LEN, header_len, validate_channel_name, validate_serial,
 };
 use crate::error::Error;
 use crate::frame::CanRecord;
@@ -23,6 +23,7 @@ pub struct RempSender {
     pending: Vec<RempFrame>,
     pending_bytes: usize,
     dropped: u32,
+    key: Option<RempKey>,
 }
 
 impl RempSender {
@@ -38,7 +39,16 @@ impl RempSender {
             pending: Vec::new(),
             pending_bytes: 0,
             dropped: 0,
+            key: None,
         })
+    }
+
+    /// Signs every datagram with `key` from now on (`docs/protocols/remp.md`, authentication).
+    /// A signing dongle's `boot_id` must grow from boot to boot (e.g. its boot time in
+    /// milliseconds), or receivers drop its datagrams after a restart as replays.
+    pub fn with_key(mut self, key: RempKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Record that the dongle dropped `n` frames before they reached this sender; reported in
@@ -53,7 +63,10 @@ impl RempSender {
             seq: self.next_seq,
             body,
         };
-        let bytes = d.to_bytes()?;
+        let mut bytes = d.to_bytes()?;
+        if let Some(key) = &self.key {
+            key.sign(self.boot_id, &mut bytes)?;
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         Ok(bytes)
     }
@@ -117,7 +130,8 @@ impl RempSender {
 
     /// Size the pending batch would have as a datagram.
     fn batch_size(&self) -> usize {
-        header_len(self.serial.len()) + 2 + self.pending_bytes
+        let tag = if self.key.is_some() { TAG_LEN } else { 0 };
+        header_len(self.serial.len()) + 2 + self.pending_bytes + tag
     }
 
     /// The pending batch as a datagram, if any frames are pending.

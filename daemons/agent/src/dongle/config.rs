@@ -73,6 +73,23 @@ pub struct DongleSection {
     /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
     #[serde(default = "info", deserialize_with = "string_like")]
     pub log_level: String,
+    /// Per-dongle keys, hex: `SERIAL: KEY`, or `SERIAL: [NEW, OLD]` while rotating. A serial
+    /// with a key must sign its datagrams (`docs/protocols/remp.md`, authentication).
+    #[serde(default)]
+    pub keys: std::collections::BTreeMap<String, KeyList>,
+    /// Refuse every dongle without a key (the production setting).
+    #[serde(default)]
+    pub require_auth: bool,
+}
+
+/// One key or several (rotation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyList {
+    /// One key.
+    One(String),
+    /// Several keys, all accepted.
+    Many(Vec<String>),
 }
 
 fn default_protocol() -> DongleProtocol {
@@ -140,6 +157,10 @@ pub struct DongleRole {
     pub stats_interval: Option<Duration>,
     /// Log filter.
     pub log_level: String,
+    /// Keys per serial.
+    pub keys: std::collections::HashMap<String, Vec<can_io::wire::remp::RempKey>>,
+    /// Refuse serials without a key.
+    pub require_auth: bool,
 }
 
 impl DongleRole {
@@ -190,7 +211,27 @@ impl DongleRole {
         if rmin < Duration::from_millis(10) || rmax < rmin {
             bail!("dongle.reconnect_min must be at least 0.01 s and at most reconnect_max");
         }
+        let mut keys = std::collections::HashMap::new();
+        for (serial, list) in &d.keys {
+            can_io::wire::remp::validate_serial(serial)
+                .map_err(|e| anyhow::anyhow!("dongle.keys: {serial:?}: {e}"))?;
+            let texts = match list {
+                KeyList::One(k) => std::slice::from_ref(k),
+                KeyList::Many(ks) => ks.as_slice(),
+            };
+            if texts.is_empty() {
+                bail!("dongle.keys.{serial}: no key");
+            }
+            let parsed = texts
+                .iter()
+                .map(|k| can_io::wire::remp::RempKey::from_hex(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("dongle.keys.{serial}: {e}"))?;
+            keys.insert(serial.clone(), parsed);
+        }
         Ok(DongleRole {
+            keys,
+            require_auth: d.require_auth,
             ws_url: format!("{ws_base}/ws/data"),
             server_url,
             token,

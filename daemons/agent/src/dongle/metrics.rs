@@ -100,6 +100,8 @@ pub struct DongleMetrics {
     pub disconnects: Family<SerialLabels, Counter>,
     /// UDP datagrams that did not decode.
     pub malformed_datagrams: Counter,
+    /// REMP datagrams dropped by authentication (no valid tag, no key, an older boot).
+    pub unauthenticated_datagrams: Counter,
     /// Serials seen, for the totals lines.
     known: Arc<Mutex<BTreeSet<String>>>,
 }
@@ -182,6 +184,11 @@ impl DongleMetrics {
             "malformed_datagrams",
             "UDP datagrams that did not decode",
             self.malformed_datagrams.clone(),
+        );
+        p.register(
+            "unauthenticated_datagrams",
+            "REMP datagrams dropped by authentication (bad or missing tag, no key, older boot)",
+            self.unauthenticated_datagrams.clone(),
         );
     }
 

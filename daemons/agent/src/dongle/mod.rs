@@ -171,11 +171,17 @@ async fn udp_loop(
     mut stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut receiver = RempReceiver::new(MAX_DONGLES);
+    for (serial, keys) in &ctx.cfg.keys {
+        receiver.set_keys(serial, keys.clone());
+    }
+    receiver.set_require_auth(ctx.cfg.require_auth);
     let mut dongles: HashMap<String, DongleEntry> = HashMap::new();
     let mut workers = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     let mut warned: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut auth_refused_seen = 0;
+    let mut auth_warned = tokio::time::Instant::now() - QUEUE_WARN_EVERY;
     loop {
         let (n, from) = tokio::select! {
             _ = stop.changed() => break,
@@ -198,8 +204,20 @@ async fn udp_loop(
         let event = match receiver.handle_datagram(&buf[..n], worker::now_ms() * 1_000_000) {
             Ok(ev) => ev,
             Err(e) => {
-                ctx.metrics.malformed_datagrams.inc();
-                tracing::debug!(%from, error = %e, "skipping a datagram that is not valid REMP");
+                let refused = receiver.auth_refused().total();
+                if refused > auth_refused_seen {
+                    auth_refused_seen = refused;
+                    ctx.metrics.unauthenticated_datagrams.inc();
+                    let now = tokio::time::Instant::now();
+                    if now.duration_since(auth_warned) >= QUEUE_WARN_EVERY {
+                        auth_warned = now;
+                        warn!(%from, error = %e, total = refused,
+                            "dropping REMP datagrams that fail authentication");
+                    }
+                } else {
+                    ctx.metrics.malformed_datagrams.inc();
+                    tracing::debug!(%from, error = %e, "skipping a datagram that is not valid REMP");
+                }
                 continue;
             }
         };

@@ -31,6 +31,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the reader waits for the writer to send a final error before dropping the socket.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the socket stays open after a `message_too_big` close. The server stopped reading
+/// in the middle of the agent's message; closing at once would make the kernel answer the
+/// unread bytes with a reset, which can destroy the error and close frame before the agent
+/// reads them.
+const TOO_BIG_LINGER: Duration = Duration::from_secs(1);
+
 /// Longest error text sent (the protocol allows 4096 bytes).
 const MAX_ERROR_TEXT: usize = 1024;
 
@@ -52,6 +58,33 @@ fn clip(mut text: String) -> String {
     text
 }
 
+/// When a read failed because the message was larger than the connection accepts: the refusal
+/// to send before closing with 1009.
+fn too_big(err: &axum::Error) -> Option<Refusal> {
+    // axum wraps the tungstenite error it got as the source.
+    let inner = std::error::Error::source(err)?.downcast_ref::<tungstenite_axum::Error>();
+    match inner {
+        Some(tungstenite_axum::Error::Capacity(capacity)) => Some(refusal(
+            ErrorCode::MessageTooBig,
+            format!(
+                "{capacity}; a message may be at most {} bytes",
+                relay_core::protocol::MAX_MESSAGE_BYTES
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The WebSocket close code for a fatal error: 1009 for too big, 1011 for the server's own
+/// failure, 1008 (policy) for every refusal.
+fn close_code_for(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::MessageTooBig => close_code::SIZE,
+        ErrorCode::Internal => close_code::ERROR,
+        _ => close_code::POLICY,
+    }
+}
+
 fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -63,6 +96,8 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
 struct Session {
     conn: super::ConnId,
     group: Uuid,
+    /// `group` as frames spell it (`groupId`).
+    group_id: String,
     side: Side,
     dongle: Uuid,
 }
@@ -91,7 +126,13 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         }
         Ok(None) => return,
         Err(refused) => {
+            tracing::info!(agent = %agent.id, code = code_label(refused.code), reason = %refused.message, "data-plane connection refused before its hello");
+            let linger = refused.code == ErrorCode::MessageTooBig;
             close_with_error(&mut sink, refused, metrics).await;
+            if linger {
+                tokio::time::sleep(TOO_BIG_LINGER).await;
+            }
+            drop(source);
             return;
         }
     };
@@ -132,6 +173,7 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         metrics.clone(),
     ));
     let mut writer_done = false;
+    let mut linger = false;
     loop {
         tokio::select! {
             _ = &mut writer => {
@@ -160,7 +202,18 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
             },
             message = source.next() => {
                 let bytes_and_encoding = match message {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
+                    Some(Err(err)) => {
+                        if let Some(refused) = too_big(&err) {
+                            tracing::warn!(agent = %agent.id, group = %session.group, side = %session.side, reason = %refused.message, "data-plane message too big: closing with 1009");
+                            count_error(metrics, refused.code);
+                            outbox.push(Out::Fatal(refused.code, refused.message));
+                            linger = true;
+                        } else {
+                            tracing::debug!(agent = %agent.id, %err, "data-plane read failed");
+                        }
+                        break;
+                    }
+                    None | Some(Ok(WsMessage::Close(_))) => break,
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
                     Some(Ok(WsMessage::Text(text))) => (Bytes::from(text), Encoding::Json),
                     Some(Ok(WsMessage::Binary(bytes))) => (bytes, Encoding::Msgpack),
@@ -185,6 +238,10 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
             writer.abort();
         }
     }
+    if linger {
+        tokio::time::sleep(TOO_BIG_LINGER).await;
+    }
+    drop(source);
     metrics.connections.dec();
     plane.agent_connection(agent.id, false);
     tracing::info!(agent = %agent.id, group = %session.group, side = %session.side, "data-plane side disconnected");
@@ -223,7 +280,8 @@ async fn read_hello(source: &mut Source, diag: bool) -> Result<Option<First>, Re
             }
         };
         let bytes = match message {
-            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return Ok(None),
+            Some(Err(err)) => return too_big(&err).map_or(Ok(None), Err),
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             Some(Ok(WsMessage::Text(text))) => Bytes::from(text),
             Some(Ok(WsMessage::Binary(bytes))) => bytes,
@@ -246,6 +304,9 @@ async fn read_hello(source: &mut Source, diag: bool) -> Result<Option<First>, Re
                     "protocol version {got} is not supported; this server speaks {supported:?}"
                 ),
             )),
+            Err(err @ RelayError::MessageTooLarge { .. }) => {
+                Err(refusal(ErrorCode::MessageTooBig, err.to_string()))
+            }
             Err(err) => Err(refusal(ErrorCode::BadMessage, err.to_string())),
         };
     }
@@ -334,6 +395,7 @@ async fn welcome(
         Session {
             conn,
             group: group_id,
+            group_id: group_id.to_string(),
             side,
             dongle,
         },
@@ -373,6 +435,26 @@ async fn load_snapshot(
     })
 }
 
+/// What waits in the stream log for each direction's consumer: stored items above its stored
+/// cursor.
+pub(super) async fn stored_backlog(
+    log: &AnyStreamLog,
+    group: Uuid,
+) -> Result<crate::group_mode::Backlog, RelayError> {
+    let gid = GroupId::new(group.to_string());
+    let mut waiting = [0; 2];
+    for (index, direction) in Direction::BOTH.into_iter().enumerate() {
+        let key = direction.stream_key(&gid);
+        let consumer = direction.consumer().to_string();
+        let cursor = log.load_cursor(&key, &consumer).await?.unwrap_or(0);
+        waiting[index] = log.backlog(&key, cursor).await?.count;
+    }
+    Ok(crate::group_mode::Backlog {
+        a_to_b: waiting[0],
+        b_to_a: waiting[1],
+    })
+}
+
 /// Handles one message after the handshake. `false`: stop reading (a fatal error is queued or
 /// the driver is gone).
 async fn handle(
@@ -385,18 +467,37 @@ async fn handle(
 ) -> bool {
     let metrics = &plane.shared.metrics;
     let fatal = |code: ErrorCode, message: String| {
-        metrics
-            .errors
-            .get_or_create(&CodeLabels {
-                code: code_label(code),
-            })
-            .inc();
+        count_error(metrics, code);
         outbox.push(Out::Fatal(code, clip(message)));
         false
     };
     let command = match protocol::decode(bytes, encoding) {
         Ok(Message::Frames(batch)) => {
             metrics.frames_received.inc_by(batch.frames.len() as u64);
+            if let Some((index, frame)) = batch
+                .frames
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.group_id != session.group_id)
+            {
+                // Stored as is, it would reach the other side naming a group it is not in.
+                count_error(metrics, ErrorCode::GroupMismatch);
+                metrics
+                    .frames_refused
+                    .get_or_create(&CodeLabels {
+                        code: code_label(ErrorCode::GroupMismatch),
+                    })
+                    .inc_by(batch.frames.len() as u64);
+                tracing::warn!(group = %session.group, side = %session.side, frame = index, named = %frame.group_id, "frame batch names another group: refused");
+                outbox.push(Out::Error(
+                    ErrorCode::GroupMismatch,
+                    clip(format!(
+                        "frame {index} names group {:?}, but this connection is group {}; the batch was not stored",
+                        frame.group_id, session.group
+                    )),
+                ));
+                return true;
+            }
             let skip = plane.already_shown(
                 session.group,
                 session.side,
@@ -438,6 +539,10 @@ async fn handle(
                 format!("agents do not send `{}` messages", other.type_name()),
             );
         }
+        Err(err @ RelayError::MessageTooLarge { .. }) => {
+            tracing::warn!(group = %session.group, side = %session.side, %err, "data-plane message too big: closing with 1009");
+            return fatal(ErrorCode::MessageTooBig, err.to_string());
+        }
         Err(err) => return fatal(ErrorCode::BadMessage, err.to_string()),
     };
     plane.shared.commands.send(command).await.is_ok()
@@ -445,12 +550,8 @@ async fn handle(
 
 /// Sends an error and closes, before the writer exists (handshake refusals).
 async fn close_with_error(sink: &mut Sink, refused: Refusal, metrics: &RelayMetrics) {
-    metrics
-        .errors
-        .get_or_create(&CodeLabels {
-            code: code_label(refused.code),
-        })
-        .inc();
+    count_error(metrics, refused.code);
+    let close_as = close_code_for(refused.code);
     let message = Message::Error(ErrorMessage {
         code: refused.code,
         message: refused.message,
@@ -460,11 +561,21 @@ async fn close_with_error(sink: &mut Sink, refused: Refusal, metrics: &RelayMetr
     }
     let _ = sink
         .send(WsMessage::Close(Some(CloseFrame {
-            code: close_code::POLICY,
+            code: close_as,
             reason: Utf8Bytes::from_static("refused"),
         })))
         .await;
     let _ = sink.close().await;
+}
+
+/// Counts a refusal in `relay_errors_total{code}`.
+fn count_error(metrics: &RelayMetrics, code: ErrorCode) {
+    metrics
+        .errors
+        .get_or_create(&CodeLabels {
+            code: code_label(code),
+        })
+        .inc();
 }
 
 /// Encodes a message in the connection's encoding.
@@ -546,12 +657,7 @@ async fn write_loop(
                     {
                         let _ = sink.send(m).await;
                     }
-                    let close_as = if code == ErrorCode::Internal {
-                        close_code::ERROR
-                    } else {
-                        close_code::POLICY
-                    };
-                    close(&mut sink, close_as, "error").await;
+                    close(&mut sink, close_code_for(code), "error").await;
                     return;
                 }
                 Out::Close(reason) => {

@@ -131,13 +131,18 @@ pub(super) fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::CursorAhead => "cursor_ahead",
         ErrorCode::Unauthorized => "unauthorized",
         ErrorCode::Internal => "internal",
+        ErrorCode::MessageTooBig => "message_too_big",
+        ErrorCode::GroupMismatch => "group_mismatch",
         ErrorCode::Other => "other",
     }
 }
 
 /// Whether an error code ends the connection (protocol doc, "Error codes").
 fn is_fatal(code: ErrorCode) -> bool {
-    !matches!(code, ErrorCode::GroupInactive | ErrorCode::SeqOutOfOrder)
+    !matches!(
+        code,
+        ErrorCode::GroupInactive | ErrorCode::SeqOutOfOrder | ErrorCode::GroupMismatch
+    )
 }
 
 /// The engine's driver.

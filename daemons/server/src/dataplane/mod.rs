@@ -289,6 +289,27 @@ pub async fn open_stream_log(config: &ServerConfig) -> Result<StreamLogSource, S
     Ok(StreamLogSource::Open(log))
 }
 
+/// Fills the backlog cache from the stream log at start: no side is connected yet, so every
+/// frame stored and not acknowledged by its consumer is a backlog, and the REST API shows it
+/// before any agent connects (the driver takes over when a group is loaded).
+async fn seed_backlogs(state: &AppState, log: &AnyStreamLog, cache: &BacklogCache) {
+    let ids = match state.store().call(|store| store.all_group_ids()).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::error!(%err, "listing groups for their backlog failed; backlogs read 0 until a side connects");
+            return;
+        }
+    };
+    for id in ids {
+        match conn::stored_backlog(log, id).await {
+            Ok(backlog) => cache.set(id, backlog),
+            Err(err) => {
+                tracing::error!(group = %id, %err, "reading a group's backlog failed; it reads 0 until a side connects");
+            }
+        }
+    }
+}
+
 /// Connects the stream log, retrying with backoff; `None` when asked to stop first.
 async fn connect_log(
     source: StreamLogSource,
@@ -351,6 +372,7 @@ impl DataPlane {
                 let Some(log) = connect_log(log, &mut stop_rx).await else {
                     return;
                 };
+                seed_backlogs(&state, &log, &cache).await;
                 let _ = cell.set(log.clone());
                 let driver =
                     driver::Driver::new(state, log, config, metrics, cache, sync_tx, shown);

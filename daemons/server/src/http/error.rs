@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use tether_runtime::config::plain_message;
+
 use crate::error::ServerError;
 
 /// A refused request: status, a stable machine-readable `code`, and a human `message`.
@@ -60,6 +62,9 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::URI_TOO_LONG => "uri_too_long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -121,10 +126,43 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// A JSON request body whose rejections are [`ApiError`]s.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body whose rejections are [`ApiError`]s. Stricter than `axum::Json`: the
+/// body must be a JSON object (serde would also take an array for a struct), and the messages
+/// name the field at fault in the client's terms, never a Rust type.
+#[derive(Debug)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // `axum::Json` checks the content type and reads the body within the body limit.
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        parse_object(value).map(ApiJson)
+    }
+}
+
+/// A request body value as `T`, refusing anything but an object.
+fn parse_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    let kind = match &value {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    };
+    if let Some(kind) = kind {
+        return Err(ApiError::invalid(format!(
+            "the body must be a JSON object, not {kind}"
+        )));
+    }
+    serde_json::from_value(value).map_err(|err| ApiError::invalid(plain_message(&err.to_string())))
+}
 
 /// The `{id}` path segment as a UUID. Anything that is not a UUID cannot name a resource, so
 /// it answers 404 like an unknown id.
@@ -141,5 +179,50 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
         Uuid::parse_str(&text)
             .map(IdPath)
             .map_err(|_| ApiError::not_found("resource"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct CreateThing {
+        name: String,
+        count: usize,
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        for (value, kind) in [
+            (serde_json::json!(["x"]), "an array"),
+            (serde_json::json!("x"), "a string"),
+            (serde_json::json!(3), "a number"),
+            (serde_json::Value::Null, "null"),
+        ] {
+            let err = parse_object::<CreateThing>(value).unwrap_err();
+            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(
+                err.message,
+                format!("the body must be a JSON object, not {kind}")
+            );
+        }
+        let ok: CreateThing = parse_object(serde_json::json!({"name": "n", "count": 2})).unwrap();
+        assert_eq!(ok.count, 2);
+    }
+
+    #[test]
+    fn messages_name_no_rust_types() {
+        let err = parse_object::<CreateThing>(serde_json::json!({"name": "n", "count": "lots"}))
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            r#"invalid type: string "lots", expected a non-negative integer"#
+        );
+        let nested = serde_json::from_str::<Vec<CreateThing>>("[1]").unwrap_err();
+        let text = plain_message(&nested.to_string());
+        assert!(!text.contains("CreateThing"), "{text}");
+        assert!(text.contains("expected an object"), "{text}");
     }
 }

@@ -10,6 +10,7 @@
 mod auth;
 pub mod cors;
 mod error;
+pub(crate) mod hyper_errors;
 
 pub(crate) use auth::user_from_header_or_param;
 pub use auth::{AgentAuth, UserAuth};

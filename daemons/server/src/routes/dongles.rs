@@ -51,11 +51,6 @@ pub(super) async fn announce(
     match outcome {
         Announce::Created(dongle) => Ok((StatusCode::CREATED, Json(dongle))),
         Announce::Existing(dongle) => Ok((StatusCode::OK, Json(dongle))),
-        Announce::OwnedByOtherUser => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "serial_taken",
-            "this serial is registered to another account",
-        )),
     }
 }
 

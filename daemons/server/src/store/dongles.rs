@@ -27,9 +27,9 @@ fn dongle_row(row: &Row<'_>) -> rusqlite::Result<Dongle> {
 impl Store {
     /// Records that `agent` talks to the dongle `serial` (idempotent).
     ///
-    /// A new serial becomes a dongle of the agent's user. A serial the user already has is
-    /// re-attached to this agent (the dongle moved). A serial of another user is refused without
-    /// any change.
+    /// Serials are a namespace per user: a serial new to the agent's user becomes a dongle of
+    /// that user, whatever other users hold; a serial the user already has is re-attached to
+    /// this agent (the dongle moved). Nothing about other users' dongles is read.
     pub fn announce_dongle(
         &self,
         agent: &Agent,
@@ -42,14 +42,13 @@ impl Store {
             .map_err(ServerError::db("announcing a dongle"))?;
         let existing = tx
             .query_row(
-                &format!("SELECT {DONGLE_COLUMNS} FROM dongles WHERE serial = ?1"),
-                params![serial],
+                &format!("SELECT {DONGLE_COLUMNS} FROM dongles WHERE serial = ?1 AND user_id = ?2"),
+                params![serial, agent.user_id.to_string()],
                 dongle_row,
             )
             .optional()
             .map_err(ServerError::db("announcing a dongle"))?;
         let outcome = match existing {
-            Some(dongle) if dongle.user_id != agent.user_id => Announce::OwnedByOtherUser,
             Some(mut dongle) => {
                 if dongle.agent_id != agent.id {
                     tx.execute(

@@ -195,6 +195,25 @@ impl Store {
             .map_err(ServerError::db("listing groups"))
     }
 
+    /// Every group's id, whoever owns it (the data plane's backlog at start).
+    pub fn all_group_ids(&self) -> Result<Vec<Uuid>, ServerError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT id FROM relay_groups ORDER BY id")
+            .map_err(ServerError::db("listing groups"))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(ServerError::db("listing groups"))?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let text = row.map_err(ServerError::db("listing groups"))?;
+            if let Ok(id) = Uuid::parse_str(&text) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// One of the user's groups; `None` if it is not theirs or unknown.
     pub fn get_group(&self, user_id: Uuid, group_id: Uuid) -> Result<Option<Group>, ServerError> {
         self.lock()

@@ -8,6 +8,28 @@ pub use sse_core::events::GroupView;
 
 use crate::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 
+/// Timestamps as the API shows them: RFC 3339 UTC with exactly three fraction digits, the
+/// precision they are stored at, so an answer to a `POST` and a later `GET` of the same record
+/// show the same text.
+mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub(super) fn one<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub(super) fn option<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => one(at, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A user: owns agents, dongles and groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
@@ -16,6 +38,7 @@ pub struct User {
     /// Unique name, as given to `token create --user`.
     pub name: String,
     /// When the user was created.
+    #[serde(serialize_with = "millis::one")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -29,8 +52,10 @@ pub struct UserTokenInfo {
     /// The token's public lookup key (the 16 hex digits after `tu_`).
     pub lookup: String,
     /// When it was issued.
+    #[serde(serialize_with = "millis::one")]
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
+    #[serde(serialize_with = "millis::option")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -45,6 +70,7 @@ pub struct Agent {
     /// Display name chosen by the user.
     pub name: String,
     /// When it was created.
+    #[serde(serialize_with = "millis::one")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -73,8 +99,10 @@ pub struct Dongle {
     /// Whether the data plane currently has the dongle connected.
     pub online: bool,
     /// Last time the data plane saw traffic or a keep-alive from it.
+    #[serde(serialize_with = "millis::option")]
     pub last_seen: Option<DateTime<Utc>>,
     /// When it was first announced.
+    #[serde(serialize_with = "millis::one")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -85,8 +113,6 @@ pub enum Announce {
     Created(Dongle),
     /// The user already had this dongle (possibly via another of their agents, now replaced).
     Existing(Dongle),
-    /// The serial belongs to a different user. Nothing was changed.
-    OwnedByOtherUser,
 }
 
 /// A group as stored, with the presence of its two dongles.
@@ -194,6 +220,7 @@ pub struct AuditEntry {
     /// Increasing id (order of writing).
     pub id: i64,
     /// When.
+    #[serde(serialize_with = "millis::one")]
     pub at: DateTime<Utc>,
     /// Who: `user:<name>` or `data-plane`.
     pub actor: String,

@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::error::ServerError;
 
 /// Version 1: users and their tokens, agents, dongles, groups and the group audit log.
-const V1: &str = r#"
+pub(super) const V1: &str = r#"
 CREATE TABLE users (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -72,8 +72,29 @@ CREATE TABLE group_audit (
 CREATE INDEX group_audit_by_group ON group_audit(group_id, id);
 "#;
 
-/// Version 2: vehicles (with their ECU list), vehicle commands and their responses.
+/// Version 2: a dongle serial is unique per user, not across users — each account has its own
+/// namespace of serials, so one account's dongle never blocks another's. The table is rebuilt
+/// (SQLite cannot drop a column's UNIQUE); ids are kept, so groups and members still point at
+/// the same rows ([`migrate`] runs with foreign keys off and checks them before each commit).
 const V2: &str = r#"
+CREATE TABLE dongles_v2 (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    serial      TEXT NOT NULL,
+    agent_id    TEXT NOT NULL REFERENCES agents(id),
+    online      INTEGER NOT NULL DEFAULT 0 CHECK (online IN (0, 1)),
+    last_seen   INTEGER,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (user_id, serial)
+);
+INSERT INTO dongles_v2 (id, user_id, serial, agent_id, online, last_seen, created_at)
+    SELECT id, user_id, serial, agent_id, online, last_seen, created_at FROM dongles;
+DROP TABLE dongles;
+ALTER TABLE dongles_v2 RENAME TO dongles;
+"#;
+
+/// Version 3: vehicles (with their ECU list), vehicle commands and their responses.
+const V3: &str = r#"
 CREATE TABLE vehicles (
     id          TEXT PRIMARY KEY,
     user_id     TEXT NOT NULL REFERENCES users(id),
@@ -113,7 +134,7 @@ CREATE TABLE command_responses (
 "#;
 
 /// All migrations; index `i` upgrades from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -123,6 +144,17 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// The version is read inside each write transaction, so two processes opening a fresh data
 /// directory at once (a `token create` beside a starting server) never apply a step twice.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), ServerError> {
+    // A step may rebuild a table others refer to (SQLite's documented way: foreign keys off,
+    // rebuild, check). The pragma is a no-op inside a transaction, so it is set around them.
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(ServerError::db("pausing foreign keys for migrations"))?;
+    let migrated = migrate_steps(conn);
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(ServerError::db("enabling foreign keys"))?;
+    migrated
+}
+
+fn migrate_steps(conn: &mut Connection) -> Result<(), ServerError> {
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -141,6 +173,19 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), ServerError> {
         };
         tx.execute_batch(sql)
             .map_err(ServerError::db("applying a migration"))?;
+        let broken: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .map_err(ServerError::db("checking foreign keys after a migration"))?;
+        if broken > 0 {
+            return Err(ServerError::db("checking foreign keys after a migration")(
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("{broken} rows would break foreign keys")),
+                ),
+            ));
+        }
         tx.pragma_update(None, "user_version", found + 1)
             .map_err(ServerError::db("recording the schema version"))?;
         tx.commit()

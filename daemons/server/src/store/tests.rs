@@ -145,11 +145,86 @@ fn serials_belong_to_one_user() -> Result<(), ServerError> {
         Announce::Existing(d) => assert_eq!(d.agent_id, a2.id),
         other => panic!("expected Existing, got {other:?}"),
     }
+    // Bob's "S" is his own dongle: Alice's neither blocks it nor is touched by it.
+    let bobs = match store.announce_dongle(&b1, "S", now)? {
+        Announce::Created(d) => d,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert_eq!(bobs.user_id, bob.id);
+    let alices = store.list_dongles(alice.id)?;
+    assert_eq!(alices.len(), 1);
+    assert_ne!(alices[0].id, bobs.id);
+    assert_eq!(alices[0].agent_id, a2.id);
+    let ids = |list: Vec<Dongle>| list.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_dongles(bob.id)?), vec![bobs.id]);
     assert_eq!(
-        store.announce_dongle(&b1, "S", now)?,
-        Announce::OwnedByOtherUser
+        store.dongle_for_agent(&b1, "S")?.map(|d| d.id),
+        Some(bobs.id)
     );
-    assert!(store.list_dongles(bob.id)?.is_empty());
-    assert_eq!(store.dongle_for_agent(&b1, "S")?, None);
+    assert_eq!(
+        store.dongle_for_agent(&a2, "S")?.map(|d| d.id),
+        Some(alices[0].id)
+    );
+    Ok(())
+}
+
+#[test]
+fn version_1_databases_migrate_to_serials_per_user_keeping_every_row()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("records.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(schema::V1)?;
+        conn.pragma_update(None, "user_version", 1)?;
+        conn.execute_batch(
+            "INSERT INTO users VALUES ('u1', 'alice', 1);
+             INSERT INTO agents VALUES ('a1', 'u1', 'car', 'l1', x'00', 1, NULL);
+             INSERT INTO dongles VALUES ('d1', 'u1', 'VIN-1', 'a1', 1, 5, 2);
+             INSERT INTO dongles VALUES ('d2', 'u1', 'VIN-2', 'a1', 0, NULL, 3);
+             INSERT INTO relay_groups VALUES ('g1', 'u1', 'g', 'd1', 'd2', 1, 'degraded', 4);
+             INSERT INTO group_members VALUES ('d1', 'g1', 'a');
+             INSERT INTO group_members VALUES ('d2', 'g1', 'b');",
+        )?;
+    }
+    let store = Store::open(&path)?;
+    let conn = store.lock();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    assert_eq!(version, SCHEMA_VERSION);
+    let rows: Vec<(String, String, String, i64, Option<i64>)> = conn
+        .prepare("SELECT id, user_id, serial, online, last_seen FROM dongles ORDER BY id")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        rows,
+        vec![
+            ("d1".into(), "u1".into(), "VIN-1".into(), 1, Some(5)),
+            ("d2".into(), "u1".into(), "VIN-2".into(), 0, None)
+        ]
+    );
+    let broken: i64 = conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    assert_eq!(broken, 0);
+    // The same serial under another user is now a row of its own; twice for one user is not.
+    conn.execute_batch(
+        "INSERT INTO users VALUES ('u2', 'bob', 1);
+         INSERT INTO agents VALUES ('a2', 'u2', 'car', 'l2', x'00', 1, NULL);
+         INSERT INTO dongles VALUES ('d3', 'u2', 'VIN-1', 'a2', 0, NULL, 9);",
+    )?;
+    assert!(
+        conn.execute(
+            "INSERT INTO dongles VALUES ('d4', 'u2', 'VIN-1', 'a2', 0, NULL, 9)",
+            []
+        )
+        .is_err()
+    );
+    // Deleting a dongle still in a group is still refused by the foreign keys.
+    assert!(
+        conn.execute("DELETE FROM dongles WHERE id = 'd1'", [])
+            .is_err()
+    );
     Ok(())
 }

@@ -55,6 +55,8 @@ pub struct DataClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The encoding in use (JSON until a welcome says otherwise).
     pub encoding: Encoding,
+    /// The group of the last hello: [`DataClient::send`] names it in every frame.
+    pub group: Option<String>,
 }
 
 /// The `ws://` URL of a server's data plane from its `http://` base.
@@ -73,6 +75,7 @@ impl DataClient {
         Ok(DataClient {
             ws,
             encoding: Encoding::Json,
+            group: None,
         })
     }
 
@@ -93,6 +96,7 @@ impl DataClient {
             encodings: encodings.to_vec(),
         });
         self.send_text(&serde_json::to_string(&hello)?).await?;
+        self.group = Some(group.to_owned());
         let answer = self.recv().await?.ok_or("closed before welcome")?;
         if let Message::Welcome(welcome) = &answer {
             self.encoding = welcome.encoding;
@@ -130,8 +134,20 @@ impl DataClient {
         Ok(())
     }
 
-    /// Sends a message in the connection's encoding.
+    /// Sends a message in the connection's encoding; frames are made to name the connection's
+    /// group (the server refuses frames naming another).
     pub async fn send(&mut self, message: &Message) -> TestResult {
+        let mut message = message.clone();
+        if let (Message::Frames(batch), Some(group)) = (&mut message, &self.group) {
+            for frame in &mut batch.frames {
+                frame.group_id.clone_from(group);
+            }
+        }
+        self.send_raw(&message).await
+    }
+
+    /// Sends a message as it is, in the connection's encoding.
+    pub async fn send_raw(&mut self, message: &Message) -> TestResult {
         let bytes = protocol::encode(message, self.encoding)?;
         let ws = match self.encoding {
             Encoding::Json => WsMessage::Text(String::from_utf8(bytes)?.into()),
@@ -202,6 +218,68 @@ impl DataClient {
             seen.push(message);
         }
         Ok(seen)
+    }
+
+    /// Receives until the server's close frame, returning what arrived and the close code
+    /// (`None`: the connection ended without a close frame).
+    pub async fn recv_until_close_frame(&mut self) -> TestResult<(Vec<Message>, Option<u16>)> {
+        let mut seen = Vec::new();
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| "timed out waiting for the close")?;
+            let bytes = match next {
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Ok((seen, frame.map(|f| u16::from(f.code))));
+                }
+                None | Some(Err(_)) => return Ok((seen, None)),
+                Some(Ok(WsMessage::Text(text))) => text.as_bytes().to_vec(),
+                Some(Ok(WsMessage::Binary(bytes))) => bytes.to_vec(),
+                Some(Ok(_)) => continue,
+            };
+            let encoding = if std::str::from_utf8(&bytes).is_ok_and(|t| t.starts_with('{')) {
+                Encoding::Json
+            } else {
+                self.encoding
+            };
+            seen.push(protocol::decode(&bytes, encoding)?);
+        }
+    }
+
+    /// Sends `message` while reading (the server may close before it read all of a big
+    /// message): what arrived and the close code, as [`DataClient::recv_until_close_frame`].
+    pub async fn send_while_reading(
+        self,
+        message: WsMessage,
+    ) -> TestResult<(Vec<Message>, Option<u16>)> {
+        let encoding = self.encoding;
+        let (mut sink, mut stream) = self.ws.split();
+        let writer = tokio::spawn(async move {
+            // Fails when the server closed first: that is what is being tested.
+            let _ = sink.send(message).await;
+            sink
+        });
+        let mut seen = Vec::new();
+        let close = loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, stream.next())
+                .await
+                .map_err(|_| "timed out waiting for the close")?;
+            let bytes = match next {
+                Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => break None,
+                Some(Ok(WsMessage::Text(text))) => text.as_bytes().to_vec(),
+                Some(Ok(WsMessage::Binary(bytes))) => bytes.to_vec(),
+                Some(Ok(_)) => continue,
+            };
+            let encoding = if bytes.first() == Some(&b'{') {
+                Encoding::Json
+            } else {
+                encoding
+            };
+            seen.push(protocol::decode(&bytes, encoding)?);
+        };
+        writer.abort();
+        Ok((seen, close))
     }
 
     /// Closes the connection.

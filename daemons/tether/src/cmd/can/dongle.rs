@@ -53,6 +53,10 @@ pub struct DongleArgs {
     /// Format of the capture.
     #[arg(long, value_enum, default_value = "auto")]
     pub from: InputFormat,
+    /// Sign every datagram with this key (hex, 32–128 digits), as the agent's `dongle.keys`
+    /// holds it for this serial. Also read from `TETHER_DONGLE_KEY`.
+    #[arg(long, env = "TETHER_DONGLE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 /// What a run did, printed at exit.
@@ -70,6 +74,12 @@ pub fn run(args: &DongleArgs) -> anyhow::Result<ExitCode> {
     }
     can_io::wire::remp::validate_serial(&args.serial)
         .with_context(|| format!("--serial {:?}", args.serial))?;
+    let key = args
+        .key
+        .as_deref()
+        .map(can_io::wire::remp::RempKey::from_hex)
+        .transpose()
+        .context("--key")?;
     runtime()?.block_on(async {
         let agent = resolve(&args.agent).await?;
         let mut out: Option<Box<dyn Write>> = match &args.record {
@@ -79,13 +89,15 @@ pub fn run(args: &DongleArgs) -> anyhow::Result<ExitCode> {
             ))),
             None => None,
         };
-        let mut bus = RempUdp::dongle(agent, &args.serial)
+        let signed = key.is_some();
+        let mut bus = RempUdp::dongle_with_key(agent, &args.serial, key)
             .await
             .with_context(|| format!("starting the dongle towards {agent}"))?;
         eprintln!(
-            "dongle {} on udp://{} → agent {agent}",
+            "dongle {} on udp://{} → agent {agent}{}",
             args.serial,
-            bus.local_addr()?
+            bus.local_addr()?,
+            if signed { " (signed)" } else { "" }
         );
         let stop = shutdown_signal();
         tokio::pin!(stop);

@@ -25,6 +25,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+pub mod located;
+
+pub use located::{Origin, Override};
+
 /// Why a configuration value could not be expanded, overridden or read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +67,21 @@ pub enum ConfigError {
         /// The dotted path of the key that is not a section.
         path: String,
     },
+    /// A value of the file (or of an environment override) that does not fit the schema, or a
+    /// file that is not YAML (duplicate keys included).
+    #[error("{}", located_text(file, *line, path, var.as_deref(), message))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The line of the key (1-based), when known and the file set it.
+        line: Option<usize>,
+        /// The dotted key path (`dongle.batch_max_frames`); empty for a syntax error.
+        path: String,
+        /// The environment variable that set the key, if one did.
+        var: Option<String>,
+        /// What is wrong, in the user's terms.
+        message: String,
+    },
     /// A duration in seconds that is negative, not a number, or more than a year.
     #[error("{name} must be a number of seconds between 0 and one year, got {value}")]
     BadSeconds {
@@ -71,6 +90,88 @@ pub enum ConfigError {
         /// The value found.
         value: f64,
     },
+}
+
+/// `file:line: path: message`, or `environment variable VAR (path): message`.
+fn located_text(
+    file: &str,
+    line: Option<usize>,
+    path: &str,
+    var: Option<&str>,
+    message: &str,
+) -> String {
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    match (var, line) {
+        (Some(var), _) => format!(
+            "environment variable {var} ({}): {message}",
+            path.trim_end_matches([':', ' '])
+        ),
+        (None, Some(line)) => format!("{file}:{line}: {path}{message}"),
+        (None, None) => format!("{file}: {path}{message}"),
+    }
+}
+
+/// A serde message without Rust type names: `expected struct DongleSection` → `expected an
+/// object`, `expected usize` → `expected a non-negative integer`, and so on. For messages shown
+/// to users of the API and of configuration files.
+pub fn plain_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut words = text.split(' ').peekable();
+    while let Some(word) = words.next() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        match word {
+            "struct" | "enum" | "tuple" if words.peek().is_some() => {
+                let name = words.next().unwrap_or_default();
+                let tail: String = name
+                    .chars()
+                    .skip_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                out.push_str(match word {
+                    "struct" => "an object",
+                    "enum" => "one of the allowed values",
+                    _ => "an array",
+                });
+                out.push_str(&tail);
+                // Rust's view of a struct as a sequence: "with 1 element(s)".
+                if words.peek() == Some(&"with") {
+                    let mut ahead = words.clone();
+                    ahead.next();
+                    if ahead.next().is_some_and(|n| n.parse::<usize>().is_ok())
+                        && ahead
+                            .next()
+                            .is_some_and(|e| e.trim_end_matches([',', '.']).starts_with("element"))
+                    {
+                        words.next();
+                        words.next();
+                        words.next();
+                    }
+                }
+            }
+            _ => out.push_str(&rust_type_in_words(word)),
+        }
+    }
+    out
+}
+
+/// `usize,` → `a non-negative integer,`; other words unchanged.
+fn rust_type_in_words(word: &str) -> String {
+    let core = word.trim_end_matches([',', '.', ';']);
+    let tail = &word[core.len()..];
+    let plain = match core {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "bool" => "a boolean",
+        "char" => "a single character",
+        _ => return word.to_owned(),
+    };
+    format!("{plain}{tail}")
 }
 
 /// Replaces every `${NAME}` in `text` with `lookup(NAME)`; `$${` is a literal `${`. See the
@@ -183,11 +284,14 @@ pub fn coerce(text: String) -> Value {
 /// (double underscore separates levels; case does not matter; missing sections are created).
 /// Variables with the prefix but no `__` are ignored (`TETHER_BIN`). Values go through
 /// [`coerce`].
+///
+/// Returns the keys it set, so errors about them can name the variable ([`located`]).
 pub fn apply_env_overrides(
     root: &mut Value,
     prefix: &str,
     vars: &[(String, String)],
-) -> Result<(), ConfigError> {
+) -> Result<Vec<Override>, ConfigError> {
+    let mut set = Vec::new();
     for (name, value) in vars {
         let Some(rest) = name.strip_prefix(prefix) else {
             continue;
@@ -209,6 +313,10 @@ pub fn apply_env_overrides(
             };
             if i + 1 == path.len() {
                 map.insert(segment.clone(), coerce(value.clone()));
+                set.push(Override {
+                    path: path.clone(),
+                    var: name.clone(),
+                });
                 break;
             }
             current = map
@@ -216,7 +324,7 @@ pub fn apply_env_overrides(
                 .or_insert_with(|| Value::Object(Map::new()));
         }
     }
-    Ok(())
+    Ok(set)
 }
 
 /// Seconds from a configuration value, refusing negatives, NaN and more than a year.
@@ -328,7 +436,10 @@ mod tests {
             ("TETHER_BIN".to_owned(), "ignored".to_owned()),
             ("OTHER_M__Q__N".to_owned(), "ignored".to_owned()),
         ];
-        apply_env_overrides(&mut doc, "TETHER_", &vars).expect("applies");
+        let set = apply_env_overrides(&mut doc, "TETHER_", &vars).expect("applies");
+        assert_eq!(set.len(), 2);
+        assert_eq!(set[0].var, "TETHER_M__Q__N");
+        assert_eq!(set[0].path, ["m", "q", "n"]);
         assert_eq!(
             doc,
             serde_json::json!({"m": {"q": {"n": 7}, "new": {"k": "v"}}, "s": "x"})
@@ -340,7 +451,7 @@ mod tests {
         ));
         let through = vec![("TETHER_S__K".to_owned(), "1".to_owned())];
         assert_eq!(
-            apply_env_overrides(&mut doc, "TETHER_", &through),
+            apply_env_overrides(&mut doc, "TETHER_", &through).map(|_| ()),
             Err(ConfigError::OverrideNotSection {
                 var: "TETHER_S__K".to_owned(),
                 path: "s".to_owned()
