@@ -9,6 +9,8 @@
 #   REDIS_URL          Redis for tests (default: redis://127.0.0.1:6379)
 #   FUZZ_SECONDS       seconds per fuzz target (default: 10)
 #   SKIP_FUZZ=1        skip the fuzz smoke run (local iteration only; CI never sets it)
+#   TETHER_ARTIFACTS   where tests keep artifacts such as the web page's screenshots
+#                      (default: $CARGO_TARGET_DIR/test-artifacts)
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +20,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+export TETHER_ARTIFACTS=${TETHER_ARTIFACTS:-$CARGO_TARGET_DIR/test-artifacts}
 venv="$root/.venv"
 
 passed=0
@@ -55,6 +58,8 @@ command -v log2long >/dev/null || apt_install can-utils
 command -v unshare >/dev/null || apt_install util-linux
 command -v ip >/dev/null || apt_install iproute2
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+# The web page's browser tests (tests/python/test_webui.py) drive Debian's chromium.
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 
 log "preparing the Python virtualenv ($venv)"
 if [ ! -x "$venv/bin/python" ]; then

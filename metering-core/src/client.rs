@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::backoff::{RetryPolicy, parse_retry_after};
 use crate::error::{MeteringError, Result};
+use crate::metrics::{RequestHistogram, RequestLabels};
 
 /// Longest response body kept in errors and DLQ entries.
 const MAX_BODY: usize = 2048;
@@ -79,6 +80,22 @@ pub struct ControlPlaneClient {
     base: Url,
     api_key: String,
     retry: RetryPolicy,
+    histogram: Option<RequestHistogram>,
+}
+
+/// The endpoint label of a request path: the segment after `sessions`, `servers` and
+/// `commands` is an id (except `servers/register`) and becomes `{id}`, so the label set stays
+/// bounded.
+pub fn endpoint_label(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut prev = "";
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        let is_id = matches!(prev, "sessions" | "servers" | "commands") && seg != "register";
+        out.push_str(if is_id { "{id}" } else { seg });
+        prev = seg;
+    }
+    out
 }
 
 /// Is `url` acceptable: https anywhere, http only to loopback.
@@ -154,7 +171,24 @@ impl ControlPlaneClient {
             base,
             api_key: cfg.api_key.clone(),
             retry: cfg.retry,
+            histogram: None,
         })
+    }
+
+    /// Times every try into `histogram` (`control_plane_request_seconds`).
+    pub fn with_histogram(mut self, histogram: RequestHistogram) -> Self {
+        self.histogram = Some(histogram);
+        self
+    }
+
+    fn observe(&self, req: &reqwest::Request, started: std::time::Instant, outcome: &str) {
+        if let Some(h) = &self.histogram {
+            h.get_or_create(&RequestLabels {
+                endpoint: endpoint_label(req.url().path().trim_start_matches(self.base.path())),
+                outcome: outcome.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Absolute URL of `path` (which starts with `/`).
@@ -194,23 +228,37 @@ impl ControlPlaneClient {
         })
     }
 
-    /// One try, classified.
+    /// One try, classified and timed.
     async fn try_once(&self, req: &reqwest::Request) -> Delivery {
+        let started = std::time::Instant::now();
+        let (d, outcome) = self.try_once_untimed(req).await;
+        self.observe(req, started, outcome);
+        d
+    }
+
+    async fn try_once_untimed(&self, req: &reqwest::Request) -> (Delivery, &'static str) {
         // A body given as bytes is always cloneable; the clone shares its buffer.
         let Some(req) = req.try_clone() else {
-            return Delivery::Rejected {
+            let d = Delivery::Rejected {
                 status: 0,
                 body: "request body cannot be resent".into(),
             };
+            return (d, "client_error");
         };
         let sent = self.http.execute(req).await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                return Delivery::Unavailable {
+                let outcome = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "network_error"
+                };
+                let d = Delivery::Unavailable {
                     reason: format!("request failed: {e}"),
                     retry_after: None,
                 };
+                return (d, outcome);
             }
         };
         let status = resp.status();
@@ -222,38 +270,53 @@ impl ControlPlaneClient {
         let text = match resp.text().await {
             Ok(t) => t,
             Err(e) => {
-                return Delivery::Unavailable {
+                let outcome = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "network_error"
+                };
+                let d = Delivery::Unavailable {
                     reason: format!("reading response: {e}"),
                     retry_after,
                 };
+                return (d, outcome);
             }
         };
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
-            return Delivery::Accepted {
+            let d = Delivery::Accepted {
                 duplicate: false,
                 body: json,
             };
+            return (d, "success");
         }
         if status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error()
         {
-            return Delivery::Unavailable {
+            let outcome = if status.is_server_error() {
+                "server_error"
+            } else {
+                "client_error"
+            };
+            let d = Delivery::Unavailable {
                 reason: format!("HTTP {}", status.as_u16()),
                 retry_after,
             };
+            return (d, outcome);
         }
         if is_duplicate(status, &json) {
-            return Delivery::Accepted {
+            let d = Delivery::Accepted {
                 duplicate: true,
                 body: json,
             };
+            return (d, "duplicate");
         }
-        Delivery::Rejected {
+        let d = Delivery::Rejected {
             status: status.as_u16(),
             body: truncate(text),
-        }
+        };
+        (d, "client_error")
     }
 
     /// One attempt cycle: the first try plus up to `max_retries` retries with full-jitter
@@ -336,6 +399,22 @@ mod tests {
         assert!(check_base_url("http://cp.example.com").is_err());
         assert!(check_base_url("ftp://127.0.0.1").is_err());
         assert!(check_base_url("not a url").is_err());
+    }
+
+    #[test]
+    fn endpoint_labels_hide_ids() {
+        assert_eq!(
+            endpoint_label("/api/v1/sessions/s-1/usage-records"),
+            "/api/v1/sessions/{id}/usage-records"
+        );
+        assert_eq!(
+            endpoint_label("/api/v1/servers/register"),
+            "/api/v1/servers/register"
+        );
+        assert_eq!(
+            endpoint_label("/api/v1/servers/a/commands/c9/result"),
+            "/api/v1/servers/{id}/commands/{id}/result"
+        );
     }
 
     #[test]

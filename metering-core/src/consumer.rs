@@ -189,7 +189,7 @@ struct Request {
     session_id: String,
     /// (position in the fetched batch, raw bytes, validated message). A validated message
     /// holds its fields serialised, not parsed: a fetched batch in flight costs about twice its
-    /// raw size, where parsed and enriched trees cost ten times that (`docs/benchmarks.md`).
+    /// raw size, where parsed and enriched trees cost ten times that (`docs/benchmarks-history.md`).
     items: Vec<(usize, Vec<u8>, CompactMessage)>,
 }
 
@@ -607,7 +607,7 @@ async fn process_batch(
 /// a batch are, unless some were refused or given back, exactly the batch, which lies side by
 /// side in the processing list: one pass over the list removes them all. (Acknowledging each
 /// request on its own cost one `LREM` scan of the whole processing list per record, and the
-/// single-threaded Redis spent most of the benchmark doing that; see `docs/benchmarks.md`.) An
+/// single-threaded Redis spent most of the benchmark doing that; see `docs/benchmarks-history.md`.) An
 /// item still leaves the processing list only after the control plane accepted it; a crash
 /// between acceptance and this ack redelivers it, and the control plane answers "duplicate".
 async fn ack_accepted(

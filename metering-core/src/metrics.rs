@@ -31,6 +31,18 @@ pub struct ServerLabels {
 
 type HistogramFamily = Family<QueueLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of `control_plane_request_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route template, ids replaced by `{id}` (`/api/v1/sessions/{id}/usage-records`).
+    pub endpoint: String,
+    /// `success`, `duplicate`, `client_error`, `server_error`, `timeout` or `network_error`.
+    pub outcome: String,
+}
+
+/// `control_plane_request_seconds`, one series per endpoint and outcome.
+pub type RequestHistogram = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
@@ -64,6 +76,8 @@ pub struct Metrics {
     pub breaker_state: Family<ServerLabels, Gauge>,
     /// Items of dead instances returned to their queue (`metering_reaped_total`).
     pub reaped: Family<ServerLabels, Counter>,
+    /// Duration of each control-plane HTTP try (`control_plane_request_seconds`).
+    pub cp_request_seconds: RequestHistogram,
 }
 
 impl Metrics {
@@ -82,6 +96,12 @@ impl Metrics {
         let redis_status = Family::default();
         let breaker_state = Family::default();
         let reaped = Family::default();
+        let cp_request_seconds: RequestHistogram = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "control_plane_request_seconds",
+            "Duration of control-plane HTTP requests, by endpoint and outcome",
+            cp_request_seconds.clone(),
+        );
         registry.register(
             "usage_records_processed",
             "Items accepted by the control plane",
@@ -160,6 +180,7 @@ impl Metrics {
             redis_status,
             breaker_state,
             reaped,
+            cp_request_seconds,
         };
         // Create every series up front so dashboards see zeros, not gaps.
         for q in QueueKind::ALL {

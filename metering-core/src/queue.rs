@@ -261,6 +261,7 @@ pub struct QueueStore {
     client: Client,
     conn: ConnectionManager,
     keys: KeyLayout,
+    retry_on_timeout: bool,
 }
 
 impl std::fmt::Debug for QueueStore {
@@ -289,7 +290,37 @@ impl QueueStore {
             "create connection manager",
             ConnectionManager::new_lazy_with_config(client.clone(), cfg),
         )?;
-        Ok(QueueStore { client, conn, keys })
+        Ok(QueueStore {
+            client,
+            conn,
+            keys,
+            retry_on_timeout: false,
+        })
+    }
+
+    /// Retry a non-blocking command once at once when it timed out, before reporting the
+    /// failure (`redis.retry_on_timeout`). Every command the store sends is safe to repeat:
+    /// scripts that may have run before the reply was lost leave items in the processing list,
+    /// where the orphan sweep finds them.
+    pub fn with_retry_on_timeout(mut self, on: bool) -> Self {
+        self.retry_on_timeout = on;
+        self
+    }
+
+    /// Runs `op` on a fresh handle of the shared connection; once more after a timeout when
+    /// [`Self::with_retry_on_timeout`] is on.
+    async fn run<T, F, Fut>(&self, action: &str, op: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match op(self.conn.clone()).await {
+            Err(e) if self.retry_on_timeout && e.is_timeout() => {
+                tracing::debug!(action, "redis command timed out; retrying once");
+                ctx(action, op(self.conn.clone()).await)
+            }
+            r => ctx(action, r),
+        }
     }
 
     /// The key layout.
@@ -319,14 +350,15 @@ impl QueueStore {
 
     /// Take up to `max` items without blocking (one atomic script).
     pub async fn fetch(&self, q: QueueKind, max: usize) -> Result<Vec<Vec<u8>>> {
-        let mut c = self.conn.clone();
-        let r = FETCH_SCRIPT
-            .key(self.keys.queue(q))
+        let mut s = FETCH_SCRIPT.prepare_invoke();
+        s.key(self.keys.queue(q))
             .key(self.keys.processing(q))
-            .arg(max.max(1))
-            .invoke_async(&mut c)
-            .await;
-        ctx("fetch from queue", r)
+            .arg(max.max(1));
+        let s = &s;
+        self.run("fetch from queue", |mut c| async move {
+            s.invoke_async(&mut c).await
+        })
+        .await
     }
 
     /// Block up to `block` for one item on `conn` (a [`Self::blocking_connection`]).
@@ -354,7 +386,6 @@ impl QueueStore {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut c = self.conn.clone();
         let mut s = ACK_SCRIPT.prepare_invoke();
         s.key(self.keys.processing(q)).key(self.keys.deliveries(q));
         // Producers cannot guess it, so the final `LREM` removes only our tombstones.
@@ -362,7 +393,9 @@ impl QueueStore {
         for i in items {
             s.arg(*i);
         }
-        ctx("ack", s.invoke_async(&mut c).await)
+        let s = &s;
+        self.run("ack", |mut c| async move { s.invoke_async(&mut c).await })
+            .await
     }
 
     /// Move one held item to the DLQ. Returns false when it was no longer ours.
@@ -391,21 +424,24 @@ impl QueueStore {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut c = self.conn.clone();
         let mut s = GIVE_BACK_SCRIPT.prepare_invoke();
         s.key(self.keys.processing(q)).key(self.keys.queue(q));
         for i in items {
             s.arg(*i);
         }
-        ctx("give back", s.invoke_async(&mut c).await)
+        let s = &s;
+        self.run(
+            "give back",
+            |mut c| async move { s.invoke_async(&mut c).await },
+        )
+        .await
     }
 
     /// Create or refresh this instance's lease and registration.
     pub async fn refresh_lease(&self, ttl: Duration) -> Result<()> {
-        let mut c = self.conn.clone();
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let r: redis::RedisResult<()> = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("SET")
             .arg(self.keys.lease_of(self.keys.instance()))
             .arg(chrono::Utc::now().to_rfc3339())
@@ -415,10 +451,12 @@ impl QueueStore {
             .cmd("SADD")
             .arg(self.keys.instances())
             .arg(self.keys.instance())
-            .ignore()
-            .query_async(&mut c)
-            .await;
-        ctx("refresh lease", r)
+            .ignore();
+        let pipe = &pipe;
+        self.run("refresh lease", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
     }
 
     /// Drop this instance's lease and registration (graceful stop, after giving items back).

@@ -24,6 +24,37 @@ fn conformance(make: &mut dyn FnMut() -> Box<dyn UplinkInbox>) {
     sources_are_independent(make().as_mut());
     holes_are_stored_and_acked_at_the_high_water(make().as_mut());
     invalid_input_changes_nothing(make().as_mut());
+    group_commits_list_sources_and_read_time_ranges(make().as_mut());
+}
+
+fn group_commits_list_sources_and_read_time_ranges(i: &mut dyn UplinkInbox) {
+    let a1 = recs(1..=3);
+    let b1 = recs(1..=2);
+    let a2 = recs(3..=5);
+    let commits = i
+        .commit_many(&[("a", &a1[..]), ("b", &b1[..]), ("a", &a2[..])])
+        .unwrap();
+    let got: Vec<_> = commits
+        .iter()
+        .map(|c| (c.stored, c.duplicates, c.ack))
+        .collect();
+    assert_eq!(got, vec![(3, 0, 3), (2, 0, 2), (2, 1, 5)]);
+    // One invalid batch refuses the whole group.
+    assert!(matches!(
+        i.commit_many(&[("a", &recs(6..=6)[..]), ("", &recs(1..=1)[..])]),
+        Err(Error::InvalidUplinkInput { .. })
+    ));
+    assert_eq!(i.acked("a").unwrap(), 5);
+    let sources = i.sources().unwrap();
+    let listed: Vec<_> = sources
+        .iter()
+        .map(|s| (s.source.as_str(), s.acked, s.records, s.last_ts_ms))
+        .collect();
+    assert_eq!(listed, vec![("a", 5, 5, 1005), ("b", 2, 2, 1002)]);
+    // ts_ms = seq + 1000: [1002, 1004) holds seqs 2 and 3.
+    assert_eq!(i.read_between("a", 0, 1002, 1004, 10).unwrap(), recs(2..=3));
+    assert_eq!(i.read_between("a", 2, 1002, 1004, 10).unwrap(), recs([3]));
+    assert_eq!(i.read_between("a", 0, 1002, 1004, 1).unwrap(), recs([2]));
 }
 
 fn commit_dedups_and_acks(i: &mut dyn UplinkInbox) {

@@ -67,6 +67,17 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
                 .any(|l| l.contains("/api/v1/streams/dongles/")),
             "dongle consoles are printed: {printed:?}"
         );
+        // The web page's ready link signs in with the same token, and the page is served.
+        let link = format!("{server}/#token={token}");
+        assert!(
+            printed
+                .iter()
+                .any(|l| l.trim_start().starts_with("web page") && l.contains(&link)),
+            "the web page link is printed: {printed:?}"
+        );
+        let page = reqwest::get(format!("{server}/")).await?;
+        assert_eq!(page.status(), reqwest::StatusCode::OK);
+        assert!(page.text().await?.contains("ui/app.js"));
 
         // Frames show up on the group console (bearer) and on the multiplexed console
         // (`?access_token=`, as a browser's EventSource would do it).

@@ -11,7 +11,8 @@
 //! | log replay | [`replay::LogReplay`] | original timing, scaled, or as fast as possible |
 //! | recorder | [`record::record`] | any bus → candump log |
 //!
-//! [`open`] parses bus addresses (`udp://`, `cannelloni://`, `socketcand://`, `multicast://`) and
+//! [`open`] parses bus addresses (`udp://`, `cannelloni://`, `socketcand://`, `multicast://`,
+//! `socketcan://`) and
 //! opens any network backend as one [`open::AnyBus`].
 //!
 //! Sending never spins: a full transmit queue is [`Error::QueueFull`] (retryable) from the

@@ -7,6 +7,7 @@
 //! | `cannelloni://HOST:PORT` | cannelloni v2 ([`CannelloniUdp`]) | sends to `HOST:PORT` | bound to `HOST:PORT`, answering whoever was last heard |
 //! | `socketcand://HOST:PORT/BUS` | [`SocketcandClient`] | raw-mode client | (same) |
 //! | `multicast://GROUP:PORT` | python-can `udp_multicast` ([`MulticastBus`]) | joins the IPv4 group | (same) |
+//! | `socketcan://IFACE` | SocketCAN raw socket (`SocketCan`, the `socketcan` feature, Linux) | opens the interface | (same) |
 //!
 //! What this module does not do: it does not retry or reconnect (a closed socketcand
 //! connection ends the bus), and it does not run a loop; the caller drives [`CanBus`].
@@ -36,6 +37,9 @@ pub enum BusAddress {
     },
     /// `multicast://GROUP:PORT`: python-can's `udp_multicast` (IPv4 group).
     Multicast(SocketAddrV4),
+    /// `socketcan://IFACE`: a SocketCAN interface (`can0`, `vcan0`); opening it needs the
+    /// `socketcan` feature on Linux.
+    SocketCan(String),
 }
 
 fn bad_address(reason: String) -> Error {
@@ -93,8 +97,22 @@ impl std::str::FromStr for BusAddress {
                 }
                 Ok(BusAddress::Multicast(addr))
             }
+            "socketcan" => {
+                let iface = rest.trim_end_matches('/');
+                // Linux interface names: 1–15 bytes, no '/', no whitespace.
+                if iface.is_empty()
+                    || iface.len() > 15
+                    || iface.contains('/')
+                    || iface.chars().any(char::is_whitespace)
+                {
+                    return Err(bad_address(format!(
+                        "socketcan://IFACE expected (an interface name such as can0), got {rest:?}"
+                    )));
+                }
+                Ok(BusAddress::SocketCan(iface.to_owned()))
+            }
             other => Err(bad_address(format!(
-                "unknown scheme {other:?} (udp, cannelloni, socketcand, multicast)"
+                "unknown scheme {other:?} (udp, cannelloni, socketcand, multicast, socketcan)"
             ))),
         }
     }
@@ -107,6 +125,7 @@ impl std::fmt::Display for BusAddress {
             BusAddress::Cannelloni(a) => write!(f, "cannelloni://{a}"),
             BusAddress::Socketcand { addr, bus } => write!(f, "socketcand://{addr}/{bus}"),
             BusAddress::Multicast(a) => write!(f, "multicast://{a}"),
+            BusAddress::SocketCan(i) => write!(f, "socketcan://{i}"),
         }
     }
 }
@@ -173,6 +192,9 @@ pub enum AnyBus {
     Socketcand(SocketcandClient),
     /// python-can multicast.
     Multicast(MulticastBus),
+    /// A SocketCAN interface.
+    #[cfg(all(target_os = "linux", feature = "socketcan"))]
+    SocketCan(super::socketcan::SocketCan),
 }
 
 impl AnyBus {
@@ -206,6 +228,19 @@ impl AnyBus {
             }
             BusAddress::Multicast(group) => {
                 AnyBus::Multicast(MulticastBus::join(*group, &options.channel)?)
+            }
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            BusAddress::SocketCan(iface) => {
+                AnyBus::SocketCan(super::socketcan::SocketCan::open(iface)?)
+            }
+            #[cfg(not(all(target_os = "linux", feature = "socketcan")))]
+            BusAddress::SocketCan(_) => {
+                return Err(Error::Unsupported {
+                    protocol: "SocketCAN",
+                    reason:
+                        "this build has no SocketCAN support (Linux, can-io feature `socketcan`)"
+                            .into(),
+                });
             }
         })
     }
@@ -245,6 +280,8 @@ impl CanBus for AnyBus {
             AnyBus::Cannelloni(b) => b.send(record).await,
             AnyBus::Socketcand(b) => b.send(record).await,
             AnyBus::Multicast(b) => b.send(record).await,
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            AnyBus::SocketCan(b) => b.send(record).await,
         }
     }
 
@@ -254,6 +291,8 @@ impl CanBus for AnyBus {
             AnyBus::Cannelloni(b) => b.flush().await,
             AnyBus::Socketcand(b) => b.flush().await,
             AnyBus::Multicast(b) => b.flush().await,
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            AnyBus::SocketCan(b) => b.flush().await,
         }
     }
 
@@ -263,6 +302,8 @@ impl CanBus for AnyBus {
             AnyBus::Cannelloni(b) => b.recv().await,
             AnyBus::Socketcand(b) => b.recv().await,
             AnyBus::Multicast(b) => b.recv().await,
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            AnyBus::SocketCan(b) => b.recv().await,
         }
     }
 
@@ -272,7 +313,60 @@ impl CanBus for AnyBus {
             AnyBus::Cannelloni(b) => b.stats(),
             AnyBus::Socketcand(b) => b.stats(),
             AnyBus::Multicast(b) => b.stats(),
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            AnyBus::SocketCan(b) => b.stats(),
         }
+    }
+}
+
+/// An [`AnyBus`] that runs [`AnyBus::tick`] on its own, about once a second, while it waits
+/// for frames: for loops that only speak [`CanBus`] (an ECU simulator, a UDS tester), so a
+/// REMP dongle stays known to its agent. For the other backends it is the bus itself.
+#[derive(Debug)]
+pub struct TickingBus {
+    bus: AnyBus,
+    every: tokio::time::Interval,
+}
+
+impl TickingBus {
+    /// Wrap `bus`; the first tick is one period from now.
+    pub fn new(bus: AnyBus) -> Self {
+        let period = std::time::Duration::from_secs(1);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        TickingBus { bus, every }
+    }
+
+    /// The bus inside.
+    pub fn get_ref(&self) -> &AnyBus {
+        &self.bus
+    }
+}
+
+impl CanBus for TickingBus {
+    async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
+        self.bus.send(record).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.bus.flush().await
+    }
+
+    async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
+        if !self.bus.needs_ticks() {
+            return self.bus.recv().await;
+        }
+        loop {
+            // Both branches are cancel-safe: the REMP bus keeps decoded records in its inbox.
+            tokio::select! {
+                r = self.bus.recv() => return r,
+                _ = self.every.tick() => self.bus.tick().await?,
+            }
+        }
+    }
+
+    fn stats(&self) -> BusStats {
+        self.bus.stats()
     }
 }
 
@@ -289,6 +383,7 @@ mod tests {
             "socketcand://127.0.0.1:29536/vcan0",
             "multicast://239.74.163.2:43113",
             "udp://[::1]:9000",
+            "socketcan://vcan0",
         ] {
             let a: BusAddress = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
@@ -307,6 +402,9 @@ mod tests {
             "multicast://239.1.1.1",
             "tcp://h:1",
             "h:1",
+            "socketcan://",
+            "socketcan://a/b",
+            "socketcan://much-too-long-name0",
         ] {
             assert!(
                 bad.parse::<BusAddress>().is_err(),

@@ -15,6 +15,8 @@
 //!   over frames and async over any [`CanBus`](crate::transport::CanBus).
 //! * [`ecu`] — the ECU simulator: a profile (YAML-friendly serde types), a sans-IO responder,
 //!   and [`ecu::run_ecus`] over any bus.
+//! * [`exec`] — a parsed [`DiagCommand`] run on a [`UdsTester`]: the request(s), functional
+//!   collection, and the commands API's response JSON.
 //!
 //! Service identifiers and NRC names come from the `automotive_diag` crate, not a table of our
 //! own. What this module does not do: security access, flashing, periodic or event-driven
@@ -24,6 +26,7 @@ mod client;
 pub mod command;
 pub mod dtc;
 pub mod ecu;
+pub mod exec;
 pub mod service;
 mod tester;
 

@@ -19,10 +19,39 @@ use tether_runtime::config::{
     apply_env_overrides, expand_json_strings, opt_string_like, secs, string_like,
 };
 
+/// Which layout a metering configuration was written in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Every role under its own section (`metering:`, `dongle:`).
+    #[default]
+    Sections,
+    /// The metering specification's file: top-level `server`, `redis`, `control_plane`,
+    /// `monitoring` (and optionally `queues`), read as the `metering:` section.
+    Specification,
+}
+
+impl Layout {
+    /// One line for `--check-config`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Sections => "role sections (`metering:` / `dongle:`)",
+            Layout::Specification => {
+                "metering specification (top-level server, redis, control_plane, monitoring)"
+            }
+        }
+    }
+}
+
+/// Top-level keys of the specification's layout; they become the `metering:` section.
+const SPEC_SECTIONS: [&str; 5] = ["server", "redis", "control_plane", "monitoring", "queues"];
+
 /// The whole agent file. Roles not present are off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// The layout the file was written in (not a key of the file).
+    #[serde(skip)]
+    pub layout: Layout,
     /// The Tether server (`http://` or `https://`), used by the dongle role.
     #[serde(default, deserialize_with = "opt_string_like")]
     pub server_url: Option<String>,
@@ -147,7 +176,7 @@ pub struct RedisSection {
     /// Port (default 6379).
     #[serde(default)]
     pub port: Option<u16>,
-    /// Password.
+    /// Password (empty = none).
     #[serde(default, deserialize_with = "opt_string_like")]
     pub password: Option<String>,
     /// Database number.
@@ -159,6 +188,18 @@ pub struct RedisSection {
     /// Timeout of non-blocking commands, seconds (default 5).
     #[serde(default = "five")]
     pub operation_timeout: f64,
+    /// The specification's name for the timeout of non-blocking commands (connect, read,
+    /// write), seconds; when given it is the operation timeout.
+    #[serde(default)]
+    pub socket_timeout: Option<f64>,
+    /// Retry a command once at once when it timed out, before counting it as a Redis failure
+    /// (default true). When false, a timeout is a failure and the queue worker backs off.
+    #[serde(default = "yes")]
+    pub retry_on_timeout: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn five() -> f64 {
@@ -166,6 +207,11 @@ fn five() -> f64 {
 }
 
 impl RedisSection {
+    /// Timeout of non-blocking commands: `socket_timeout` when given, else `operation_timeout`.
+    pub fn command_timeout(&self) -> f64 {
+        self.socket_timeout.unwrap_or(self.operation_timeout)
+    }
+
     /// The connection URL.
     pub fn connection_url(&self) -> String {
         if let Some(u) = &self.url {
@@ -174,7 +220,8 @@ impl RedisSection {
         let host = self.host.as_deref().unwrap_or("127.0.0.1");
         let port = self.port.unwrap_or(6379);
         let db = self.db.unwrap_or(0);
-        match &self.password {
+        // An empty password (an unset-but-defined `${REDIS_PASSWORD}`) means none.
+        match self.password.as_deref().filter(|p| !p.is_empty()) {
             Some(p) => format!("redis://:{}@{host}:{port}/{db}", percent_encode(p)),
             None => format!("redis://{host}:{port}/{db}"),
         }
@@ -294,17 +341,23 @@ pub struct MonitoringSection {
     pub log_level: String,
     /// Command polling period, seconds (jittered ±10 %).
     pub command_poll_interval: f64,
+    /// Directory for log files (rotated daily). Unset: logs go to stderr (the journal).
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Days of log files kept in `log_dir` (older ones are deleted at rotation).
+    pub log_retention_days: u32,
 }
 
 impl Default for MonitoringSection {
     fn default() -> Self {
         MonitoringSection {
-            heartbeat_interval: 30.0,
+            heartbeat_interval: 60.0,
             metrics_port: 9090,
             health_check_port: 8081,
             bind_address: "127.0.0.1".into(),
             log_level: "info".into(),
             command_poll_interval: 60.0,
+            log_dir: None,
+            log_retention_days: 7,
         }
     }
 }
@@ -332,6 +385,7 @@ impl MeteringConfig {
                 cp.breaker_open_seconds,
             ),
             ("redis.operation_timeout", self.redis.operation_timeout),
+            ("redis.socket_timeout", self.redis.command_timeout()),
             ("queues.block_seconds", self.queues.block_seconds),
             ("queues.lease_ttl_seconds", self.queues.lease_ttl_seconds),
             (
@@ -364,6 +418,12 @@ impl MeteringConfig {
         if self.monitoring.heartbeat_interval < 0.1 || self.monitoring.command_poll_interval < 0.1 {
             bail!("monitoring intervals must be at least 0.1 s");
         }
+        if self.redis.command_timeout() < 0.001 {
+            bail!("redis.socket_timeout must be positive");
+        }
+        if self.monitoring.log_retention_days == 0 {
+            bail!("monitoring.log_retention_days must be at least 1");
+        }
         Ok(())
     }
 }
@@ -379,6 +439,35 @@ pub fn load(
     parse(&text, env, env_vars).with_context(|| format!("in {}", path.display()))
 }
 
+/// Moves the specification's top-level sections under `metering:`. A file mixing both
+/// layouts is refused: it is not clear which settings were meant.
+fn nest_specification_layout(value: &mut Value) -> anyhow::Result<Layout> {
+    let Value::Object(top) = value else {
+        bail!("the configuration must be a mapping of sections");
+    };
+    let found: Vec<&str> = SPEC_SECTIONS
+        .into_iter()
+        .filter(|k| top.contains_key(*k))
+        .collect();
+    if found.is_empty() {
+        return Ok(Layout::Sections);
+    }
+    if top.contains_key("metering") {
+        bail!(
+            "the file mixes two layouts: top-level {} and a `metering:` section; use one",
+            found.join(", ")
+        );
+    }
+    let mut section = Map::new();
+    for k in found {
+        if let Some(v) = top.remove(k) {
+            section.insert(k.to_owned(), v);
+        }
+    }
+    top.insert("metering".into(), Value::Object(section));
+    Ok(Layout::Specification)
+}
+
 /// [`load`] on text.
 pub fn parse(
     text: &str,
@@ -391,7 +480,9 @@ pub fn parse(
     }
     expand_json_strings(&mut value, env)?;
     apply_env_overrides(&mut value, "TETHER_", env_vars)?;
-    let cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
+    let layout = nest_specification_layout(&mut value)?;
+    let mut cfg: AgentConfig = serde_json::from_value(value).context("invalid configuration")?;
+    cfg.layout = layout;
     if cfg.metering.is_none() && cfg.dongle.is_none() {
         bail!("no role configured: add a `metering:` or a `dongle:` section");
     }
@@ -463,6 +554,78 @@ mod tests {
         assert!(parse("", &|_| None, &[]).is_err());
     }
 
+    /// The specification's file, as written there.
+    const SPEC: &str = r#"
+server:        {id: "${SERVER_ID}", region: "${AWS_REGION}", port: 8081}
+redis:         {host: "${REDIS_HOST}", port: 6379, password: "${REDIS_PASSWORD}", db: 0,
+                socket_timeout: 30, retry_on_timeout: true}
+control_plane: {base_url: "${CONTROL_PLANE_URL}", api_key: "${CONTROL_PLANE_API_KEY}",
+                timeout: 30, retry_attempts: 3}
+monitoring:    {heartbeat_interval: 60, metrics_port: 9090, health_check_port: 8081,
+                log_level: "INFO", log_retention_days: 7}
+"#;
+
+    fn spec_env(n: &str) -> Option<String> {
+        Some(
+            match n {
+                "SERVER_ID" => "speech-1",
+                "AWS_REGION" => "eu-west-1",
+                "REDIS_HOST" => "127.0.0.1",
+                "REDIS_PASSWORD" => "s3cret",
+                "CONTROL_PLANE_URL" => "http://127.0.0.1:9",
+                "CONTROL_PLANE_API_KEY" => "ck_1",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    }
+
+    #[test]
+    fn specification_layout_is_read_with_every_key() {
+        let cfg = parse(SPEC, &spec_env, &[]).expect("parses");
+        assert_eq!(cfg.layout, Layout::Specification);
+        let m = cfg.metering.clone().expect("metering role");
+        assert_eq!(m.server.id, "speech-1");
+        assert_eq!(m.server.region, "eu-west-1");
+        assert_eq!(m.server.port, 8081);
+        assert_eq!(m.redis.socket_timeout, Some(30.0));
+        assert_eq!(m.redis.command_timeout(), 30.0);
+        assert!(m.redis.retry_on_timeout);
+        assert_eq!(m.redis.connection_url(), "redis://:s3cret@127.0.0.1:6379/0");
+        assert_eq!(m.control_plane.timeout, 30.0);
+        assert_eq!(m.control_plane.retry_attempts, 3);
+        assert_eq!(m.monitoring.heartbeat_interval, 60.0);
+        assert_eq!(m.monitoring.metrics_port, 9090);
+        assert_eq!(m.monitoring.health_check_port, 8081);
+        assert_eq!(m.monitoring.log_retention_days, 7);
+        assert_eq!(cfg.log_level(), "INFO");
+        // Overrides use the file's own layout.
+        let vars = vec![(
+            "TETHER_REDIS__RETRY_ON_TIMEOUT".to_owned(),
+            "false".to_owned(),
+        )];
+        let cfg = parse(SPEC, &spec_env, &vars).expect("parses");
+        assert!(!cfg.metering.expect("metering").redis.retry_on_timeout);
+        // The section layout keeps working and says so.
+        let cfg = parse(MIN, &env_with("KEY", "k"), &[]).expect("parses");
+        assert_eq!(cfg.layout, Layout::Sections);
+        let m = cfg.metering.expect("metering");
+        assert_eq!(m.monitoring.heartbeat_interval, 60.0);
+        assert!(m.redis.retry_on_timeout);
+    }
+
+    #[test]
+    fn mixed_layouts_and_unknown_keys_are_refused() {
+        let mixed = format!("{SPEC}metering: {{}}\n");
+        let err = parse(&mixed, &spec_env, &[]).expect_err("mixed");
+        assert!(format!("{err:#}").contains("mixes two layouts"), "{err:#}");
+        let typo = SPEC.replace("socket_timeout", "sockt_timeout");
+        let err = parse(&typo, &spec_env, &[]).expect_err("typo");
+        assert!(format!("{err:#}").contains("sockt_timeout"), "{err:#}");
+        let zero = SPEC.replace("log_retention_days: 7", "log_retention_days: 0");
+        assert!(parse(&zero, &spec_env, &[]).is_err());
+    }
+
     #[test]
     fn redis_url_from_parts() {
         let r = RedisSection {
@@ -473,6 +636,8 @@ mod tests {
             db: Some(2),
             key_prefix: None,
             operation_timeout: 5.0,
+            socket_timeout: None,
+            retry_on_timeout: true,
         };
         assert_eq!(r.connection_url(), "redis://:p%40ss@h:7000/2");
     }

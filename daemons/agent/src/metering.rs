@@ -41,8 +41,9 @@ pub fn queue_store(cfg: &MeteringConfig, role: &str) -> anyhow::Result<QueueStor
     Ok(QueueStore::new(
         client,
         keys,
-        secs("redis.operation_timeout", cfg.redis.operation_timeout)?,
-    )?)
+        secs("redis.socket_timeout", cfg.redis.command_timeout())?,
+    )?
+    .with_retry_on_timeout(cfg.redis.retry_on_timeout))
 }
 
 /// Everything the HTTP handlers and background loops share.
@@ -66,6 +67,7 @@ pub async fn run(cfg: MeteringConfig, stop: impl Future<Output = ()>) -> anyhow:
     let store = queue_store(&cfg, "agent")?;
     let cp = &cfg.control_plane;
     let q = &cfg.queues;
+    let metrics = Arc::new(Metrics::new(&cfg.server.id, &cfg.server.region));
     let client = ControlPlaneClient::new(
         &ClientConfig {
             base_url: cp.base_url.clone(),
@@ -86,7 +88,8 @@ pub async fn run(cfg: MeteringConfig, stop: impl Future<Output = ()>) -> anyhow:
                 + 4,
         },
         &format!("tether-agent/{VERSION}"),
-    )?;
+    )?
+    .with_histogram(metrics.cp_request_seconds.clone());
     let consumer_cfg = ConsumerConfig {
         workers: q.workers,
         batch_size: q.batch_size,
@@ -101,7 +104,6 @@ pub async fn run(cfg: MeteringConfig, stop: impl Future<Output = ()>) -> anyhow:
         },
         sample_interval: Duration::from_secs(1),
     };
-    let metrics = Arc::new(Metrics::new(&cfg.server.id, &cfg.server.region));
     let enrichment = Enrichment {
         server_instance_id: cfg.server.id.clone(),
         api_server_region: cfg.server.region.clone(),
@@ -175,7 +177,8 @@ pub async fn run(cfg: MeteringConfig, stop: impl Future<Output = ()>) -> anyhow:
         t.abort();
     }
     let path = format!("/api/v1/servers/{}/shutdown", cfg.server.id);
-    let body = json!({"server_id": cfg.server.id, "timestamp": chrono::Utc::now().to_rfc3339()});
+    let body = json!({"server_id": cfg.server.id, "status": "offline",
+        "timestamp": chrono::Utc::now().to_rfc3339()});
     if let Err(e) = shared.client.call(Method::POST, &path, Some(&body)).await {
         warn!(error = %e, "shutdown notification failed");
     }
@@ -208,8 +211,26 @@ fn health_json(a: &Agent) -> Value {
     })
 }
 
+/// 200 when Redis and the control plane are reachable, else 503 with the same document: a
+/// load balancer or `systemctl`-side check sees the degraded state.
 async fn health(State(a): State<Arc<Agent>>) -> Response {
-    axum::Json(health_json(&a)).into_response()
+    let h = health_json(&a);
+    let code = if h["status"] == "healthy" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(h)).into_response()
+}
+
+/// The heartbeat's `status`: `online` when healthy, `degraded` when Redis or the control plane
+/// is unreachable (`offline` is sent with the shutdown notice).
+fn heartbeat_status(a: &Agent) -> &'static str {
+    if a.shared.redis_ok.load(Ordering::Relaxed) && a.shared.cp_ok.load(Ordering::Relaxed) {
+        "online"
+    } else {
+        "degraded"
+    }
 }
 
 async fn metrics(State(a): State<Arc<Agent>>) -> Response {
@@ -373,6 +394,16 @@ fn agent_metrics(a: &Agent) -> Value {
     })
 }
 
+/// A registration or heartbeat was accepted: the control plane is reachable, unless the
+/// deliveries' circuit breaker is open (session endpoints failing while the server endpoints
+/// answer is still an outage for metering).
+fn control_plane_answered(a: &Agent) {
+    let m = &a.shared.metrics;
+    if m.breaker_state.get_or_create(m.server()).get() == 0 {
+        a.shared.cp_ok.store(true, Ordering::Relaxed);
+    }
+}
+
 async fn register_then_heartbeat(a: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let s = &a.cfg.server;
     let body = json!({
@@ -392,10 +423,14 @@ async fn register_then_heartbeat(a: Arc<Agent>, mut stop: watch::Receiver<bool>)
             .await
         {
             Ok(_) => {
+                control_plane_answered(&a);
                 info!("registered with the control plane");
                 break;
             }
-            Err(e) => warn!(error = %e, "registration failed; retrying"),
+            Err(e) => {
+                a.shared.cp_ok.store(false, Ordering::Relaxed);
+                warn!(error = %e, "registration failed; retrying");
+            }
         }
         let d = wait.mul_f64(rand::rng().random::<f64>());
         wait = (wait * 2).min(Duration::from_secs(10));
@@ -404,15 +439,19 @@ async fn register_then_heartbeat(a: Arc<Agent>, mut stop: watch::Receiver<bool>)
     let every = Duration::from_secs_f64(a.cfg.monitoring.heartbeat_interval);
     let path = format!("/api/v1/servers/{}/heartbeat", s.id);
     loop {
-        let h = health_json(&a);
         let body = json!({
             "server_id": s.id,
-            "status": h["status"],
-            "timestamp": h["timestamp"],
+            "status": heartbeat_status(&a),
+            "heartbeat_interval_seconds": a.cfg.monitoring.heartbeat_interval,
+            "timestamp": chrono::Utc::now().to_rfc3339(),
             "metrics": agent_metrics(&a),
         });
-        if let Err(e) = a.shared.client.call(Method::PUT, &path, Some(&body)).await {
-            warn!(error = %e, "heartbeat failed");
+        match a.shared.client.call(Method::PUT, &path, Some(&body)).await {
+            Ok(_) => control_plane_answered(&a),
+            Err(e) => {
+                a.shared.cp_ok.store(false, Ordering::Relaxed);
+                warn!(error = %e, "heartbeat failed");
+            }
         }
         tokio::select! { _ = tokio::time::sleep(every) => {}, _ = stop.changed() => return }
     }

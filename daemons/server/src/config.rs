@@ -16,6 +16,7 @@ use tether_runtime::config::{ConfigError, expand_yaml_strings};
 
 use crate::console::{ConsoleConfig, ConsoleSettings};
 use crate::error::ServerError;
+use crate::http::cors::{CorsSettings, OriginPolicy};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -48,6 +49,8 @@ pub struct FileConfig {
     pub console: Option<ConsoleSettings>,
     /// The vehicle-commands settings (`commands:`).
     pub commands: Option<CommandsSettings>,
+    /// Browsers on other origins (`cors:`).
+    pub cors: Option<CorsSettings>,
 }
 
 /// Which connector runs vehicle commands.
@@ -273,6 +276,8 @@ pub struct ServerConfig {
     pub console: ConsoleConfig,
     /// The vehicle-commands settings.
     pub commands: CommandsConfig,
+    /// Which other origins browsers may call the API from (off by default).
+    pub cors: OriginPolicy,
 }
 
 impl ServerConfig {
@@ -287,6 +292,7 @@ impl ServerConfig {
             relay: RelayConfig::default(),
             console: ConsoleConfig::default(),
             commands: CommandsConfig::default(),
+            cors: OriginPolicy::default(),
         }
     }
 
@@ -344,6 +350,7 @@ impl ServerConfig {
         let relay = RelayConfig::resolve(file.relay).map_err(invalid)?;
         let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
         let commands = CommandsConfig::resolve(file.commands).map_err(invalid)?;
+        let cors = OriginPolicy::resolve(file.cors).map_err(invalid)?;
         Ok(ServerConfig {
             listen,
             data_dir,
@@ -353,6 +360,7 @@ impl ServerConfig {
             relay,
             console,
             commands,
+            cors,
         })
     }
 }
@@ -564,6 +572,8 @@ mod tests {
             "relay:\n  cut_through: 1000001\n",
             "relay:\n  trim_interval_secs: 0\n",
             "relay:\n  bogus: 1\n",
+            "cors:\n  allowed_origins: [\"https://x/\"]\n",
+            "cors:\n  origins: []\n",
         ] {
             let parsed = parse_file(bad, "t", &env);
             let resolved =

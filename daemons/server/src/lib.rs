@@ -49,8 +49,9 @@
 //! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
 //! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
 //! driver and the `/ws/data` connections) → [`commands`] (vehicle commands: queues,
-//! connectors, the response bus, the diagnostics channel of `/ws/data`) → [`routes`] (the router: REST handlers, and the
-//! console's and data plane's endpoints mounted). A new feature with HTTP endpoints (the
+//! connectors, the response bus, the diagnostics channel of `/ws/data`) → [`routes`] (the
+//! router: REST handlers, and the console's and data plane's endpoints mounted, and [`ui`],
+//! the web page at `/`). A new feature with HTTP endpoints (the
 //! commands service, the telemetry receiver) is a module beside [`dataplane`], its REST
 //! handlers a file in `routes/` registered in [`routes::router`], its tasks started in
 //! [`ServerBuilder::build`].
@@ -81,6 +82,7 @@ mod serve;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -265,6 +267,12 @@ impl ServerBuilder {
             commands::Commands::start(&config.commands, &state, command_metrics, plane_handle)
                 .await?;
         router = router.layer(Extension(commands));
+        // The origin policy for WebSocket handlers' origin check, and the CORS layer outermost
+        // so it answers preflights before any other layer sees them.
+        router = router.layer(Extension(config.cors.clone()));
+        if let Some(cors) = config.cors.layer() {
+            router = router.layer(cors);
+        }
         Ok(Server {
             config,
             router,

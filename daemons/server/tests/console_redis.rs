@@ -8,7 +8,7 @@ use console_support::{frame, json, subscribe};
 use server_support::{TestResult, TestServer};
 use sse_core::events::LogLevel;
 use tether_server::ServerConfig;
-use tether_server::console::ConsoleScope;
+use tether_server::console::ConsoleStream;
 use uuid::Uuid;
 
 fn redis_url() -> TestResult<String> {
@@ -55,7 +55,7 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
         console.can_frame(dongle, Some(group), &frame(0x200 + i, "FF"));
     }
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Error,
         "boom".to_owned(),
         serde_json::json!({ "code": 7 }),
@@ -65,7 +65,7 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     drop(live);
 
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Info,
         "while away".to_owned(),
         serde_json::Value::Null,
@@ -120,12 +120,12 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     };
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
     let mut events = subscribe(&server, &path, Some(&token), None).await?;
-    log(ConsoleScope::Dongle(dongle), "d1");
+    log(ConsoleStream::Dongle(dongle), "d1");
     let d1 = events.next().await?;
     assert!(d1.last_event_id.ends_with(",~"), "{}", d1.last_event_id);
     drop(events);
-    log(ConsoleScope::Group(group), "g-away");
-    log(ConsoleScope::Dongle(dongle), "d-away");
+    log(ConsoleStream::Group(group), "g-away");
+    log(ConsoleStream::Dongle(dongle), "d-away");
     let mut resumed = subscribe(&server, &path, Some(&token), Some(&d1.last_event_id)).await?;
     let mut lines: Vec<String> = Vec::new();
     for event in resumed.take(2).await? {

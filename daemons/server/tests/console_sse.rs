@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer, code};
 use sse_core::events::LogLevel;
-use tether_server::console::ConsoleScope;
+use tether_server::console::ConsoleStream;
 use uuid::Uuid;
 
 fn uuid(text: &str) -> TestResult<Uuid> {
@@ -165,7 +165,7 @@ async fn can_frames_and_logs_resume_exactly_after_any_id() -> TestResult {
         console.can_frame(dongle, Some(group), &frame(0x100 + i, "0102"));
     }
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Warn,
         "buffer pressure".to_owned(),
         json!({ "trimmed": 3 }),
@@ -198,7 +198,7 @@ async fn can_frames_and_logs_resume_exactly_after_any_id() -> TestResult {
 
     // Published while nobody listens, then resumed after the third event: exactly the rest.
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Info,
         "while away".to_owned(),
         serde_json::Value::Null,
@@ -217,6 +217,13 @@ async fn can_frames_and_logs_resume_exactly_after_any_id() -> TestResult {
     let live = resumed.next().await?;
     assert_eq!(json(&live)?["id"], "0x7E8");
     assert_eq!(json(&live)?["data_hex"], "");
+    // A payload that is not hex has no `can_frame`: dropped, counted and told on the stream.
+    console.can_frame(dongle, None, &frame(0x7E9, "zz"));
+    let told = resumed.next().await?;
+    assert_eq!(told.event_type, "log");
+    assert_eq!(json(&told)?["fields"]["reason"], "invalid_frame");
+    assert_eq!(json(&told)?["fields"]["dropped"], 1);
+    let live = told;
 
     // The query parameter works too, and the latest ID gives live events only.
     let latest = live.last_event_id.clone();
@@ -228,7 +235,7 @@ async fn can_frames_and_logs_resume_exactly_after_any_id() -> TestResult {
     )
     .await?;
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Info,
         "next".to_owned(),
         serde_json::Value::Null,
@@ -264,7 +271,7 @@ async fn a_stale_or_bad_id_gets_one_reset_then_the_history() -> TestResult {
     let mut live = subscribe(&server, &path, Some(&token), None).await?;
     for i in 0..3 {
         console.log(
-            ConsoleScope::Dongle(dongle),
+            ConsoleStream::Dongle(dongle),
             LogLevel::Info,
             format!("line {i}"),
             serde_json::Value::Null,
@@ -390,7 +397,7 @@ async fn the_multiplexed_stream_carries_both_scopes_and_resumes_exactly() -> Tes
         );
     };
     // Nothing was ever published on either stream: both parts start as `~`.
-    log(ConsoleScope::Group(group), "g1");
+    log(ConsoleStream::Group(group), "g1");
     let g1 = events.next().await?;
     let body = json(&g1)?;
     assert_eq!(body["stream"], format!("group:{group}"));
@@ -418,9 +425,9 @@ async fn the_multiplexed_stream_carries_both_scopes_and_resumes_exactly() -> Tes
     drop(events);
 
     // While away: two lines on the dongle, one on the group.
-    log(ConsoleScope::Dongle(dongle), "d-away-1");
-    log(ConsoleScope::Group(group), "g-away");
-    log(ConsoleScope::Dongle(dongle), "d-away-2");
+    log(ConsoleStream::Dongle(dongle), "d-away-1");
+    log(ConsoleStream::Group(group), "g-away");
+    log(ConsoleStream::Dongle(dongle), "d-away-2");
     let mut resumed = subscribe(&server, &path, Some(&token), Some(&last)).await?;
     let missed = resumed.take(3).await?;
     let mut dongle_lines = Vec::new();
@@ -443,11 +450,11 @@ async fn the_multiplexed_stream_carries_both_scopes_and_resumes_exactly() -> Tes
     let path2 = format!("/api/v1/streams/console?dongles={c},{d}");
     let mut fresh = subscribe(&server, &path2, Some(&token2), None).await?;
     let (c_id, d_id) = (uuid(&c)?, uuid(&d)?);
-    log(ConsoleScope::Dongle(c_id), "c1");
+    log(ConsoleStream::Dongle(c_id), "c1");
     let c1 = fresh.next().await?;
     assert!(c1.last_event_id.ends_with(",~"), "{}", c1.last_event_id);
     drop(fresh);
-    log(ConsoleScope::Dongle(d_id), "d-while-away");
+    log(ConsoleStream::Dongle(d_id), "d-while-away");
     let mut back = subscribe(&server, &path2, Some(&token2), Some(&c1.last_event_id)).await?;
     let d1 = back.next().await?;
     assert_eq!(d1.event_type, "log");
@@ -477,7 +484,7 @@ async fn fast_frames_are_sampled_and_announced() -> TestResult {
         console.can_frame(dongle, None, &frame(i % 0x7FF, "00"));
     }
     console.log(
-        ConsoleScope::Dongle(dongle),
+        ConsoleStream::Dongle(dongle),
         LogLevel::Info,
         "end".to_owned(),
         serde_json::Value::Null,
@@ -530,7 +537,7 @@ async fn disconnects_free_subscriptions_and_shutdown_ends_streams() -> TestResul
     let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
     loop {
         console.log(
-            ConsoleScope::Dongle(dongle),
+            ConsoleStream::Dongle(dongle),
             LogLevel::Debug,
             "tick".to_owned(),
             serde_json::Value::Null,
@@ -588,7 +595,7 @@ async fn a_full_queue_drops_counts_and_tells_the_stream() -> TestResult {
     // 16 events fit and the rest are dropped.
     for i in 0..100 {
         console.log(
-            ConsoleScope::Dongle(dongle),
+            ConsoleStream::Dongle(dongle),
             LogLevel::Info,
             format!("line {i}"),
             serde_json::Value::Null,
@@ -637,7 +644,7 @@ async fn an_unreachable_redis_is_counted_and_resumable_not_fatal() -> TestResult
         "a 200 stream that ends: the client retries"
     );
     server.server.state().console().log(
-        ConsoleScope::Dongle(uuid(&a)?),
+        ConsoleStream::Dongle(uuid(&a)?),
         LogLevel::Info,
         "lost".to_owned(),
         serde_json::Value::Null,

@@ -279,7 +279,9 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     );
 
     // Health, metrics, registration, heartbeat.
-    let h = get_json(&health_url).await.unwrap();
+    let resp = reqwest::get(&health_url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(h["status"], "healthy", "{h}");
     assert_eq!(h["redis_connected"], true);
     for f in [
@@ -305,6 +307,16 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
         assert!(m.contains(name), "metrics lack {name}");
     }
     assert!(
+        m.lines().any(|l| l.starts_with(
+            "control_plane_request_seconds_count{endpoint=\"/api/v1/sessions/{id}/usage-records\",outcome=\"success\"}"
+        ) && !l.ends_with(" 0")),
+        "no request histogram by endpoint and outcome:\n{m}"
+    );
+    assert!(
+        m.contains("outcome=\"client_error\""),
+        "refusals are not timed as client_error"
+    );
+    assert!(
         m.contains("queue_name=\"usage_records\"")
             && m.contains("server_id=\"srv-test\"")
             && m.contains("region=\"test-region\"")
@@ -320,6 +332,18 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     })
     .await;
     let hb = &cp.requests_to("/heartbeat")[0].2;
+    eventually(Duration::from_secs(10), "an online heartbeat", || async {
+        cp.requests_to("/heartbeat")
+            .iter()
+            .any(|r| r.2["status"] == "online")
+    })
+    .await;
+    assert!(
+        cp.requests_to("/heartbeat")
+            .iter()
+            .all(|r| ["online", "degraded"].contains(&r.2["status"].as_str().unwrap_or(""))),
+        "heartbeat status outside online/degraded"
+    );
     for f in [
         "usage_records_processed",
         "control_plane_requests",
@@ -340,6 +364,7 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
         agent_logs(&setup)
     );
     assert_eq!(cp.requests_to("/shutdown").len(), 1);
+    assert_eq!(cp.requests_to("/shutdown")[0].2["status"], "offline");
     assert_eq!(processing_total(&mut r, p).await, 0);
     let logs = agent_logs(&setup);
     assert!(

@@ -44,7 +44,9 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     .await;
     // Hold the outage for several probe periods.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let h = get_json(&health_url).await.unwrap();
+    let resp = reqwest::get(&health_url).await.unwrap();
+    assert_eq!(resp.status(), 503, "/health answers 503 while degraded");
+    let h: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["control_plane_connected"], false);
     // Consumption paused: most items are still queued, none dead-lettered, none accepted.

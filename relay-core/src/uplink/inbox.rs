@@ -24,6 +24,19 @@ pub struct InboxCommit {
     pub ack: Seq,
 }
 
+/// One source (vehicle) of an inbox, as [`UplinkInbox::sources`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSource {
+    /// The source id.
+    pub source: String,
+    /// Its cumulative ack: the highest seq held.
+    pub acked: Seq,
+    /// Records held.
+    pub records: u64,
+    /// The newest `ts_ms` held.
+    pub last_ts_ms: u64,
+}
+
 /// The remote collector's store of uplinked records.
 ///
 /// A record is identified by `(source, seq)`; a second copy is a duplicate (a retransmission
@@ -41,6 +54,36 @@ pub trait UplinkInbox: Send {
 
     /// Up to `max` stored records of `source` with seq `> after`, in seq order.
     fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>>;
+
+    /// Several batches, of one source or many, in one durable commit (the remote's group
+    /// commit: one sync for every connection's pending batch). Every batch is validated
+    /// first; one invalid batch refuses them all and changes nothing. The answers are in the
+    /// order of `batches`, each one's ack counting the batches before it. The default commits
+    /// them one by one.
+    fn commit_many(&mut self, batches: &[(&str, &[OutboxRecord])]) -> Result<Vec<InboxCommit>> {
+        for (source, records) in batches {
+            validate_commit(source, records)?;
+        }
+        batches
+            .iter()
+            .map(|(source, records)| self.commit(source, records))
+            .collect()
+    }
+
+    /// Every source held, by id.
+    fn sources(&mut self) -> Result<Vec<InboxSource>>;
+
+    /// Up to `max` records of `source` with seq `> after` and `from_ts_ms <= ts_ms <
+    /// to_ts_ms`, in seq order (a time-range read; it scans the source's records after
+    /// `after`).
+    fn read_between(
+        &mut self,
+        source: &str,
+        after: Seq,
+        from_ts_ms: u64,
+        to_ts_ms: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxRecord>>;
 }
 
 /// Checks a source id and a batch before anything is stored.
@@ -106,11 +149,41 @@ impl UplinkInbox for MemoryInbox {
     }
 
     fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
+        self.read_between(source, after, 0, u64::MAX, max)
+    }
+
+    fn sources(&mut self) -> Result<Vec<InboxSource>> {
+        let mut out: Vec<InboxSource> = self
+            .sources
+            .iter()
+            .filter_map(|(source, held)| {
+                let (acked, _) = held.last_key_value()?;
+                Some(InboxSource {
+                    source: source.clone(),
+                    acked: *acked,
+                    records: held.len() as u64,
+                    last_ts_ms: held.values().map(|(ts, _)| *ts).max().unwrap_or(0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(out)
+    }
+
+    fn read_between(
+        &mut self,
+        source: &str,
+        after: Seq,
+        from_ts_ms: u64,
+        to_ts_ms: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxRecord>> {
         let Some(held) = self.sources.get(source) else {
             return Ok(Vec::new());
         };
         Ok(held
             .range(after.saturating_add(1)..)
+            .filter(|(_, (ts_ms, _))| (from_ts_ms..to_ts_ms).contains(ts_ms))
             .take(max)
             .map(|(seq, (ts_ms, payload))| OutboxRecord {
                 seq: *seq,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
-use super::inbox::{InboxCommit, UplinkInbox, validate_commit};
+use super::inbox::{InboxCommit, InboxSource, UplinkInbox, validate_commit};
 use super::store::OutboxRecord;
 use super::store_sqlite::{from_sql, open_connection, store_err, to_sql};
 use crate::error::{Error, Result};
@@ -66,9 +66,18 @@ impl SqliteInbox {
 
 impl UplinkInbox for SqliteInbox {
     fn commit(&mut self, source: &str, records: &[OutboxRecord]) -> Result<InboxCommit> {
-        validate_commit(source, records)?;
+        let mut commits = self.commit_many(&[(source, records)])?;
+        commits.pop().ok_or_else(|| Error::InvalidUplinkInput {
+            reason: "no batch".to_owned(),
+        })
+    }
+
+    fn commit_many(&mut self, batches: &[(&str, &[OutboxRecord])]) -> Result<Vec<InboxCommit>> {
+        for (source, records) in batches {
+            validate_commit(source, records)?;
+        }
         let tx = self.conn.transaction().map_err(sql_err("commit"))?;
-        let mut commit = InboxCommit::default();
+        let mut commits = Vec::with_capacity(batches.len());
         {
             let mut insert = tx
                 .prepare_cached(
@@ -76,25 +85,29 @@ impl UplinkInbox for SqliteInbox {
                          VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(sql_err("commit"))?;
-            for record in records {
-                let changed = insert
-                    .execute(params![
-                        source,
-                        to_sql(record.seq),
-                        to_sql(record.ts_ms),
-                        &record.payload[..]
-                    ])
-                    .map_err(sql_err("commit"))?;
-                if changed == 1 {
-                    commit.stored += 1;
-                } else {
-                    commit.duplicates += 1;
+            for (source, records) in batches {
+                let mut commit = InboxCommit::default();
+                for record in *records {
+                    let changed = insert
+                        .execute(params![
+                            source,
+                            to_sql(record.seq),
+                            to_sql(record.ts_ms),
+                            &record.payload[..]
+                        ])
+                        .map_err(sql_err("commit"))?;
+                    if changed == 1 {
+                        commit.stored += 1;
+                    } else {
+                        commit.duplicates += 1;
+                    }
                 }
+                commit.ack = Self::high_water(&tx, source).map_err(sql_err("commit"))?;
+                commits.push(commit);
             }
         }
-        commit.ack = Self::high_water(&tx, source).map_err(sql_err("commit"))?;
         tx.commit().map_err(sql_err("commit"))?;
-        Ok(commit)
+        Ok(commits)
     }
 
     fn acked(&mut self, source: &str) -> Result<Seq> {
@@ -102,21 +115,63 @@ impl UplinkInbox for SqliteInbox {
     }
 
     fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
+        self.read_between(source, after, 0, u64::MAX, max)
+    }
+
+    fn sources(&mut self) -> Result<Vec<InboxSource>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT source, max(seq), count(*), max(ts_ms) FROM inbox_record
+                     GROUP BY source ORDER BY source",
+            )
+            .map_err(sql_err("sources"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(InboxSource {
+                    source: row.get(0)?,
+                    acked: from_sql(row.get(1)?),
+                    records: from_sql(row.get(2)?),
+                    last_ts_ms: from_sql(row.get(3)?),
+                })
+            })
+            .map_err(sql_err("sources"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_err("sources"))
+    }
+
+    fn read_between(
+        &mut self,
+        source: &str,
+        after: Seq,
+        from_ts_ms: u64,
+        to_ts_ms: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT seq, ts_ms, payload FROM inbox_record WHERE source = ?1 AND seq > ?2
-                     ORDER BY seq LIMIT ?3",
+                     AND ts_ms >= ?3 AND ts_ms < ?4 ORDER BY seq LIMIT ?5",
             )
             .map_err(sql_err("read"))?;
         let rows = stmt
-            .query_map(params![source, to_sql(after), to_sql(max as u64)], |row| {
-                Ok(OutboxRecord {
-                    seq: from_sql(row.get(0)?),
-                    ts_ms: from_sql(row.get(1)?),
-                    payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(2)?),
-                })
-            })
+            .query_map(
+                params![
+                    source,
+                    to_sql(after),
+                    to_sql(from_ts_ms),
+                    to_sql(to_ts_ms),
+                    to_sql(max as u64)
+                ],
+                |row| {
+                    Ok(OutboxRecord {
+                        seq: from_sql(row.get(0)?),
+                        ts_ms: from_sql(row.get(1)?),
+                        payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(2)?),
+                    })
+                },
+            )
             .map_err(sql_err("read"))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql_err("read"))

@@ -97,7 +97,7 @@ mod store_memory;
 mod store_sqlite;
 mod store_thread;
 
-pub use inbox::{InboxCommit, MAX_SOURCE_LEN, MemoryInbox, UplinkInbox};
+pub use inbox::{InboxCommit, InboxSource, MAX_SOURCE_LEN, MemoryInbox, UplinkInbox};
 pub use inbox_sqlite::SqliteInbox;
 pub use outbox::{
     DEFAULT_MAX_LOCAL_RECORDS, DEFAULT_MIRROR_MAX, OutboxStats, StreamConfig, StreamOutbox,

@@ -9,7 +9,7 @@ pub const DEFAULT_HISTORY_EVENTS: usize = 10_000;
 /// Default age bound of console history, in seconds.
 pub const DEFAULT_HISTORY_MAX_AGE_SECS: u64 = 60;
 /// Default `can_frame` rate per stream above which the console samples (frames per second).
-pub const DEFAULT_SAMPLING_THRESHOLD_PER_S: u32 = 200;
+pub const DEFAULT_SAMPLING_THRESHOLD_PER_S: u32 = sse_core::sampler::DEFAULT_THRESHOLD_PER_S;
 /// Default interval between keep-alive comments on an idle stream, in seconds.
 pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 15;
 /// Default reconnection delay told to clients (`retry:`), in milliseconds.
@@ -19,7 +19,7 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 /// Default shortest interval between two `presence` `seen` events of one dongle, in seconds.
 pub const DEFAULT_SEEN_INTERVAL_SECS: u64 = 10;
 /// Default Redis key prefix of console streams.
-pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tether:sse:";
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = sse_core::backend::redis::DEFAULT_KEY_PREFIX;
 /// Most streams one multiplexed connection may carry.
 pub const MAX_MULTIPLEXED_STREAMS: usize = 32;
 

@@ -6,6 +6,11 @@
 //! `GET /api/v1/streams/dongles/{id}/console`, `…/groups/{id}/console` and the multiplexed
 //! `GET /api/v1/streams/console?dongles=…&groups=…` (see `docs/sse.md` and `docs/api.md`).
 //!
+//! The rules come from sse-core, which this module only wires to the server: event payloads
+//! and stream names ([`sse_core::events`]), sampling ([`sse_core::sampler::StreamSamplers`]),
+//! the hub and its Redis layout ([`sse_core::EventBackend`]), and the multiplexed body with its
+//! composite IDs ([`sse_core::multiplex::open_body`]).
+//!
 //! ## Publishing never blocks
 //! [`Console::can_frame`], [`Console::log`] and the presence calls are synchronous: they decide
 //! sampling, format the event and `try_send` it into a bounded queue. One publisher task drains
@@ -19,61 +24,95 @@
 //! history beyond the hub's bounds (count and age from the `console:` config section).
 
 pub mod config;
-mod events;
-mod hub;
-mod multiplex;
 pub(crate) mod routes;
-mod sampling;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use can_io::wire::relay_json::CanRelayFrame;
-use chrono::Utc;
-use sse_core::events::LogLevel;
+use can_io::wire::relay_json::{CanRelayFrame, RelayDirection};
+use chrono::{DateTime, Utc};
+use sse_core::backend::SystemClock;
+use sse_core::encoder::BodyOptions;
+use sse_core::events::{
+    CanFrameEvent, ConsoleEvent, Direction, GroupBacklog, GroupMode as EventMode,
+    GroupState as GroupStateEvent, LogEvent, LogLevel, OfflineSide, Presence, timestamp,
+};
+use sse_core::sampler::{SamplingConfig, StreamSamplers};
+use sse_core::{
+    EventBackend, MemoryBackend, RedisBackend, RedisBackendConfig, SseError, StreamBounds,
+    StreamConfig,
+};
 use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 pub use config::{ConsoleConfig, ConsoleSettings};
-pub use events::PresenceStatus;
+pub use sse_core::events::{ConsoleStream, PresenceStatus};
 
 use crate::error::ServerError;
 use crate::group_mode::BacklogProbe;
 use crate::metrics::{DropLabels, EventTypeLabels, ServerMetrics};
 use crate::store::{ModeChange, Store};
-use hub::Hub;
-use sampling::Samplers;
 
 /// Most events the publisher takes from the queue at once.
 const PUBLISH_BATCH: usize = 512;
 /// How often idle in-memory streams and idle samplers are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Which console an event goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConsoleScope {
-    /// A dongle's console (`dongle:<id>`).
-    Dongle(Uuid),
-    /// A group's console (`group:<id>`).
-    Group(Uuid),
+/// sse-core's hub behind the consoles: in memory, or Redis (shared by server instances) when
+/// the server has a Redis URL. The Redis backend connects on first use and pauses after a
+/// failed attempt, so a server whose Redis is briefly unreachable still starts; `/readyz`
+/// reports it meanwhile, publishes are dropped and counted, and subscribers get a stream that
+/// ends at once and reconnect.
+struct Hub {
+    backend: Arc<dyn EventBackend>,
+    /// Redis: streams of a batch are written concurrently (pipelined on one connection).
+    redis: bool,
 }
 
-impl ConsoleScope {
-    /// The hub's stream key: `dongle:<uuid>` or `group:<uuid>`.
-    pub fn stream_key(&self) -> String {
-        match self {
-            ConsoleScope::Dongle(id) => format!("dongle:{id}"),
-            ConsoleScope::Group(id) => format!("group:{id}"),
-        }
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.redis {
+            "Hub::Redis"
+        } else {
+            "Hub::Memory"
+        })
+    }
+}
+
+impl Hub {
+    /// A hub for `config`: Redis when `redis_url` is given (validated, not yet connected).
+    fn open(config: &ConsoleConfig, redis_url: Option<&str>) -> Result<Hub, SseError> {
+        let stream = StreamConfig {
+            bounds: StreamBounds {
+                max_events: config.history_events,
+                max_age_ms: u64::try_from(config.history_max_age.as_millis()).unwrap_or(u64::MAX),
+            },
+            // The console samples before publishing (`StreamSamplers`), so the hub stores only
+            // what subscribers are sent.
+            sampling: None,
+        };
+        let backend: Arc<dyn EventBackend> = match redis_url {
+            None => Arc::new(MemoryBackend::new(Arc::new(SystemClock), stream)),
+            Some(url) => {
+                let mut redis = RedisBackendConfig::new(url);
+                redis.key_prefix.clone_from(&config.redis_key_prefix);
+                redis.default_stream = stream;
+                Arc::new(RedisBackend::new(redis, Arc::new(SystemClock))?)
+            }
+        };
+        Ok(Hub {
+            backend,
+            redis: redis_url.is_some(),
+        })
     }
 }
 
 /// One event waiting for the publisher.
 #[derive(Debug)]
 struct Job {
-    scope: ConsoleScope,
+    scope: ConsoleStream,
     event_type: &'static str,
     data: String,
 }
@@ -82,17 +121,19 @@ struct Job {
 #[derive(Debug, Default)]
 struct DropLedger {
     any: AtomicBool,
-    counts: Mutex<HashMap<(ConsoleScope, &'static str), u64>>,
+    counts: Mutex<HashMap<(ConsoleStream, &'static str), u64>>,
+    /// Wakes the publisher for drops that come with nothing queued (an invalid frame).
+    wake: tokio::sync::Notify,
 }
 
 impl DropLedger {
-    fn add(&self, scope: ConsoleScope, reason: &'static str, n: u64) {
+    fn add(&self, scope: ConsoleStream, reason: &'static str, n: u64) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry((scope, reason)).or_insert(0) += n;
         self.any.store(true, Ordering::Release);
     }
 
-    fn take(&self) -> Vec<((ConsoleScope, &'static str), u64)> {
+    fn take(&self) -> Vec<((ConsoleStream, &'static str), u64)> {
         if !self.any.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
@@ -127,7 +168,7 @@ struct Inner {
     config: ConsoleConfig,
     hub: Arc<Hub>,
     queue: mpsc::Sender<Job>,
-    samplers: Samplers,
+    samplers: StreamSamplers<ConsoleStream>,
     metrics: ConsoleMetrics,
     ledger: Arc<DropLedger>,
     /// When each dongle's last `seen` event was published.
@@ -161,7 +202,7 @@ impl Console {
         metrics: &ServerMetrics,
     ) -> Result<Console, ServerError> {
         let hub = Arc::new(
-            Hub::new(&config, redis_url).map_err(|err| ServerError::RedisUrl {
+            Hub::open(&config, redis_url).map_err(|err| ServerError::RedisUrl {
                 detail: err.to_string(),
             })?,
         );
@@ -174,7 +215,9 @@ impl Console {
         };
         let (closed, _) = watch::channel(false);
         let inner = Arc::new(Inner {
-            samplers: Samplers::new(config.sampling_threshold_per_s),
+            samplers: StreamSamplers::new(SamplingConfig {
+                threshold_per_s: config.sampling_threshold_per_s,
+            }),
             config,
             hub: Arc::clone(&hub),
             queue,
@@ -225,37 +268,42 @@ impl Console {
     }
 
     /// A frame seen from a dongle: published as `can_frame` on the dongle's console and, when
-    /// `group` is given, on the group's console, each sampled when fast. Never blocks.
+    /// `group` is given, on the group's console, each sampled when fast. A frame whose payload
+    /// is not hex is dropped and counted (`reason="invalid_frame"`). Never blocks.
     pub fn can_frame(&self, dongle: Uuid, group: Option<Uuid>, frame: &CanRelayFrame) {
         let now = now_ms();
-        let inner = &self.inner;
-        let on_dongle = self.sample(ConsoleScope::Dongle(dongle), now);
-        let on_group = group.is_some_and(|g| self.sample(ConsoleScope::Group(g), now));
-        let skipped = u64::from(!on_dongle) + u64::from(group.is_some() && !on_group);
+        let on_dongle = Some(ConsoleStream::Dongle(dongle)).filter(|d| self.sample(*d, now));
+        let on_group = group
+            .map(ConsoleStream::Group)
+            .filter(|g| self.sample(*g, now));
+        let skipped =
+            u64::from(on_dongle.is_none()) + u64::from(group.is_some() && on_group.is_none());
         if skipped > 0 {
-            inner.metrics.sampled_out.inc_by(skipped);
+            self.inner.metrics.sampled_out.inc_by(skipped);
         }
-        if !on_dongle && !on_group {
-            return;
-        }
-        let data = events::can_frame(dongle, frame);
-        match (on_dongle, group.filter(|_| on_group)) {
-            (true, Some(g)) => {
-                self.enqueue(ConsoleScope::Dongle(dongle), "can_frame", data.clone());
-                self.enqueue(ConsoleScope::Group(g), "can_frame", data);
+        let streams = on_dongle.into_iter().chain(on_group);
+        match can_frame_event(dongle, frame) {
+            Some(event) => {
+                let event = ConsoleEvent::from(event);
+                let data = event.to_data();
+                for stream in streams {
+                    self.enqueue_data(stream, event.event_type(), data.clone());
+                }
             }
-            (true, None) => self.enqueue(ConsoleScope::Dongle(dongle), "can_frame", data),
-            (false, Some(g)) => self.enqueue(ConsoleScope::Group(g), "can_frame", data),
-            (false, None) => {}
+            None => {
+                for stream in streams {
+                    self.drop_event(stream, "invalid_frame");
+                }
+            }
         }
     }
 
-    /// Samples one `can_frame` on `scope`; announces a switch with a `log` event.
-    fn sample(&self, scope: ConsoleScope, now: u64) -> bool {
-        let decision = self.inner.samplers.decide(scope, now);
+    /// Samples one `can_frame` on `stream`; announces a switch with a `log` event.
+    fn sample(&self, stream: ConsoleStream, now: u64) -> bool {
+        let decision = self.inner.samplers.decide(&stream, now);
         if let Some(switch) = decision.switch {
-            tracing::info!(stream = %scope.stream_key(), ?switch, "console can_frame sampling switched");
-            self.enqueue(scope, "log", self.inner.samplers.notice(switch, now));
+            tracing::info!(%stream, ?switch, "console can_frame sampling switched");
+            self.enqueue(stream, &self.inner.samplers.notice(switch, now).into());
         }
         decision.send
     }
@@ -264,23 +312,23 @@ impl Console {
     /// left out when null) carries structured details. Never blocks.
     pub fn log(
         &self,
-        scope: ConsoleScope,
+        scope: ConsoleStream,
         level: LogLevel,
         message: String,
         fields: serde_json::Value,
     ) {
-        let data = events::log(Utc::now(), level, "server", &message, &fields);
-        self.enqueue(scope, "log", data);
+        let event = LogEvent::new(Utc::now(), level, SERVER_SOURCE, &message).with_fields(fields);
+        self.enqueue(scope, &event.into());
     }
 
     /// A dongle's presence: published on its console and, when it is in `group`, on the
     /// group's console. Never blocks.
     pub fn presence(&self, dongle: Uuid, group: Option<Uuid>, status: PresenceStatus) {
-        let data = events::presence(Utc::now(), dongle, status);
+        let event = ConsoleEvent::from(Presence::dongle(Utc::now(), dongle, status));
         if let Some(group) = group {
-            self.enqueue(ConsoleScope::Group(group), "presence", data.clone());
+            self.enqueue(ConsoleStream::Group(group), &event);
         }
-        self.enqueue(ConsoleScope::Dongle(dongle), "presence", data);
+        self.enqueue(ConsoleStream::Dongle(dongle), &event);
     }
 
     /// Publishes an agent's `presence` on the streams of its dongles and of their groups (each
@@ -291,15 +339,15 @@ impl Console {
         dongles: &[(Uuid, Option<Uuid>)],
         status: PresenceStatus,
     ) {
-        let data = events::agent_presence(Utc::now(), agent, status);
+        let event = ConsoleEvent::from(Presence::agent(Utc::now(), agent, status));
         let mut groups: Vec<Uuid> = dongles.iter().filter_map(|(_, g)| *g).collect();
         groups.sort_unstable();
         groups.dedup();
         for group in groups {
-            self.enqueue(ConsoleScope::Group(group), "presence", data.clone());
+            self.enqueue(ConsoleStream::Group(group), &event);
         }
         for (dongle, _) in dongles {
-            self.enqueue(ConsoleScope::Dongle(*dongle), "presence", data.clone());
+            self.enqueue(ConsoleStream::Dongle(*dongle), &event);
         }
     }
 
@@ -326,17 +374,22 @@ impl Console {
         status: sse_core::events::CommandState,
         error_message: Option<&str>,
     ) {
-        let data = events::command_status(Utc::now(), dongle, command, status, error_message);
-        self.enqueue(ConsoleScope::Dongle(dongle), "command_status", data);
+        let event = ConsoleEvent::CommandStatus(sse_core::events::CommandStatus {
+            ts: sse_core::events::timestamp(Utc::now()),
+            command_id: command,
+            dongle_id: dongle,
+            status,
+            error_message: error_message.map(str::to_owned),
+        });
+        self.enqueue(ConsoleStream::Dongle(dongle), &event);
     }
 
     /// Publishes a group's state as `group_state` on its console.
     pub fn group_state(&self, state: &crate::store::GroupState) {
         self.note_group(state.id);
         self.enqueue(
-            ConsoleScope::Group(state.id),
-            "group_state",
-            events::group_state(Utc::now(), state),
+            ConsoleStream::Group(state.id),
+            &group_state_event(Utc::now(), state).into(),
         );
     }
 
@@ -348,7 +401,11 @@ impl Console {
             .insert(group);
     }
 
-    fn enqueue(&self, scope: ConsoleScope, event_type: &'static str, data: String) {
+    fn enqueue(&self, stream: ConsoleStream, event: &ConsoleEvent) {
+        self.enqueue_data(stream, event.event_type(), event.to_data());
+    }
+
+    fn enqueue_data(&self, scope: ConsoleStream, event_type: &'static str, data: String) {
         let job = Job {
             scope,
             event_type,
@@ -356,16 +413,28 @@ impl Console {
         };
         match self.inner.queue.try_send(job) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                self.inner.metrics.dropped("queue_full");
-                self.inner.ledger.add(job.scope, "queue_full", 1);
-            }
+            Err(mpsc::error::TrySendError::Full(job)) => self.drop_event(job.scope, "queue_full"),
             Err(mpsc::error::TrySendError::Closed(_)) => self.inner.metrics.dropped("closed"),
         }
     }
 
-    fn hub(&self) -> &Hub {
-        &self.inner.hub
+    /// Counts an event dropped before the publisher, to be announced on its stream.
+    fn drop_event(&self, stream: ConsoleStream, reason: &'static str) {
+        self.inner.metrics.dropped(reason);
+        self.inner.ledger.add(stream, reason, 1);
+        self.inner.ledger.wake.notify_one();
+    }
+
+    fn hub(&self) -> &dyn EventBackend {
+        &*self.inner.hub.backend
+    }
+
+    /// Keep-alive and `retry:` of every console response.
+    fn body_options(&self) -> BodyOptions {
+        BodyOptions {
+            keep_alive: self.inner.config.keep_alive,
+            retry_ms: Some(self.inner.config.retry_ms),
+        }
     }
 
     fn metrics(&self) -> &ConsoleMetrics {
@@ -392,6 +461,7 @@ async fn publish_loop(
     loop {
         let closing = tokio::select! {
             n = jobs.recv_many(&mut batch, PUBLISH_BATCH) => n == 0,
+            () = ledger.wake.notified() => false,
             _ = closed.wait_for(|c| *c) => true,
         };
         if closing {
@@ -409,17 +479,14 @@ async fn publish_loop(
             if !hub_down {
                 let why = match reason {
                     "queue_full" => "the console queue was full",
+                    "invalid_frame" => "their frame payload was not hex",
                     _ => "the event hub could not store them",
                 };
                 let message = format!("{n} console events were dropped: {why}");
-                let data = events::log(
-                    Utc::now(),
-                    LogLevel::Warn,
-                    "server",
-                    &message,
-                    &serde_json::json!({ "dropped": n, "reason": reason }),
-                );
-                match hub.publish(&scope.stream_key(), "log", &data).await {
+                let notice = LogEvent::new(Utc::now(), LogLevel::Warn, SERVER_SOURCE, &message)
+                    .with_fields(serde_json::json!({ "dropped": n, "reason": reason }));
+                let data = ConsoleEvent::from(notice).to_data();
+                match hub.backend.publish(&scope.key(), "log", &data).await {
                     Ok(_) => {
                         metrics
                             .published
@@ -501,20 +568,21 @@ async fn publish_batch(
             first_error.get_or_insert(err);
         }
     };
-    match hub {
-        Hub::Memory(_) => {
+    match hub.redis {
+        false => {
             for job in batch.iter() {
                 let result = hub
-                    .publish(&job.scope.stream_key(), job.event_type, &job.data)
+                    .backend
+                    .publish(&job.scope.key(), job.event_type, &job.data)
                     .await;
                 record(job, result);
             }
         }
-        Hub::Redis(_) => {
+        true => {
             // One chain per stream (in order), the chains concurrently: Redis pipelines them on
             // the shared connection.
-            let mut chains: Vec<(ConsoleScope, Vec<&Job>)> = Vec::new();
-            let mut index: HashMap<ConsoleScope, usize> = HashMap::new();
+            let mut chains: Vec<(ConsoleStream, Vec<&Job>)> = Vec::new();
+            let mut index: HashMap<ConsoleStream, usize> = HashMap::new();
             for job in batch.iter() {
                 let i = *index.entry(job.scope).or_insert_with(|| {
                     chains.push((job.scope, Vec::new()));
@@ -524,10 +592,10 @@ async fn publish_batch(
             }
             let results =
                 futures::future::join_all(chains.into_iter().map(|(scope, jobs)| async move {
-                    let key = scope.stream_key();
+                    let key = scope.key();
                     let mut out = Vec::with_capacity(jobs.len());
                     for job in jobs {
-                        let result = hub.publish(&key, job.event_type, &job.data).await;
+                        let result = hub.backend.publish(&key, job.event_type, &job.data).await;
                         out.push((job, result));
                     }
                     out
@@ -562,7 +630,7 @@ async fn prune_loop(console: Weak<Inner>) {
         if *inner.closed.borrow() {
             return;
         }
-        let pruned = inner.hub.prune();
+        let pruned = inner.hub.backend.prune_idle_streams();
         let idle_ms = u64::try_from(inner.config.history_max_age.as_millis()).unwrap_or(u64::MAX);
         inner.samplers.prune(now_ms(), idle_ms.max(10_000));
         let seen_ttl = inner.config.seen_interval;
@@ -623,5 +691,98 @@ async fn watch_groups(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// The `source` of the server's own `log` lines.
+const SERVER_SOURCE: &str = "server";
+
+/// `can_frame` of a relayed frame, in the console's canonical spelling (`0x7E8`,
+/// `"02 10 03"`); `None` when its payload is not hex.
+fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> Option<CanFrameEvent> {
+    let data = hex::decode(&frame.data_hex).ok()?;
+    let direction = match frame.direction {
+        RelayDirection::Rx => Direction::Rx,
+        RelayDirection::Tx => Direction::Tx,
+        RelayDirection::Unknown => Direction::Unknown,
+    };
+    let mut event = CanFrameEvent::new(
+        frame.ts,
+        dongle,
+        direction,
+        frame.channel.as_deref().unwrap_or(""),
+        frame.can_id,
+        frame.is_extended,
+        &data,
+    );
+    event.dlc = frame.dlc;
+    event.is_fd = frame.is_fd;
+    event.is_remote = frame.is_remote;
+    event.is_error = frame.is_error;
+    Some(event)
+}
+
+/// `group_state`: the group as `GET /api/v1/groups/{id}` shows it, plus `ts`.
+fn group_state_event(at: DateTime<Utc>, state: &crate::store::GroupState) -> GroupStateEvent {
+    use crate::group_mode::{GroupMode, OfflineSide as Side};
+    GroupStateEvent {
+        ts: timestamp(at),
+        id: state.id,
+        name: state.name.clone(),
+        dongle_a: state.dongle_a,
+        dongle_b: state.dongle_b,
+        mode: match state.mode {
+            GroupMode::Inactive => EventMode::Inactive,
+            GroupMode::Active => EventMode::Active,
+            GroupMode::Degraded => EventMode::Degraded,
+        },
+        backlog: GroupBacklog {
+            a_to_b: state.backlog.a_to_b,
+            b_to_a: state.backlog.b_to_a,
+        },
+        offline_side: state.offline_side.map(|side| match side {
+            Side::A => OfflineSide::A,
+            Side::B => OfflineSide::B,
+            Side::Both => OfflineSide::Both,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay_frame(json: &str) -> CanRelayFrame {
+        serde_json::from_str(json).expect("valid relay frame")
+    }
+
+    #[test]
+    fn relayed_frames_become_canonical_can_frame_events() {
+        let frame = relay_frame(
+            r#"{"groupId":"g","direction":"rx","ts":1600000000123456789,"canId":2024,
+                "isExtended":false,"dlc":3,"dataHex":"0a10ff","channel":"can1"}"#,
+        );
+        let event = can_frame_event(Uuid::nil(), &frame).expect("hex payload");
+        assert_eq!(
+            ConsoleEvent::from(event).to_data(),
+            r#"{"ts":"2020-09-13T12:26:40.123456Z","dongle_id":"00000000-0000-0000-0000-000000000000","direction":"rx","bus":"can1","id":"0x7E8","is_extended":false,"dlc":3,"data_hex":"0A 10 FF"}"#
+        );
+        let remote = relay_frame(
+            r#"{"groupId":"g","direction":"tx","ts":0,"canId":419098896,"isExtended":true,
+                "dlc":8,"dataHex":"","isRemote":true}"#,
+        );
+        let json =
+            ConsoleEvent::from(can_frame_event(Uuid::nil(), &remote).expect("empty")).to_data();
+        assert!(
+            json.ends_with(
+                r#""direction":"tx","bus":"","id":"0x18FAF110","is_extended":true,"dlc":8,"data_hex":"","is_remote":true}"#
+            ),
+            "{json}"
+        );
+        let odd = relay_frame(
+            r#"{"groupId":"g","direction":"rx","ts":0,"canId":1,"isExtended":false,
+                "dlc":1,"dataHex":"zz"}"#,
+        );
+        assert!(can_frame_event(Uuid::nil(), &odd).is_none());
     }
 }

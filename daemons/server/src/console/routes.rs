@@ -14,12 +14,12 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use sse_core::encoder::{BodyOptions, RESPONSE_HEADERS, event_stream_body};
+use sse_core::encoder::{RESPONSE_HEADERS, event_stream_body};
+use sse_core::multiplex::open_body;
 use uuid::Uuid;
 
 use super::config::MAX_MULTIPLEXED_STREAMS;
-use super::multiplex::{self, CompositeEncoder, Member};
-use super::{Console, ConsoleScope};
+use super::{Console, ConsoleStream};
 use crate::http::{ApiError, IdPath, user_from_header_or_param};
 use crate::store::{Store, User};
 
@@ -101,11 +101,15 @@ fn stream_response(
     response
 }
 
-async fn single(console: &Console, scope: ConsoleScope, last_event_id: Option<String>) -> Response {
-    if let ConsoleScope::Group(id) = scope {
+async fn single(
+    console: &Console,
+    scope: ConsoleStream,
+    last_event_id: Option<String>,
+) -> Response {
+    if let ConsoleStream::Group(id) = scope {
         console.note_group(id);
     }
-    let key = scope.stream_key();
+    let key = scope.key();
     let items = match console
         .hub()
         .subscribe(&key, last_event_id.as_deref())
@@ -118,11 +122,7 @@ async fn single(console: &Console, scope: ConsoleScope, last_event_id: Option<St
             futures::stream::once(futures::future::ready(Err(err))).boxed()
         }
     };
-    let options = BodyOptions {
-        keep_alive: console.config().keep_alive,
-        retry_ms: Some(console.config().retry_ms),
-    };
-    stream_response(console, event_stream_body(items, options))
+    stream_response(console, event_stream_body(items, console.body_options()))
 }
 
 /// The first of `scopes` that `user` does not own, as the `not_found` subject (`"dongle"` /
@@ -130,14 +130,14 @@ async fn single(console: &Console, scope: ConsoleScope, last_event_id: Option<St
 async fn first_not_owned(
     store: &Arc<Store>,
     user: Uuid,
-    scopes: Vec<ConsoleScope>,
+    scopes: Vec<ConsoleStream>,
 ) -> Result<Option<&'static str>, ApiError> {
     let missing = store
         .call(move |store| {
             for scope in scopes {
                 let (owned, what) = match scope {
-                    ConsoleScope::Dongle(id) => (store.get_dongle(user, id)?.is_some(), "dongle"),
-                    ConsoleScope::Group(id) => (store.get_group(user, id)?.is_some(), "group"),
+                    ConsoleStream::Dongle(id) => (store.get_dongle(user, id)?.is_some(), "dongle"),
+                    ConsoleStream::Group(id) => (store.get_group(user, id)?.is_some(), "group"),
                 };
                 if !owned {
                     return Ok(Some(what));
@@ -155,7 +155,7 @@ async fn owned_single(
     store: Arc<Store>,
     headers: HeaderMap,
     uri: Uri,
-    scope: ConsoleScope,
+    scope: ConsoleStream,
 ) -> Result<Response, ApiError> {
     let query = query(&uri)?;
     let user = authenticate(&store, &headers, &query).await?;
@@ -173,7 +173,7 @@ pub(crate) async fn dongle(
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(console, store, headers, uri, ConsoleScope::Dongle(id)).await
+    owned_single(console, store, headers, uri, ConsoleStream::Dongle(id)).await
 }
 
 /// `GET /api/v1/streams/groups/{id}/console`.
@@ -184,7 +184,7 @@ pub(crate) async fn group(
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(console, store, headers, uri, ConsoleScope::Group(id)).await
+    owned_single(console, store, headers, uri, ConsoleStream::Group(id)).await
 }
 
 fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
@@ -215,10 +215,10 @@ pub(crate) async fn multiplexed(
     let user = authenticate(&store, &headers, &query).await?;
     let dongles = id_list("dongles", query.dongles.as_deref())?;
     let groups = id_list("groups", query.groups.as_deref())?;
-    let scopes: Vec<ConsoleScope> = dongles
+    let scopes: Vec<ConsoleStream> = dongles
         .iter()
-        .map(|id| ConsoleScope::Dongle(*id))
-        .chain(groups.iter().map(|id| ConsoleScope::Group(*id)))
+        .map(|id| ConsoleStream::Dongle(*id))
+        .chain(groups.iter().map(|id| ConsoleStream::Group(*id)))
         .collect();
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
     if scopes.is_empty() {
@@ -240,38 +240,18 @@ pub(crate) async fn multiplexed(
         return Err(ApiError::not_found(what));
     }
     for scope in &scopes {
-        if let ConsoleScope::Group(id) = scope {
+        if let ConsoleStream::Group(id) = scope {
             console.note_group(*id);
         }
     }
-    let keys: Vec<String> = scopes.iter().map(ConsoleScope::stream_key).collect();
-    let hub = console.hub();
-    let starts = match last_event_id(&headers, &query) {
-        Some(raw) => Ok(multiplex::parse_composite(&raw, keys.len())),
-        None => multiplex::fresh_starts(hub, &keys).await,
-    };
-    let subscribed = match starts {
-        Ok(starts) => {
-            let members: Vec<Member> = keys
-                .into_iter()
-                .zip(starts)
-                .map(|(key, start)| Member { key, start })
-                .collect();
-            multiplex::subscribe_all(hub, &members)
-                .await
-                .map(|items| (items, CompositeEncoder::new(&members)))
-        }
-        Err(err) => Err(err),
-    };
-    let (items, encoder) = match subscribed {
-        Ok(ok) => ok,
-        Err(err) => {
-            tracing::warn!(error = %err, "multiplexed console subscription failed");
-            let failed = futures::stream::once(futures::future::ready((0, Err(err)))).boxed();
-            (failed, CompositeEncoder::new(&[]))
-        }
-    };
-    let config = console.config();
-    let body = multiplex::body(items, encoder, config.keep_alive, config.retry_ms);
+    let keys: Vec<String> = scopes.iter().map(ConsoleStream::key).collect();
+    let last_event_id = last_event_id(&headers, &query);
+    let body = open_body(
+        console.hub(),
+        keys,
+        last_event_id.as_deref(),
+        console.body_options(),
+    )
+    .await;
     Ok(stream_response(&console, body))
 }

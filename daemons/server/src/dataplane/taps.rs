@@ -7,7 +7,7 @@ use serde_json::Value;
 use sse_core::events::LogLevel;
 use uuid::Uuid;
 
-use crate::console::ConsoleScope;
+use crate::console::ConsoleStream;
 use crate::state::AppState;
 
 /// Every frame a producing dongle sent in one batch.
@@ -22,5 +22,5 @@ pub(super) fn can_frames(state: &AppState, dongle: Uuid, group: Uuid, frames: &[
 pub(super) fn group_warning(state: &AppState, group: Uuid, message: String, fields: Value) {
     state
         .console()
-        .log(ConsoleScope::Group(group), LogLevel::Warn, message, fields);
+        .log(ConsoleStream::Group(group), LogLevel::Warn, message, fields);
 }

@@ -70,6 +70,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ws/data", get(crate::dataplane::ws_data))
         .route("/ws/responses/{id}", get(commands::stream))
         .nest("/api/v1", api)
+        .merge(crate::ui::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(CatchPanicLayer::custom(panic_response))

@@ -93,6 +93,31 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args)?;
     if args.check_config {
         println!("configuration OK");
+        println!("layout: {}", cfg.layout.describe());
+        if let Some(m) = &cfg.metering {
+            println!(
+                "metering: server {} ({}), control plane {}, heartbeat every {} s, health port {}, metrics port {}",
+                m.server.id,
+                m.server.region,
+                m.control_plane.base_url,
+                m.monitoring.heartbeat_interval,
+                m.monitoring.health_check_port,
+                m.monitoring.metrics_port
+            );
+            match &m.monitoring.log_dir {
+                Some(dir) => println!(
+                    "logs: {} (daily files, kept {} days)",
+                    dir.display(),
+                    m.monitoring.log_retention_days
+                ),
+                None => println!(
+                    "logs: stderr (log_retention_days applies only when monitoring.log_dir is set)"
+                ),
+            }
+        }
+        if cfg.dongle.is_some() {
+            println!("dongle: on");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -109,7 +134,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             // First of all, so a stop request during start-up is a graceful stop, not a kill
             // by the default action (a role can start and stop within milliseconds).
             let stop = StopSignals::register();
-            tether_runtime::logging::init_json_logs(cfg.log_level());
+            match cfg.metering.as_ref().and_then(|m| {
+                m.monitoring
+                    .log_dir
+                    .clone()
+                    .map(|dir| (dir, m.monitoring.log_retention_days))
+            }) {
+                Some((dir, days)) => tether_runtime::logging::init_json_logs_in_dir(
+                    cfg.log_level(),
+                    &tether_runtime::logging::LogFiles {
+                        dir: dir.clone(),
+                        prefix: "tether-agent".into(),
+                        retention_days: days as usize,
+                    },
+                )
+                .with_context(|| format!("log directory {}", dir.display()))?,
+                None => tether_runtime::logging::init_json_logs(cfg.log_level()),
+            }
             tether_agent::run(cfg, stop.wait()).await?;
             Ok(ExitCode::SUCCESS)
         }),

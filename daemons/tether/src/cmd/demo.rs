@@ -5,8 +5,8 @@
 //! loop over a real capture shipped with the project. Before the children start it creates a
 //! demo user (with the code behind `tether server token create`), two agents, announces both
 //! dongles and activates a group between them, all through the REST API. Then it prints the
-//! console URLs, the user token and a ready-to-paste `curl -N` line, and runs until Ctrl-C or
-//! SIGTERM, when it stops every child (dongles, agents, then the server) and waits for them.
+//! web page's ready sign-in link, the console URLs, the user token and a ready-to-paste
+//! `curl -N` line, and runs until Ctrl-C or SIGTERM, when it stops every child (dongles, agents, then the server) and waits for them.
 //!
 //! The data directory (`./tether-demo-data` by default) is wiped at every start. To protect
 //! anything else, it is only wiped when it is empty or carries the marker file a previous demo
@@ -377,6 +377,7 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     );
     println!("  server    {base}");
     println!("  token     {token}");
+    println!("  web page  {base}/#token={token}&route=/groups/{group_id}");
     println!("  group     {group_id} (\"demo pair\": DEMO-A {a} <-> DEMO-B {b})");
     println!(
         "  capture   {} (both dongles, looped, speed {})",

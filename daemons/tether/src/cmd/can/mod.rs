@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressBarIter, ProgressStyle};
 
 pub mod convert;
 pub mod dongle;
+pub mod ecu;
 pub mod record;
 pub mod replay;
 pub mod stats;
@@ -32,6 +33,8 @@ pub enum CanCommand {
     Record(record::RecordArgs),
     /// A simulated REMP dongle for `tether agent`: replays a capture, records what it receives.
     Dongle(dongle::DongleArgs),
+    /// Simulated ECUs answering UDS over ISO-TP on a bus, from a YAML profile.
+    Ecu(ecu::EcuArgs),
     /// Run a socketcand server whose clients share one bus (for tests and demos).
     #[command(name = "serve-socketcand", hide = true)]
     ServeSocketcand(record::ServeSocketcandArgs),
@@ -45,6 +48,7 @@ pub fn run(cmd: CanCommand) -> anyhow::Result<ExitCode> {
         CanCommand::Replay(args) => replay::run(&args),
         CanCommand::Record(args) => record::run_record(&args),
         CanCommand::Dongle(args) => dongle::run(&args),
+        CanCommand::Ecu(args) => ecu::run(&args),
         CanCommand::ServeSocketcand(args) => record::run_serve_socketcand(&args),
     }
 }

@@ -1,0 +1,488 @@
+//! The vehicle's driver: one task that owns the local store's stream ([`StreamOutbox`]) and
+//! the uplink session ([`UplinkSession`]), and feeds them everything — new records, the
+//! connection's events, timers, dashboard queries. The decisions are the session's and the
+//! outbox's (`relay_core::uplink`); this is the I/O around them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use can_io::CanRecord;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use relay_core::uplink::{
+    NewRecord, OutboxRecord, Refusal, SentBatch, SessionAction, SessionConfig, StreamOutbox,
+    UplinkSession, UplinkState,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::link::{LinkEvent, spawn_connect};
+use super::listener::ListenerCounters;
+use super::metrics::VehicleMetrics;
+use super::{LiveRecord, RecentItem, RecentPage, VehicleStatus};
+use crate::config::VehicleConfig;
+use crate::status::{self, StatusReport};
+use crate::wire::{RemoteMessage, encode_batch};
+
+/// Records appended in one commit, at most (more wait for the next).
+const MAX_APPEND: usize = 65_536;
+/// How often uplinked records past the dashboard window are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How long the session stays in `error` before it tries again.
+const ERROR_RETRY_MS: u64 = 30_000;
+
+/// A query from the HTTP side.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Recent {
+        since_ts_ms: u64,
+        before: Option<u64>,
+        limit: usize,
+        reply: oneshot::Sender<anyhow::Result<RecentPage>>,
+    },
+    Status {
+        reply: oneshot::Sender<VehicleStatus>,
+    },
+}
+
+pub(crate) struct Driver {
+    pub(crate) config: VehicleConfig,
+    pub(crate) outbox: StreamOutbox,
+    pub(crate) session: UplinkSession<StdRng>,
+    pub(crate) records: mpsc::Receiver<Vec<NewRecord>>,
+    pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) status_frames: Option<mpsc::Sender<Vec<CanRecord>>>,
+    pub(crate) live: broadcast::Sender<Arc<LiveRecord>>,
+    pub(crate) listener: Arc<ListenerCounters>,
+    pub(crate) metrics: Arc<VehicleMetrics>,
+    events_tx: mpsc::UnboundedSender<LinkEvent>,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    link: Option<mpsc::Sender<Bytes>>,
+    generation: u64,
+    started: Instant,
+    reported_state: Option<UplinkState>,
+    error_since: Option<u64>,
+    collected: u64,
+    store_errors: u64,
+}
+
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn session_config(config: &VehicleConfig) -> SessionConfig {
+    SessionConfig {
+        window: config.window,
+        batch_max: config.batch_max,
+        ..SessionConfig::default()
+    }
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: VehicleConfig,
+        outbox: StreamOutbox,
+        records: mpsc::Receiver<Vec<NewRecord>>,
+        requests: mpsc::Receiver<Request>,
+        status_frames: Option<mpsc::Sender<Vec<CanRecord>>>,
+        live: broadcast::Sender<Arc<LiveRecord>>,
+        listener: Arc<ListenerCounters>,
+        metrics: Arc<VehicleMetrics>,
+    ) -> Self {
+        let session = UplinkSession::new(
+            session_config(&config),
+            StdRng::from_os_rng(),
+            outbox.acked(),
+            outbox.last_seq(),
+            0,
+        );
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Driver {
+            config,
+            outbox,
+            session,
+            records,
+            requests,
+            status_frames,
+            live,
+            listener,
+            metrics,
+            events_tx,
+            events,
+            link: None,
+            generation: 0,
+            started: Instant::now(),
+            reported_state: None,
+            error_since: None,
+            collected: 0,
+            store_errors: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs until `stop` completes; then appends what the listener still hands over.
+    pub(crate) async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        let status_every = Duration::from_millis(self.config.status_interval_ms.max(1));
+        let mut status_tick = tokio::time::interval(status_every);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut records_open = true;
+        loop {
+            if let Err(e) = self.drive().await {
+                tracing::error!(error = %e, "uplink driver step failed; reopening the connection");
+                self.link = None;
+                self.session.handle_disconnected(self.now());
+            }
+            self.report_state_change().await;
+            let timeout = self
+                .session
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::from_std(self.started + Duration::from_millis(at)));
+            let wake = async {
+                match timeout {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                event = self.events.recv() => {
+                    if let Some(event) = event {
+                        self.on_link_event(event).await;
+                    }
+                }
+                batch = self.records.recv(), if records_open => match batch {
+                    Some(batch) => self.append(batch).await,
+                    None => records_open = false,
+                },
+                request = self.requests.recv() => {
+                    if let Some(request) = request {
+                        self.answer(request).await;
+                    }
+                }
+                _ = wake => {}
+                _ = prune.tick() => self.prune().await,
+                _ = status_tick.tick(), if self.config.status_interval_ms > 0 => {
+                    self.send_status().await;
+                }
+            }
+        }
+        self.link = None;
+        while let Ok(batch) = self.records.try_recv() {
+            self.append(batch).await;
+        }
+        self.refresh_metrics();
+    }
+
+    /// Does every action the session asks for.
+    async fn drive(&mut self) -> anyhow::Result<()> {
+        if self.session.state() == UplinkState::Error
+            && let Some(since) = self.error_since
+            && self.now() >= since + ERROR_RETRY_MS
+        {
+            self.error_since = None;
+            self.session.reset(self.now());
+        }
+        while let Some(action) = self.session.poll_action(self.now()) {
+            match action {
+                SessionAction::Connect => match &self.config.remote_endpoint_url {
+                    Some(url) if self.config.enable_uplink_manager => {
+                        self.generation += 1;
+                        spawn_connect(
+                            self.generation,
+                            url.clone(),
+                            self.config.api_key.clone(),
+                            self.events_tx.clone(),
+                        );
+                    }
+                    _ => {
+                        self.session
+                            .handle_fatal("the uplink manager is disabled".into(), self.now());
+                    }
+                },
+                SessionAction::Reconcile { remote_acked } => {
+                    let reconciled = self.outbox.reconcile(remote_acked).await?;
+                    if reconciled.remote_ahead {
+                        tracing::warn!(
+                            remote_acked,
+                            "the remote holds seqs this store never assigned: renumbered"
+                        );
+                    }
+                    self.session.handle_reconciled(&reconciled, self.now());
+                }
+                SessionAction::Send { after, max } => {
+                    let batch = self.outbox.next_batch(after, max).await?;
+                    let sent = self.send(&batch).await;
+                    self.session.handle_sent(sent, self.now());
+                }
+                SessionAction::MarkUplinked { up_to } => {
+                    let n = self.outbox.ack(up_to).await?;
+                    self.metrics.uplinked.inc_by(n);
+                }
+                SessionAction::DropPending { reason } => {
+                    self.outbox.drop_pending(reason).await?;
+                    self.session
+                        .handle_records_available(self.outbox.last_seq());
+                }
+                SessionAction::Disconnect => self.link = None,
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, batch: &[OutboxRecord]) -> Option<SentBatch> {
+        let (first, last) = (batch.first()?, batch.last()?);
+        let link = self.link.as_ref()?;
+        let message = encode_batch(batch);
+        if link.send(message).await.is_err() {
+            // The writer is gone; the reader reports the close.
+            return None;
+        }
+        Some(SentBatch {
+            first: first.seq,
+            last: last.seq,
+            count: batch.len() as u64,
+            bytes: batch.iter().map(|r| r.payload.len() as u64).sum(),
+        })
+    }
+
+    async fn on_link_event(&mut self, event: LinkEvent) {
+        let now = self.now();
+        match event {
+            LinkEvent::Connected {
+                generation,
+                tx,
+                acked,
+            } if generation == self.generation => {
+                tracing::info!(remote_acked = acked, "uplink connected");
+                self.link = Some(tx);
+                self.session.handle_connected(acked, now);
+            }
+            LinkEvent::ConnectFailed {
+                generation,
+                reason,
+                fatal,
+            } if generation == self.generation => {
+                tracing::warn!(%reason, fatal, "uplink connection failed");
+                if fatal {
+                    self.session.handle_fatal(reason, now);
+                    self.error_since = Some(now);
+                } else {
+                    self.session.handle_connect_failed(now);
+                }
+            }
+            LinkEvent::Message {
+                generation,
+                message,
+            } if generation == self.generation => match message {
+                RemoteMessage::Ack { up_to } => {
+                    if let Err(e) = self.session.handle_ack(up_to, now) {
+                        tracing::warn!(error = %e, "the remote acknowledged unsent records");
+                        self.session.handle_refused(Refusal::Resync, now);
+                    }
+                }
+                RemoteMessage::Error { code, message } => {
+                    tracing::warn!(%code, %message, "the remote refused the uplink");
+                    let refusal = match code.as_str() {
+                        "internal" => Refusal::Resync,
+                        _ => Refusal::Fatal {
+                            reason: format!("{code}: {message}"),
+                        },
+                    };
+                    if matches!(refusal, Refusal::Fatal { .. }) {
+                        self.error_since = Some(now);
+                    }
+                    self.session.handle_refused(refusal, now);
+                }
+                RemoteMessage::Welcome { .. } => {
+                    self.session.handle_refused(Refusal::Resync, now);
+                }
+            },
+            LinkEvent::Closed { generation, reason } if generation == self.generation => {
+                tracing::info!(%reason, "uplink disconnected");
+                self.link = None;
+                self.session.handle_disconnected(now);
+            }
+            _ => {}
+        }
+    }
+
+    async fn append(&mut self, first: Vec<NewRecord>) {
+        let mut batch = first;
+        while batch.len() < MAX_APPEND {
+            match self.records.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let live = (self.live.receiver_count() > 0).then(|| batch.clone());
+        match self.outbox.append(batch).await {
+            Ok(report) => {
+                self.collected += n;
+                self.metrics.collected.inc_by(n);
+                if report.dropped_pending + report.dropped_in_flight > 0 {
+                    tracing::warn!(
+                        dropped = report.dropped_pending,
+                        in_flight = report.dropped_in_flight,
+                        cap = self.config.max_local_records,
+                        "MAX_LOCAL_RECORDS reached: oldest pending records dropped"
+                    );
+                }
+                self.session.handle_records_available(report.last_seq);
+                if let Some(records) = live {
+                    for (i, r) in records.into_iter().enumerate() {
+                        let _ = self.live.send(Arc::new(LiveRecord {
+                            seq: report.first_seq + i as u64,
+                            ts_ms: r.ts_ms,
+                            payload: r.payload,
+                        }));
+                    }
+                }
+            }
+            Err(e) => {
+                // Lost: counted and reported (`store_errors`), never silent.
+                self.store_errors += n;
+                self.metrics.store_errors.inc_by(n);
+                tracing::error!(error = %e, records = n, "the local store refused records");
+                if matches!(e, relay_core::error::Error::OutboxOutOfStep { .. }) {
+                    tracing::error!(
+                        "the stream is out of step with its store; restart the collector"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn prune(&mut self) {
+        let older_than = wall_ms().saturating_sub(self.config.dashboard_retention_s * 1000);
+        match self.outbox.prune_uplinked(older_than).await {
+            Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned uplinked records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
+    }
+
+    async fn answer(&mut self, request: Request) {
+        match request {
+            Request::Recent {
+                since_ts_ms,
+                before,
+                limit,
+                reply,
+            } => {
+                let acked = self.outbox.acked();
+                let page = self
+                    .outbox
+                    .recent(since_ts_ms, before, limit)
+                    .await
+                    .map(|records| {
+                        let mut items: Vec<RecentItem> = records
+                            .into_iter()
+                            .map(|r| RecentItem {
+                                uplinked: r.seq <= acked,
+                                seq: r.seq,
+                                ts_ms: r.ts_ms,
+                                payload: r.payload,
+                            })
+                            .collect();
+                        items.reverse();
+                        let next_before = (items.len() == limit)
+                            .then(|| items.last().map(|i| i.seq))
+                            .flatten();
+                        RecentPage { items, next_before }
+                    })
+                    .map_err(anyhow::Error::from);
+                let _ = reply.send(page);
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn status(&mut self) -> VehicleStatus {
+        let now = self.now();
+        let s = self.session.stats(now);
+        let o = self.outbox.stats(wall_ms());
+        VehicleStatus {
+            state: s.state.as_str(),
+            queue_size: o.pending,
+            stored: o.stored,
+            last_seq: o.last_seq,
+            acked_seq: o.acked_through,
+            sent_seq: s.sent_through.max(o.acked_through),
+            in_flight: s.in_flight,
+            oldest_pending_age_ms: o.oldest_pending_age_ms,
+            latency_last_ms: s.last_latency_ms,
+            latency_mean_ms: s.mean_latency_ms,
+            latency_max_ms: s.max_latency_ms,
+            throughput_records_per_s: s.throughput_per_s,
+            throughput_kbit_per_s: s.throughput_bytes_per_s * 8.0 / 1000.0,
+            records_collected: self.collected,
+            records_sent_total: s.records_sent_total,
+            records_acked_total: s.records_acked_total,
+            dropped_overflow: o.dropped.overflow,
+            dropped_refused: o.dropped.refused,
+            dropped_abandoned: o.dropped.abandoned,
+            dropped_total: o.dropped_pending_total,
+            dropped_unsettled: o.unsettled,
+            dropped_listener_overflow: self.listener.overflow.load(Ordering::Relaxed),
+            store_errors: self.store_errors,
+            connect_attempts: s.connect_attempts,
+            disconnects: s.disconnects,
+            consecutive_failures: s.consecutive_failures,
+            last_error: s.last_error,
+            can_frames: self.listener.frames.load(Ordering::Relaxed),
+            can_signals_decoded: self.listener.decoded.load(Ordering::Relaxed),
+            status_frames_sent: self.listener.status_frames.load(Ordering::Relaxed),
+        }
+    }
+
+    fn refresh_metrics(&mut self) {
+        let status = self.status();
+        self.metrics.refresh(&status);
+    }
+
+    async fn report_state_change(&mut self) {
+        let state = self.session.state();
+        if self.reported_state != Some(state) {
+            self.reported_state = Some(state);
+            tracing::info!(state = state.as_str(), "uplink state");
+            self.send_status().await;
+        }
+    }
+
+    async fn send_status(&mut self) {
+        self.refresh_metrics();
+        let Some(tx) = &self.status_frames else {
+            return;
+        };
+        let now = self.now();
+        let s = self.session.stats(now);
+        let o = self.outbox.stats(wall_ms());
+        let report = StatusReport {
+            state: s.state,
+            consecutive_failures: s.consecutive_failures,
+            dropped: o.dropped_pending_total + self.listener.overflow.load(Ordering::Relaxed),
+            queue: o.pending,
+            stored: o.stored,
+            mean_latency_ms: s.mean_latency_ms,
+            max_latency_ms: s.max_latency_ms,
+            bytes_per_s: s.throughput_bytes_per_s,
+            records_per_s: s.throughput_per_s,
+        };
+        let frames = status::frames(&report, &"can0".into(), can_io::transport::now_ns());
+        // The listener may be busy; a status report is replaced by the next one, not queued.
+        let _ = tx.try_send(frames);
+    }
+}
