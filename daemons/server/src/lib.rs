@@ -52,8 +52,8 @@
 //! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
 //! driver and the `/ws/data` connections) → [`commands`] (vehicle commands: queues,
 //! connectors, the response bus, the diagnostics channel of `/ws/data`) → [`routes`] (the
-//! router: REST handlers, and the console's and data plane's endpoints mounted, and [`ui`], the
-//! web page at `/`). A new feature with HTTP endpoints (the
+//! router: REST handlers, and the console's and data plane's endpoints mounted, and [`ui`],
+//! the web page at `/`). A new feature with HTTP endpoints (the
 //! commands service, the telemetry receiver) is a module beside [`dataplane`], its REST
 //! handlers a file in `routes/` registered in [`routes::router`], its tasks started in
 //! [`ServerBuilder::build`].

@@ -479,3 +479,91 @@ async fn commands_left_open_by_a_crash_end_after_restart() -> TestResult {
     tokio::time::sleep(Duration::from_millis(1)).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sovd_resources_answer_with_the_final_response_or_202() -> TestResult {
+    let server = TestServer::start_with(mock(0)).await?;
+    let f = fleet(&server, "alice").await?;
+    let base = format!("/api/v1/vehicles/{}/components", f.vehicle);
+    let (status, body) = server
+        .get(&format!("{base}/engine/faults"), &f.token)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["response"]["ecu"], "engine");
+    assert_eq!(body["response"]["dtcs"][0]["dtcCode"], "P0420");
+    let id = text(&body, "command_id")?;
+    assert_eq!(body["href"], format!("/api/v1/commands/{id}"));
+    let (status, command) = server
+        .get(&format!("/api/v1/commands/{id}"), &f.token)
+        .await?;
+    assert_eq!(
+        (status, command["command_name"].as_str()),
+        (StatusCode::OK, Some("ReadDTC"))
+    );
+
+    let (status, body) = server
+        .get(&format!("{base}/abs/data/0xF190"), &f.token)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["response"]["ecu"], "abs");
+    assert_eq!(body["response"]["ascii"], "1HGCM82633A004352");
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{base}/engine/faults"),
+            Some(&f.token),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["response"]["cleared"], true);
+    // By request id when the ECU is not in the list.
+    let (status, body) = server
+        .get(&format!("{base}/0x7E2/faults"), &f.token)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["response"]["ecu"], "0x7E2");
+
+    for (path, want) in [
+        (format!("{base}/gearbox/faults"), StatusCode::NOT_FOUND),
+        (
+            format!("{base}/engine/data/nope"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("{base}/engine/faults?wait=99"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!(
+                "/api/v1/vehicles/{}/components/engine/faults",
+                uuid::Uuid::new_v4()
+            ),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, body) = server.get(&path, &f.token).await?;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    server.server.shutdown().await?;
+
+    // A slow vehicle: 202 with the command's link, which completes later.
+    let slow = TestServer::start_with(mock(1500)).await?;
+    let f = fleet(&slow, "alice").await?;
+    let (status, body) = slow
+        .get(
+            &format!(
+                "/api/v1/vehicles/{}/components/engine/faults?wait=0.1",
+                f.vehicle
+            ),
+            &f.token,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = text(&body, "command_id")?;
+    assert!(text(&body, "stream_url")?.ends_with(&format!("/ws/responses/{id}")));
+    assert_eq!(ended(&slow, &f.token, &id).await?["status"], "completed");
+    slow.server.shutdown().await?;
+    Ok(())
+}

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::commands::bus::BusEvent;
 use crate::commands::{Commands, SubmitError};
+use crate::http::cors::OriginPolicy;
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth, user_from_header_or_param};
 use crate::state::AppState;
 use crate::store::{CommandQuery, CommandRecord, CommandStatus, Store, User, Vehicle};
@@ -292,11 +293,15 @@ pub(super) struct StreamQuery {
 pub(super) async fn stream(
     State(state): State<AppState>,
     Extension(commands): Extension<Commands>,
+    origins: Option<Extension<OriginPolicy>>,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
     IdPath(id): IdPath,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    if let Some(Extension(origins)) = &origins {
+        origins.check_websocket(&headers)?;
+    }
     let user = user_from_header_or_param(&state.store, &headers, q.access_token.as_deref()).await?;
     let owned = state
         .store

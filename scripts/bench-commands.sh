@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Vehicle-commands benchmark: ReadDTC commands through one release `tether server` with the mock
+# connector at zero delay (`commands: {connector: mock, mock_delay_ms: [0, 0]}`) and a private
+# Redis — each command accepted (202), stored, its final response stored and PUBLISHed on
+# `response:{id}`, and every 100th one also read back through its `/ws/responses/{id}`
+# WebSocket. Goal (issue 14): >= 5,000 commands/s, p99 from POST to the final response < 20 ms.
+#
+# The load comes from `daemons/server/examples/bench_commands.rs` (HTTP/1.1 keep-alive workers;
+# a command is done when its final event arrives on Redis). Everything runs under `nice` on a
+# shared machine: figures are noisy.
+#
+# Usage: scripts/bench-commands.sh [COUNT=20000] [CONCURRENCY=64] [VEHICLES=100]
+#        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${1:-20000}
+CONCURRENCY=${2:-64}
+VEHICLES=${3:-100}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
+if [ -z "${NO_BUILD:-}" ]; then
+  nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_commands
+fi
+BIN=$CARGO_TARGET_DIR/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS="redis://127.0.0.1:$RPORT"
+
+cat >"$WORK/server.yaml" <<YAML
+commands:
+  connector: mock
+  mock_delay_ms: [0, 0]
+YAML
+DATA="$WORK/data"
+TOKEN=$("$BIN/tether" server token create --user bench --data-dir "$DATA" 2>/dev/null)
+REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" server --listen 127.0.0.1:0 --data-dir "$DATA" \
+  --redis-url "$REDIS" --config "$WORK/server.yaml" >"$WORK/server.out" 2>"$WORK/server.err" &
+SERVER=$!
+PIDS+=("$SERVER")
+BASE=""
+for _ in $(seq 100); do
+  BASE=$(sed -n 's/^tether server listening on //p' "$WORK/server.out" 2>/dev/null | head -1)
+  [ -n "$BASE" ] && break
+  sleep 0.1
+done
+[ -n "$BASE" ] || { echo "server did not start:" >&2; cat "$WORK/server.err" >&2; exit 1; }
+echo "== $COUNT ReadDTC commands, $CONCURRENCY in flight, $VEHICLES vehicles, mock connector at zero delay, via $BASE ==" >&2
+LINE=$(nice "$BIN/examples/bench_commands" --server "$BASE" --token "$TOKEN" --redis "$REDIS" \
+  --count "$COUNT" --concurrency "$CONCURRENCY" --vehicles "$VEHICLES")
+echo "$LINE"
+echo "   server resident memory after the run: $(ps -o rss= -p "$SERVER" | tr -d ' ') KiB" >&2
+field() { tr ' ' '\n' <<<"$LINE" | sed -n "s/^$1=//p"; }
+echo
+printf '%10s %10s %6s %9s %14s %8s %8s\n' commands commands/s lost streamed stream_failures p50_ms p99_ms
+printf '%10s %10s %6s %9s %14s %8s %8s\n' "$(field commands)" "$(field commands_per_s)" "$(field lost)" \
+  "$(field streamed)" "$(field stream_failures)" "$(field latency_ms_p50)" "$(field latency_ms_p99)"
