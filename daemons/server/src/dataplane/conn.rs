@@ -440,7 +440,7 @@ async fn load_snapshot(
 pub(super) async fn stored_backlog(
     log: &AnyStreamLog,
     group: Uuid,
-) -> Result<crate::group_mode::Backlog, RelayError> {
+) -> Result<crate::group_mode::GroupBacklog, RelayError> {
     let gid = GroupId::new(group.to_string());
     let mut waiting = [0; 2];
     for (index, direction) in Direction::BOTH.into_iter().enumerate() {
@@ -449,7 +449,7 @@ pub(super) async fn stored_backlog(
         let cursor = log.load_cursor(&key, &consumer).await?.unwrap_or(0);
         waiting[index] = log.backlog(&key, cursor).await?.count;
     }
-    Ok(crate::group_mode::Backlog {
+    Ok(crate::group_mode::GroupBacklog {
         a_to_b: waiting[0],
         b_to_a: waiting[1],
     })

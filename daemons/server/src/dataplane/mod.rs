@@ -60,7 +60,7 @@ use uuid::Uuid;
 
 use crate::config::{RelayConfig, ServerConfig};
 use crate::error::ServerError;
-use crate::group_mode::{GroupBacklog, GroupStatus, RelayProbe};
+use crate::group_mode::{GroupBacklog, GroupMode, GroupStatus, RelayProbe};
 use crate::http::{AgentAuth, ApiError};
 use crate::metrics::RelayMetrics;
 use crate::state::AppState;
@@ -292,7 +292,7 @@ pub async fn open_stream_log(config: &ServerConfig) -> Result<StreamLogSource, S
 /// Fills the backlog cache from the stream log at start: no side is connected yet, so every
 /// frame stored and not acknowledged by its consumer is a backlog, and the REST API shows it
 /// before any agent connects (the driver takes over when a group is loaded).
-async fn seed_backlogs(state: &AppState, log: &AnyStreamLog, cache: &BacklogCache) {
+async fn seed_backlogs(state: &AppState, log: &AnyStreamLog, cache: &RelayStatusCache) {
     let ids = match state.store().call(|store| store.all_group_ids()).await {
         Ok(ids) => ids,
         Err(err) => {
@@ -302,7 +302,18 @@ async fn seed_backlogs(state: &AppState, log: &AnyStreamLog, cache: &BacklogCach
     };
     for id in ids {
         match conn::stored_backlog(log, id).await {
-            Ok(backlog) => cache.set(id, backlog),
+            Ok(backlog) if backlog.is_empty() => {}
+            // Nobody is connected yet: both sides offline, nothing replaying (the driver
+            // replaces this entry with the engine's own once the group is loaded).
+            Ok(backlog) => cache.set(
+                id,
+                GroupStatus {
+                    mode: GroupMode::Degraded,
+                    backlog,
+                    offline: vec![Side::A, Side::B],
+                    replaying: false,
+                },
+            ),
             Err(err) => {
                 tracing::error!(group = %id, %err, "reading a group's backlog failed; it reads 0 until a side connects");
             }
