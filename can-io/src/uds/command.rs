@@ -878,7 +878,7 @@ mod tests {
         );
         assert_eq!(
             response::dids("engine", &[speed], true),
-            json!({"ecu": "engine", "values": [{"did": 62477, "didHex": "F40D", "hex": "3C"}]})
+            json!({"ecu": "engine", "values": [{"did": 62477, "didHex": "F40D", "hex": "3C", "ascii": "<"}]})
         );
         assert_eq!(
             response::cleared("abs", ALL_DTCS),

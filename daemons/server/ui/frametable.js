@@ -82,7 +82,15 @@ export class FrameTable {
 
   setPaused(paused) {
     this.paused = paused;
-    if (!paused) {
+    if (paused) {
+      // What is on screen when the user pauses is what stays: draw what arrived before now
+      // instead of letting a scheduled redraw add it after the click.
+      clearTimeout(this.later);
+      this.later = 0;
+      cancelAnimationFrame(this.raf);
+      this.raf = 0;
+      this.render();
+    } else {
       for (const f of this.pending) this.push(f);
       this.pending = [];
       this.invalidate();

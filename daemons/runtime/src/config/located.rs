@@ -40,6 +40,8 @@ pub fn parse_yaml(text: &str, file: &str) -> Result<serde_norway::Value, ConfigE
         let mut path = String::new();
         let shown = err.to_string();
         let message = shown.split(" at line ").next().unwrap_or_default();
+        // A duplicate key is a refusal of ours, not a syntax error.
+        let syntax = !message.starts_with("duplicate entry");
         // The parser names the mapping; point at the second occurrence of the key instead.
         if let Some(key) = message
             .strip_prefix("duplicate entry with key \"")
@@ -49,12 +51,17 @@ pub fn parse_yaml(text: &str, file: &str) -> Result<serde_norway::Value, ConfigE
             line = Some(at);
             path = dotted(&key_path);
         }
+        let message = if syntax {
+            format!("not valid YAML: {}", super::plain_message(message))
+        } else {
+            super::plain_message(message)
+        };
         ConfigError::Invalid {
             file: file.to_owned(),
             line,
             path,
             var: None,
-            message: super::plain_message(message),
+            message,
         }
     })
 }
