@@ -61,6 +61,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v systemd-analyze >/dev/null || apt_install systemd
 # The web page's browser tests (tests/python/test_webui.py) drive Debian's chromium.
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
+export TETHER_REQUIRE_BROWSER=1
 
 log "preparing the Python virtualenv ($venv)"
 if [ ! -x "$venv/bin/python" ]; then
