@@ -15,6 +15,10 @@
 # when the drain timeout ended, added latency p50/p99 (send → receive through the relay, same
 # clock), then a summary table.
 #
+# The `cluster2` target runs the same load through two server instances on the same Redis and
+# data directory, every group's side A on instance 1 and side B on instance 2 (docs/cluster.md:
+# frames cross instances through the Redis stream log and its blocking tail).
+#
 # Redis: a private redis-server on a spare port (no persistence, noeviction), never the shared
 # one. Everything runs under `nice`; the machine is shared, figures are noisy.
 #
@@ -51,41 +55,59 @@ REDIS="redis://127.0.0.1:$RPORT"
 
 RESULTS=()
 
-# run_relay LABEL [REDIS_URL]
+# start_server NAME DATA [REDIS_URL] — starts an instance, sets SERVER_PID and SERVER_BASE.
+start_server() {
+  local name=$1 data=$2 redis=${3:-}
+  local args=(server --listen 127.0.0.1:0 --data-dir "$data")
+  [ -n "$redis" ] && args+=(--redis-url "$redis")
+  [ -n "${SERVER_CONFIG:-}" ] && args+=(--config "$SERVER_CONFIG")
+  REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER_BASE=""
+  for _ in $(seq 100); do
+    SERVER_BASE=$(sed -n 's/^tether server listening on //p' "$WORK/$name.out" 2>/dev/null | head -1)
+    [ -n "$SERVER_BASE" ] && break
+    sleep 0.1
+  done
+  [ -n "$SERVER_BASE" ] || { echo "server ($name) did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1; }
+}
+
+# run_relay LABEL [REDIS_URL [INSTANCES]] — INSTANCES=2 puts every group's sides on two
+# instances sharing the Redis and the data directory.
 run_relay() {
-  local label=$1 redis=${2:-}
+  local label=$1 redis=${2:-} instances=${3:-1}
   local data="$WORK/$label"
   mkdir -p "$data"
   local token
   token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
-  local args=(server --listen 127.0.0.1:0 --data-dir "$data")
-  [ -n "$redis" ] && args+=(--redis-url "$redis")
-  [ -n "${SERVER_CONFIG:-}" ] && args+=(--config "$SERVER_CONFIG")
-  REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$label.out" 2>"$WORK/$label.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  local base=""
-  for _ in $(seq 100); do
-    base=$(sed -n 's/^tether server listening on //p' "$WORK/$label.out" 2>/dev/null | head -1)
-    [ -n "$base" ] && break
-    sleep 0.1
-  done
-  [ -n "$base" ] || { echo "server ($label) did not start:" >&2; cat "$WORK/$label.err" >&2; exit 1; }
-  echo "== $label: $PAIRS pairs x $RATE frames/s per direction for ${DURATION}s via $base ==" >&2
+  start_server "$label" "$data" "$redis"
+  local base=$SERVER_BASE pids=("$SERVER_PID") extra=()
+  if [ "$instances" = 2 ]; then
+    start_server "$label-2" "$data" "$redis"
+    pids+=("$SERVER_PID")
+    extra=(--server-b "$SERVER_BASE")
+    echo "== $label: $PAIRS pairs x $RATE frames/s per direction for ${DURATION}s, side A via $base, side B via $SERVER_BASE ==" >&2
+  else
+    echo "== $label: $PAIRS pairs x $RATE frames/s per direction for ${DURATION}s via $base ==" >&2
+  fi
   local line
-  line=$(nice "$BIN/examples/bench_relay" relay --server "$base" --token "$token" \
+  line=$(nice "$BIN/examples/bench_relay" relay --server "$base" "${extra[@]}" --token "$token" \
     --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label "$label")
   echo "$line"
   RESULTS+=("$line")
-  local rss
-  rss=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ' || echo "?")
-  echo "   server resident memory after the run: ${rss} KiB" >&2
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do
+    local rss
+    rss=$(ps -o rss= -p "$p" 2>/dev/null | tr -d ' ' || echo "?")
+    echo "   server $p resident memory after the run: ${rss} KiB" >&2
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
 }
 
 run_relay sqlite
 run_relay redis "$REDIS"
+run_relay cluster2 "$REDIS" 2
 echo "== ceiling: plain WebSocket relay, same clients and batches ==" >&2
 line=$(nice "$BIN/examples/bench_relay" echo --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label ceiling)
 echo "$line"

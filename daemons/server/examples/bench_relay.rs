@@ -55,6 +55,10 @@ enum Mode {
         /// A user token (`tether server token create`).
         #[arg(long)]
         token: String,
+        /// Another instance of the same cluster: every group's side B connects there, side A
+        /// to `--server` (`docs/cluster.md`).
+        #[arg(long)]
+        server_b: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -501,13 +505,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let totals = Arc::new(Totals::new()?);
     let mut sockets = Vec::new();
     match &cli.mode {
-        Mode::Relay { server, token, .. } => {
+        Mode::Relay {
+            server,
+            token,
+            server_b,
+            ..
+        } => {
             let server = server.trim_end_matches('/');
             let (agent_a, agent_b, groups) = setup_groups(server, token, load.pairs).await?;
             let ws_base = server.replacen("http", "ws", 1);
+            let ws_base_b = server_b.as_deref().map_or_else(
+                || ws_base.clone(),
+                |b| b.trim_end_matches('/').replacen("http", "ws", 1),
+            );
             for group in groups {
                 let (a, enc_a) = connect_relay(&ws_base, &agent_a, &group, Side::A).await?;
-                let (b, enc_b) = connect_relay(&ws_base, &agent_b, &group, Side::B).await?;
+                let (b, enc_b) = connect_relay(&ws_base_b, &agent_b, &group, Side::B).await?;
                 sockets.push((group, a, enc_a, b, enc_b));
             }
         }

@@ -16,6 +16,9 @@ use super::types::{Direction, GroupBacklog, GroupId, GroupMode, Side};
 struct Group {
     activated: bool,
     online: [bool; 2],
+    /// Sides connected to another server instance (cluster presence, see
+    /// [`RelayEngine::handle_remote_presence`]): online for the mode, never delivered to here.
+    remote: [bool; 2],
     streams: [StreamState; 2],
     published: Option<(GroupMode, Vec<Side>)>,
 }
@@ -46,7 +49,7 @@ impl Group {
     fn status(&mut self, config: &EngineConfig) -> GroupStatus {
         let offline: Vec<Side> = [Side::A, Side::B]
             .into_iter()
-            .filter(|s| !self.is_online(*s))
+            .filter(|s| !self.is_online(*s) && !self.remote[side_index(*s)])
             .collect();
         let replaying = self.streams.iter_mut().any(|s| s.is_replaying(config));
         let mode = GroupMode::decide(self.activated, offline.is_empty(), replaying);
@@ -130,6 +133,7 @@ impl RelayEngine {
         let g = Group {
             activated: snapshot.activated,
             online: [false, false],
+            remote: [false, false],
             streams: [
                 StreamState::new(
                     snapshot.a_to_b.head,
@@ -343,6 +347,12 @@ impl RelayEngine {
         }
         s.appended = last;
         s.appends_in_flight += 1;
+        if s.live_at_rest {
+            // Tailed copies were at rest; the producer is here now: they are read back if
+            // the consumer still needs them.
+            s.live.clear();
+            s.live_at_rest = false;
+        }
         // Live at once: delivery does not wait for the append (see `EngineConfig::cut_through`).
         s.push_live(fresh.iter().cloned(), &config);
         self.enqueue(group, dir);
@@ -436,6 +446,107 @@ impl RelayEngine {
         // The consumer window opened up.
         self.enqueue(group, dir);
         Ok(())
+    }
+
+    /// Items of `direction` that another server instance made durable, as a tail of the log
+    /// read them (cluster relay: the producer is connected elsewhere). Items at or below what
+    /// this engine already handed to the log or saw are ignored (its own appends come back
+    /// too); the rest raise the durable head and are delivered like live items, as
+    /// [`DeliverySource::Log`]. Items need not be dense: a hole in front of the consumer is
+    /// read from the log, with its gap.
+    pub fn handle_tailed(
+        &mut self,
+        group: &GroupId,
+        direction: Direction,
+        items: Vec<Item>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let config = self.config;
+        let s = self.group_mut(group)?.stream(direction);
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut last = s.appended;
+        for item in items {
+            if item.seq > last && item.seq <= MAX_SEQ {
+                last = item.seq;
+                fresh.push(item);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        s.appended = last;
+        s.head = s.head.max(last);
+        s.read_exhausted_at = None;
+        if s.consumer_online {
+            // Everything in the live buffer is at rest from here on.
+            if !s.live_at_rest {
+                s.live.clear();
+            }
+            s.live_at_rest = true;
+        }
+        s.push_live(fresh, &config);
+        self.enqueue(group, direction);
+        self.publish_mode(group);
+        Ok(())
+    }
+
+    /// What the log says about `direction` beyond this engine's own work (cluster relay,
+    /// polled): its durable `head`, and the consumer's stored cursor when the consumer is not
+    /// connected here. Raises the durable head (a consumer connected here catches up by
+    /// reading the log) and the consumer's acknowledged position (for the backlog); never
+    /// lowers either.
+    pub fn handle_remote_progress(
+        &mut self,
+        group: &GroupId,
+        direction: Direction,
+        head: Seq,
+        consumer_cursor: Option<Seq>,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let g = self.group_mut(group)?;
+        let consumer_local = g.is_online(direction.consumer());
+        let s = g.stream(direction);
+        let head = head.min(MAX_SEQ);
+        if head > s.appended {
+            s.appended = head;
+        }
+        if head > s.head {
+            s.head = head;
+            s.read_exhausted_at = None;
+        }
+        if let Some(cursor) = consumer_cursor
+            && !consumer_local
+        {
+            s.consumer_acked = s.consumer_acked.max(cursor.min(s.head));
+        }
+        self.enqueue(group, direction);
+        self.publish_mode(group);
+        Ok(())
+    }
+
+    /// Whether `side` is connected to another server instance (cluster presence). Such a side
+    /// counts as online for the group's mode; nothing is delivered to it from here.
+    pub fn handle_remote_presence(
+        &mut self,
+        group: &GroupId,
+        side: Side,
+        online: bool,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.group_mut(group)?.remote[side_index(side)] = online;
+        self.publish_mode(group);
+        Ok(())
+    }
+
+    /// The highest seq of `direction` this engine handed to the log or learnt is stored there
+    /// (where a tail of the log resumes), `None` for an unknown group.
+    pub fn stream_position(&self, group: &GroupId, direction: Direction) -> Option<Seq> {
+        self.groups
+            .get(group)
+            .map(|g| g.streams[dir_index(direction)].appended)
     }
 
     /// The result of a [`StorageRequest::Read`]. Results carrying an old `epoch` (from before a
@@ -640,10 +751,11 @@ impl RelayEngine {
                     if s.deficit == 0 || s.window_room(config) == 0 {
                         break;
                     }
+                    let live_source = s.live_source();
                     if let Some(item) = s.live.pop_front() {
                         s.delivered = item.seq;
                         s.deficit -= 1;
-                        add(&mut batch, &mut outputs, item, DeliverySource::Live);
+                        add(&mut batch, &mut outputs, item, live_source);
                     }
                 }
                 NextSource::NeedRead | NextSource::CaughtUp => break,

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::log::{Gap, Item, ReadBatch, Seq};
 
-use super::io::EngineConfig;
+use super::io::{DeliverySource, EngineConfig};
 
 /// One entry to hand to the consumer, in seq order.
 #[derive(Debug, Clone)]
@@ -107,6 +107,9 @@ pub(super) struct StreamState {
     pub(super) replay: VecDeque<Entry>,
     /// Recently received items, durable or not, ascending (may start above `delivered + 1`).
     pub(super) live: VecDeque<Item>,
+    /// The live items came from another instance's appends, read back from the log
+    /// ([`super::RelayEngine::handle_tailed`]): they are delivered as [`DeliverySource::Log`].
+    pub(super) live_at_rest: bool,
     /// A read is in flight.
     pub(super) read_in_flight: bool,
     /// The last read came back empty at this head: do not ask again until the head moves.
@@ -134,6 +137,7 @@ impl StreamState {
             delivered: 0,
             replay: VecDeque::new(),
             live: VecDeque::new(),
+            live_at_rest: false,
             read_in_flight: false,
             read_exhausted_at: None,
             epoch: 0,
@@ -190,6 +194,15 @@ impl StreamState {
         self.live.extend(items);
         while self.live.len() > config.live_buffer {
             self.live.pop_front();
+        }
+    }
+
+    /// Where the live items come from (see `live_at_rest`).
+    pub(super) fn live_source(&self) -> DeliverySource {
+        if self.live_at_rest {
+            DeliverySource::Log
+        } else {
+            DeliverySource::Live
         }
     }
 

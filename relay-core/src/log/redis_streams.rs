@@ -885,6 +885,107 @@ impl StreamLog for RedisStreamLog {
     }
 }
 
+/// Entries one [`RedisStreamTail::next`] takes at most.
+const TAIL_COUNT: usize = 64;
+
+/// What one [`RedisStreamTail::next`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailBatch {
+    /// Items above the position asked for, ascending, from chunks that decoded. Not
+    /// necessarily dense: a damaged chunk is skipped here (a [`StreamLog::read`] of that range
+    /// reports it), and `XREAD` silently starts after entries trimmed meanwhile.
+    pub items: Vec<Item>,
+    /// Where the next call resumes: the last seq of the last entry seen (the position asked
+    /// for when nothing came).
+    pub position: Seq,
+}
+
+/// A blocking tail of one stream's new entries (`XREAD BLOCK`), for a server instance that
+/// delivers what another instance appends (`docs/cluster.md`). It owns one connection with no
+/// client-side response timeout (a block must not be cut short, `docs/` field notes); a failed
+/// call returns its error and the caller reconnects.
+pub struct RedisStreamTail {
+    conn: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStreamTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreamTail")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStreamTail {
+    /// Opens the tail's own connection to `url`; keys start with `key_prefix` (the log's).
+    pub async fn connect(url: &str, key_prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(redis_err("connect the tail"))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(None);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(redis_err("connect the tail"))?;
+        Ok(Self {
+            conn,
+            prefix: key_prefix.to_owned(),
+        })
+    }
+
+    /// Waits up to `block` for entries of `stream` holding seqs above `after`, and returns
+    /// their items (empty after the block timed out).
+    pub async fn next(&mut self, stream: &str, after: Seq, block: Duration) -> Result<TailBatch> {
+        validate_stream_name(stream)?;
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(TAIL_COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg("STREAMS")
+            .arg(format!("{}{stream}", self.prefix))
+            .arg(format!("{after}-0"))
+            .query_async(&mut self.conn)
+            .await
+            .map_err(redis_err("tail"))?;
+        let mut batch = TailBatch {
+            items: Vec::new(),
+            position: after,
+        };
+        for entry in tail_entries(stream, reply)? {
+            let entry = Entry::parse(stream, &entry)?;
+            if let Some(items) = entry.items_above(stream, batch.position) {
+                batch.items.extend(items);
+            }
+            batch.position = batch.position.max(entry.last_seq);
+        }
+        Ok(batch)
+    }
+}
+
+/// The entries of the one stream of an `XREAD` reply (RESP2 arrays or a RESP3 map; nil after a
+/// timeout).
+fn tail_entries(stream: &str, reply: Value) -> Result<Vec<Value>> {
+    let pair = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(mut streams) => match streams.pop() {
+            Some(Value::Array(pair)) => pair,
+            None => return Ok(Vec::new()),
+            Some(other) => return Err(corrupt(stream, format!("bad XREAD reply {other:?}"))),
+        },
+        Value::Map(mut streams) => match streams.pop() {
+            Some((key, entries)) => vec![key, entries],
+            None => return Ok(Vec::new()),
+        },
+        other => return Err(corrupt(stream, format!("bad XREAD reply {other:?}"))),
+    };
+    match <[Value; 2]>::try_from(pair) {
+        Ok([_, entries]) => array(stream, entries),
+        Err(pair) => Err(corrupt(stream, format!("bad XREAD reply {pair:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

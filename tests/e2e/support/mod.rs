@@ -201,14 +201,26 @@ pub struct ServerProc {
     pub base: String,
     pub options: ServerOptions,
     stderr_dir: PathBuf,
+    name: String,
     starts: usize,
 }
 
 impl ServerProc {
     /// Starts a server with a fresh data directory under `ws`.
     pub async fn start(ws: &Workspace, options: ServerOptions) -> TestResult<ServerProc> {
-        let data_dir = ws.path("server-data");
-        let config = ws.path("server.yaml");
+        ServerProc::start_named(ws, "server", &ws.path("server-data"), options).await
+    }
+
+    /// Starts a server named `name` (its configuration file and logs) on `data_dir`, which
+    /// several instances of a cluster may share.
+    pub async fn start_named(
+        ws: &Workspace,
+        name: &str,
+        data_dir: &Path,
+        options: ServerOptions,
+    ) -> TestResult<ServerProc> {
+        let data_dir = data_dir.to_owned();
+        let config = ws.path(&format!("{name}.yaml"));
         let mut yaml = format!("data_dir: \"{}\"\n", data_dir.display());
         if let Some(url) = &options.redis_url {
             yaml.push_str(&format!("redis_url: \"{url}\"\n"));
@@ -223,6 +235,7 @@ impl ServerProc {
             base: String::new(),
             options,
             stderr_dir: ws.dir.path().to_owned(),
+            name: name.to_owned(),
             starts: 0,
         };
         server.spawn().await?;
@@ -233,7 +246,7 @@ impl ServerProc {
         let port = self.options.port.unwrap_or(0);
         let stderr = std::fs::File::create(
             self.stderr_dir
-                .join(format!("server-{}.stderr", self.starts)),
+                .join(format!("{}-{}.stderr", self.name, self.starts)),
         )?;
         self.starts += 1;
         let mut cmd = Command::new(TETHER);

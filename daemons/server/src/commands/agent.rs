@@ -25,11 +25,13 @@ use relay_core::protocol::diag::{
     CommandRequest, DiagMessage, DiagWelcome, decode_diag, encode_diag,
 };
 use relay_core::protocol::{ErrorCode, ErrorMessage, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 use super::metrics::CommandMetrics;
+use super::remote::RemoteRoute;
 use super::{Connector, Job, Reporter, VEHICLE_OFFLINE};
 use crate::dataplane::DiagChannel;
 use crate::state::AppState;
@@ -42,9 +44,11 @@ pub const INTERRUPTED_AGENT: &str = "interrupted: agent disconnected";
 /// the command's ttl is shorter.
 const MIN_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
-/// What the agent reported about a command.
-#[derive(Debug)]
-enum AgentEvent {
+/// What the agent reported about a command (also relayed between instances as JSON,
+/// `super::remote`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub(super) enum AgentEvent {
     InProgress,
     Response {
         sequence_number: u32,
@@ -53,6 +57,17 @@ enum AgentEvent {
     },
     Failed(String),
     Disconnected,
+}
+
+impl AgentEvent {
+    /// Whether nothing follows this event for its command.
+    pub(super) fn is_last(&self) -> bool {
+        match self {
+            AgentEvent::Response { is_final, .. } => *is_final,
+            AgentEvent::Failed(_) | AgentEvent::Disconnected => true,
+            AgentEvent::InProgress => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,13 +89,55 @@ struct HubState {
 }
 
 #[derive(Debug)]
-struct HubInner {
+pub(super) struct HubInner {
     store: Arc<Store>,
     state: AppState,
     metrics: CommandMetrics,
     hub: Mutex<HubState>,
     changed: watch::Sender<u64>,
     next_conn: AtomicU64,
+    /// With a Redis URL: commands for dongles served by other instances.
+    pub(super) remote: Option<RemoteRoute>,
+}
+
+impl HubInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The dongles a connection of this instance serves.
+    pub(super) fn served_dongles(&self) -> Vec<Uuid> {
+        self.lock().by_dongle.keys().copied().collect()
+    }
+}
+
+/// Sends `request` to the local connection serving its dongle and registers the command's
+/// event channel, atomically with respect to that connection's end. `None`: no connection.
+pub(super) fn dispatch_local(
+    inner: &HubInner,
+    request: &CommandRequest,
+) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
+    let text = encode_diag(&DiagMessage::Command(request.clone())).ok()?;
+    let mut hub = inner.lock();
+    let entry = hub.by_dongle.get(&request.dongle_id)?.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    if entry.out.send(text).is_err() {
+        // The connection's writer is gone; its reader is about to unregister it.
+        let _ = tx.send(AgentEvent::Disconnected);
+    }
+    hub.waiting.insert(
+        request.command_id,
+        Waiting {
+            conn: entry.conn,
+            events: tx,
+        },
+    );
+    Some(rx)
+}
+
+/// Stops routing a command's answers.
+pub(super) fn forget_local(inner: &HubInner, command_id: Uuid) {
+    inner.lock().waiting.remove(&command_id);
 }
 
 /// The diagnostics channel's connections (cheap to clone).
@@ -91,24 +148,28 @@ pub struct AgentHub {
 
 impl AgentHub {
     /// A hub with no connection yet.
+    /// With the state's Redis, it also serves commands of other instances and sends its own
+    /// to them (`super::remote`; starts background tasks, so call it inside the runtime).
     pub fn new(state: AppState, metrics: CommandMetrics) -> AgentHub {
-        AgentHub {
-            inner: Arc::new(HubInner {
-                store: Arc::clone(state.store()),
-                state,
-                metrics,
-                hub: Mutex::new(HubState::default()),
-                changed: watch::channel(0).0,
-                next_conn: AtomicU64::new(1),
-            }),
+        let remote = state.redis.clone().map(RemoteRoute::new);
+        let clustered = remote.is_some();
+        let inner = Arc::new(HubInner {
+            store: Arc::clone(state.store()),
+            state,
+            metrics,
+            hub: Mutex::new(HubState::default()),
+            changed: watch::channel(0).0,
+            next_conn: AtomicU64::new(1),
+            remote,
+        });
+        if clustered {
+            super::remote::spawn(Arc::downgrade(&inner));
         }
+        AgentHub { inner }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
-        self.inner
-            .hub
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
     /// Whether a diagnostics connection serves `dongle`.
@@ -119,26 +180,29 @@ impl AgentHub {
     /// Sends `request` to the connection serving its dongle and registers the command's event
     /// channel, atomically with respect to that connection's end. `None`: no connection.
     fn dispatch(&self, request: &CommandRequest) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
-        let text = encode_diag(&DiagMessage::Command(request.clone())).ok()?;
-        let mut hub = self.lock();
-        let entry = hub.by_dongle.get(&request.dongle_id)?.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
-        if entry.out.send(text).is_err() {
-            // The connection's writer is gone; its reader is about to unregister it.
-            let _ = tx.send(AgentEvent::Disconnected);
+        dispatch_local(&self.inner, request)
+    }
+
+    /// [`AgentHub::dispatch`], else to the instance whose connection serves the dongle.
+    async fn dispatch_anywhere(
+        &self,
+        request: &CommandRequest,
+    ) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
+        if let Some(events) = self.dispatch(request) {
+            return Some(events);
         }
-        hub.waiting.insert(
-            request.command_id,
-            Waiting {
-                conn: entry.conn,
-                events: tx,
-            },
-        );
-        Some(rx)
+        let route = self.inner.remote.as_ref()?;
+        match route.dispatch(request).await {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::warn!(command = %request.command_id, %err, "sending a command to another instance failed; retrying");
+                None
+            }
+        }
     }
 
     fn forget(&self, command_id: Uuid) {
-        self.lock().waiting.remove(&command_id);
+        forget_local(&self.inner, command_id);
     }
 
     /// Routes an agent's report to the command waiting for it on this connection.
@@ -431,7 +495,7 @@ async fn run(hub: AgentHub, job: Arc<Job>, mut report: Reporter) -> Reporter {
                 + chrono::Duration::from_std(until(job.deadline).max(MIN_ANSWER_WAIT))
                     .unwrap_or_default();
             request.deadline_ms = u64::try_from(deadline_at.timestamp_millis()).unwrap_or(0);
-            if let Some(events) = hub.dispatch(&request) {
+            if let Some(events) = hub.dispatch_anywhere(&request).await {
                 break (events, answer_deadline);
             }
             let left = until(job.deadline);
@@ -444,9 +508,15 @@ async fn run(hub: AgentHub, job: Arc<Job>, mut report: Reporter) -> Reporter {
                 report.failed(error).await;
                 return report;
             }
+            // Another instance's connections do not wake `changed`: look again regularly.
+            let wait = if hub.inner.remote.is_some() {
+                left.min(super::remote::ANNOUNCE_EVERY)
+            } else {
+                left
+            };
             tokio::select! {
                 _ = changed.changed() => {}
-                () = tokio::time::sleep(left) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         };
         report.started().await;

@@ -23,6 +23,7 @@ pub mod agent;
 pub mod bus;
 pub mod metrics;
 pub mod mock;
+mod remote;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

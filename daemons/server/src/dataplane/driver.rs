@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
+use super::cluster::{self, ClusterLink, PresenceAsk};
 use super::outbox::{Out, Outbox, Pushed};
 use super::storage::{self, AppendDone, AppendRequest, Event};
 use super::sync::SyncJob;
@@ -76,6 +77,11 @@ struct Loaded {
     trimming: [bool; 2],
     /// The status last written to the cache and the gauges (`None`: never).
     published: Option<GroupStatus>,
+    /// Per direction: the cluster tail delivering what another instance appends.
+    tails: [Option<JoinHandle<()>>; 2],
+    /// Per side: whether the last presence round saw it connected to another instance
+    /// (`None`: no round yet).
+    remote: [Option<bool>; 2],
 }
 
 fn side_index(side: Side) -> usize {
@@ -165,6 +171,9 @@ pub(super) struct Driver {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: Option<mpsc::UnboundedReceiver<Event>>,
     started: Instant,
+    /// Several instances on one Redis: the link and a connection for presence rounds.
+    cluster: Option<(ClusterLink, redis::aio::ConnectionManager)>,
+    presence_in_flight: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -217,7 +226,19 @@ impl Driver {
             events_tx,
             events_rx: Some(events_rx),
             started: Instant::now(),
+            cluster: None,
+            presence_in_flight: false,
         }
+    }
+
+    /// Relays across instances through `link` (`docs/cluster.md`).
+    pub(super) fn with_cluster(
+        mut self,
+        link: ClusterLink,
+        conn: redis::aio::ConnectionManager,
+    ) -> Driver {
+        self.cluster = Some((link, conn));
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -243,6 +264,9 @@ impl Driver {
         trim_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut flush_tick = tokio::time::interval(CURSOR_FLUSH);
         flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut presence_tick = tokio::time::interval(cluster::PRESENCE_EVERY);
+        presence_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let clustered = self.cluster.is_some();
         let mut modes_open = true;
         let mut deletions_open = true;
         loop {
@@ -294,11 +318,15 @@ impl Driver {
                     self.resync_groups();
                 }
                 _ = flush_tick.tick() => self.flush_cursors(),
+                _ = presence_tick.tick(), if clustered => self.start_presence(),
                 () = sleep_until_opt(deadline) => {}
             }
             self.pump();
         }
         for loaded in self.groups.values() {
+            for tail in loaded.tails.iter().flatten() {
+                tail.abort();
+            }
             for slot in loaded.slots.iter().flatten() {
                 slot.outbox
                     .push(Out::Close("the server is shutting down".to_owned()));
@@ -429,6 +457,8 @@ impl Driver {
                             mode: GroupMode::Inactive,
                             trimming: [false, false],
                             published: None,
+                            tails: [None, None],
+                            remote: [None, None],
                         },
                     );
                 }
@@ -459,6 +489,7 @@ impl Driver {
                         }
                         let dongle = loaded.dongles[side_index(side)];
                         loaded.last_seen[side_index(side)] = Some(Instant::now());
+                        self.update_tails(&gid);
                         self.send_sync(SyncJob::Online {
                             dongle,
                             online: true,
@@ -601,6 +632,7 @@ impl Driver {
             tracing::error!(group = %gid, %side, %err, "engine refused a disconnect");
         }
         self.dirty.insert(gid.clone());
+        self.update_tails(gid);
         if had_slot {
             self.send_sync(SyncJob::Online {
                 dongle,
@@ -759,6 +791,127 @@ impl Driver {
             Event::Activation { group, activated } => self.set_activation(group, activated),
             Event::GroupGone { group } => self.remove_group(group),
             Event::CursorsFlushed => self.flushing = false,
+            Event::Tailed {
+                group,
+                direction,
+                items,
+            } => {
+                if self.engine.has_group(&group) {
+                    if let Err(err) = self.engine.handle_tailed(&group, direction, items, now) {
+                        tracing::error!(%group, %err, "engine refused tailed items");
+                    }
+                    self.dirty.insert(group);
+                }
+            }
+            Event::Presence { facts } => {
+                self.presence_in_flight = false;
+                for (group, facts) in facts.unwrap_or_default() {
+                    self.on_presence(&group, &facts);
+                }
+            }
+        }
+    }
+
+    /// Starts or stops the cluster tails of a group: a direction is tailed while its consumer
+    /// is connected here and its producer is not.
+    fn update_tails(&mut self, gid: &GroupId) {
+        let Some((link, _)) = &self.cluster else {
+            return;
+        };
+        let Some(loaded) = self.groups.get_mut(gid) else {
+            return;
+        };
+        for direction in Direction::BOTH {
+            let want = loaded.slots[side_index(direction.consumer())].is_some()
+                && loaded.slots[side_index(direction.producer())].is_none();
+            let tail = &mut loaded.tails[dir_index(direction)];
+            if want && tail.is_none() {
+                let after = self.engine.stream_position(gid, direction).unwrap_or(0);
+                *tail = Some(cluster::spawn_tail(
+                    link,
+                    gid.clone(),
+                    direction,
+                    after,
+                    self.events_tx.clone(),
+                ));
+            } else if !want && let Some(task) = tail.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Starts a cluster presence round unless one is running.
+    fn start_presence(&mut self) {
+        let Some((link, conn)) = &self.cluster else {
+            return;
+        };
+        if self.presence_in_flight {
+            return;
+        }
+        let asks = self
+            .groups
+            .iter()
+            .map(|(gid, loaded)| PresenceAsk {
+                group: gid.clone(),
+                local: [loaded.slots[0].is_some(), loaded.slots[1].is_some()],
+            })
+            .collect();
+        self.presence_in_flight = true;
+        cluster::spawn_presence(link.clone(), conn.clone(), asks, self.events_tx.clone());
+    }
+
+    /// Applies what a presence round found for a group: remote sides count as online for the
+    /// mode (and a change is mirrored into the records), and the log's heads and remote
+    /// consumers' cursors move the engine's view.
+    fn on_presence(&mut self, gid: &GroupId, facts: &cluster::GroupFacts) {
+        let now = self.now_ms();
+        let Some((link, _)) = &self.cluster else {
+            return;
+        };
+        let Some(loaded) = self.groups.get_mut(gid) else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        for index in 0..2 {
+            let side = cluster::side_at(index);
+            let local = loaded.slots[index].is_some();
+            let remote = !local
+                && facts.holders[index]
+                    .as_deref()
+                    .is_some_and(|holder| holder != link.instance);
+            let before = loaded.remote[index].replace(remote);
+            if before == Some(remote) {
+                continue;
+            }
+            if let Err(err) = self.engine.handle_remote_presence(gid, side, remote, now) {
+                tracing::error!(group = %gid, %err, "engine refused a presence change");
+            }
+            // The instance a side joins or leaves writes its presence; a side whose instance
+            // died is written offline by those that saw its key expire.
+            if before.is_some() && !local {
+                jobs.push(SyncJob::Online {
+                    dongle: loaded.dongles[index],
+                    online: remote,
+                });
+            }
+        }
+        for (index, direction) in Direction::BOTH.into_iter().enumerate() {
+            let consumer_local = loaded.slots[side_index(direction.consumer())].is_some();
+            let cursor = if consumer_local {
+                None
+            } else {
+                facts.cursors[index]
+            };
+            if let Err(err) =
+                self.engine
+                    .handle_remote_progress(gid, direction, facts.heads[index], cursor, now)
+            {
+                tracing::error!(group = %gid, %err, "engine refused the log's progress");
+            }
+        }
+        self.dirty.insert(gid.clone());
+        for job in jobs {
+            self.send_sync(job);
         }
     }
 
@@ -832,6 +985,9 @@ impl Driver {
             return;
         };
         tracing::info!(%group, "relay group deleted; closing its connections");
+        for tail in loaded.tails.iter().flatten() {
+            tail.abort();
+        }
         for (index, slot) in loaded.slots.iter().enumerate() {
             if let Some(slot) = slot {
                 slot.outbox.push(Out::Fatal(

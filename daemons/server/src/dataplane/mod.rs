@@ -12,6 +12,10 @@
 //!   in background tasks (appends of one stream in order through its [`storage`] lane, which
 //!   merges queued batches into one log append), feeds the results back, and routes the
 //!   engine's outputs to the connections' outboxes without ever waiting for a socket.
+//! * [`cluster`] — with a Redis stream log, the relay across server instances
+//!   (`docs/cluster.md`): tails (`XREAD BLOCK`) of streams whose consumer is connected here and
+//!   whose producer is not, and presence rounds that show each instance the sides connected to
+//!   the others. The driver starts and stops them; the engine decides what to deliver.
 //! * [`sync`] — one task applying the data plane's facts to the records, in order: presence
 //!   (`AppState::set_dongle_online`), mode refreshes when the engine's mode changes
 //!   (`AppState::refresh_group_mode`), throttled `last_seen`, and buffer-pressure audit entries
@@ -34,6 +38,7 @@
 //! deleted; the per-group state is small), and it trims only groups loaded since the start
 //! (a group is loaded when a side connects).
 
+mod cluster;
 mod conn;
 mod driver;
 mod outbox;
@@ -350,6 +355,35 @@ async fn connect_log(
     }
 }
 
+/// Opens the connection of the cluster presence rounds, retrying with backoff; `None` when
+/// asked to stop first.
+async fn connect_cluster(
+    link: &cluster::ClusterLink,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<redis::aio::ConnectionManager> {
+    let mut wait = CONNECT_RETRY.0;
+    loop {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let opened = match redis::Client::open(link.url.as_str()) {
+            Ok(client) => client.get_connection_manager_with_config(config).await,
+            Err(err) => Err(err),
+        };
+        match opened {
+            Ok(conn) => return Some(conn),
+            Err(err) => {
+                tracing::warn!(%err, retry_in_ms = wait.as_millis() as u64, "cluster presence connection failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return None,
+        }
+        wait = (wait * 2).min(CONNECT_RETRY.1);
+    }
+}
+
 impl DataPlane {
     /// Starts the driver and sync tasks. Subscribes to mode changes before returning, so no
     /// activation made after this call is missed. Until the stream log is connected,
@@ -361,6 +395,16 @@ impl DataPlane {
         metrics: RelayMetrics,
         cache: Arc<RelayStatusCache>,
     ) -> (DataPlane, DataPlaneTasks) {
+        let cluster = match &log {
+            StreamLogSource::Connect(StreamLogConfig::Redis { url, key_prefix }) => {
+                Some(cluster::ClusterLink {
+                    url: url.clone(),
+                    prefix: key_prefix.clone(),
+                    instance: Uuid::new_v4().to_string(),
+                })
+            }
+            _ => None,
+        };
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
@@ -385,8 +429,14 @@ impl DataPlane {
                 };
                 seed_backlogs(&state, &log, &cache).await;
                 let _ = cell.set(log.clone());
-                let driver =
+                let mut driver =
                     driver::Driver::new(state, log, config, metrics, cache, sync_tx, shown);
+                if let Some(link) = cluster {
+                    let Some(conn) = connect_cluster(&link, &mut stop_rx).await else {
+                        return;
+                    };
+                    driver = driver.with_cluster(link, conn);
+                }
                 driver
                     .run(commands_rx, mode_changes, deletions, stop_rx)
                     .await;

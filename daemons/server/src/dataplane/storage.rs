@@ -53,6 +53,16 @@ pub(super) enum Event {
     GroupGone { group: Uuid },
     /// A background cursor flush finished.
     CursorsFlushed,
+    /// A cluster tail read items another instance appended (`super::cluster`).
+    Tailed {
+        group: GroupId,
+        direction: Direction,
+        items: Vec<Item>,
+    },
+    /// A cluster presence round finished (`None`: it failed).
+    Presence {
+        facts: Option<Vec<(GroupId, super::cluster::GroupFacts)>>,
+    },
 }
 
 /// Most items merged into one log append.

@@ -1,0 +1,669 @@
+//! Several `tether server` processes on one Redis and one records store (`docs/cluster.md`):
+//! the two sides of a group on different instances relay both ways in order; `kill -9` of an
+//! instance mid-stream and its side failing over to another instance loses and duplicates
+//! nothing, with the group's mode and backlog right on every instance; a stalled instance whose
+//! side moved on appends late without effect; Redis restarted mid-stream loses nothing
+//! acknowledged; a console resumes on one instance with an event ID another one served.
+//!
+//! The sides are protocol clients with the dongle agent's semantics (resend from `tx_acked + 1`
+//! of the welcome, resume delivery after the last seq processed, drop what was already
+//! processed, try the next server URL on a lost connection). Needs `REDIS_URL`; the Redis
+//! restart test starts a `redis-server` of its own on a free port.
+
+mod support;
+
+#[path = "../../daemons/server/tests/server_support/data_client.rs"]
+mod data_client;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use data_client::{DataClient, batch, seq_of};
+use relay_core::engine::Side;
+use relay_core::protocol::{Encoding, Message};
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{
+    Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, free_tcp_port, redis_url,
+    require_redis, signal,
+};
+
+/// How long a whole scenario may take before it fails.
+const SCENARIO: Duration = Duration::from_secs(90);
+
+/// Frames per batch and most frames in flight unacknowledged, as an agent sends them.
+const BATCH: u64 = 50;
+const WINDOW: u64 = 1000;
+
+/// N instances sharing one data directory (the records) and `redis`.
+async fn cluster(ws: &Workspace, n: usize, redis: &str) -> TestResult<Vec<ServerProc>> {
+    let data = ws.path("records");
+    let mut servers = Vec::new();
+    for i in 1..=n {
+        let options = ServerOptions {
+            redis_url: Some(redis.to_owned()),
+            ..ServerOptions::default()
+        };
+        servers.push(ServerProc::start_named(ws, &format!("instance-{i}"), &data, options).await?);
+    }
+    Ok(servers)
+}
+
+/// A user, two agents with a dongle each, and an active group between the dongles.
+struct Setup {
+    user: String,
+    group: String,
+    token_a: String,
+    token_b: String,
+}
+
+async fn setup(server: &ServerProc, user: &str) -> TestResult<Setup> {
+    let api = server.api();
+    let user_token = server.user_token(user)?;
+    let (_, token_a) = api.create_agent(&user_token, &format!("{user}-a")).await?;
+    let (_, token_b) = api.create_agent(&user_token, &format!("{user}-b")).await?;
+    let a = api.announce_dongle(&token_a, &format!("{user}-A")).await?;
+    let b = api.announce_dongle(&token_b, &format!("{user}-B")).await?;
+    let group = api.active_group(&user_token, user, &a, &b).await?;
+    Ok(Setup {
+        user: user_token,
+        group,
+        token_a,
+        token_b,
+    })
+}
+
+/// One side of the group, with the agent's delivery semantics.
+struct Peer {
+    name: &'static str,
+    side: Side,
+    token: String,
+    group: String,
+    /// The server URLs it tries, in order (the agent's `server_url` list).
+    urls: Vec<String>,
+    client: Option<DataClient>,
+    /// Index in `urls` of the server it is connected to (or tries next).
+    at: usize,
+    /// Next seq to send; highest seq acknowledged by the server.
+    next: u64,
+    acked: u64,
+    /// Seqs processed, in order (each once).
+    received: Vec<u64>,
+    /// Seqs delivered again on a later connection (dropped, as the agent drops them).
+    redelivered: u64,
+    /// Connections opened after the first.
+    reconnects: usize,
+}
+
+impl Peer {
+    async fn open(
+        name: &'static str,
+        side: Side,
+        token: &str,
+        group: &str,
+        urls: Vec<String>,
+    ) -> TestResult<Peer> {
+        let mut peer = Peer {
+            name,
+            side,
+            token: token.to_owned(),
+            group: group.to_owned(),
+            urls,
+            client: None,
+            at: 0,
+            next: 1,
+            acked: 0,
+            received: Vec::new(),
+            redelivered: 0,
+            reconnects: 0,
+        };
+        peer.connect().await?;
+        peer.reconnects = 0;
+        Ok(peer)
+    }
+
+    fn covered(&self) -> u64 {
+        self.received.last().copied().unwrap_or(0)
+    }
+
+    /// Connects to `urls[at]`, else the next ones in turn, with backoff.
+    async fn connect(&mut self) -> TestResult {
+        self.client = None;
+        let deadline = Instant::now() + SCENARIO;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let base = self.urls[self.at % self.urls.len()].clone();
+            let opened = DataClient::open(
+                &base,
+                &self.token,
+                &self.group,
+                self.side,
+                self.covered(),
+                &[Encoding::Msgpack],
+            )
+            .await;
+            match opened {
+                Ok((client, welcome)) => {
+                    // Whatever server answers, what was acknowledged is still stored.
+                    if welcome.tx_acked < self.acked {
+                        return Err(format!(
+                            "{}: {base} holds {} of the {} frames acknowledged: acknowledged frames lost",
+                            self.name, welcome.tx_acked, self.acked
+                        )
+                        .into());
+                    }
+                    // Resend everything the server does not hold durably.
+                    self.next = welcome.tx_acked + 1;
+                    self.acked = welcome.tx_acked;
+                    self.client = Some(client);
+                    self.reconnects += 1;
+                    return Ok(());
+                }
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("{}: {base} refused ({err}); trying the next", self.name);
+                    self.at = (self.at + 1) % self.urls.len();
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends one batch (up to `last`) if the window allows, then handles what arrives within a
+    /// few milliseconds. `Ok(false)`: the connection is gone.
+    async fn step(&mut self, last: u64) -> TestResult<bool> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(true);
+        };
+        if self.next <= last && self.next - 1 - self.acked < WINDOW {
+            let end = (self.next + BATCH - 1).min(last);
+            if client.send(&batch(self.next, end)).await.is_err() {
+                return Ok(false);
+            }
+            self.next = end + 1;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
+        loop {
+            let message = match tokio::time::timeout_at(deadline, client.recv()).await {
+                Err(_) => return Ok(true),
+                Ok(Err(_) | Ok(None)) => return Ok(false),
+                Ok(Ok(Some(message))) => message,
+            };
+            match message {
+                Message::Frames(frames) => {
+                    let mut seen = self.received.last().copied().unwrap_or(0);
+                    for (offset, frame) in frames.frames.iter().enumerate() {
+                        let seq = frames.first_seq + offset as u64;
+                        if seq_of(frame) != seq {
+                            return Err(format!(
+                                "{}: frame {seq} carries {}",
+                                self.name,
+                                seq_of(frame)
+                            )
+                            .into());
+                        }
+                        if seq <= seen {
+                            self.redelivered += 1;
+                            continue;
+                        }
+                        if seq != seen + 1 {
+                            return Err(format!(
+                                "{}: got seq {seq} after {seen}: a hole",
+                                self.name
+                            )
+                            .into());
+                        }
+                        self.received.push(seq);
+                        seen = seq;
+                    }
+                    if client.ack(seen).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                Message::Ack(ack) => self.acked = self.acked.max(ack.up_to),
+                Message::Gap(gap) => {
+                    return Err(format!("{}: unexpected gap {gap:?}", self.name).into());
+                }
+                Message::Error(err) => eprintln!("{}: server error {err:?}", self.name),
+                _ => {}
+            }
+        }
+    }
+
+    fn done(&self, last: u64) -> bool {
+        self.acked >= last && self.covered() >= last
+    }
+
+    fn progress(&self) -> String {
+        format!(
+            "{} acked {} received {}",
+            self.name,
+            self.acked,
+            self.covered()
+        )
+    }
+}
+
+/// Steps the connected peers (each sending up to `last`) until `stop` holds; a peer whose
+/// connection is lost fails over to its next URL.
+async fn run(
+    peers: &mut [&mut Peer],
+    last: u64,
+    stop: impl Fn(&[&mut Peer]) -> bool,
+) -> TestResult {
+    let deadline = Instant::now() + SCENARIO;
+    while !stop(peers) {
+        if Instant::now() > deadline {
+            let state: Vec<String> = peers.iter().map(|p| p.progress()).collect();
+            return Err(format!("stream stalled: {}", state.join(", ")).into());
+        }
+        for peer in peers.iter_mut() {
+            if !peer.step(last).await? {
+                eprintln!("{}: connection lost; failing over", peer.progress());
+                peer.at = (peer.at + 1) % peer.urls.len();
+                peer.connect().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one direction's record: every seq `1..=last` exactly once, in order.
+fn check_record(peer: &Peer, last: u64) -> TestResult {
+    let want: Vec<u64> = (1..=last).collect();
+    if peer.received != want {
+        let missing = want.iter().filter(|s| !peer.received.contains(s)).count();
+        return Err(format!(
+            "{} received {} frames, want {last} ({missing} missing)",
+            peer.name,
+            peer.received.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The group as `api` shows it, once `check` accepts it.
+async fn wait_group(
+    api: &Api,
+    setup: &Setup,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> TestResult<Value> {
+    eventually(Duration::from_secs(20), what, || async {
+        api.group(&setup.user, &setup.group).await.filter(&check)
+    })
+    .await
+}
+
+fn active_no_backlog(group: &Value) -> bool {
+    group["mode"] == "active" && group["backlog"]["a_to_b"] == 0 && group["backlog"]["b_to_a"] == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult {
+    let redis = redis_url();
+    require_redis(&redis).await?;
+    let ws = Workspace::new()?;
+    let mut servers = cluster(&ws, 3, &redis).await?;
+    let outcome = async {
+        let base = |i: usize| servers[i].base.clone();
+        let setup = setup(&servers[0], "kim").await?;
+        // A on instance 1 (then 3, as an agent with `server_url: [s1, s3]`), B on instance 2.
+        let mut a = Peer::open(
+            "A",
+            Side::A,
+            &setup.token_a,
+            &setup.group,
+            vec![base(0), base(2)],
+        )
+        .await?;
+        let mut b = Peer::open("B", Side::B, &setup.token_b, &setup.group, vec![base(1)]).await?;
+        for server in &servers {
+            wait_group(
+                &server.api(),
+                &setup,
+                "active on every instance",
+                active_no_backlog,
+            )
+            .await?;
+        }
+        let last = 6000;
+        // Both ways, in order, across instances, until a third is through.
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].covered() >= last / 3 && p[1].covered() >= last / 3
+        })
+        .await?;
+        let a_before = a.covered();
+        servers[0].kill9();
+        // A is away while B goes on: instance 1's presence expires, every instance shows the
+        // group degraded with A offline, and instance 2 (B's) counts B's frames waiting for A.
+        a.client = None;
+        let b_target = b.acked + 500;
+        run(&mut [&mut b], last, |p| p[0].acked >= b_target).await?;
+        for server in &servers[1..] {
+            wait_group(&server.api(), &setup, "degraded with A offline", |g| {
+                g["mode"] == "degraded" && g["offline_side"] == "a"
+            })
+            .await?;
+        }
+        let at_b = wait_group(&servers[1].api(), &setup, "B's frames waiting for A", |g| {
+            g["backlog"]["b_to_a"]
+                .as_u64()
+                .is_some_and(|n| n + a_before >= b_target)
+        })
+        .await?;
+        eprintln!("instance 2 during the outage: {at_b}");
+        // A fails over to instance 3 and everything drains.
+        a.at = 1;
+        a.connect().await?;
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].done(last) && p[1].done(last)
+        })
+        .await?;
+        check_record(&a, last)?;
+        check_record(&b, last)?;
+        eprintln!(
+            "A: {} redelivered after failover; B: {} redelivered",
+            a.redelivered, b.redelivered
+        );
+        // Mode and backlog right on the instances still up.
+        for server in &servers[1..] {
+            wait_group(
+                &server.api(),
+                &setup,
+                "active after failover",
+                active_no_backlog,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    ws.explain(outcome)
+}
+
+/// A `redis-server` of this test's own (AOF, fsync on every write) on a free port.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start(dir: &Path) -> TestResult<OwnRedis> {
+        std::fs::create_dir_all(dir)?;
+        let mut redis = OwnRedis {
+            port: free_tcp_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        redis.spawn().await?;
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn spawn(&mut self) -> TestResult {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let url = self.url();
+        eventually(Duration::from_secs(10), "own redis-server up", || async {
+            require_redis(&url).await.ok()
+        })
+        .await
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
+    require_redis(&redis_url()).await?;
+    let ws = Workspace::new()?;
+    let mut redis = OwnRedis::start(&ws.path("redis")).await?;
+    let servers = cluster(&ws, 2, &redis.url()).await?;
+    let outcome = async {
+        let setup = setup(&servers[0], "ray").await?;
+        let mut a = Peer::open(
+            "A",
+            Side::A,
+            &setup.token_a,
+            &setup.group,
+            vec![servers[0].base.clone(), servers[1].base.clone()],
+        )
+        .await?;
+        let mut b = Peer::open(
+            "B",
+            Side::B,
+            &setup.token_b,
+            &setup.group,
+            vec![servers[1].base.clone(), servers[0].base.clone()],
+        )
+        .await?;
+        let last = 5000;
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].covered() >= last / 3 && p[1].covered() >= last / 3
+        })
+        .await?;
+        let acked = (a.acked, b.acked);
+        redis.kill9();
+        // Redis is back in a second; the sides keep sending meanwhile (appends fail, the
+        // instances reset the producers, who reconnect and resend from their last ack).
+        let restart = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let restarted = redis.spawn().await.map_err(|e| e.to_string());
+            (redis, restarted)
+        });
+        // Every reconnect checks that the server still holds what it acknowledged.
+        let streamed = run(&mut [&mut a, &mut b], last, |p| {
+            p[0].done(last) && p[1].done(last)
+        })
+        .await;
+        let (_redis, restarted) = restart.await?;
+        restarted?;
+        streamed?;
+        check_record(&a, last)?;
+        check_record(&b, last)?;
+        assert!(
+            a.reconnects + b.reconnects >= 1,
+            "no side noticed the Redis restart (acked at the restart: {acked:?})"
+        );
+        Ok(())
+    }
+    .await;
+    ws.explain(outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
+    let redis = redis_url();
+    require_redis(&redis).await?;
+    let ws = Workspace::new()?;
+    let servers = cluster(&ws, 3, &redis).await?;
+    let outcome = async {
+        let setup = setup(&servers[0], "sal").await?;
+        let mut a = Peer::open(
+            "A",
+            Side::A,
+            &setup.token_a,
+            &setup.group,
+            vec![servers[0].base.clone(), servers[2].base.clone()],
+        )
+        .await?;
+        let mut b = Peer::open(
+            "B",
+            Side::B,
+            &setup.token_b,
+            &setup.group,
+            vec![servers[1].base.clone()],
+        )
+        .await?;
+        let last = 4000;
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].acked >= 1000 && p[1].covered() >= 1000
+        })
+        .await?;
+        // Instance 1 stalls (as under a long pause) with A's next frames in its socket buffer;
+        // A gives up on it and moves to instance 3, resending from its last ack there.
+        let pid = servers[0]
+            .child
+            .as_ref()
+            .ok_or("instance 1 not running")?
+            .id();
+        signal(pid, "STOP");
+        let stale_from = a.next;
+        let stale = a.client.as_mut().ok_or("A not connected")?;
+        stale.send(&batch(stale_from, stale_from + 199)).await?;
+        let old = a.client.take();
+        a.at = 1;
+        a.connect().await?;
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].acked >= stale_from + 1000
+        })
+        .await?;
+        // Instance 1 resumes: it reads the stale batch and appends it, late.
+        signal(pid, "CONT");
+        drop(old);
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].done(last) && p[1].done(last)
+        })
+        .await?;
+        check_record(&a, last)?;
+        check_record(&b, last)?;
+        assert_eq!(b.redelivered, 0, "B got frames twice on one connection");
+        for server in &servers {
+            wait_group(
+                &server.api(),
+                &setup,
+                "active after the stall",
+                active_no_backlog,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    ws.explain(outcome)
+}
+
+/// Reads a console from `url` with `last_event_id` until `count` events arrived.
+async fn read_console(
+    url: &str,
+    token: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+) -> TestResult<Vec<sse_core::ParsedEvent>> {
+    let mut request = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .header("Accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    let mut response = request.send().await?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("console answered {}", response.status()).into());
+    }
+    let mut parser = sse_core::EventStreamParser::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .map_err(|_| format!("console: {} of {count} events", events.len()))??
+            .ok_or("console ended")?;
+        let mut items = Vec::new();
+        parser.feed(&chunk, &mut items);
+        events.extend(items.into_iter().filter_map(|item| match item {
+            sse_core::ParsedItem::Event(event) => Some(event),
+            _ => None,
+        }));
+    }
+    Ok(events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_resumes_on_another_instance() -> TestResult {
+    let redis = redis_url();
+    require_redis(&redis).await?;
+    let ws = Workspace::new()?;
+    let servers = cluster(&ws, 3, &redis).await?;
+    let outcome = async {
+        let setup = setup(&servers[0], "cho").await?;
+        let mut a = Peer::open(
+            "A",
+            Side::A,
+            &setup.token_a,
+            &setup.group,
+            vec![servers[0].base.clone()],
+        )
+        .await?;
+        let mut b = Peer::open(
+            "B",
+            Side::B,
+            &setup.token_b,
+            &setup.group,
+            vec![servers[1].base.clone()],
+        )
+        .await?;
+        let last = 300;
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].done(last) && p[1].done(last)
+        })
+        .await?;
+        let path = format!("/api/v1/streams/groups/{}/console", setup.group);
+        // Instance 1 serves the history (frames shown as `can_frame` events, and more).
+        let first =
+            read_console(&format!("{}{path}", servers[0].base), &setup.user, None, 40).await?;
+        let cut = 19;
+        let id = first[cut].last_event_id.clone();
+        assert!(!id.is_empty(), "instance 1 served events without ids");
+        // Instance 3 resumes right after that id: exactly the events that followed it.
+        let rest = read_console(
+            &format!("{}{path}", servers[2].base),
+            &setup.user,
+            Some(&id),
+            20,
+        )
+        .await?;
+        assert!(
+            rest.iter().all(|e| e.event_type != "stream_reset"),
+            "instance 3 did not know instance 1's id: {:?}",
+            rest.first()
+        );
+        assert_eq!(rest, first[cut + 1..].to_vec(), "resumed events differ");
+        Ok(())
+    }
+    .await;
+    ws.explain(outcome)
+}
