@@ -8,6 +8,7 @@ mod server_support;
 
 use std::time::Duration;
 
+use commands_support::fake_agent::FakeAgent;
 use commands_support::{Fleet, ended, fleet, stream, submit};
 use futures::{SinkExt, StreamExt};
 use relay_core::protocol::diag::{
@@ -23,90 +24,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
-
-/// The agent's diagnostics role, played by the test.
-struct FakeAgent {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl FakeAgent {
-    async fn connect(
-        server: &TestServer,
-        token: &str,
-        dongles: &[&str],
-    ) -> TestResult<(FakeAgent, DiagWelcome)> {
-        let url = format!("{}/ws/data", server.base.replacen("http://", "ws://", 1));
-        let mut request = url.into_client_request()?;
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let mut agent = FakeAgent { ws };
-        let dongles = dongles
-            .iter()
-            .map(|d| d.parse())
-            .collect::<Result<Vec<Uuid>, _>>()?;
-        agent
-            .send(&DiagMessage::DiagHello(DiagHello {
-                version: 1,
-                dongles,
-            }))
-            .await?;
-        match agent.recv().await? {
-            DiagMessage::DiagWelcome(w) => Ok((agent, w)),
-            other => Err(format!("expected diag_welcome, got {other:?}").into()),
-        }
-    }
-
-    async fn send(&mut self, message: &DiagMessage) -> TestResult {
-        self.ws
-            .send(WsMessage::Text(encode_diag(message)?.into()))
-            .await?;
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> TestResult<DiagMessage> {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .map_err(|_| "nothing from the server")?;
-            match message {
-                Some(Ok(WsMessage::Text(t))) => return Ok(decode_diag(t.as_bytes())?),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                other => return Err(format!("connection ended: {other:?}").into()),
-            }
-        }
-    }
-
-    async fn command(&mut self) -> TestResult<CommandRequest> {
-        match self.recv().await? {
-            DiagMessage::Command(c) => Ok(c),
-            other => Err(format!("expected a command, got {other:?}").into()),
-        }
-    }
-
-    async fn answer(
-        &mut self,
-        command: Uuid,
-        seq: u32,
-        is_final: bool,
-        response: Value,
-    ) -> TestResult {
-        self.send(&DiagMessage::CommandResponse(CommandResponse {
-            command_id: command,
-            sequence_number: seq,
-            is_final,
-            response,
-        }))
-        .await
-    }
-
-    async fn close(mut self) -> TestResult {
-        self.ws.close(None).await?;
-        Ok(())
-    }
-}
 
 async fn online(server: &TestServer, f: &Fleet) -> TestResult<bool> {
     let (status, body) = server

@@ -436,6 +436,22 @@ impl Driver {
                 reply,
             } => {
                 let gid = GroupId::new(group.to_string());
+                if self.engine.has_group(&gid) && self.cluster.is_some() {
+                    // Other instances may have stored more since the group was loaded here:
+                    // the welcome's `tx_acked` must be the log's head, not this engine's.
+                    for (direction, stream) in [
+                        (Direction::AToB, snapshot.a_to_b),
+                        (Direction::BToA, snapshot.b_to_a),
+                    ] {
+                        let cursor = Some(stream.consumer_cursor);
+                        if let Err(err) = self
+                            .engine
+                            .handle_remote_progress(&gid, direction, stream.head, cursor, now)
+                        {
+                            tracing::error!(group = %gid, %err, "engine refused the log's progress");
+                        }
+                    }
+                }
                 if !self.engine.has_group(&gid) {
                     if let Some(&activated) = self.hints.get(&group) {
                         snapshot.activated = activated;

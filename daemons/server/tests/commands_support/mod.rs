@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fake_agent;
+
 use std::time::Duration;
 
 use futures::StreamExt;

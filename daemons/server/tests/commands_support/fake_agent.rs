@@ -1,0 +1,104 @@
+//! The agent's diagnostics role played by a test: a client of the diagnostics channel on a real
+//! `/ws/data` WebSocket.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use relay_core::protocol::diag::{
+    CommandRequest, CommandResponse, DiagHello, DiagMessage, DiagWelcome, decode_diag,
+    encode_diag,
+};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+use crate::server_support::{TestResult, TestServer};
+
+/// The agent's diagnostics role, played by the test.
+pub struct FakeAgent {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl FakeAgent {
+    pub async fn connect(
+        server: &TestServer,
+        token: &str,
+        dongles: &[&str],
+    ) -> TestResult<(FakeAgent, DiagWelcome)> {
+        let url = format!("{}/ws/data", server.base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut agent = FakeAgent { ws };
+        let dongles = dongles
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<Vec<Uuid>, _>>()?;
+        agent
+            .send(&DiagMessage::DiagHello(DiagHello {
+                version: 1,
+                dongles,
+            }))
+            .await?;
+        match agent.recv().await? {
+            DiagMessage::DiagWelcome(w) => Ok((agent, w)),
+            other => Err(format!("expected diag_welcome, got {other:?}").into()),
+        }
+    }
+
+    pub async fn send(&mut self, message: &DiagMessage) -> TestResult {
+        self.ws
+            .send(WsMessage::Text(encode_diag(message)?.into()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> TestResult<DiagMessage> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .map_err(|_| "nothing from the server")?;
+            match message {
+                Some(Ok(WsMessage::Text(t))) => return Ok(decode_diag(t.as_bytes())?),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                other => return Err(format!("connection ended: {other:?}").into()),
+            }
+        }
+    }
+
+    pub async fn command(&mut self) -> TestResult<CommandRequest> {
+        match self.recv().await? {
+            DiagMessage::Command(c) => Ok(c),
+            other => Err(format!("expected a command, got {other:?}").into()),
+        }
+    }
+
+    pub async fn answer(
+        &mut self,
+        command: Uuid,
+        seq: u32,
+        is_final: bool,
+        response: Value,
+    ) -> TestResult {
+        self.send(&DiagMessage::CommandResponse(CommandResponse {
+            command_id: command,
+            sequence_number: seq,
+            is_final,
+            response,
+        }))
+        .await
+    }
+
+    pub async fn close(mut self) -> TestResult {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+}
+
