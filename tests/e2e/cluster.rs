@@ -1,4 +1,5 @@
-//! Several `tether server` processes on one Redis and one records store (`docs/cluster.md`):
+//! Several `tether server` processes on one Redis and one records store — a fresh PostgreSQL
+//! database (one test uses a shared SQLite data directory instead) — (`docs/cluster.md`):
 //! the two sides of a group on different instances relay both ways in order; `kill -9` of an
 //! instance mid-stream and its side failing over to another instance loses and duplicates
 //! nothing, with the group's mode and backlog right on every instance; a stalled instance whose
@@ -36,13 +37,58 @@ const SCENARIO: Duration = Duration::from_secs(90);
 const BATCH: u64 = 50;
 const WINDOW: u64 = 1000;
 
-/// N instances sharing one data directory (the records) and `redis`.
-async fn cluster(ws: &Workspace, n: usize, redis: &str) -> TestResult<Vec<ServerProc>> {
+/// PostgreSQL of these machines (trust auth): its maintenance database.
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh PostgreSQL database for the records, dropped at the end.
+struct FreshDatabase {
+    name: String,
+    url: String,
+}
+
+impl FreshDatabase {
+    fn create() -> TestResult<FreshDatabase> {
+        let name = format!("tether_cluster_{}", uuid::Uuid::new_v4().simple());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Ok(FreshDatabase { name, url })
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn psql(sql: &str) -> TestResult {
+    let out = Command::new("psql").args([PG_ADMIN, "-qc", sql]).output()?;
+    if !out.status.success() {
+        return Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// N instances sharing `redis` and the records: the PostgreSQL database `db`, or else one
+/// SQLite data directory.
+async fn cluster(
+    ws: &Workspace,
+    n: usize,
+    redis: &str,
+    db: Option<&FreshDatabase>,
+) -> TestResult<Vec<ServerProc>> {
     let data = ws.path("records");
     let mut servers = Vec::new();
     for i in 1..=n {
+        let extra_config = db
+            .map(|db| format!("database_url: \"{}\"\n", db.url))
+            .unwrap_or_default();
         let options = ServerOptions {
             redis_url: Some(redis.to_owned()),
+            extra_config,
             ..ServerOptions::default()
         };
         servers.push(ServerProc::start_named(ws, &format!("instance-{i}"), &data, options).await?);
@@ -58,9 +104,32 @@ struct Setup {
     token_b: String,
 }
 
-async fn setup(server: &ServerProc, user: &str) -> TestResult<Setup> {
+async fn setup(server: &ServerProc, user: &str, db: Option<&FreshDatabase>) -> TestResult<Setup> {
     let api = server.api();
-    let user_token = server.user_token(user)?;
+    let user_token = match db {
+        None => server.user_token(user)?,
+        // The operator's CLI, against the database.
+        Some(db) => {
+            let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+                .args([
+                    "server",
+                    "token",
+                    "create",
+                    "--user",
+                    user,
+                    "--database-url",
+                    &db.url,
+                ])
+                .env_remove("REDIS_URL")
+                .output()?;
+            if !out.status.success() {
+                return Err(
+                    format!("token create: {}", String::from_utf8_lossy(&out.stderr)).into(),
+                );
+            }
+            String::from_utf8(out.stdout)?.trim().to_owned()
+        }
+    };
     let (_, token_a) = api.create_agent(&user_token, &format!("{user}-a")).await?;
     let (_, token_b) = api.create_agent(&user_token, &format!("{user}-b")).await?;
     let a = api.announce_dongle(&token_a, &format!("{user}-A")).await?;
@@ -307,10 +376,11 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
     let redis = redis_url();
     require_redis(&redis).await?;
     let ws = Workspace::new()?;
-    let mut servers = cluster(&ws, 3, &redis).await?;
+    let db = FreshDatabase::create()?;
+    let mut servers = cluster(&ws, 3, &redis, Some(&db)).await?;
     let outcome = async {
         let base = |i: usize| servers[i].base.clone();
-        let setup = setup(&servers[0], "kim").await?;
+        let setup = setup(&servers[0], "kim", Some(&db)).await?;
         // A on instance 1 (then 3, as an agent with `server_url: [s1, s3]`), B on instance 2.
         let mut a = Peer::open(
             "A",
@@ -451,9 +521,10 @@ async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
     require_redis(&redis_url()).await?;
     let ws = Workspace::new()?;
     let mut redis = OwnRedis::start(&ws.path("redis")).await?;
-    let servers = cluster(&ws, 2, &redis.url()).await?;
+    // Records in one SQLite data directory here (the other tests use PostgreSQL).
+    let servers = cluster(&ws, 2, &redis.url(), None).await?;
     let outcome = async {
-        let setup = setup(&servers[0], "ray").await?;
+        let setup = setup(&servers[0], "ray", None).await?;
         let mut a = Peer::open(
             "A",
             Side::A,
@@ -509,9 +580,10 @@ async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
     let redis = redis_url();
     require_redis(&redis).await?;
     let ws = Workspace::new()?;
-    let servers = cluster(&ws, 3, &redis).await?;
+    let db = FreshDatabase::create()?;
+    let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
     let outcome = async {
-        let setup = setup(&servers[0], "sal").await?;
+        let setup = setup(&servers[0], "sal", Some(&db)).await?;
         let mut a = Peer::open(
             "A",
             Side::A,
@@ -617,9 +689,10 @@ async fn a_console_resumes_on_another_instance() -> TestResult {
     let redis = redis_url();
     require_redis(&redis).await?;
     let ws = Workspace::new()?;
-    let servers = cluster(&ws, 3, &redis).await?;
+    let db = FreshDatabase::create()?;
+    let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
     let outcome = async {
-        let setup = setup(&servers[0], "cho").await?;
+        let setup = setup(&servers[0], "cho", Some(&db)).await?;
         let mut a = Peer::open(
             "A",
             Side::A,

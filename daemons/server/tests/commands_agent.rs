@@ -12,17 +12,14 @@ use commands_support::fake_agent::FakeAgent;
 use commands_support::{Fleet, ended, fleet, stream, submit};
 use futures::{SinkExt, StreamExt};
 use relay_core::protocol::diag::{
-    AgentCommandStatus, CommandFailed, CommandRequest, CommandResponse, CommandStatusUpdate,
-    DiagHello, DiagMessage, DiagWelcome, decode_diag, encode_diag,
+    AgentCommandStatus, CommandFailed, CommandStatusUpdate, DiagMessage,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer, text};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 async fn online(server: &TestServer, f: &Fleet) -> TestResult<bool> {

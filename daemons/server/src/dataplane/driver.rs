@@ -444,10 +444,13 @@ impl Driver {
                         (Direction::BToA, snapshot.b_to_a),
                     ] {
                         let cursor = Some(stream.consumer_cursor);
-                        if let Err(err) = self
-                            .engine
-                            .handle_remote_progress(&gid, direction, stream.head, cursor, now)
-                        {
+                        if let Err(err) = self.engine.handle_remote_progress(
+                            &gid,
+                            direction,
+                            stream.head,
+                            cursor,
+                            now,
+                        ) {
                             tracing::error!(group = %gid, %err, "engine refused the log's progress");
                         }
                     }

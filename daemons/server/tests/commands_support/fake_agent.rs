@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use relay_core::protocol::diag::{
-    CommandRequest, CommandResponse, DiagHello, DiagMessage, DiagWelcome, decode_diag,
-    encode_diag,
+    CommandRequest, CommandResponse, DiagHello, DiagMessage, DiagWelcome, decode_diag, encode_diag,
 };
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -101,4 +100,3 @@ impl FakeAgent {
         Ok(())
     }
 }
-
