@@ -143,6 +143,15 @@ async fn setup(server: &ServerProc, user: &str, db: Option<&FreshDatabase>) -> T
     })
 }
 
+impl Setup {
+    /// Side A connected through `urls_a` (in order), side B through `urls_b`.
+    async fn peers(&self, urls_a: Vec<String>, urls_b: Vec<String>) -> TestResult<(Peer, Peer)> {
+        let a = Peer::open("A", Side::A, &self.token_a, &self.group, urls_a).await?;
+        let b = Peer::open("B", Side::B, &self.token_b, &self.group, urls_b).await?;
+        Ok((a, b))
+    }
+}
+
 /// One side of the group, with the agent's delivery semantics.
 struct Peer {
     name: &'static str,
@@ -382,15 +391,7 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
         let base = |i: usize| servers[i].base.clone();
         let setup = setup(&servers[0], "kim", Some(&db)).await?;
         // A on instance 1 (then 3, as an agent with `server_url: [s1, s3]`), B on instance 2.
-        let mut a = Peer::open(
-            "A",
-            Side::A,
-            &setup.token_a,
-            &setup.group,
-            vec![base(0), base(2)],
-        )
-        .await?;
-        let mut b = Peer::open("B", Side::B, &setup.token_b, &setup.group, vec![base(1)]).await?;
+        let (mut a, mut b) = setup.peers(vec![base(0), base(2)], vec![base(1)]).await?;
         for server in &servers {
             wait_group(
                 &server.api(),
@@ -525,22 +526,12 @@ async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
     let servers = cluster(&ws, 2, &redis.url(), None).await?;
     let outcome = async {
         let setup = setup(&servers[0], "ray", None).await?;
-        let mut a = Peer::open(
-            "A",
-            Side::A,
-            &setup.token_a,
-            &setup.group,
-            vec![servers[0].base.clone(), servers[1].base.clone()],
-        )
-        .await?;
-        let mut b = Peer::open(
-            "B",
-            Side::B,
-            &setup.token_b,
-            &setup.group,
-            vec![servers[1].base.clone(), servers[0].base.clone()],
-        )
-        .await?;
+        let (mut a, mut b) = setup
+            .peers(
+                vec![servers[0].base.clone(), servers[1].base.clone()],
+                vec![servers[1].base.clone(), servers[0].base.clone()],
+            )
+            .await?;
         let last = 5000;
         run(&mut [&mut a, &mut b], last, |p| {
             p[0].covered() >= last / 3 && p[1].covered() >= last / 3
@@ -584,22 +575,12 @@ async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
     let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
     let outcome = async {
         let setup = setup(&servers[0], "sal", Some(&db)).await?;
-        let mut a = Peer::open(
-            "A",
-            Side::A,
-            &setup.token_a,
-            &setup.group,
-            vec![servers[0].base.clone(), servers[2].base.clone()],
-        )
-        .await?;
-        let mut b = Peer::open(
-            "B",
-            Side::B,
-            &setup.token_b,
-            &setup.group,
-            vec![servers[1].base.clone()],
-        )
-        .await?;
+        let (mut a, mut b) = setup
+            .peers(
+                vec![servers[0].base.clone(), servers[2].base.clone()],
+                vec![servers[1].base.clone()],
+            )
+            .await?;
         let last = 4000;
         run(&mut [&mut a, &mut b], last, |p| {
             p[0].acked >= 1000 && p[1].covered() >= 1000
@@ -693,22 +674,9 @@ async fn a_console_resumes_on_another_instance() -> TestResult {
     let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
     let outcome = async {
         let setup = setup(&servers[0], "cho", Some(&db)).await?;
-        let mut a = Peer::open(
-            "A",
-            Side::A,
-            &setup.token_a,
-            &setup.group,
-            vec![servers[0].base.clone()],
-        )
-        .await?;
-        let mut b = Peer::open(
-            "B",
-            Side::B,
-            &setup.token_b,
-            &setup.group,
-            vec![servers[1].base.clone()],
-        )
-        .await?;
+        let (mut a, mut b) = setup
+            .peers(vec![servers[0].base.clone()], vec![servers[1].base.clone()])
+            .await?;
         let last = 300;
         run(&mut [&mut a, &mut b], last, |p| {
             p[0].done(last) && p[1].done(last)
