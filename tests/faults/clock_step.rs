@@ -73,7 +73,7 @@ async fn a_clock_stepped_back_mid_relay_loses_and_reorders_nothing() -> TestResu
             .lock()
             .map_err(|_| "poisoned")?
             .iter()
-            .map(|e| e.id.clone())
+            .map(|e| e.last_event_id.clone())
             .filter(|id| !id.is_empty())
             .collect();
         assert!(ids.len() > 2, "too few console events: {ids:?}");

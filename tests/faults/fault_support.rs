@@ -17,7 +17,7 @@ use crate::support::{
 };
 
 /// Both dongles replaying their half of the capture (speed 8) and recording what they get.
-pub struct TwoWay {
+pub(crate) struct TwoWay {
     dongle_a: DongleProc,
     dongle_b: DongleProc,
     want_at_a: Vec<String>,
@@ -28,7 +28,11 @@ pub struct TwoWay {
 
 impl TwoWay {
     /// Starts the dongles and waits until frames flow both ways (the fault comes mid-stream).
-    pub async fn start(ws: &Workspace, server: &ServerProc, pair: &Pair) -> TestResult<TwoWay> {
+    pub(crate) async fn start(
+        ws: &Workspace,
+        server: &ServerProc,
+        pair: &Pair,
+    ) -> TestResult<TwoWay> {
         let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
         let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
         let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
@@ -61,12 +65,12 @@ impl TwoWay {
     }
 
     /// Frames B has received so far (to show the fault came before the end).
-    pub fn received_at_b(&self) -> usize {
+    pub(crate) fn received_at_b(&self) -> usize {
         candump_frames(&self.b_rx).len()
     }
 
     /// Both directions complete, exactly once and in order; the group drains to no backlog.
-    pub async fn check(&self, what: &str, server: &ServerProc, pair: &Pair) -> TestResult {
+    pub(crate) async fn check(&self, what: &str, server: &ServerProc, pair: &Pair) -> TestResult {
         check_relayed(
             &format!("A → B {what}"),
             &self.want_at_b,
@@ -88,12 +92,12 @@ impl TwoWay {
     }
 
     /// Total frames the capture sends A → B.
-    pub fn total_to_b(&self) -> usize {
+    pub(crate) fn total_to_b(&self) -> usize {
         self.want_at_b.len()
     }
 
     /// Stops both dongles.
-    pub async fn stop(mut self) -> TestResult {
+    pub(crate) async fn stop(mut self) -> TestResult {
         self.dongle_a.stop().await?;
         self.dongle_b.stop().await?;
         Ok(())
@@ -102,14 +106,14 @@ impl TwoWay {
 
 /// A private `redis-server` on a free port with an append-only file fsynced at every write, so
 /// that what it acknowledged survives a SIGKILL.
-pub struct OwnRedis {
-    pub port: u16,
+pub(crate) struct OwnRedis {
+    pub(crate) port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl OwnRedis {
-    pub async fn start(ws: &Workspace) -> TestResult<OwnRedis> {
+    pub(crate) async fn start(ws: &Workspace) -> TestResult<OwnRedis> {
         let dir = ws.path("redis");
         std::fs::create_dir_all(&dir)?;
         let mut redis = OwnRedis {
@@ -121,7 +125,7 @@ impl OwnRedis {
         Ok(redis)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -154,7 +158,7 @@ impl OwnRedis {
     }
 
     /// SIGKILL, and wait until it is gone.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -162,7 +166,7 @@ impl OwnRedis {
     }
 
     /// Starts it again on the same port and files.
-    pub async fn restart(&mut self) -> TestResult {
+    pub(crate) async fn restart(&mut self) -> TestResult {
         self.spawn().await
     }
 }
@@ -174,22 +178,22 @@ impl Drop for OwnRedis {
 }
 
 /// Delay of every chunk through the [`LossyProxy`].
-pub const LINK_DELAY: Duration = Duration::from_millis(200);
+pub(crate) const LINK_DELAY: Duration = Duration::from_millis(200);
 /// Share of chunks held back for a retransmission time.
-pub const LINK_LOSS: f64 = 0.10;
+pub(crate) const LINK_LOSS: f64 = 0.10;
 /// Extra delay of a "lost" chunk: TCP's shortest retransmission timeout (200 ms) plus one more
 /// trip, as a lost segment reaches the application.
-pub const LINK_RETRANSMIT: Duration = Duration::from_millis(400);
+pub(crate) const LINK_RETRANSMIT: Duration = Duration::from_millis(400);
 
 /// A TCP proxy in front of `upstream` that delays every chunk in each direction by
 /// [`LINK_DELAY`] and holds back [`LINK_LOSS`] of them another [`LINK_RETRANSMIT`], keeping
 /// the byte order (TCP's view of a lossy, slow link). Runs until the test ends.
-pub struct LossyProxy {
+pub(crate) struct LossyProxy {
     pub addr: SocketAddr,
 }
 
 impl LossyProxy {
-    pub async fn start(upstream: SocketAddr) -> TestResult<LossyProxy> {
+    pub(crate) async fn start(upstream: SocketAddr) -> TestResult<LossyProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -209,7 +213,7 @@ impl LossyProxy {
         Ok(LossyProxy { addr })
     }
 
-    pub fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://{}", self.addr)
     }
 }

@@ -20,7 +20,6 @@
 //! and the capture's length at speed 8 (about 10 s of traffic).
 
 #[path = "../e2e/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 mod clock_step;
