@@ -29,6 +29,11 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
     let group = console_support::group(&server, &token, &a, &b).await?;
     let mut on_group = console_support::subscribe_group(&server, &token, &group).await?;
     let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
+    // A fresh subscriber learns the group's state first, without an ID.
+    let current = on_group.next().await?;
+    assert_eq!(current.event_type, "group_state");
+    assert_eq!(current.last_event_id, "");
+    assert_eq!(json(&current)?["mode"], "inactive");
 
     let state = server.server.state();
     state.set_dongle_online(uuid(&a)?, true).await?;
@@ -388,6 +393,10 @@ async fn the_multiplexed_stream_carries_both_scopes_and_resumes_exactly() -> Tes
     let console = server.server.state().console();
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
     let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    // The group's current state comes first, without an ID.
+    let current = events.next().await?;
+    assert_eq!(current.event_type, "group_state");
+    assert_eq!(current.last_event_id, "");
     let log = |scope, text: &str| {
         console.log(
             scope,
