@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command. Installs what is missing, starts Redis when none answers, then runs:
-# rustfmt, clippy, the workspace tests (with REDIS_URL set), the Python tests (interop, and the
+# rustfmt, clippy, the workspace tests (with REDIS_URL set), the fault-injection suite
+# (tests/faults), the Python tests (interop, and the
 # `tether` module built from bindings/ with maturin) and a short
 # smoke run of every fuzz target. Ends with one line `N passed, N failed` over all suites.
 #

@@ -6,6 +6,8 @@
 //!
 //! - [`redis_restart`]: the server's own Redis (a private `redis-server` on a free port, AOF on,
 //!   never the shared 6379 one) killed with SIGKILL mid-relay and started again on its files.
+//! - [`metering_redis`]: the same kind of Redis killed while a metering agent drains usage
+//!   records from it to a control-plane double: every record arrives.
 //! - [`disk_full`]: the server's data directory on an 16 MiB tmpfs (the server runs in
 //!   `unshare -rm`, its own mount namespace) filled up mid-relay: the server refuses frames
 //!   with an error (counted in `tether_server_relay_storage_errors_total`) and takes them again
@@ -22,8 +24,12 @@
 #[path = "../e2e/support/mod.rs"]
 mod support;
 
+#[path = "../../daemons/tether/tests/metering_support/mod.rs"]
+mod metering_support;
+
 mod clock_step;
 mod disk_full;
 mod fault_support;
 mod lossy_link;
+mod metering_redis;
 mod redis_restart;
