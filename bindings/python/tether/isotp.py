@@ -23,7 +23,7 @@ import can
 
 from tether._tether import IsoTpEndpoint, IsoTpTransferError
 
-__all__ = ["FrameMachine", "IsoTpSocket", "IsoTpTransferError", "drive"]
+__all__ = ["FrameMachine", "IsoTpSocket", "IsoTpTransferError", "drive", "transmit"]
 
 
 class FrameMachine(Protocol):
