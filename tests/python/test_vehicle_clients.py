@@ -270,6 +270,15 @@ def test_telemetry_records_of_frames_a_python_can_dongle_sent(car: dict[str, Any
         window = c.telemetry_records(agent_id, from_ts_ms=records[0].ts_ms, to_ts_ms=records[0].ts_ms + 1)
         assert all(r.ts_ms == records[0].ts_ms for r in window.items) and window.items
 
+        # The SSE stream from a seq on (resumed with Last-Event-ID, parsed by the Rust parser).
+        stream = c.telemetry_stream(agent_id, after_seq=records[19].seq)
+        got = []
+        for event in stream:
+            got.append((event.event, int(event.id), event.json()["seq"]))
+            if len(got) == 5:
+                stream.close()
+        assert got == [("record", r.seq, r.seq) for r in records[20:25]]
+
     async def async_count() -> int:
         async with AsyncClient(base, token) as ac:
             return len([r async for r in ac.iter_telemetry_records(agent_id, limit=7)])

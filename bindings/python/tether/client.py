@@ -512,6 +512,15 @@ class _Base:
         url = _console_url(self.url, group, dongle, groups, dongles)
         return ConsoleSubscriber(url, self.token, last_event_id=last_event_id, **options)
 
+    def telemetry_stream(self, vehicle_id: str, *, after_seq: Optional[int] = None, **options: Any) -> ConsoleSubscriber:
+        """A vehicle's telemetry as it is stored (``/api/v1/telemetry/vehicles/{id}/stream``):
+        ``record`` events (``id`` is the seq, ``json()`` is ``{"seq", "ts_ms", "record"}``),
+        the stored ones after ``after_seq`` first (without it, only new ones). Reconnects resume
+        with ``Last-Event-ID`` as the console does; iterate with ``for`` or ``async for``."""
+        url = f"{self.url}/api/v1/telemetry/vehicles/{quote(vehicle_id, safe='')}/stream"
+        last = None if after_seq is None else str(after_seq)
+        return ConsoleSubscriber(url, self.token, last_event_id=last, **options)
+
 
 class Client(_Base):
     """A synchronous client of `tether server`: ``Client("http://127.0.0.1:8080", token)``.
