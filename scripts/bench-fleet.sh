@@ -47,6 +47,8 @@ run_fleet() {
   local config="$data/server.yaml"
   : >"$config"
   [ -n "$budget" ] && printf 'console:\n  history_budget_bytes: %s\n' "$budget" >"$config"
+  # One user token sets up every group and one agent holds each side: REST rate limit off.
+  printf 'limits:\n  rest_requests_per_s: 0\n  ws_data_connections_per_agent: 0\n' >>"$config"
   local token
   token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" server --listen 127.0.0.1:0 --data-dir "$data" \
