@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -123,6 +123,55 @@ pub enum ResponseOutcome {
     UnknownCommand,
 }
 
+/// One change of [`Store::write_commands`]: the same change as the one-at-a-time method it
+/// names.
+#[derive(Debug, Clone)]
+pub enum CommandWrite {
+    /// [`Store::insert_command`].
+    Insert(CommandRecord),
+    /// [`Store::start_command`].
+    Start(Uuid),
+    /// [`Store::add_response`]; with `start`, first [`Store::start_command`] (a response that
+    /// also starts its command, in one change).
+    Response {
+        /// The command.
+        command_id: Uuid,
+        /// Start the command first.
+        start: bool,
+        /// 1, 2, …
+        sequence_number: u32,
+        /// Whether it is the last.
+        is_final: bool,
+        /// The response JSON.
+        payload: Value,
+        /// When it was received.
+        at: DateTime<Utc>,
+    },
+    /// [`Store::fail_command`].
+    Fail {
+        /// The command.
+        command_id: Uuid,
+        /// Why.
+        error: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// What one [`CommandWrite`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandWritten {
+    /// The command was stored.
+    Inserted,
+    /// Whether the command moved `pending → in_progress`.
+    Started(bool),
+    /// Whether the command was started by this change (with `start`), and what became of the
+    /// response.
+    Response(bool, ResponseOutcome),
+    /// Whether the command moved to `failed`.
+    Failed(bool),
+}
+
 const COMMAND_COLUMNS: &str = "id, user_id, vehicle_id, command_name, command_params, status, \
                                error_message, submitted_at, completed_at, deadline_at";
 
@@ -172,44 +221,161 @@ fn response_row(row: &Row<'_>) -> rusqlite::Result<ResponseRecord> {
 const RESPONSE_COLUMNS: &str =
     "id, command_id, sequence_number, is_final, response_payload, received_at";
 
+const RESPONSE_ACTION: &str = "storing a response";
+
+fn insert_command_on(conn: &Connection, command: &CommandRecord) -> Result<(), ServerError> {
+    conn.prepare_cached(
+        "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
+             status, error_message, submitted_at, completed_at, deadline_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            command.command_id.to_string(),
+            command.user_id.to_string(),
+            command.vehicle_id.to_string(),
+            command.command_name,
+            command.command_params.to_string(),
+            command.status.as_str(),
+            command.error_message,
+            to_millis(command.submitted_at),
+            command.completed_at.map(to_millis),
+            to_millis(command.deadline_at),
+        ])
+    })
+    .map(drop)
+    .map_err(ServerError::db("storing a command"))
+}
+
+fn start_command_on(conn: &Connection, command_id: Uuid) -> Result<bool, ServerError> {
+    conn.prepare_cached(
+        "UPDATE commands SET status = 'in_progress' WHERE id = ?1 AND status = 'pending'",
+    )
+    .and_then(|mut stmt| stmt.execute(params![command_id.to_string()]))
+    .map(|n| n == 1)
+    .map_err(ServerError::db("starting a command"))
+}
+
+fn fail_command_on(
+    conn: &Connection,
+    command_id: Uuid,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, ServerError> {
+    conn.prepare_cached(
+        "UPDATE commands SET status = 'failed', error_message = ?2, completed_at = ?3
+         WHERE id = ?1 AND status IN ('pending', 'in_progress')",
+    )
+    .and_then(|mut stmt| stmt.execute(params![command_id.to_string(), error, to_millis(now)]))
+    .map(|n| n == 1)
+    .map_err(ServerError::db("failing a command"))
+}
+
+/// The statements of [`Store::add_response`], inside the caller's transaction (which the
+/// caller commits only for [`ResponseOutcome::Stored`]).
+fn add_response_on(
+    conn: &Connection,
+    command_id: Uuid,
+    sequence_number: u32,
+    is_final: bool,
+    payload: &Value,
+    now: DateTime<Utc>,
+) -> Result<ResponseOutcome, ServerError> {
+    let id = command_id.to_string();
+    let status = conn
+        .prepare_cached("SELECT status FROM commands WHERE id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id], |row| status_at(row, 0))
+                .optional()
+        })
+        .map_err(ServerError::db(RESPONSE_ACTION))?;
+    match status {
+        None => return Ok(ResponseOutcome::UnknownCommand),
+        Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
+        Some(_) => {}
+    }
+    let record = ResponseRecord {
+        response_id: Uuid::new_v4(),
+        command_id,
+        sequence_number,
+        is_final,
+        response_payload: payload.clone(),
+        received_at: now,
+    };
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO command_responses
+                 (id, command_id, sequence_number, is_final, response_payload, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                record.response_id.to_string(),
+                id,
+                sequence_number,
+                is_final,
+                payload.to_string(),
+                to_millis(now)
+            ])
+        })
+        .map_err(ServerError::db(RESPONSE_ACTION))?;
+    if inserted == 0 {
+        return Ok(ResponseOutcome::Duplicate);
+    }
+    let status = if is_final { "completed" } else { "in_progress" };
+    conn.prepare_cached(
+        "UPDATE commands SET status = ?2,
+             completed_at = CASE WHEN ?2 = 'completed' THEN ?3 ELSE completed_at END
+         WHERE id = ?1",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, status, to_millis(now)]))
+    .map_err(ServerError::db(RESPONSE_ACTION))?;
+    Ok(ResponseOutcome::Stored(record))
+}
+
+fn apply_command_write(
+    conn: &Connection,
+    write: &CommandWrite,
+) -> Result<CommandWritten, ServerError> {
+    Ok(match write {
+        CommandWrite::Insert(command) => {
+            insert_command_on(conn, command)?;
+            CommandWritten::Inserted
+        }
+        CommandWrite::Start(id) => CommandWritten::Started(start_command_on(conn, *id)?),
+        CommandWrite::Response {
+            command_id,
+            start,
+            sequence_number,
+            is_final,
+            payload,
+            at,
+        } => {
+            let started = *start && start_command_on(conn, *command_id)?;
+            let outcome =
+                add_response_on(conn, *command_id, *sequence_number, *is_final, payload, *at)?;
+            // Not stored: the savepoint rolls the start back too.
+            let started = started && matches!(outcome, ResponseOutcome::Stored(_));
+            CommandWritten::Response(started, outcome)
+        }
+        CommandWrite::Fail {
+            command_id,
+            error,
+            at,
+        } => CommandWritten::Failed(fail_command_on(conn, *command_id, error, *at)?),
+    })
+}
+
 impl Store {
     /// Stores a new command (status `pending`).
     pub fn insert_command(&self, command: &CommandRecord) -> Result<(), ServerError> {
-        const ACTION: &str = "storing a command";
-        self.lock()
-            .prepare_cached(
-                "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
-                     status, error_message, submitted_at, completed_at, deadline_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    command.command_id.to_string(),
-                    command.user_id.to_string(),
-                    command.vehicle_id.to_string(),
-                    command.command_name,
-                    command.command_params.to_string(),
-                    command.status.as_str(),
-                    command.error_message,
-                    to_millis(command.submitted_at),
-                    command.completed_at.map(to_millis),
-                    to_millis(command.deadline_at),
-                ])
-            })
-            .map(drop)
-            .map_err(ServerError::db(ACTION))
+        insert_command_on(&self.lock(), command)
     }
 
     /// `pending → in_progress`. `false` when the command is not pending (already started or
     /// ended).
     pub fn start_command(&self, command_id: Uuid) -> Result<bool, ServerError> {
-        self.lock()
-            .prepare_cached(
-                "UPDATE commands SET status = 'in_progress' WHERE id = ?1 AND status = 'pending'",
-            )
-            .and_then(|mut stmt| stmt.execute(params![command_id.to_string()]))
-            .map(|n| n == 1)
-            .map_err(ServerError::db("starting a command"))
+        start_command_on(&self.lock(), command_id)
     }
 
     /// Ends a command as `failed` with `error`. `false` when it had already ended.
@@ -219,16 +385,7 @@ impl Store {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
-        self.lock()
-            .prepare_cached(
-                "UPDATE commands SET status = 'failed', error_message = ?2, completed_at = ?3
-                 WHERE id = ?1 AND status IN ('pending', 'in_progress')",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![command_id.to_string(), error, to_millis(now)])
-            })
-            .map(|n| n == 1)
-            .map_err(ServerError::db("failing a command"))
+        fail_command_on(&self.lock(), command_id, error, now)
     }
 
     /// Stores a response of a running command and, when it is final, completes the command,
@@ -241,61 +398,50 @@ impl Store {
         payload: &Value,
         now: DateTime<Utc>,
     ) -> Result<ResponseOutcome, ServerError> {
-        const ACTION: &str = "storing a response";
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db(ACTION))?;
-        let status = tx
-            .prepare_cached("SELECT status FROM commands WHERE id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![command_id.to_string()], |row| status_at(row, 0))
-                    .optional()
-            })
-            .map_err(ServerError::db(ACTION))?;
-        match status {
-            None => return Ok(ResponseOutcome::UnknownCommand),
-            Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
-            Some(_) => {}
+            .map_err(ServerError::db(RESPONSE_ACTION))?;
+        let outcome = add_response_on(&tx, command_id, sequence_number, is_final, payload, now)?;
+        if matches!(outcome, ResponseOutcome::Stored(_)) {
+            tx.commit().map_err(ServerError::db(RESPONSE_ACTION))?;
         }
-        let record = ResponseRecord {
-            response_id: Uuid::new_v4(),
-            command_id,
-            sequence_number,
-            is_final,
-            response_payload: payload.clone(),
-            received_at: now,
-        };
-        let inserted = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO command_responses
-                     (id, command_id, sequence_number, is_final, response_payload, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    record.response_id.to_string(),
-                    command_id.to_string(),
-                    sequence_number,
-                    is_final,
-                    payload.to_string(),
-                    to_millis(now)
-                ])
-            })
+        Ok(outcome)
+    }
+
+    /// Applies `writes` in order in one transaction (a group commit of the commands
+    /// service): each as its one-at-a-time method would, inside a savepoint, so one that
+    /// fails leaves no trace and does not fail the others. The outer `Err` is a failed
+    /// transaction (nothing of the batch was stored); otherwise one result per write, all
+    /// committed.
+    pub fn write_commands(
+        &self,
+        writes: &[CommandWrite],
+    ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
+        const ACTION: &str = "storing command changes";
+        let mut conn = self.lock();
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(ServerError::db(ACTION))?;
-        if inserted == 0 {
-            return Ok(ResponseOutcome::Duplicate);
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            let savepoint = tx.savepoint().map_err(ServerError::db(ACTION))?;
+            let result = apply_command_write(&savepoint, write);
+            // A write that stored nothing (or failed) is rolled back with its savepoint.
+            let keep = matches!(
+                &result,
+                Ok(CommandWritten::Inserted
+                    | CommandWritten::Started(_)
+                    | CommandWritten::Failed(_)
+                    | CommandWritten::Response(_, ResponseOutcome::Stored(_)))
+            );
+            if keep {
+                savepoint.commit().map_err(ServerError::db(ACTION))?;
+            }
+            results.push(result);
         }
-        let status = if is_final { "completed" } else { "in_progress" };
-        tx.prepare_cached(
-            "UPDATE commands SET status = ?2,
-                 completed_at = CASE WHEN ?2 = 'completed' THEN ?3 ELSE completed_at END
-             WHERE id = ?1",
-        )
-        .and_then(|mut stmt| stmt.execute(params![command_id.to_string(), status, to_millis(now)]))
-        .map_err(ServerError::db(ACTION))?;
         tx.commit().map_err(ServerError::db(ACTION))?;
-        Ok(ResponseOutcome::Stored(record))
+        Ok(results)
     }
 
     /// One of the user's commands; `None` if it is not theirs or unknown.

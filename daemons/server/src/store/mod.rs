@@ -30,7 +30,10 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, Row};
 use uuid::Uuid;
 
-pub use commands::{CommandQuery, CommandRecord, CommandStatus, ResponseOutcome, ResponseRecord};
+pub use commands::{
+    CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten, ResponseOutcome,
+    ResponseRecord,
+};
 pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,
