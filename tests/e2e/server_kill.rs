@@ -10,8 +10,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    DongleProc, Pair, ServerOptions, ServerProc, TestResult, Workspace, candump_frames,
-    check_relayed, metric_sum, redis_url, require_redis, wait_frames,
+    Pair, ServerOptions, ServerProc, TestResult, Workspace, candump_frames, metric_sum, redis_url,
+    require_redis,
 };
 
 async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
@@ -19,39 +19,19 @@ async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
     let mut server = ServerProc::start(&ws, options).await?;
     let api = server.api();
     let pair = Pair::start(&ws, &server, user).await?;
-    let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
-    let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
-    let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
-    let want_at_b = candump_frames(&from_a);
-    let want_at_a = candump_frames(&from_b);
-    let mut dongle_a = DongleProc::start(
-        &ws,
-        &pair.a.serial,
-        &pair.a.agent.udp_addr(),
-        Some((&from_a, "8")),
-        Some(&a_rx),
-    )?;
-    let mut dongle_b = DongleProc::start(
-        &ws,
-        &pair.b.serial,
-        &pair.b.agent.udp_addr(),
-        Some((&from_b, "8")),
-        Some(&b_rx),
-    )?;
+    let mut replay = pair.replay_both_ways(&ws)?;
     let outcome = async {
         pair.wait_mode(&api, "active").await?;
         // Mid-stream: some frames through in both directions, most still to come.
-        wait_frames(&b_rx, 300, "B receives A's first frames").await?;
-        wait_frames(&a_rx, 300, "A receives B's first frames").await?;
-        let at_kill = candump_frames(&b_rx).len();
+        replay.running(300).await?;
+        let at_kill = candump_frames(&replay.b_rx).len();
         server.kill9();
         // Down for a moment while the dongles keep sending into the agents' outboxes.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         server.restart().await?;
-        check_relayed("A → B across kill -9", &want_at_b, &pair.a.agent, &b_rx).await?;
-        check_relayed("B → A across kill -9", &want_at_a, &pair.b.agent, &a_rx).await?;
+        replay.check(&pair, "across kill -9").await?;
         assert!(
-            at_kill < want_at_b.len(),
+            at_kill < replay.want_at_b.len(),
             "the kill came after the stream ended"
         );
         // Both agents saw the server go away (check_relayed made sure they dropped nothing
@@ -71,8 +51,7 @@ async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
         TestResult::Ok(())
     }
     .await;
-    dongle_a.stop().await?;
-    dongle_b.stop().await?;
+    replay.stop().await?;
     pair.explain(&ws, outcome).await
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use crate::diagnostics::config::{DiagnosticsRole, DiagnosticsSection};
 use crate::dongle::config::{DongleRole, DongleSection};
+use crate::servers::{ServerUrlSetting, ServerUrls};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -54,9 +55,11 @@ pub struct AgentConfig {
     /// The layout the file was written in (not a key of the file).
     #[serde(skip)]
     pub layout: Layout,
-    /// The Tether server (`http://` or `https://`), used by the dongle role.
-    #[serde(default, deserialize_with = "opt_string_like")]
-    pub server_url: Option<String>,
+    /// The Tether server (`http://` or `https://`), used by the dongle, diagnostics and
+    /// telemetry roles: one URL, a list, or comma-separated URLs — the servers tried in turn
+    /// when a connection is lost ([`crate::servers`]).
+    #[serde(default)]
+    pub server_url: Option<ServerUrlSetting>,
     /// The agent's API token (`POST /api/v1/agents`), used by the dongle role.
     #[serde(default, deserialize_with = "opt_string_like")]
     pub token: Option<String>,
@@ -98,16 +101,17 @@ impl AgentConfig {
         let Some(section) = &self.telemetry else {
             return Ok(None);
         };
-        let remote = self.server_url.as_deref().map(|url| {
-            let ws = if let Some(rest) = url.strip_prefix("https://") {
-                format!("wss://{rest}")
-            } else if let Some(rest) = url.strip_prefix("http://") {
-                format!("ws://{rest}")
-            } else {
-                url.to_owned()
-            };
-            format!("{}/ws/telemetry/upload", ws.trim_end_matches('/'))
-        });
+        let remote = match &self.server_url {
+            Some(s) => Some(
+                ServerUrls::parse(s)?
+                    .as_slice()
+                    .iter()
+                    .map(|u| u.ws("/ws/telemetry/upload"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => None,
+        };
         let defaults = tether_collector::config::SectionDefaults {
             db_path: self.data_dir.as_ref().map(|d| d.join("telemetry.db")),
             remote_endpoint_url: remote,
@@ -121,7 +125,7 @@ impl AgentConfig {
     pub fn diagnostics_role(&self) -> anyhow::Result<Option<DiagnosticsRole>> {
         self.diagnostics
             .as_ref()
-            .map(|d| DiagnosticsRole::resolve(d, self.server_url.as_deref(), self.token.as_deref()))
+            .map(|d| DiagnosticsRole::resolve(d, self.server_url.as_ref(), self.token.as_deref()))
             .transpose()
     }
 
@@ -133,7 +137,7 @@ impl AgentConfig {
             .map(|d| {
                 DongleRole::resolve(
                     d,
-                    self.server_url.as_deref(),
+                    self.server_url.as_ref(),
                     self.token.as_deref(),
                     self.data_dir.as_deref(),
                 )

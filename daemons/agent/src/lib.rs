@@ -16,6 +16,8 @@
 //!   as UDS over ISO-TP on CAN buses, answers streamed back: [`diagnostics::run`] with a
 //!   [`diagnostics::config::DiagnosticsRole`].
 //! * [`dlq`] — the metering role's dead-letter queues as a tool (list, retry, purge).
+//! * [`servers`] — `server_url` as one URL or a list, and the fail-over between them that the
+//!   dongle, diagnostics and telemetry roles use when a connection is lost.
 //! * [`config`] — the agent file: one optional section per role, `${VAR}` and `TETHER_…`
 //!   overrides by `tether-runtime`'s rules, validated before anything starts.
 //!
@@ -59,6 +61,7 @@ pub mod diagnostics;
 pub mod dlq;
 pub mod dongle;
 pub mod metering;
+pub mod servers;
 
 /// Runs every role `config` switches on until `stop` completes, then stops them all (each
 /// flushes what it holds) and returns. A role that fails — at start-up, say — ends the others

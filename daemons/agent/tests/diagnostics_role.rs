@@ -2,7 +2,8 @@
 //! speaking the diagnostics channel) and the ECU simulator as a REMP dongle on UDP: hello and
 //! welcome, commands to one ECU and functional ones, NRCs, timeouts, an unknown dongle, many
 //! commands in parallel, and a reconnect with a fresh `diag_hello` after the server drops the
-//! connection.
+//! connection — to the second server of `server_url` (fail-over), the same double on a second
+//! port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +51,8 @@ ecus:
 
 /// One accepted WebSocket: what the agent sent, and a way to send to it.
 struct Conn {
+    /// The `Host` the agent connected to.
+    host: String,
     hello: Vec<Uuid>,
     from_agent: mpsc::UnboundedReceiver<DiagMessage>,
     to_agent: mpsc::UnboundedSender<Option<DiagMessage>>,
@@ -91,10 +94,14 @@ async fn ws_data(
         headers.get("authorization").unwrap().to_str().unwrap(),
         format!("Bearer {TOKEN}")
     );
-    ws.on_upgrade(move |socket| serve_ws(d, socket))
+    let host = headers
+        .get("host")
+        .map(|h| h.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    ws.on_upgrade(move |socket| serve_ws(d, host, socket))
 }
 
-async fn serve_ws(d: Double, mut socket: WebSocket) {
+async fn serve_ws(d: Double, host: String, mut socket: WebSocket) {
     let Some(Ok(Message::Text(t))) = socket.recv().await else {
         return;
     };
@@ -117,6 +124,7 @@ async fn serve_ws(d: Double, mut socket: WebSocket) {
     let (to_tx, mut to_rx) = mpsc::unbounded_channel::<Option<DiagMessage>>();
     d.conns
         .send(Conn {
+            host,
             hello: hello.dongles.clone(),
             from_agent: from_rx,
             to_agent: to_tx,
@@ -232,13 +240,18 @@ async fn the_role_runs_commands_on_a_remp_bus_and_reconnects() {
         .route("/api/v1/agent/dongles", post(announce))
         .route("/ws/data", get(ws_data))
         .with_state(double.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        servers.push(listener.local_addr().unwrap());
+        let app = app.clone();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let (server, second) = (servers[0], servers[1]);
 
     let bus_addr = free_udp_port();
     let yaml = format!(
-        "server_url: http://{server}\ntoken: {TOKEN}\ndiagnostics:\n  buses:\n    - {{serial: VEH-0001, bus: 'udp://{bus_addr}'}}\n  p2: 0.3\n  p2_star: 3\n  reconnect_min: 0.05\n  reconnect_max: 0.2\n"
+        "server_url: http://{server},http://{second}\ntoken: {TOKEN}\ndiagnostics:\n  buses:\n    - {{serial: VEH-0001, bus: 'udp://{bus_addr}'}}\n  p2: 0.3\n  p2_star: 3\n  reconnect_min: 0.05\n  reconnect_max: 0.2\n"
     );
     let config = tether_agent::config::parse(&yaml, &|_| None, &[]).unwrap();
     let role = config.diagnostics_role().unwrap().unwrap();
@@ -258,6 +271,7 @@ async fn the_role_runs_commands_on_a_remp_bus_and_reconnects() {
         .unwrap();
     let dongle = double.dongles.lock().unwrap()["VEH-0001"];
     assert_eq!(conn.hello, [dongle]);
+    assert_eq!(conn.host, server.to_string());
 
     // The ECUs, as a REMP dongle sending to the agent's bus address.
     let profile: EcuProfile = serde_norway::from_str(PROFILE).unwrap();
@@ -341,13 +355,15 @@ async fn the_role_runs_commands_on_a_remp_bus_and_reconnects() {
         assert_eq!(o.responses.len(), 1);
     }
 
-    // The server drops the connection: the agent comes back with a new diag_hello.
+    // The server drops the connection: the agent comes back with a new diag_hello, at the
+    // next server of its list.
     conn.to_agent.send(None).unwrap();
     let mut conn = tokio::time::timeout(GUARD, conns.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(conn.hello, [dongle]);
+    assert_eq!(conn.host, second.to_string());
     let o = run_one(
         &mut conn,
         command(

@@ -15,10 +15,75 @@ fn minimal_dongle_config() {
     let cfg = parse(MIN, &env, &[]).expect("parses");
     let role = cfg.dongle_role().expect("valid").expect("dongle section");
     assert_eq!(role.token, "secret");
-    assert_eq!(role.ws_url, "ws://127.0.0.1:8080/ws/data");
-    assert_eq!(role.server_url, "http://127.0.0.1:8080");
+    assert_eq!(role.servers.as_slice().len(), 1);
+    assert_eq!(
+        role.servers.first().ws("/ws/data"),
+        "ws://127.0.0.1:8080/ws/data"
+    );
+    assert_eq!(role.servers.first().base, "http://127.0.0.1:8080");
     assert_eq!(role.protocol, DongleProtocol::Remp);
     assert!(cfg.metering.is_none());
+}
+
+#[test]
+fn server_url_is_one_url_a_list_or_comma_separated() {
+    let list = MIN.replace(
+        "server_url: http://127.0.0.1:8080/",
+        "server_url:\n  - http://127.0.0.1:8080/\n  - https://b.example:8443",
+    );
+    let role = parse(&list, &env, &[])
+        .expect("parses")
+        .dongle_role()
+        .expect("valid")
+        .expect("dongle section");
+    let bases: Vec<&str> = role.servers.as_slice().iter().map(|u| &*u.base).collect();
+    assert_eq!(bases, ["http://127.0.0.1:8080", "https://b.example:8443"]);
+    assert_eq!(
+        role.servers.as_slice()[1].ws("/ws/data"),
+        "wss://b.example:8443/ws/data"
+    );
+    // From the environment, the list is one comma-separated string.
+    let from_env = MIN.replace(
+        "server_url: http://127.0.0.1:8080/",
+        "server_url: ${TETHER_SERVERS}",
+    );
+    let env_list = |n: &str| match n {
+        "TETHER_SERVERS" => Some("http://127.0.0.1:8080, https://b.example:8443/".to_owned()),
+        other => env(other),
+    };
+    let over = parse(&from_env, &env_list, &[])
+        .expect("parses")
+        .dongle_role()
+        .expect("valid")
+        .expect("dongle section");
+    assert_eq!(over.servers, role.servers);
+    // The telemetry role uplinks to the same servers, in the same order.
+    let telemetry = list.replace(
+        "dongle:\n  listen: 127.0.0.1:20100\n",
+        "telemetry:\n  enable_can_listener: false\n",
+    );
+    let t = parse(&telemetry, &env, &[])
+        .expect("parses")
+        .telemetry_role()
+        .expect("valid")
+        .expect("telemetry section");
+    assert_eq!(
+        t.remote_endpoints(),
+        [
+            "ws://127.0.0.1:8080/ws/telemetry/upload",
+            "wss://b.example:8443/ws/telemetry/upload"
+        ]
+    );
+    for (bad, why) in [
+        ("server_url: []", "lists no server"),
+        ("server_url: [http://a:1, http://a:1/]", "listed twice"),
+        ("server_url: 'http://a:1,,http://b:2'", "entry 2 is empty"),
+        ("server_url: {a: 1}", "server_url"),
+    ] {
+        let text = MIN.replace("server_url: http://127.0.0.1:8080/", bad);
+        let err = parse(&text, &env, &[]).expect_err(bad);
+        assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! | `ROLE` | both | `vehicle` (`vehicle` / `remote`) |
 //! | `DB_PATH` | both | `telemetry.db` |
 //! | `LISTEN` | both | `0.0.0.0:8080` (HTTP: dashboard API, or upload + read API) |
-//! | `REMOTE_ENDPOINT_URL` | vehicle | none (`ws://host:port/ws/telemetry/upload`) |
+//! | `REMOTE_ENDPOINT_URL` | vehicle | none (`ws://host:port/ws/telemetry/upload`; several, comma-separated, are tried in turn) |
 //! | `API_KEY` | vehicle | none (sent as `Authorization: Bearer`) |
 //! | `ENABLE_CAN_LISTENER` | vehicle | `true` |
 //! | `ENABLE_UPLINK_MANAGER` | vehicle | `true` |
@@ -144,7 +144,8 @@ pub struct VehicleConfig {
     /// The dashboard API address (`None`: no HTTP server, e.g. inside `tether agent` without
     /// one).
     pub listen: Option<SocketAddr>,
-    /// The remote's upload endpoint.
+    /// The remote's upload endpoint; several, comma-separated, are tried in turn after a lost
+    /// connection ([`VehicleConfig::remote_endpoints`]).
     pub remote_endpoint_url: Option<String>,
     /// The credential presented to the remote.
     pub api_key: Option<String>,
@@ -187,6 +188,21 @@ impl VehicleConfig {
             batch_max: 1024,
             window: 8192,
         }
+    }
+}
+
+impl VehicleConfig {
+    /// The upload endpoints of `remote_endpoint_url`, in the order they are tried.
+    pub fn remote_endpoints(&self) -> Vec<&str> {
+        self.remote_endpoint_url
+            .as_deref()
+            .map(|u| {
+                u.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -370,12 +386,14 @@ fn from_tree(tree: Value) -> anyhow::Result<CollectorConfig> {
             v.api_key = raw.api_key;
             v.remote_endpoint_url = raw.remote_endpoint_url;
             if v.enable_uplink_manager {
-                let url = v
-                    .remote_endpoint_url
-                    .as_deref()
-                    .context("REMOTE_ENDPOINT_URL is required with ENABLE_UPLINK_MANAGER")?;
-                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                    bail!("REMOTE_ENDPOINT_URL must be a ws:// or wss:// URL, got {url:?}");
+                let urls = v.remote_endpoints();
+                if urls.is_empty() {
+                    bail!("REMOTE_ENDPOINT_URL is required with ENABLE_UPLINK_MANAGER");
+                }
+                for url in urls {
+                    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                        bail!("REMOTE_ENDPOINT_URL must be ws:// or wss:// URLs, got {url:?}");
+                    }
                 }
             }
             Ok(CollectorConfig::Vehicle(v))
@@ -444,6 +462,18 @@ mod tests {
         assert!(!v.enable_can_listener && v.enable_uplink_manager);
         assert_eq!((v.dashboard_retention_s, v.max_local_records), (60, 500));
         assert_eq!(v.api_key.as_deref(), Some("1234"));
+        assert_eq!(
+            v.remote_endpoints(),
+            ["ws://127.0.0.1:9/ws/telemetry/upload"]
+        );
+        let e = env(&[
+            ("ENABLE_CAN_LISTENER", "0"),
+            ("REMOTE_ENDPOINT_URL", "ws://a:1/up, wss://b:2/up"),
+        ]);
+        let CollectorConfig::Vehicle(v) = load(None, &e)? else {
+            bail!("not a vehicle");
+        };
+        assert_eq!(v.remote_endpoints(), ["ws://a:1/up", "wss://b:2/up"]);
         Ok(())
     }
 
@@ -477,6 +507,10 @@ mod tests {
             ],
             &[("ROLE", "remote"), ("API_KEYS", "car-1")],
             &[("ROLE", "remote"), ("API_KEYS", "a:k,b:k")],
+            &[
+                ("REMOTE_ENDPOINT_URL", "ws://a:1/up,http://b"),
+                ("ENABLE_CAN_LISTENER", "no"),
+            ],
             &[
                 ("ROLE", "vehicle"),
                 ("MAX_LOCAL_RECORDS", "0"),

@@ -206,6 +206,8 @@ pub struct ServerProc {
     pub base: String,
     pub options: ServerOptions,
     stderr_dir: PathBuf,
+    /// Names the process's stderr files (`{label}-{n}.stderr`).
+    label: String,
     starts: usize,
 }
 
@@ -228,6 +230,27 @@ impl ServerProc {
             base: String::new(),
             options,
             stderr_dir: ws.dir.path().to_owned(),
+            label: "server".to_owned(),
+            starts: 0,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Starts another instance on this one's configuration — the same data directory and
+    /// Redis — on a port of its own; `label` names its logs.
+    pub async fn start_sibling(&self, label: &str) -> TestResult<ServerProc> {
+        let mut options = self.options.clone();
+        options.port = None;
+        let mut server = ServerProc {
+            child: None,
+            data_dir: self.data_dir.clone(),
+            config: self.config.clone(),
+            addr: "127.0.0.1:0".parse()?,
+            base: String::new(),
+            options,
+            stderr_dir: self.stderr_dir.clone(),
+            label: label.to_owned(),
             starts: 0,
         };
         server.spawn().await?;
@@ -238,7 +261,7 @@ impl ServerProc {
         let port = self.options.port.unwrap_or(0);
         let stderr = std::fs::File::create(
             self.stderr_dir
-                .join(format!("server-{}.stderr", self.starts)),
+                .join(format!("{}-{}.stderr", self.label, self.starts)),
         )?;
         self.starts += 1;
         let mut cmd = match self.options.wrapper.split_first() {
@@ -530,19 +553,41 @@ impl AgentProc {
         server: &ServerProc,
         token: &str,
     ) -> TestResult<AgentProc> {
-        AgentProc::start_at(ws, name, &server.base, token)
+        AgentProc::start_at_all(ws, name, &[server.base.as_str()], token)
     }
 
     /// [`AgentProc::start`] against the server at `base` (a proxy in front of it, say).
     pub fn start_at(ws: &Workspace, name: &str, base: &str, token: &str) -> TestResult<AgentProc> {
+        AgentProc::start_at_all(ws, name, &[base], token)
+    }
+
+    /// [`AgentProc::start`] with `server_url` listing `servers` in order (fail-over).
+    pub fn start_with_servers(
+        ws: &Workspace,
+        name: &str,
+        servers: &[&ServerProc],
+        token: &str,
+    ) -> TestResult<AgentProc> {
+        let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
+        AgentProc::start_at_all(ws, name, &bases, token)
+    }
+
+    /// [`AgentProc::start`] with `server_url` listing `bases` in order.
+    fn start_at_all(
+        ws: &Workspace,
+        name: &str,
+        bases: &[&str],
+        token: &str,
+    ) -> TestResult<AgentProc> {
+        let urls: Vec<String> = bases.iter().map(|b| format!("\"{b}\"")).collect();
         let data_dir = ws.path(&format!("agent-{name}-data"));
         let udp_port = free_udp_port();
         let metrics_port = free_tcp_port();
         let config = ws.path(&format!("agent-{name}.yaml"));
         // Short polling and backoff ceilings so outages heal quickly in tests.
         let yaml = format!(
-            "server_url: \"{}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n  protocol: remp\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
-            base,
+            "server_url: [{}]\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n  protocol: remp\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
+            urls.join(", "),
             data_dir.display()
         );
         std::fs::write(&config, yaml)?;
@@ -859,8 +904,20 @@ pub struct Pair {
 impl Pair {
     /// Sets everything up through the CLI and the REST API.
     pub async fn start(ws: &Workspace, server: &ServerProc, user: &str) -> TestResult<Pair> {
+        Self::start_with_servers(ws, &[server], user).await
+    }
+
+    /// [`Pair::start`] with agents whose `server_url` lists `servers` in order (set up through
+    /// the first one).
+    pub async fn start_with_servers(
+        ws: &Workspace,
+        servers: &[&ServerProc],
+        user: &str,
+    ) -> TestResult<Pair> {
+        let server = servers.first().ok_or("no server")?;
+        let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
         let user_token = server.user_token(user)?;
-        Pair::start_with(ws, server, user, user_token, [&server.base, &server.base]).await
+        Pair::start_with_bases(ws, server, user, user_token, [&bases, &bases]).await
     }
 
     /// [`Pair::start`] with a user token made elsewhere and each agent talking to its own
@@ -871,6 +928,18 @@ impl Pair {
         user: &str,
         user_token: String,
         agent_bases: [&str; 2],
+    ) -> TestResult<Pair> {
+        let [a, b] = agent_bases;
+        Pair::start_with_bases(ws, server, user, user_token, [&[a], &[b]]).await
+    }
+
+    /// [`Pair::start_with`] with each agent's `server_url` listing its `agent_bases` in order.
+    async fn start_with_bases(
+        ws: &Workspace,
+        server: &ServerProc,
+        user: &str,
+        user_token: String,
+        agent_bases: [&[&str]; 2],
     ) -> TestResult<Pair> {
         let api = server.api();
         let (_, token_a) = api
@@ -886,8 +955,8 @@ impl Pair {
         let group_id = api
             .active_group(&user_token, &format!("{user} pair"), &dongle_a, &dongle_b)
             .await?;
-        let agent_a = AgentProc::start_at(ws, &format!("{user}-a"), agent_bases[0], &token_a)?;
-        let agent_b = AgentProc::start_at(ws, &format!("{user}-b"), agent_bases[1], &token_b)?;
+        let agent_a = AgentProc::start_at_all(ws, &format!("{user}-a"), agent_bases[0], &token_a)?;
+        let agent_b = AgentProc::start_at_all(ws, &format!("{user}-b"), agent_bases[1], &token_b)?;
         agent_a.ready().await?;
         agent_b.ready().await?;
         Ok(Pair {
@@ -938,12 +1007,91 @@ impl Pair {
         .await
     }
 
+    /// Starts both dongles replaying alternate frames of the shipped capture to each other at
+    /// speed 8 (A the even ones, B the odd ones), each recording what it receives.
+    pub fn replay_both_ways(&self, ws: &Workspace) -> TestResult<TwoWay> {
+        let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
+        let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
+        let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
+        let dongle_a = DongleProc::start(
+            ws,
+            &self.a.serial,
+            &self.a.agent.udp_addr(),
+            Some((&from_a, "8")),
+            Some(&a_rx),
+        )?;
+        let dongle_b = DongleProc::start(
+            ws,
+            &self.b.serial,
+            &self.b.agent.udp_addr(),
+            Some((&from_b, "8")),
+            Some(&b_rx),
+        )?;
+        Ok(TwoWay {
+            want_at_b: candump_frames(&from_a),
+            want_at_a: candump_frames(&from_b),
+            a_rx,
+            b_rx,
+            dongle_a,
+            dongle_b,
+        })
+    }
+
     /// Console URL of the group.
     pub fn group_console(&self, server: &ServerProc) -> String {
         format!(
             "{}/api/v1/streams/groups/{}/console",
             server.base, self.group_id
         )
+    }
+}
+
+/// A two-way replay between the dongles of a [`Pair`] ([`Pair::replay_both_ways`]).
+pub struct TwoWay {
+    /// What B must receive: A's frames.
+    pub want_at_b: Vec<String>,
+    /// What A must receive: B's frames.
+    pub want_at_a: Vec<String>,
+    /// A's record of what it received.
+    pub a_rx: PathBuf,
+    /// B's record.
+    pub b_rx: PathBuf,
+    pub dongle_a: DongleProc,
+    pub dongle_b: DongleProc,
+}
+
+impl TwoWay {
+    /// Waits until both records hold `n` frames: the stream is running both ways.
+    pub async fn running(&self, n: usize) -> TestResult {
+        wait_frames(&self.b_rx, n, "B receives A's first frames").await?;
+        wait_frames(&self.a_rx, n, "A receives B's first frames").await?;
+        Ok(())
+    }
+
+    /// Checks both directions relayed exactly ([`check_relayed`]).
+    pub async fn check(&self, pair: &Pair, what: &str) -> TestResult {
+        check_relayed(
+            &format!("A → B {what}"),
+            &self.want_at_b,
+            &pair.a.agent,
+            &self.b_rx,
+        )
+        .await?;
+        check_relayed(
+            &format!("B → A {what}"),
+            &self.want_at_a,
+            &pair.b.agent,
+            &self.a_rx,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stops both dongles.
+    pub async fn stop(&mut self) -> TestResult {
+        self.dongle_a.stop().await?;
+        self.dongle_b.stop().await?;
+        Ok(())
     }
 }
 

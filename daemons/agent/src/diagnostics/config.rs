@@ -69,10 +69,8 @@ pub struct DiagBus {
 /// The role's settings, checked.
 #[derive(Debug, Clone)]
 pub struct DiagnosticsRole {
-    /// The server (`http://…`, no trailing slash).
-    pub server_url: String,
-    /// `ws://…/ws/data`.
-    pub ws_url: String,
+    /// The servers, tried in turn when the channel is lost (`/ws/data` on each).
+    pub servers: crate::servers::ServerUrls,
     /// The agent token.
     pub token: String,
     /// The buses.
@@ -89,10 +87,10 @@ impl DiagnosticsRole {
     /// Validate the section with the file's `server_url` and `token`.
     pub fn resolve(
         d: &DiagnosticsSection,
-        server_url: Option<&str>,
+        server_url: Option<&crate::servers::ServerUrlSetting>,
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let (server_url, ws_base, token) =
+        let (servers, token) =
             crate::dongle::config::server_and_token(server_url, token, "diagnostics")?;
         if d.buses.is_empty() {
             bail!("diagnostics.buses must list at least one bus");
@@ -130,8 +128,7 @@ impl DiagnosticsRole {
             bail!("diagnostics.reconnect_min must be at least 0.01 s and at most reconnect_max");
         }
         Ok(DiagnosticsRole {
-            ws_url: format!("{ws_base}/ws/data"),
-            server_url,
+            servers,
             token,
             buses,
             timing: UdsTiming { p2, p2_star },
@@ -155,8 +152,9 @@ mod tests {
         let ok = section(
             "buses:\n  - {serial: VEH-1, bus: 'socketcan://can0'}\n  - {serial: VEH-2, bus: 'udp://0.0.0.0:20200'}\n",
         );
-        let r = DiagnosticsRole::resolve(&ok, Some("http://h:8080/"), Some("ta_x")).unwrap();
-        assert_eq!(r.ws_url, "ws://h:8080/ws/data");
+        let url = crate::servers::ServerUrlSetting(vec!["http://h:8080/".into()]);
+        let r = DiagnosticsRole::resolve(&ok, Some(&url), Some("ta_x")).unwrap();
+        assert_eq!(r.servers.first().ws("/ws/data"), "ws://h:8080/ws/data");
         assert_eq!(r.buses.len(), 2);
         assert_eq!(r.timing, UdsTiming::default());
         for (yaml, reason) in [
@@ -178,8 +176,7 @@ mod tests {
                 "p2_star",
             ),
         ] {
-            let err =
-                DiagnosticsRole::resolve(&section(yaml), Some("http://h"), Some("t")).unwrap_err();
+            let err = DiagnosticsRole::resolve(&section(yaml), Some(&url), Some("t")).unwrap_err();
             assert!(format!("{err:#}").contains(reason), "{yaml}: {err:#}");
         }
         let err = DiagnosticsRole::resolve(&ok, None, Some("t")).unwrap_err();

@@ -7,7 +7,8 @@
 //!   /api/v1/agent/dongles`), which gives the dongle id vehicles name.
 //! * One `GET /ws/data` connection opens with `diag_hello` listing those dongle ids; on
 //!   `diag_welcome` the role takes `command`s. It reconnects with full-jitter backoff
-//!   (`tether-retry`) between `reconnect_min` and `reconnect_max`.
+//!   (`tether-retry`) between `reconnect_min` and `reconnect_max`; a lost connection moves it
+//!   on to the next server of `server_url` ([`crate::servers::Failover`]).
 //! * Each command is parsed (`can_io::uds::DiagCommand`), waits for its ECU's turn (one command
 //!   at a time per ECU, different ECUs in parallel, a functional request alone on its bus),
 //!   reports `command_status: in_progress`, runs on its own tester (`can_io::uds::exec`) and
@@ -32,7 +33,7 @@ use relay_core::protocol::diag::{
     AgentCommandStatus, CommandFailed, CommandRequest, CommandResponse, CommandStatusUpdate,
     DiagHello, DiagMessage, decode_diag, encode_diag,
 };
-use tether_retry::{Backoff, FullJitter};
+use tether_retry::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -42,6 +43,7 @@ use uuid::Uuid;
 pub mod bus;
 pub mod config;
 
+use crate::servers::{Failover, next_delay, reconnect_backoff};
 use bus::DiagBusHandle;
 use config::DiagnosticsRole;
 
@@ -103,10 +105,11 @@ pub async fn run_with_counters(
         info!(serial = %b.serial, bus = %b.address, "diagnostics bus open");
         buses.push(h);
     }
-    let api = crate::dongle::api::ServerApi::new(&role.server_url, &role.token)?;
+    let servers = Arc::new(Failover::new(role.servers.clone()));
+    let api = crate::dongle::api::ServerApi::new(servers.clone(), &role.token)?;
     tokio::select! {
         () = stop => {}
-        () = session_loop(&role, &api, &buses, &counters) => {}
+        () = session_loop(&role, &servers, &api, &buses, &counters) => {}
     }
     let _ = stop_tx.send(true);
     for b in &buses {
@@ -120,18 +123,15 @@ pub async fn run_with_counters(
     Ok(())
 }
 
-fn unit() -> f64 {
-    rand::random::<f64>()
-}
-
 /// Announce, connect, serve; again after a failure, with backoff.
 async fn session_loop(
     role: &DiagnosticsRole,
+    servers: &Failover,
     api: &crate::dongle::api::ServerApi,
     buses: &[Arc<DiagBusHandle>],
     counters: &Arc<DiagCounters>,
 ) {
-    let mut backoff = Backoff::new(FullJitter::new(role.reconnect_min, role.reconnect_max));
+    let mut backoff = reconnect_backoff(role.reconnect_min, role.reconnect_max);
     let mut by_id: HashMap<Uuid, Arc<DiagBusHandle>> = HashMap::new();
     loop {
         if by_id.len() < buses.len() {
@@ -154,24 +154,33 @@ async fn session_loop(
             }
         }
         if !by_id.is_empty() {
-            match serve(role, &by_id, counters, &mut backoff).await {
-                Ok(()) => info!("diagnostics connection closed by the server"),
-                Err(e) => warn!(error = %format!("{e:#}"), "diagnostics connection failed"),
+            let (index, server) = servers.current();
+            match serve(role, server, &by_id, counters, &mut backoff).await {
+                Ok(()) => info!(%server, "diagnostics connection closed by the server"),
+                Err(e) => {
+                    warn!(%server, error = %format!("{e:#}"), "diagnostics connection failed")
+                }
+            }
+            let (next, url) = servers.failed(index);
+            if next != index {
+                info!(next = %url, "diagnostics: moving to the next server");
             }
         }
-        tokio::time::sleep(backoff.next_delay(unit())).await;
+        tokio::time::sleep(next_delay(&mut backoff)).await;
     }
 }
 
 /// One connection: hello, welcome, then commands until it ends.
 async fn serve(
     role: &DiagnosticsRole,
+    server: &crate::servers::ServerUrl,
     by_id: &HashMap<Uuid, Arc<DiagBusHandle>>,
     counters: &Arc<DiagCounters>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let ws =
-        crate::dongle::worker::connect_ws(&role.ws_url, &role.token, HANDSHAKE_TIMEOUT).await?;
+        crate::dongle::worker::connect_ws(&server.ws("/ws/data"), &role.token, HANDSHAKE_TIMEOUT)
+            .await?;
     let (mut sink, mut stream) = ws.split();
     let mut dongles: Vec<Uuid> = by_id.keys().copied().collect();
     dongles.sort_unstable();

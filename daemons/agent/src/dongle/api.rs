@@ -1,10 +1,16 @@
-//! The server's REST API as the dongle role uses it: announce a dongle, read its assignment.
+//! The server's REST API as the dongle and diagnostics roles use it: announce a dongle, read
+//! its assignment. Calls go to the role's current server ([`Failover`]); a call that cannot
+//! reach it, or gets a 5xx answer, moves the role on to the next one of `server_url` (the caller
+//! retries with its backoff).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::servers::Failover;
 
 /// A group assignment as `GET /api/v1/agent/dongles/{id}` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,13 +55,13 @@ pub enum ApiError {
 #[derive(Debug, Clone)]
 pub struct ServerApi {
     http: reqwest::Client,
-    base: String,
+    servers: Arc<Failover>,
     token: String,
 }
 
 impl ServerApi {
-    /// A client for `base` (no trailing slash).
-    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+    /// A client of the role's servers.
+    pub fn new(servers: Arc<Failover>, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
@@ -64,9 +70,41 @@ impl ServerApi {
             .context("building the HTTP client")?;
         Ok(ServerApi {
             http,
-            base: base.to_owned(),
+            servers,
             token: token.to_owned(),
         })
+    }
+
+    /// Sends the request `build` makes for the current server's base URL; returns the status
+    /// and body. An unreachable server or a 5xx answer moves the role to the next server.
+    async fn call(
+        &self,
+        what: &str,
+        build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), ApiError> {
+        let (index, server) = self.servers.current();
+        let result = async {
+            let resp = build(&self.http, &server.base)
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.text().await?))
+        }
+        .await;
+        match result {
+            Ok((status, body)) if !status.is_server_error() => Ok((status, body)),
+            Ok((status, body)) => {
+                self.servers.failed(index);
+                Self::check(status, &body).map(|()| (status, body))
+            }
+            Err(e) => {
+                self.servers.failed(index);
+                Err(ApiError::Other(
+                    anyhow::Error::new(e).context(format!("{what} at {server}")),
+                ))
+            }
+        }
     }
 
     fn check(status: reqwest::StatusCode, body: &str) -> Result<(), ApiError> {
@@ -83,16 +121,12 @@ impl ServerApi {
 
     /// `POST /api/v1/agent/dongles {"serial"}` → the server's dongle id.
     pub async fn announce(&self, serial: &str) -> Result<String, ApiError> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/agent/dongles", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({ "serial": serial }))
-            .send()
-            .await
-            .map_err(|e| ApiError::Other(anyhow::Error::new(e).context("announcing")))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| ApiError::Other(e.into()))?;
+        let (status, body) = self
+            .call("announcing", |http, base| {
+                http.post(format!("{base}/api/v1/agent/dongles"))
+                    .json(&json!({ "serial": serial }))
+            })
+            .await?;
         Self::check(status, &body)?;
         let view: DongleView = serde_json::from_str(&body)
             .map_err(|e| ApiError::Other(anyhow::anyhow!("announce answer: {e}")))?;
@@ -101,15 +135,11 @@ impl ServerApi {
 
     /// `GET /api/v1/agent/dongles/{id}` → the group assignment, if any.
     pub async fn assignment(&self, dongle_id: &str) -> Result<Option<Assignment>, ApiError> {
-        let resp = self
-            .http
-            .get(format!("{}/api/v1/agent/dongles/{dongle_id}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ApiError::Other(anyhow::Error::new(e).context("polling")))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| ApiError::Other(e.into()))?;
+        let (status, body) = self
+            .call("polling", |http, base| {
+                http.get(format!("{base}/api/v1/agent/dongles/{dongle_id}"))
+            })
+            .await?;
         Self::check(status, &body)?;
         let view: DongleView = serde_json::from_str(&body)
             .map_err(|e| ApiError::Other(anyhow::anyhow!("assignment answer: {e}")))?;

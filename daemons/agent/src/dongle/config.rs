@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use tether_runtime::config::{opt_string_like, secs, string_like};
 
+use crate::servers::{ServerUrlSetting, ServerUrls};
+
 /// The dongle UDP protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,10 +125,9 @@ fn info() -> String {
 /// The dongle role's settings, validated and resolved.
 #[derive(Debug, Clone)]
 pub struct DongleRole {
-    /// Base URL of the server (no trailing slash).
-    pub server_url: String,
-    /// `ws://…/ws/data` or `wss://…/ws/data`.
-    pub ws_url: String,
+    /// The servers, tried in turn when a connection is lost (`/ws/data` and the REST API on
+    /// each).
+    pub servers: ServerUrls,
     /// Agent token.
     pub token: String,
     /// State directory.
@@ -168,11 +169,11 @@ impl DongleRole {
     /// it needs (`server_url`, `token`, `data_dir`; see `AgentConfig::dongle_role`).
     pub fn resolve(
         d: &DongleSection,
-        server_url: Option<&str>,
+        server_url: Option<&ServerUrlSetting>,
         token: Option<&str>,
         data_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let (server_url, ws_base, token) = server_and_token(server_url, token, "dongle")?;
+        let (servers, token) = server_and_token(server_url, token, "dongle")?;
         let data_dir = data_dir
             .map(Path::to_path_buf)
             .context("data_dir is required by the dongle role")?;
@@ -232,8 +233,7 @@ impl DongleRole {
         Ok(DongleRole {
             keys,
             require_auth: d.require_auth,
-            ws_url: format!("{ws_base}/ws/data"),
-            server_url,
+            servers,
             token,
             data_dir,
             listen,
@@ -253,26 +253,15 @@ impl DongleRole {
     }
 }
 
-/// The checked `server_url` (no trailing slash), its WebSocket base (`ws://` / `wss://`) and the
-/// token, for a role (`role` names it in errors).
+/// The checked `server_url` list and the token, for a role (`role` names it in errors).
 pub(crate) fn server_and_token(
-    server_url: Option<&str>,
+    server_url: Option<&ServerUrlSetting>,
     token: Option<&str>,
     role: &str,
-) -> anyhow::Result<(String, String, String)> {
-    let server_url = server_url
-        .with_context(|| format!("server_url is required by the {role} role"))?
-        .trim_end_matches('/')
-        .to_owned();
-    let ws_base = if let Some(rest) = server_url.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = server_url.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        bail!("server_url must start with http:// or https://, got {server_url:?}")
-    };
-    reqwest::Url::parse(&server_url)
-        .with_context(|| format!("server_url {server_url:?} is not a valid URL"))?;
+) -> anyhow::Result<(ServerUrls, String)> {
+    let servers = ServerUrls::parse(
+        server_url.with_context(|| format!("server_url is required by the {role} role"))?,
+    )?;
     let token = token
         .map(str::to_owned)
         .with_context(|| format!("token is required by the {role} role"))?;
@@ -282,5 +271,5 @@ pub(crate) fn server_and_token(
     if token.chars().any(char::is_control) {
         bail!("token contains control characters");
     }
-    Ok((server_url, ws_base, token))
+    Ok((servers, token))
 }

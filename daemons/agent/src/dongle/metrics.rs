@@ -98,6 +98,11 @@ pub struct DongleMetrics {
     pub relaying: Family<SerialLabels, Gauge>,
     /// Connection attempts that failed or ended.
     pub disconnects: Family<SerialLabels, Counter>,
+    /// Sessions lost or not opened that moved the dongle's next attempt to another server of
+    /// `server_url`.
+    pub failovers: Family<SerialLabels, Counter>,
+    /// Index in `server_url` (0-based) of the server of the dongle's last session attempt.
+    pub server_index: Family<SerialLabels, Gauge>,
     /// UDP datagrams that did not decode.
     pub malformed_datagrams: Counter,
     /// REMP datagrams dropped by authentication (no valid tag, no key, an older boot).
@@ -179,6 +184,16 @@ impl DongleMetrics {
             "disconnects",
             "Data-plane sessions that failed or ended",
             self.disconnects.clone(),
+        );
+        p.register(
+            "failovers",
+            "Lost sessions after which the next attempt went to another server",
+            self.failovers.clone(),
+        );
+        p.register(
+            "server_index",
+            "Index in server_url of the server of the last session attempt",
+            self.server_index.clone(),
         );
         p.register(
             "malformed_datagrams",

@@ -4,6 +4,8 @@
 //!   sequence state). A dongle is learned from any valid datagram — its hello, or a keep-alive
 //!   after an agent restart — and gets a [`worker::Worker`] and a [`poller`].
 //! * The poller announces the dongle (`POST /api/v1/agent/dongles`) and polls its assignment.
+//! * Sessions and REST calls go to the role's current server of `server_url`; a lost one
+//!   moves on to the next ([`crate::servers::Failover`]).
 //! * The worker keeps the dongle's frames in a durable, bounded outbox per group
 //!   ([`store`], [`outbox`]), runs the data-plane session (`docs/protocols/data-plane.md`) and
 //!   sends the other side's frames to the address the dongle was last heard from.
@@ -30,7 +32,6 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 pub mod api;
-pub mod backoff;
 pub mod config;
 pub mod metrics;
 pub mod outbox;
@@ -38,6 +39,7 @@ pub mod poller;
 pub mod store;
 pub mod worker;
 
+use crate::servers::Failover;
 use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use outbox::{SharedStore, with_store};
@@ -119,12 +121,14 @@ pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Re
                 .await;
         }));
     }
-    info!(udp = %udp_addr, server = %role.server_url, data_dir = %role.data_dir.display(),
+    info!(udp = %udp_addr, servers = %role.servers, data_dir = %role.data_dir.display(),
         "dongle agent listening");
+    let servers = Arc::new(Failover::new(role.servers.clone()));
     let role = Arc::new(role);
-    let api = api::ServerApi::new(&role.server_url, &role.token)?;
+    let api = api::ServerApi::new(servers.clone(), &role.token)?;
     let ctx = WorkerCtx {
         cfg: role.clone(),
+        servers,
         store,
         metrics: handle.metrics.clone(),
         socket: socket.clone(),

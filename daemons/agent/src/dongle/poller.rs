@@ -8,8 +8,8 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::api::{ApiError, Assignment, ServerApi};
-use super::backoff::Backoff;
 use super::config::DongleRole;
+use crate::servers::{next_delay, reconnect_backoff};
 
 /// What the poller knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut dongle_id = known_id;
-    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
+    let mut backoff = reconnect_backoff(cfg.reconnect_min, cfg.reconnect_max);
     let mut announced = false;
     loop {
         let wait = match poll_once(&serial, &api, &mut dongle_id, &mut announced).await {
@@ -71,7 +71,7 @@ pub async fn run(
                 Duration::ZERO
             }
             Err(e) => {
-                let d = backoff.next_delay();
+                let d = next_delay(&mut backoff);
                 warn!(%serial, error = %e, retry_in_ms = d.as_millis() as u64, "server API call failed");
                 d
             }

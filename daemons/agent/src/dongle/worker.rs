@@ -20,6 +20,7 @@ use relay_core::engine::{GroupMode, Side};
 use relay_core::protocol::{
     self, Ack, Encoding, ErrorCode, FrameBatch, GapNotice, Hello, Message, ResumeCursor, WireFrame,
 };
+use tether_retry::Backoff;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -28,7 +29,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
+use crate::servers::{Failover, next_delay, reconnect_backoff};
+
 use super::config::DongleRole;
 use super::metrics::{DongleMetrics, DropReason};
 use super::outbox::{SharedStore, StreamOutbox, with_store};
@@ -51,6 +53,8 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 pub struct WorkerCtx {
     /// Settings.
     pub cfg: Arc<DongleRole>,
+    /// The role's current server.
+    pub servers: Arc<Failover>,
     /// State file.
     pub store: SharedStore,
     /// Counters.
@@ -111,7 +115,18 @@ pub struct Worker {
     conn: Option<Conn>,
     backoff: Backoff,
     next_connect: Instant,
+    /// Index in `server_url` of the server of the last attempt.
+    server: usize,
     drops: DropLog,
+}
+
+/// The server answered the handshake with a refusal: the server works, so the next attempt
+/// stays there (unlike a lost connection, which moves on to the next server).
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {code:?}: {message}")]
+struct Refused {
+    code: ErrorCode,
+    message: String,
 }
 
 impl Worker {
@@ -127,7 +142,8 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let boot_id = rand::random::<u64>();
         let to_dongle = RempSender::new(&serial, boot_id, 1000)?;
-        let backoff = Backoff::new(ctx.cfg.reconnect_min, ctx.cfg.reconnect_max);
+        let backoff = reconnect_backoff(ctx.cfg.reconnect_min, ctx.cfg.reconnect_max);
+        let server = ctx.servers.current().0;
         let mut w = Worker {
             serial,
             ctx,
@@ -142,6 +158,7 @@ impl Worker {
             conn: None,
             backoff,
             next_connect: Instant::now(),
+            server,
             drops: DropLog::default(),
         };
         if let Some(s) = saved {
@@ -200,7 +217,8 @@ impl Worker {
                     match self.connect().await {
                         Ok(()) => {}
                         Err(e) => {
-                            self.fail(&format!("{e:#}"));
+                            let lost = !e.is::<Refused>();
+                            self.fail(&format!("{e:#}"), lost);
                         }
                     }
                 }
@@ -341,7 +359,11 @@ impl Worker {
         let (Some((group, side, _)), Some(outbox)) = (&self.group, &self.outbox) else {
             return Ok(());
         };
-        let ws = connect_ws(&self.ctx.cfg.ws_url, &self.ctx.cfg.token, HANDSHAKE_TIMEOUT).await?;
+        let (index, server) = self.ctx.servers.current();
+        self.server = index;
+        DongleMetrics::set(&self.ctx.metrics.server_index, &self.serial, index as u64);
+        let url = server.ws("/ws/data");
+        let ws = connect_ws(&url, &self.ctx.cfg.token, HANDSHAKE_TIMEOUT).await?;
         let (mut sink, mut stream) = ws.split();
         let hello = Message::Hello(Hello {
             version: protocol::PROTOCOL_VERSION,
@@ -377,7 +399,11 @@ impl Worker {
                 if matches!(e.code, ErrorCode::CursorAhead) {
                     self.reset_cursor()?;
                 }
-                bail!("refused: {:?}: {}", e.code, e.message)
+                return Err(Refused {
+                    code: e.code,
+                    message: e.message,
+                }
+                .into());
             }
             other => bail!("expected welcome, got {}", other.type_name()),
         };
@@ -402,7 +428,7 @@ impl Worker {
                 conn.sent_up_to = o.reconcile(welcome.tx_acked)?;
             }
         }
-        info!(serial = %self.serial, group = %group_of(&self.group), tx_acked = welcome.tx_acked,
+        info!(serial = %self.serial, server = %url, group = %group_of(&self.group), tx_acked = welcome.tx_acked,
             rx_from = welcome.rx_from, mode = %welcome.mode, encoding = welcome.encoding.as_str(),
             pending = self.outbox.as_ref().map_or(0, StreamOutbox::pending), "data plane connected");
         self.conn = Some(conn);
@@ -420,22 +446,38 @@ impl Worker {
         Ok(())
     }
 
-    /// A session failed or ended: retry after the next backoff delay (the first one after a
-    /// successful session is `reconnect_min`).
-    fn fail(&mut self, reason: &str) {
+    /// A session failed or ended: retry after the next backoff delay (at least
+    /// `reconnect_min`). `lost`: the server could not be reached or the connection broke —
+    /// the next attempt goes to the next server of `server_url`; a refusal or a reset after a
+    /// protocol error stays on the same server.
+    fn fail(&mut self, reason: &str, lost: bool) {
         DongleMetrics::inc(&self.ctx.metrics.disconnects, &self.serial, 1);
         DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
-        let delay = self.backoff.next_delay();
-        warn!(serial = %self.serial, reason, retry_in_ms = delay.as_millis() as u64, "data plane session ended");
+        let delay = next_delay(&mut self.backoff);
+        let next = if lost {
+            let (next, url) = self.ctx.servers.failed(self.server);
+            if next != self.server {
+                DongleMetrics::inc(&self.ctx.metrics.failovers, &self.serial, 1);
+                info!(serial = %self.serial, next = %url, "moving to the next server");
+            }
+            next
+        } else {
+            self.server
+        };
+        warn!(serial = %self.serial, reason, next_server = next,
+            retry_in_ms = delay.as_millis() as u64, "data plane session ended");
         self.next_connect = Instant::now() + delay;
     }
 
+    /// Closes the session; `reason`: why it broke (`None`: the agent resets it after a
+    /// protocol error the server sent, and stays on that server).
     async fn end_conn(&mut self, reason: Option<String>) {
         if let Some(mut c) = self.conn.take() {
             let _ = c.sink.send(WsMessage::Close(None)).await;
         }
+        let lost = reason.is_some();
         let reason = reason.unwrap_or_else(|| "reset by the agent".into());
-        self.fail(&reason);
+        self.fail(&reason, lost);
     }
 
     /// Handle one WebSocket message; `true` ends the session.

@@ -63,6 +63,10 @@ pub(crate) struct Driver {
     events: mpsc::UnboundedReceiver<LinkEvent>,
     link: Option<mpsc::Sender<Bytes>>,
     generation: u64,
+    /// Index of the current endpoint in `REMOTE_ENDPOINT_URL`.
+    endpoint: usize,
+    /// The last connection failed or was lost: the next one goes to the next endpoint.
+    endpoint_lost: bool,
     started: Instant,
     reported_state: Option<UplinkState>,
     error_since: Option<u64>,
@@ -120,6 +124,8 @@ impl Driver {
             events,
             link: None,
             generation: 0,
+            endpoint: 0,
+            endpoint_lost: false,
             started: Instant::now(),
             reported_state: None,
             error_since: None,
@@ -199,12 +205,12 @@ impl Driver {
         }
         while let Some(action) = self.session.poll_action(self.now()) {
             match action {
-                SessionAction::Connect => match &self.config.remote_endpoint_url {
+                SessionAction::Connect => match self.next_endpoint() {
                     Some(url) if self.config.enable_uplink_manager => {
                         self.generation += 1;
                         spawn_connect(
                             self.generation,
-                            url.clone(),
+                            url,
                             self.config.api_key.clone(),
                             self.events_tx.clone(),
                         );
@@ -246,6 +252,25 @@ impl Driver {
         Ok(())
     }
 
+    /// The endpoint of the next connection: the one of the last connection, or the next one
+    /// of `REMOTE_ENDPOINT_URL` after that connection failed or was lost.
+    fn next_endpoint(&mut self) -> Option<String> {
+        let urls = self.config.remote_endpoints();
+        if urls.is_empty() {
+            return None;
+        }
+        if std::mem::take(&mut self.endpoint_lost) {
+            self.endpoint = (self.endpoint + 1) % urls.len();
+            if urls.len() > 1 {
+                tracing::info!(
+                    next = urls[self.endpoint],
+                    "uplink: moving to the next endpoint"
+                );
+            }
+        }
+        urls.get(self.endpoint).map(|u| (*u).to_owned())
+    }
+
     async fn send(&mut self, batch: &[OutboxRecord]) -> Option<SentBatch> {
         let (first, last) = (batch.first()?, batch.last()?);
         let link = self.link.as_ref()?;
@@ -280,6 +305,7 @@ impl Driver {
                 fatal,
             } if generation == self.generation => {
                 tracing::warn!(%reason, fatal, "uplink connection failed");
+                self.endpoint_lost = true;
                 if fatal {
                     self.session.handle_fatal(reason, now);
                     self.error_since = Some(now);
@@ -316,6 +342,7 @@ impl Driver {
             },
             LinkEvent::Closed { generation, reason } if generation == self.generation => {
                 tracing::info!(%reason, "uplink disconnected");
+                self.endpoint_lost = true;
                 self.link = None;
                 self.session.handle_disconnected(now);
             }
