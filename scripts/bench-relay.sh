@@ -60,7 +60,14 @@ run_relay() {
   token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
   local args=(server --listen 127.0.0.1:0 --data-dir "$data")
   [ -n "$redis" ] && args+=(--redis-url "$redis")
-  [ -n "${SERVER_CONFIG:-}" ] && args+=(--config "$SERVER_CONFIG")
+  # One user token sets up every group and one agent holds every side: limits off unless the
+  # caller's SERVER_CONFIG says otherwise.
+  if [ -n "${SERVER_CONFIG:-}" ]; then
+    args+=(--config "$SERVER_CONFIG")
+  else
+    printf 'limits:\n  rest_requests_per_s: 0\n  ws_data_connections_per_agent: 0\n' >"$WORK/limits.yaml"
+    args+=(--config "$WORK/limits.yaml")
+  fi
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$label.out" 2>"$WORK/$label.err" &
   local pid=$!
   PIDS+=("$pid")

@@ -190,6 +190,11 @@ pub struct ServerOptions {
     pub extra_config: String,
     /// Fixed port (a restart reuses the first one).
     pub port: Option<u16>,
+    /// A program and its arguments the server runs under (`faketime …`, `unshare …`); the
+    /// `tether server …` command line is appended.
+    pub wrapper: Vec<String>,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A `tether server` child process with its data directory.
@@ -236,7 +241,15 @@ impl ServerProc {
                 .join(format!("server-{}.stderr", self.starts)),
         )?;
         self.starts += 1;
-        let mut cmd = Command::new(TETHER);
+        let mut cmd = match self.options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(TETHER);
+                cmd
+            }
+            None => Command::new(TETHER),
+        };
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd.args([
             "server",
             "--listen",
@@ -517,6 +530,11 @@ impl AgentProc {
         server: &ServerProc,
         token: &str,
     ) -> TestResult<AgentProc> {
+        AgentProc::start_at(ws, name, &server.base, token)
+    }
+
+    /// [`AgentProc::start`] against the server at `base` (a proxy in front of it, say).
+    pub fn start_at(ws: &Workspace, name: &str, base: &str, token: &str) -> TestResult<AgentProc> {
         let data_dir = ws.path(&format!("agent-{name}-data"));
         let udp_port = free_udp_port();
         let metrics_port = free_tcp_port();
@@ -524,7 +542,7 @@ impl AgentProc {
         // Short polling and backoff ceilings so outages heal quickly in tests.
         let yaml = format!(
             "server_url: \"{}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n  protocol: remp\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
-            server.base,
+            base,
             data_dir.display()
         );
         std::fs::write(&config, yaml)?;
@@ -841,8 +859,20 @@ pub struct Pair {
 impl Pair {
     /// Sets everything up through the CLI and the REST API.
     pub async fn start(ws: &Workspace, server: &ServerProc, user: &str) -> TestResult<Pair> {
-        let api = server.api();
         let user_token = server.user_token(user)?;
+        Pair::start_with(ws, server, user, user_token, [&server.base, &server.base]).await
+    }
+
+    /// [`Pair::start`] with a user token made elsewhere and each agent talking to its own
+    /// address of the server (`[a, b]`: the server's base, or a proxy in front of it).
+    pub async fn start_with(
+        ws: &Workspace,
+        server: &ServerProc,
+        user: &str,
+        user_token: String,
+        agent_bases: [&str; 2],
+    ) -> TestResult<Pair> {
+        let api = server.api();
         let (_, token_a) = api
             .create_agent(&user_token, &format!("{user}-agent-a"))
             .await?;
@@ -856,8 +886,8 @@ impl Pair {
         let group_id = api
             .active_group(&user_token, &format!("{user} pair"), &dongle_a, &dongle_b)
             .await?;
-        let agent_a = AgentProc::start(ws, &format!("{user}-a"), server, &token_a)?;
-        let agent_b = AgentProc::start(ws, &format!("{user}-b"), server, &token_b)?;
+        let agent_a = AgentProc::start_at(ws, &format!("{user}-a"), agent_bases[0], &token_a)?;
+        let agent_b = AgentProc::start_at(ws, &format!("{user}-b"), agent_bases[1], &token_b)?;
         agent_a.ready().await?;
         agent_b.ready().await?;
         Ok(Pair {
