@@ -8,6 +8,8 @@
 # Environment:
 #   CARGO_TARGET_DIR   build directory (default: $HOME/.cache/tether-target, reused between runs)
 #   REDIS_URL          Redis for tests (default: redis://127.0.0.1:6379)
+#   TETHER_TEST_POSTGRES_URL  PostgreSQL the records tests create their databases on
+#                      (default: postgres://postgres@127.0.0.1:5432; it runs on CI machines too)
 #   FUZZ_SECONDS       seconds per fuzz target (default: 10)
 #   SKIP_FUZZ=1        skip the fuzz smoke run (local iteration only; CI never sets it)
 #   TETHER_ARTIFACTS   where tests keep artifacts such as the web page's screenshots
@@ -65,6 +67,8 @@ command -v systemd-analyze >/dev/null || apt_install systemd
 # The web page's browser tests (tests/python/test_webui.py) drive Debian's chromium.
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 export TETHER_REQUIRE_BROWSER=1
+# The records store's PostgreSQL runs fail, rather than skip, when PostgreSQL does not answer.
+export TETHER_REQUIRE_POSTGRES=1
 
 log "preparing the Python virtualenv ($venv)"
 if [ ! -x "$venv/bin/python" ]; then

@@ -39,6 +39,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Redis URL. Only checked for reachability by `/readyz` in this version.
     pub redis_url: Option<String>,
+    /// PostgreSQL URL for the records (users, tokens, agents, dongles, groups, vehicles,
+    /// commands) instead of the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: Option<usize>,
     /// Seconds a client has to send a complete request head; idle keep-alive connections are
@@ -258,6 +261,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--redis-url` / `REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `--database-url` / `TETHER_DATABASE_URL`.
+    pub database_url: Option<String>,
 }
 
 /// The validated configuration the server runs with.
@@ -269,6 +274,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Redis URL, when configured.
     pub redis_url: Option<String>,
+    /// PostgreSQL URL of the records, when configured (otherwise SQLite in `data_dir`).
+    pub database_url: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Time a client has to send a complete request head.
@@ -292,6 +299,7 @@ impl ServerConfig {
             listen,
             data_dir: data_dir.into(),
             redis_url: None,
+            database_url: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             relay: RelayConfig::default(),
@@ -339,6 +347,13 @@ impl ServerConfig {
                 detail: err.to_string(),
             })?;
         }
+        let database_url = overrides
+            .database_url
+            .or(file.database_url)
+            .filter(|url| !url.trim().is_empty());
+        if let Some(url) = &database_url {
+            check_database_url(url)?;
+        }
         let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(invalid(format!(
@@ -362,6 +377,7 @@ impl ServerConfig {
             listen,
             data_dir,
             redis_url,
+            database_url,
             max_body_bytes,
             header_read_timeout: Duration::from_secs(header_secs),
             relay,
@@ -371,6 +387,19 @@ impl ServerConfig {
             limits,
         })
     }
+}
+
+/// Checks that `url` is a PostgreSQL URL (`postgres://` or `postgresql://`) the client accepts.
+pub fn check_database_url(url: &str) -> Result<(), ServerError> {
+    let refused = |detail: String| ServerError::DatabaseUrl { detail };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(refused(
+            "expected postgres://user@host:port/database".to_owned(),
+        ));
+    }
+    url.parse::<postgres::Config>()
+        .map(drop)
+        .map_err(|err| refused(err.to_string()))
 }
 
 /// Reads and parses a YAML configuration file, substituting `${VAR}` from the environment.
@@ -529,6 +558,35 @@ mod tests {
     }
 
     #[test]
+    fn database_url_from_file_or_flag() {
+        let file = FileConfig {
+            database_url: Some("postgres://postgres@127.0.0.1:5432/file".to_owned()),
+            ..FileConfig::default()
+        };
+        let from_file = ServerConfig::resolve(Some(file.clone()), "t", Overrides::default());
+        assert_eq!(
+            from_file.ok().and_then(|c| c.database_url),
+            Some("postgres://postgres@127.0.0.1:5432/file".to_owned())
+        );
+        let flag = Overrides {
+            database_url: Some("postgresql://u@db.internal/flag".to_owned()),
+            ..Overrides::default()
+        };
+        let from_flag = ServerConfig::resolve(Some(file.clone()), "t", flag);
+        assert_eq!(
+            from_flag.ok().and_then(|c| c.database_url),
+            Some("postgresql://u@db.internal/flag".to_owned())
+        );
+        // An empty value (`TETHER_DATABASE_URL=`) means SQLite, like an absent one.
+        let empty = Overrides {
+            database_url: Some(String::new()),
+            ..Overrides::default()
+        };
+        let sqlite = ServerConfig::resolve(None, "t", empty);
+        assert_eq!(sqlite.ok().map(|c| c.database_url), Some(None));
+    }
+
+    #[test]
     fn invalid_values_are_refused() {
         let bad_listen = Overrides {
             listen: Some("localhost".to_owned()),
@@ -543,6 +601,19 @@ mod tests {
             ServerConfig::resolve(None, "t", bad_redis),
             Err(ServerError::RedisUrl { .. })
         ));
+        for bad in ["mysql://h/db", "postgres://h:notaport/db", "host=h"] {
+            let bad_database = Overrides {
+                database_url: Some(bad.to_owned()),
+                ..Overrides::default()
+            };
+            assert!(
+                matches!(
+                    ServerConfig::resolve(None, "t", bad_database),
+                    Err(ServerError::DatabaseUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
         let tiny = FileConfig {
             max_body_bytes: Some(10),
             ..FileConfig::default()

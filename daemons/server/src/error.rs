@@ -9,19 +9,26 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// A SQLite statement failed.
+    /// A statement of the records database (SQLite or PostgreSQL) failed.
     #[error("database error while {action}: {source}")]
     Database {
         /// What the store was doing, e.g. "creating an agent".
         action: &'static str,
-        /// The SQLite error.
+        /// The backend's error.
         #[source]
-        source: rusqlite::Error,
+        source: crate::store::DbError,
+    },
+    /// The configured PostgreSQL URL (`database_url`) cannot be parsed.
+    #[error("invalid database URL: {detail}")]
+    DatabaseUrl {
+        /// Why the URL was refused (the URL itself is not repeated: it may hold a password).
+        detail: String,
     },
     /// The database was migrated by a newer version of the server.
     #[error("database schema version {found} is newer than this binary supports ({supported})")]
     SchemaTooNew {
-        /// `PRAGMA user_version` found in the file.
+        /// The version found (`PRAGMA user_version` of the SQLite file, or the highest row of
+        /// PostgreSQL's `tether_schema_version`).
         found: i64,
         /// The newest version this binary knows.
         supported: i64,
@@ -96,19 +103,21 @@ pub enum ServerError {
 }
 
 impl ServerError {
-    /// Wraps a SQLite error with the action that failed; used as `.map_err(db("…"))`.
-    pub(crate) fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> ServerError {
-        move |source| ServerError::Database { action, source }
+    /// Wraps a database error with the action that failed; used as `.map_err(db("…"))`.
+    pub(crate) fn db<E: Into<crate::store::DbError>>(
+        action: &'static str,
+    ) -> impl FnOnce(E) -> ServerError {
+        move |source| ServerError::Database {
+            action,
+            source: source.into(),
+        }
     }
 
     /// Whether retrying the same operation later may succeed (a busy or unavailable resource)
     /// rather than failing again the same way (bad config, corrupt data).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ServerError::Database { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            ),
+            ServerError::Database { source, .. } => source.is_retryable(),
             ServerError::TaskFailed { .. } => true,
             _ => false,
         }

@@ -46,7 +46,7 @@
 //! Modules, lowest first; each imports only modules listed before it:
 //! [`token`] (random tokens, SHA-256 hashes, constant-time checks), [`group_mode`] (the relay
 //! engine's mode rule and backlog as the server reads them, [`group_mode::RelayProbe`]), [`metrics`]
-//! (Prometheus families), `error` ([`ServerError`]) → [`store`] (SQLite records, ownership
+//! (Prometheus families), `error` ([`ServerError`]) → [`store`] (records in SQLite or PostgreSQL, ownership
 //! enforced in every query) → [`http`] (bearer auth, [`http::ApiError`], id extractors) →
 //! [`console`] (the live console and its stream handlers) → [`config`] (YAML + flags) →
 //! [`state`] ([`state::AppState`], what handlers share) → [`dataplane`] (the relay engine's
@@ -211,12 +211,15 @@ impl ServerBuilder {
     pub async fn build(self) -> Result<Server, ServerError> {
         let ServerBuilder { config, probe } = self;
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open_in(&data_dir))
-            .await
-            .map_err(|err| ServerError::TaskFailed {
-                task: "storage",
-                detail: err.to_string(),
-            })??;
+        let database_url = config.database_url.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open_configured(&data_dir, database_url.as_deref())
+        })
+        .await
+        .map_err(|err| ServerError::TaskFailed {
+            task: "storage",
+            detail: err.to_string(),
+        })??;
         let redis = config
             .redis_url
             .as_deref()

@@ -1,21 +1,21 @@
 //! Agents and their tokens.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 use uuid::Uuid;
 
-use super::{Agent, AgentWithToken, Store, time_at, to_millis, uuid_at};
+use super::sql::{DbError, Row, args, stored_time};
+use super::{Agent, AgentWithToken, Store};
 use crate::error::ServerError;
 use crate::token::{self, TokenKind};
 
 const AGENT_COLUMNS: &str = "id, user_id, name, created_at";
 
-fn agent_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
+fn agent_row(row: &Row, first: usize) -> Result<Agent, DbError> {
     Ok(Agent {
-        id: uuid_at(row, 0)?,
-        user_id: uuid_at(row, 1)?,
-        name: row.get(2)?,
-        created_at: time_at(row, 3)?,
+        id: row.get(first)?,
+        user_id: row.get(first + 1)?,
+        name: row.get(first + 2)?,
+        created_at: row.get(first + 3)?,
     })
 }
 
@@ -32,22 +32,23 @@ impl Store {
             id: Uuid::new_v4(),
             user_id,
             name: name.to_owned(),
-            created_at: now,
+            // As stored, so this answer and a later read show the same time.
+            created_at: stored_time(now),
         };
-        self.lock()
-            .execute(
+        self.run("creating an agent", |sql| {
+            sql.execute(
                 "INSERT INTO agents (id, user_id, name, token_lookup, token_hash, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    agent.id.to_string(),
-                    user_id.to_string(),
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                args![
+                    agent.id,
+                    user_id,
                     name,
-                    issued.lookup,
+                    &issued.lookup,
                     issued.hash.as_slice(),
-                    to_millis(now)
+                    now
                 ],
             )
-            .map_err(ServerError::db("creating an agent"))?;
+        })?;
         Ok(AgentWithToken {
             agent,
             token: issued.secret,
@@ -56,33 +57,33 @@ impl Store {
 
     /// The user's live (not revoked) agents, oldest first.
     pub fn list_agents(&self, user_id: Uuid) -> Result<Vec<Agent>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {AGENT_COLUMNS} FROM agents
-                 WHERE user_id = ?1 AND revoked_at IS NULL ORDER BY created_at, id"
-            ))
-            .map_err(ServerError::db("listing agents"))?;
-        let rows = stmt
-            .query_map(params![user_id.to_string()], agent_row)
-            .map_err(ServerError::db("listing agents"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db("listing agents"))
+        self.run("listing agents", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents
+                     WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, id"
+                ),
+                args![user_id],
+            )?
+            .iter()
+            .map(|row| agent_row(row, 0))
+            .collect()
+        })
     }
 
     /// One of the user's live agents; `None` if it is not theirs, revoked or unknown.
     pub fn get_agent(&self, user_id: Uuid, agent_id: Uuid) -> Result<Option<Agent>, ServerError> {
-        self.lock()
-            .query_row(
+        self.run("reading an agent", |sql| {
+            sql.query_opt(
                 &format!(
                     "SELECT {AGENT_COLUMNS} FROM agents
-                     WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL"
+                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
                 ),
-                params![agent_id.to_string(), user_id.to_string()],
-                agent_row,
-            )
-            .optional()
-            .map_err(ServerError::db("reading an agent"))
+                args![agent_id, user_id],
+            )?
+            .map(|row| agent_row(&row, 0))
+            .transpose()
+        })
     }
 
     /// Revokes one of the user's agents: its token stops working and it disappears from the
@@ -93,15 +94,14 @@ impl Store {
         agent_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
-        let changed = self
-            .lock()
-            .execute(
-                "UPDATE agents SET revoked_at = ?3
-                 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
-                params![agent_id.to_string(), user_id.to_string(), to_millis(now)],
+        self.run("revoking an agent", |sql| {
+            sql.execute(
+                "UPDATE agents SET revoked_at = $3
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+                args![agent_id, user_id, now],
             )
-            .map_err(ServerError::db("revoking an agent"))?;
-        Ok(changed == 1)
+            .map(|changed| changed == 1)
+        })
     }
 
     /// The live agent a presented agent token belongs to, or `None`.
@@ -109,27 +109,17 @@ impl Store {
         let Some(lookup) = token::lookup_key(TokenKind::Agent, presented) else {
             return Ok(None);
         };
-        let row = self
-            .lock()
-            .query_row(
+        let found = self.run("authenticating an agent token", |sql| {
+            sql.query_opt(
                 &format!(
                     "SELECT token_hash, {AGENT_COLUMNS} FROM agents
-                     WHERE token_lookup = ?1 AND revoked_at IS NULL"
+                     WHERE token_lookup = $1 AND revoked_at IS NULL"
                 ),
-                params![lookup],
-                |row| {
-                    let hash: Vec<u8> = row.get(0)?;
-                    let agent = Agent {
-                        id: uuid_at(row, 1)?,
-                        user_id: uuid_at(row, 2)?,
-                        name: row.get(3)?,
-                        created_at: time_at(row, 4)?,
-                    };
-                    Ok((hash, agent))
-                },
-            )
-            .optional()
-            .map_err(ServerError::db("authenticating an agent token"))?;
-        Ok(row.and_then(|(hash, agent)| token::matches(presented, &hash).then_some(agent)))
+                args![lookup],
+            )?
+            .map(|row| Ok((row.get::<Vec<u8>>(0)?, agent_row(&row, 1)?)))
+            .transpose()
+        })?;
+        Ok(found.and_then(|(hash, agent)| token::matches(presented, &hash).then_some(agent)))
     }
 }

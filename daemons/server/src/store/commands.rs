@@ -3,13 +3,12 @@
 //! response and its `completed` status are one transaction.
 
 use chrono::{DateTime, Utc};
-use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Store, opt_time_at, time_at, to_millis, uuid_at};
+use super::Store;
+use super::sql::{self, DbError, FromValue, Row, Sql, args};
 use crate::error::ServerError;
 
 /// Where a command is in its life: `pending → in_progress → completed | failed`.
@@ -175,46 +174,36 @@ pub enum CommandWritten {
 const COMMAND_COLUMNS: &str = "id, user_id, vehicle_id, command_name, command_params, status, \
                                error_message, submitted_at, completed_at, deadline_at";
 
-fn json_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
-    let text: String = row.get(idx)?;
-    serde_json::from_str(&text)
-        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(err)))
+impl FromValue for CommandStatus {
+    fn from_value(value: &sql::Value) -> Result<Self, String> {
+        let text = String::from_value(value)?;
+        CommandStatus::parse(&text).ok_or_else(|| format!("unknown status {text:?}"))
+    }
 }
 
-fn status_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<CommandStatus> {
-    let text: String = row.get(idx)?;
-    CommandStatus::parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            Type::Text,
-            Box::new(std::io::Error::other(format!("unknown status {text:?}"))),
-        )
-    })
-}
-
-fn command_row(row: &Row<'_>) -> rusqlite::Result<CommandRecord> {
+fn command_row(row: &Row) -> Result<CommandRecord, DbError> {
     Ok(CommandRecord {
-        command_id: uuid_at(row, 0)?,
-        user_id: uuid_at(row, 1)?,
-        vehicle_id: uuid_at(row, 2)?,
+        command_id: row.get(0)?,
+        user_id: row.get(1)?,
+        vehicle_id: row.get(2)?,
         command_name: row.get(3)?,
-        command_params: json_at(row, 4)?,
-        status: status_at(row, 5)?,
+        command_params: row.get(4)?,
+        status: row.get(5)?,
         error_message: row.get(6)?,
-        submitted_at: time_at(row, 7)?,
-        completed_at: opt_time_at(row, 8)?,
-        deadline_at: time_at(row, 9)?,
+        submitted_at: row.get(7)?,
+        completed_at: row.get(8)?,
+        deadline_at: row.get(9)?,
     })
 }
 
-fn response_row(row: &Row<'_>) -> rusqlite::Result<ResponseRecord> {
+fn response_row(row: &Row) -> Result<ResponseRecord, DbError> {
     Ok(ResponseRecord {
-        response_id: uuid_at(row, 0)?,
-        command_id: uuid_at(row, 1)?,
+        response_id: row.get(0)?,
+        command_id: row.get(1)?,
         sequence_number: row.get(2)?,
         is_final: row.get(3)?,
-        response_payload: json_at(row, 4)?,
-        received_at: time_at(row, 5)?,
+        response_payload: row.get(4)?,
+        received_at: row.get(5)?,
     })
 }
 
@@ -223,72 +212,71 @@ const RESPONSE_COLUMNS: &str =
 
 const RESPONSE_ACTION: &str = "storing a response";
 
-fn insert_command_on(conn: &Connection, command: &CommandRecord) -> Result<(), ServerError> {
-    conn.prepare_cached(
+fn insert_command_on(sql: &mut dyn Sql, command: &CommandRecord) -> Result<(), DbError> {
+    sql.execute(
         "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
              status, error_message, submitted_at, completed_at, deadline_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            command.command_id.to_string(),
-            command.user_id.to_string(),
-            command.vehicle_id.to_string(),
-            command.command_name,
-            command.command_params.to_string(),
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        args![
+            command.command_id,
+            command.user_id,
+            command.vehicle_id,
+            &command.command_name,
+            &command.command_params,
             command.status.as_str(),
-            command.error_message,
-            to_millis(command.submitted_at),
-            command.completed_at.map(to_millis),
-            to_millis(command.deadline_at),
-        ])
-    })
+            command.error_message.as_deref(),
+            command.submitted_at,
+            command.completed_at,
+            command.deadline_at,
+        ],
+    )
     .map(drop)
-    .map_err(ServerError::db("storing a command"))
 }
 
-fn start_command_on(conn: &Connection, command_id: Uuid) -> Result<bool, ServerError> {
-    conn.prepare_cached(
-        "UPDATE commands SET status = 'in_progress' WHERE id = ?1 AND status = 'pending'",
+fn start_command_on(sql: &mut dyn Sql, command_id: Uuid) -> Result<bool, DbError> {
+    sql.execute(
+        "UPDATE commands SET status = 'in_progress' WHERE id = $1 AND status = 'pending'",
+        args![command_id],
     )
-    .and_then(|mut stmt| stmt.execute(params![command_id.to_string()]))
     .map(|n| n == 1)
-    .map_err(ServerError::db("starting a command"))
 }
 
 fn fail_command_on(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     command_id: Uuid,
     error: &str,
     now: DateTime<Utc>,
-) -> Result<bool, ServerError> {
-    conn.prepare_cached(
-        "UPDATE commands SET status = 'failed', error_message = ?2, completed_at = ?3
-         WHERE id = ?1 AND status IN ('pending', 'in_progress')",
+) -> Result<bool, DbError> {
+    sql.execute(
+        "UPDATE commands SET status = 'failed', error_message = $2, completed_at = $3
+         WHERE id = $1 AND status IN ('pending', 'in_progress')",
+        args![command_id, error, now],
     )
-    .and_then(|mut stmt| stmt.execute(params![command_id.to_string(), error, to_millis(now)]))
     .map(|n| n == 1)
-    .map_err(ServerError::db("failing a command"))
 }
 
 /// The statements of [`Store::add_response`], inside the caller's transaction (which the
 /// caller commits only for [`ResponseOutcome::Stored`]).
 fn add_response_on(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     command_id: Uuid,
     sequence_number: u32,
     is_final: bool,
     payload: &Value,
     now: DateTime<Utc>,
-) -> Result<ResponseOutcome, ServerError> {
-    let id = command_id.to_string();
-    let status = conn
-        .prepare_cached("SELECT status FROM commands WHERE id = ?1")
-        .and_then(|mut stmt| {
-            stmt.query_row(params![id], |row| status_at(row, 0))
-                .optional()
-        })
-        .map_err(ServerError::db(RESPONSE_ACTION))?;
+) -> Result<ResponseOutcome, DbError> {
+    // Locked (PostgreSQL), so a response and a failure racing on two instances end the
+    // command once.
+    let status = sql
+        .query_opt(
+            &format!(
+                "SELECT status FROM commands WHERE id = $1{}",
+                sql.for_update()
+            ),
+            args![command_id],
+        )?
+        .map(|row| row.get::<CommandStatus>(0))
+        .transpose()?;
     match status {
         None => return Ok(ResponseOutcome::UnknownCommand),
         Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
@@ -300,49 +288,46 @@ fn add_response_on(
         sequence_number,
         is_final,
         response_payload: payload.clone(),
-        received_at: now,
+        received_at: sql::stored_time(now),
     };
-    let inserted = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO command_responses
-                 (id, command_id, sequence_number, is_final, response_payload, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                record.response_id.to_string(),
-                id,
-                sequence_number,
-                is_final,
-                payload.to_string(),
-                to_millis(now)
-            ])
-        })
-        .map_err(ServerError::db(RESPONSE_ACTION))?;
+    let inserted = sql.execute(
+        "INSERT INTO command_responses
+             (id, command_id, sequence_number, is_final, response_payload, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (command_id, sequence_number) DO NOTHING",
+        args![
+            record.response_id,
+            command_id,
+            sequence_number,
+            is_final,
+            payload,
+            now
+        ],
+    )?;
     if inserted == 0 {
         return Ok(ResponseOutcome::Duplicate);
     }
-    let status = if is_final { "completed" } else { "in_progress" };
-    conn.prepare_cached(
-        "UPDATE commands SET status = ?2,
-             completed_at = CASE WHEN ?2 = 'completed' THEN ?3 ELSE completed_at END
-         WHERE id = ?1",
-    )
-    .and_then(|mut stmt| stmt.execute(params![id, status, to_millis(now)]))
-    .map_err(ServerError::db(RESPONSE_ACTION))?;
+    if is_final {
+        sql.execute(
+            "UPDATE commands SET status = 'completed', completed_at = $2 WHERE id = $1",
+            args![command_id, now],
+        )?;
+    } else {
+        sql.execute(
+            "UPDATE commands SET status = 'in_progress' WHERE id = $1",
+            args![command_id],
+        )?;
+    }
     Ok(ResponseOutcome::Stored(record))
 }
 
-fn apply_command_write(
-    conn: &Connection,
-    write: &CommandWrite,
-) -> Result<CommandWritten, ServerError> {
+fn apply_command_write(sql: &mut dyn Sql, write: &CommandWrite) -> Result<CommandWritten, DbError> {
     Ok(match write {
         CommandWrite::Insert(command) => {
-            insert_command_on(conn, command)?;
+            insert_command_on(sql, command)?;
             CommandWritten::Inserted
         }
-        CommandWrite::Start(id) => CommandWritten::Started(start_command_on(conn, *id)?),
+        CommandWrite::Start(id) => CommandWritten::Started(start_command_on(sql, *id)?),
         CommandWrite::Response {
             command_id,
             start,
@@ -351,9 +336,9 @@ fn apply_command_write(
             payload,
             at,
         } => {
-            let started = *start && start_command_on(conn, *command_id)?;
+            let started = *start && start_command_on(sql, *command_id)?;
             let outcome =
-                add_response_on(conn, *command_id, *sequence_number, *is_final, payload, *at)?;
+                add_response_on(sql, *command_id, *sequence_number, *is_final, payload, *at)?;
             // Not stored: the savepoint rolls the start back too.
             let started = started && matches!(outcome, ResponseOutcome::Stored(_));
             CommandWritten::Response(started, outcome)
@@ -362,20 +347,22 @@ fn apply_command_write(
             command_id,
             error,
             at,
-        } => CommandWritten::Failed(fail_command_on(conn, *command_id, error, *at)?),
+        } => CommandWritten::Failed(fail_command_on(sql, *command_id, error, *at)?),
     })
 }
 
 impl Store {
     /// Stores a new command (status `pending`).
     pub fn insert_command(&self, command: &CommandRecord) -> Result<(), ServerError> {
-        insert_command_on(&self.lock(), command)
+        self.run("storing a command", |sql| insert_command_on(sql, command))
     }
 
     /// `pending → in_progress`. `false` when the command is not pending (already started or
     /// ended).
     pub fn start_command(&self, command_id: Uuid) -> Result<bool, ServerError> {
-        start_command_on(&self.lock(), command_id)
+        self.run("starting a command", |sql| {
+            start_command_on(sql, command_id)
+        })
     }
 
     /// Ends a command as `failed` with `error`. `false` when it had already ended.
@@ -385,7 +372,9 @@ impl Store {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
-        fail_command_on(&self.lock(), command_id, error, now)
+        self.run("failing a command", |sql| {
+            fail_command_on(sql, command_id, error, now)
+        })
     }
 
     /// Stores a response of a running command and, when it is final, completes the command,
@@ -398,15 +387,9 @@ impl Store {
         payload: &Value,
         now: DateTime<Utc>,
     ) -> Result<ResponseOutcome, ServerError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db(RESPONSE_ACTION))?;
-        let outcome = add_response_on(&tx, command_id, sequence_number, is_final, payload, now)?;
-        if matches!(outcome, ResponseOutcome::Stored(_)) {
-            tx.commit().map_err(ServerError::db(RESPONSE_ACTION))?;
-        }
-        Ok(outcome)
+        self.transaction(RESPONSE_ACTION, |sql| {
+            add_response_on(sql, command_id, sequence_number, is_final, payload, now)
+        })
     }
 
     /// Applies `writes` in order in one transaction (a group commit of the commands
@@ -419,29 +402,33 @@ impl Store {
         writes: &[CommandWrite],
     ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
         const ACTION: &str = "storing command changes";
-        let mut conn = self.lock();
-        let mut tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db(ACTION))?;
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            let savepoint = tx.savepoint().map_err(ServerError::db(ACTION))?;
-            let result = apply_command_write(&savepoint, write);
-            // A write that stored nothing (or failed) is rolled back with its savepoint.
-            let keep = matches!(
-                &result,
-                Ok(CommandWritten::Inserted
-                    | CommandWritten::Started(_)
-                    | CommandWritten::Failed(_)
-                    | CommandWritten::Response(_, ResponseOutcome::Stored(_)))
-            );
-            if keep {
-                savepoint.commit().map_err(ServerError::db(ACTION))?;
+        self.transaction(ACTION, |sql| {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                sql.execute("SAVEPOINT command_write", &[])?;
+                let result = apply_command_write(sql, write);
+                // A write that stored nothing (or failed) is rolled back with its savepoint.
+                let keep = matches!(
+                    &result,
+                    Ok(CommandWritten::Inserted
+                        | CommandWritten::Started(_)
+                        | CommandWritten::Failed(_)
+                        | CommandWritten::Response(_, ResponseOutcome::Stored(_)))
+                );
+                if !keep {
+                    sql.execute("ROLLBACK TO SAVEPOINT command_write", &[])?;
+                }
+                sql.execute("RELEASE SAVEPOINT command_write", &[])?;
+                let action = match write {
+                    CommandWrite::Insert(_) => "storing a command",
+                    CommandWrite::Start(_) => "starting a command",
+                    CommandWrite::Response { .. } => RESPONSE_ACTION,
+                    CommandWrite::Fail { .. } => "failing a command",
+                };
+                results.push(result.map_err(ServerError::db(action)));
             }
-            results.push(result);
-        }
-        tx.commit().map_err(ServerError::db(ACTION))?;
-        Ok(results)
+            Ok(results)
+        })
     }
 
     /// One of the user's commands; `None` if it is not theirs or unknown.
@@ -450,31 +437,26 @@ impl Store {
         user_id: Uuid,
         command_id: Uuid,
     ) -> Result<Option<CommandRecord>, ServerError> {
-        self.lock()
-            .prepare_cached(&format!(
-                "SELECT {COMMAND_COLUMNS} FROM commands WHERE id = ?1 AND user_id = ?2"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![command_id.to_string(), user_id.to_string()],
-                    command_row,
-                )
-                .optional()
-            })
-            .map_err(ServerError::db("reading a command"))
+        self.run("reading a command", |sql| {
+            sql.query_opt(
+                &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1 AND user_id = $2"),
+                args![command_id, user_id],
+            )?
+            .map(|row| command_row(&row))
+            .transpose()
+        })
     }
 
     /// A command by id, whoever owns it (the commands service).
     pub fn command_by_id(&self, command_id: Uuid) -> Result<Option<CommandRecord>, ServerError> {
-        self.lock()
-            .prepare_cached(&format!(
-                "SELECT {COMMAND_COLUMNS} FROM commands WHERE id = ?1"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(params![command_id.to_string()], command_row)
-                    .optional()
-            })
-            .map_err(ServerError::db("reading a command"))
+        self.run("reading a command", |sql| {
+            sql.query_opt(
+                &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1"),
+                args![command_id],
+            )?
+            .map(|row| command_row(&row))
+            .transpose()
+        })
     }
 
     /// The user's commands, newest first, filtered and paged by `query`.
@@ -483,38 +465,40 @@ impl Store {
         user_id: Uuid,
         query: &CommandQuery,
     ) -> Result<Vec<CommandRecord>, ServerError> {
-        const ACTION: &str = "listing commands";
-        let (before_at, before_id) = match query.before {
-            Some((at, id)) => (Some(at), Some(id.to_string())),
-            None => (None, None),
-        };
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COMMAND_COLUMNS} FROM commands
-                 WHERE user_id = ?1
-                   AND (?2 IS NULL OR vehicle_id = ?2)
-                   AND (?3 IS NULL OR status = ?3)
-                   AND (?4 IS NULL OR submitted_at < ?4 OR (submitted_at = ?4 AND id < ?5))
-                 ORDER BY submitted_at DESC, id DESC
-                 LIMIT ?6"
-            ))
-            .map_err(ServerError::db(ACTION))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    user_id.to_string(),
-                    query.vehicle_id.map(|v| v.to_string()),
-                    query.status.map(CommandStatus::as_str),
-                    before_at,
-                    before_id,
-                    i64::try_from(query.limit).unwrap_or(i64::MAX),
-                ],
-                command_row,
-            )
-            .map_err(ServerError::db(ACTION))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db(ACTION))
+        // The filters given become conditions (PostgreSQL cannot type a `$n IS NULL` test).
+        let mut args: Vec<sql::Value> = vec![user_id.into()];
+        let mut filter = String::from("user_id = $1");
+        if let Some(vehicle) = query.vehicle_id {
+            args.push(vehicle.into());
+            filter.push_str(&format!(" AND vehicle_id = ${}", args.len()));
+        }
+        if let Some(status) = query.status {
+            args.push(status.as_str().into());
+            filter.push_str(&format!(" AND status = ${}", args.len()));
+        }
+        if let Some((at_ms, id)) = query.before {
+            let at = DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
+            args.push(at.into());
+            args.push(id.into());
+            let (at, id) = (args.len() - 1, args.len());
+            filter.push_str(&format!(
+                " AND (submitted_at < ${at} OR (submitted_at = ${at} AND id < ${id}))"
+            ));
+        }
+        args.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
+        let limit = args.len();
+        self.run("listing commands", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {COMMAND_COLUMNS} FROM commands WHERE {filter}
+                     ORDER BY submitted_at DESC, id DESC LIMIT ${limit}"
+                ),
+                &args,
+            )?
+            .iter()
+            .map(command_row)
+            .collect()
+        })
     }
 
     /// A command's responses with a sequence number above `after`, in order.
@@ -523,36 +507,34 @@ impl Store {
         command_id: Uuid,
         after: u32,
     ) -> Result<Vec<ResponseRecord>, ServerError> {
-        const ACTION: &str = "reading responses";
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {RESPONSE_COLUMNS} FROM command_responses
-                 WHERE command_id = ?1 AND sequence_number > ?2 ORDER BY sequence_number"
-            ))
-            .map_err(ServerError::db(ACTION))?;
-        let rows = stmt
-            .query_map(params![command_id.to_string(), after], response_row)
-            .map_err(ServerError::db(ACTION))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db(ACTION))
+        self.run("reading responses", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {RESPONSE_COLUMNS} FROM command_responses
+                     WHERE command_id = $1 AND sequence_number > $2 ORDER BY sequence_number"
+                ),
+                args![command_id, after],
+            )?
+            .iter()
+            .map(response_row)
+            .collect()
+        })
     }
 
     /// Commands still `pending` or `in_progress` (after a restart: what the previous process
     /// left open).
     pub fn open_commands(&self) -> Result<Vec<CommandRecord>, ServerError> {
-        const ACTION: &str = "listing open commands";
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COMMAND_COLUMNS} FROM commands
-                 WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
-            ))
-            .map_err(ServerError::db(ACTION))?;
-        let rows = stmt
-            .query_map([], command_row)
-            .map_err(ServerError::db(ACTION))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db(ACTION))
+        self.run("listing open commands", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {COMMAND_COLUMNS} FROM commands
+                     WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(command_row)
+            .collect()
+        })
     }
 }

@@ -1,13 +1,10 @@
 //! Relay groups, their persisted mode and audit log.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{
-    Actor, AuditEntry, Group, GroupRefusal, ModeChange, Store, mode_at, opt_mode_at, time_at,
-    to_millis, uuid_at,
-};
+use super::sql::{DbError, FromValue, Row, Sql, Value, args};
+use super::{Actor, AuditEntry, Group, GroupRefusal, ModeChange, Store};
 use crate::error::ServerError;
 use crate::group_mode::{GroupMode, GroupStatus};
 
@@ -17,67 +14,98 @@ const GROUP_SELECT: &str = "SELECT g.id, g.user_id, g.name, g.dongle_a, g.dongle
     JOIN dongles da ON da.id = g.dongle_a
     JOIN dongles db ON db.id = g.dongle_b";
 
-fn group_row(row: &Row<'_>) -> rusqlite::Result<Group> {
+impl FromValue for GroupMode {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let text = String::from_value(value)?;
+        GroupMode::parse(&text).ok_or_else(|| format!("unknown group mode {text:?}"))
+    }
+}
+
+fn group_row(row: &Row) -> Result<Group, DbError> {
     Ok(Group {
-        id: uuid_at(row, 0)?,
-        user_id: uuid_at(row, 1)?,
+        id: row.get(0)?,
+        user_id: row.get(1)?,
         name: row.get(2)?,
-        dongle_a: uuid_at(row, 3)?,
-        dongle_b: uuid_at(row, 4)?,
+        dongle_a: row.get(3)?,
+        dongle_b: row.get(4)?,
         activated: row.get(5)?,
-        mode: mode_at(row, 6)?,
+        mode: row.get(6)?,
         a_online: row.get(7)?,
         b_online: row.get(8)?,
-        created_at: time_at(row, 9)?,
+        created_at: row.get(9)?,
     })
 }
 
+/// The group matching `filter`, if any. In a transaction on PostgreSQL it first locks the
+/// group's row, so that two instances re-evaluating one group's mode take turns and each change
+/// is stored and audited once.
+fn read_group(
+    sql: &mut dyn Sql,
+    lock: bool,
+    filter: &str,
+    args: &[Value],
+) -> Result<Option<Group>, DbError> {
+    if lock && !sql.for_update().is_empty() {
+        let locked = sql.query_opt(
+            &format!(
+                "SELECT g.id FROM relay_groups g WHERE {filter}{}",
+                sql.for_update()
+            ),
+            args,
+        )?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+    }
+    sql.query_opt(&format!("{GROUP_SELECT} WHERE {filter}"), args)?
+        .map(|row| group_row(&row))
+        .transpose()
+}
+
 fn audit(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     group_id: Uuid,
     actor: &Actor,
     action: &str,
     old: Option<GroupMode>,
     new: Option<GroupMode>,
     now: DateTime<Utc>,
-) -> Result<(), ServerError> {
-    conn.execute(
+) -> Result<(), DbError> {
+    sql.execute(
         "INSERT INTO group_audit (group_id, at, actor, action, old_mode, new_mode)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            group_id.to_string(),
-            to_millis(now),
-            actor.as_stored(),
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        args![
+            group_id,
+            now,
+            actor.as_stored().as_str(),
             action,
             old.map(GroupMode::as_str),
             new.map(GroupMode::as_str)
         ],
-    )
-    .map_err(ServerError::db("writing the group audit log"))?;
+    )?;
     Ok(())
 }
 
 /// Recomputes `group`'s mode from its facts and, when it differs from the stored one, stores
 /// it and writes an audit entry — the single path every mode change goes through.
 fn apply_mode(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     group: &mut Group,
     relay: Option<&GroupStatus>,
     actor: &Actor,
     action: &str,
     now: DateTime<Utc>,
-) -> Result<Option<ModeChange>, ServerError> {
+) -> Result<Option<ModeChange>, DbError> {
     let state = group.state(relay);
     if state.mode == group.mode {
         return Ok(None);
     }
-    conn.execute(
-        "UPDATE relay_groups SET mode = ?2 WHERE id = ?1",
-        params![group.id.to_string(), state.mode.as_str()],
-    )
-    .map_err(ServerError::db("storing a group mode"))?;
+    sql.execute(
+        "UPDATE relay_groups SET mode = $2 WHERE id = $1",
+        args![group.id, state.mode.as_str()],
+    )?;
     audit(
-        conn,
+        sql,
         group.id,
         actor,
         action,
@@ -108,150 +136,113 @@ impl Store {
         if dongle_a == dongle_b {
             return Ok(Err(GroupRefusal::SameDongle));
         }
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("creating a group"))?;
-        for (side, dongle) in [('a', dongle_a), ('b', dongle_b)] {
-            let owned = tx
-                .query_row(
-                    "SELECT 1 FROM dongles WHERE id = ?1 AND user_id = ?2",
-                    params![dongle.to_string(), user_id.to_string()],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(ServerError::db("creating a group"))?;
-            if owned.is_none() {
-                return Ok(Err(GroupRefusal::UnknownDongle(side)));
+        self.transaction_or_refuse("creating a group", |sql| {
+            for (side, dongle) in [('a', dongle_a), ('b', dongle_b)] {
+                let owned = sql.query_opt(
+                    "SELECT 1 FROM dongles WHERE id = $1 AND user_id = $2",
+                    args![dongle, user_id],
+                )?;
+                if owned.is_none() {
+                    return Ok(Err(GroupRefusal::UnknownDongle(side)));
+                }
             }
-        }
-        for (side, dongle) in [('a', dongle_a), ('b', dongle_b)] {
-            let member = tx
-                .query_row(
-                    "SELECT 1 FROM group_members WHERE dongle_id = ?1",
-                    params![dongle.to_string()],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(ServerError::db("creating a group"))?;
-            if member.is_some() {
-                return Ok(Err(GroupRefusal::DongleInGroup(side)));
+            for (side, dongle) in [('a', dongle_a), ('b', dongle_b)] {
+                let member = sql.query_opt(
+                    "SELECT 1 FROM group_members WHERE dongle_id = $1",
+                    args![dongle],
+                )?;
+                if member.is_some() {
+                    return Ok(Err(GroupRefusal::DongleInGroup(side)));
+                }
             }
-        }
-        let id = Uuid::new_v4();
-        tx.execute(
-            "INSERT INTO relay_groups (id, user_id, name, dongle_a, dongle_b, activated, mode,
-                 created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, 'inactive', ?6)",
-            params![
-                id.to_string(),
-                user_id.to_string(),
-                name,
-                dongle_a.to_string(),
-                dongle_b.to_string(),
-                to_millis(now)
-            ],
-        )
-        .map_err(ServerError::db("creating a group"))?;
-        for (side, dongle) in [("a", dongle_a), ("b", dongle_b)] {
-            tx.execute(
-                "INSERT INTO group_members (dongle_id, group_id, side) VALUES (?1, ?2, ?3)",
-                params![dongle.to_string(), id.to_string(), side],
-            )
-            .map_err(ServerError::db("creating a group"))?;
-        }
-        audit(
-            &tx,
-            id,
-            actor,
-            "create",
-            None,
-            Some(GroupMode::Inactive),
-            now,
-        )?;
-        let group = tx
-            .query_row(
-                &format!("{GROUP_SELECT} WHERE g.id = ?1"),
-                params![id.to_string()],
-                group_row,
-            )
-            .map_err(ServerError::db("creating a group"))?;
-        tx.commit().map_err(ServerError::db("creating a group"))?;
-        Ok(Ok(group))
+            let id = Uuid::new_v4();
+            sql.execute(
+                "INSERT INTO relay_groups (id, user_id, name, dongle_a, dongle_b, activated, mode,
+                     created_at)
+                 VALUES ($1, $2, $3, $4, $5, FALSE, 'inactive', $6)",
+                args![id, user_id, name, dongle_a, dongle_b, now],
+            )?;
+            for (side, dongle) in [('a', dongle_a), ('b', dongle_b)] {
+                // Another instance may have put the dongle in a group since the check above
+                // (PostgreSQL): the member's primary key refuses it, as the check would have.
+                let inserted = sql.execute(
+                    "INSERT INTO group_members (dongle_id, group_id, side) VALUES ($1, $2, $3)",
+                    args![dongle, id, side.to_string().as_str()],
+                );
+                match inserted {
+                    Err(err) if err.is_unique_violation() => {
+                        return Ok(Err(GroupRefusal::DongleInGroup(side)));
+                    }
+                    other => other?,
+                };
+            }
+            audit(
+                sql,
+                id,
+                actor,
+                "create",
+                None,
+                Some(GroupMode::Inactive),
+                now,
+            )?;
+            let group = read_group(sql, false, "g.id = $1", args![id])?.ok_or(DbError::NoRow)?;
+            Ok(Ok(group))
+        })
     }
 
     /// The user's groups, oldest first.
     pub fn list_groups(&self, user_id: Uuid) -> Result<Vec<Group>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "{GROUP_SELECT} WHERE g.user_id = ?1 ORDER BY g.created_at, g.id"
-            ))
-            .map_err(ServerError::db("listing groups"))?;
-        let rows = stmt
-            .query_map(params![user_id.to_string()], group_row)
-            .map_err(ServerError::db("listing groups"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db("listing groups"))
+        self.run("listing groups", |sql| {
+            sql.query(
+                &format!("{GROUP_SELECT} WHERE g.user_id = $1 ORDER BY g.created_at, g.id"),
+                args![user_id],
+            )?
+            .iter()
+            .map(group_row)
+            .collect()
+        })
     }
 
     /// Every group's id, whoever owns it (the data plane's backlog at start).
     pub fn all_group_ids(&self) -> Result<Vec<Uuid>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT id FROM relay_groups ORDER BY id")
-            .map_err(ServerError::db("listing groups"))?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(ServerError::db("listing groups"))?;
-        let mut ids = Vec::new();
-        for row in rows {
-            let text = row.map_err(ServerError::db("listing groups"))?;
-            if let Ok(id) = Uuid::parse_str(&text) {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
+        self.run("listing groups", |sql| {
+            sql.query("SELECT id FROM relay_groups ORDER BY id", &[])?
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        })
     }
 
     /// One of the user's groups; `None` if it is not theirs or unknown.
     pub fn get_group(&self, user_id: Uuid, group_id: Uuid) -> Result<Option<Group>, ServerError> {
-        self.lock()
-            .query_row(
-                &format!("{GROUP_SELECT} WHERE g.id = ?1 AND g.user_id = ?2"),
-                params![group_id.to_string(), user_id.to_string()],
-                group_row,
+        self.run("reading a group", |sql| {
+            read_group(
+                sql,
+                false,
+                "g.id = $1 AND g.user_id = $2",
+                args![group_id, user_id],
             )
-            .optional()
-            .map_err(ServerError::db("reading a group"))
+        })
     }
 
     /// A group by id whoever owns it — for the data plane, which has already authorised the
     /// agent through the dongle.
     pub fn group(&self, group_id: Uuid) -> Result<Option<Group>, ServerError> {
-        self.lock()
-            .query_row(
-                &format!("{GROUP_SELECT} WHERE g.id = ?1"),
-                params![group_id.to_string()],
-                group_row,
-            )
-            .optional()
-            .map_err(ServerError::db("reading a group"))
+        self.run("reading a group", |sql| {
+            read_group(sql, false, "g.id = $1", args![group_id])
+        })
     }
 
     /// The group a dongle belongs to, if any (data plane routing).
     pub fn group_of_dongle(&self, dongle_id: Uuid) -> Result<Option<Group>, ServerError> {
-        self.lock()
-            .query_row(
-                &format!(
-                    "{GROUP_SELECT} WHERE g.id =
-                     (SELECT group_id FROM group_members WHERE dongle_id = ?1)"
-                ),
-                params![dongle_id.to_string()],
-                group_row,
+        self.run("reading a group", |sql| {
+            read_group(
+                sql,
+                false,
+                "g.id = (SELECT group_id FROM group_members WHERE dongle_id = $1)",
+                args![dongle_id],
             )
-            .optional()
-            .map_err(ServerError::db("reading a group"))
+        })
     }
 
     /// Deletes one of the user's groups, freeing its dongles. Its audit entries are kept (with a
@@ -264,34 +255,28 @@ impl Store {
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("deleting a group"))?;
-        let mode = tx
-            .query_row(
-                "SELECT mode FROM relay_groups WHERE id = ?1 AND user_id = ?2",
-                params![group_id.to_string(), user_id.to_string()],
-                |row| mode_at(row, 0),
-            )
-            .optional()
-            .map_err(ServerError::db("deleting a group"))?;
-        let Some(mode) = mode else {
-            return Ok(false);
-        };
-        tx.execute(
-            "DELETE FROM group_members WHERE group_id = ?1",
-            params![group_id.to_string()],
-        )
-        .map_err(ServerError::db("deleting a group"))?;
-        tx.execute(
-            "DELETE FROM relay_groups WHERE id = ?1",
-            params![group_id.to_string()],
-        )
-        .map_err(ServerError::db("deleting a group"))?;
-        audit(&tx, group_id, actor, "delete", Some(mode), None, now)?;
-        tx.commit().map_err(ServerError::db("deleting a group"))?;
-        Ok(true)
+        self.transaction("deleting a group", |sql| {
+            let mode = sql
+                .query_opt(
+                    &format!(
+                        "SELECT mode FROM relay_groups WHERE id = $1 AND user_id = $2{}",
+                        sql.for_update()
+                    ),
+                    args![group_id, user_id],
+                )?
+                .map(|row| row.get::<GroupMode>(0))
+                .transpose()?;
+            let Some(mode) = mode else {
+                return Ok(false);
+            };
+            sql.execute(
+                "DELETE FROM group_members WHERE group_id = $1",
+                args![group_id],
+            )?;
+            sql.execute("DELETE FROM relay_groups WHERE id = $1", args![group_id])?;
+            audit(sql, group_id, actor, "delete", Some(mode), None, now)?;
+            Ok(true)
+        })
     }
 
     /// Activates or deactivates one of the user's groups (idempotent). Returns the group after
@@ -306,33 +291,27 @@ impl Store {
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> Result<Option<(Group, Option<ModeChange>)>, ServerError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("activating a group"))?;
-        let group = tx
-            .query_row(
-                &format!("{GROUP_SELECT} WHERE g.id = ?1 AND g.user_id = ?2"),
-                params![group_id.to_string(), user_id.to_string()],
-                group_row,
-            )
-            .optional()
-            .map_err(ServerError::db("activating a group"))?;
-        let Some(mut group) = group else {
-            return Ok(None);
-        };
-        if group.activated != activated {
-            tx.execute(
-                "UPDATE relay_groups SET activated = ?2 WHERE id = ?1",
-                params![group_id.to_string(), activated],
-            )
-            .map_err(ServerError::db("activating a group"))?;
-            group.activated = activated;
-        }
-        let action = if activated { "activate" } else { "deactivate" };
-        let change = apply_mode(&tx, &mut group, relay.as_ref(), actor, action, now)?;
-        tx.commit().map_err(ServerError::db("activating a group"))?;
-        Ok(Some((group, change)))
+        self.transaction("activating a group", |sql| {
+            let group = read_group(
+                sql,
+                true,
+                "g.id = $1 AND g.user_id = $2",
+                args![group_id, user_id],
+            )?;
+            let Some(mut group) = group else {
+                return Ok(None);
+            };
+            if group.activated != activated {
+                sql.execute(
+                    "UPDATE relay_groups SET activated = $2 WHERE id = $1",
+                    args![group_id, activated],
+                )?;
+                group.activated = activated;
+            }
+            let action = if activated { "activate" } else { "deactivate" };
+            let change = apply_mode(sql, &mut group, relay.as_ref(), actor, action, now)?;
+            Ok(Some((group, change)))
+        })
     }
 
     /// Re-evaluates a group's mode with the relay engine's new status of it (data plane: a side
@@ -346,25 +325,12 @@ impl Store {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ModeChange>, ServerError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("refreshing a group mode"))?;
-        let group = tx
-            .query_row(
-                &format!("{GROUP_SELECT} WHERE g.id = ?1"),
-                params![group_id.to_string()],
-                group_row,
-            )
-            .optional()
-            .map_err(ServerError::db("refreshing a group mode"))?;
-        let Some(mut group) = group else {
-            return Ok(None);
-        };
-        let change = apply_mode(&tx, &mut group, relay.as_ref(), actor, action, now)?;
-        tx.commit()
-            .map_err(ServerError::db("refreshing a group mode"))?;
-        Ok(change)
+        self.transaction("refreshing a group mode", |sql| {
+            let Some(mut group) = read_group(sql, true, "g.id = $1", args![group_id])? else {
+                return Ok(None);
+            };
+            apply_mode(sql, &mut group, relay.as_ref(), actor, action, now)
+        })
     }
 
     /// Writes an audit entry for an event that does not change the mode (data plane: buffer
@@ -376,20 +342,20 @@ impl Store {
         action: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
-        let conn = self.lock();
-        let mode = conn
-            .query_row(
-                "SELECT mode FROM relay_groups WHERE id = ?1",
-                params![group_id.to_string()],
-                |row| mode_at(row, 0),
-            )
-            .optional()
-            .map_err(ServerError::db("writing the group audit log"))?;
-        let Some(mode) = mode else {
-            return Ok(false);
-        };
-        audit(&conn, group_id, actor, action, Some(mode), Some(mode), now)?;
-        Ok(true)
+        self.run("writing the group audit log", |sql| {
+            let mode = sql
+                .query_opt(
+                    "SELECT mode FROM relay_groups WHERE id = $1",
+                    args![group_id],
+                )?
+                .map(|row| row.get::<GroupMode>(0))
+                .transpose()?;
+            let Some(mode) = mode else {
+                return Ok(false);
+            };
+            audit(sql, group_id, actor, action, Some(mode), Some(mode), now)?;
+            Ok(true)
+        })
     }
 
     /// The audit log of one of the user's groups, oldest first; `None` if it is not theirs or
@@ -399,38 +365,32 @@ impl Store {
         user_id: Uuid,
         group_id: Uuid,
     ) -> Result<Option<Vec<AuditEntry>>, ServerError> {
-        let conn = self.lock();
-        let owned = conn
-            .query_row(
-                "SELECT 1 FROM relay_groups WHERE id = ?1 AND user_id = ?2",
-                params![group_id.to_string(), user_id.to_string()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(ServerError::db("reading the group audit log"))?;
-        if owned.is_none() {
-            return Ok(None);
-        }
-        let mut stmt = conn
-            .prepare(
+        self.run("reading the group audit log", |sql| {
+            let owned = sql.query_opt(
+                "SELECT 1 FROM relay_groups WHERE id = $1 AND user_id = $2",
+                args![group_id, user_id],
+            )?;
+            if owned.is_none() {
+                return Ok(None);
+            }
+            sql.query(
                 "SELECT id, at, actor, action, old_mode, new_mode FROM group_audit
-                 WHERE group_id = ?1 ORDER BY id",
-            )
-            .map_err(ServerError::db("reading the group audit log"))?;
-        let rows = stmt
-            .query_map(params![group_id.to_string()], |row| {
+                 WHERE group_id = $1 ORDER BY id",
+                args![group_id],
+            )?
+            .iter()
+            .map(|row| {
                 Ok(AuditEntry {
                     id: row.get(0)?,
-                    at: time_at(row, 1)?,
+                    at: row.get(1)?,
                     actor: row.get(2)?,
                     action: row.get(3)?,
-                    old_mode: opt_mode_at(row, 4)?,
-                    new_mode: opt_mode_at(row, 5)?,
+                    old_mode: row.get(4)?,
+                    new_mode: row.get(5)?,
                 })
             })
-            .map_err(ServerError::db("reading the group audit log"))?;
-        rows.collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, _>>()
             .map(Some)
-            .map_err(ServerError::db("reading the group audit log"))
+        })
     }
 }

@@ -1,16 +1,24 @@
-//! The server's records in SQLite: users and tokens, agents, dongles, groups, the group audit
-//! log, vehicles, vehicle commands and their responses.
+//! The server's records: users and tokens, agents, dongles, groups, the group audit log,
+//! vehicles, vehicle commands and their responses — in SQLite (the embedded default, a file in
+//! the data directory) or in PostgreSQL (`--database-url`), shared by several server instances.
 //!
-//! One connection behind a mutex: record traffic is small (API calls, presence changes) and
-//! SQLite serialises writers anyway. Methods are synchronous so the CLI can use them directly;
-//! async code goes through [`Store::call`], which runs them on the blocking pool. The file uses
-//! WAL with a busy timeout, so `tether server token create` can run beside a live server.
+//! Each operation is written once, in SQL both dialects accept, over the small [`sql::Sql`]
+//! layer; the backend is chosen when the store is opened. SQLite: one connection behind a
+//! mutex — record traffic is small (API calls, presence changes) and SQLite serialises writers
+//! anyway; the file uses WAL with a busy timeout, so `tether server token create` can run beside
+//! a live server. PostgreSQL: a pool of connections; transactions that read before they write
+//! lock the rows they read (`FOR UPDATE`), and a unique-constraint race with another instance
+//! is answered with the same refusal a lost race gives on SQLite.
+//!
+//! Methods are synchronous so the CLI can use them directly; async code goes through
+//! [`Store::call`], which runs them on the blocking pool. That is required for PostgreSQL: its
+//! client blocks on a runtime of its own and panics inside an async task.
 //!
 //! Ownership is enforced here, not only in the routes: every read or change of a user's record
 //! takes the user's id and matches on it, so a caller can never reach another user's rows.
 //!
 //! What this module does not do: no stream logs (relay frames live in relay-core's stream log
-//! backends), no HTTP.
+//! backends), no HTTP, no TLS to PostgreSQL (connect over a trusted network or a local socket).
 
 mod agents;
 mod commands;
@@ -18,6 +26,7 @@ mod dongles;
 mod groups;
 mod records;
 mod schema;
+pub(crate) mod sql;
 mod users;
 mod vehicles;
 
@@ -25,10 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rusqlite::types::Type;
-use rusqlite::{Connection, Row};
-use uuid::Uuid;
+use r2d2_postgres::PostgresConnectionManager;
+use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
     CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten, ResponseOutcome,
@@ -38,11 +45,12 @@ pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,
 };
-pub use schema::SCHEMA_VERSION;
+pub use schema::{POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION};
+pub use sql::DbError;
 pub use vehicles::{Vehicle, VehicleRefusal};
 
 use crate::error::ServerError;
-use crate::group_mode::GroupMode;
+use sql::{DbError as E, PgSql, SqliteSql};
 
 /// File name of the records database inside the data directory.
 pub const DB_FILE: &str = "tether.db";
@@ -50,14 +58,61 @@ pub const DB_FILE: &str = "tether.db";
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most PostgreSQL connections one store (one server instance) holds open.
+pub const POSTGRES_POOL_SIZE: u32 = 16;
+
+/// How long a caller waits for a PostgreSQL connection (also the connect timeout at open).
+const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+
 /// The records database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// The embedded file: one connection, serialised by the mutex.
+    Sqlite {
+        conn: Mutex<Connection>,
+        path: PathBuf,
+    },
+    /// A PostgreSQL server shared with other instances.
+    Postgres(PgHandle),
+}
+
+/// The PostgreSQL pool, dropped off the async runtime: a `postgres` client owns a runtime of
+/// its own, and dropping one inside an async task panics.
+#[derive(Debug)]
+struct PgHandle {
+    pool: Option<PgPool>,
+}
+
+impl Drop for PgHandle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(pool));
+        }
+    }
 }
 
 impl Store {
+    /// Opens the configured records database: PostgreSQL when `database_url` is given,
+    /// otherwise `<data_dir>/tether.db`. Either way it is migrated to the current schema.
+    pub fn open_configured(
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Store, ServerError> {
+        match database_url {
+            Some(url) => Store::connect(url),
+            None => Store::open_in(data_dir),
+        }
+    }
+
     /// Opens (creating if needed) `<data_dir>/tether.db`, creating the directory too, and
     /// migrates it to the current schema.
     pub fn open_in(data_dir: &Path) -> Result<Store, ServerError> {
@@ -69,7 +124,7 @@ impl Store {
         Store::open(&data_dir.join(DB_FILE))
     }
 
-    /// Opens (creating if needed) the database file at `path` and migrates it.
+    /// Opens (creating if needed) the SQLite database file at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, ServerError> {
         let mut conn = Connection::open(path).map_err(ServerError::db("opening the database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
@@ -80,19 +135,75 @@ impl Store {
             .map_err(ServerError::db("setting synchronous mode"))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(ServerError::db("enabling foreign keys"))?;
+        conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(Store {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
+            backend: Backend::Sqlite {
+                conn: Mutex::new(conn),
+                path: path.to_owned(),
+            },
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to PostgreSQL at `url` (`postgres://user@host:port/database`, or the
+    /// key=value form) and migrates its schema. Several instances may do this at once against
+    /// one fresh database: migrations run under an advisory lock.
+    ///
+    /// Must not be called inside an async task (see the module docs).
+    pub fn connect(url: &str) -> Result<Store, ServerError> {
+        let config: postgres::Config =
+            url.parse()
+                .map_err(|err: postgres::Error| ServerError::DatabaseUrl {
+                    detail: err.to_string(),
+                })?;
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tether-server");
+        }
+        // One direct connection first: its error says why (refused, unknown database, auth),
+        // where the pool's would only say it timed out. It applies the migrations.
+        let mut client = config
+            .connect(postgres::NoTls)
+            .map_err(ServerError::db("connecting to PostgreSQL"))?;
+        schema::migrate_postgres(&mut client)?;
+        drop(client);
+        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(POSTGRES_POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(POSTGRES_CONNECT_TIMEOUT)
+            .error_handler(Box::new(PgConnectErrors))
+            .build_unchecked(manager);
+        Ok(Store {
+            backend: Backend::Postgres(PgHandle { pool: Some(pool) }),
+        })
     }
 
-    /// Runs `f` on the blocking thread pool, so SQLite I/O never stalls the async runtime.
+    /// Where the records are, for logs and `--check-config`: the SQLite file's path, or
+    /// `postgresql` (never the URL: it may hold a password).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => format!("sqlite {}", path.display()),
+            Backend::Postgres(_) => "postgresql".to_owned(),
+        }
+    }
+
+    /// The schema version the database is at (after opening: the one this binary writes for
+    /// its backend, [`SCHEMA_VERSION`] or [`POSTGRES_SCHEMA_VERSION`]).
+    pub fn schema_version(&self) -> Result<i64, ServerError> {
+        let query = match &self.backend {
+            Backend::Sqlite { .. } => "PRAGMA user_version",
+            Backend::Postgres(_) => schema::POSTGRES_VERSION_QUERY,
+        };
+        self.run("reading the schema version", |sql| {
+            sql.query_one(query, &[])?.get(0)
+        })
+    }
+
+    /// Runs `f` on the blocking thread pool, so database I/O never stalls the async runtime.
     pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, ServerError>
     where
         T: Send + 'static,
@@ -109,74 +220,116 @@ impl Store {
 
     /// Checks that the database answers a query (for `/readyz`).
     pub fn ping(&self) -> Result<(), ServerError> {
-        self.lock()
-            .query_row("SELECT count(*) FROM users", [], |row| row.get::<_, i64>(0))
-            .map(drop)
-            .map_err(ServerError::db("checking the database"))
+        self.run("checking the database", |sql| {
+            sql.query_one("SELECT count(*) FROM users", &[]).map(drop)
+        })
     }
 
-    /// The connection. A panic while holding the lock cannot leave a half-written change
-    /// (transactions roll back on drop), so a poisoned lock is safe to take over.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on a connection, outside a transaction (single statements, or reads that need
+    /// no snapshot across statements).
+    fn run<T>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&mut dyn sql::Sql) -> Result<T, E>,
+    ) -> Result<T, ServerError> {
+        match &self.backend {
+            Backend::Sqlite { conn, .. } => f(&mut SqliteSql(&lock(conn))),
+            Backend::Postgres(pg) => pg.client().and_then(|mut c| f(&mut PgSql(&mut *c))),
+        }
+        .map_err(ServerError::db(action))
+    }
+
+    /// Runs `f` in a write transaction, committed when `f` returns `Ok` and rolled back when it
+    /// fails. On SQLite it is `BEGIN IMMEDIATE` (it holds the write lock from the start).
+    fn transaction<T>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&mut dyn sql::Sql) -> Result<T, E>,
+    ) -> Result<T, ServerError> {
+        self.transaction_or_refuse(action, |sql| f(sql).map(Ok::<T, std::convert::Infallible>))
+            .map(|done| match done {
+                Ok(value) => value,
+                Err(never) => match never {},
+            })
+    }
+
+    /// Like [`Store::transaction`], for changes that may be refused: `f` returning
+    /// `Ok(Err(refusal))` rolls back whatever it wrote (on PostgreSQL a refusal may follow a
+    /// failed statement, after which only a rollback is possible).
+    fn transaction_or_refuse<T, R>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&mut dyn sql::Sql) -> Result<Result<T, R>, E>,
+    ) -> Result<Result<T, R>, ServerError> {
+        match &self.backend {
+            Backend::Sqlite { conn, .. } => sqlite_transaction(&mut lock(conn), f),
+            Backend::Postgres(pg) => pg
+                .client()
+                .and_then(|mut client| pg_transaction(&mut client, f)),
+        }
+        .map_err(ServerError::db(action))
+    }
+
+    /// The SQLite connection (tests of SQLite-only behaviour).
+    #[cfg(test)]
+    fn sqlite(&self) -> Option<MutexGuard<'_, Connection>> {
+        match &self.backend {
+            Backend::Sqlite { conn, .. } => Some(lock(conn)),
+            Backend::Postgres(_) => None,
+        }
     }
 }
 
-/// Milliseconds since the Unix epoch, the stored form of every timestamp.
-fn to_millis(at: DateTime<Utc>) -> i64 {
-    at.timestamp_millis()
-}
+/// Logs the pool's failed connection attempts (they are retried; a caller waiting for a
+/// connection gets the last one as its error).
+#[derive(Debug)]
+struct PgConnectErrors;
 
-/// Reads a UUID stored as text in column `idx`.
-fn uuid_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(idx)?;
-    Uuid::parse_str(&text)
-        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(err)))
-}
-
-/// Reads a timestamp stored as Unix milliseconds in column `idx`.
-fn time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let millis: i64 = row.get(idx)?;
-    millis_to_time(idx, millis)
-}
-
-/// Reads an optional timestamp stored as Unix milliseconds in column `idx`.
-fn opt_time_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    let millis: Option<i64> = row.get(idx)?;
-    millis.map(|m| millis_to_time(idx, m)).transpose()
-}
-
-fn millis_to_time(idx: usize, millis: i64) -> rusqlite::Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(millis).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            Type::Integer,
-            Box::new(std::io::Error::other("timestamp out of range")),
-        )
-    })
-}
-
-/// Reads a group mode stored as text in column `idx`.
-fn mode_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<GroupMode> {
-    let text: String = row.get(idx)?;
-    GroupMode::parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            Type::Text,
-            Box::new(std::io::Error::other(format!(
-                "unknown group mode {text:?}"
-            ))),
-        )
-    })
-}
-
-/// Reads an optional group mode stored as text in column `idx`.
-fn opt_mode_at(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<GroupMode>> {
-    let text: Option<String> = row.get(idx)?;
-    match text {
-        None => Ok(None),
-        Some(_) => mode_at(row, idx).map(Some),
+impl r2d2::HandleError<postgres::Error> for PgConnectErrors {
+    fn handle_error(&self, error: postgres::Error) {
+        tracing::warn!(%error, "cannot connect to PostgreSQL");
     }
+}
+
+impl PgHandle {
+    fn client(
+        &self,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>, E> {
+        match &self.pool {
+            Some(pool) => Ok(pool.get()?),
+            None => Err(E::Closed),
+        }
+    }
+}
+
+fn sqlite_transaction<T, R>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut dyn sql::Sql) -> Result<Result<T, R>, E>,
+) -> Result<Result<T, R>, E> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&mut SqliteSql(&tx))?;
+    if out.is_ok() {
+        tx.commit()?;
+    }
+    Ok(out)
+}
+
+fn pg_transaction<T, R>(
+    client: &mut postgres::Client,
+    f: impl FnOnce(&mut dyn sql::Sql) -> Result<Result<T, R>, E>,
+) -> Result<Result<T, R>, E> {
+    let mut tx = client.transaction()?;
+    let out = f(&mut PgSql(&mut tx))?;
+    if out.is_ok() {
+        tx.commit()?;
+    }
+    Ok(out)
+}
+
+/// The SQLite connection. A panic while holding the lock cannot leave a half-written change
+/// (transactions roll back on drop), so a poisoned lock is safe to take over.
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
-//! Schema migrations, applied in order and tracked with `PRAGMA user_version`.
+//! Schema migrations of both backends, applied in order when the store opens.
 //!
-//! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`. Entries are never
-//! edited once released; changes are new entries. `docs/storage-server.md` describes the tables.
+//! SQLite: each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`, tracked
+//! with `PRAGMA user_version`. PostgreSQL: the same for [`POSTGRES_MIGRATIONS`], tracked in the
+//! table `tether_schema_version` (one row per applied version), all steps in one transaction
+//! under an advisory lock so that instances starting together against a fresh database apply
+//! each step once. The two lists are numbered separately: PostgreSQL's version 1 is the tables
+//! of SQLite's version 3, in native types. Entries are never edited once released; changes are
+//! new entries in both lists. `docs/storage-server.md` describes the tables.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -191,4 +196,170 @@ fn migrate_steps(conn: &mut Connection) -> Result<(), ServerError> {
         tx.commit()
             .map_err(ServerError::db("committing a migration"))?;
     }
+}
+
+/// PostgreSQL version 1: the tables of SQLite version 3, with native types — `uuid` ids,
+/// `timestamptz` times (kept to the millisecond), `boolean` flags and `json` documents (`json`
+/// rather than `jsonb`: it keeps any valid JSON, `\u0000` included, as the SQLite text does).
+const POSTGRES_V1: &str = r#"
+CREATE TABLE users (
+    id          uuid PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL
+);
+CREATE TABLE user_tokens (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL REFERENCES users(id),
+    lookup      text NOT NULL UNIQUE,
+    hash        bytea NOT NULL,
+    created_at  timestamptz NOT NULL,
+    revoked_at  timestamptz
+);
+CREATE INDEX user_tokens_by_user ON user_tokens(user_id);
+CREATE TABLE agents (
+    id            uuid PRIMARY KEY,
+    user_id       uuid NOT NULL REFERENCES users(id),
+    name          text NOT NULL,
+    token_lookup  text NOT NULL UNIQUE,
+    token_hash    bytea NOT NULL,
+    created_at    timestamptz NOT NULL,
+    revoked_at    timestamptz
+);
+CREATE INDEX agents_by_user ON agents(user_id);
+CREATE TABLE dongles (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL REFERENCES users(id),
+    serial      text NOT NULL,
+    agent_id    uuid NOT NULL REFERENCES agents(id),
+    online      boolean NOT NULL DEFAULT false,
+    last_seen   timestamptz,
+    created_at  timestamptz NOT NULL,
+    UNIQUE (user_id, serial)
+);
+CREATE INDEX dongles_by_agent ON dongles(agent_id);
+CREATE INDEX dongles_online ON dongles(id) WHERE online;
+CREATE TABLE relay_groups (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL REFERENCES users(id),
+    name        text NOT NULL,
+    dongle_a    uuid NOT NULL REFERENCES dongles(id),
+    dongle_b    uuid NOT NULL REFERENCES dongles(id),
+    activated   boolean NOT NULL DEFAULT false,
+    mode        text NOT NULL CHECK (mode IN ('inactive', 'active', 'degraded')),
+    created_at  timestamptz NOT NULL,
+    CHECK (dongle_a <> dongle_b)
+);
+CREATE INDEX relay_groups_by_user ON relay_groups(user_id);
+CREATE TABLE group_members (
+    dongle_id   uuid PRIMARY KEY REFERENCES dongles(id),
+    group_id    uuid NOT NULL REFERENCES relay_groups(id) ON DELETE CASCADE,
+    side        text NOT NULL CHECK (side IN ('a', 'b'))
+);
+CREATE INDEX group_members_by_group ON group_members(group_id);
+CREATE TABLE group_audit (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_id    uuid NOT NULL,
+    at          timestamptz NOT NULL,
+    actor       text NOT NULL,
+    action      text NOT NULL,
+    old_mode    text,
+    new_mode    text
+);
+CREATE INDEX group_audit_by_group ON group_audit(group_id, id);
+CREATE TABLE vehicles (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL REFERENCES users(id),
+    name        text NOT NULL,
+    vin         text,
+    dongle_id   uuid REFERENCES dongles(id),
+    ecus        json NOT NULL DEFAULT '[]',
+    created_at  timestamptz NOT NULL
+);
+CREATE INDEX vehicles_by_user ON vehicles(user_id, created_at, id);
+CREATE UNIQUE INDEX vehicles_by_dongle ON vehicles(dongle_id) WHERE dongle_id IS NOT NULL;
+CREATE TABLE commands (
+    id             uuid PRIMARY KEY,
+    user_id        uuid NOT NULL REFERENCES users(id),
+    vehicle_id     uuid NOT NULL REFERENCES vehicles(id),
+    command_name   text NOT NULL,
+    command_params json NOT NULL,
+    status         text NOT NULL
+                   CHECK (status IN ('pending', 'in_progress', 'completed', 'failed')),
+    error_message  text,
+    submitted_at   timestamptz NOT NULL,
+    completed_at   timestamptz,
+    deadline_at    timestamptz NOT NULL
+);
+CREATE INDEX commands_by_user ON commands(user_id, submitted_at, id);
+CREATE INDEX commands_by_vehicle ON commands(vehicle_id, submitted_at, id);
+CREATE INDEX commands_open ON commands(status) WHERE status IN ('pending', 'in_progress');
+CREATE TABLE command_responses (
+    id                uuid PRIMARY KEY,
+    command_id        uuid NOT NULL REFERENCES commands(id),
+    sequence_number   bigint NOT NULL CHECK (sequence_number >= 1),
+    is_final          boolean NOT NULL,
+    response_payload  json NOT NULL,
+    received_at       timestamptz NOT NULL,
+    UNIQUE (command_id, sequence_number)
+);
+"#;
+
+/// All PostgreSQL migrations; index `i` upgrades from version `i` to `i + 1`.
+const POSTGRES_MIGRATIONS: &[&str] = &[POSTGRES_V1];
+
+/// The PostgreSQL schema version this binary writes.
+pub const POSTGRES_SCHEMA_VERSION: i64 = POSTGRES_MIGRATIONS.len() as i64;
+
+/// Reads the PostgreSQL schema version (0 before the first migration).
+pub(super) const POSTGRES_VERSION_QUERY: &str =
+    "SELECT coalesce(max(version), 0) FROM tether_schema_version";
+
+/// The advisory lock migrations hold ("tether" in ASCII, then 1): instances that start together
+/// wait for each other instead of racing to create the same tables.
+const POSTGRES_MIGRATION_LOCK: i64 = 0x7465_7468_6572_0001;
+
+/// Brings a PostgreSQL database up to [`POSTGRES_SCHEMA_VERSION`]: one transaction, holding a
+/// transaction-scoped advisory lock, that creates the version table if needed, reads the
+/// version, applies the missing steps and records them. DDL is transactional in PostgreSQL, so
+/// a failure leaves the database as it was.
+pub(super) fn migrate_postgres(client: &mut postgres::Client) -> Result<(), ServerError> {
+    let mut tx = client
+        .transaction()
+        .map_err(ServerError::db("starting a migration"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&POSTGRES_MIGRATION_LOCK],
+    )
+    .map_err(ServerError::db("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tether_schema_version (
+             version     bigint PRIMARY KEY,
+             applied_at  timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .map_err(ServerError::db("creating the schema version table"))?;
+    let found: i64 = tx
+        .query_one(POSTGRES_VERSION_QUERY, &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(ServerError::db("reading the schema version"))?;
+    if found > POSTGRES_SCHEMA_VERSION {
+        return Err(ServerError::SchemaTooNew {
+            found,
+            supported: POSTGRES_SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in (1_i64..)
+        .zip(POSTGRES_MIGRATIONS)
+        .skip_while(|(v, _)| *v <= found)
+    {
+        tx.batch_execute(sql)
+            .map_err(ServerError::db("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO tether_schema_version (version) VALUES ($1)",
+            &[&version],
+        )
+        .map_err(ServerError::db("recording the schema version"))?;
+    }
+    tx.commit()
+        .map_err(ServerError::db("committing a migration"))
 }

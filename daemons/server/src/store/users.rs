@@ -1,35 +1,36 @@
 //! Users and their API tokens.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{Store, User, UserTokenInfo, opt_time_at, time_at, to_millis, uuid_at};
+use super::sql::{DbError, Row, args};
+use super::{Store, User, UserTokenInfo};
 use crate::error::ServerError;
 use crate::token::{self, IssuedToken, TokenKind};
+
+fn user_row(row: &Row, first: usize) -> Result<User, DbError> {
+    Ok(User {
+        id: row.get(first)?,
+        name: row.get(first + 1)?,
+        created_at: row.get(first + 2)?,
+    })
+}
 
 impl Store {
     /// Returns the user called `name`, creating it if needed.
     pub fn ensure_user(&self, name: &str, now: DateTime<Utc>) -> Result<User, ServerError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
-            params![Uuid::new_v4().to_string(), name, to_millis(now)],
-        )
-        .map_err(ServerError::db("creating a user"))?;
-        conn.query_row(
-            "SELECT id, name, created_at FROM users WHERE name = ?1",
-            params![name],
-            |row| {
-                Ok(User {
-                    id: uuid_at(row, 0)?,
-                    name: row.get(1)?,
-                    created_at: time_at(row, 2)?,
-                })
-            },
-        )
-        .map_err(ServerError::db("reading a user"))
+        self.run("creating a user", |sql| {
+            sql.execute(
+                "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+                args![Uuid::new_v4(), name, now],
+            )?;
+            let row = sql.query_one(
+                "SELECT id, name, created_at FROM users WHERE name = $1",
+                args![name],
+            )?;
+            user_row(&row, 0)
+        })
     }
 
     /// Creates the user if needed and issues a new API token for it. Returns the user, the
@@ -42,72 +43,59 @@ impl Store {
         let user = self.ensure_user(user_name, now)?;
         let issued = token::issue(TokenKind::User);
         let id = Uuid::new_v4();
-        self.lock()
-            .execute(
+        self.run("storing a user token", |sql| {
+            sql.execute(
                 "INSERT INTO user_tokens (id, user_id, lookup, hash, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    id.to_string(),
-                    user.id.to_string(),
-                    issued.lookup,
-                    issued.hash.as_slice(),
-                    to_millis(now)
-                ],
+                 VALUES ($1, $2, $3, $4, $5)",
+                args![id, user.id, &issued.lookup, issued.hash.as_slice(), now],
             )
-            .map_err(ServerError::db("storing a user token"))?;
+        })?;
         Ok((user, id, issued))
     }
 
     /// Revokes a user token by id. `Ok(false)` when it was already revoked.
     pub fn revoke_user_token(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, ServerError> {
-        let conn = self.lock();
-        let changed = conn
-            .execute(
-                "UPDATE user_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id.to_string(), to_millis(now)],
-            )
-            .map_err(ServerError::db("revoking a user token"))?;
-        if changed == 1 {
-            return Ok(true);
-        }
-        let exists = conn
-            .query_row(
-                "SELECT 1 FROM user_tokens WHERE id = ?1",
-                params![id.to_string()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(ServerError::db("reading a user token"))?;
-        match exists {
-            Some(()) => Ok(false),
-            None => Err(ServerError::UnknownToken { id: id.to_string() }),
-        }
+        let known = self.run("revoking a user token", |sql| {
+            let changed = sql.execute(
+                "UPDATE user_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                args![id, now],
+            )?;
+            if changed == 1 {
+                return Ok(Some(true));
+            }
+            let exists = sql.query_opt("SELECT 1 FROM user_tokens WHERE id = $1", args![id])?;
+            Ok(exists.map(|_| false))
+        })?;
+        known.ok_or_else(|| ServerError::UnknownToken { id: id.to_string() })
     }
 
     /// Lists user tokens (all users, or only `user`), oldest first. Never returns secrets.
     pub fn list_user_tokens(&self, user: Option<&str>) -> Result<Vec<UserTokenInfo>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT t.id, u.name, t.lookup, t.created_at, t.revoked_at
-                 FROM user_tokens t JOIN users u ON u.id = t.user_id
-                 WHERE ?1 IS NULL OR u.name = ?1
-                 ORDER BY t.created_at, t.id",
-            )
-            .map_err(ServerError::db("listing user tokens"))?;
-        let rows = stmt
-            .query_map(params![user], |row| {
+        let (filter, args) = match user {
+            Some(name) => ("WHERE u.name = $1", vec![name.into()]),
+            None => ("", Vec::new()),
+        };
+        self.run("listing user tokens", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT t.id, u.name, t.lookup, t.created_at, t.revoked_at
+                     FROM user_tokens t JOIN users u ON u.id = t.user_id
+                     {filter} ORDER BY t.created_at, t.id"
+                ),
+                &args,
+            )?
+            .iter()
+            .map(|row| {
                 Ok(UserTokenInfo {
-                    id: uuid_at(row, 0)?,
+                    id: row.get(0)?,
                     user: row.get(1)?,
                     lookup: row.get(2)?,
-                    created_at: time_at(row, 3)?,
-                    revoked_at: opt_time_at(row, 4)?,
+                    created_at: row.get(3)?,
+                    revoked_at: row.get(4)?,
                 })
             })
-            .map_err(ServerError::db("listing user tokens"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db("listing user tokens"))
+            .collect()
+        })
     }
 
     /// The user a presented token belongs to, or `None` for an unknown, malformed or revoked
@@ -116,26 +104,16 @@ impl Store {
         let Some(lookup) = token::lookup_key(TokenKind::User, presented) else {
             return Ok(None);
         };
-        let row = self
-            .lock()
-            .query_row(
+        let found = self.run("authenticating a user token", |sql| {
+            sql.query_opt(
                 "SELECT t.hash, u.id, u.name, u.created_at
                  FROM user_tokens t JOIN users u ON u.id = t.user_id
-                 WHERE t.lookup = ?1 AND t.revoked_at IS NULL",
-                params![lookup],
-                |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        User {
-                            id: uuid_at(row, 1)?,
-                            name: row.get(2)?,
-                            created_at: time_at(row, 3)?,
-                        },
-                    ))
-                },
-            )
-            .optional()
-            .map_err(ServerError::db("authenticating a user token"))?;
-        Ok(row.and_then(|(hash, user)| token::matches(presented, &hash).then_some(user)))
+                 WHERE t.lookup = $1 AND t.revoked_at IS NULL",
+                args![lookup],
+            )?
+            .map(|row| Ok((row.get::<Vec<u8>>(0)?, user_row(&row, 1)?)))
+            .transpose()
+        })?;
+        Ok(found.and_then(|(hash, user)| token::matches(presented, &hash).then_some(user)))
     }
 }

@@ -3,12 +3,11 @@
 
 use can_io::uds::EcuAddress;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Type;
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, time_at, to_millis, uuid_at};
+use super::Store;
+use super::sql::{DbError, Row, args, stored_time};
 use crate::error::ServerError;
 
 /// A vehicle, as the API shows it (without `online`, which is live state).
@@ -42,22 +41,19 @@ pub enum VehicleRefusal {
 
 const VEHICLE_COLUMNS: &str = "id, user_id, name, vin, dongle_id, ecus, created_at";
 
-fn vehicle_row(row: &Row<'_>) -> rusqlite::Result<Vehicle> {
-    let dongle_id = match row.get::<_, Option<String>>(4)? {
-        Some(_) => Some(uuid_at(row, 4)?),
-        None => None,
-    };
-    let ecus_text: String = row.get(5)?;
-    let ecus = serde_json::from_str(&ecus_text)
-        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(err)))?;
+fn vehicle_row(row: &Row) -> Result<Vehicle, DbError> {
+    let ecus = serde_json::from_value(row.get(5)?).map_err(|err| DbError::Decode {
+        column: 5,
+        detail: err.to_string(),
+    })?;
     Ok(Vehicle {
-        id: uuid_at(row, 0)?,
-        user_id: uuid_at(row, 1)?,
+        id: row.get(0)?,
+        user_id: row.get(1)?,
         name: row.get(2)?,
         vin: row.get(3)?,
-        dongle_id,
+        dongle_id: row.get(4)?,
         ecus,
-        created_at: time_at(row, 6)?,
+        created_at: row.get(6)?,
     })
 }
 
@@ -73,33 +69,6 @@ impl Store {
         ecus: &[EcuAddress],
         now: DateTime<Utc>,
     ) -> Result<Result<Vehicle, VehicleRefusal>, ServerError> {
-        const ACTION: &str = "creating a vehicle";
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db(ACTION))?;
-        if let Some(dongle) = dongle_id {
-            let owned: bool = tx
-                .query_row(
-                    "SELECT count(*) FROM dongles WHERE id = ?1 AND user_id = ?2",
-                    params![dongle.to_string(), user_id.to_string()],
-                    |row| row.get::<_, i64>(0).map(|n| n > 0),
-                )
-                .map_err(ServerError::db(ACTION))?;
-            if !owned {
-                return Ok(Err(VehicleRefusal::UnknownDongle));
-            }
-            let taken: bool = tx
-                .query_row(
-                    "SELECT count(*) FROM vehicles WHERE dongle_id = ?1",
-                    params![dongle.to_string()],
-                    |row| row.get::<_, i64>(0).map(|n| n > 0),
-                )
-                .map_err(ServerError::db(ACTION))?;
-            if taken {
-                return Ok(Err(VehicleRefusal::DongleTaken));
-            }
-        }
         let vehicle = Vehicle {
             id: Uuid::new_v4(),
             user_id,
@@ -107,45 +76,53 @@ impl Store {
             vin: vin.map(str::to_owned),
             dongle_id,
             ecus: ecus.to_vec(),
-            created_at: now,
+            created_at: stored_time(now),
         };
-        let ecus_text =
-            serde_json::to_string(&vehicle.ecus).map_err(|err| ServerError::Database {
-                action: ACTION,
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(err)),
-            })?;
-        tx.execute(
-            "INSERT INTO vehicles (id, user_id, name, vin, dongle_id, ecus, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                vehicle.id.to_string(),
-                user_id.to_string(),
-                vehicle.name,
-                vehicle.vin,
-                dongle_id.map(|d| d.to_string()),
-                ecus_text,
-                to_millis(now)
-            ],
-        )
-        .map_err(ServerError::db(ACTION))?;
-        tx.commit().map_err(ServerError::db(ACTION))?;
-        Ok(Ok(vehicle))
+        self.transaction_or_refuse("creating a vehicle", |sql| {
+            let ecus_json = serde_json::to_value(&vehicle.ecus)
+                .map_err(|err| DbError::Encode(err.to_string()))?;
+            if let Some(dongle) = dongle_id {
+                let owned = sql.query_opt(
+                    "SELECT 1 FROM dongles WHERE id = $1 AND user_id = $2",
+                    args![dongle, user_id],
+                )?;
+                if owned.is_none() {
+                    return Ok(Err(VehicleRefusal::UnknownDongle));
+                }
+                let taken =
+                    sql.query_opt("SELECT 1 FROM vehicles WHERE dongle_id = $1", args![dongle])?;
+                if taken.is_some() {
+                    return Ok(Err(VehicleRefusal::DongleTaken));
+                }
+            }
+            let inserted = sql.execute(
+                "INSERT INTO vehicles (id, user_id, name, vin, dongle_id, ecus, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![vehicle.id, user_id, name, vin, dongle_id, &ecus_json, now],
+            );
+            match inserted {
+                // Another instance put the dongle on a vehicle since the check (PostgreSQL).
+                Err(err) if err.is_unique_violation() => Ok(Err(VehicleRefusal::DongleTaken)),
+                Err(err) => Err(err),
+                Ok(_) => Ok(Ok(vehicle)),
+            }
+        })
     }
 
     /// The user's vehicles, oldest first.
     pub fn list_vehicles(&self, user_id: Uuid) -> Result<Vec<Vehicle>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE user_id = ?1
-                 ORDER BY created_at, id"
-            ))
-            .map_err(ServerError::db("listing vehicles"))?;
-        let rows = stmt
-            .query_map(params![user_id.to_string()], vehicle_row)
-            .map_err(ServerError::db("listing vehicles"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ServerError::db("listing vehicles"))
+        self.run("listing vehicles", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE user_id = $1
+                     ORDER BY created_at, id"
+                ),
+                args![user_id],
+            )?
+            .iter()
+            .map(vehicle_row)
+            .collect()
+        })
     }
 
     /// One of the user's vehicles; `None` if it is not theirs or unknown.
@@ -154,43 +131,39 @@ impl Store {
         user_id: Uuid,
         vehicle_id: Uuid,
     ) -> Result<Option<Vehicle>, ServerError> {
-        self.lock()
-            .prepare_cached(&format!(
-                "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = ?1 AND user_id = ?2"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![vehicle_id.to_string(), user_id.to_string()],
-                    vehicle_row,
-                )
-                .optional()
-            })
-            .map_err(ServerError::db("reading a vehicle"))
+        self.run("reading a vehicle", |sql| {
+            sql.query_opt(
+                &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1 AND user_id = $2"),
+                args![vehicle_id, user_id],
+            )?
+            .map(|row| vehicle_row(&row))
+            .transpose()
+        })
     }
 
     /// A vehicle by id, whoever owns it (the commands service, after the route checked the
     /// owner).
     pub fn vehicle_by_id(&self, vehicle_id: Uuid) -> Result<Option<Vehicle>, ServerError> {
-        self.lock()
-            .prepare_cached(&format!(
-                "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = ?1"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(params![vehicle_id.to_string()], vehicle_row)
-                    .optional()
-            })
-            .map_err(ServerError::db("reading a vehicle"))
+        self.run("reading a vehicle", |sql| {
+            sql.query_opt(
+                &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1"),
+                args![vehicle_id],
+            )?
+            .map(|row| vehicle_row(&row))
+            .transpose()
+        })
     }
 
     /// The agent that last announced `dongle_id`, if the dongle exists.
     pub fn agent_of_dongle(&self, dongle_id: Uuid) -> Result<Option<Uuid>, ServerError> {
-        self.lock()
-            .prepare_cached("SELECT agent_id FROM dongles WHERE id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![dongle_id.to_string()], |row| uuid_at(row, 0))
-                    .optional()
-            })
-            .map_err(ServerError::db("reading a dongle's agent"))
+        self.run("reading a dongle's agent", |sql| {
+            sql.query_opt(
+                "SELECT agent_id FROM dongles WHERE id = $1",
+                args![dongle_id],
+            )?
+            .map(|row| row.get(0))
+            .transpose()
+        })
     }
 
     /// Which of `dongles` were announced by `agent_id` (the diagnostics channel accepts only
@@ -200,21 +173,18 @@ impl Store {
         agent_id: Uuid,
         dongles: &[Uuid],
     ) -> Result<Vec<Uuid>, ServerError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT count(*) FROM dongles WHERE id = ?1 AND agent_id = ?2")
-            .map_err(ServerError::db("checking dongles"))?;
-        let mut accepted = Vec::new();
-        for dongle in dongles {
-            let n: i64 = stmt
-                .query_row(params![dongle.to_string(), agent_id.to_string()], |row| {
-                    row.get(0)
-                })
-                .map_err(ServerError::db("checking dongles"))?;
-            if n > 0 {
-                accepted.push(*dongle);
+        self.run("checking dongles", |sql| {
+            let mut accepted = Vec::new();
+            for dongle in dongles {
+                let found = sql.query_opt(
+                    "SELECT 1 FROM dongles WHERE id = $1 AND agent_id = $2",
+                    args![*dongle, agent_id],
+                )?;
+                if found.is_some() {
+                    accepted.push(*dongle);
+                }
             }
-        }
-        Ok(accepted)
+            Ok(accepted)
+        })
     }
 }

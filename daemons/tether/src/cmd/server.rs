@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// Redis URL: relay streams and console history live in Redis instead of the data directory.
     #[arg(long, value_name = "URL", env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PostgreSQL URL (postgres://user@host:port/database): the records (users, tokens, agents,
+    /// dongles, groups, vehicles, commands) live there instead of the data directory's SQLite
+    /// file, shared by every instance given the same URL.
+    #[arg(long, value_name = "URL", env = "TETHER_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// YAML configuration file; `${VAR}` is replaced from the environment, flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -63,6 +68,13 @@ pub enum ServerAction {
         after_help = "Examples:\n  tether server metering key create --server-id speech-1\n  tether server metering customer create --id acme --credits 1000\n  tether server metering signing-key rotate"
     )]
     Metering(MeteringCommand),
+    /// Apply the records database's migrations (SQLite, or PostgreSQL with --database-url)
+    /// and print its schema version. The server applies them at start too.
+    Migrate {
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `tether server metering …`.
@@ -134,7 +146,11 @@ pub struct StoreArgs {
     /// Data directory of the server [default: ./tether-data, or data_dir from --config].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The server's YAML configuration file (for its data_dir).
+    /// PostgreSQL URL of the records, when the server runs with one (the metering control
+    /// plane stays in the data directory).
+    #[arg(long, value_name = "URL", env = "TETHER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The server's YAML configuration file (for its data_dir and database_url).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -188,6 +204,15 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(ServerAction::Token(cmd)) => run_token(cmd),
         Some(ServerAction::Metering(cmd)) => run_metering(cmd),
+        Some(ServerAction::Migrate { store }) => {
+            let store = open_store(&store)?;
+            println!(
+                "{}: schema version {}",
+                store.describe(),
+                store.schema_version()?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         None => run_server(args.run),
     }
 }
@@ -200,27 +225,34 @@ fn load_config(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Serv
     Ok(ServerConfig::resolve(file, &origin, overrides)?)
 }
 
-fn data_dir(args: &StoreArgs) -> anyhow::Result<PathBuf> {
-    let config = load_config(
+fn store_config(args: &StoreArgs) -> anyhow::Result<ServerConfig> {
+    load_config(
         args.config.as_deref(),
         Overrides {
             data_dir: args.data_dir.clone(),
+            database_url: args.database_url.clone(),
             ..Overrides::default()
         },
-    )?;
-    Ok(config.data_dir)
+    )
 }
 
 fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    Ok(Store::open_in(&data_dir(args)?)?)
+    let config = store_config(args)?;
+    Ok(Store::open_configured(
+        &config.data_dir,
+        config.database_url.as_deref(),
+    )?)
 }
 
 /// The store of a server that has run (or made a token) before: commands that only read or
 /// revoke never create a data directory, so a mistyped `--data-dir` is an error, not an empty
-/// table.
+/// table. A PostgreSQL database is opened as it is (it must exist to be connected to).
 fn open_existing_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    let dir = data_dir(args)?;
-    let db = dir.join(tether_server::store::DB_FILE);
+    let config = store_config(args)?;
+    if let Some(url) = config.database_url.as_deref() {
+        return Ok(Store::connect(url)?);
+    }
+    let db = config.data_dir.join(tether_server::store::DB_FILE);
     if !db.is_file() {
         bail!(
             "no server database at {}: check --data-dir{} (`tether server token create` or the server's first start makes one)",
@@ -236,7 +268,7 @@ fn open_existing_store(args: &StoreArgs) -> anyhow::Result<Store> {
 }
 
 fn open_metering(args: &StoreArgs) -> anyhow::Result<MeteringStore> {
-    Ok(MeteringStore::open_in(&data_dir(args)?)?)
+    Ok(MeteringStore::open_in(&store_config(args)?.data_dir)?)
 }
 
 fn run_metering(cmd: MeteringCommand) -> anyhow::Result<ExitCode> {
@@ -337,6 +369,7 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             data_dir: args.data_dir,
             redis_url: args.redis_url,
+            database_url: args.database_url,
         },
     )?;
     if args.check_config {
@@ -349,6 +382,14 @@ fn run_server(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "configured"
             } else {
                 "not configured"
+            }
+        );
+        println!(
+            "records: {}",
+            if config.database_url.is_some() {
+                "postgresql (database_url)"
+            } else {
+                "sqlite (data_dir)"
             }
         );
         println!("max_body_bytes: {}", config.max_body_bytes);
