@@ -42,6 +42,9 @@ cat >"$WORK/server.yaml" <<YAML
 commands:
   connector: mock
   mock_delay_ms: [0, 0]
+# One token drives the whole load: its REST rate limit is off.
+limits:
+  rest_requests_per_s: 0
 YAML
 DATA="$WORK/data"
 TOKEN=$("$BIN/tether" server token create --user bench --data-dir "$DATA" 2>/dev/null)

@@ -60,7 +60,14 @@ start_server() {
   local name=$1 data=$2 redis=${3:-}
   local args=(server --listen 127.0.0.1:0 --data-dir "$data")
   [ -n "$redis" ] && args+=(--redis-url "$redis")
-  [ -n "${SERVER_CONFIG:-}" ] && args+=(--config "$SERVER_CONFIG")
+  # One user token sets up every group and one agent holds every side: limits off unless the
+  # caller's SERVER_CONFIG says otherwise.
+  if [ -n "${SERVER_CONFIG:-}" ]; then
+    args+=(--config "$SERVER_CONFIG")
+  else
+    printf 'limits:\n  rest_requests_per_s: 0\n  ws_data_connections_per_agent: 0\n' >"$WORK/limits.yaml"
+    args+=(--config "$WORK/limits.yaml")
+  fi
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")

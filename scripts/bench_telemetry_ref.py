@@ -5,7 +5,12 @@ remote's ack; the remote inserts the batch into its sqlite3 file, commits, and a
 per batch; the vehicle then marks the batch uplinked. Both files WAL + synchronous=FULL (durable
 on both ends, as the Rust run).
 
-Usage: bench_telemetry_ref.py RECORDS PAYLOAD_BYTES BATCH   (prints one JSON line)
+Usage: bench_telemetry_ref.py RECORDS PAYLOAD_BYTES BATCH [COLLECT]   (prints one JSON line)
+
+COLLECT is how records enter the vehicle's store: `chunks` (default: 4096 per transaction, the
+strongest form) or `rows` (one transaction per record, as the original collector's store does
+for every record it collects — its `update_state`). BATCH 1000 is the strong form; the original
+uplink manager's default batch size is 50.
 """
 
 import asyncio
@@ -27,7 +32,7 @@ def open_db(path, schema):
     return db
 
 
-async def main(records, size, batch):
+async def main(records, size, batch, collect):
     tmp = tempfile.mkdtemp()
     remote_db = open_db(os.path.join(tmp, "remote.db"),
                         "CREATE TABLE records (vehicle TEXT, seq INTEGER, ts_ms INTEGER, payload TEXT,"
@@ -49,12 +54,13 @@ async def main(records, size, batch):
                          " uplinked INTEGER NOT NULL DEFAULT 0)")
     pad = "x" * max(0, size - 32)
     start = time.perf_counter()
-    # Collect: records go into the local store first (in chunks, as a listener would).
-    for first in range(0, records, 4096):
+    # Collect: records go into the local store first (in chunks, or one transaction each).
+    chunk = 4096 if collect == "chunks" else 1
+    for first in range(0, records, chunk):
         vehicle_db.execute("BEGIN")
         vehicle_db.executemany("INSERT INTO records (ts_ms, payload) VALUES (?, ?)",
                                [(1_700_000_000_000 + n, '{"kind":"bench","n":%d,"pad":"%s"}' % (n, pad))
-                                for n in range(first, min(records, first + 4096))])
+                                for n in range(first, min(records, first + chunk))])
         vehicle_db.execute("COMMIT")
     # Uplink: one batch, one ack, mark.
     async with websockets.connect(f"ws://127.0.0.1:{port}") as ws:
@@ -72,8 +78,11 @@ async def main(records, size, batch):
     assert held == records, (held, records)
     server.close()
     print(json.dumps({"mode": "python-reference", "records": records, "payload_bytes": size,
-                      "batch": batch, "seconds": round(secs, 3), "records_per_s": round(records / secs)}))
+                      "batch": batch, "collect": collect, "seconds": round(secs, 3), "records_per_s": round(records / secs)}))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    collect = sys.argv[4] if len(sys.argv) > 4 else "chunks"
+    if collect not in ("chunks", "rows"):
+        sys.exit("COLLECT must be chunks or rows")
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), collect))

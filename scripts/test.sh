@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command. Installs what is missing, starts Redis when none answers, then runs:
-# rustfmt, clippy, the workspace tests (with REDIS_URL set), the Python tests (interop, and the
+# rustfmt, clippy, the workspace tests (with REDIS_URL set), the fault-injection suite
+# (tests/faults), the Python tests (interop, and the
 # `tether` module built from bindings/ with maturin) and a short
 # smoke run of every fuzz target. Ends with one line `N passed, N failed` over all suites.
 #
@@ -61,6 +62,8 @@ command -v unshare >/dev/null || apt_install util-linux
 command -v ip >/dev/null || apt_install iproute2
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v systemd-analyze >/dev/null || apt_install systemd
+# The fault-injection suite steps the server's clock with libfaketime.
+[ -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install libfaketime
 # The web page's browser tests (tests/python/test_webui.py) drive Debian's chromium.
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 export TETHER_REQUIRE_BROWSER=1
@@ -135,6 +138,20 @@ n_pass=$(grep -E '^test result:' "$out" | grep -oE '[0-9]+ passed' | grep -oE '[
 n_fail=$(grep -E '^test result:' "$out" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
 pass "${n_pass:-0}"
 if [ "$status" -ne 0 ]; then fail "cargo test" $(( ${n_fail:-0} > 0 ? ${n_fail:-0} : 1 )); fi
+rm -f "$out"
+
+# Not part of the workspace run (`test = false` in daemons/tether/Cargo.toml): its own suite,
+# bounded in time (each test ~20-40 s of real traffic; the whole run must stay under 4 min).
+log "fault-injection suite (tests/faults: Redis restart, full disk, clock step, lossy link)"
+out=$(mktemp)
+cargo test -p tether --locked --test faults --no-run >/dev/null 2>&1
+timeout 240 cargo test -p tether --locked --test faults -- --test-threads=2 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+n_pass=$(grep -E '^test result:' "$out" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+n_fail=$(grep -E '^test result:' "$out" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+pass "${n_pass:-0}"
+if [ "$status" -eq 124 ]; then fail "fault-injection suite (over 4 min)"
+elif [ "$status" -ne 0 ]; then fail "fault-injection suite" $(( ${n_fail:-0} > 0 ? ${n_fail:-0} : 1 )); fi
 rm -f "$out"
 
 log "deploy: systemd unit (systemd-analyze verify) and install script (DESTDIR)"

@@ -19,6 +19,8 @@
 //!   or quota request, as `tether agent` applies it before forwarding (so a producer can check
 //!   a message before pushing it).
 //! * `EventStreamParser` — sse-core's WHATWG event-stream parser, for the console subscriber.
+//! * `IsoTpEndpoint` / `UdsTester` and the UDS decoders ([`diag`]) — can-io's sans-IO ISO-TP
+//!   and UDS tester, driven over any python-can bus by `tether.isotp` and `tether.uds`.
 //! * [`CanLink`](bus::CanLink) — one network CAN bus (can-io's `AnyBus`) on a background
 //!   thread, under `tether.can_bus.TetherBus` (python-can's `tether` interface).
 //!
@@ -28,6 +30,7 @@
 //! relays or buffers durably, and nothing talks to Redis or the control plane.
 
 mod bus;
+mod diag;
 mod error;
 mod frame;
 mod logs;
@@ -76,6 +79,14 @@ fn _tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
     m.add_class::<bus::CanLink>()?;
+    diag::register(m)?;
+    m.add_class::<diag::IsoTpEndpoint>()?;
+    m.add_class::<diag::IsoTpEventInfo>()?;
+    m.add_class::<diag::UdsTester>()?;
+    m.add_class::<diag::UdsEventInfo>()?;
+    m.add_function(wrap_pyfunction!(diag::nrc_name, m)?)?;
+    m.add_function(wrap_pyfunction!(diag::decode_dtc_response, m)?)?;
+    m.add_function(wrap_pyfunction!(diag::decode_did_response, m)?)?;
     m.add_class::<sse::EventStreamParser>()?;
     m.add_class::<sse::SseEvent>()?;
     Ok(())

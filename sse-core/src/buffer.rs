@@ -8,9 +8,14 @@
 //!
 //! Resume never scans: IDs are strictly increasing, so finding an ID is a binary search over the
 //! deque (`O(log n)`).
+//!
+//! Many buffers may share one [`HistoryLedger`]: it counts the bytes every attached buffer
+//! retains, by publish time, so that a hub can hold all its streams to one global budget by
+//! trimming the oldest events across streams first ([`StreamBuffer::trim_published_before`]).
+//! Such trims follow the same reset rules as count and age trims.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +126,110 @@ pub struct TrimCounters {
     pub by_count: u64,
     /// Events trimmed because they were older than the age bound.
     pub by_age: u64,
+    /// Events trimmed to hold a [`HistoryLedger`]'s global budget.
+    pub by_budget: u64,
+}
+
+impl TrimCounters {
+    /// Everything trimmed, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.by_count + self.by_age + self.by_budget
+    }
+}
+
+/// Bytes charged for one retained event besides its type and data: the shared event record,
+/// its reference counts and its slot in the deque.
+const EVENT_OVERHEAD_BYTES: u64 = (std::mem::size_of::<StoredEvent>() + 16 + 8) as u64;
+
+/// Width of a ledger's time buckets: a budget trim removes every event of the oldest buckets,
+/// so events published within this many ms of each other are trimmed together.
+pub const LEDGER_BUCKET_MS: u64 = 100;
+
+/// What the bytes charged for an event of `event_type` with `data` are.
+pub fn event_cost(event_type: &str, data: &str) -> u64 {
+    (event_type.len() + data.len()) as u64 + EVENT_OVERHEAD_BYTES
+}
+
+/// The bytes retained by a set of stream buffers, by publish time in [`LEDGER_BUCKET_MS`]
+/// buckets. Buffers attached with [`StreamBuffer::with_ledger`] charge every event on push and
+/// credit it when it leaves, whatever the reason (trim or drop of the buffer), so the totals are
+/// exact; the hub decides when to trim ([`HistoryLedger::cutoff_for`]).
+#[derive(Debug, Default)]
+pub struct HistoryLedger {
+    inner: Mutex<LedgerInner>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerInner {
+    /// Bucket start (ms) → bytes of retained events published in that bucket.
+    buckets: BTreeMap<u64, u64>,
+    bytes: u64,
+    events: u64,
+}
+
+impl HistoryLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerInner> {
+        // Every update is a few integer operations that cannot panic halfway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn charge(&self, published_ms: u64, cost: u64) {
+        let mut l = self.lock();
+        *l.buckets
+            .entry(published_ms - published_ms % LEDGER_BUCKET_MS)
+            .or_default() += cost;
+        l.bytes += cost;
+        l.events += 1;
+    }
+
+    fn credit(&self, published_ms: u64, cost: u64) {
+        let mut l = self.lock();
+        let bucket = published_ms - published_ms % LEDGER_BUCKET_MS;
+        if let Some(bytes) = l.buckets.get_mut(&bucket) {
+            *bytes = bytes.saturating_sub(cost);
+            if *bytes == 0 {
+                l.buckets.remove(&bucket);
+            }
+        }
+        l.bytes = l.bytes.saturating_sub(cost);
+        l.events = l.events.saturating_sub(1);
+    }
+
+    /// Bytes retained by the attached buffers.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Events retained by the attached buffers.
+    pub fn events(&self) -> u64 {
+        self.lock().events
+    }
+
+    /// The publish time before which every event must go so that at most `target` bytes remain
+    /// (rounded to whole buckets, so a little less may remain), or `None` when the attached
+    /// buffers already hold no more than `target`.
+    pub fn cutoff_for(&self, target: u64) -> Option<u64> {
+        let l = self.lock();
+        if l.bytes <= target {
+            return None;
+        }
+        let mut remaining = l.bytes;
+        for (&start, &bytes) in &l.buckets {
+            remaining = remaining.saturating_sub(bytes);
+            if remaining <= target {
+                return Some(start + LEDGER_BUCKET_MS);
+            }
+        }
+        l.buckets
+            .keys()
+            .next_back()
+            .map(|start| start + LEDGER_BUCKET_MS)
+    }
 }
 
 /// The bounded history of one stream. Pure data structure: the caller passes the time.
@@ -134,6 +243,9 @@ pub struct StreamBuffer {
     last_issued: Option<EventId>,
     last_trimmed: Option<EventId>,
     trimmed: TrimCounters,
+    /// Bytes retained, as [`event_cost`] counts them.
+    bytes: u64,
+    ledger: Option<Arc<HistoryLedger>>,
 }
 
 /// Check an event type: non-empty, no CR, LF or NUL (it goes on one `event:` line).
@@ -160,7 +272,16 @@ impl StreamBuffer {
             last_issued: None,
             last_trimmed: None,
             trimmed: TrimCounters::default(),
+            bytes: 0,
+            ledger: None,
         }
+    }
+
+    /// An empty buffer that charges what it retains to `ledger`.
+    pub fn with_ledger(bounds: StreamBounds, origin_ms: u64, ledger: Arc<HistoryLedger>) -> Self {
+        let mut buffer = Self::new(bounds, origin_ms);
+        buffer.ledger = Some(ledger);
+        buffer
     }
 
     /// Change the bounds; they apply from the next trim.
@@ -194,6 +315,11 @@ impl StreamBuffer {
             sampled_out,
         });
         self.last_issued = Some(id);
+        let cost = event_cost(event_type, data);
+        self.bytes += cost;
+        if let Some(ledger) = &self.ledger {
+            ledger.charge(now_ms, cost);
+        }
         self.events.push_back(Arc::clone(&event));
         self.trim(now_ms);
         Ok(event)
@@ -214,11 +340,37 @@ impl StreamBuffer {
         }
     }
 
+    /// Drop every event published before `cutoff_ms` (a global budget's trim, see
+    /// [`HistoryLedger::cutoff_for`]). Returns how many were dropped.
+    pub fn trim_published_before(&mut self, cutoff_ms: u64) -> u64 {
+        let mut dropped = 0;
+        while self
+            .events
+            .front()
+            .is_some_and(|front| front.published_ms < cutoff_ms)
+        {
+            self.pop_front();
+            dropped += 1;
+        }
+        self.trimmed.by_budget += dropped;
+        dropped
+    }
+
     fn pop_front(&mut self) {
         if let Some(ev) = self.events.pop_front() {
             self.last_trimmed = Some(ev.id);
             self.first_index += 1;
+            let cost = event_cost(&ev.event_type, &ev.data);
+            self.bytes -= cost;
+            if let Some(ledger) = &self.ledger {
+                ledger.credit(ev.published_ms, cost);
+            }
         }
+    }
+
+    /// Bytes retained, as [`event_cost`] counts them.
+    pub fn retained_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Number of retained events.
@@ -343,6 +495,16 @@ impl StreamBuffer {
     /// Whether `cursor` has read everything currently in the buffer.
     pub fn is_caught_up(&self, cursor: &StreamCursor) -> bool {
         cursor.next >= self.end_index()
+    }
+}
+
+impl Drop for StreamBuffer {
+    fn drop(&mut self) {
+        if let Some(ledger) = &self.ledger {
+            for ev in &self.events {
+                ledger.credit(ev.published_ms, event_cost(&ev.event_type, &ev.data));
+            }
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub mod multiplex;
 pub mod parser;
 pub mod sampler;
 
-pub use backend::memory::{MemoryBackend, MemorySubscription};
+pub use backend::memory::{HistoryStats, MemoryBackend, MemorySubscription};
 pub use backend::redis::{RedisBackend, RedisBackendConfig};
 pub use backend::{
     Clock, EventBackend, ManualClock, StreamConfig, StreamPosition, Subscription, SystemClock,

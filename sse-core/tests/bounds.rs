@@ -170,3 +170,134 @@ fn idle_empty_streams_are_pruned_but_subscribed_ones_are_kept() {
         Some(1)
     );
 }
+
+/// A hub of `streams` busy streams under a global budget of `budget` bytes.
+fn budget_hub(budget: u64) -> (Arc<ManualClock>, MemoryBackend) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let hub = MemoryBackend::with_budget(clock.clone(), StreamConfig::default(), budget);
+    (clock, hub)
+}
+
+#[test]
+fn the_global_budget_trims_the_oldest_events_across_streams_first() {
+    const BUDGET: u64 = 2_000_000;
+    let (clock, hub) = budget_hub(BUDGET);
+    let payload = "x".repeat(200);
+    // 50 streams, one event each per ms in turn: 30,000 events of ~300 bytes, 4.5x the budget,
+    // far below each stream's own count and age bounds.
+    let mut published = Vec::new();
+    for round in 0..600u64 {
+        for s in 0..50 {
+            let key = format!("dongle:{s}");
+            let id = hub.publish_now(&key, "log", &payload).expect("publish");
+            published.push((key, id, clock.now_ms()));
+            let stats = hub.history_stats();
+            assert!(
+                stats.bytes <= BUDGET,
+                "over budget after a publish: {stats:?}"
+            );
+        }
+        if round % 2 == 1 {
+            clock.advance(1);
+        }
+        clock.advance(10);
+    }
+    let stats = hub.history_stats();
+    assert_eq!(stats.budget_bytes, Some(BUDGET));
+    assert!(stats.trimmed_by_budget > 0);
+    assert!(
+        stats.bytes >= BUDGET / 2,
+        "trimmed far below the budget: {stats:?}"
+    );
+    // What remains is the newest events of every stream: each stream keeps a suffix, and
+    // every retained event is newer than every trimmed one (up to one ledger bucket).
+    let mut oldest_kept = u64::MAX;
+    let mut newest_trimmed = 0;
+    let mut retained = 0;
+    let mut trimmed = 0;
+    for s in 0..50 {
+        let key = format!("dongle:{s}");
+        let st = hub.stream_stats(&key).expect("stream");
+        let oldest = st.oldest.expect("every stream keeps its newest events");
+        for (k, id, ms) in published.iter().filter(|(k, _, _)| *k == key) {
+            assert_eq!(k, &key);
+            if *id < oldest {
+                newest_trimmed = newest_trimmed.max(*ms);
+            } else {
+                oldest_kept = oldest_kept.min(*ms);
+            }
+        }
+        assert_eq!(st.trimmed_by_count + st.trimmed_by_age, 0);
+        retained += st.retained as u64;
+        trimmed += st.trimmed_by_budget;
+    }
+    assert!(
+        newest_trimmed < oldest_kept + sse_core::buffer::LEDGER_BUCKET_MS,
+        "a newer event was trimmed before an older one: {newest_trimmed} vs {oldest_kept}"
+    );
+    assert_eq!(retained, stats.events);
+    assert_eq!(trimmed, stats.trimmed_by_budget);
+    assert_eq!(
+        retained + trimmed,
+        published.len() as u64,
+        "nothing left uncounted"
+    );
+}
+
+#[test]
+fn budget_trims_follow_the_reset_rules() {
+    let (clock, hub) = budget_hub(200_000);
+    let payload = "y".repeat(500);
+    let first = hub
+        .publish_now("group:1", "log", &payload)
+        .expect("publish");
+    let mut lagging = hub
+        .subscribe_now("group:1", Some(&first.to_string()))
+        .expect("subscribe");
+    hub.publish_now("group:1", "log", &payload)
+        .expect("publish");
+    clock.advance(1);
+    // A busy stream pushes both events of the quiet one out of the budget.
+    for _ in 0..2_000 {
+        hub.publish_now("dongle:9", "log", &payload)
+            .expect("publish");
+        clock.advance(1);
+    }
+    let stats = hub.stream_stats("group:1").expect("stream");
+    assert_eq!((stats.retained, stats.trimmed_by_budget), (0, 2));
+    let next = hub.publish_now("group:1", "log", "{}").expect("publish");
+    // A resume from the trimmed `first` is `too_old`; the reader that had not read the second
+    // event yet is `lagged`; both go on with the next event, nothing twice.
+    let mut late = hub
+        .subscribe_now("group:1", Some(&first.to_string()))
+        .expect("subscribe");
+    for (sub, reason) in [
+        (&mut late, ResetReason::TooOld),
+        (&mut lagging, ResetReason::Lagged),
+    ] {
+        match sub.try_next() {
+            Some(StreamItem::Reset(reset)) => assert_eq!(reset.reason, reason),
+            other => panic!("expected a {reason:?} reset, got {other:?}"),
+        }
+        match sub.try_next() {
+            Some(StreamItem::Event(ev)) => assert_eq!(ev.id, next),
+            other => panic!("expected the next event, got {other:?}"),
+        }
+        assert_eq!(sub.try_next(), None);
+    }
+}
+
+#[test]
+fn forgotten_streams_give_their_bytes_back() {
+    let (clock, hub) = budget_hub(u64::MAX);
+    for s in 0..100 {
+        hub.publish_now(&format!("dongle:{s}"), "log", "{}")
+            .expect("publish");
+    }
+    assert_eq!(hub.history_stats().events, 100);
+    assert!(hub.history_stats().bytes > 100 * 2);
+    clock.advance(60_001);
+    assert_eq!(hub.prune_idle_streams(), 100);
+    assert_eq!(hub.history_stats().bytes, 0);
+    assert_eq!(hub.history_stats().events, 0);
+}

@@ -111,6 +111,13 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
             );
             assert!(frame["data_hex"].is_string(), "{frame}");
         }
+        // Those frames came from dongles that sign their datagrams to agents that refuse
+        // unsigned ones: agent ↔ server relay of signed REMP traffic.
+        for side in ["a", "b"] {
+            let config = std::fs::read_to_string(data.join(format!("agent-{side}.yaml")))?;
+            assert!(config.contains("require_auth: true"), "{config}");
+            assert!(config.contains("keys:"), "{config}");
+        }
         let group_id = url
             .trim_end_matches("/console")
             .rsplit('/')

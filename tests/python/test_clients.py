@@ -159,8 +159,9 @@ def test_console_subscriber_resumes_exactly_with_last_event_id(server: dict[str,
         sub = c.console(group=group.id)
         reader = Collector(sub)
         toggle(c, group.id, 4, state)
-        first = reader.take(4)
+        current, *first = reader.take(5)
         sub.close()
+        assert current.event == "group_state" and current.id == ""  # the state at subscription
         assert [e.event for e in first] == ["group_state"] * 4
         assert [e.json()["mode"] for e in first] == ["degraded", "inactive", "degraded", "inactive"]
         assert sub.last_event_id == first[-1].id
@@ -211,7 +212,7 @@ def test_console_subscriber_reconnects_across_a_server_restart(tmp_path: Path) -
         reader = Collector(sub)
         with Client(base, token) as c:
             toggle(c, group.id, 2, state)
-        before = reader.take(2)
+        before = reader.take(3)[1:]  # after the state at subscription
     assert all(e.event == "group_state" for e in before)
 
     with running_server(data, listen=f"127.0.0.1:{port}") as addr:

@@ -80,7 +80,10 @@ def test_resume_with_last_event_id_has_no_gap_and_stale_ids_reset(server):
         assert source.response.status_code == 200
         assert source.response.headers["content-type"] == "text/event-stream"
         toggle(s, group, 4)
-        first = read(source, 4)
+        current, *first = read(source, 5)
+    # A fresh subscriber gets the group's current state first, without an ID.
+    assert current.event == "group_state" and current.id == ""
+    assert json.loads(current.data)["mode"] == "inactive"
     assert [e.event for e in first] == ["group_state"] * 4
     states = [json.loads(e.data) for e in first]
     assert [st["mode"] for st in states] == ["degraded", "inactive", "degraded", "inactive"]
@@ -130,7 +133,8 @@ def test_multiplexed_stream_and_refusals(server):
     with client() as c, connect_sse(c, "GET", url) as source:
         assert source.response.status_code == 200, source.response.read()
         toggle(s, group, 1)
-        (event,) = read(source, 1)
+        current, event = read(source, 2)
+    assert current.event == "group_state" and current.id == ""
     body = json.loads(event.data)
     assert event.event == "group_state"
     assert body["stream"] == f"group:{group}"

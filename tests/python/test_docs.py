@@ -1,6 +1,7 @@
 """Every ```python block of docs/bindings.md runs as written (each in its own interpreter,
-from the repository root, with a real `tether server` at $TETHER_URL and a user token in
-$TETHER_TOKEN), so the examples stay true."""
+from the repository root, with a real `tether server` at $TETHER_URL — its commands answered
+by the server's mock connector — and a user token in $TETHER_TOKEN), so the examples stay
+true."""
 
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), flags=re.S | re.
 
 
 def test_the_page_has_examples() -> None:
-    assert len(BLOCKS) >= 4
+    assert len(BLOCKS) >= 6
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     data = tmp_path_factory.mktemp("docs-server")
     token = create_token(data, "doc")
-    with running_server(data) as addr:
+    config = data / "server.yaml"
+    config.write_text("commands:\n  connector: mock\n  mock_delay_ms: [50, 150]\n")
+    with running_server(data, config=config) as addr:
         yield {"TETHER_URL": f"http://{addr}", "TETHER_TOKEN": token}
 
 

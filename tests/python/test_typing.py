@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TYPED_TESTS = ["test_tables.py", "test_can_interface.py", "test_clients.py", "test_docs.py",
+               "test_vehicle_clients.py", "test_isotp_uds.py",
                "test_typing.py", "tether_server.py"]
 
 

@@ -3,7 +3,10 @@ private network namespace (`unshare -rn`, loopback only, group 239.74.163.2 port
 
 * python `udsoncan` (tester) over `can-isotp` reads DTCs and DIDs from `tether can ecu`
   (multi-frame answers both ways of flow control), gets requestOutOfRange for an unknown DID, and
-  clears the DTCs.
+  clears the DTCs — once over python-can's own `udp_multicast` bus and once over the `tether`
+  python-can interface (`can.Bus(interface="tether", channel="multicast://…")`).
+* `tether.uds.UdsClient` (Tether's UDS tester state machine, driven from Python) does the same
+  over the `tether` interface, and a functional TesterPresent reaches both ECUs of the profile.
 * `tether can uds` (Tether's UDS client and command execution) reads DTCs and DIDs from an ECU
   written here with python `can-isotp`, and reports its negative answer by name.
 
@@ -12,6 +15,8 @@ Needs env TETHER_BIN (the built `tether` binary).
 
 import os
 from pathlib import Path
+
+import pytest
 
 from netns import run_in_private_network
 
@@ -25,13 +30,16 @@ from udsoncan.client import Client
 from udsoncan.connections import PythonIsoTpConnection
 from udsoncan.exceptions import NegativeResponseException
 
-tether, profile = sys.argv[1], sys.argv[2]
+tether, profile, interface = sys.argv[1], sys.argv[2], sys.argv[3]
 ecu = subprocess.Popen([tether, "can", "ecu", "--profile", profile,
                         "--bus", "multicast://239.74.163.2:43113"],
                        stderr=subprocess.PIPE, text=True)
 ready = ecu.stderr.readline()
 assert "ecu simulator ready" in ready, ready
-bus = can.Bus(interface="udp_multicast", channel="239.74.163.2", port=43113)
+if interface == "tether":
+    bus = can.Bus(interface="tether", channel="multicast://239.74.163.2:43113")
+else:
+    bus = can.Bus(interface="udp_multicast", channel="239.74.163.2", port=43113)
 stack = isotp.CanStack(bus, address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=0x7E0, rxid=0x7E8),
                        params={"tx_padding": 0xCC, "blocking_send": True})
 config = dict(udsoncan.configs.default_client_config)
@@ -114,8 +122,42 @@ print(json.dumps(out))
 '''
 
 
-def test_udsoncan_reads_tether_can_ecu(tmp_path):
-    out = run_in_private_network(tmp_path, UDSONCAN_TESTER, TETHER, str(PROFILE))
+TETHER_UDS_TESTER = r'''
+import json, subprocess, sys
+import can
+from tether.uds import NegativeResponse, UdsClient
+
+tether, profile = sys.argv[1], sys.argv[2]
+ecu = subprocess.Popen([tether, "can", "ecu", "--profile", profile,
+                        "--bus", "multicast://239.74.163.2:43113"],
+                       stderr=subprocess.PIPE, text=True)
+ready = ecu.stderr.readline()
+assert "ecu simulator ready" in ready, ready
+out = {}
+try:
+  with can.Bus(interface="tether", channel="multicast://239.74.163.2:43113") as bus:
+    client = UdsClient(bus, [(0x7E0, 0x7E8), (0x7E1, 0x7E9)], p2=2.0)
+    out["dtcs"] = [[d.dtc, d.code, d.status, d.description] for d in client.read_dtcs(0x7E0)]
+    out["vin"] = client.read_data_by_identifier(0x7E0, 0xF190).decode()
+    try:
+        client.read_data_by_identifier(0x7E0, 0x1234)
+        out["unknown"] = "answered"
+    except NegativeResponse as e:
+        out["unknown"] = [e.sid, e.nrc, e.nrc_name]
+    out["present"] = sorted((a.responder, a.data.hex()) for a in client.tester_present())
+    client.clear_dtcs(0x7E0)
+    out["after_clear"] = len(client.read_dtcs(0x7E0))
+    out["stats"] = client.stats()
+finally:
+  ecu.terminate()
+out["ecu_exit"] = ecu.wait(timeout=10)
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("interface", ["udp_multicast", "tether"])
+def test_udsoncan_reads_tether_can_ecu(tmp_path, interface):
+    out = run_in_private_network(tmp_path, UDSONCAN_TESTER, TETHER, str(PROFILE), interface)
     assert out["dtcs"] == [[0x042000, 0x2F], [0x017100, 0x24], [0xC10000, 0x09]]
     assert out["vin"] == "1HGCM82633A004352"
     assert out["unknown"] == "RequestOutOfRange"
@@ -123,6 +165,21 @@ def test_udsoncan_reads_tether_can_ecu(tmp_path):
     assert out["ecu_exit"] == 0
     assert "ecu engine: 5 requests, 4 positive, 1 negative" in out["ecu_report"], out["ecu_report"]
     assert "0 DTCs stored" in out["ecu_report"]
+
+
+def test_tether_uds_client_over_the_tether_interface(tmp_path):
+    out = run_in_private_network(tmp_path, TETHER_UDS_TESTER, TETHER, str(PROFILE))
+    assert out["dtcs"] == [
+        [0x042000, "P0420", 0x2F, "Catalyst System Efficiency Below Threshold"],
+        [0x017100, "P0171", 0x24, "System Too Lean (Bank 1)"],
+        [0xC10000, "U0100", 0x09, 'Lost Communication With ECM/PCM "A"'],
+    ]
+    assert out["vin"] == "1HGCM82633A004352"
+    assert out["unknown"] == [0x22, 0x31, "requestOutOfRange"]
+    assert out["present"] == [[0x7E8, "7e00"], [0x7E9, "7e00"]]
+    assert out["after_clear"] == 0
+    assert out["stats"]["negative"] == 1 and out["stats"]["timeouts"] == 0
+    assert out["ecu_exit"] == 0
 
 
 def test_tether_reads_a_python_isotp_ecu(tmp_path):

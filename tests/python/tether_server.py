@@ -35,11 +35,15 @@ def create_token(data: Union[str, Path], user: str) -> str:
 
 
 @contextlib.contextmanager
-def running_server(data: Union[str, Path], listen: str = "127.0.0.1:0") -> Iterator[str]:
-    """Starts `tether server` on `listen` (default: a free loopback port); yields its
-    `host:port`. On exit it is stopped with SIGTERM and must exit 0."""
+def running_server(
+    data: Union[str, Path], listen: str = "127.0.0.1:0", config: Union[str, Path, None] = None,
+) -> Iterator[str]:
+    """Starts `tether server` on `listen` (default: a free loopback port), with the YAML file
+    `config` when given; yields its `host:port`. On exit it is stopped with SIGTERM and must
+    exit 0."""
+    extra = ["--config", str(config)] if config is not None else []
     proc = subprocess.Popen(
-        [TETHER, "server", "--listen", listen, "--data-dir", str(data)],
+        [TETHER, "server", "--listen", listen, "--data-dir", str(data), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_redis(),
     )
     assert proc.stdout is not None and proc.stderr is not None

@@ -4,8 +4,10 @@ The codecs of the Rust crates with the same validation (frames, candump / ASC / 
 REMP, the data-plane protocol, metering validation), columnar log tables built in Rust
 (`read_log`, `iter_log`, `write_log`, `FrameTable`), a python-can interface
 (`can.Bus(interface="tether", channel="multicast://239.74.163.2:43113")`, in `tether.can_bus`),
-and clients of `tether server` (`Client`, `AsyncClient`, `ConsoleSubscriber`, in
-`tether.client` and `tether.console`; they need httpx).
+ISO-TP and a UDS tester over any python-can bus (`tether.isotp.IsoTpSocket`,
+`tether.uds.UdsClient`, on the Rust state machines `IsoTpEndpoint` / `UdsTester`), and clients
+of `tether server` (`Client`, `AsyncClient`, `ConsoleSubscriber`, in `tether.client` and
+`tether.console`; they need httpx, and the command response stream `websockets`).
 
 Everything native lives in `tether._tether`; this package re-exports it.
 """
@@ -19,6 +21,9 @@ from tether._tether import (
     FrameTable,
     InvalidFrameError,
     InvalidMessageError,
+    IsoTpEndpoint,
+    IsoTpEvent,
+    IsoTpTransferError,
     LogBatches,
     LogFormatError,
     MalformedError,
@@ -29,12 +34,18 @@ from tether._tether import (
     SseEvent,
     TetherError,
     TruncatedError,
+    UdsEvent,
+    UdsProtocolError,
+    UdsTester,
     UnsupportedError,
     __version__,
+    decode_did_response,
+    decode_dtc_response,
     decode_message,
     encode_message,
     format_log,
     iter_log,
+    nrc_name,
     parse_log,
     read_log,
     validate_message,
@@ -75,6 +86,9 @@ __all__ = [
     "FrameTable",
     "InvalidFrameError",
     "InvalidMessageError",
+    "IsoTpEndpoint",
+    "IsoTpEvent",
+    "IsoTpTransferError",
     "LogBatches",
     "LogFormatError",
     "MalformedError",
@@ -86,12 +100,18 @@ __all__ = [
     "StreamReset",
     "TetherError",
     "TruncatedError",
+    "UdsEvent",
+    "UdsProtocolError",
+    "UdsTester",
     "UnsupportedError",
     "__version__",
+    "decode_did_response",
+    "decode_dtc_response",
     "decode_message",
     "encode_message",
     "format_log",
     "iter_log",
+    "nrc_name",
     "parse_log",
     "read_log",
     "validate_message",

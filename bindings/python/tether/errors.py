@@ -8,19 +8,24 @@ match on message text:
 exception                  codes (HTTP status)
 =========================  ==========================================================
 ``Unauthorized``           ``unauthorized`` (401)
-``Forbidden``              ``forbidden`` (403)
+``Forbidden``              ``forbidden``, ``forbidden_origin`` (403)
 ``NotFound``               ``not_found`` (404)
-``Conflict``               ``serial_taken``, ``dongle_in_group``, ``conflict`` (409)
+``Conflict``               ``serial_taken``, ``dongle_in_group``, ``dongle_in_use``,
+                           ``conflict`` (409)
 ``InvalidRequest``         ``bad_request``, ``malformed_json``, ``invalid_body``,
-                           ``same_dongle``, ``unknown_dongle``, ``payload_too_large``,
+                           ``same_dongle``, ``unknown_dongle``, ``unknown_command``,
+                           ``invalid_params``, ``payload_too_large``,
                            ``unsupported_media_type``, ``method_not_allowed`` (4xx)
+``CommandFailed``          ``command_failed`` (502, a SOVD resource's command failed), and
+                           a ``failed`` event on a command's response stream
 ``Unavailable``            ``unavailable``, ``not_ready`` (503): retry later
 ``ServerFault``            ``internal`` (5xx)
 ``ApiError``               any other code (the base class of all of the above)
 =========================  ==========================================================
 
-``ConnectionFailed`` is raised when the server cannot be reached or the connection breaks.
-All are subclasses of ``ClientError``.
+``ConnectionFailed`` is raised when the server cannot be reached or the connection breaks;
+``WaitTimeout`` (also a ``TimeoutError``) when waiting for a command ran out of time. All are
+subclasses of ``ClientError``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Optional
 __all__ = [
     "ApiError",
     "ClientError",
+    "CommandFailed",
     "Conflict",
     "ConnectionFailed",
     "Forbidden",
@@ -39,6 +45,7 @@ __all__ = [
     "ServerFault",
     "Unauthorized",
     "Unavailable",
+    "WaitTimeout",
     "api_error",
 ]
 
@@ -96,12 +103,30 @@ class ServerFault(ApiError):
     """The server failed (details are only in its log)."""
 
 
+class CommandFailed(ApiError):
+    """A vehicle command failed: ``message`` is its ``error_message`` (``vehicle offline``,
+    ``requestOutOfRange``, ``timeout``, ``interrupted: ...``); ``command_id`` names it when
+    known."""
+
+    def __init__(self, command_id: Optional[str], message: str, status: int = 502) -> None:
+        super().__init__(status, "command_failed", message)
+        self.command_id = command_id
+
+
+class WaitTimeout(ClientError, TimeoutError):
+    """Waiting for a command's final answer ran out of time (the command may still finish)."""
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     "unauthorized": Unauthorized,
     "forbidden": Forbidden,
     "not_found": NotFound,
     "serial_taken": Conflict,
     "dongle_in_group": Conflict,
+    "dongle_in_use": Conflict,
+    "forbidden_origin": Forbidden,
+    "unknown_command": InvalidRequest,
+    "invalid_params": InvalidRequest,
     "conflict": Conflict,
     "bad_request": InvalidRequest,
     "malformed_json": InvalidRequest,
@@ -135,6 +160,8 @@ def api_error(status: int, body: bytes) -> ApiError:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         pass
+    if code == "command_failed":
+        return CommandFailed(None, message, status)
     cls = _BY_CODE.get(code or "")
     if cls is None:
         if status in _BY_STATUS:

@@ -319,7 +319,8 @@ pub trait FrameMachine {
 /// ours, bits 2–7: milliseconds since the previous frame). They go into a receiving endpoint
 /// that is also mid-transmission (so flow control matters) and into a passive monitor. Never
 /// panics; every error event is counted exactly once.
-#[doc(hidden)]
+/// Built only for tests and `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_frames(data: &[u8]) {
     use crate::frame::{CanId, DataFrame, FdFlags, FdFrame, fd_len_to_dlc};
     let (Ok(ours), Ok(peer)) = (CanId::standard(0x7E0), CanId::standard(0x7E8)) else {

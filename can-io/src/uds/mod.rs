@@ -185,7 +185,8 @@ impl UdsError {
 /// ClearDTC, ReadDataByIdentifier of one or two DIDs, session, reset, TesterPresent, raw) and
 /// the rest is the ECU's answer. The answer goes through the request's decoder and a
 /// [`UdsClient`]; the same bytes go to a simulated ECU as a request. Never panics.
-#[doc(hidden)]
+/// Built only for tests and `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
 pub fn fuzz_response(data: &[u8]) {
     use std::collections::BTreeMap;
     use std::time::Instant;
@@ -255,6 +256,21 @@ pub fn fuzz_response(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fuzz entry points (built for tests too) take any bytes, the seeds' shapes included.
+    #[test]
+    fn fuzz_entry_points_take_any_bytes() {
+        for data in [
+            &[][..],
+            &[0, 0x59, 0x02, 0xFF, 0x04, 0x20, 0x00, 0x2F],
+            &[3, 0x7F, 0x22, 0x78, 0x62, 0xF1, 0x90],
+            &[7; 64],
+        ] {
+            fuzz_response(data);
+            crate::isotp::fuzz_frames(data);
+        }
+        crate::isotp::fuzz_frames(&[0, 3, 0x10, 0x14, 0x62, 1, 8, 0x21, 1, 2, 3, 4, 5, 6, 7]);
+    }
 
     #[test]
     fn nrc_names_come_from_automotive_diag() {

@@ -17,6 +17,7 @@ use tether_runtime::config::{ConfigError, expand_yaml_strings, located};
 use crate::console::{ConsoleConfig, ConsoleSettings};
 use crate::error::ServerError;
 use crate::http::cors::{CorsSettings, OriginPolicy};
+use crate::http::limits::{LimitConfig, LimitSettings};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -54,6 +55,8 @@ pub struct FileConfig {
     pub commands: Option<CommandsSettings>,
     /// Browsers on other origins (`cors:`).
     pub cors: Option<CorsSettings>,
+    /// Limits per token and per agent (`limits:`).
+    pub limits: Option<LimitSettings>,
 }
 
 /// Which connector runs vehicle commands.
@@ -285,6 +288,8 @@ pub struct ServerConfig {
     pub commands: CommandsConfig,
     /// Which other origins browsers may call the API from (off by default).
     pub cors: OriginPolicy,
+    /// Limits per token and per agent.
+    pub limits: LimitConfig,
 }
 
 impl ServerConfig {
@@ -301,6 +306,7 @@ impl ServerConfig {
             console: ConsoleConfig::default(),
             commands: CommandsConfig::default(),
             cors: OriginPolicy::default(),
+            limits: LimitConfig::default(),
         }
     }
 
@@ -366,6 +372,7 @@ impl ServerConfig {
         let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
         let commands = CommandsConfig::resolve(file.commands).map_err(invalid)?;
         let cors = OriginPolicy::resolve(file.cors).map_err(invalid)?;
+        let limits = LimitConfig::resolve(file.limits).map_err(invalid)?;
         Ok(ServerConfig {
             listen,
             data_dir,
@@ -377,6 +384,7 @@ impl ServerConfig {
             console,
             commands,
             cors,
+            limits,
         })
     }
 }

@@ -229,6 +229,7 @@ impl ServerBuilder {
                 detail: err.to_string(),
             })?;
         let mut metrics = ServerMetrics::new();
+        let limits = http::limits::Limits::new(config.limits, metrics.registry_mut());
         let command_metrics = commands::CommandMetrics::register(&mut metrics);
         let relay = match probe {
             Some(probe) => Err(probe),
@@ -293,7 +294,7 @@ impl ServerBuilder {
         let commands =
             commands::Commands::start(&config.commands, &state, command_metrics, plane_handle)
                 .await?;
-        router = router.layer(Extension(commands));
+        router = router.layer(Extension(commands)).layer(Extension(limits));
         // The origin policy for WebSocket handlers' origin check, and the CORS layer outermost
         // so it answers preflights before any other layer sees them.
         router = router.layer(Extension(config.cors.clone()));

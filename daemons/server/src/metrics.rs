@@ -225,6 +225,14 @@ pub struct ServerMetrics {
     /// `can_frame` events left out of console streams by sampling (not an error: the relay
     /// still carries every frame).
     pub console_can_frames_sampled_out: Counter,
+    /// Bytes the in-memory console history holds over all streams.
+    pub console_history_bytes: Gauge,
+    /// Events the in-memory console history holds over all streams.
+    pub console_history_events: Gauge,
+    /// The global console history budget (bytes).
+    pub console_history_budget_bytes: Gauge,
+    /// Console events trimmed (oldest across streams first) to hold the history budget.
+    pub console_history_trimmed_by_budget: Counter,
 }
 
 impl Default for ServerMetrics {
@@ -294,8 +302,36 @@ impl ServerMetrics {
             "can_frame events left out of console streams by sampling (the relay carries all)",
             console_can_frames_sampled_out.clone(),
         );
+        let console_history_bytes = Gauge::default();
+        registry.register(
+            "console_history_bytes",
+            "Bytes the in-memory console history holds over all streams",
+            console_history_bytes.clone(),
+        );
+        let console_history_events = Gauge::default();
+        registry.register(
+            "console_history_events",
+            "Events the in-memory console history holds over all streams",
+            console_history_events.clone(),
+        );
+        let console_history_budget_bytes = Gauge::default();
+        registry.register(
+            "console_history_budget_bytes",
+            "The global budget of the in-memory console history, in bytes",
+            console_history_budget_bytes.clone(),
+        );
+        let console_history_trimmed_by_budget = Counter::default();
+        registry.register(
+            "console_history_trimmed_by_budget",
+            "Console events trimmed, oldest across streams first, to hold the history budget",
+            console_history_trimmed_by_budget.clone(),
+        );
         ServerMetrics {
             registry,
+            console_history_bytes,
+            console_history_events,
+            console_history_budget_bytes,
+            console_history_trimmed_by_budget,
             http_requests,
             http_request_duration,
             connections_open,

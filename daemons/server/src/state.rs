@@ -214,6 +214,14 @@ impl FromRef<AppState> for Console {
     }
 }
 
+/// The console's handlers take the relay engine's status of groups (for the `group_state` a
+/// fresh subscriber gets first).
+impl FromRef<AppState> for Arc<dyn RelayProbe> {
+    fn from_ref(state: &AppState) -> Arc<dyn RelayProbe> {
+        Arc::clone(&state.relay)
+    }
+}
+
 /// Handlers below the state take the records store without knowing `AppState`.
 impl FromRef<AppState> for Arc<Store> {
     fn from_ref(state: &AppState) -> Arc<Store> {

@@ -120,6 +120,8 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     };
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
     let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    let current = events.next().await?;
+    assert_eq!(current.event_type, "group_state", "the group's state first");
     log(ConsoleStream::Dongle(dongle), "d1");
     let d1 = events.next().await?;
     assert!(d1.last_event_id.ends_with(",~"), "{}", d1.last_event_id);

@@ -29,6 +29,11 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
     let group = console_support::group(&server, &token, &a, &b).await?;
     let mut on_group = console_support::subscribe_group(&server, &token, &group).await?;
     let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
+    // A fresh subscriber learns the group's state first, without an ID.
+    let current = on_group.next().await?;
+    assert_eq!(current.event_type, "group_state");
+    assert_eq!(current.last_event_id, "");
+    assert_eq!(json(&current)?["mode"], "inactive");
 
     let state = server.server.state();
     state.set_dongle_online(uuid(&a)?, true).await?;
@@ -388,6 +393,10 @@ async fn the_multiplexed_stream_carries_both_scopes_and_resumes_exactly() -> Tes
     let console = server.server.state().console();
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
     let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    // The group's current state comes first, without an ID.
+    let current = events.next().await?;
+    assert_eq!(current.event_type, "group_state");
+    assert_eq!(current.last_event_id, "");
     let log = |scope, text: &str| {
         console.log(
             scope,
@@ -653,5 +662,70 @@ async fn an_unreachable_redis_is_counted_and_resumable_not_fatal() -> TestResult
         t.contains("tether_server_console_events_dropped_total{reason=\"backend_error\"} 1")
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_history_budget_trims_the_oldest_streams_first_and_says_so() -> TestResult {
+    // 1 MiB for all streams: a quiet dongle's old history goes before the busy dongle's new one.
+    let server =
+        TestServer::start_with(|config| config.console.history_budget_bytes = 1 << 20).await?;
+    let (token, _agent, a, b) = server.user_with_pair("bud").await?;
+    let console = server.server.state().console();
+    let (quiet, busy) = (uuid(&a)?, uuid(&b)?);
+    let quiet_path = format!("/api/v1/streams/dongles/{a}/console");
+    let mut live = subscribe(&server, &quiet_path, Some(&token), None).await?;
+    for message in ["old news", "older news"] {
+        console.log(
+            ConsoleStream::Dongle(quiet),
+            LogLevel::Info,
+            message.to_owned(),
+            serde_json::Value::Null,
+        );
+    }
+    let old = live.next().await?;
+    live.next().await?;
+    drop(live);
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // ~3 MiB into the busy stream, in rounds the publisher keeps up with.
+    let filler = "z".repeat(1_000);
+    for round in 0..30 {
+        for i in 0..100 {
+            console.log(
+                ConsoleStream::Dongle(busy),
+                LogLevel::Debug,
+                format!("{round}-{i} {filler}"),
+                serde_json::Value::Null,
+            );
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let text = eventually_metrics(&server, |t| {
+        metric(t, "tether_server_console_history_trimmed_by_budget_total").is_some_and(|n| n > 0.0)
+    })
+    .await?;
+    let bytes = metric(&text, "tether_server_console_history_bytes").unwrap_or(f64::MAX);
+    assert!(
+        bytes <= f64::from(1 << 20),
+        "history over its budget: {bytes}\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "tether_server_console_history_budget_bytes"),
+        Some(f64::from(1 << 20))
+    );
+    // The quiet stream's events were the oldest: a resume from the first is told so.
+    let mut resumed =
+        subscribe(&server, &quiet_path, Some(&token), Some(&old.last_event_id)).await?;
+    console.log(
+        ConsoleStream::Dongle(quiet),
+        LogLevel::Info,
+        "fresh".to_owned(),
+        serde_json::Value::Null,
+    );
+    let reset = resumed.next().await?;
+    assert_eq!(reset.event_type, "stream_reset");
+    assert_eq!(json(&reset)?["reason"], "too_old");
+    assert_eq!(json(&resumed.next().await?)?["message"], "fresh");
     Ok(())
 }

@@ -13,8 +13,8 @@ use serde_json::json;
 use tether_server::ServerError;
 use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 use tether_server::store::{
-    Actor, Announce, CommandQuery, CommandRecord, CommandStatus, Dongle, GroupRefusal,
-    POSTGRES_SCHEMA_VERSION, ResponseOutcome, Store, VehicleRefusal,
+    Actor, Announce, CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten,
+    Dongle, GroupRefusal, POSTGRES_SCHEMA_VERSION, ResponseOutcome, Store, VehicleRefusal,
 };
 use uuid::Uuid;
 
@@ -48,6 +48,7 @@ conformance!(
     vehicles_and_their_refusals,
     command_lifecycle,
     command_listing_filters_and_pages,
+    command_writes_in_one_commit,
     timestamps_keep_milliseconds,
 );
 
@@ -606,6 +607,71 @@ fn command_listing_filters_and_pages(store: &Store) -> TestResult {
         },
     )?;
     assert!(none.is_empty());
+    Ok(())
+}
+
+fn command_writes_in_one_commit(store: &Store) -> TestResult {
+    let alice = store.ensure_user("alice", at(0))?;
+    let car = store
+        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
+        .map_err(|r| format!("{r:?}"))?;
+    let cmd = command(alice.id, car.id, at(1));
+    let duplicate = command(alice.id, car.id, at(1));
+    let response = |seq: u32, is_final: bool| CommandWrite::Response {
+        command_id: cmd.command_id,
+        start: true,
+        sequence_number: seq,
+        is_final,
+        payload: json!({ "seq": seq }),
+        at: at(2),
+    };
+    let writes = vec![
+        CommandWrite::Insert(cmd.clone()),
+        response(1, false),
+        response(1, false),
+        // Fails (unknown vehicle): rolled back alone, the rest of the batch commits.
+        CommandWrite::Insert(CommandRecord {
+            vehicle_id: Uuid::new_v4(),
+            ..duplicate
+        }),
+        response(2, true),
+        CommandWrite::Fail {
+            command_id: cmd.command_id,
+            error: "late".to_owned(),
+            at: at(3),
+        },
+    ];
+    let results = store.write_commands(&writes)?;
+    assert!(matches!(results[0], Ok(CommandWritten::Inserted)));
+    assert!(matches!(
+        results[1],
+        Ok(CommandWritten::Response(true, ResponseOutcome::Stored(_)))
+    ));
+    assert!(matches!(
+        results[2],
+        Ok(CommandWritten::Response(false, ResponseOutcome::Duplicate))
+    ));
+    assert!(matches!(results[3], Err(ServerError::Database { .. })));
+    assert!(matches!(
+        results[4],
+        Ok(CommandWritten::Response(false, ResponseOutcome::Stored(_)))
+    ));
+    assert!(matches!(results[5], Ok(CommandWritten::Failed(false))));
+    let done = store.command_by_id(cmd.command_id)?.ok_or("not stored")?;
+    assert_eq!(done.status, CommandStatus::Completed);
+    assert_eq!(store.responses_after(cmd.command_id, 0)?.len(), 2);
+    assert_eq!(
+        store
+            .list_commands(
+                alice.id,
+                &CommandQuery {
+                    limit: 10,
+                    ..CommandQuery::default()
+                }
+            )?
+            .len(),
+        1
+    );
     Ok(())
 }
 

@@ -17,6 +17,7 @@ fn tether(args: &[&str]) -> TestResult<Output> {
     Ok(Command::new(TETHER)
         .args(args)
         .env_remove("REDIS_URL")
+        .env_remove("TETHER_DATABASE_URL")
         .output()?)
 }
 
@@ -30,6 +31,7 @@ fn start_server(data_dir: &Path) -> TestResult<(Child, String)> {
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env_remove("REDIS_URL")
+        .env_remove("TETHER_DATABASE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,8 +1,15 @@
 //! In-memory backend: one [`StreamBuffer`] per stream key, shared by all subscribers of this
 //! process. History is lost when the process ends; IDs of the next process start at its own start
 //! time, so old IDs are recognised (`earlier_process`) instead of matching by accident.
+//!
+//! Besides each stream's own bounds, a hub built with [`MemoryBackend::with_budget`] holds all
+//! its streams to one byte budget: when a publish takes the retained total over it, the oldest
+//! events across all streams are trimmed (in [`LEDGER_BUCKET_MS`] steps) until the total is back
+//! under 90 % of the budget. A subscriber that loses unread events that way gets the usual
+//! `lagged` reset; a resume from a trimmed ID gets `too_old`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
@@ -13,7 +20,7 @@ use super::{
     Clock, EventBackend, StreamConfig, StreamPosition, Subscription, sampling_log,
     validate_stream_key,
 };
-use crate::buffer::{StreamBuffer, StreamCursor, StreamItem};
+use crate::buffer::{HistoryLedger, LEDGER_BUCKET_MS, StreamBuffer, StreamCursor, StreamItem};
 use crate::error::SseError;
 use crate::id::EventId;
 use crate::sampler::CanFrameSampler;
@@ -50,10 +57,35 @@ pub struct MemoryBackend {
     origin_ms: u64,
     default_config: StreamConfig,
     streams: Mutex<HashMap<String, Arc<SharedStream>>>,
+    budget: Option<Budget>,
+}
+
+/// A global history budget and what holding it has cost.
+#[derive(Debug)]
+struct Budget {
+    max_bytes: u64,
+    ledger: Arc<HistoryLedger>,
+    /// Events trimmed to hold the budget, over all streams (also those since forgotten).
+    trimmed: AtomicU64,
+    /// Held while one publisher sweeps the streams; others skip the sweep meanwhile.
+    sweeping: Mutex<()>,
+}
+
+/// Memory use of a hub's whole history, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryStats {
+    /// Bytes retained over all streams (event type, data and bookkeeping per event).
+    pub bytes: u64,
+    /// Events retained over all streams.
+    pub events: u64,
+    /// The global budget, if the hub has one.
+    pub budget_bytes: Option<u64>,
+    /// Events trimmed to hold the budget so far.
+    pub trimmed_by_budget: u64,
 }
 
 impl MemoryBackend {
-    /// A hub whose IDs start at the clock's current reading.
+    /// A hub whose IDs start at the clock's current reading, bounded per stream only.
     pub fn new(clock: Arc<dyn Clock>, default_config: StreamConfig) -> Self {
         let origin_ms = clock.now_ms();
         Self {
@@ -61,12 +93,89 @@ impl MemoryBackend {
             origin_ms,
             default_config,
             streams: Mutex::new(HashMap::new()),
+            budget: None,
         }
+    }
+
+    /// A hub whose streams together retain at most about `max_bytes` (see the module docs),
+    /// besides each stream's own bounds.
+    pub fn with_budget(
+        clock: Arc<dyn Clock>,
+        default_config: StreamConfig,
+        max_bytes: u64,
+    ) -> Self {
+        Self {
+            budget: Some(Budget {
+                max_bytes,
+                ledger: Arc::new(HistoryLedger::new()),
+                trimmed: AtomicU64::new(0),
+                sweeping: Mutex::new(()),
+            }),
+            ..Self::new(clock, default_config)
+        }
+    }
+
+    /// Bytes and events retained over all streams, and what the budget trimmed.
+    pub fn history_stats(&self) -> HistoryStats {
+        match &self.budget {
+            Some(budget) => HistoryStats {
+                bytes: budget.ledger.bytes(),
+                events: budget.ledger.events(),
+                budget_bytes: Some(budget.max_bytes),
+                trimmed_by_budget: budget.trimmed.load(Ordering::Relaxed),
+            },
+            None => {
+                let streams: Vec<_> = self.lock_streams().values().cloned().collect();
+                let mut stats = HistoryStats::default();
+                for stream in streams {
+                    let st = stream.lock();
+                    stats.bytes += st.buffer.retained_bytes();
+                    stats.events += st.buffer.len() as u64;
+                }
+                stats
+            }
+        }
+    }
+
+    fn lock_streams(&self) -> MutexGuard<'_, HashMap<String, Arc<SharedStream>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a publish: when the retained total is over the budget, trim the oldest events of
+    /// every stream down to 90 % of it. One publisher sweeps at a time; the others go on.
+    fn hold_budget(&self) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        if budget.ledger.bytes() <= budget.max_bytes {
+            return;
+        }
+        let Ok(_sweep) = budget.sweeping.try_lock() else {
+            return;
+        };
+        let Some(cutoff) = budget
+            .ledger
+            .cutoff_for(budget.max_bytes - budget.max_bytes / 10)
+        else {
+            return;
+        };
+        let streams: Vec<_> = self.lock_streams().values().cloned().collect();
+        let mut trimmed = 0;
+        for stream in streams {
+            trimmed += stream.lock().buffer.trim_published_before(cutoff);
+        }
+        budget.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+        tracing::debug!(
+            trimmed,
+            cutoff_ms = cutoff,
+            bucket_ms = LEDGER_BUCKET_MS,
+            "console history over its budget: oldest events trimmed"
+        );
     }
 
     fn stream(&self, key: &str) -> Result<Arc<SharedStream>, SseError> {
         validate_stream_key(key)?;
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams = self.lock_streams();
         Ok(Arc::clone(
             streams
                 .entry(key.to_owned())
@@ -78,7 +187,14 @@ impl MemoryBackend {
         let (published, _) = watch::channel(0);
         Arc::new(SharedStream {
             state: Mutex::new(StreamState {
-                buffer: StreamBuffer::new(config.bounds, self.origin_ms),
+                buffer: match &self.budget {
+                    Some(budget) => StreamBuffer::with_ledger(
+                        config.bounds,
+                        self.origin_ms,
+                        Arc::clone(&budget.ledger),
+                    ),
+                    None => StreamBuffer::new(config.bounds, self.origin_ms),
+                },
                 sampler: config.sampling.map(CanFrameSampler::new),
                 config,
             }),
@@ -114,6 +230,7 @@ impl MemoryBackend {
             st.buffer.push(event_type, data, sampled_out, now)?.id
         };
         stream.published.send_modify(|n| *n = n.wrapping_add(1));
+        self.hold_budget();
         Ok(id)
     }
 
@@ -153,7 +270,7 @@ impl MemoryBackend {
     /// since its events have all aged out). Returns how many streams were removed.
     pub fn prune_idle_streams(&self) -> usize {
         let now = self.clock.now_ms();
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams = self.lock_streams();
         let before = streams.len();
         streams.retain(|_, stream| {
             if Arc::strong_count(stream) > 1 {
@@ -170,7 +287,7 @@ impl MemoryBackend {
     pub fn position_now(&self, stream_key: &str) -> Result<StreamPosition, SseError> {
         validate_stream_key(stream_key)?;
         let stream = {
-            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let streams = self.lock_streams();
             match streams.get(stream_key) {
                 Some(stream) => Arc::clone(stream),
                 None => return Ok(StreamPosition::default()),
@@ -183,22 +300,25 @@ impl MemoryBackend {
         let retained = st.buffer.len() as u64;
         Ok(StreamPosition {
             latest: st.buffer.latest(),
-            published: retained + trimmed.by_count + trimmed.by_age,
+            published: retained + trimmed.total(),
             retained,
         })
     }
 
     /// Retained events and trim counters of one stream (for metrics and tests).
     pub fn stream_stats(&self, stream_key: &str) -> Option<StreamStats> {
-        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = self.lock_streams();
         let stream = streams.get(stream_key)?;
         let st = stream.lock();
+        let trimmed = st.buffer.trim_counters();
         Some(StreamStats {
             retained: st.buffer.len(),
+            retained_bytes: st.buffer.retained_bytes(),
             oldest: st.buffer.oldest(),
             latest: st.buffer.latest(),
-            trimmed_by_count: st.buffer.trim_counters().by_count,
-            trimmed_by_age: st.buffer.trim_counters().by_age,
+            trimmed_by_count: trimmed.by_count,
+            trimmed_by_age: trimmed.by_age,
+            trimmed_by_budget: trimmed.by_budget,
         })
     }
 }
@@ -208,6 +328,8 @@ impl MemoryBackend {
 pub struct StreamStats {
     /// Events in the buffer.
     pub retained: usize,
+    /// Bytes they take, as the history budget counts them.
+    pub retained_bytes: u64,
     /// Oldest retained ID.
     pub oldest: Option<EventId>,
     /// Latest ID issued.
@@ -216,6 +338,8 @@ pub struct StreamStats {
     pub trimmed_by_count: u64,
     /// Events trimmed by the age bound so far.
     pub trimmed_by_age: u64,
+    /// Events trimmed to hold the hub's global budget so far.
+    pub trimmed_by_budget: u64,
 }
 
 /// A subscriber of the in-memory hub: a cursor into the shared buffer plus a small batch of
@@ -318,6 +442,10 @@ impl EventBackend for MemoryBackend {
 
     fn prune_idle_streams(&self) -> usize {
         MemoryBackend::prune_idle_streams(self)
+    }
+
+    fn history_stats(&self) -> Option<HistoryStats> {
+        Some(MemoryBackend::history_stats(self))
     }
 
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError> {

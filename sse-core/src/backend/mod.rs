@@ -164,6 +164,12 @@ pub trait EventBackend: Send + Sync {
     /// settings and no publish for a minute; Redis keys expire by themselves). Call it now and
     /// then; returns how many streams were forgotten.
     fn prune_idle_streams(&self) -> usize;
+
+    /// Memory held by this process for the whole history, when the backend keeps it in memory
+    /// (`None` for backends whose history lives elsewhere, such as Redis).
+    fn history_stats(&self) -> Option<memory::HistoryStats> {
+        None
+    }
 }
 
 /// Publish a typed console event.

@@ -190,6 +190,11 @@ pub struct ServerOptions {
     pub extra_config: String,
     /// Fixed port (a restart reuses the first one).
     pub port: Option<u16>,
+    /// A program and its arguments the server runs under (`faketime …`, `unshare …`); the
+    /// `tether server …` command line is appended.
+    pub wrapper: Vec<String>,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A `tether server` child process with its data directory.
@@ -270,7 +275,15 @@ impl ServerProc {
                 .join(format!("{}-{}.stderr", self.label, self.starts)),
         )?;
         self.starts += 1;
-        let mut cmd = Command::new(TETHER);
+        let mut cmd = match self.options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(TETHER);
+                cmd
+            }
+            None => Command::new(TETHER),
+        };
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd.args([
             "server",
             "--listen",
@@ -551,7 +564,12 @@ impl AgentProc {
         server: &ServerProc,
         token: &str,
     ) -> TestResult<AgentProc> {
-        Self::start_with_servers(ws, name, &[server], token)
+        AgentProc::start_at_all(ws, name, &[server.base.as_str()], token)
+    }
+
+    /// [`AgentProc::start`] against the server at `base` (a proxy in front of it, say).
+    pub fn start_at(ws: &Workspace, name: &str, base: &str, token: &str) -> TestResult<AgentProc> {
+        AgentProc::start_at_all(ws, name, &[base], token)
     }
 
     /// [`AgentProc::start`] with `server_url` listing `servers` in order (fail-over).
@@ -561,7 +579,18 @@ impl AgentProc {
         servers: &[&ServerProc],
         token: &str,
     ) -> TestResult<AgentProc> {
-        let urls: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.base)).collect();
+        let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
+        AgentProc::start_at_all(ws, name, &bases, token)
+    }
+
+    /// [`AgentProc::start`] with `server_url` listing `bases` in order.
+    fn start_at_all(
+        ws: &Workspace,
+        name: &str,
+        bases: &[&str],
+        token: &str,
+    ) -> TestResult<AgentProc> {
+        let urls: Vec<String> = bases.iter().map(|b| format!("\"{b}\"")).collect();
         let data_dir = ws.path(&format!("agent-{name}-data"));
         let udp_port = free_udp_port();
         let metrics_port = free_tcp_port();
@@ -897,8 +926,33 @@ impl Pair {
         user: &str,
     ) -> TestResult<Pair> {
         let server = servers.first().ok_or("no server")?;
-        let api = server.api();
+        let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
         let user_token = server.user_token(user)?;
+        Pair::start_with_bases(ws, server, user, user_token, [&bases, &bases]).await
+    }
+
+    /// [`Pair::start`] with a user token made elsewhere and each agent talking to its own
+    /// address of the server (`[a, b]`: the server's base, or a proxy in front of it).
+    pub async fn start_with(
+        ws: &Workspace,
+        server: &ServerProc,
+        user: &str,
+        user_token: String,
+        agent_bases: [&str; 2],
+    ) -> TestResult<Pair> {
+        let [a, b] = agent_bases;
+        Pair::start_with_bases(ws, server, user, user_token, [&[a], &[b]]).await
+    }
+
+    /// [`Pair::start_with`] with each agent's `server_url` listing its `agent_bases` in order.
+    async fn start_with_bases(
+        ws: &Workspace,
+        server: &ServerProc,
+        user: &str,
+        user_token: String,
+        agent_bases: [&[&str]; 2],
+    ) -> TestResult<Pair> {
+        let api = server.api();
         let (_, token_a) = api
             .create_agent(&user_token, &format!("{user}-agent-a"))
             .await?;
@@ -912,8 +966,8 @@ impl Pair {
         let group_id = api
             .active_group(&user_token, &format!("{user} pair"), &dongle_a, &dongle_b)
             .await?;
-        let agent_a = AgentProc::start_with_servers(ws, &format!("{user}-a"), servers, &token_a)?;
-        let agent_b = AgentProc::start_with_servers(ws, &format!("{user}-b"), servers, &token_b)?;
+        let agent_a = AgentProc::start_at_all(ws, &format!("{user}-a"), agent_bases[0], &token_a)?;
+        let agent_b = AgentProc::start_at_all(ws, &format!("{user}-b"), agent_bases[1], &token_b)?;
         agent_a.ready().await?;
         agent_b.ready().await?;
         Ok(Pair {

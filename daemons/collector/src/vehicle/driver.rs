@@ -25,8 +25,10 @@ use crate::config::VehicleConfig;
 use crate::status::{self, StatusReport};
 use crate::wire::{RemoteMessage, encode_batch};
 
-/// Records appended in one commit, at most (more wait for the next).
-const MAX_APPEND: usize = 65_536;
+/// Records appended in one commit, at most (more wait for the next). Each append holds its
+/// records twice for a moment (the commit and the send mirror): 16,384 keeps that to a few
+/// MB while one `synchronous=FULL` commit still carries enough records to amortise its sync.
+const MAX_APPEND: usize = 16_384;
 /// How often uplinked records past the dashboard window are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// How long the session stays in `error` before it tries again.

@@ -35,6 +35,12 @@ use metrics::VehicleMetrics;
 /// The stream key of the vehicle's records in its store.
 pub const STREAM_KEY: &str = "telemetry";
 
+/// Batches of records queued for the store, at most. A producer that outruns the store waits
+/// ([`Vehicle::ingest`]) or gathers its frames into one bigger batch (the CAN listener, up to
+/// its `MAX_BACKLOG`), so what waits in memory stays bounded by the producers' own limits
+/// rather than by this queue.
+const INGEST_BATCHES: usize = 16;
+
 /// A record as the live stream carries it.
 #[derive(Debug, Clone)]
 pub struct LiveRecord {
@@ -177,7 +183,7 @@ impl Vehicle {
             mirror_max: DEFAULT_MIRROR_MAX.max(config.window as usize + config.batch_max),
         };
         let outbox = StreamOutbox::open(&store, STREAM_KEY, stream).await?;
-        let (records_tx, records_rx) = mpsc::channel(1024);
+        let (records_tx, records_rx) = mpsc::channel(INGEST_BATCHES);
         let (requests_tx, requests_rx) = mpsc::channel(64);
         let (live, _) = broadcast::channel(4096);
         let counters = Arc::new(ListenerCounters::default());

@@ -40,6 +40,10 @@ pub struct CommandMetrics {
     pub retries: Counter,
     /// Commands accepted and not ended.
     pub open: Gauge,
+    /// Transactions of the commands writer (group commits).
+    pub write_batches: Counter,
+    /// Changes the commands writer stored (commands, starts, responses, failures).
+    pub writes: Counter,
 }
 
 impl CommandMetrics {
@@ -86,6 +90,16 @@ impl CommandMetrics {
             "commands_open",
             "Vehicle commands accepted and not ended",
             m.open.clone(),
+        );
+        r.register(
+            "command_write_batches",
+            "Transactions of the commands writer (each a group commit of queued changes)",
+            m.write_batches.clone(),
+        );
+        r.register(
+            "command_writes",
+            "Changes the commands writer stored (commands, starts, responses, failures)",
+            m.writes.clone(),
         );
         m
     }

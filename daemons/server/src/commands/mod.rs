@@ -24,6 +24,7 @@ pub mod bus;
 pub mod metrics;
 pub mod mock;
 mod remote;
+pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -43,10 +44,13 @@ use crate::console::Console;
 use crate::dataplane::DataPlane;
 use crate::error::ServerError;
 use crate::state::AppState;
-use crate::store::{CommandRecord, CommandStatus, ResponseOutcome, Store, Vehicle};
+use crate::store::{
+    CommandRecord, CommandStatus, CommandWrite, CommandWritten, ResponseOutcome, Store, Vehicle,
+};
 
 use bus::{BusEvent, ResponseBus};
 pub use metrics::CommandMetrics;
+use writer::CommandWriter;
 
 /// The error of a command whose process ended while it was open.
 pub const INTERRUPTED_RESTART: &str = "interrupted: server restarted";
@@ -99,32 +103,51 @@ impl Reporter {
         }
         self.started = true;
         let id = self.job.command_id;
-        match self.inner.store.call(move |s| s.start_command(id)).await {
-            Ok(true) => self
-                .inner
-                .status_event(&self.job, CommandState::InProgress, None),
-            Ok(false) => {}
+        match self.inner.writer.write(CommandWrite::Start(id)).await {
+            Ok(CommandWritten::Started(true)) => {
+                self.inner
+                    .status_event(&self.job, CommandState::InProgress, None)
+            }
+            Ok(_) => {}
             Err(err) => tracing::error!(command = %id, %err, "recording a command start failed"),
         }
     }
 
     /// A response: stored (completing the command when `is_final`), then published. `false`
     /// when the command had ended (nothing stored) or storing failed (the command is failed).
+    /// A command not [`started`](Self::started) yet is started by the same change (one
+    /// commit), and its `in_progress` status event goes out before the response.
     pub async fn response(&mut self, payload: Value, is_final: bool) -> bool {
         if self.ended {
             return false;
         }
-        if !self.started {
-            self.started().await;
-        }
+        let start = !self.started;
+        self.started = true;
         let id = self.job.command_id;
         let seq = self.next_seq;
-        let stored_payload = payload.clone();
         let outcome = self
             .inner
-            .store
-            .call(move |s| s.add_response(id, seq, is_final, &stored_payload, Utc::now()))
+            .writer
+            .write(CommandWrite::Response {
+                command_id: id,
+                start,
+                sequence_number: seq,
+                is_final,
+                payload: payload.clone(),
+                at: Utc::now(),
+            })
             .await;
+        let outcome = match outcome {
+            Ok(CommandWritten::Response(started, outcome)) => {
+                if started {
+                    self.inner
+                        .status_event(&self.job, CommandState::InProgress, None);
+                }
+                Ok(outcome)
+            }
+            Ok(other) => Err(mismatch(other)),
+            Err(err) => Err(err),
+        };
         match outcome {
             Ok(ResponseOutcome::Stored(_)) => {
                 self.next_seq += 1;
@@ -166,14 +189,13 @@ impl Reporter {
         }
         self.ended = true;
         let id = self.job.command_id;
-        let text = error.to_owned();
-        match self
-            .inner
-            .store
-            .call(move |s| s.fail_command(id, &text, Utc::now()))
-            .await
-        {
-            Ok(true) => {
+        let write = CommandWrite::Fail {
+            command_id: id,
+            error: error.to_owned(),
+            at: Utc::now(),
+        };
+        match self.inner.writer.write(write).await {
+            Ok(CommandWritten::Failed(true)) => {
                 self.inner
                     .bus
                     .publish(BusEvent::Failed {
@@ -184,7 +206,7 @@ impl Reporter {
                 self.inner
                     .finished(&self.job, CommandState::Failed, Some(error));
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(err) => tracing::error!(command = %id, %err, "recording a command failure failed"),
         }
     }
@@ -249,6 +271,7 @@ impl Lane {
 #[derive(Debug)]
 struct Inner {
     store: Arc<Store>,
+    writer: CommandWriter,
     console: Console,
     bus: ResponseBus,
     connector: Arc<dyn Connector>,
@@ -394,9 +417,11 @@ impl Commands {
                 (Arc::new(agent::AgentConnector::new(hub.clone())), Some(hub))
             }
         };
+        let writer = CommandWriter::spawn(Arc::clone(&store), metrics.clone());
         let commands = Commands {
             inner: Arc::new(Inner {
                 store,
+                writer,
                 console,
                 bus,
                 connector,
@@ -474,10 +499,9 @@ impl Commands {
             completed_at: None,
             deadline_at: now + ttl,
         };
-        let stored = record.clone();
         self.inner
-            .store
-            .call(move |s| s.insert_command(&stored))
+            .writer
+            .write(CommandWrite::Insert(record.clone()))
             .await
             .map_err(SubmitError::Server)?;
         self.inner.metrics.submitted.inc();
@@ -597,6 +621,15 @@ impl Commands {
             }
         }
         Ok(())
+    }
+}
+
+/// A [`CommandWritten`] of another kind than the write asked for (a bug of the writer):
+/// handled as a failed store.
+fn mismatch(written: CommandWritten) -> ServerError {
+    ServerError::TaskFailed {
+        task: "command writer",
+        detail: format!("a response was answered with {written:?}"),
     }
 }
 

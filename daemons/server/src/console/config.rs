@@ -20,6 +20,27 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 pub const DEFAULT_SEEN_INTERVAL_SECS: u64 = 10;
 /// Default Redis key prefix of console streams.
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = sse_core::backend::redis::DEFAULT_KEY_PREFIX;
+/// Smallest default history budget (bytes), whatever the machine.
+const MIN_DEFAULT_BUDGET: u64 = 64 << 20;
+/// Largest default history budget (bytes), whatever the machine.
+const MAX_DEFAULT_BUDGET: u64 = 2 << 30;
+
+/// The default global history budget: a sixteenth of the machine's memory, between 64 MiB and
+/// 2 GiB (256 MiB where the memory size cannot be read).
+pub fn default_history_budget_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    match total {
+        Some(bytes) => (bytes / 16).clamp(MIN_DEFAULT_BUDGET, MAX_DEFAULT_BUDGET),
+        None => 256 << 20,
+    }
+}
+
 /// Most streams one multiplexed connection may carry.
 pub const MAX_MULTIPLEXED_STREAMS: usize = 32;
 
@@ -31,6 +52,9 @@ pub struct ConsoleSettings {
     pub history_events: Option<usize>,
     /// Seconds an event stays resumable (age bound).
     pub history_max_age_secs: Option<u64>,
+    /// Bytes all in-memory streams together keep; over it the oldest events across streams
+    /// are trimmed first.
+    pub history_budget_bytes: Option<u64>,
     /// `can_frame` events per second and stream above which the console samples.
     pub sampling_threshold_per_s: Option<u32>,
     /// Seconds of silence before a keep-alive comment.
@@ -52,6 +76,8 @@ pub struct ConsoleConfig {
     pub history_events: usize,
     /// Age bound of history.
     pub history_max_age: Duration,
+    /// Global budget of the in-memory history (bytes).
+    pub history_budget_bytes: u64,
     /// Sampling threshold (`can_frame` per second and stream).
     pub sampling_threshold_per_s: u32,
     /// Keep-alive interval.
@@ -71,6 +97,7 @@ impl Default for ConsoleConfig {
         ConsoleConfig {
             history_events: DEFAULT_HISTORY_EVENTS,
             history_max_age: Duration::from_secs(DEFAULT_HISTORY_MAX_AGE_SECS),
+            history_budget_bytes: default_history_budget_bytes(),
             sampling_threshold_per_s: DEFAULT_SAMPLING_THRESHOLD_PER_S,
             keep_alive: Duration::from_secs(DEFAULT_KEEP_ALIVE_SECS),
             retry_ms: DEFAULT_RETRY_MS,
@@ -93,6 +120,8 @@ impl ConsoleConfig {
             .history_max_age_secs
             .unwrap_or(DEFAULT_HISTORY_MAX_AGE_SECS);
         check("history_max_age_secs", age, 1, 7 * 24 * 3600)?;
+        let budget = s.history_budget_bytes.unwrap_or(d.history_budget_bytes);
+        check("history_budget_bytes", budget, 1 << 20, 1 << 40)?;
         let threshold = s
             .sampling_threshold_per_s
             .unwrap_or(d.sampling_threshold_per_s);
@@ -120,6 +149,7 @@ impl ConsoleConfig {
         Ok(ConsoleConfig {
             history_events,
             history_max_age: Duration::from_secs(age),
+            history_budget_bytes: budget,
             sampling_threshold_per_s: threshold,
             keep_alive: Duration::from_secs(keep_alive),
             retry_ms,

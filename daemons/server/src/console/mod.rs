@@ -94,7 +94,11 @@ impl Hub {
             sampling: None,
         };
         let backend: Arc<dyn EventBackend> = match redis_url {
-            None => Arc::new(MemoryBackend::new(Arc::new(SystemClock), stream)),
+            None => Arc::new(MemoryBackend::with_budget(
+                Arc::new(SystemClock),
+                stream,
+                config.history_budget_bytes,
+            )),
             Some(url) => {
                 let mut redis = RedisBackendConfig::new(url);
                 redis.key_prefix.clone_from(&config.redis_key_prefix);
@@ -155,11 +159,28 @@ struct ConsoleMetrics {
         prometheus_client::metrics::counter::Counter,
     >,
     sampled_out: prometheus_client::metrics::counter::Counter,
+    history_bytes: prometheus_client::metrics::gauge::Gauge,
+    history_events: prometheus_client::metrics::gauge::Gauge,
+    history_trimmed: prometheus_client::metrics::counter::Counter,
 }
 
 impl ConsoleMetrics {
     fn dropped(&self, reason: &'static str) {
         self.dropped.get_or_create(&DropLabels { reason }).inc();
+    }
+
+    /// Copies the in-memory hub's history totals into the gauges (nothing with Redis).
+    fn observe_history(&self, hub: &Hub) {
+        let Some(stats) = hub.backend.history_stats() else {
+            return;
+        };
+        self.history_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        self.history_events
+            .set(i64::try_from(stats.events).unwrap_or(i64::MAX));
+        let seen = self.history_trimmed.get();
+        self.history_trimmed
+            .inc_by(stats.trimmed_by_budget.saturating_sub(seen));
     }
 }
 
@@ -201,17 +222,26 @@ impl Console {
         redis_url: Option<&str>,
         metrics: &ServerMetrics,
     ) -> Result<Console, ServerError> {
+        let redis = redis_url.is_some();
         let hub = Arc::new(
             Hub::open(&config, redis_url).map_err(|err| ServerError::RedisUrl {
                 detail: err.to_string(),
             })?,
         );
         let (queue, jobs) = mpsc::channel(config.queue_capacity);
+        if !redis {
+            metrics
+                .console_history_budget_bytes
+                .set(i64::try_from(config.history_budget_bytes).unwrap_or(i64::MAX));
+        }
         let metrics = ConsoleMetrics {
             subscribers: metrics.sse_subscribers.clone(),
             published: metrics.console_events_published.clone(),
             dropped: metrics.console_events_dropped.clone(),
             sampled_out: metrics.console_can_frames_sampled_out.clone(),
+            history_bytes: metrics.console_history_bytes.clone(),
+            history_events: metrics.console_history_events.clone(),
+            history_trimmed: metrics.console_history_trimmed_by_budget.clone(),
         };
         let (closed, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -477,6 +507,7 @@ async fn publish_loop(
             }
         }
         publish_batch(&hub, &mut batch, &metrics, &ledger, &mut failures).await;
+        metrics.observe_history(&hub);
         let drops = ledger.take();
         let mut hub_down = false;
         for ((scope, reason), n) in drops {

@@ -7,11 +7,12 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use sse_core::encoder::{RESPONSE_HEADERS, event_stream_body};
@@ -20,7 +21,9 @@ use uuid::Uuid;
 
 use super::config::MAX_MULTIPLEXED_STREAMS;
 use super::{Console, ConsoleStream};
-use crate::http::{ApiError, IdPath, user_from_header_or_param};
+use crate::group_mode::RelayProbe;
+use crate::http::limits::{LimitPermit, Limits};
+use crate::http::{ApiError, IdPath, bearer_token, user_from_header_or_param};
 use crate::store::{Store, User};
 
 /// Query parameters every console route understands; others are ignored (cache busters).
@@ -38,13 +41,21 @@ fn query(uri: &Uri) -> Result<StreamQuery, ApiError> {
         .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", err.body_text()))
 }
 
-/// The user of a stream request: `Authorization: Bearer` when present, else `access_token`.
+/// The user of a stream request (`Authorization: Bearer` when present, else `access_token`)
+/// and the stream's place under the per-token cap of concurrent streams, if there is one.
 async fn authenticate(
     store: &Arc<Store>,
+    limits: Option<&Limits>,
     headers: &HeaderMap,
     query: &StreamQuery,
-) -> Result<User, ApiError> {
-    user_from_header_or_param(store, headers, query.access_token.as_deref()).await
+) -> Result<(User, Option<LimitPermit>), ApiError> {
+    let user = user_from_header_or_param(store, headers, query.access_token.as_deref()).await?;
+    let token = match bearer_token(headers)? {
+        Some(token) => token,
+        None => query.access_token.as_deref().unwrap_or_default().trim(),
+    };
+    let permit = limits.map(|l| l.console_stream(token)).transpose()?;
+    Ok((user, permit))
 }
 
 /// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text
@@ -77,9 +88,15 @@ impl Drop for SubscriberGuard {
 /// (client gone) frees the subscription and the gauge.
 fn stream_response(
     console: &Console,
+    permit: Option<LimitPermit>,
+    first: Option<Bytes>,
     body: impl Stream<Item = Bytes> + Send + 'static,
 ) -> Response {
-    let guard = SubscriberGuard::new(console);
+    // `first` goes right after the opening chunk (`retry:` and `: stream open`).
+    let mut first = first;
+    let body = body
+        .flat_map(move |chunk| futures::stream::iter(std::iter::once(chunk).chain(first.take())));
+    let guard = (SubscriberGuard::new(console), permit);
     let mut closed = console.closed();
     let closing = async move {
         // Ends on close, or when the console itself is gone.
@@ -103,6 +120,8 @@ fn stream_response(
 
 async fn single(
     console: &Console,
+    permit: Option<LimitPermit>,
+    first: Option<Bytes>,
     scope: ConsoleStream,
     last_event_id: Option<String>,
 ) -> Response {
@@ -122,7 +141,12 @@ async fn single(
             futures::stream::once(futures::future::ready(Err(err))).boxed()
         }
     };
-    stream_response(console, event_stream_body(items, console.body_options()))
+    stream_response(
+        console,
+        permit,
+        first,
+        event_stream_body(items, console.body_options()),
+    )
 }
 
 /// The first of `scopes` that `user` does not own, as the `not_found` subject (`"dongle"` /
@@ -150,41 +174,97 @@ async fn first_not_owned(
 }
 
 /// One console stream of something the caller owns.
+/// The current `group_state` of each of `groups` (owned by `user`), encoded without an `id:`
+/// so that a client's resume position is unaffected: what a subscriber starting without a
+/// last-seen ID gets first, so it knows the mode before the next change. `None` when nothing
+/// is to be sent.
+async fn current_group_states(
+    store: &Arc<Store>,
+    relay: &Arc<dyn RelayProbe>,
+    user: Uuid,
+    groups: Vec<Uuid>,
+) -> Result<Option<Bytes>, ApiError> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let records = store
+        .call(move |store| {
+            let mut found = Vec::new();
+            for id in groups {
+                found.extend(store.get_group(user, id)?);
+            }
+            Ok(found)
+        })
+        .await?;
+    let mut out = BytesMut::new();
+    for group in records {
+        let event = super::ConsoleEvent::from(super::GroupState {
+            ts: sse_core::events::timestamp(chrono::Utc::now()),
+            group: group.state(relay.status(group.id).as_ref()),
+        });
+        if let Err(err) = sse_core::encoder::encode_event(
+            &mut out,
+            Some(event.event_type()),
+            None,
+            &event.to_data(),
+        ) {
+            tracing::warn!(error = %err, "cannot encode a group_state");
+        }
+    }
+    Ok((!out.is_empty()).then(|| out.freeze()))
+}
+
 async fn owned_single(
     console: Console,
     store: Arc<Store>,
+    relay: Arc<dyn RelayProbe>,
+    limits: Option<Extension<Limits>>,
     headers: HeaderMap,
     uri: Uri,
     scope: ConsoleStream,
 ) -> Result<Response, ApiError> {
     let query = query(&uri)?;
-    let user = authenticate(&store, &headers, &query).await?;
+    let limits = limits.map(|Extension(l)| l);
+    let (user, permit) = authenticate(&store, limits.as_ref(), &headers, &query).await?;
     if let Some(what) = first_not_owned(&store, user.id, vec![scope]).await? {
         return Err(ApiError::not_found(what));
     }
-    Ok(single(&console, scope, last_event_id(&headers, &query)).await)
+    let last_event_id = last_event_id(&headers, &query);
+    let first = match scope {
+        ConsoleStream::Group(id) if last_event_id.is_none() => {
+            current_group_states(&store, &relay, user.id, vec![id]).await?
+        }
+        _ => None,
+    };
+    Ok(single(&console, permit, first, scope, last_event_id).await)
 }
 
 /// `GET /api/v1/streams/dongles/{id}/console`.
 pub(crate) async fn dongle(
     State(console): State<Console>,
     State(store): State<Arc<Store>>,
+    State(relay): State<Arc<dyn RelayProbe>>,
+    limits: Option<Extension<Limits>>,
     headers: HeaderMap,
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(console, store, headers, uri, ConsoleStream::Dongle(id)).await
+    let scope = ConsoleStream::Dongle(id);
+    owned_single(console, store, relay, limits, headers, uri, scope).await
 }
 
 /// `GET /api/v1/streams/groups/{id}/console`.
 pub(crate) async fn group(
     State(console): State<Console>,
     State(store): State<Arc<Store>>,
+    State(relay): State<Arc<dyn RelayProbe>>,
+    limits: Option<Extension<Limits>>,
     headers: HeaderMap,
     uri: Uri,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    owned_single(console, store, headers, uri, ConsoleStream::Group(id)).await
+    let scope = ConsoleStream::Group(id);
+    owned_single(console, store, relay, limits, headers, uri, scope).await
 }
 
 fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
@@ -208,11 +288,14 @@ fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
 pub(crate) async fn multiplexed(
     State(console): State<Console>,
     State(store): State<Arc<Store>>,
+    State(relay): State<Arc<dyn RelayProbe>>,
+    limits: Option<Extension<Limits>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = query(&uri)?;
-    let user = authenticate(&store, &headers, &query).await?;
+    let limits = limits.map(|Extension(l)| l);
+    let (user, permit) = authenticate(&store, limits.as_ref(), &headers, &query).await?;
     let dongles = id_list("dongles", query.dongles.as_deref())?;
     let groups = id_list("groups", query.groups.as_deref())?;
     let scopes: Vec<ConsoleStream> = dongles
@@ -246,6 +329,11 @@ pub(crate) async fn multiplexed(
     }
     let keys: Vec<String> = scopes.iter().map(ConsoleStream::key).collect();
     let last_event_id = last_event_id(&headers, &query);
+    let first = if last_event_id.is_none() {
+        current_group_states(&store, &relay, user.id, groups).await?
+    } else {
+        None
+    };
     let body = open_body(
         console.hub(),
         keys,
@@ -253,5 +341,5 @@ pub(crate) async fn multiplexed(
         console.body_options(),
     )
     .await;
-    Ok(stream_response(&console, body))
+    Ok(stream_response(&console, permit, first, body))
 }

@@ -537,6 +537,7 @@ impl DataPlane {
 pub async fn ws_data(
     State(state): State<AppState>,
     plane: Option<Extension<DataPlane>>,
+    limits: Option<Extension<crate::http::limits::Limits>>,
     AgentAuth(agent): AgentAuth,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -548,10 +549,19 @@ pub async fn ws_data(
         )
         .into_response();
     };
+    // The agent's place under its cap of concurrent connections, held as long as the socket.
+    let permit = match limits.map(|Extension(l)| l.ws_data_connection(agent.id)) {
+        Some(Err(refused)) => return refused.into_response(),
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
     // The protocol's limit plus room for the WebSocket framing.
     let max = relay_core::protocol::MAX_MESSAGE_BYTES + 1024;
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(tether_runtime::ws::WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| conn::run(socket, plane, state, agent))
+        .on_upgrade(move |socket| async move {
+            conn::run(socket, plane, state, agent).await;
+            drop(permit);
+        })
 }

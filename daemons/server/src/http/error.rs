@@ -21,6 +21,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Explanation for humans.
     pub message: String,
+    /// Seconds for a `Retry-After` header (limits' `429` and `503`), if any.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -86,6 +89,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            super::limits::set_retry_after(&mut response, secs);
         }
         response
     }

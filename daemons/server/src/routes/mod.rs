@@ -63,7 +63,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/streams/console", get(console::multiplexed))
         .route("/streams/dongles/{id}/console", get(console::dongle))
         .route("/streams/groups/{id}/console", get(console::group))
-        .merge(crate::metering::router());
+        .merge(crate::metering::router())
+        .layer(middleware::from_fn(crate::http::limits::rate_limit));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

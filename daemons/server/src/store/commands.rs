@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Store;
-use super::sql::{self, DbError, FromValue, Row, args};
+use super::sql::{self, DbError, FromValue, Row, Sql, args};
 use crate::error::ServerError;
 
 /// Where a command is in its life: `pending → in_progress → completed | failed`.
@@ -122,6 +122,55 @@ pub enum ResponseOutcome {
     UnknownCommand,
 }
 
+/// One change of [`Store::write_commands`]: the same change as the one-at-a-time method it
+/// names.
+#[derive(Debug, Clone)]
+pub enum CommandWrite {
+    /// [`Store::insert_command`].
+    Insert(CommandRecord),
+    /// [`Store::start_command`].
+    Start(Uuid),
+    /// [`Store::add_response`]; with `start`, first [`Store::start_command`] (a response that
+    /// also starts its command, in one change).
+    Response {
+        /// The command.
+        command_id: Uuid,
+        /// Start the command first.
+        start: bool,
+        /// 1, 2, …
+        sequence_number: u32,
+        /// Whether it is the last.
+        is_final: bool,
+        /// The response JSON.
+        payload: Value,
+        /// When it was received.
+        at: DateTime<Utc>,
+    },
+    /// [`Store::fail_command`].
+    Fail {
+        /// The command.
+        command_id: Uuid,
+        /// Why.
+        error: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// What one [`CommandWrite`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandWritten {
+    /// The command was stored.
+    Inserted,
+    /// Whether the command moved `pending → in_progress`.
+    Started(bool),
+    /// Whether the command was started by this change (with `start`), and what became of the
+    /// response.
+    Response(bool, ResponseOutcome),
+    /// Whether the command moved to `failed`.
+    Failed(bool),
+}
+
 const COMMAND_COLUMNS: &str = "id, user_id, vehicle_id, command_name, command_params, status, \
                                error_message, submitted_at, completed_at, deadline_at";
 
@@ -161,40 +210,158 @@ fn response_row(row: &Row) -> Result<ResponseRecord, DbError> {
 const RESPONSE_COLUMNS: &str =
     "id, command_id, sequence_number, is_final, response_payload, received_at";
 
+const RESPONSE_ACTION: &str = "storing a response";
+
+fn insert_command_on(sql: &mut dyn Sql, command: &CommandRecord) -> Result<(), DbError> {
+    sql.execute(
+        "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
+             status, error_message, submitted_at, completed_at, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        args![
+            command.command_id,
+            command.user_id,
+            command.vehicle_id,
+            &command.command_name,
+            &command.command_params,
+            command.status.as_str(),
+            command.error_message.as_deref(),
+            command.submitted_at,
+            command.completed_at,
+            command.deadline_at,
+        ],
+    )
+    .map(drop)
+}
+
+fn start_command_on(sql: &mut dyn Sql, command_id: Uuid) -> Result<bool, DbError> {
+    sql.execute(
+        "UPDATE commands SET status = 'in_progress' WHERE id = $1 AND status = 'pending'",
+        args![command_id],
+    )
+    .map(|n| n == 1)
+}
+
+fn fail_command_on(
+    sql: &mut dyn Sql,
+    command_id: Uuid,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    sql.execute(
+        "UPDATE commands SET status = 'failed', error_message = $2, completed_at = $3
+         WHERE id = $1 AND status IN ('pending', 'in_progress')",
+        args![command_id, error, now],
+    )
+    .map(|n| n == 1)
+}
+
+/// The statements of [`Store::add_response`], inside the caller's transaction (which the
+/// caller commits only for [`ResponseOutcome::Stored`]).
+fn add_response_on(
+    sql: &mut dyn Sql,
+    command_id: Uuid,
+    sequence_number: u32,
+    is_final: bool,
+    payload: &Value,
+    now: DateTime<Utc>,
+) -> Result<ResponseOutcome, DbError> {
+    // Locked (PostgreSQL), so a response and a failure racing on two instances end the
+    // command once.
+    let status = sql
+        .query_opt(
+            &format!(
+                "SELECT status FROM commands WHERE id = $1{}",
+                sql.for_update()
+            ),
+            args![command_id],
+        )?
+        .map(|row| row.get::<CommandStatus>(0))
+        .transpose()?;
+    match status {
+        None => return Ok(ResponseOutcome::UnknownCommand),
+        Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
+        Some(_) => {}
+    }
+    let record = ResponseRecord {
+        response_id: Uuid::new_v4(),
+        command_id,
+        sequence_number,
+        is_final,
+        response_payload: payload.clone(),
+        received_at: sql::stored_time(now),
+    };
+    let inserted = sql.execute(
+        "INSERT INTO command_responses
+             (id, command_id, sequence_number, is_final, response_payload, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (command_id, sequence_number) DO NOTHING",
+        args![
+            record.response_id,
+            command_id,
+            sequence_number,
+            is_final,
+            payload,
+            now
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(ResponseOutcome::Duplicate);
+    }
+    if is_final {
+        sql.execute(
+            "UPDATE commands SET status = 'completed', completed_at = $2 WHERE id = $1",
+            args![command_id, now],
+        )?;
+    } else {
+        sql.execute(
+            "UPDATE commands SET status = 'in_progress' WHERE id = $1",
+            args![command_id],
+        )?;
+    }
+    Ok(ResponseOutcome::Stored(record))
+}
+
+fn apply_command_write(sql: &mut dyn Sql, write: &CommandWrite) -> Result<CommandWritten, DbError> {
+    Ok(match write {
+        CommandWrite::Insert(command) => {
+            insert_command_on(sql, command)?;
+            CommandWritten::Inserted
+        }
+        CommandWrite::Start(id) => CommandWritten::Started(start_command_on(sql, *id)?),
+        CommandWrite::Response {
+            command_id,
+            start,
+            sequence_number,
+            is_final,
+            payload,
+            at,
+        } => {
+            let started = *start && start_command_on(sql, *command_id)?;
+            let outcome =
+                add_response_on(sql, *command_id, *sequence_number, *is_final, payload, *at)?;
+            // Not stored: the savepoint rolls the start back too.
+            let started = started && matches!(outcome, ResponseOutcome::Stored(_));
+            CommandWritten::Response(started, outcome)
+        }
+        CommandWrite::Fail {
+            command_id,
+            error,
+            at,
+        } => CommandWritten::Failed(fail_command_on(sql, *command_id, error, *at)?),
+    })
+}
+
 impl Store {
     /// Stores a new command (status `pending`).
     pub fn insert_command(&self, command: &CommandRecord) -> Result<(), ServerError> {
-        self.run("storing a command", |sql| {
-            sql.execute(
-                "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
-                     status, error_message, submitted_at, completed_at, deadline_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                args![
-                    command.command_id,
-                    command.user_id,
-                    command.vehicle_id,
-                    &command.command_name,
-                    &command.command_params,
-                    command.status.as_str(),
-                    command.error_message.as_deref(),
-                    command.submitted_at,
-                    command.completed_at,
-                    command.deadline_at,
-                ],
-            )
-            .map(drop)
-        })
+        self.run("storing a command", |sql| insert_command_on(sql, command))
     }
 
     /// `pending → in_progress`. `false` when the command is not pending (already started or
     /// ended).
     pub fn start_command(&self, command_id: Uuid) -> Result<bool, ServerError> {
         self.run("starting a command", |sql| {
-            sql.execute(
-                "UPDATE commands SET status = 'in_progress' WHERE id = $1 AND status = 'pending'",
-                args![command_id],
-            )
-            .map(|n| n == 1)
+            start_command_on(sql, command_id)
         })
     }
 
@@ -206,12 +373,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
         self.run("failing a command", |sql| {
-            sql.execute(
-                "UPDATE commands SET status = 'failed', error_message = $2, completed_at = $3
-                 WHERE id = $1 AND status IN ('pending', 'in_progress')",
-                args![command_id, error, now],
-            )
-            .map(|n| n == 1)
+            fail_command_on(sql, command_id, error, now)
         })
     }
 
@@ -225,61 +387,47 @@ impl Store {
         payload: &Value,
         now: DateTime<Utc>,
     ) -> Result<ResponseOutcome, ServerError> {
-        self.transaction("storing a response", |sql| {
-            // Locked (PostgreSQL), so a response and a failure racing on two instances end
-            // the command once.
-            let status = sql
-                .query_opt(
-                    &format!(
-                        "SELECT status FROM commands WHERE id = $1{}",
-                        sql.for_update()
-                    ),
-                    args![command_id],
-                )?
-                .map(|row| row.get::<CommandStatus>(0))
-                .transpose()?;
-            match status {
-                None => return Ok(ResponseOutcome::UnknownCommand),
-                Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
-                Some(_) => {}
+        self.transaction(RESPONSE_ACTION, |sql| {
+            add_response_on(sql, command_id, sequence_number, is_final, payload, now)
+        })
+    }
+
+    /// Applies `writes` in order in one transaction (a group commit of the commands
+    /// service): each as its one-at-a-time method would, inside a savepoint, so one that
+    /// fails leaves no trace and does not fail the others. The outer `Err` is a failed
+    /// transaction (nothing of the batch was stored); otherwise one result per write, all
+    /// committed.
+    pub fn write_commands(
+        &self,
+        writes: &[CommandWrite],
+    ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
+        const ACTION: &str = "storing command changes";
+        self.transaction(ACTION, |sql| {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                sql.execute("SAVEPOINT command_write", &[])?;
+                let result = apply_command_write(sql, write);
+                // A write that stored nothing (or failed) is rolled back with its savepoint.
+                let keep = matches!(
+                    &result,
+                    Ok(CommandWritten::Inserted
+                        | CommandWritten::Started(_)
+                        | CommandWritten::Failed(_)
+                        | CommandWritten::Response(_, ResponseOutcome::Stored(_)))
+                );
+                if !keep {
+                    sql.execute("ROLLBACK TO SAVEPOINT command_write", &[])?;
+                }
+                sql.execute("RELEASE SAVEPOINT command_write", &[])?;
+                let action = match write {
+                    CommandWrite::Insert(_) => "storing a command",
+                    CommandWrite::Start(_) => "starting a command",
+                    CommandWrite::Response { .. } => RESPONSE_ACTION,
+                    CommandWrite::Fail { .. } => "failing a command",
+                };
+                results.push(result.map_err(ServerError::db(action)));
             }
-            let record = ResponseRecord {
-                response_id: Uuid::new_v4(),
-                command_id,
-                sequence_number,
-                is_final,
-                response_payload: payload.clone(),
-                received_at: sql::stored_time(now),
-            };
-            let inserted = sql.execute(
-                "INSERT INTO command_responses
-                     (id, command_id, sequence_number, is_final, response_payload, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (command_id, sequence_number) DO NOTHING",
-                args![
-                    record.response_id,
-                    command_id,
-                    sequence_number,
-                    is_final,
-                    payload,
-                    now
-                ],
-            )?;
-            if inserted == 0 {
-                return Ok(ResponseOutcome::Duplicate);
-            }
-            if is_final {
-                sql.execute(
-                    "UPDATE commands SET status = 'completed', completed_at = $2 WHERE id = $1",
-                    args![command_id, now],
-                )?;
-            } else {
-                sql.execute(
-                    "UPDATE commands SET status = 'in_progress' WHERE id = $1",
-                    args![command_id],
-                )?;
-            }
-            Ok(ResponseOutcome::Stored(record))
+            Ok(results)
         })
     }
 

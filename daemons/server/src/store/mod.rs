@@ -37,7 +37,10 @@ use std::time::Duration;
 use r2d2_postgres::PostgresConnectionManager;
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use commands::{CommandQuery, CommandRecord, CommandStatus, ResponseOutcome, ResponseRecord};
+pub use commands::{
+    CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten, ResponseOutcome,
+    ResponseRecord,
+};
 pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,

@@ -14,8 +14,8 @@ use tether_runtime::signals::StopSignals;
 /// `tether agent` arguments.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Configuration file (YAML).
-    #[arg(long, global = true)]
+    /// Configuration file (YAML). Required (it is the only source of the agent's settings).
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
@@ -29,7 +29,10 @@ pub struct AgentArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentTool {
     /// Metering role tools.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tether agent --config agent.yaml metering dlq list\n  tether agent --config agent.yaml metering dlq retry --queue usage_records"
+    )]
     Metering(MeteringTool),
 }
 
@@ -37,7 +40,10 @@ pub enum AgentTool {
 #[derive(Debug, clap::Subcommand)]
 pub enum MeteringTool {
     /// Dead-letter queues: list, retry, purge.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tether agent --config agent.yaml metering dlq list --limit 10\n  tether agent --config agent.yaml metering dlq purge --queue quota_refresh --all"
+    )]
     Dlq(DlqCommand),
 }
 
@@ -45,6 +51,9 @@ pub enum MeteringTool {
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {
     /// Print entries as JSON lines (newest first).
+    #[command(
+        after_help = "Examples:\n  tether agent --config agent.yaml metering dlq list --queue usage_records --limit 20"
+    )]
     List {
         /// Queue (`usage_records`, `session_lifecycle`, `quota_refresh`); all when omitted.
         #[arg(long)]
@@ -54,6 +63,9 @@ pub enum DlqCommand {
         limit: usize,
     },
     /// Move entries back to the head of their queue, atomically.
+    #[command(
+        after_help = "Examples:\n  tether agent --config agent.yaml metering dlq retry --queue usage_records --all\n  tether agent --config agent.yaml metering dlq retry --id ENTRY_ID"
+    )]
     Retry {
         /// Queue; all when omitted.
         #[arg(long)]
@@ -66,6 +78,9 @@ pub enum DlqCommand {
         all: bool,
     },
     /// Delete entries.
+    #[command(
+        after_help = "Examples:\n  tether agent --config agent.yaml metering dlq purge --queue quota_refresh --all\n  tether agent --config agent.yaml metering dlq purge --id ENTRY_ID"
+    )]
     Purge {
         /// Queue; all when omitted.
         #[arg(long)]

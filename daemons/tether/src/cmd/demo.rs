@@ -43,8 +43,8 @@ const ACTIVE_PATIENCE: Duration = Duration::from_secs(60);
 /// `tether demo` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Address the server listens on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    /// Address the server listens on, `IP:PORT` (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: String,
     /// Data directory, wiped at start (only if empty or made by an earlier demo).
     #[arg(long, default_value = "./tether-demo-data", value_name = "DIR")]
@@ -56,7 +56,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "FILE")]
     pub ecu_profile: Option<PathBuf>,
     /// Replay speed factor (1 = the capture's own timing) or `max`.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1", value_parser = parse_speed)]
     pub speed: String,
     /// Also run the metering pipeline: a metering agent against the server's control plane,
     /// with a few sessions pushed through Redis.
@@ -65,6 +65,35 @@ pub struct DemoArgs {
     /// Redis for `--metering`.
     #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
     pub redis_url: String,
+}
+
+/// `--listen`, checked before anything starts: the server takes an IP address and a port, and
+/// resolves no names.
+fn parse_listen(text: &str) -> Result<String, String> {
+    text.parse::<std::net::SocketAddr>()
+        .map(|_| text.to_owned())
+        .map_err(|_| {
+            format!("{text:?} is not IP:PORT such as 127.0.0.1:8080 (host names such as localhost are not resolved)")
+        })
+}
+
+/// `--speed`, checked before anything starts (the dongles are what use it).
+fn parse_speed(text: &str) -> Result<String, String> {
+    text.parse::<can_io::transport::replay::ReplaySpeed>()
+        .map(|_| text.to_owned())
+}
+
+/// A fresh random REMP key (32 bytes, hex) for one demo dongle.
+fn demo_key() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The last lines of a child's log, for an error message.
+fn log_tail(dir: &Path, name: &str) -> String {
+    let path = dir.join("logs").join(format!("{name}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 /// A child process with a name for messages.
@@ -313,8 +342,18 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     let mut lines = BufReader::new(stdout).lines();
     let first = tokio::time::timeout(START_TIMEOUT, lines.next_line())
         .await
-        .context("the server did not start in time (see logs/server.log)")??
-        .context("the server exited at start (see logs/server.log)")?;
+        .context("the server did not start in time (see logs/server.log)")??;
+    let Some(first) = first else {
+        // Let the log be written out before quoting it.
+        if let Some(server) = children.procs.last_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), server.child.wait()).await;
+        }
+        bail!(
+            "the server exited at start; the end of {}:\n{}",
+            dir.join("logs/server.log").display(),
+            log_tail(&dir, "server")
+        );
+    };
     let base = first
         .strip_prefix("tether server listening on ")
         .with_context(|| format!("unexpected server output {first:?}"))?
@@ -391,8 +430,11 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
         let port = free_udp_port()?;
         let agent_dir = dir.join(format!("agent-{side}"));
         let config = dir.join(format!("agent-{side}.yaml"));
+        // Signed datagrams, as in production: the dongle's key in the agent's `dongle.keys`,
+        // and no unsigned serial accepted.
+        let key = demo_key();
         let mut yaml = format!(
-            "# written by `tether demo`\nserver_url: \"{base}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{port}\"\n  protocol: remp\n",
+            "# written by `tether demo`\nserver_url: \"{base}\"\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{port}\"\n  protocol: remp\n  require_auth: true\n  keys:\n    {serial}: \"{key}\"\n",
             agent_dir.display()
         );
         if *side == "a" {
@@ -419,7 +461,8 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
             .arg("--replay")
             .arg(&capture)
             .args(["--speed", &args.speed, "--loop", "--record"])
-            .arg(dir.join(format!("dongle-{side}-received.log")));
+            .arg(dir.join(format!("dongle-{side}-received.log")))
+            .env("TETHER_DONGLE_KEY", &key);
         children.add(dongle_name, dongle.spawn().context("starting a dongle")?);
     }
 
@@ -453,6 +496,9 @@ async fn demo(args: &DemoArgs, children: &mut Children) -> anyhow::Result<()> {
     let (a, b) = (&sides[0].3, &sides[1].3);
     let group_url = format!("{base}/api/v1/streams/groups/{group_id}/console");
     println!("Tether demo: a server, two agents and two simulated dongles on this machine.");
+    println!(
+        "  dongles   sign every datagram (REMP keys in agent-a.yaml / agent-b.yaml, require_auth on)"
+    );
     println!(
         "  data      {} (wiped at every start; logs in logs/)",
         dir.display()

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -57,10 +57,16 @@ pub struct RunArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ServerAction {
     /// Manage users' API tokens.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tether server token create --user alice --data-dir ./tether-data\n  tether server token list --data-dir ./tether-data\n  tether server token revoke TOKEN_ID --config server.yaml"
+    )]
     Token(TokenCommand),
     /// The metering control plane: data-plane server keys, customers, signing keys.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tether server metering key create --server-id speech-1\n  tether server metering customer create --id acme --credits 1000\n  tether server metering signing-key rotate"
+    )]
     Metering(MeteringCommand),
     /// Apply the records database's migrations (SQLite, or PostgreSQL with --database-url)
     /// and print its schema version. The server applies them at start too.
@@ -89,6 +95,7 @@ pub enum MeteringCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum MeteringKeyCommand {
     /// Print a new `X-API-Key` for a data-plane server (shown once, stored hashed).
+    #[command(after_help = "Examples:\n  tether server metering key create --server-id speech-1")]
     Create {
         /// The server id the agent registers with (`server.id`).
         #[arg(long)]
@@ -103,6 +110,9 @@ pub enum MeteringKeyCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum MeteringCustomerCommand {
     /// Create a customer with a credit balance (or set an existing one's balance).
+    #[command(
+        after_help = "Examples:\n  tether server metering customer create --id acme --credits 1000"
+    )]
     Create {
         /// Customer id (`customer_id` of the usage records).
         #[arg(long)]
@@ -120,6 +130,9 @@ pub enum MeteringCustomerCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum SigningKeyCommand {
     /// Make a new key current; the previous one is still served until the next rotation.
+    #[command(
+        after_help = "Examples:\n  tether server metering signing-key rotate --data-dir ./tether-data"
+    )]
     Rotate {
         /// Where the database is.
         #[command(flatten)]
@@ -146,6 +159,9 @@ pub struct StoreArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Create the user if needed and print a new API token (shown once).
+    #[command(
+        after_help = "Examples:\n  tether server token create --user alice\n  tether server token create --user ops --role operator --config server.yaml"
+    )]
     Create {
         /// User name.
         #[arg(long)]
@@ -158,6 +174,9 @@ pub enum TokenCommand {
         store: StoreArgs,
     },
     /// Revoke a token by its id (see `token list`).
+    #[command(
+        after_help = "Examples:\n  tether server token revoke 0b7c…-uuid --data-dir ./tether-data"
+    )]
     Revoke {
         /// Token id.
         id: Uuid,
@@ -165,7 +184,11 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// List tokens (never their secrets).
+    /// List tokens (never their secrets). The database must exist: a wrong `--data-dir` is an
+    /// error, never a new empty database.
+    #[command(
+        after_help = "Examples:\n  tether server token list --data-dir ./tether-data\n  tether server token list --user alice --config server.yaml"
+    )]
     List {
         /// Only this user's tokens.
         #[arg(long)]
@@ -219,6 +242,29 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
         &config.data_dir,
         config.database_url.as_deref(),
     )?)
+}
+
+/// The store of a server that has run (or made a token) before: commands that only read or
+/// revoke never create a data directory, so a mistyped `--data-dir` is an error, not an empty
+/// table. A PostgreSQL database is opened as it is (it must exist to be connected to).
+fn open_existing_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    let config = store_config(args)?;
+    if let Some(url) = config.database_url.as_deref() {
+        return Ok(Store::connect(url)?);
+    }
+    let db = config.data_dir.join(tether_server::store::DB_FILE);
+    if !db.is_file() {
+        bail!(
+            "no server database at {}: check --data-dir{} (`tether server token create` or the server's first start makes one)",
+            db.display(),
+            if args.config.is_some() {
+                " and the config's data_dir"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Store::open(&db)?)
 }
 
 fn open_metering(args: &StoreArgs) -> anyhow::Result<MeteringStore> {
@@ -284,7 +330,7 @@ fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("{}", issued.secret);
         }
         TokenCommand::Revoke { id, store } => {
-            let store = open_store(&store)?;
+            let store = open_existing_store(&store)?;
             if store.revoke_user_token(id, Utc::now())? {
                 eprintln!("revoked token {id}");
             } else {
@@ -292,7 +338,7 @@ fn run_token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::List { user, store } => {
-            let store = open_store(&store)?;
+            let store = open_existing_store(&store)?;
             let tokens = store.list_user_tokens(user.as_deref())?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "ID\tUSER\tLOOKUP\tCREATED\tSTATUS")?;

@@ -4,7 +4,8 @@
 //!   (`{"event","data","id"}`) and per valid `retry` field (`{"retry": MS}`), in stream order.
 //! - `tail URL` follows a stream like a browser's `EventSource`: it reconnects after the
 //!   connection ends, sends `Last-Event-ID`, honours `retry`, and stops for good on a status
-//!   other than 200 or a content type other than `text/event-stream`.
+//!   other than 200 or a content type other than `text/event-stream`. It gives up after
+//!   `--max-reconnects` (default 10) reconnections in a row without an event, unless `--forever`.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -17,8 +18,14 @@ use sse_core::parser::{EventStreamParser, ParsedItem};
 #[derive(Debug, clap::Subcommand)]
 pub enum SseCommand {
     /// Parse an event stream from stdin into JSON lines.
+    #[command(
+        after_help = "Examples:\n  curl -sN -H 'Authorization: Bearer TOKEN' URL | tether sse parse\n  tether sse parse < captured-stream.txt"
+    )]
     Parse,
     /// Follow an event stream over HTTP, reconnecting with the last event ID.
+    #[command(
+        after_help = "Examples:\n  tether sse tail http://127.0.0.1:8080/api/v1/streams/groups/ID/console --header 'Authorization: Bearer TOKEN'\n  tether sse tail URL --last-event-id 1733500000000-5 --max-events 100\n  tether sse tail URL --forever"
+    )]
     Tail(TailArgs),
 }
 
@@ -40,9 +47,15 @@ pub struct TailArgs {
     #[arg(long)]
     pub max_events: Option<u64>,
     /// Give up after this many reconnections in a row without receiving any event.
-    #[arg(long)]
-    pub max_reconnects: Option<u32>,
+    #[arg(long, default_value_t = DEFAULT_MAX_RECONNECTS, value_name = "N")]
+    pub max_reconnects: u32,
+    /// Reconnect forever, like a browser's `EventSource` (overrides `--max-reconnects`).
+    #[arg(long, conflicts_with = "max_reconnects")]
+    pub forever: bool,
 }
+
+/// Default `--max-reconnects`: about half a minute of a dead server at the default retry.
+pub const DEFAULT_MAX_RECONNECTS: u32 = 10;
 
 /// Run an `sse` subcommand.
 pub fn run(cmd: SseCommand) -> anyhow::Result<ExitCode> {
@@ -204,7 +217,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         } else {
             idle_reconnects + 1
         };
-        if args.max_reconnects.is_some_and(|max| idle_reconnects > max) {
+        if !args.forever && idle_reconnects > args.max_reconnects {
             bail!(
                 "gave up on {} after {} reconnections without events",
                 args.url,

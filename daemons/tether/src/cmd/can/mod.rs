@@ -24,15 +24,30 @@ pub mod uds;
 #[derive(Debug, clap::Subcommand)]
 pub enum CanCommand {
     /// Summarise a log: frames, ids, duration, mean rate, per-id counts, skipped lines.
+    #[command(
+        after_help = "Examples:\n  tether can stats capture.log\n  tether can stats capture.asc --from asc --json"
+    )]
     Stats(stats::StatsArgs),
     /// Convert a log between candump, ASC and JSON lines, streaming.
+    #[command(
+        after_help = "Examples:\n  tether can convert capture.log --to asc -o capture.asc\n  tether can convert capture.asc --from asc --to jsonl | head"
+    )]
     Convert(convert::ConvertArgs),
     /// Send a log to a bus as a simulated dongle (REMP), cannelloni peer, socketcand client or
     /// python-can multicast node.
+    #[command(
+        after_help = "Examples:\n  tether can replay capture.log --bus udp://127.0.0.1:29536 --speed max\n  tether can replay capture.log --bus udp://127.0.0.1:20000 --protocol cannelloni --loop\n  tether can replay capture.log --bus multicast://239.74.163.2:43113"
+    )]
     Replay(replay::ReplayArgs),
     /// Record a bus (REMP/cannelloni UDP, socketcand, multicast) to a candump log.
+    #[command(
+        after_help = "Examples:\n  tether can record --bus udp://0.0.0.0:29536 -o out.log --count 1000\n  tether can record --bus socketcand://127.0.0.1:29536/vcan0 -o - --duration 10"
+    )]
     Record(record::RecordArgs),
     /// A simulated REMP dongle for `tether agent`: replays a capture, records what it receives.
+    #[command(
+        after_help = "Examples:\n  tether can dongle --serial DONGLE-1 --agent 127.0.0.1:29536 --replay capture.log --loop\n  TETHER_DONGLE_KEY=HEX tether can dongle --serial DONGLE-1 --agent 127.0.0.1:29536 --record -"
+    )]
     Dongle(dongle::DongleArgs),
     /// Simulated ECUs answering UDS over ISO-TP on a bus, from a YAML profile.
     Ecu(ecu::EcuArgs),

@@ -236,10 +236,11 @@ fn open_output(path: &std::path::Path) -> anyhow::Result<Box<dyn Write>> {
 /// Arguments of `tether can record`.
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
-    /// Where to record from: `udp://HOST:PORT` (listen), `socketcand://HOST:PORT/BUS` or
-    /// `multicast://GROUP:PORT`.
-    #[arg(long)]
-    pub from: BusUrl,
+    /// The bus to record: `udp://HOST:PORT` (listen), `socketcand://HOST:PORT/BUS` or
+    /// `multicast://GROUP:PORT`. (`--from` is its old spelling: `--from`/`--to` name formats
+    /// elsewhere.)
+    #[arg(long, alias = "from", value_name = "URL")]
+    pub bus: BusUrl,
     /// Output candump log (`-` for stdout).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
@@ -264,12 +265,12 @@ pub fn run_record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
     runtime()?.block_on(async {
         let mut bus =
-            AnyBus::open(&args.from, args.protocol, "recorder", &args.channel, true).await?;
+            AnyBus::open(&args.bus, args.protocol, "recorder", &args.channel, true).await?;
         let mut out = open_output(&args.output)?;
         if let AnyBus::Remp(b) = &bus {
             eprintln!("recording REMP on udp://{}", b.local_addr()?);
         } else {
-            eprintln!("recording from {}", args.from);
+            eprintln!("recording from {}", args.bus);
         }
         let duration = args.duration;
         let stop = async move {

@@ -1,4 +1,4 @@
-//! `tether can replay FILE --to URL`: a simulated dongle (or cannelloni peer, socketcand client,
+//! `tether can replay FILE --bus URL`: a simulated dongle (or cannelloni peer, socketcand client,
 //! python-can multicast node) sending a capture with its original timing, scaled, or as fast as
 //! possible.
 
@@ -24,9 +24,11 @@ const MAX_WARNINGS: usize = 20;
 pub struct ReplayArgs {
     /// The log to replay (candump, ASC or JSON lines).
     pub file: PathBuf,
-    /// Where to send: `udp://HOST:PORT`, `socketcand://HOST:PORT/BUS` or `multicast://GROUP:PORT`.
-    #[arg(long)]
-    pub to: BusUrl,
+    /// The bus to send to: `udp://HOST:PORT`, `socketcand://HOST:PORT/BUS` or
+    /// `multicast://GROUP:PORT`. (`--to` is its old spelling: `--from`/`--to` name formats
+    /// elsewhere.)
+    #[arg(long, alias = "to", value_name = "URL")]
+    pub bus: BusUrl,
     /// Protocol on a `udp://` address.
     #[arg(long, value_enum, default_value = "remp")]
     pub protocol: UdpProtocol,
@@ -47,7 +49,7 @@ pub struct ReplayArgs {
 /// Run `tether can replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut bus = AnyBus::open(&args.to, args.protocol, &args.serial, "can0", false).await?;
+        let mut bus = AnyBus::open(&args.bus, args.protocol, &args.serial, "can0", false).await?;
         let stop = shutdown_signal();
         tokio::pin!(stop);
         let mut total = 0u64;
@@ -73,7 +75,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         let stats = bus.stats();
         eprintln!(
             "sent {total} frames to {} ({bad} bad lines skipped, {} frames the protocol could not carry)",
-            args.to, stats.dropped
+            args.bus, stats.dropped
         );
         Ok(ExitCode::SUCCESS)
     })

@@ -1,9 +1,11 @@
 //! `tether can stats FILE`: one streaming pass over a log, counting as it goes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use can_io::formats::Entry;
 use can_io::{CanFrame, CanRecord};
 
@@ -184,8 +186,8 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<std::process::ExitCode> {
             "dropped_frames": stats.dropped_frames,
             "per_id": per_id.iter().map(|(id, n)| (id.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
         });
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
+        write_stdout(&format!("{value}\n"))?;
+        return nothing_read(args, &stats, log.format.name());
     }
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<15}{v}\n"));
@@ -241,6 +243,29 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<std::process::ExitCode> {
     for (id, n) in &per_id {
         out.push_str(&format!("  {id:<10}{n}\n"));
     }
-    print!("{out}");
+    write_stdout(&out)?;
+    nothing_read(args, &stats, log.format.name())
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) comes back as an error `main` ends quietly
+/// on, where `print!` would panic.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+/// Success, unless every line was skipped: then the file is not a log of this format (or not
+/// a log at all), and the summary above says nothing useful.
+fn nothing_read(args: &StatsArgs, stats: &LogStats, format: &str) -> anyhow::Result<ExitCode> {
+    if stats.skipped_lines > 0 && stats.frames == 0 && stats.drop_notices == 0 {
+        eprintln!(
+            "error: no line of {} could be read as {format} ({} skipped); pass --from if the format was guessed wrong",
+            args.file.display(),
+            stats.skipped_lines
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,180 @@
+//! The real `tether` binary on PostgreSQL records: `server migrate`, the token commands with
+//! `--database-url` or `TETHER_DATABASE_URL`, and two server instances (each with its own data
+//! directory) that share users, tokens and agents through one database.
+
+#[path = "../../server/tests/server_support/mod.rs"]
+mod server_support;
+
+#[path = "../../server/tests/records_support/mod.rs"]
+mod records_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use records_support::TestDatabase;
+use reqwest::StatusCode;
+use server_support::{TestResult, code, read};
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+
+fn tether(args: &[&str], database_url: Option<&str>) -> TestResult<Output> {
+    let mut command = Command::new(TETHER);
+    command.args(args).env_remove("REDIS_URL");
+    match database_url {
+        Some(url) => command.env("TETHER_DATABASE_URL", url),
+        None => command.env_remove("TETHER_DATABASE_URL"),
+    };
+    Ok(command.output()?)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Starts an instance on `database_url` with its own data directory; returns it with its URL.
+fn start_instance(data_dir: &Path, database_url: &str) -> TestResult<(Child, String)> {
+    let mut child = Command::new(TETHER)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("REDIS_URL")
+        .env_remove("TETHER_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("tether server listening on ")
+        .ok_or_else(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn stop(mut child: Child) -> TestResult {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = child.wait()?;
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_instances_share_the_records_of_one_database() -> TestResult {
+    let Some(db) = tokio::task::spawn_blocking(TestDatabase::create).await? else {
+        return Ok(());
+    };
+    let url = db.url.as_str();
+    let migrated = tether(&["server", "migrate", "--database-url", url], None)?;
+    assert!(migrated.status.success(), "{migrated:?}");
+    assert_eq!(stdout(&migrated), "postgresql: schema version 1");
+    // Again: nothing to do, same version.
+    let again = tether(&["server", "migrate"], Some(url))?;
+    assert_eq!(stdout(&again), "postgresql: schema version 1");
+
+    let dir = tempfile::tempdir()?;
+    let created = tether(
+        &[
+            "server",
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--database-url",
+            url,
+        ],
+        None,
+    )?;
+    assert!(created.status.success(), "{created:?}");
+    let token = stdout(&created);
+    assert!(token.starts_with("tu_"), "{token}");
+    assert!(
+        !dir.path().join("one").join("tether.db").exists(),
+        "no SQLite records"
+    );
+
+    let (one, one_url) = start_instance(&dir.path().join("one"), url)?;
+    let (two, two_url) = start_instance(&dir.path().join("two"), url)?;
+    let client = reqwest::Client::new();
+    // An agent created through one instance is listed, and its token accepted, by the other.
+    let made = client
+        .post(format!("{one_url}/api/v1/agents"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "car" }))
+        .send()
+        .await?;
+    let (status, agent) = read(made).await?;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let listed = client
+        .get(format!("{two_url}/api/v1/agents"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let (status, body) = read(listed).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["agents"][0]["id"], agent["id"]);
+    assert_eq!(body["agents"][0]["created_at"], agent["created_at"]);
+
+    // Revoked through the CLI: refused by both instances.
+    let listing = stdout(&tether(&["server", "token", "list"], Some(url))?);
+    let id = listing
+        .lines()
+        .find(|row| row.contains(&token[3..19]))
+        .and_then(|row| row.split('\t').next())
+        .ok_or_else(|| format!("no row for the token in {listing}"))?
+        .to_owned();
+    let revoked = tether(&["server", "token", "revoke", &id], Some(url))?;
+    assert!(revoked.status.success(), "{revoked:?}");
+    for instance in [&one_url, &two_url] {
+        let after = client
+            .get(format!("{instance}/api/v1/agents"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let (status, body) = read(after).await?;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+    }
+    stop(one)?;
+    stop(two)?;
+    tokio::task::spawn_blocking(move || drop(db)).await?;
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_database_fails_with_its_reason() -> TestResult {
+    let out = tether(
+        &[
+            "server",
+            "migrate",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ],
+        None,
+    )?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connecting to PostgreSQL"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    let bad = tether(
+        &["server", "migrate", "--database-url", "mysql://h/db"],
+        None,
+    )?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid database URL"));
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! What the fault tests share: a two-way stream through a [`Pair`] and its end-to-end check,
+//! a private `redis-server`, and a lossy TCP proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::support::{
+    DongleProc, Pair, ServerProc, TestResult, Workspace, candump_frames, check_relayed,
+    free_tcp_port, wait_frames,
+};
+
+/// Both dongles replaying their half of the capture (speed 8) and recording what they get.
+pub(crate) struct TwoWay {
+    dongle_a: DongleProc,
+    dongle_b: DongleProc,
+    want_at_a: Vec<String>,
+    want_at_b: Vec<String>,
+    a_rx: PathBuf,
+    b_rx: PathBuf,
+}
+
+impl TwoWay {
+    /// Starts the dongles and waits until frames flow both ways (the fault comes mid-stream).
+    pub(crate) async fn start(
+        ws: &Workspace,
+        server: &ServerProc,
+        pair: &Pair,
+    ) -> TestResult<TwoWay> {
+        let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
+        let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
+        let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
+        let dongle_a = DongleProc::start(
+            ws,
+            &pair.a.serial,
+            &pair.a.agent.udp_addr(),
+            Some((&from_a, "8")),
+            Some(&a_rx),
+        )?;
+        let dongle_b = DongleProc::start(
+            ws,
+            &pair.b.serial,
+            &pair.b.agent.udp_addr(),
+            Some((&from_b, "8")),
+            Some(&b_rx),
+        )?;
+        let two_way = TwoWay {
+            dongle_a,
+            dongle_b,
+            want_at_a: candump_frames(&from_b),
+            want_at_b: candump_frames(&from_a),
+            a_rx,
+            b_rx,
+        };
+        pair.wait_mode(&server.api(), "active").await?;
+        wait_frames(&two_way.b_rx, 200, "B receives A's first frames").await?;
+        wait_frames(&two_way.a_rx, 200, "A receives B's first frames").await?;
+        Ok(two_way)
+    }
+
+    /// Frames B has received so far (to show the fault came before the end).
+    pub(crate) fn received_at_b(&self) -> usize {
+        candump_frames(&self.b_rx).len()
+    }
+
+    /// Both directions complete, exactly once and in order; the group drains to no backlog.
+    pub(crate) async fn check(&self, what: &str, server: &ServerProc, pair: &Pair) -> TestResult {
+        check_relayed(
+            &format!("A → B {what}"),
+            &self.want_at_b,
+            &pair.a.agent,
+            &self.b_rx,
+        )
+        .await?;
+        check_relayed(
+            &format!("B → A {what}"),
+            &self.want_at_a,
+            &pair.b.agent,
+            &self.a_rx,
+        )
+        .await?;
+        let group = pair.wait_mode(&server.api(), "active").await?;
+        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
+        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        Ok(())
+    }
+
+    /// Total frames the capture sends A → B.
+    pub(crate) fn total_to_b(&self) -> usize {
+        self.want_at_b.len()
+    }
+
+    /// Stops both dongles.
+    pub(crate) async fn stop(mut self) -> TestResult {
+        self.dongle_a.stop().await?;
+        self.dongle_b.stop().await?;
+        Ok(())
+    }
+}
+
+/// A private `redis-server` on a free port with an append-only file fsynced at every write, so
+/// that what it acknowledged survives a SIGKILL.
+pub(crate) struct OwnRedis {
+    pub(crate) port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub(crate) async fn start(ws: &Workspace) -> TestResult<OwnRedis> {
+        let dir = ws.path("redis");
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = OwnRedis {
+            port: free_tcp_port(),
+            dir,
+            child: None,
+        };
+        redis.spawn().await?;
+        Ok(redis)
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> TestResult {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args(["--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server must be installed: {e}"))?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("redis-server did not listen on port {}", self.port).into())
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and files.
+    pub(crate) async fn restart(&mut self) -> TestResult {
+        self.spawn().await
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Delay of every chunk through the [`LossyProxy`].
+pub(crate) const LINK_DELAY: Duration = Duration::from_millis(200);
+/// Share of chunks held back for a retransmission time.
+pub(crate) const LINK_LOSS: f64 = 0.10;
+/// Extra delay of a "lost" chunk: TCP's shortest retransmission timeout (200 ms) plus one more
+/// trip, as a lost segment reaches the application.
+pub(crate) const LINK_RETRANSMIT: Duration = Duration::from_millis(400);
+
+/// A TCP proxy in front of `upstream` that delays every chunk in each direction by
+/// [`LINK_DELAY`] and holds back [`LINK_LOSS`] of them another [`LINK_RETRANSMIT`], keeping
+/// the byte order (TCP's view of a lossy, slow link). Runs until the test ends.
+pub(crate) struct LossyProxy {
+    pub addr: SocketAddr,
+}
+
+impl LossyProxy {
+    pub(crate) async fn start(upstream: SocketAddr) -> TestResult<LossyProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::spawn(lossy_copy(cr, sw));
+                        tokio::spawn(lossy_copy(sr, cw));
+                    }
+                });
+            }
+        });
+        Ok(LossyProxy { addr })
+    }
+
+    pub(crate) fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn lossy_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut last_due = tokio::time::Instant::now();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut delay = LINK_DELAY;
+        if rand::rng().random_bool(LINK_LOSS) {
+            delay += LINK_RETRANSMIT;
+        }
+        // In order: a chunk never overtakes one held back before it.
+        let due = (tokio::time::Instant::now() + delay).max(last_due);
+        last_due = due;
+        if tx.send((due, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}

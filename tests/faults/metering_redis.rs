@@ -1,0 +1,109 @@
+//! Redis killed (SIGKILL) and restarted in the middle of metering: a `tether agent` with the
+//! metering role takes usage records from Redis queues (reliable-queue pattern) and delivers
+//! them to a control-plane double, while a producer keeps pushing (and retries its pushes
+//! across the outage). Redis runs with its append-only file fsynced at every write, so every
+//! push it acknowledged survives the kill. Every record must reach the control plane; a record
+//! whose delivery was not yet settled in Redis when it died may be delivered again with the same
+//! `record_id` (the idempotency key the control plane deduplicates on), and those repeats are
+//! bounded by what was in flight.
+
+use std::time::Duration;
+
+use crate::fault_support::OwnRedis;
+use crate::metering_support::{
+    agent_setup, eventually, get_json, kill9, sigterm, spawn_agent, start_double, usage_record,
+    wait_exit,
+};
+use crate::support::{TestResult, Workspace};
+
+const RECORDS: usize = 2000;
+const CHUNK: usize = 100;
+
+async fn push(url: &str, queue: &str, msgs: &[String]) {
+    loop {
+        if let Ok(client) = redis::Client::open(url)
+            && let Ok(mut c) = client.get_multiplexed_async_connection().await
+            && redis::cmd("LPUSH")
+                .arg(queue)
+                .arg(msgs)
+                .query_async::<i64>(&mut c)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
+    let ws = Workspace::new()?;
+    let mut redis = OwnRedis::start(&ws).await?;
+    let url = redis.url();
+    let (cp, cp_url) = start_double().await;
+    let setup = agent_setup(
+        &cp_url,
+        &url,
+        "    max_deliveries: 1000\n    batch_size: 50\n",
+        "",
+    );
+    let queue = format!("{}queue:usage_records", setup.prefix);
+    let agent = spawn_agent(&setup, 0);
+    let health_url = format!("http://127.0.0.1:{}/health", setup.health_port);
+    eventually(Duration::from_secs(20), "agent healthy", || async {
+        get_json(&health_url)
+            .await
+            .is_some_and(|h| h["redis_connected"] == true)
+    })
+    .await;
+    let ids: Vec<String> = (0..RECORDS).map(|i| format!("k-{i}")).collect();
+    for (round, chunk) in ids.chunks(CHUNK).enumerate() {
+        let msgs: Vec<String> = chunk.iter().map(|id| usage_record("s1", id)).collect();
+        push(&url, &queue, &msgs).await;
+        if round == 5 {
+            redis.kill9();
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            if let Err(err) = redis.restart().await {
+                let mut agent = agent;
+                kill9(&mut agent);
+                let _ = agent.wait();
+                return Err(err);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        Duration::from_secs(90),
+        "every record delivered",
+        || async {
+            let seen = cp.record_ids();
+            ids.iter().all(|id| seen.contains_key(id))
+        },
+    )
+    .await;
+    let seen = cp.record_ids();
+    let repeats: u32 = seen.values().map(|n| n - 1).sum();
+    // Only what was in flight at the kill can come again: one batch per delivery slot at most.
+    assert!(
+        repeats as usize <= 4 * CHUNK,
+        "{repeats} repeated deliveries for one Redis kill"
+    );
+    assert!(
+        seen.keys().all(|id| ids.contains(id)),
+        "unknown records delivered"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "agent reconnected to Redis",
+        || async {
+            get_json(&health_url)
+                .await
+                .is_some_and(|h| h["redis_connected"] == true)
+        },
+    )
+    .await;
+    sigterm(&agent);
+    assert!(wait_exit(agent).await.success());
+    Ok(())
+}
