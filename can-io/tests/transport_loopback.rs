@@ -293,3 +293,25 @@ async fn recorder_writes_dropcount_lines() {
          (0000000000.000001) vcan0 001# R\n"
     );
 }
+
+#[tokio::test]
+async fn a_stopped_recorder_still_writes_what_the_bus_already_holds() {
+    let bus = VirtualBus::new();
+    let mut tx = bus.port("tx", 16, OverflowPolicy::DropNewest);
+    let mut rec = bus.port("rec", 16, OverflowPolicy::DropNewest);
+    // Three frames reached the recorder's port (and every other node) before the stop.
+    for i in 0..3 {
+        tx.try_send(&data(i, &[])).unwrap();
+    }
+    let mut out = Vec::new();
+    let summary = record(
+        &mut rec,
+        &mut out,
+        RecordLimit::default(),
+        std::future::ready(()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.frames, 3);
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
+}

@@ -247,11 +247,12 @@ def test_async_console_subscriber(server: dict[str, Any]) -> None:
 
         task = asyncio.create_task(produce())
         async for event in sub:
-            modes.append(event.json()["mode"])
-            if len(modes) == 3:
+            # The first event is the group's state at subscription (no id), then the changes.
+            modes.append(event.json()["mode"] if event.id else "at subscription")
+            if len(modes) == 4:
                 sub.close()
         await task
         return modes
 
-    assert asyncio.run(main()) == ["degraded", "inactive", "degraded"]
+    assert asyncio.run(main()) == ["at subscription", "degraded", "inactive", "degraded"]
     assert tether.ConsoleSubscriber is ConsoleSubscriber and tether.Client is Client
