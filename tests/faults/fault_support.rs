@@ -12,19 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::support::{
-    DongleProc, Pair, ServerProc, TestResult, Workspace, candump_frames, check_relayed,
-    free_tcp_port, wait_frames,
+    self, Pair, ServerProc, TestResult, Workspace, candump_frames, free_tcp_port,
 };
 
-/// Both dongles replaying their half of the capture (speed 8) and recording what they get.
-pub(crate) struct TwoWay {
-    dongle_a: DongleProc,
-    dongle_b: DongleProc,
-    want_at_a: Vec<String>,
-    want_at_b: Vec<String>,
-    a_rx: PathBuf,
-    b_rx: PathBuf,
-}
+/// Both dongles replaying their half of the capture (speed 8) and recording what they get: the
+/// e2e harness's [`Pair::replay_both_ways`], started and checked the way every fault test does.
+pub(crate) struct TwoWay(support::TwoWay);
 
 impl TwoWay {
     /// Starts the dongles and waits until frames flow both ways (the fault comes mid-stream).
@@ -33,58 +26,20 @@ impl TwoWay {
         server: &ServerProc,
         pair: &Pair,
     ) -> TestResult<TwoWay> {
-        let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
-        let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
-        let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
-        let dongle_a = DongleProc::start(
-            ws,
-            &pair.a.serial,
-            &pair.a.agent.udp_addr(),
-            Some((&from_a, "8")),
-            Some(&a_rx),
-        )?;
-        let dongle_b = DongleProc::start(
-            ws,
-            &pair.b.serial,
-            &pair.b.agent.udp_addr(),
-            Some((&from_b, "8")),
-            Some(&b_rx),
-        )?;
-        let two_way = TwoWay {
-            dongle_a,
-            dongle_b,
-            want_at_a: candump_frames(&from_b),
-            want_at_b: candump_frames(&from_a),
-            a_rx,
-            b_rx,
-        };
+        let two_way = pair.replay_both_ways(ws)?;
         pair.wait_mode(&server.api(), "active").await?;
-        wait_frames(&two_way.b_rx, 200, "B receives A's first frames").await?;
-        wait_frames(&two_way.a_rx, 200, "A receives B's first frames").await?;
-        Ok(two_way)
+        two_way.running(200).await?;
+        Ok(TwoWay(two_way))
     }
 
     /// Frames B has received so far (to show the fault came before the end).
     pub(crate) fn received_at_b(&self) -> usize {
-        candump_frames(&self.b_rx).len()
+        candump_frames(&self.0.b_rx).len()
     }
 
     /// Both directions complete, exactly once and in order; the group drains to no backlog.
     pub(crate) async fn check(&self, what: &str, server: &ServerProc, pair: &Pair) -> TestResult {
-        check_relayed(
-            &format!("A → B {what}"),
-            &self.want_at_b,
-            &pair.a.agent,
-            &self.b_rx,
-        )
-        .await?;
-        check_relayed(
-            &format!("B → A {what}"),
-            &self.want_at_a,
-            &pair.b.agent,
-            &self.a_rx,
-        )
-        .await?;
+        self.0.check(pair, what).await?;
         let group = pair.wait_mode(&server.api(), "active").await?;
         assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
         assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
@@ -93,14 +48,12 @@ impl TwoWay {
 
     /// Total frames the capture sends A → B.
     pub(crate) fn total_to_b(&self) -> usize {
-        self.want_at_b.len()
+        self.0.want_at_b.len()
     }
 
     /// Stops both dongles.
     pub(crate) async fn stop(mut self) -> TestResult {
-        self.dongle_a.stop().await?;
-        self.dongle_b.stop().await?;
-        Ok(())
+        self.0.stop().await
     }
 }
 
