@@ -630,12 +630,13 @@ async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
 }
 
 /// Reads a console from `url` with `last_event_id` until `count` events arrived.
-async fn read_console(
+/// Opens a console stream: once this returns, the server has subscribed, so every event
+/// published from now on reaches the response.
+async fn open_console(
     url: &str,
     token: &str,
     last_event_id: Option<&str>,
-    count: usize,
-) -> TestResult<Vec<sse_core::ParsedEvent>> {
+) -> TestResult<reqwest::Response> {
     let mut request = reqwest::Client::new()
         .get(url)
         .bearer_auth(token)
@@ -643,10 +644,18 @@ async fn read_console(
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id);
     }
-    let mut response = request.send().await?;
+    let response = request.send().await?;
     if response.status() != StatusCode::OK {
         return Err(format!("console answered {}", response.status()).into());
     }
+    Ok(response)
+}
+
+/// The first `count` events (with an `id:`) of an open console stream.
+async fn read_events(
+    mut response: reqwest::Response,
+    count: usize,
+) -> TestResult<Vec<sse_core::ParsedEvent>> {
     let mut parser = sse_core::EventStreamParser::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -658,10 +667,17 @@ async fn read_console(
         let mut items = Vec::new();
         parser.feed(&chunk, &mut items);
         events.extend(items.into_iter().filter_map(|item| match item {
-            sse_core::ParsedItem::Event(event) => Some(event),
+            // The `group_state` sent first to a reader without a last-seen ID has no id:
+            // it is not part of the history a resume replays. A `stream_reset` is kept.
+            sse_core::ParsedItem::Event(event)
+                if !event.last_event_id.is_empty() || event.event_type == "stream_reset" =>
+            {
+                Some(event)
+            }
             _ => None,
         }));
     }
+    events.truncate(count);
     Ok(events)
 }
 
@@ -677,26 +693,24 @@ async fn a_console_resumes_on_another_instance() -> TestResult {
         let (mut a, mut b) = setup
             .peers(vec![servers[0].base.clone()], vec![servers[1].base.clone()])
             .await?;
+        let path = format!("/api/v1/streams/groups/{}/console", setup.group);
+        // A reader on instance 1, subscribed before the frames flow, sees them live (frames
+        // shown as `can_frame` events, and more). A reader opened afterwards without an ID
+        // would see only what comes after it.
+        let live = open_console(&format!("{}{path}", servers[0].base), &setup.user, None).await?;
         let last = 300;
         run(&mut [&mut a, &mut b], last, |p| {
             p[0].done(last) && p[1].done(last)
         })
         .await?;
-        let path = format!("/api/v1/streams/groups/{}/console", setup.group);
-        // Instance 1 serves the history (frames shown as `can_frame` events, and more).
-        let first =
-            read_console(&format!("{}{path}", servers[0].base), &setup.user, None, 40).await?;
+        let first = read_events(live, 40).await?;
         let cut = 19;
         let id = first[cut].last_event_id.clone();
         assert!(!id.is_empty(), "instance 1 served events without ids");
         // Instance 3 resumes right after that id: exactly the events that followed it.
-        let rest = read_console(
-            &format!("{}{path}", servers[2].base),
-            &setup.user,
-            Some(&id),
-            20,
-        )
-        .await?;
+        let resumed =
+            open_console(&format!("{}{path}", servers[2].base), &setup.user, Some(&id)).await?;
+        let rest = read_events(resumed, 20).await?;
         assert!(
             rest.iter().all(|e| e.event_type != "stream_reset"),
             "instance 3 did not know instance 1's id: {:?}",
