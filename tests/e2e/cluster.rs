@@ -708,8 +708,12 @@ async fn a_console_resumes_on_another_instance() -> TestResult {
         let id = first[cut].last_event_id.clone();
         assert!(!id.is_empty(), "instance 1 served events without ids");
         // Instance 3 resumes right after that id: exactly the events that followed it.
-        let resumed =
-            open_console(&format!("{}{path}", servers[2].base), &setup.user, Some(&id)).await?;
+        let resumed = open_console(
+            &format!("{}{path}", servers[2].base),
+            &setup.user,
+            Some(&id),
+        )
+        .await?;
         let rest = read_events(resumed, 20).await?;
         assert!(
             rest.iter().all(|e| e.event_type != "stream_reset"),
