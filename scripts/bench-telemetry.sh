@@ -18,7 +18,8 @@
 # Everything runs under `nice`; the machine is shared, figures are noisy (run it 3 times and
 # take medians). Usage: scripts/bench-telemetry.sh [RECORDS=300000] [VEHICLES=200] [RATE=1000]
 #   [SECONDS=10]; NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR;
-#   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python).
+#   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python);
+#   LOOPBACK_ONLY=1 runs parts 1 and 2 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${1:-300000}
@@ -62,6 +63,8 @@ print(f"ratio rust/python (strong form): {r['records_per_s'] / p['records_per_s'
 print(f"ratio rust/python (original defaults): {r['records_per_s'] / o['records_per_s']:.0f}x "
       f"({r['records_per_s']:.0f} vs {o['records_per_s']:.0f} records/s)")
 PYEOF
+# LOOPBACK_ONLY=1: stop after the loopback rows (before/after comparisons of the uplink path).
+[ -n "${LOOPBACK_ONLY:-}" ] && exit 0
 
 echo "== fleet: ${VEHICLES} vehicles × ${RATE} records/s for ${SECONDS_} s into one remote"
 PORT=$(free_port)
