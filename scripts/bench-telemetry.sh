@@ -18,7 +18,7 @@
 #      vehicle has its own disk). This generator is itself heavy: 200 SQLite stores.
 #    - wire only: `bench_telemetry wire` speaks the upload protocol directly (no local store),
 #      paced the same, timing each batch from its send to the ack that covers it: the remote's
-#      capacity, not the generator's.
+#      capacity, not the generator's. Twice: a batch every 10 ms and every 100 ms.
 # 4. rss: one vehicle with MAX_LOCAL_RECORDS=100000, remote down, 200,000 records: peak RSS
 #    and what it is made of (threads, malloc arenas, file-backed pages).
 #
@@ -97,8 +97,10 @@ fleet_run() {
 echo "== fleet, full vehicles: ${VEHICLES} vehicles (SQLite stores, one process) × ${RATE} records/s for ${SECONDS_} s into one remote"
 mkdir -p "$WORK/fleet"
 fleet_run vehicles fleet "$VEHICLES" "$RATE" "$SECONDS_" "$WORK/fleet"
-echo "== fleet, wire only: ${VEHICLES} connections × ${RATE} records/s for ${SECONDS_} s into one remote"
-fleet_run wire wire "$VEHICLES" "$RATE" "$SECONDS_"
+echo "== fleet, wire only: ${VEHICLES} connections × ${RATE} records/s for ${SECONDS_} s into one remote, a batch every 10 ms"
+fleet_run wire wire "$VEHICLES" "$RATE" "$SECONDS_" 10
+echo "== fleet, wire only, a batch every 100 ms (same records/s, a tenth of the batches)"
+fleet_run wire100 wire "$VEHICLES" "$RATE" "$SECONDS_" 100
 
 echo "== vehicle RSS, MAX_LOCAL_RECORDS=100000, 200000 records, remote down"
 nice "$BIN/examples/bench_telemetry" rss 200000 100000

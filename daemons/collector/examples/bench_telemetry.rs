@@ -7,20 +7,23 @@
 //!   `DIR`, `Durability::Normal`: one machine cannot fsync for 200 vehicles), each taking
 //!   `RATE` records/s, uplinking to the remote at `WS_URL` (keys `key-N` → `car-N`); reports
 //!   the aggregate acknowledged rate and send → ack latency percentiles (ingest to ack).
-//! * `wire WS_URL VEHICLES RATE SECONDS` — the same offered load with no vehicle behind it:
-//!   `VEHICLES` WebSocket connections (keys `key-N`) that speak the upload protocol
-//!   (`tether_collector::wire`) directly — `welcome`, then one batch message every 10 ms
-//!   (`RATE / 100` records, seqs after the remote's `acked`), paced on an absolute schedule —
-//!   and time each batch from its send to the cumulative `ack` that covers it. No local
-//!   store: the generator costs little, so what is measured is the remote's capacity. Also
-//!   reports this process's CPU time, to compare the two generators' cost.
+//! * `wire WS_URL VEHICLES RATE SECONDS [TICK_MS]` — the same offered load with no vehicle
+//!   behind it: `VEHICLES` WebSocket connections (keys `key-N`) that speak the upload
+//!   protocol (`tether_collector::wire`) directly — `welcome`, then seqs after the remote's
+//!   `acked`: `RATE × TICK_MS / 1000` records become due every `TICK_MS` (default 10) on an
+//!   absolute schedule and go as a vehicle's session sends them (what is due as one batch of
+//!   at most `batch_max`, while fewer than `window` records are unacknowledged;
+//!   `VehicleConfig` defaults) — and time each batch from its send to the cumulative `ack`
+//!   that covers it. No local store: the generator costs little, so what is measured is the
+//!   remote's capacity. Also prints the batches sent (the remote's cost is per batch as much
+//!   as per record) and this process's CPU time, to compare the two generators' cost.
 //! * `serve` — a role from the environment (`ROLE`, `DB_PATH`, `LISTEN`, `API_KEYS`, …) on the
 //!   runtime of that role, exactly as `tether collector` runs it (`tether_collector::run`)
 //!   but without building the whole `tether` binary; until killed.
 //! * `rss RECORDS MAX_LOCAL` — one vehicle, remote unreachable, `RECORDS` 64-byte records with
-//!   `MAX_LOCAL_RECORDS = MAX_LOCAL`, on the vehicle role's runtime (`RSS_WORKERS=N`: N
-//!   workers instead); reports this process's peak and current RSS and what the RSS is made
-//!   of (threads, malloc arenas, file-backed pages).
+//!   `MAX_LOCAL_RECORDS = MAX_LOCAL`, on the vehicle role's runtime (`VEHICLE_WORKERS=N`: N
+//!   workers instead, here and in `loopback`); reports this process's peak and current RSS
+//!   and what the RSS is made of (threads, malloc arenas, file-backed pages).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -74,9 +77,7 @@ async fn loopback(records: usize, size: usize) {
     // own; the remote on this process's runtime.
     let path = dir.path().join("vehicle.db");
     tokio::task::spawn_blocking(move || {
-        tether_collector::vehicle::runtime()
-            .unwrap()
-            .block_on(loopback_vehicle(path, url, records, size))
+        vehicle_runtime().block_on(loopback_vehicle(path, url, records, size))
     })
     .await
     .unwrap();
@@ -117,17 +118,17 @@ async fn loopback_vehicle(path: std::path::PathBuf, url: String, records: usize,
 
 type Hist = Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>;
 
-/// Records the latency of every batch in `sent` (its last seq, when it was sent) that `up_to`
-/// acknowledges, and forgets them.
-fn settle(sent: &mut VecDeque<(u64, Instant)>, up_to: u64, per_tick: u64, hist: &Hist) {
+/// Records the latency of every batch in `sent` (its last seq, its records, when it was
+/// sent) that `up_to` acknowledges, once per record, and forgets them.
+fn settle(sent: &mut VecDeque<(u64, u64, Instant)>, up_to: u64, hist: &Hist) {
     let now = Instant::now();
     let mut h = hist.lock().unwrap();
-    while let Some(&(last, at)) = sent.front() {
+    while let Some(&(last, count, at)) = sent.front() {
         if last > up_to {
             break;
         }
         let ms = now.duration_since(at).as_millis().max(1) as u64;
-        h.record_n(ms, per_tick).unwrap();
+        h.record_n(ms, count).unwrap();
         sent.pop_front();
     }
 }
@@ -190,7 +191,7 @@ async fn fleet(url: String, vehicles: usize, rate: u64, seconds: u64, dir: std::
         let mut acked = v.acked();
         let hist = Arc::clone(&hist);
         handles.push(tokio::spawn(async move {
-            let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+            let mut sent: VecDeque<(u64, u64, Instant)> = VecDeque::new();
             let mut seq = 0u64;
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -204,7 +205,7 @@ async fn fleet(url: String, vehicles: usize, rate: u64, seconds: u64, dir: std::
                             })
                             .collect();
                         seq += per_tick;
-                        sent.push_back((seq, Instant::now()));
+                        sent.push_back((seq, per_tick, Instant::now()));
                         if ingest.send(batch).await.is_err() {
                             break;
                         }
@@ -214,7 +215,7 @@ async fn fleet(url: String, vehicles: usize, rate: u64, seconds: u64, dir: std::
                             break;
                         }
                         let up_to = *acked.borrow_and_update();
-                        settle(&mut sent, up_to, per_tick, &hist);
+                        settle(&mut sent, up_to, &hist);
                         if Instant::now() >= end && sent.is_empty() {
                             break;
                         }
@@ -269,52 +270,78 @@ async fn wire_connect(url: &str, key: &str) -> (Ws, u64) {
     }
 }
 
-/// One simulated vehicle of `wire`: paced batches out, acks in. Returns the records acked.
-async fn wire_vehicle(
-    ws: Ws,
-    acked_at_start: u64,
-    n: usize,
+/// Batch messages `wire` sent, all connections.
+static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How a simulated vehicle of `wire` sends: as a vehicle's session does
+/// (`VehicleConfig` defaults), what is due goes as one batch of at most `batch_max` records
+/// while fewer than `window` records are unacknowledged.
+#[derive(Clone, Copy)]
+struct Pace {
+    tick: Duration,
     per_tick: u64,
+    batch_max: u64,
+    window: u64,
     start: Instant,
     end: Instant,
-    hist: Hist,
-) -> u64 {
+}
+
+/// One simulated vehicle of `wire`: `per_tick` records become due every `tick` until `end`;
+/// batches out, acks in. Returns the records acknowledged.
+async fn wire_vehicle(ws: Ws, acked_at_start: u64, n: usize, pace: Pace, hist: Hist) -> u64 {
     use futures::{SinkExt, StreamExt};
     let (mut sink, mut stream) = ws.split();
-    let sent: Arc<std::sync::Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
+    let sent: Arc<std::sync::Mutex<VecDeque<(u64, u64, Instant)>>> = Arc::default();
+    let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(acked_at_start);
     let (last_tx, mut last_rx) = tokio::sync::watch::channel(None::<u64>);
     let writer = {
         let sent = Arc::clone(&sent);
         tokio::spawn(async move {
-            let mut seq = acked_at_start;
-            let mut interval = tokio::time::interval_at(start.into(), Duration::from_millis(10));
+            let mut due = acked_at_start; // the last seq due
+            let mut next = acked_at_start + 1; // the next seq to send
+            let mut interval = tokio::time::interval_at(pace.start.into(), pace.tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            while Instant::now() < end {
-                interval.tick().await;
-                let records: Vec<OutboxRecord> = (1..=per_tick)
-                    .map(|k| OutboxRecord {
-                        seq: seq + k,
-                        ts_ms: 1_700_000_000_000 + seq + k,
-                        payload: payload(n, 64),
-                    })
-                    .collect();
-                seq += per_tick;
-                let message = encode_batch(&records);
-                sent.lock().unwrap().push_back((seq, Instant::now()));
-                if sink.send(Message::Binary(message)).await.is_err() {
+            loop {
+                tokio::select! {
+                    _ = interval.tick(), if Instant::now() < pace.end => due += pace.per_tick,
+                    changed = acked_rx.changed() => if changed.is_err() { break },
+                }
+                let acked = *acked_rx.borrow_and_update();
+                while next <= due && next - 1 - acked < pace.window {
+                    let count = (due + 1 - next)
+                        .min(pace.batch_max)
+                        .min(pace.window - (next - 1 - acked));
+                    let records: Vec<OutboxRecord> = (next..next + count)
+                        .map(|seq| OutboxRecord {
+                            seq,
+                            ts_ms: 1_700_000_000_000 + seq,
+                            payload: payload(n, 64),
+                        })
+                        .collect();
+                    next += count;
+                    sent.lock()
+                        .unwrap()
+                        .push_back((next - 1, count, Instant::now()));
+                    BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if sink
+                        .send(Message::Binary(encode_batch(&records)))
+                        .await
+                        .is_err()
+                    {
+                        return sink;
+                    }
+                }
+                if Instant::now() >= pace.end && next > due {
                     break;
                 }
             }
-            let _ = last_tx.send(Some(seq));
+            let _ = last_tx.send(Some(next - 1));
             sink
         })
     };
     let mut up_to = acked_at_start;
     let mut last: Option<u64> = None;
-    loop {
-        if last.is_some_and(|l| up_to >= l) {
-            break;
-        }
+    while !last.is_some_and(|l| up_to >= l) {
         tokio::select! {
             changed = last_rx.changed(), if last.is_none() => {
                 if changed.is_err() {
@@ -328,7 +355,8 @@ async fn wire_vehicle(
                 match serde_json::from_str::<RemoteMessage>(text.as_str()) {
                     Ok(RemoteMessage::Ack { up_to: a }) => {
                         up_to = up_to.max(a);
-                        settle(&mut sent.lock().unwrap(), up_to, per_tick, &hist);
+                        settle(&mut sent.lock().unwrap(), up_to, &hist);
+                        acked_tx.send_replace(up_to);
                     }
                     Ok(RemoteMessage::Error { code, message }) => {
                         panic!("the remote refused car-{n}: {code}: {message}")
@@ -339,13 +367,14 @@ async fn wire_vehicle(
             }
         }
     }
+    drop(acked_tx);
     if let Ok(mut sink) = writer.await {
         let _ = sink.close().await;
     }
     up_to - acked_at_start
 }
 
-async fn wire(url: String, vehicles: usize, rate: u64, seconds: u64) {
+async fn wire(url: String, vehicles: usize, rate: u64, seconds: u64, tick_ms: u64) {
     let mut sockets = Vec::with_capacity(vehicles);
     for i in 0..vehicles {
         sockets.push(wire_connect(&url, &format!("key-{i}")).await);
@@ -353,29 +382,28 @@ async fn wire(url: String, vehicles: usize, rate: u64, seconds: u64) {
     let hist = Arc::new(std::sync::Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap(),
     ));
-    let per_tick = (rate / 100).max(1);
+    let defaults = VehicleConfig::new("");
     let cpu_before = cpu_seconds();
     let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
+    let pace = Pace {
+        tick: Duration::from_millis(tick_ms),
+        per_tick: (rate * tick_ms / 1000).max(1),
+        batch_max: defaults.batch_max as u64,
+        window: defaults.window,
+        start,
+        end: start + Duration::from_secs(seconds),
+    };
     let handles: Vec<_> = sockets
         .into_iter()
         .enumerate()
-        .map(|(i, (ws, acked))| {
-            tokio::spawn(wire_vehicle(
-                ws,
-                acked,
-                i,
-                per_tick,
-                start,
-                end,
-                Arc::clone(&hist),
-            ))
-        })
+        .map(|(i, (ws, acked))| tokio::spawn(wire_vehicle(ws, acked, i, pace, Arc::clone(&hist))))
         .collect();
     report(
         "wire", vehicles, rate, seconds, start, cpu_before, &hist, handles,
     )
     .await;
+    let batches = BATCHES.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{{\"mode\":\"wire\",\"tick_ms\":{tick_ms},\"batches\":{batches}}}");
 }
 
 /// What this process's resident memory is made of, from `/proc/self/smaps` (kB): file-backed
@@ -471,6 +499,22 @@ async fn rss(records: usize, max_local: u64) {
     vehicle.shutdown().await.unwrap();
 }
 
+/// The vehicle role's runtime (`tether_collector::vehicle::runtime`), or `VEHICLE_WORKERS=N`
+/// workers instead, to see what the runtime alone changes.
+fn vehicle_runtime() -> tokio::runtime::Runtime {
+    match std::env::var("VEHICLE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        Some(workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap(),
+        None => tether_collector::vehicle::runtime().unwrap(),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Two workers, as the remote role (built only for the modes that use it: `rss` is the
@@ -492,7 +536,13 @@ fn main() {
             n(4),
             args[5].clone().into(),
         )),
-        Some("wire") => rt().block_on(wire(args[1].clone(), n(2) as usize, n(3), n(4))),
+        Some("wire") => rt().block_on(wire(
+            args[1].clone(),
+            n(2) as usize,
+            n(3),
+            n(4),
+            args.get(5).map_or(10, |_| n(5)),
+        )),
         Some("serve") => {
             let config = tether_collector::config::load(None, &|n| std::env::var(n).ok()).unwrap();
             config
@@ -501,20 +551,11 @@ fn main() {
                 .block_on(tether_collector::run(config, std::future::pending()))
                 .unwrap();
         }
-        // The vehicle process alone, on the runtime of its role (`RSS_WORKERS=N`: on N
-        // workers instead, to see what the runtime alone changes).
-        Some("rss") => match std::env::var("RSS_WORKERS").ok().and_then(|w| w.parse().ok()) {
-            Some(workers) => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .unwrap(),
-            None => tether_collector::vehicle::runtime().unwrap(),
-        }
-        .block_on(rss(n(1) as usize, n(2))),
+        // The vehicle process alone, on the runtime of its role.
+        Some("rss") => vehicle_runtime().block_on(rss(n(1) as usize, n(2))),
         _ => {
             eprintln!(
-                "usage: bench_telemetry loopback N BYTES | fleet URL VEHICLES RATE SECONDS DIR | wire URL VEHICLES RATE SECONDS | serve | rss N MAX"
+                "usage: bench_telemetry loopback N BYTES | fleet URL VEHICLES RATE SECONDS DIR | wire URL VEHICLES RATE SECONDS [TICK_MS] | serve | rss N MAX"
             );
             std::process::exit(2);
         }
