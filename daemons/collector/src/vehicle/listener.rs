@@ -1,8 +1,9 @@
 //! The CAN listener: frames from `CAN_BUS` become records (`frame`, and `signals` with a DBC),
 //! handed to the driver in batches; status frames from the driver go out on the same bus.
 //!
-//! While the driver is busy committing, frames gather here (up to [`MAX_BACKLOG`] records)
-//! and go as one batch; beyond that a frame is dropped and counted (`listener_overflow`).
+//! While the driver is busy committing (or the ingest queue's byte budget is spent,
+//! [`super::ingest`]), frames gather here (up to [`MAX_BACKLOG`] records) and go as one batch;
+//! beyond that a frame is dropped and counted (`listener_overflow`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
