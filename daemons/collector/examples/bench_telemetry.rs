@@ -341,7 +341,7 @@ async fn wire_vehicle(ws: Ws, acked_at_start: u64, n: usize, pace: Pace, hist: H
     };
     let mut up_to = acked_at_start;
     let mut last: Option<u64> = None;
-    while !last.is_some_and(|l| up_to >= l) {
+    while last.is_none_or(|l| up_to < l) {
         tokio::select! {
             changed = last_rx.changed(), if last.is_none() => {
                 if changed.is_err() {
