@@ -22,17 +22,28 @@
 # Redis: a private redis-server on a spare port (no persistence, noeviction), never the shared
 # one. Everything runs under `nice`; the machine is shared, figures are noisy.
 #
+# `agents` mode: the load goes through two real `tether agent` processes (dongle role) fed by
+# simulated REMP dongles over UDP (`daemons/server/examples/bench_agents.rs`), into one release
+# server (SQLite): dongle → agent A → server → agent B → dongle and back. Two runs: the goal load
+# (DONGLES per agent, RATE frames/s each way per dongle), then the overload case (one dongle
+# pair sending as fast as they can, `dongle.outbox_max_frames` = OUTBOX_CAP): the delivered
+# frames per second of the run show whether the rate holds, the agent's
+# `frames_dropped_total{reason="outbox_full"}` counts what was shed.
+#
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
+#        scripts/bench-relay.sh agents [DONGLES=10] [RATE=4500] [SECONDS=10] (OUTBOX_CAP=2000)
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
 #        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=relay
+if [ "${1:-}" = agents ]; then MODE=agents; shift; fi
 PAIRS=${1:-20}
 RATE=${2:-4500}
 DURATION=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
-  nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay
+  nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay --example bench_agents
 fi
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d)
@@ -111,6 +122,33 @@ run_relay() {
     wait "$p" 2>/dev/null || true
   done
 }
+
+# run_agents LABEL DONGLES RATE [EXTRA…] — a fresh SQLite server, the agents and dongles of
+# bench_agents; prints its result line and the server's resident memory.
+run_agents() {
+  local label=$1 dongles=$2 rate=$3
+  shift 3
+  local data="$WORK/$label"
+  mkdir -p "$data/agents"
+  local token
+  token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
+  start_server "$label" "$data"
+  echo "== $label: 2 agents x $dongles dongles, ${rate} frames/s per dongle each way (0 = as fast as possible) for ${DURATION}s ==" >&2
+  nice "$BIN/examples/bench_agents" --server "$SERVER_BASE" --token "$token" --tether "$BIN/tether" \
+    --work "$data/agents" --dongles "$dongles" --rate "$rate" --seconds "$DURATION" --label "$label" "$@" || {
+    tail -5 "$data"/agents/agent-*/agent.err >&2
+    return 1
+  }
+  echo "   server resident memory after the run: $(ps -o rss= -p "$SERVER_PID" | tr -d ' ') KiB" >&2
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+if [ "$MODE" = agents ]; then
+  run_agents goal "$PAIRS" "$RATE"
+  run_agents overload 1 0 --outbox-max-frames "${OUTBOX_CAP:-2000}"
+  exit 0
+fi
 
 run_relay sqlite
 run_relay redis "$REDIS"
