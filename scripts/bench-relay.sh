@@ -38,14 +38,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=relay
 if [ "${1:-}" = agents ]; then MODE=agents; shift; fi
-PAIRS=${1:-20}
+PAIRS=${1:-$([ "$MODE" = agents ] && echo 10 || echo 20)}
 RATE=${2:-4500}
 DURATION=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay --example bench_agents
 fi
-BIN=$CARGO_TARGET_DIR/release
+BIN=${BIN:-$CARGO_TARGET_DIR/release}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -202,7 +202,6 @@ async fn dongle(
     batch_ms: u64,
     start: Instant,
     go: Arc<AtomicBool>,
-    sent_own: Arc<AtomicU64>,
     totals: Arc<Totals>,
 ) {
     let mut seen: Vec<u64> = Vec::new(); // bitmap of received numbers
@@ -226,7 +225,6 @@ async fn dongle(
                     let r = match record(pair, n, us) { Ok(r) => r, Err(e) => { totals.error(e.to_string()); return; } };
                     if let Err(e) = bus.send(&r).await { totals.error(format!("send: {e}")); break; }
                     n += 1;
-                    sent_own.store(u64::from(n), Ordering::Relaxed);
                     totals.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Err(e) = bus.flush().await { totals.error(format!("flush: {e}")); }
@@ -346,18 +344,18 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !ok {
-            bail!("an agent did not start (see {}/agent-*/agent.err)", cli.work.display());
+            bail!(
+                "an agent did not start (see {}/agent-*/agent.err)",
+                cli.work.display()
+            );
         }
     }
     let start = Instant::now();
     let go = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    let mut sent = Vec::new();
     for i in 0..cli.dongles {
         for (k, side) in ["A", "B"].iter().enumerate() {
             let bus = RempUdp::dongle(agents[k].udp, &serial(i, side)).await?;
-            let own = Arc::new(AtomicU64::new(0));
-            sent.push(Arc::clone(&own));
             tasks.push(tokio::spawn(dongle(
                 bus,
                 u32::try_from(i)?,
@@ -365,7 +363,6 @@ async fn measure(
                 cli.batch_ms,
                 start,
                 Arc::clone(&go),
-                own,
                 Arc::clone(&totals),
             )));
         }
@@ -397,11 +394,20 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(cli.seconds)).await;
     totals.stop.store(true, Ordering::Relaxed);
     let received_at_stop = totals.received.load(Ordering::Relaxed);
+    // Let a batch that was being sent at the stop finish before counting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let sent_total = totals.sent.load(Ordering::Relaxed);
     // Drain: until received + counted drops = sent, or timeout.
     let stopped = Instant::now();
     let mut dropped: HashMap<&str, u64> = HashMap::new();
-    let reasons = ["outbox_full", "queue_full", "no_group", "group_inactive", "group_changed", "invalid"];
+    let reasons = [
+        "outbox_full",
+        "queue_full",
+        "no_group",
+        "group_inactive",
+        "group_changed",
+        "invalid",
+    ];
     loop {
         dropped.clear();
         for a in agents.iter() {
@@ -458,7 +464,7 @@ async fn measure(
         .unwrap_or_default();
     let run_s = cli.seconds as f64;
     println!(
-        "target=agents label={} dongles_per_agent={} rate_per_dongle={} seconds={} sent={sent_total} offered_fps={:.0} delivered={received} delivered_fps_during_run={:.0} dropped_outbox_full={} dropped_queue_full={} dropped_other={} lost_uncounted={uncounted} duplicated={} drain_s={drain_s:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} agent_rss_mib_now/peak={} deliv_per_s={per_second}",
+        "target=agents label={} dongles_per_agent={} rate_per_dongle={} seconds={} sent={sent_total} offered_fps={:.0} delivered={received} delivered_fps_during_run={:.0} dropped_outbox_full={} dropped_queue_full={} dropped_other={} not_delivered_not_dropped={uncounted} duplicated={} drain_s={drain_s:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} agent_rss_mib_now/peak={} deliv_per_s={per_second}",
         cli.label,
         cli.dongles,
         cli.rate,
@@ -482,7 +488,10 @@ async fn measure(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
