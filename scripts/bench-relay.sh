@@ -32,6 +32,7 @@
 #
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
 #        scripts/bench-relay.sh agents [DONGLES=10] [RATE=4500] [SECONDS=10] (OUTBOX_CAP=2000)
+#        AGENT_LOGS=DIR keeps the agents' logs (agents mode).
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
 #        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
 set -euo pipefail
@@ -140,6 +141,10 @@ run_agents() {
     return 1
   }
   echo "   server resident memory after the run: $(ps -o rss= -p "$SERVER_PID" | tr -d ' ') KiB" >&2
+  if [ -n "${AGENT_LOGS:-}" ]; then
+    mkdir -p "$AGENT_LOGS"
+    for f in "$data"/agents/agent-*/agent.err; do cp "$f" "$AGENT_LOGS/$label-$(basename "$(dirname "$f")").err"; done
+  fi
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
 }
