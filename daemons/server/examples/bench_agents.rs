@@ -408,6 +408,7 @@ async fn measure(
         "group_changed",
         "invalid",
     ];
+    let mut last_progress = (0, Instant::now());
     loop {
         dropped.clear();
         for a in agents.iter() {
@@ -422,7 +423,16 @@ async fn measure(
         }
         let counted: u64 = dropped.values().sum();
         let received = totals.received.load(Ordering::Relaxed);
-        if received + counted >= sent_total || stopped.elapsed().as_secs() >= cli.drain_seconds {
+        // Done when everything is accounted for, or nothing moved for 3 s (frames the kernel
+        // dropped between dongle and agent are counted by the agent in datagrams,
+        // `remp_lost_datagrams`, not frames), or at the timeout.
+        if received + counted != last_progress.0 {
+            last_progress = (received + counted, Instant::now());
+        }
+        if received + counted >= sent_total
+            || last_progress.1.elapsed() >= Duration::from_secs(3)
+            || stopped.elapsed().as_secs() >= cli.drain_seconds
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
