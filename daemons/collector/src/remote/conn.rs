@@ -1,5 +1,6 @@
 //! One vehicle's upload connection: `welcome` with what the inbox holds, then batches →
-//! inbox commits (pipelined, in order) → `ack` after each commit.
+//! inbox commits (pipelined, in order) → `ack` after each commit, and `status` text messages →
+//! the status book (not stored, not acknowledged).
 
 use std::sync::Arc;
 
@@ -8,7 +9,10 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 
 use super::Inner;
-use crate::wire::{BatchError, PROTOCOL_VERSION, RemoteMessage, decode_batch};
+use crate::wire::{
+    ACCEPTS_STATUS, BatchError, PROTOCOL_VERSION, RemoteMessage, VehicleMessage, decode_batch,
+    decode_vehicle_text,
+};
 
 /// Batches committed but not yet acknowledged, at most, per connection (then the socket is
 /// not read: TCP pushes back on the vehicle).
@@ -51,6 +55,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, vehicle: String, mut socket: WebSoc
         version: PROTOCOL_VERSION,
         vehicle: vehicle.clone(),
         acked,
+        accepts: vec![ACCEPTS_STATUS.to_owned()],
     };
     let mut high = acked;
     if send(&mut socket, welcome).await {
@@ -80,11 +85,18 @@ pub(crate) async fn serve(inner: Arc<Inner>, vehicle: String, mut socket: WebSoc
                             break;
                         }
                     },
-                    Some(Ok(Message::Text(_))) => {
-                        inner.metrics.bad_batches.inc();
-                        refuse(&mut socket, "bad_message", "expected binary batches".into()).await;
-                        break;
-                    }
+                    Some(Ok(Message::Text(text))) => match decode_vehicle_text(text.as_str()) {
+                        Ok(VehicleMessage::Status(status)) => {
+                            inner.metrics.statuses.inc();
+                            inner.statuses.record(&vehicle, status, super::status::wall_ms());
+                        }
+                        Err(e) => {
+                            inner.metrics.bad_statuses.inc();
+                            tracing::warn!(%vehicle, error = %e, "refused a text message");
+                            refuse(&mut socket, "bad_message", e.to_string()).await;
+                            break;
+                        }
+                    },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },
