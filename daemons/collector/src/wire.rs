@@ -418,7 +418,8 @@ mod tests {
             };
             // serde_json's float parsing may differ from the printed value in the last bit.
             prop_assert!((got.records_per_s - rate).abs() <= rate * 1e-12);
-            prop_assert_eq!(got, UplinkStatus { records_per_s: got.records_per_s, ..sent });
+            let rate = got.records_per_s;
+            prop_assert_eq!(got, UplinkStatus { records_per_s: rate, ..sent });
         }
     }
 }

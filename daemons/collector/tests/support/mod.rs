@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 /// A remote with its inbox at `db`, `keys` for the vehicles and `reader` as the read key,
 /// served on a free loopback port until the handle is aborted.
-pub async fn spawn_remote(db: &Path, keys: Vec<VehicleKey>) -> (SocketAddr, JoinHandle<()>) {
+pub(crate) async fn spawn_remote(db: &Path, keys: Vec<VehicleKey>) -> (SocketAddr, JoinHandle<()>) {
     let auth = Arc::new(KeyAuth::new(keys, Some("reader".into())));
     let remote = Remote::open(db, Durability::Full, auth).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
