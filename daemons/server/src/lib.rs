@@ -70,6 +70,7 @@
 //! own: ordering, replay, retention and group modes are `relay-core`'s engine, event streams
 //! `sse-core`'s hub. TLS is left to a proxy or to the embedding service.
 
+pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod console;

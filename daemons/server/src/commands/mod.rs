@@ -16,6 +16,12 @@
 //! left open are failed with `interrupted: server restarted` when they had started or their
 //! ttl ran out; commands still `pending` within their ttl are queued again.
 //!
+//! The vehicles commands are posted for are remembered for [`VEHICLE_CACHE_TTL`]
+//! ([`Commands::owned_vehicle`]): a vehicle's owner, ECU list and dongle are fixed when it is
+//! created, and vehicle ids are never reused, so a remembered vehicle can only be stale by
+//! having been deleted elsewhere — which then shows within that ttl. Whose vehicle it is is
+//! checked on every request, cached or not; another user's vehicle is never served.
+//!
 //! What it does not do: it keeps queues in memory only (a restart re-queues pending commands
 //! from the store), and it does not spread one vehicle's commands over several servers.
 
@@ -39,6 +45,7 @@ use serde_json::Value;
 use sse_core::events::CommandState;
 use uuid::Uuid;
 
+use crate::cache::TtlCache;
 use crate::config::{CommandsConfig, ConnectorKind};
 use crate::console::Console;
 use crate::dataplane::DataPlane;
@@ -56,6 +63,10 @@ use writer::CommandWriter;
 pub const INTERRUPTED_RESTART: &str = "interrupted: server restarted";
 /// The error of a command whose vehicle stayed offline for its whole ttl.
 pub const VEHICLE_OFFLINE: &str = "vehicle offline";
+/// How long a vehicle read for a command is used without reading the store again.
+pub const VEHICLE_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most vehicles remembered at once.
+const VEHICLE_CACHE_CAPACITY: usize = 16_384;
 
 /// One accepted command, as connectors get it.
 #[derive(Debug)]
@@ -278,6 +289,7 @@ struct Inner {
     agents: Option<agent::AgentHub>,
     plane: Option<DataPlane>,
     lanes: Mutex<HashMap<Uuid, Lane>>,
+    vehicles: TtlCache<Uuid, Vehicle>,
     metrics: CommandMetrics,
 }
 
@@ -428,6 +440,7 @@ impl Commands {
                 agents,
                 plane,
                 lanes: Mutex::new(HashMap::new()),
+                vehicles: TtlCache::new(VEHICLE_CACHE_TTL, VEHICLE_CACHE_CAPACITY),
                 metrics,
             }),
         };
@@ -443,6 +456,30 @@ impl Commands {
     /// The connector's name.
     pub fn connector(&self) -> &'static str {
         self.inner.connector.name()
+    }
+
+    /// The vehicle `vehicle_id` when it is `user_id`'s: remembered for
+    /// [`VEHICLE_CACHE_TTL`] after a store read, and owner-checked either way. `None` for
+    /// another user's vehicle and an unknown one (never remembered).
+    pub async fn owned_vehicle(
+        &self,
+        user_id: Uuid,
+        vehicle_id: Uuid,
+    ) -> Result<Option<Vehicle>, ServerError> {
+        let cache = &self.inner.vehicles;
+        if let Some(vehicle) = cache.get(&vehicle_id) {
+            return Ok((vehicle.user_id == user_id).then_some(vehicle));
+        }
+        let generation = cache.generation();
+        let vehicle = self
+            .inner
+            .store
+            .call(move |s| s.get_vehicle(user_id, vehicle_id))
+            .await?;
+        if let Some(vehicle) = &vehicle {
+            cache.insert(vehicle_id, vehicle.clone(), generation);
+        }
+        Ok(vehicle)
     }
 
     /// Whether the vehicle's agent is connected: a diagnostics channel serves its dongle, or
