@@ -70,6 +70,9 @@ type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
 #[derive(Debug)]
 pub struct Store {
     backend: Backend,
+    /// This process's server instance id (a fresh UUID per open): stamped on the commands
+    /// it accepts or adopts (`commands.instance`, `docs/cluster.md`).
+    instance: String,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,7 @@ impl Store {
                 conn: Mutex::new(conn),
                 path: path.to_owned(),
             },
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -179,7 +183,14 @@ impl Store {
             .build_unchecked(manager);
         Ok(Store {
             backend: Backend::Postgres(PgHandle { pool: Some(pool) }),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// This process's server instance id: a fresh UUID each time the records are opened, so
+    /// stable for one run of `tether server` and never reused (`docs/cluster.md`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Where the records are, for logs and `--check-config`: the SQLite file's path, or
