@@ -113,7 +113,7 @@ async fn active_drained(api: &Api, pair: &Pair) -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_of_side_as_instance_fails_over_to_a_third_of_three() -> TestResult {
+async fn kill9_of_side_a_instance_fails_over_to_the_third_of_three() -> TestResult {
     let ws = Workspace::new()?;
     let mut first = first_server(&ws).await?;
     let second = first.start_sibling("server-second").await?;

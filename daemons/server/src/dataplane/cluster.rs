@@ -13,9 +13,9 @@
 //!   [`PRESENCE_EVERY`].
 //!
 //! * [`spawn_presence_reset`] — at start, the records' online dongles that no live instance
-//!   holds (no presence key) are marked offline; those whose key still existed are checked
-//!   again once it would have expired (the key of an instance that just died lives on for up
-//!   to [`PRESENCE_TTL`]).
+//!   holds (no presence key) are marked offline, in two passes: at once for sides not seen
+//!   for a while, and again once the keys of an instance that just died would have expired
+//!   (they live on for up to [`PRESENCE_TTL`]) and every live holder has refreshed its own.
 //!
 //! What it does not do: it holds no lease and elects no writer — the append script's seq check
 //! makes appends from several instances safe (`docs/cluster.md`) — and it does not touch the
@@ -301,18 +301,23 @@ const RESET_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration:
 /// Resets, in the background, the presence the records hold for sides no live instance
 /// holds (see the module docs). Only dongles not seen since this call began are reset: one a
 /// live instance (this one included) wrote online meanwhile keeps its state.
+///
+/// A live instance sets a side's key up to [`PRESENCE_EVERY`] after the side connected, so the
+/// first pass resets only sides without a key that were not seen for a [`PRESENCE_TTL`]
+/// either; the second pass, once every live holder has had several rounds and every dead
+/// one's key has expired, resets every side still online without a key.
 pub(super) fn spawn_presence_reset(state: AppState, url: String, prefix: String) {
     let began = chrono::Utc::now();
+    let quiet = chrono::Duration::from_std(PRESENCE_TTL).unwrap_or(chrono::Duration::MAX);
     tokio::spawn(async move {
         let mut wait = RESET_RETRY.0;
-        let mut checks: Option<Vec<Uuid>> = None;
+        let mut second = false;
         loop {
-            match presence_reset_pass(&state, &url, &prefix, began, checks.as_deref()).await {
-                Ok(held) if checks.is_none() && !held.is_empty() => {
-                    // Held by an instance that may have died just now: look again once its
-                    // keys would have expired.
+            let seen_before = if second { began } else { began - quiet };
+            match presence_reset_pass(&state, &url, &prefix, seen_before).await {
+                Ok(left) if !second && left > 0 => {
                     tokio::time::sleep(PRESENCE_TTL + PRESENCE_EVERY).await;
-                    checks = Some(held);
+                    second = true;
                     wait = RESET_RETRY.0;
                 }
                 Ok(_) => return,
@@ -326,25 +331,21 @@ pub(super) fn spawn_presence_reset(state: AppState, url: String, prefix: String)
     });
 }
 
-/// One pass: reads the online members (only `only`, if given), resets those without a
-/// presence key, returns those with one.
+/// One pass: resets the online members without a presence key that were not seen since
+/// `seen_before`; returns how many members were online when it looked.
 async fn presence_reset_pass(
     state: &AppState,
     url: &str,
     prefix: &str,
-    began: chrono::DateTime<chrono::Utc>,
-    only: Option<&[Uuid]>,
-) -> Result<Vec<Uuid>, String> {
-    let mut members = state
+    seen_before: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, String> {
+    let members = state
         .store()
         .call(|store| store.online_members())
         .await
         .map_err(|err| err.to_string())?;
-    if let Some(only) = only {
-        members.retain(|(dongle, _, _)| only.contains(dongle));
-    }
     if members.is_empty() {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let client = redis::Client::open(url).map_err(|err| err.to_string())?;
     let mut conn = tokio::time::timeout(PRESENCE_TTL, client.get_multiplexed_async_connection())
@@ -359,26 +360,23 @@ async fn presence_reset_pass(
         .query_async(&mut conn)
         .await
         .map_err(|err| err.to_string())?;
-    let (held, stale): (Vec<_>, Vec<_>) = members
+    let unheld: Vec<Uuid> = members
         .iter()
         .zip(&holders)
-        .partition(|(_, holder)| holder.is_some());
-    let stale: Vec<Uuid> = stale
-        .into_iter()
+        .filter(|(_, holder)| holder.is_none())
         .map(|((dongle, _, _), _)| *dongle)
         .collect();
-    if !stale.is_empty() {
+    if !unheld.is_empty() {
         let changes = state
             .store()
-            .call(move |store| store.reset_presence_of(&stale, Some(began), chrono::Utc::now()))
+            .call(move |store| {
+                store.reset_presence_of(&unheld, Some(seen_before), chrono::Utc::now())
+            })
             .await
             .map_err(|err| err.to_string())?;
         state.publish_mode_changes(changes);
     }
-    Ok(held
-        .into_iter()
-        .map(|((dongle, _, _), _)| *dongle)
-        .collect())
+    Ok(members.len())
 }
 
 /// Removes a deleted group from the shared status hash, in the background.
