@@ -349,7 +349,8 @@ fn group_refusals_and_deletion(store: &Store) -> TestResult {
     Ok(())
 }
 
-fn presence_reset_at_start(store: &Store) -> TestResult {
+/// Alice's active group with both dongles online since `at(2)`: `(user, a, b, group)`.
+fn online_pair(store: &Store) -> TestResult<(Uuid, Dongle, Dongle, Uuid)> {
     let user = store.ensure_user("alice", at(0))?;
     let agent = store.create_agent(user.id, "edge", at(0))?.agent;
     let (a, b) = (announce(store, &agent, "A")?, announce(store, &agent, "B")?);
@@ -360,10 +361,12 @@ fn presence_reset_at_start(store: &Store) -> TestResult {
     store.set_group_activated(user.id, group.id, true, None, &actor, at(1))?;
     store.set_dongle_online(a.id, true, at(2), &|_| None)?;
     store.set_dongle_online(b.id, true, at(2), &|_| None)?;
-    assert_eq!(
-        store.group(group.id)?.map(|g| g.mode),
-        Some(GroupMode::Active)
-    );
+    Ok((user.id, a, b, group.id))
+}
+
+fn presence_reset_at_start(store: &Store) -> TestResult {
+    let (user, a, _, group) = online_pair(store)?;
+    assert_eq!(store.group(group)?.map(|g| g.mode), Some(GroupMode::Active));
     let changes = store.reset_presence(at(3))?;
     assert_eq!(
         changes
@@ -391,24 +394,12 @@ fn presence_reset_at_start(store: &Store) -> TestResult {
 /// A cluster instance's start-up reset (`docs/cluster.md`): only the listed dongles, and only
 /// those not seen since the given time.
 fn presence_reset_of_listed_dongles_not_seen_since(store: &Store) -> TestResult {
-    let user = store.ensure_user("alice", at(0))?;
-    let agent = store.create_agent(user.id, "edge", at(0))?.agent;
-    let (a, b) = (announce(store, &agent, "A")?, announce(store, &agent, "B")?);
-    let actor = Actor::User("alice".to_owned());
-    let group = store
-        .create_group(user.id, &actor, "g", a.id, b.id, at(1))?
-        .map_err(|r| format!("{r:?}"))?;
-    store.set_group_activated(user.id, group.id, true, None, &actor, at(1))?;
-    store.set_dongle_online(a.id, true, at(2), &|_| None)?;
-    store.set_dongle_online(b.id, true, at(2), &|_| None)?;
+    let (_, a, b, group) = online_pair(store)?;
     let mut members = store.online_members()?;
     members.sort_by(|x, y| x.2.cmp(&y.2));
     assert_eq!(
         members,
-        vec![
-            (a.id, group.id, "a".to_owned()),
-            (b.id, group.id, "b".to_owned())
-        ]
+        vec![(a.id, group, "a".to_owned()), (b.id, group, "b".to_owned())]
     );
     // Seen after the cut-off: kept.
     assert!(
@@ -425,10 +416,7 @@ fn presence_reset_of_listed_dongles_not_seen_since(store: &Store) -> TestResult 
             .collect::<Vec<_>>(),
         vec![(GroupMode::Active, GroupMode::Degraded, Some(OfflineSide::A))]
     );
-    assert_eq!(
-        store.online_members()?,
-        vec![(b.id, group.id, "b".to_owned())]
-    );
+    assert_eq!(store.online_members()?, vec![(b.id, group, "b".to_owned())]);
     // Without a cut-off, listed ones only; an offline one is no change.
     assert!(store.reset_presence_of(&[a.id], None, at(4))?.is_empty());
     // B goes offline too (the mode stays degraded: no change to report).
