@@ -26,7 +26,7 @@ fn resume(c: &mut Criterion) {
         let data = format!("{{\"n\":{i}}}");
         ids.push(
             buffer
-                .push("can_frame", &data, false, 1_800_000_000_000 + i as u64 / 10)
+                .push("can_frame", &data, 1_800_000_000_000 + i as u64 / 10)
                 .expect("push")
                 .id,
         );

@@ -56,8 +56,6 @@ pub struct StoredEvent {
     pub data: String,
     /// When it was published, in ms on the hub clock; the age bound uses it.
     pub published_ms: u64,
-    /// Kept in the buffer but left out of SSE output because `can_frame` sampling was on.
-    pub sampled_out: bool,
 }
 
 /// Why a subscriber got a `stream_reset` instead of an exact resume.
@@ -302,7 +300,6 @@ impl StreamBuffer {
         &mut self,
         event_type: &str,
         data: &str,
-        sampled_out: bool,
         now_ms: u64,
     ) -> Result<Arc<StoredEvent>, SseError> {
         validate_event_type(event_type)?;
@@ -312,7 +309,6 @@ impl StreamBuffer {
             event_type: event_type.to_owned(),
             data: data.to_owned(),
             published_ms: now_ms,
-            sampled_out,
         });
         self.last_issued = Some(id);
         let cost = event_cost(event_type, data);
@@ -462,9 +458,8 @@ impl StreamBuffer {
     }
 
     /// Read up to `max` items after `cursor` into `out` and advance it. A cursor that fell
-    /// behind the buffer yields one `lagged` reset and moves to the oldest event. Events flagged
-    /// `sampled_out` are skipped (the cursor still moves past them). Returns how many buffer
-    /// positions the cursor advanced, so callers can tell "nothing new" (0) apart.
+    /// behind the buffer yields one `lagged` reset and moves to the oldest event. Returns how many
+    /// buffer positions the cursor advanced, so callers can tell "nothing new" (0) apart.
     pub fn read(&self, cursor: &mut StreamCursor, out: &mut Vec<StreamItem>, max: usize) -> usize {
         let mut advanced = 0;
         if cursor.next < self.first_index {
@@ -476,18 +471,11 @@ impl StreamBuffer {
             cursor.next = self.first_index;
         }
         let start = (cursor.next - self.first_index) as usize;
-        let mut taken = 0;
-        for ev in self.events.range(start.min(self.events.len())..) {
-            if taken >= max {
-                break;
-            }
+        for ev in self.events.range(start.min(self.events.len())..).take(max) {
             cursor.next += 1;
             cursor.last_seen = Some(ev.id);
             advanced += 1;
-            if !ev.sampled_out {
-                out.push(StreamItem::Event(Arc::clone(ev)));
-                taken += 1;
-            }
+            out.push(StreamItem::Event(Arc::clone(ev)));
         }
         advanced
     }
@@ -526,7 +514,7 @@ mod tests {
     fn resume_from_middle_is_exact() {
         let mut b = StreamBuffer::new(StreamBounds::default(), 1000);
         let evs: Vec<_> = (0..5)
-            .map(|i| b.push("log", &i.to_string(), false, 1000).expect("push"))
+            .map(|i| b.push("log", &i.to_string(), 1000).expect("push"))
             .collect();
         let mut start = b.locate(Some(&evs[1].id.to_string()));
         assert!(start.reset.is_none());
@@ -545,7 +533,7 @@ mod tests {
             1000,
         );
         for t in 0..6 {
-            b.push("log", "x", false, 1000 + t * 10).expect("push");
+            b.push("log", "x", 1000 + t * 10).expect("push");
         }
         let reason = |s: &str| b.locate(Some(s)).reset.map(|r| r.reason);
         assert_eq!(reason("junk"), Some(ResetReason::Malformed));

@@ -15,7 +15,6 @@ fn item(n: u64) -> Result<StreamItem, sse_core::SseError> {
         event_type: "log".into(),
         data: format!("line {n}\r\nsecond"),
         published_ms: 1000,
-        sampled_out: false,
     })))
 }
 

@@ -74,7 +74,7 @@ proptest! {
             match a {
                 Action::Publish { burst } => {
                     for _ in 0..burst {
-                        let ev = buffer.push("log", "{}", false, now).expect("push");
+                        let ev = buffer.push("log", "{}", now).expect("push");
                         if let Some((last, _)) = model.all.last() {
                             prop_assert!(ev.id > *last);
                         }

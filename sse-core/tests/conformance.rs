@@ -6,10 +6,11 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sse_core::sampler::SamplingConfig;
+use sse_core::sampler::{SamplingConfig, StreamSamplers};
 use sse_core::{
-    EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend, RedisBackendConfig,
-    ResetReason, SseError, StreamBounds, StreamConfig, StreamItem, StreamPosition, Subscription,
+    Clock, ConsoleEvent, EventBackend, EventId, ManualClock, MemoryBackend, RedisBackend,
+    RedisBackendConfig, ResetReason, SseError, StreamBounds, StreamConfig, StreamItem,
+    StreamPosition, Subscription,
 };
 use support::{for_each_backend, manual_clock, redis_backend};
 
@@ -71,6 +72,26 @@ async fn drain_until_marker(
             return before;
         }
         before.push(item);
+    }
+}
+
+/// Offers one `can_frame` at `now` to `samplers` and publishes what they decide (the switch
+/// notice first), as a publisher that samples before publishing does; records what it published.
+async fn offer_frame(
+    b: &dyn EventBackend,
+    samplers: &StreamSamplers<&'static str>,
+    now: u64,
+    published: &mut Vec<(EventId, &'static str)>,
+) {
+    let key = cases::KEY;
+    let decision = samplers.decide(&key, now);
+    if let Some(switch) = decision.switch {
+        let data = ConsoleEvent::Log(samplers.notice(switch, now)).to_data();
+        published.push((b.publish(key, "log", &data).await.expect("publish"), "log"));
+    }
+    if decision.send {
+        let id = b.publish(key, "can_frame", "{}").await.expect("publish");
+        published.push((id, "can_frame"));
     }
 }
 
@@ -182,7 +203,6 @@ mod cases {
                     max_events: 3,
                     max_age_ms: 60_000,
                 },
-                sampling: None,
             },
         )
         .expect("configure");
@@ -233,7 +253,6 @@ mod cases {
                     max_events: 5,
                     max_age_ms: 60_000,
                 },
-                sampling: None,
             },
         )
         .expect("configure");
@@ -272,41 +291,50 @@ mod cases {
         assert_eq!(next_event(&mut sub).await.0, mine);
     }
 
-    pub(crate) async fn sampled_out_frames_are_kept_and_announced_once(
+    /// Sampling happens before publishing (`StreamSamplers`): the backend stores and yields
+    /// exactly what was published — the sampled frames and one `log` per switch.
+    pub(crate) async fn sampled_before_publishing_each_switch_announced_once(
         b: &dyn EventBackend,
         c: &ManualClock,
     ) {
         let key = KEY;
-        b.configure_stream(
-            key,
-            StreamConfig {
-                bounds: StreamBounds::default(),
-                sampling: Some(SamplingConfig {
-                    threshold_per_s: 10,
-                }),
-            },
-        )
-        .expect("configure");
+        let samplers = StreamSamplers::new(SamplingConfig {
+            threshold_per_s: 10,
+        });
         let mut sub = b.subscribe(key, None).await.expect("subscribe");
-        let mut frame_ids = Vec::new();
+        let mut published = Vec::new();
         // 100 frames within one second, then a quiet second, then one frame to close it.
         for _ in 0..100 {
-            frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
+            offer_frame(b, &samplers, c.now_ms(), &mut published).await;
             c.advance(5);
         }
         c.advance(1_000);
-        frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
+        offer_frame(b, &samplers, c.now_ms(), &mut published).await;
         c.advance(1_000);
-        frame_ids.push(b.publish(key, "can_frame", "{}").await.expect("publish"));
-        assert!(
-            frame_ids.windows(2).all(|w| w[0] < w[1]),
-            "publishing is unaffected"
-        );
+        offer_frame(b, &samplers, c.now_ms(), &mut published).await;
         let items = drain_until_marker(b, &mut sub, key).await;
-        let logs: Vec<String> = items
+        let delivered: Vec<(EventId, &str)> = items
             .iter()
             .filter_map(|i| match i {
-                StreamItem::Event(e) if e.event_type == "log" => Some(e.data.clone()),
+                StreamItem::Event(e) => Some((
+                    e.id,
+                    if e.event_type == "log" {
+                        "log"
+                    } else {
+                        "can_frame"
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            delivered, published,
+            "every published event is delivered, in order"
+        );
+        let logs: Vec<&String> = items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Event(e) if e.event_type == "log" => Some(&e.data),
                 _ => None,
             })
             .collect();
@@ -315,36 +343,13 @@ mod cases {
             logs[0].contains("\"active\":true") && logs[1].contains("\"active\":false"),
             "{logs:?}"
         );
-        let delivered: Vec<EventId> = items
-            .iter()
-            .filter_map(|i| match i {
-                StreamItem::Event(e) if e.event_type == "can_frame" => Some(e.id),
-                _ => None,
-            })
-            .collect();
-        assert!(
-            delivered.len() < 60 && delivered.len() > 10,
-            "sampled output: {}",
-            delivered.len()
-        );
+        let frames = published.iter().filter(|(_, t)| *t == "can_frame").count();
+        assert!(frames < 60 && frames > 10, "sampled output: {frames}");
         assert_eq!(
-            delivered.last(),
-            frame_ids.last(),
+            published.last().map(|(_, t)| *t),
+            Some("can_frame"),
             "sending resumes after sampling off"
         );
-        // A sampled-out frame is still in the buffer: resuming after it is exact.
-        let skipped = frame_ids
-            .iter()
-            .find(|id| !delivered.contains(id))
-            .expect("some frame sampled out");
-        let mut resumed = b
-            .subscribe(key, Some(&skipped.to_string()))
-            .await
-            .expect("subscribe");
-        assert!(matches!(
-            next_item(&mut resumed).await,
-            StreamItem::Event(_)
-        ));
     }
 
     pub(crate) async fn position_tracks_latest_and_trimming(b: &dyn EventBackend, c: &ManualClock) {
@@ -366,7 +371,6 @@ mod cases {
                     max_events: 2,
                     max_age_ms: 1_000,
                 },
-                sampling: None,
             },
         )
         .expect("configure");
@@ -399,7 +403,6 @@ mod cases {
                     max_events: 100,
                     max_age_ms: 1_000,
                 },
-                sampling: None,
             },
         )
         .expect("configure");
@@ -432,7 +435,7 @@ for_each_backend!(
     lagging_subscriber_gets_one_reset_and_continues_from_oldest,
     bad_input_is_refused,
     streams_are_independent,
-    sampled_out_frames_are_kept_and_announced_once,
+    sampled_before_publishing_each_switch_announced_once,
     events_older_than_max_age_are_not_replayed,
     position_tracks_latest_and_trimming,
 );
@@ -464,7 +467,6 @@ async fn redis_prunes_local_state_of_idle_default_streams() {
             max_events: 5,
             max_age_ms: 1_000_000,
         },
-        sampling: None,
     };
     backend
         .configure_stream("group:1", custom)

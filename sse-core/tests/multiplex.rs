@@ -180,7 +180,6 @@ mod cases {
                 max_events: 2,
                 max_age_ms: 60_000,
             },
-            sampling: None,
         };
         b.configure_stream(G, small).expect("configure");
         let mut client = Client::open(b, &[A, G], None).await;

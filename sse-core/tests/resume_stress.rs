@@ -151,7 +151,6 @@ async fn stress(
                 max_events,
                 max_age_ms: 600_000,
             },
-            sampling: None,
         },
     )
     .expect("configure");

@@ -16,14 +16,10 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use super::{
-    Clock, EventBackend, StreamConfig, StreamPosition, Subscription, sampling_log,
-    validate_stream_key,
-};
+use super::{Clock, EventBackend, StreamConfig, StreamPosition, Subscription, validate_stream_key};
 use crate::buffer::{HistoryLedger, LEDGER_BUCKET_MS, StreamBuffer, StreamCursor, StreamItem};
 use crate::error::SseError;
 use crate::id::EventId;
-use crate::sampler::CanFrameSampler;
 
 /// How many items a subscriber takes from the buffer per lock.
 const READ_BATCH: usize = 16;
@@ -31,7 +27,6 @@ const READ_BATCH: usize = 16;
 #[derive(Debug)]
 struct StreamState {
     buffer: StreamBuffer,
-    sampler: Option<CanFrameSampler>,
     config: StreamConfig,
 }
 
@@ -195,7 +190,6 @@ impl MemoryBackend {
                     ),
                     None => StreamBuffer::new(config.bounds, self.origin_ms),
                 },
-                sampler: config.sampling.map(CanFrameSampler::new),
                 config,
             }),
             published,
@@ -213,21 +207,7 @@ impl MemoryBackend {
         let now = self.clock.now_ms();
         let id = {
             let mut st = stream.lock();
-            crate::buffer::validate_event_type(event_type)?;
-            let mut sampled_out = false;
-            if event_type == "can_frame" {
-                let threshold = st.config.sampling.map(|s| s.threshold_per_s).unwrap_or(0);
-                if let Some(sampler) = st.sampler.as_mut() {
-                    let decision = sampler.handle_can_frame(now);
-                    sampled_out = !decision.send;
-                    if let Some(switch) = decision.switch {
-                        tracing::info!(stream = stream_key, ?switch, "can_frame sampling switched");
-                        st.buffer
-                            .push("log", &sampling_log(switch, threshold, now), false, now)?;
-                    }
-                }
-            }
-            st.buffer.push(event_type, data, sampled_out, now)?.id
+            st.buffer.push(event_type, data, now)?.id
         };
         stream.published.send_modify(|n| *n = n.wrapping_add(1));
         self.hold_budget();
@@ -366,23 +346,15 @@ impl MemorySubscription {
             return Some(item);
         }
         let now = self.clock.now_ms();
-        loop {
-            let advanced = {
-                let mut st = self.stream.lock();
-                // Age is enforced on reads too, so a quiet stream does not serve stale events.
-                st.buffer.trim(now);
-                st.buffer
-                    .read(&mut self.cursor, &mut self.scratch, READ_BATCH)
-            };
-            self.pending.extend(self.scratch.drain(..));
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            if advanced == 0 {
-                return None;
-            }
-            // Only sampled-out events were passed over: read on.
+        {
+            let mut st = self.stream.lock();
+            // Age is enforced on reads too, so a quiet stream does not serve stale events.
+            st.buffer.trim(now);
+            st.buffer
+                .read(&mut self.cursor, &mut self.scratch, READ_BATCH);
         }
+        self.pending.extend(self.scratch.drain(..));
+        self.pending.pop_front()
     }
 
     /// The next item, waiting for a publish when caught up. Never ends while the hub exists.
@@ -452,9 +424,6 @@ impl EventBackend for MemoryBackend {
         let stream = self.stream(stream_key)?;
         let mut st = stream.lock();
         st.buffer.set_bounds(config.bounds);
-        if st.config.sampling != config.sampling {
-            st.sampler = config.sampling.map(CanFrameSampler::new);
-        }
         st.config = config;
         let now = self.clock.now_ms();
         st.buffer.trim(now);

@@ -13,7 +13,6 @@ use crate::buffer::{StreamBounds, StreamItem};
 use crate::error::SseError;
 use crate::events::ConsoleEvent;
 use crate::id::EventId;
-use crate::sampler::{SamplingConfig, SamplingSwitch, sampling_notice};
 
 pub mod memory;
 pub mod redis;
@@ -69,11 +68,6 @@ impl Clock for ManualClock {
 pub struct StreamConfig {
     /// History bounds.
     pub bounds: StreamBounds,
-    /// `can_frame` output sampling inside the hub; `None` turns it off. Frames sampled out here
-    /// are stored with their IDs but not sent. `tether server` leaves it off and samples before
-    /// publishing with [`crate::sampler::StreamSamplers`] instead (frames not sent are not
-    /// stored); this hub-side mode is to be removed so that one sampling behaviour remains.
-    pub sampling: Option<SamplingConfig>,
 }
 
 /// Where a stream stands: its latest ID, and how many events it ever had and still holds.
@@ -131,8 +125,10 @@ impl Stream for Subscription {
 ///   events in order, then live ones, with no gap or duplicate even while publishing goes on;
 /// - otherwise it yields exactly one `stream_reset` first, then the retained history, then live;
 /// - a subscriber that falls behind the buffer gets one `stream_reset` (`lagged`) and goes on
-///   from the oldest retained event;
-/// - `can_frame` events marked by sampling are stored (resumable by ID) but not yielded.
+///   from the oldest retained event.
+///
+/// Backends store and yield every event published: `can_frame` sampling happens before
+/// publishing ([`crate::sampler::StreamSamplers`]), so a frame left out is never stored.
 pub trait EventBackend: Send + Sync {
     /// Append an event to `stream_key` and return its ID.
     fn publish<'a>(
@@ -149,7 +145,7 @@ pub trait EventBackend: Send + Sync {
         last_event_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Subscription, SseError>>;
 
-    /// Set bounds and sampling of one stream (default: [`StreamConfig::default`]).
+    /// Set the history bounds of one stream (default: [`StreamConfig::default`]).
     fn configure_stream(&self, stream_key: &str, config: StreamConfig) -> Result<(), SseError>;
 
     /// Where `stream_key` stands now (after trimming by age). A stream never published on is
@@ -201,12 +197,6 @@ pub fn validate_stream_key(key: &str) -> Result<(), SseError> {
         });
     }
     Ok(())
-}
-
-/// The `log` event data (JSON) announcing a sampling switch: [`sampling_notice`] as it goes on
-/// the `data:` line.
-pub fn sampling_log(switch: SamplingSwitch, threshold_per_s: u32, now_ms: u64) -> String {
-    ConsoleEvent::Log(sampling_notice(switch, threshold_per_s, now_ms)).to_data()
 }
 
 /// A shared handle to any backend.

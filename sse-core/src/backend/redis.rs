@@ -2,8 +2,8 @@
 //! a client can resume on any of them.
 //!
 //! Layout (with the default prefix `tether:sse:`):
-//! - `tether:sse:<stream_key>`: the stream; entries have fields `t` (event type), `d` (data),
-//!   `s` (`1` when sampled out of SSE output) and `n` (a per-stream sequence number 1, 2, 3 …).
+//! - `tether:sse:<stream_key>`: the stream; entries have fields `t` (event type), `d` (data)
+//!   and `n` (a per-stream sequence number 1, 2, 3 …).
 //!   Entry IDs are the event IDs. Trimmed exactly by `MAXLEN` (count) and `MINID` (age).
 //! - `tether:sse:<stream_key>:meta`: a hash with `n` (last sequence number), `ms` (ms part of the
 //!   last ID) and `last` (last ID), kept because a stream trimmed empty still has a latest ID.
@@ -33,36 +33,27 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 
-use super::{
-    Clock, EventBackend, StreamConfig, StreamPosition, Subscription, sampling_log,
-    validate_stream_key,
-};
+use super::{Clock, EventBackend, StreamConfig, StreamPosition, Subscription, validate_stream_key};
 use crate::buffer::{ResetReason, StoredEvent, StreamItem, StreamReset, validate_event_type};
 use crate::error::SseError;
 use crate::id::EventId;
-use crate::sampler::CanFrameSampler;
 
 const PUBLISH_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local last_ms = tonumber(redis.call('HGET', KEYS[2], 'ms') or '0')
 local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
 local ms = string.format('%.0f', math.max(now, last_ms))
-local ids = {}
-local i = 5
-while i <= #ARGV do
-  n = n + 1
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ms .. '-*',
-    't', ARGV[i], 'd', ARGV[i + 1], 's', ARGV[i + 2], 'n', n)
-  i = i + 3
-end
-redis.call('HSET', KEYS[2], 'n', n, 'ms', ms, 'last', ids[#ids])
+n = n + 1
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ms .. '-*',
+  't', ARGV[5], 'd', ARGV[6], 'n', n)
+redis.call('HSET', KEYS[2], 'n', n, 'ms', ms, 'last', id)
 local min_ms = now - tonumber(ARGV[3])
 if min_ms > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f', min_ms) .. '-0')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return ids
+return id
 "#;
 
 /// Keys live at least this long after the last publish (ms), so an idle stream's history and
@@ -70,7 +61,7 @@ return ids
 const MIN_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 const READ_COUNT: usize = 64;
 /// Local state of a stream with default settings is forgotten after this long without a
-/// publish (its sampler starts off again).
+/// publish.
 const LOCAL_IDLE_MS: u64 = 60_000;
 
 /// The default prefix of every key the Redis backend writes.
@@ -122,7 +113,6 @@ impl RedisBackendConfig {
 #[derive(Debug)]
 struct LocalStream {
     config: StreamConfig,
-    sampler: Option<CanFrameSampler>,
     /// When it last published, on the hub clock.
     last_ms: u64,
 }
@@ -267,33 +257,14 @@ impl RedisBackend {
         validate_stream_key(key)?;
         validate_event_type(event_type)?;
         let now = self.clock.now_ms();
-        let mut entries: Vec<(String, String, bool)> = Vec::with_capacity(2);
         let config = {
             let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
             let default = self.config.default_stream;
             let st = local.entry(key.to_owned()).or_insert_with(|| LocalStream {
                 config: default,
-                sampler: default.sampling.map(CanFrameSampler::new),
                 last_ms: now,
             });
             st.last_ms = now;
-            let mut sampled_out = false;
-            if event_type == "can_frame"
-                && let Some(sampler) = st.sampler.as_mut()
-            {
-                let decision = sampler.handle_can_frame(now);
-                sampled_out = !decision.send;
-                if let Some(switch) = decision.switch {
-                    tracing::info!(stream = key, ?switch, "can_frame sampling switched");
-                    let threshold = st.config.sampling.map(|s| s.threshold_per_s).unwrap_or(0);
-                    entries.push((
-                        "log".to_owned(),
-                        sampling_log(switch, threshold, now),
-                        false,
-                    ));
-                }
-            }
-            entries.push((event_type.to_owned(), data.to_owned(), sampled_out));
             st.config
         };
         let ttl = config.bounds.max_age_ms.max(MIN_KEY_TTL_MS);
@@ -304,18 +275,14 @@ impl RedisBackend {
             .arg(now)
             .arg(config.bounds.max_events.max(1))
             .arg(config.bounds.max_age_ms)
-            .arg(ttl);
-        for (t, d, s) in &entries {
-            invocation.arg(t).arg(d).arg(if *s { "1" } else { "0" });
-        }
+            .arg(ttl)
+            .arg(event_type)
+            .arg(data);
         let mut con = self.connection("publish", key)?;
         let result = invocation.invoke_async(&mut con).await;
-        let ids: Vec<String> = self.checked(result, "publish", key)?;
-        let last = ids
-            .last()
-            .ok_or_else(|| reply_err("publish", key, "script returned no id".into()))?;
-        last.parse()
-            .map_err(|_| reply_err("publish", key, format!("bad id {last:?}")))
+        let id: String = self.checked(result, "publish", key)?;
+        id.parse()
+            .map_err(|_| reply_err("publish", key, format!("bad id {id:?}")))
     }
 
     async fn meta(
@@ -457,7 +424,7 @@ impl RedisBackend {
         })
     }
 
-    /// Forgets the local state (settings, sampler) of streams with default settings that have
+    /// Forgets the local state (settings) of streams with default settings that have
     /// not published for a minute.
     fn prune_local(&self) -> usize {
         let now = self.clock.now_ms();
@@ -593,9 +560,6 @@ impl RedisReader {
         }
         self.expected = Some(n + 1);
         self.cursor = id;
-        if entry.get::<String>("s").as_deref() == Some("1") {
-            return Ok(());
-        }
         let field = |name: &str| {
             entry.get::<String>(name).ok_or_else(|| {
                 reply_err(
@@ -610,7 +574,6 @@ impl RedisReader {
             event_type: field("t")?,
             data: field("d")?,
             published_ms: id.ms,
-            sampled_out: false,
         };
         self.pending.push_back(StreamItem::Event(Arc::new(event)));
         Ok(())
@@ -653,12 +616,8 @@ impl EventBackend for RedisBackend {
             .entry(stream_key.to_owned())
             .or_insert_with(|| LocalStream {
                 config,
-                sampler: config.sampling.map(CanFrameSampler::new),
                 last_ms: self.clock.now_ms(),
             });
-        if st.config.sampling != config.sampling {
-            st.sampler = config.sampling.map(CanFrameSampler::new);
-        }
         st.config = config;
         Ok(())
     }

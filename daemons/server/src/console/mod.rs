@@ -89,9 +89,6 @@ impl Hub {
                 max_events: config.history_events,
                 max_age_ms: u64::try_from(config.history_max_age.as_millis()).unwrap_or(u64::MAX),
             },
-            // The console samples before publishing (`StreamSamplers`), so the hub stores only
-            // what subscribers are sent.
-            sampling: None,
         };
         let backend: Arc<dyn EventBackend> = match redis_url {
             None => Arc::new(MemoryBackend::with_budget(
