@@ -350,7 +350,9 @@ fn group_refusals_and_deletion(store: &Store) -> TestResult {
 }
 
 /// Alice's active group with both dongles online since `at(2)`: `(user, a, b, group)`.
-fn online_pair(store: &Store) -> TestResult<(Uuid, Dongle, Dongle, Uuid)> {
+fn online_pair(
+    store: &Store,
+) -> Result<(Uuid, Dongle, Dongle, Uuid), Box<dyn std::error::Error + Send + Sync>> {
     let user = store.ensure_user("alice", at(0))?;
     let agent = store.create_agent(user.id, "edge", at(0))?.agent;
     let (a, b) = (announce(store, &agent, "A")?, announce(store, &agent, "B")?);
@@ -379,9 +381,9 @@ fn presence_reset_at_start(store: &Store) -> TestResult {
             Some(OfflineSide::Both)
         )]
     );
-    assert!(store.list_dongles(user.id)?.iter().all(|d| !d.online));
+    assert!(store.list_dongles(user)?.iter().all(|d| !d.online));
     assert_eq!(
-        store.get_dongle(user.id, a.id)?.and_then(|d| d.last_seen),
+        store.get_dongle(user, a.id)?.and_then(|d| d.last_seen),
         Some(trunc(at(2)))
     );
     assert!(
