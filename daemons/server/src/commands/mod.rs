@@ -711,7 +711,7 @@ async fn keep_alive(inner: std::sync::Weak<Inner>) {
             tracing::warn!(%err, "refreshing this instance's liveness key failed");
         }
         ticks += 1;
-        if ticks % sweep_every.max(1) == 0
+        if ticks.is_multiple_of(sweep_every.max(1))
             && let Err(err) = (Commands { inner }).recover().await
         {
             tracing::warn!(%err, "taking over the commands of instances that are gone failed");
