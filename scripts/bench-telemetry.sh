@@ -9,16 +9,27 @@
 #    right after — and the ratio. Twice: its strong form (batches of 1000, records collected
 #    4096 per transaction; the goal's peer) and the original collector's own defaults
 #    (batches of 50, one transaction per collected record).
-# 3. fleet: VEHICLES vehicles × RATE records/s into one release `tether collector` remote
-#    (ROLE=remote, durable inbox): aggregate acknowledged rate and p50/p99 send → ack. The
-#    vehicles run in one process (`bench_telemetry fleet`) with synchronous=NORMAL stores: one
-#    2-core machine cannot fsync for 200 vehicles; each real vehicle has its own disk.
-# 4. rss: one vehicle with MAX_LOCAL_RECORDS=100000, remote down, 200,000 records: peak RSS.
+# 3. fleet: VEHICLES vehicles × RATE records/s into one remote (ROLE=remote, durable inbox;
+#    run by `bench_telemetry serve`: `tether collector`'s `tether_collector::run` on the
+#    role's runtime, without building the whole binary): aggregate acknowledged rate and
+#    p50/p99 send → ack, twice, each against a fresh remote, with the remote's CPU time:
+#    - full vehicles: the vehicles run in one process (`bench_telemetry fleet`) with
+#      synchronous=NORMAL stores (one 2-core machine cannot fsync for 200 vehicles; each real
+#      vehicle has its own disk). This generator is itself heavy: 200 SQLite stores.
+#    - wire only: `bench_telemetry wire` speaks the upload protocol directly (no local store),
+#      paced the same, timing each batch from its send to the ack that covers it: the remote's
+#      capacity, not the generator's. Twice: a batch every 10 ms and every 100 ms.
+# 4. rss: one vehicle with MAX_LOCAL_RECORDS=100000, remote down, 200,000 records: peak RSS
+#    and what it is made of (threads, malloc arenas, file-backed pages).
+#
+# BEFORE=path/to/another/bench_telemetry (e.g. a build of main) runs 1 and 4 with it too,
+# alternated with this build, PAIRS times (default 3), for before/after medians.
 #
 # Everything runs under `nice`; the machine is shared, figures are noisy (run it 3 times and
 # take medians). Usage: scripts/bench-telemetry.sh [RECORDS=300000] [VEHICLES=200] [RATE=1000]
 #   [SECONDS=10]; NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR;
-#   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python).
+#   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python);
+#   LOOPBACK_ONLY=1 runs parts 1 and 2 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${1:-300000}
@@ -28,7 +39,6 @@ SECONDS_=${4:-10}
 PYTHON=${PYTHON:-.venv/bin/python}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
-  nice cargo build -q --release -p tether --bin tether
   nice cargo build -q --release -p tether-collector --example bench_telemetry
 fi
 BIN=$CARGO_TARGET_DIR/release
@@ -62,17 +72,49 @@ print(f"ratio rust/python (strong form): {r['records_per_s'] / p['records_per_s'
 print(f"ratio rust/python (original defaults): {r['records_per_s'] / o['records_per_s']:.0f}x "
       f"({r['records_per_s']:.0f} vs {o['records_per_s']:.0f} records/s)")
 PYEOF
+# LOOPBACK_ONLY=1: stop after the loopback rows (before/after comparisons of the uplink path).
+[ -n "${LOOPBACK_ONLY:-}" ] && exit 0
 
-echo "== fleet: ${VEHICLES} vehicles × ${RATE} records/s for ${SECONDS_} s into one remote"
-PORT=$(free_port)
 KEYS=$(python3 -c "print(','.join(f'car-{i}:key-{i}' for i in range($VEHICLES)))")
-ROLE=remote DB_PATH="$WORK/remote.db" LISTEN="127.0.0.1:$PORT" API_KEYS="$KEYS" LOG_LEVEL=warn \
-  nice "$BIN/tether" collector 2>"$WORK/remote.log" &
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.05; done
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# fleet_run NAME ARGS…: a fresh remote, the generator, and the remote's CPU use (cores).
+fleet_run() {
+  local name=$1 port pid before after start end
+  shift
+  port=$(free_port)
+  ROLE=remote DB_PATH="$WORK/remote-$name.db" LISTEN="127.0.0.1:$port" API_KEYS="$KEYS" \
+    nice "$BIN/examples/bench_telemetry" serve 2>"$WORK/remote-$name.log" &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+  before=$(cpu_ticks "$pid")
+  start=$(date +%s.%N)
+  nice "$BIN/examples/bench_telemetry" "$1" "ws://127.0.0.1:$port/ws/telemetry/upload" "${@:2}"
+  end=$(date +%s.%N)
+  after=$(cpu_ticks "$pid")
+  python3 -c "print(f'remote CPU: {($after - $before) / 100:.2f} s over {$end - $start:.1f} s = {($after - $before) / 100 / ($end - $start):.2f} cores')"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
+echo "== fleet, full vehicles: ${VEHICLES} vehicles (SQLite stores, one process) × ${RATE} records/s for ${SECONDS_} s into one remote"
 mkdir -p "$WORK/fleet"
-nice "$BIN/examples/bench_telemetry" fleet "ws://127.0.0.1:$PORT/ws/telemetry/upload" \
-  "$VEHICLES" "$RATE" "$SECONDS_" "$WORK/fleet"
+fleet_run vehicles fleet "$VEHICLES" "$RATE" "$SECONDS_" "$WORK/fleet"
+echo "== fleet, wire only: ${VEHICLES} connections × ${RATE} records/s for ${SECONDS_} s into one remote, a batch every 10 ms"
+fleet_run wire wire "$VEHICLES" "$RATE" "$SECONDS_" 10
+echo "== fleet, wire only, a batch every 100 ms (same records/s, a tenth of the batches)"
+fleet_run wire100 wire "$VEHICLES" "$RATE" "$SECONDS_" 100
 
 echo "== vehicle RSS, MAX_LOCAL_RECORDS=100000, 200000 records, remote down"
 nice "$BIN/examples/bench_telemetry" rss 200000 100000
+
+if [ -n "${BEFORE:-}" ]; then
+  echo "== before/after, alternated ${PAIRS:-3} times: before = $BEFORE, after = this build"
+  for i in $(seq "${PAIRS:-3}"); do
+    for side in before after; do
+      if [ "$side" = before ]; then B=$BEFORE; else B=$BIN/examples/bench_telemetry; fi
+      echo "pair $i $side loopback $(nice "$B" loopback "$RECORDS" 64)"
+      echo "pair $i $side rss $(nice "$B" rss 200000 100000)"
+    done
+  done
+fi

@@ -230,6 +230,21 @@ pub enum CollectorConfig {
     Remote(RemoteConfig),
 }
 
+impl CollectorConfig {
+    /// The async runtime the role runs on. The vehicle: one thread
+    /// ([`crate::vehicle::runtime`]). The remote: two workers (many vehicles at once, each
+    /// connection's decoding in parallel with the inbox commits).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            CollectorConfig::Vehicle(_) => crate::vehicle::runtime(),
+            CollectorConfig::Remote(_) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
 fn parse_api_keys(text: &str) -> anyhow::Result<Vec<VehicleKey>> {
     text.split(',')
         .map(str::trim)

@@ -551,13 +551,7 @@ async fn disconnects_free_subscriptions_and_shutdown_ends_streams() -> TestResul
             "tick".to_owned(),
             serde_json::Value::Null,
         );
-        let text = server
-            .client
-            .get(format!("{}/metrics", server.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = server.metrics().await?;
         if metric(&text, "tether_server_sse_subscribers") == Some(1.0) {
             break;
         }

@@ -11,7 +11,7 @@ use relay_core::log::{SqliteStreamLog, SqliteSynchronous, StreamLog};
 use relay_core::protocol::{Encoding, ErrorCode, Message};
 use reqwest::StatusCode;
 use serde_json::json;
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const JSON: &[Encoding] = &[Encoding::Json];
@@ -38,16 +38,7 @@ async fn refused(client: &mut DataClient, raw: &str, code: ErrorCode) -> TestRes
 async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult {
     let srv = TestServer::start().await?;
     let (user, agent, a, b) = srv.user_with_pair("mallory").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
-    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-        .await?;
+    let id = srv.active_group(&user, &a, &b).await?;
 
     // Before the handshake.
     let hello = |version: u64| {
@@ -169,13 +160,7 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
     let mut got = Received::default();
     b.consume_until(3, &mut got).await?;
     assert_eq!(got.seqs, vec![1, 2, 3]);
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = srv.metrics().await?;
     assert!(
         metrics.contains(r#"tether_server_relay_errors_total{code="bad_message"}"#),
         "{metrics}"
@@ -187,16 +172,7 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
 async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResult {
     let srv = TestServer::start().await?;
     let (user, agent, a, b) = srv.user_with_pair("oscar").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
-    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-        .await?;
+    let id = srv.active_group(&user, &a, &b).await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     a.send_frames(1, 3).await?;
     a.wait_ack(3).await?;
@@ -215,16 +191,7 @@ async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResu
 async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted() -> TestResult {
     let srv = TestServer::start().await?;
     let (user, agent, a, b) = srv.user_with_pair("olga").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
-    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-        .await?;
+    let id = srv.active_group(&user, &a, &b).await?;
     let over = relay_core::protocol::MAX_MESSAGE_BYTES + 64 * 1024;
     let just_over = relay_core::protocol::MAX_MESSAGE_BYTES + 16;
 
@@ -260,13 +227,7 @@ async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted(
         assert_eq!(error.code, ErrorCode::MessageTooBig);
         assert!(error.message.contains("4194304"), "{}", error.message);
     }
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = srv.metrics().await?;
     assert!(
         metrics.contains(r#"tether_server_relay_errors_total{code="message_too_big"} 3"#),
         "{metrics}"
@@ -278,16 +239,7 @@ async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted(
 async fn a_frame_naming_another_group_is_refused_counted_and_not_stored() -> TestResult {
     let srv = TestServer::start().await?;
     let (user, agent, a, b) = srv.user_with_pair("gina").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
-    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-        .await?;
+    let id = srv.active_group(&user, &a, &b).await?;
     let (mut client, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     let mut foreign = data_client::batch(1, 2);
     if let Message::Frames(batch) = &mut foreign {
@@ -309,13 +261,7 @@ async fn a_frame_naming_another_group_is_refused_counted_and_not_stored() -> Tes
     client.send_frames(1, 2).await?;
     let seen = client.recv_until(|m| matches!(m, Message::Ack(_))).await?;
     assert!(matches!(seen.last(), Some(Message::Ack(ack)) if ack.up_to == 2));
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = srv.metrics().await?;
     assert!(
         metrics.contains(r#"tether_server_relay_errors_total{code="group_mismatch"} 1"#),
         "{metrics}"

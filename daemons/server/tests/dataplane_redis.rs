@@ -11,8 +11,7 @@ use data_client::{DataClient, Received};
 use relay_core::engine::Side;
 use relay_core::log::{MAX_SEQ, RedisStreamLog, StreamLog};
 use relay_core::protocol::Encoding;
-use serde_json::json;
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 
 #[tokio::test]
 async fn relay_backlog_and_replay_on_redis_streams() -> TestResult {
@@ -20,16 +19,7 @@ async fn relay_backlog_and_replay_on_redis_streams() -> TestResult {
         .map_err(|_| "REDIS_URL must point at a Redis server for this test")?;
     let srv = TestServer::start_with(|config| config.redis_url = Some(url.clone())).await?;
     let (user, agent, a, b) = srv.user_with_pair("rita").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
-    srv.post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-        .await?;
+    let id = srv.active_group(&user, &a, &b).await?;
     let log = RedisStreamLog::connect(&url, "tether:").await?;
     let keys = [format!("group:{id}:a_to_b"), format!("group:{id}:b_to_a")];
 

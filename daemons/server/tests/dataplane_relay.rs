@@ -13,7 +13,7 @@ use relay_core::log::{MAX_SEQ, SqliteStreamLog, SqliteSynchronous, StreamLog, sq
 use relay_core::protocol::{Encoding, Message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 
 const JSON: &[Encoding] = &[Encoding::Json];
 const MSGPACK: &[Encoding] = &[Encoding::Msgpack, Encoding::Json];
@@ -41,21 +41,11 @@ async fn group(
     activate: bool,
 ) -> TestResult<(String, String, String)> {
     let (user, agent, a, b) = srv.user_with_pair(name).await?;
-    let (status, body) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": name, "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = text(&body, "id")?;
-    if activate {
-        let (status, body) = srv
-            .post(&format!("/api/v1/groups/{id}/activate"), &user, json!({}))
-            .await?;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    let id = if activate {
+        srv.active_group(&user, &a, &b).await?
+    } else {
+        srv.group(&user, &a, &b).await?
+    };
     Ok((user, agent, id))
 }
 
@@ -63,16 +53,6 @@ async fn group_state(srv: &TestServer, user: &str, id: &str) -> TestResult<Value
     let (status, body) = srv.get(&format!("/api/v1/groups/{id}"), user).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     Ok(body)
-}
-
-async fn metrics(srv: &TestServer) -> TestResult<String> {
-    Ok(srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?)
 }
 
 /// Opens the server's SQLite stream log read-side (WAL allows a second connection).
@@ -135,7 +115,7 @@ async fn frames_flow_both_ways_in_order_acked_after_storage_and_deduplicated() -
         Ok(group_state(srv_r, user_r, id_r).await?["mode"] == "active")
     })
     .await?;
-    let text = metrics(&srv).await?;
+    let text = srv.metrics().await?;
     assert!(
         text.contains("tether_server_relay_frames_relayed_total 155"),
         "{text}"
@@ -204,7 +184,7 @@ async fn offline_side_builds_a_backlog_that_replays_in_order_then_the_group_is_a
             && state["offline_side"].is_null())
     })
     .await?;
-    let text = metrics(&srv).await?;
+    let text = srv.metrics().await?;
     assert!(
         text.contains("tether_server_relay_frames_buffered_total"),
         "{text}"
@@ -284,7 +264,7 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
             (8, 8, 1, "corrupt".to_owned())
         ]
     );
-    let text = metrics(&srv).await?;
+    let text = srv.metrics().await?;
     assert!(
         text.contains("tether_server_relay_frames_corrupt_total 3"),
         "{text}"
@@ -318,7 +298,7 @@ async fn retention_while_away_gives_an_exact_gap_pressure_metric_and_audit_entry
     })
     .await?;
     eventually("pressure metric", || async move {
-        Ok(metrics(srv_r).await?.contains(
+        Ok(srv_r.metrics().await?.contains(
             r#"tether_server_relay_frames_trimmed_undelivered_total{reason="length"} 100"#,
         ))
     })
@@ -535,23 +515,10 @@ async fn revoking_an_agent_closes_its_open_connections() -> TestResult {
     let (agent_id, agent) = srv.agent(&user, "rita-edge").await?;
     let a = srv.dongle(&agent, "rita-A").await?;
     let b = srv.dongle(&agent, "rita-B").await?;
-    let (status, body) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "rita", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = text(&body, "id")?;
+    let id = srv.group(&user, &a, &b).await?;
     let (mut side, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     let (status, _) = srv
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/agents/{agent_id}"),
-            Some(&user),
-            None,
-        )
+        .delete(&format!("/api/v1/agents/{agent_id}"), &user)
         .await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     // The open connection is closed with `unauthorized`, not only new upgrades refused.
@@ -575,14 +542,7 @@ async fn deleting_a_group_closes_its_sides() -> TestResult {
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     a.send_frames(1, 3).await?;
     a.wait_ack(3).await?;
-    let (status, _) = srv
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/groups/{id}"),
-            Some(&user),
-            None,
-        )
-        .await?;
+    let (status, _) = srv.delete(&format!("/api/v1/groups/{id}"), &user).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let seen = a.recv_until_closed().await?;
     assert!(
@@ -598,7 +558,7 @@ async fn deleting_a_group_closes_its_sides() -> TestResult {
     // Its streams are deleted, and the frames B never got are counted.
     let srv_r = &srv;
     eventually("the deleted group's streams removed and counted", || async move {
-        let text = metrics(srv_r).await?;
+        let text = srv_r.metrics().await?;
         Ok(
             text.contains(r#"tether_server_relay_frames_trimmed_total{reason="group_deleted"} 3"#)
                 && text.contains(

@@ -36,14 +36,7 @@ async fn agents_are_created_listed_read_and_revoked() -> TestResult {
 
     // The agent token works until the agent is deleted.
     assert_eq!(srv.dongle(&agent_token, "SN1").await?.len(), 36);
-    let (status, _) = srv
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{id}"),
-            Some(&token),
-            None,
-        )
-        .await?;
+    let (status, _) = srv.delete(&format!("/api/v1/agents/{id}"), &token).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = srv
         .post(
@@ -58,14 +51,7 @@ async fn agents_are_created_listed_read_and_revoked() -> TestResult {
     );
     let (status, _) = srv.get(&format!("/api/v1/agents/{id}"), &token).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = srv
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/agents/{id}"),
-            Some(&token),
-            None,
-        )
-        .await?;
+    let (status, _) = srv.delete(&format!("/api/v1/agents/{id}"), &token).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, list) = srv.get("/api/v1/agents", &token).await?;
     assert_eq!(list["agents"].as_array().map(Vec::len), Some(0));
@@ -239,14 +225,7 @@ async fn group_creation_refusals_are_clear() -> TestResult {
     }
     // Deleting the group frees its dongles.
     let id = text(&group, "id")?;
-    let (status, _) = srv
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/groups/{id}"),
-            Some(&alice),
-            None,
-        )
-        .await?;
+    let (status, _) = srv.delete(&format!("/api/v1/groups/{id}"), &alice).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = srv.get(&format!("/api/v1/groups/{id}"), &alice).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);

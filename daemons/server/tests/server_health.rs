@@ -48,13 +48,7 @@ async fn readyz_is_503_when_redis_is_unreachable() -> TestResult {
     // Alive all the same.
     let (status, _) = srv.call(Method::GET, "/healthz", None, None).await?;
     assert_eq!(status, StatusCode::OK);
-    let metrics = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = srv.metrics().await?;
     assert!(
         metrics.contains("tether_server_readiness_failures_total 1"),
         "{metrics}"

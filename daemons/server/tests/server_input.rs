@@ -6,7 +6,7 @@ mod server_support;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, assert_error_shape, code, read, text};
+use server_support::{TestResult, TestServer, assert_error_shape, code, read};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Counts of the user's agents, dongles and groups.
@@ -231,14 +231,7 @@ async fn chunked_oversized_body_is_refused_with_json() -> TestResult {
 async fn unknown_routes_wrong_methods_and_bad_ids_are_json_errors() -> TestResult {
     let srv = TestServer::start().await?;
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let group_id = text(&group, "id")?;
+    let group_id = srv.group(&alice, &a, &b).await?;
     // `GET /` is the web page (server_webui.rs); everything unknown around it is a JSON 404.
     let not_found = [
         (Method::GET, "/nope".to_owned()),

@@ -21,13 +21,7 @@ fn nz(n: u32) -> Option<NonZeroU32> {
 }
 
 async fn refusals(srv: &TestServer, limit: &str) -> TestResult<f64> {
-    let text = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = srv.metrics().await?;
     let wanted = format!("tether_server_limit_refusals_total{{limit=\"{limit}\"}} ");
     Ok(text
         .lines()

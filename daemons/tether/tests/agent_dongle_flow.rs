@@ -18,16 +18,7 @@ async fn frames_flow_both_ways_in_order() {
     let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
     let mut dongle = SimDongle::new("SIM-A", agent.udp).await;
     // Hello until the agent has a data-plane session for the dongle's group.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while server.hellos_for("g-1").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no session; log:\n{}",
-            agent.log_text()
-        );
-        dongle.hello().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_session(&server, &agent, &mut dongle, "g-1").await;
     let hello = &server.hellos_for("g-1")[0];
     assert_eq!(hello.resume.rx_seq, 0);
     assert_eq!(hello.encodings[0], relay_core::protocol::Encoding::Msgpack);
@@ -91,16 +82,7 @@ async fn outbox_holds_frames_while_the_server_is_unreachable() {
     server.assign("SIM-B", "g-2", "b", "active");
     let mut agent = Agent::start(dir.path(), &config, udp, metrics, 1);
     let mut dongle = SimDongle::new("SIM-B", agent.udp).await;
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while server.hellos_for("g-2").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no session; log:\n{}",
-            agent.log_text()
-        );
-        dongle.hello().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_session(&server, &agent, &mut dongle, "g-2").await;
     let records = capture(1500);
     dongle.send(&records[..300]).await;
     eventually("300 stored", || server.stream("g-2", "b").len() == 300).await;
@@ -134,6 +116,78 @@ async fn outbox_holds_frames_while_the_server_is_unreachable() {
         agent.log_text()
     );
     assert!(agent.log_text().contains("dongle agent stopped"));
+}
+
+/// The outbox cap (`outbox_max_frames`) drops the oldest unsent frames, counts exactly those
+/// (`outbox_full`), and the rest still arrive in order with dense seqs once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
+    let mut server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, metrics) = (free_udp_port(), free_tcp_port());
+    let config = write_config(dir.path(), &server.url(), udp, metrics);
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("  outbox_max_frames: 500\n");
+    std::fs::write(&config, yaml).unwrap();
+    server.assign("SIM-F", "g-6", "a", "active");
+    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let mut dongle = SimDongle::new("SIM-F", agent.udp).await;
+    until_session(&server, &agent, &mut dongle, "g-6").await;
+    let records = capture(1500);
+    dongle.send(&records[..300]).await;
+    eventually("300 stored", || server.stream("g-6", "a").len() == 300).await;
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
+        .await;
+
+    // The server goes away: 900 frames for a 500-frame outbox.
+    server.stop().await;
+    dongle.send(&records[300..1200]).await;
+    agent
+        .wait_metric(
+            "tether_agent_dongle_frames_queued_total{serial=\"SIM-F\"}",
+            1200,
+        )
+        .await;
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 500)
+        .await;
+    let full = "tether_agent_dongle_frames_dropped_total{serial=\"SIM-F\",reason=\"outbox_full\"}";
+    agent.wait_metric(full, 400).await;
+
+    // Back: the 500 newest held frames arrive (renumbered to follow what the server holds, so
+    // no hole it would refuse), then the next 300 — in order, once.
+    server.restart().await;
+    eventually("800 stored", || server.stream("g-6", "a").len() >= 800).await;
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
+        .await;
+    dongle.send(&records[1200..]).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while server.stream("g-6", "a").len() < 1100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 1100 stored; log:\n{}",
+            server.stream("g-6", "a").len(),
+            agent.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    agent
+        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
+        .await;
+    let stored = server.stream("g-6", "a");
+    let expected: Vec<_> = records[..300].iter().chain(&records[700..]).collect();
+    assert_eq!(stored.len(), expected.len());
+    for (i, (w, r)) in stored.iter().zip(&expected).enumerate() {
+        assert!(same_frame(w, r), "frame {i}");
+    }
+    assert_eq!(
+        agent.metric(full).await,
+        Some(400),
+        "exactly the excess is counted"
+    );
+    server.assert_no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,16 +254,7 @@ async fn refused_batches_are_dropped_counted_and_their_seqs_not_reused() {
     server.assign("SIM-D", "g-4", "a", "active");
     let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
     let mut dongle = SimDongle::new("SIM-D", agent.udp).await;
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while server.hellos_for("g-4").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no session; log:\n{}",
-            agent.log_text()
-        );
-        dongle.hello().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_session(&server, &agent, &mut dongle, "g-4").await;
     let records = capture(400);
     dongle.send(&records[..100]).await;
     eventually("100 stored", || server.stream("g-4", "a").len() == 100).await;

@@ -20,16 +20,7 @@ async fn kill_9_and_restart_loses_and_duplicates_nothing() {
     server.assign("SIM-K", "g-k", "a", "active");
     let mut agent = Agent::start(dir.path(), &config, udp, metrics, 1);
     let mut dongle = SimDongle::new("SIM-K", agent.udp).await;
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while server.hellos_for("g-k").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no session; log:\n{}",
-            agent.log_text()
-        );
-        dongle.hello().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_session(&server, &agent, &mut dongle, "g-k").await;
     let records = capture(900);
 
     // Phase 1: 300 frames stored and acknowledged; 300 inbound frames delivered and acked.

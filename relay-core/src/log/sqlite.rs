@@ -14,9 +14,7 @@
 //! open ([`Error::UnsupportedLogFormat`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -30,7 +28,7 @@ use super::{
     TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
-use crate::sqlite::{Durability, open_wal, open_wal_manual_checkpoints};
+use crate::sqlite::{BackgroundCheckpoints, Durability, open_wal, open_wal_manual_checkpoints};
 
 const SCHEMA: &str = "
 CREATE TABLE log_streams (
@@ -66,75 +64,8 @@ CREATE TABLE log_cursors (
 pub struct SqliteStreamLog {
     conn: Arc<Mutex<Connection>>,
     writes: Arc<Mutex<WriteQueue>>,
-    checkpoints: Arc<Checkpoints>,
+    checkpoints: Arc<BackgroundCheckpoints>,
     path: Arc<PathBuf>,
-}
-
-/// How often the background checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-
-/// WAL frames (pages) after which the WAL is restarted from its start once the checkpointer
-/// caught up: 16 MiB at 4 KiB pages. Restarting costs the writer a checkpoint of the frames
-/// committed since the checkpointer's pass, with its two fsyncs (~8 ms seen here), so it is
-/// done once per this many frames rather than after every pass (at 2 pairs x 500 frames/s that
-/// took the relay's p99 from 0.59 to 1.10 ms).
-const RESTART_FRAMES: i64 = 4096;
-
-/// State shared with the background checkpointer; it stops when the last log clone is gone.
-#[derive(Debug, Default)]
-struct Checkpoints {
-    /// The checkpointer copied every WAL frame that existed when it started, and the WAL holds
-    /// at least [`RESTART_FRAMES`]: a checkpoint by the writer now copies only what was
-    /// committed since, and lets the next write restart the WAL from its beginning (which a
-    /// checkpoint racing with commits never allows).
-    caught_up: AtomicBool,
-}
-
-/// Starts the checkpointer thread: its own connection runs a `PASSIVE` checkpoint every
-/// [`CHECKPOINT_EVERY`]. SQLite's automatic checkpoint would run inside a commit, holding the
-/// writer (and every append queued behind it) for the page copies and the fsyncs: the slowest
-/// tenth of group commits took 12–30 ms under the relay bench, against ~2 ms without.
-fn spawn_checkpointer(
-    path: &Path,
-    durability: Durability,
-    checkpoints: Weak<Checkpoints>,
-) -> Result<()> {
-    let conn = open_wal(path, durability).map_err(|source| Error::SqliteOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let path = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("tether-sqlite-checkpoint".to_owned())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                let Some(state) = checkpoints.upgrade() else {
-                    return;
-                };
-                // (busy, frames in the WAL, frames copied)
-                let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                });
-                match result {
-                    Ok((0, frames, copied)) if frames >= RESTART_FRAMES && copied >= frames => {
-                        state.caught_up.store(true, Ordering::Release);
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(path = %path.display(), %err, "SQLite checkpoint failed");
-                    }
-                }
-            }
-        })
-        .map_err(|_| Error::WorkerGone {
-            action: "starting the checkpoint thread",
-        })?;
-    Ok(())
 }
 
 /// Writes waiting for the group-commit writer.
@@ -276,9 +207,7 @@ impl SqliteStreamLog {
     pub async fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let checkpoints = Arc::new(Checkpoints::default());
-        let weak = Arc::downgrade(&checkpoints);
-        let conn = tokio::task::spawn_blocking(move || {
+        let (conn, checkpoints) = tokio::task::spawn_blocking(move || {
             // The checkpointer copies the WAL into the file, off the write path.
             let mut conn = open_wal_manual_checkpoints(&p, durability).map_err(|source| {
                 Error::SqliteOpen {
@@ -287,8 +216,16 @@ impl SqliteStreamLog {
                 }
             })?;
             create_or_check_format(&mut conn, &p)?;
-            spawn_checkpointer(&p, durability, weak)?;
-            Ok::<_, Error>(conn)
+            let checkpoint_conn = open_wal(&p, durability).map_err(|source| Error::SqliteOpen {
+                path: p.clone(),
+                source,
+            })?;
+            let checkpoints = BackgroundCheckpoints::spawn(checkpoint_conn, &p).map_err(|_| {
+                Error::WorkerGone {
+                    action: "starting the checkpoint thread",
+                }
+            })?;
+            Ok::<_, Error>((conn, checkpoints))
         })
         .await
         .map_err(|_| Error::WorkerGone { action: "open" })??;
@@ -384,7 +321,7 @@ fn create_or_check_format(conn: &mut Connection, path: &Path) -> Result<()> {
 fn write_queued(
     conn: &Mutex<Connection>,
     writes: &Arc<Mutex<WriteQueue>>,
-    checkpoints: &Checkpoints,
+    checkpoints: &BackgroundCheckpoints,
 ) {
     let _guard = WriterGuard(Arc::clone(writes));
     loop {
@@ -399,11 +336,7 @@ fn write_queued(
         };
         let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
         write_group_blocking(&mut conn, jobs);
-        if checkpoints.caught_up.swap(false, Ordering::AcqRel) {
-            // Copies only the frames committed since the checkpointer's pass (cheap), so that
-            // the next write can restart the WAL. Busy or failed: the next pass tries again.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
+        checkpoints.after_write(&conn);
     }
 }
 
@@ -1046,6 +979,7 @@ impl StreamLog for SqliteStreamLog {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn the_background_checkpointer_moves_the_wal_into_the_file() {

@@ -243,7 +243,7 @@ pub fn placeholders(
 
 /// The blob with its format byte in front: compressed when the items are at least
 /// [`COMPRESS_FROM`] (and at most [`MAX_INFLATED`]) bytes and that makes them smaller.
-fn seal(items: &[u8]) -> Vec<u8> {
+pub(crate) fn seal(items: &[u8]) -> Vec<u8> {
     if (COMPRESS_FROM..=MAX_INFLATED).contains(&items.len()) {
         let packed = lz4_flex::block::compress(items);
         if packed.len() + 4 < items.len() {
@@ -261,7 +261,7 @@ fn seal(items: &[u8]) -> Vec<u8> {
 }
 
 /// The items section of a blob: a slice of it, or inflated.
-fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
+pub(crate) fn open(blob: &Bytes) -> Result<Bytes, ChunkError> {
     match blob.first() {
         Some(&RAW) => Ok(blob.slice(1..)),
         Some(&LZ4) => {

@@ -30,7 +30,7 @@ use super::store_memory::{check_append, check_remove};
 use crate::error::{Error, Result};
 use crate::log::Item;
 use crate::log::sqlite_chunk::{self, ChunkBounds, ChunkWriter};
-use crate::sqlite::{Durability, open_wal};
+use crate::sqlite::{Durability, open_wal, open_wal_manual_checkpoints};
 
 const STORE: &str = "outbox";
 
@@ -61,19 +61,26 @@ pub(super) fn from_sql(value: i64) -> u64 {
 }
 
 /// Opens `path` for an uplink `store` with WAL, the given sync level and a busy timeout, and
-/// runs `schema`.
+/// runs `schema`. With `manual_checkpoints` SQLite never checkpoints inside a commit of this
+/// connection ([`open_wal_manual_checkpoints`]): the caller runs a checkpointer.
 pub(super) fn open_connection(
     store: &'static str,
     path: &Path,
     sync: Durability,
     schema: &str,
+    manual_checkpoints: bool,
 ) -> Result<Connection> {
     let open_err = |source| Error::UplinkStoreOpen {
         store,
         path: path.to_path_buf(),
         source,
     };
-    let conn = open_wal(path, sync).map_err(open_err)?;
+    let conn = if manual_checkpoints {
+        open_wal_manual_checkpoints(path, sync)
+    } else {
+        open_wal(path, sync)
+    }
+    .map_err(open_err)?;
     conn.execute_batch(schema).map_err(open_err)?;
     Ok(conn)
 }
@@ -108,6 +115,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS outbox_chunk_by_stream ON outbox_chunk(stream,
 pub struct SqliteOutboxStore {
     conn: Connection,
     path: PathBuf,
+    sync: Durability,
 }
 
 /// Slot bounds of a stream while a commit changes them.
@@ -122,8 +130,8 @@ impl SqliteOutboxStore {
     /// Opens (creating if needed) the store at `path` with WAL and the given sync level.
     pub fn open(path: impl AsRef<Path>, sync: Durability) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let conn = open_connection(STORE, &path, sync, SCHEMA)?;
-        Ok(SqliteOutboxStore { conn, path })
+        let conn = open_connection(STORE, &path, sync, SCHEMA, false)?;
+        Ok(SqliteOutboxStore { conn, path, sync })
     }
 
     /// The database file.
@@ -329,6 +337,51 @@ impl OutboxStore for SqliteOutboxStore {
         if writes.is_empty() {
             return Ok(());
         }
+        if self.sync == Durability::Full && self.only_marks(writes)? {
+            // Written to the WAL, not fsynced: the next synced commit (or checkpoint) makes it
+            // durable with everything before it. A power cut may undo it, never a later one.
+            let sync = |conn: &Connection, level: &str| {
+                conn.pragma_update(None, "synchronous", level)
+                    .map_err(sql_err("commit"))
+            };
+            sync(&self.conn, Durability::Normal.synchronous())?;
+            let committed = self.commit_synced(writes);
+            sync(&self.conn, Durability::Full.synchronous())?;
+            return committed;
+        }
+        self.commit_synced(writes)
+    }
+}
+
+impl SqliteOutboxStore {
+    /// Whether `writes` only record what the remote acknowledged (the ack, the inbound cursor)
+    /// or remove records: no append, and no change of a stream's seq offset, drop counts or
+    /// unsettled ranges. Losing such a commit to a power cut loses nothing: the stream resends
+    /// what the remote already holds (it deduplicates), and its handshake answer restores the
+    /// ack. Every other commit is fsynced before it returns.
+    fn only_marks(&self, writes: &[StreamWrite]) -> Result<bool> {
+        for write in writes {
+            match write {
+                StreamWrite::Append { .. } => return Ok(false),
+                StreamWrite::RemoveThrough { .. } => {}
+                StreamWrite::State { stream, state } => {
+                    let Some(stored) = Self::load(&self.conn, "id", &to_sql(*stream))? else {
+                        return Ok(false);
+                    };
+                    let kept = &stored.state;
+                    if (kept.seq_offset, &kept.unsettled, kept.dropped)
+                        != (state.seq_offset, &state.unsettled, state.dropped)
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Applies `writes` in one transaction, at the connection's sync level.
+    fn commit_synced(&mut self, writes: &[StreamWrite]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -429,5 +482,67 @@ impl OutboxStore for SqliteOutboxStore {
             }
         }
         tx.commit().map_err(sql_err("commit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uplink::{DropReason, NewRecord};
+
+    fn synchronous(store: &SqliteOutboxStore) -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("pragma")
+    }
+
+    #[test]
+    fn only_marking_commits_skip_their_fsync_and_the_level_comes_back() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SqliteOutboxStore::open(dir.path().join("o.db"), Durability::Full)?;
+        let stream = store.open_stream("v")?;
+        let append = StreamWrite::Append {
+            stream: stream.id,
+            first_slot: 1,
+            records: vec![NewRecord {
+                ts_ms: 1,
+                payload: Bytes::from_static(b"{}"),
+            }],
+        };
+        let mut state = stream.state.clone();
+        assert!(!store.only_marks(std::slice::from_ref(&append))?);
+        store.commit(&[append])?;
+        state.acked = 1;
+        let ack = StreamWrite::State {
+            stream: stream.id,
+            state: state.clone(),
+        };
+        let remove = StreamWrite::RemoveThrough {
+            stream: stream.id,
+            slot: 1,
+        };
+        assert!(store.only_marks(&[ack.clone(), remove.clone()])?);
+        store.commit(&[ack, remove])?;
+        assert_eq!(synchronous(&store), 2, "FULL again after a marking commit");
+        assert_eq!(store.open_stream("v")?.state.acked, 1);
+        // A changed drop count, offset or unsettled range is fsynced like an append.
+        let changes: [fn(&mut StreamState); 3] = [
+            |s| s.dropped.add(DropReason::Overflow, 1),
+            |s| s.seq_offset += 1,
+            |s| {
+                s.unsettled.add(1, 1);
+            },
+        ];
+        for change in changes {
+            let mut changed = state.clone();
+            change(&mut changed);
+            let write = StreamWrite::State {
+                stream: stream.id,
+                state: changed,
+            };
+            assert!(!store.only_marks(&[write])?);
+        }
+        Ok(())
     }
 }

@@ -19,16 +19,13 @@ pub enum DongleProtocol {
     Remp,
 }
 
-/// How hard the outbox syncs a commit to disk (WAL in both cases).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboxSync {
-    /// `synchronous=NORMAL` (default): survives a crash of the agent process (`kill -9`); an OS
-    /// crash or power loss may lose the last transactions.
-    #[default]
-    Normal,
-    /// `synchronous=FULL`: every commit is fsynced, surviving power loss too; slower.
-    Full,
+/// How hard the outbox syncs a commit to disk (`outbox_sync`; WAL in both cases): `normal`
+/// (default) survives a crash of the agent process (`kill -9`), `full` also power loss (an
+/// fsync per commit). The one durability enum of the code base.
+pub use relay_core::sqlite::Durability;
+
+fn default_outbox_sync() -> Durability {
+    Durability::Normal
 }
 
 /// `dongle:` as written in the file.
@@ -46,8 +43,8 @@ pub struct DongleSection {
     #[serde(default = "default_outbox_max")]
     pub outbox_max_frames: u64,
     /// `normal` (default) or `full`.
-    #[serde(default)]
-    pub outbox_sync: OutboxSync,
+    #[serde(default = "default_outbox_sync")]
+    pub outbox_sync: Durability,
     /// Most frames in one `frames` message.
     #[serde(default = "default_batch_max")]
     pub batch_max_frames: usize,
@@ -139,7 +136,7 @@ pub struct DongleRole {
     /// Outbox cap per dongle stream.
     pub outbox_max_frames: u64,
     /// Outbox durability.
-    pub outbox_sync: OutboxSync,
+    pub outbox_sync: Durability,
     /// Frames per `frames` message.
     pub batch_max_frames: usize,
     /// Unacknowledged frames in flight per connection.

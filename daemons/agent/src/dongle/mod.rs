@@ -6,9 +6,11 @@
 //! * The poller announces the dongle (`POST /api/v1/agent/dongles`) and polls its assignment.
 //! * Sessions and REST calls go to the role's current server of `server_url`; a lost one
 //!   moves on to the next ([`crate::servers::Failover`]).
-//! * The worker keeps the dongle's frames in a durable, bounded outbox per group
-//!   ([`store`], [`outbox`]), runs the data-plane session (`docs/protocols/data-plane.md`) and
-//!   sends the other side's frames to the address the dongle was last heard from.
+//! * The worker keeps the dongle's frames in a durable, bounded outbox per group — a
+//!   `relay_core::uplink` stream `dongle:{serial}:{group}:{side}` in the role's one store — runs
+//!   the data-plane session (`docs/protocols/data-plane.md`) through `relay_core::uplink`'s
+//!   sans-IO session, and sends the other side's frames to the address the dongle was last
+//!   heard from. [`assignments`] remembers each dongle's last group.
 //!
 //! Every dropped frame is counted by reason (`tether_agent_dongle_frames_dropped_total`) and
 //! logged at a limited rate. Storage format and guarantees: `docs/agent.md`.
@@ -32,19 +34,18 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 pub mod api;
+pub mod assignments;
 pub mod config;
 pub mod metrics;
-pub mod outbox;
 pub mod poller;
-pub mod store;
 pub mod worker;
 
 use crate::servers::Failover;
+use assignments::Assignments;
 use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
-use outbox::{SharedStore, with_store};
 use poller::PollState;
-use store::DongleStore;
+use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
 use worker::{Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
@@ -93,7 +94,11 @@ pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Re
         }
     }
     let path = role.data_dir.join(STATE_FILE);
-    let store: SharedStore = Arc::new(Mutex::new(DongleStore::open(&path, role.outbox_sync)?));
+    let store = OutboxStoreHandle::spawn(
+        SqliteOutboxStore::open(&path, role.outbox_sync)
+            .with_context(|| format!("opening {}", path.display()))?,
+    )?;
+    let assignments = Arc::new(Assignments::load(&role.data_dir));
     let socket = Arc::new(
         UdpSocket::bind(role.listen)
             .await
@@ -129,7 +134,8 @@ pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Re
     let ctx = WorkerCtx {
         cfg: role.clone(),
         servers,
-        store,
+        store: store.clone(),
+        assignments,
         metrics: handle.metrics.clone(),
         socket: socket.clone(),
         stop: stop_rx.clone(),
@@ -148,6 +154,9 @@ pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Re
             }
         }
         Err(e) => warn!(error = %e, "the UDP task failed"),
+    }
+    if let Err(e) = store.close().await {
+        warn!(error = %e, "closing the outbox store");
     }
     log_totals(&handle, "dongle agent stopped");
     drop(lock);
@@ -295,7 +304,7 @@ fn learn(
 ) -> anyhow::Result<(DongleEntry, tokio::task::JoinHandle<()>)> {
     info!(%serial, %from, "new dongle");
     ctx.metrics.note_serial(serial);
-    let saved = with_store(&ctx.store, |s| s.assignment(serial))?;
+    let saved = ctx.assignments.get(serial);
     let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
     let peer = Arc::new(Mutex::new(from));
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);

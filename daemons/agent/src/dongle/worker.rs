@@ -1,10 +1,19 @@
-//! One dongle: its frames from UDP into the outbox of its group, the `/ws/data` session that
-//! drains the outbox and brings the other side's frames back, and REMP datagrams to the dongle.
+//! One dongle: its frames from UDP into the outbox of its group, the `/ws/data` connection that
+//! carries them to the server and brings the other side's frames back, and REMP datagrams to
+//! the dongle.
+//!
+//! The decisions are `relay_core::uplink`'s: a [`StreamOutbox`] per (dongle, group, side) in
+//! the role's one store (seqs, cumulative ack, the cap, drops, renumbering, the inbound cursor)
+//! and an [`UplinkSession`] (when to connect, reconcile, send within the window, mark acked,
+//! drop on a refusal, back off). This worker is the I/O around them: the WebSocket and the
+//! data-plane messages (`docs/protocols/data-plane.md`, mapped onto the session as
+//! `docs/protocols/uplink.md` says), REMP datagrams to the dongle, the fail-over across
+//! `server_url` ([`Failover`]) and the metrics.
 //!
 //! Order of events: the [`poller`](super::poller) publishes the assignment; with a group the
-//! worker opens that stream's outbox and connects; `hello.resume.rx_seq` is the persisted
-//! inbound cursor; after `welcome` the outbox is reconciled with `tx_acked` and unacknowledged
-//! frames are sent again from `tx_acked + 1`. Frames read while there is no (active) group are
+//! worker opens that stream's outbox and its session connects; `hello.resume.rx_seq` is the
+//! stream's inbound cursor; `welcome.tx_acked` is reconciled with the outbox and sending
+//! resumes from what the server holds. Frames read while there is no (active) group are
 //! dropped and counted; while the server is unreachable they wait in the outbox.
 
 use std::net::SocketAddr;
@@ -16,11 +25,18 @@ use can_io::CanRecord;
 use can_io::frame::Channel;
 use can_io::wire::remp::RempSender;
 use futures::{SinkExt, StreamExt};
-use relay_core::engine::{GroupMode, Side};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use relay_core::engine::{DeliverySource, GroupMode, Side};
+use relay_core::log::Item;
 use relay_core::protocol::{
-    self, Ack, Encoding, ErrorCode, FrameBatch, GapNotice, Hello, Message, ResumeCursor, WireFrame,
+    self, Ack, DeliveryMessage, Encoding, ErrorCode, FrameBatch, GapNotice, Hello, Message,
+    ResumeCursor, Welcome, WireFrame, decode_stored_frame, encode_delivery, encode_stored_frame,
 };
-use tether_retry::Backoff;
+use relay_core::uplink::{
+    self as uplink, FullJitter, NewRecord, OutboxRecord, OutboxStoreHandle, Reconciled, Refusal,
+    SentBatch, SessionAction, SessionConfig, StreamConfig, StreamOutbox, UplinkSession,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -29,13 +45,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tracing::{debug, info, warn};
 
-use crate::servers::{Failover, next_delay, reconnect_backoff};
+use crate::servers::Failover;
 
+use super::assignments::{Assignments, SavedAssignment};
 use super::config::DongleRole;
 use super::metrics::{DongleMetrics, DropReason};
-use super::outbox::{SharedStore, StreamOutbox, with_store};
 use super::poller::PollState;
-use super::store::{SavedAssignment, StreamKey};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -47,6 +62,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 /// Drop log lines per dongle and reason at most this often.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
+/// Records read per store call when the stored frames are checked at open.
+const CHECK_PAGE: usize = 4096;
 
 /// Everything a worker shares with the UDP task and the process.
 #[derive(Debug, Clone)]
@@ -55,8 +72,10 @@ pub struct WorkerCtx {
     pub cfg: Arc<DongleRole>,
     /// The role's current server.
     pub servers: Arc<Failover>,
-    /// State file.
-    pub store: SharedStore,
+    /// The outbox store of every dongle stream (`<data_dir>/dongle-agent.sqlite`).
+    pub store: OutboxStoreHandle,
+    /// The last assignment of every dongle.
+    pub assignments: Arc<Assignments>,
     /// Counters.
     pub metrics: DongleMetrics,
     /// The UDP socket (for datagrams to the dongle).
@@ -65,13 +84,37 @@ pub struct WorkerCtx {
     pub stop: watch::Receiver<bool>,
 }
 
+/// The outbox key of a dongle's stream in one side of one group.
+pub fn stream_key(serial: &str, group_id: &str, side: Side) -> String {
+    format!("dongle:{serial}:{group_id}:{side}")
+}
+
+/// The session settings of the role.
+pub fn session_config(cfg: &DongleRole) -> SessionConfig {
+    SessionConfig {
+        window: cfg.send_window_frames,
+        batch_max: cfg.batch_max_frames,
+        // Full jitter from `reconnect_min` (also the floor: a server that keeps refusing gets
+        // no reconnect storm) up to `reconnect_max`.
+        backoff: FullJitter::new(cfg.reconnect_min, cfg.reconnect_max)
+            .with_floor(cfg.reconnect_min),
+        ..SessionConfig::default()
+    }
+}
+
+/// The stream of the dongle's current group: its outbox and the session that drains it.
+struct Stream {
+    group: String,
+    side: Side,
+    outbox: StreamOutbox,
+    session: UplinkSession<StdRng>,
+}
+
 /// A connected session.
 struct Conn {
     sink: WsSink,
     stream: WsStream,
     encoding: Encoding,
-    /// Highest seq sent on this connection (or the resend base).
-    sent_up_to: u64,
     mode: GroupMode,
 }
 
@@ -108,15 +151,14 @@ pub struct Worker {
     poll: watch::Receiver<PollState>,
     repoll: Arc<Notify>,
     to_dongle: RempSender,
-    dongle_id: Option<String>,
+    saved: Option<SavedAssignment>,
     /// Group, side and whether frames are relayed (`None`: no group).
     group: Option<(String, Side, bool)>,
-    outbox: Option<StreamOutbox>,
+    stream: Option<Stream>,
     conn: Option<Conn>,
-    backoff: Backoff,
-    next_connect: Instant,
     /// Index in `server_url` of the server of the last attempt.
     server: usize,
+    started: Instant,
     drops: DropLog,
 }
 
@@ -142,9 +184,8 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let boot_id = rand::random::<u64>();
         let to_dongle = RempSender::new(&serial, boot_id, 1000)?;
-        let backoff = reconnect_backoff(ctx.cfg.reconnect_min, ctx.cfg.reconnect_max);
         let server = ctx.servers.current().0;
-        let mut w = Worker {
+        Ok(Worker {
             serial,
             ctx,
             frames,
@@ -152,25 +193,14 @@ impl Worker {
             poll,
             repoll,
             to_dongle,
-            dongle_id: None,
+            saved,
             group: None,
-            outbox: None,
+            stream: None,
             conn: None,
-            backoff,
-            next_connect: Instant::now(),
             server,
+            started: Instant::now(),
             drops: DropLog::default(),
-        };
-        if let Some(s) = saved {
-            w.dongle_id = Some(s.dongle_id);
-            if let Some((g, side)) = s.group
-                && let Some(side) = parse_side(&side)
-            {
-                // Until the server says otherwise, keep frames for the group it last named.
-                w.set_group(Some((g, side, true)))?;
-            }
-        }
-        Ok(w)
+        })
     }
 
     /// Run until the process stops and the frame channel is drained.
@@ -181,7 +211,16 @@ impl Worker {
         DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
     }
 
+    /// Milliseconds on the worker's monotonic clock (the session's `now_ms`).
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn run_inner(&mut self) -> anyhow::Result<()> {
+        if let Some(group) = self.saved.take().and_then(|s| s.group()) {
+            // Until the server says otherwise, keep frames for the group it last named.
+            self.set_group(Some((group.0, group.1, true))).await?;
+        }
         let mut stop = self.ctx.stop.clone();
         let batch_max = self.ctx.cfg.batch_max_frames;
         let mut poll_open = true;
@@ -189,8 +228,13 @@ impl Worker {
             if *stop.borrow() {
                 return self.shutdown().await;
             }
-            let want_connect = self.conn.is_none() && self.group.is_some();
-            let connect_at = self.next_connect;
+            self.drive().await?;
+            self.publish();
+            let wake = self
+                .stream
+                .as_ref()
+                .and_then(|s| s.session.poll_timeout())
+                .map(|at| self.started + Duration::from_millis(at));
             let mut buf = Vec::new();
             tokio::select! {
                 r = stop.changed() => {
@@ -203,81 +247,166 @@ impl Worker {
                         // The UDP side is gone: the process is stopping.
                         return self.shutdown().await;
                     }
-                    self.on_frames(buf)?;
+                    self.on_frames(buf).await?;
                 }
                 r = self.poll.changed(), if poll_open => {
                     if r.is_ok() {
                         let state = self.poll.borrow_and_update().clone();
-                        self.on_poll(state)?;
+                        self.on_poll(state).await?;
                     } else {
                         poll_open = false;
                     }
                 }
-                () = tokio::time::sleep_until(connect_at), if want_connect => {
-                    match self.connect().await {
-                        Ok(()) => {}
-                        Err(e) => {
-                            let lost = !e.is::<Refused>();
-                            self.fail(&format!("{e:#}"), lost);
-                        }
-                    }
-                }
-                m = next_msg(&mut self.conn) => {
-                    match self.on_ws(m).await {
-                        Ok(false) => {}
-                        Ok(true) => self.end_conn(None).await,
-                        Err(e) => self.end_conn(Some(format!("{e:#}"))).await,
-                    }
-                }
+                () = sleep_until(wake) => {}
+                m = next_msg(&mut self.conn) => self.on_ws(m).await?,
             }
-            if let Err(e) = self.pump().await {
-                self.end_conn(Some(format!("sending: {e:#}"))).await;
-            }
-            DongleMetrics::set(
-                &self.ctx.metrics.relaying,
-                &self.serial,
-                u64::from(self.relaying()),
-            );
         }
     }
 
-    fn set_group(&mut self, group: Option<(String, Side, bool)>) -> anyhow::Result<()> {
-        let same_stream = match (&self.group, &group) {
-            (Some((g0, s0, _)), Some((g1, s1, _))) => g0 == g1 && s0 == s1,
+    fn publish(&self) {
+        let m = &self.ctx.metrics;
+        let pending = self.stream.as_ref().map_or(0, |s| s.outbox.pending());
+        DongleMetrics::set(&m.outbox_pending, &self.serial, pending);
+        DongleMetrics::set(&m.relaying, &self.serial, u64::from(self.relaying()));
+    }
+
+    /// Does every action the session asks for. Store errors end the worker (the next datagram
+    /// of the dongle starts a new one, which opens the stream again).
+    async fn drive(&mut self) -> anyhow::Result<()> {
+        loop {
+            let now = self.now();
+            let Some(action) = self
+                .stream
+                .as_mut()
+                .and_then(|s| s.session.poll_action(now))
+            else {
+                return Ok(());
+            };
+            match action {
+                SessionAction::Connect => self.connect().await?,
+                SessionAction::Reconcile { remote_acked } => self.reconcile(remote_acked).await?,
+                SessionAction::Send { after, max } => self.send_batch(after, max).await?,
+                SessionAction::MarkUplinked { up_to } => {
+                    if let Some(s) = self.stream.as_mut() {
+                        let n = s.outbox.ack(up_to).await?;
+                        DongleMetrics::inc(&self.ctx.metrics.frames_acked, &self.serial, n);
+                    }
+                }
+                SessionAction::DropPending { reason } => {
+                    let label = match reason {
+                        uplink::DropReason::Abandoned => DropReason::GroupChanged,
+                        uplink::DropReason::Overflow => DropReason::OutboxFull,
+                        uplink::DropReason::Refused => DropReason::GroupInactive,
+                    };
+                    self.drop_pending(reason, label).await?;
+                }
+                SessionAction::Disconnect => {
+                    if let Some(mut c) = self.conn.take() {
+                        let _ = c.sink.send(WsMessage::Close(None)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every pending frame of the stream (`reason` for the outbox, `label` for the
+    /// metrics) and tells the session the new last seq.
+    async fn drop_pending(
+        &mut self,
+        reason: uplink::DropReason,
+        label: DropReason,
+    ) -> anyhow::Result<()> {
+        let Some(s) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let report = s.outbox.drop_pending(reason).await?;
+        s.session.handle_records_available(s.outbox.last_seq());
+        self.count_drop(label, report.dropped);
+        self.count_drop(DropReason::OutboxFull, report.unsettled_lost);
+        Ok(())
+    }
+
+    fn count_drop(&mut self, reason: DropReason, n: u64) {
+        self.ctx.metrics.dropped(&self.serial, reason, n);
+        self.drops.note(&self.serial, reason, n);
+    }
+
+    async fn set_group(&mut self, group: Option<(String, Side, bool)>) -> anyhow::Result<()> {
+        let same_stream = match (&self.stream, &group) {
+            (Some(s), Some((g, side, _))) => s.group == *g && s.side == *side,
             (None, None) => true,
             _ => false,
         };
         if !same_stream {
-            if let Some(mut old) = self.outbox.take() {
-                let n = old.drop_pending(DropReason::GroupChanged)?;
-                self.drops.note(&self.serial, DropReason::GroupChanged, n);
+            self.close_conn().await;
+            if let Some(mut old) = self.stream.take() {
+                let report = old
+                    .outbox
+                    .drop_pending(uplink::DropReason::Abandoned)
+                    .await?;
+                self.count_drop(DropReason::GroupChanged, report.dropped);
+                self.count_drop(DropReason::OutboxFull, report.unsettled_lost);
             }
-            self.conn = None;
-            DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
             if let Some((g, side, _)) = &group {
-                let key = StreamKey {
-                    serial: self.serial.clone(),
-                    group_id: g.clone(),
-                    side: side_str(*side).to_owned(),
-                };
-                self.outbox = Some(StreamOutbox::open(
-                    self.ctx.store.clone(),
-                    key,
-                    self.ctx.cfg.outbox_max_frames,
-                    self.ctx.metrics.clone(),
-                )?);
-                info!(serial = %self.serial, group = %g, side = side_str(*side), "dongle assigned to a group");
+                self.stream = Some(self.open_stream(g, *side).await?);
+                info!(serial = %self.serial, group = %g, %side, "dongle assigned to a group");
             } else {
                 info!(serial = %self.serial, "dongle has no group");
             }
-            self.next_connect = Instant::now();
-            self.backoff.reset();
         }
         self.group = group;
         Ok(())
     }
 
-    fn on_poll(&mut self, state: PollState) -> anyhow::Result<()> {
+    /// Opens the outbox of `(serial, group, side)` and a session for it. The stored frames are
+    /// checked once: if one no longer decodes, the server would refuse every batch carrying
+    /// it, so the frames held are dropped and counted (`invalid`).
+    async fn open_stream(&mut self, group: &str, side: Side) -> anyhow::Result<Stream> {
+        let key = stream_key(&self.serial, group, side);
+        let config = StreamConfig {
+            max_records: self.ctx.cfg.outbox_max_frames,
+            ..StreamConfig::default()
+        };
+        let mut outbox = StreamOutbox::open(&self.ctx.store, &key, config)
+            .await
+            .with_context(|| format!("opening the outbox stream {key}"))?;
+        let mut after = outbox.acked();
+        let mut invalid = None;
+        loop {
+            let page = outbox.peek(after, CHECK_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            if let Some(bad) = page
+                .iter()
+                .find(|r| decode_stored_frame(&r.payload).is_err())
+            {
+                invalid = Some(bad.seq);
+                break;
+            }
+        }
+        if let Some(seq) = invalid {
+            let report = outbox.drop_pending(uplink::DropReason::Abandoned).await?;
+            warn!(serial = %self.serial, stream = %key, seq, dropped = report.dropped,
+                "a stored frame does not decode: the frames held for this group are dropped");
+            self.count_drop(DropReason::Invalid, report.dropped);
+            self.count_drop(DropReason::OutboxFull, report.unsettled_lost);
+        }
+        let session = UplinkSession::new(
+            session_config(&self.ctx.cfg),
+            StdRng::from_os_rng(),
+            outbox.acked(),
+            outbox.last_seq(),
+            self.now(),
+        );
+        Ok(Stream {
+            group: group.to_owned(),
+            side,
+            outbox,
+            session,
+        })
+    }
+
+    async fn on_poll(&mut self, state: PollState) -> anyhow::Result<()> {
         let PollState::Known { dongle_id, group } = state else {
             return Ok(());
         };
@@ -285,33 +414,41 @@ impl Worker {
             .as_ref()
             .and_then(|a| parse_side(&a.side).map(|side| (a.id.clone(), side, a.is_active())));
         let saved = SavedAssignment {
-            dongle_id: dongle_id.clone(),
-            group: g
-                .as_ref()
-                .map(|(id, side, _)| (id.clone(), side_str(*side).to_owned())),
+            dongle_id,
+            group_id: g.as_ref().map(|(id, _, _)| id.clone()),
+            side: g.as_ref().map(|(_, side, _)| *side),
         };
-        let serial = self.serial.clone();
-        with_store(&self.ctx.store, |s| {
-            s.save_assignment(&serial, &saved, now_ms())
-        })?;
-        self.dongle_id = Some(dongle_id);
+        self.ctx.assignments.save(&self.serial, saved).await?;
         let was_active = self.group.as_ref().is_some_and(|g| g.2);
-        self.set_group(g)?;
+        self.set_group(g).await?;
         let active = self.group.as_ref().is_some_and(|g| g.2);
-        if was_active != active
-            && let Some(c) = self.conn.as_mut()
-        {
+        if was_active != active && self.conn.is_some() {
             // The poll saw a mode change: trust it until the data plane says more.
-            c.mode = if active {
+            self.set_mode(if active {
                 GroupMode::Active
             } else {
                 GroupMode::Inactive
-            };
+            });
         }
         if was_active && !active && self.conn.is_none() {
-            self.drop_outbox(DropReason::NoGroup)?;
+            self.drop_pending(uplink::DropReason::Refused, DropReason::NoGroup)
+                .await?;
         }
         Ok(())
+    }
+
+    /// The group's mode as the data plane or the poll reports it: no frames are sent while it
+    /// is inactive.
+    fn set_mode(&mut self, mode: GroupMode) {
+        if let Some(c) = self.conn.as_mut() {
+            if c.mode != mode {
+                info!(serial = %self.serial, %mode, "group mode changed");
+            }
+            c.mode = mode;
+        }
+        if let Some(s) = self.stream.as_mut() {
+            s.session.set_paused(mode == GroupMode::Inactive);
+        }
     }
 
     fn relaying(&self) -> bool {
@@ -322,42 +459,76 @@ impl Worker {
         }
     }
 
-    fn on_frames(&mut self, batches: Vec<Vec<CanRecord>>) -> anyhow::Result<()> {
+    async fn on_frames(&mut self, batches: Vec<Vec<CanRecord>>) -> anyhow::Result<()> {
         let n: u64 = batches.iter().map(|b| b.len() as u64).sum();
         DongleMetrics::inc(&self.ctx.metrics.frames_in, &self.serial, n);
-        if !self.relaying() || self.outbox.is_none() {
-            self.ctx
-                .metrics
-                .dropped(&self.serial, DropReason::NoGroup, n);
-            self.drops.note(&self.serial, DropReason::NoGroup, n);
+        if !self.relaying() || self.stream.is_none() {
+            self.count_drop(DropReason::NoGroup, n);
             return Ok(());
         }
-        let Some(outbox) = self.outbox.as_mut() else {
+        let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        let group = outbox.key.group_id.clone();
-        let frames: Vec<WireFrame> = batches
-            .iter()
-            .flatten()
-            .map(|r| WireFrame::from_record(&group, r))
-            .collect();
-        let dropped = outbox.append(frames)?;
-        self.drops
-            .note(&self.serial, DropReason::OutboxFull, dropped);
+        let mut records = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let mut invalid = 0;
+        for r in batches.iter().flatten() {
+            match encode_stored_frame(&WireFrame::from_record(&s.group, r)) {
+                Ok(payload) => records.push(NewRecord {
+                    ts_ms: r.ts_ns / 1_000_000,
+                    payload: payload.into(),
+                }),
+                Err(e) => {
+                    invalid += 1;
+                    debug!(serial = %self.serial, error = %e, "a frame the data plane cannot carry");
+                }
+            }
+        }
+        let queued = records.len() as u64;
+        let report = s.outbox.append(records).await?;
+        s.session.handle_records_available(s.outbox.last_seq());
+        DongleMetrics::inc(&self.ctx.metrics.frames_queued, &self.serial, queued);
+        self.count_drop(DropReason::Invalid, invalid);
+        // Dropped by the cap and never to reach the server; those that were sent are counted
+        // once the server's ack or handshake tells whether it holds them.
+        self.count_drop(DropReason::OutboxFull, report.dropped_pending);
         Ok(())
     }
 
-    fn drop_outbox(&mut self, reason: DropReason) -> anyhow::Result<()> {
-        if let Some(o) = self.outbox.as_mut() {
-            let n = o.drop_pending(reason)?;
-            self.drops.note(&self.serial, reason, n);
+    /// `SessionAction::Connect`: open `/ws/data` at the current server, `hello`, `welcome`.
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        let now = self.now();
+        match self.handshake().await {
+            Ok((conn, welcome)) => {
+                let Some(s) = self.stream.as_mut() else {
+                    return Ok(());
+                };
+                info!(serial = %self.serial, server = %self.ctx.servers.current().1, group = %s.group,
+                    tx_acked = welcome.tx_acked, rx_from = welcome.rx_from, mode = %welcome.mode,
+                    encoding = welcome.encoding.as_str(), pending = s.outbox.pending(),
+                    "data plane connected");
+                if welcome.rx_from > s.outbox.rx_seq() {
+                    warn!(serial = %self.serial, rx_from = welcome.rx_from, local = s.outbox.rx_seq(),
+                        "the server resumes inbound delivery above this agent's cursor");
+                }
+                s.session.handle_connected(welcome.tx_acked, now);
+                self.conn = Some(conn);
+                self.set_mode(welcome.mode);
+                DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 1);
+            }
+            Err(e) => {
+                let lost = !e.is::<Refused>();
+                if let Some(s) = self.stream.as_mut() {
+                    s.session.handle_connect_failed(now);
+                }
+                self.ended(&format!("{e:#}"), lost);
+            }
         }
         Ok(())
     }
 
-    async fn connect(&mut self) -> anyhow::Result<()> {
-        let (Some((group, side, _)), Some(outbox)) = (&self.group, &self.outbox) else {
-            return Ok(());
+    async fn handshake(&mut self) -> anyhow::Result<(Conn, Welcome)> {
+        let Some(s) = self.stream.as_ref() else {
+            bail!("no stream");
         };
         let (index, server) = self.ctx.servers.current();
         self.server = index;
@@ -367,10 +538,10 @@ impl Worker {
         let (mut sink, mut stream) = ws.split();
         let hello = Message::Hello(Hello {
             version: protocol::PROTOCOL_VERSION,
-            group_id: group.clone(),
-            side: *side,
+            group_id: s.group.clone(),
+            side: s.side,
             resume: ResumeCursor {
-                rx_seq: outbox.rx_seq,
+                rx_seq: s.outbox.rx_seq(),
             },
             encodings: vec![Encoding::Msgpack, Encoding::Json],
         });
@@ -390,70 +561,108 @@ impl Worker {
             WsMessage::Close(c) => bail!("the server closed the connection: {c:?}"),
             other => bail!("unexpected first message {other:?}"),
         };
-        let welcome = match welcome {
-            Message::Welcome(w) => w,
+        match welcome {
+            Message::Welcome(w) => Ok((
+                Conn {
+                    sink,
+                    stream,
+                    encoding: w.encoding,
+                    mode: w.mode,
+                },
+                w,
+            )),
             Message::Error(e) => {
                 if matches!(e.code, ErrorCode::Unauthorized) {
                     self.repoll.notify_one();
                 }
                 if matches!(e.code, ErrorCode::CursorAhead) {
-                    self.reset_cursor()?;
+                    self.reset_cursor().await?;
                 }
-                return Err(Refused {
+                Err(Refused {
                     code: e.code,
                     message: e.message,
                 }
-                .into());
+                .into())
             }
             other => bail!("expected welcome, got {}", other.type_name()),
-        };
-        let Some(outbox) = self.outbox.as_mut() else {
+        }
+    }
+
+    /// `SessionAction::Reconcile`: the outbox follows `welcome.tx_acked`; in an inactive group
+    /// the held frames are dropped (the server would refuse them).
+    async fn reconcile(&mut self, tx_acked: u64) -> anyhow::Result<()> {
+        let now = self.now();
+        let inactive = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.mode == GroupMode::Inactive);
+        let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        let base = outbox.reconcile(welcome.tx_acked)?;
-        if welcome.rx_from > outbox.rx_seq {
-            warn!(serial = %self.serial, rx_from = welcome.rx_from, local = outbox.rx_seq,
-                "the server resumes inbound delivery above this agent's cursor");
+        let r: Reconciled = s.outbox.reconcile(tx_acked).await?;
+        if r.remote_ahead {
+            warn!(serial = %self.serial, group = %s.group, server = tx_acked, local = r.last_seq,
+                "the server holds seqs this agent never assigned (its state was lost): continuing above them");
         }
-        let mut conn = Conn {
-            sink,
-            stream,
-            encoding: welcome.encoding,
-            sent_up_to: base,
-            mode: welcome.mode,
+        if r.remote_behind {
+            warn!(serial = %self.serial, server = tx_acked,
+                "the server holds fewer frames than it acknowledged before");
+        }
+        s.session.handle_reconciled(&r, now);
+        DongleMetrics::inc(&self.ctx.metrics.frames_acked, &self.serial, r.newly_acked);
+        self.count_drop(DropReason::OutboxFull, r.lost_in_flight);
+        if inactive {
+            self.drop_pending(uplink::DropReason::Refused, DropReason::GroupInactive)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `SessionAction::Send`: the next batch from the outbox as one `frames` message.
+    async fn send_batch(&mut self, after: u64, max: usize) -> anyhow::Result<()> {
+        let now = self.now();
+        let Some(s) = self.stream.as_mut() else {
+            return Ok(());
         };
-        if welcome.mode == GroupMode::Inactive {
-            self.drop_outbox(DropReason::GroupInactive)?;
-            if let Some(o) = self.outbox.as_mut() {
-                conn.sent_up_to = o.reconcile(welcome.tx_acked)?;
-            }
+        let batch = s.outbox.next_batch(after, max).await?;
+        let sent = match self.conn.as_mut() {
+            Some(c) if !batch.is_empty() => match write_frames(c, s.outbox.key(), &batch).await {
+                Ok(()) => Some(SentBatch {
+                    first: batch.first().map_or(0, |r| r.seq),
+                    last: batch.last().map_or(0, |r| r.seq),
+                    count: batch.len() as u64,
+                    bytes: batch.iter().map(|r| r.payload.len() as u64).sum(),
+                }),
+                Err(e) => {
+                    s.session.handle_sent(None, now);
+                    self.conn_lost(format!("sending frames: {e:#}"));
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
+        if let Some(b) = &sent {
+            DongleMetrics::inc(&self.ctx.metrics.frames_sent, &self.serial, b.count);
         }
-        info!(serial = %self.serial, server = %url, group = %group_of(&self.group), tx_acked = welcome.tx_acked,
-            rx_from = welcome.rx_from, mode = %welcome.mode, encoding = welcome.encoding.as_str(),
-            pending = self.outbox.as_ref().map_or(0, StreamOutbox::pending), "data plane connected");
-        self.conn = Some(conn);
-        self.backoff.reset();
-        DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 1);
+        s.session.handle_sent(sent, now);
         Ok(())
     }
 
-    fn reset_cursor(&mut self) -> anyhow::Result<()> {
-        if let Some(o) = self.outbox.as_mut() {
-            warn!(serial = %self.serial, rx_seq = o.rx_seq,
+    async fn reset_cursor(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stream.as_mut() {
+            warn!(serial = %self.serial, rx_seq = s.outbox.rx_seq(),
                 "the server never stored this agent's inbound cursor (cursor_ahead): resuming from its start");
-            o.set_rx(0)?;
+            s.outbox.set_rx(0).await?;
         }
         Ok(())
     }
 
-    /// A session failed or ended: retry after the next backoff delay (at least
-    /// `reconnect_min`). `lost`: the server could not be reached or the connection broke —
-    /// the next attempt goes to the next server of `server_url`; a refusal or a reset after a
-    /// protocol error stays on the same server.
-    fn fail(&mut self, reason: &str, lost: bool) {
+    /// A connection attempt failed or a session ended (the session has scheduled the retry).
+    /// `lost`: the server could not be reached or the connection broke — the next attempt goes
+    /// to the next server of `server_url`; a refusal the server answered stays on it.
+    fn ended(&mut self, reason: &str, lost: bool) {
         DongleMetrics::inc(&self.ctx.metrics.disconnects, &self.serial, 1);
         DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
-        let delay = next_delay(&mut self.backoff);
         let next = if lost {
             let (next, url) = self.ctx.servers.failed(self.server);
             if next != self.server {
@@ -464,100 +673,134 @@ impl Worker {
         } else {
             self.server
         };
-        warn!(serial = %self.serial, reason, next_server = next,
-            retry_in_ms = delay.as_millis() as u64, "data plane session ended");
-        self.next_connect = Instant::now() + delay;
+        let retry_in_ms = self
+            .stream
+            .as_ref()
+            .and_then(|s| s.session.poll_timeout())
+            .map_or(0, |at| at.saturating_sub(self.now()));
+        warn!(serial = %self.serial, reason, next_server = next, retry_in_ms, "data plane session ended");
     }
 
-    /// Closes the session; `reason`: why it broke (`None`: the agent resets it after a
-    /// protocol error the server sent, and stays on that server).
-    async fn end_conn(&mut self, reason: Option<String>) {
+    /// The connection broke: the session reconnects with backoff, at the next server.
+    fn conn_lost(&mut self, reason: String) {
+        let now = self.now();
+        self.conn = None;
+        if let Some(s) = self.stream.as_mut() {
+            s.session.handle_disconnected(now);
+        }
+        self.ended(&reason, true);
+    }
+
+    /// The server refused something on the connection: the session closes it and reconnects
+    /// with backoff, at the same server.
+    fn refused(&mut self, refusal: Refusal, reason: &str) {
+        let now = self.now();
+        if let Some(s) = self.stream.as_mut() {
+            s.session.handle_refused(refusal, now);
+        }
+        self.ended(reason, false);
+    }
+
+    /// Closes the connection of a stream the worker leaves.
+    async fn close_conn(&mut self) {
         if let Some(mut c) = self.conn.take() {
             let _ = c.sink.send(WsMessage::Close(None)).await;
+            DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
         }
-        let lost = reason.is_some();
-        let reason = reason.unwrap_or_else(|| "reset by the agent".into());
-        self.fail(&reason, lost);
     }
 
-    /// Handle one WebSocket message; `true` ends the session.
+    /// Handles one WebSocket message. Store errors end the worker; everything else is the
+    /// connection's business.
     async fn on_ws(
         &mut self,
         m: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         let Some(encoding) = self.conn.as_ref().map(|c| c.encoding) else {
-            return Ok(false);
+            return Ok(());
         };
-        let msg = match m {
-            None => bail!("the server closed the connection"),
-            Some(Err(e)) => bail!("WebSocket error: {e}"),
-            Some(Ok(WsMessage::Text(t))) => protocol::decode(t.as_bytes(), encoding)?,
-            Some(Ok(WsMessage::Binary(b))) => protocol::decode(&b, encoding)?,
-            Some(Ok(WsMessage::Close(c))) => bail!("the server closed the connection: {c:?}"),
-            Some(Ok(_)) => return Ok(false),
+        let decoded = match m {
+            None => Err("the server closed the connection".to_owned()),
+            Some(Err(e)) => Err(format!("WebSocket error: {e}")),
+            Some(Ok(WsMessage::Text(t))) => {
+                protocol::decode(t.as_bytes(), encoding).map_err(|e| format!("{e:#}"))
+            }
+            Some(Ok(WsMessage::Binary(b))) => {
+                protocol::decode(&b, encoding).map_err(|e| format!("{e:#}"))
+            }
+            Some(Ok(WsMessage::Close(c))) => {
+                Err(format!("the server closed the connection: {c:?}"))
+            }
+            Some(Ok(_)) => return Ok(()),
+        };
+        let msg = match decoded {
+            Ok(msg) => msg,
+            Err(reason) => {
+                self.conn_lost(reason);
+                return Ok(());
+            }
         };
         match msg {
             Message::Ack(Ack { up_to }) => {
-                let Some(o) = self.outbox.as_mut() else {
-                    return Ok(false);
+                let now = self.now();
+                let Some(s) = self.stream.as_mut() else {
+                    return Ok(());
                 };
-                if up_to > o.last_seq {
-                    bail!(
-                        "the server acknowledged seq {up_to}, above the last sent {}",
-                        o.last_seq
-                    );
+                if let Err(e) = s.session.handle_ack(up_to, now) {
+                    self.conn_lost(format!("{e}"));
                 }
-                let n = o.ack(up_to)?;
-                DongleMetrics::inc(&self.ctx.metrics.frames_acked, &self.serial, n);
             }
             Message::Frames(batch) => self.on_inbound(batch).await?,
             Message::Gap(g) => self.on_gap(g).await?,
-            Message::GroupState(s) => {
-                if let Some(c) = self.conn.as_mut() {
-                    if c.mode != s.mode {
-                        info!(serial = %self.serial, mode = %s.mode, "group mode changed");
-                    }
-                    c.mode = s.mode;
-                }
-            }
+            Message::GroupState(s) => self.set_mode(s.mode),
             Message::Error(e) => {
                 warn!(serial = %self.serial, code = ?e.code, message = %e.message, "data plane error");
+                let reason = format!("refused: {:?}: {}", e.code, e.message);
                 match e.code {
                     ErrorCode::GroupInactive => {
-                        if let Some(c) = self.conn.as_mut() {
-                            c.mode = GroupMode::Inactive;
-                        }
-                        self.drop_outbox(DropReason::GroupInactive)?;
+                        self.set_mode(GroupMode::Inactive);
                         self.repoll.notify_one();
+                        self.refused(
+                            Refusal::DropPending {
+                                reason: uplink::DropReason::Refused,
+                            },
+                            &reason,
+                        );
                     }
-                    ErrorCode::CursorAhead => self.reset_cursor()?,
-                    ErrorCode::Unauthorized => self.repoll.notify_one(),
-                    // `seq_out_of_order`: the new session resends from `tx_acked + 1`. The
-                    // first retry comes after `reconnect_min`, so a server that keeps refusing
-                    // gets no reconnect storm. Other codes are fatal or `internal`.
-                    _ => {}
+                    ErrorCode::CursorAhead => {
+                        self.reset_cursor().await?;
+                        self.refused(Refusal::Resync, &reason);
+                    }
+                    ErrorCode::Unauthorized => {
+                        self.repoll.notify_one();
+                        self.refused(Refusal::Resync, &reason);
+                    }
+                    // `seq_out_of_order`: the new session resends from `tx_acked + 1`. Every
+                    // other code: the session retries on the same server after the backoff
+                    // (at least `reconnect_min`), so a server that keeps refusing gets no
+                    // reconnect storm.
+                    _ => self.refused(Refusal::Resync, &reason),
                 }
-                return Ok(true);
             }
-            other => bail!("unexpected {} from the server", other.type_name()),
+            other => self.conn_lost(format!("unexpected {} from the server", other.type_name())),
         }
-        Ok(false)
+        Ok(())
     }
 
     async fn on_inbound(&mut self, batch: FrameBatch) -> anyhow::Result<()> {
-        let Some(o) = self.outbox.as_mut() else {
+        let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
         let Some(last) = batch.last_seq() else {
             return Ok(());
         };
+        let rx_seq = s.outbox.rx_seq();
         let mut dup = 0;
         let mut invalid = 0;
         let mut delivered = 0;
         let default_channel = Channel::from("can0");
         let mut datagrams = Vec::new();
         for (seq, f) in (batch.first_seq..).zip(&batch.frames) {
-            if seq <= o.rx_seq {
+            if seq <= rx_seq {
                 dup += 1;
                 continue;
             }
@@ -595,76 +838,36 @@ impl Worker {
         DongleMetrics::inc(&m.frames_delivered, &self.serial, delivered);
         DongleMetrics::inc(&m.frames_duplicate, &self.serial, dup);
         m.dropped(&self.serial, DropReason::Invalid, invalid);
-        if last > o.rx_seq {
-            o.set_rx(last)?;
-        }
-        let up_to = o.rx_seq;
-        self.send(&Message::Ack(Ack { up_to })).await
+        self.advance_rx(last).await
     }
 
     async fn on_gap(&mut self, g: GapNotice) -> anyhow::Result<()> {
-        let Some(o) = self.outbox.as_mut() else {
-            return Ok(());
-        };
         warn!(serial = %self.serial, from = g.from, to = g.to, count = g.count, reason = ?g.reason,
             "the server reports inbound frames that will never arrive");
         DongleMetrics::inc(&self.ctx.metrics.gap_frames, &self.serial, g.count);
-        if g.to > o.rx_seq {
-            o.set_rx(g.to)?;
-        }
-        let up_to = o.rx_seq;
-        self.send(&Message::Ack(Ack { up_to })).await
+        self.advance_rx(g.to).await
     }
 
-    async fn send(&mut self, m: &Message) -> anyhow::Result<()> {
+    /// Stores the inbound cursor (if `seq` is above it), then acknowledges it to the server.
+    async fn advance_rx(&mut self, seq: u64) -> anyhow::Result<()> {
+        let Some(s) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if seq > s.outbox.rx_seq() {
+            s.outbox.set_rx(seq).await?;
+        }
+        let up_to = s.outbox.rx_seq();
         let Some(c) = self.conn.as_mut() else {
             return Ok(());
         };
-        let bytes = protocol::encode(m, c.encoding)?;
-        let ws = match c.encoding {
-            Encoding::Json => WsMessage::text(String::from_utf8(bytes).context("JSON is UTF-8")?),
-            Encoding::Msgpack => WsMessage::binary(bytes),
+        let sent = match protocol::encode(&Message::Ack(Ack { up_to }), c.encoding) {
+            Ok(bytes) => write_ws(c, bytes).await,
+            Err(e) => Err(e.into()),
         };
-        c.sink.send(ws).await.context("sending")?;
-        Ok(())
-    }
-
-    /// Send outbox frames while the window allows.
-    async fn pump(&mut self) -> anyhow::Result<()> {
-        let window = self.ctx.cfg.send_window_frames;
-        let max = self.ctx.cfg.batch_max_frames;
-        loop {
-            let (Some(c), Some(o)) = (self.conn.as_mut(), self.outbox.as_mut()) else {
-                return Ok(());
-            };
-            if c.mode == GroupMode::Inactive {
-                return Ok(());
-            }
-            let inflight = c.sent_up_to.saturating_sub(o.acked);
-            if inflight >= window {
-                return Ok(());
-            }
-            let room = usize::try_from(window - inflight).unwrap_or(max).min(max);
-            let Some(batch) = o.batch_after(c.sent_up_to, room) else {
-                return Ok(());
-            };
-            let n = batch.frames.len() as u64;
-            let last = batch.last_seq().unwrap_or(c.sent_up_to);
-            // Before the send: a seq that may have reached the server is never reused.
-            o.note_sent(last);
-            let bytes = protocol::encode(&Message::Frames(batch), c.encoding)?;
-            let ws = match c.encoding {
-                Encoding::Json => {
-                    WsMessage::text(String::from_utf8(bytes).context("JSON is UTF-8")?)
-                }
-                Encoding::Msgpack => WsMessage::binary(bytes),
-            };
-            c.sink.feed(ws).await.context("sending frames")?;
-            c.sent_up_to = last;
-            DongleMetrics::inc(&self.ctx.metrics.frames_sent, &self.serial, n);
-            // Flush per batch: batching already happened upstream, latency matters.
-            c.sink.flush().await.context("sending frames")?;
+        if let Err(e) = sent {
+            self.conn_lost(format!("sending an ack: {e:#}"));
         }
+        Ok(())
     }
 
     /// Stop: take what UDP already delivered into the outbox, send what the window allows,
@@ -676,30 +879,66 @@ impl Worker {
             rest.push(b);
         }
         if !rest.is_empty() {
-            self.on_frames(rest)?;
+            self.on_frames(rest).await?;
         }
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
-        while self.conn.is_some() && self.outbox.as_ref().is_some_and(|o| o.pending() > 0) {
-            if let Err(e) = self.pump().await {
+        while self.conn.is_some() && self.stream.as_ref().is_some_and(|s| s.outbox.pending() > 0) {
+            if let Err(e) = self.drive().await {
                 debug!(error = %format!("{e:#}"), "flushing at shutdown");
+                break;
+            }
+            if self.conn.is_none() {
                 break;
             }
             let m = tokio::select! {
                 m = next_msg(&mut self.conn) => m,
                 () = tokio::time::sleep_until(deadline) => break,
             };
-            match self.on_ws(m).await {
-                Ok(false) => {}
-                _ => break,
-            }
+            self.on_ws(m).await?;
         }
-        if let Some(mut c) = self.conn.take() {
-            let _ = c.sink.send(WsMessage::Close(None)).await;
-        }
+        self.close_conn().await;
+        self.publish();
         let t = self.ctx.metrics.totals(&self.serial);
         info!(serial = %self.serial, frames_in = t.frames_in, acked = t.acked, delivered = t.delivered,
             pending = t.pending, dropped = ?t.dropped, gap_frames = t.gaps, "dongle worker stopped");
         Ok(())
+    }
+}
+
+/// Sends `batch` (dense seqs, as the outbox hands them out) as one `frames` message. The stored
+/// payloads are the frames' MessagePack: a MessagePack connection gets them spliced as they
+/// are, a JSON one re-encoded (`relay_core::protocol::encode_delivery`).
+async fn write_frames(c: &mut Conn, stream: &str, batch: &[OutboxRecord]) -> anyhow::Result<()> {
+    let items: Vec<Item> = batch
+        .iter()
+        .map(|r| Item {
+            seq: r.seq,
+            ts_ms: r.ts_ms,
+            payload: r.payload.clone(),
+        })
+        .collect();
+    let mut messages = encode_delivery(stream, &items, c.encoding, DeliverySource::Live)?;
+    let bytes = match (messages.pop(), messages.is_empty()) {
+        (Some(DeliveryMessage::Frames(bytes)), true) => bytes,
+        _ => bail!("stored frames of {stream} do not decode"),
+    };
+    // Flush per batch: batching already happened upstream, latency matters.
+    write_ws(c, bytes).await
+}
+
+/// Sends one encoded message and flushes it.
+async fn write_ws(c: &mut Conn, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let ws = match c.encoding {
+        Encoding::Json => WsMessage::text(String::from_utf8(bytes).context("JSON is UTF-8")?),
+        Encoding::Msgpack => WsMessage::binary(bytes),
+    };
+    c.sink.send(ws).await.context("sending")
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -718,17 +957,6 @@ fn parse_side(s: &str) -> Option<Side> {
         "b" => Some(Side::B),
         _ => None,
     }
-}
-
-fn side_str(s: Side) -> &'static str {
-    match s {
-        Side::A => "a",
-        Side::B => "b",
-    }
-}
-
-fn group_of(g: &Option<(String, Side, bool)>) -> &str {
-    g.as_ref().map_or("-", |(id, _, _)| id.as_str())
 }
 
 /// Milliseconds since the Unix epoch.

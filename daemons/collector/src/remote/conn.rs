@@ -1,11 +1,12 @@
 //! One vehicle's upload connection: `welcome` with what the inbox holds, then batches →
-//! inbox commits (pipelined, in order) → `ack` after each commit.
+//! inbox commits (pipelined, in order) → one cumulative `ack` per commit: the batches of this
+//! connection that one group commit stored are answered by one `ack` of the last.
 
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 
 use super::Inner;
 use crate::wire::{BatchError, PROTOCOL_VERSION, RemoteMessage, decode_batch};
@@ -88,20 +89,36 @@ pub(crate) async fn serve(inner: Arc<Inner>, vehicle: String, mut socket: WebSoc
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },
-                committed = pending.next(), if !pending.is_empty() => match committed {
-                    Some(Ok((commit, records))) => {
-                        inner.publish(&vehicle, &records, high);
-                        high = high.max(commit.ack);
-                        if !send(&mut socket, RemoteMessage::Ack { up_to: commit.ack }).await {
-                            break;
+                committed = pending.next(), if !pending.is_empty() => {
+                    // Every batch of this connection committed in the same group is ready
+                    // now: one cumulative ack answers them all.
+                    let mut committed = committed;
+                    let mut up_to = None;
+                    let mut failed = None;
+                    while let Some(result) = committed {
+                        match result {
+                            Ok((commit, records)) => {
+                                inner.publish(&vehicle, &records, high);
+                                high = high.max(commit.ack);
+                                up_to = Some(commit.ack.max(up_to.unwrap_or(0)));
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
                         }
+                        committed = pending.next().now_or_never().flatten();
                     }
-                    Some(Err(e)) => {
+                    if let Some(up_to) = up_to
+                        && !send(&mut socket, RemoteMessage::Ack { up_to }).await
+                    {
+                        break;
+                    }
+                    if let Some(e) = failed {
                         refuse(&mut socket, "internal", e).await;
                         break;
                     }
-                    None => {}
-                },
+                }
             }
         }
     }

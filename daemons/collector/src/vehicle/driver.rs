@@ -12,11 +12,12 @@ use can_io::CanRecord;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::uplink::{
-    NewRecord, OutboxRecord, Refusal, SentBatch, SessionAction, SessionConfig, StreamOutbox,
-    UplinkSession, UplinkState,
+    OutboxRecord, Refusal, SentBatch, SessionAction, SessionConfig, StreamOutbox, UplinkSession,
+    UplinkState,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::ingest::Admitted;
 use super::link::{LinkEvent, spawn_connect};
 use super::listener::ListenerCounters;
 use super::metrics::VehicleMetrics;
@@ -52,7 +53,7 @@ pub(crate) struct Driver {
     pub(crate) config: VehicleConfig,
     pub(crate) outbox: StreamOutbox,
     pub(crate) session: UplinkSession<StdRng>,
-    pub(crate) records: mpsc::Receiver<Vec<NewRecord>>,
+    pub(crate) records: mpsc::UnboundedReceiver<Admitted>,
     pub(crate) requests: mpsc::Receiver<Request>,
     pub(crate) status_frames: Option<mpsc::Sender<Vec<CanRecord>>>,
     pub(crate) live: broadcast::Sender<Arc<LiveRecord>>,
@@ -93,7 +94,7 @@ impl Driver {
     pub(crate) fn new(
         config: VehicleConfig,
         outbox: StreamOutbox,
-        records: mpsc::Receiver<Vec<NewRecord>>,
+        records: mpsc::UnboundedReceiver<Admitted>,
         requests: mpsc::Receiver<Request>,
         status_frames: Option<mpsc::Sender<Vec<CanRecord>>>,
         live: broadcast::Sender<Arc<LiveRecord>>,
@@ -350,11 +351,19 @@ impl Driver {
         }
     }
 
-    async fn append(&mut self, first: Vec<NewRecord>) {
-        let mut batch = first;
+    /// Appends `first` and what else is queued, up to [`MAX_APPEND`] records; their room in
+    /// the ingest budget comes back when the commit is done.
+    async fn append(&mut self, first: Admitted) {
+        let Admitted {
+            records: mut batch,
+            mut permit,
+        } = first;
         while batch.len() < MAX_APPEND {
             match self.records.try_recv() {
-                Ok(more) => batch.extend(more),
+                Ok(more) => {
+                    batch.extend(more.records);
+                    permit.merge(more.permit);
+                }
                 Err(_) => break,
             }
         }
@@ -395,6 +404,8 @@ impl Driver {
                 }
             }
         }
+        // Committed (or counted as lost): the room goes back to the producers.
+        drop(permit);
     }
 
     async fn prune(&mut self) {

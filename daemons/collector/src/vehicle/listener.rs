@@ -1,8 +1,9 @@
 //! The CAN listener: frames from `CAN_BUS` become records (`frame`, and `signals` with a DBC),
 //! handed to the driver in batches; status frames from the driver go out on the same bus.
 //!
-//! While the driver is busy committing, frames gather here (up to [`MAX_BACKLOG`] records)
-//! and go as one batch; beyond that a frame is dropped and counted (`listener_overflow`).
+//! While the driver is busy committing (or the ingest queue's byte budget is spent,
+//! [`super::ingest`]), frames gather here (up to [`MAX_BACKLOG`] records) and go as one batch;
+//! beyond that a frame is dropped and counted (`listener_overflow`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use can_io::transport::open::{AnyBus, BusAddress, OpenOptions};
 use relay_core::uplink::NewRecord;
 use tokio::sync::mpsc;
 
+use super::ingest::{Ingest, record_cost};
 use crate::dbc::DbcDecoder;
 use crate::record::{frame_record, signals_record};
 
@@ -159,7 +161,7 @@ impl Listener {
     /// it returns.
     async fn run(
         &mut self,
-        records: &mpsc::Sender<Vec<NewRecord>>,
+        records: &Ingest,
         status: &mut mpsc::Receiver<Vec<CanRecord>>,
         counters: &ListenerCounters,
         stop: &mut tokio::sync::oneshot::Receiver<()>,
@@ -167,6 +169,8 @@ impl Listener {
         let mut ended = Ended::Closed;
         let mut errors = 0u32;
         let mut backlog: Vec<NewRecord> = Vec::new();
+        // The backlog's cost in the ingest budget (`ingest::record_cost`), kept as it grows.
+        let mut backlog_bytes = 0usize;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut status_open = true;
         loop {
@@ -183,9 +187,11 @@ impl Listener {
                             counters.overflow.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
+                        let before = backlog.len();
                         if to_records(&frame, self.dbc.as_ref(), &mut backlog) {
                             counters.decoded.fetch_add(1, Ordering::Relaxed);
                         }
+                        backlog_bytes += backlog[before..].iter().map(record_cost).sum::<usize>();
                     }
                     Ok(None) => {
                         tracing::warn!("the CAN bus ended");
@@ -200,13 +206,18 @@ impl Listener {
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 },
-                permit = records.reserve(), if !backlog.is_empty() => match permit {
-                    Ok(permit) => permit.send(std::mem::take(&mut backlog)),
-                    Err(_) => {
+                // Room in the ingest budget for what has gathered (a frame arriving meanwhile
+                // asks again, for the grown backlog).
+                permit = records.reserve(backlog_bytes), if !backlog.is_empty() => {
+                    let sent = permit.map(|p| {
+                        backlog_bytes = 0;
+                        records.send_reserved(std::mem::take(&mut backlog), p)
+                    });
+                    if !matches!(sent, Some(Ok(()))) {
                         ended = Ended::Stopped;
                         break;
                     }
-                },
+                }
                 frames = status.recv(), if status_open => match frames {
                     Some(frames) => {
                         for f in &frames {
@@ -245,7 +256,7 @@ enum Ended {
 pub(crate) async fn supervise(
     listener: Listener,
     address: String,
-    records: mpsc::Sender<Vec<NewRecord>>,
+    records: Ingest,
     mut status: mpsc::Receiver<Vec<CanRecord>>,
     counters: Arc<ListenerCounters>,
     mut stop: tokio::sync::oneshot::Receiver<()>,

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use relay_core::uplink::{
-    DEFAULT_MIRROR_MAX, NewRecord, OnAck, OutboxStoreHandle, SqliteOutboxStore, StreamConfig,
-    StreamOutbox,
+    DEFAULT_MIRROR_MAX, OnAck, OutboxStoreHandle, SqliteOutboxStore, StreamConfig, StreamOutbox,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -24,22 +23,18 @@ use crate::dbc::DbcDecoder;
 
 mod driver;
 mod http;
+pub mod ingest;
 mod link;
 pub mod listener;
 pub mod metrics;
 
 use driver::{Driver, Request};
+use ingest::Ingest;
 use listener::{Listener, ListenerCounters};
 use metrics::VehicleMetrics;
 
 /// The stream key of the vehicle's records in its store.
 pub const STREAM_KEY: &str = "telemetry";
-
-/// Batches of records queued for the store, at most. A producer that outruns the store waits
-/// ([`Vehicle::ingest`]) or gathers its frames into one bigger batch (the CAN listener, up to
-/// its `MAX_BACKLOG`), so what waits in memory stays bounded by the producers' own limits
-/// rather than by this queue.
-const INGEST_BATCHES: usize = 16;
 
 /// A record as the live stream carries it.
 #[derive(Debug, Clone)]
@@ -142,7 +137,7 @@ pub struct VehicleStatus {
 /// A running vehicle role.
 #[derive(Debug)]
 pub struct Vehicle {
-    records: mpsc::Sender<Vec<NewRecord>>,
+    records: Ingest,
     requests: mpsc::Sender<Request>,
     live: broadcast::Sender<Arc<LiveRecord>>,
     registry: Arc<prometheus_client::registry::Registry>,
@@ -183,7 +178,7 @@ impl Vehicle {
             mirror_max: DEFAULT_MIRROR_MAX.max(config.window as usize + config.batch_max),
         };
         let outbox = StreamOutbox::open(&store, STREAM_KEY, stream).await?;
-        let (records_tx, records_rx) = mpsc::channel(INGEST_BATCHES);
+        let (records_tx, records_rx) = ingest::channel();
         let (requests_tx, requests_rx) = mpsc::channel(64);
         let (live, _) = broadcast::channel(4096);
         let counters = Arc::new(ListenerCounters::default());
@@ -248,8 +243,9 @@ impl Vehicle {
         })
     }
 
-    /// Hands records to the store as the listener does (other record sources, benches).
-    pub fn ingest(&self) -> mpsc::Sender<Vec<NewRecord>> {
+    /// Hands records to the store as the listener does (other record sources, benches); the
+    /// queue is bounded in bytes ([`ingest::INGEST_BYTES`]).
+    pub fn ingest(&self) -> Ingest {
         self.records.clone()
     }
 
@@ -285,6 +281,18 @@ impl Vehicle {
         self.store.close().await?;
         Ok(())
     }
+}
+
+/// The async runtime of the vehicle role: one thread (`current_thread`). Its async work is
+/// one driver task, the socket and the dashboard API; the SQLite work runs on the store's own
+/// thread (`OutboxStoreHandle`). One thread instead of a pool of workers is one stack and one
+/// malloc arena fewer per worker: glibc gives each thread that allocates an arena of its own,
+/// and memory freed in one is not reused by the others (`docs/benchmarks.md`, "Telemetry
+/// uplink", RSS).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Runs the vehicle role until `stop` completes: the driver, the listener, and the dashboard

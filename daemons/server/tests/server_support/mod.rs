@@ -100,6 +100,11 @@ impl TestServer {
         Ok((text(&body, "id")?, text(&body, "token")?))
     }
 
+    /// `DELETE path` with a bearer token.
+    pub async fn delete(&self, path: &str, token: &str) -> TestResult<(StatusCode, Value)> {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     /// Announces a dongle with an agent token and returns its id.
     pub async fn dongle(&self, agent_token: &str, serial: &str) -> TestResult<String> {
         let (status, body) = self
@@ -114,6 +119,29 @@ impl TestServer {
             "{status} {body}"
         );
         text(&body, "id")
+    }
+
+    /// Creates a group "g" of dongles `a` and `b` for `user` and returns its id.
+    pub async fn group(&self, user: &str, a: &str, b: &str) -> TestResult<String> {
+        let body = serde_json::json!({ "name": "g", "dongle_a": a, "dongle_b": b });
+        let (status, group) = self.post("/api/v1/groups", user, body).await?;
+        assert_eq!(status, StatusCode::CREATED, "{group}");
+        text(&group, "id")
+    }
+
+    /// [`TestServer::group`], then activated.
+    pub async fn active_group(&self, user: &str, a: &str, b: &str) -> TestResult<String> {
+        let id = self.group(user, a, b).await?;
+        let path = format!("/api/v1/groups/{id}/activate");
+        let (status, body) = self.post(&path, user, serde_json::json!({})).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Ok(id)
+    }
+
+    /// The `/metrics` page as text.
+    pub async fn metrics(&self) -> TestResult<String> {
+        let url = format!("{}/metrics", self.base);
+        Ok(self.client.get(url).send().await?.text().await?)
     }
 
     /// A user with an agent and two announced dongles: `(user token, agent token, a, b)`.

@@ -35,11 +35,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         println!("configuration OK");
         return Ok(ExitCode::SUCCESS);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = config.runtime().context("starting the async runtime")?;
     rt.block_on(async move {
         let stop = StopSignals::register();
         tether_runtime::logging::init_json_logs(&args.log_level);

@@ -443,6 +443,26 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Says hello from `dongle` until the agent has a data-plane session for `group` (fails with
+/// the agent's log after [`GUARD`]).
+pub async fn until_session(
+    server: &MockServer,
+    agent: &Agent,
+    dongle: &mut SimDongle,
+    group: &str,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while server.hellos_for(group).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session; log:\n{}",
+            agent.log_text()
+        );
+        dongle.hello().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The capture shipped with the project.
 pub fn capture_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
