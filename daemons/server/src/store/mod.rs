@@ -83,6 +83,9 @@ pub struct Store {
     /// Users of recently authenticated tokens, by the token's SHA-256 (see
     /// [`Store::user_token_cache`]).
     user_tokens: TtlCache<[u8; 32], User>,
+    /// This process's server instance id (a fresh UUID per open): stamped on the commands
+    /// it accepts or adopts (`commands.instance`, `docs/cluster.md`).
+    instance: String,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,7 @@ impl Store {
                 path: path.to_owned(),
             },
             user_tokens: user_token_cache(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -198,6 +202,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Postgres(PgHandle { pool: Some(pool) }),
             user_tokens: user_token_cache(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -205,6 +210,12 @@ impl Store {
     /// request path (`http::auth`); cleared by [`Store::revoke_user_token`].
     pub fn user_token_cache(&self) -> &TtlCache<[u8; 32], User> {
         &self.user_tokens
+    }
+
+    /// This process's server instance id: a fresh UUID each time the records are opened, so
+    /// stable for one run of `tether server` and never reused (`docs/cluster.md`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Where the records are, for logs and `--check-config`: the SQLite file's path, or
