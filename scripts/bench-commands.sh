@@ -10,17 +10,21 @@
 # shared machine: figures are noisy.
 #
 # Usage: scripts/bench-commands.sh [COUNT=20000] [CONCURRENCY=64] [VEHICLES=100]
-#        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
+#        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR;
+#        BIN_DIR=DIR (implies NO_BUILD) takes `tether` and `bench_commands` from DIR instead —
+#        to alternate builds of two commits in one session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-20000}
 CONCURRENCY=${2:-64}
 VEHICLES=${3:-100}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
-if [ -z "${NO_BUILD:-}" ]; then
+if [ -z "${NO_BUILD:-}" ] && [ -z "${BIN_DIR:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_commands
 fi
-BIN=$CARGO_TARGET_DIR/release
+BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
+BENCH=$BIN/bench_commands
+[ -x "$BENCH" ] || BENCH=$BIN/examples/bench_commands
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -60,7 +64,7 @@ for _ in $(seq 100); do
 done
 [ -n "$BASE" ] || { echo "server did not start:" >&2; cat "$WORK/server.err" >&2; exit 1; }
 echo "== $COUNT ReadDTC commands, $CONCURRENCY in flight, $VEHICLES vehicles, mock connector at zero delay, via $BASE ==" >&2
-LINE=$(nice "$BIN/examples/bench_commands" --server "$BASE" --token "$TOKEN" --redis "$REDIS" \
+LINE=$(nice "$BENCH" --server "$BASE" --token "$TOKEN" --redis "$REDIS" \
   --count "$COUNT" --concurrency "$CONCURRENCY" --vehicles "$VEHICLES")
 echo "$LINE"
 echo "   server resident memory after the run: $(ps -o rss= -p "$SERVER" | tr -d ' ') KiB" >&2

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use data_client::{DataClient, batch, seq_of};
 use relay_core::engine::Side;
+use relay_core::protocol::diag::{
+    AgentCommandStatus, CommandResponse, CommandStatusUpdate, DiagHello, DiagMessage, decode_diag,
+    encode_diag,
+};
 use relay_core::protocol::{Encoding, Message};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -29,6 +33,8 @@ use support::{
     Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, free_tcp_port, redis_url,
     require_redis, signal,
 };
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use uuid::Uuid;
 
 /// How long a whole scenario may take before it fails.
 const SCENARIO: Duration = Duration::from_secs(90);
@@ -102,6 +108,7 @@ struct Setup {
     group: String,
     token_a: String,
     token_b: String,
+    dongle_a: String,
 }
 
 async fn setup(server: &ServerProc, user: &str, db: Option<&FreshDatabase>) -> TestResult<Setup> {
@@ -140,6 +147,7 @@ async fn setup(server: &ServerProc, user: &str, db: Option<&FreshDatabase>) -> T
         group,
         token_a,
         token_b,
+        dongle_a: a,
     })
 }
 
@@ -420,13 +428,18 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
             })
             .await?;
         }
-        let at_b = wait_group(&servers[1].api(), &setup, "B's frames waiting for A", |g| {
-            g["backlog"]["b_to_a"]
-                .as_u64()
-                .is_some_and(|n| n + a_before >= b_target)
-        })
-        .await?;
-        eprintln!("instance 2 during the outage: {at_b}");
+        // Instance 2 (B's) counts B's frames waiting for A, and so does instance 3, which
+        // holds neither side (it shows the status instance 2 shares through Redis).
+        for (index, server) in servers.iter().enumerate().skip(1) {
+            let seen = wait_group(&server.api(), &setup, "B's frames waiting for A", |g| {
+                g["mode"] == "degraded"
+                    && g["backlog"]["b_to_a"]
+                        .as_u64()
+                        .is_some_and(|n| n + a_before >= b_target)
+            })
+            .await?;
+            eprintln!("instance {} during the outage: {seen}", index + 1);
+        }
         // A fails over to instance 3 and everything drains.
         a.at = 1;
         a.connect().await?;
@@ -449,6 +462,245 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
                 active_no_backlog,
             )
             .await?;
+        }
+        Ok(())
+    }
+    .await;
+    ws.explain(outcome)
+}
+
+/// The agent's diagnostics role (commands) on a `/ws/data` connection, played by the test.
+struct DiagAgent {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl DiagAgent {
+    /// Connects to `base` with the agent token, serving `dongle`.
+    async fn connect(base: &str, token: &str, dongle: &str) -> TestResult<DiagAgent> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/ws/data", base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().map_err(|_| "bad token")?,
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut agent = DiagAgent { ws };
+        agent
+            .send(&DiagMessage::DiagHello(DiagHello {
+                version: 1,
+                dongles: vec![dongle.parse()?],
+            }))
+            .await?;
+        match agent.recv().await? {
+            DiagMessage::DiagWelcome(w) if w.dongles.len() == 1 => Ok(agent),
+            other => {
+                Err(format!("expected a diag_welcome serving the dongle, got {other:?}").into())
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &DiagMessage) -> TestResult {
+        use futures::SinkExt;
+        let text = encode_diag(message)?;
+        self.ws.send(WsMessage::Text(text.into())).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> TestResult<DiagMessage> {
+        use futures::StreamExt;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .map_err(|_| "nothing from the server")?;
+            match next {
+                Some(Ok(WsMessage::Text(t))) => return Ok(decode_diag(t.as_bytes())?),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                other => return Err(format!("diagnostics connection ended: {other:?}").into()),
+            }
+        }
+    }
+
+    /// Waits for a command, reports it in progress and sends its first (not final) answer.
+    async fn start_command(&mut self) -> TestResult<Uuid> {
+        let id = match self.recv().await? {
+            DiagMessage::Command(c) => c.command_id,
+            other => return Err(format!("expected a command, got {other:?}").into()),
+        };
+        self.send(&DiagMessage::CommandStatus(CommandStatusUpdate {
+            command_id: id,
+            status: AgentCommandStatus::InProgress,
+        }))
+        .await?;
+        self.answer(id, 1, false).await?;
+        Ok(id)
+    }
+
+    async fn answer(&mut self, id: Uuid, seq: u32, is_final: bool) -> TestResult {
+        self.send(&DiagMessage::CommandResponse(CommandResponse {
+            command_id: id,
+            sequence_number: seq,
+            is_final,
+            response: serde_json::json!({"ecu": "engine", "dtcs": [], "part": seq}),
+        }))
+        .await
+    }
+}
+
+/// A vehicle on side A's dongle; a ReadDTC posted for it on `api` → the command id.
+async fn vehicle_and_command(api: &Api, setup: &Setup) -> TestResult<String> {
+    let (status, vehicle) = api
+        .post(
+            "/api/v1/vehicles",
+            &setup.user,
+            serde_json::json!({
+                "name": "car",
+                "vin": "1HGCM82633A004352",
+                "dongle_id": setup.dongle_a,
+                "ecus": [{"name": "engine", "request_id": "0x7E0", "response_id": "0x7E8"}]
+            }),
+        )
+        .await?;
+    if status != StatusCode::CREATED {
+        return Err(format!("create vehicle: {status} {vehicle}").into());
+    }
+    post_command(api, setup, &vehicle["id"]).await
+}
+
+async fn post_command(api: &Api, setup: &Setup, vehicle: &Value) -> TestResult<String> {
+    let (status, body) = api
+        .post(
+            "/api/v1/commands",
+            &setup.user,
+            serde_json::json!({"vehicle_id": vehicle, "command_name": "ReadDTC",
+                               "command_params": {"status_mask": 8}}),
+        )
+        .await?;
+    if status != StatusCode::ACCEPTED {
+        return Err(format!("post command: {status} {body}").into());
+    }
+    Ok(body["command_id"]
+        .as_str()
+        .ok_or("no command_id")?
+        .to_owned())
+}
+
+/// The command as `api` shows it, once `check` accepts it.
+async fn wait_command(
+    api: &Api,
+    setup: &Setup,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> TestResult<Value> {
+    eventually(Duration::from_secs(20), what, || async {
+        let (status, body) = api
+            .get(&format!("/api/v1/commands/{id}"), &setup.user)
+            .await
+            .ok()?;
+        (status == StatusCode::OK && check(&body)).then_some(body)
+    })
+    .await
+}
+
+fn active_both_online(group: &Value) -> bool {
+    group["mode"] == "active" && group["offline_side"].is_null()
+}
+
+/// Start-up resets are instance-scoped (`docs/cluster.md`): instance 2 is killed and started
+/// again while instance 1 holds both sides of a group and runs a command on the agent
+/// connected to it — the sides stay online in the shared records on both instances and the
+/// command completes. Then instance 1 itself is killed with a command in flight and started
+/// again: that command, whose owner is gone, fails as interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarting_instance_leaves_the_live_ones_sides_and_commands_alone() -> TestResult {
+    let redis = redis_url();
+    require_redis(&redis).await?;
+    let ws = Workspace::new()?;
+    let db = FreshDatabase::create()?;
+    let mut servers = cluster(&ws, 2, &redis, Some(&db)).await?;
+    let outcome = async {
+        let setup = setup(&servers[0], "ren", Some(&db)).await?;
+        let base = servers[0].base.clone();
+        let (mut a, mut b) = setup.peers(vec![base.clone()], vec![base.clone()]).await?;
+        let mut diag = DiagAgent::connect(&base, &setup.token_a, &setup.dongle_a).await?;
+        for server in &servers {
+            wait_group(
+                &server.api(),
+                &setup,
+                "active on both instances",
+                active_both_online,
+            )
+            .await?;
+        }
+        let api = servers[0].api();
+        let id = vehicle_and_command(&api, &setup).await?;
+        let started = diag.start_command().await?;
+        assert_eq!(started.to_string(), id);
+        wait_command(&servers[1].api(), &setup, &id, "in progress", |c| {
+            c["status"] == "in_progress"
+        })
+        .await?;
+
+        servers[1].kill9();
+        servers[1].restart().await?;
+        // Relay through instance 1 past the restarted instance's start-up checks (the second
+        // one comes once presence keys of a just-dead holder would have expired).
+        let last = 3000;
+        let until = Instant::now() + Duration::from_secs(5);
+        run(&mut [&mut a, &mut b], last, |_| Instant::now() > until).await?;
+        for server in &servers {
+            let group = api.group(&setup.user, &setup.group).await;
+            let here = server.api().group(&setup.user, &setup.group).await;
+            for g in [group, here] {
+                let g = g.ok_or("group not readable")?;
+                if !active_both_online(&g) {
+                    return Err(format!("a live instance's sides were reset: {g}").into());
+                }
+            }
+            let (_, command) = server
+                .api()
+                .get(&format!("/api/v1/commands/{id}"), &setup.user)
+                .await?;
+            if command["status"] != "in_progress" {
+                return Err(format!("a live instance's command was ended: {command}").into());
+            }
+        }
+        diag.answer(started, 2, true).await?;
+        for server in &servers {
+            wait_command(&server.api(), &setup, &id, "completed", |c| {
+                c["status"] == "completed"
+            })
+            .await?;
+        }
+        run(&mut [&mut a, &mut b], last, |p| {
+            p[0].done(last) && p[1].done(last)
+        })
+        .await?;
+        check_record(&a, last)?;
+        check_record(&b, last)?;
+
+        // Instance 1 dies with a command in flight; once restarted, that command is over.
+        let (_, command) = api
+            .get(&format!("/api/v1/commands/{id}"), &setup.user)
+            .await?;
+        let second = post_command(&api, &setup, &command["vehicle_id"]).await?;
+        let started = diag.start_command().await?;
+        assert_eq!(started.to_string(), second);
+        wait_command(&api, &setup, &second, "in progress", |c| {
+            c["status"] == "in_progress"
+        })
+        .await?;
+        servers[0].kill9();
+        servers[0].restart().await?;
+        for server in &servers {
+            let ended = wait_command(&server.api(), &setup, &second, "failed", |c| {
+                c["status"] == "failed"
+            })
+            .await?;
+            assert_eq!(ended["error_message"], "interrupted: server restarted");
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from relay_harness import chromium, free_port, running_relay
+from relay_harness import chromium, free_port, running_relay, stop
 from tether_server import TETHER, TIMEOUT, env_without_redis
 
 # scripts/test.sh installs the browser and sets TETHER_REQUIRE_BROWSER: there a missing browser
@@ -295,11 +295,102 @@ def test_vehicle_read_dtc(relay, browser):
     until("the history", lambda: d.find_elements(By.CSS_SELECTOR, "#history tr[data-command]"))
 
 
-def test_telemetry_view(relay, browser):
+BACKLOG = 1000
+
+
+def start_vehicle(tmp: Path, name: str, **env) -> tuple:
+    """A `tether collector` vehicle on its own store, with its dashboard API on a free port."""
+    port = free_port()
+    full = {"PATH": os.environ.get("PATH", ""), "ROLE": "vehicle", "DB_PATH": str(tmp / "vehicle.db"),
+            "LISTEN": f"127.0.0.1:{port}", "DB_SYNC": "normal", **env}
+    proc = subprocess.Popen([TETHER, "collector"], env=full, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "a"))
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def vehicle_status(base: str) -> dict:
+    return httpx.get(f"{base}/api/v1/telemetry/status", timeout=5).json()
+
+
+@pytest.fixture(scope="module")
+def vehicle(relay):
+    """A real vehicle with a backlog: first offline, it stores BACKLOG frames from a CAN bus
+    (python-can through our socketcand server); then, restarted with the server as its remote
+    and an agent's token, it reports that queue on connect and drains it."""
+    import can
+
+    tmp = Path(tempfile.mkdtemp(prefix="tether-webui-vehicle-"))
+    agent = relay.api("POST", "/agents", {"name": "telemetry vehicle"})
+    bus_server = subprocess.Popen([TETHER, "can", "serve-socketcand", "--listen", "127.0.0.1:0", "--bus", "vcan0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs = [bus_server]
+    try:
+        bus_port = int(bus_server.stdout.readline().split(":")[-1])
+        offline, base = start_vehicle(tmp, "vehicle-offline", ENABLE_UPLINK_MANAGER="false",
+                                      CAN_BUS=f"socketcand://127.0.0.1:{bus_port}/vcan0")
+        procs.append(offline)
+        bus = can.Bus(interface="socketcand", host="127.0.0.1", port=bus_port, channel="vcan0")
+        try:
+            # Frames count once the vehicle is on the bus: send until its queue holds BACKLOG.
+            def filled():
+                queue = vehicle_status(base)["queue_size"]
+                for n in range(min(100, BACKLOG - queue)):
+                    bus.send(can.Message(arbitration_id=0x321, is_extended_id=False, data=bytes([n % 256] * 8)))
+                return queue >= BACKLOG
+            until("the offline vehicle's queue", filled, 60)
+        finally:
+            bus.shutdown()
+
+        def settled():
+            first = vehicle_status(base)["queue_size"]
+            time.sleep(0.5)
+            return first == vehicle_status(base)["queue_size"] and first
+        queued = until("the last frames stored", settled)
+        stop(offline)
+        assert offline.returncode == 0
+        online, base = start_vehicle(tmp, "vehicle", ENABLE_CAN_LISTENER="false", API_KEY=agent["token"],
+                                     REMOTE_ENDPOINT_URL=relay.base.replace("http", "ws", 1) + "/ws/telemetry/upload")
+        procs.append(online)
+        until("the vehicle drains its queue", lambda: vehicle_status(base)["queue_size"] == 0, 60)
+        yield {"id": agent["id"], "queued": queued, "base": base}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_telemetry_view(relay, browser, vehicle):
+    from selenium.webdriver.common.by import By
+
     d = browser
     open_route(d, relay, "/telemetry")
     until("a status line", lambda: d.find_element("id", "uplink-state").get_attribute("data-state"))
+    row = f'#telemetry-vehicles tr[data-vehicle="{vehicle["id"]}"]'
+    until("the vehicle's row with its queue", lambda: d.find_element(By.CSS_SELECTOR, f"{row} td[data-queue]").get_attribute("data-queue"))
+    assert d.find_element(By.CSS_SELECTOR, row).get_attribute("data-connected") == "true"
     shot(d, "telemetry")
+
+    open_route(d, relay, f"/telemetry/{vehicle['id']}")
+    until("the uplink state", lambda: d.find_element(By.ID, "uplink-state").get_attribute("data-state") == "connected")
+    # The vehicle's reports: the backlog on connect, then (a second later) the drained queue.
+    until("the vehicle's report of its drained queue", lambda: d.find_element(By.ID, "uplink-report").get_attribute("data-queue") == "0")
+    assert d.find_element(By.ID, "uplink-report").get_attribute("data-state") == "connected"
+    assert "queue 0 records" in text(d, "#uplink-report")
+    # The chart plots the statuses the server kept: the backlog reported on connect, then the
+    # drained queue.
+    chart = d.find_element(By.ID, "telemetry-chart")
+    until("the backlog in the chart", lambda: chart.get_attribute("data-queue-max") == str(vehicle["queued"]))
+    assert int(chart.get_attribute("data-points")) >= 2
+    assert chart.get_attribute("data-queue-last") == "0"
+    # Something is drawn in the series' colours (blue queue, red throughput), not only the frame.
+    drawn = d.execute_script(
+        "const c = arguments[0]; const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < px.length; i += 4) {"
+        "  const [r, g, b] = [px[i], px[i + 1], px[i + 2]];"
+        "  if ((b > 100 && r < 80) || (r > 150 && g < 100 && b < 100)) n++; }"
+        "return n;", chart)
+    assert drawn > 20, f"no series drawn ({drawn} coloured pixels)"
+    shot(d, "telemetry-vehicle")
 
 
 SECOND_PAGE = """<!doctype html><meta charset="utf-8"><title>dashboard</title>

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use relay_core::sqlite::Durability;
 use relay_core::uplink::NewRecord;
 use tether_collector::config::{VehicleConfig, VehicleKey};
-use tether_collector::remote::{KeyAuth, Remote};
 use tether_collector::vehicle::Vehicle;
 
 const VEHICLES: usize = 200;
@@ -26,12 +26,7 @@ async fn two_hundred_vehicles_upload_to_one_remote() {
             api_key: format!("key-{i}"),
         })
         .collect();
-    let auth = Arc::new(KeyAuth::new(keys, Some("reader".into())));
-    let remote = Remote::open(&dir.path().join("remote.db"), Durability::Full, auth).unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let router = remote.router();
-    let server = tokio::spawn(async move { axum::serve(tcp, router).await.unwrap() });
+    let (addr, server) = support::spawn_remote(&dir.path().join("remote.db"), keys).await;
 
     let mut vehicles = Vec::new();
     for i in 0..VEHICLES {

@@ -70,6 +70,7 @@
 //! own: ordering, replay, retention and group modes are `relay-core`'s engine, event streams
 //! `sse-core`'s hub. TLS is left to a proxy or to the embedding service.
 
+pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod console;
@@ -274,12 +275,9 @@ impl ServerBuilder {
         let mut data_plane = None;
         let mut plane_handle = None;
         if let Ok((relay_metrics, cache, log)) = relay {
-            // Presence recorded by an earlier process is stale until agents reconnect.
-            let changes = state
-                .store()
-                .call(|store| store.reset_presence(chrono::Utc::now()))
-                .await?;
-            state.publish_mode_changes(changes);
+            // Presence recorded by an earlier process is stale until agents reconnect (in a
+            // cluster: only what no live instance holds).
+            dataplane::reset_presence(&state, &log).await?;
             let (plane, tasks): (DataPlane, DataPlaneTasks) = DataPlane::start(
                 state.clone(),
                 log,

@@ -45,10 +45,12 @@ conformance!(
     serials_belong_to_one_user,
     group_refusals_and_deletion,
     presence_reset_at_start,
+    presence_reset_of_listed_dongles_not_seen_since,
     vehicles_and_their_refusals,
     command_lifecycle,
     command_listing_filters_and_pages,
     command_writes_in_one_commit,
+    commands_are_adopted_once_from_their_recorded_owner,
     timestamps_keep_milliseconds,
 );
 
@@ -347,7 +349,10 @@ fn group_refusals_and_deletion(store: &Store) -> TestResult {
     Ok(())
 }
 
-fn presence_reset_at_start(store: &Store) -> TestResult {
+/// Alice's active group with both dongles online since `at(2)`: `(user, a, b, group)`.
+fn online_pair(
+    store: &Store,
+) -> Result<(Uuid, Dongle, Dongle, Uuid), Box<dyn std::error::Error + Send + Sync>> {
     let user = store.ensure_user("alice", at(0))?;
     let agent = store.create_agent(user.id, "edge", at(0))?.agent;
     let (a, b) = (announce(store, &agent, "A")?, announce(store, &agent, "B")?);
@@ -358,10 +363,12 @@ fn presence_reset_at_start(store: &Store) -> TestResult {
     store.set_group_activated(user.id, group.id, true, None, &actor, at(1))?;
     store.set_dongle_online(a.id, true, at(2), &|_| None)?;
     store.set_dongle_online(b.id, true, at(2), &|_| None)?;
-    assert_eq!(
-        store.group(group.id)?.map(|g| g.mode),
-        Some(GroupMode::Active)
-    );
+    Ok((user.id, a, b, group.id))
+}
+
+fn presence_reset_at_start(store: &Store) -> TestResult {
+    let (user, a, _, group) = online_pair(store)?;
+    assert_eq!(store.group(group)?.map(|g| g.mode), Some(GroupMode::Active));
     let changes = store.reset_presence(at(3))?;
     assert_eq!(
         changes
@@ -374,15 +381,81 @@ fn presence_reset_at_start(store: &Store) -> TestResult {
             Some(OfflineSide::Both)
         )]
     );
-    assert!(store.list_dongles(user.id)?.iter().all(|d| !d.online));
+    assert!(store.list_dongles(user)?.iter().all(|d| !d.online));
     assert_eq!(
-        store.get_dongle(user.id, a.id)?.and_then(|d| d.last_seen),
+        store.get_dongle(user, a.id)?.and_then(|d| d.last_seen),
         Some(trunc(at(2)))
     );
     assert!(
         store.reset_presence(at(4))?.is_empty(),
         "nothing left online"
     );
+    Ok(())
+}
+
+/// A cluster instance's start-up reset (`docs/cluster.md`): only the listed dongles, and only
+/// those not seen since the given time.
+fn presence_reset_of_listed_dongles_not_seen_since(store: &Store) -> TestResult {
+    let (_, a, b, group) = online_pair(store)?;
+    let mut members = store.online_members()?;
+    members.sort_by(|x, y| x.2.cmp(&y.2));
+    assert_eq!(
+        members,
+        vec![(a.id, group, "a".to_owned()), (b.id, group, "b".to_owned())]
+    );
+    // Seen after the cut-off: kept.
+    assert!(
+        store
+            .reset_presence_of(&[a.id], Some(at(1)), at(3))?
+            .is_empty()
+    );
+    assert_eq!(store.online_members()?.len(), 2);
+    let changes = store.reset_presence_of(&[a.id], Some(at(2)), at(3))?;
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| (c.old, c.state.mode, c.state.offline_side))
+            .collect::<Vec<_>>(),
+        vec![(GroupMode::Active, GroupMode::Degraded, Some(OfflineSide::A))]
+    );
+    assert_eq!(store.online_members()?, vec![(b.id, group, "b".to_owned())]);
+    // Without a cut-off, listed ones only; an offline one is no change.
+    assert!(store.reset_presence_of(&[a.id], None, at(4))?.is_empty());
+    // B goes offline too (the mode stays degraded: no change to report).
+    assert!(store.reset_presence_of(&[b.id], None, at(4))?.is_empty());
+    assert!(store.online_members()?.is_empty());
+    Ok(())
+}
+
+/// Command owners (`commands.instance`): a command is adopted only from the owner recorded,
+/// by one adopter, and only while it is open.
+fn commands_are_adopted_once_from_their_recorded_owner(store: &Store) -> TestResult {
+    let alice = store.ensure_user("alice", at(0))?;
+    let car = store
+        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
+        .map_err(|r| format!("{r:?}"))?;
+    let cmd = command(alice.id, car.id, at(1));
+    store.insert_command(&cmd)?;
+    let me = store.instance().to_owned();
+    let owned = store.open_commands_owned()?;
+    assert_eq!(owned.len(), 1);
+    assert_eq!(owned[0].0.command_id, cmd.command_id);
+    assert_eq!(owned[0].1.as_deref(), Some(me.as_str()));
+    let id = cmd.command_id;
+    assert!(!store.adopt_command(id, None)?, "it has an owner");
+    assert!(
+        !store.adopt_command(id, Some("someone-else"))?,
+        "not theirs"
+    );
+    assert!(store.adopt_command(id, Some(&me))?);
+    assert!(store.start_command(id)?);
+    assert!(store.adopt_command(id, Some(&me))?, "in progress is open");
+    assert!(store.fail_command(id, "interrupted: server restarted", at(2))?);
+    assert!(
+        !store.adopt_command(id, Some(&me))?,
+        "an ended command stays"
+    );
+    assert!(store.open_commands_owned()?.is_empty());
     Ok(())
 }
 

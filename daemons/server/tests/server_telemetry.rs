@@ -68,8 +68,33 @@ async fn vehicles_upload_with_agent_tokens_and_users_read_their_own() -> TestRes
         .unwrap_or_default();
     assert_eq!(ns, vec![4, 5, 6]);
     assert_eq!(page["next_after_seq"], 7);
+    // The vehicle's uplink status (its `status` messages) reaches the vehicle's record.
+    let one = format!("/api/v1/telemetry/vehicles/{agent_id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let (status, record) = server.get(&one, &alice).await?;
+        assert_eq!(status, StatusCode::OK, "{record}");
+        if record["status"]["state"] == "connected" && record["status"]["queue"] == 0 {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "no status: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["connected"], true);
+    assert!(
+        !record["status_history"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    let (_, list) = server.get("/api/v1/telemetry/vehicles", &alice).await?;
+    assert_eq!(
+        list["vehicles"][0]["status"]["state"], "connected",
+        "{list}"
+    );
     // Bob sees nothing of Alice's agent.
     let (status, _) = server.get(&path, &bob).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server.get(&one, &bob).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (_, list) = server.get("/api/v1/telemetry/vehicles", &bob).await?;
     assert_eq!(list["vehicles"].as_array().map(Vec::len), Some(0));

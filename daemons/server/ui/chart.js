@@ -1,5 +1,6 @@
 // A small line chart on a canvas: one or two series over time, each on its own scale
-// (left and right axis), redrawn when data is added. Enough for a status page; no library.
+// (left and right axis), redrawn when data is added or replaced. Enough for a status page; no
+// library.
 
 export class LineChart {
   constructor(canvas, series) {
@@ -12,6 +13,12 @@ export class LineChart {
   add(t, ...values) {
     this.points.push([t, ...values]);
     if (this.points.length > this.max) this.points.shift();
+    this.draw();
+  }
+
+  // All points at once, [t, v0, v1…] oldest first (the newest `max` are kept).
+  replace(points) {
+    this.points = points.slice(-this.max);
     this.draw();
   }
 

@@ -945,7 +945,7 @@ impl Pair {
     }
 
     /// [`Pair::start_with`] with each agent's `server_url` listing its `agent_bases` in order.
-    async fn start_with_bases(
+    pub async fn start_with_bases(
         ws: &Workspace,
         server: &ServerProc,
         user: &str,

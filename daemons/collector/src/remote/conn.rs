@@ -1,6 +1,7 @@
 //! One vehicle's upload connection: `welcome` with what the inbox holds, then batches →
 //! inbox commits (pipelined, in order) → one cumulative `ack` per commit: the batches of this
-//! connection that one group commit stored are answered by one `ack` of the last.
+//! connection that one group commit stored are answered by one `ack` of the last; and `status`
+//! text messages → the status book (not stored, not acknowledged).
 
 use std::sync::Arc;
 
@@ -9,7 +10,10 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 
 use super::Inner;
-use crate::wire::{BatchError, PROTOCOL_VERSION, RemoteMessage, decode_batch};
+use crate::wire::{
+    ACCEPTS_STATUS, BatchError, PROTOCOL_VERSION, RemoteMessage, VehicleMessage, decode_batch,
+    decode_vehicle_text,
+};
 
 /// Batches committed but not yet acknowledged, at most, per connection (then the socket is
 /// not read: TCP pushes back on the vehicle).
@@ -52,6 +56,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, vehicle: String, mut socket: WebSoc
         version: PROTOCOL_VERSION,
         vehicle: vehicle.clone(),
         acked,
+        accepts: vec![ACCEPTS_STATUS.to_owned()],
     };
     let mut high = acked;
     if send(&mut socket, welcome).await {
@@ -81,11 +86,18 @@ pub(crate) async fn serve(inner: Arc<Inner>, vehicle: String, mut socket: WebSoc
                             break;
                         }
                     },
-                    Some(Ok(Message::Text(_))) => {
-                        inner.metrics.bad_batches.inc();
-                        refuse(&mut socket, "bad_message", "expected binary batches".into()).await;
-                        break;
-                    }
+                    Some(Ok(Message::Text(text))) => match decode_vehicle_text(text.as_str()) {
+                        Ok(VehicleMessage::Status(status)) => {
+                            inner.metrics.statuses.inc();
+                            inner.statuses.record(&vehicle, status, super::status::wall_ms());
+                        }
+                        Err(e) => {
+                            inner.metrics.bad_statuses.inc();
+                            tracing::warn!(%vehicle, error = %e, "refused a text message");
+                            refuse(&mut socket, "bad_message", e.to_string()).await;
+                            break;
+                        }
+                    },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
                 },

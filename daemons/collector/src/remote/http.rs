@@ -2,14 +2,18 @@
 //!
 //! * `GET /ws/telemetry/upload` (upgrade; `Authorization: Bearer <credential>`).
 //! * `GET /api/v1/telemetry/vehicles` — `{"vehicles": [{"id", "last_seq", "records",
-//!   "last_ts_ms", "connected"}]}`.
+//!   "last_ts_ms", "connected", "status"}]}`: every vehicle with records or a reported status;
+//!   `status` is the latest uplink status the vehicle sent (`null` if none, see
+//!   [`super::status`]).
+//! * `GET /api/v1/telemetry/vehicles/{id}` — one vehicle's record as in the list, plus
+//!   `status_history` (oldest first); 404 for a vehicle with neither records nor a status.
 //! * `GET /api/v1/telemetry/vehicles/{id}/records?after_seq=&limit=&from_ts_ms=&to_ts_ms=` —
 //!   `{"items": [{"seq", "ts_ms", "record"}], "next_after_seq"}` in seq order.
 //! * `GET /api/v1/telemetry/vehicles/{id}/stream?after_seq=` — SSE `record` events: the stored
 //!   records after `after_seq` (or `Last-Event-ID`), then live ones.
 //! * `GET /metrics`, `GET /healthz` (standalone only).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,7 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use relay_core::uplink::UplinkInbox as _;
+use relay_core::uplink::{InboxSource, UplinkInbox as _};
 use tokio::sync::broadcast;
 
 use super::{Inner, Remote};
@@ -39,6 +43,7 @@ pub fn upload_router(remote: Remote) -> Router {
 pub fn read_router(remote: Remote) -> Router {
     Router::new()
         .route("/api/v1/telemetry/vehicles", get(vehicles))
+        .route("/api/v1/telemetry/vehicles/{id}", get(vehicle))
         .route("/api/v1/telemetry/vehicles/{id}/records", get(records))
         .route("/api/v1/telemetry/vehicles/{id}/stream", get(stream))
         .with_state(remote)
@@ -101,34 +106,74 @@ fn internal(e: anyhow::Error) -> Response {
     )
 }
 
+/// One vehicle's entry of the list: what the inbox holds (`source`, if anything) and what
+/// the vehicle last reported.
+fn vehicle_entry(inner: &Inner, id: &str, source: Option<&InboxSource>) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "last_seq": source.map_or(0, |s| s.acked),
+        "records": source.map_or(0, |s| s.records),
+        "last_ts_ms": source.map(|s| s.last_ts_ms),
+        "connected": inner.connected(id),
+        "status": inner.statuses.latest(id),
+    })
+}
+
+/// The inbox's sources and the vehicles with a status but no record yet, by id.
+async fn known_vehicles(
+    inner: &Arc<Inner>,
+) -> anyhow::Result<BTreeMap<String, Option<InboxSource>>> {
+    let mut known: BTreeMap<String, Option<InboxSource>> = inner
+        .sources()
+        .await?
+        .into_iter()
+        .map(|s| (s.source.clone(), Some(s)))
+        .collect();
+    for id in inner.statuses.vehicles() {
+        known.entry(id).or_insert(None);
+    }
+    Ok(known)
+}
+
 async fn vehicles(State(remote): State<Remote>, headers: HeaderMap) -> Response {
     if !may_read(&remote.inner, &headers, None).await {
         return unauthorized();
     }
-    match remote.inner.sources().await {
-        Ok(sources) => {
-            let mut readable = Vec::with_capacity(sources.len());
-            for s in sources {
-                if may_read(&remote.inner, &headers, Some(&s.source)).await {
-                    readable.push(s);
+    match known_vehicles(&remote.inner).await {
+        Ok(known) => {
+            let mut list = Vec::with_capacity(known.len());
+            for (id, source) in known {
+                if may_read(&remote.inner, &headers, Some(&id)).await {
+                    list.push(vehicle_entry(&remote.inner, &id, source.as_ref()));
                 }
             }
-            let list: Vec<_> = readable
-                .into_iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "id": s.source,
-                        "last_seq": s.acked,
-                        "records": s.records,
-                        "last_ts_ms": s.last_ts_ms,
-                        "connected": remote.inner.connected(&s.source),
-                    })
-                })
-                .collect();
             axum::Json(serde_json::json!({ "vehicles": list })).into_response()
         }
         Err(e) => internal(e),
     }
+}
+
+async fn vehicle(
+    State(remote): State<Remote>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !may_read(&remote.inner, &headers, Some(&id)).await {
+        return unauthorized();
+    }
+    if let Err(bad) = check_vehicle_id(&id) {
+        return bad.into_response();
+    }
+    let mut known = match known_vehicles(&remote.inner).await {
+        Ok(known) => known,
+        Err(e) => return internal(e),
+    };
+    let Some(source) = known.remove(&id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such vehicle");
+    };
+    let mut entry = vehicle_entry(&remote.inner, &id, source.as_ref());
+    entry["status_history"] = serde_json::json!(remote.inner.statuses.history(&id));
+    axum::Json(entry).into_response()
 }
 
 async fn records(

@@ -15,6 +15,10 @@ pub struct RemoteMetrics {
     pub batches: Counter,
     /// Batches refused as malformed (the connection is closed).
     pub bad_batches: Counter,
+    /// Uplink status messages received.
+    pub statuses: Counter,
+    /// Text messages refused as malformed (the connection is closed).
+    pub bad_statuses: Counter,
     /// Records stored.
     pub records_stored: Counter,
     /// Records received again and not stored (retransmissions).
@@ -44,6 +48,16 @@ impl RemoteMetrics {
             "bad_batches",
             "Batches refused as malformed",
             self.bad_batches.clone(),
+        );
+        r.register(
+            "statuses",
+            "Uplink status messages received",
+            self.statuses.clone(),
+        );
+        r.register(
+            "bad_statuses",
+            "Text messages refused as malformed",
+            self.bad_statuses.clone(),
         );
         r.register(
             "records_stored",

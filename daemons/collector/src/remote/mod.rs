@@ -25,6 +25,7 @@ use crate::vehicle::LiveRecord;
 mod conn;
 mod http;
 pub mod metrics;
+pub mod status;
 
 pub use http::{read_router, upload_router};
 use metrics::RemoteMetrics;
@@ -156,6 +157,8 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, broadcast::Sender<Arc<LiveRecord>>>>,
     conns: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
     next_conn: std::sync::atomic::AtomicU64,
+    /// The uplink statuses the vehicles report.
+    pub(crate) statuses: status::StatusBook,
     pub(crate) metrics: Arc<RemoteMetrics>,
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
 }
@@ -200,6 +203,7 @@ impl Remote {
                 live: Mutex::new(HashMap::new()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: std::sync::atomic::AtomicU64::new(1),
+                statuses: status::StatusBook::default(),
                 metrics,
                 registry: Arc::new(registry),
             }),

@@ -24,7 +24,7 @@ use super::metrics::VehicleMetrics;
 use super::{LiveRecord, RecentItem, RecentPage, VehicleStatus};
 use crate::config::VehicleConfig;
 use crate::status::{self, StatusReport};
-use crate::wire::{RemoteMessage, encode_batch};
+use crate::wire::{RemoteMessage, UplinkStatus, encode_batch};
 
 /// Records appended in one commit, at most (more wait for the next). Each append holds its
 /// records twice for a moment (the commit and the send mirror): 16,384 keeps that to a few
@@ -32,6 +32,8 @@ use crate::wire::{RemoteMessage, encode_batch};
 const MAX_APPEND: usize = 16_384;
 /// How often uplinked records past the dashboard window are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often the uplink status goes to the remote (when it accepts it).
+const UPLINK_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How long the session stays in `error` before it tries again.
 const ERROR_RETRY_MS: u64 = 30_000;
 
@@ -63,6 +65,8 @@ pub(crate) struct Driver {
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     link: Option<mpsc::Sender<Bytes>>,
+    /// The latest uplink status, for the connection to send to the remote.
+    uplink_status: tokio::sync::watch::Sender<Option<UplinkStatus>>,
     generation: u64,
     /// Index of the current endpoint in `REMOTE_ENDPOINT_URL`.
     endpoint: usize,
@@ -124,6 +128,7 @@ impl Driver {
             events_tx,
             events,
             link: None,
+            uplink_status: tokio::sync::watch::channel(None).0,
             generation: 0,
             endpoint: 0,
             endpoint_lost: false,
@@ -146,6 +151,7 @@ impl Driver {
         let status_every = Duration::from_millis(self.config.status_interval_ms.max(1));
         let mut status_tick = tokio::time::interval(status_every);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut uplink_status_tick = tokio::time::interval(UPLINK_STATUS_EVERY);
         let mut records_open = true;
         loop {
             if let Err(e) = self.drive().await {
@@ -183,6 +189,7 @@ impl Driver {
                 }
                 _ = wake => {}
                 _ = prune.tick() => self.prune().await,
+                _ = uplink_status_tick.tick() => self.publish_uplink_status(),
                 _ = status_tick.tick(), if self.config.status_interval_ms > 0 => {
                     self.send_status().await;
                 }
@@ -221,6 +228,7 @@ impl Driver {
                         url,
                         self.config.api_key.clone(),
                         self.events_tx.clone(),
+                        self.uplink_status.subscribe(),
                     );
                 }
                 _ => {
@@ -610,8 +618,25 @@ impl Driver {
         if self.reported_state != Some(state) {
             self.reported_state = Some(state);
             tracing::info!(state = state.as_str(), "uplink state");
+            self.publish_uplink_status();
             self.send_status().await;
         }
+    }
+
+    /// Hands the connection the current uplink status (`wire::UplinkStatus`).
+    fn publish_uplink_status(&mut self) {
+        let s = self.session.stats(self.now());
+        let o = self.outbox.stats(wall_ms());
+        let dropped = o.dropped_pending_total
+            + self.listener.overflow.load(Ordering::Relaxed)
+            + self.store_errors;
+        self.uplink_status.send_replace(Some(UplinkStatus::new(
+            wall_ms(),
+            s.state.as_str(),
+            o.pending,
+            dropped,
+            s.throughput_per_s,
+        )));
     }
 
     async fn send_status(&mut self) {

@@ -1,18 +1,20 @@
 //! The vehicle's WebSocket to the remote: connect (with the `API_KEY` as Bearer), wait for
-//! `welcome`, then a writer task (batches from the driver) and a reader task (acks and errors
-//! to the driver). Every event carries the connection's generation, so the driver ignores
-//! events of a connection it already gave up.
+//! `welcome`, then a writer task (batches from the driver, and — when the welcome `accepts`
+//! `status` — the driver's latest uplink status on connect and whenever it changes) and a
+//! reader task (acks and errors to the driver). Every event carries the connection's
+//! generation, so the driver ignores events of a connection it already gave up.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::wire::RemoteMessage;
+use crate::wire::{ACCEPTS_STATUS, RemoteMessage, UplinkStatus, VehicleMessage};
 
 /// How long a connection attempt, handshake included, may take.
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,17 +56,19 @@ fn fail(reason: impl Into<String>) -> Failure {
     }
 }
 
-/// Starts a connection attempt; its outcome and later messages arrive on `events`.
+/// Starts a connection attempt; its outcome and later messages arrive on `events`. `status`
+/// is the driver's latest uplink status, sent if the remote accepts it.
 pub(crate) fn spawn_connect(
     generation: u64,
     url: String,
     api_key: Option<String>,
     events: mpsc::UnboundedSender<LinkEvent>,
+    status: watch::Receiver<Option<UplinkStatus>>,
 ) {
     tokio::spawn(async move {
         let outcome =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(&url, api_key.as_deref())).await;
-        let (ws, acked) = match outcome {
+        let (ws, acked, accepts) = match outcome {
             Ok(Ok(connected)) => connected,
             Ok(Err(f)) => {
                 let _ = events.send(LinkEvent::ConnectFailed {
@@ -83,8 +87,8 @@ pub(crate) fn spawn_connect(
                 return;
             }
         };
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        let (sink, mut stream) = ws.split();
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
         if events
             .send(LinkEvent::Connected {
                 generation,
@@ -95,15 +99,12 @@ pub(crate) fn spawn_connect(
         {
             return;
         }
+        let status = accepts
+            .iter()
+            .any(|a| a == ACCEPTS_STATUS)
+            .then_some(status);
         // Writer: ends (closing the socket) when the driver drops its sender.
-        let writer = tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                if sink.send(Message::Binary(batch)).await.is_err() {
-                    return;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let writer = tokio::spawn(write(sink, rx, status));
         let reason = loop {
             match stream.next().await {
                 Some(Ok(Message::Text(text))) => {
@@ -135,10 +136,64 @@ pub(crate) fn spawn_connect(
     });
 }
 
+/// What woke the writer.
+enum Wake {
+    Batch(Option<Bytes>),
+    Status { alive: bool },
+}
+
+/// Writes the driver's batches, and the latest status on connect and whenever it changes
+/// (`status`: `None` when the remote does not accept it), until the driver drops its sender.
+async fn write(
+    mut sink: SplitSink<Ws, Message>,
+    mut batches: mpsc::Receiver<Bytes>,
+    mut status: Option<watch::Receiver<Option<UplinkStatus>>>,
+) {
+    let mut status_due = true;
+    loop {
+        if std::mem::take(&mut status_due)
+            && let Some(text) = status.as_mut().and_then(status_text)
+            && sink.send(Message::Text(text.into())).await.is_err()
+        {
+            return;
+        }
+        let changed = async {
+            match status.as_mut() {
+                Some(s) => s.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            batch = batches.recv() => Wake::Batch(batch),
+            alive = changed => Wake::Status { alive },
+        };
+        match wake {
+            Wake::Batch(Some(batch)) => {
+                if sink.send(Message::Binary(batch)).await.is_err() {
+                    return;
+                }
+            }
+            Wake::Batch(None) => break,
+            Wake::Status { alive: true } => status_due = true,
+            // The driver is gone; its batches' sender goes with it.
+            Wake::Status { alive: false } => status = None,
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The text of the latest status, marking it seen; `None` before the driver's first one.
+fn status_text(status: &mut watch::Receiver<Option<UplinkStatus>>) -> Option<String> {
+    let latest = status.borrow_and_update();
+    latest
+        .as_ref()
+        .map(|s| VehicleMessage::Status(s.clone()).to_text())
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str, api_key: Option<&str>) -> Result<(Ws, u64), Failure> {
+async fn connect(url: &str, api_key: Option<&str>) -> Result<(Ws, u64, Vec<String>), Failure> {
     let mut request = url.into_client_request().map_err(|e| Failure {
         reason: format!("REMOTE_ENDPOINT_URL {url:?}: {e}"),
         fatal: true,
@@ -176,11 +231,12 @@ async fn connect(url: &str, api_key: Option<&str>) -> Result<(Ws, u64), Failure>
         return Err(fail(format!("expected welcome, got {first:?}")));
     };
     match serde_json::from_str::<RemoteMessage>(text.as_str()) {
-        Ok(RemoteMessage::Welcome { version, acked, .. })
-            if version == crate::wire::PROTOCOL_VERSION =>
-        {
-            Ok((ws, acked))
-        }
+        Ok(RemoteMessage::Welcome {
+            version,
+            acked,
+            accepts,
+            ..
+        }) if version == crate::wire::PROTOCOL_VERSION => Ok((ws, acked, accepts)),
         Ok(RemoteMessage::Welcome { version, .. }) => Err(Failure {
             reason: format!("the remote speaks protocol version {version}"),
             fatal: true,

@@ -151,7 +151,8 @@ impl AgentHub {
     /// With the state's Redis, it also serves commands of other instances and sends its own
     /// to them (`super::remote`; starts background tasks, so call it inside the runtime).
     pub fn new(state: AppState, metrics: CommandMetrics) -> AgentHub {
-        let remote = state.redis.clone().map(RemoteRoute::new);
+        let instance = state.store().instance().to_owned();
+        let remote = state.redis.clone().map(|r| RemoteRoute::new(r, instance));
         let clustered = remote.is_some();
         let inner = Arc::new(HubInner {
             store: Arc::clone(state.store()),

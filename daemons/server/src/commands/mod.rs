@@ -12,9 +12,19 @@
 //!
 //! Lifecycle: `pending` (stored, queued; also while the vehicle is offline, until the
 //! command's ttl) → `in_progress` (sent) → `completed` (final response stored, in the same
-//! transaction) or `failed` (`error_message`). After a crash, commands the previous process
-//! left open are failed with `interrupted: server restarted` when they had started or their
-//! ttl ran out; commands still `pending` within their ttl are queued again.
+//! transaction) or `failed` (`error_message`). Every command records the server instance
+//! that owns it (`commands.instance`: the one that accepted it, or adopted it). Commands whose
+//! owner is gone — a crashed earlier run of this process; with Redis, any instance whose
+//! liveness key expired ([`remote`], `docs/cluster.md`) — are adopted by one live instance and
+//! failed with `interrupted: server restarted` when they had started or their ttl ran out;
+//! commands still `pending` within their ttl are queued again. Commands of live instances are
+//! never touched.
+//!
+//! The vehicles commands are posted for are remembered for [`VEHICLE_CACHE_TTL`]
+//! ([`Commands::owned_vehicle`]): a vehicle's owner, ECU list and dongle are fixed when it is
+//! created, and vehicle ids are never reused, so a remembered vehicle can only be stale by
+//! having been deleted elsewhere — which then shows within that ttl. Whose vehicle it is is
+//! checked on every request, cached or not; another user's vehicle is never served.
 //!
 //! What it does not do: it keeps queues in memory only (a restart re-queues pending commands
 //! from the store), and it does not spread one vehicle's commands over several servers.
@@ -39,6 +49,7 @@ use serde_json::Value;
 use sse_core::events::CommandState;
 use uuid::Uuid;
 
+use crate::cache::TtlCache;
 use crate::config::{CommandsConfig, ConnectorKind};
 use crate::console::Console;
 use crate::dataplane::DataPlane;
@@ -56,6 +67,10 @@ use writer::CommandWriter;
 pub const INTERRUPTED_RESTART: &str = "interrupted: server restarted";
 /// The error of a command whose vehicle stayed offline for its whole ttl.
 pub const VEHICLE_OFFLINE: &str = "vehicle offline";
+/// How long a vehicle read for a command is used without reading the store again.
+pub const VEHICLE_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most vehicles remembered at once.
+const VEHICLE_CACHE_CAPACITY: usize = 16_384;
 
 /// One accepted command, as connectors get it.
 #[derive(Debug)]
@@ -278,7 +293,11 @@ struct Inner {
     agents: Option<agent::AgentHub>,
     plane: Option<DataPlane>,
     lanes: Mutex<HashMap<Uuid, Lane>>,
+    vehicles: TtlCache<Uuid, Vehicle>,
     metrics: CommandMetrics,
+    /// With a Redis URL: this instance's liveness key, and which owners of open commands are
+    /// alive (`docs/cluster.md`).
+    liveness: Option<remote::RemoteRoute>,
 }
 
 impl Inner {
@@ -418,6 +437,10 @@ impl Commands {
             }
         };
         let writer = CommandWriter::spawn(Arc::clone(&store), metrics.clone());
+        let liveness = state
+            .redis
+            .clone()
+            .map(|client| remote::RemoteRoute::new(client, store.instance().to_owned()));
         let commands = Commands {
             inner: Arc::new(Inner {
                 store,
@@ -428,9 +451,24 @@ impl Commands {
                 agents,
                 plane,
                 lanes: Mutex::new(HashMap::new()),
+                vehicles: TtlCache::new(VEHICLE_CACHE_TTL, VEHICLE_CACHE_CAPACITY),
                 metrics,
+                liveness,
             }),
         };
+        if let Some(liveness) = &commands.inner.liveness {
+            // Alive before anything is owned, so no other instance adopts what this one queues.
+            match tokio::time::timeout(remote::LIVENESS_TTL, liveness.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "setting this instance's liveness key failed; retrying")
+                }
+                Err(_) => {
+                    tracing::warn!("setting this instance's liveness key timed out; retrying")
+                }
+            }
+            tokio::spawn(keep_alive(Arc::downgrade(&commands.inner)));
+        }
         commands.recover().await?;
         Ok(commands)
     }
@@ -443,6 +481,30 @@ impl Commands {
     /// The connector's name.
     pub fn connector(&self) -> &'static str {
         self.inner.connector.name()
+    }
+
+    /// The vehicle `vehicle_id` when it is `user_id`'s: remembered for
+    /// [`VEHICLE_CACHE_TTL`] after a store read, and owner-checked either way. `None` for
+    /// another user's vehicle and an unknown one (never remembered).
+    pub async fn owned_vehicle(
+        &self,
+        user_id: Uuid,
+        vehicle_id: Uuid,
+    ) -> Result<Option<Vehicle>, ServerError> {
+        let cache = &self.inner.vehicles;
+        if let Some(vehicle) = cache.get(&vehicle_id) {
+            return Ok((vehicle.user_id == user_id).then_some(vehicle));
+        }
+        let generation = cache.generation();
+        let vehicle = self
+            .inner
+            .store
+            .call(move |s| s.get_vehicle(user_id, vehicle_id))
+            .await?;
+        if let Some(vehicle) = &vehicle {
+            cache.insert(vehicle_id, vehicle.clone(), generation);
+        }
+        Ok(vehicle)
     }
 
     /// Whether the vehicle's agent is connected: a diagnostics channel serves its dongle, or
@@ -555,72 +617,142 @@ impl Commands {
         }
     }
 
-    /// Fails what a previous process left open: started commands and those past their
-    /// deadline; re-queues pending ones within it.
+    /// Takes over the open commands whose owner is gone — a previous run of this process, or
+    /// (with Redis) an instance whose liveness key expired; without Redis every owner but this
+    /// process is gone. Each is adopted first (one instance wins), then failed with
+    /// `interrupted: server restarted` when it had started or its ttl ran out, or queued again
+    /// when it is still pending within it. Commands of live instances are left alone. When the
+    /// liveness of the owners cannot be read, nothing is taken over this time.
     async fn recover(&self) -> Result<(), ServerError> {
-        let open = self.inner.store.call(|s| s.open_commands()).await?;
-        let now = Utc::now();
-        for record in open {
+        let open = self.inner.store.call(|s| s.open_commands_owned()).await?;
+        let me = self.inner.store.instance();
+        let mut owners: Vec<String> = open
+            .iter()
+            .filter_map(|(_, owner)| owner.clone())
+            .filter(|owner| owner != me)
+            .collect();
+        owners.sort();
+        owners.dedup();
+        let alive = match &self.inner.liveness {
+            None => Default::default(),
+            Some(liveness) => match liveness.alive(&owners).await {
+                Ok(alive) => alive,
+                Err(err) => {
+                    tracing::warn!(%err, "reading which instances are alive failed; open commands are checked again later");
+                    return Ok(());
+                }
+            },
+        };
+        for (record, owner) in open {
+            let gone = match owner.as_deref() {
+                Some(owner) => owner != me && !alive.contains(owner),
+                None => true,
+            };
+            if !gone {
+                continue;
+            }
             let id = record.command_id;
-            let vehicle_id = record.vehicle_id;
-            let vehicle = self
+            let adopted = self
                 .inner
                 .store
-                .call(move |s| s.vehicle_by_id(vehicle_id))
+                .call(move |s| s.adopt_command(id, owner.as_deref()))
                 .await?;
-            let requeue = match (&vehicle, record.status) {
-                (Some(vehicle), CommandStatus::Pending) if record.deadline_at > now => {
-                    DiagCommand::parse(&record.command_name, &record.command_params)
-                        .ok()
-                        .and_then(|command| {
-                            let targets = command.target.resolve(&vehicle.ecus).ok()?;
-                            Some((command, targets))
-                        })
-                }
-                _ => None,
-            };
-            match (vehicle, requeue) {
-                (Some(vehicle), Some((command, targets))) => {
-                    self.inner.metrics.open.inc();
-                    let job = Arc::new(Job {
-                        command_id: id,
-                        lane_key: lane_key(&command.target, &targets),
-                        vehicle,
-                        command,
-                        command_params: record.command_params,
-                        targets,
-                        deadline: record.deadline_at,
-                    });
-                    self.inner.enqueue(job);
-                }
-                (vehicle, _) => {
-                    let failed = self
-                        .inner
-                        .store
-                        .call(move |s| s.fail_command(id, INTERRUPTED_RESTART, Utc::now()))
-                        .await?;
-                    if failed {
-                        self.inner
-                            .bus
-                            .publish(BusEvent::Failed {
-                                command_id: id,
-                                error_message: INTERRUPTED_RESTART.to_owned(),
-                            })
-                            .await;
-                        if let Some(dongle) = vehicle.and_then(|v| v.dongle_id) {
-                            self.inner.console.command_status(
-                                dongle,
-                                id,
-                                CommandState::Failed,
-                                Some(INTERRUPTED_RESTART),
-                            );
-                        }
-                    }
-                    tracing::info!(command = %id, "command left open by the previous process failed as interrupted");
-                }
+            if adopted {
+                self.take_over(record).await?;
             }
         }
         Ok(())
+    }
+
+    /// Queues an adopted command again, or fails it (see [`Commands::recover`]).
+    async fn take_over(&self, record: CommandRecord) -> Result<(), ServerError> {
+        let now = Utc::now();
+        let id = record.command_id;
+        let vehicle_id = record.vehicle_id;
+        let vehicle = self
+            .inner
+            .store
+            .call(move |s| s.vehicle_by_id(vehicle_id))
+            .await?;
+        let requeue = match (&vehicle, record.status) {
+            (Some(vehicle), CommandStatus::Pending) if record.deadline_at > now => {
+                DiagCommand::parse(&record.command_name, &record.command_params)
+                    .ok()
+                    .and_then(|command| {
+                        let targets = command.target.resolve(&vehicle.ecus).ok()?;
+                        Some((command, targets))
+                    })
+            }
+            _ => None,
+        };
+        match (vehicle, requeue) {
+            (Some(vehicle), Some((command, targets))) => {
+                self.inner.metrics.open.inc();
+                let job = Arc::new(Job {
+                    command_id: id,
+                    lane_key: lane_key(&command.target, &targets),
+                    vehicle,
+                    command,
+                    command_params: record.command_params,
+                    targets,
+                    deadline: record.deadline_at,
+                });
+                self.inner.enqueue(job);
+                tracing::info!(command = %id, "pending command of an instance that is gone queued again");
+            }
+            (vehicle, _) => {
+                let failed = self
+                    .inner
+                    .store
+                    .call(move |s| s.fail_command(id, INTERRUPTED_RESTART, Utc::now()))
+                    .await?;
+                if failed {
+                    self.inner
+                        .bus
+                        .publish(BusEvent::Failed {
+                            command_id: id,
+                            error_message: INTERRUPTED_RESTART.to_owned(),
+                        })
+                        .await;
+                    if let Some(dongle) = vehicle.and_then(|v| v.dongle_id) {
+                        self.inner.console.command_status(
+                            dongle,
+                            id,
+                            CommandState::Failed,
+                            Some(INTERRUPTED_RESTART),
+                        );
+                    }
+                }
+                tracing::info!(command = %id, "command left open by an instance that is gone failed as interrupted");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// With Redis: refreshes this instance's liveness key every [`remote::LIVENESS_EVERY`] and,
+/// every [`remote::LIVENESS_TTL`], takes over the open commands of instances that are gone
+/// ([`Commands::recover`]) — so a command of an instance that died is ended (or run) by a live
+/// one even when no instance restarts. Ends with the service.
+async fn keep_alive(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(remote::LIVENESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweep_every = remote::LIVENESS_TTL.as_millis() / remote::LIVENESS_EVERY.as_millis().max(1);
+    let mut ticks: u128 = 0;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(liveness) = &inner.liveness
+            && let Err(err) = liveness.refresh().await
+        {
+            tracing::warn!(%err, "refreshing this instance's liveness key failed");
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(sweep_every.max(1))
+            && let Err(err) = (Commands { inner }).recover().await
+        {
+            tracing::warn!(%err, "taking over the commands of instances that are gone failed");
+        }
     }
 }
 

@@ -15,6 +15,11 @@
 //! at-most-once: if the serving instance dies mid-command, the command ends by its answer
 //! timeout, like a silent agent.
 //!
+//! * `{prefix}instance:{instance}` — the liveness key of a running instance ([`Liveness`]),
+//!   refreshed every [`LIVENESS_EVERY`] with a TTL of [`LIVENESS_TTL`]. The open commands an
+//!   instance owns (`commands.instance` in the records) are left alone by every other instance
+//!   while this key exists; once it expired, any instance may adopt them (`super::Commands`).
+//!
 //! Responses themselves are not routed here: the running instance stores them and publishes
 //! them on `response:{command_id}` (`super::bus`), and `/ws/responses/{id}` on any instance
 //! reads the shared store.
@@ -42,12 +47,59 @@ const PREFIX: &str = crate::dataplane::REDIS_KEY_PREFIX;
 /// How long the request listener waits between checks that its hub still exists.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
-/// The Redis side of the agent connector in a cluster.
+/// How often a running instance refreshes its liveness key.
+pub(super) const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a liveness key lasts without a refresh: an instance that died (or lost Redis)
+/// stops owning its open commands after this.
+pub(super) const LIVENESS_TTL: Duration = Duration::from_secs(3);
+
+fn liveness_key(instance: &str) -> String {
+    format!("{PREFIX}instance:{instance}")
+}
+
+impl RemoteRoute {
+    /// Sets (or refreshes) this instance's liveness key.
+    pub(super) async fn refresh(&self) -> redis::RedisResult<()> {
+        let ttl = u64::try_from(LIVENESS_TTL.as_millis()).unwrap_or(3000);
+        redis::cmd("SET")
+            .arg(liveness_key(&self.instance))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .query_async::<()>(&mut self.conn().await?)
+            .await
+    }
+
+    /// Which of `instances` are alive (their liveness key exists); one pipeline.
+    pub(super) async fn alive(
+        &self,
+        instances: &[String],
+    ) -> redis::RedisResult<std::collections::HashSet<String>> {
+        if instances.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for instance in instances {
+            pipe.cmd("EXISTS").arg(liveness_key(instance));
+        }
+        let found: Vec<i64> = pipe.query_async(&mut self.conn().await?).await?;
+        Ok(instances
+            .iter()
+            .zip(found)
+            .filter(|(_, n)| *n > 0)
+            .map(|(instance, _)| instance.clone())
+            .collect())
+    }
+}
+
+/// The Redis side of commands in a cluster: the agent connector's routing, and this
+/// instance's liveness key (with the question which other instances are alive).
 #[derive(Debug)]
 pub(super) struct RemoteRoute {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
-    /// This instance's id (unique per start).
+    /// This instance's id ([`crate::store::Store::instance`]).
     pub(super) instance: String,
 }
 
@@ -64,11 +116,11 @@ fn events_channel(command_id: Uuid) -> String {
 }
 
 impl RemoteRoute {
-    pub(super) fn new(client: redis::Client) -> RemoteRoute {
+    pub(super) fn new(client: redis::Client, instance: String) -> RemoteRoute {
         RemoteRoute {
             client,
             conn: OnceCell::new(),
-            instance: Uuid::new_v4().to_string(),
+            instance,
         }
     }
 

@@ -12,6 +12,11 @@
 //!   reads each stream's head and consumer cursor. The driver runs it every
 //!   [`PRESENCE_EVERY`].
 //!
+//! * [`spawn_presence_reset`] — at start, the records' online dongles that no live instance
+//!   holds (no presence key) are marked offline, in two passes: at once for sides not seen
+//!   for a while, and again once the keys of an instance that just died would have expired
+//!   (they live on for up to [`PRESENCE_TTL`]) and every live holder has refreshed its own.
+//!
 //! What it does not do: it holds no lease and elects no writer — the append script's seq check
 //! makes appends from several instances safe (`docs/cluster.md`) — and it does not touch the
 //! records (the driver turns presence changes into sync jobs).
@@ -20,12 +25,15 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
-use relay_core::engine::{Direction, GroupId, Side};
+use relay_core::engine::{Direction, GroupBacklog, GroupId, GroupMode, GroupStatus, Side};
 use relay_core::log::{RedisStreamTail, Seq};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use uuid::Uuid;
+
 use super::storage::Event;
+use crate::state::AppState;
 
 /// How long a presence key lives without a refresh: an instance that died stops counting
 /// after this.
@@ -60,6 +68,74 @@ end
 return out
 ";
 
+/// KEYS[1]: the shared status hash. ARGV: pairs of group id and status text (see
+/// [`encode_status`]), written with the Redis server's clock in ms in front. Returns that
+/// clock and the whole hash (field, value, …).
+const STATUS_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], now .. ' ' .. ARGV[i + 1])
+end
+return {now, redis.call('HGETALL', KEYS[1])}
+";
+
+/// The shared status hash: field = group id, value = `{ms} {mode} {a_to_b} {b_to_a}
+/// {replaying}` as last written by an instance holding a side of the group.
+pub(super) fn status_key(prefix: &str) -> String {
+    format!("{prefix}relay-status")
+}
+
+/// A status as this instance's engine has it, for the shared status hash.
+pub(super) fn encode_status(status: &GroupStatus) -> String {
+    format!(
+        "{} {} {} {}",
+        status.mode.as_str(),
+        status.backlog.a_to_b,
+        status.backlog.b_to_a,
+        u8::from(status.replaying)
+    )
+}
+
+/// Reads one entry of the shared status hash, as seen at `now` (Redis ms). An entry older
+/// than [`PRESENCE_TTL`] was written by an instance that no longer holds a side: nobody
+/// does, so the group is shown degraded with both sides offline, its backlog as last seen.
+fn decode_status(text: &str, now: u64) -> Option<GroupStatus> {
+    let mut parts = text.split(' ');
+    let at: u64 = parts.next()?.parse().ok()?;
+    let mode = match parts.next()? {
+        "inactive" => GroupMode::Inactive,
+        "active" => GroupMode::Active,
+        "degraded" => GroupMode::Degraded,
+        _ => return None,
+    };
+    let backlog = GroupBacklog {
+        a_to_b: parts.next()?.parse().ok()?,
+        b_to_a: parts.next()?.parse().ok()?,
+    };
+    let replaying = parts.next()? == "1";
+    let fresh = now.saturating_sub(at) <= u64::try_from(PRESENCE_TTL.as_millis()).unwrap_or(3000);
+    Some(if fresh {
+        GroupStatus {
+            mode,
+            backlog,
+            offline: Vec::new(),
+            replaying,
+        }
+    } else {
+        GroupStatus {
+            mode: if mode == GroupMode::Inactive {
+                mode
+            } else {
+                GroupMode::Degraded
+            },
+            backlog,
+            offline: vec![Side::A, Side::B],
+            replaying: false,
+        }
+    })
+}
+
 /// Where the cluster's shared state lives.
 #[derive(Debug, Clone)]
 pub(super) struct ClusterLink {
@@ -82,11 +158,22 @@ pub(super) struct GroupFacts {
     pub cursors: [Option<Seq>; 2],
 }
 
-/// One group's part of a presence round: which sides are served here.
+/// One group's part of a presence round: which sides are served here, and (when one is)
+/// the engine's status of it for the shared status hash.
 #[derive(Debug, Clone)]
 pub(super) struct PresenceAsk {
     pub group: GroupId,
     pub local: [bool; 2],
+    pub status: Option<String>,
+}
+
+/// What one presence round found.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PresenceRound {
+    /// Per group asked about.
+    pub facts: Vec<(GroupId, GroupFacts)>,
+    /// The shared status of every group an instance holds (or held) a side of.
+    pub shared: Vec<(Uuid, GroupStatus)>,
 }
 
 fn side_name(index: usize) -> &'static str {
@@ -117,20 +204,44 @@ pub(super) fn spawn_presence(
     events: mpsc::UnboundedSender<Event>,
 ) {
     tokio::spawn(async move {
-        let facts = match presence_round(&link, conn, &asks).await {
-            Ok(facts) => Some(facts),
+        let round = match presence_round(&link, conn, &asks).await {
+            Ok(round) => Some(round),
             Err(err) => {
                 tracing::warn!(%err, "cluster presence round failed; retrying");
                 None
             }
         };
-        let _ = events.send(Event::Presence { facts });
+        let _ = events.send(Event::Presence { round });
     });
 }
 
 async fn presence_round(
     link: &ClusterLink,
     mut conn: ConnectionManager,
+    asks: &[PresenceAsk],
+) -> redis::RedisResult<PresenceRound> {
+    let mut status = redis::cmd("EVAL");
+    status.arg(STATUS_LUA).arg(1).arg(status_key(&link.prefix));
+    for ask in asks {
+        if let Some(text) = &ask.status {
+            status.arg(ask.group.to_string()).arg(text);
+        }
+    }
+    let (now, hash): (u64, Vec<String>) = status.query_async(&mut conn).await?;
+    let shared = hash
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let group = pair[0].parse::<Uuid>().ok()?;
+            Some((group, decode_status(&pair[1], now)?))
+        })
+        .collect();
+    let facts = presence_facts(link, &mut conn, asks).await?;
+    Ok(PresenceRound { facts, shared })
+}
+
+async fn presence_facts(
+    link: &ClusterLink,
+    conn: &mut ConnectionManager,
     asks: &[PresenceAsk],
 ) -> redis::RedisResult<Vec<(GroupId, GroupFacts)>> {
     if asks.is_empty() {
@@ -153,7 +264,7 @@ async fn presence_round(
                 .arg(if *local { "1" } else { "0" });
         }
     }
-    let holders: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+    let holders: Vec<Value> = invocation.invoke_async(conn).await?;
     let mut pipe = redis::pipe();
     for ask in asks {
         for direction in Direction::BOTH {
@@ -164,7 +275,7 @@ async fn presence_round(
                 .arg(direction.consumer().to_string());
         }
     }
-    let progress: Vec<Value> = pipe.query_async(&mut conn).await?;
+    let progress: Vec<Value> = pipe.query_async(conn).await?;
     let mut out = Vec::with_capacity(asks.len());
     for (index, ask) in asks.iter().enumerate() {
         let holder = |i: usize| holders.get(index * 2 + i).and_then(text);
@@ -182,6 +293,105 @@ async fn presence_round(
         ));
     }
     Ok(out)
+}
+
+/// First and longest wait before the start-up presence reset retries Redis.
+const RESET_RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// Resets, in the background, the presence the records hold for sides no live instance
+/// holds (see the module docs). Only dongles not seen since this call began are reset: one a
+/// live instance (this one included) wrote online meanwhile keeps its state.
+///
+/// A live instance sets a side's key up to [`PRESENCE_EVERY`] after the side connected, so the
+/// first pass resets only sides without a key that were not seen for a [`PRESENCE_TTL`]
+/// either; the second pass, once every live holder has had several rounds and every dead
+/// one's key has expired, resets every side still online without a key.
+pub(super) fn spawn_presence_reset(state: AppState, url: String, prefix: String) {
+    let began = chrono::Utc::now();
+    let quiet = chrono::Duration::from_std(PRESENCE_TTL).unwrap_or(chrono::Duration::MAX);
+    tokio::spawn(async move {
+        let mut wait = RESET_RETRY.0;
+        let mut second = false;
+        loop {
+            let seen_before = if second { began } else { began - quiet };
+            match presence_reset_pass(&state, &url, &prefix, seen_before).await {
+                Ok(left) if !second && left > 0 => {
+                    tokio::time::sleep(PRESENCE_TTL + PRESENCE_EVERY).await;
+                    second = true;
+                    wait = RESET_RETRY.0;
+                }
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "resetting stale presence failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RESET_RETRY.1);
+                }
+            }
+        }
+    });
+}
+
+/// One pass: resets the online members without a presence key that were not seen since
+/// `seen_before`; returns how many members were online when it looked.
+async fn presence_reset_pass(
+    state: &AppState,
+    url: &str,
+    prefix: &str,
+    seen_before: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, String> {
+    let members = state
+        .store()
+        .call(|store| store.online_members())
+        .await
+        .map_err(|err| err.to_string())?;
+    if members.is_empty() {
+        return Ok(0);
+    }
+    let client = redis::Client::open(url).map_err(|err| err.to_string())?;
+    let mut conn = tokio::time::timeout(PRESENCE_TTL, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| "connecting to Redis timed out".to_owned())?
+        .map_err(|err| err.to_string())?;
+    let mut get = redis::cmd("MGET");
+    for (_, group, side) in &members {
+        get.arg(format!("{prefix}presence:{group}:{side}"));
+    }
+    let holders: Vec<Option<String>> = get
+        .query_async(&mut conn)
+        .await
+        .map_err(|err| err.to_string())?;
+    let unheld: Vec<Uuid> = members
+        .iter()
+        .zip(&holders)
+        .filter(|(_, holder)| holder.is_none())
+        .map(|((dongle, _, _), _)| *dongle)
+        .collect();
+    if !unheld.is_empty() {
+        let changes = state
+            .store()
+            .call(move |store| {
+                store.reset_presence_of(&unheld, Some(seen_before), chrono::Utc::now())
+            })
+            .await
+            .map_err(|err| err.to_string())?;
+        state.publish_mode_changes(changes);
+    }
+    Ok(members.len())
+}
+
+/// Removes a deleted group from the shared status hash, in the background.
+pub(super) fn spawn_forget_status(link: &ClusterLink, mut conn: ConnectionManager, group: Uuid) {
+    let key = status_key(&link.prefix);
+    tokio::spawn(async move {
+        let done: redis::RedisResult<()> = redis::cmd("HDEL")
+            .arg(key)
+            .arg(group.to_string())
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = done {
+            tracing::warn!(%group, %err, "removing a deleted group's shared status failed");
+        }
+    });
 }
 
 /// Tails `direction` of `group` from seq `after` until aborted, reporting new items as

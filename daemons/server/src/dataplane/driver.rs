@@ -174,6 +174,8 @@ pub(super) struct Driver {
     /// Several instances on one Redis: the link and a connection for presence rounds.
     cluster: Option<(ClusterLink, redis::aio::ConnectionManager)>,
     presence_in_flight: bool,
+    /// Groups whose shared status (another instance's) the cache shows.
+    shared_shown: HashSet<Uuid>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -228,6 +230,7 @@ impl Driver {
             started: Instant::now(),
             cluster: None,
             presence_in_flight: false,
+            shared_shown: HashSet::new(),
         }
     }
 
@@ -822,11 +825,13 @@ impl Driver {
                     self.dirty.insert(group);
                 }
             }
-            Event::Presence { facts } => {
+            Event::Presence { round } => {
                 self.presence_in_flight = false;
-                for (group, facts) in facts.unwrap_or_default() {
-                    self.on_presence(&group, &facts);
+                let round = round.unwrap_or_default();
+                for (group, facts) in &round.facts {
+                    self.on_presence(group, facts);
                 }
+                self.on_shared_status(round.shared);
             }
         }
     }
@@ -870,9 +875,17 @@ impl Driver {
         let asks = self
             .groups
             .iter()
-            .map(|(gid, loaded)| PresenceAsk {
-                group: gid.clone(),
-                local: [loaded.slots[0].is_some(), loaded.slots[1].is_some()],
+            .map(|(gid, loaded)| {
+                let local = [loaded.slots[0].is_some(), loaded.slots[1].is_some()];
+                let status = (local[0] || local[1])
+                    .then(|| self.engine.group_status(gid))
+                    .flatten()
+                    .map(|status| cluster::encode_status(&status));
+                PresenceAsk {
+                    group: gid.clone(),
+                    local,
+                    status,
+                }
             })
             .collect();
         self.presence_in_flight = true;
@@ -931,6 +944,28 @@ impl Driver {
         self.dirty.insert(gid.clone());
         for job in jobs {
             self.send_sync(job);
+        }
+    }
+
+    /// Shows the shared status of the groups this engine holds nothing of (no side was
+    /// connected here since the start): the status an instance holding a side wrote, so every
+    /// instance answers the same mode and backlog (`docs/cluster.md`). Groups no longer in
+    /// the shared status (deleted) are dropped from the cache.
+    fn on_shared_status(&mut self, shared: Vec<(Uuid, GroupStatus)>) {
+        let mut seen = HashSet::with_capacity(shared.len());
+        for (group, mut status) in shared {
+            seen.insert(group);
+            if self.groups.contains_key(&GroupId::new(group.to_string())) {
+                continue;
+            }
+            status.backlog = status.waiting();
+            self.cache.set(group, status);
+        }
+        for group in std::mem::replace(&mut self.shared_shown, seen.clone()) {
+            if !seen.contains(&group) && !self.groups.contains_key(&GroupId::new(group.to_string()))
+            {
+                self.cache.remove(group);
+            }
         }
     }
 
@@ -1000,6 +1035,9 @@ impl Driver {
             shown.remove(&(group, Side::B));
         }
         let gid = GroupId::new(group.to_string());
+        if let Some((link, conn)) = &self.cluster {
+            cluster::spawn_forget_status(link, conn.clone(), group);
+        }
         let Some(loaded) = self.groups.remove(&gid) else {
             return;
         };

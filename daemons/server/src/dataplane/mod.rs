@@ -384,6 +384,23 @@ async fn connect_cluster(
     }
 }
 
+/// Marks offline the dongles whose presence in the records is stale when the data plane
+/// starts. Alone (no Redis stream log): every dongle — an earlier process recorded them and
+/// nothing is connected yet. In a cluster, only those no live instance holds
+/// ([`cluster::spawn_presence_reset`], in the background: it waits for Redis and checks twice).
+pub async fn reset_presence(state: &AppState, log: &StreamLogSource) -> Result<(), ServerError> {
+    if let StreamLogSource::Connect(StreamLogConfig::Redis { url, key_prefix }) = log {
+        cluster::spawn_presence_reset(state.clone(), url.clone(), key_prefix.clone());
+        return Ok(());
+    }
+    let changes = state
+        .store()
+        .call(|store| store.reset_presence(chrono::Utc::now()))
+        .await?;
+    state.publish_mode_changes(changes);
+    Ok(())
+}
+
 impl DataPlane {
     /// Starts the driver and sync tasks. Subscribes to mode changes before returning, so no
     /// activation made after this call is missed. Until the stream log is connected,
@@ -400,7 +417,7 @@ impl DataPlane {
                 Some(cluster::ClusterLink {
                     url: url.clone(),
                     prefix: key_prefix.clone(),
-                    instance: Uuid::new_v4().to_string(),
+                    instance: state.store().instance().to_owned(),
                 })
             }
             _ => None,

@@ -61,7 +61,7 @@ pub(super) enum Event {
     },
     /// A cluster presence round finished (`None`: it failed).
     Presence {
-        facts: Option<Vec<(GroupId, super::cluster::GroupFacts)>>,
+        round: Option<super::cluster::PresenceRound>,
     },
 }
 

@@ -1,6 +1,13 @@
 //! Bearer-token authentication of users and agents. The extractors work on any router state
 //! that hands out the records store (`Arc<Store>: FromRef<S>`), so they need nothing above the
 //! store.
+//!
+//! A user token that authenticated is remembered (by its SHA-256, never in clear) for
+//! [`USER_TOKEN_CACHE_TTL`](crate::store::USER_TOKEN_CACHE_TTL) in the store's
+//! [`user_token_cache`](Store::user_token_cache), so a client's requests within that time
+//! make no store trip to authenticate: a revocation through this process's store takes effect
+//! at once, one made elsewhere (the CLI, another instance) within that ttl. Refusals are never
+//! remembered. Agent tokens are checked against the store on every request.
 
 use std::sync::Arc;
 
@@ -36,12 +43,21 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError
     Ok(Some(token.trim()))
 }
 
-/// The user of a live user token.
+/// The user of a live user token: from the cache when it authenticated less than the cache's
+/// ttl ago, otherwise from the store (and then remembered).
 pub(crate) async fn user_for_token(store: &Arc<Store>, token: String) -> Result<User, ApiError> {
-    store
+    let key = crate::token::hash(&token);
+    let cache = store.user_token_cache();
+    if let Some(user) = cache.get(&key) {
+        return Ok(user);
+    }
+    let generation = cache.generation();
+    let user = store
         .call(move |store| store.authenticate_user(&token))
         .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))
+        .ok_or_else(|| ApiError::unauthorized("invalid or revoked user token"))?;
+    cache.insert(key, user.clone(), generation);
+    Ok(user)
 }
 
 /// The user of a request that may carry its token in `Authorization: Bearer` (preferred) or,

@@ -139,23 +139,20 @@ fn command_view(record: &CommandRecord, stream: String) -> Value {
     body
 }
 
-async fn owned_vehicle(state: &AppState, user: &User, id: Uuid) -> Result<Vehicle, ApiError> {
-    let user_id = user.id;
-    state
-        .store
-        .call(move |store| store.get_vehicle(user_id, id))
+async fn owned_vehicle(commands: &Commands, user: &User, id: Uuid) -> Result<Vehicle, ApiError> {
+    commands
+        .owned_vehicle(user.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("vehicle"))
 }
 
 pub(super) async fn submit(
-    State(state): State<AppState>,
     Extension(commands): Extension<Commands>,
     UserAuth(user): UserAuth,
     urls: Urls,
     ApiJson(body): ApiJson<SubmitCommand>,
 ) -> Result<Response, ApiError> {
-    let vehicle = owned_vehicle(&state, &user, body.vehicle_id).await?;
+    let vehicle = owned_vehicle(&commands, &user, body.vehicle_id).await?;
     let record = commands
         .submit(user.id, vehicle, &body.command_name, body.command_params)
         .await
@@ -476,7 +473,7 @@ async fn sovd(
         extra,
         wait,
     } = request;
-    let vehicle = owned_vehicle(&state, &user, vehicle_id).await?;
+    let vehicle = owned_vehicle(&commands, &user, vehicle_id).await?;
     let mut params = component_params(&vehicle, &ecu)?;
     if let Some((key, value)) = extra {
         params.insert(key.into(), value);

@@ -212,11 +212,16 @@ const RESPONSE_COLUMNS: &str =
 
 const RESPONSE_ACTION: &str = "storing a response";
 
-fn insert_command_on(sql: &mut dyn Sql, command: &CommandRecord) -> Result<(), DbError> {
+/// Inserts `command`, owned by `instance` (the process that queues it).
+fn insert_command_on(
+    sql: &mut dyn Sql,
+    command: &CommandRecord,
+    instance: &str,
+) -> Result<(), DbError> {
     sql.execute(
         "INSERT INTO commands (id, user_id, vehicle_id, command_name, command_params,
-             status, error_message, submitted_at, completed_at, deadline_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             status, error_message, submitted_at, completed_at, deadline_at, instance)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         args![
             command.command_id,
             command.user_id,
@@ -228,6 +233,7 @@ fn insert_command_on(sql: &mut dyn Sql, command: &CommandRecord) -> Result<(), D
             command.submitted_at,
             command.completed_at,
             command.deadline_at,
+            instance,
         ],
     )
     .map(drop)
@@ -321,10 +327,14 @@ fn add_response_on(
     Ok(ResponseOutcome::Stored(record))
 }
 
-fn apply_command_write(sql: &mut dyn Sql, write: &CommandWrite) -> Result<CommandWritten, DbError> {
+fn apply_command_write(
+    sql: &mut dyn Sql,
+    write: &CommandWrite,
+    instance: &str,
+) -> Result<CommandWritten, DbError> {
     Ok(match write {
         CommandWrite::Insert(command) => {
-            insert_command_on(sql, command)?;
+            insert_command_on(sql, command, instance)?;
             CommandWritten::Inserted
         }
         CommandWrite::Start(id) => CommandWritten::Started(start_command_on(sql, *id)?),
@@ -352,9 +362,13 @@ fn apply_command_write(sql: &mut dyn Sql, write: &CommandWrite) -> Result<Comman
 }
 
 impl Store {
-    /// Stores a new command (status `pending`).
+    /// Stores a new command (status `pending`), owned by this process's
+    /// [`instance`](Store::instance).
     pub fn insert_command(&self, command: &CommandRecord) -> Result<(), ServerError> {
-        self.run("storing a command", |sql| insert_command_on(sql, command))
+        let instance = self.instance();
+        self.run("storing a command", |sql| {
+            insert_command_on(sql, command, instance)
+        })
     }
 
     /// `pending → in_progress`. `false` when the command is not pending (already started or
@@ -402,11 +416,12 @@ impl Store {
         writes: &[CommandWrite],
     ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
         const ACTION: &str = "storing command changes";
+        let instance = self.instance();
         self.transaction(ACTION, |sql| {
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
                 sql.execute("SAVEPOINT command_write", &[])?;
-                let result = apply_command_write(sql, write);
+                let result = apply_command_write(sql, write, instance);
                 // A write that stored nothing (or failed) is rolled back with its savepoint.
                 let keep = matches!(
                     &result,
@@ -535,6 +550,39 @@ impl Store {
             .iter()
             .map(command_row)
             .collect()
+        })
+    }
+
+    /// Every open command with the instance owning it (`None`: stored before owners were
+    /// recorded, or by a test), oldest first.
+    pub fn open_commands_owned(&self) -> Result<Vec<(CommandRecord, Option<String>)>, ServerError> {
+        self.run("listing open commands", |sql| {
+            sql.query(
+                &format!(
+                    "SELECT {COMMAND_COLUMNS}, instance FROM commands
+                     WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|row| Ok((command_row(row)?, row.get(10)?)))
+            .collect()
+        })
+    }
+
+    /// Makes this process's [`instance`](Store::instance) the owner of an open command
+    /// owned by `from` (an instance that is gone). `false` when the command ended or another
+    /// instance adopted it first: exactly one adopter wins.
+    pub fn adopt_command(&self, command_id: Uuid, from: Option<&str>) -> Result<bool, ServerError> {
+        let instance = self.instance();
+        self.run("adopting a command", |sql| {
+            sql.execute(
+                "UPDATE commands SET instance = $2
+                 WHERE id = $1 AND status IN ('pending', 'in_progress')
+                   AND coalesce(instance, '') = coalesce($3, '')",
+                args![command_id, instance, from],
+            )
+            .map(|n| n == 1)
         })
     }
 }

@@ -203,7 +203,9 @@ impl Store {
     /// mode changes written (and audited).
     ///
     /// It resets every dongle of the database: with several instances on one PostgreSQL
-    /// database, that includes dongles connected to the other instances.
+    /// database, that includes dongles connected to the other instances, so a cluster
+    /// instance uses [`online_members`](Store::online_members) and
+    /// [`reset_presence_of`](Store::reset_presence_of) instead.
     pub fn reset_presence(&self, now: DateTime<Utc>) -> Result<Vec<ModeChange>, ServerError> {
         let groups: Vec<Uuid> = self.transaction("resetting presence", |sql| {
             let groups = sql
@@ -218,6 +220,75 @@ impl Store {
             sql.execute("UPDATE dongles SET online = FALSE WHERE online", &[])?;
             Ok(groups)
         })?;
+        self.refresh_presence_modes(groups, now)
+    }
+
+    /// The dongles recorded online that are a side of a group: `(dongle, group, side)` with
+    /// the side as stored (`a` or `b`). A cluster instance starting up checks these against
+    /// the live presence keys before it resets any (`docs/cluster.md`).
+    pub fn online_members(&self) -> Result<Vec<(Uuid, Uuid, String)>, ServerError> {
+        self.run("listing online group members", |sql| {
+            sql.query(
+                "SELECT m.dongle_id, m.group_id, m.side FROM group_members m
+                 JOIN dongles d ON d.id = m.dongle_id WHERE d.online",
+                &[],
+            )?
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .collect()
+        })
+    }
+
+    /// Marks the listed dongles offline — with `seen_before`, only those not seen since (a
+    /// dongle an instance wrote online meanwhile keeps its state) — and re-evaluates their
+    /// groups' modes, as [`reset_presence`](Store::reset_presence) does for every dongle.
+    /// Returns the mode changes written (and audited).
+    pub fn reset_presence_of(
+        &self,
+        dongles: &[Uuid],
+        seen_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ModeChange>, ServerError> {
+        let groups: Vec<Uuid> = self.transaction("resetting presence", |sql| {
+            let mut groups = Vec::new();
+            for dongle in dongles {
+                let changed = match seen_before {
+                    Some(seen) => sql.execute(
+                        "UPDATE dongles SET online = FALSE
+                         WHERE id = $1 AND online AND (last_seen IS NULL OR last_seen <= $2)",
+                        args![*dongle, seen],
+                    )?,
+                    None => sql.execute(
+                        "UPDATE dongles SET online = FALSE WHERE id = $1 AND online",
+                        args![*dongle],
+                    )?,
+                };
+                if changed == 0 {
+                    continue;
+                }
+                let group = sql.query_opt(
+                    "SELECT group_id FROM group_members WHERE dongle_id = $1",
+                    args![*dongle],
+                )?;
+                if let Some(row) = group {
+                    let group: Uuid = row.get(0)?;
+                    if !groups.contains(&group) {
+                        groups.push(group);
+                    }
+                }
+            }
+            Ok(groups)
+        })?;
+        self.refresh_presence_modes(groups, now)
+    }
+
+    /// Re-evaluates the modes of `groups` after a presence reset (the relay engine's status
+    /// unknown); returns the changes written.
+    fn refresh_presence_modes(
+        &self,
+        groups: Vec<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ModeChange>, ServerError> {
         let mut changes = Vec::new();
         for group_id in groups {
             changes.extend(self.refresh_group_mode(

@@ -49,6 +49,7 @@ pub use schema::{POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use sql::DbError;
 pub use vehicles::{Vehicle, VehicleRefusal};
 
+use crate::cache::TtlCache;
 use crate::error::ServerError;
 use sql::{DbError as E, PgSql, SqliteSql};
 
@@ -66,10 +67,25 @@ const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
 
+/// How long a server trusts a user token it authenticated without reading the store again:
+/// the bound within which a revocation made by another process (`tether server token
+/// revoke`, another instance on a shared PostgreSQL) takes effect here. A revocation through
+/// this store takes effect at once.
+pub const USER_TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Most user tokens remembered at once.
+const USER_TOKEN_CACHE_CAPACITY: usize = 4096;
+
 /// The records database.
 #[derive(Debug)]
 pub struct Store {
     backend: Backend,
+    /// Users of recently authenticated tokens, by the token's SHA-256 (see
+    /// [`Store::user_token_cache`]).
+    user_tokens: TtlCache<[u8; 32], User>,
+    /// This process's server instance id (a fresh UUID per open): stamped on the commands
+    /// it accepts or adopts (`commands.instance`, `docs/cluster.md`).
+    instance: String,
 }
 
 #[derive(Debug)]
@@ -98,6 +114,10 @@ impl Drop for PgHandle {
             std::thread::spawn(move || drop(pool));
         }
     }
+}
+
+fn user_token_cache() -> TtlCache<[u8; 32], User> {
+    TtlCache::new(USER_TOKEN_CACHE_TTL, USER_TOKEN_CACHE_CAPACITY)
 }
 
 impl Store {
@@ -142,6 +162,8 @@ impl Store {
                 conn: Mutex::new(conn),
                 path: path.to_owned(),
             },
+            user_tokens: user_token_cache(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -179,7 +201,21 @@ impl Store {
             .build_unchecked(manager);
         Ok(Store {
             backend: Backend::Postgres(PgHandle { pool: Some(pool) }),
+            user_tokens: user_token_cache(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// Users of recently authenticated user tokens, kept [`USER_TOKEN_CACHE_TTL`] by the
+    /// request path (`http::auth`); cleared by [`Store::revoke_user_token`].
+    pub fn user_token_cache(&self) -> &TtlCache<[u8; 32], User> {
+        &self.user_tokens
+    }
+
+    /// This process's server instance id: a fresh UUID each time the records are opened, so
+    /// stable for one run of `tether server` and never reused (`docs/cluster.md`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Where the records are, for logs and `--check-config`: the SQLite file's path, or

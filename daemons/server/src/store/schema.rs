@@ -138,8 +138,13 @@ CREATE TABLE command_responses (
 );
 "#;
 
+/// Version 4: the server instance owning an open command (`docs/cluster.md`).
+const V4: &str = r#"
+ALTER TABLE commands ADD COLUMN instance TEXT;
+"#;
+
 /// All migrations; index `i` upgrades from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -304,8 +309,13 @@ CREATE TABLE command_responses (
 );
 "#;
 
+/// PostgreSQL version 2 (SQLite version 4): the server instance owning an open command.
+const POSTGRES_V2: &str = r#"
+ALTER TABLE commands ADD COLUMN instance text;
+"#;
+
 /// All PostgreSQL migrations; index `i` upgrades from version `i` to `i + 1`.
-const POSTGRES_MIGRATIONS: &[&str] = &[POSTGRES_V1];
+const POSTGRES_MIGRATIONS: &[&str] = &[POSTGRES_V1, POSTGRES_V2];
 
 /// The PostgreSQL schema version this binary writes.
 pub const POSTGRES_SCHEMA_VERSION: i64 = POSTGRES_MIGRATIONS.len() as i64;

@@ -61,6 +61,7 @@ impl Store {
                 args![id, now],
             )?;
             if changed == 1 {
+                self.user_tokens.clear();
                 return Ok(Some(true));
             }
             let exists = sql.query_opt("SELECT 1 FROM user_tokens WHERE id = $1", args![id])?;
