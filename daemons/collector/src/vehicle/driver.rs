@@ -12,8 +12,8 @@ use can_io::CanRecord;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::uplink::{
-    OutboxRecord, Refusal, SentBatch, SessionAction, SessionConfig, StreamOutbox, UplinkSession,
-    UplinkState,
+    AppendReport, NewRecord, OutboxRecord, Refusal, SentBatch, SessionAction, SessionConfig,
+    StreamOutbox, UplinkSession, UplinkState,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -212,51 +212,57 @@ impl Driver {
             self.session.reset(self.now());
         }
         while let Some(action) = self.session.poll_action(self.now()) {
-            match action {
-                SessionAction::Connect => match self.next_endpoint() {
-                    Some(url) if self.config.enable_uplink_manager => {
-                        self.generation += 1;
-                        spawn_connect(
-                            self.generation,
-                            url,
-                            self.config.api_key.clone(),
-                            self.events_tx.clone(),
-                            self.uplink_status.subscribe(),
-                        );
-                    }
-                    _ => {
-                        self.session
-                            .handle_fatal("the uplink manager is disabled".into(), self.now());
-                    }
-                },
-                SessionAction::Reconcile { remote_acked } => {
-                    let reconciled = self.outbox.reconcile(remote_acked).await?;
-                    if reconciled.remote_ahead {
-                        tracing::warn!(
-                            remote_acked,
-                            "the remote holds seqs this store never assigned: renumbered"
-                        );
-                    }
-                    self.session.handle_reconciled(&reconciled, self.now());
-                    self.acked.send_replace(self.outbox.acked());
+            self.act(action).await?;
+        }
+        Ok(())
+    }
+
+    /// Does one action of the session.
+    async fn act(&mut self, action: SessionAction) -> anyhow::Result<()> {
+        match action {
+            SessionAction::Connect => match self.next_endpoint() {
+                Some(url) if self.config.enable_uplink_manager => {
+                    self.generation += 1;
+                    spawn_connect(
+                        self.generation,
+                        url,
+                        self.config.api_key.clone(),
+                        self.events_tx.clone(),
+                        self.uplink_status.subscribe(),
+                    );
                 }
-                SessionAction::Send { after, max } => {
-                    let batch = self.outbox.next_batch(after, max).await?;
-                    let sent = self.send(&batch).await;
-                    self.session.handle_sent(sent, self.now());
-                }
-                SessionAction::MarkUplinked { up_to } => {
-                    let n = self.outbox.ack(up_to).await?;
-                    self.metrics.uplinked.inc_by(n);
-                    self.acked.send_replace(self.outbox.acked());
-                }
-                SessionAction::DropPending { reason } => {
-                    self.outbox.drop_pending(reason).await?;
+                _ => {
                     self.session
-                        .handle_records_available(self.outbox.last_seq());
+                        .handle_fatal("the uplink manager is disabled".into(), self.now());
                 }
-                SessionAction::Disconnect => self.link = None,
+            },
+            SessionAction::Reconcile { remote_acked } => {
+                let reconciled = self.outbox.reconcile(remote_acked).await?;
+                if reconciled.remote_ahead {
+                    tracing::warn!(
+                        remote_acked,
+                        "the remote holds seqs this store never assigned: renumbered"
+                    );
+                }
+                self.session.handle_reconciled(&reconciled, self.now());
+                self.acked.send_replace(self.outbox.acked());
             }
+            SessionAction::Send { after, max } => {
+                let batch = self.outbox.next_batch(after, max).await?;
+                let sent = self.send(&batch).await;
+                self.session.handle_sent(sent, self.now());
+            }
+            SessionAction::MarkUplinked { up_to } => {
+                let n = self.outbox.ack(up_to).await?;
+                self.metrics.uplinked.inc_by(n);
+                self.acked.send_replace(self.outbox.acked());
+            }
+            SessionAction::DropPending { reason } => {
+                self.outbox.drop_pending(reason).await?;
+                self.session
+                    .handle_records_available(self.outbox.last_seq());
+            }
+            SessionAction::Disconnect => self.link = None,
         }
         Ok(())
     }
@@ -281,19 +287,7 @@ impl Driver {
     }
 
     async fn send(&mut self, batch: &[OutboxRecord]) -> Option<SentBatch> {
-        let (first, last) = (batch.first()?, batch.last()?);
-        let link = self.link.as_ref()?;
-        let message = encode_batch(batch);
-        if link.send(message).await.is_err() {
-            // The writer is gone; the reader reports the close.
-            return None;
-        }
-        Some(SentBatch {
-            first: first.seq,
-            last: last.seq,
-            count: batch.len() as u64,
-            bytes: batch.iter().map(|r| r.payload.len() as u64).sum(),
-        })
+        send_on(self.link.as_ref(), batch).await
     }
 
     async fn on_link_event(&mut self, event: LinkEvent) {
@@ -377,7 +371,7 @@ impl Driver {
         }
         let n = batch.len() as u64;
         let live = (self.live.receiver_count() > 0).then(|| batch.clone());
-        match self.outbox.append(batch).await {
+        match self.commit_append(batch).await {
             Ok(report) => {
                 self.collected += n;
                 self.metrics.collected.inc_by(n);
@@ -414,6 +408,117 @@ impl Driver {
         }
         // Committed (or counted as lost): the room goes back to the producers.
         drop(permit);
+    }
+
+    /// Commits `batch` to the store. While the commit (and its fsync) runs, the uplink goes on
+    /// from memory when it safely can: records committed *before* this append and not sent yet
+    /// are sent from a copy taken beforehand, and the remote's acks are taken by the session
+    /// (marking them in the store waits for the commit). The appended records themselves are
+    /// only sent after their commit returned, as before, so the remote never holds — let alone
+    /// acknowledges — a record the vehicle could lose in a crash. Taken only when the append
+    /// cannot drop pending records (the cap), so the records sent meanwhile keep their seqs.
+    async fn commit_append(
+        &mut self,
+        batch: Vec<NewRecord>,
+    ) -> relay_core::error::Result<AppendReport> {
+        let n = batch.len() as u64;
+        let connected = self.link.is_some() && self.session.state() == UplinkState::Connected;
+        if !connected || self.outbox.pending() + n > self.config.max_local_records.max(1) {
+            return self.outbox.append(batch).await;
+        }
+        // What the session may send next: committed, unsent records, as many as the outbox
+        // mirrors (the window and a batch at least), so a commit drains at most that.
+        let after = self.session.stats(self.now()).sent_through;
+        let ahead_max = self.outbox.config().mirror_max;
+        let ahead = match self.outbox.peek(after, ahead_max).await {
+            Ok(ahead) => ahead,
+            Err(_) => return self.outbox.append(batch).await,
+        };
+        let mut ahead = std::collections::VecDeque::from(ahead);
+        let mut cursor = after;
+        // What waits for the commit: an action not done from memory (done first, in order),
+        // the highest ack to mark, an event not handled meanwhile.
+        let mut deferred: Option<SessionAction> = None;
+        let mut mark: Option<u64> = None;
+        let mut stashed: Option<LinkEvent> = None;
+        let mut served = 0usize;
+        let result = {
+            let Driver {
+                outbox,
+                session,
+                events,
+                link,
+                generation,
+                started,
+                ..
+            } = self;
+            let now = || started.elapsed().as_millis() as u64;
+            let commit = outbox.append(batch);
+            tokio::pin!(commit);
+            loop {
+                while deferred.is_none() {
+                    match session.poll_action(now()) {
+                        None => break,
+                        Some(SessionAction::MarkUplinked { up_to }) => {
+                            mark = Some(mark.map_or(up_to, |m| m.max(up_to)));
+                        }
+                        Some(SessionAction::Send { after, max }) if after == cursor => {
+                            let take = max.min(ahead.len());
+                            if take == 0 {
+                                deferred = Some(SessionAction::Send { after, max });
+                                break;
+                            }
+                            let part: Vec<OutboxRecord> = ahead.drain(..take).collect();
+                            let sent = send_on(link.as_ref(), &part).await;
+                            if let Some(b) = &sent {
+                                cursor = b.last;
+                                served += part.len();
+                            }
+                            session.handle_sent(sent, now());
+                        }
+                        Some(other) => deferred = Some(other),
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    committed = &mut commit => break committed,
+                    event = events.recv(), if stashed.is_none() => match event {
+                        Some(LinkEvent::Message {
+                            generation: g,
+                            message: RemoteMessage::Ack { up_to },
+                        }) if g == *generation && session.handle_ack(up_to, now()).is_ok() => {}
+                        other => stashed = other,
+                    },
+                }
+            }
+        };
+        // The records sent meanwhile count as sent in the outbox too (from its mirror).
+        if served > 0 {
+            let marked = self.outbox.next_batch(after, served).await;
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, "could not mark records sent during an append");
+            }
+        }
+        if let Some(up_to) = mark {
+            match self.outbox.ack(up_to).await {
+                Ok(n) => {
+                    self.metrics.uplinked.inc_by(n);
+                    self.acked.send_replace(self.outbox.acked());
+                }
+                Err(e) => tracing::error!(error = %e, "marking acknowledged records failed"),
+            }
+        }
+        if let Some(action) = deferred
+            && let Err(e) = self.act(action).await
+        {
+            tracing::error!(error = %e, "uplink driver step failed; reopening the connection");
+            self.link = None;
+            self.session.handle_disconnected(self.now());
+        }
+        if let Some(event) = stashed {
+            self.on_link_event(event).await;
+        }
+        result
     }
 
     async fn prune(&mut self) {
@@ -557,4 +662,20 @@ impl Driver {
         // The listener may be busy; a status report is replaced by the next one, not queued.
         let _ = tx.try_send(frames);
     }
+}
+
+/// Sends `batch` as one upload message on `link`; what was sent, or `None` when there is no
+/// link, the batch is empty, or the writer is gone (the reader reports the close).
+async fn send_on(link: Option<&mpsc::Sender<Bytes>>, batch: &[OutboxRecord]) -> Option<SentBatch> {
+    let (first, last) = (batch.first()?, batch.last()?);
+    let link = link?;
+    if link.send(encode_batch(batch)).await.is_err() {
+        return None;
+    }
+    Some(SentBatch {
+        first: first.seq,
+        last: last.seq,
+        count: batch.len() as u64,
+        bytes: batch.iter().map(|r| r.payload.len() as u64).sum(),
+    })
 }
