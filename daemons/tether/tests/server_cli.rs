@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use reqwest::StatusCode;
-use server_support::{TestResult, code, read};
+use server_support::{TestResult, code, read, refused_after_revocation};
 
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
@@ -128,12 +128,8 @@ async fn token_create_then_server_then_revoke() -> TestResult {
         data_arg,
     ])?;
     assert!(revoked.status.success(), "{revoked:?}");
-    let after = client
-        .get(format!("{addr}/api/v1/agents"))
-        .bearer_auth(&token)
-        .send()
-        .await?;
-    let (status, body) = read(after).await?;
+    let (status, body) =
+        refused_after_revocation(&client, &format!("{addr}/api/v1/agents"), &token).await?;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, "unauthorized")

@@ -154,6 +154,25 @@ impl TestServer {
     }
 }
 
+/// `GET url` with `token` until it is refused, for a token revoked outside this process (the
+/// CLI, another instance): a server remembers an authenticated user token for
+/// [`server::store::USER_TOKEN_CACHE_TTL`], so the refusal comes within that bound. Returns
+/// the last answer (status and body) once refused or once twice the bound has passed.
+pub async fn refused_after_revocation(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> TestResult<(StatusCode, Value)> {
+    let deadline = std::time::Instant::now() + 2 * server::store::USER_TOKEN_CACHE_TTL;
+    loop {
+        let answer = read(client.get(url).bearer_auth(token).send().await?).await?;
+        if answer.0 == StatusCode::UNAUTHORIZED || std::time::Instant::now() > deadline {
+            return Ok(answer);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads a response as JSON, checking that error responses have the JSON error shape.
 pub async fn read(response: reqwest::Response) -> TestResult<(StatusCode, Value)> {
     let status = response.status();
