@@ -29,7 +29,7 @@
 # take medians). Usage: scripts/bench-telemetry.sh [RECORDS=300000] [VEHICLES=200] [RATE=1000]
 #   [SECONDS=10]; NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR;
 #   PYTHON=… picks the interpreter with `websockets` (default: .venv/bin/python);
-#   LOOPBACK_ONLY=1 runs parts 1 and 2 only.
+#   LOOPBACK_ONLY=1 runs parts 1 and 2 only (with BEFORE, the alternated loopback pairs too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${1:-300000}
@@ -72,8 +72,24 @@ print(f"ratio rust/python (strong form): {r['records_per_s'] / p['records_per_s'
 print(f"ratio rust/python (original defaults): {r['records_per_s'] / o['records_per_s']:.0f}x "
       f"({r['records_per_s']:.0f} vs {o['records_per_s']:.0f} records/s)")
 PYEOF
-# LOOPBACK_ONLY=1: stop after the loopback rows (before/after comparisons of the uplink path).
-[ -n "${LOOPBACK_ONLY:-}" ] && exit 0
+# before_after RSS: with BEFORE set, the loopback run (and with RSS=1 the RSS run) of both builds,
+# alternated PAIRS times.
+before_after() {
+  if [ -z "${BEFORE:-}" ]; then return 0; fi
+  echo "== before/after, alternated ${PAIRS:-3} times: before = $BEFORE, after = this build"
+  for i in $(seq "${PAIRS:-3}"); do
+    for side in before after; do
+      if [ "$side" = before ]; then B=$BEFORE; else B=$BIN/examples/bench_telemetry; fi
+      echo "pair $i $side loopback $(nice "$B" loopback "$RECORDS" 64)"
+      if [ "$1" = 1 ]; then echo "pair $i $side rss $(nice "$B" rss 200000 100000)"; fi
+    done
+  done
+}
+# LOOPBACK_ONLY=1: stop after the loopback rows and, with BEFORE, the alternated loopback pairs.
+if [ -n "${LOOPBACK_ONLY:-}" ]; then
+  before_after 0
+  exit 0
+fi
 
 KEYS=$(python3 -c "print(','.join(f'car-{i}:key-{i}' for i in range($VEHICLES)))")
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -108,13 +124,4 @@ fleet_run wire100 wire "$VEHICLES" "$RATE" "$SECONDS_" 100
 echo "== vehicle RSS, MAX_LOCAL_RECORDS=100000, 200000 records, remote down"
 nice "$BIN/examples/bench_telemetry" rss 200000 100000
 
-if [ -n "${BEFORE:-}" ]; then
-  echo "== before/after, alternated ${PAIRS:-3} times: before = $BEFORE, after = this build"
-  for i in $(seq "${PAIRS:-3}"); do
-    for side in before after; do
-      if [ "$side" = before ]; then B=$BEFORE; else B=$BIN/examples/bench_telemetry; fi
-      echo "pair $i $side loopback $(nice "$B" loopback "$RECORDS" 64)"
-      echo "pair $i $side rss $(nice "$B" rss 200000 100000)"
-    done
-  done
-fi
+before_after 1
