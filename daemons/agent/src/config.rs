@@ -120,13 +120,16 @@ impl AgentConfig {
         tether_collector::config::vehicle_from_section(section, &defaults).map(Some)
     }
 
-    /// The diagnostics role's validated settings (its section with `server_url` and `token`);
-    /// `None` when the file has no `diagnostics:` section.
+    /// The diagnostics role's validated settings (its section with `server_url` and `token`;
+    /// its `dongle:` buses checked against the `dongle:` section); `None` when the file has no
+    /// `diagnostics:` section.
     pub fn diagnostics_role(&self) -> anyhow::Result<Option<DiagnosticsRole>> {
-        self.diagnostics
-            .as_ref()
-            .map(|d| DiagnosticsRole::resolve(d, self.server_url.as_ref(), self.token.as_deref()))
-            .transpose()
+        let Some(d) = &self.diagnostics else {
+            return Ok(None);
+        };
+        let role = DiagnosticsRole::resolve(d, self.server_url.as_ref(), self.token.as_deref())?;
+        role.check_shared(self.dongle.as_ref())?;
+        Ok(Some(role))
     }
 
     /// The dongle role's validated settings (its section with `server_url`, `token` and
@@ -804,5 +807,34 @@ monitoring:    {heartbeat_interval: 60, metrics_port: 9090, health_check_port: 8
             retry_on_timeout: true,
         };
         assert_eq!(r.connection_url(), "redis://:p%40ss@h:7000/2");
+    }
+
+    #[test]
+    fn a_shared_dongle_must_be_one_the_dongle_role_accepts() {
+        let base = "server_url: http://h:1\ntoken: t\ndata_dir: /tmp/x\n";
+        let diag = "diagnostics:\n  buses:\n    - {dongle: VEH-1}\n";
+        let ok = format!("{base}dongle:\n  listen: 127.0.0.1:0\n{diag}");
+        let cfg = parse(&ok, &|_| None, &[]).expect("a served dongle");
+        let role = cfg.diagnostics_role().expect("valid").expect("on");
+        assert_eq!(role.shared_dongles().collect::<Vec<_>>(), ["VEH-1"]);
+
+        let err = parse(&format!("{base}{diag}"), &|_| None, &[]).expect_err("no dongle role");
+        assert!(
+            format!("{err:#}").contains(
+                "diagnostics.buses[0].dongle \"VEH-1\": this agent has no `dongle:` section"
+            ),
+            "{err:#}"
+        );
+        let key = "00112233445566778899aabbccddeeff";
+        let strict = format!(
+            "{base}dongle:\n  listen: 127.0.0.1:0\n  require_auth: true\n  keys:\n    VEH-2: \"{key}\"\n{diag}"
+        );
+        let err = parse(&strict, &|_| None, &[]).expect_err("unknown serial");
+        assert!(
+            format!("{err:#}").contains("\"VEH-1\": unknown to the dongle role"),
+            "{err:#}"
+        );
+        let keyed = strict.replace("VEH-2:", "VEH-1:");
+        parse(&keyed, &|_| None, &[]).expect("a keyed serial is known");
     }
 }

@@ -14,7 +14,8 @@
 //!   server's `/ws/telemetry/upload` with the agent's token.
 //! * [`diagnostics`] — vehicle commands from the server's `/ws/data` diagnostics channel run
 //!   as UDS over ISO-TP on CAN buses, answers streamed back: [`diagnostics::run`] with a
-//!   [`diagnostics::config::DiagnosticsRole`].
+//!   [`diagnostics::config::DiagnosticsRole`]. Its `dongle:` buses run on dongles the dongle
+//!   role serves ([`dongle::tap`]): [`run`] hands both roles the same taps.
 //! * [`dlq`] — the metering role's dead-letter queues as a tool (list, retry, purge).
 //! * [`servers`] — `server_url` as one URL or a list, and the fail-over between them that the
 //!   dongle, diagnostics and telemetry roles use when a connection is lost.
@@ -74,18 +75,27 @@ pub async fn run(
     let telemetry = config.telemetry_role()?;
     let diagnostics = config.diagnostics_role()?;
     let stop = stop.shared();
+    // The diagnostics role's `dongle:` buses, tapped from the dongle role (checked at parse:
+    // a `dongle:` section is there).
+    let taps = diagnostics
+        .as_ref()
+        .map(|d| dongle::tap::DongleTaps::new(d.shared_dongles()))
+        .unwrap_or_default();
     let mut roles: Vec<futures::future::LocalBoxFuture<'_, anyhow::Result<()>>> = Vec::new();
     if let Some(m) = config.metering {
         roles.push(metering::run(m, stop.clone()).boxed_local());
     }
     if let Some(d) = dongle {
-        roles.push(dongle::run(d, stop.clone()).boxed_local());
+        roles.push(dongle::run_with_taps(d, taps.clone(), stop.clone()).boxed_local());
     }
     if let Some(t) = telemetry {
         roles.push(tether_collector::vehicle::run(t, stop.clone()).boxed_local());
     }
     if let Some(d) = diagnostics {
-        roles.push(diagnostics::run(d, stop.clone()).boxed_local());
+        let counters = std::sync::Arc::new(diagnostics::DiagCounters::default());
+        roles.push(
+            diagnostics::run_with_taps(d, taps.clone(), counters, stop.clone()).boxed_local(),
+        );
     }
     if roles.is_empty() {
         bail!("no role configured");

@@ -1,16 +1,21 @@
-//! One diagnostics bus: the opened bus, an in-process fan-out so several testers share it, and
-//! the queue rules (one command at a time per ECU, functional requests alone).
+//! One diagnostics bus: the opened bus — or the tap on a dongle the `dongle` role serves — an
+//! in-process fan-out so several testers share it, and the queue rules (one command at a time
+//! per ECU, functional requests alone).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use can_io::CanRecord;
 use can_io::transport::CanBus;
-use can_io::transport::open::{AnyBus, BusAddress, OpenOptions};
+use can_io::transport::open::{AnyBus, OpenOptions};
 use can_io::transport::virtual_bus::{OverflowPolicy, VirtualBus, VirtualPort};
-use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, mpsc};
 use tracing::{debug, warn};
+
+use super::config::{BusSource, DiagBus};
+use crate::dongle::tap::{DongleTaps, Listening, Tap};
 
 /// Frames a tester's port holds before the bus drops (and counts) the next.
 const TESTER_QUEUE: usize = 4096;
@@ -49,8 +54,10 @@ pub enum Turn {
 pub struct DiagBusHandle {
     /// The serial it is announced under.
     pub serial: String,
-    /// Where it is.
-    pub address: BusAddress,
+    /// The bus, as configured.
+    pub bus: DiagBus,
+    /// The tap, on a dongle the dongle role serves.
+    tap: Option<Arc<Tap>>,
     fanout: VirtualBus,
     all: Arc<RwLock<()>>,
     ecus: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -59,35 +66,56 @@ pub struct DiagBusHandle {
 }
 
 impl DiagBusHandle {
-    /// Open `address` (UDP addresses listen: the dongle sends to the agent) and start the task
-    /// that moves frames between it and the testers; the task ends when `stop` flips.
+    /// Open `bus` (UDP addresses listen: the dongle sends to the agent; a `dongle:` bus takes
+    /// its tap from `taps`) and start the task that moves frames between it and the testers;
+    /// the task ends when `stop` flips.
     pub async fn open(
-        serial: &str,
-        address: &BusAddress,
+        bus: &DiagBus,
+        taps: &DongleTaps,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
-        let options = OpenOptions {
-            listen: true,
-            serial: format!("AGENT-{serial}")
-                .chars()
-                .take(can_io::wire::remp::MAX_SERIAL_LEN)
-                .collect(),
-            ..OpenOptions::default()
+        let serial = &bus.serial;
+        let (source, tap) = match &bus.source {
+            BusSource::Address(address) => {
+                let options = OpenOptions {
+                    listen: true,
+                    serial: format!("AGENT-{serial}")
+                        .chars()
+                        .take(can_io::wire::remp::MAX_SERIAL_LEN)
+                        .collect(),
+                    ..OpenOptions::default()
+                };
+                (Source::Own(AnyBus::open(address, &options).await?), None)
+            }
+            BusSource::Dongle => {
+                let Some((tap, frames)) = taps.take(serial) else {
+                    anyhow::bail!(
+                        "no dongle role runs in this process to share dongle {serial} with"
+                    );
+                };
+                (
+                    Source::Dongle {
+                        tap: tap.clone(),
+                        frames,
+                    },
+                    Some(tap),
+                )
+            }
         };
-        let bus = AnyBus::open(address, &options).await?;
         let fanout = VirtualBus::new();
         let uplink = fanout.port("uplink", UPLINK_QUEUE, OverflowPolicy::Backpressure);
         let counters = Arc::new(BusCounters::default());
         tokio::spawn(pump(
-            bus,
+            source,
             uplink,
             counters.clone(),
-            address.to_string(),
+            bus.to_string(),
             stop,
         ));
         Ok(Arc::new(DiagBusHandle {
             serial: serial.to_owned(),
-            address: address.clone(),
+            bus: bus.clone(),
+            tap,
             fanout,
             all: Arc::new(RwLock::new(())),
             ecus: Mutex::new(HashMap::new()),
@@ -107,6 +135,18 @@ impl DiagBusHandle {
             map.entry(key.to_owned()).or_default().clone()
         };
         Turn::One(shared, ecu.lock_owned().await)
+    }
+
+    /// On a shared dongle, copies the frames with CAN ids `response_ids` (the ECUs' answers
+    /// and flow controls) to this bus until the guard is dropped; `None` (nothing to do) on a
+    /// bus of its own, which hears everything.
+    pub fn listen(&self, response_ids: &[u32]) -> Option<Listening> {
+        self.tap.as_ref().map(|t| t.listen(response_ids))
+    }
+
+    /// Frames the shared dongle's tap dropped so far (0 on a bus of its own).
+    pub fn tap_dropped(&self) -> u64 {
+        self.tap.as_ref().map_or(0, |t| t.dropped())
     }
 
     /// A port on the bus for one command's tester.
@@ -157,9 +197,69 @@ impl CanBus for TesterPort {
     }
 }
 
+/// Where the pump's frames come from and go to.
+enum Source {
+    /// A bus of the role's own.
+    Own(AnyBus),
+    /// A dongle the dongle role serves: its tap's frames in, its REMP link out.
+    Dongle {
+        tap: Arc<Tap>,
+        frames: mpsc::Receiver<CanRecord>,
+    },
+}
+
+impl Source {
+    async fn recv(&mut self) -> Result<Option<CanRecord>, can_io::Error> {
+        match self {
+            Source::Own(bus) => bus.recv().await,
+            Source::Dongle { frames, .. } => Ok(frames.recv().await),
+        }
+    }
+
+    async fn send(&mut self, record: &CanRecord) -> anyhow::Result<()> {
+        match self {
+            Source::Own(bus) => {
+                bus.send(record).await?;
+                bus.flush().await?;
+            }
+            Source::Dongle { tap, .. } => {
+                let Some(link) = tap.link() else {
+                    anyhow::bail!(
+                        "the dongle role has not heard from dongle {} yet",
+                        tap.serial()
+                    );
+                };
+                let sent = link.send(std::slice::from_ref(record)).await;
+                if sent.invalid > 0 {
+                    anyhow::bail!("REMP cannot carry this frame");
+                }
+                if sent.send_errors > 0 {
+                    anyhow::bail!("the dongle role's UDP socket refused the datagram");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_ticks(&self) -> bool {
+        match self {
+            Source::Own(bus) => bus.needs_ticks(),
+            // The dongle role's socket: the dongle's own keep-alives keep it learned.
+            Source::Dongle { .. } => false,
+        }
+    }
+
+    async fn tick(&mut self) -> Result<(), can_io::Error> {
+        match self {
+            Source::Own(bus) => bus.tick().await,
+            Source::Dongle { .. } => Ok(()),
+        }
+    }
+}
+
 /// Frames from the bus to every tester, frames from the testers to the bus, keep-alives.
 async fn pump(
-    mut bus: AnyBus,
+    mut bus: Source,
     mut uplink: VirtualPort,
     counters: Arc<BusCounters>,
     name: String,
@@ -191,11 +291,7 @@ async fn pump(
             },
             r = uplink.recv() => match r {
                 Ok(Some(record)) => {
-                    let sent = match bus.send(&record).await {
-                        Ok(()) => bus.flush().await,
-                        Err(e) => Err(e),
-                    };
-                    match sent {
+                    match bus.send(&record).await {
                         Ok(()) => {
                             counters.frames_out.fetch_add(1, Ordering::Relaxed);
                             warned_send = false;
@@ -204,7 +300,7 @@ async fn pump(
                             counters.send_failed.fetch_add(1, Ordering::Relaxed);
                             if !warned_send {
                                 warned_send = true;
-                                warn!(bus = %name, error = %e, "cannot put a frame on the diagnostics bus (counted)");
+                                warn!(bus = %name, error = %format!("{e:#}"), "cannot put a frame on the diagnostics bus (counted)");
                             }
                         }
                     }

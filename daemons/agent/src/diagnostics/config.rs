@@ -7,21 +7,27 @@ use can_io::transport::open::BusAddress;
 use can_io::uds::UdsTiming;
 use serde::Deserialize;
 
-use tether_runtime::config::{secs, string_like};
+use tether_runtime::config::{opt_string_like, secs};
 
-/// One bus the role runs commands on, as written in the file.
+/// One bus the role runs commands on, as written in the file: `bus` (with `serial`) or
+/// `dongle`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusSection {
     /// The serial the bus is announced under (`POST /api/v1/agent/dongles`): the server shows
-    /// it as a dongle, and vehicles name it by that dongle's id.
-    #[serde(deserialize_with = "string_like")]
-    pub serial: String,
-    /// The bus: `socketcan://can0`, `udp://0.0.0.0:20200` (a REMP dongle sends there; the
-    /// agent listens), `multicast://239.74.163.2:43113`, `socketcand://HOST:PORT/BUS`,
+    /// it as a dongle, and vehicles name it by that dongle's id. With `dongle` it defaults to
+    /// (and must be) the dongle's serial.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub serial: Option<String>,
+    /// A bus of its own: `socketcan://can0`, `udp://0.0.0.0:20200` (a REMP dongle sends there;
+    /// the agent listens), `multicast://239.74.163.2:43113`, `socketcand://HOST:PORT/BUS`,
     /// `cannelloni://HOST:PORT` (listens).
-    #[serde(deserialize_with = "string_like")]
-    pub bus: String,
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub bus: Option<String>,
+    /// The serial of a REMP dongle this agent's `dongle` role serves: the bus is that dongle's,
+    /// shared with the relay (`docs/agent.md`, "One dongle, relayed and diagnosed").
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub dongle: Option<String>,
 }
 
 /// `diagnostics:` as written in the file.
@@ -57,13 +63,31 @@ fn ten() -> f64 {
     10.0
 }
 
+/// Where a bus's frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusSource {
+    /// A bus the role opens itself.
+    Address(BusAddress),
+    /// The REMP dongle of the same serial, served by the `dongle` role: its socket is shared.
+    Dongle,
+}
+
 /// A checked bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagBus {
-    /// Its serial.
+    /// Its serial (the dongle's, for [`BusSource::Dongle`]).
     pub serial: String,
-    /// Its address.
-    pub address: BusAddress,
+    /// Where it is.
+    pub source: BusSource,
+}
+
+impl std::fmt::Display for DiagBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            BusSource::Address(a) => write!(f, "{a}"),
+            BusSource::Dongle => write!(f, "dongle {} (shared with the dongle role)", self.serial),
+        }
+    }
 }
 
 /// The role's settings, checked.
@@ -97,25 +121,19 @@ impl DiagnosticsRole {
         }
         let mut buses: Vec<DiagBus> = Vec::new();
         for (i, b) in d.buses.iter().enumerate() {
-            can_io::wire::remp::validate_serial(&b.serial)
-                .with_context(|| format!("diagnostics.buses[{i}].serial {:?}", b.serial))?;
-            let address: BusAddress = b
-                .bus
-                .parse()
-                .with_context(|| format!("diagnostics.buses[{i}].bus {:?}", b.bus))?;
-            if buses.iter().any(|x| x.serial == b.serial) {
+            let bus = resolve_bus(i, b)?;
+            if buses.iter().any(|x| x.serial == bus.serial) {
                 bail!(
                     "diagnostics.buses[{i}]: serial {:?} is listed twice",
-                    b.serial
+                    bus.serial
                 );
             }
-            if buses.iter().any(|x| x.address == address) {
-                bail!("diagnostics.buses[{i}]: bus {address} is listed twice");
+            if let BusSource::Address(a) = &bus.source
+                && buses.iter().any(|x| x.source == bus.source)
+            {
+                bail!("diagnostics.buses[{i}]: bus {a} is listed twice");
             }
-            buses.push(DiagBus {
-                serial: b.serial.clone(),
-                address,
-            });
+            buses.push(bus);
         }
         let p2 = secs("diagnostics.p2", d.p2)?;
         let p2_star = secs("diagnostics.p2_star", d.p2_star)?;
@@ -136,6 +154,84 @@ impl DiagnosticsRole {
             reconnect_max,
         })
     }
+
+    /// The serials of the buses shared with the `dongle` role.
+    pub fn shared_dongles(&self) -> impl Iterator<Item = &str> {
+        self.buses
+            .iter()
+            .filter(|b| b.source == BusSource::Dongle)
+            .map(|b| b.serial.as_str())
+    }
+
+    /// Checks the shared buses against the file's `dongle:` section: the role must be there,
+    /// and must accept the serial (with `require_auth`, only serials with a key).
+    pub fn check_shared(
+        &self,
+        dongle: Option<&crate::dongle::config::DongleSection>,
+    ) -> anyhow::Result<()> {
+        for (i, b) in self.buses.iter().enumerate() {
+            if b.source != BusSource::Dongle {
+                continue;
+            }
+            let Some(d) = dongle else {
+                bail!(
+                    "diagnostics.buses[{i}].dongle {:?}: this agent has no `dongle:` section, so no dongle role serves that dongle (add one, or give the bus its own `bus:` address)",
+                    b.serial
+                );
+            };
+            if d.require_auth && !d.keys.contains_key(&b.serial) {
+                bail!(
+                    "diagnostics.buses[{i}].dongle {:?}: unknown to the dongle role, which refuses every serial without a key (require_auth) and has none for this one in dongle.keys",
+                    b.serial
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One entry of `diagnostics.buses`, checked.
+fn resolve_bus(i: usize, b: &BusSection) -> anyhow::Result<DiagBus> {
+    let (serial, source) = match (&b.bus, &b.dongle) {
+        (Some(bus), None) => {
+            let Some(serial) = &b.serial else {
+                bail!("diagnostics.buses[{i}]: a `bus:` needs the `serial:` it is announced under");
+            };
+            let address: BusAddress = bus
+                .parse()
+                .with_context(|| format!("diagnostics.buses[{i}].bus {bus:?}"))?;
+            (serial, BusSource::Address(address))
+        }
+        (None, Some(dongle)) => {
+            if let Some(serial) = &b.serial
+                && serial != dongle
+            {
+                bail!(
+                    "diagnostics.buses[{i}]: serial {serial:?} differs from dongle {dongle:?} (a shared dongle is announced under its own serial; leave `serial` out)"
+                );
+            }
+            (dongle, BusSource::Dongle)
+        }
+        (Some(_), Some(_)) => {
+            bail!(
+                "diagnostics.buses[{i}]: give `bus:` (a bus of its own) or `dongle:` (a dongle the dongle role serves), not both"
+            )
+        }
+        (None, None) => bail!(
+            "diagnostics.buses[{i}]: needs `bus:` (with `serial:`) or `dongle:` (a dongle the dongle role serves)"
+        ),
+    };
+    let what = if source == BusSource::Dongle {
+        "dongle"
+    } else {
+        "serial"
+    };
+    can_io::wire::remp::validate_serial(serial)
+        .with_context(|| format!("diagnostics.buses[{i}].{what} {serial:?}"))?;
+    Ok(DiagBus {
+        serial: serial.clone(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -150,12 +246,20 @@ mod tests {
     #[test]
     fn resolves_and_refuses() {
         let ok = section(
-            "buses:\n  - {serial: VEH-1, bus: 'socketcan://can0'}\n  - {serial: VEH-2, bus: 'udp://0.0.0.0:20200'}\n",
+            "buses:\n  - {serial: VEH-1, bus: 'socketcan://can0'}\n  - {serial: VEH-2, bus: 'udp://0.0.0.0:20200'}\n  - {dongle: VEH-3}\n",
         );
         let url = crate::servers::ServerUrlSetting(vec!["http://h:8080/".into()]);
         let r = DiagnosticsRole::resolve(&ok, Some(&url), Some("ta_x")).unwrap();
         assert_eq!(r.servers.first().ws("/ws/data"), "ws://h:8080/ws/data");
-        assert_eq!(r.buses.len(), 2);
+        assert_eq!(r.buses.len(), 3);
+        assert_eq!(
+            r.buses[2],
+            DiagBus {
+                serial: "VEH-3".into(),
+                source: BusSource::Dongle
+            }
+        );
+        assert_eq!(r.shared_dongles().collect::<Vec<_>>(), ["VEH-3"]);
         assert_eq!(r.timing, UdsTiming::default());
         for (yaml, reason) in [
             ("buses: []\n", "at least one bus"),
@@ -174,6 +278,24 @@ mod tests {
             (
                 "buses:\n  - {serial: A, bus: 'socketcan://can0'}\np2: 2\np2_star: 1\n",
                 "p2_star",
+            ),
+            (
+                "buses:\n  - {bus: 'socketcan://can0'}\n",
+                "needs the `serial:`",
+            ),
+            ("buses:\n  - {serial: A}\n", "needs `bus:`"),
+            (
+                "buses:\n  - {dongle: A, bus: 'socketcan://can0'}\n",
+                "not both",
+            ),
+            (
+                "buses:\n  - {dongle: A, serial: B}\n",
+                "differs from dongle",
+            ),
+            ("buses:\n  - {dongle: 'A B'}\n", "dongle \"A B\""),
+            (
+                "buses:\n  - {dongle: A}\n  - {serial: A, bus: 'socketcan://can0'}\n",
+                "listed twice",
             ),
         ] {
             let err = DiagnosticsRole::resolve(&section(yaml), Some(&url), Some("t")).unwrap_err();

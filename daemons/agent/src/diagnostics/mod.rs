@@ -4,7 +4,11 @@
 //!
 //! * Each configured bus (`socketcan://can0`, `udp://…` where a REMP dongle sends, …) is
 //!   opened at start and announced to the server under its serial (`POST
-//!   /api/v1/agent/dongles`), which gives the dongle id vehicles name.
+//!   /api/v1/agent/dongles`), which gives the dongle id vehicles name. A `dongle: SERIAL` bus
+//!   is a dongle the `dongle` role of the same process serves: the role runs on its tap
+//!   (`crate::dongle::tap`) — the frames its commands listen on (the ECUs' response ids) are
+//!   copied to it while the relay still gets every frame, and its requests go to the dongle
+//!   through the dongle role's socket and REMP sender, not to the group's other side.
 //! * One `GET /ws/data` connection opens with `diag_hello` listing those dongle ids; on
 //!   `diag_welcome` the role takes `command`s. It reconnects with full-jitter backoff
 //!   (`tether-retry`) between `reconnect_min` and `reconnect_max`; a lost connection moves it
@@ -16,8 +20,9 @@
 //! * A connection that drops ends the commands running on it; the server fails or re-sends
 //!   them. Messages that could not be sent are counted (`undelivered`) and logged.
 //!
-//! What it does not do: share a REMP dongle with the `dongle` role (a bus here is its own
-//! address), keep sessions alive between commands, or retry a command itself.
+//! What it does not do: keep sessions alive between commands, retry a command itself, or
+//! keep a relayed group's other side from talking to the same ECUs (a shared dongle's bus is
+//! the vehicle's; another tester there is the user's business).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -43,6 +48,7 @@ use uuid::Uuid;
 pub mod bus;
 pub mod config;
 
+use crate::dongle::tap::DongleTaps;
 use crate::servers::{Failover, next_delay, reconnect_backoff};
 use bus::DiagBusHandle;
 use config::DiagnosticsRole;
@@ -96,13 +102,24 @@ pub async fn run_with_counters(
     counters: Arc<DiagCounters>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_taps(role, DongleTaps::default(), counters, stop).await
+}
+
+/// [`run_with_counters`] next to a dongle role that serves the role's `dongle:` buses through
+/// `taps` (the same value given to [`crate::dongle::run_with_taps`]).
+pub async fn run_with_taps(
+    role: DiagnosticsRole,
+    taps: DongleTaps,
+    counters: Arc<DiagCounters>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut buses = Vec::new();
     for b in &role.buses {
-        let h = DiagBusHandle::open(&b.serial, &b.address, stop_rx.clone())
+        let h = DiagBusHandle::open(b, &taps, stop_rx.clone())
             .await
-            .with_context(|| format!("opening diagnostics bus {} ({})", b.address, b.serial))?;
-        info!(serial = %b.serial, bus = %b.address, "diagnostics bus open");
+            .with_context(|| format!("opening diagnostics bus {b} ({})", b.serial))?;
+        info!(serial = %b.serial, bus = %b, "diagnostics bus open");
         buses.push(h);
     }
     let servers = Arc::new(Failover::new(role.servers.clone()));
@@ -117,7 +134,8 @@ pub async fn run_with_counters(
         info!(serial = %b.serial, frames_in = c.frames_in.load(Ordering::Relaxed),
             frames_out = c.frames_out.load(Ordering::Relaxed),
             send_failed = c.send_failed.load(Ordering::Relaxed),
-            tester_dropped = c.tester_dropped.load(Ordering::Relaxed), "diagnostics bus totals");
+            tester_dropped = c.tester_dropped.load(Ordering::Relaxed),
+            tap_dropped = b.tap_dropped(), "diagnostics bus totals");
     }
     info!("diagnostics role stopped: {}", counters.summary());
     Ok(())
@@ -300,6 +318,17 @@ async fn serve(
     result
 }
 
+/// The CAN ids a tester of `plan` hears answers on: its ECUs' response ids, or the OBD
+/// layout's `0x7E8..=0x7EF` for a functional request to a vehicle without an ECU list (the
+/// tester core `ExecPlan::tester_core` builds).
+fn response_ids(plan: &ExecPlan) -> Vec<u32> {
+    if plan.functional && plan.ecus.is_empty() {
+        (0x7E8..=0x7EF).collect()
+    } else {
+        plan.ecus.iter().map(|e| e.response_id).collect()
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -353,6 +382,8 @@ async fn run_command(
         Ok(c) => c,
         Err(e) => return fail(e.reason()),
     };
+    // On a shared dongle, the ECUs' answers are copied to this bus while the command runs.
+    let _listening = bus.listen(&response_ids(&plan));
     let mut tester = UdsTester::new(bus.port(), core);
     let mut seq = 0u32;
     let mut emit = |response: serde_json::Value, is_final: bool| {

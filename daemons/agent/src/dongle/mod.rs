@@ -12,13 +12,17 @@
 //!   sans-IO session, and sends the other side's frames to the address the dongle was last
 //!   heard from. [`assignments`] remembers each dongle's last group.
 //!
+//! A bus of the `diagnostics` role given as `dongle: SERIAL` taps a dongle served here
+//! ([`tap`]): the frames its commands listen on are copied to it, and its requests go out
+//! through the dongle's [`tap::DongleLink`], the same REMP sender the worker uses.
+//!
 //! Every dropped frame is counted by reason (`tether_agent_dongle_frames_dropped_total`) and
 //! logged at a limited rate. Storage format and guarantees: `docs/agent.md`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -38,6 +42,7 @@ pub mod assignments;
 pub mod config;
 pub mod metrics;
 pub mod poller;
+pub mod tap;
 pub mod worker;
 
 use crate::servers::Failover;
@@ -46,6 +51,7 @@ use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use poller::PollState;
 use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
+use tap::{DongleLink, DongleTaps, Tap};
 use worker::{Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
@@ -62,7 +68,9 @@ pub const LOCK_FILE: &str = "dongle-agent.lock";
 /// A learned dongle, as the UDP task sees it.
 struct DongleEntry {
     frames: mpsc::Sender<Vec<CanRecord>>,
-    peer: Arc<Mutex<SocketAddr>>,
+    link: Arc<DongleLink>,
+    /// The diagnostics role's tap on this dongle, if it has one.
+    tap: Option<Arc<Tap>>,
 }
 
 /// Runs the role until `stop` completes, then flushes the outboxes and returns. Errors are
@@ -72,6 +80,15 @@ struct DongleEntry {
 /// It installs no signal handler and no log subscriber: the caller does (the `tether` binary
 /// registers SIGTERM / Ctrl-C before calling, so a stop during start-up is a graceful stop).
 pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with_taps(role, DongleTaps::default(), stop).await
+}
+
+/// [`run`], with the diagnostics role's `taps` on some of the dongles.
+pub async fn run_with_taps(
+    role: DongleRole,
+    taps: DongleTaps,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
     // One agent per state directory: two would hand out the same seqs.
@@ -140,7 +157,7 @@ pub async fn run(role: DongleRole, stop: impl Future<Output = ()>) -> anyhow::Re
         socket: socket.clone(),
         stop: stop_rx.clone(),
     };
-    let udp = tokio::spawn(udp_loop(ctx, api, stop_rx.clone()));
+    let udp = tokio::spawn(udp_loop(ctx, api, taps, stop_rx.clone()));
     if let Some(every) = role.stats_interval {
         tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
     }
@@ -181,6 +198,7 @@ async fn metrics_text(State(h): State<MetricsHandle>) -> impl IntoResponse {
 async fn udp_loop(
     ctx: WorkerCtx,
     api: api::ServerApi,
+    taps: DongleTaps,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut receiver = RempReceiver::new(MAX_DONGLES);
@@ -248,7 +266,7 @@ async fn udp_loop(
             RempEvent::Dropped { .. } => continue,
         };
         if !dongles.contains_key(&serial) {
-            match learn(&ctx, &api, &serial, from) {
+            match learn(&ctx, &api, &taps, &serial, from) {
                 Ok((entry, handle)) => {
                     dongles.insert(serial.clone(), entry);
                     workers.push(handle);
@@ -262,12 +280,11 @@ async fn udp_loop(
         let Some(entry) = dongles.get(&serial) else {
             continue;
         };
-        if let Ok(mut p) = entry.peer.lock()
-            && *p != from
-        {
-            *p = from;
-        }
+        entry.link.set_peer(from);
         if let Some(records) = records {
+            if let Some(tap) = &entry.tap {
+                tap.offer(&records);
+            }
             let n = records.len() as u64;
             match entry.frames.try_send(records) {
                 Ok(()) => {}
@@ -299,6 +316,7 @@ async fn udp_loop(
 fn learn(
     ctx: &WorkerCtx,
     api: &api::ServerApi,
+    taps: &DongleTaps,
     serial: &str,
     from: SocketAddr,
 ) -> anyhow::Result<(DongleEntry, tokio::task::JoinHandle<()>)> {
@@ -306,14 +324,18 @@ fn learn(
     ctx.metrics.note_serial(serial);
     let saved = ctx.assignments.get(serial);
     let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
-    let peer = Arc::new(Mutex::new(from));
+    let link = Arc::new(DongleLink::new(serial, ctx.socket.clone(), from)?);
+    let tap = taps.get(serial);
+    if let Some(tap) = &tap {
+        tap.attach(link.clone());
+    }
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());
     let w = Worker::new(
         serial.to_owned(),
         ctx.clone(),
         rx,
-        peer.clone(),
+        link.clone(),
         poll_rx,
         repoll.clone(),
         saved.clone(),
@@ -328,7 +350,14 @@ fn learn(
         ctx.stop.clone(),
     ));
     let handle = tokio::spawn(w.run());
-    Ok((DongleEntry { frames: tx, peer }, handle))
+    Ok((
+        DongleEntry {
+            frames: tx,
+            link,
+            tap,
+        },
+        handle,
+    ))
 }
 
 async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver<bool>) {

@@ -16,14 +16,12 @@
 //! resumes from what the server holds. Frames read while there is no (active) group are
 //! dropped and counted; while the server is unreachable they wait in the outbox.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use can_io::CanRecord;
 use can_io::frame::Channel;
-use can_io::wire::remp::RempSender;
 use futures::{SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -51,6 +49,7 @@ use super::assignments::{Assignments, SavedAssignment};
 use super::config::DongleRole;
 use super::metrics::{DongleMetrics, DropReason};
 use super::poller::PollState;
+use super::tap::DongleLink;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -147,10 +146,10 @@ pub struct Worker {
     serial: String,
     ctx: WorkerCtx,
     frames: mpsc::Receiver<Vec<CanRecord>>,
-    peer: Arc<Mutex<SocketAddr>>,
+    /// To the dongle (shared with a diagnostics tap).
+    link: Arc<DongleLink>,
     poll: watch::Receiver<PollState>,
     repoll: Arc<Notify>,
-    to_dongle: RempSender,
     saved: Option<SavedAssignment>,
     /// Group, side and whether frames are relayed (`None`: no group).
     group: Option<(String, Side, bool)>,
@@ -177,22 +176,19 @@ impl Worker {
         serial: String,
         ctx: WorkerCtx,
         frames: mpsc::Receiver<Vec<CanRecord>>,
-        peer: Arc<Mutex<SocketAddr>>,
+        link: Arc<DongleLink>,
         poll: watch::Receiver<PollState>,
         repoll: Arc<Notify>,
         saved: Option<SavedAssignment>,
     ) -> anyhow::Result<Self> {
-        let boot_id = rand::random::<u64>();
-        let to_dongle = RempSender::new(&serial, boot_id, 1000)?;
         let server = ctx.servers.current().0;
         Ok(Worker {
             serial,
             ctx,
             frames,
-            peer,
+            link,
             poll,
             repoll,
-            to_dongle,
             saved,
             group: None,
             stream: None,
@@ -796,44 +792,24 @@ impl Worker {
         let rx_seq = s.outbox.rx_seq();
         let mut dup = 0;
         let mut invalid = 0;
-        let mut delivered = 0;
         let default_channel = Channel::from("can0");
-        let mut datagrams = Vec::new();
+        let mut records = Vec::with_capacity(batch.frames.len());
         for (seq, f) in (batch.first_seq..).zip(&batch.frames) {
             if seq <= rx_seq {
                 dup += 1;
                 continue;
             }
-            match f
-                .to_record(&default_channel)
-                .and_then(|r| self.to_dongle.push(&r))
-            {
-                Ok(d) => {
-                    datagrams.extend(d);
-                    delivered += 1;
-                }
+            match f.to_record(&default_channel) {
+                Ok(r) => records.push(r),
                 Err(e) => {
                     invalid += 1;
                     debug!(serial = %self.serial, seq, error = %e, "inbound frame the dongle cannot carry");
                 }
             }
         }
-        match self.to_dongle.flush() {
-            Ok(d) => datagrams.extend(d),
-            Err(e) => {
-                // Cannot happen for frames `push` accepted; never let it stall the stream.
-                warn!(serial = %self.serial, error = %e, "a REMP batch for the dongle could not be encoded");
-            }
-        }
-        let peer = *self
-            .peer
-            .lock()
-            .map_err(|_| anyhow::anyhow!("peer lock poisoned"))?;
-        for d in &datagrams {
-            if let Err(e) = self.ctx.socket.send_to(d, peer).await {
-                debug!(serial = %self.serial, %peer, error = %e, "sending to the dongle failed");
-            }
-        }
+        let sent = self.link.send(&records).await;
+        let delivered = sent.encoded;
+        invalid += sent.invalid;
         let m = &self.ctx.metrics;
         DongleMetrics::inc(&m.frames_delivered, &self.serial, delivered);
         DongleMetrics::inc(&m.frames_duplicate, &self.serial, dup);
