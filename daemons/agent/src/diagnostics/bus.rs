@@ -85,7 +85,10 @@ impl DiagBusHandle {
                         .collect(),
                     ..OpenOptions::default()
                 };
-                (Source::Own(AnyBus::open(address, &options).await?), None)
+                (
+                    Source::Own(Box::new(AnyBus::open(address, &options).await?)),
+                    None,
+                )
             }
             BusSource::Dongle => {
                 let Some((tap, frames)) = taps.take(serial) else {
@@ -199,8 +202,8 @@ impl CanBus for TesterPort {
 
 /// Where the pump's frames come from and go to.
 enum Source {
-    /// A bus of the role's own.
-    Own(AnyBus),
+    /// A bus of the role's own (boxed: it is large, and there is one per bus).
+    Own(Box<AnyBus>),
     /// A dongle the dongle role serves: its tap's frames in, its REMP link out.
     Dongle {
         tap: Arc<Tap>,
