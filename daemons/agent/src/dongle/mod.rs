@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,12 @@ use worker::{Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
 const DONGLE_QUEUE: usize = 4096;
+/// Frames queued per dongle between the UDP task and its worker, at most. A worker that cannot
+/// keep up sheds the newest frames here, counted (`queue_full`), before it spends any work on
+/// them, instead of letting ~50 frames per queued datagram pile up in memory (seconds of
+/// latency under overload, all shed later at the outbox cap anyway). About 0.3 s at 50,000
+/// frames/s; the worker takes everything queued at each wake-up (`worker::Worker::run`).
+pub const DONGLE_QUEUE_FRAMES: usize = 16_384;
 /// Dongles tracked at most (REMP's receiver refuses more serials).
 const MAX_DONGLES: usize = 4096;
 /// Queue-full warnings per dongle at most this often.
@@ -62,6 +69,8 @@ pub const LOCK_FILE: &str = "dongle-agent.lock";
 /// A learned dongle, as the UDP task sees it.
 struct DongleEntry {
     frames: mpsc::Sender<Vec<CanRecord>>,
+    /// Frames in `frames` (the worker subtracts what it takes).
+    queued: Arc<AtomicUsize>,
     peer: Arc<Mutex<SocketAddr>>,
 }
 
@@ -269,7 +278,16 @@ async fn udp_loop(
         }
         if let Some(records) = records {
             let n = records.len() as u64;
-            match entry.frames.try_send(records) {
+            let len = records.len();
+            let sent = if entry.queued.load(Ordering::Acquire) + len > DONGLE_QUEUE_FRAMES {
+                Err(mpsc::error::TrySendError::Full(records))
+            } else {
+                entry.queued.fetch_add(len, Ordering::AcqRel);
+                entry.frames.try_send(records).inspect_err(|_| {
+                    entry.queued.fetch_sub(len, Ordering::AcqRel);
+                })
+            };
+            match sent {
                 Ok(()) => {}
                 Err(e) => {
                     ctx.metrics.dropped(&serial, DropReason::QueueFull, n);
@@ -306,13 +324,17 @@ fn learn(
     ctx.metrics.note_serial(serial);
     let saved = ctx.assignments.get(serial);
     let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
     let peer = Arc::new(Mutex::new(from));
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());
     let w = Worker::new(
         serial.to_owned(),
         ctx.clone(),
-        rx,
+        worker::FrameQueue {
+            rx,
+            queued: queued.clone(),
+        },
         peer.clone(),
         poll_rx,
         repoll.clone(),
@@ -328,7 +350,14 @@ fn learn(
         ctx.stop.clone(),
     ));
     let handle = tokio::spawn(w.run());
-    Ok((DongleEntry { frames: tx, peer }, handle))
+    Ok((
+        DongleEntry {
+            frames: tx,
+            queued,
+            peer,
+        },
+        handle,
+    ))
 }
 
 async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver<bool>) {

@@ -17,6 +17,7 @@
 //! dropped and counted; while the server is unreachable they wait in the outbox.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use anyhow::{Context, bail};
 use can_io::CanRecord;
 use can_io::frame::Channel;
 use can_io::wire::remp::RempSender;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::engine::{DeliverySource, GroupMode, Side};
@@ -64,6 +65,52 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Records read per store call when the stored frames are checked at open.
 const CHECK_PAGE: usize = 4096;
+/// Server messages already received that are handled before the inbound cursor is stored and
+/// acknowledged once for all of them.
+const WS_BURST: usize = 64;
+
+/// The dongle's frames from the UDP task: datagrams of records, and how many records they
+/// hold (the UDP task sheds what would go over [`super::DONGLE_QUEUE_FRAMES`]).
+#[derive(Debug)]
+pub struct FrameQueue {
+    /// Datagrams of records.
+    pub rx: mpsc::Receiver<Vec<CanRecord>>,
+    /// Records queued in `rx`.
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl FrameQueue {
+    /// Waits for frames, then takes everything queued (so the outbox cap applies to all of it
+    /// at once, in one append). `None`: the UDP side is gone.
+    async fn next(&mut self) -> Option<Vec<Vec<CanRecord>>> {
+        let mut batches = Vec::new();
+        if self
+            .rx
+            .recv_many(&mut batches, super::DONGLE_QUEUE_FRAMES)
+            .await
+            == 0
+        {
+            return None;
+        }
+        Some(self.taken(batches))
+    }
+
+    /// Closes the queue and takes what is left.
+    fn close(&mut self) -> Vec<Vec<CanRecord>> {
+        self.rx.close();
+        let mut batches = Vec::new();
+        while let Ok(b) = self.rx.try_recv() {
+            batches.push(b);
+        }
+        self.taken(batches)
+    }
+
+    fn taken(&self, batches: Vec<Vec<CanRecord>>) -> Vec<Vec<CanRecord>> {
+        let n = batches.iter().map(Vec::len).sum();
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        batches
+    }
+}
 
 /// Everything a worker shares with the UDP task and the process.
 #[derive(Debug, Clone)]
@@ -108,6 +155,9 @@ struct Stream {
     side: Side,
     outbox: StreamOutbox,
     session: UplinkSession<StdRng>,
+    /// Highest inbound seq handled (delivered to the dongle or reported as a gap) whose cursor
+    /// is not yet stored and acknowledged ([`Worker::flush_rx`]).
+    rx_due: Option<u64>,
 }
 
 /// A connected session.
@@ -146,7 +196,7 @@ impl DropLog {
 pub struct Worker {
     serial: String,
     ctx: WorkerCtx,
-    frames: mpsc::Receiver<Vec<CanRecord>>,
+    frames: FrameQueue,
     peer: Arc<Mutex<SocketAddr>>,
     poll: watch::Receiver<PollState>,
     repoll: Arc<Notify>,
@@ -176,7 +226,7 @@ impl Worker {
     pub fn new(
         serial: String,
         ctx: WorkerCtx,
-        frames: mpsc::Receiver<Vec<CanRecord>>,
+        frames: FrameQueue,
         peer: Arc<Mutex<SocketAddr>>,
         poll: watch::Receiver<PollState>,
         repoll: Arc<Notify>,
@@ -222,7 +272,6 @@ impl Worker {
             self.set_group(Some((group.0, group.1, true))).await?;
         }
         let mut stop = self.ctx.stop.clone();
-        let batch_max = self.ctx.cfg.batch_max_frames;
         let mut poll_open = true;
         loop {
             if *stop.borrow() {
@@ -235,19 +284,18 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.session.poll_timeout())
                 .map(|at| self.started + Duration::from_millis(at));
-            let mut buf = Vec::new();
             tokio::select! {
                 r = stop.changed() => {
                     if r.is_err() {
                         return self.shutdown().await;
                     }
                 }
-                n = self.frames.recv_many(&mut buf, batch_max) => {
-                    if n == 0 {
+                batches = self.frames.next() => {
+                    let Some(batches) = batches else {
                         // The UDP side is gone: the process is stopping.
                         return self.shutdown().await;
-                    }
-                    self.on_frames(buf).await?;
+                    };
+                    self.on_frames(batches).await?;
                 }
                 r = self.poll.changed(), if poll_open => {
                     if r.is_ok() {
@@ -258,7 +306,7 @@ impl Worker {
                     }
                 }
                 () = sleep_until(wake) => {}
-                m = next_msg(&mut self.conn) => self.on_ws(m).await?,
+                m = next_msg(&mut self.conn) => self.on_ws_burst(m).await?,
             }
         }
     }
@@ -403,6 +451,7 @@ impl Worker {
             side,
             outbox,
             session,
+            rx_due: None,
         })
     }
 
@@ -709,7 +758,26 @@ impl Worker {
         }
     }
 
-    /// Handles one WebSocket message. Store errors end the worker; everything else is the
+    /// Handles `m` and the messages already received after it (at most [`WS_BURST`]), then
+    /// stores the inbound cursor and acknowledges it once: one store commit and one `ack` per
+    /// burst instead of per `frames` message, so a busy inbound stream costs less than the
+    /// server's delivery.
+    async fn on_ws_burst(
+        &mut self,
+        m: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+    ) -> anyhow::Result<()> {
+        self.on_ws(m).await?;
+        for _ in 1..WS_BURST {
+            let Some(m) = next_msg(&mut self.conn).now_or_never() else {
+                break;
+            };
+            self.on_ws(m).await?;
+        }
+        self.flush_rx().await
+    }
+
+    /// Handles one WebSocket message; inbound frames and gaps leave their cursor to
+    /// [`flush_rx`](Self::flush_rx). Store errors end the worker; everything else is the
     /// connection's business.
     async fn on_ws(
         &mut self,
@@ -838,19 +906,32 @@ impl Worker {
         DongleMetrics::inc(&m.frames_delivered, &self.serial, delivered);
         DongleMetrics::inc(&m.frames_duplicate, &self.serial, dup);
         m.dropped(&self.serial, DropReason::Invalid, invalid);
-        self.advance_rx(last).await
+        self.advance_rx(last);
+        Ok(())
     }
 
     async fn on_gap(&mut self, g: GapNotice) -> anyhow::Result<()> {
         warn!(serial = %self.serial, from = g.from, to = g.to, count = g.count, reason = ?g.reason,
             "the server reports inbound frames that will never arrive");
         DongleMetrics::inc(&self.ctx.metrics.gap_frames, &self.serial, g.count);
-        self.advance_rx(g.to).await
+        self.advance_rx(g.to);
+        Ok(())
     }
 
-    /// Stores the inbound cursor (if `seq` is above it), then acknowledges it to the server.
-    async fn advance_rx(&mut self, seq: u64) -> anyhow::Result<()> {
+    /// Inbound seqs up to `seq` are handled: their cursor is due ([`flush_rx`](Self::flush_rx)).
+    fn advance_rx(&mut self, seq: u64) {
+        if let Some(s) = self.stream.as_mut() {
+            s.rx_due = Some(s.rx_due.map_or(seq, |due| due.max(seq)));
+        }
+    }
+
+    /// Stores the due inbound cursor (if it is above the stored one), then acknowledges it to
+    /// the server.
+    async fn flush_rx(&mut self) -> anyhow::Result<()> {
         let Some(s) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let Some(seq) = s.rx_due.take() else {
             return Ok(());
         };
         if seq > s.outbox.rx_seq() {
@@ -873,11 +954,7 @@ impl Worker {
     /// Stop: take what UDP already delivered into the outbox, send what the window allows,
     /// wait briefly for acks, close.
     async fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.frames.close();
-        let mut rest = Vec::new();
-        while let Ok(b) = self.frames.try_recv() {
-            rest.push(b);
-        }
+        let rest = self.frames.close();
         if !rest.is_empty() {
             self.on_frames(rest).await?;
         }
@@ -894,7 +971,7 @@ impl Worker {
                 m = next_msg(&mut self.conn) => m,
                 () = tokio::time::sleep_until(deadline) => break,
             };
-            self.on_ws(m).await?;
+            self.on_ws_burst(m).await?;
         }
         self.close_conn().await;
         self.publish();
