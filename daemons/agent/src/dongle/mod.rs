@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +27,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use can_io::CanRecord;
 use can_io::wire::remp::{RempEvent, RempReceiver};
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 pub mod api;
@@ -47,7 +45,7 @@ use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use poller::PollState;
 use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
-use worker::{Worker, WorkerCtx};
+use worker::{FrameQueueTx, Refused, Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
 const DONGLE_QUEUE: usize = 4096;
@@ -68,9 +66,7 @@ pub const LOCK_FILE: &str = "dongle-agent.lock";
 
 /// A learned dongle, as the UDP task sees it.
 struct DongleEntry {
-    frames: mpsc::Sender<Vec<CanRecord>>,
-    /// Frames in `frames` (the worker subtracts what it takes).
-    queued: Arc<AtomicUsize>,
+    frames: FrameQueueTx,
     peer: Arc<Mutex<SocketAddr>>,
 }
 
@@ -278,20 +274,11 @@ async fn udp_loop(
         }
         if let Some(records) = records {
             let n = records.len() as u64;
-            let len = records.len();
-            let sent = if entry.queued.load(Ordering::Acquire) + len > DONGLE_QUEUE_FRAMES {
-                Err(mpsc::error::TrySendError::Full(records))
-            } else {
-                entry.queued.fetch_add(len, Ordering::AcqRel);
-                entry.frames.try_send(records).inspect_err(|_| {
-                    entry.queued.fetch_sub(len, Ordering::AcqRel);
-                })
-            };
-            match sent {
+            match entry.frames.push(records) {
                 Ok(()) => {}
                 Err(e) => {
                     ctx.metrics.dropped(&serial, DropReason::QueueFull, n);
-                    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                    let closed = e == Refused::Closed;
                     let now = tokio::time::Instant::now();
                     let last = warned
                         .entry(serial.clone())
@@ -323,18 +310,14 @@ fn learn(
     info!(%serial, %from, "new dongle");
     ctx.metrics.note_serial(serial);
     let saved = ctx.assignments.get(serial);
-    let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
-    let queued = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = worker::frame_queue(DONGLE_QUEUE, DONGLE_QUEUE_FRAMES);
     let peer = Arc::new(Mutex::new(from));
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());
     let w = Worker::new(
         serial.to_owned(),
         ctx.clone(),
-        worker::FrameQueue {
-            rx,
-            queued: queued.clone(),
-        },
+        rx,
         peer.clone(),
         poll_rx,
         repoll.clone(),
@@ -350,14 +333,7 @@ fn learn(
         ctx.stop.clone(),
     ));
     let handle = tokio::spawn(w.run());
-    Ok((
-        DongleEntry {
-            frames: tx,
-            queued,
-            peer,
-        },
-        handle,
-    ))
+    Ok((DongleEntry { frames: tx, peer }, handle))
 }
 
 async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver<bool>) {

@@ -69,14 +69,64 @@ const CHECK_PAGE: usize = 4096;
 /// acknowledged once for all of them.
 const WS_BURST: usize = 64;
 
-/// The dongle's frames from the UDP task: datagrams of records, and how many records they
-/// hold (the UDP task sheds what would go over [`super::DONGLE_QUEUE_FRAMES`]).
+/// A queue of a dongle's frames from the UDP task to its worker, bounded in frames (`max`)
+/// and in datagrams (`datagrams`).
+pub fn frame_queue(datagrams: usize, max: usize) -> (FrameQueueTx, FrameQueue) {
+    let (tx, rx) = mpsc::channel(datagrams);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        FrameQueueTx {
+            tx,
+            queued: Arc::clone(&queued),
+            max,
+        },
+        FrameQueue { rx, queued },
+    )
+}
+
+/// The UDP task's end of a [`frame_queue`].
+#[derive(Debug)]
+pub struct FrameQueueTx {
+    tx: mpsc::Sender<Vec<CanRecord>>,
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// Why [`FrameQueueTx::push`] refused a datagram's frames (they are the caller's to count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue holds as many frames or datagrams as it may.
+    Full,
+    /// The worker stopped.
+    Closed,
+}
+
+impl FrameQueueTx {
+    /// Queues one datagram's records, or refuses all of them.
+    pub fn push(&self, records: Vec<CanRecord>) -> Result<(), Refused> {
+        let n = records.len();
+        if self.tx.is_closed() {
+            return Err(Refused::Closed);
+        }
+        if self.queued.load(Ordering::Acquire) + n > self.max {
+            return Err(Refused::Full);
+        }
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        self.tx.try_send(records).map_err(|e| {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Refused::Full,
+                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+            }
+        })
+    }
+}
+
+/// The worker's end of a [`frame_queue`].
 #[derive(Debug)]
 pub struct FrameQueue {
-    /// Datagrams of records.
-    pub rx: mpsc::Receiver<Vec<CanRecord>>,
-    /// Records queued in `rx`.
-    pub queued: Arc<AtomicUsize>,
+    rx: mpsc::Receiver<Vec<CanRecord>>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl FrameQueue {
@@ -84,12 +134,8 @@ impl FrameQueue {
     /// at once, in one append). `None`: the UDP side is gone.
     async fn next(&mut self) -> Option<Vec<Vec<CanRecord>>> {
         let mut batches = Vec::new();
-        if self
-            .rx
-            .recv_many(&mut batches, super::DONGLE_QUEUE_FRAMES)
-            .await
-            == 0
-        {
+        let all = self.rx.max_capacity();
+        if self.rx.recv_many(&mut batches, all).await == 0 {
             return None;
         }
         Some(self.taken(batches))
@@ -1071,4 +1117,68 @@ pub(crate) async fn connect_ws(
         .context("connecting timed out")?
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use can_io::CanRecord;
+    use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
+
+    use super::{Refused, frame_queue};
+
+    fn records(from: u32, n: u32) -> Vec<CanRecord> {
+        (from..from + n)
+            .map(|i| {
+                let frame =
+                    DataFrame::new(CanId::standard(0x123).unwrap(), &i.to_le_bytes()).unwrap();
+                CanRecord::new(
+                    u64::from(i),
+                    Arc::from("can0"),
+                    Direction::Rx,
+                    CanFrame::Data(frame),
+                )
+            })
+            .collect()
+    }
+
+    fn numbers(batches: &[Vec<CanRecord>]) -> Vec<u64> {
+        batches.iter().flatten().map(|r| r.ts_ns).collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_frames_and_the_worker_takes_all_of_it_in_order() {
+        let (tx, mut rx) = frame_queue(100, 120);
+        // 50 + 50 fit, the next 50 would make 150 > 120: refused whole (the caller counts
+        // them), and so is every datagram until the worker takes the queue.
+        tx.push(records(0, 50)).unwrap();
+        tx.push(records(50, 50)).unwrap();
+        assert_eq!(tx.push(records(100, 50)), Err(Refused::Full));
+        tx.push(records(150, 20)).unwrap();
+        assert_eq!(tx.push(records(170, 1)), Err(Refused::Full));
+        let taken = rx.next().await.unwrap();
+        let mut want: Vec<u64> = (0..100).collect();
+        want.extend(150..170);
+        assert_eq!(numbers(&taken), want, "everything queued, in order");
+        // Taken frames free the room.
+        tx.push(records(171, 120)).unwrap();
+        assert_eq!(tx.push(records(291, 1)), Err(Refused::Full));
+        assert_eq!(
+            numbers(&rx.next().await.unwrap()),
+            (171..291).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_also_bounded_in_datagrams_and_reports_a_stopped_worker() {
+        let (tx, mut rx) = frame_queue(2, 1000);
+        tx.push(records(0, 1)).unwrap();
+        tx.push(records(1, 1)).unwrap();
+        assert_eq!(tx.push(records(2, 1)), Err(Refused::Full));
+        assert_eq!(numbers(&rx.close()), vec![0, 1]);
+        assert_eq!(tx.push(records(3, 1)), Err(Refused::Closed));
+        drop(tx);
+        assert!(rx.next().await.is_none());
+    }
 }
