@@ -33,6 +33,9 @@
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
 #        scripts/bench-relay.sh agents [DONGLES=10] [RATE=4500] [SECONDS=10] (OUTBOX_CAP=2000)
 #        AGENT_LOGS=DIR keeps the agents' logs (agents mode).
+#        ONLY=goal or ONLY=overload runs one of the two agents runs.
+#        BIN=DIR runs the binaries of DIR (`tether`, `examples/bench_agents`), e.g. a copy of
+#        an earlier build's, to alternate two builds in one session (with NO_BUILD=1).
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
 #        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
 set -euo pipefail
@@ -150,8 +153,10 @@ run_agents() {
 }
 
 if [ "$MODE" = agents ]; then
-  run_agents goal "$PAIRS" "$RATE"
-  run_agents overload 1 0 --outbox-max-frames "${OUTBOX_CAP:-2000}"
+  if [ "${ONLY:-goal}" = goal ]; then run_agents goal "$PAIRS" "$RATE"; fi
+  if [ "${ONLY:-overload}" = overload ]; then
+    run_agents overload 1 0 --outbox-max-frames "${OUTBOX_CAP:-2000}"
+  fi
   exit 0
 fi
 
