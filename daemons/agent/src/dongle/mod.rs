@@ -45,7 +45,7 @@ use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use poller::PollState;
 use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
-use worker::{FrameQueueTx, Refused, Worker, WorkerCtx};
+use worker::{FrameQueueTx, QueueRefused, Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
 const DONGLE_QUEUE: usize = 4096;
@@ -278,7 +278,7 @@ async fn udp_loop(
                 Ok(()) => {}
                 Err(e) => {
                     ctx.metrics.dropped(&serial, DropReason::QueueFull, n);
-                    let closed = e == Refused::Closed;
+                    let closed = e == QueueRefused::Closed;
                     let now = tokio::time::Instant::now();
                     let last = warned
                         .entry(serial.clone())

@@ -94,7 +94,7 @@ pub struct FrameQueueTx {
 
 /// Why [`FrameQueueTx::push`] refused a datagram's frames (they are the caller's to count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum QueueRefused {
     /// The queue holds as many frames or datagrams as it may.
     Full,
     /// The worker stopped.
@@ -103,20 +103,20 @@ pub enum Refused {
 
 impl FrameQueueTx {
     /// Queues one datagram's records, or refuses all of them.
-    pub fn push(&self, records: Vec<CanRecord>) -> Result<(), Refused> {
+    pub fn push(&self, records: Vec<CanRecord>) -> Result<(), QueueRefused> {
         let n = records.len();
         if self.tx.is_closed() {
-            return Err(Refused::Closed);
+            return Err(QueueRefused::Closed);
         }
         if self.queued.load(Ordering::Acquire) + n > self.max {
-            return Err(Refused::Full);
+            return Err(QueueRefused::Full);
         }
         self.queued.fetch_add(n, Ordering::AcqRel);
         self.tx.try_send(records).map_err(|e| {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             match e {
-                mpsc::error::TrySendError::Full(_) => Refused::Full,
-                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+                mpsc::error::TrySendError::Full(_) => QueueRefused::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueRefused::Closed,
             }
         })
     }
@@ -1126,7 +1126,7 @@ mod tests {
     use can_io::CanRecord;
     use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
 
-    use super::{Refused, frame_queue};
+    use super::{QueueRefused, frame_queue};
 
     fn records(from: u32, n: u32) -> Vec<CanRecord> {
         (from..from + n)
@@ -1154,16 +1154,16 @@ mod tests {
         // them), and so is every datagram until the worker takes the queue.
         tx.push(records(0, 50)).unwrap();
         tx.push(records(50, 50)).unwrap();
-        assert_eq!(tx.push(records(100, 50)), Err(Refused::Full));
+        assert_eq!(tx.push(records(100, 50)), Err(QueueRefused::Full));
         tx.push(records(150, 20)).unwrap();
-        assert_eq!(tx.push(records(170, 1)), Err(Refused::Full));
+        assert_eq!(tx.push(records(170, 1)), Err(QueueRefused::Full));
         let taken = rx.next().await.unwrap();
         let mut want: Vec<u64> = (0..100).collect();
         want.extend(150..170);
         assert_eq!(numbers(&taken), want, "everything queued, in order");
         // Taken frames free the room.
         tx.push(records(171, 120)).unwrap();
-        assert_eq!(tx.push(records(291, 1)), Err(Refused::Full));
+        assert_eq!(tx.push(records(291, 1)), Err(QueueRefused::Full));
         assert_eq!(
             numbers(&rx.next().await.unwrap()),
             (171..291).collect::<Vec<_>>()
@@ -1175,9 +1175,9 @@ mod tests {
         let (tx, mut rx) = frame_queue(2, 1000);
         tx.push(records(0, 1)).unwrap();
         tx.push(records(1, 1)).unwrap();
-        assert_eq!(tx.push(records(2, 1)), Err(Refused::Full));
+        assert_eq!(tx.push(records(2, 1)), Err(QueueRefused::Full));
         assert_eq!(numbers(&rx.close()), vec![0, 1]);
-        assert_eq!(tx.push(records(3, 1)), Err(Refused::Closed));
+        assert_eq!(tx.push(records(3, 1)), Err(QueueRefused::Closed));
         drop(tx);
         assert!(rx.next().await.is_none());
     }
