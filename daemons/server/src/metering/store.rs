@@ -456,15 +456,8 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Outcome<Value> {
         self.write("recording a session event", |tx| {
-            if let Some(stored) = tx
-                .query_row(
-                    "SELECT response FROM lifecycle_events WHERE idempotency_key = ?1",
-                    params![idempotency_key],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            {
-                let mut v: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+            let sql = "SELECT response FROM lifecycle_events WHERE idempotency_key = ?1";
+            if let Some(mut v) = stored_response(tx, sql, idempotency_key)? {
                 v["duplicate"] = Value::Bool(true);
                 return Ok(Ok(v));
             }
@@ -567,15 +560,9 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Outcome<Value> {
         self.write("refreshing a quota", |tx| {
-            if let Some(stored) = tx
-                .query_row(
-                    "SELECT response FROM refreshes WHERE transaction_id = ?1",
-                    params![transaction_id],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            {
-                return Ok(Ok(serde_json::from_str(&stored).unwrap_or(Value::Null)));
+            let sql = "SELECT response FROM refreshes WHERE transaction_id = ?1";
+            if let Some(v) = stored_response(tx, sql, transaction_id)? {
+                return Ok(Ok(v));
             }
             let session = match touch_session(tx, session_id, customer_id, server_id)? {
                 Ok(s) => s,
@@ -853,6 +840,15 @@ fn available_of(conn: &Connection, customer_id: &str) -> rusqlite::Result<i64> {
         |r| r.get(0),
     )?;
     Ok(balance - reserved_of(conn, customer_id)?)
+}
+
+/// The response stored for an idempotent request under `key` (`sql` selects it), if it was
+/// answered before: a replay answers it again.
+fn stored_response(tx: &Transaction<'_>, sql: &str, key: &str) -> rusqlite::Result<Option<Value>> {
+    let stored = tx
+        .query_row(sql, params![key], |r| r.get::<_, String>(0))
+        .optional()?;
+    Ok(stored.map(|s| serde_json::from_str(&s).unwrap_or(Value::Null)))
 }
 
 /// The session, created (active) on first sight by any of its messages: the three queues are
