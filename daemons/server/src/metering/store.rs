@@ -325,14 +325,7 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
         self.write("storing a customer", |tx| {
-            let existed = tx
-                .query_row(
-                    "SELECT 1 FROM customers WHERE customer_id = ?1",
-                    params![customer_id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let existed = customer_exists(tx, customer_id)?;
             tx.execute(
                 "INSERT INTO customers (customer_id, balance, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (customer_id) DO UPDATE SET balance = excluded.balance",
@@ -842,6 +835,17 @@ fn available_of(conn: &Connection, customer_id: &str) -> rusqlite::Result<i64> {
     Ok(balance - reserved_of(conn, customer_id)?)
 }
 
+fn customer_exists(tx: &Transaction<'_>, customer_id: &str) -> rusqlite::Result<bool> {
+    let found = tx
+        .query_row(
+            "SELECT 1 FROM customers WHERE customer_id = ?1",
+            params![customer_id],
+            |_| Ok(()),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
+
 /// The response stored for an idempotent request under `key` (`sql` selects it), if it was
 /// answered before: a replay answers it again.
 fn stored_response(tx: &Transaction<'_>, sql: &str, key: &str) -> rusqlite::Result<Option<Value>> {
@@ -859,14 +863,7 @@ fn touch_session(
     customer_id: &str,
     server_id: &str,
 ) -> rusqlite::Result<Result<SessionRow, Refusal>> {
-    let exists = tx
-        .query_row(
-            "SELECT 1 FROM customers WHERE customer_id = ?1",
-            params![customer_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
+    let exists = customer_exists(tx, customer_id)?;
     if !exists {
         return Ok(Err(Refusal::UnknownCustomer(customer_id.to_owned())));
     }

@@ -218,14 +218,9 @@ pub(super) async fn list(
             bad_request("status must be pending, in_progress, completed or failed")
         })?),
     };
-    let limit = match q.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?,
-    };
+    let limit = ranged_param(q.limit.as_deref(), DEFAULT_LIMIT, 1..=MAX_LIMIT, || {
+        format!("limit must be 1 to {MAX_LIMIT}")
+    })?;
     let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => {
@@ -418,15 +413,28 @@ pub(super) struct WaitQuery {
     wait: Option<String>,
 }
 
-fn wait_duration(q: &WaitQuery) -> Result<Duration, ApiError> {
-    let secs = match q.wait.as_deref() {
-        None | Some("") => DEFAULT_WAIT_S,
-        Some(w) => w
-            .parse::<f64>()
+/// The query parameter `raw` as a number in `range`; `default` when absent or empty; else 400
+/// with `message`.
+fn ranged_param<T: std::str::FromStr + PartialOrd>(
+    raw: Option<&str>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    message: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse::<T>()
             .ok()
-            .filter(|w| (0.0..=MAX_WAIT_S).contains(w))
-            .ok_or_else(|| bad_request(format!("wait must be 0 to {MAX_WAIT_S} seconds")))?,
-    };
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| bad_request(message())),
+    }
+}
+
+fn wait_duration(q: &WaitQuery) -> Result<Duration, ApiError> {
+    let secs = ranged_param(q.wait.as_deref(), DEFAULT_WAIT_S, 0.0..=MAX_WAIT_S, || {
+        format!("wait must be 0 to {MAX_WAIT_S} seconds")
+    })?;
     Ok(Duration::from_secs_f64(secs))
 }
 
