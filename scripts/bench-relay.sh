@@ -50,22 +50,10 @@ if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay --example bench_agents
 fi
 BIN=${BIN:-$CARGO_TARGET_DIR/release}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
+bench_setup
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --maxmemory-policy noeviction --dir "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis --maxmemory-policy noeviction
 REDIS="redis://127.0.0.1:$RPORT"
 
 RESULTS=()
@@ -86,12 +74,7 @@ start_server() {
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
-  SERVER_BASE=""
-  for _ in $(seq 100); do
-    SERVER_BASE=$(sed -n 's/^tether server listening on //p' "$WORK/$name.out" 2>/dev/null | head -1)
-    [ -n "$SERVER_BASE" ] && break
-    sleep 0.1
-  done
+  SERVER_BASE=$(server_base "$WORK/$name.out")
   [ -n "$SERVER_BASE" ] || { echo "server ($name) did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1; }
 }
 

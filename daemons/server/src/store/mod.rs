@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use r2d2_postgres::PostgresConnectionManager;
+use relay_core::sqlite::{Durability, open_wal};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
@@ -56,9 +57,6 @@ use sql::{DbError as E, PgSql, SqliteSql};
 
 /// File name of the records database inside the data directory.
 pub const DB_FILE: &str = "tether.db";
-
-/// How long a statement waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most PostgreSQL connections one store (one server instance) holds open.
 pub const POSTGRES_POOL_SIZE: u32 = 16;
@@ -147,15 +145,9 @@ impl Store {
 
     /// Opens (creating if needed) the SQLite database file at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, ServerError> {
-        let mut conn = Connection::open(path).map_err(ServerError::db("opening the database"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(ServerError::db("setting the busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(ServerError::db("enabling WAL"))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(ServerError::db("setting synchronous mode"))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(ServerError::db("enabling foreign keys"))?;
+        // WAL, synchronous=NORMAL, foreign keys, a 5 s busy timeout: relay-core's one open.
+        let mut conn =
+            open_wal(path, Durability::Normal).map_err(ServerError::db("opening the database"))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(Store {
