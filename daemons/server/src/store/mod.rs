@@ -24,6 +24,7 @@ mod agents;
 mod commands;
 mod dongles;
 mod groups;
+mod pg_tls;
 mod records;
 mod schema;
 pub(crate) mod sql;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use r2d2_postgres::PostgresConnectionManager;
+use relay_core::sqlite::{Durability, open_wal};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
@@ -56,16 +58,13 @@ use sql::{DbError as E, PgSql, SqliteSql};
 /// File name of the records database inside the data directory.
 pub const DB_FILE: &str = "tether.db";
 
-/// How long a statement waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Most PostgreSQL connections one store (one server instance) holds open.
 pub const POSTGRES_POOL_SIZE: u32 = 16;
 
 /// How long a caller waits for a PostgreSQL connection (also the connect timeout at open).
 const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+type PgPool = r2d2::Pool<PostgresConnectionManager<pg_tls::PgTls>>;
 
 /// How long a server trusts a user token it authenticated without reading the store again:
 /// the bound within which a revocation made by another process (`tether server token
@@ -146,15 +145,9 @@ impl Store {
 
     /// Opens (creating if needed) the SQLite database file at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, ServerError> {
-        let mut conn = Connection::open(path).map_err(ServerError::db("opening the database"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(ServerError::db("setting the busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(ServerError::db("enabling WAL"))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(ServerError::db("setting synchronous mode"))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(ServerError::db("enabling foreign keys"))?;
+        // WAL, synchronous=NORMAL, foreign keys, a 5 s busy timeout: relay-core's one open.
+        let mut conn =
+            open_wal(path, Durability::Normal).map_err(ServerError::db("opening the database"))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(Store {
@@ -173,6 +166,7 @@ impl Store {
     ///
     /// Must not be called inside an async task (see the module docs).
     pub fn connect(url: &str) -> Result<Store, ServerError> {
+        let (url, tls) = pg_tls::PgTls::for_url(url)?;
         let config: postgres::Config =
             url.parse()
                 .map_err(|err: postgres::Error| ServerError::DatabaseUrl {
@@ -188,11 +182,11 @@ impl Store {
         // One direct connection first: its error says why (refused, unknown database, auth),
         // where the pool's would only say it timed out. It applies the migrations.
         let mut client = config
-            .connect(postgres::NoTls)
+            .connect(tls.clone())
             .map_err(ServerError::db("connecting to PostgreSQL"))?;
         schema::migrate_postgres(&mut client)?;
         drop(client);
-        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+        let manager = PostgresConnectionManager::new(config, tls);
         let pool = r2d2::Pool::builder()
             .max_size(POSTGRES_POOL_SIZE)
             .min_idle(Some(1))
@@ -330,7 +324,7 @@ impl r2d2::HandleError<postgres::Error> for PgConnectErrors {
 impl PgHandle {
     fn client(
         &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>, E> {
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<pg_tls::PgTls>>, E> {
         match &self.pool {
             Some(pool) => Ok(pool.get()?),
             None => Err(E::Closed),
