@@ -53,8 +53,8 @@ use can_io::uds::{DiagCommand, EcuAddress};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
 use sse_core::events::CommandState;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::cache::TtlCache;
@@ -108,7 +108,10 @@ impl Job {
     /// nothing of the command is reported or published.
     pub async fn stored(&self) -> bool {
         let mut gate = self.stored.clone();
-        matches!(gate.wait_for(Option::is_some).await.as_deref(), Ok(Some(true)))
+        matches!(
+            gate.wait_for(Option::is_some).await.as_deref(),
+            Ok(Some(true))
+        )
     }
 }
 
@@ -614,7 +617,10 @@ impl Commands {
         // Handed to the writer first, so that every change of the command's run is applied
         // after it; queued at once, so that a connector that may run unstored commands
         // (`Connector::runs_unstored`) shares the insert's commit with its first change.
-        let insert = self.inner.writer.queue(CommandWrite::Insert(record.clone()));
+        let insert = self
+            .inner
+            .writer
+            .queue(CommandWrite::Insert(record.clone()));
         let (gate, stored) = watch::channel(None);
         let job = Arc::new(Job {
             command_id: record.command_id,

@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use r2d2_postgres::PostgresConnectionManager;
-use relay_core::sqlite::{BackgroundCheckpoints, Durability, open_wal, open_wal_manual_checkpoints};
+use relay_core::sqlite::{
+    BackgroundCheckpoints, Durability, open_wal, open_wal_manual_checkpoints,
+};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
