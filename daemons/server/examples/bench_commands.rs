@@ -85,7 +85,8 @@ async fn main() -> anyhow::Result<()> {
             let at = Instant::now();
             // Only the two fields wanted are decoded (the driver shares the cores with the
             // server it measures).
-            let Ok(event) = serde_json::from_slice::<EventHead>(message.get_payload_bytes()) else {
+            let Ok(event) = serde_json::from_slice::<EventHead<'_>>(message.get_payload_bytes())
+            else {
                 continue;
             };
             if event.is_final == Some(true)
