@@ -32,8 +32,8 @@ for _ in $(seq "$copies"); do cat "$capture"; done >"$log"
 frames=$(wc -l <"$log")
 echo "file: $frames frames, $(du -h "$log" | cut -f1) ($copies × savvycan-candump.log)"
 
+. scripts/lib/bench.sh # median
 now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 tether_ns=()
 python_ns=()

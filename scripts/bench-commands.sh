@@ -25,21 +25,10 @@ fi
 BIN=${BIN_DIR:-$CARGO_TARGET_DIR/release}
 BENCH=$BIN/bench_commands
 [ -x "$BENCH" ] || BENCH=$BIN/examples/bench_commands
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
+bench_setup
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis
 REDIS="redis://127.0.0.1:$RPORT"
 
 cat >"$WORK/server.yaml" <<YAML
@@ -56,12 +45,7 @@ REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" server --listen 127.0.0.1:0 --data
   --redis-url "$REDIS" --config "$WORK/server.yaml" >"$WORK/server.out" 2>"$WORK/server.err" &
 SERVER=$!
 PIDS+=("$SERVER")
-BASE=""
-for _ in $(seq 100); do
-  BASE=$(sed -n 's/^tether server listening on //p' "$WORK/server.out" 2>/dev/null | head -1)
-  [ -n "$BASE" ] && break
-  sleep 0.1
-done
+BASE=$(server_base "$WORK/server.out")
 [ -n "$BASE" ] || { echo "server did not start:" >&2; cat "$WORK/server.err" >&2; exit 1; }
 echo "== $COUNT ReadDTC commands, $CONCURRENCY in flight, $VEHICLES vehicles, mock connector at zero delay, via $BASE ==" >&2
 LINE=$(nice "$BENCH" --server "$BASE" --token "$TOKEN" --redis "$REDIS" \

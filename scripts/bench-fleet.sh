@@ -25,14 +25,8 @@ if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay
 fi
 BIN=$CARGO_TARGET_DIR/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
+bench_setup
 TICKS=$(getconf CLK_TCK)
 ROWS=()
 
@@ -55,12 +49,8 @@ run_fleet() {
     --config "$config" >"$WORK/$label.out" 2>"$WORK/$label.err" &
   local pid=$!
   PIDS+=("$pid")
-  local base=""
-  for _ in $(seq 100); do
-    base=$(sed -n 's/^tether server listening on //p' "$WORK/$label.out" 2>/dev/null | head -1)
-    [ -n "$base" ] && break
-    sleep 0.1
-  done
+  local base
+  base=$(server_base "$WORK/$label.out")
   [ -n "$base" ] || { echo "server ($label) did not start:" >&2; cat "$WORK/$label.err" >&2; exit 1; }
   echo "== $label: $PAIRS pairs x $RATE frames/s per direction for ${DURATION}s via $base ==" >&2
   nice "$BIN/examples/bench_relay" relay --server "$base" --token "$token" \

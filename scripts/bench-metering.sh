@@ -20,20 +20,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/tether-target-metering}
 cargo build -q --release -p metering-core --examples
 cargo build -q --release -p tether --bin tether
 BIN=$CARGO_TARGET_DIR/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --maxmemory-policy noeviction \
-  --dir "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+. scripts/lib/bench.sh
+bench_setup
+start_redis --maxmemory-policy noeviction
 REDIS_URL="redis://127.0.0.1:$RPORT"
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # Fill queue:usage_records under a prefix with N ~300-byte usage records (pipelined, fast).
 fill() {

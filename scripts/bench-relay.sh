@@ -33,6 +33,9 @@
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
 #        scripts/bench-relay.sh agents [DONGLES=10] [RATE=4500] [SECONDS=10] (OUTBOX_CAP=2000)
 #        AGENT_LOGS=DIR keeps the agents' logs (agents mode).
+#        ONLY=goal or ONLY=overload runs one of the two agents runs.
+#        BIN=DIR runs the binaries of DIR (`tether`, `examples/bench_agents`), e.g. a copy of
+#        an earlier build's, to alternate two builds in one session (with NO_BUILD=1).
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
 #        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
 set -euo pipefail
@@ -47,22 +50,10 @@ if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay --example bench_agents
 fi
 BIN=${BIN:-$CARGO_TARGET_DIR/release}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lib/bench.sh
+bench_setup
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --maxmemory-policy noeviction --dir "$WORK" >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis --maxmemory-policy noeviction
 REDIS="redis://127.0.0.1:$RPORT"
 
 RESULTS=()
@@ -83,12 +74,7 @@ start_server() {
   REDIS_URL="" RUST_LOG=warn nice "$BIN/tether" "${args[@]}" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
-  SERVER_BASE=""
-  for _ in $(seq 100); do
-    SERVER_BASE=$(sed -n 's/^tether server listening on //p' "$WORK/$name.out" 2>/dev/null | head -1)
-    [ -n "$SERVER_BASE" ] && break
-    sleep 0.1
-  done
+  SERVER_BASE=$(server_base "$WORK/$name.out")
   [ -n "$SERVER_BASE" ] || { echo "server ($name) did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1; }
 }
 
@@ -150,8 +136,10 @@ run_agents() {
 }
 
 if [ "$MODE" = agents ]; then
-  run_agents goal "$PAIRS" "$RATE"
-  run_agents overload 1 0 --outbox-max-frames "${OUTBOX_CAP:-2000}"
+  if [ "${ONLY:-goal}" = goal ]; then run_agents goal "$PAIRS" "$RATE"; fi
+  if [ "${ONLY:-overload}" = overload ]; then
+    run_agents overload 1 0 --outbox-max-frames "${OUTBOX_CAP:-2000}"
+  fi
   exit 0
 fi
 

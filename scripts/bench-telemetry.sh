@@ -42,15 +42,8 @@ if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether-collector --example bench_telemetry
 fi
 BIN=$CARGO_TARGET_DIR/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/bench.sh
+bench_setup
 
 echo "== loopback, ${RECORDS} × 64-byte records, durable both ends"
 RUST=$(nice "$BIN/examples/bench_telemetry" loopback "$RECORDS" 64)

@@ -152,6 +152,25 @@ fn truncate(mut s: String) -> String {
     s
 }
 
+/// A try that failed in transport (`what`: sending, or reading the answer): the control plane
+/// counts as unavailable; the outcome label says whether it timed out.
+fn transport_failure(
+    what: &str,
+    e: &reqwest::Error,
+    retry_after: Option<Duration>,
+) -> (Delivery, &'static str) {
+    let outcome = if e.is_timeout() {
+        "timeout"
+    } else {
+        "network_error"
+    };
+    let d = Delivery::Unavailable {
+        reason: format!("{what}: {e}"),
+        retry_after,
+    };
+    (d, outcome)
+}
+
 impl ControlPlaneClient {
     /// Build a client.
     pub fn new(cfg: &ClientConfig, user_agent: &str) -> Result<Self> {
@@ -248,18 +267,7 @@ impl ControlPlaneClient {
         let sent = self.http.execute(req).await;
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => {
-                let outcome = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "network_error"
-                };
-                let d = Delivery::Unavailable {
-                    reason: format!("request failed: {e}"),
-                    retry_after: None,
-                };
-                return (d, outcome);
-            }
+            Err(e) => return transport_failure("request failed", &e, None),
         };
         let status = resp.status();
         let retry_after = resp
@@ -269,18 +277,7 @@ impl ControlPlaneClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let text = match resp.text().await {
             Ok(t) => t,
-            Err(e) => {
-                let outcome = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "network_error"
-                };
-                let d = Delivery::Unavailable {
-                    reason: format!("reading response: {e}"),
-                    retry_after,
-                };
-                return (d, outcome);
-            }
+            Err(e) => return transport_failure("reading response", &e, retry_after),
         };
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {

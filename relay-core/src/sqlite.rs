@@ -105,7 +105,8 @@ enum Checkpoints {
     Manual,
 }
 
-/// The one function that sets connection pragmas.
+/// Opens the file and sets every connection pragma but `synchronous`, which
+/// [`set_synchronous`] sets: these two functions are the only places in the tree that set one.
 fn open(
     path: &Path,
     durability: Durability,
@@ -123,12 +124,18 @@ fn open(
             )),
         ));
     }
-    conn.pragma_update(None, "synchronous", durability.synchronous())?;
+    set_synchronous(&conn, durability)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if checkpoints == Checkpoints::Manual {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     Ok(conn)
+}
+
+/// Sets `PRAGMA synchronous` of `conn` to `durability`: at open, and by a store that commits a
+/// transaction which need not be fsynced at a lower level than its file's (the uplink outbox).
+pub(crate) fn set_synchronous(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", durability.synchronous())
 }
 
 /// How often the background checkpointer copies the WAL into the database file.

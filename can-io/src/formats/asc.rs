@@ -40,7 +40,7 @@ use std::io::BufRead;
 
 use chrono::{DateTime, NaiveDate};
 
-use super::{ChannelInterner, Entry, LineSource, LogLine, push_decimal, push_hex, push_hex_byte};
+use super::{ChannelInterner, LineSource, LogLine, push_decimal, push_hex, push_hex_byte};
 use crate::error::Error;
 use crate::error_frame::ErrorFrame;
 use crate::frame::{
@@ -278,14 +278,7 @@ impl<R: BufRead> Reader<R> {
     pub fn with_max_line_len(input: R, max_line_len: usize) -> Self {
         Self {
             lines: LineSource::new(input, "asc", max_line_len),
-            state: ReadState {
-                channels: ChannelInterner::new(),
-                hex: true,
-                deltas: false,
-                start_ns: 0,
-                last_ns: 0,
-                ignored: 0,
-            },
+            state: ReadState::new(),
         }
     }
 
@@ -300,42 +293,16 @@ impl<R: BufRead> Iterator for Reader<R> {
     type Item = Result<LogLine, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (number, line) = match self.lines.next_line("reading an ASC file")? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(e)),
-            };
-            match self.state.line(line) {
-                Ok(Some(record)) => {
-                    return Some(Ok(LogLine {
-                        number,
-                        entry: Entry::Record(record),
-                        style: Default::default(),
-                    }));
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    return Some(Err(Error::AtLine {
-                        line: number,
-                        source: Box::new(e),
-                    }));
-                }
-            }
-        }
+        self.lines.next_entry("reading an ASC file", |line| {
+            Ok(self.state.line(line)?.map(super::record_entry))
+        })
     }
 }
 
 /// Parse a single event line against a fresh header state (hex base, start time 0): the frame
 /// it carries, or `Ok(None)` for header, metadata and blank lines.
 pub fn parse_line(line: &str) -> Result<Option<CanRecord>, Error> {
-    let mut state = ReadState {
-        channels: ChannelInterner::new(),
-        hex: true,
-        deltas: false,
-        start_ns: 0,
-        last_ns: 0,
-        ignored: 0,
-    };
+    let mut state = ReadState::new();
     state.line(line.as_bytes())
 }
 
@@ -349,6 +316,18 @@ fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 impl ReadState {
+    /// The state before any header line: hex numbers, absolute times from 0.
+    fn new() -> Self {
+        ReadState {
+            channels: ChannelInterner::new(),
+            hex: true,
+            deltas: false,
+            start_ns: 0,
+            last_ns: 0,
+            ignored: 0,
+        }
+    }
+
     fn line(&mut self, line: &[u8]) -> Result<Option<CanRecord>, Error> {
         let line = line.trim_ascii();
         if line.is_empty() {

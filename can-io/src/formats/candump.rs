@@ -539,28 +539,8 @@ impl<R: BufRead> Iterator for Reader<R> {
     type Item = Result<LogLine, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (number, line) = match self.lines.next_line("reading a candump log")? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(e)),
-            };
-            match self.parser.parse(line) {
-                Ok(Some((entry, style))) => {
-                    return Some(Ok(LogLine {
-                        number,
-                        entry,
-                        style,
-                    }));
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    return Some(Err(Error::AtLine {
-                        line: number,
-                        source: Box::new(e),
-                    }));
-                }
-            }
-        }
+        self.lines
+            .next_entry("reading a candump log", |line| self.parser.parse(line))
     }
 }
 

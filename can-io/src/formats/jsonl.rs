@@ -20,7 +20,7 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 
-use super::{ChannelInterner, Entry, LineSource, LogLine, push_decimal, push_hex_byte};
+use super::{ChannelInterner, LineSource, LogLine, push_decimal, push_hex_byte};
 use crate::error::Error;
 use crate::error_frame::ErrorFrame;
 use crate::frame::{
@@ -204,28 +204,9 @@ impl<R: BufRead> Iterator for Reader<R> {
     type Item = Result<LogLine, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (number, line) = match self.lines.next_line("reading a JSON lines log")? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(e)),
-            };
-            match parse_with(line, &mut self.channels) {
-                Ok(Some(record)) => {
-                    return Some(Ok(LogLine {
-                        number,
-                        entry: Entry::Record(record),
-                        style: Default::default(),
-                    }));
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    return Some(Err(Error::AtLine {
-                        line: number,
-                        source: Box::new(e),
-                    }));
-                }
-            }
-        }
+        self.lines.next_entry("reading a JSON lines log", |line| {
+            Ok(parse_with(line, &mut self.channels)?.map(super::record_entry))
+        })
     }
 }
 

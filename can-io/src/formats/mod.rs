@@ -35,6 +35,11 @@ pub enum Entry {
     Drop(DropNotice),
 }
 
+/// A frame read from a format without line styles, as [`LineSource::next_entry`] takes it.
+pub(crate) fn record_entry(record: CanRecord) -> (Entry, candump::LineStyle) {
+    (Entry::Record(record), candump::LineStyle::default())
+}
+
 /// The capturing socket dropped frames (candump's `DROPCOUNT:` line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropNotice {
@@ -226,6 +231,39 @@ impl<R: BufRead> LineSource<R> {
             format,
             max_len,
             failed: false,
+        }
+    }
+
+    /// The next line that `parse` finds an entry in, as a [`LogLine`]; lines without one
+    /// (`Ok(None)`) are skipped. A line that does not parse is `Error::AtLine`, and reading goes
+    /// on at the next line; `None` at the end of input or after an I/O error, as
+    /// [`next_line`](Self::next_line).
+    pub(crate) fn next_entry(
+        &mut self,
+        action: &'static str,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(Entry, candump::LineStyle)>, Error>,
+    ) -> Option<Result<LogLine, Error>> {
+        loop {
+            let (number, line) = match self.next_line(action)? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            match parse(line) {
+                Ok(Some((entry, style))) => {
+                    return Some(Ok(LogLine {
+                        number,
+                        entry,
+                        style,
+                    }));
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    return Some(Err(Error::AtLine {
+                        line: number,
+                        source: Box::new(e),
+                    }));
+                }
+            }
         }
     }
 

@@ -58,8 +58,11 @@ pub struct BusStats {
 pub trait CanBus: Send {
     /// Send one record (waits for room in the transmit queue; never spins).
     fn send(&mut self, record: &CanRecord) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Push out anything `send` batched.
-    fn flush(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Push out anything `send` batched. A bus that sends every record at once has nothing to
+    /// do: the default.
+    fn flush(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// The next record, or `None` at the end.
     fn recv(&mut self) -> impl Future<Output = Result<Option<CanRecord>, Error>> + Send;
     /// Counters so far.

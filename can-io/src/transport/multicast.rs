@@ -103,10 +103,6 @@ impl CanBus for MulticastBus {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         loop {
             let (n, from) = self

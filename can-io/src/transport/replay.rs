@@ -151,10 +151,6 @@ impl<R: BufRead + Send> CanBus for LogReplay<R> {
         })
     }
 
-    async fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         let Some(record) = self.next_record()? else {
             return Ok(None);

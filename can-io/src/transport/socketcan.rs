@@ -97,10 +97,6 @@ impl CanBus for SocketCan {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         loop {
             let (raw, stamps) = match self.socket.read_frame_with_timestamps().await {

@@ -263,10 +263,6 @@ impl CanBus for SocketcandServer {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         // The accept task holds a sender for as long as the server lives, so this only ends
         // when the server is shut down.
@@ -381,10 +377,6 @@ impl CanBus for SocketcandClient {
         let line = encode_send(&record.frame)?;
         self.write(&line).await?;
         self.stats.sent += 1;
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), Error> {
         Ok(())
     }
 

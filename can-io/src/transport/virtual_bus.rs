@@ -189,10 +189,6 @@ impl CanBus for VirtualPort {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         loop {
             if let Some(r) = self.try_recv() {

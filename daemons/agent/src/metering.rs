@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -291,52 +292,71 @@ fn redis_failure(e: metering_core::MeteringError) -> Response {
         .into_response()
 }
 
-async fn admin_list(
-    State(a): State<Arc<Agent>>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Query(q): Query<AdminQuery>,
+/// An admin request on the dead-letter queue named in the path, with a good `X-API-Key`.
+struct DlqAdmin {
+    agent: Arc<Agent>,
+    queue: String,
+    kind: QueueKind,
+    query: AdminQuery,
+}
+
+impl FromRequestParts<Arc<Agent>> for DlqAdmin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, agent: &Arc<Agent>) -> Result<Self, Response> {
+        let (Path(queue), Query(query)) =
+            <(Path<String>, Query<AdminQuery>)>::from_request_parts(parts, agent).await?;
+        let kind = admin_guard(agent, &parts.headers, &queue).map_err(|r| *r)?;
+        Ok(DlqAdmin {
+            agent: Arc::clone(agent),
+            queue,
+            kind,
+            query,
+        })
+    }
+}
+
+/// `body` of what an admin request did, or 503 when Redis failed.
+fn dlq_answer<T>(
+    done: Result<T, metering_core::MeteringError>,
+    body: impl FnOnce(T) -> Value,
 ) -> Response {
-    let kind = match admin_guard(&a, &headers, &queue) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match a.shared.store.dlq_list(kind, q.limit.unwrap_or(100)).await {
-        Ok(entries) => axum::Json(json!({"queue": queue, "entries": entries})).into_response(),
+    match done {
+        Ok(v) => axum::Json(body(v)).into_response(),
         Err(e) => redis_failure(e),
     }
 }
 
-async fn admin_retry(
-    State(a): State<Arc<Agent>>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Query(q): Query<AdminQuery>,
-) -> Response {
-    let kind = match admin_guard(&a, &headers, &queue) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match a.shared.store.dlq_retry(kind, q.id.as_deref()).await {
-        Ok(n) => axum::Json(json!({"retried": n})).into_response(),
-        Err(e) => redis_failure(e),
+impl DlqAdmin {
+    fn store(&self) -> &QueueStore {
+        &self.agent.shared.store
+    }
+
+    /// `?id=`: one entry, else all.
+    fn id(&self) -> Option<&str> {
+        self.query.id.as_deref()
     }
 }
 
-async fn admin_purge(
-    State(a): State<Arc<Agent>>,
-    headers: HeaderMap,
-    Path(queue): Path<String>,
-    Query(q): Query<AdminQuery>,
-) -> Response {
-    let kind = match admin_guard(&a, &headers, &queue) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match a.shared.store.dlq_purge(kind, q.id.as_deref()).await {
-        Ok(n) => axum::Json(json!({"purged": n})).into_response(),
-        Err(e) => redis_failure(e),
-    }
+async fn admin_list(r: DlqAdmin) -> Response {
+    let listed = r
+        .store()
+        .dlq_list(r.kind, r.query.limit.unwrap_or(100))
+        .await;
+    dlq_answer(
+        listed,
+        |entries| json!({"queue": r.queue, "entries": entries}),
+    )
+}
+
+async fn admin_retry(r: DlqAdmin) -> Response {
+    let retried = r.store().dlq_retry(r.kind, r.id()).await;
+    dlq_answer(retried, |n| json!({"retried": n}))
+}
+
+async fn admin_purge(r: DlqAdmin) -> Response {
+    let purged = r.store().dlq_purge(r.kind, r.id()).await;
+    dlq_answer(purged, |n| json!({"purged": n}))
 }
 
 /// Resident memory in MiB (Linux `/proc/self/statm`), 0 when unknown.

@@ -81,6 +81,11 @@ struct Totals {
     latency_us: Mutex<Histogram<u64>>,
     /// Frames received per second of the run.
     per_second: Mutex<Vec<u64>>,
+    /// Both agents' counters, summed, once a second from the start of sending: frames read
+    /// from UDP (`frames_in`), acknowledged by the server (`frames_acked`), sent to the
+    /// dongles (`frames_delivered`), dropped (any reason). Their differences show where a
+    /// backlog sits: in front of the agents, in the server, or behind it.
+    stages: Mutex<Vec<[u64; 4]>>,
     errors: Mutex<Vec<String>>,
 }
 
@@ -331,6 +336,7 @@ async fn measure(
         stop: AtomicBool::new(false),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         per_second: Mutex::new(Vec::new()),
+        stages: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
     });
     // Agents listening?
@@ -391,6 +397,10 @@ async fn measure(
         p.clear();
     }
     go.store(true, Ordering::Relaxed);
+    let sampler = tokio::spawn(sample_stages(
+        agents.iter().map(|a| a.metrics).collect(),
+        Arc::clone(&totals),
+    ));
     tokio::time::sleep(Duration::from_secs(cli.seconds)).await;
     totals.stop.store(true, Ordering::Relaxed);
     let received_at_stop = totals.received.load(Ordering::Relaxed);
@@ -451,6 +461,15 @@ async fn measure(
     for t in &tasks {
         t.abort();
     }
+    sampler.abort();
+    let stages = totals.stages.lock().map(|s| s.clone()).unwrap_or_default();
+    let per_s = |k: usize| {
+        stages
+            .windows(2)
+            .map(|w| (w[1][k] - w[0][k].min(w[1][k])).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let received = totals.received.load(Ordering::Relaxed);
     let counted: u64 = dropped.values().sum();
     let uncounted = sent_total.saturating_sub(received + counted);
@@ -474,7 +493,7 @@ async fn measure(
         .unwrap_or_default();
     let run_s = cli.seconds as f64;
     println!(
-        "target=agents label={} dongles_per_agent={} rate_per_dongle={} seconds={} sent={sent_total} offered_fps={:.0} delivered={received} delivered_fps_during_run={:.0} dropped_outbox_full={} dropped_queue_full={} dropped_other={} not_delivered_not_dropped={uncounted} duplicated={} drain_s={drain_s:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} agent_rss_mib_now/peak={} deliv_per_s={per_second}",
+        "target=agents label={} dongles_per_agent={} rate_per_dongle={} seconds={} sent={sent_total} offered_fps={:.0} delivered={received} delivered_fps_during_run={:.0} dropped_outbox_full={} dropped_queue_full={} dropped_other={} not_delivered_not_dropped={uncounted} duplicated={} drain_s={drain_s:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} agent_rss_mib_now/peak={} deliv_per_s={per_second} agents_in_per_s={} agents_acked_per_s={} agents_delivered_per_s={} agents_dropped_per_s={}",
         cli.label,
         cli.dongles,
         cli.rate,
@@ -489,11 +508,41 @@ async fn measure(
         ms(0.99),
         hist.max() as f64 / 1000.0,
         rss.join(","),
+        per_s(0),
+        per_s(1),
+        per_s(2),
+        per_s(3),
     );
     for e in totals.errors.lock().map(|e| e.clone()).unwrap_or_default() {
         eprintln!("error: {e}");
     }
     Ok(())
+}
+
+/// Samples both agents' stage counters once a second into `totals.stages` until aborted.
+async fn sample_stages(agents: Vec<SocketAddr>, totals: Arc<Totals>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let mut row = [0u64; 4];
+        for a in &agents {
+            let text = metrics(*a).await.unwrap_or_default();
+            for (k, family) in [
+                "tether_agent_dongle_frames_in_total",
+                "tether_agent_dongle_frames_acked_total",
+                "tether_agent_dongle_frames_delivered_total",
+                "tether_agent_dongle_frames_dropped_total",
+            ]
+            .iter()
+            .enumerate()
+            {
+                row[k] += sum(&text, family, "");
+            }
+        }
+        if let Ok(mut s) = totals.stages.lock() {
+            s.push(row);
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -124,10 +124,14 @@ impl CommandsConfig {
 
 /// Default length retention per relay stream (items).
 pub const DEFAULT_RELAY_MAX_LEN: u64 = 1_000_000;
-/// Default replay rate per stream (frames/s).
-pub const DEFAULT_RELAY_REPLAY_RATE: u64 = 5_000;
+/// Default replay rate per stream (frames/s). Ten times the 4,500 frames/s of a busy dongle, so
+/// that a consumer which reconnects, or falls behind the live buffer under overload, catches up
+/// while live traffic continues (at 5,000/s a backlog of a 4,500 frames/s stream shrank by only
+/// 500 frames/s: docs/benchmarks.md, "Through real agents"). Live streams are not starved by
+/// replays: the engine schedules them round-robin, one round at most.
+pub const DEFAULT_RELAY_REPLAY_RATE: u64 = 50_000;
 /// Default replay burst per stream (frames).
-pub const DEFAULT_RELAY_REPLAY_BURST: u64 = 500;
+pub const DEFAULT_RELAY_REPLAY_BURST: u64 = 5_000;
 /// Default consumer window (unacknowledged frames per consumer).
 pub const DEFAULT_RELAY_CONSUMER_WINDOW: u64 = 4096;
 /// Default `relay.cut_through`: frames a stream may deliver ahead of its durable head.

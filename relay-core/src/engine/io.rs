@@ -35,8 +35,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             quantum: 64,
-            replay_rate_per_s: 5_000,
-            replay_burst: 500,
+            replay_rate_per_s: 50_000,
+            replay_burst: 5_000,
             read_batch: 512,
             live_buffer: 4096,
             consumer_window: 4096,

@@ -367,6 +367,23 @@ impl StreamMeta {
     }
 }
 
+impl StreamMeta {
+    /// The batch a reader at `after` gets from `items`, the lowest stored items above `after`
+    /// (ascending): the gap before them, then at most `max` of them up to the first hole.
+    fn batch_after(&self, after: Seq, mut items: Vec<Item>, max: usize) -> ReadBatch {
+        let next = items.first().map(|i| i.seq);
+        let gap = self.gap_after(after, next);
+        match next {
+            Some(start) if StreamMeta::items_follow(gap.as_ref(), next) => {
+                items.truncate(max);
+                dense_prefix(&mut items, start);
+            }
+            _ => items.clear(),
+        }
+        ReadBatch { gap, items }
+    }
+}
+
 /// Cuts `items` (ascending seqs, all above the reader's position) down to the dense run that
 /// starts at `start` — a read stops in front of a hole.
 fn dense_prefix(items: &mut Vec<Item>, start: Seq) {

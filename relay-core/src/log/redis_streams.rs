@@ -35,7 +35,7 @@ use redis::{Script, Value};
 use super::sqlite_chunk::{self, ChunkBounds, ChunkWriter};
 use super::{
     AppendOutcome, Backlog, FORMAT_VERSION, Item, MAX_SEQ, ReadBatch, Retention, Seq, StreamLog,
-    StreamMeta, TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
+    StreamMeta, TrimReason, Trimmed, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
 
@@ -731,16 +731,7 @@ impl StreamLog for RedisStreamLog {
                 .entries_after(stream, &last_id, page_size, "read")
                 .await?;
         }
-        let next = items.first().map(|i| i.seq);
-        let gap = meta.gap_after(after, next);
-        match next {
-            Some(start) if StreamMeta::items_follow(gap.as_ref(), next) => {
-                items.truncate(max);
-                dense_prefix(&mut items, start);
-            }
-            _ => items.clear(),
-        }
-        Ok(ReadBatch { gap, items })
+        Ok(meta.batch_after(after, items, max))
     }
 
     async fn store_cursor(&self, stream: &str, consumer: &str, seq: Seq) -> Result<()> {

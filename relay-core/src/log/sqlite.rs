@@ -25,7 +25,7 @@ use bytes::Bytes;
 use super::sqlite_chunk::{self, ChunkBounds, ChunkError, ChunkWriter};
 use super::{
     AppendOutcome, Backlog, FORMAT_VERSION, Item, ReadBatch, Retention, Seq, StreamLog, StreamMeta,
-    TrimReason, Trimmed, dense_prefix, validate_batch, validate_stream_name,
+    TrimReason, Trimmed, validate_batch, validate_stream_name,
 };
 use crate::error::{Error, Result};
 use crate::sqlite::{BackgroundCheckpoints, Durability, open_wal, open_wal_manual_checkpoints};
@@ -625,16 +625,7 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
             )),
         }
     }
-    let next = items.first().map(|i| i.seq);
-    let gap = row.meta.gap_after(after, next);
-    match next {
-        Some(start) if StreamMeta::items_follow(gap.as_ref(), next) => {
-            items.truncate(max);
-            dense_prefix(&mut items, start);
-        }
-        _ => items.clear(),
-    }
-    Ok(ReadBatch { gap, items })
+    Ok(row.meta.batch_after(after, items, max))
 }
 
 /// Where a retention rule cuts a stream.

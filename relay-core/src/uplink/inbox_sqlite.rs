@@ -33,11 +33,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::inbox::{InboxCommit, InboxSource, UplinkInbox, validate_commit};
 use super::store::OutboxRecord;
-use super::store_sqlite::{from_sql, open_connection, store_err, to_sql};
+use super::store_sqlite::{
+    execute_each, from_sql, in_transaction, open_connection, store_err, to_sql,
+};
 use crate::error::{Error, Result};
 use crate::log::{Seq, sqlite_chunk};
 use crate::sqlite::{BackgroundCheckpoints, Durability};
@@ -443,54 +445,50 @@ impl UplinkInbox for SqliteInbox {
         for (source, records) in batches {
             validate_commit(source, records)?;
         }
-        let tx = self.conn.transaction().map_err(sql_err("commit"))?;
-        let mut rows: HashMap<&str, SourceRow> = HashMap::new();
-        let mut commits = Vec::with_capacity(batches.len());
-        for (source, records) in batches {
-            let row = match rows.entry(source) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    match Self::source_row(&tx, source).map_err(sql_err("commit"))? {
-                        Some(found) => e.insert(found),
-                        None if records.is_empty() => {
-                            commits.push(InboxCommit::default());
-                            continue;
-                        }
-                        None => {
-                            tx.prepare_cached("INSERT INTO inbox_source (source) VALUES (?1)")
-                                .and_then(|mut s| s.execute(params![source]))
-                                .map_err(sql_err("commit"))?;
-                            e.insert(SourceRow {
-                                id: tx.last_insert_rowid(),
-                                acked: 0,
-                                records: 0,
-                                last_ts_ms: 0,
-                            })
+        let commits = in_transaction(&mut self.conn, STORE, TransactionBehavior::Deferred, |tx| {
+            let mut rows: HashMap<&str, SourceRow> = HashMap::new();
+            let mut commits = Vec::with_capacity(batches.len());
+            for (source, records) in batches {
+                let row = match rows.entry(source) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        match Self::source_row(tx, source).map_err(sql_err("commit"))? {
+                            Some(found) => e.insert(found),
+                            None if records.is_empty() => {
+                                commits.push(InboxCommit::default());
+                                continue;
+                            }
+                            None => {
+                                tx.prepare_cached("INSERT INTO inbox_source (source) VALUES (?1)")
+                                    .and_then(|mut s| s.execute(params![source]))
+                                    .map_err(sql_err("commit"))?;
+                                e.insert(SourceRow {
+                                    id: tx.last_insert_rowid(),
+                                    acked: 0,
+                                    records: 0,
+                                    last_ts_ms: 0,
+                                })
+                            }
                         }
                     }
-                }
-            };
-            commits.push(Self::commit_batch(&tx, source, row, records)?);
-        }
-        {
-            let mut update = tx
-                .prepare_cached(
-                    "UPDATE inbox_source SET acked = ?2, records = ?3, last_ts_ms = ?4
-                     WHERE id = ?1",
-                )
-                .map_err(sql_err("commit"))?;
-            for row in rows.values() {
-                update
-                    .execute(params![
+                };
+                commits.push(Self::commit_batch(tx, source, row, records)?);
+            }
+            execute_each(
+                tx,
+                STORE,
+                "UPDATE inbox_source SET acked = ?2, records = ?3, last_ts_ms = ?4 WHERE id = ?1",
+                rows.values().map(|row| {
+                    (
                         row.id,
                         to_sql(row.acked),
                         to_sql(row.records),
-                        to_sql(row.last_ts_ms)
-                    ])
-                    .map_err(sql_err("commit"))?;
-            }
-        }
-        tx.commit().map_err(sql_err("commit"))?;
+                        to_sql(row.last_ts_ms),
+                    )
+                }),
+            )?;
+            Ok(commits)
+        })?;
         self.checkpoints.after_write(&self.conn);
         Ok(commits)
     }

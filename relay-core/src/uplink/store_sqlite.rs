@@ -20,7 +20,7 @@ use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::store::{
     DropCounts, OutboxStore, StoredRecord, StoredStream, StreamId, StreamState, StreamWrite,
@@ -30,7 +30,7 @@ use super::store_memory::{check_append, check_remove};
 use crate::error::{Error, Result};
 use crate::log::Item;
 use crate::log::sqlite_chunk::{self, ChunkBounds, ChunkWriter};
-use crate::sqlite::{Durability, open_wal, open_wal_manual_checkpoints};
+use crate::sqlite::{Durability, open_wal, open_wal_manual_checkpoints, set_synchronous};
 
 const STORE: &str = "outbox";
 
@@ -48,6 +48,37 @@ pub(super) fn store_err(
 
 fn sql_err(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     store_err(STORE, action)
+}
+
+/// Runs `apply` in one transaction of `conn` (begun with `behavior`) and commits it: the shape
+/// of every commit of the outbox and the inbox. Nothing is kept if `apply` fails.
+pub(super) fn in_transaction<T>(
+    conn: &mut Connection,
+    store: &'static str,
+    behavior: TransactionBehavior,
+    apply: impl FnOnce(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(behavior)
+        .map_err(store_err(store, "commit"))?;
+    let out = apply(&tx)?;
+    tx.commit().map_err(store_err(store, "commit"))?;
+    Ok(out)
+}
+
+/// Runs the (cached) statement `sql` of `store` once with each of `rows` as its parameters:
+/// how a commit writes back the rows it changed.
+pub(super) fn execute_each<P: rusqlite::Params>(
+    tx: &Transaction<'_>,
+    store: &'static str,
+    sql: &str,
+    rows: impl IntoIterator<Item = P>,
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(sql).map_err(store_err(store, "commit"))?;
+    for row in rows {
+        stmt.execute(row).map_err(store_err(store, "commit"))?;
+    }
+    Ok(())
 }
 
 pub(super) fn to_sql(value: u64) -> i64 {
@@ -340,13 +371,11 @@ impl OutboxStore for SqliteOutboxStore {
         if self.sync == Durability::Full && self.only_marks(writes)? {
             // Written to the WAL, not fsynced: the next synced commit (or checkpoint) makes it
             // durable with everything before it. A power cut may undo it, never a later one.
-            let sync = |conn: &Connection, level: &str| {
-                conn.pragma_update(None, "synchronous", level)
-                    .map_err(sql_err("commit"))
-            };
-            sync(&self.conn, Durability::Normal.synchronous())?;
+            let sync =
+                |conn: &Connection, level| set_synchronous(conn, level).map_err(sql_err("commit"));
+            sync(&self.conn, Durability::Normal)?;
             let committed = self.commit_synced(writes);
-            sync(&self.conn, Durability::Full.synchronous())?;
+            sync(&self.conn, Durability::Full)?;
             return committed;
         }
         self.commit_synced(writes)
@@ -382,10 +411,15 @@ impl SqliteOutboxStore {
 
     /// Applies `writes` in one transaction, at the connection's sync level.
     fn commit_synced(&mut self, writes: &[StreamWrite]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("commit"))?;
+        in_transaction(
+            &mut self.conn,
+            STORE,
+            TransactionBehavior::Immediate,
+            |tx| Self::apply(tx, writes),
+        )
+    }
+
+    fn apply(tx: &Transaction<'_>, writes: &[StreamWrite]) -> Result<()> {
         let mut touched: HashMap<StreamId, Bounds> = HashMap::new();
         for write in writes {
             match write {
@@ -394,7 +428,7 @@ impl SqliteOutboxStore {
                     first_slot,
                     records,
                 } => {
-                    let b = touch(&mut touched, &tx, *stream)?;
+                    let b = touch(&mut touched, tx, *stream)?;
                     check_append(*stream, b.next_slot, *first_slot, records.len())?;
                     let mut insert = tx
                         .prepare_cached(
@@ -432,7 +466,7 @@ impl SqliteOutboxStore {
                     b.next_slot += records.len() as u64;
                 }
                 StreamWrite::RemoveThrough { stream, slot } => {
-                    let b = touch(&mut touched, &tx, *stream)?;
+                    let b = touch(&mut touched, tx, *stream)?;
                     check_remove(*stream, b.removed_through, b.next_slot, *slot)?;
                     tx.prepare_cached(
                         "DELETE FROM outbox_chunk WHERE stream = ?1 AND last_slot <= ?2",
@@ -442,33 +476,33 @@ impl SqliteOutboxStore {
                     b.removed_through = *slot;
                 }
                 StreamWrite::State { stream, state } => {
-                    let b = touch(&mut touched, &tx, *stream)?;
+                    let b = touch(&mut touched, tx, *stream)?;
                     b.state = Some(state.clone());
                 }
             }
         }
-        for (stream, b) in &touched {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE outbox_stream SET next_slot = ?2, removed_through = ?3 WHERE id = ?1",
+        execute_each(
+            tx,
+            STORE,
+            "UPDATE outbox_stream SET next_slot = ?2, removed_through = ?3 WHERE id = ?1",
+            touched.iter().map(|(stream, b)| {
+                (
+                    to_sql(*stream),
+                    to_sql(b.next_slot),
+                    to_sql(b.removed_through),
                 )
-                .map_err(sql_err("commit"))?;
-            stmt.execute(params![
-                to_sql(*stream),
-                to_sql(b.next_slot),
-                to_sql(b.removed_through)
-            ])
-            .map_err(sql_err("commit"))?;
-            if let Some(s) = &b.state {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE outbox_stream SET seq_offset = ?2, acked = ?3, rx_seq = ?4,
-                             unsettled = ?5, dropped_overflow = ?6, dropped_refused = ?7,
-                             dropped_abandoned = ?8
-                         WHERE id = ?1",
-                    )
-                    .map_err(sql_err("commit"))?;
-                stmt.execute(params![
+            }),
+        )?;
+        execute_each(
+            tx,
+            STORE,
+            "UPDATE outbox_stream SET seq_offset = ?2, acked = ?3, rx_seq = ?4,
+                 unsettled = ?5, dropped_overflow = ?6, dropped_refused = ?7,
+                 dropped_abandoned = ?8
+             WHERE id = ?1",
+            touched.iter().filter_map(|(stream, b)| {
+                let s = b.state.as_ref()?;
+                Some((
                     to_sql(*stream),
                     s.seq_offset,
                     to_sql(s.acked),
@@ -476,12 +510,10 @@ impl SqliteOutboxStore {
                     s.unsettled.to_bytes(),
                     to_sql(s.dropped.overflow),
                     to_sql(s.dropped.refused),
-                    to_sql(s.dropped.abandoned)
-                ])
-                .map_err(sql_err("commit"))?;
-            }
-        }
-        tx.commit().map_err(sql_err("commit"))
+                    to_sql(s.dropped.abandoned),
+                ))
+            }),
+        )
     }
 }
 

@@ -27,10 +27,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use can_io::CanRecord;
 use can_io::wire::remp::{RempEvent, RempReceiver};
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 pub mod api;
@@ -46,10 +45,16 @@ use config::DongleRole;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use poller::PollState;
 use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
-use worker::{Worker, WorkerCtx};
+use worker::{FrameQueueTx, QueueRefused, Worker, WorkerCtx};
 
 /// Datagrams of frames queued per dongle between the UDP task and its worker.
 const DONGLE_QUEUE: usize = 4096;
+/// Frames queued per dongle between the UDP task and its worker, at most. A worker that cannot
+/// keep up sheds the newest frames here, counted (`queue_full`), before it spends any work on
+/// them, instead of letting ~50 frames per queued datagram pile up in memory (seconds of
+/// latency under overload, all shed later at the outbox cap anyway). About 0.3 s at 50,000
+/// frames/s; the worker takes everything queued at each wake-up (`worker::Worker::run`).
+pub const DONGLE_QUEUE_FRAMES: usize = 16_384;
 /// Dongles tracked at most (REMP's receiver refuses more serials).
 const MAX_DONGLES: usize = 4096;
 /// Queue-full warnings per dongle at most this often.
@@ -61,7 +66,7 @@ pub const LOCK_FILE: &str = "dongle-agent.lock";
 
 /// A learned dongle, as the UDP task sees it.
 struct DongleEntry {
-    frames: mpsc::Sender<Vec<CanRecord>>,
+    frames: FrameQueueTx,
     peer: Arc<Mutex<SocketAddr>>,
 }
 
@@ -269,11 +274,11 @@ async fn udp_loop(
         }
         if let Some(records) = records {
             let n = records.len() as u64;
-            match entry.frames.try_send(records) {
+            match entry.frames.push(records) {
                 Ok(()) => {}
                 Err(e) => {
                     ctx.metrics.dropped(&serial, DropReason::QueueFull, n);
-                    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                    let closed = e == QueueRefused::Closed;
                     let now = tokio::time::Instant::now();
                     let last = warned
                         .entry(serial.clone())
@@ -305,7 +310,7 @@ fn learn(
     info!(%serial, %from, "new dongle");
     ctx.metrics.note_serial(serial);
     let saved = ctx.assignments.get(serial);
-    let (tx, rx) = mpsc::channel(DONGLE_QUEUE);
+    let (tx, rx) = worker::frame_queue(DONGLE_QUEUE, DONGLE_QUEUE_FRAMES);
     let peer = Arc::new(Mutex::new(from));
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());

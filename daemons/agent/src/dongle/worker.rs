@@ -17,6 +17,7 @@
 //! dropped and counted; while the server is unreachable they wait in the outbox.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use anyhow::{Context, bail};
 use can_io::CanRecord;
 use can_io::frame::Channel;
 use can_io::wire::remp::RempSender;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use relay_core::engine::{DeliverySource, GroupMode, Side};
@@ -64,6 +65,98 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Records read per store call when the stored frames are checked at open.
 const CHECK_PAGE: usize = 4096;
+/// Server messages already received that are handled before the inbound cursor is stored and
+/// acknowledged once for all of them.
+const WS_BURST: usize = 64;
+
+/// A queue of a dongle's frames from the UDP task to its worker, bounded in frames (`max`)
+/// and in datagrams (`datagrams`).
+pub fn frame_queue(datagrams: usize, max: usize) -> (FrameQueueTx, FrameQueue) {
+    let (tx, rx) = mpsc::channel(datagrams);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        FrameQueueTx {
+            tx,
+            queued: Arc::clone(&queued),
+            max,
+        },
+        FrameQueue { rx, queued },
+    )
+}
+
+/// The UDP task's end of a [`frame_queue`].
+#[derive(Debug)]
+pub struct FrameQueueTx {
+    tx: mpsc::Sender<Vec<CanRecord>>,
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// Why [`FrameQueueTx::push`] refused a datagram's frames (they are the caller's to count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefused {
+    /// The queue holds as many frames or datagrams as it may.
+    Full,
+    /// The worker stopped.
+    Closed,
+}
+
+impl FrameQueueTx {
+    /// Queues one datagram's records, or refuses all of them.
+    pub fn push(&self, records: Vec<CanRecord>) -> Result<(), QueueRefused> {
+        let n = records.len();
+        if self.tx.is_closed() {
+            return Err(QueueRefused::Closed);
+        }
+        if self.queued.load(Ordering::Acquire) + n > self.max {
+            return Err(QueueRefused::Full);
+        }
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        self.tx.try_send(records).map_err(|e| {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => QueueRefused::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueRefused::Closed,
+            }
+        })
+    }
+}
+
+/// The worker's end of a [`frame_queue`].
+#[derive(Debug)]
+pub struct FrameQueue {
+    rx: mpsc::Receiver<Vec<CanRecord>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl FrameQueue {
+    /// Waits for frames, then takes everything queued (so the outbox cap applies to all of it
+    /// at once, in one append). `None`: the UDP side is gone.
+    async fn next(&mut self) -> Option<Vec<Vec<CanRecord>>> {
+        let mut batches = Vec::new();
+        let all = self.rx.max_capacity();
+        if self.rx.recv_many(&mut batches, all).await == 0 {
+            return None;
+        }
+        Some(self.taken(batches))
+    }
+
+    /// Closes the queue and takes what is left.
+    fn close(&mut self) -> Vec<Vec<CanRecord>> {
+        self.rx.close();
+        let mut batches = Vec::new();
+        while let Ok(b) = self.rx.try_recv() {
+            batches.push(b);
+        }
+        self.taken(batches)
+    }
+
+    fn taken(&self, batches: Vec<Vec<CanRecord>>) -> Vec<Vec<CanRecord>> {
+        let n = batches.iter().map(Vec::len).sum();
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        batches
+    }
+}
 
 /// Everything a worker shares with the UDP task and the process.
 #[derive(Debug, Clone)]
@@ -108,6 +201,9 @@ struct Stream {
     side: Side,
     outbox: StreamOutbox,
     session: UplinkSession<StdRng>,
+    /// Highest inbound seq handled (delivered to the dongle or reported as a gap) whose cursor
+    /// is not yet stored and acknowledged ([`Worker::flush_rx`]).
+    rx_due: Option<u64>,
 }
 
 /// A connected session.
@@ -146,7 +242,7 @@ impl DropLog {
 pub struct Worker {
     serial: String,
     ctx: WorkerCtx,
-    frames: mpsc::Receiver<Vec<CanRecord>>,
+    frames: FrameQueue,
     peer: Arc<Mutex<SocketAddr>>,
     poll: watch::Receiver<PollState>,
     repoll: Arc<Notify>,
@@ -176,7 +272,7 @@ impl Worker {
     pub fn new(
         serial: String,
         ctx: WorkerCtx,
-        frames: mpsc::Receiver<Vec<CanRecord>>,
+        frames: FrameQueue,
         peer: Arc<Mutex<SocketAddr>>,
         poll: watch::Receiver<PollState>,
         repoll: Arc<Notify>,
@@ -222,7 +318,6 @@ impl Worker {
             self.set_group(Some((group.0, group.1, true))).await?;
         }
         let mut stop = self.ctx.stop.clone();
-        let batch_max = self.ctx.cfg.batch_max_frames;
         let mut poll_open = true;
         loop {
             if *stop.borrow() {
@@ -235,19 +330,18 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.session.poll_timeout())
                 .map(|at| self.started + Duration::from_millis(at));
-            let mut buf = Vec::new();
             tokio::select! {
                 r = stop.changed() => {
                     if r.is_err() {
                         return self.shutdown().await;
                     }
                 }
-                n = self.frames.recv_many(&mut buf, batch_max) => {
-                    if n == 0 {
+                batches = self.frames.next() => {
+                    let Some(batches) = batches else {
                         // The UDP side is gone: the process is stopping.
                         return self.shutdown().await;
-                    }
-                    self.on_frames(buf).await?;
+                    };
+                    self.on_frames(batches).await?;
                 }
                 r = self.poll.changed(), if poll_open => {
                     if r.is_ok() {
@@ -258,7 +352,7 @@ impl Worker {
                     }
                 }
                 () = sleep_until(wake) => {}
-                m = next_msg(&mut self.conn) => self.on_ws(m).await?,
+                m = next_msg(&mut self.conn) => self.on_ws_burst(m).await?,
             }
         }
     }
@@ -403,6 +497,7 @@ impl Worker {
             side,
             outbox,
             session,
+            rx_due: None,
         })
     }
 
@@ -709,7 +804,26 @@ impl Worker {
         }
     }
 
-    /// Handles one WebSocket message. Store errors end the worker; everything else is the
+    /// Handles `m` and the messages already received after it (at most [`WS_BURST`]), then
+    /// stores the inbound cursor and acknowledges it once: one store commit and one `ack` per
+    /// burst instead of per `frames` message, so a busy inbound stream costs less than the
+    /// server's delivery.
+    async fn on_ws_burst(
+        &mut self,
+        m: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+    ) -> anyhow::Result<()> {
+        self.on_ws(m).await?;
+        for _ in 1..WS_BURST {
+            let Some(m) = next_msg(&mut self.conn).now_or_never() else {
+                break;
+            };
+            self.on_ws(m).await?;
+        }
+        self.flush_rx().await
+    }
+
+    /// Handles one WebSocket message; inbound frames and gaps leave their cursor to
+    /// [`flush_rx`](Self::flush_rx). Store errors end the worker; everything else is the
     /// connection's business.
     async fn on_ws(
         &mut self,
@@ -838,19 +952,32 @@ impl Worker {
         DongleMetrics::inc(&m.frames_delivered, &self.serial, delivered);
         DongleMetrics::inc(&m.frames_duplicate, &self.serial, dup);
         m.dropped(&self.serial, DropReason::Invalid, invalid);
-        self.advance_rx(last).await
+        self.advance_rx(last);
+        Ok(())
     }
 
     async fn on_gap(&mut self, g: GapNotice) -> anyhow::Result<()> {
         warn!(serial = %self.serial, from = g.from, to = g.to, count = g.count, reason = ?g.reason,
             "the server reports inbound frames that will never arrive");
         DongleMetrics::inc(&self.ctx.metrics.gap_frames, &self.serial, g.count);
-        self.advance_rx(g.to).await
+        self.advance_rx(g.to);
+        Ok(())
     }
 
-    /// Stores the inbound cursor (if `seq` is above it), then acknowledges it to the server.
-    async fn advance_rx(&mut self, seq: u64) -> anyhow::Result<()> {
+    /// Inbound seqs up to `seq` are handled: their cursor is due ([`flush_rx`](Self::flush_rx)).
+    fn advance_rx(&mut self, seq: u64) {
+        if let Some(s) = self.stream.as_mut() {
+            s.rx_due = Some(s.rx_due.map_or(seq, |due| due.max(seq)));
+        }
+    }
+
+    /// Stores the due inbound cursor (if it is above the stored one), then acknowledges it to
+    /// the server.
+    async fn flush_rx(&mut self) -> anyhow::Result<()> {
         let Some(s) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let Some(seq) = s.rx_due.take() else {
             return Ok(());
         };
         if seq > s.outbox.rx_seq() {
@@ -873,11 +1000,7 @@ impl Worker {
     /// Stop: take what UDP already delivered into the outbox, send what the window allows,
     /// wait briefly for acks, close.
     async fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.frames.close();
-        let mut rest = Vec::new();
-        while let Ok(b) = self.frames.try_recv() {
-            rest.push(b);
-        }
+        let rest = self.frames.close();
         if !rest.is_empty() {
             self.on_frames(rest).await?;
         }
@@ -894,7 +1017,7 @@ impl Worker {
                 m = next_msg(&mut self.conn) => m,
                 () = tokio::time::sleep_until(deadline) => break,
             };
-            self.on_ws(m).await?;
+            self.on_ws_burst(m).await?;
         }
         self.close_conn().await;
         self.publish();
@@ -994,4 +1117,68 @@ pub(crate) async fn connect_ws(
         .context("connecting timed out")?
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use can_io::CanRecord;
+    use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
+
+    use super::{QueueRefused, frame_queue};
+
+    fn records(from: u32, n: u32) -> Vec<CanRecord> {
+        (from..from + n)
+            .map(|i| {
+                let frame =
+                    DataFrame::new(CanId::standard(0x123).unwrap(), &i.to_le_bytes()).unwrap();
+                CanRecord::new(
+                    u64::from(i),
+                    Arc::from("can0"),
+                    Direction::Rx,
+                    CanFrame::Data(frame),
+                )
+            })
+            .collect()
+    }
+
+    fn numbers(batches: &[Vec<CanRecord>]) -> Vec<u64> {
+        batches.iter().flatten().map(|r| r.ts_ns).collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_frames_and_the_worker_takes_all_of_it_in_order() {
+        let (tx, mut rx) = frame_queue(100, 120);
+        // 50 + 50 fit, the next 50 would make 150 > 120: refused whole (the caller counts
+        // them), and so is every datagram until the worker takes the queue.
+        tx.push(records(0, 50)).unwrap();
+        tx.push(records(50, 50)).unwrap();
+        assert_eq!(tx.push(records(100, 50)), Err(QueueRefused::Full));
+        tx.push(records(150, 20)).unwrap();
+        assert_eq!(tx.push(records(170, 1)), Err(QueueRefused::Full));
+        let taken = rx.next().await.unwrap();
+        let mut want: Vec<u64> = (0..100).collect();
+        want.extend(150..170);
+        assert_eq!(numbers(&taken), want, "everything queued, in order");
+        // Taken frames free the room.
+        tx.push(records(171, 120)).unwrap();
+        assert_eq!(tx.push(records(291, 1)), Err(QueueRefused::Full));
+        assert_eq!(
+            numbers(&rx.next().await.unwrap()),
+            (171..291).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_also_bounded_in_datagrams_and_reports_a_stopped_worker() {
+        let (tx, mut rx) = frame_queue(2, 1000);
+        tx.push(records(0, 1)).unwrap();
+        tx.push(records(1, 1)).unwrap();
+        assert_eq!(tx.push(records(2, 1)), Err(QueueRefused::Full));
+        assert_eq!(numbers(&rx.close()), vec![0, 1]);
+        assert_eq!(tx.push(records(3, 1)), Err(QueueRefused::Closed));
+        drop(tx);
+        assert!(rx.next().await.is_none());
+    }
 }

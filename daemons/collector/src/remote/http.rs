@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -153,17 +154,36 @@ async fn vehicles(State(remote): State<Remote>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn vehicle(
-    State(remote): State<Remote>,
-    Path(id): Path<String>,
+/// A request about one vehicle (`/api/v1/telemetry/vehicles/{id}…`) that the caller may read
+/// (else 401) and whose id is well-formed (else 400).
+struct VehicleRead {
+    remote: Remote,
+    id: String,
+    query: HashMap<String, String>,
     headers: HeaderMap,
-) -> Response {
-    if !may_read(&remote.inner, &headers, Some(&id)).await {
-        return unauthorized();
+}
+
+impl FromRequestParts<Remote> for VehicleRead {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, remote: &Remote) -> Result<Self, Response> {
+        let (Path(id), Query(query)) =
+            <(Path<String>, Query<HashMap<String, String>>)>::from_request_parts(parts, remote)
+                .await?;
+        if !may_read(&remote.inner, &parts.headers, Some(&id)).await {
+            return Err(unauthorized());
+        }
+        check_vehicle_id(&id).map_err(IntoResponse::into_response)?;
+        Ok(VehicleRead {
+            remote: remote.clone(),
+            id,
+            query,
+            headers: parts.headers.clone(),
+        })
     }
-    if let Err(bad) = check_vehicle_id(&id) {
-        return bad.into_response();
-    }
+}
+
+async fn vehicle(VehicleRead { remote, id, .. }: VehicleRead) -> Response {
     let mut known = match known_vehicles(&remote.inner).await {
         Ok(known) => known,
         Err(e) => return internal(e),
@@ -177,16 +197,11 @@ async fn vehicle(
 }
 
 async fn records(
-    State(remote): State<Remote>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    VehicleRead {
+        remote, id, query, ..
+    }: VehicleRead,
 ) -> Response {
-    if !may_read(&remote.inner, &headers, Some(&id)).await {
-        return unauthorized();
-    }
     let parsed = (|| {
-        check_vehicle_id(&id)?;
         only_params(&query, &["after_seq", "limit", "from_ts_ms", "to_ts_ms"])?;
         let after = param(&query, "after_seq", i64::MAX as u64)?.unwrap_or(0);
         let limit = param(&query, "limit", MAX_LIMIT)?.unwrap_or(1000).max(1) as usize;
@@ -274,16 +289,14 @@ async fn next_event(mut t: Tail) -> Option<(axum::response::sse::Event, Tail)> {
 }
 
 async fn stream(
-    State(remote): State<Remote>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    VehicleRead {
+        remote,
+        id,
+        query,
+        headers,
+    }: VehicleRead,
 ) -> Response {
-    if !may_read(&remote.inner, &headers, Some(&id)).await {
-        return unauthorized();
-    }
     let parsed = (|| {
-        check_vehicle_id(&id)?;
         only_params(&query, &["after_seq"])?;
         let after = param(&query, "after_seq", i64::MAX as u64)?;
         let last_event = headers

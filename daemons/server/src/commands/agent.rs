@@ -57,6 +57,12 @@ pub(super) enum AgentEvent {
     },
     Failed(String),
     Disconnected,
+    /// Between instances: the hand-over was voided before anything was sent; hand the
+    /// command over again (same attempt).
+    Undelivered,
+    /// Between instances: another instance adopted the command; this one must drop it
+    /// without sending or recording anything.
+    Fenced,
 }
 
 impl AgentEvent {
@@ -64,7 +70,10 @@ impl AgentEvent {
     pub(super) fn is_last(&self) -> bool {
         match self {
             AgentEvent::Response { is_final, .. } => *is_final,
-            AgentEvent::Failed(_) | AgentEvent::Disconnected => true,
+            AgentEvent::Failed(_)
+            | AgentEvent::Disconnected
+            | AgentEvent::Undelivered
+            | AgentEvent::Fenced => true,
             AgentEvent::InProgress => false,
         }
     }
@@ -109,6 +118,23 @@ impl HubInner {
     pub(super) fn served_dongles(&self) -> Vec<Uuid> {
         self.lock().by_dongle.keys().copied().collect()
     }
+
+    /// Whether a connection of this instance serves `dongle`.
+    pub(super) fn serves_dongle(&self, dongle: Uuid) -> bool {
+        self.lock().by_dongle.contains_key(&dongle)
+    }
+}
+
+/// What handing a command to an agent came to.
+#[derive(Debug)]
+enum Dispatch {
+    /// Handed over: the agent's answers follow.
+    Sent(mpsc::UnboundedReceiver<AgentEvent>),
+    /// Not handed over (no connection serves the dongle, or this instance may not send now):
+    /// try again later.
+    NotYet,
+    /// Another instance adopted the command: drop it.
+    Fenced,
 }
 
 /// Sends `request` to the local connection serving its dongle and registers the command's
@@ -175,29 +201,40 @@ impl AgentHub {
 
     /// Whether a diagnostics connection serves `dongle`.
     pub fn serves(&self, dongle: Uuid) -> bool {
-        self.lock().by_dongle.contains_key(&dongle)
+        self.inner.serves_dongle(dongle)
     }
 
-    /// Sends `request` to the connection serving its dongle and registers the command's event
-    /// channel, atomically with respect to that connection's end. `None`: no connection.
-    fn dispatch(&self, request: &CommandRequest) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
-        dispatch_local(&self.inner, request)
-    }
-
-    /// [`AgentHub::dispatch`], else to the instance whose connection serves the dongle.
-    async fn dispatch_anywhere(
-        &self,
-        request: &CommandRequest,
-    ) -> Option<mpsc::UnboundedReceiver<AgentEvent>> {
-        if let Some(events) = self.dispatch(request) {
-            return Some(events);
+    /// Sends `request` to the local connection serving its dongle — with Redis, only after
+    /// claiming the send in the command's handover record (`super::remote`) — else hands it
+    /// to the instance whose connection serves the dongle.
+    async fn dispatch_anywhere(&self, request: &CommandRequest) -> Dispatch {
+        let Some(route) = self.inner.remote.as_ref() else {
+            return dispatch_local(&self.inner, request).map_or(Dispatch::NotYet, Dispatch::Sent);
+        };
+        if self.serves(request.dongle_id) {
+            match route.claim(request, Uuid::new_v4(), &route.instance).await {
+                Ok(super::remote::Claim::Send) => {
+                    // When the connection went away since, the claim only makes an adopter
+                    // treat the command as sent: never a second send.
+                    return dispatch_local(&self.inner, request)
+                        .map_or(Dispatch::NotYet, Dispatch::Sent);
+                }
+                Ok(super::remote::Claim::Fenced) => return Dispatch::Fenced,
+                Ok(claim) => {
+                    tracing::warn!(command = %request.command_id, ?claim, "this instance may not send commands now (its liveness key is gone); retrying");
+                    return Dispatch::NotYet;
+                }
+                Err(err) => {
+                    tracing::warn!(command = %request.command_id, %err, "claiming a command's send in Redis failed; retrying");
+                    return Dispatch::NotYet;
+                }
+            }
         }
-        let route = self.inner.remote.as_ref()?;
         match route.dispatch(request).await {
-            Ok(events) => events,
+            Ok(events) => events.map_or(Dispatch::NotYet, Dispatch::Sent),
             Err(err) => {
                 tracing::warn!(command = %request.command_id, %err, "sending a command to another instance failed; retrying");
-                None
+                Dispatch::NotYet
             }
         }
     }
@@ -496,8 +533,14 @@ async fn run(hub: AgentHub, job: Arc<Job>, mut report: Reporter) -> Reporter {
                 + chrono::Duration::from_std(until(job.deadline).max(MIN_ANSWER_WAIT))
                     .unwrap_or_default();
             request.deadline_ms = u64::try_from(deadline_at.timestamp_millis()).unwrap_or(0);
-            if let Some(events) = hub.dispatch_anywhere(&request).await {
-                break (events, answer_deadline);
+            match hub.dispatch_anywhere(&request).await {
+                Dispatch::Sent(events) => break (events, answer_deadline),
+                Dispatch::Fenced => {
+                    tracing::info!(command = %job.command_id, "another instance adopted the command; dropped here");
+                    report.abandon();
+                    return report;
+                }
+                Dispatch::NotYet => {}
             }
             let left = until(job.deadline);
             if left.is_zero() {
@@ -542,6 +585,16 @@ async fn run(hub: AgentHub, job: Arc<Job>, mut report: Reporter) -> Reporter {
                     Some(AgentEvent::Failed(error)) => {
                         hub.forget(job.command_id);
                         report.failed(&error).await;
+                        return report;
+                    }
+                    Some(AgentEvent::Undelivered) => {
+                        hub.forget(job.command_id);
+                        continue 'attempts;
+                    }
+                    Some(AgentEvent::Fenced) => {
+                        hub.forget(job.command_id);
+                        tracing::info!(command = %job.command_id, "another instance adopted the command; dropped here");
+                        report.abandon();
                         return report;
                     }
                     Some(AgentEvent::Disconnected) | None => {

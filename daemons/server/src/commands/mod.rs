@@ -276,6 +276,16 @@ impl Reporter {
         }
     }
 
+    /// Drops the command without recording anything: another instance adopted it and
+    /// records its end (`docs/cluster.md`).
+    pub fn abandon(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.inner.metrics.open.dec();
+    }
+
     /// Whether a response was stored.
     pub fn has_responses(&self) -> bool {
         self.next_seq > 1
@@ -727,22 +737,47 @@ impl Commands {
                 continue;
             }
             let id = record.command_id;
+            let from = owner.clone();
             let adopted = self
                 .inner
                 .store
-                .call(move |s| s.adopt_command(id, owner.as_deref()))
+                .call(move |s| s.adopt_command(id, from.as_deref()))
                 .await?;
             if adopted {
-                self.take_over(record).await?;
+                self.take_over(record, owner.as_deref()).await?;
             }
         }
         Ok(())
     }
 
-    /// Queues an adopted command again, or fails it (see [`Commands::recover`]).
-    async fn take_over(&self, record: CommandRecord) -> Result<(), ServerError> {
+    /// Queues an adopted command again, or fails it (see [`Commands::recover`]). With Redis,
+    /// the command's handover record is closed first (`remote::RemoteRoute::close`): from
+    /// then on the previous owner can no longer send it, and a command that it had already
+    /// sent — or whose record this instance may not take — is failed, never run again.
+    async fn take_over(
+        &self,
+        record: CommandRecord,
+        previous: Option<&str>,
+    ) -> Result<(), ServerError> {
         let now = Utc::now();
         let id = record.command_id;
+        let may_run = match &self.inner.liveness {
+            None => true,
+            Some(route) => {
+                let deadline_ms = u64::try_from(record.deadline_at.timestamp_millis()).unwrap_or(0);
+                match route.close(id, previous, deadline_ms).await {
+                    Ok(remote::Closed::Unsent) => true,
+                    Ok(closed) => {
+                        tracing::info!(command = %id, ?closed, "an adopted command may have been sent already; it is not run again");
+                        false
+                    }
+                    Err(err) => {
+                        tracing::warn!(command = %id, %err, "closing an adopted command's handover record failed; it is not run again");
+                        false
+                    }
+                }
+            }
+        };
         let vehicle_id = record.vehicle_id;
         let vehicle = self
             .inner
@@ -750,7 +785,7 @@ impl Commands {
             .call(move |s| s.vehicle_by_id(vehicle_id))
             .await?;
         let requeue = match (&vehicle, record.status) {
-            (Some(vehicle), CommandStatus::Pending) if record.deadline_at > now => {
+            (Some(vehicle), CommandStatus::Pending) if may_run && record.deadline_at > now => {
                 DiagCommand::parse(&record.command_name, &record.command_params)
                     .ok()
                     .and_then(|command| {

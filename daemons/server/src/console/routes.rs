@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -56,6 +56,44 @@ async fn authenticate(
     };
     let permit = limits.map(|l| l.console_stream(token)).transpose()?;
     Ok((user, permit))
+}
+
+/// What every console route starts from: the router state it needs, and the caller,
+/// authenticated (see [`authenticate`]) with its place under the stream cap.
+pub(crate) struct StreamRequest {
+    console: Console,
+    store: Arc<Store>,
+    relay: Arc<dyn RelayProbe>,
+    headers: HeaderMap,
+    query: StreamQuery,
+    user: User,
+    permit: Option<LimitPermit>,
+}
+
+impl<S> FromRequestParts<S> for StreamRequest
+where
+    Console: FromRef<S>,
+    Arc<Store>: FromRef<S>,
+    Arc<dyn RelayProbe>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let store = Arc::<Store>::from_ref(state);
+        let limits = parts.extensions.get::<Limits>().cloned();
+        let query = query(&parts.uri)?;
+        let (user, permit) = authenticate(&store, limits.as_ref(), &parts.headers, &query).await?;
+        Ok(StreamRequest {
+            console: Console::from_ref(state),
+            store,
+            relay: Arc::<dyn RelayProbe>::from_ref(state),
+            headers: parts.headers.clone(),
+            query,
+            user,
+            permit,
+        })
+    }
 }
 
 /// `Last-Event-ID` (header) wins over `last_event_id` (query). A header that is not valid text
@@ -214,57 +252,38 @@ async fn current_group_states(
     Ok((!out.is_empty()).then(|| out.freeze()))
 }
 
-async fn owned_single(
-    console: Console,
-    store: Arc<Store>,
-    relay: Arc<dyn RelayProbe>,
-    limits: Option<Extension<Limits>>,
-    headers: HeaderMap,
-    uri: Uri,
-    scope: ConsoleStream,
-) -> Result<Response, ApiError> {
-    let query = query(&uri)?;
-    let limits = limits.map(|Extension(l)| l);
-    let (user, permit) = authenticate(&store, limits.as_ref(), &headers, &query).await?;
-    if let Some(what) = first_not_owned(&store, user.id, vec![scope]).await? {
-        return Err(ApiError::not_found(what));
-    }
-    let last_event_id = last_event_id(&headers, &query);
-    let first = match scope {
-        ConsoleStream::Group(id) if last_event_id.is_none() => {
-            current_group_states(&store, &relay, user.id, vec![id]).await?
+impl StreamRequest {
+    /// The stream of one dongle or group the caller owns.
+    async fn owned_single(self, scope: ConsoleStream) -> Result<Response, ApiError> {
+        let user = self.user.id;
+        if let Some(what) = first_not_owned(&self.store, user, vec![scope]).await? {
+            return Err(ApiError::not_found(what));
         }
-        _ => None,
-    };
-    Ok(single(&console, permit, first, scope, last_event_id).await)
+        let last_event_id = last_event_id(&self.headers, &self.query);
+        let first = match scope {
+            ConsoleStream::Group(id) if last_event_id.is_none() => {
+                current_group_states(&self.store, &self.relay, user, vec![id]).await?
+            }
+            _ => None,
+        };
+        Ok(single(&self.console, self.permit, first, scope, last_event_id).await)
+    }
 }
 
 /// `GET /api/v1/streams/dongles/{id}/console`.
 pub(crate) async fn dongle(
-    State(console): State<Console>,
-    State(store): State<Arc<Store>>,
-    State(relay): State<Arc<dyn RelayProbe>>,
-    limits: Option<Extension<Limits>>,
-    headers: HeaderMap,
-    uri: Uri,
     IdPath(id): IdPath,
+    request: StreamRequest,
 ) -> Result<Response, ApiError> {
-    let scope = ConsoleStream::Dongle(id);
-    owned_single(console, store, relay, limits, headers, uri, scope).await
+    request.owned_single(ConsoleStream::Dongle(id)).await
 }
 
 /// `GET /api/v1/streams/groups/{id}/console`.
 pub(crate) async fn group(
-    State(console): State<Console>,
-    State(store): State<Arc<Store>>,
-    State(relay): State<Arc<dyn RelayProbe>>,
-    limits: Option<Extension<Limits>>,
-    headers: HeaderMap,
-    uri: Uri,
     IdPath(id): IdPath,
+    request: StreamRequest,
 ) -> Result<Response, ApiError> {
-    let scope = ConsoleStream::Group(id);
-    owned_single(console, store, relay, limits, headers, uri, scope).await
+    request.owned_single(ConsoleStream::Group(id)).await
 }
 
 fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
@@ -285,17 +304,16 @@ fn id_list(field: &str, raw: Option<&str>) -> Result<Vec<Uuid>, ApiError> {
 }
 
 /// `GET /api/v1/streams/console?dongles=<id,…>&groups=<id,…>`.
-pub(crate) async fn multiplexed(
-    State(console): State<Console>,
-    State(store): State<Arc<Store>>,
-    State(relay): State<Arc<dyn RelayProbe>>,
-    limits: Option<Extension<Limits>>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let query = query(&uri)?;
-    let limits = limits.map(|Extension(l)| l);
-    let (user, permit) = authenticate(&store, limits.as_ref(), &headers, &query).await?;
+pub(crate) async fn multiplexed(request: StreamRequest) -> Result<Response, ApiError> {
+    let StreamRequest {
+        console,
+        store,
+        relay,
+        headers,
+        query,
+        user,
+        permit,
+    } = request;
     let dongles = id_list("dongles", query.dongles.as_deref())?;
     let groups = id_list("groups", query.groups.as_deref())?;
     let scopes: Vec<ConsoleStream> = dongles

@@ -325,14 +325,7 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
         self.write("storing a customer", |tx| {
-            let existed = tx
-                .query_row(
-                    "SELECT 1 FROM customers WHERE customer_id = ?1",
-                    params![customer_id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let existed = customer_exists(tx, customer_id)?;
             tx.execute(
                 "INSERT INTO customers (customer_id, balance, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (customer_id) DO UPDATE SET balance = excluded.balance",
@@ -456,15 +449,8 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Outcome<Value> {
         self.write("recording a session event", |tx| {
-            if let Some(stored) = tx
-                .query_row(
-                    "SELECT response FROM lifecycle_events WHERE idempotency_key = ?1",
-                    params![idempotency_key],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            {
-                let mut v: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+            let sql = "SELECT response FROM lifecycle_events WHERE idempotency_key = ?1";
+            if let Some(mut v) = stored_response(tx, sql, idempotency_key)? {
                 v["duplicate"] = Value::Bool(true);
                 return Ok(Ok(v));
             }
@@ -567,15 +553,9 @@ impl MeteringStore {
         now: DateTime<Utc>,
     ) -> Outcome<Value> {
         self.write("refreshing a quota", |tx| {
-            if let Some(stored) = tx
-                .query_row(
-                    "SELECT response FROM refreshes WHERE transaction_id = ?1",
-                    params![transaction_id],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-            {
-                return Ok(Ok(serde_json::from_str(&stored).unwrap_or(Value::Null)));
+            let sql = "SELECT response FROM refreshes WHERE transaction_id = ?1";
+            if let Some(v) = stored_response(tx, sql, transaction_id)? {
+                return Ok(Ok(v));
             }
             let session = match touch_session(tx, session_id, customer_id, server_id)? {
                 Ok(s) => s,
@@ -855,6 +835,26 @@ fn available_of(conn: &Connection, customer_id: &str) -> rusqlite::Result<i64> {
     Ok(balance - reserved_of(conn, customer_id)?)
 }
 
+fn customer_exists(tx: &Transaction<'_>, customer_id: &str) -> rusqlite::Result<bool> {
+    let found = tx
+        .query_row(
+            "SELECT 1 FROM customers WHERE customer_id = ?1",
+            params![customer_id],
+            |_| Ok(()),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// The response stored for an idempotent request under `key` (`sql` selects it), if it was
+/// answered before: a replay answers it again.
+fn stored_response(tx: &Transaction<'_>, sql: &str, key: &str) -> rusqlite::Result<Option<Value>> {
+    let stored = tx
+        .query_row(sql, params![key], |r| r.get::<_, String>(0))
+        .optional()?;
+    Ok(stored.map(|s| serde_json::from_str(&s).unwrap_or(Value::Null)))
+}
+
 /// The session, created (active) on first sight by any of its messages: the three queues are
 /// independent, so a usage record or a refresh may arrive before its session's start.
 fn touch_session(
@@ -863,14 +863,7 @@ fn touch_session(
     customer_id: &str,
     server_id: &str,
 ) -> rusqlite::Result<Result<SessionRow, Refusal>> {
-    let exists = tx
-        .query_row(
-            "SELECT 1 FROM customers WHERE customer_id = ?1",
-            params![customer_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
+    let exists = customer_exists(tx, customer_id)?;
     if !exists {
         return Ok(Err(Refusal::UnknownCustomer(customer_id.to_owned())));
     }

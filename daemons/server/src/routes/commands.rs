@@ -218,14 +218,9 @@ pub(super) async fn list(
             bad_request("status must be pending, in_progress, completed or failed")
         })?),
     };
-    let limit = match q.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| bad_request(format!("limit must be 1 to {MAX_LIMIT}")))?,
-    };
+    let limit = ranged_param(q.limit.as_deref(), DEFAULT_LIMIT, 1..=MAX_LIMIT, || {
+        format!("limit must be 1 to {MAX_LIMIT}")
+    })?;
     let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => {
@@ -418,15 +413,28 @@ pub(super) struct WaitQuery {
     wait: Option<String>,
 }
 
-fn wait_duration(q: &WaitQuery) -> Result<Duration, ApiError> {
-    let secs = match q.wait.as_deref() {
-        None | Some("") => DEFAULT_WAIT_S,
-        Some(w) => w
-            .parse::<f64>()
+/// The query parameter `raw` as a number in `range`; `default` when absent or empty; else 400
+/// with `message`.
+fn ranged_param<T: std::str::FromStr + PartialOrd>(
+    raw: Option<&str>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    message: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse::<T>()
             .ok()
-            .filter(|w| (0.0..=MAX_WAIT_S).contains(w))
-            .ok_or_else(|| bad_request(format!("wait must be 0 to {MAX_WAIT_S} seconds")))?,
-    };
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| bad_request(message())),
+    }
+}
+
+fn wait_duration(q: &WaitQuery) -> Result<Duration, ApiError> {
+    let secs = ranged_param(q.wait.as_deref(), DEFAULT_WAIT_S, 0.0..=MAX_WAIT_S, || {
+        format!("wait must be 0 to {MAX_WAIT_S} seconds")
+    })?;
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -450,79 +458,105 @@ fn component_params(
     Ok(params)
 }
 
-/// What a SOVD resource asks: the command and its extra parameter.
-struct SovdRequest {
-    vehicle_id: Uuid,
-    ecu: String,
-    command_name: &'static str,
-    extra: Option<(&'static str, Value)>,
-    wait: Duration,
-}
-
-async fn sovd(
+/// What every SOVD resource handler takes: the caller, where its command's resources are, and
+/// how long to wait for the answer (`?wait=`).
+pub(super) struct Sovd {
     state: AppState,
     commands: Commands,
     user: User,
     urls: Urls,
-    request: SovdRequest,
-) -> Result<Response, ApiError> {
-    let SovdRequest {
-        vehicle_id,
-        ecu,
-        command_name,
-        extra,
-        wait,
-    } = request;
-    let vehicle = owned_vehicle(&commands, &user, vehicle_id).await?;
-    let mut params = component_params(&vehicle, &ecu)?;
-    if let Some((key, value)) = extra {
-        params.insert(key.into(), value);
+    wait: Duration,
+}
+
+impl FromRequestParts<AppState> for Sovd {
+    /// The rejection of the first extractor that refused, as that extractor answers alone.
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let (Extension(commands), UserAuth(user), urls, Query(q)) =
+            <(Extension<Commands>, UserAuth, Urls, Query<WaitQuery>)>::from_request_parts(
+                parts, state,
+            )
+            .await?;
+        Ok(Sovd {
+            state: state.clone(),
+            commands,
+            user,
+            urls,
+            wait: wait_duration(&q).map_err(IntoResponse::into_response)?,
+        })
     }
-    let record = commands
-        .submit(user.id, vehicle, command_name, Value::Object(params))
-        .await
-        .map_err(submit_error)?;
-    let id = record.command_id;
-    let url = urls.stream(id);
-    let href = urls.command(id);
-    let record = commands.wait(id, wait).await?.unwrap_or(record);
-    match record.status {
-        CommandStatus::Completed => {
-            let responses = state.store.call(move |s| s.responses_after(id, 0)).await?;
-            let items: Vec<Value> = responses.into_iter().map(|r| r.response_payload).collect();
-            let response = items.last().cloned().unwrap_or(Value::Null);
-            Ok(Json(json!({
-                "command_id": id,
-                "status": record.status,
-                "href": href,
-                "response": response,
-                "responses": items,
-            }))
-            .into_response())
+}
+
+impl Sovd {
+    /// Runs `command_name` on component `ecu` of vehicle `vehicle` (with `extra` among its
+    /// params) and answers with its result, or 202 and where to follow it after the wait.
+    async fn run(
+        self,
+        vehicle: &str,
+        ecu: String,
+        command_name: &'static str,
+        extra: Option<(&'static str, Value)>,
+    ) -> Result<Response, ApiError> {
+        let Sovd {
+            state,
+            commands,
+            user,
+            urls,
+            wait,
+        } = self;
+        let vehicle_id = vehicle_id(vehicle)?;
+        let vehicle = owned_vehicle(&commands, &user, vehicle_id).await?;
+        let mut params = component_params(&vehicle, &ecu)?;
+        if let Some((key, value)) = extra {
+            params.insert(key.into(), value);
         }
-        CommandStatus::Failed => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "command_failed",
-            format!(
-                "command {id} failed: {}",
-                record.error_message.unwrap_or_default()
-            ),
-        )),
-        CommandStatus::Pending | CommandStatus::InProgress => {
-            let mut response = (
-                StatusCode::ACCEPTED,
-                Json(json!({
+        let record = commands
+            .submit(user.id, vehicle, command_name, Value::Object(params))
+            .await
+            .map_err(submit_error)?;
+        let id = record.command_id;
+        let url = urls.stream(id);
+        let href = urls.command(id);
+        let record = commands.wait(id, wait).await?.unwrap_or(record);
+        match record.status {
+            CommandStatus::Completed => {
+                let responses = state.store.call(move |s| s.responses_after(id, 0)).await?;
+                let items: Vec<Value> = responses.into_iter().map(|r| r.response_payload).collect();
+                let response = items.last().cloned().unwrap_or(Value::Null);
+                Ok(Json(json!({
                     "command_id": id,
                     "status": record.status,
                     "href": href,
-                    "stream_url": url,
-                })),
-            )
-                .into_response();
-            if let Ok(location) = HeaderValue::from_str(&href) {
-                response.headers_mut().insert(header::LOCATION, location);
+                    "response": response,
+                    "responses": items,
+                }))
+                .into_response())
             }
-            Ok(response)
+            CommandStatus::Failed => Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "command_failed",
+                format!(
+                    "command {id} failed: {}",
+                    record.error_message.unwrap_or_default()
+                ),
+            )),
+            CommandStatus::Pending | CommandStatus::InProgress => {
+                let mut response = (
+                    StatusCode::ACCEPTED,
+                    Json(json!({
+                        "command_id": id,
+                        "status": record.status,
+                        "href": href,
+                        "stream_url": url,
+                    })),
+                )
+                    .into_response();
+                if let Ok(location) = HeaderValue::from_str(&href) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                Ok(response)
+            }
         }
     }
 }
@@ -533,62 +567,27 @@ fn vehicle_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// `GET /api/v1/vehicles/{id}/components/{ecu}/faults`: ReadDTC on that ECU.
 pub(super) async fn faults(
-    State(state): State<AppState>,
-    Extension(commands): Extension<Commands>,
-    UserAuth(user): UserAuth,
+    sovd: Sovd,
     Path((vehicle, ecu)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
-    urls: Urls,
 ) -> Result<Response, ApiError> {
-    let wait = wait_duration(&q)?;
-    let request = SovdRequest {
-        vehicle_id: vehicle_id(&vehicle)?,
-        ecu,
-        command_name: "ReadDTC",
-        extra: None,
-        wait,
-    };
-    sovd(state, commands, user, urls, request).await
+    sovd.run(&vehicle, ecu, "ReadDTC", None).await
 }
 
 /// `DELETE /api/v1/vehicles/{id}/components/{ecu}/faults`: ClearDTC on that ECU.
 pub(super) async fn clear_faults(
-    State(state): State<AppState>,
-    Extension(commands): Extension<Commands>,
-    UserAuth(user): UserAuth,
+    sovd: Sovd,
     Path((vehicle, ecu)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
-    urls: Urls,
 ) -> Result<Response, ApiError> {
-    let wait = wait_duration(&q)?;
-    let request = SovdRequest {
-        vehicle_id: vehicle_id(&vehicle)?,
-        ecu,
-        command_name: "ClearDTC",
-        extra: None,
-        wait,
-    };
-    sovd(state, commands, user, urls, request).await
+    sovd.run(&vehicle, ecu, "ClearDTC", None).await
 }
 
 /// `GET /api/v1/vehicles/{id}/components/{ecu}/data/{did}`: ReadDataByID of one DID.
 pub(super) async fn data(
-    State(state): State<AppState>,
-    Extension(commands): Extension<Commands>,
-    UserAuth(user): UserAuth,
+    sovd: Sovd,
     Path((vehicle, ecu, did)): Path<(String, String, String)>,
-    Query(q): Query<WaitQuery>,
-    urls: Urls,
 ) -> Result<Response, ApiError> {
-    let wait = wait_duration(&q)?;
-    let request = SovdRequest {
-        vehicle_id: vehicle_id(&vehicle)?,
-        ecu,
-        command_name: "ReadDataByID",
-        extra: Some(("did", json!(did))),
-        wait,
-    };
-    sovd(state, commands, user, urls, request).await
+    sovd.run(&vehicle, ecu, "ReadDataByID", Some(("did", json!(did))))
+        .await
 }
 
 #[cfg(test)]

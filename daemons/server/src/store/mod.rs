@@ -25,6 +25,7 @@ mod agents;
 mod commands;
 mod dongles;
 mod groups;
+mod pg_tls;
 mod records;
 mod schema;
 pub(crate) mod sql;
@@ -66,7 +67,7 @@ pub const POSTGRES_POOL_SIZE: u32 = 16;
 /// How long a caller waits for a PostgreSQL connection (also the connect timeout at open).
 const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type PgPool = r2d2::Pool<PostgresConnectionManager<postgres::NoTls>>;
+type PgPool = r2d2::Pool<PostgresConnectionManager<pg_tls::PgTls>>;
 
 /// How long a server trusts a user token it authenticated without reading the store again:
 /// the bound within which a revocation made by another process (`tether server token
@@ -186,6 +187,7 @@ impl Store {
     ///
     /// Must not be called inside an async task (see the module docs).
     pub fn connect(url: &str) -> Result<Store, ServerError> {
+        let (url, tls) = pg_tls::PgTls::for_url(url)?;
         let config: postgres::Config =
             url.parse()
                 .map_err(|err: postgres::Error| ServerError::DatabaseUrl {
@@ -201,11 +203,11 @@ impl Store {
         // One direct connection first: its error says why (refused, unknown database, auth),
         // where the pool's would only say it timed out. It applies the migrations.
         let mut client = config
-            .connect(postgres::NoTls)
+            .connect(tls.clone())
             .map_err(ServerError::db("connecting to PostgreSQL"))?;
         schema::migrate_postgres(&mut client)?;
         drop(client);
-        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+        let manager = PostgresConnectionManager::new(config, tls);
         let pool = r2d2::Pool::builder()
             .max_size(POSTGRES_POOL_SIZE)
             .min_idle(Some(1))
@@ -357,7 +359,7 @@ impl r2d2::HandleError<postgres::Error> for PgConnectErrors {
 impl PgHandle {
     fn client(
         &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>, E> {
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<pg_tls::PgTls>>, E> {
         match &self.pool {
             Some(pool) => Ok(pool.get()?),
             None => Err(E::Closed),

@@ -341,6 +341,10 @@ pub(super) fn migrate_postgres(client: &mut postgres::Client) -> Result<(), Serv
         &[&POSTGRES_MIGRATION_LOCK],
     )
     .map_err(ServerError::db("taking the migration lock"))?;
+    // `CREATE TABLE IF NOT EXISTS` of an existing table sends a NOTICE, logged at INFO by the
+    // driver on every start: not news, so not sent (this transaction only).
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .map_err(ServerError::db("quieting the migration"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS tether_schema_version (
              version     bigint PRIMARY KEY,

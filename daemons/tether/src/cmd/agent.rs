@@ -66,32 +66,12 @@ pub enum DlqCommand {
     #[command(
         after_help = "Examples:\n  tether agent --config agent.yaml metering dlq retry --queue usage_records --all\n  tether agent --config agent.yaml metering dlq retry --id ENTRY_ID"
     )]
-    Retry {
-        /// Queue; all when omitted.
-        #[arg(long)]
-        queue: Option<String>,
-        /// One entry id.
-        #[arg(long, conflicts_with = "all")]
-        id: Option<String>,
-        /// Every entry.
-        #[arg(long)]
-        all: bool,
-    },
+    Retry(DlqEntries),
     /// Delete entries.
     #[command(
         after_help = "Examples:\n  tether agent --config agent.yaml metering dlq purge --queue quota_refresh --all\n  tether agent --config agent.yaml metering dlq purge --id ENTRY_ID"
     )]
-    Purge {
-        /// Queue; all when omitted.
-        #[arg(long)]
-        queue: Option<String>,
-        /// One entry id.
-        #[arg(long, conflicts_with = "all")]
-        id: Option<String>,
-        /// Every entry.
-        #[arg(long)]
-        all: bool,
-    },
+    Purge(DlqEntries),
 }
 
 /// Load the config named by `--config` with the process environment.
@@ -172,6 +152,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The entries `retry` and `purge` act on.
+#[derive(Debug, clap::Args)]
+pub struct DlqEntries {
+    /// Queue; all when omitted.
+    #[arg(long)]
+    queue: Option<String>,
+    /// One entry id.
+    #[arg(long, conflicts_with = "all")]
+    id: Option<String>,
+    /// Every entry.
+    #[arg(long)]
+    all: bool,
+}
+
 /// Runs a DLQ command, printing JSON lines.
 async fn run_dlq(cfg: &MeteringConfig, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -180,19 +174,26 @@ async fn run_dlq(cfg: &MeteringConfig, cmd: DlqCommand) -> anyhow::Result<ExitCo
                 println!("{}", serde_json::to_string(&e)?);
             }
         }
-        DlqCommand::Retry { id, all, .. } | DlqCommand::Purge { id, all, .. }
-            if id.is_none() && !all =>
-        {
-            bail!("say which entries: --id ID or --all");
-        }
-        DlqCommand::Retry { queue, id, .. } => {
-            let n = dlq::apply(cfg, DlqAction::Retry, queue.as_deref(), id.as_deref()).await?;
+        DlqCommand::Retry(entries) => {
+            let n = apply_dlq(cfg, DlqAction::Retry, entries).await?;
             println!("{{\"retried\": {n}}}");
         }
-        DlqCommand::Purge { queue, id, .. } => {
-            let n = dlq::apply(cfg, DlqAction::Purge, queue.as_deref(), id.as_deref()).await?;
+        DlqCommand::Purge(entries) => {
+            let n = apply_dlq(cfg, DlqAction::Purge, entries).await?;
             println!("{{\"purged\": {n}}}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Retries or purges `entries`; refuses a command that names none.
+async fn apply_dlq(
+    cfg: &MeteringConfig,
+    action: DlqAction,
+    entries: DlqEntries,
+) -> anyhow::Result<u64> {
+    if entries.id.is_none() && !entries.all {
+        bail!("say which entries: --id ID or --all");
+    }
+    dlq::apply(cfg, action, entries.queue.as_deref(), entries.id.as_deref()).await
 }

@@ -16,12 +16,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use can_io::CanRecord;
-use can_io::transport::multicast::MulticastBus;
+use can_io::transport::CanBus;
+use can_io::transport::open::{AnyBus, BusAddress, OpenOptions};
 use can_io::transport::record::{RecordLimit, record};
-use can_io::transport::socketcand::{SocketcandClient, SocketcandServer};
-use can_io::transport::udp::{CannelloniUdp, RempUdp};
-use can_io::transport::{BusStats, CanBus};
+use can_io::transport::socketcand::SocketcandServer;
 
 use tether_runtime::signals::shutdown_signal;
 
@@ -106,116 +104,53 @@ pub(crate) async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to no address"))
 }
 
-/// Any bus the command line can open.
-#[derive(Debug)]
-pub(crate) enum AnyBus {
-    Remp(RempUdp),
-    Cannelloni(CannelloniUdp),
-    Socketcand(SocketcandClient),
-    Multicast(MulticastBus),
+impl BusUrl {
+    /// The transport address of this URL with `protocol` on a `udp://` address.
+    fn address(&self, protocol: UdpProtocol) -> BusAddress {
+        match (self, protocol) {
+            (BusUrl::Udp(addr), UdpProtocol::Remp) => BusAddress::Remp(addr.clone()),
+            (BusUrl::Udp(addr), UdpProtocol::Cannelloni) => BusAddress::Cannelloni(addr.clone()),
+            (BusUrl::Socketcand { addr, bus }, _) => BusAddress::Socketcand {
+                addr: addr.clone(),
+                bus: bus.clone(),
+            },
+            (BusUrl::Multicast(group), _) => BusAddress::Multicast(*group),
+        }
+    }
 }
 
-impl AnyBus {
-    /// Open `url` for sending (`listen = false`: UDP addresses are the peer) or receiving
-    /// (`listen = true`: UDP addresses are bound).
-    pub(crate) async fn open(
-        url: &BusUrl,
-        protocol: UdpProtocol,
-        serial: &str,
-        channel: &str,
-        listen: bool,
-    ) -> anyhow::Result<Self> {
-        Ok(match url {
-            BusUrl::Udp(addr) => {
-                let addr = resolve(addr).await?;
-                match (protocol, listen) {
-                    (UdpProtocol::Remp, true) => {
-                        AnyBus::Remp(RempUdp::bind(addr, None, serial).await?)
-                    }
-                    (UdpProtocol::Remp, false) => {
-                        AnyBus::Remp(RempUdp::dongle(addr, serial).await?)
-                    }
-                    (UdpProtocol::Cannelloni, true) => {
-                        AnyBus::Cannelloni(CannelloniUdp::bind(addr, None, channel).await?)
-                    }
-                    (UdpProtocol::Cannelloni, false) => {
-                        let local: SocketAddr = if addr.is_ipv4() {
-                            ([0, 0, 0, 0], 0).into()
-                        } else {
-                            "[::]:0".parse()?
-                        };
-                        AnyBus::Cannelloni(CannelloniUdp::bind(local, Some(addr), channel).await?)
-                    }
-                }
-            }
-            BusUrl::Socketcand { addr, bus } => {
-                AnyBus::Socketcand(SocketcandClient::connect(resolve(addr).await?, bus).await?)
-            }
-            BusUrl::Multicast(group) => AnyBus::Multicast(MulticastBus::join(*group, channel)?),
+/// Opens `url` for sending (`listen = false`: UDP addresses are the peer) or receiving
+/// (`listen = true`: UDP addresses are bound), through can-io's [`AnyBus::open`].
+pub(crate) async fn open_bus(
+    url: &BusUrl,
+    protocol: UdpProtocol,
+    serial: &str,
+    channel: &str,
+    listen: bool,
+) -> anyhow::Result<AnyBus> {
+    let options = OpenOptions {
+        listen,
+        serial: serial.to_owned(),
+        channel: channel.to_owned(),
+        local: None,
+    };
+    Ok(AnyBus::open(&url.address(protocol), &options).await?)
+}
+
+/// A line for stderr about losses a REMP bus tracks itself.
+fn loss_report(bus: &AnyBus) -> Option<String> {
+    let AnyBus::Remp(b) = bus else { return None };
+    let lines: Vec<String> = b
+        .receiver()
+        .dongles()
+        .map(|(serial, s, _)| {
+            format!(
+                "dongle {serial}: {} datagrams, {} frames, {} lost, {} duplicate, {} reordered, {} stale, {} dropped by the dongle",
+                s.datagrams, s.frames, s.lost, s.duplicate, s.reordered, s.stale, s.dongle_dropped
+            )
         })
-    }
-
-    /// Periodic duty while idle: REMP keep-alives.
-    pub(crate) async fn tick(&mut self) -> anyhow::Result<()> {
-        if let AnyBus::Remp(b) = self {
-            b.keepalive().await?;
-        }
-        Ok(())
-    }
-
-    /// A line for stderr about losses the protocol tracks itself.
-    pub(crate) fn loss_report(&self) -> Option<String> {
-        let AnyBus::Remp(b) = self else { return None };
-        let lines: Vec<String> = b
-            .receiver()
-            .dongles()
-            .map(|(serial, s, _)| {
-                format!(
-                    "dongle {serial}: {} datagrams, {} frames, {} lost, {} duplicate, {} reordered, {} stale, {} dropped by the dongle",
-                    s.datagrams, s.frames, s.lost, s.duplicate, s.reordered, s.stale, s.dongle_dropped
-                )
-            })
-            .collect();
-        (!lines.is_empty()).then(|| lines.join("\n"))
-    }
-}
-
-impl CanBus for AnyBus {
-    async fn send(&mut self, record: &CanRecord) -> Result<(), can_io::Error> {
-        match self {
-            AnyBus::Remp(b) => b.send(record).await,
-            AnyBus::Cannelloni(b) => b.send(record).await,
-            AnyBus::Socketcand(b) => b.send(record).await,
-            AnyBus::Multicast(b) => b.send(record).await,
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), can_io::Error> {
-        match self {
-            AnyBus::Remp(b) => b.flush().await,
-            AnyBus::Cannelloni(b) => b.flush().await,
-            AnyBus::Socketcand(b) => b.flush().await,
-            AnyBus::Multicast(b) => b.flush().await,
-        }
-    }
-
-    async fn recv(&mut self) -> Result<Option<CanRecord>, can_io::Error> {
-        match self {
-            AnyBus::Remp(b) => b.recv().await,
-            AnyBus::Cannelloni(b) => b.recv().await,
-            AnyBus::Socketcand(b) => b.recv().await,
-            AnyBus::Multicast(b) => b.recv().await,
-        }
-    }
-
-    fn stats(&self) -> BusStats {
-        match self {
-            AnyBus::Remp(b) => b.stats(),
-            AnyBus::Cannelloni(b) => b.stats(),
-            AnyBus::Socketcand(b) => b.stats(),
-            AnyBus::Multicast(b) => b.stats(),
-        }
-    }
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -264,8 +199,7 @@ pub fn run_record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         bail!("--duration must be a positive number of seconds");
     }
     runtime()?.block_on(async {
-        let mut bus =
-            AnyBus::open(&args.bus, args.protocol, "recorder", &args.channel, true).await?;
+        let mut bus = open_bus(&args.bus, args.protocol, "recorder", &args.channel, true).await?;
         let mut out = open_output(&args.output)?;
         if let AnyBus::Remp(b) = &bus {
             eprintln!("recording REMP on udp://{}", b.local_addr()?);
@@ -293,7 +227,7 @@ pub fn run_record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             stats.dropped,
             stats.malformed
         );
-        if let Some(report) = bus.loss_report() {
+        if let Some(report) = loss_report(&bus) {
             eprintln!("{report}");
         }
         Ok(ExitCode::SUCCESS)

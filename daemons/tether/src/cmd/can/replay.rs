@@ -10,8 +10,9 @@ use anyhow::Context;
 use can_io::transport::CanBus;
 use can_io::transport::replay::{LogReplay, ReplaySpeed};
 
-use super::record::{AnyBus, BusUrl, UdpProtocol, runtime};
+use super::record::{BusUrl, UdpProtocol, open_bus, runtime};
 use super::{InputFormat, open_log};
+use can_io::transport::open::AnyBus;
 use tether_runtime::signals::shutdown_signal;
 
 /// Keep-alive interval of the simulated REMP dongle.
@@ -49,7 +50,7 @@ pub struct ReplayArgs {
 /// Run `tether can replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let mut bus = AnyBus::open(&args.bus, args.protocol, &args.serial, "can0", false).await?;
+        let mut bus = open_bus(&args.bus, args.protocol, &args.serial, "can0", false).await?;
         let stop = shutdown_signal();
         tokio::pin!(stop);
         let mut total = 0u64;
