@@ -7,8 +7,8 @@
 //! business and is documented with it (`docs/storage.md`, `docs/protocols/uplink.md`).
 //!
 //! [`BackgroundCheckpoints`] copies the WAL of a file opened with
-//! [`open_wal_manual_checkpoints`] into the database file on a thread of its own (the stream log
-//! and the uplink inbox use it).
+//! [`open_wal_manual_checkpoints`] into the database file on a thread of its own (the stream log,
+//! the uplink inbox and the server's records store use it).
 //!
 //! This module does not pool connections or move calls off the async runtime: rusqlite calls
 //! block, and each store decides how it runs them.
@@ -156,7 +156,7 @@ const RESTART_FRAMES: i64 = 4096;
 /// tenth of the stream log's group commits took 12–30 ms under the relay bench, against ~2 ms
 /// without; the telemetry inbox spent 40 % of its thread in them.
 #[derive(Debug, Default)]
-pub(crate) struct BackgroundCheckpoints {
+pub struct BackgroundCheckpoints {
     /// The checkpointer copied every WAL frame that existed when it started, and the WAL holds
     /// at least [`RESTART_FRAMES`]: a checkpoint by the writer now copies only what was
     /// committed since, and lets the next write restart the WAL from its beginning (which a
@@ -167,7 +167,7 @@ pub(crate) struct BackgroundCheckpoints {
 impl BackgroundCheckpoints {
     /// Starts the checkpointer on `conn` (a connection of its own to the file at `path`, which
     /// only names it in logs).
-    pub(crate) fn spawn(conn: Connection, path: &Path) -> std::io::Result<Arc<Self>> {
+    pub fn spawn(conn: Connection, path: &Path) -> std::io::Result<Arc<Self>> {
         let state = Arc::new(BackgroundCheckpoints::default());
         let weak: Weak<Self> = Arc::downgrade(&state);
         let path = path.to_path_buf();
@@ -206,7 +206,7 @@ impl BackgroundCheckpoints {
     /// To be called by the writer after a commit, on its connection: when the checkpointer has
     /// caught up, copies the frames committed since its pass (cheap), so that the next write
     /// can restart the WAL. Busy or failed: the next pass tries again.
-    pub(crate) fn after_write(&self, conn: &Connection) {
+    pub fn after_write(&self, conn: &Connection) {
         if self.caught_up.swap(false, Ordering::AcqRel) {
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }

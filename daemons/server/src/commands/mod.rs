@@ -20,6 +20,13 @@
 //! commands still `pending` within their ttl are queued again. Commands of live instances are
 //! never touched.
 //!
+//! Stored first: a command's insert is handed to the [`writer`] before anything else of the
+//! command, its `202`, `pending` event and every later event wait for the insert's commit, and
+//! a response is published only after its own commit. The agent connector gets a command once
+//! it is stored; the mock, whose answers touch nothing but the store
+//! ([`Connector::runs_unstored`]), gets it at once, so that under load the insert, the
+//! response and the completion of a mock command share one group commit.
+//!
 //! The vehicles commands are posted for are remembered for [`VEHICLE_CACHE_TTL`]
 //! ([`Commands::owned_vehicle`]): a vehicle's owner, ECU list and dongle are fixed when it is
 //! created, and vehicle ids are never reused, so a remembered vehicle can only be stale by
@@ -47,6 +54,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use sse_core::events::CommandState;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::cache::TtlCache;
@@ -89,6 +97,27 @@ pub struct Job {
     /// When the command stops waiting for the vehicle.
     pub deadline: DateTime<Utc>,
     lane_key: String,
+    /// `Some(true)` once the command's row is committed, `Some(false)` when storing it failed
+    /// (see [`Job::stored`]).
+    stored: watch::Receiver<Option<bool>>,
+}
+
+impl Job {
+    /// Whether the command's row is committed: waits for the group commit of its insert (at
+    /// once for a command read back from the store). `false` when storing it failed — then
+    /// nothing of the command is reported or published.
+    pub async fn stored(&self) -> bool {
+        let mut gate = self.stored.clone();
+        matches!(
+            gate.wait_for(Option::is_some).await.as_deref(),
+            Ok(Some(true))
+        )
+    }
+}
+
+/// The [`Job::stored`] gate of a command already in the store.
+fn already_stored() -> watch::Receiver<Option<bool>> {
+    watch::channel(Some(true)).1
 }
 
 /// Runs commands on vehicles. Implementations report through the [`Reporter`] and return it
@@ -98,6 +127,14 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
     /// Runs `job`, reporting its progress; hands the reporter back when done.
     fn run(&self, job: Arc<Job>, report: Reporter) -> BoxFuture<'static, Reporter>;
+    /// Whether a command may be handed to [`run`](Self::run) before its row is committed
+    /// ([`Job::stored`]): only for a connector whose run has no effect outside the store (the
+    /// mock). Its first change then queues right behind the command's insert and can share
+    /// its group commit; the [`Reporter`] still publishes and sends status events only once
+    /// the command is stored. `false` (the default): a command is run once it is stored.
+    fn runs_unstored(&self) -> bool {
+        false
+    }
 }
 
 /// What a connector reports about one command: each report is stored, then published.
@@ -118,7 +155,12 @@ impl Reporter {
         }
         self.started = true;
         let id = self.job.command_id;
-        match self.inner.writer.write(CommandWrite::Start(id)).await {
+        let written = self.inner.writer.write(CommandWrite::Start(id)).await;
+        if !self.job.stored().await {
+            self.ended = true;
+            return;
+        }
+        match written {
             Ok(CommandWritten::Started(true)) => {
                 self.inner
                     .status_event(&self.job, CommandState::InProgress, None)
@@ -152,6 +194,10 @@ impl Reporter {
                 at: Utc::now(),
             })
             .await;
+        if !self.job.stored().await {
+            self.ended = true;
+            return false;
+        }
         let outcome = match outcome {
             Ok(CommandWritten::Response(started, outcome)) => {
                 if started {
@@ -209,7 +255,11 @@ impl Reporter {
             error: error.to_owned(),
             at: Utc::now(),
         };
-        match self.inner.writer.write(write).await {
+        let written = self.inner.writer.write(write).await;
+        if !self.job.stored().await {
+            return;
+        }
+        match written {
             Ok(CommandWritten::Failed(true)) => {
                 self.inner
                     .bus
@@ -362,6 +412,9 @@ impl Inner {
                 vehicle: job.vehicle.id,
                 key: job.lane_key.clone(),
             };
+            if !inner.connector.runs_unstored() && !job.stored().await {
+                return;
+            }
             let run = inner.connector.run(Arc::clone(&job), inner.reporter(&job));
             // Its own task, so that a panicking connector still frees the ECU and fails the
             // command.
@@ -571,13 +624,14 @@ impl Commands {
             completed_at: None,
             deadline_at: now + ttl,
         };
-        self.inner
+        // Handed to the writer first, so that every change of the command's run is applied
+        // after it; queued at once, so that a connector that may run unstored commands
+        // (`Connector::runs_unstored`) shares the insert's commit with its first change.
+        let insert = self
+            .inner
             .writer
-            .write(CommandWrite::Insert(record.clone()))
-            .await
-            .map_err(SubmitError::Server)?;
-        self.inner.metrics.submitted.inc();
-        self.inner.metrics.open.inc();
+            .queue(CommandWrite::Insert(record.clone()));
+        let (gate, stored) = watch::channel(None);
         let job = Arc::new(Job {
             command_id: record.command_id,
             lane_key: lane_key(&command.target, &targets),
@@ -586,10 +640,31 @@ impl Commands {
             command_params,
             targets,
             deadline: record.deadline_at,
+            stored,
         });
-        self.inner.status_event(&job, CommandState::Pending, None);
-        self.inner.enqueue(job);
-        Ok(record)
+        self.inner.enqueue(Arc::clone(&job));
+        // The insert's outcome is handled on a task of its own, so that the command is
+        // reported (or dropped) even when the caller stops waiting for it.
+        let inner = Arc::clone(&self.inner);
+        let (done, accepted) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = insert.wait().await;
+            if outcome.is_ok() {
+                inner.metrics.submitted.inc();
+                inner.metrics.open.inc();
+                inner.status_event(&job, CommandState::Pending, None);
+            }
+            let _ = gate.send(Some(outcome.is_ok()));
+            let _ = done.send(outcome);
+        });
+        match accepted.await {
+            Ok(Ok(_)) => Ok(record),
+            Ok(Err(err)) => Err(SubmitError::Server(err)),
+            Err(_) => Err(SubmitError::Server(ServerError::TaskFailed {
+                task: "command writer",
+                detail: "the insert's outcome was lost".to_owned(),
+            })),
+        }
     }
 
     /// Waits up to `wait` for the command to end; returns its row then (or as it is when the
@@ -731,6 +806,7 @@ impl Commands {
                     command_params: record.command_params,
                     targets,
                     deadline: record.deadline_at,
+                    stored: already_stored(),
                 });
                 self.inner.enqueue(job);
                 tracing::info!(command = %id, "pending command of an instance that is gone queued again");
@@ -834,6 +910,7 @@ mod tests {
                 targets: vec![],
                 deadline: Utc::now(),
                 lane_key: key.to_owned(),
+                stored: already_stored(),
             })
         };
         let mut lane = Lane::default();

@@ -10,6 +10,10 @@
 //! change. One change failing does not fail the others of its batch (each runs in its own
 //! savepoint); a failed commit fails every change of the batch.
 //!
+//! Changes are applied in the order they were handed over ([`CommandWriter::queue`] hands
+//! one over without waiting, so a command's insert and a response queued right after it can
+//! share one commit).
+//!
 //! What it does not do: it does not retry, and it serves only the commands service (other
 //! store writes keep their own transactions).
 
@@ -47,11 +51,32 @@ impl CommandWriter {
 
     /// Stores `write` (in the next group commit) and returns what it did.
     pub async fn write(&self, write: CommandWrite) -> Result<CommandWritten, ServerError> {
+        self.queue(write).wait().await
+    }
+
+    /// Hands `write` over now and returns its outcome to await: changes handed over later
+    /// are applied after it (in the same group commit or a later one). What is stored does
+    /// not depend on the outcome being awaited.
+    pub fn queue(&self, write: CommandWrite) -> Outcome {
         let (reply, outcome) = oneshot::channel();
-        self.queue
-            .send(Pending { write, reply })
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        Outcome(
+            self.queue
+                .send(Pending { write, reply })
+                .map(|()| outcome)
+                .map_err(|_| stopped()),
+        )
+    }
+}
+
+/// The outcome of a change handed over with [`CommandWriter::queue`]: resolves once the group
+/// commit holding it ended.
+#[derive(Debug)]
+pub struct Outcome(Result<oneshot::Receiver<Result<CommandWritten, ServerError>>, ServerError>);
+
+impl Outcome {
+    /// What the change did, once its group commit ended.
+    pub async fn wait(self) -> Result<CommandWritten, ServerError> {
+        self.0?.await.map_err(|_| stopped())?
     }
 }
 
@@ -212,6 +237,72 @@ mod tests {
         };
         assert_eq!(writer.write(fail).await?, CommandWritten::Failed(false));
         assert_eq!(store.responses_after(id, 0)?.len(), 1);
+        Ok(())
+    }
+
+    fn final_response(command_id: Uuid) -> CommandWrite {
+        CommandWrite::Response {
+            command_id,
+            start: true,
+            sequence_number: 1,
+            is_final: true,
+            payload: json!({"dtcs": []}),
+            at: Utc::now(),
+        }
+    }
+
+    /// A response handed over right behind its command's insert (before that committed) is
+    /// applied after it — in the same commit when the writer takes both at once — and one
+    /// behind an insert that failed stores nothing.
+    #[tokio::test]
+    async fn a_response_queued_behind_its_insert_is_applied_after_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(Store::open_in(dir.path())?);
+        let user = store.ensure_user("writer", Utc::now())?;
+        let vehicle = store
+            .create_vehicle(user.id, "v", None, None, &[], Utc::now())?
+            .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+        let metrics = CommandMetrics::default();
+        let writer = CommandWriter::spawn(Arc::clone(&store), metrics.clone());
+
+        let mut pairs = Vec::new();
+        for i in 0..50 {
+            let vehicle_id = if i == 25 { Uuid::new_v4() } else { vehicle.id };
+            let record = command(user.id, vehicle_id);
+            let id = record.command_id;
+            let insert = writer.queue(CommandWrite::Insert(record));
+            let response = writer.queue(final_response(id));
+            pairs.push((i, id, insert, response));
+        }
+        for (i, id, insert, response) in pairs {
+            let (insert, response) = (insert.wait().await, response.wait().await?);
+            if i == 25 {
+                assert!(insert.is_err(), "an unknown vehicle's command was stored");
+                assert_eq!(
+                    response,
+                    CommandWritten::Response(false, ResponseOutcome::UnknownCommand)
+                );
+                assert_eq!(store.command_by_id(id)?, None);
+                assert!(store.responses_after(id, 0)?.is_empty());
+                continue;
+            }
+            assert_eq!(insert?, CommandWritten::Inserted);
+            assert!(
+                matches!(
+                    response,
+                    CommandWritten::Response(true, ResponseOutcome::Stored(_))
+                ),
+                "{response:?}"
+            );
+            let row = store
+                .command_by_id(id)?
+                .ok_or_else(|| anyhow::anyhow!("lost"))?;
+            assert_eq!(row.status, CommandStatus::Completed);
+        }
+        // 100 changes handed over without waiting: far fewer commits than changes.
+        assert_eq!(metrics.writes.get(), 100);
+        let batches = metrics.write_batches.get();
+        assert!(batches < 10, "100 changes took {batches} commits");
         Ok(())
     }
 }

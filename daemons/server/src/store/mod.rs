@@ -5,7 +5,8 @@
 //! Each operation is written once, in SQL both dialects accept, over the small [`sql::Sql`]
 //! layer; the backend is chosen when the store is opened. SQLite: one connection behind a
 //! mutex — record traffic is small (API calls, presence changes) and SQLite serialises writers
-//! anyway; the file uses WAL with a busy timeout, so `tether server token create` can run beside
+//! anyway; the file uses WAL with a busy timeout (relay-core's connection settings, checkpointed on a
+//! thread of its own), so `tether server token create` can run beside
 //! a live server. PostgreSQL: a pool of connections; transactions that read before they write
 //! lock the rows they read (`FOR UPDATE`), and a unique-constraint race with another instance
 //! is answered with the same refusal a lost race gives on SQLite.
@@ -36,7 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use r2d2_postgres::PostgresConnectionManager;
-use relay_core::sqlite::{Durability, open_wal};
+use relay_core::sqlite::{
+    BackgroundCheckpoints, Durability, open_wal, open_wal_manual_checkpoints,
+};
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
@@ -92,6 +95,8 @@ enum Backend {
     /// The embedded file: one connection, serialised by the mutex.
     Sqlite {
         conn: Mutex<Connection>,
+        /// Copies the WAL into the file off the write path; told after each write.
+        checkpoints: Arc<BackgroundCheckpoints>,
         path: PathBuf,
     },
     /// A PostgreSQL server shared with other instances.
@@ -144,15 +149,31 @@ impl Store {
     }
 
     /// Opens (creating if needed) the SQLite database file at `path` and migrates it.
+    ///
+    /// The connection settings are relay-core's ([`relay_core::sqlite::open_wal`]: WAL,
+    /// `synchronous = NORMAL`, a busy timeout, foreign keys), with SQLite's automatic
+    /// checkpoint off: a [`BackgroundCheckpoints`] thread with a connection of its own copies
+    /// the WAL into the file, so no commit of the commands writer waits for a checkpoint and
+    /// its fsync (`docs/storage-server.md`, "SQLite").
     pub fn open(path: &Path) -> Result<Store, ServerError> {
-        // WAL, synchronous=NORMAL, foreign keys, a 5 s busy timeout: relay-core's one open.
-        let mut conn =
-            open_wal(path, Durability::Normal).map_err(ServerError::db("opening the database"))?;
+        let mut conn = open_wal_manual_checkpoints(path, Durability::Normal)
+            .map_err(ServerError::db("opening the database"))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        let checkpoint_conn = open_wal(path, Durability::Normal)
+            .map_err(ServerError::db("opening the database for checkpoints"))?;
+        let checkpoints =
+            BackgroundCheckpoints::spawn(checkpoint_conn, path).map_err(|source| {
+                ServerError::Io {
+                    action: "start the SQLite checkpoint thread",
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Ok(Store {
             backend: Backend::Sqlite {
                 conn: Mutex::new(conn),
+                checkpoints,
                 path: path.to_owned(),
             },
             user_tokens: user_token_cache(),
@@ -263,7 +284,14 @@ impl Store {
         f: impl FnOnce(&mut dyn sql::Sql) -> Result<T, E>,
     ) -> Result<T, ServerError> {
         match &self.backend {
-            Backend::Sqlite { conn, .. } => f(&mut SqliteSql(&lock(conn))),
+            Backend::Sqlite {
+                conn, checkpoints, ..
+            } => {
+                let conn = lock(conn);
+                let out = f(&mut SqliteSql(&conn));
+                checkpoints.after_write(&conn);
+                out
+            }
             Backend::Postgres(pg) => pg.client().and_then(|mut c| f(&mut PgSql(&mut *c))),
         }
         .map_err(ServerError::db(action))
@@ -292,7 +320,14 @@ impl Store {
         f: impl FnOnce(&mut dyn sql::Sql) -> Result<Result<T, R>, E>,
     ) -> Result<Result<T, R>, ServerError> {
         match &self.backend {
-            Backend::Sqlite { conn, .. } => sqlite_transaction(&mut lock(conn), f),
+            Backend::Sqlite {
+                conn, checkpoints, ..
+            } => {
+                let mut conn = lock(conn);
+                let out = sqlite_transaction(&mut conn, f);
+                checkpoints.after_write(&conn);
+                out
+            }
             Backend::Postgres(pg) => pg
                 .client()
                 .and_then(|mut client| pg_transaction(&mut client, f)),
