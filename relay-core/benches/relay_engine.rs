@@ -13,15 +13,18 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "../tests/storage_support/mod.rs"]
+mod storage_support;
+
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use relay_core::engine::{
-    Direction, EngineConfig, GroupId, GroupSnapshot, RelayEngine, RelayOutput, Side,
-    StorageRequest, StreamSnapshot,
+    Direction, EngineConfig, GroupId, GroupSnapshot, RelayEngine, RelayOutput, Side, StreamSnapshot,
 };
 use relay_core::log::{Item, MemoryStreamLog, StreamLog};
+use storage_support::{Cursors, serve};
 
 const REPS: usize = 5;
 const LIVE_ITEMS: u64 = 640_000;
@@ -58,31 +61,7 @@ fn drive(engine: &mut RelayEngine, log: &MemoryStreamLog) -> u64 {
         let mut progressed = false;
         while let Some(req) = engine.poll_storage() {
             progressed = true;
-            match req {
-                StorageRequest::Append {
-                    group,
-                    direction,
-                    items,
-                } => {
-                    let r = block_on(log.append(&direction.stream_key(&group), &items));
-                    engine
-                        .handle_append_result(&group, direction, r, 0)
-                        .unwrap();
-                }
-                StorageRequest::Read {
-                    group,
-                    direction,
-                    after,
-                    max,
-                    epoch,
-                } => {
-                    let r = block_on(log.read(&direction.stream_key(&group), after, max));
-                    engine
-                        .handle_read_result(&group, direction, epoch, r, 0)
-                        .unwrap();
-                }
-                StorageRequest::StoreCursor { .. } => {}
-            }
+            serve(engine, log, req, 0, Cursors::Skip);
         }
         if engine.poll_timeout().is_some_and(|t| t == 0) {
             progressed = true;

@@ -4,15 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod storage_support;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use relay_core::engine::{
     Direction, EngineConfig, GroupId, GroupMode, GroupSnapshot, RelayEngine, RelayOutput, Side,
-    StorageRequest, StreamSnapshot,
+    StreamSnapshot,
 };
 use relay_core::log::{Item, MemoryStreamLog, StreamLog};
+use storage_support::{Cursors, serve};
 
 const BACKLOG: u64 = 100_000;
 const ROUND_MS: u64 = 10;
@@ -37,31 +40,7 @@ struct Driver {
 impl Driver {
     fn run_storage(&mut self, now: u64) {
         while let Some(req) = self.engine.poll_storage() {
-            match req {
-                StorageRequest::Append {
-                    group,
-                    direction,
-                    items,
-                } => {
-                    let r = block_on(self.log.append(&direction.stream_key(&group), &items));
-                    self.engine
-                        .handle_append_result(&group, direction, r, now)
-                        .unwrap();
-                }
-                StorageRequest::Read {
-                    group,
-                    direction,
-                    after,
-                    max,
-                    epoch,
-                } => {
-                    let r = block_on(self.log.read(&direction.stream_key(&group), after, max));
-                    self.engine
-                        .handle_read_result(&group, direction, epoch, r, now)
-                        .unwrap();
-                }
-                StorageRequest::StoreCursor { .. } => {}
-            }
+            serve(&mut self.engine, &self.log, req, now, Cursors::Skip);
         }
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod storage_support;
+
 use bytes::Bytes;
 use futures::executor::block_on;
 use relay_core::Error;
@@ -11,6 +13,7 @@ use relay_core::engine::{
     StorageRequest, StreamSnapshot,
 };
 use relay_core::log::{AppendOutcome, GapReason, Item, MemoryStreamLog, Retention, StreamLog};
+use storage_support::{Cursors, serve};
 
 fn items(range: std::ops::RangeInclusive<u64>) -> Vec<Item> {
     range
@@ -82,43 +85,7 @@ impl H {
             let mut progressed = false;
             while let Some(req) = self.engine.poll_storage() {
                 progressed = true;
-                match req {
-                    StorageRequest::Append {
-                        group,
-                        direction,
-                        items,
-                    } => {
-                        let r = block_on(self.log.append(&direction.stream_key(&group), &items));
-                        self.engine
-                            .handle_append_result(&group, direction, r, self.now)
-                            .unwrap();
-                    }
-                    StorageRequest::Read {
-                        group,
-                        direction,
-                        after,
-                        max,
-                        epoch,
-                    } => {
-                        let r = block_on(self.log.read(&direction.stream_key(&group), after, max));
-                        self.engine
-                            .handle_read_result(&group, direction, epoch, r, self.now)
-                            .unwrap();
-                    }
-                    StorageRequest::StoreCursor {
-                        group,
-                        direction,
-                        seq,
-                    } => {
-                        let key = direction.stream_key(&group);
-                        block_on(self.log.store_cursor(
-                            &key,
-                            &direction.consumer().to_string(),
-                            seq,
-                        ))
-                        .unwrap();
-                    }
-                }
+                serve(&mut self.engine, &self.log, req, self.now, Cursors::Store);
             }
             if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
                 progressed = true;

@@ -140,19 +140,11 @@ async fn other_users_and_agents_are_kept_out() -> TestResult {
     // An agent token is not a user token and vice versa.
     let (status, _) = api.get("/api/v1/groups", &alice_agent_a).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = api
-        .post("/api/v1/agent/dongles", &alice, json!({"serial": "X-1"}))
-        .await?;
+    let (status, _) = api.announce(&alice, "X-1").await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Another user's serial cannot be taken over: announcing it gives mallory a dongle of her
     // own (serials are per account), alice's stays hers and is not revealed.
-    let (status, body) = api
-        .post(
-            "/api/v1/agent/dongles",
-            &mallory_agent,
-            json!({"serial": "ALICE-A"}),
-        )
-        .await?;
+    let (status, body) = api.announce(&mallory_agent, "ALICE-A").await?;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_ne!(body["id"].as_str(), Some(a.as_str()), "{body}");
     let (status, _) = api

@@ -13,6 +13,9 @@
 
 mod support;
 
+#[path = "../../daemons/server/tests/commands_support/fake_agent.rs"]
+mod fake_agent;
+
 #[path = "../../daemons/server/tests/server_support/data_client.rs"]
 mod data_client;
 
@@ -21,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use data_client::{DataClient, batch, seq_of};
+use fake_agent::FakeAgent;
 use relay_core::engine::Side;
 use relay_core::protocol::diag::{
     AgentCommandStatus, CommandResponse, CommandStatusUpdate, DiagHello, DiagMessage, decode_diag,
@@ -31,8 +35,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use support::{
     Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, free_tcp_port, redis_url,
-    require_redis, signal,
+    require_redis, signal, text,
 };
+use tether_testkit::redis::OwnRedis;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
@@ -76,6 +81,16 @@ fn psql(sql: &str) -> TestResult {
         return Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(())
+}
+
+/// Redis (required), a workspace, a fresh PostgreSQL database and `n` instances on them.
+async fn postgres_cluster(n: usize) -> TestResult<(Workspace, FreshDatabase, Vec<ServerProc>)> {
+    let redis = redis_url();
+    require_redis(&redis).await?;
+    let ws = Workspace::new()?;
+    let db = FreshDatabase::create()?;
+    let servers = cluster(&ws, n, &redis, Some(&db)).await?;
+    Ok((ws, db, servers))
 }
 
 /// N instances sharing `redis` and the records: the PostgreSQL database `db`, or else one
@@ -390,11 +405,7 @@ fn active_no_backlog(group: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult {
-    let redis = redis_url();
-    require_redis(&redis).await?;
-    let ws = Workspace::new()?;
-    let db = FreshDatabase::create()?;
-    let mut servers = cluster(&ws, 3, &redis, Some(&db)).await?;
+    let (ws, db, mut servers) = postgres_cluster(3).await?;
     let outcome = async {
         let base = |i: usize| servers[i].base.clone();
         let setup = setup(&servers[0], "kim", Some(&db)).await?;
@@ -469,122 +480,62 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
     ws.explain(outcome)
 }
 
-/// The agent's diagnostics role (commands) on a `/ws/data` connection, played by the test.
-struct DiagAgent {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
+/// The agent's diagnostics role (commands) on a `/ws/data` connection, played by the test:
+/// the server tests' [`FakeAgent`] serving one dongle.
+struct DiagAgent(FakeAgent);
 
 impl DiagAgent {
     /// Connects to `base` with the agent token, serving `dongle`.
     async fn connect(base: &str, token: &str, dongle: &str) -> TestResult<DiagAgent> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = format!("{}/ws/data", base.replacen("http://", "ws://", 1));
-        let mut request = url.into_client_request()?;
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().map_err(|_| "bad token")?,
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let mut agent = DiagAgent { ws };
-        agent
-            .send(&DiagMessage::DiagHello(DiagHello {
-                version: 1,
-                dongles: vec![dongle.parse()?],
-            }))
-            .await?;
-        match agent.recv().await? {
-            DiagMessage::DiagWelcome(w) if w.dongles.len() == 1 => Ok(agent),
-            other => {
-                Err(format!("expected a diag_welcome serving the dongle, got {other:?}").into())
-            }
+        let (agent, welcome) = FakeAgent::connect(&Api::new(base), token, &[dongle]).await?;
+        if welcome.dongles.len() != 1 {
+            return Err(
+                format!("expected a diag_welcome serving the dongle, got {welcome:?}").into(),
+            );
         }
-    }
-
-    async fn send(&mut self, message: &DiagMessage) -> TestResult {
-        use futures::SinkExt;
-        let text = encode_diag(message)?;
-        self.ws.send(WsMessage::Text(text.into())).await?;
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> TestResult<DiagMessage> {
-        use futures::StreamExt;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .map_err(|_| "nothing from the server")?;
-            match next {
-                Some(Ok(WsMessage::Text(t))) => return Ok(decode_diag(t.as_bytes())?),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                other => return Err(format!("diagnostics connection ended: {other:?}").into()),
-            }
-        }
+        Ok(DiagAgent(agent))
     }
 
     /// Waits for a command, reports it in progress and sends its first (not final) answer.
     async fn start_command(&mut self) -> TestResult<Uuid> {
-        let id = match self.recv().await? {
-            DiagMessage::Command(c) => c.command_id,
-            other => return Err(format!("expected a command, got {other:?}").into()),
-        };
-        self.send(&DiagMessage::CommandStatus(CommandStatusUpdate {
-            command_id: id,
-            status: AgentCommandStatus::InProgress,
-        }))
-        .await?;
+        let id = self.0.command().await?.command_id;
+        self.0
+            .send(&DiagMessage::CommandStatus(CommandStatusUpdate {
+                command_id: id,
+                status: AgentCommandStatus::InProgress,
+            }))
+            .await?;
         self.answer(id, 1, false).await?;
         Ok(id)
     }
 
     async fn answer(&mut self, id: Uuid, seq: u32, is_final: bool) -> TestResult {
-        self.send(&DiagMessage::CommandResponse(CommandResponse {
-            command_id: id,
-            sequence_number: seq,
-            is_final,
-            response: serde_json::json!({"ecu": "engine", "dtcs": [], "part": seq}),
-        }))
-        .await
+        let response = serde_json::json!({"ecu": "engine", "dtcs": [], "part": seq});
+        self.0.answer(id, seq, is_final, response).await
     }
 }
 
 /// A vehicle on side A's dongle; a ReadDTC posted for it on `api` → the command id.
 async fn vehicle_and_command(api: &Api, setup: &Setup) -> TestResult<String> {
-    let (status, vehicle) = api
-        .post(
-            "/api/v1/vehicles",
-            &setup.user,
-            serde_json::json!({
-                "name": "car",
-                "vin": "1HGCM82633A004352",
-                "dongle_id": setup.dongle_a,
-                "ecus": [{"name": "engine", "request_id": "0x7E0", "response_id": "0x7E8"}]
-            }),
-        )
+    let body = serde_json::json!({
+        "name": "car",
+        "vin": "1HGCM82633A004352",
+        "dongle_id": setup.dongle_a,
+        "ecus": [{"name": "engine", "request_id": "0x7E0", "response_id": "0x7E8"}]
+    });
+    let vehicle = api
+        .post_expect("/api/v1/vehicles", &setup.user, body, StatusCode::CREATED)
         .await?;
-    if status != StatusCode::CREATED {
-        return Err(format!("create vehicle: {status} {vehicle}").into());
-    }
     post_command(api, setup, &vehicle["id"]).await
 }
 
 async fn post_command(api: &Api, setup: &Setup, vehicle: &Value) -> TestResult<String> {
-    let (status, body) = api
-        .post(
-            "/api/v1/commands",
-            &setup.user,
-            serde_json::json!({"vehicle_id": vehicle, "command_name": "ReadDTC",
-                               "command_params": {"status_mask": 8}}),
-        )
+    let vehicle = vehicle.as_str().ok_or("no vehicle id")?;
+    let params = serde_json::json!({"status_mask": 8});
+    let accepted = api
+        .submit_command(&setup.user, vehicle, "ReadDTC", params)
         .await?;
-    if status != StatusCode::ACCEPTED {
-        return Err(format!("post command: {status} {body}").into());
-    }
-    Ok(body["command_id"]
-        .as_str()
-        .ok_or("no command_id")?
-        .to_owned())
+    text(&accepted, "command_id")
 }
 
 /// The command as `api` shows it, once `check` accepts it.
@@ -616,11 +567,7 @@ fn active_both_online(group: &Value) -> bool {
 /// again: that command, whose owner is gone, fails as interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarting_instance_leaves_the_live_ones_sides_and_commands_alone() -> TestResult {
-    let redis = redis_url();
-    require_redis(&redis).await?;
-    let ws = Workspace::new()?;
-    let db = FreshDatabase::create()?;
-    let mut servers = cluster(&ws, 2, &redis, Some(&db)).await?;
+    let (ws, db, mut servers) = postgres_cluster(2).await?;
     let outcome = async {
         let setup = setup(&servers[0], "ren", Some(&db)).await?;
         let base = servers[0].base.clone();
@@ -708,67 +655,6 @@ async fn a_restarting_instance_leaves_the_live_ones_sides_and_commands_alone() -
     ws.explain(outcome)
 }
 
-/// A `redis-server` of this test's own (AOF, fsync on every write) on a free port.
-struct OwnRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start(dir: &Path) -> TestResult<OwnRedis> {
-        std::fs::create_dir_all(dir)?;
-        let mut redis = OwnRedis {
-            port: free_tcp_port(),
-            dir: dir.to_owned(),
-            child: None,
-        };
-        redis.spawn().await?;
-        Ok(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn spawn(&mut self) -> TestResult {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        let url = self.url();
-        eventually(Duration::from_secs(10), "own redis-server up", || async {
-            require_redis(&url).await.ok()
-        })
-        .await
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
     require_redis(&redis_url()).await?;
@@ -795,7 +681,7 @@ async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
         // instances reset the producers, who reconnect and resend from their last ack).
         let restart = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let restarted = redis.spawn().await.map_err(|e| e.to_string());
+            let restarted = redis.restart().await.map_err(|e| e.to_string());
             (redis, restarted)
         });
         // Every reconnect checks that the server still holds what it acknowledged.
@@ -820,11 +706,7 @@ async fn redis_restarted_mid_stream_loses_nothing_acknowledged() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
-    let redis = redis_url();
-    require_redis(&redis).await?;
-    let ws = Workspace::new()?;
-    let db = FreshDatabase::create()?;
-    let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
+    let (ws, db, servers) = postgres_cluster(3).await?;
     let outcome = async {
         let setup = setup(&servers[0], "sal", Some(&db)).await?;
         let (mut a, mut b) = setup
@@ -935,11 +817,7 @@ async fn read_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_resumes_on_another_instance() -> TestResult {
-    let redis = redis_url();
-    require_redis(&redis).await?;
-    let ws = Workspace::new()?;
-    let db = FreshDatabase::create()?;
-    let servers = cluster(&ws, 3, &redis, Some(&db)).await?;
+    let (ws, db, servers) = postgres_cluster(3).await?;
     let outcome = async {
         let setup = setup(&servers[0], "cho", Some(&db)).await?;
         let (mut a, mut b) = setup

@@ -132,12 +132,9 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
             (!browser.of_type("can_frame").is_empty()).then_some(())
         })
         .await?;
-        let (status, group) = support::Api {
-            base: server.clone(),
-            client: reqwest::Client::new(),
-        }
-        .get(&format!("/api/v1/groups/{group_id}"), &token)
-        .await?;
+        let (status, group) = support::Api::new(server.clone())
+            .get(&format!("/api/v1/groups/{group_id}"), &token)
+            .await?;
         assert_eq!(status, reqwest::StatusCode::OK, "{group}");
         assert_ne!(group["mode"], "inactive", "{group}");
         // The printed ReadDTC runs on the demo car's simulated engine ECU through agent A's
@@ -149,10 +146,7 @@ async fn demo_streams_frames_and_stops_cleanly_on_ctrl_c() -> TestResult {
                 .and_then(|rest| rest.split('\'').next())
                 .ok_or_else(|| format!("no body in {command_curl:?}"))?,
         )?;
-        let api = support::Api {
-            base: server.clone(),
-            client: reqwest::Client::new(),
-        };
+        let api = support::Api::new(server.clone());
         let (status, accepted) = api.post("/api/v1/commands", &token, body).await?;
         assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{accepted}");
         let id = accepted["command_id"]

@@ -98,20 +98,8 @@ async fn agent_outage_buffers_then_replays_in_order() -> TestResult {
     let from_a = ws.split_capture("a.log", |_| true)?;
     let want = candump_frames(&from_a);
     let b_rx = ws.path("b-received.log");
-    let mut dongle_b = DongleProc::start(
-        &ws,
-        &pair.b.serial,
-        &pair.b.agent.udp_addr(),
-        None,
-        Some(&b_rx),
-    )?;
-    let mut dongle_a = DongleProc::start(
-        &ws,
-        &pair.a.serial,
-        &pair.a.agent.udp_addr(),
-        Some((&from_a, SPEED)),
-        None,
-    )?;
+    let mut dongle_b = pair.b.recording_dongle(&ws, &b_rx)?;
+    let mut dongle_a = pair.a.replaying_dongle(&ws, &from_a, SPEED)?;
     let outcome = async {
         pair.wait_mode(&api, "active").await?;
         wait_frames(&b_rx, 200, "B receives A's first frames").await?;
@@ -228,20 +216,8 @@ async fn retention_trim_reports_exactly_the_trimmed_frames() -> TestResult {
     let from_a = ws.split_capture("a.log", |i| i < 3000)?;
     let want = candump_frames(&from_a);
     let b_rx = ws.path("b-received.log");
-    let mut dongle_b = DongleProc::start(
-        &ws,
-        &pair.b.serial,
-        &pair.b.agent.udp_addr(),
-        None,
-        Some(&b_rx),
-    )?;
-    let mut dongle_a = DongleProc::start(
-        &ws,
-        &pair.a.serial,
-        &pair.a.agent.udp_addr(),
-        Some((&from_a, "20")),
-        None,
-    )?;
+    let mut dongle_b = pair.b.recording_dongle(&ws, &b_rx)?;
+    let mut dongle_a = pair.a.replaying_dongle(&ws, &from_a, "20")?;
     let outcome = async {
         let replayed = dongle_a.finished().await?;
         assert!(replayed.success(), "dongle A: {replayed}");

@@ -1,9 +1,7 @@
 //! What the fault tests share: a two-way stream through a [`Pair`] and its end-to-end check,
-//! a private `redis-server`, and a lossy TCP proxy.
+//! and a lossy TCP proxy (a private `redis-server` is the test kit's `OwnRedis`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
@@ -11,9 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{
-    self, Pair, ServerProc, TestResult, Workspace, candump_frames, free_tcp_port,
-};
+use crate::support::{self, Pair, ServerProc, TestResult, Workspace, candump_frames};
 
 /// Both dongles replaying their half of the capture (speed 8) and recording what they get: the
 /// e2e harness's [`Pair::replay_both_ways`], started and checked the way every fault test does.
@@ -54,79 +50,6 @@ impl TwoWay {
     /// Stops both dongles.
     pub(crate) async fn stop(mut self) -> TestResult {
         self.0.stop().await
-    }
-}
-
-/// A private `redis-server` on a free port with an append-only file fsynced at every write, so
-/// that what it acknowledged survives a SIGKILL.
-pub(crate) struct OwnRedis {
-    pub(crate) port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    pub(crate) async fn start(ws: &Workspace) -> TestResult<OwnRedis> {
-        let dir = ws.path("redis");
-        std::fs::create_dir_all(&dir)?;
-        let mut redis = OwnRedis {
-            port: free_tcp_port(),
-            dir,
-            child: None,
-        };
-        redis.spawn().await?;
-        Ok(redis)
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> TestResult {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .args(["--maxmemory-policy", "noeviction"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("redis-server must be installed: {e}"))?;
-        self.child = Some(child);
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!("redis-server did not listen on port {}", self.port).into())
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port and files.
-    pub(crate) async fn restart(&mut self) -> TestResult {
-        self.spawn().await
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 

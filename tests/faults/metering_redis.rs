@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
-use crate::fault_support::OwnRedis;
 use crate::metering_support::{
-    agent_setup, eventually, get_json, kill9, sigterm, spawn_agent, start_double, usage_record,
-    wait_exit,
+    agent_setup, kill9, sigterm, spawn_agent, start_double, usage_record, wait_delivered,
+    wait_exit, wait_redis_connected,
 };
 use crate::support::{TestResult, Workspace};
+use tether_testkit::redis::OwnRedis;
 
 const RECORDS: usize = 2000;
 const CHUNK: usize = 100;
@@ -39,7 +39,7 @@ async fn push(url: &str, queue: &str, msgs: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
     let ws = Workspace::new()?;
-    let mut redis = OwnRedis::start(&ws).await?;
+    let mut redis = OwnRedis::start(&ws.path("redis")).await?;
     let url = redis.url();
     let (cp, cp_url) = start_double().await;
     let setup = agent_setup(
@@ -50,13 +50,7 @@ async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
     );
     let queue = format!("{}queue:usage_records", setup.prefix);
     let agent = spawn_agent(&setup, 0);
-    let health_url = format!("http://127.0.0.1:{}/health", setup.health_port);
-    eventually(Duration::from_secs(20), "agent healthy", || async {
-        get_json(&health_url)
-            .await
-            .is_some_and(|h| h["redis_connected"] == true)
-    })
-    .await;
+    wait_redis_connected(&setup, Duration::from_secs(20), "agent healthy").await;
     let ids: Vec<String> = (0..RECORDS).map(|i| format!("k-{i}")).collect();
     for (round, chunk) in ids.chunks(CHUNK).enumerate() {
         let msgs: Vec<String> = chunk.iter().map(|id| usage_record("s1", id)).collect();
@@ -73,15 +67,7 @@ async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eventually(
-        Duration::from_secs(90),
-        "every record delivered",
-        || async {
-            let seen = cp.record_ids();
-            ids.iter().all(|id| seen.contains_key(id))
-        },
-    )
-    .await;
+    wait_delivered(&cp, &ids, Duration::from_secs(90), "every record delivered").await;
     let seen = cp.record_ids();
     let repeats: u32 = seen.values().map(|n| n - 1).sum();
     // Only what was in flight at the kill can come again: one batch per delivery slot at most.
@@ -93,14 +79,10 @@ async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
         seen.keys().all(|id| ids.contains(id)),
         "unknown records delivered"
     );
-    eventually(
+    wait_redis_connected(
+        &setup,
         Duration::from_secs(20),
         "agent reconnected to Redis",
-        || async {
-            get_json(&health_url)
-                .await
-                .is_some_and(|h| h["redis_connected"] == true)
-        },
     )
     .await;
     sigterm(&agent);

@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use crate::fault_support::{OwnRedis, TwoWay};
+use crate::fault_support::TwoWay;
 use crate::support::{Pair, ServerOptions, ServerProc, TestResult, Workspace};
+use tether_testkit::redis::OwnRedis;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_relay_loses_and_duplicates_nothing() -> TestResult {
     let ws = Workspace::new()?;
-    let mut redis = OwnRedis::start(&ws).await?;
+    let mut redis = OwnRedis::start(&ws.path("redis")).await?;
     let server = ServerProc::start(
         &ws,
         ServerOptions {

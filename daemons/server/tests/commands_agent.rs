@@ -53,14 +53,9 @@ async fn commands_run_through_the_agent_and_its_answers_are_stored_and_streamed(
     eventually_online(&server, &f, true).await?;
 
     // A functional ReadDTC: two ECUs answer, the second is final.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"status_mask": 8}),
-    )
-    .await?;
+    let accepted = f
+        .accept(&server, "ReadDTC", json!({"status_mask": 8}))
+        .await?;
     let id: Uuid = text(&accepted, "command_id")?.parse()?;
     let command = agent.command().await?;
     assert_eq!(command.command_id, id);
@@ -91,14 +86,13 @@ async fn commands_run_through_the_agent_and_its_answers_are_stored_and_streamed(
     assert_eq!(events[1]["is_final"], true);
 
     // A negative answer fails the command with the NRC's name.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDataByID",
-        json!({"ecu": "engine", "did": "0xF199"}),
-    )
-    .await?;
+    let accepted = f
+        .accept(
+            &server,
+            "ReadDataByID",
+            json!({"ecu": "engine", "did": "0xF199"}),
+        )
+        .await?;
     let id: Uuid = text(&accepted, "command_id")?.parse()?;
     let command = agent.command().await?;
     assert_eq!(command.command_id, id);
@@ -130,14 +124,9 @@ async fn agent_restart_retries_read_only_commands_once_and_never_clear_dtc() -> 
     eventually_online(&server, &f, true).await?;
 
     // ReadDTC: the agent goes away mid-command and comes back: attempt 2, then it completes.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"ecu": "engine"}),
-    )
-    .await?;
+    let accepted = f
+        .accept(&server, "ReadDTC", json!({"ecu": "engine"}))
+        .await?;
     let id: Uuid = text(&accepted, "command_id")?.parse()?;
     assert_eq!(agent.command().await?.attempt, 1);
     agent.close().await?;
@@ -153,14 +142,9 @@ async fn agent_restart_retries_read_only_commands_once_and_never_clear_dtc() -> 
     );
 
     // ClearDTC: interrupted, and not sent again after the reconnect.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ClearDTC",
-        json!({"ecu": "engine"}),
-    )
-    .await?;
+    let accepted = f
+        .accept(&server, "ClearDTC", json!({"ecu": "engine"}))
+        .await?;
     let clear: Uuid = text(&accepted, "command_id")?.parse()?;
     assert_eq!(agent.command().await?.command_id, clear);
     agent.close().await?;
@@ -170,14 +154,9 @@ async fn agent_restart_retries_read_only_commands_once_and_never_clear_dtc() -> 
         (Some("failed"), Some("interrupted: agent disconnected"))
     );
     let (mut agent, _) = FakeAgent::connect(&server, &f.agent_token, &[&f.dongle]).await?;
-    let next = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "TesterPresent",
-        json!({"ecu": "engine"}),
-    )
-    .await?;
+    let next = f
+        .accept(&server, "TesterPresent", json!({"ecu": "engine"}))
+        .await?;
     let next: Uuid = text(&next, "command_id")?.parse()?;
     let sent = agent.command().await?;
     assert_eq!(sent.command_id, next, "the ClearDTC must not come again");
@@ -198,14 +177,7 @@ async fn an_offline_vehicle_keeps_the_command_pending_until_its_ttl() -> TestRes
     let server = TestServer::start().await?;
     let f = fleet(&server, "alice").await?;
     // Runs once the agent connects within the ttl.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"ttl_s": 30}),
-    )
-    .await?;
+    let accepted = f.accept(&server, "ReadDTC", json!({"ttl_s": 30})).await?;
     let id: Uuid = text(&accepted, "command_id")?.parse()?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, body) = server
@@ -225,15 +197,7 @@ async fn an_offline_vehicle_keeps_the_command_pending_until_its_ttl() -> TestRes
     eventually_online(&server, &f, false).await?;
 
     // Fails when nobody comes.
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"ttl_s": 0.3}),
-    )
-    .await?;
-    let done = ended(&server, &f.token, &text(&accepted, "command_id")?).await?;
+    let done = f.run(&server, "ReadDTC", json!({"ttl_s": 0.3})).await?;
     assert_eq!(
         (done["status"].as_str(), done["error_message"].as_str()),
         (Some("failed"), Some("vehicle offline"))

@@ -90,14 +90,9 @@ async fn vehicles_are_a_resource_of_their_user() -> TestResult {
 async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
     let server = TestServer::start_with(mock(0)).await?;
     let f = fleet(&server, "alice").await?;
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"ecu": "engine"}),
-    )
-    .await?;
+    let accepted = f
+        .accept(&server, "ReadDTC", json!({"ecu": "engine"}))
+        .await?;
     assert_eq!(accepted["status"], "pending");
     let id = text(&accepted, "command_id")?;
     let host = server.base.trim_start_matches("http://");
@@ -146,15 +141,9 @@ async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
     }
 
     // Distinct payloads per command; ReadDataByID answers for the DID asked.
-    let vin = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDataByID",
-        json!({"did": "0xF190"}),
-    )
-    .await?;
-    let vin = ended(&server, &f.token, &text(&vin, "command_id")?).await?;
+    let vin = f
+        .run(&server, "ReadDataByID", json!({"did": "0xF190"}))
+        .await?;
     let (_, body) = server
         .get(
             &format!("/api/v1/commands/{}/responses", text(&vin, "command_id")?),
@@ -166,7 +155,7 @@ async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
         "1HGCM82633A004352"
     );
     assert_eq!(body["responses"][0]["response_payload"]["didHex"], "F190");
-    let clear = submit(&server, &f.token, &f.vehicle, "ClearDTC", json!({})).await?;
+    let clear = f.accept(&server, "ClearDTC", json!({})).await?;
     let clear_id = text(&clear, "command_id")?;
     ended(&server, &f.token, &clear_id).await?;
     let (_, body) = server
@@ -181,7 +170,7 @@ async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
 async fn live_stream_gets_every_response_once_and_closes() -> TestResult {
     let server = TestServer::start_with(mock(400)).await?;
     let f = fleet(&server, "alice").await?;
-    let accepted = submit(&server, &f.token, &f.vehicle, "TesterPresent", json!({})).await?;
+    let accepted = f.accept(&server, "TesterPresent", json!({})).await?;
     let id = text(&accepted, "command_id")?;
     // Connects while the command is running (400 ms): gets the live response.
     let (events, close) = stream(&server, &id, &f.token, false).await?;
@@ -254,7 +243,7 @@ async fn bad_commands_are_refused_with_the_reason() -> TestResult {
     assert_eq!(list["commands"], json!([]));
 
     // Another user's vehicle and commands are 404.
-    let done = submit(&server, &f.token, &f.vehicle, "ReadDTC", json!({})).await?;
+    let done = f.accept(&server, "ReadDTC", json!({})).await?;
     let id = text(&done, "command_id")?;
     let bob = server.user_token("bob").await?;
     let (status, body) = server
@@ -288,7 +277,7 @@ async fn commands_are_listed_newest_first_filtered_and_paged() -> TestResult {
     let f = fleet(&server, "alice").await?;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let body = submit(&server, &f.token, &f.vehicle, "TesterPresent", json!({})).await?;
+        let body = f.accept(&server, "TesterPresent", json!({})).await?;
         ids.push(text(&body, "command_id")?);
     }
     for id in &ids {
@@ -356,25 +345,12 @@ async fn one_command_at_a_time_per_ecu_and_console_events() -> TestResult {
     let mut console = console_support::subscribe_dongle(&server, &f.token, &f.dongle).await?;
     let mut engine = Vec::new();
     for _ in 0..3 {
-        let body = submit(
-            &server,
-            &f.token,
-            &f.vehicle,
-            "ReadDTC",
-            json!({"ecu": "engine"}),
-        )
-        .await?;
+        let body = f
+            .accept(&server, "ReadDTC", json!({"ecu": "engine"}))
+            .await?;
         engine.push(text(&body, "command_id")?);
     }
-    let abs = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"ecu": "abs"}),
-    )
-    .await?;
-    let abs = ended(&server, &f.token, &text(&abs, "command_id")?).await?;
+    let abs = f.run(&server, "ReadDTC", json!({"ecu": "abs"})).await?;
     let mut done = Vec::new();
     for id in &engine {
         done.push(ended(&server, &f.token, id).await?);

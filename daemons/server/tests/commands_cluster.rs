@@ -41,14 +41,7 @@ async fn a_command_posted_on_one_instance_runs_on_the_agent_of_another() -> Test
     let client = redis::Client::open(url.as_str())?;
     let mut pubsub = client.get_async_pubsub().await?;
 
-    let accepted = submit(
-        &one,
-        &f.token,
-        &f.vehicle,
-        "ReadDTC",
-        json!({"status_mask": 8}),
-    )
-    .await?;
+    let accepted = f.accept(&one, "ReadDTC", json!({"status_mask": 8})).await?;
     let id: Uuid = text(&accepted, "command_id")?.parse()?;
     pubsub.subscribe(format!("response:{id}")).await?;
     // Instance 1 has no connection for the dongle: the request travels through Redis.

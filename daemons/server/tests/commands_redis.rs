@@ -33,14 +33,9 @@ async fn responses_are_published_on_redis_after_they_are_stored() -> TestResult 
     let client = redis::Client::open(url.as_str())?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.psubscribe("response:*").await?;
-    let accepted = submit(
-        &server,
-        &f.token,
-        &f.vehicle,
-        "ReadDataByID",
-        json!({"did": [61840]}),
-    )
-    .await?;
+    let accepted = f
+        .accept(&server, "ReadDataByID", json!({"did": [61840]}))
+        .await?;
     let id = text(&accepted, "command_id")?;
     let channel = format!("response:{id}");
     let mut messages = pubsub.on_message();

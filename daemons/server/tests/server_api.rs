@@ -38,13 +38,7 @@ async fn agents_are_created_listed_read_and_revoked() -> TestResult {
     assert_eq!(srv.dongle(&agent_token, "SN1").await?.len(), 36);
     let (status, _) = srv.delete(&format!("/api/v1/agents/{id}"), &token).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &agent_token,
-            json!({ "serial": "SN2" }),
-        )
-        .await?;
+    let (status, body) = srv.announce(&agent_token, "SN2").await?;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, "unauthorized")
@@ -71,59 +65,29 @@ async fn dongle_announce_is_an_idempotent_upsert_owned_by_the_agents_user() -> T
     let (agent2_id, agent2) = srv.agent(&alice, "two").await?;
     let (_, bob_agent) = srv.agent(&bob, "bob").await?;
 
-    let (status, first) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &agent1,
-            json!({ "serial": "VIN-42" }),
-        )
-        .await?;
+    let (status, first) = srv.announce(&agent1, "VIN-42").await?;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(first["serial"], "VIN-42");
     assert_eq!(first["agent_id"], agent1_id.as_str());
     assert_eq!(first["online"], false);
     assert!(first["last_seen"].is_null());
-    let (status, again) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &agent1,
-            json!({ "serial": "VIN-42" }),
-        )
-        .await?;
+    let (status, again) = srv.announce(&agent1, "VIN-42").await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["id"], first["id"]);
     // Moved to another agent of the same user.
-    let (status, moved) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &agent2,
-            json!({ "serial": "VIN-42" }),
-        )
-        .await?;
+    let (status, moved) = srv.announce(&agent2, "VIN-42").await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(moved["id"], first["id"]);
     assert_eq!(moved["agent_id"], agent2_id.as_str());
     // Another user's agent announcing the same serial gets a dongle of its own user: serials
     // are a namespace per account, and nothing in the answer speaks of alice's.
-    let (status, bobs) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &bob_agent,
-            json!({ "serial": "VIN-42" }),
-        )
-        .await?;
+    let (status, bobs) = srv.announce(&bob_agent, "VIN-42").await?;
     assert_eq!(status, StatusCode::CREATED, "{bobs}");
     assert_ne!(bobs["id"], first["id"]);
     assert_eq!(bobs["online"], false);
     assert!(!bobs.to_string().contains(agent2_id.as_str()));
     // And alice's announcement still finds her own dongle, unchanged.
-    let (status, mine) = srv
-        .post(
-            "/api/v1/agent/dongles",
-            &agent2,
-            json!({ "serial": "VIN-42" }),
-        )
-        .await?;
+    let (status, mine) = srv.announce(&agent2, "VIN-42").await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mine["id"], first["id"]);
 

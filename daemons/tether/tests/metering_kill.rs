@@ -58,20 +58,20 @@ async fn kill_9_at_random_moments_loses_nothing() {
     producer.await.unwrap();
 
     let want: HashSet<String> = produced.iter().cloned().collect();
-    eventually(
+    wait_delivered(
+        &cp,
+        &want,
         Duration::from_secs(120),
         "every record delivered",
-        || async {
-            let seen = cp.record_ids();
-            want.iter().all(|id| seen.contains_key(id))
-        },
     )
     .await;
-    eventually(Duration::from_secs(60), "queue and processing lists empty", || {
-        let mut r = r.clone();
-        let (p, queue) = (p.clone(), queue.clone());
-        async move { llen(&mut r, &queue).await == 0 && processing_total(&mut r, &p).await == 0 }
-    })
+    wait_drained(
+        &r,
+        &p,
+        &queue,
+        Duration::from_secs(60),
+        "queue and processing lists empty",
+    )
     .await;
     let seen = cp.record_ids();
     let extra: Vec<&String> = seen.keys().filter(|k| !want.contains(*k)).collect();

@@ -65,21 +65,14 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     cp.fail_every.store(5, Ordering::Relaxed);
     cp.down.store(false, Ordering::Relaxed);
     let want: HashSet<String> = ids.iter().cloned().collect();
-    eventually(
+    wait_delivered(
+        &cp,
+        &want,
         Duration::from_secs(60),
         "everything delivered after recovery",
-        || async {
-            let seen = cp.record_ids();
-            want.iter().all(|id| seen.contains_key(id))
-        },
     )
     .await;
-    eventually(Duration::from_secs(30), "lists empty", || {
-        let mut r = r.clone();
-        let (p, queue) = (p.clone(), queue.clone());
-        async move { llen(&mut r, &queue).await == 0 && processing_total(&mut r, &p).await == 0 }
-    })
-    .await;
+    wait_drained(&r, &p, &queue, Duration::from_secs(30), "lists empty").await;
     assert_eq!(
         llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
         0

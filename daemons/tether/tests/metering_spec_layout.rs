@@ -27,6 +27,21 @@ monitoring:    {{heartbeat_interval: 0.3, metrics_port: {health_port}, health_ch
     )
 }
 
+/// `tether agent --config path --check-config` with the environment of [`command`]: its stdout,
+/// after asserting that it succeeded.
+fn check_config(path: &std::path::Path, cp_url: &str, password: &str) -> String {
+    let out = command(path, cp_url, password)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn command(config: &std::path::Path, cp_url: &str, password: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
     c.args(["agent", "--config"])
@@ -45,16 +60,7 @@ fn check_config_names_the_layout() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.yaml");
     std::fs::write(&spec, spec_yaml(8081, "", None)).unwrap();
-    let out = command(&spec, "http://127.0.0.1:9", "pw")
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_config(&spec, "http://127.0.0.1:9", "pw");
     assert!(
         stdout.contains("layout: metering specification"),
         "{stdout}"
@@ -67,16 +73,7 @@ fn check_config_names_the_layout() {
 
     // The deployment's file (deploy/metering.yaml) passes with its environment file's names.
     let deployed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/metering.yaml");
-    let out = command(std::path::Path::new(deployed), "https://cp.example.com", "")
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_config(std::path::Path::new(deployed), "https://cp.example.com", "");
     assert!(
         stdout.contains("logs: /var/log/tether (daily files, kept 7 days)"),
         "{stdout}"

@@ -4,77 +4,26 @@
 #[path = "../../server/tests/server_support/mod.rs"]
 mod server_support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod cli_support;
 
+use std::process::{Command, Output};
+
+use cli_support::{TETHER, sigterm, start_server, stdout, tether, token};
 use reqwest::StatusCode;
 use server_support::{TestResult, code, read, refused_after_revocation};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-
-fn tether(args: &[&str]) -> TestResult<Output> {
-    Ok(Command::new(TETHER)
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("TETHER_DATABASE_URL")
-        .output()?)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Starts `tether server` and returns it with the address it printed.
-fn start_server(data_dir: &Path) -> TestResult<(Child, String)> {
-    let mut child = Command::new(TETHER)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("REDIS_URL")
-        .env_remove("TETHER_DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("tether server listening on ")
-        .ok_or_else(|| format!("unexpected first line {line:?}"))?
-        .to_owned();
-    Ok((child, addr))
-}
-
-fn sigterm(child: &Child) -> TestResult {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(status.success());
-    Ok(())
-}
 
 #[tokio::test]
 async fn token_create_then_server_then_revoke() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let data_arg = data.to_str().ok_or("non-UTF-8 temp path")?;
-    let created = tether(&[
-        "server",
-        "token",
-        "create",
-        "--user",
-        "alice",
-        "--data-dir",
-        data_arg,
-    ])?;
+    let created = token(&["create", "--user", "alice"], data_arg)?;
     assert!(created.status.success(), "{created:?}");
     let token = stdout(&created);
     assert!(token.starts_with("tu_") && token.len() == 67, "{token}");
     assert!(data.join("tether.db").exists());
 
-    let (mut child, addr) = start_server(&data)?;
+    let (mut child, addr) = start_server(&data, None)?;
     let client = reqwest::Client::new();
     let agents = client
         .get(format!("{addr}/api/v1/agents"))
@@ -88,25 +37,9 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     );
 
     // A second token for the same user, created while the server runs (WAL, busy timeout).
-    let second = tether(&[
-        "server",
-        "token",
-        "create",
-        "--user",
-        "alice",
-        "--data-dir",
-        data_arg,
-    ])?;
+    let second = token(&["create", "--user", "alice"], data_arg)?;
     assert!(second.status.success());
-    let listed = tether(&[
-        "server",
-        "token",
-        "list",
-        "--user",
-        "alice",
-        "--data-dir",
-        data_arg,
-    ])?;
+    let listed = token(&["list", "--user", "alice"], data_arg)?;
     let listing = stdout(&listed);
     let rows: Vec<&str> = listing.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{listing}");
@@ -119,14 +52,7 @@ async fn token_create_then_server_then_revoke() -> TestResult {
         .ok_or("token row")?
         .to_owned();
 
-    let revoked = tether(&[
-        "server",
-        "token",
-        "revoke",
-        &first_id,
-        "--data-dir",
-        data_arg,
-    ])?;
+    let revoked = token(&["revoke", &first_id], data_arg)?;
     assert!(revoked.status.success(), "{revoked:?}");
     let (status, body) =
         refused_after_revocation(&client, &format!("{addr}/api/v1/agents"), &token).await?;
@@ -140,16 +66,9 @@ async fn token_create_then_server_then_revoke() -> TestResult {
         .send()
         .await?;
     assert_eq!(still.status(), StatusCode::OK);
-    let listed = tether(&["server", "token", "list", "--data-dir", data_arg])?;
+    let listed = token(&["list"], data_arg)?;
     assert_eq!(stdout(&listed).matches("revoked").count(), 1);
-    let unknown = tether(&[
-        "server",
-        "token",
-        "revoke",
-        &uuid::Uuid::new_v4().to_string(),
-        "--data-dir",
-        data_arg,
-    ])?;
+    let unknown = token(&["revoke", &uuid::Uuid::new_v4().to_string()], data_arg)?;
     assert!(!unknown.status.success());
 
     sigterm(&child)?;
@@ -230,26 +149,24 @@ fn token_create_uses_the_config_files_data_dir() -> TestResult {
         &config,
         format!("data_dir: {}/from-config\n", dir.path().display()),
     )?;
-    let out = tether(&[
-        "server",
-        "token",
-        "create",
-        "--user",
-        "bob",
-        "--config",
-        config.to_str().ok_or("path")?,
-    ])?;
+    let out = tether(
+        &[
+            "server",
+            "token",
+            "create",
+            "--user",
+            "bob",
+            "--config",
+            config.to_str().ok_or("path")?,
+        ],
+        None,
+    )?;
     assert!(out.status.success(), "{out:?}");
     assert!(dir.path().join("from-config/tether.db").exists());
-    let empty = tether(&[
-        "server",
-        "token",
-        "create",
-        "--user",
-        "  ",
-        "--data-dir",
+    let empty = token(
+        &["create", "--user", "  "],
         dir.path().to_str().ok_or("path")?,
-    ])?;
+    )?;
     assert!(!empty.status.success());
     Ok(())
 }

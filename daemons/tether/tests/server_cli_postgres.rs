@@ -8,68 +8,12 @@ mod server_support;
 #[path = "../../server/tests/records_support/mod.rs"]
 mod records_support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod cli_support;
 
+use cli_support::{start_server, stdout, stop, tether};
 use records_support::TestDatabase;
 use reqwest::StatusCode;
 use server_support::{TestResult, code, read, refused_after_revocation};
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-
-fn tether(args: &[&str], database_url: Option<&str>) -> TestResult<Output> {
-    let mut command = Command::new(TETHER);
-    command.args(args).env_remove("REDIS_URL");
-    match database_url {
-        Some(url) => command.env("TETHER_DATABASE_URL", url),
-        None => command.env_remove("TETHER_DATABASE_URL"),
-    };
-    Ok(command.output()?)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Starts an instance on `database_url` with its own data directory; returns it with its URL.
-fn start_instance(data_dir: &Path, database_url: &str) -> TestResult<(Child, String)> {
-    let mut child = Command::new(TETHER)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            database_url,
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("REDIS_URL")
-        .env_remove("TETHER_DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("tether server listening on ")
-        .ok_or_else(|| format!("unexpected first line {line:?}"))?
-        .to_owned();
-    Ok((child, addr))
-}
-
-fn stop(mut child: Child) -> TestResult {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    assert!(status.success());
-    let exit = child.wait()?;
-    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
-    Ok(())
-}
 
 #[tokio::test]
 async fn two_instances_share_the_records_of_one_database() -> TestResult {
@@ -109,8 +53,8 @@ async fn two_instances_share_the_records_of_one_database() -> TestResult {
         "no SQLite records"
     );
 
-    let (one, one_url) = start_instance(&dir.path().join("one"), url)?;
-    let (two, two_url) = start_instance(&dir.path().join("two"), url)?;
+    let (one, one_url) = start_server(&dir.path().join("one"), Some(url))?;
+    let (two, two_url) = start_server(&dir.path().join("two"), Some(url))?;
     let client = reqwest::Client::new();
     // An agent created through one instance is listed, and its token accepted, by the other.
     let made = client

@@ -8,6 +8,9 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+#[path = "../storage_support/mod.rs"]
+mod storage_support;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -17,6 +20,7 @@ use relay_core::engine::{
     StorageRequest, StreamSnapshot,
 };
 use relay_core::log::{Gap, GapReason, Item, MemoryStreamLog, Retention, Seq, StreamLog, Trimmed};
+use storage_support::{Cursors, serve};
 
 /// A message travelling from a side to the engine.
 #[derive(Debug, Clone)]
@@ -416,51 +420,22 @@ impl Sim {
         let now = self.now_ms;
         match req {
             StorageRequest::Append {
-                group,
-                direction,
-                items,
-            } => {
-                let result = if std::mem::take(&mut self.fail_next_append) {
-                    // Like the server's append lanes: appends of this stream issued before the
-                    // engine learns of the failure are skipped, or they would store after a hole.
-                    self.pending.retain(|r| {
-                        !matches!(r, StorageRequest::Append { direction: d, .. } if *d == direction)
-                    });
-                    Err(relay_core::Error::Corrupt {
-                        stream: direction.stream_key(&group),
-                        detail: "simulated storage failure".to_owned(),
-                    })
-                } else {
-                    block_on(self.log.append(&direction.stream_key(&group), &items))
-                };
+                group, direction, ..
+            } if std::mem::take(&mut self.fail_next_append) => {
+                // Like the server's append lanes: appends of this stream issued before the
+                // engine learns of the failure are skipped, or they would store after a hole.
+                self.pending.retain(|r| {
+                    !matches!(r, StorageRequest::Append { direction: d, .. } if *d == direction)
+                });
+                let failure = Err(relay_core::Error::Corrupt {
+                    stream: direction.stream_key(&group),
+                    detail: "simulated storage failure".to_owned(),
+                });
                 self.engine
-                    .handle_append_result(&group, direction, result, now)
+                    .handle_append_result(&group, direction, failure, now)
                     .expect("loaded");
             }
-            StorageRequest::Read {
-                group,
-                direction,
-                after,
-                max,
-                epoch,
-            } => {
-                let result = block_on(self.log.read(&direction.stream_key(&group), after, max));
-                self.engine
-                    .handle_read_result(&group, direction, epoch, result, now)
-                    .expect("loaded");
-            }
-            StorageRequest::StoreCursor {
-                group,
-                direction,
-                seq,
-            } => {
-                let consumer = direction.consumer().to_string();
-                block_on(
-                    self.log
-                        .store_cursor(&direction.stream_key(&group), &consumer, seq),
-                )
-                .expect("cursor");
-            }
+            other => serve(&mut self.engine, &self.log, other, now, Cursors::Store),
         }
     }
 

@@ -26,160 +26,15 @@ use sse_core::{EventStreamParser, ParsedEvent, ParsedItem};
 /// The binary under test.
 pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
-/// Result type of the tests.
-pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Generous limit for anything the system does on its own (agents reconnecting, backlogs
-/// draining) on a loaded 2-core machine. Only a ceiling for polling, never an assertion.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The real capture shipped with the project.
-pub fn capture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
-}
-
-/// `REDIS_URL`, or the local default. Tests that need Redis fail when it does not answer.
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// Fails (does not skip) when Redis is not reachable.
-pub async fn require_redis(url: &str) -> TestResult {
-    let client = redis::Client::open(url)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis must be reachable at {url} (REDIS_URL): {e}"))?;
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-    assert_eq!(pong, "PONG");
-    Ok(())
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit` naming `what`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> TestResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("timed out after {limit:?} waiting for: {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A free TCP port on loopback (bound then released).
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free UDP port on loopback (bound then released).
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Sends a signal by name (`TERM`, `INT`, `KILL`) to a process.
-pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
-}
-
-/// Waits for a child to exit without blocking the runtime; kills it after `limit`.
-pub async fn wait_child(child: &mut Child, limit: Duration) -> TestResult<ExitStatus> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("process {} did not exit within {limit:?}", child.id()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A whole test's scratch space: data directories, configs, logs, captures.
-pub struct Workspace {
-    pub dir: tempfile::TempDir,
-}
-
-impl Workspace {
-    pub fn new() -> TestResult<Workspace> {
-        Ok(Workspace {
-            dir: tempfile::tempdir()?,
-        })
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// All process logs of the test, for failure messages.
-    pub fn logs(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
-            return out;
-        };
-        let mut names: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "stderr"))
-            .collect();
-        names.sort();
-        for path in names {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("---- {} (last 40 lines)\n", path.display()));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    /// On failure, prints every process log (readable, to stderr) before handing the error on.
-    pub fn explain<T>(&self, outcome: TestResult<T>) -> TestResult<T> {
-        if outcome.is_err() {
-            eprintln!("{}", self.logs());
-        }
-        outcome
-    }
-
-    /// Writes the capture's frames `keep(index)` selects to a new candump file.
-    pub fn split_capture(&self, name: &str, keep: impl Fn(usize) -> bool) -> TestResult<PathBuf> {
-        let text = std::fs::read_to_string(capture_path())?;
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with('('))
-            .enumerate()
-            .filter(|(i, _)| keep(*i))
-            .map(|(_, l)| l)
-            .collect();
-        let path = self.path(name);
-        std::fs::write(&path, lines.join("\n") + "\n")?;
-        Ok(path)
-    }
-}
+pub use tether_testkit::dir::Workspace;
+pub use tether_testkit::metrics::metric_sum;
+pub use tether_testkit::process::{signal, wait_child};
+pub use tether_testkit::redis::{redis_url, require_redis};
+pub use tether_testkit::rest::{Api, code, text};
+pub use tether_testkit::sse::SseReader;
+pub use tether_testkit::{
+    PATIENCE, TestResult, capture_path, eventually, free_tcp_port, free_udp_port,
+};
 
 /// How to start a server.
 #[derive(Clone, Default)]
@@ -369,10 +224,7 @@ impl ServerProc {
     }
 
     pub fn api(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            client: reqwest::Client::new(),
-        }
+        Api::new(self.base.clone())
     }
 
     pub fn ws_url(&self) -> String {
@@ -384,163 +236,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-/// A small JSON client of the REST API.
-#[derive(Clone)]
-pub struct Api {
-    pub base: String,
-    pub client: reqwest::Client,
-}
-
-impl Api {
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> TestResult<(StatusCode, Value)> {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(20));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Ok((status, body))
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> TestResult<(StatusCode, Value)> {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    pub async fn post(
-        &self,
-        path: &str,
-        token: &str,
-        body: Value,
-    ) -> TestResult<(StatusCode, Value)> {
-        self.call(Method::POST, path, Some(token), Some(body)).await
-    }
-
-    /// `POST /api/v1/agents` → `(id, token)`.
-    pub async fn create_agent(&self, user_token: &str, name: &str) -> TestResult<(String, String)> {
-        let (status, body) = self
-            .post("/api/v1/agents", user_token, json!({ "name": name }))
-            .await?;
-        if status != StatusCode::CREATED {
-            return Err(format!("create agent: {status} {body}").into());
-        }
-        Ok((text(&body, "id")?, text(&body, "token")?))
-    }
-
-    /// `POST /api/v1/agent/dongles` with an agent token → dongle id.
-    pub async fn announce_dongle(&self, agent_token: &str, serial: &str) -> TestResult<String> {
-        let (status, body) = self
-            .post(
-                "/api/v1/agent/dongles",
-                agent_token,
-                json!({ "serial": serial }),
-            )
-            .await?;
-        if status != StatusCode::CREATED && status != StatusCode::OK {
-            return Err(format!("announce dongle: {status} {body}").into());
-        }
-        text(&body, "id")
-    }
-
-    /// Creates and activates a group → its id.
-    pub async fn active_group(
-        &self,
-        user_token: &str,
-        name: &str,
-        a: &str,
-        b: &str,
-    ) -> TestResult<String> {
-        let (status, body) = self
-            .post(
-                "/api/v1/groups",
-                user_token,
-                json!({ "name": name, "dongle_a": a, "dongle_b": b }),
-            )
-            .await?;
-        if status != StatusCode::CREATED {
-            return Err(format!("create group: {status} {body}").into());
-        }
-        let id = text(&body, "id")?;
-        let (status, body) = self
-            .post(
-                &format!("/api/v1/groups/{id}/activate"),
-                user_token,
-                json!({}),
-            )
-            .await?;
-        if status != StatusCode::OK {
-            return Err(format!("activate group: {status} {body}").into());
-        }
-        Ok(id)
-    }
-
-    /// `GET /api/v1/groups/{id}`, `None` while the server does not answer 200.
-    pub async fn group(&self, user_token: &str, id: &str) -> Option<Value> {
-        match self.get(&format!("/api/v1/groups/{id}"), user_token).await {
-            Ok((StatusCode::OK, body)) => Some(body),
-            _ => None,
-        }
-    }
-
-    /// `GET /metrics` text, `None` while the server does not answer.
-    pub async fn metrics(&self) -> Option<String> {
-        let response = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?;
-        response.text().await.ok()
-    }
-}
-
-/// A string field of a JSON object.
-pub fn text(body: &Value, field: &str) -> TestResult<String> {
-    body[field]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no string field {field:?} in {body}").into())
-}
-
-/// The error code of a JSON error body.
-pub fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
-}
-
-/// Sum of every sample of a metric family in OpenMetrics text whose labels contain all of
-/// `labels` (`key="value"` pieces).
-pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let metric = key.split('{').next()?;
-            (metric == name && labels.iter().all(|want| key.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// A `tether agent` child process with a dongle role.
@@ -827,80 +522,28 @@ pub fn assert_same_frames(what: &str, want: &[String], got: &[String]) -> TestRe
     .into())
 }
 
-/// An SSE console being read in the background: every event lands in `events`.
-pub struct SseReader {
-    pub events: Arc<Mutex<Vec<ParsedEvent>>>,
-    pub status: Arc<Mutex<Option<StatusCode>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SseReader {
-    /// Opens `url` with a bearer token (or none) and reads events until dropped. Reconnects
-    /// with `Last-Event-ID` when the stream ends (the server restarting).
-    pub fn open(url: String, token: Option<String>) -> SseReader {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let status = Arc::new(Mutex::new(None));
-        let (ev, st) = (Arc::clone(&events), Arc::clone(&status));
-        let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut parser = EventStreamParser::new();
-            loop {
-                let mut request = client.get(&url).header("Accept", "text/event-stream");
-                if let Some(token) = &token {
-                    request = request.bearer_auth(token);
-                }
-                if !parser.last_event_id().is_empty() {
-                    request = request.header("Last-Event-ID", parser.last_event_id());
-                }
-                if let Ok(mut response) = request.send().await {
-                    *st.lock().unwrap() = Some(response.status());
-                    if response.status() == StatusCode::OK {
-                        let mut items = Vec::new();
-                        while let Ok(Some(chunk)) = response.chunk().await {
-                            parser.feed(&chunk, &mut items);
-                            let mut sink = ev.lock().unwrap();
-                            for item in items.drain(..) {
-                                if let ParsedItem::Event(event) = item {
-                                    sink.push(event);
-                                }
-                            }
-                        }
-                        parser.reconnect();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        SseReader {
-            events,
-            status,
-            task,
-        }
-    }
-
-    /// The events of a type, parsed as JSON.
-    pub fn of_type(&self, event_type: &str) -> Vec<Value> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.event_type == event_type)
-            .filter_map(|e| serde_json::from_str(&e.data).ok())
-            .collect()
-    }
-}
-
-impl Drop for SseReader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// One side of a relay set-up: an agent process and its dongle.
 pub struct Side {
     pub agent: AgentProc,
     pub dongle_id: String,
     pub serial: String,
+}
+
+impl Side {
+    /// A simulated dongle on this side's agent replaying `from` at `speed`.
+    pub fn replaying_dongle(
+        &self,
+        ws: &Workspace,
+        from: &Path,
+        speed: &str,
+    ) -> TestResult<DongleProc> {
+        self.replaying_dongle(ws, from, speed)
+    }
+
+    /// A simulated dongle on this side's agent recording what it receives into `into`.
+    pub fn recording_dongle(&self, ws: &Workspace, into: &Path) -> TestResult<DongleProc> {
+        self.recording_dongle(ws, into)
+    }
 }
 
 /// A user with two agents, two pre-announced dongles and an active group between them, agents

@@ -1,5 +1,5 @@
 //! The agent's diagnostics role played by a test: a client of the diagnostics channel on a real
-//! `/ws/data` WebSocket.
+//! `/ws/data` WebSocket (shared with tests/e2e/cluster.rs).
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use crate::server_support::{TestResult, TestServer};
+use tether_testkit::{Api, TestResult};
 
 /// The agent's diagnostics role, played by the test.
 pub struct FakeAgent {
@@ -24,11 +24,11 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn connect(
-        server: &TestServer,
+        server: &Api,
         token: &str,
         dongles: &[&str],
     ) -> TestResult<(FakeAgent, DiagWelcome)> {
-        let url = format!("{}/ws/data", server.base.replacen("http://", "ws://", 1));
+        let url = server.ws_url("/ws/data");
         let mut request = url.into_client_request()?;
         request.headers_mut().insert(
             "authorization",

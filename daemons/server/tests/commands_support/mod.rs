@@ -8,8 +8,7 @@ pub mod fake_agent;
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tether_server::ServerConfig;
 use tether_server::config::ConnectorKind;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -46,28 +45,33 @@ pub async fn fleet(server: &TestServer, name: &str) -> TestResult<Fleet> {
     let token = server.user_token(name).await?;
     let (_, agent_token) = server.agent(&token, &format!("{name}-edge")).await?;
     let dongle = server.dongle(&agent_token, &format!("{name}-D")).await?;
-    let (status, body) = server
-        .post(
-            "/api/v1/vehicles",
-            &token,
-            json!({
-                "name": format!("{name}'s car"),
-                "vin": "1HGCM82633A004352",
-                "dongle_id": dongle,
-                "ecus": [
-                    {"name": "engine", "request_id": "0x7E0", "response_id": "0x7E8"},
-                    {"name": "abs", "request_id": 2017, "response_id": 2025}
-                ]
-            }),
-        )
+    let vehicle = server
+        .create_vehicle(&token, &format!("{name}'s car"), &dongle)
         .await?;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     Ok(Fleet {
         token,
         agent_token,
         dongle,
-        vehicle: text(&body, "id")?,
+        vehicle,
     })
+}
+
+impl Fleet {
+    /// [`submit`]s `name` on this fleet's vehicle (202); returns the accepted body.
+    pub async fn accept(
+        &self,
+        server: &TestServer,
+        name: &str,
+        params: Value,
+    ) -> TestResult<Value> {
+        submit(server, &self.token, &self.vehicle, name, params).await
+    }
+
+    /// [`Fleet::accept`], then waits until the command has [`ended`]; returns it.
+    pub async fn run(&self, server: &TestServer, name: &str, params: Value) -> TestResult<Value> {
+        let accepted = self.accept(server, name, params).await?;
+        ended(server, &self.token, &text(&accepted, "command_id")?).await
+    }
 }
 
 /// Posts a command, expecting 202; returns the body.
@@ -78,31 +82,12 @@ pub async fn submit(
     name: &str,
     params: Value,
 ) -> TestResult<Value> {
-    let (status, body) = server
-        .post(
-            "/api/v1/commands",
-            token,
-            json!({"vehicle_id": vehicle, "command_name": name, "command_params": params}),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    Ok(body)
+    server.submit_command(token, vehicle, name, params).await
 }
 
 /// Polls a command until it has ended; returns it.
 pub async fn ended(server: &TestServer, token: &str, id: &str) -> TestResult<Value> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get(&format!("/api/v1/commands/{id}"), token).await?;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if body["status"] == "completed" || body["status"] == "failed" {
-            return Ok(body);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("command {id} did not end: {body}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.command_ended(token, id, WAIT).await
 }
 
 /// Everything `/ws/responses/{id}` sends until it closes, and the close code.
@@ -112,11 +97,10 @@ pub async fn stream(
     token: &str,
     in_query: bool,
 ) -> TestResult<(Vec<Value>, Option<CloseCode>)> {
-    let base = server.base.replacen("http://", "ws://", 1);
     let url = if in_query {
-        format!("{base}/ws/responses/{id}?access_token={token}")
+        server.ws_url(&format!("/ws/responses/{id}?access_token={token}"))
     } else {
-        format!("{base}/ws/responses/{id}")
+        server.ws_url(&format!("/ws/responses/{id}"))
     };
     let mut request = url.into_client_request()?;
     if !in_query {

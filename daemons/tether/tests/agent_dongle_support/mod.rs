@@ -431,16 +431,9 @@ impl MockServer {
     }
 }
 
-/// Poll `cond` every 20 ms until it holds, or panic after [`GUARD`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Poll `cond` until it holds, or panic after [`GUARD`].
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    tether_testkit::poll::wait_until_sync(GUARD, what, cond).await
 }
 
 /// Says hello from `dongle` until the agent has a data-plane session for `group` (fails with
@@ -464,9 +457,7 @@ pub async fn until_session(
 }
 
 /// The capture shipped with the project.
-pub fn capture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/captures/nissan-leaf-isotp.log")
-}
+pub use tether_testkit::capture_path;
 
 /// The first `n` records of the shipped capture.
 pub fn capture(n: usize) -> Vec<CanRecord> {
@@ -573,23 +564,7 @@ impl SimDongle {
     }
 }
 
-/// A free UDP port on loopback.
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free TCP port on loopback.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use tether_testkit::{free_tcp_port, free_udp_port};
 
 /// A running `tether agent`.
 pub struct Agent {
@@ -634,21 +609,16 @@ impl Agent {
     /// The Prometheus text (empty while the endpoint is not up).
     pub async fn metrics_text(&self) -> String {
         let url = format!("http://{}/metrics", self.metrics);
-        match reqwest::get(&url).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        tether_testkit::rest::get_text(&reqwest::Client::new(), &url)
+            .await
+            .unwrap_or_default()
     }
 
     /// The value of a metric line starting with `prefix` (`None` when absent, or while the
     /// endpoint is not up).
     pub async fn metric(&self, prefix: &str) -> Option<u64> {
         let text = self.metrics_text().await;
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
+        tether_testkit::metrics::metric_with_prefix(&text, prefix).map(|v| v as u64)
     }
 
     /// Waits until the metric line is present with value `want` (an absent line never
@@ -674,21 +644,17 @@ impl Agent {
     }
 
     pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        tether_testkit::process::kill9(&mut self.child);
     }
 
     /// SIGTERM and wait; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().unwrap().success()
+        tether_testkit::process::terminate(&mut self.child, GUARD).success()
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        tether_testkit::process::kill9(&mut self.child);
     }
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use can_io::CanRecord;
 use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
@@ -18,13 +18,8 @@ use serde_json::Value;
 pub const READ_KEY: &str = "read-key-1";
 pub const GUARD: Duration = Duration::from_secs(60);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use tether_testkit::free_tcp_port as free_port;
+pub use tether_testkit::rest::get_json;
 
 /// A `tether collector` process; killed (SIGKILL) when dropped.
 pub struct Collector {
@@ -65,25 +60,12 @@ impl Collector {
 
     /// SIGKILL, and wait.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        tether_testkit::process::kill9(&mut self.child);
     }
 
     /// SIGTERM, and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "collector did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        tether_testkit::process::terminate(&mut self.child, Duration::from_secs(20))
     }
 }
 
@@ -199,37 +181,17 @@ impl Drop for Bus {
     }
 }
 
-pub async fn get_json(url: &str, bearer: Option<&str>) -> Option<Value> {
-    let client = reqwest::Client::new();
-    let mut req = client.get(url).timeout(Duration::from_secs(5));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let resp = req.send().await.ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    resp.json().await.ok()
-}
-
 pub async fn vehicle_status(c: &Collector) -> Option<Value> {
     get_json(&format!("{}/api/v1/telemetry/status", c.http), None).await
 }
 
 /// Polls `f` until it returns `Some`, or panics after `GUARD` with `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tether_testkit::wait_for(GUARD, what, f).await
 }
 
 /// The counter of a `frame` record.

@@ -23,9 +23,11 @@ pub const TEST_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2V
 /// A key the control plane does not publish.
 pub const OTHER_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDN7nFUt3GezcLb/O/ZOM3iHNQUwQdJ/dKhO4svrHVCD\n-----END PRIVATE KEY-----\n";
 
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use tether_testkit::free_tcp_port as free_port;
+pub use tether_testkit::poll::wait_until as eventually;
+pub use tether_testkit::process::{kill9, sigterm, wait_exit};
+pub use tether_testkit::redis::{RedisNamespace, redis_url};
+pub use tether_testkit::rest::get_json_any as get_json;
 
 /// What the double saw and how it misbehaves.
 #[derive(Default)]
@@ -219,14 +221,6 @@ pub async fn start_double() -> (S, String) {
     (state, format!("http://{addr}"))
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Test settings for one agent.
 pub struct AgentSetup {
     pub dir: tempfile::TempDir,
@@ -234,13 +228,16 @@ pub struct AgentSetup {
     pub health_port: u16,
     pub prefix: String,
     pub redis_url: String,
+    /// The agent's Redis keys (`prefix`), deleted when the setup is dropped.
+    pub namespace: RedisNamespace,
 }
 
 /// Write a config with short timings. `extra` is appended under `metering:` sections via
 /// overrides in `queues`/`control_plane` (YAML text with two-space indent inside `metering:`).
 pub fn agent_setup(cp_url: &str, redis_url: &str, queues: &str, control_plane: &str) -> AgentSetup {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("mtest:{}:", uuid::Uuid::new_v4());
+    let namespace = RedisNamespace::on(redis_url, "metering");
+    let prefix = namespace.prefix.clone();
     let health_port = free_port();
     let yaml = format!(
         "metering:\n  server: {{id: srv-test, region: test-region, port: 8080}}\n  redis: {{url: \"{redis_url}\", key_prefix: \"{prefix}\"}}\n  control_plane:\n    base_url: \"{cp_url}\"\n    api_key: \"${{CP_KEY}}\"\n    timeout: 5\n    retry_base: 0.01\n    retry_cap: 0.1\n{control_plane}  queues:\n    block_seconds: 0.2\n    lease_ttl_seconds: 1\n    reaper_interval_seconds: 0.3\n{queues}  monitoring:\n    heartbeat_interval: 0.5\n    health_check_port: {health_port}\n    metrics_port: {health_port}\n    command_poll_interval: 0.3\n    log_level: info\n"
@@ -253,6 +250,7 @@ pub fn agent_setup(cp_url: &str, redis_url: &str, queues: &str, control_plane: &
         health_port,
         prefix,
         redis_url: redis_url.into(),
+        namespace,
     }
 }
 
@@ -279,37 +277,12 @@ pub fn agent_logs(setup: &AgentSetup) -> String {
     out
 }
 
-pub async fn get_json(url: &str) -> Option<Value> {
-    let r = reqwest::get(url).await.ok()?;
-    r.json().await.ok()
-}
-
 pub async fn get_text(url: &str) -> Option<String> {
-    reqwest::get(url).await.ok()?.text().await.ok()
-}
-
-/// Poll `f` every 50 ms until it returns true or `limit` passes (then panic with `what`).
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    tether_testkit::rest::get_text(&reqwest::Client::new(), url).await
 }
 
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).unwrap();
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis must be reachable (REDIS_URL)")
+    tether_testkit::redis::connect(url).await.unwrap()
 }
 
 pub async fn lpush(conn: &mut redis::aio::MultiplexedConnection, key: &str, items: &[String]) {
@@ -339,15 +312,51 @@ pub async fn processing_total(conn: &mut redis::aio::MultiplexedConnection, pref
     n
 }
 
+/// Waits until the double has received every record id in `want`.
+pub async fn wait_delivered<'a>(
+    cp: &DoubleState,
+    want: impl IntoIterator<Item = &'a String> + Copy,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || async {
+        let seen = cp.record_ids();
+        want.into_iter().all(|id| seen.contains_key(id))
+    })
+    .await;
+}
+
+/// Waits until the agent's health check reports Redis connected.
+pub async fn wait_redis_connected(setup: &AgentSetup, limit: Duration, what: &str) {
+    let health_url = format!("http://127.0.0.1:{}/health", setup.health_port);
+    eventually(limit, what, || async {
+        get_json(&health_url)
+            .await
+            .is_some_and(|h| h["redis_connected"] == true)
+    })
+    .await;
+}
+
+/// Waits until `queue` and every processing list under `prefix` are empty.
+pub async fn wait_drained(
+    r: &redis::aio::MultiplexedConnection,
+    prefix: &str,
+    queue: &str,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || {
+        let mut r = r.clone();
+        async move { llen(&mut r, queue).await == 0 && processing_total(&mut r, prefix).await == 0 }
+    })
+    .await;
+}
+
+/// Deletes every key under `prefix` now (an [`AgentSetup`] also does on drop).
 pub async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(conn)
+    tether_testkit::redis::delete_prefix(conn, prefix)
         .await
         .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(conn).await.unwrap();
-    }
 }
 
 pub fn usage_record(session: &str, record_id: &str) -> String {
@@ -359,23 +368,4 @@ pub fn usage_record(session: &str, record_id: &str) -> String {
         "record_id": record_id
     })
     .to_string()
-}
-
-pub fn sigterm(child: &Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-}
-
-pub fn kill9(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Wait for a child to exit (blocking in a helper thread).
-pub async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
 }
