@@ -14,31 +14,27 @@
 mod support;
 
 #[path = "../../daemons/server/tests/commands_support/fake_agent.rs"]
+#[allow(dead_code, unreachable_pub)]
 mod fake_agent;
 
 #[path = "../../daemons/server/tests/server_support/data_client.rs"]
 mod data_client;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use data_client::{DataClient, batch, seq_of};
 use fake_agent::FakeAgent;
 use relay_core::engine::Side;
-use relay_core::protocol::diag::{
-    AgentCommandStatus, CommandResponse, CommandStatusUpdate, DiagHello, DiagMessage, decode_diag,
-    encode_diag,
-};
+use relay_core::protocol::diag::{AgentCommandStatus, CommandStatusUpdate, DiagMessage};
 use relay_core::protocol::{Encoding, Message};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{
-    Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, free_tcp_port, redis_url,
-    require_redis, signal, text,
+    Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, redis_url, require_redis,
+    signal, text,
 };
 use tether_testkit::redis::OwnRedis;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
 /// How long a whole scenario may take before it fails.

@@ -9,7 +9,7 @@ mod server_support;
 use std::time::Duration;
 
 use commands_support::fake_agent::FakeAgent;
-use commands_support::{Fleet, ended, fleet, stream, submit};
+use commands_support::{Fleet, ended, fleet, stream};
 use futures::{SinkExt, StreamExt};
 use relay_core::protocol::diag::{
     AgentCommandStatus, CommandFailed, CommandStatusUpdate, DiagMessage,

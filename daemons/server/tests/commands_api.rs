@@ -9,7 +9,7 @@ mod server_support;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commands_support::{ended, fleet, mock, stream, submit};
+use commands_support::{ended, fleet, mock, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer, code, text};

@@ -10,7 +10,7 @@ mod server_support;
 use std::time::Duration;
 
 use commands_support::fake_agent::FakeAgent;
-use commands_support::{ended, fleet, stream, submit};
+use commands_support::{ended, fleet, stream};
 use futures::StreamExt;
 use relay_core::protocol::diag::{AgentCommandStatus, CommandStatusUpdate, DiagMessage};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@ mod server_support;
 
 use std::time::Duration;
 
-use commands_support::{ended, fleet, mock, submit};
+use commands_support::{ended, fleet, mock};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer, text};

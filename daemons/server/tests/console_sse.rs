@@ -633,12 +633,7 @@ async fn an_unreachable_redis_is_counted_and_resumable_not_fatal() -> TestResult
         std::sync::Arc::new(tether_server::group_mode::NoDataPlane),
     )
     .await?;
-    let server = TestServer {
-        base: format!("http://{}", running.local_addr()),
-        server: running,
-        dir,
-        client: reqwest::Client::new(),
-    };
+    let server = TestServer::new(dir, running);
     let (token, _agent, a, _b) = server.user_with_pair("kim").await?;
     let mut events = console_support::subscribe_dongle(&server, &token, &a).await?;
     let ended = tokio::time::timeout(EVENT_TIMEOUT, events.next_or_end()).await?;

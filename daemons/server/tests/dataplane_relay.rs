@@ -441,12 +441,7 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
     let data = dir.path().join("data");
     let config = tether_server::ServerConfig::new("127.0.0.1:0".parse()?, &data);
     let running = tether_server::spawn(config.clone()).await?;
-    let srv = TestServer {
-        base: format!("http://{}", running.local_addr()),
-        server: running,
-        client: reqwest::Client::new(),
-        dir,
-    };
+    let srv = TestServer::new(dir, running);
     let (user, agent, id) = group(&srv, "erin", true).await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     let (mut b, _) = DataClient::open(&srv.base, &agent, &id, Side::B, 0, JSON).await?;
@@ -457,21 +452,11 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
     b.close().await?;
     a.send_frames(41, 60).await?;
     a.wait_ack(60).await?;
-    let TestServer {
-        server,
-        dir,
-        client,
-        ..
-    } = srv;
+    let TestServer { server, dir, .. } = srv;
     server.shutdown().await?;
 
     let running = tether_server::spawn(config).await?;
-    let srv = TestServer {
-        base: format!("http://{}", running.local_addr()),
-        server: running,
-        client,
-        dir,
-    };
+    let srv = TestServer::new(dir, running);
     // Before any agent connects, the REST API shows what is stored and undelivered.
     let (srv_r, user_r, id_r) = (&srv, user.as_str(), id.as_str());
     eventually("the stored backlog after restart", || async move {

@@ -40,12 +40,7 @@ async fn presence_and_backlog_drive_the_mode_seen_by_the_api() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = ServerConfig::new("127.0.0.1:0".parse()?, dir.path().join("data"));
     let running = server::spawn_with(config, relay.clone()).await?;
-    let srv = TestServer {
-        base: format!("http://{}", running.local_addr()),
-        server: running,
-        client: reqwest::Client::new(),
-        dir,
-    };
+    let srv = TestServer::new(dir, running);
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
     let (_, group) = srv
         .post(

@@ -19,15 +19,15 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     let data_arg = data.to_str().ok_or("non-UTF-8 temp path")?;
     let created = token(&["create", "--user", "alice"], data_arg)?;
     assert!(created.status.success(), "{created:?}");
-    let token = stdout(&created);
-    assert!(token.starts_with("tu_") && token.len() == 67, "{token}");
+    let first = stdout(&created);
+    assert!(first.starts_with("tu_") && first.len() == 67, "{first}");
     assert!(data.join("tether.db").exists());
 
     let (mut child, addr) = start_server(&data, None)?;
     let client = reqwest::Client::new();
     let agents = client
         .get(format!("{addr}/api/v1/agents"))
-        .bearer_auth(&token)
+        .bearer_auth(&first)
         .send()
         .await?;
     let (status, body) = read(agents).await?;
@@ -43,11 +43,11 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     let listing = stdout(&listed);
     let rows: Vec<&str> = listing.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{listing}");
-    assert!(!listing.contains(&token), "secrets are never listed");
-    assert!(listing.contains(&token[3..19]), "the lookup key is");
+    assert!(!listing.contains(&first), "secrets are never listed");
+    assert!(listing.contains(&first[3..19]), "the lookup key is");
     let first_id = rows
         .iter()
-        .find(|r| r.contains(&token[3..19]))
+        .find(|r| r.contains(&first[3..19]))
         .and_then(|r| r.split('\t').next())
         .ok_or("token row")?
         .to_owned();
@@ -55,7 +55,7 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     let revoked = token(&["revoke", &first_id], data_arg)?;
     assert!(revoked.status.success(), "{revoked:?}");
     let (status, body) =
-        refused_after_revocation(&client, &format!("{addr}/api/v1/agents"), &token).await?;
+        refused_after_revocation(&client, &format!("{addr}/api/v1/agents"), &first).await?;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, "unauthorized")

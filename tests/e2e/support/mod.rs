@@ -6,6 +6,7 @@
 #![allow(
     dead_code,
     unreachable_pub,
+    unused_imports,
     missing_docs,
     clippy::unwrap_used,
     clippy::expect_used
@@ -537,12 +538,18 @@ impl Side {
         from: &Path,
         speed: &str,
     ) -> TestResult<DongleProc> {
-        self.replaying_dongle(ws, from, speed)
+        DongleProc::start(
+            ws,
+            &self.serial,
+            &self.agent.udp_addr(),
+            Some((from, speed)),
+            None,
+        )
     }
 
     /// A simulated dongle on this side's agent recording what it receives into `into`.
     pub fn recording_dongle(&self, ws: &Workspace, into: &Path) -> TestResult<DongleProc> {
-        self.recording_dongle(ws, into)
+        DongleProc::start(ws, &self.serial, &self.agent.udp_addr(), None, Some(into))
     }
 }
 

@@ -175,11 +175,11 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
     let mut writer_done = false;
     let mut linger = false;
     loop {
+        // Biased: a revocation first (a flooding agent is still cut off), then messages, then the
+        // writer's end — what the agent sent before it went away (a last `ack` before its close)
+        // is handled even when the writer noticed the closed socket first.
         tokio::select! {
-            _ = &mut writer => {
-                writer_done = true;
-                break;
-            }
+            biased;
             revoked = revocations.recv(), if revocations_open => match revoked {
                 Ok(id) if id == agent.id => {
                     outbox.push(Out::Fatal(
@@ -224,6 +224,10 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
                 {
                     break;
                 }
+            }
+            _ = &mut writer => {
+                writer_done = true;
+                break;
             }
         }
     }

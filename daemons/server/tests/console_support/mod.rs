@@ -1,7 +1,7 @@
 //! Shared helpers of the `console_*` tests: the console streams through the test kit's SSE
 //! client (sse-core's WHATWG parser), and ways to make events happen.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 

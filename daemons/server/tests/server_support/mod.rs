@@ -1,7 +1,7 @@
 //! Shared helpers of the `server_*` integration tests: a real server on 127.0.0.1:0 with a
 //! fresh data directory, and a small JSON client over reqwest.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use chrono::Utc;
 use reqwest::StatusCode;
@@ -38,8 +38,14 @@ impl TestServer {
         let mut config = ServerConfig::new("127.0.0.1:0".parse()?, dir.path().join("data"));
         adjust(&mut config);
         let server = server::spawn(config).await?;
+        Ok(TestServer::new(dir, server))
+    }
+
+    /// Wraps a server the test spawned itself (its own relay probe, a restart on the same
+    /// data directory), with a checked [`Api`] client for it.
+    pub fn new(dir: tempfile::TempDir, server: RunningServer) -> TestServer {
         let api = Api::checked(format!("http://{}", server.local_addr()));
-        Ok(TestServer { dir, server, api })
+        TestServer { dir, server, api }
     }
 
     /// Issues a user token the way `tether server token create` does.

@@ -6,7 +6,13 @@
 //! retransmitted seq carries a different frame or a batch leaves a hole — so a test that ends
 //! with no violations and the expected stream proves nothing was lost, duplicated or renumbered.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

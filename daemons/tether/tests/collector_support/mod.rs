@@ -2,7 +2,13 @@
 //! socketcand hub on loopback as the vehicle's CAN bus (the test is another client of it),
 //! and readers of both roles' HTTP APIs.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

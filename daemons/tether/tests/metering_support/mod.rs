@@ -1,6 +1,12 @@
 //! Shared harness of the metering process tests: a control-plane double (a real axum server on
 //! loopback that records requests and injects faults), agent processes, Redis helpers.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    unused_imports,
+    missing_docs,
+    clippy::unwrap_used
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
