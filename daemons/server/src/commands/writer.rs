@@ -139,10 +139,16 @@ mod tests {
         }
     }
 
-    /// Changes handed over together share commits; one that fails (a command of a vehicle
-    /// that does not exist) fails alone; responses start and complete their commands.
-    #[tokio::test]
-    async fn changes_share_commits_and_fail_alone() -> anyhow::Result<()> {
+    /// A store in a temporary directory with one user and one vehicle, and a writer on it.
+    #[allow(clippy::type_complexity)]
+    fn fixture() -> anyhow::Result<(
+        tempfile::TempDir,
+        Arc<Store>,
+        crate::store::User,
+        crate::store::Vehicle,
+        CommandMetrics,
+        CommandWriter,
+    )> {
         let dir = tempfile::tempdir()?;
         let store = Arc::new(Store::open_in(dir.path())?);
         let user = store.ensure_user("writer", Utc::now())?;
@@ -151,6 +157,14 @@ mod tests {
             .map_err(|r| anyhow::anyhow!("{r:?}"))?;
         let metrics = CommandMetrics::default();
         let writer = CommandWriter::spawn(Arc::clone(&store), metrics.clone());
+        Ok((dir, store, user, vehicle, metrics, writer))
+    }
+
+    /// Changes handed over together share commits; one that fails (a command of a vehicle
+    /// that does not exist) fails alone; responses start and complete their commands.
+    #[tokio::test]
+    async fn changes_share_commits_and_fail_alone() -> anyhow::Result<()> {
+        let (_dir, store, user, vehicle, metrics, writer) = fixture()?;
 
         let mut inserts = tokio::task::JoinSet::new();
         for i in 0..200 {
@@ -256,14 +270,7 @@ mod tests {
     /// behind an insert that failed stores nothing.
     #[tokio::test]
     async fn a_response_queued_behind_its_insert_is_applied_after_it() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = Arc::new(Store::open_in(dir.path())?);
-        let user = store.ensure_user("writer", Utc::now())?;
-        let vehicle = store
-            .create_vehicle(user.id, "v", None, None, &[], Utc::now())?
-            .map_err(|r| anyhow::anyhow!("{r:?}"))?;
-        let metrics = CommandMetrics::default();
-        let writer = CommandWriter::spawn(Arc::clone(&store), metrics.clone());
+        let (_dir, store, user, vehicle, metrics, writer) = fixture()?;
 
         let mut pairs = Vec::new();
         for i in 0..50 {
