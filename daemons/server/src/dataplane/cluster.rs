@@ -509,6 +509,8 @@ async fn tail_task(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut tailed: Vec<Tailed> = Vec::new();
+    // Whether the set changed since `tailed` was synced (`changed()` marks it seen).
+    let mut stale = false;
     let mut wait = TAIL_RETRY.0;
     loop {
         let mut tail = match RedisStreamTail::connect(&url, &prefix).await {
@@ -522,14 +524,18 @@ async fn tail_task(
         };
         loop {
             match wanted.has_changed() {
-                Ok(true) => sync_tailed(&mut tailed, &wanted.borrow_and_update()),
-                Ok(false) => {}
+                Ok(changed) if changed || stale => {
+                    sync_tailed(&mut tailed, &wanted.borrow_and_update());
+                    stale = false;
+                }
+                Ok(_) => {}
                 Err(_) => return,
             }
             if tailed.is_empty() {
                 if wanted.changed().await.is_err() {
                     return;
                 }
+                stale = true;
                 continue;
             }
             let result = {
@@ -546,6 +552,7 @@ async fn tail_task(
                         if changed.is_err() {
                             return;
                         }
+                        stale = true;
                         // A read under way answers within a round trip; one blocked on the
                         // old set would wait out its block.
                         tokio::time::timeout(TAIL_SET_GRACE, &mut read).await.ok()
