@@ -42,14 +42,7 @@ async fn presence_and_backlog_drive_the_mode_seen_by_the_api() -> TestResult {
     let running = server::spawn_with(config, relay.clone()).await?;
     let srv = TestServer::new(dir, running);
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "p", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
+    let id = srv.create_group(&alice, "p", &a, &b).await?;
     let group_id = Uuid::parse_str(&id)?;
     let (a_id, b_id) = (Uuid::parse_str(&a)?, Uuid::parse_str(&b)?);
     let state = srv.server.state().clone();

@@ -23,6 +23,40 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Op
         .map(str::to_owned)
 }
 
+/// `GET /api/v1/groups` from a page of `origin`, with `token` when given.
+async fn groups_from(
+    srv: &TestServer,
+    origin: &str,
+    token: Option<&str>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut request = srv
+        .client
+        .get(format!("{}/api/v1/groups", srv.base))
+        .header(ORIGIN, origin);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await
+}
+
+/// The preflight of a `method` request to `/api/v1/groups` from [`DASH`], sending `headers`
+/// when given.
+async fn preflight(
+    srv: &TestServer,
+    method: &str,
+    headers: Option<&str>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut request = srv
+        .client
+        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
+        .header(ORIGIN, DASH)
+        .header(ACCESS_CONTROL_REQUEST_METHOD, method);
+    if let Some(headers) = headers {
+        request = request.header(ACCESS_CONTROL_REQUEST_HEADERS, headers);
+    }
+    request.send().await
+}
+
 #[tokio::test]
 async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
     let srv = TestServer::start().await?;
@@ -71,21 +105,9 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 async fn cors_is_off_by_default() -> TestResult {
     let srv = TestServer::start().await?;
     let token = srv.user_token("ann").await?;
-    let preflight = srv
-        .client
-        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .header(ACCESS_CONTROL_REQUEST_METHOD, "GET")
-        .send()
-        .await?;
+    let preflight = preflight(&srv, "GET", None).await?;
     assert_eq!(preflight.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let get = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let get = groups_from(&srv, DASH, Some(&token)).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(header(&get, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
@@ -101,14 +123,7 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     let token = srv.user_token("bo").await?;
 
     // Preflight of a JSON POST with a token.
-    let preflight = srv
-        .client
-        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .header(ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type")
-        .send()
-        .await?;
+    let preflight = preflight(&srv, "POST", Some("authorization,content-type")).await?;
     assert_eq!(preflight.status(), StatusCode::OK);
     assert_eq!(
         header(&preflight, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -121,24 +136,13 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     );
 
     // The answer itself, errors included.
-    let get = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let get = groups_from(&srv, DASH, Some(&token)).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(
         header(&get, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
         Some(DASH)
     );
-    let refused = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let refused = groups_from(&srv, DASH, None).await?;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         header(&refused, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -164,13 +168,7 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     drop(console);
 
     // Another origin gets nothing it could use.
-    let other = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, "http://evil.example")
-        .send()
-        .await?;
+    let other = groups_from(&srv, "http://evil.example", Some(&token)).await?;
     assert_eq!(header(&other, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
     Ok(())
