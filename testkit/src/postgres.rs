@@ -32,11 +32,11 @@ pub struct TestDatabase {
 
 /// Runs `sql` on the maintenance database, on a thread of its own: `Err` when PostgreSQL
 /// cannot be reached, `Ok(Err)` when it refuses `sql`.
-fn admin_execute(sql: String) -> Result<Result<(), postgres::Error>, postgres::Error> {
+fn admin_execute(sql: String) -> Result<Result<(), ::postgres::Error>, ::postgres::Error> {
     std::thread::spawn(move || {
-        let mut config: postgres::Config = format!("{}/postgres", base_url()).parse()?;
+        let mut config: ::postgres::Config = format!("{}/postgres", base_url()).parse()?;
         config.connect_timeout(Duration::from_secs(3));
-        let mut client = config.connect(postgres::NoTls)?;
+        let mut client = config.connect(::postgres::NoTls)?;
         Ok(client.batch_execute(&sql))
     })
     .join()

@@ -104,7 +104,6 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     let (token, _agent, a, b) = server.user_with_pair("sam").await?;
     let group_text = console_support::group(&server, &token, &a, &b).await?;
     let (dongle, group) = (Uuid::parse_str(&a)?, Uuid::parse_str(&group_text)?);
-    let console = server.server.state().console();
     let log = |scope, text: &str| {
         log_info(&server, scope, text);
     };

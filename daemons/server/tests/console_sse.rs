@@ -262,7 +262,6 @@ async fn a_stale_or_bad_id_gets_one_reset_then_the_history() -> TestResult {
     let server = TestServer::start().await?;
     let (token, _agent, a, _b) = server.user_with_pair("cid").await?;
     let dongle = uuid(&a)?;
-    let console = server.server.state().console();
     let path = format!("/api/v1/streams/dongles/{a}/console");
     // Make sure the history is there before resuming.
     let mut live = subscribe(&server, &path, Some(&token), None).await?;
@@ -570,7 +569,6 @@ async fn a_full_queue_drops_counts_and_tells_the_stream() -> TestResult {
     let (token, _agent, a, _b) = server.user_with_pair("jon").await?;
     let dongle = uuid(&a)?;
     let mut events = console_support::subscribe_dongle(&server, &token, &a).await?;
-    let console = server.server.state().console();
     // This test's runtime has one thread: the publisher cannot run during this loop, so exactly
     // 16 events fit and the rest are dropped.
     for i in 0..100 {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide, RelayProbe};
 use tether_server::{self as server, ServerConfig};
 use uuid::Uuid;

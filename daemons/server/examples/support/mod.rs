@@ -1,7 +1,9 @@
 //! What the load drivers `bench_relay` and `bench_agents` share: their pacing options, the REST
 //! set-up of two agents and N activated groups between their dongles, the bounded error log,
 //! and `main`'s runtime.
-//! Included by each with `#[path = "support/mod.rs"] mod support;`.
+//! Included by each with `#[path = "support/mod.rs"] mod support;`; each uses part of it.
+
+#![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::process::ExitCode;
