@@ -6,8 +6,8 @@ mod server_support;
 
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS,
-    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
-    ORIGIN,
+    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, HeaderName,
+    IF_NONE_MATCH, ORIGIN,
 };
 use reqwest::{Method, StatusCode};
 use server_support::{TestResult, TestServer};
@@ -23,36 +23,24 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Op
         .map(str::to_owned)
 }
 
-/// `GET /api/v1/groups` from a page of `origin`, with `token` when given.
-async fn groups_from(
+/// A `method` request to `/api/v1/groups` from a page of `origin`, with `token` when given and
+/// the `extra` headers.
+async fn from_origin(
     srv: &TestServer,
+    method: Method,
     origin: &str,
     token: Option<&str>,
+    extra: &[(HeaderName, &str)],
 ) -> reqwest::Result<reqwest::Response> {
     let mut request = srv
         .client
-        .get(format!("{}/api/v1/groups", srv.base))
+        .request(method, format!("{}/api/v1/groups", srv.base))
         .header(ORIGIN, origin);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    request.send().await
-}
-
-/// The preflight of a `method` request to `/api/v1/groups` from [`DASH`], sending `headers`
-/// when given.
-async fn preflight(
-    srv: &TestServer,
-    method: &str,
-    headers: Option<&str>,
-) -> reqwest::Result<reqwest::Response> {
-    let mut request = srv
-        .client
-        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .header(ACCESS_CONTROL_REQUEST_METHOD, method);
-    if let Some(headers) = headers {
-        request = request.header(ACCESS_CONTROL_REQUEST_HEADERS, headers);
+    for (name, value) in extra {
+        request = request.header(name, *value);
     }
     request.send().await
 }
@@ -105,9 +93,16 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 async fn cors_is_off_by_default() -> TestResult {
     let srv = TestServer::start().await?;
     let token = srv.user_token("ann").await?;
-    let preflight = preflight(&srv, "GET", None).await?;
+    let preflight = from_origin(
+        &srv,
+        Method::OPTIONS,
+        DASH,
+        None,
+        &[(ACCESS_CONTROL_REQUEST_METHOD, "GET")],
+    )
+    .await?;
     assert_eq!(preflight.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let get = groups_from(&srv, DASH, Some(&token)).await?;
+    let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(header(&get, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
@@ -123,7 +118,17 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     let token = srv.user_token("bo").await?;
 
     // Preflight of a JSON POST with a token.
-    let preflight = preflight(&srv, "POST", Some("authorization,content-type")).await?;
+    let preflight = from_origin(
+        &srv,
+        Method::OPTIONS,
+        DASH,
+        None,
+        &[
+            (ACCESS_CONTROL_REQUEST_METHOD, "POST"),
+            (ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type"),
+        ],
+    )
+    .await?;
     assert_eq!(preflight.status(), StatusCode::OK);
     assert_eq!(
         header(&preflight, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -136,13 +141,13 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     );
 
     // The answer itself, errors included.
-    let get = groups_from(&srv, DASH, Some(&token)).await?;
+    let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(
         header(&get, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
         Some(DASH)
     );
-    let refused = groups_from(&srv, DASH, None).await?;
+    let refused = from_origin(&srv, Method::GET, DASH, None, &[]).await?;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         header(&refused, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -168,7 +173,7 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     drop(console);
 
     // Another origin gets nothing it could use.
-    let other = groups_from(&srv, "http://evil.example", Some(&token)).await?;
+    let other = from_origin(&srv, Method::GET, "http://evil.example", Some(&token), &[]).await?;
     assert_eq!(header(&other, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
     Ok(())
