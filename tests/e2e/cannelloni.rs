@@ -27,7 +27,7 @@ const FRAMES: u16 = 3000;
 const PER_DATAGRAM: usize = 40;
 
 /// Frame `i` of a direction: the number in the first two data bytes, the id says who sent it.
-fn frame(id: u16, i: u16) -> CanFrame {
+fn frame(id: u32, i: u16) -> CanFrame {
     let data = [(i >> 8) as u8, i as u8, 0xCA, 0xFE];
     CanFrame::Data(DataFrame::new(CanId::standard(id).expect("11-bit"), &data).expect("data"))
 }

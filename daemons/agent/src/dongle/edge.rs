@@ -109,7 +109,8 @@ impl BusLink {
 
 /// A source and sink of one dongle's frames.
 pub trait FrameEdge: Send {
-    /// The next frames (at least one). `Ok(None)`: the source has ended.
+    /// The next frames; none when a datagram did not decode (so the count of
+    /// [`malformed`](Self::malformed) is published at once). `Ok(None)`: the source has ended.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<CanRecord>>, Error>> + Send;
     /// Sends `records` in order; the report counts the frames that left (`encoded`) and
     /// those that did not (`send_errors`).
@@ -194,33 +195,29 @@ impl CannelloniEdge {
 
 impl FrameEdge for CannelloniEdge {
     async fn recv(&mut self) -> Result<Option<Vec<CanRecord>>, Error> {
-        loop {
-            let (n, from) = self
-                .socket
-                .recv_from(&mut self.buf)
-                .await
-                .map_err(|source| Error::Io {
-                    action: "receiving a cannelloni datagram",
-                    source,
-                })?;
-            match cannelloni::decode_datagram(&self.buf[..n]) {
-                Ok(d) => {
-                    self.last_from = Some(from);
-                    if d.frames.is_empty() {
-                        continue;
-                    }
-                    let ts = now_ns();
-                    return Ok(Some(
-                        d.frames
-                            .into_iter()
-                            .map(|f| CanRecord::new(ts, self.channel.clone(), Direction::Rx, f))
-                            .collect(),
-                    ));
-                }
-                Err(e) => {
-                    self.malformed += 1;
-                    debug!(%from, error = %e, "skipping a datagram that is not cannelloni");
-                }
+        let (n, from) = self
+            .socket
+            .recv_from(&mut self.buf)
+            .await
+            .map_err(|source| Error::Io {
+                action: "receiving a cannelloni datagram",
+                source,
+            })?;
+        match cannelloni::decode_datagram(&self.buf[..n]) {
+            Ok(d) => {
+                self.last_from = Some(from);
+                let ts = now_ns();
+                Ok(Some(
+                    d.frames
+                        .into_iter()
+                        .map(|f| CanRecord::new(ts, self.channel.clone(), Direction::Rx, f))
+                        .collect(),
+                ))
+            }
+            Err(e) => {
+                self.malformed += 1;
+                debug!(%from, error = %e, "skipping a datagram that is not cannelloni");
+                Ok(Some(Vec::new()))
             }
         }
     }
@@ -400,6 +397,7 @@ pub async fn run<E: FrameEdge>(
         tokio::select! {
             _ = stop.changed() => break,
             r = edge.recv(), if !ended => match r {
+                Ok(Some(records)) if records.is_empty() => failures = 0,
                 Ok(Some(records)) => {
                     failures = 0;
                     if current.is_none() {
