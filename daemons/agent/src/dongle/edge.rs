@@ -55,7 +55,7 @@ pub enum DongleOut {
     /// A REMP dongle (shared with a diagnostics tap).
     Remp(Arc<DongleLink>),
     /// The one dongle of a SocketCAN or cannelloni edge.
-    Bus(BusLink),
+    Bus(Box<BusLink>),
 }
 
 impl DongleOut {
@@ -376,7 +376,7 @@ pub async fn run<E: FrameEdge>(
             serial: serial.clone(),
             metrics: metrics.clone(),
         };
-        match start(DongleOut::Bus(link)) {
+        match start(DongleOut::Bus(Box::new(link))) {
             Ok((frames, handle)) => {
                 workers.push(handle);
                 Some(Current { frames, out })

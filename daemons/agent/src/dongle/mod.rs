@@ -172,8 +172,8 @@ pub async fn run_with_taps(
     };
     let udp = match edge {
         Edge::Remp(socket) => tokio::spawn(udp_loop(ctx, api, taps, socket, stop_rx.clone())),
-        Edge::Cannelloni(e, serial) => spawn_edge(e, serial, ctx, api, stop_rx.clone()),
-        Edge::Bus(e, serial) => spawn_edge(e, serial, ctx, api, stop_rx.clone()),
+        Edge::Cannelloni(e, serial) => spawn_edge(*e, serial, ctx, api, stop_rx.clone()),
+        Edge::Bus(e, serial) => spawn_edge(*e, serial, ctx, api, stop_rx.clone()),
     };
     if let Some(every) = role.stats_interval {
         tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
@@ -216,9 +216,9 @@ enum Edge {
     /// The REMP socket.
     Remp(Arc<UdpSocket>),
     /// A cannelloni socket and the dongle's serial.
-    Cannelloni(edge::CannelloniEdge, String),
+    Cannelloni(Box<edge::CannelloniEdge>, String),
     /// A SocketCAN interface and the dongle's serial.
-    Bus(edge::BusEdge<AnyBus>, String),
+    Bus(Box<edge::BusEdge<AnyBus>>, String),
 }
 
 impl Edge {
@@ -235,9 +235,11 @@ impl Edge {
                 peer,
                 serial,
             } => Edge::Cannelloni(
-                edge::CannelloniEdge::bind(*listen, *peer)
-                    .await
-                    .with_context(|| format!("binding UDP {listen} (cannelloni)"))?,
+                Box::new(
+                    edge::CannelloniEdge::bind(*listen, *peer)
+                        .await
+                        .with_context(|| format!("binding UDP {listen} (cannelloni)"))?,
+                ),
                 serial.clone(),
             ),
             DongleEdge::SocketCan { interface, serial } => {
@@ -246,7 +248,7 @@ impl Edge {
                     .await
                     .with_context(|| format!("opening {address} (dongle.protocol socketcan)"))?;
                 Edge::Bus(
-                    edge::BusEdge::new(bus, format!("socketcan {interface}")),
+                    Box::new(edge::BusEdge::new(bus, format!("socketcan {interface}"))),
                     serial.clone(),
                 )
             }
