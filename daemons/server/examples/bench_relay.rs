@@ -197,7 +197,7 @@ fn frame(group: &str, pair: u32, ts: u64, n: u64) -> CanRelayFrame {
         can_id: 0x100 + (pair & 0x3FF),
         is_extended: false,
         dlc: 8,
-        data_hex: format!("{n:016X}"),
+        data: n.to_be_bytes().to_vec(),
         channel: None,
         is_fd: false,
         brs: false,
