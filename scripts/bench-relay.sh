@@ -39,6 +39,10 @@
 #        an earlier build's, to alternate two builds in one session (with NO_BUILD=1).
 #        NO_BUILD=1 uses the release binaries already in $CARGO_TARGET_DIR.
 #        SERVER_CONFIG=FILE passes `--config FILE` to both servers (e.g. a `relay:` section).
+#        TARGETS="sqlite redis cluster2 ceiling" (the default) picks the relay targets to run,
+#        e.g. TARGETS="redis cluster2".
+# Each server's CPU time (user + system) over its whole run is printed with its memory, also
+# per frame offered (PAIRS x RATE x 2 x SECONDS): steadier than p99 on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=relay
@@ -46,6 +50,7 @@ if [ "${1:-}" = agents ]; then MODE=agents; shift; fi
 PAIRS=${1:-$([ "$MODE" = agents ] && echo 10 || echo 20)}
 RATE=${2:-4500}
 DURATION=${3:-10}
+TARGETS=${TARGETS:-sqlite redis cluster2 ceiling}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tether-target}
 if [ -z "${NO_BUILD:-}" ]; then
   nice cargo build -q --release -p tether --bin tether && nice cargo build -q --release -p tether-server --example bench_relay --example bench_agents
@@ -108,10 +113,16 @@ run_relay() {
   line="$line server_cpu_s=$(awk -v t="$ticks" -v h="$tck" 'BEGIN {printf "%.2f", t / h}')"
   echo "$line"
   RESULTS+=("$line")
+  local frames=$((PAIRS * RATE * 2 * DURATION)) tck
+  tck=$(getconf CLK_TCK)
   for p in "${pids[@]}"; do
-    local rss
+    local rss ticks
     rss=$(ps -o rss= -p "$p" 2>/dev/null | tr -d ' ' || echo "?")
-    echo "   server $p resident memory after the run: ${rss} KiB" >&2
+    # utime + stime of the whole process (fields 14 and 15 of /proc/PID/stat; the command
+    # name in field 2 holds no spaces here).
+    ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    echo "   server $p resident memory after the run: ${rss} KiB; CPU $(awk -v t="$ticks" -v h="$tck" -v f="$frames" \
+      'BEGIN { printf "%.2f s, %.2f us per frame offered", t / h, t / h * 1e6 / f }')" >&2
     kill -TERM "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
@@ -150,13 +161,16 @@ if [ "$MODE" = agents ]; then
   exit 0
 fi
 
-run_relay sqlite
-run_relay redis "$REDIS"
-run_relay cluster2 "$REDIS" 2
-echo "== ceiling: plain WebSocket relay, same clients and batches ==" >&2
-line=$(nice "$BIN/examples/bench_relay" echo --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label ceiling)
-echo "$line"
-RESULTS+=("$line")
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+if wants sqlite; then run_relay sqlite; fi
+if wants redis; then run_relay redis "$REDIS"; fi
+if wants cluster2; then run_relay cluster2 "$REDIS" 2; fi
+if wants ceiling; then
+  echo "== ceiling: plain WebSocket relay, same clients and batches ==" >&2
+  line=$(nice "$BIN/examples/bench_relay" echo --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label ceiling)
+  echo "$line"
+  RESULTS+=("$line")
+fi
 
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 echo

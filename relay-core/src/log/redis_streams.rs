@@ -299,6 +299,27 @@ impl Entry {
         })
     }
 
+    /// As [`Entry::parse`], taking the `items` blob out of `entry` instead of copying it.
+    fn take(stream: &str, mut entry: Value) -> Result<Self> {
+        let mut blob = None;
+        if let Value::Array(parts) = &mut entry
+            && let Some(Value::Array(fields)) = parts.get_mut(1)
+        {
+            let mut pairs = fields.chunks_exact_mut(2);
+            if let Some(pair) =
+                pairs.find(|pair| matches!(&pair[0], Value::BulkString(n) if n == b"items"))
+                && let Value::BulkString(b) = &mut pair[1]
+            {
+                blob = Some(Bytes::from(std::mem::take(b)));
+            }
+        }
+        let mut parsed = Self::parse(stream, &entry)?;
+        if let Some(blob) = blob {
+            parsed.blob = blob;
+        }
+        Ok(parsed)
+    }
+
     /// Items in the entry, as the `n` field says (1 when it is unreadable, as the backlog
     /// script counts it).
     fn count(&self) -> u64 {
@@ -876,10 +897,10 @@ impl StreamLog for RedisStreamLog {
     }
 }
 
-/// Entries one [`RedisStreamTail::next`] takes at most.
+/// Entries one [`RedisStreamTail::next_many`] takes at most per stream.
 const TAIL_COUNT: usize = 64;
 
-/// What one [`RedisStreamTail::next`] found.
+/// What one [`RedisStreamTail::next_many`] found in one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TailBatch {
     /// Items above the position asked for, ascending, from chunks that decoded. Not
@@ -891,10 +912,11 @@ pub struct TailBatch {
     pub position: Seq,
 }
 
-/// A blocking tail of one stream's new entries (`XREAD BLOCK`), for a server instance that
-/// delivers what another instance appends (`docs/cluster.md`). It owns one connection with no
-/// client-side response timeout (a block must not be cut short, `docs/` field notes); a failed
-/// call returns its error and the caller reconnects.
+/// A blocking tail of new entries (`XREAD BLOCK`) of any number of streams at once, for a
+/// server instance that delivers what another instance appends (`docs/cluster.md`). It owns one
+/// connection with no client-side response timeout (a block must not be cut short, `docs/`
+/// field notes); a failed call returns its error and the caller reconnects. Dropping it closes
+/// the connection, which ends a block in progress on the Redis side.
 pub struct RedisStreamTail {
     conn: redis::aio::MultiplexedConnection,
     prefix: String,
@@ -928,53 +950,102 @@ impl RedisStreamTail {
     /// Waits up to `block` for entries of `stream` holding seqs above `after`, and returns
     /// their items (empty after the block timed out).
     pub async fn next(&mut self, stream: &str, after: Seq, block: Duration) -> Result<TailBatch> {
-        validate_stream_name(stream)?;
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
+        let found = self.next_many(&[(stream, after)], block).await?;
+        Ok(found.into_iter().next().map_or(
+            TailBatch {
+                items: Vec::new(),
+                position: after,
+            },
+            |(_, batch)| batch,
+        ))
+    }
+
+    /// Waits up to `block` until any of `streams` (name, seq to read above) has entries
+    /// above its seq, and returns what each stream that had some holds then, as (index in
+    /// `streams`, batch): one `XREAD` for them all, so that one wake-up serves every stream
+    /// appended to meanwhile. Empty after the block timed out (or for no streams, at once).
+    pub async fn next_many(
+        &mut self,
+        streams: &[(&str, Seq)],
+        block: Duration,
+    ) -> Result<Vec<(usize, TailBatch)>> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(TAIL_COUNT)
             .arg("BLOCK")
             .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1))
-            .arg("STREAMS")
-            .arg(format!("{}{stream}", self.prefix))
-            .arg(format!("{after}-0"))
+            .arg("STREAMS");
+        for (stream, _) in streams {
+            validate_stream_name(stream)?;
+            cmd.arg(format!("{}{stream}", self.prefix));
+        }
+        for (_, after) in streams {
+            cmd.arg(format!("{after}-0"));
+        }
+        let reply: Value = cmd
             .query_async(&mut self.conn)
             .await
             .map_err(redis_err("tail"))?;
-        let mut batch = TailBatch {
-            items: Vec::new(),
-            position: after,
-        };
-        for entry in tail_entries(stream, reply)? {
-            let entry = Entry::parse(stream, &entry)?;
-            if let Some(items) = entry.items_above(stream, batch.position) {
-                batch.items.extend(items);
+        let mut found = Vec::new();
+        for (key, entries) in tail_streams(streams[0].0, reply)? {
+            let index = key
+                .strip_prefix(self.prefix.as_bytes())
+                .and_then(|name| streams.iter().position(|(s, _)| s.as_bytes() == name))
+                .ok_or_else(|| {
+                    corrupt(
+                        streams[0].0,
+                        format!(
+                            "XREAD answered for a stream not asked for: {}",
+                            String::from_utf8_lossy(&key)
+                        ),
+                    )
+                })?;
+            let (stream, after) = streams[index];
+            let mut batch = TailBatch {
+                items: Vec::new(),
+                position: after,
+            };
+            for entry in array(stream, entries)? {
+                let entry = Entry::take(stream, entry)?;
+                if let Some(items) = entry.items_above(stream, batch.position) {
+                    batch.items.extend(items);
+                }
+                batch.position = batch.position.max(entry.last_seq);
             }
-            batch.position = batch.position.max(entry.last_seq);
+            found.push((index, batch));
         }
-        Ok(batch)
+        Ok(found)
     }
 }
 
-/// The entries of the one stream of an `XREAD` reply (RESP2 arrays or a RESP3 map; nil after a
-/// timeout).
-fn tail_entries(stream: &str, reply: Value) -> Result<Vec<Value>> {
-    let pair = match reply {
+/// The (key, entries) pairs of an `XREAD` reply (RESP2 arrays or a RESP3 map; nil after a
+/// timeout). `stream` names the call in errors.
+fn tail_streams(stream: &str, reply: Value) -> Result<Vec<(Vec<u8>, Value)>> {
+    let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),
-        Value::Array(mut streams) => match streams.pop() {
-            Some(Value::Array(pair)) => pair,
-            None => return Ok(Vec::new()),
-            Some(other) => return Err(corrupt(stream, format!("bad XREAD reply {other:?}"))),
-        },
-        Value::Map(mut streams) => match streams.pop() {
-            Some((key, entries)) => vec![key, entries],
-            None => return Ok(Vec::new()),
-        },
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|pair| match pair {
+                Value::Array(pair) => <[Value; 2]>::try_from(pair)
+                    .map(|[key, entries]| (key, entries))
+                    .map_err(|pair| corrupt(stream, format!("bad XREAD reply {pair:?}"))),
+                other => Err(corrupt(stream, format!("bad XREAD reply {other:?}"))),
+            })
+            .collect::<Result<_>>()?,
+        Value::Map(streams) => streams,
         other => return Err(corrupt(stream, format!("bad XREAD reply {other:?}"))),
     };
-    match <[Value; 2]>::try_from(pair) {
-        Ok([_, entries]) => array(stream, entries),
-        Err(pair) => Err(corrupt(stream, format!("bad XREAD reply {pair:?}"))),
-    }
+    pairs
+        .into_iter()
+        .map(|(key, entries)| match key {
+            Value::BulkString(key) => Ok((key, entries)),
+            Value::SimpleString(key) => Ok((key.into_bytes(), entries)),
+            other => Err(corrupt(stream, format!("bad XREAD stream key {other:?}"))),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Relay across server instances sharing one Redis (`docs/cluster.md`): the I/O of it. The
 //! driver decides when to start and stop what is here; the engine decides what to deliver.
 //!
-//! * [`spawn_tail`] — while a side is connected here and its peer is not, a task tails the
-//!   peer's stream (`XREAD BLOCK` on a connection of its own) and reports new items to the
-//!   driver ([`Event::Tailed`]); after an error it reconnects with backoff and resumes after the
-//!   last seq it saw.
+//! * [`Tails`] — while a side is connected here and its peer is not, the peer's stream is
+//!   tailed: one task and one connection of its own per instance read every such stream with
+//!   one `XREAD BLOCK` and report new items to the driver ([`Event::Tailed`]); after an error
+//!   it reconnects with backoff and resumes each stream after the last seq it saw.
 //! * [`spawn_presence`] — one round of cluster presence for every loaded group: a script
 //!   refreshes the presence keys (`{prefix}presence:{group}:{side}` = instance id, TTL
 //!   [`PRESENCE_TTL`]) of the sides connected here, releases those this instance held and no
@@ -21,13 +21,14 @@
 //! makes appends from several instances safe (`docs/cluster.md`) — and it does not touch the
 //! records (the driver turns presence changes into sync jobs).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use relay_core::engine::{Direction, GroupBacklog, GroupId, GroupMode, GroupStatus, Side};
 use relay_core::log::{RedisStreamTail, Seq};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use uuid::Uuid;
@@ -394,60 +395,322 @@ pub(super) fn spawn_forget_status(link: &ClusterLink, mut conn: ConnectionManage
     });
 }
 
-/// Tails `direction` of `group` from seq `after` until aborted, reporting new items as
-/// [`Event::Tailed`].
-pub(super) fn spawn_tail(
-    link: &ClusterLink,
-    group: GroupId,
-    direction: Direction,
+/// One tailed stream as the driver wants it: read above `after`, from registration `id` on
+/// (a stream stopped and started again is a new registration, with its own `after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tailing {
+    id: u64,
     after: Seq,
+}
+
+type TailKey = (GroupId, Direction);
+
+/// The cluster tail of this instance: one task and one Redis connection for every stream
+/// tailed here, reading them all with one `XREAD BLOCK … STREAMS k1 k2 …` (see
+/// [`RedisStreamTail::next_many`]), so that one wake-up serves every stream appended to since
+/// the last one. The driver says which streams to tail ([`Tails::start`], [`Tails::stop`]); the
+/// task reports new items as [`Event::Tailed`] and, after an error, reconnects with backoff and
+/// resumes every stream after the last seq it saw of it.
+#[derive(Debug)]
+pub(super) struct Tails {
+    set: watch::Sender<HashMap<TailKey, Tailing>>,
+    next_id: u64,
+    task: JoinHandle<()>,
+}
+
+impl Tails {
+    /// Starts the (idle) tail task of this instance.
+    pub(super) fn spawn(link: &ClusterLink, events: mpsc::UnboundedSender<Event>) -> Self {
+        let (set, wanted) = watch::channel(HashMap::new());
+        let task = tokio::spawn(tail_task(
+            link.url.clone(),
+            link.prefix.clone(),
+            wanted,
+            events,
+        ));
+        Self {
+            set,
+            next_id: 0,
+            task,
+        }
+    }
+
+    /// Whether `direction` of `group` is tailed.
+    pub(super) fn is_tailing(&self, group: &GroupId, direction: Direction) -> bool {
+        self.set.borrow().contains_key(&(group.clone(), direction))
+    }
+
+    /// Tails `direction` of `group` from seq `after` on (unless it is tailed already).
+    pub(super) fn start(&mut self, group: &GroupId, direction: Direction, after: Seq) {
+        let id = self.next_id;
+        let mut added = false;
+        self.set.send_if_modified(|set| {
+            let key = (group.clone(), direction);
+            if set.contains_key(&key) {
+                return false;
+            }
+            set.insert(key, Tailing { id, after });
+            added = true;
+            true
+        });
+        if added {
+            self.next_id += 1;
+        }
+    }
+
+    /// Stops tailing `direction` of `group` (items already read may still be reported).
+    pub(super) fn stop(&mut self, group: &GroupId, direction: Direction) {
+        self.set
+            .send_if_modified(|set| set.remove(&(group.clone(), direction)).is_some());
+    }
+}
+
+impl Drop for Tails {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How long a read in progress may still answer after the set of tailed streams changed,
+/// before the tail drops its connection (ending the block on the Redis side) and reads the new
+/// set on a new one.
+const TAIL_SET_GRACE: Duration = Duration::from_millis(20);
+
+/// One stream the tail task reads: which, under which registration, and up to where.
+struct Tailed {
+    key: TailKey,
+    tailing: Tailing,
+    name: String,
+    position: Seq,
+}
+
+/// Brings `tailed` in line with the driver's `set`: drops what it no longer wants (or wants
+/// from a new registration), adds what is new at the registration's `after`.
+fn sync_tailed(tailed: &mut Vec<Tailed>, set: &HashMap<TailKey, Tailing>) {
+    tailed.retain(|t| set.get(&t.key) == Some(&t.tailing));
+    let have: std::collections::HashSet<TailKey> = tailed.iter().map(|t| t.key.clone()).collect();
+    for (key, tailing) in set {
+        if !have.contains(key) {
+            tailed.push(Tailed {
+                key: key.clone(),
+                tailing: *tailing,
+                name: key.1.stream_key(&key.0),
+                position: tailing.after,
+            });
+        }
+    }
+}
+
+/// The tail task of [`Tails`]: ends when the [`Tails`] is dropped or the driver is gone.
+async fn tail_task(
+    url: String,
+    prefix: String,
+    mut wanted: watch::Receiver<HashMap<TailKey, Tailing>>,
     events: mpsc::UnboundedSender<Event>,
-) -> JoinHandle<()> {
-    let url = link.url.clone();
-    let prefix = link.prefix.clone();
-    tokio::spawn(async move {
-        let stream = direction.stream_key(&group);
-        let mut position = after;
-        let mut wait = TAIL_RETRY.0;
+) {
+    let mut tailed: Vec<Tailed> = Vec::new();
+    // Whether the set changed since `tailed` was synced (`changed()` marks it seen).
+    let mut stale = false;
+    let mut wait = TAIL_RETRY.0;
+    loop {
+        let mut tail = match RedisStreamTail::connect(&url, &prefix).await {
+            Ok(tail) => tail,
+            Err(err) => {
+                tracing::warn!(%err, "cluster tail cannot connect; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(TAIL_RETRY.1);
+                continue;
+            }
+        };
         loop {
-            let mut tail = match RedisStreamTail::connect(&url, &prefix).await {
-                Ok(tail) => tail,
-                Err(err) => {
-                    tracing::warn!(%stream, %err, "cluster tail cannot connect; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(TAIL_RETRY.1);
-                    continue;
+            match wanted.has_changed() {
+                Ok(changed) if changed || stale => {
+                    sync_tailed(&mut tailed, &wanted.borrow_and_update());
+                    stale = false;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            if tailed.is_empty() {
+                if wanted.changed().await.is_err() {
+                    return;
+                }
+                stale = true;
+                continue;
+            }
+            let result = {
+                let streams: Vec<(&str, Seq)> = tailed
+                    .iter()
+                    .map(|t| (t.name.as_str(), t.position))
+                    .collect();
+                let read = tail.next_many(&streams, TAIL_BLOCK);
+                tokio::pin!(read);
+                tokio::select! {
+                    biased;
+                    result = &mut read => Some(result),
+                    changed = wanted.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        stale = true;
+                        // A read under way answers within a round trip; one blocked on the
+                        // old set would wait out its block.
+                        tokio::time::timeout(TAIL_SET_GRACE, &mut read).await.ok()
+                    }
                 }
             };
-            loop {
-                match tail.next(&stream, position, TAIL_BLOCK).await {
-                    Ok(batch) => {
-                        wait = TAIL_RETRY.0;
-                        position = batch.position;
-                        if !batch.items.is_empty() {
-                            let event = Event::Tailed {
-                                group: group.clone(),
-                                direction,
-                                items: batch.items,
-                            };
-                            if events.send(event).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(%stream, %err, position, "cluster tail failed; reconnecting");
-                        break;
-                    }
+            let Some(result) = result else {
+                // Blocked on the old set: dropping the connection ends the block (Redis
+                // forgets a closed client's read). Nothing is lost: positions only move with
+                // what was reported.
+                break;
+            };
+            let found = match result {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::warn!(%err, streams = tailed.len(), "cluster tail failed; reconnecting");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(TAIL_RETRY.1);
+                    break;
+                }
+            };
+            wait = TAIL_RETRY.0;
+            let mut batches = Vec::with_capacity(found.len());
+            // What the driver stopped meanwhile is not reported (the next sync drops it).
+            let set = wanted.borrow();
+            for (index, batch) in found {
+                let Some(t) = tailed.get_mut(index) else {
+                    continue;
+                };
+                t.position = batch.position;
+                if !batch.items.is_empty() && set.get(&t.key) == Some(&t.tailing) {
+                    batches.push((t.key.0.clone(), t.key.1, batch.items));
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(TAIL_RETRY.1);
+            drop(set);
+            if !batches.is_empty() && events.send(Event::Tailed { batches }).is_err() {
+                return;
+            }
         }
-    })
+    }
 }
 
 /// Which side a presence fact is about, by index.
 pub(super) fn side_at(index: usize) -> Side {
     if index == 0 { Side::A } else { Side::B }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use relay_core::log::{Item, RedisStreamLog, StreamLog};
+    use tether_testkit::TestResult;
+    use tether_testkit::redis::RedisNamespace;
+
+    use super::*;
+
+    fn items(seqs: std::ops::RangeInclusive<Seq>) -> Vec<Item> {
+        seqs.map(|seq| Item {
+            seq,
+            ts_ms: 1,
+            payload: bytes::Bytes::from(seq.to_string()),
+        })
+        .collect()
+    }
+
+    /// The next [`Event::Tailed`] within `within`, flattened to (group, direction, seqs).
+    async fn next_tailed(
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        within: Duration,
+    ) -> Option<Vec<(GroupId, Direction, Vec<Seq>)>> {
+        loop {
+            match tokio::time::timeout(within, events.recv()).await.ok()?? {
+                Event::Tailed { batches } => {
+                    return Some(
+                        batches
+                            .into_iter()
+                            .map(|(g, d, items)| (g, d, items.iter().map(|i| i.seq).collect()))
+                            .collect(),
+                    );
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_tail_serves_every_stream_and_follows_the_set_while_blocked() -> TestResult {
+        let ns = RedisNamespace::new("cluster-tail");
+        let log = RedisStreamLog::connect(&ns.url, &ns.prefix).await?;
+        let link = ClusterLink {
+            url: ns.url.clone(),
+            prefix: ns.prefix.clone(),
+            instance: "me".to_owned(),
+        };
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let mut tails = Tails::spawn(&link, tx);
+        let (g1, g2) = (GroupId::new("g1"), GroupId::new("g2"));
+        let key = |g: &GroupId, d: Direction| d.stream_key(g);
+        tails.start(&g1, Direction::AToB, 0);
+        // The tail is blocked on g1 alone when g2 is added: it must not wait out its block.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tails.start(&g2, Direction::BToA, 0);
+        assert!(tails.is_tailing(&g2, Direction::BToA));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let appended = Instant::now();
+        log.append(&key(&g2, Direction::BToA), &items(1..=3))
+            .await?;
+        let got = next_tailed(&mut events, TAIL_BLOCK)
+            .await
+            .ok_or("nothing tailed")?;
+        assert!(
+            appended.elapsed() < TAIL_BLOCK / 2,
+            "{:?}",
+            appended.elapsed()
+        );
+        assert_eq!(got, vec![(g2.clone(), Direction::BToA, vec![1, 2, 3])]);
+
+        // Both streams, each once and in order, whatever batches they come in.
+        log.append(&key(&g1, Direction::AToB), &items(1..=2))
+            .await?;
+        log.append(&key(&g2, Direction::BToA), &items(4..=5))
+            .await?;
+        log.append(&key(&g1, Direction::AToB), &items(3..=4))
+            .await?;
+        let mut seen: HashMap<TailKey, Vec<Seq>> = HashMap::new();
+        while seen.values().map(Vec::len).sum::<usize>() < 6 {
+            for (g, d, seqs) in next_tailed(&mut events, TAIL_BLOCK)
+                .await
+                .ok_or("missing items")?
+            {
+                seen.entry((g, d)).or_default().extend(seqs);
+            }
+        }
+        assert_eq!(seen[&(g1.clone(), Direction::AToB)], vec![1, 2, 3, 4]);
+        assert_eq!(seen[&(g2.clone(), Direction::BToA)], vec![4, 5]);
+
+        // A stopped stream is no longer reported; started again, it reads from its new start.
+        tails.stop(&g1, Direction::AToB);
+        assert!(!tails.is_tailing(&g1, Direction::AToB));
+        log.append(&key(&g1, Direction::AToB), &items(5..=6))
+            .await?;
+        log.append(&key(&g2, Direction::BToA), &items(6..=6))
+            .await?;
+        assert_eq!(
+            next_tailed(&mut events, TAIL_BLOCK).await,
+            Some(vec![(g2.clone(), Direction::BToA, vec![6])])
+        );
+        tails.start(&g1, Direction::AToB, 5);
+        assert_eq!(
+            next_tailed(&mut events, TAIL_BLOCK).await,
+            Some(vec![(g1.clone(), Direction::AToB, vec![6])])
+        );
+        assert!(
+            next_tailed(&mut events, Duration::from_millis(300))
+                .await
+                .is_none()
+        );
+        Ok(())
+    }
 }

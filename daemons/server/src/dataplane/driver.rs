@@ -77,8 +77,6 @@ struct Loaded {
     trimming: [bool; 2],
     /// The status last written to the cache and the gauges (`None`: never).
     published: Option<GroupStatus>,
-    /// Per direction: the cluster tail delivering what another instance appends.
-    tails: [Option<JoinHandle<()>>; 2],
     /// Per side: whether the last presence round saw it connected to another instance
     /// (`None`: no round yet).
     remote: [Option<bool>; 2],
@@ -173,6 +171,8 @@ pub(super) struct Driver {
     started: Instant,
     /// Several instances on one Redis: the link and a connection for presence rounds.
     cluster: Option<(ClusterLink, redis::aio::ConnectionManager)>,
+    /// The cluster tail (started with the first stream to tail).
+    tails: Option<cluster::Tails>,
     presence_in_flight: bool,
     /// Groups whose shared status (another instance's) the cache shows.
     shared_shown: HashSet<Uuid>,
@@ -229,6 +229,7 @@ impl Driver {
             events_rx: Some(events_rx),
             started: Instant::now(),
             cluster: None,
+            tails: None,
             presence_in_flight: false,
             shared_shown: HashSet::new(),
         }
@@ -326,10 +327,8 @@ impl Driver {
             }
             self.pump();
         }
+        self.tails = None;
         for loaded in self.groups.values() {
-            for tail in loaded.tails.iter().flatten() {
-                tail.abort();
-            }
             for slot in loaded.slots.iter().flatten() {
                 slot.outbox
                     .push(Out::Close("the server is shutting down".to_owned()));
@@ -479,7 +478,6 @@ impl Driver {
                             mode: GroupMode::Inactive,
                             trimming: [false, false],
                             published: None,
-                            tails: [None, None],
                             remote: [None, None],
                         },
                     );
@@ -813,16 +811,14 @@ impl Driver {
             Event::Activation { group, activated } => self.set_activation(group, activated),
             Event::GroupGone { group } => self.remove_group(group),
             Event::CursorsFlushed => self.flushing = false,
-            Event::Tailed {
-                group,
-                direction,
-                items,
-            } => {
-                if self.engine.has_group(&group) {
-                    if let Err(err) = self.engine.handle_tailed(&group, direction, items, now) {
-                        tracing::error!(%group, %err, "engine refused tailed items");
+            Event::Tailed { batches } => {
+                for (group, direction, items) in batches {
+                    if self.engine.has_group(&group) {
+                        if let Err(err) = self.engine.handle_tailed(&group, direction, items, now) {
+                            tracing::error!(%group, %err, "engine refused tailed items");
+                        }
+                        self.dirty.insert(group);
                     }
-                    self.dirty.insert(group);
                 }
             }
             Event::Presence { round } => {
@@ -842,24 +838,21 @@ impl Driver {
         let Some((link, _)) = &self.cluster else {
             return;
         };
-        let Some(loaded) = self.groups.get_mut(gid) else {
+        let Some(loaded) = self.groups.get(gid) else {
             return;
         };
+        let events = &self.events_tx;
+        let tails = self
+            .tails
+            .get_or_insert_with(|| cluster::Tails::spawn(link, events.clone()));
         for direction in Direction::BOTH {
             let want = loaded.slots[side_index(direction.consumer())].is_some()
                 && loaded.slots[side_index(direction.producer())].is_none();
-            let tail = &mut loaded.tails[dir_index(direction)];
-            if want && tail.is_none() {
+            if want && !tails.is_tailing(gid, direction) {
                 let after = self.engine.stream_position(gid, direction).unwrap_or(0);
-                *tail = Some(cluster::spawn_tail(
-                    link,
-                    gid.clone(),
-                    direction,
-                    after,
-                    self.events_tx.clone(),
-                ));
-            } else if !want && let Some(task) = tail.take() {
-                task.abort();
+                tails.start(gid, direction, after);
+            } else if !want {
+                tails.stop(gid, direction);
             }
         }
     }
@@ -1042,8 +1035,10 @@ impl Driver {
             return;
         };
         tracing::info!(%group, "relay group deleted; closing its connections");
-        for tail in loaded.tails.iter().flatten() {
-            tail.abort();
+        if let Some(tails) = &mut self.tails {
+            for direction in Direction::BOTH {
+                tails.stop(&gid, direction);
+            }
         }
         for (index, slot) in loaded.slots.iter().enumerate() {
             if let Some(slot) = slot {

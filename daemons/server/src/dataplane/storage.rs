@@ -53,11 +53,10 @@ pub(super) enum Event {
     GroupGone { group: Uuid },
     /// A background cursor flush finished.
     CursorsFlushed,
-    /// A cluster tail read items another instance appended (`super::cluster`).
+    /// The cluster tail read items another instance appended (`super::cluster`): per stream
+    /// that had new ones, its group, direction and items.
     Tailed {
-        group: GroupId,
-        direction: Direction,
-        items: Vec<Item>,
+        batches: Vec<(GroupId, Direction, Vec<Item>)>,
     },
     /// A cluster presence round finished (`None`: it failed).
     Presence {
