@@ -333,6 +333,7 @@ fn learn(
     let tap = taps.get(serial);
     if let Some(tap) = &tap {
         tap.attach(link.clone());
+        tap.count_drops_in(ctx.metrics.tap_dropped_counter(serial));
     }
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());
