@@ -13,7 +13,8 @@
 # Prints per target: frames/s delivered while sending (run_deliv) and over the whole run
 # including the drain (all_deliv), frames lost (must be 0), duplicates, frames still undelivered
 # when the drain timeout ended, added latency p50/p99 (send → receive through the relay, same
-# clock), then a summary table.
+# clock), the servers' CPU time (user + system, all instances, set-up included) per delivered
+# frame, then a summary table.
 #
 # The `cluster2` target runs the same load through two server instances on the same Redis and
 # data directory, every group's side A on instance 1 and side B on instance 2 (docs/cluster.md:
@@ -99,6 +100,12 @@ run_relay() {
   local line
   line=$(nice "$BIN/examples/bench_relay" relay --server "$base" "${extra[@]}" --token "$token" \
     --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label "$label")
+  local ticks=0 tck
+  tck=$(getconf CLK_TCK)
+  for p in "${pids[@]}"; do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  line="$line server_cpu_s=$(awk -v t="$ticks" -v h="$tck" 'BEGIN {printf "%.2f", t / h}')"
   echo "$line"
   RESULTS+=("$line")
   for p in "${pids[@]}"; do
@@ -153,10 +160,12 @@ RESULTS+=("$line")
 
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 echo
-printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s\n' target offered/s run_deliv/s all_deliv/s lost dup undelivered drain_s p50_ms p99_ms
+printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s %12s\n' target offered/s run_deliv/s all_deliv/s lost dup undelivered drain_s p50_ms p99_ms cpu_us/frame
 for r in "${RESULTS[@]}"; do
-  printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s\n' "$(field "$r" label)" "$(field "$r" offered_fps)" \
+  cpu=$(field "$r" server_cpu_s)
+  per_frame=$(awk -v c="${cpu:-0}" -v n="$(field "$r" delivered)" 'BEGIN {if (c > 0 && n > 0) printf "%.2f", c * 1e6 / n; else print "-"}')
+  printf '%-9s %10s %12s %12s %6s %5s %12s %8s %10s %10s %12s\n' "$(field "$r" label)" "$(field "$r" offered_fps)" \
     "$(field "$r" delivered_fps_during_run)" "$(field "$r" delivered_fps_overall)" "$(field "$r" lost)" \
     "$(field "$r" duplicated)" "$(field "$r" undelivered_at_end)" "$(field "$r" drain_s)" \
-    "$(field "$r" latency_ms_p50)" "$(field "$r" latency_ms_p99)"
+    "$(field "$r" latency_ms_p50)" "$(field "$r" latency_ms_p99)" "$per_frame"
 done

@@ -373,7 +373,62 @@ fn relay_json_golden() {
         r#"{"groupId":"g","direction":"rx","ts":1,"canId":1,"isExtended":false,"dlc":0,"dataHex":"","brs":true}"#,
         r#"{"groupId":"","direction":"rx","ts":1,"canId":1,"isExtended":false,"dlc":0,"dataHex":""}"#,
         r#"{"groupId":"g","direction":"rx","ts":1,"canId":1,"isExtended":false,"dlc":2,"dataHex":"0102","isRemote":true}"#,
+        r#"{"groupId":"g","direction":"rx","ts":1,"canId":1,"isExtended":false,"dlc":1,"dataHex":[1]}"#,
     ] {
         assert!(CanRelayFrame::decode(bad.as_bytes()).is_err(), "{bad}");
     }
+}
+
+/// In MessagePack the payload is the bytes themselves (`data`, a `bin`), never hex.
+#[test]
+fn relay_frame_payload_is_bin_in_msgpack() {
+    let r = CanRecord::new(
+        1_600_000_000_000_001_000,
+        Arc::from("can0"),
+        Direction::Rx,
+        obd_request(),
+    );
+    let frame = CanRelayFrame::from_record("g-42", &r);
+    assert_eq!(frame.data, [0x02, 0x10, 0x03, 0, 0, 0, 0, 0]);
+    let packed = rmp_serde::to_vec_named(&frame).unwrap();
+    // `data`, then bin8 of 8 bytes: the payload, not 16 hex digits.
+    let key = [0xA4, b'd', b'a', b't', b'a', 0xC4, 8];
+    let at = packed
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("a bin `data` field");
+    assert_eq!(&packed[at + key.len()..at + key.len() + 8], &frame.data[..]);
+    assert!(!packed.windows(7).any(|w| w == b"dataHex"));
+    let back: CanRelayFrame = rmp_serde::from_slice(&packed).unwrap();
+    assert_eq!(back, frame);
+    assert_eq!(back.to_record(&Arc::from("x")).unwrap(), r);
+    // A hex string where MessagePack wants bytes is refused, under either key.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct HexForm<'a> {
+        group_id: &'a str,
+        direction: &'a str,
+        ts: u64,
+        can_id: u32,
+        is_extended: bool,
+        dlc: u8,
+        data_hex: &'a str,
+    }
+    let hex_form = HexForm {
+        group_id: "g",
+        direction: "rx",
+        ts: 1,
+        can_id: 0x7E0,
+        is_extended: false,
+        dlc: 1,
+        data_hex: "02",
+    };
+    let packed = rmp_serde::to_vec_named(&hex_form).unwrap();
+    assert!(rmp_serde::from_slice::<CanRelayFrame>(&packed).is_err());
+    // Bytes that disagree with `dlc` decode but do not validate.
+    let mut short = frame.clone();
+    short.data.pop();
+    let packed = rmp_serde::to_vec_named(&short).unwrap();
+    let decoded: CanRelayFrame = rmp_serde::from_slice(&packed).unwrap();
+    assert!(decoded.validate().is_err());
 }

@@ -1,11 +1,13 @@
 //! Prometheus metrics of the metering role (labels `server_id`, `region`, `queue_name`).
 
+use std::hash::Hash;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::message::QueueKind;
 
@@ -47,6 +49,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
+/// Registers each `(name, help, family)` of `families` and creates the series of every one
+/// of `labels` in it.
+fn register_with_series<L, M, C, const N: usize>(
+    registry: &mut Registry,
+    labels: &[L],
+    families: [(&str, &str, &Family<L, M, C>); N],
+) where
+    L: Clone + Hash + Eq,
+    C: MetricConstructor<M>,
+    Family<L, M, C>: Metric + Clone,
+{
+    for (name, help, family) in families {
+        registry.register(name, help, family.clone());
+        for l in labels {
+            let _ = family.get_or_create(l);
+        }
+    }
+}
+
 /// All metering metrics and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -83,121 +104,126 @@ pub struct Metrics {
 impl Metrics {
     /// Register everything for `server_id` / `region`.
     pub fn new(server_id: &str, region: &str) -> Self {
-        let mut registry = Registry::default();
-        let processed = Family::default();
-        let dead_lettered = Family::default();
-        let cp_requests = Family::default();
-        let retries = Family::default();
-        let failed_deliveries = Family::default();
-        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let queue_depth = Family::default();
-        let processing_depth = Family::default();
-        let dlq_size = Family::default();
-        let redis_status = Family::default();
-        let breaker_state = Family::default();
-        let reaped = Family::default();
-        let cp_request_seconds: RequestHistogram = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "control_plane_request_seconds",
-            "Duration of control-plane HTTP requests, by endpoint and outcome",
-            cp_request_seconds.clone(),
-        );
-        registry.register(
-            "usage_records_processed",
-            "Items accepted by the control plane",
-            processed.clone(),
-        );
-        registry.register(
-            "metering_dead_lettered",
-            "Items moved to a dead-letter queue",
-            dead_lettered.clone(),
-        );
-        registry.register(
-            "control_plane_requests",
-            "Requests sent to the control plane",
-            cp_requests.clone(),
-        );
-        registry.register(
-            "control_plane_retries",
-            "Retries after retryable failures",
-            retries.clone(),
-        );
-        registry.register(
-            "failed_deliveries",
-            "Attempt cycles that ended unavailable",
-            failed_deliveries.clone(),
-        );
-        registry.register(
-            "delivery_latency_seconds",
-            "Time from take to acknowledgement",
-            latency.clone(),
-        );
-        registry.register(
-            "redis_queue_depth",
-            "Items waiting in the queue",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "metering_processing_depth",
-            "Items held by this instance",
-            processing_depth.clone(),
-        );
-        registry.register(
-            "metering_dlq_size",
-            "Items in the dead-letter queue",
-            dlq_size.clone(),
-        );
-        registry.register(
-            "redis_connection_status",
-            "1 if Redis answered the last command",
-            redis_status.clone(),
-        );
-        registry.register(
-            "circuit_breaker_state",
-            "0 closed, 1 half-open, 2 open",
-            breaker_state.clone(),
-        );
-        registry.register(
-            "metering_reaped",
-            "Items of dead instances returned to their queue",
-            reaped.clone(),
-        );
-        let m = Metrics {
-            registry,
+        let mut m = Metrics {
+            registry: Registry::default(),
             server: ServerLabels {
                 server_id: server_id.into(),
                 region: region.into(),
             },
-            processed,
-            dead_lettered,
-            cp_requests,
-            retries,
-            failed_deliveries,
-            latency,
-            queue_depth,
-            processing_depth,
-            dlq_size,
-            redis_status,
-            breaker_state,
-            reaped,
-            cp_request_seconds,
+            processed: Family::default(),
+            dead_lettered: Family::default(),
+            cp_requests: Family::default(),
+            retries: Family::default(),
+            failed_deliveries: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            processing_depth: Family::default(),
+            dlq_size: Family::default(),
+            redis_status: Family::default(),
+            breaker_state: Family::default(),
+            reaped: Family::default(),
+            cp_request_seconds: Family::new_with_constructor(latency_histogram),
         };
-        // Create every series up front so dashboards see zeros, not gaps.
-        for q in QueueKind::ALL {
-            let l = m.queue(q);
-            let _ = m.processed.get_or_create(&l);
-            let _ = m.dead_lettered.get_or_create(&l);
-            let _ = m.cp_requests.get_or_create(&l);
-            let _ = m.retries.get_or_create(&l);
-            let _ = m.failed_deliveries.get_or_create(&l);
-            let _ = m.latency.get_or_create(&l);
-            let _ = m.queue_depth.get_or_create(&l);
-            let _ = m.processing_depth.get_or_create(&l);
-            let _ = m.dlq_size.get_or_create(&l);
-        }
-        let _ = m.redis_status.get_or_create(&m.server);
-        let _ = m.breaker_state.get_or_create(&m.server);
-        let _ = m.reaped.get_or_create(&m.server);
+        // Every per-queue and per-agent series is created up front so that dashboards see
+        // zeros, not gaps; the request durations have a series per endpoint and outcome seen.
+        let queues = QueueKind::ALL.map(|q| m.queue(q));
+        let server = std::slice::from_ref(&m.server);
+        let r = &mut m.registry;
+        register_with_series(
+            r,
+            &[],
+            [(
+                "control_plane_request_seconds",
+                "Duration of control-plane HTTP requests, by endpoint and outcome",
+                &m.cp_request_seconds,
+            )],
+        );
+        register_with_series(
+            r,
+            &queues,
+            [
+                (
+                    "usage_records_processed",
+                    "Items accepted by the control plane",
+                    &m.processed,
+                ),
+                (
+                    "metering_dead_lettered",
+                    "Items moved to a dead-letter queue",
+                    &m.dead_lettered,
+                ),
+                (
+                    "control_plane_requests",
+                    "Requests sent to the control plane",
+                    &m.cp_requests,
+                ),
+                (
+                    "control_plane_retries",
+                    "Retries after retryable failures",
+                    &m.retries,
+                ),
+                (
+                    "failed_deliveries",
+                    "Attempt cycles that ended unavailable",
+                    &m.failed_deliveries,
+                ),
+            ],
+        );
+        register_with_series(
+            r,
+            &queues,
+            [(
+                "delivery_latency_seconds",
+                "Time from take to acknowledgement",
+                &m.latency,
+            )],
+        );
+        register_with_series(
+            r,
+            &queues,
+            [
+                (
+                    "redis_queue_depth",
+                    "Items waiting in the queue",
+                    &m.queue_depth,
+                ),
+                (
+                    "metering_processing_depth",
+                    "Items held by this instance",
+                    &m.processing_depth,
+                ),
+                (
+                    "metering_dlq_size",
+                    "Items in the dead-letter queue",
+                    &m.dlq_size,
+                ),
+            ],
+        );
+        register_with_series(
+            r,
+            server,
+            [
+                (
+                    "redis_connection_status",
+                    "1 if Redis answered the last command",
+                    &m.redis_status,
+                ),
+                (
+                    "circuit_breaker_state",
+                    "0 closed, 1 half-open, 2 open",
+                    &m.breaker_state,
+                ),
+            ],
+        );
+        register_with_series(
+            r,
+            server,
+            [(
+                "metering_reaped",
+                "Items of dead instances returned to their queue",
+                &m.reaped,
+            )],
+        );
         m
     }
 

@@ -33,7 +33,7 @@ fn batch() -> Message {
             can_id: 0x7e8,
             is_extended: false,
             dlc: 8,
-            data_hex: "0210030000000000".to_owned(),
+            data: vec![0x02, 0x10, 0x03, 0, 0, 0, 0, 0],
             channel: None,
             is_fd: false,
             brs: false,

@@ -316,7 +316,7 @@ fn batches_convert_to_stream_items_and_back() {
 fn deliveries_are_spliced_from_stored_frames_byte_for_byte() {
     use relay_core::protocol::{DeliveryMessage, encode_delivery, encode_stored_frame};
     let mut second = frame();
-    second.data_hex = "0102".to_owned();
+    second.data = vec![0x01, 0x02];
     second.dlc = 2;
     let batch = FrameBatch {
         first_seq: 300,

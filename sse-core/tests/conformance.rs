@@ -52,6 +52,16 @@ async fn publish_n(b: &dyn EventBackend, key: &str, n: usize, tag: &str) -> Vec<
     ids
 }
 
+/// Bounds stream `key` to `max_events` events of at most `max_age_ms`.
+fn bound(b: &dyn EventBackend, key: &str, max_events: usize, max_age_ms: u64) {
+    let bounds = StreamBounds {
+        max_events,
+        max_age_ms,
+    };
+    b.configure_stream(key, StreamConfig { bounds })
+        .expect("configure");
+}
+
 /// Publish a marker and read until it: returns what came before it. Used to prove that nothing
 /// else was queued without waiting for a timeout.
 async fn drain_until_marker(
@@ -196,16 +206,7 @@ mod cases {
         _c: &ManualClock,
     ) {
         let key = KEY;
-        b.configure_stream(
-            key,
-            StreamConfig {
-                bounds: StreamBounds {
-                    max_events: 3,
-                    max_age_ms: 60_000,
-                },
-            },
-        )
-        .expect("configure");
+        bound(b, key, 3, 60_000);
         let ids = publish_n(b, key, 8, "e").await;
         let mut sub = b
             .subscribe(key, Some(&ids[0].to_string()))
@@ -246,16 +247,7 @@ mod cases {
         _c: &ManualClock,
     ) {
         let key = KEY;
-        b.configure_stream(
-            key,
-            StreamConfig {
-                bounds: StreamBounds {
-                    max_events: 5,
-                    max_age_ms: 60_000,
-                },
-            },
-        )
-        .expect("configure");
+        bound(b, key, 5, 60_000);
         let mut sub = b.subscribe(key, None).await.expect("subscribe");
         let ids = publish_n(b, key, 20, "e").await;
         let reset = next_reset(&mut sub).await;
@@ -364,16 +356,7 @@ mod cases {
             (Some(first[1]), 2, 2)
         );
         assert!(at.complete());
-        b.configure_stream(
-            key,
-            StreamConfig {
-                bounds: StreamBounds {
-                    max_events: 2,
-                    max_age_ms: 1_000,
-                },
-            },
-        )
-        .expect("configure");
+        bound(b, key, 2, 1_000);
         let more = publish_n(b, key, 2, "f").await;
         let trimmed = b.position(key).await.expect("position");
         assert_eq!(
@@ -396,16 +379,7 @@ mod cases {
         c: &ManualClock,
     ) {
         let key = KEY;
-        b.configure_stream(
-            key,
-            StreamConfig {
-                bounds: StreamBounds {
-                    max_events: 100,
-                    max_age_ms: 1_000,
-                },
-            },
-        )
-        .expect("configure");
+        bound(b, key, 100, 1_000);
         let old = publish_n(b, key, 3, "old").await;
         c.advance(600);
         let young = publish_n(b, key, 2, "young").await;

@@ -9,6 +9,7 @@
 //!   foreground ([`sse::Events`]) or in the background ([`sse::SseReader`]);
 //! - [`metrics`]: reading Prometheus / OpenMetrics text;
 //! - [`redis`]: `REDIS_URL`, and key namespaces deleted when dropped;
+//! - [`postgres`]: a database of a test's own, dropped when dropped;
 //! - [`dir`]: a scratch directory whose process logs are printed when a test fails.
 //!
 //! It is `publish = false` and only ever a dev-dependency. It knows nothing of the crates under
@@ -18,6 +19,7 @@ pub mod dir;
 pub mod metrics;
 pub mod poll;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod rest;

@@ -34,6 +34,7 @@ use support::{
     Api, ServerOptions, ServerProc, TestResult, Workspace, eventually, redis_url, require_redis,
     signal, text,
 };
+use tether_testkit::postgres::TestDatabase;
 use tether_testkit::redis::OwnRedis;
 use uuid::Uuid;
 
@@ -44,47 +45,12 @@ const SCENARIO: Duration = Duration::from_secs(90);
 const BATCH: u64 = 50;
 const WINDOW: u64 = 1000;
 
-/// PostgreSQL of these machines (trust auth): its maintenance database.
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// A fresh PostgreSQL database for the records, dropped at the end.
-struct FreshDatabase {
-    name: String,
-    url: String,
-}
-
-impl FreshDatabase {
-    fn create() -> TestResult<FreshDatabase> {
-        let name = format!("tether_cluster_{}", uuid::Uuid::new_v4().simple());
-        psql(&format!("CREATE DATABASE {name}"))?;
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        Ok(FreshDatabase { name, url })
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        let _ = psql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn psql(sql: &str) -> TestResult {
-    let out = Command::new("psql").args([PG_ADMIN, "-qc", sql]).output()?;
-    if !out.status.success() {
-        return Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
 /// Redis (required), a workspace, a fresh PostgreSQL database and `n` instances on them.
-async fn postgres_cluster(n: usize) -> TestResult<(Workspace, FreshDatabase, Vec<ServerProc>)> {
+async fn postgres_cluster(n: usize) -> TestResult<(Workspace, TestDatabase, Vec<ServerProc>)> {
     let redis = redis_url();
     require_redis(&redis).await?;
     let ws = Workspace::new()?;
-    let db = FreshDatabase::create()?;
+    let db = TestDatabase::create().ok_or("PostgreSQL is unreachable")?;
     let servers = cluster(&ws, n, &redis, Some(&db)).await?;
     Ok((ws, db, servers))
 }
@@ -95,7 +61,7 @@ async fn cluster(
     ws: &Workspace,
     n: usize,
     redis: &str,
-    db: Option<&FreshDatabase>,
+    db: Option<&TestDatabase>,
 ) -> TestResult<Vec<ServerProc>> {
     let data = ws.path("records");
     let mut servers = Vec::new();
@@ -122,7 +88,7 @@ struct Setup {
     dongle_a: String,
 }
 
-async fn setup(server: &ServerProc, user: &str, db: Option<&FreshDatabase>) -> TestResult<Setup> {
+async fn setup(server: &ServerProc, user: &str, db: Option<&TestDatabase>) -> TestResult<Setup> {
     let api = server.api();
     let user_token = match db {
         None => server.user_token(user)?,

@@ -463,19 +463,10 @@ ecus:
     response_pending_ms: 1500
 "#;
 
+    /// The ECUs of [`PROFILE`], as a vehicle's `ecus` list names them.
     fn vehicle() -> Vec<EcuAddress> {
-        vec![
-            EcuAddress {
-                name: "engine".into(),
-                request_id: 0x7E0,
-                response_id: 0x7E8,
-            },
-            EcuAddress {
-                name: "abs".into(),
-                request_id: 0x7E1,
-                response_id: 0x7E9,
-            },
-        ]
+        let profile: EcuProfile = serde_norway::from_str(PROFILE).unwrap();
+        profile.addresses()
     }
 
     fn timing() -> UdsTiming {

@@ -14,6 +14,7 @@
 //! | `isExtended` | bool | 29-bit identifier (always `false` for error frames) |
 //! | `dlc` | integer | data length in **bytes** (0–8 classic, FD lengths up to 64); for remote frames the requested length |
 //! | `dataHex` | string | the payload, hex (upper case written, either case read), empty for remote frames; exactly `2 × dlc` digits otherwise |
+//! | `data` | bytes (MessagePack only) | the payload in a binary encoding, in place of `dataHex`: exactly `dlc` bytes, none for remote frames |
 //! | `channel` | string, optional | interface name on the dongle (omitted when unknown) |
 //! | `isFd`, `brs`, `esi` | bool, optional (default `false`) | CAN FD frame and its flags; `brs`/`esi` only with `isFd` |
 //! | `isRemote`, `isError` | bool, optional (default `false`) | remote (RTR) frame; error frame |
@@ -22,8 +23,15 @@
 //! Decoding is strict: unknown fields, wrong types, a length that disagrees with `dataHex`,
 //! impossible flag combinations and out-of-range identifiers are all refused with
 //! [`Error::Malformed`].
+//!
+//! **Payload bytes stay bytes.** In memory the payload is [`CanRelayFrame::data`], bytes. Hex is
+//! only for people: a human-readable serializer (JSON, Python dicts) writes and reads it as the
+//! `dataHex` string; a binary one (MessagePack, `rmp-serde`, and so the stored form of a relayed
+//! frame) as the field `data`, a MessagePack `bin`. Each encoding takes only its own form of the
+//! value (a hex string in MessagePack or a byte array in JSON is refused).
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::Error;
 use crate::error_frame::ErrorFrame;
@@ -35,8 +43,10 @@ const PROTOCOL: &str = "CanRelayFrame JSON";
 /// Longest accepted `groupId`, in bytes.
 pub const MAX_GROUP_ID_LEN: usize = 128;
 
-/// One frame as a JSON object on the data plane. Field meanings are in the module docs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One frame as a JSON object on the data plane. Field meanings are in the module docs; the
+/// serialized form is written by hand ([`Serialize`] below) because the payload's field name
+/// depends on the encoding (`dataHex` for people, `data` in binary encodings).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CanRelayFrame {
     /// The relay group.
@@ -51,33 +61,130 @@ pub struct CanRelayFrame {
     pub is_extended: bool,
     /// Data length in bytes (requested length for remote frames).
     pub dlc: u8,
-    /// Payload as hex.
-    pub data_hex: String,
+    /// Payload bytes (`dataHex` in JSON, `data` in MessagePack).
+    #[serde(
+        rename = "dataHex",
+        alias = "data",
+        deserialize_with = "payload::deserialize"
+    )]
+    pub data: Vec<u8>,
     /// Interface name on the dongle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub channel: Option<String>,
     /// CAN FD frame.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub is_fd: bool,
     /// CAN FD bit rate switch.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub brs: bool,
     /// CAN FD error state indicator.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub esi: bool,
     /// Remote (RTR) frame.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub is_remote: bool,
     /// Error frame.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub is_error: bool,
     /// Raw DLC 9–15 of an 8-byte classic frame.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub raw_dlc: Option<u8>,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
+impl Serialize for CanRelayFrame {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let human = serializer.is_human_readable();
+        let optional = [
+            self.channel.is_some(),
+            self.is_fd,
+            self.brs,
+            self.esi,
+            self.is_remote,
+            self.is_error,
+            self.raw_dlc.is_some(),
+        ];
+        let fields = 7 + optional.iter().filter(|present| **present).count();
+        // The map's length goes first in MessagePack: skipped fields are not counted.
+        let mut s = serializer.serialize_struct("CanRelayFrame", fields)?;
+        s.serialize_field("groupId", &self.group_id)?;
+        s.serialize_field("direction", &self.direction)?;
+        s.serialize_field("ts", &self.ts)?;
+        s.serialize_field("canId", &self.can_id)?;
+        s.serialize_field("isExtended", &self.is_extended)?;
+        s.serialize_field("dlc", &self.dlc)?;
+        if human {
+            s.serialize_field("dataHex", &hex::encode_upper(&self.data))?;
+        } else {
+            s.serialize_field("data", serde_bytes::Bytes::new(&self.data))?;
+        }
+        if let Some(channel) = &self.channel {
+            s.serialize_field("channel", channel)?;
+        }
+        for (name, flag) in [
+            ("isFd", self.is_fd),
+            ("brs", self.brs),
+            ("esi", self.esi),
+            ("isRemote", self.is_remote),
+            ("isError", self.is_error),
+        ] {
+            if flag {
+                s.serialize_field(name, &true)?;
+            }
+        }
+        if let Some(raw) = self.raw_dlc {
+            s.serialize_field("rawDlc", &raw)?;
+        }
+        s.end()
+    }
+}
+
+/// The payload's value: a hex string from a human-readable deserializer, bytes from a binary
+/// one; anything else is refused.
+mod payload {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+
+    struct Hex;
+
+    impl Visitor<'_> for Hex {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the payload as a hex string")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            hex::decode(v).map_err(|e| E::custom(format!("dataHex: {e}")))
+        }
+    }
+
+    struct Bytes;
+
+    impl Visitor<'_> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the payload as bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_str(Hex)
+        } else {
+            d.deserialize_bytes(Bytes)
+        }
+    }
 }
 
 /// The `direction` field.
@@ -138,7 +245,7 @@ impl CanRelayFrame {
             can_id,
             is_extended,
             dlc: f.len() as u8,
-            data_hex: hex::encode_upper(f.data()),
+            data: f.data().to_vec(),
             channel: (!record.channel.is_empty()).then(|| record.channel.to_string()),
             is_fd: f.is_fd(),
             brs,
@@ -175,35 +282,35 @@ impl CanRelayFrame {
             ));
         }
         if self.is_remote {
-            if !self.data_hex.is_empty() {
+            if !self.data.is_empty() {
                 return Err(malformed("remote frames carry no dataHex"));
             }
             let id = CanId::new(self.can_id, self.is_extended)?;
             return Ok(CanFrame::Remote(RemoteFrame::new(id, self.dlc as usize)?));
         }
-        if self.data_hex.len() != 2 * self.dlc as usize {
+        if self.data.len() != self.dlc as usize {
             return Err(malformed(format!(
-                "dlc {} but dataHex has {} hex digits",
+                "dlc {} but the payload (dataHex) has {} bytes",
                 self.dlc,
-                self.data_hex.len()
+                self.data.len()
             )));
         }
-        let data = hex::decode(&self.data_hex).map_err(|e| malformed(format!("dataHex: {e}")))?;
+        let data = self.data.as_slice();
         if self.is_error {
-            return Ok(CanFrame::Error(ErrorFrame::new(self.can_id, &data)?));
+            return Ok(CanFrame::Error(ErrorFrame::new(self.can_id, data)?));
         }
         let id = CanId::new(self.can_id, self.is_extended)?;
         if self.is_fd {
             return Ok(CanFrame::Fd(FdFrame::new(
                 id,
-                &data,
+                data,
                 FdFlags {
                     brs: self.brs,
                     esi: self.esi,
                 },
             )?));
         }
-        let frame = DataFrame::new(id, &data)?;
+        let frame = DataFrame::new(id, data)?;
         Ok(CanFrame::Data(match self.raw_dlc {
             Some(raw) => frame.with_raw_dlc(raw)?,
             None => frame,

@@ -129,6 +129,15 @@ impl AgentConfig {
         };
         let role = DiagnosticsRole::resolve(d, self.server_url.as_ref(), self.token.as_deref())?;
         role.check_shared(self.dongle.as_ref())?;
+        if let Some(d) = &self.dongle
+            && d.protocol != crate::dongle::config::DongleProtocol::Remp
+            && role.shared_dongles().next().is_some()
+        {
+            bail!(
+                "diagnostics.buses: a bus given as `dongle: SERIAL` shares a REMP dongle's link, and dongle.protocol is {} (give the bus its own `bus:` address, e.g. socketcan://can0)",
+                d.protocol.as_str()
+            );
+        }
         Ok(Some(role))
     }
 
@@ -783,9 +792,15 @@ monitoring:    {heartbeat_interval: 60, metrics_port: 9090, health_check_port: 8
         let text = format!("{base}    D-1: {one}\n    D-2: [{two}, {one}]\n");
         let cfg = parse_named(&text, "agent.yaml", &|_| None, &[]).expect("parses");
         let role = cfg.dongle_role().expect("valid").expect("dongle role");
-        assert!(role.require_auth);
-        assert_eq!(role.keys["D-1"].len(), 1);
-        assert_eq!(role.keys["D-2"].len(), 2);
+        let crate::dongle::config::DongleEdge::Remp {
+            keys, require_auth, ..
+        } = &role.edge
+        else {
+            panic!("a REMP edge: {:?}", role.edge);
+        };
+        assert!(require_auth);
+        assert_eq!(keys["D-1"].len(), 1);
+        assert_eq!(keys["D-2"].len(), 2);
         for bad in ["00ff", "zz", "[]"] {
             let text = format!("{base}    D-1: {bad}\n");
             let err = parse_named(&text, "agent.yaml", &|_| None, &[]).expect_err(bad);

@@ -153,19 +153,13 @@ fn free_udp_port() -> SocketAddr {
     s.local_addr().unwrap()
 }
 
+/// The ECUs of [`PROFILE`], as a vehicle's `ecus` list names them.
 fn ecus() -> Vec<EcuAddress> {
-    vec![
-        EcuAddress {
-            name: "engine".into(),
-            request_id: 0x7E0,
-            response_id: 0x7E8,
-        },
-        EcuAddress {
-            name: "abs".into(),
-            request_id: 0x7E1,
-            response_id: 0x7E9,
-        },
-    ]
+    profile().addresses()
+}
+
+fn profile() -> EcuProfile {
+    serde_norway::from_str(PROFILE).unwrap()
 }
 
 fn command(dongle: Uuid, name: &str, params: Value) -> CommandRequest {
@@ -274,7 +268,7 @@ async fn the_role_runs_commands_on_a_remp_bus_and_reconnects() {
     assert_eq!(conn.host, server.to_string());
 
     // The ECUs, as a REMP dongle sending to the agent's bus address.
-    let profile: EcuProfile = serde_norway::from_str(PROFILE).unwrap();
+    let profile = profile();
     let ecu_bus = RempUdp::dongle(bus_addr, "ECU-SIM").await.unwrap();
     let (ecu_stop_tx, ecu_stop_rx) = oneshot::channel::<()>();
     let ecus_task = tokio::spawn(async move {

@@ -2,7 +2,7 @@
 //! it with the top-level settings the role needs, `AgentConfig::dongle_role` resolves it.
 
 use tether_agent::config::parse;
-use tether_agent::dongle::config::DongleProtocol;
+use tether_agent::dongle::config::{DongleEdge, DongleProtocol};
 
 const MIN: &str = "server_url: http://127.0.0.1:8080/\ntoken: ${TOK}\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:20100\n";
 
@@ -21,7 +21,7 @@ fn minimal_dongle_config() {
         "ws://127.0.0.1:8080/ws/data"
     );
     assert_eq!(role.servers.first().base, "http://127.0.0.1:8080");
-    assert_eq!(role.protocol, DongleProtocol::Remp);
+    assert_eq!(role.protocol(), DongleProtocol::Remp);
     assert!(cfg.metering.is_none());
 }
 
@@ -115,4 +115,141 @@ fn bad_dongle_configs_are_refused() {
     }
     let err = parse(MIN, &|_| None, &[]).expect_err("unset");
     assert!(format!("{err:#}").contains("TOK is not set"), "{err:#}");
+}
+
+/// `MIN` with `lines` in its `dongle:` section, resolved.
+fn edge(lines: &str) -> anyhow::Result<DongleEdge> {
+    Ok(parse(&format!("{MIN}{lines}"), &env, &[])?
+        .dongle_role()?
+        .ok_or_else(|| anyhow::anyhow!("no dongle section"))?
+        .edge)
+}
+
+#[test]
+fn socketcan_names_an_interface_and_the_one_dongle_serial() {
+    for listen in ["can0", "socketcan://can0", "'socketcan://can0/'"] {
+        let lines = format!("  protocol: socketcan\n  serial: VEH-42\n");
+        let text = MIN.replace("127.0.0.1:20100", listen) + &lines;
+        let role = parse(&text, &env, &[])
+            .expect("parses")
+            .dongle_role()
+            .expect("valid")
+            .expect("dongle section");
+        assert_eq!(role.protocol(), DongleProtocol::Socketcan);
+        match role.edge {
+            DongleEdge::SocketCan { interface, serial } => {
+                assert_eq!((interface.as_str(), serial.as_str()), ("can0", "VEH-42"));
+            }
+            other => panic!("{listen}: {other:?}"),
+        }
+    }
+    for (listen, why) in [
+        ("much-too-long-name0", "socketcan://IFACE expected"),
+        ("'can 0'", "socketcan://IFACE expected"),
+        ("cannelloni://127.0.0.1:20000", "must name a CAN interface"),
+    ] {
+        let text = MIN.replace("127.0.0.1:20100", listen) + "  protocol: socketcan\n  serial: V\n";
+        let err = parse(&text, &env, &[]).expect_err(listen);
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("dongle.listen") && text.contains(why),
+            "{listen}: {text}"
+        );
+    }
+}
+
+#[test]
+fn cannelloni_listens_on_udp_and_answers_the_peer() {
+    match edge("  protocol: cannelloni\n  serial: VEH-43\n").expect("valid") {
+        DongleEdge::Cannelloni {
+            listen,
+            peer,
+            serial,
+        } => {
+            assert_eq!(listen.to_string(), "127.0.0.1:20100");
+            assert_eq!(peer, None);
+            assert_eq!(serial, "VEH-43");
+        }
+        other => panic!("{other:?}"),
+    }
+    match edge("  protocol: cannelloni\n  serial: VEH-43\n  peer: 192.0.2.10:20000\n") {
+        Ok(DongleEdge::Cannelloni { peer, .. }) => {
+            assert_eq!(
+                peer.map(|p| p.to_string()).as_deref(),
+                Some("192.0.2.10:20000")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_protocol_refuses_the_settings_of_the_others() {
+    let key = "ab".repeat(16);
+    for (lines, why) in [
+        (
+            "  protocol: cannelloni\n",
+            "dongle.serial is required by protocol cannelloni",
+        ),
+        (
+            "  protocol: socketcan\n",
+            "dongle.serial is required by protocol socketcan",
+        ),
+        (
+            "  protocol: cannelloni\n  serial: 'two words'\n",
+            "printable ASCII without spaces",
+        ),
+        ("  serial: VEH-1\n", "REMP dongles name themselves"),
+        (
+            "  peer: 127.0.0.1:1\n",
+            "dongle.peer is a setting of protocol cannelloni, not remp",
+        ),
+        (
+            "  protocol: socketcan\n  serial: V\n  peer: 127.0.0.1:1\n",
+            "not socketcan",
+        ),
+        (
+            "  protocol: cannelloni\n  serial: V\n  require_auth: true\n",
+            "protocol cannelloni has no authentication",
+        ),
+        (
+            &format!("  protocol: socketcan\n  serial: V\n  keys:\n    V: {key}\n"),
+            "protocol socketcan has no authentication",
+        ),
+        (
+            "  protocol: cannelloni\n  serial: V\n  peer: somewhere\n",
+            "dongle.peer must be an IP:PORT address",
+        ),
+    ] {
+        let err = edge(lines).expect_err(why);
+        assert!(format!("{err:#}").contains(why), "{lines}: {err:#}");
+    }
+    let socketcan_listen = MIN.replace("127.0.0.1:20100", "can0");
+    let err = parse(&socketcan_listen, &env, &[]).expect_err("remp needs IP:PORT");
+    assert!(
+        format!("{err:#}").contains("dongle.listen must be an IP:PORT address (protocol remp)"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn a_shared_diagnostics_bus_needs_a_remp_dongle_role() {
+    let text = format!(
+        "{MIN}  protocol: cannelloni\n  serial: VEH-1\ndiagnostics:\n  buses:\n    - dongle: VEH-1\n"
+    );
+    let err = parse(&text, &env, &[]).expect_err("shared bus on cannelloni");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("`dongle: SERIAL`") && text.contains("dongle.protocol is cannelloni"),
+        "{text}"
+    );
+    assert!(
+        parse(
+            &format!("{MIN}diagnostics:\n  buses:\n    - dongle: VEH-1\n"),
+            &env,
+            &[]
+        )
+        .is_ok(),
+        "the same bus on a REMP dongle role"
+    );
 }

@@ -93,3 +93,27 @@ async fn run_starts_the_configured_roles_and_stops_them() -> anyhow::Result<()> 
     assert!(dir.path().join(tether_agent::dongle::STATE_FILE).exists());
     Ok(())
 }
+
+/// `protocol: socketcan` on an interface that is not there (and, on the machines this is
+/// built on, a kernel without `AF_CAN`): the start fails naming the protocol, the address and
+/// the interface, before anything is served.
+#[tokio::test]
+async fn a_socketcan_role_without_its_interface_fails_to_start_clearly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let yaml = "server_url: http://127.0.0.1:9\ntoken: ta_test\ndata_dir: ${STATE}\n\
+                dongle:\n  protocol: socketcan\n  listen: tether-nocan0\n  serial: VEH-1\n";
+    let state = dir.path().display().to_string();
+    let env = move |name: &str| (name == "STATE").then(|| state.clone());
+    let config = parse(yaml, &env, &[])?;
+    let err = tokio::time::timeout(Duration::from_secs(20), tether_agent::run(config, async {}))
+        .await?
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a role on a missing interface started"))?;
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("opening socketcan://tether-nocan0 (dongle.protocol socketcan)")
+            && text.contains("cannot open CAN interface \"tether-nocan0\""),
+        "{text}"
+    );
+    Ok(())
+}

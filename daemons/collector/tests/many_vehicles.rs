@@ -58,15 +58,17 @@ async fn two_hundred_vehicles_upload_to_one_remote() {
         }
     }
     let client = reqwest::Client::new();
-    let list: serde_json::Value = client
-        .get(format!("http://{addr}/api/v1/telemetry/vehicles"))
-        .bearer_auth("reader")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // `GET path` of the reader API as JSON.
+    let get = |path: String| {
+        let request = client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth("reader");
+        async move {
+            let response = request.send().await.unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let list = get("/api/v1/telemetry/vehicles".to_owned()).await;
     let list = list["vehicles"].as_array().unwrap();
     assert_eq!(list.len(), VEHICLES);
     for entry in list {
@@ -75,17 +77,10 @@ async fn two_hundred_vehicles_upload_to_one_remote() {
     }
     // Each vehicle's records are its own: the payload names the vehicle whose key sent it.
     for i in [0usize, 77, 199] {
-        let page: serde_json::Value = client
-            .get(format!(
-                "http://{addr}/api/v1/telemetry/vehicles/car-{i:03}/records?limit=1000"
-            ))
-            .bearer_auth("reader")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get(format!(
+            "/api/v1/telemetry/vehicles/car-{i:03}/records?limit=1000"
+        ))
+        .await;
         let items = page["items"].as_array().unwrap();
         assert_eq!(items.len() as u64, RECORDS);
         for (n, item) in items.iter().enumerate() {

@@ -32,7 +32,11 @@ use can_io::transport::CanBus;
 use can_io::transport::udp::RempUdp;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::ErrorLog;
 
 #[derive(Debug, Parser)]
 #[command(about = "Dongle → agent → server → agent → dongle load driver")]
@@ -55,21 +59,11 @@ struct Cli {
     /// Frames per second each dongle sends; 0 = as fast as it can.
     #[arg(long, default_value_t = 4500)]
     rate: u64,
-    /// Seconds of sending.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Batching interval of the dongles, ms.
-    #[arg(long, default_value_t = 5)]
-    batch_ms: u64,
-    /// Seconds to wait for frames in flight after the sending stops.
-    #[arg(long, default_value_t = 30)]
-    drain_seconds: u64,
     /// `dongle.outbox_max_frames` of both agents (their default when not given).
     #[arg(long)]
     outbox_max_frames: Option<u64>,
-    /// Label printed with the results.
-    #[arg(long, default_value = "")]
-    label: String,
+    #[command(flatten)]
+    pace: support::Pace,
 }
 
 /// Counters shared by every dongle.
@@ -86,17 +80,7 @@ struct Totals {
     /// dongles (`frames_delivered`), dropped (any reason). Their differences show where a
     /// backlog sits: in front of the agents, in the server, or behind it.
     stages: Mutex<Vec<[u64; 4]>>,
-    errors: Mutex<Vec<String>>,
-}
-
-impl Totals {
-    fn error(&self, text: String) {
-        if let Ok(mut e) = self.errors.lock()
-            && e.len() < 20
-        {
-            e.push(text);
-        }
-    }
+    errors: ErrorLog,
 }
 
 fn free_udp() -> anyhow::Result<SocketAddr> {
@@ -105,19 +89,6 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
 
 fn free_tcp() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-async fn post(server: &str, path: &str, bearer: &str, body: Value) -> anyhow::Result<Value> {
-    let response = reqwest::Client::new()
-        .post(format!("{server}{path}"))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
-    Ok(body)
 }
 
 /// The agent's `/metrics` as (name{labels}, value) pairs summed by `name{reason}` for drops.
@@ -227,12 +198,12 @@ async fn dongle(
                 };
                 while u64::from(n) < due {
                     let us = start.elapsed().as_micros() as u32;
-                    let r = match record(pair, n, us) { Ok(r) => r, Err(e) => { totals.error(e.to_string()); return; } };
-                    if let Err(e) = bus.send(&r).await { totals.error(format!("send: {e}")); break; }
+                    let r = match record(pair, n, us) { Ok(r) => r, Err(e) => { totals.errors.push(e.to_string()); return; } };
+                    if let Err(e) = bus.send(&r).await { totals.errors.push(format!("send: {e}")); break; }
                     n += 1;
                     totals.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Err(e) = bus.flush().await { totals.error(format!("flush: {e}")); }
+                if let Err(e) = bus.flush().await { totals.errors.push(format!("flush: {e}")); }
             }
             r = bus.recv() => match r {
                 Ok(Some(rec)) => {
@@ -258,7 +229,7 @@ async fn dongle(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => { totals.error(format!("recv: {e}")); break; }
+                Err(e) => { totals.errors.push(format!("recv: {e}")); break; }
             },
         }
     }
@@ -267,46 +238,16 @@ async fn dongle(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = cli.server.trim_end_matches('/').to_owned();
     let runid = std::process::id();
-    let mut tokens = Vec::new();
-    for side in ["a", "b"] {
-        let body = post(
-            &server,
-            "/api/v1/agents",
-            &cli.token,
-            json!({"name": format!("agentbench-{runid}-{side}")}),
-        )
-        .await?;
-        tokens.push(body["token"].as_str().context("agent token")?.to_owned());
-    }
     let serial = |i: usize, side: &str| format!("AB{runid}-{i}-{side}");
-    for i in 0..cli.dongles {
-        let mut ids = Vec::new();
-        for (side, token) in ["A", "B"].iter().zip(&tokens) {
-            let body = post(
-                &server,
-                "/api/v1/agent/dongles",
-                token,
-                json!({"serial": serial(i, side)}),
-            )
-            .await?;
-            ids.push(body["id"].as_str().context("dongle id")?.to_owned());
-        }
-        let body = post(
-            &server,
-            "/api/v1/groups",
-            &cli.token,
-            json!({"name": format!("agentbench {i}"), "dongle_a": ids[0], "dongle_b": ids[1]}),
-        )
-        .await?;
-        let id = body["id"].as_str().context("group id")?.to_owned();
-        post(
-            &server,
-            &format!("/api/v1/groups/{id}/activate"),
-            &cli.token,
-            json!({}),
-        )
-        .await?;
-    }
+    let groups = support::setup_groups(
+        &server,
+        &cli.token,
+        cli.dongles,
+        &format!("agentbench-{runid}"),
+        &serial,
+    )
+    .await?;
+    let tokens = groups.agent_tokens;
     let mut agents = vec![
         start_agent(&cli, &server, "agent-a", &tokens[0])?,
         start_agent(&cli, &server, "agent-b", &tokens[1])?,
@@ -337,7 +278,7 @@ async fn measure(
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         per_second: Mutex::new(Vec::new()),
         stages: Mutex::new(Vec::new()),
-        errors: Mutex::new(Vec::new()),
+        errors: ErrorLog::default(),
     });
     // Agents listening?
     for a in agents.iter() {
@@ -366,7 +307,7 @@ async fn measure(
                 bus,
                 u32::try_from(i)?,
                 cli.rate,
-                cli.batch_ms,
+                cli.pace.batch_ms,
                 start,
                 Arc::clone(&go),
                 Arc::clone(&totals),
@@ -401,7 +342,7 @@ async fn measure(
         agents.iter().map(|a| a.metrics).collect(),
         Arc::clone(&totals),
     ));
-    tokio::time::sleep(Duration::from_secs(cli.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(cli.pace.seconds)).await;
     totals.stop.store(true, Ordering::Relaxed);
     let received_at_stop = totals.received.load(Ordering::Relaxed);
     // Let a batch that was being sent at the stop finish before counting.
@@ -441,7 +382,7 @@ async fn measure(
         }
         if received + counted >= sent_total
             || last_progress.1.elapsed() >= Duration::from_secs(3)
-            || stopped.elapsed().as_secs() >= cli.drain_seconds
+            || stopped.elapsed().as_secs() >= cli.pace.drain_seconds
         {
             break;
         }
@@ -491,13 +432,13 @@ async fn measure(
                 .join(",")
         })
         .unwrap_or_default();
-    let run_s = cli.seconds as f64;
+    let run_s = cli.pace.seconds as f64;
     println!(
         "target=agents label={} dongles_per_agent={} rate_per_dongle={} seconds={} sent={sent_total} offered_fps={:.0} delivered={received} delivered_fps_during_run={:.0} dropped_outbox_full={} dropped_queue_full={} dropped_other={} not_delivered_not_dropped={uncounted} duplicated={} drain_s={drain_s:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} agent_rss_mib_now/peak={} deliv_per_s={per_second} agents_in_per_s={} agents_acked_per_s={} agents_delivered_per_s={} agents_dropped_per_s={}",
-        cli.label,
+        cli.pace.label,
         cli.dongles,
         cli.rate,
-        cli.seconds,
+        cli.pace.seconds,
         sent_total as f64 / run_s,
         received_at_stop as f64 / run_s,
         dropped["outbox_full"],
@@ -513,9 +454,7 @@ async fn measure(
         per_s(2),
         per_s(3),
     );
-    for e in totals.errors.lock().map(|e| e.clone()).unwrap_or_default() {
-        eprintln!("error: {e}");
-    }
+    totals.errors.print();
     Ok(())
 }
 
@@ -546,22 +485,5 @@ async fn sample_stages(agents: Vec<SocketAddr>, totals: Arc<Totals>) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    support::main_with(run(Cli::parse()))
 }

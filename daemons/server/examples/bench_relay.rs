@@ -34,9 +34,13 @@ use relay_core::protocol::{
     self, Ack, Encoding, FrameBatch, Hello, Message, PROTOCOL_VERSION, ResumeCursor,
 };
 use serde_json::{Value, json};
+use support::ErrorLog;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[path = "support/mod.rs"]
+mod support;
 
 #[derive(Debug, Parser)]
 #[command(about = "Group relay load driver (scripts/bench-relay.sh)")]
@@ -77,18 +81,8 @@ struct Load {
     /// Frames per second per direction.
     #[arg(long, default_value_t = 4500)]
     rate: u64,
-    /// Seconds of sending.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Batching interval of the simulated agents, ms.
-    #[arg(long, default_value_t = 5)]
-    batch_ms: u64,
-    /// Seconds to wait for in-flight frames after the sending stops.
-    #[arg(long, default_value_t = 30)]
-    drain_seconds: u64,
-    /// Label printed with the results (e.g. the backend).
-    #[arg(long, default_value = "")]
-    label: String,
+    #[command(flatten)]
+    pace: support::Pace,
 }
 
 fn now_ns() -> u64 {
@@ -106,7 +100,7 @@ struct Totals {
     duplicated: AtomicU64,
     gapped: AtomicU64,
     out_of_order: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: ErrorLog,
     latency_us: Mutex<Histogram<u64>>,
     stop_sending: AtomicBool,
 }
@@ -120,18 +114,10 @@ impl Totals {
             duplicated: AtomicU64::new(0),
             gapped: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
-            errors: Mutex::new(Vec::new()),
+            errors: ErrorLog::default(),
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
             stop_sending: AtomicBool::new(false),
         })
-    }
-
-    fn error(&self, text: String) {
-        if let Ok(mut errors) = self.errors.lock()
-            && errors.len() < 20
-        {
-            errors.push(text);
-        }
     }
 }
 
@@ -211,7 +197,7 @@ fn frame(group: &str, pair: u32, ts: u64, n: u64) -> CanRelayFrame {
         can_id: 0x100 + (pair & 0x3FF),
         is_extended: false,
         dlc: 8,
-        data_hex: format!("{n:016X}"),
+        data: n.to_be_bytes().to_vec(),
         channel: None,
         is_fd: false,
         brs: false,
@@ -258,7 +244,7 @@ async fn drive(
         tokio::spawn(async move {
             let start = Instant::now();
             let mut next_seq = 1u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(load.batch_ms.max(1)));
+            let mut tick = tokio::time::interval(Duration::from_millis(load.pace.batch_ms.max(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
@@ -281,7 +267,7 @@ async fn drive(
                     frames,
                 });
                 let Ok(bytes) = protocol::encode(&batch, encoding) else {
-                    totals.error("encode failed".into());
+                    totals.errors.push("encode failed".into());
                     break;
                 };
                 if out_tx.send(wrap(bytes)).await.is_err() {
@@ -361,82 +347,19 @@ async fn drive(
                 expected = expected.max(gap.to + 1);
             }
             Ok(Message::Error(error)) => {
-                totals.error(format!(
+                totals.errors.push(format!(
                     "{}/{:?}: {:?} {}",
                     conn.group, conn.side, error.code, error.message
                 ));
             }
             Ok(_) => {}
-            Err(err) => totals.error(format!("decode: {err}")),
+            Err(err) => totals.errors.push(format!("decode: {err}")),
         }
     }
     let _ = sender.await;
     // Let the last ack go out before the socket closes.
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-}
-
-/// REST set-up of N groups; returns the two agent tokens and the group ids.
-async fn setup_groups(
-    server: &str,
-    token: &str,
-    pairs: usize,
-) -> anyhow::Result<(String, String, Vec<String>)> {
-    let client = reqwest::Client::new();
-    let post = |path: String, bearer: String, body: Value| {
-        let client = client.clone();
-        async move {
-            let response = client
-                .post(format!("{server}{path}"))
-                .bearer_auth(bearer)
-                .json(&body)
-                .send()
-                .await?;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
-            anyhow::Ok(body)
-        }
-    };
-    let run = std::process::id();
-    let mut agents = Vec::new();
-    for side in ["a", "b"] {
-        let body = post(
-            "/api/v1/agents".into(),
-            token.to_owned(),
-            json!({"name": format!("bench-{run}-{side}")}),
-        )
-        .await?;
-        agents.push(body["token"].as_str().context("agent token")?.to_owned());
-    }
-    let mut groups = Vec::new();
-    for i in 0..pairs {
-        let mut ids = Vec::new();
-        for (side, agent) in ["A", "B"].iter().zip(&agents) {
-            let body = post(
-                "/api/v1/agent/dongles".into(),
-                agent.clone(),
-                json!({"serial": format!("BENCH-{run}-{i}-{side}")}),
-            )
-            .await?;
-            ids.push(body["id"].as_str().context("dongle id")?.to_owned());
-        }
-        let body = post(
-            "/api/v1/groups".into(),
-            token.to_owned(),
-            json!({"name": format!("bench {i}"), "dongle_a": ids[0], "dongle_b": ids[1]}),
-        )
-        .await?;
-        let id = body["id"].as_str().context("group id")?.to_owned();
-        post(
-            format!("/api/v1/groups/{id}/activate"),
-            token.to_owned(),
-            json!({}),
-        )
-        .await?;
-        groups.push(id);
-    }
-    Ok((agents[0].clone(), agents[1].clone(), groups))
 }
 
 /// The plain WebSocket relay: the first text message names group and side, every later
@@ -512,13 +435,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             let server = server.trim_end_matches('/');
-            let (agent_a, agent_b, groups) = setup_groups(server, token, load.pairs).await?;
+            let run = std::process::id();
+            let serial = |i: usize, side: &str| format!("BENCH-{run}-{i}-{side}");
+            let groups =
+                support::setup_groups(server, token, load.pairs, &format!("bench-{run}"), serial)
+                    .await?;
+            let [agent_a, agent_b] = groups.agent_tokens;
             let ws_base = server.replacen("http", "ws", 1);
             let ws_base_b = server_b.as_deref().map_or_else(
                 || ws_base.clone(),
                 |b| b.trim_end_matches('/').replacen("http", "ws", 1),
             );
-            for group in groups {
+            for group in groups.ids {
                 let (a, enc_a) = connect_relay(&ws_base, &agent_a, &group, Side::A).await?;
                 let (b, enc_b) = connect_relay(&ws_base_b, &agent_b, &group, Side::B).await?;
                 sockets.push((group, a, enc_a, b, enc_b));
@@ -564,11 +492,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )));
         }
     }
-    tokio::time::sleep(Duration::from_secs(load.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(load.pace.seconds)).await;
     totals.stop_sending.store(true, Ordering::Relaxed);
     let received_at_stop = totals.received.load(Ordering::Relaxed);
     let stopped = Instant::now();
-    let drained = tokio::time::timeout(Duration::from_secs(load.drain_seconds), async {
+    let drained = tokio::time::timeout(Duration::from_secs(load.pace.drain_seconds), async {
         for task in tasks {
             let _ = task.await;
         }
@@ -592,11 +520,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "target={target} label={} pairs={} rate_per_direction={} seconds={} encoding={encoding} offered_fps={offered} sent={sent} delivered={received} delivered_fps_during_run={:.0} delivered_fps_overall={:.0} lost={lost} undelivered_at_end={undelivered} gap_frames={gapped} duplicated={} out_of_order={} acked_by_server={} drained={drained} drain_s={:.2} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_p999={:.2} latency_ms_max={:.2}",
-        load.label,
+        load.pace.label,
         load.pairs,
         load.rate,
-        load.seconds,
-        received_at_stop as f64 / load.seconds as f64,
+        load.pace.seconds,
+        received_at_stop as f64 / load.pace.seconds as f64,
         received as f64 / start.elapsed().as_secs_f64(),
         totals.duplicated.load(Ordering::Relaxed),
         totals.out_of_order.load(Ordering::Relaxed),
@@ -607,30 +535,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ms(0.999),
         hist.max() as f64 / 1000.0,
     );
-    let errors = totals.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    for error in &errors {
-        eprintln!("error: {error}");
-    }
+    totals.errors.print();
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    support::main_with(run(Cli::parse()))
 }

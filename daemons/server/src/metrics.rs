@@ -112,71 +112,33 @@ impl RelayMetrics {
             delivery_delay: relay_delay_histogram(),
         };
         let r = metrics.registry_mut();
-        r.register(
-            "relay_frames_received",
-            "Frames received from producing agents (retransmits included)",
-            relay.frames_received.clone(),
-        );
-        r.register(
-            "relay_frames_stored",
-            "Frames stored in a relay stream log for the first time",
-            relay.frames_stored.clone(),
-        );
-        r.register(
-            "relay_frames_buffered",
-            "Frames stored while their consumer was offline or replaying a backlog",
-            relay.frames_buffered.clone(),
-        );
-        r.register(
-            "relay_frames_relayed",
-            "Frames delivered to a consuming agent (live or replayed)",
-            relay.frames_relayed.clone(),
-        );
-        r.register(
-            "relay_frames_refused",
-            "Frames refused without being stored, by error code",
-            relay.frames_refused.clone(),
-        );
-        r.register(
-            "relay_frames_trimmed",
-            "Frames removed from relay streams by retention, by rule",
-            relay.frames_trimmed.clone(),
-        );
-        r.register(
-            "relay_frames_trimmed_undelivered",
-            "Frames removed by retention before their consumer acknowledged them (buffer pressure)",
-            relay.frames_trimmed_undelivered.clone(),
-        );
-        r.register(
-            "relay_backlog_frames",
-            "Frames waiting for an offline or replaying consumer, per group and direction",
-            relay.backlog.clone(),
-        );
-        r.register(
-            "relay_connections",
-            "Data-plane WebSocket connections past the handshake",
-            relay.connections.clone(),
-        );
-        r.register(
-            "relay_errors",
-            "Data-plane protocol errors sent to agents, by code",
-            relay.errors.clone(),
-        );
-        r.register(
-            "relay_storage_errors",
-            "Relay stream-log operations that failed",
-            relay.storage_errors.clone(),
-        );
-        r.register(
-            "relay_frames_corrupt",
-            "Stored items that were not valid frames when read for delivery, skipped as a corrupt gap",
-            relay.frames_corrupt.clone(),
-        );
-        r.register(
-            "relay_delivery_delay_seconds",
-            "Time from a frame batch arriving to its delivery to the consumer connection",
-            relay.delivery_delay.clone(),
-        );
+        tether_runtime::register_all!(r, [
+            "relay_frames_received" => relay.frames_received,
+                "Frames received from producing agents (retransmits included)";
+            "relay_frames_stored" => relay.frames_stored,
+                "Frames stored in a relay stream log for the first time";
+            "relay_frames_buffered" => relay.frames_buffered,
+                "Frames stored while their consumer was offline or replaying a backlog";
+            "relay_frames_relayed" => relay.frames_relayed,
+                "Frames delivered to a consuming agent (live or replayed)";
+            "relay_frames_refused" => relay.frames_refused,
+                "Frames refused without being stored, by error code";
+            "relay_frames_trimmed" => relay.frames_trimmed,
+                "Frames removed from relay streams by retention, by rule";
+            "relay_frames_trimmed_undelivered" => relay.frames_trimmed_undelivered,
+                "Frames removed by retention before their consumer acknowledged them (buffer pressure)";
+            "relay_backlog_frames" => relay.backlog,
+                "Frames waiting for an offline or replaying consumer, per group and direction";
+            "relay_connections" => relay.connections,
+                "Data-plane WebSocket connections past the handshake";
+            "relay_errors" => relay.errors, "Data-plane protocol errors sent to agents, by code";
+            "relay_storage_errors" => relay.storage_errors,
+                "Relay stream-log operations that failed";
+            "relay_frames_corrupt" => relay.frames_corrupt,
+                "Stored items that were not valid frames when read for delivery, skipped as a corrupt gap";
+            "relay_delivery_delay_seconds" => relay.delivery_delay,
+                "Time from a frame batch arriving to its delivery to the consumer connection";
+        ]);
         relay
     }
 }
@@ -244,104 +206,50 @@ impl Default for ServerMetrics {
 impl ServerMetrics {
     /// Creates and registers all families under the `tether_server` prefix.
     pub fn new() -> ServerMetrics {
-        let mut registry = Registry::with_prefix("tether_server");
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by route template, method and status",
-            http_requests.clone(),
-        );
-        let http_request_duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram,
-            );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer HTTP requests, by route template",
-            http_request_duration.clone(),
-        );
-        let connections_open = Gauge::default();
-        registry.register(
-            "connections_open",
-            "TCP connections currently open",
-            connections_open.clone(),
-        );
-        let connections_accepted = Counter::default();
-        registry.register(
-            "connections_accepted",
-            "TCP connections accepted since start",
-            connections_accepted.clone(),
-        );
-        let readiness_failures = Counter::default();
-        registry.register(
-            "readiness_failures",
-            "/readyz answers of 503 (database or Redis unreachable)",
-            readiness_failures.clone(),
-        );
-        let sse_subscribers = Gauge::default();
-        registry.register(
-            "sse_subscribers",
-            "Open console (Server-Sent Events) responses",
-            sse_subscribers.clone(),
-        );
-        let console_events_published = Family::<EventTypeLabels, Counter>::default();
-        registry.register(
-            "console_events_published",
-            "Console events written to the event hub, by event type",
-            console_events_published.clone(),
-        );
-        let console_events_dropped = Family::<DropLabels, Counter>::default();
-        registry.register(
-            "console_events_dropped",
-            "Console events lost before reaching the event hub, by reason",
-            console_events_dropped.clone(),
-        );
-        let console_can_frames_sampled_out = Counter::default();
-        registry.register(
-            "console_can_frames_sampled_out",
-            "can_frame events left out of console streams by sampling (the relay carries all)",
-            console_can_frames_sampled_out.clone(),
-        );
-        let console_history_bytes = Gauge::default();
-        registry.register(
-            "console_history_bytes",
-            "Bytes the in-memory console history holds over all streams",
-            console_history_bytes.clone(),
-        );
-        let console_history_events = Gauge::default();
-        registry.register(
-            "console_history_events",
-            "Events the in-memory console history holds over all streams",
-            console_history_events.clone(),
-        );
-        let console_history_budget_bytes = Gauge::default();
-        registry.register(
-            "console_history_budget_bytes",
-            "The global budget of the in-memory console history, in bytes",
-            console_history_budget_bytes.clone(),
-        );
-        let console_history_trimmed_by_budget = Counter::default();
-        registry.register(
-            "console_history_trimmed_by_budget",
-            "Console events trimmed, oldest across streams first, to hold the history budget",
-            console_history_trimmed_by_budget.clone(),
-        );
-        ServerMetrics {
-            registry,
-            console_history_bytes,
-            console_history_events,
-            console_history_budget_bytes,
-            console_history_trimmed_by_budget,
-            http_requests,
-            http_request_duration,
-            connections_open,
-            connections_accepted,
-            readiness_failures,
-            sse_subscribers,
-            console_events_published,
-            console_events_dropped,
-            console_can_frames_sampled_out,
-        }
+        let mut metrics = ServerMetrics {
+            registry: Registry::with_prefix("tether_server"),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(duration_histogram),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            readiness_failures: Counter::default(),
+            sse_subscribers: Gauge::default(),
+            console_events_published: Family::default(),
+            console_events_dropped: Family::default(),
+            console_can_frames_sampled_out: Counter::default(),
+            console_history_bytes: Gauge::default(),
+            console_history_events: Gauge::default(),
+            console_history_budget_bytes: Gauge::default(),
+            console_history_trimmed_by_budget: Counter::default(),
+        };
+        tether_runtime::register_all!(metrics.registry, [
+            "http_requests" => metrics.http_requests,
+                "HTTP requests answered, by route template, method and status";
+            "http_request_duration_seconds" => metrics.http_request_duration,
+                "Time to answer HTTP requests, by route template";
+            "connections_open" => metrics.connections_open, "TCP connections currently open";
+            "connections_accepted" => metrics.connections_accepted,
+                "TCP connections accepted since start";
+            "readiness_failures" => metrics.readiness_failures,
+                "/readyz answers of 503 (database or Redis unreachable)";
+            "sse_subscribers" => metrics.sse_subscribers,
+                "Open console (Server-Sent Events) responses";
+            "console_events_published" => metrics.console_events_published,
+                "Console events written to the event hub, by event type";
+            "console_events_dropped" => metrics.console_events_dropped,
+                "Console events lost before reaching the event hub, by reason";
+            "console_can_frames_sampled_out" => metrics.console_can_frames_sampled_out,
+                "can_frame events left out of console streams by sampling (the relay carries all)";
+            "console_history_bytes" => metrics.console_history_bytes,
+                "Bytes the in-memory console history holds over all streams";
+            "console_history_events" => metrics.console_history_events,
+                "Events the in-memory console history holds over all streams";
+            "console_history_budget_bytes" => metrics.console_history_budget_bytes,
+                "The global budget of the in-memory console history, in bytes";
+            "console_history_trimmed_by_budget" => metrics.console_history_trimmed_by_budget,
+                "Console events trimmed, oldest across streams first, to hold the history budget";
+        ]);
+        metrics
     }
 
     /// The registry, for code that adds its own families (data plane, consoles) at start-up.

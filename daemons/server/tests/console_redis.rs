@@ -4,7 +4,7 @@
 mod console_support;
 mod server_support;
 
-use console_support::{frame, json, subscribe};
+use console_support::{frame, json, log_info, subscribe};
 use server_support::{TestResult, TestServer};
 use sse_core::events::LogLevel;
 use tether_server::ServerConfig;
@@ -64,12 +64,7 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     assert_eq!(json(&first[4])?["message"], "boom");
     drop(live);
 
-    console.log(
-        ConsoleStream::Dongle(dongle),
-        LogLevel::Info,
-        "while away".to_owned(),
-        serde_json::Value::Null,
-    );
+    log_info(&server, ConsoleStream::Dongle(dongle), "while away");
     let mut resumed =
         subscribe(&server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
     let rest = resumed.take(4).await?;
@@ -109,14 +104,8 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     let (token, _agent, a, b) = server.user_with_pair("sam").await?;
     let group_text = console_support::group(&server, &token, &a, &b).await?;
     let (dongle, group) = (Uuid::parse_str(&a)?, Uuid::parse_str(&group_text)?);
-    let console = server.server.state().console();
     let log = |scope, text: &str| {
-        console.log(
-            scope,
-            LogLevel::Info,
-            text.to_owned(),
-            serde_json::Value::Null,
-        );
+        log_info(&server, scope, text);
     };
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
     let mut events = subscribe(&server, &path, Some(&token), None).await?;

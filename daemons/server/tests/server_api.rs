@@ -209,14 +209,7 @@ async fn group_creation_refusals_are_clear() -> TestResult {
 async fn activation_is_idempotent_persisted_and_audited() -> TestResult {
     let srv = TestServer::start().await?;
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "pair", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
+    let id = srv.create_group(&alice, "pair", &a, &b).await?;
     let activate = format!("/api/v1/groups/{id}/activate");
     let deactivate = format!("/api/v1/groups/{id}/deactivate");
 

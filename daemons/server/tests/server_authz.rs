@@ -40,14 +40,7 @@ async fn another_users_token_gets_404_on_everything_and_changes_nothing() -> Tes
     let (bob, _, bob_a, _) = srv.user_with_pair("bob").await?;
     let (_, agents) = srv.get("/api/v1/agents", &alice).await?;
     let agent_id = text(&agents["agents"][0], "id")?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "alice pair", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let group_id = text(&group, "id")?;
+    let group_id = srv.create_group(&alice, "alice pair", &a, &b).await?;
 
     for (method, path, body) in resource_requests(&agent_id, &a, &group_id) {
         let (status, answer) = srv.call(method.clone(), &path, Some(&bob), body).await?;
@@ -115,14 +108,7 @@ async fn another_users_token_gets_404_on_everything_and_changes_nothing() -> Tes
 async fn bad_tokens_get_401_on_every_endpoint() -> TestResult {
     let srv = TestServer::start().await?;
     let (alice, agent_token, a, b) = srv.user_with_pair("alice").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "p", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let group_id = text(&group, "id")?;
+    let group_id = srv.create_group(&alice, "p", &a, &b).await?;
     let (_, agents) = srv.get("/api/v1/agents", &alice).await?;
     let agent_id = text(&agents["agents"][0], "id")?;
 

@@ -194,15 +194,7 @@ async fn ws_data_connections_per_agent_are_capped_before_the_upgrade() -> TestRe
 async fn a_fresh_group_subscriber_gets_the_current_group_state_first() -> TestResult {
     let srv = TestServer::start().await?;
     let (token, _, a, b) = srv.user_with_pair("gina").await?;
-    let (status, group) = srv
-        .post(
-            "/api/v1/groups",
-            &token,
-            json!({"name": "g", "dongle_a": a, "dongle_b": b}),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::CREATED, "{group}");
-    let id = group["id"].as_str().ok_or("no id")?.to_owned();
+    let id = srv.create_group(&token, "g", &a, &b).await?;
     let (status, _) = srv
         .post(&format!("/api/v1/groups/{id}/activate"), &token, json!({}))
         .await?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide, RelayProbe};
 use tether_server::{self as server, ServerConfig};
 use uuid::Uuid;
@@ -42,14 +42,7 @@ async fn presence_and_backlog_drive_the_mode_seen_by_the_api() -> TestResult {
     let running = server::spawn_with(config, relay.clone()).await?;
     let srv = TestServer::new(dir, running);
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "p", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
-    let id = text(&group, "id")?;
+    let id = srv.create_group(&alice, "p", &a, &b).await?;
     let group_id = Uuid::parse_str(&id)?;
     let (a_id, b_id) = (Uuid::parse_str(&a)?, Uuid::parse_str(&b)?);
     let state = srv.server.state().clone();

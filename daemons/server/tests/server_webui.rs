@@ -6,8 +6,8 @@ mod server_support;
 
 use reqwest::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS,
-    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
-    ORIGIN,
+    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, HeaderName,
+    IF_NONE_MATCH, ORIGIN,
 };
 use reqwest::{Method, StatusCode};
 use server_support::{TestResult, TestServer};
@@ -21,6 +21,28 @@ fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Op
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// A `method` request to `/api/v1/groups` from a page of `origin`, with `token` when given and
+/// the `extra` headers.
+async fn from_origin(
+    srv: &TestServer,
+    method: Method,
+    origin: &str,
+    token: Option<&str>,
+    extra: &[(HeaderName, &str)],
+) -> reqwest::Result<reqwest::Response> {
+    let mut request = srv
+        .client
+        .request(method, format!("{}/api/v1/groups", srv.base))
+        .header(ORIGIN, origin);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in extra {
+        request = request.header(name, *value);
+    }
+    request.send().await
 }
 
 #[tokio::test]
@@ -71,21 +93,16 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 async fn cors_is_off_by_default() -> TestResult {
     let srv = TestServer::start().await?;
     let token = srv.user_token("ann").await?;
-    let preflight = srv
-        .client
-        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .header(ACCESS_CONTROL_REQUEST_METHOD, "GET")
-        .send()
-        .await?;
+    let preflight = from_origin(
+        &srv,
+        Method::OPTIONS,
+        DASH,
+        None,
+        &[(ACCESS_CONTROL_REQUEST_METHOD, "GET")],
+    )
+    .await?;
     assert_eq!(preflight.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let get = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(header(&get, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
@@ -101,14 +118,17 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     let token = srv.user_token("bo").await?;
 
     // Preflight of a JSON POST with a token.
-    let preflight = srv
-        .client
-        .request(Method::OPTIONS, format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .header(ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type")
-        .send()
-        .await?;
+    let preflight = from_origin(
+        &srv,
+        Method::OPTIONS,
+        DASH,
+        None,
+        &[
+            (ACCESS_CONTROL_REQUEST_METHOD, "POST"),
+            (ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type"),
+        ],
+    )
+    .await?;
     assert_eq!(preflight.status(), StatusCode::OK);
     assert_eq!(
         header(&preflight, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -121,24 +141,13 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     );
 
     // The answer itself, errors included.
-    let get = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(
         header(&get, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
         Some(DASH)
     );
-    let refused = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .header(ORIGIN, DASH)
-        .send()
-        .await?;
+    let refused = from_origin(&srv, Method::GET, DASH, None, &[]).await?;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         header(&refused, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
@@ -164,13 +173,7 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     drop(console);
 
     // Another origin gets nothing it could use.
-    let other = srv
-        .client
-        .get(format!("{}/api/v1/groups", srv.base))
-        .bearer_auth(&token)
-        .header(ORIGIN, "http://evil.example")
-        .send()
-        .await?;
+    let other = from_origin(&srv, Method::GET, "http://evil.example", Some(&token), &[]).await?;
     assert_eq!(header(&other, ACCESS_CONTROL_ALLOW_ORIGIN), None);
     srv.server.shutdown().await?;
     Ok(())

@@ -220,20 +220,8 @@ async fn thousand_sessions_are_charged_by_the_formula() {
             .header("X-API-Key", key.to_owned())
             .json(&json!({"customer_id": "cust-1", "transaction_id": "tx-http"}))
     };
-    let a: Value = post("/api/v1/sessions/sess-1/refresh".into(), &plane.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = post("/api/v1/sessions/sess-1/refresh".into(), &plane.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = send_json(post("/api/v1/sessions/sess-1/refresh".into(), &plane.key)).await;
+    let b = send_json(post("/api/v1/sessions/sess-1/refresh".into(), &plane.key)).await;
     assert_eq!(a, b);
     assert_eq!(a["granted"], 10);
     let (_, s1) = plane.get("/api/v1/metering/sessions/sess-1").await;
@@ -260,16 +248,12 @@ async fn thousand_sessions_are_charged_by_the_formula() {
     let (_, servers) = plane.get("/api/v1/metering/servers").await;
     assert_eq!(servers[0]["server_id"], "srv-test", "{servers}");
     assert_eq!(servers[0]["status"], "online", "{servers}");
-    let queued: Value = http
-        .post(format!("{}/api/v1/servers/srv-test/commands", plane.url()))
-        .bearer_auth(&plane.operator)
-        .json(&json!({"command": "health_check"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queue_command = |command: &str| {
+        let url = format!("{}/api/v1/servers/srv-test/commands", plane.url());
+        let body = json!({ "command": command });
+        send_json(http.post(url).bearer_auth(&plane.operator).json(&body))
+    };
+    let queued = queue_command("health_check").await;
     let cid = queued["command_id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(15), "command result stored", || async {
         let (_, c) = plane.get(&format!("/api/v1/metering/commands/{cid}")).await;
@@ -287,33 +271,20 @@ async fn thousand_sessions_are_charged_by_the_formula() {
         .await
         .unwrap();
     assert_eq!(rotated.status(), 201);
-    let keys: Value = http
-        .get(format!(
+    let keys = send_json(
+        http.get(format!(
             "{}/api/v1/servers/srv-test/public-keys",
             plane.url()
         ))
-        .header("X-API-Key", &plane.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .header("X-API-Key", &plane.key),
+    )
+    .await;
     assert_eq!(
         keys["keys"].as_array().unwrap().len(),
         2,
         "current and previous: {keys}"
     );
-    let queued: Value = http
-        .post(format!("{}/api/v1/servers/srv-test/commands", plane.url()))
-        .bearer_auth(&plane.operator)
-        .json(&json!({"command": "get_metrics"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queued = queue_command("get_metrics").await;
     let cid = queued["command_id"].as_str().unwrap().to_owned();
     eventually(
         Duration::from_secs(15),

@@ -72,29 +72,17 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     usage_all.push(usage_no_id.to_string());
     usage_all.extend(refused.clone());
     // LPUSH pushes in order; the consumer takes the oldest first.
-    for m in &usage_all {
-        lpush(
-            &mut r,
-            &format!("{p}queue:usage_records"),
-            std::slice::from_ref(m),
-        )
-        .await;
-    }
-    for m in lifecycle_good.iter().chain(&lifecycle_bad) {
-        lpush(
-            &mut r,
-            &format!("{p}queue:session_lifecycle"),
-            std::slice::from_ref(m),
-        )
-        .await;
-    }
-    for m in refresh_good.iter().chain(&refresh_bad) {
-        lpush(
-            &mut r,
-            &format!("{p}queue:quota_refresh"),
-            std::slice::from_ref(m),
-        )
-        .await;
+    // One LPUSH of several values pushes them one after another, like as many LPUSHes.
+    let queues = [
+        ("usage_records", usage_all.clone()),
+        (
+            "session_lifecycle",
+            [&lifecycle_good[..], &lifecycle_bad].concat(),
+        ),
+        ("quota_refresh", [&refresh_good[..], &refresh_bad].concat()),
+    ];
+    for (queue, messages) in &queues {
+        lpush(&mut r, &format!("{p}queue:{queue}"), messages).await;
     }
 
     let agent = spawn_agent(&setup, 0);
@@ -236,27 +224,12 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
         setup.health_port
     );
     assert_eq!(http.get(&admin).send().await.unwrap().status(), 401);
-    let listed: serde_json::Value = http
-        .get(&admin)
-        .header("X-API-Key", "test-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = send_json(http.get(&admin).header("X-API-Key", "test-key")).await;
     assert_eq!(listed["entries"].as_array().unwrap().len(), entries.len());
     cp.reject_sessions.lock().unwrap().clear();
     let id = refused_entry["id"].as_str().unwrap();
-    let retried: serde_json::Value = http
-        .post(format!("{admin}/retry?id={id}"))
-        .header("X-API-Key", "test-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let retry = format!("{admin}/retry?id={id}");
+    let retried = send_json(http.post(retry).header("X-API-Key", "test-key")).await;
     assert_eq!(retried["retried"], 1);
     eventually(
         Duration::from_secs(30),

@@ -5,19 +5,16 @@
 #[path = "../../server/tests/server_support/mod.rs"]
 mod server_support;
 
-#[path = "../../server/tests/records_support/mod.rs"]
-mod records_support;
-
 mod cli_support;
 
 use cli_support::{start_server, stdout, stop, tether};
-use records_support::TestDatabase;
 use reqwest::StatusCode;
 use server_support::{TestResult, code, read, refused_after_revocation};
+use tether_testkit::postgres::TestDatabase;
 
 #[tokio::test]
 async fn two_instances_share_the_records_of_one_database() -> TestResult {
-    let Some(db) = tokio::task::spawn_blocking(TestDatabase::create).await? else {
+    let Some(db) = TestDatabase::create() else {
         return Ok(());
     };
     let url = db.url.as_str();

@@ -103,6 +103,35 @@ async fn tether(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .expect("output")
 }
 
+/// `tether sse tail {base}/events --last-event-id ID --max-events N` with `extra` arguments,
+/// which must succeed.
+async fn tail_events(
+    base: &str,
+    last_event_id: &str,
+    max_events: u64,
+    extra: &[&str],
+) -> std::process::Output {
+    let url = format!("{base}/events");
+    let max_events = max_events.to_string();
+    let mut args = vec![
+        "sse",
+        "tail",
+        &url,
+        "--last-event-id",
+        last_event_id,
+        "--max-events",
+        &max_events,
+    ];
+    args.extend_from_slice(extra);
+    let out = tether(&args, b"").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn lines(out: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(out)
         .lines()
@@ -149,27 +178,7 @@ async fn tail_follows_reconnects_with_last_event_id_and_honours_retry() {
                 .to_string(),
         );
     }
-    let url = format!("{base}/events");
-    let out = tether(
-        &[
-            "sse",
-            "tail",
-            &url,
-            "--last-event-id",
-            &ids[0],
-            "--max-events",
-            "4",
-            "--header",
-            "X-Test: yes",
-        ],
-        b"",
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tail_events(&base, &ids[0], 4, &["--header", "X-Test: yes"]).await;
     let got = lines(&out.stdout);
     let events: Vec<_> = got
         .iter()
@@ -206,25 +215,7 @@ async fn tail_prints_stream_reset_for_an_unknown_id() {
         .publish_now(KEY, "log", "{}")
         .expect("publish")
         .to_string();
-    let url = format!("{base}/events");
-    let out = tether(
-        &[
-            "sse",
-            "tail",
-            &url,
-            "--last-event-id",
-            "not-an-id",
-            "--max-events",
-            "2",
-        ],
-        b"",
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tail_events(&base, "not-an-id", 2, &[]).await;
     let events: Vec<_> = lines(&out.stdout)
         .into_iter()
         .filter(|v| v.get("event").is_some())

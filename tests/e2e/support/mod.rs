@@ -239,6 +239,27 @@ impl Drop for ServerProc {
     }
 }
 
+/// The protocol of an agent's dongle role (`dongle.protocol`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edge {
+    /// REMP dongles.
+    Remp,
+    /// One cannelloni peer, relayed as the dongle `serial`.
+    Cannelloni { serial: String },
+}
+
+impl Edge {
+    /// The `dongle:` lines that choose it.
+    fn yaml(&self) -> String {
+        match self {
+            Edge::Remp => "  protocol: remp\n".to_owned(),
+            Edge::Cannelloni { serial } => {
+                format!("  protocol: cannelloni\n  serial: \"{serial}\"\n")
+            }
+        }
+    }
+}
+
 /// A `tether agent` child process with a dongle role.
 pub struct AgentProc {
     pub name: String,
@@ -286,6 +307,17 @@ impl AgentProc {
         bases: &[&str],
         token: &str,
     ) -> TestResult<AgentProc> {
+        AgentProc::start_edge(ws, name, bases, token, &Edge::Remp)
+    }
+
+    /// [`AgentProc::start_at_all`] with the dongle role's protocol `edge`.
+    pub fn start_edge(
+        ws: &Workspace,
+        name: &str,
+        bases: &[&str],
+        token: &str,
+        edge: &Edge,
+    ) -> TestResult<AgentProc> {
         let urls: Vec<String> = bases.iter().map(|b| format!("\"{b}\"")).collect();
         let data_dir = ws.path(&format!("agent-{name}-data"));
         let udp_port = free_udp_port();
@@ -293,9 +325,10 @@ impl AgentProc {
         let config = ws.path(&format!("agent-{name}.yaml"));
         // Short polling and backoff ceilings so outages heal quickly in tests.
         let yaml = format!(
-            "server_url: [{}]\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n  protocol: remp\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
+            "server_url: [{}]\ntoken: \"${{TETHER_AGENT_TOKEN}}\"\ndata_dir: \"{}\"\ndongle:\n  listen: \"127.0.0.1:{udp_port}\"\n{}  metrics_listen: \"127.0.0.1:{metrics_port}\"\n  assignment_poll: 0.5\n  reconnect_max: 1\n",
             urls.join(", "),
-            data_dir.display()
+            data_dir.display(),
+            edge.yaml()
         );
         std::fs::write(&config, yaml)?;
         let mut agent = AgentProc {
@@ -602,6 +635,19 @@ impl Pair {
         user_token: String,
         agent_bases: [&[&str]; 2],
     ) -> TestResult<Pair> {
+        Pair::start_with_protocols(ws, server, user, user_token, agent_bases, [false; 2]).await
+    }
+
+    /// [`Pair::start`] with side A's and side B's dongle role on cannelloni (`true`, relaying
+    /// the side's serial) or REMP (`false`).
+    pub async fn start_with_protocols(
+        ws: &Workspace,
+        server: &ServerProc,
+        user: &str,
+        user_token: String,
+        agent_bases: [&[&str]; 2],
+        cannelloni: [bool; 2],
+    ) -> TestResult<Pair> {
         let api = server.api();
         let (_, token_a) = api
             .create_agent(&user_token, &format!("{user}-agent-a"))
@@ -616,8 +662,20 @@ impl Pair {
         let group_id = api
             .active_group(&user_token, &format!("{user} pair"), &dongle_a, &dongle_b)
             .await?;
-        let agent_a = AgentProc::start_at_all(ws, &format!("{user}-a"), agent_bases[0], &token_a)?;
-        let agent_b = AgentProc::start_at_all(ws, &format!("{user}-b"), agent_bases[1], &token_b)?;
+        let edge = |on: bool, serial: &str| match on {
+            true => Edge::Cannelloni {
+                serial: serial.to_owned(),
+            },
+            false => Edge::Remp,
+        };
+        let (edge_a, edge_b) = (
+            edge(cannelloni[0], &serial_a),
+            edge(cannelloni[1], &serial_b),
+        );
+        let agent_a =
+            AgentProc::start_edge(ws, &format!("{user}-a"), agent_bases[0], &token_a, &edge_a)?;
+        let agent_b =
+            AgentProc::start_edge(ws, &format!("{user}-b"), agent_bases[1], &token_b, &edge_b)?;
         agent_a.ready().await?;
         agent_b.ready().await?;
         Ok(Pair {

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::uds::UdsError;
 use crate::uds::dtc::{Dtc, DtcRecord, DtcStatus};
+use crate::uds::{EcuAddress, UdsError};
 
 /// A set of simulated ECUs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +64,24 @@ pub struct EcuSpec {
     /// ISO-TP settings of the ECU's link.
     #[serde(default)]
     pub isotp: IsoTpSpec,
+}
+
+impl EcuProfile {
+    /// Every ECU's [`EcuSpec::address`]: the vehicle as a tester of these ECUs sees it.
+    pub fn addresses(&self) -> Vec<EcuAddress> {
+        self.ecus.iter().map(EcuSpec::address).collect()
+    }
+}
+
+impl EcuSpec {
+    /// The name and ids a tester reaches this ECU by.
+    pub fn address(&self) -> EcuAddress {
+        EcuAddress {
+            name: self.name.clone(),
+            request_id: self.request_id,
+            response_id: self.response_id,
+        }
+    }
 }
 
 /// A stored DTC: `{code: P0420, status: 0x2F}` (with an optional `ftb`) or `{dtc: 0xC10000,
@@ -286,6 +304,23 @@ ecus:
         assert_eq!(abs.dids[&0xF190].bytes().unwrap(), b"AB".to_vec());
         assert_eq!(abs.isotp.padding, None);
         assert_eq!((abs.isotp.block_size, abs.isotp.st_min), (4, 0xF5));
+    }
+
+    #[test]
+    fn addresses_are_each_ecus_name_and_ids_in_order() {
+        let p: EcuProfile = serde_norway::from_str(ISSUE_EXAMPLE).unwrap();
+        let names: Vec<_> = p
+            .addresses()
+            .into_iter()
+            .map(|a| (a.name, a.request_id, a.response_id))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("engine".to_owned(), 0x7E0, 0x7E8),
+                ("abs".to_owned(), 0x7E1, 2025)
+            ]
+        );
     }
 
     #[test]

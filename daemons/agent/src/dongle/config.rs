@@ -11,12 +11,72 @@ use tether_runtime::config::{opt_string_like, secs, string_like};
 
 use crate::servers::{ServerUrlSetting, ServerUrls};
 
-/// The dongle UDP protocol.
+/// How the role reaches its dongles (`dongle.protocol`; `docs/agent.md`, "Protocols").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DongleProtocol {
-    /// REMP (`docs/protocols/remp.md`): serials, hellos, keep-alives, loss accounting.
+    /// REMP over UDP (`docs/protocols/remp.md`): any number of dongles, each naming itself by
+    /// serial; hellos, keep-alives, loss accounting, optional keys.
     Remp,
+    /// A local SocketCAN interface (an agent on the vehicle): one dongle, its serial from
+    /// `dongle.serial`.
+    Socketcan,
+    /// cannelloni v2 datagrams over UDP from one peer: one dongle, its serial from
+    /// `dongle.serial`.
+    Cannelloni,
+}
+
+impl DongleProtocol {
+    /// The name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DongleProtocol::Remp => "remp",
+            DongleProtocol::Socketcan => "socketcan",
+            DongleProtocol::Cannelloni => "cannelloni",
+        }
+    }
+}
+
+/// Where the role's frames come from and go to, by protocol: the only part of the role that
+/// differs between protocols (the outbox, worker and assignment poller are the same).
+#[derive(Debug, Clone)]
+pub enum DongleEdge {
+    /// REMP dongles on a UDP socket, learned by serial.
+    Remp {
+        /// UDP listen address.
+        listen: SocketAddr,
+        /// Keys per serial.
+        keys: std::collections::HashMap<String, Vec<can_io::wire::remp::RempKey>>,
+        /// Refuse serials without a key.
+        require_auth: bool,
+    },
+    /// One dongle on a local SocketCAN interface.
+    SocketCan {
+        /// The interface (`can0`).
+        interface: String,
+        /// The serial the dongle is announced and relayed under.
+        serial: String,
+    },
+    /// One dongle sending cannelloni datagrams to a UDP socket.
+    Cannelloni {
+        /// UDP listen address.
+        listen: SocketAddr,
+        /// Where frames for the dongle go; `None`: the address last heard from.
+        peer: Option<SocketAddr>,
+        /// The serial the dongle is announced and relayed under.
+        serial: String,
+    },
+}
+
+impl DongleEdge {
+    /// The protocol.
+    pub fn protocol(&self) -> DongleProtocol {
+        match self {
+            DongleEdge::Remp { .. } => DongleProtocol::Remp,
+            DongleEdge::SocketCan { .. } => DongleProtocol::Socketcan,
+            DongleEdge::Cannelloni { .. } => DongleProtocol::Cannelloni,
+        }
+    }
 }
 
 /// How hard the outbox syncs a commit to disk (`outbox_sync`; WAL in both cases): `normal`
@@ -32,12 +92,21 @@ fn default_outbox_sync() -> Durability {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DongleSection {
-    /// UDP address dongles send to, e.g. `0.0.0.0:20100`.
+    /// `remp` and `cannelloni`: the UDP address dongles send to, e.g. `0.0.0.0:20100`;
+    /// `socketcan`: the interface, `can0` or `socketcan://can0`.
     #[serde(deserialize_with = "string_like")]
     pub listen: String,
-    /// `remp` (the only protocol that identifies dongles).
+    /// `remp` (default), `socketcan` or `cannelloni`.
     #[serde(default = "default_protocol")]
     pub protocol: DongleProtocol,
+    /// `socketcan` and `cannelloni` (required there, refused with `remp`): the serial of the
+    /// one dongle behind the interface or the UDP peer, as the server knows it.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub serial: Option<String>,
+    /// `cannelloni` only: `IP:PORT` frames for the dongle are sent to; without it, the address
+    /// the last valid datagram came from.
+    #[serde(default, deserialize_with = "opt_string_like")]
+    pub peer: Option<String>,
     /// Most frames kept in the outbox per dongle (acknowledged ones are removed at once); when
     /// full, the oldest unacknowledged frame is dropped and counted (`outbox_full`).
     #[serde(default = "default_outbox_max")]
@@ -129,10 +198,8 @@ pub struct DongleRole {
     pub token: String,
     /// State directory.
     pub data_dir: PathBuf,
-    /// UDP listen address.
-    pub listen: SocketAddr,
-    /// UDP protocol.
-    pub protocol: DongleProtocol,
+    /// The protocol and its settings.
+    pub edge: DongleEdge,
     /// Outbox cap per dongle stream.
     pub outbox_max_frames: u64,
     /// Outbox durability.
@@ -155,10 +222,6 @@ pub struct DongleRole {
     pub stats_interval: Option<Duration>,
     /// Log filter.
     pub log_level: String,
-    /// Keys per serial.
-    pub keys: std::collections::HashMap<String, Vec<can_io::wire::remp::RempKey>>,
-    /// Refuse serials without a key.
-    pub require_auth: bool,
 }
 
 impl DongleRole {
@@ -174,12 +237,7 @@ impl DongleRole {
         let data_dir = data_dir
             .map(Path::to_path_buf)
             .context("data_dir is required by the dongle role")?;
-        let listen: SocketAddr = d.listen.parse().with_context(|| {
-            format!(
-                "dongle.listen must be an IP:PORT address, got {:?}",
-                d.listen
-            )
-        })?;
+        let edge = resolve_edge(d)?;
         let metrics_listen = match &d.metrics_listen {
             Some(m) => Some(m.parse::<SocketAddr>().with_context(|| {
                 format!("dongle.metrics_listen must be an IP:PORT address, got {m:?}")
@@ -209,32 +267,11 @@ impl DongleRole {
         if rmin < Duration::from_millis(10) || rmax < rmin {
             bail!("dongle.reconnect_min must be at least 0.01 s and at most reconnect_max");
         }
-        let mut keys = std::collections::HashMap::new();
-        for (serial, list) in &d.keys {
-            can_io::wire::remp::validate_serial(serial)
-                .map_err(|e| anyhow::anyhow!("dongle.keys: {serial:?}: {e}"))?;
-            let texts = match list {
-                KeyList::One(k) => std::slice::from_ref(k),
-                KeyList::Many(ks) => ks.as_slice(),
-            };
-            if texts.is_empty() {
-                bail!("dongle.keys.{serial}: no key");
-            }
-            let parsed = texts
-                .iter()
-                .map(|k| can_io::wire::remp::RempKey::from_hex(k))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("dongle.keys.{serial}: {e}"))?;
-            keys.insert(serial.clone(), parsed);
-        }
         Ok(DongleRole {
-            keys,
-            require_auth: d.require_auth,
             servers,
             token,
             data_dir,
-            listen,
-            protocol: d.protocol,
+            edge,
             outbox_max_frames: d.outbox_max_frames,
             outbox_sync: d.outbox_sync,
             batch_max_frames: d.batch_max_frames,
@@ -247,6 +284,119 @@ impl DongleRole {
             stats_interval: (!stats.is_zero()).then_some(stats),
             log_level: d.log_level.clone(),
         })
+    }
+}
+
+impl DongleRole {
+    /// The protocol.
+    pub fn protocol(&self) -> DongleProtocol {
+        self.edge.protocol()
+    }
+}
+
+/// `listen`, `serial`, `peer`, `keys` and `require_auth`, checked against the protocol: a
+/// setting another protocol has and this one does not is refused, not ignored.
+fn resolve_edge(d: &DongleSection) -> anyhow::Result<DongleEdge> {
+    let protocol = d.protocol.as_str();
+    let udp_listen = || -> anyhow::Result<SocketAddr> {
+        d.listen.parse().with_context(|| {
+            format!(
+                "dongle.listen must be an IP:PORT address (protocol {protocol}), got {:?}",
+                d.listen
+            )
+        })
+    };
+    if d.peer.is_some() && d.protocol != DongleProtocol::Cannelloni {
+        bail!(
+            "dongle.peer is a setting of protocol cannelloni, not {protocol} (remove it): {}",
+            match d.protocol {
+                DongleProtocol::Remp => "REMP answers each dongle where it was last heard from",
+                _ => "a CAN interface has no peer address",
+            }
+        );
+    }
+    let serial = match (d.protocol, &d.serial) {
+        (DongleProtocol::Remp, None) => {
+            return Ok(DongleEdge::Remp {
+                listen: udp_listen()?,
+                keys: remp_keys(&d.keys)?,
+                require_auth: d.require_auth,
+            });
+        }
+        (DongleProtocol::Remp, Some(_)) => bail!(
+            "dongle.serial is a setting of protocol socketcan and cannelloni: REMP dongles name themselves (remove it)"
+        ),
+        (_, None) => bail!(
+            "dongle.serial is required by protocol {protocol}: the serial the server knows the dongle by (the protocol carries none)"
+        ),
+        (_, Some(serial)) => serial.clone(),
+    };
+    if !d.keys.is_empty() || d.require_auth {
+        bail!(
+            "dongle.keys and dongle.require_auth authenticate REMP datagrams; protocol {protocol} has no authentication (remove them, and keep the interface or the UDP port on a trusted network)"
+        );
+    }
+    can_io::wire::remp::validate_serial(&serial)
+        .map_err(|e| anyhow::anyhow!("dongle.serial {serial:?}: {e}"))?;
+    if d.protocol == DongleProtocol::Socketcan {
+        return Ok(DongleEdge::SocketCan {
+            interface: socketcan_interface(&d.listen)?,
+            serial,
+        });
+    }
+    let peer = match &d.peer {
+        Some(p) => Some(
+            p.parse::<SocketAddr>()
+                .with_context(|| format!("dongle.peer must be an IP:PORT address, got {p:?}"))?,
+        ),
+        None => None,
+    };
+    Ok(DongleEdge::Cannelloni {
+        listen: udp_listen()?,
+        peer,
+        serial,
+    })
+}
+
+/// `dongle.keys`, checked and parsed.
+fn remp_keys(
+    keys: &std::collections::BTreeMap<String, KeyList>,
+) -> anyhow::Result<std::collections::HashMap<String, Vec<can_io::wire::remp::RempKey>>> {
+    let mut parsed_keys = std::collections::HashMap::new();
+    for (serial, list) in keys {
+        can_io::wire::remp::validate_serial(serial)
+            .map_err(|e| anyhow::anyhow!("dongle.keys: {serial:?}: {e}"))?;
+        let texts = match list {
+            KeyList::One(k) => std::slice::from_ref(k),
+            KeyList::Many(ks) => ks.as_slice(),
+        };
+        if texts.is_empty() {
+            bail!("dongle.keys.{serial}: no key");
+        }
+        let parsed = texts
+            .iter()
+            .map(|k| can_io::wire::remp::RempKey::from_hex(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("dongle.keys.{serial}: {e}"))?;
+        parsed_keys.insert(serial.clone(), parsed);
+    }
+    Ok(parsed_keys)
+}
+
+/// The interface of `dongle.listen` with protocol socketcan: `can0` or `socketcan://can0`,
+/// checked as `tether can … --bus socketcan://IFACE` checks it.
+pub fn socketcan_interface(listen: &str) -> anyhow::Result<String> {
+    let address = if listen.contains("://") {
+        listen.to_owned()
+    } else {
+        format!("socketcan://{listen}")
+    };
+    match address.parse::<can_io::transport::open::BusAddress>() {
+        Ok(can_io::transport::open::BusAddress::SocketCan(interface)) => Ok(interface),
+        Ok(other) => bail!(
+            "dongle.listen with protocol socketcan must name a CAN interface (can0 or socketcan://can0), got {other}"
+        ),
+        Err(e) => bail!("dongle.listen {listen:?}: {e}"),
     }
 }
 

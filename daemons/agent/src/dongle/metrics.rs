@@ -25,6 +25,9 @@ pub enum DropReason {
     Invalid,
     /// Still waiting for a group that changed: frames of the old group are not relayed.
     GroupChanged,
+    /// A frame for the dongle that a SocketCAN or cannelloni edge could not send (no peer
+    /// heard from yet, the interface refused it).
+    NotSent,
 }
 
 impl DropReason {
@@ -37,17 +40,19 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::Invalid => "invalid",
             DropReason::GroupChanged => "group_changed",
+            DropReason::NotSent => "not_sent",
         }
     }
 
     /// Every reason, for the totals line.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoGroup,
         DropReason::GroupInactive,
         DropReason::OutboxFull,
         DropReason::QueueFull,
         DropReason::Invalid,
         DropReason::GroupChanged,
+        DropReason::NotSent,
     ];
 }
 
@@ -106,7 +111,7 @@ pub struct DongleMetrics {
     /// Frames for the diagnostics role that a shared dongle's full tap queue dropped (the
     /// relay still got them; `dongle::tap`).
     pub tap_dropped: Family<SerialLabels, Counter>,
-    /// UDP datagrams that did not decode.
+    /// UDP datagrams (REMP, cannelloni) or SocketCAN reads that did not decode.
     pub malformed_datagrams: Counter,
     /// REMP datagrams dropped by authentication (no valid tag, no key, an older boot).
     pub unauthenticated_datagrams: Counter,
@@ -205,7 +210,7 @@ impl DongleMetrics {
         );
         p.register(
             "malformed_datagrams",
-            "UDP datagrams that did not decode",
+            "Datagrams (REMP, cannelloni) or SocketCAN reads that did not decode",
             self.malformed_datagrams.clone(),
         );
         p.register(

@@ -1,4 +1,9 @@
-//! The `dongle` role: REMP dongles on a UDP port ↔ the server's `/ws/data` group relay.
+//! The `dongle` role: dongles ↔ the server's `/ws/data` group relay.
+//!
+//! The edge depends on `dongle.protocol` (`docs/agent.md`, "Protocols"): REMP dongles on a UDP
+//! port, learned by serial (below), or one dongle named by `dongle.serial` behind a local
+//! SocketCAN interface or a cannelloni peer ([`edge`]). Everything after the edge — the frame
+//! queue, the worker, the outbox, the poller — is the same for all of them.
 //!
 //! * One UDP socket receives REMP from any number of dongles ([`RempReceiver`] keeps their
 //!   sequence state). A dongle is learned from any valid datagram — its hello, or a keep-alive
@@ -31,6 +36,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use can_io::transport::open::{AnyBus, BusAddress, OpenOptions};
 use can_io::wire::remp::{RempEvent, RempReceiver};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, watch};
@@ -39,6 +45,7 @@ use tracing::{info, warn};
 pub mod api;
 pub mod assignments;
 pub mod config;
+pub mod edge;
 pub mod metrics;
 pub mod poller;
 pub mod tap;
@@ -46,7 +53,8 @@ pub mod worker;
 
 use crate::servers::Failover;
 use assignments::Assignments;
-use config::DongleRole;
+use config::{DongleEdge, DongleRole};
+use edge::DongleOut;
 use metrics::{DongleMetrics, DropReason, MetricsHandle};
 use poller::PollState;
 use relay_core::uplink::{OutboxStoreHandle, SqliteOutboxStore};
@@ -94,6 +102,12 @@ pub async fn run_with_taps(
     taps: DongleTaps,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if !taps.is_empty() && role.protocol() != config::DongleProtocol::Remp {
+        anyhow::bail!(
+            "a diagnostics bus given as `dongle: SERIAL` needs dongle.protocol remp (protocol {} has no shared dongle link): give that bus its own `bus:` address",
+            role.protocol().as_str()
+        );
+    }
     std::fs::create_dir_all(&role.data_dir)
         .with_context(|| format!("creating {}", role.data_dir.display()))?;
     // One agent per state directory: two would hand out the same seqs.
@@ -121,12 +135,7 @@ pub async fn run_with_taps(
             .with_context(|| format!("opening {}", path.display()))?,
     )?;
     let assignments = Arc::new(Assignments::load(&role.data_dir));
-    let socket = Arc::new(
-        UdpSocket::bind(role.listen)
-            .await
-            .with_context(|| format!("binding UDP {}", role.listen))?,
-    );
-    let udp_addr = socket.local_addr().context("reading the UDP address")?;
+    let edge = Edge::open(&role.edge).await?;
     let handle = MetricsHandle::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = None;
@@ -148,8 +157,8 @@ pub async fn run_with_taps(
                 .await;
         }));
     }
-    info!(udp = %udp_addr, servers = %role.servers, data_dir = %role.data_dir.display(),
-        "dongle agent listening");
+    info!(protocol = role.protocol().as_str(), edge = %edge.describe(), servers = %role.servers,
+        data_dir = %role.data_dir.display(), "dongle agent listening");
     let servers = Arc::new(Failover::new(role.servers.clone()));
     let role = Arc::new(role);
     let api = api::ServerApi::new(servers.clone(), &role.token)?;
@@ -159,10 +168,13 @@ pub async fn run_with_taps(
         store: store.clone(),
         assignments,
         metrics: handle.metrics.clone(),
-        socket: socket.clone(),
         stop: stop_rx.clone(),
     };
-    let udp = tokio::spawn(udp_loop(ctx, api, taps, stop_rx.clone()));
+    let udp = match edge {
+        Edge::Remp(socket) => tokio::spawn(udp_loop(ctx, api, taps, socket, stop_rx.clone())),
+        Edge::Cannelloni(e, serial) => spawn_edge(*e, serial, ctx, api, stop_rx.clone()),
+        Edge::Bus(e, serial) => spawn_edge(*e, serial, ctx, api, stop_rx.clone()),
+    };
     if let Some(every) = role.stats_interval {
         tokio::spawn(stats_loop(handle.clone(), every, stop_rx.clone()));
     }
@@ -175,7 +187,7 @@ pub async fn run_with_taps(
                 let _ = w.await;
             }
         }
-        Err(e) => warn!(error = %e, "the UDP task failed"),
+        Err(e) => warn!(error = %e, "the edge task failed"),
     }
     if let Err(e) = store.close().await {
         warn!(error = %e, "closing the outbox store");
@@ -199,18 +211,97 @@ async fn metrics_text(State(h): State<MetricsHandle>) -> impl IntoResponse {
     )
 }
 
+/// The role's edge, opened.
+enum Edge {
+    /// The REMP socket.
+    Remp(Arc<UdpSocket>),
+    /// A cannelloni socket and the dongle's serial.
+    Cannelloni(Box<edge::CannelloniEdge>, String),
+    /// A SocketCAN interface and the dongle's serial.
+    Bus(Box<edge::BusEdge<AnyBus>>, String),
+}
+
+impl Edge {
+    /// Binds the UDP socket or opens the interface `edge` names.
+    async fn open(edge: &DongleEdge) -> anyhow::Result<Self> {
+        Ok(match edge {
+            DongleEdge::Remp { listen, .. } => Edge::Remp(Arc::new(
+                UdpSocket::bind(listen)
+                    .await
+                    .with_context(|| format!("binding UDP {listen}"))?,
+            )),
+            DongleEdge::Cannelloni {
+                listen,
+                peer,
+                serial,
+            } => Edge::Cannelloni(
+                Box::new(
+                    edge::CannelloniEdge::bind(*listen, *peer)
+                        .await
+                        .with_context(|| format!("binding UDP {listen} (cannelloni)"))?,
+                ),
+                serial.clone(),
+            ),
+            DongleEdge::SocketCan { interface, serial } => {
+                let address = BusAddress::SocketCan(interface.clone());
+                let bus = AnyBus::open(&address, &OpenOptions::default())
+                    .await
+                    .with_context(|| format!("opening {address} (dongle.protocol socketcan)"))?;
+                Edge::Bus(
+                    Box::new(edge::BusEdge::new(bus, format!("socketcan {interface}"))),
+                    serial.clone(),
+                )
+            }
+        })
+    }
+
+    /// What the edge listens on, for the start-up log.
+    fn describe(&self) -> String {
+        use edge::FrameEdge;
+        match self {
+            Edge::Remp(socket) => match socket.local_addr() {
+                Ok(a) => format!("remp udp {a}"),
+                Err(_) => "remp".into(),
+            },
+            Edge::Cannelloni(e, _) => e.describe(),
+            Edge::Bus(e, _) => e.describe(),
+        }
+    }
+}
+
+/// Runs a SocketCAN or cannelloni edge for its one dongle ([`edge::run`]).
+fn spawn_edge<E: edge::FrameEdge + 'static>(
+    e: E,
+    serial: String,
+    ctx: WorkerCtx,
+    api: api::ServerApi,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>> {
+    let metrics = ctx.metrics.clone();
+    let name = serial.clone();
+    let start = Box::new(move |out: DongleOut| start_dongle(&ctx, &api, &name, out));
+    tokio::spawn(edge::run(e, serial, metrics, start, stop))
+}
+
 /// Receive REMP until stopped; returns the workers to wait for.
 async fn udp_loop(
     ctx: WorkerCtx,
     api: api::ServerApi,
     taps: DongleTaps,
+    socket: Arc<UdpSocket>,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let DongleEdge::Remp {
+        keys, require_auth, ..
+    } = &ctx.cfg.edge
+    else {
+        return Vec::new();
+    };
     let mut receiver = RempReceiver::new(MAX_DONGLES);
-    for (serial, keys) in &ctx.cfg.keys {
+    for (serial, keys) in keys {
         receiver.set_keys(serial, keys.clone());
     }
-    receiver.set_require_auth(ctx.cfg.require_auth);
+    receiver.set_require_auth(*require_auth);
     let mut dongles: HashMap<String, DongleEntry> = HashMap::new();
     let mut workers = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -228,7 +319,7 @@ async fn udp_loop(
                 }
                 continue;
             }
-            r = ctx.socket.recv_from(&mut buf) => match r {
+            r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP errors surface here on some systems; the socket stays usable.
@@ -271,7 +362,7 @@ async fn udp_loop(
             RempEvent::Dropped { .. } => continue,
         };
         if !dongles.contains_key(&serial) {
-            match learn(&ctx, &api, &taps, &serial, from) {
+            match learn(&ctx, &api, &taps, &socket, &serial, from) {
                 Ok((entry, handle)) => {
                     dongles.insert(serial.clone(), entry);
                     workers.push(handle);
@@ -318,30 +409,44 @@ async fn udp_loop(
     workers
 }
 
+/// Starts the worker of a REMP dongle first heard from `from`, with its link and tap.
 fn learn(
     ctx: &WorkerCtx,
     api: &api::ServerApi,
     taps: &DongleTaps,
+    socket: &Arc<UdpSocket>,
     serial: &str,
     from: SocketAddr,
 ) -> anyhow::Result<(DongleEntry, tokio::task::JoinHandle<()>)> {
     info!(%serial, %from, "new dongle");
-    ctx.metrics.note_serial(serial);
-    let saved = ctx.assignments.get(serial);
-    let (tx, rx) = worker::frame_queue(DONGLE_QUEUE, DONGLE_QUEUE_FRAMES);
-    let link = Arc::new(DongleLink::new(serial, ctx.socket.clone(), from)?);
+    let link = Arc::new(DongleLink::new(serial, socket.clone(), from)?);
     let tap = taps.get(serial);
     if let Some(tap) = &tap {
         tap.attach(link.clone());
         tap.count_drops_in(ctx.metrics.tap_dropped_counter(serial));
     }
+    let (frames, handle) = start_dongle(ctx, api, serial, DongleOut::Remp(link.clone()))?;
+    Ok((DongleEntry { frames, link, tap }, handle))
+}
+
+/// Starts a dongle's worker (sending to the dongle through `out`) and its poller; returns the
+/// worker's frame queue and task.
+fn start_dongle(
+    ctx: &WorkerCtx,
+    api: &api::ServerApi,
+    serial: &str,
+    out: DongleOut,
+) -> anyhow::Result<(FrameQueueTx, tokio::task::JoinHandle<()>)> {
+    ctx.metrics.note_serial(serial);
+    let saved = ctx.assignments.get(serial);
+    let (tx, rx) = worker::frame_queue(DONGLE_QUEUE, DONGLE_QUEUE_FRAMES);
     let (poll_tx, poll_rx) = watch::channel(PollState::Unknown);
     let repoll = Arc::new(Notify::new());
     let w = Worker::new(
         serial.to_owned(),
         ctx.clone(),
         rx,
-        link.clone(),
+        out,
         poll_rx,
         repoll.clone(),
         saved.clone(),
@@ -355,15 +460,7 @@ fn learn(
         repoll,
         ctx.stop.clone(),
     ));
-    let handle = tokio::spawn(w.run());
-    Ok((
-        DongleEntry {
-            frames: tx,
-            link,
-            tap,
-        },
-        handle,
-    ))
+    Ok((tx, tokio::spawn(w.run())))
 }
 
 async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver<bool>) {

@@ -1,13 +1,14 @@
-//! One dongle: its frames from UDP into the outbox of its group, the `/ws/data` connection that
-//! carries them to the server and brings the other side's frames back, and REMP datagrams to
-//! the dongle.
+//! One dongle: its frames from the edge (REMP on UDP, a SocketCAN interface, a cannelloni peer)
+//! into the outbox of its group, the `/ws/data` connection that carries them to the server and
+//! brings the other side's frames back, and those frames to the dongle through its
+//! [`DongleOut`].
 //!
 //! The decisions are `relay_core::uplink`'s: a [`StreamOutbox`] per (dongle, group, side) in
 //! the role's one store (seqs, cumulative ack, the cap, drops, renumbering, the inbound cursor)
 //! and an [`UplinkSession`] (when to connect, reconcile, send within the window, mark acked,
 //! drop on a refusal, back off). This worker is the I/O around them: the WebSocket and the
 //! data-plane messages (`docs/protocols/data-plane.md`, mapped onto the session as
-//! `docs/protocols/uplink.md` says), REMP datagrams to the dongle, the fail-over across
+//! `docs/protocols/uplink.md` says), frames to the dongle, the fail-over across
 //! `server_url` ([`Failover`]) and the metrics.
 //!
 //! Order of events: the [`poller`](super::poller) publishes the assignment; with a group the
@@ -36,7 +37,6 @@ use relay_core::uplink::{
     self as uplink, FullJitter, NewRecord, OutboxRecord, OutboxStoreHandle, Reconciled, Refusal,
     SentBatch, SessionAction, SessionConfig, StreamConfig, StreamOutbox, UplinkSession,
 };
-use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -48,9 +48,9 @@ use crate::servers::Failover;
 
 use super::assignments::{Assignments, SavedAssignment};
 use super::config::DongleRole;
+use super::edge::DongleOut;
 use super::metrics::{DongleMetrics, DropReason};
 use super::poller::PollState;
-use super::tap::DongleLink;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -131,7 +131,7 @@ pub struct FrameQueue {
 impl FrameQueue {
     /// Waits for frames, then takes everything queued (so the outbox cap applies to all of it
     /// at once, in one append). `None`: the UDP side is gone.
-    async fn next(&mut self) -> Option<Vec<Vec<CanRecord>>> {
+    pub(crate) async fn next(&mut self) -> Option<Vec<Vec<CanRecord>>> {
         let mut batches = Vec::new();
         let all = self.rx.max_capacity();
         if self.rx.recv_many(&mut batches, all).await == 0 {
@@ -170,8 +170,6 @@ pub struct WorkerCtx {
     pub assignments: Arc<Assignments>,
     /// Counters.
     pub metrics: DongleMetrics,
-    /// The UDP socket (for datagrams to the dongle).
-    pub socket: Arc<UdpSocket>,
     /// Process stop flag.
     pub stop: watch::Receiver<bool>,
 }
@@ -242,8 +240,8 @@ pub struct Worker {
     serial: String,
     ctx: WorkerCtx,
     frames: FrameQueue,
-    /// To the dongle (shared with a diagnostics tap).
-    link: Arc<DongleLink>,
+    /// To the dongle (a REMP link is shared with a diagnostics tap).
+    link: DongleOut,
     poll: watch::Receiver<PollState>,
     repoll: Arc<Notify>,
     saved: Option<SavedAssignment>,
@@ -272,7 +270,7 @@ impl Worker {
         serial: String,
         ctx: WorkerCtx,
         frames: FrameQueue,
-        link: Arc<DongleLink>,
+        link: DongleOut,
         poll: watch::Receiver<PollState>,
         repoll: Arc<Notify>,
         saved: Option<SavedAssignment>,
@@ -921,7 +919,7 @@ impl Worker {
                 }
             }
         }
-        let sent = self.link.send(&records).await;
+        let sent = self.link.send(records).await;
         let delivered = sent.encoded;
         invalid += sent.invalid;
         let m = &self.ctx.metrics;

@@ -33,51 +33,17 @@ impl RemoteMetrics {
     /// Registers every family under `tether_telemetry_remote`.
     pub fn register(self: &std::sync::Arc<Self>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("tether_telemetry_remote");
-        r.register(
-            "auth_refused",
-            "Upgrades refused for a bad credential",
-            self.auth_refused.clone(),
-        );
-        r.register(
-            "connections",
-            "Open upload connections",
-            self.connections.clone(),
-        );
-        r.register("batches", "Batches received", self.batches.clone());
-        r.register(
-            "bad_batches",
-            "Batches refused as malformed",
-            self.bad_batches.clone(),
-        );
-        r.register(
-            "statuses",
-            "Uplink status messages received",
-            self.statuses.clone(),
-        );
-        r.register(
-            "bad_statuses",
-            "Text messages refused as malformed",
-            self.bad_statuses.clone(),
-        );
-        r.register(
-            "records_stored",
-            "Records stored",
-            self.records_stored.clone(),
-        );
-        r.register(
-            "duplicates",
-            "Records received again, not stored",
-            self.duplicates.clone(),
-        );
-        r.register(
-            "commit_groups",
-            "Inbox transactions",
-            self.commit_groups.clone(),
-        );
-        r.register(
-            "commit_errors",
-            "Inbox transactions that failed",
-            self.commit_errors.clone(),
-        );
+        tether_runtime::register_all!(r, [
+            "auth_refused" => self.auth_refused, "Upgrades refused for a bad credential";
+            "connections" => self.connections, "Open upload connections";
+            "batches" => self.batches, "Batches received";
+            "bad_batches" => self.bad_batches, "Batches refused as malformed";
+            "statuses" => self.statuses, "Uplink status messages received";
+            "bad_statuses" => self.bad_statuses, "Text messages refused as malformed";
+            "records_stored" => self.records_stored, "Records stored";
+            "duplicates" => self.duplicates, "Records received again, not stored";
+            "commit_groups" => self.commit_groups, "Inbox transactions";
+            "commit_errors" => self.commit_errors, "Inbox transactions that failed";
+        ]);
     }
 }

@@ -49,46 +49,17 @@ impl VehicleMetrics {
     /// Registers every family under `tether_telemetry_vehicle`.
     pub fn register(self: &std::sync::Arc<Self>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("tether_telemetry_vehicle");
-        r.register(
-            "records_collected",
-            "Records appended to the local store",
-            self.collected.clone(),
-        );
-        r.register(
-            "records_uplinked",
-            "Records the remote acknowledged",
-            self.uplinked.clone(),
-        );
-        r.register(
-            "store_errors",
-            "Records the local store refused (lost)",
-            self.store_errors.clone(),
-        );
-        r.register(
-            "records_dropped",
-            "Records dropped before the remote held them, by reason",
-            self.dropped.clone(),
-        );
-        r.register(
-            "queue_size",
-            "Records not yet acknowledged by the remote",
-            self.queue_size.clone(),
-        );
-        r.register(
-            "stored_records",
-            "Records in the local store",
-            self.stored.clone(),
-        );
-        r.register(
-            "uplink_state",
-            "1 for the current uplink state",
-            self.state.clone(),
-        );
-        r.register(
-            "latency_mean_ms",
-            "Mean send to ack latency",
-            self.latency_ms.clone(),
-        );
+        tether_runtime::register_all!(r, [
+            "records_collected" => self.collected, "Records appended to the local store";
+            "records_uplinked" => self.uplinked, "Records the remote acknowledged";
+            "store_errors" => self.store_errors, "Records the local store refused (lost)";
+            "records_dropped" => self.dropped,
+                "Records dropped before the remote held them, by reason";
+            "queue_size" => self.queue_size, "Records not yet acknowledged by the remote";
+            "stored_records" => self.stored, "Records in the local store";
+            "uplink_state" => self.state, "1 for the current uplink state";
+            "latency_mean_ms" => self.latency_ms, "Mean send to ack latency";
+        ]);
     }
 
     /// Sets the gauges from a status snapshot.

@@ -295,8 +295,7 @@ impl Console {
     }
 
     /// A frame seen from a dongle: published as `can_frame` on the dongle's console and, when
-    /// `group` is given, on the group's console, each sampled when fast. A frame whose payload
-    /// is not hex is dropped and counted (`reason="invalid_frame"`). Never blocks.
+    /// `group` is given, on the group's console, each sampled when fast. Never blocks.
     pub fn can_frame(&self, dongle: Uuid, group: Option<Uuid>, frame: &CanRelayFrame) {
         let now = now_ms();
         let on_dongle = Some(ConsoleStream::Dongle(dongle)).filter(|d| self.sample(*d, now));
@@ -309,19 +308,10 @@ impl Console {
             self.inner.metrics.sampled_out.inc_by(skipped);
         }
         let streams = on_dongle.into_iter().chain(on_group);
-        match can_frame_event(dongle, frame) {
-            Some(event) => {
-                let event = ConsoleEvent::from(event);
-                let data = event.to_data();
-                for stream in streams {
-                    self.enqueue_data(stream, event.event_type(), data.clone());
-                }
-            }
-            None => {
-                for stream in streams {
-                    self.drop_event(stream, "invalid_frame");
-                }
-            }
+        let event = ConsoleEvent::from(can_frame_event(dongle, frame));
+        let data = event.to_data();
+        for stream in streams {
+            self.enqueue_data(stream, event.event_type(), data.clone());
         }
     }
 
@@ -513,7 +503,6 @@ async fn publish_loop(
             if !hub_down {
                 let why = match reason {
                     "queue_full" => "the console queue was full",
-                    "invalid_frame" => "their frame payload was not hex",
                     _ => "the event hub could not store them",
                 };
                 let message = format!("{n} console events were dropped: {why}");
@@ -734,9 +723,8 @@ async fn watch_groups(
 const SERVER_SOURCE: &str = "server";
 
 /// `can_frame` of a relayed frame, in the console's canonical spelling (`0x7E8`,
-/// `"02 10 03"`); `None` when its payload is not hex.
-fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> Option<CanFrameEvent> {
-    let data = hex::decode(&frame.data_hex).ok()?;
+/// `"02 10 03"`).
+fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> CanFrameEvent {
     let direction = match frame.direction {
         RelayDirection::Rx => Direction::Rx,
         RelayDirection::Tx => Direction::Tx,
@@ -749,13 +737,13 @@ fn can_frame_event(dongle: Uuid, frame: &CanRelayFrame) -> Option<CanFrameEvent>
         frame.channel.as_deref().unwrap_or(""),
         frame.can_id,
         frame.is_extended,
-        &data,
+        &frame.data,
     );
     event.dlc = frame.dlc;
     event.is_fd = frame.is_fd;
     event.is_remote = frame.is_remote;
     event.is_error = frame.is_error;
-    Some(event)
+    event
 }
 
 #[cfg(test)]
@@ -772,7 +760,7 @@ mod tests {
             r#"{"groupId":"g","direction":"rx","ts":1600000000123456789,"canId":2024,
                 "isExtended":false,"dlc":3,"dataHex":"0a10ff","channel":"can1"}"#,
         );
-        let event = can_frame_event(Uuid::nil(), &frame).expect("hex payload");
+        let event = can_frame_event(Uuid::nil(), &frame);
         assert_eq!(
             ConsoleEvent::from(event).to_data(),
             r#"{"ts":"2020-09-13T12:26:40.123456Z","dongle_id":"00000000-0000-0000-0000-000000000000","direction":"rx","bus":"can1","id":"0x7E8","is_extended":false,"dlc":3,"data_hex":"0A 10 FF"}"#
@@ -781,18 +769,20 @@ mod tests {
             r#"{"groupId":"g","direction":"tx","ts":0,"canId":419098896,"isExtended":true,
                 "dlc":8,"dataHex":"","isRemote":true}"#,
         );
-        let json =
-            ConsoleEvent::from(can_frame_event(Uuid::nil(), &remote).expect("empty")).to_data();
+        let json = ConsoleEvent::from(can_frame_event(Uuid::nil(), &remote)).to_data();
         assert!(
             json.ends_with(
                 r#""direction":"tx","bus":"","id":"0x18FAF110","is_extended":true,"dlc":8,"data_hex":"","is_remote":true}"#
             ),
             "{json}"
         );
-        let odd = relay_frame(
-            r#"{"groupId":"g","direction":"rx","ts":0,"canId":1,"isExtended":false,
-                "dlc":1,"dataHex":"zz"}"#,
+        // A payload that is not hex never becomes a frame.
+        assert!(
+            serde_json::from_str::<CanRelayFrame>(
+                r#"{"groupId":"g","direction":"rx","ts":0,"canId":1,"isExtended":false,
+                    "dlc":1,"dataHex":"zz"}"#
+            )
+            .is_err()
         );
-        assert!(can_frame_event(Uuid::nil(), &odd).is_none());
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sse_core::events::LogLevel;
+use tether_server::console::ConsoleStream;
 pub use tether_testkit::metrics::metric;
 pub use tether_testkit::sse::{EVENT_TIMEOUT, Events, json};
 
@@ -61,6 +63,15 @@ pub fn frame(can_id: u32, data_hex: &str) -> can_io::wire::relay_json::CanRelayF
         Ok(frame) => frame,
         Err(err) => panic!("test frame {text} is invalid: {err}"),
     }
+}
+
+/// Publishes an `info` log line without fields on the server's console stream `scope`.
+pub fn log_info(server: &TestServer, scope: ConsoleStream, message: impl Into<String>) {
+    server
+        .server
+        .state()
+        .console()
+        .log(scope, LogLevel::Info, message.into(), Value::Null);
 }
 
 /// A group "pair" of the two dongles, returned as its id.

@@ -39,7 +39,7 @@ pub fn frame(seq: u64) -> WireFrame {
 
 /// The seq a [`frame`] carries.
 pub fn seq_of(frame: &WireFrame) -> u64 {
-    u64::from_str_radix(&frame.data_hex, 16).unwrap_or(u64::MAX)
+    <[u8; 8]>::try_from(frame.data.as_slice()).map_or(u64::MAX, u64::from_be_bytes)
 }
 
 /// A batch of [`frame`]s `first ..= last`.

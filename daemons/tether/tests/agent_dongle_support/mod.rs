@@ -503,7 +503,7 @@ pub fn synthetic(group: &str, n: u32, base: u32) -> Vec<WireFrame> {
 pub fn same_frame(w: &WireFrame, r: &CanRecord) -> bool {
     let other = WireFrame::from_record(&w.group_id, r);
     w.can_id == other.can_id
-        && w.data_hex == other.data_hex
+        && w.data == other.data
         && w.ts == other.ts
         && w.direction == other.direction
         && w.is_extended == other.is_extended

@@ -287,6 +287,11 @@ pub async fn get_text(url: &str) -> Option<String> {
     tether_testkit::rest::get_text(&reqwest::Client::new(), url).await
 }
 
+/// Sends `request` and reads its answer as JSON; panics when either fails.
+pub async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     tether_testkit::redis::connect(url).await.unwrap()
 }
