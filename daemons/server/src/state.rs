@@ -18,9 +18,25 @@ use crate::store::{Actor, ModeChange, Store};
 /// How many mode changes a slow subscriber may fall behind before it is told it lagged.
 const MODE_CHANGE_BUFFER: usize = 1024;
 
-/// Shared state of the HTTP server (cheap to clone).
+/// Shared state of the HTTP server: one allocation behind an `Arc`, so the clone each
+/// request's handlers and middleware take is one reference count, not one per part (the Redis
+/// client's clone alone allocates).
 #[derive(Debug, Clone)]
 pub struct AppState {
+    inner: Arc<StateParts>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateParts;
+
+    fn deref(&self) -> &StateParts {
+        &self.inner
+    }
+}
+
+/// What an [`AppState`] holds.
+#[derive(Debug)]
+pub struct StateParts {
     pub(crate) store: Arc<Store>,
     pub(crate) metrics: Arc<ServerMetrics>,
     pub(crate) relay: Arc<dyn RelayProbe>,
@@ -49,15 +65,17 @@ impl AppState {
             Arc::clone(&relay),
         );
         AppState {
-            store,
-            metrics,
-            relay,
-            redis,
-            readiness_timeout: Duration::from_secs(2),
-            mode_changes,
-            group_deletions: broadcast::channel(MODE_CHANGE_BUFFER).0,
-            agent_revocations: broadcast::channel(MODE_CHANGE_BUFFER).0,
-            console,
+            inner: Arc::new(StateParts {
+                store,
+                metrics,
+                relay,
+                redis,
+                readiness_timeout: Duration::from_secs(2),
+                mode_changes,
+                group_deletions: broadcast::channel(MODE_CHANGE_BUFFER).0,
+                agent_revocations: broadcast::channel(MODE_CHANGE_BUFFER).0,
+                console,
+            }),
         }
     }
 

@@ -147,6 +147,19 @@ impl DiagBusHandle {
         self.tap.as_ref().map(|t| t.listen(response_ids))
     }
 
+    /// Why no request can go out on this bus now: on a shared dongle, the dongle role has not
+    /// heard from the dongle since the agent started (it knows no address to send to). `None`
+    /// on a bus of its own, and once the dongle was heard.
+    pub fn unreachable(&self) -> Option<String> {
+        let tap = self.tap.as_ref()?;
+        tap.link().is_none().then(|| {
+            format!(
+                "bus_error: dongle {} not connected (the dongle role has not heard from it since the agent started)",
+                tap.serial()
+            )
+        })
+    }
+
     /// Frames the shared dongle's tap dropped so far (0 on a bus of its own).
     pub fn tap_dropped(&self) -> u64 {
         self.tap.as_ref().map_or(0, |t| t.dropped())

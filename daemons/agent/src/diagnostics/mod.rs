@@ -366,6 +366,11 @@ async fn run_command(
         Ok(p) => p,
         Err(e) => return fail(e.reason()),
     };
+    // A shared dongle not heard from yet: nothing could reach it, so no waiting out the
+    // deadline.
+    if let Some(reason) = bus.unreachable() {
+        return fail(reason);
+    }
     let left = c.deadline_ms.saturating_sub(now_ms());
     if left == 0 {
         return fail("timeout".into());
@@ -404,5 +409,73 @@ async fn run_command(
             counters.completed.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => fail(e.reason()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::diagnostics::config::{BusSource, DiagBus};
+    use crate::dongle::tap::DongleLink;
+
+    /// A command on a shared dongle the dongle role has not heard from fails at once with the
+    /// reason, not with `timeout` at its deadline; once the dongle is heard it is sendable.
+    #[tokio::test]
+    async fn a_shared_dongle_not_heard_yet_fails_at_once() {
+        let taps = DongleTaps::new(["VEH-1"]);
+        let (_stop, stop_rx) = watch::channel(false);
+        let bus = DiagBusHandle::open(
+            &DiagBus {
+                serial: "VEH-1".to_owned(),
+                source: BusSource::Dongle,
+            },
+            &taps,
+            stop_rx,
+        )
+        .await
+        .unwrap();
+        let (out, mut sent) = mpsc::unbounded_channel();
+        let counters = DiagCounters::default();
+        let command_id = Uuid::new_v4();
+        let request = CommandRequest {
+            command_id,
+            dongle_id: Uuid::new_v4(),
+            command_name: "ReadDTC".to_owned(),
+            command_params: serde_json::json!({}),
+            ecus: vec![],
+            attempt: 1,
+            deadline_ms: now_ms() + 60_000,
+        };
+        let started = std::time::Instant::now();
+        run_command(
+            request,
+            Some(Arc::clone(&bus)),
+            can_io::uds::UdsTiming::default(),
+            &out,
+            &counters,
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(5), "it waited");
+        match sent.try_recv() {
+            Ok(DiagMessage::CommandFailed(f)) => {
+                assert_eq!(f.command_id, command_id);
+                assert!(
+                    f.error.starts_with("bus_error: dongle VEH-1 not connected"),
+                    "{}",
+                    f.error
+                );
+            }
+            other => panic!("expected command_failed, got {other:?}"),
+        }
+        assert!(sent.try_recv().is_err(), "nothing else is sent");
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+
+        // The dongle role hears the dongle: requests can go out.
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let peer = socket.local_addr().unwrap();
+        let link = DongleLink::new("VEH-1", socket, peer).unwrap();
+        taps.get("VEH-1").unwrap().attach(Arc::new(link));
+        assert_eq!(bus.unreachable(), None);
     }
 }

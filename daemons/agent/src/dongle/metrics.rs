@@ -108,6 +108,9 @@ pub struct DongleMetrics {
     pub failovers: Family<SerialLabels, Counter>,
     /// Index in `server_url` (0-based) of the server of the dongle's last session attempt.
     pub server_index: Family<SerialLabels, Gauge>,
+    /// Frames for the diagnostics role that a shared dongle's full tap queue dropped (the
+    /// relay still got them; `dongle::tap`).
+    pub tap_dropped: Family<SerialLabels, Counter>,
     /// UDP datagrams (REMP, cannelloni) or SocketCAN reads that did not decode.
     pub malformed_datagrams: Counter,
     /// REMP datagrams dropped by authentication (no valid tag, no key, an older boot).
@@ -201,6 +204,11 @@ impl DongleMetrics {
             self.server_index.clone(),
         );
         p.register(
+            "tap_dropped_frames",
+            "Frames for the diagnostics role a shared dongle's full tap queue dropped (the relay still got them)",
+            self.tap_dropped.clone(),
+        );
+        p.register(
             "malformed_datagrams",
             "Datagrams (REMP, cannelloni) or SocketCAN reads that did not decode",
             self.malformed_datagrams.clone(),
@@ -248,6 +256,16 @@ impl DongleMetrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// The `tap_dropped` counter of `serial` (shared with the family: what it counts is
+    /// exposed).
+    pub fn tap_dropped_counter(&self, serial: &str) -> Counter {
+        self.tap_dropped
+            .get_or_create(&SerialLabels {
+                serial: serial.to_owned(),
+            })
+            .clone()
     }
 
     /// Shorthand for a per-serial gauge.

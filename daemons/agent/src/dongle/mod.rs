@@ -423,6 +423,7 @@ fn learn(
     let tap = taps.get(serial);
     if let Some(tap) = &tap {
         tap.attach(link.clone());
+        tap.count_drops_in(ctx.metrics.tap_dropped_counter(serial));
     }
     let (frames, handle) = start_dongle(ctx, api, serial, DongleOut::Remp(link.clone()))?;
     Ok((DongleEntry { frames, link, tap }, handle))

@@ -18,11 +18,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use can_io::CanRecord;
 use can_io::frame::CanFrame;
 use can_io::wire::remp::RempSender;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -150,6 +151,7 @@ impl DongleTaps {
                     frames: tx,
                     link: Mutex::new(None),
                     dropped: AtomicU64::new(0),
+                    drop_counter: OnceLock::new(),
                     last_warn_ms: AtomicU64::new(0),
                 }),
             );
@@ -190,6 +192,8 @@ pub struct Tap {
     frames: mpsc::Sender<CanRecord>,
     link: Mutex<Option<Arc<DongleLink>>>,
     dropped: AtomicU64,
+    /// The dongle role's `tap_dropped_frames` counter of this serial, once it is attached.
+    drop_counter: OnceLock<Counter>,
     last_warn_ms: AtomicU64,
 }
 
@@ -228,6 +232,9 @@ impl Tap {
 
     fn note_dropped(&self, n: u64) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(counter) = self.drop_counter.get() {
+            counter.inc_by(n);
+        }
         let now = crate::dongle::worker::now_ms();
         let last = self.last_warn_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= DROP_WARN_EVERY_MS
@@ -238,6 +245,16 @@ impl Tap {
         {
             warn!(serial = %self.serial, frames = n, total,
                 "the diagnostics role fell behind a shared dongle: frames for it dropped (the relay still has them)");
+        }
+    }
+
+    /// Counts the tap's drops in `counter` too (the dongle role's metric), from the first
+    /// one on; a second counter is ignored.
+    pub fn count_drops_in(&self, counter: Counter) {
+        if self.drop_counter.set(counter).is_ok()
+            && let Some(counter) = self.drop_counter.get()
+        {
+            counter.inc_by(self.dropped());
         }
     }
 
@@ -356,6 +373,18 @@ mod tests {
             .collect();
         tap.offer(&flood);
         assert_eq!(tap.dropped(), 10);
+
+        // The dongle role's metric counts the drops from before it was attached and after,
+        // and the metrics endpoint's text shows it.
+        let handle = crate::dongle::metrics::MetricsHandle::new();
+        tap.count_drops_in(handle.metrics.tap_dropped_counter("VEH-1"));
+        tap.offer(&[record(engine, 1), record(other, 2), record(engine, 3)]);
+        assert_eq!(tap.dropped(), 12);
+        let text = handle.encode();
+        assert!(
+            text.contains("tether_agent_dongle_tap_dropped_frames_total{serial=\"VEH-1\"} 12"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

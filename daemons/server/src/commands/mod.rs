@@ -190,7 +190,7 @@ impl Reporter {
                 start,
                 sequence_number: seq,
                 is_final,
-                payload: payload.clone(),
+                payload,
                 at: Utc::now(),
             })
             .await;
@@ -210,7 +210,7 @@ impl Reporter {
             Err(err) => Err(err),
         };
         match outcome {
-            Ok(ResponseOutcome::Stored(_)) => {
+            Ok(ResponseOutcome::Stored(record)) => {
                 self.next_seq += 1;
                 self.inner.metrics.responses.inc();
                 self.inner
@@ -219,7 +219,7 @@ impl Reporter {
                         command_id: id,
                         sequence_number: seq,
                         is_final,
-                        response: payload,
+                        response: record.response_payload,
                     })
                     .await;
                 if is_final {
@@ -613,7 +613,7 @@ impl Commands {
         let now = Utc::now();
         let ttl = chrono::Duration::from_std(command.ttl).unwrap_or(chrono::Duration::MAX);
         let record = CommandRecord {
-            command_id: Uuid::new_v4(),
+            command_id: crate::store::new_row_id(),
             user_id,
             vehicle_id: vehicle.id,
             command_name: command.name().to_owned(),

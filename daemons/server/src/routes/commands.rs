@@ -79,9 +79,9 @@ fn mount_prefix(original: &Uri, routed: &Uri) -> String {
         .to_owned()
 }
 
-/// `ws://HOST/ws/responses/{id}`, or `wss://` when the request came over TLS or a proxy says
-/// so (`X-Forwarded-Proto: https`).
-fn stream_url(headers: &HeaderMap, original: &Uri, prefix: &str, command_id: Uuid) -> String {
+/// The start of a command's `stream_url` (the command id follows): `ws://HOST/ws/responses/`,
+/// or `wss://` when the request came over TLS or a proxy says so (`X-Forwarded-Proto: https`).
+fn stream_base(headers: &HeaderMap, original: &Uri, prefix: &str) -> String {
     let forwarded_tls = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -95,21 +95,20 @@ fn stream_url(headers: &HeaderMap, original: &Uri, prefix: &str, command_id: Uui
         .or_else(|| original.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".to_owned());
     let scheme = if tls { "wss" } else { "ws" };
-    format!("{scheme}://{host}{prefix}/ws/responses/{command_id}")
+    format!("{scheme}://{host}{prefix}/ws/responses/")
 }
 
 /// Where a command's resources are, as the client reached this server: the mount prefix,
-/// host and scheme of the request.
+/// and the stream URLs' start (host and scheme of the request).
 #[derive(Debug, Clone)]
 pub(super) struct Urls {
     prefix: String,
-    headers: HeaderMap,
-    original: Uri,
+    stream_base: String,
 }
 
 impl Urls {
     fn stream(&self, command_id: Uuid) -> String {
-        stream_url(&self.headers, &self.original, &self.prefix, command_id)
+        format!("{}{command_id}", self.stream_base)
     }
 
     fn command(&self, command_id: Uuid) -> String {
@@ -125,10 +124,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Urls {
             .extensions
             .get::<OriginalUri>()
             .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let prefix = mount_prefix(&original, &parts.uri);
         Ok(Urls {
-            prefix: mount_prefix(&original, &parts.uri),
-            headers: parts.headers.clone(),
-            original,
+            stream_base: stream_base(&parts.headers, &original, &prefix),
+            prefix,
         })
     }
 }
@@ -601,13 +600,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("cars.example:8080"));
         assert_eq!(
-            stream_url(&headers, &original, "", id),
-            format!("ws://cars.example:8080/ws/responses/{id}")
+            stream_base(&headers, &original, ""),
+            "ws://cars.example:8080/ws/responses/"
         );
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
         assert_eq!(
-            stream_url(&headers, &original, "/tether", id),
-            format!("wss://cars.example:8080/tether/ws/responses/{id}")
+            stream_base(&headers, &original, "/tether"),
+            "wss://cars.example:8080/tether/ws/responses/"
         );
         let nested: Uri = "/tether/api/v1/commands".parse().unwrap_or_default();
         let root: Uri = "/api/v1/commands".parse().unwrap_or_default();

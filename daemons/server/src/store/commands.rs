@@ -171,6 +171,15 @@ pub enum CommandWritten {
     Failed(bool),
 }
 
+/// A new id for a command or response row: a UUID version 7 (RFC 9562: the Unix time in
+/// milliseconds, then 74 random bits). Ids made one after another sort next to each other, so
+/// the indexes on them grow at their end: a group commit of many commands then writes a few
+/// index pages instead of one random page per row and index.
+pub fn new_row_id() -> Uuid {
+    let millis = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid()
+}
+
 const COMMAND_COLUMNS: &str = "id, user_id, vehicle_id, command_name, command_params, status, \
                                error_message, submitted_at, completed_at, deadline_at";
 
@@ -211,6 +220,7 @@ const RESPONSE_COLUMNS: &str =
     "id, command_id, sequence_number, is_final, response_payload, received_at";
 
 const RESPONSE_ACTION: &str = "storing a response";
+const WRITES_ACTION: &str = "storing command changes";
 
 /// Inserts `command`, owned by `instance` (the process that queues it).
 fn insert_command_on(
@@ -261,8 +271,10 @@ fn fail_command_on(
     .map(|n| n == 1)
 }
 
-/// The statements of [`Store::add_response`], inside the caller's transaction (which the
-/// caller commits only for [`ResponseOutcome::Stored`]).
+/// The statements of [`Store::add_response`], inside the caller's transaction. They write
+/// only for [`ResponseOutcome::Stored`] (the status is read first, and a duplicate inserts
+/// nothing), so any other outcome leaves no trace without a rollback. The `bool` is whether
+/// the command was `pending` (the response started it: the same update moves it on).
 fn add_response_on(
     sql: &mut dyn Sql,
     command_id: Uuid,
@@ -270,7 +282,7 @@ fn add_response_on(
     is_final: bool,
     payload: &Value,
     now: DateTime<Utc>,
-) -> Result<ResponseOutcome, DbError> {
+) -> Result<(bool, ResponseOutcome), DbError> {
     // Locked (PostgreSQL), so a response and a failure racing on two instances end the
     // command once.
     let status = sql
@@ -283,13 +295,13 @@ fn add_response_on(
         )?
         .map(|row| row.get::<CommandStatus>(0))
         .transpose()?;
-    match status {
-        None => return Ok(ResponseOutcome::UnknownCommand),
-        Some(s) if s.is_terminal() => return Ok(ResponseOutcome::CommandEnded(s)),
-        Some(_) => {}
-    }
+    let was_pending = match status {
+        None => return Ok((false, ResponseOutcome::UnknownCommand)),
+        Some(s) if s.is_terminal() => return Ok((false, ResponseOutcome::CommandEnded(s))),
+        Some(s) => s == CommandStatus::Pending,
+    };
     let record = ResponseRecord {
-        response_id: Uuid::new_v4(),
+        response_id: new_row_id(),
         command_id,
         sequence_number,
         is_final,
@@ -311,7 +323,7 @@ fn add_response_on(
         ],
     )?;
     if inserted == 0 {
-        return Ok(ResponseOutcome::Duplicate);
+        return Ok((false, ResponseOutcome::Duplicate));
     }
     if is_final {
         sql.execute(
@@ -324,7 +336,7 @@ fn add_response_on(
             args![command_id],
         )?;
     }
-    Ok(ResponseOutcome::Stored(record))
+    Ok((was_pending, ResponseOutcome::Stored(record)))
 }
 
 fn apply_command_write(
@@ -346,12 +358,11 @@ fn apply_command_write(
             payload,
             at,
         } => {
-            let started = *start && start_command_on(sql, *command_id)?;
-            let outcome =
+            // The response's own status update starts a pending command (`in_progress`, or
+            // `completed` at once for a final one).
+            let (was_pending, outcome) =
                 add_response_on(sql, *command_id, *sequence_number, *is_final, payload, *at)?;
-            // Not stored: the savepoint rolls the start back too.
-            let started = started && matches!(outcome, ResponseOutcome::Stored(_));
-            CommandWritten::Response(started, outcome)
+            CommandWritten::Response(*start && was_pending, outcome)
         }
         CommandWrite::Fail {
             command_id,
@@ -403,34 +414,55 @@ impl Store {
     ) -> Result<ResponseOutcome, ServerError> {
         self.transaction(RESPONSE_ACTION, |sql| {
             add_response_on(sql, command_id, sequence_number, is_final, payload, now)
+                .map(|(_, outcome)| outcome)
         })
     }
 
     /// Applies `writes` in order in one transaction (a group commit of the commands
-    /// service): each as its one-at-a-time method would, inside a savepoint, so one that
-    /// fails leaves no trace and does not fail the others. The outer `Err` is a failed
-    /// transaction (nothing of the batch was stored); otherwise one result per write, all
-    /// committed.
+    /// service): each as its one-at-a-time method would, so one that fails leaves no trace
+    /// and does not fail the others. The outer `Err` is a failed transaction (nothing of the
+    /// batch was stored); otherwise one result per write, all committed.
+    ///
+    /// A change writes either all of its rows or none unless one of its statements fails
+    /// (every outcome but [`ResponseOutcome::Stored`] is decided before anything is written),
+    /// so the batch is first applied without savepoints. When a statement of any change
+    /// fails, that transaction is rolled back and the batch applied again with each change in
+    /// a savepoint of its own ([`Store::write_commands_isolated`]).
     pub fn write_commands(
         &self,
         writes: &[CommandWrite],
     ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
-        const ACTION: &str = "storing command changes";
         let instance = self.instance();
-        self.transaction(ACTION, |sql| {
+        let together = self.transaction_or_refuse(WRITES_ACTION, |sql| {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                match apply_command_write(sql, write, instance) {
+                    Ok(written) => results.push(Ok(written)),
+                    // Rolled back: applied again change by change.
+                    Err(_) => return Ok(Err(())),
+                }
+            }
+            Ok(Ok(results))
+        })?;
+        match together {
+            Ok(results) => Ok(results),
+            Err(()) => self.write_commands_isolated(writes),
+        }
+    }
+
+    /// [`Store::write_commands`] with each change in a savepoint, so a change whose
+    /// statement fails is rolled back alone.
+    fn write_commands_isolated(
+        &self,
+        writes: &[CommandWrite],
+    ) -> Result<Vec<Result<CommandWritten, ServerError>>, ServerError> {
+        let instance = self.instance();
+        self.transaction(WRITES_ACTION, |sql| {
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
                 sql.execute("SAVEPOINT command_write", &[])?;
                 let result = apply_command_write(sql, write, instance);
-                // A write that stored nothing (or failed) is rolled back with its savepoint.
-                let keep = matches!(
-                    &result,
-                    Ok(CommandWritten::Inserted
-                        | CommandWritten::Started(_)
-                        | CommandWritten::Failed(_)
-                        | CommandWritten::Response(_, ResponseOutcome::Stored(_)))
-                );
-                if !keep {
+                if result.is_err() {
                     sql.execute("ROLLBACK TO SAVEPOINT command_write", &[])?;
                 }
                 sql.execute("RELEASE SAVEPOINT command_write", &[])?;

@@ -44,7 +44,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use commands::{
     CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten, ResponseOutcome,
-    ResponseRecord,
+    ResponseRecord, new_row_id,
 };
 pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,

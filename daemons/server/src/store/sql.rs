@@ -424,16 +424,21 @@ pub(super) trait Sql {
 pub(super) struct SqliteSql<'a>(pub(super) &'a rusqlite::Connection);
 
 /// `$1` → `?1`: PostgreSQL placeholders as SQLite's numbered parameters.
+/// Copies the text between placeholders in runs (it runs for every statement of every
+/// change).
 fn sqlite_placeholders(sql: &str) -> String {
+    let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+    let mut copied = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'$' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            // `$` is ASCII, so `i` and `i + 1` are character boundaries.
+            out.push_str(&sql[copied..i]);
             out.push('?');
-        } else {
-            out.push(c);
+            copied = i + 1;
         }
     }
+    out.push_str(&sql[copied..]);
     out
 }
 
