@@ -128,8 +128,8 @@ fn edge(lines: &str) -> anyhow::Result<DongleEdge> {
 #[test]
 fn socketcan_names_an_interface_and_the_one_dongle_serial() {
     for listen in ["can0", "socketcan://can0", "'socketcan://can0/'"] {
-        let lines = format!("  protocol: socketcan\n  serial: VEH-42\n");
-        let text = MIN.replace("127.0.0.1:20100", listen) + &lines;
+        let text =
+            MIN.replace("127.0.0.1:20100", listen) + "  protocol: socketcan\n  serial: VEH-42\n";
         let role = parse(&text, &env, &[])
             .expect("parses")
             .dongle_role()
