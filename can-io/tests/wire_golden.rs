@@ -341,14 +341,19 @@ fn multicast_matches_python_can_bytes() {
     );
 }
 
-#[test]
-fn relay_json_golden() {
-    let r = CanRecord::new(
+/// The OBD request as a record read on `can0`.
+fn obd_record() -> CanRecord {
+    CanRecord::new(
         1_600_000_000_000_001_000,
         Arc::from("can0"),
         Direction::Rx,
         obd_request(),
-    );
+    )
+}
+
+#[test]
+fn relay_json_golden() {
+    let r = obd_record();
     let j = CanRelayFrame::from_record("g-42", &r);
     let text = j.encode();
     assert_eq!(
@@ -382,12 +387,7 @@ fn relay_json_golden() {
 /// In MessagePack the payload is the bytes themselves (`data`, a `bin`), never hex.
 #[test]
 fn relay_frame_payload_is_bin_in_msgpack() {
-    let r = CanRecord::new(
-        1_600_000_000_000_001_000,
-        Arc::from("can0"),
-        Direction::Rx,
-        obd_request(),
-    );
+    let r = obd_record();
     let frame = CanRelayFrame::from_record("g-42", &r);
     assert_eq!(frame.data, [0x02, 0x10, 0x03, 0, 0, 0, 0, 0]);
     let packed = rmp_serde::to_vec_named(&frame).unwrap();
