@@ -7,26 +7,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use relay_core::engine::{GroupMode, Side};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::servers::Failover;
 
-/// A group assignment as `GET /api/v1/agent/dongles/{id}` reports it.
+/// A group assignment as `GET /api/v1/agent/dongles/{id}` reports it; a side or mode the
+/// engine does not know fails the answer's decoding.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Assignment {
     /// Group uuid.
     pub id: String,
     /// `a` or `b`.
-    pub side: String,
+    pub side: Side,
     /// `inactive`, `active` or `degraded`.
-    pub mode: String,
+    pub mode: GroupMode,
 }
 
 impl Assignment {
     /// Whether frames are relayed (`active` or `degraded`).
     pub fn is_active(&self) -> bool {
-        self.mode != "inactive"
+        self.mode != GroupMode::Inactive
     }
 }
 
@@ -143,14 +145,6 @@ impl ServerApi {
         Self::check(status, &body)?;
         let view: DongleView = serde_json::from_str(&body)
             .map_err(|e| ApiError::Other(anyhow::anyhow!("assignment answer: {e}")))?;
-        if let Some(g) = &view.group
-            && (g.side != "a" && g.side != "b")
-        {
-            return Err(ApiError::Other(anyhow::anyhow!(
-                "assignment answer: side {:?} is neither a nor b",
-                g.side
-            )));
-        }
         Ok(view.group)
     }
 }

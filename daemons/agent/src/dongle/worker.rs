@@ -501,7 +501,7 @@ impl Worker {
         };
         let g = group
             .as_ref()
-            .and_then(|a| parse_side(&a.side).map(|side| (a.id.clone(), side, a.is_active())));
+            .map(|a| (a.id.clone(), a.side, a.is_active()));
         let saved = SavedAssignment {
             dongle_id,
             group_id: g.as_ref().map(|(id, _, _)| id.clone()),
@@ -1045,14 +1045,6 @@ async fn next_msg(
     match conn {
         Some(c) => c.stream.next().await,
         None => std::future::pending().await,
-    }
-}
-
-fn parse_side(s: &str) -> Option<Side> {
-    match s {
-        "a" => Some(Side::A),
-        "b" => Some(Side::B),
-        _ => None,
     }
 }
 

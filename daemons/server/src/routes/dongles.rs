@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::Utc;
+use relay_core::engine::Side;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -98,7 +99,11 @@ pub(super) async fn assignment(
         .await?;
     let (dongle, group) = found.ok_or_else(|| ApiError::not_found("dongle"))?;
     let group = group.map(|g| {
-        let side = if g.dongle_a == dongle.id { "a" } else { "b" };
+        let side = if g.dongle_a == dongle.id {
+            Side::A
+        } else {
+            Side::B
+        };
         json!({ "id": g.id, "side": side, "mode": g.mode })
     });
     Ok(Json(json!({
