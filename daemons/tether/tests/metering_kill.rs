@@ -89,6 +89,9 @@ async fn kill_9_at_random_moments_loses_nothing() {
         seen.len()
     );
 
+    // The last agent may have started a moment ago (its predecessors delivered everything):
+    // a SIGTERM before it installed its handlers would be the default action, not a stop.
+    wait_redis_connected(&setup, Duration::from_secs(30), "the last agent up").await;
     sigterm(&agent);
     assert!(wait_exit(agent).await.success());
     cleanup(&mut r, &p).await;

@@ -57,6 +57,9 @@ type Ws =
 type WsSink = futures::stream::SplitSink<Ws, WsMessage>;
 type WsStream = futures::stream::SplitStream<Ws>;
 
+/// How long closing a connection waits for the server's answering `Close`.
+const CLOSE_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a handshake or a graceful flush at shutdown may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
@@ -790,10 +793,23 @@ impl Worker {
         self.ended(reason, false);
     }
 
-    /// Closes the connection of a stream the worker leaves.
+    /// Closes the connection of a stream the worker leaves, with the WebSocket closing
+    /// handshake: the server answers our `Close` only after it has read what we sent before it
+    /// (the last `ack` among it), while dropping the socket at once can reset the connection
+    /// with that ack still unread — the server then keeps counting delivered frames as backlog.
+    /// Messages arriving meanwhile are not handled (what they carry is sent again later).
     async fn close_conn(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            let _ = c.sink.send(WsMessage::Close(None)).await;
+            if c.sink.send(WsMessage::Close(None)).await.is_ok() {
+                let answered = async {
+                    while let Some(Ok(m)) = c.stream.next().await {
+                        if matches!(m, WsMessage::Close(_)) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_ANSWER_WAIT, answered).await;
+            }
             DongleMetrics::set(&self.ctx.metrics.connected, &self.serial, 0);
         }
     }
