@@ -105,24 +105,23 @@ run_relay() {
   local line
   line=$(nice "$BIN/examples/bench_relay" relay --server "$base" "${extra[@]}" --token "$token" \
     --pairs "$PAIRS" --rate "$RATE" --seconds "$DURATION" --label "$label")
-  local ticks=0 tck
+  # utime + stime of each instance (fields 14 and 15 of /proc/PID/stat; the command name in
+  # field 2 holds no spaces here), read once: per server on stderr, summed in the result line.
+  local tck total=0 frames=$((PAIRS * RATE * 2 * DURATION)) p rss ticks
   tck=$(getconf CLK_TCK)
+  local per_server=()
   for p in "${pids[@]}"; do
-    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    rss=$(ps -o rss= -p "$p" 2>/dev/null | tr -d ' ' || echo "?")
+    ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + ticks))
+    per_server+=("   server $p resident memory after the run: ${rss} KiB; CPU $(awk -v t="$ticks" -v h="$tck" -v f="$frames" \
+      'BEGIN { printf "%.2f s, %.2f us per frame offered", t / h, t / h * 1e6 / f }')")
   done
-  line="$line server_cpu_s=$(awk -v t="$ticks" -v h="$tck" 'BEGIN {printf "%.2f", t / h}')"
+  line="$line server_cpu_s=$(awk -v t="$total" -v h="$tck" 'BEGIN {printf "%.2f", t / h}')"
   echo "$line"
   RESULTS+=("$line")
-  local frames=$((PAIRS * RATE * 2 * DURATION)) tck
-  tck=$(getconf CLK_TCK)
+  printf '%s\n' "${per_server[@]}" >&2
   for p in "${pids[@]}"; do
-    local rss ticks
-    rss=$(ps -o rss= -p "$p" 2>/dev/null | tr -d ' ' || echo "?")
-    # utime + stime of the whole process (fields 14 and 15 of /proc/PID/stat; the command
-    # name in field 2 holds no spaces here).
-    ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    echo "   server $p resident memory after the run: ${rss} KiB; CPU $(awk -v t="$ticks" -v h="$tck" -v f="$frames" \
-      'BEGIN { printf "%.2f s, %.2f us per frame offered", t / h, t / h * 1e6 / f }')" >&2
     kill -TERM "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
