@@ -4,7 +4,7 @@
 //! It sets up, through the REST API, two agents (A and B) and N groups (dongle `i-A` owned by
 //! agent A, `i-B` by agent B, activated), writes each agent a config file, starts both agents
 //! (`--tether BIN agent --config …`), then runs 2·N UDP dongles: each sends its hello, waits until
-//! its agent relays, then sends `--rate` frames/s (`0`: 256 frames per batch) in batches every
+//! its agent relays, then sends `--rate` frames/s (`0`: `--burst` frames per batch) in batches every
 //! `--batch-ms`. One task on one timer sends for every dongle, one task per dongle receives a
 //! datagram at a time: the driver's own cost per frame stays small next to the agents'. Each frame's 8 data bytes carry the dongle's frame number (u32)
 //! and its send time (µs since the driver started, u32); the peer dongle records the added
@@ -60,9 +60,13 @@ struct Cli {
     /// Dongles per agent (= groups).
     #[arg(long, default_value_t = 10)]
     dongles: usize,
-    /// Frames per second each dongle sends; 0 = as fast as it can.
+    /// Frames per second each dongle sends; 0 = `--burst` frames per batch.
     #[arg(long, default_value_t = 4500)]
     rate: u64,
+    /// With `--rate 0`: frames each dongle sends per batch (1024 every 5 ms: ~200,000/s per
+    /// dongle, more than an agent takes).
+    #[arg(long, default_value_t = 1024)]
+    burst: u64,
     /// `dongle.outbox_max_frames` of both agents (their default when not given).
     #[arg(long)]
     outbox_max_frames: Option<u64>,
@@ -250,11 +254,12 @@ fn rand_boot(serial: &str) -> u64 {
 }
 
 /// Sends every dongle's frames, all from one task on one timer: at each `batch_ms` tick each
-/// dongle sends the frames due by its rate (`0`: 256 more per tick), one REMP datagram per
+/// dongle sends the frames due by its rate (`0`: `burst` more per tick), one REMP datagram per
 /// ~50 frames; a keep-alive per dongle every second. Until `totals.stop`.
 async fn send_all(
     mut dongles: Vec<DongleTx>,
     rate: u64,
+    burst: u64,
     batch_ms: u64,
     start: Instant,
     go: Arc<AtomicBool>,
@@ -278,7 +283,11 @@ async fn send_all(
         let begun = *begun.get_or_insert_with(Instant::now);
         let due = (begun.elapsed().as_micros() as u64 * rate / 1_000_000).max(1);
         for d in &mut dongles {
-            let due = if rate == 0 { u64::from(d.n) + 256 } else { due };
+            let due = if rate == 0 {
+                u64::from(d.n) + burst
+            } else {
+                due
+            };
             let sent = d.send_due(due, start, &totals.errors).await;
             totals.sent.fetch_add(sent, Ordering::Relaxed);
         }
@@ -389,7 +398,7 @@ fn context_switches(pid: u32) -> u64 {
         .flat_map(|status| {
             status
                 .lines()
-                .filter(|l| l.ends_with("ctxt_switches") || l.contains("ctxt_switches:"))
+                .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .collect::<Vec<_>>()
         })
@@ -511,6 +520,7 @@ async fn measure(
     let sending = tokio::spawn(send_all(
         senders,
         cli.rate,
+        cli.burst,
         cli.pace.batch_ms,
         start,
         Arc::clone(&go),
