@@ -54,7 +54,7 @@ pub const CANNELLONI_CHANNEL: &str = "can0";
 #[derive(Debug)]
 pub enum DongleOut {
     /// A REMP dongle (its link is shared with a diagnostics tap) and the role's counters.
-    Remp(Arc<DongleLink>, DongleMetrics),
+    Remp(Arc<DongleLink>, Box<DongleMetrics>),
     /// The one dongle of a SocketCAN or cannelloni edge.
     Bus(Box<BusLink>),
 }
@@ -688,7 +688,7 @@ mod tests {
         // An IPv4 socket cannot send to an IPv6 address: every send_to fails.
         let link = Arc::new(DongleLink::new(SERIAL, agent, "[::1]:9".parse().unwrap()).unwrap());
         let metrics = DongleMetrics::default();
-        let out = DongleOut::Remp(link.clone(), metrics.clone());
+        let out = DongleOut::Remp(link.clone(), Box::new(metrics.clone()));
         // 300 frames: several datagrams, all refused.
         let sent = out.send((0..300).map(record).collect()).await;
         assert_eq!(

@@ -429,7 +429,7 @@ fn learn(
         ctx,
         api,
         serial,
-        DongleOut::Remp(link.clone(), ctx.metrics.clone()),
+        DongleOut::Remp(link.clone(), Box::new(ctx.metrics.clone())),
     )?;
     Ok((DongleEntry { frames, link, tap }, handle))
 }
