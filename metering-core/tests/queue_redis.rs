@@ -6,6 +6,11 @@ use metering_core::message::QueueKind;
 use metering_core::queue::{DlqEntry, KeyLayout, QueueStore};
 use tether_testkit::redis::{RedisNamespace, redis_url};
 
+/// Keys of the test's own, deleted when dropped (whether the test passed or not).
+fn namespace() -> RedisNamespace {
+    RedisNamespace::new("metering-queue")
+}
+
 fn store(prefix: &str, instance: &str) -> QueueStore {
     let client = redis::Client::open(redis_url()).expect("REDIS_URL parses");
     QueueStore::new(
@@ -29,8 +34,7 @@ async fn lpush(prefix: &str, q: QueueKind, items: &[&str]) {
 
 #[tokio::test]
 async fn fetch_ack_reap_and_dlq_round_trip() {
-    // Keys of the test's own, deleted when `ns` drops (pass or fail).
-    let ns = RedisNamespace::new("metering-queue");
+    let ns = namespace();
     let prefix = &ns.prefix;
     let q = QueueKind::UsageRecords;
     lpush(prefix, q, &["a", "b", "c"]).await;
@@ -85,8 +89,7 @@ async fn fetch_ack_reap_and_dlq_round_trip() {
 
 #[tokio::test]
 async fn item_reaped_too_often_goes_to_the_dlq() {
-    // Keys of the test's own, deleted when `ns` drops (pass or fail).
-    let ns = RedisNamespace::new("metering-queue");
+    let ns = namespace();
     let prefix = &ns.prefix;
     let q = QueueKind::QuotaRefresh;
     lpush(prefix, q, &["poison"]).await;
@@ -118,8 +121,7 @@ async fn item_reaped_too_often_goes_to_the_dlq() {
 
 #[tokio::test]
 async fn blocking_fetch_outlives_the_default_response_timeout() {
-    // Keys of the test's own, deleted when `ns` drops (pass or fail).
-    let ns = RedisNamespace::new("metering-queue");
+    let ns = namespace();
     let prefix = &ns.prefix;
     let q = QueueKind::SessionLifecycle;
     let s = store(prefix, "blocker");
@@ -144,8 +146,7 @@ async fn blocking_fetch_outlives_the_default_response_timeout() {
 
 #[tokio::test]
 async fn executed_commands_are_remembered() {
-    // Keys of the test's own, deleted when `ns` drops (pass or fail).
-    let ns = RedisNamespace::new("metering-queue");
+    let ns = namespace();
     let prefix = &ns.prefix;
     let s = store(prefix, "cmd");
     let now = 1_800_000_000;
