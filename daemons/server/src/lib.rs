@@ -83,6 +83,7 @@ pub mod metering;
 pub mod metrics;
 pub mod routes;
 mod serve;
+mod setting;
 pub mod state;
 pub mod store;
 pub mod telemetry;
