@@ -1,35 +1,45 @@
 //! End-to-end simulation of store-and-forward: a producer ([`StreamOutbox`] +
-//! [`UplinkSession`]) and a consumer stepped over a virtual link with latency, on a virtual
-//! clock, through outages, lost batches, refusals, overflow and producer restarts.
+//! [`UplinkSession`], the decisions of the dongle agent and of the telemetry vehicle) and a
+//! consumer stepped over a virtual link with latency, on a virtual clock, through outages,
+//! lost batches, refusals, overflow and producer restarts.
 //!
-//! Two consumers, one per protocol the session serves:
-//! * `Relay` keeps the relay engine's rules: duplicates (seq at or below its head) are
-//!   acknowledged again, a batch that leaves a hole after what this connection sent is refused
-//!   (`seq_out_of_order` → [`Refusal::Resync`]) except the first one of a connection, and an
-//!   inactive group refuses everything (`group_inactive` → [`Refusal::DropPending`]).
+//! Two consumers, one per protocol the session serves, both the real code:
+//! * `Engine` is the server side of the data plane: the [`RelayEngine`] over a memory stream
+//!   log, the producer as side A of a group and side B connected, acknowledging what it is
+//!   delivered. Its refusals reach the session as the server sends them (`ErrorCode::for_error`)
+//!   and as the agent maps them (`Refusal::for_relay_error`); a failed append resets the
+//!   producer (`internal`).
 //! * `Inbox` is the telemetry remote's real [`UplinkInbox`] (memory or SQLite).
 //!
 //! Checked against the model "every record arrives once, in order, and is counted as dropped
 //! exactly when it does not": the consumer's records have increasing seqs and increasing
 //! record ids, each id at most once; the ids that never arrived number exactly the drops the
-//! outbox counted (at most, when the remote refused records it may have stored); and nothing
-//! is marked acknowledged before the consumer committed it.
+//! outbox counted (at most, when the remote refused records it may have stored); nothing
+//! is marked acknowledged before the consumer committed it; and side B was delivered exactly
+//! what the log holds, once and in order.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod storage_support;
 mod uplink_support;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::executor::block_on;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use relay_core::engine::{
+    Direction, EngineConfig, GroupId, GroupSnapshot, RelayEngine, RelayOutput, Side, StorageRequest,
+};
+use relay_core::log::{GapReason, Item, MemoryStreamLog, StreamLog};
+use relay_core::protocol::ErrorCode;
 use relay_core::sqlite::Durability;
 use relay_core::uplink::{
-    DropReason, FullJitter, MemoryInbox, NewRecord, OnAck, OutboxRecord, Refusal, RemoteAhead,
-    SentBatch, SessionAction, SessionConfig, SqliteInbox, StreamConfig, StreamOutbox, UplinkInbox,
+    FullJitter, MemoryInbox, NewRecord, OnAck, OutboxRecord, Refusal, RemoteAhead, SentBatch,
+    SessionAction, SessionConfig, SqliteInbox, StreamConfig, StreamOutbox, UplinkInbox,
     UplinkSession,
 };
 use uplink_support::{Backend, StoreHarness, proptest_config, runtime};
@@ -51,19 +61,154 @@ fn record_id(payload: &Bytes) -> u64 {
     std::str::from_utf8(payload).unwrap().parse().unwrap()
 }
 
+/// The relay server's side: the engine over a memory log, one group, the producer as side A.
+struct Relay {
+    engine: RelayEngine,
+    log: MemoryStreamLog,
+    group: GroupId,
+    now: u64,
+    /// Side B's cursor and what it was delivered, `(seq, record id)` in order.
+    b_cursor: u64,
+    b_received: Vec<(u64, u64)>,
+    /// Seqs B was told it will never get (the producer dropped them, counted, before sending:
+    /// the first batch of a connection then starts above the head, a `missing` gap).
+    b_gapped: u64,
+    violations: Vec<String>,
+}
+
+impl Relay {
+    fn new() -> Self {
+        let group = GroupId::new("g1");
+        let mut engine = RelayEngine::new(EngineConfig::default());
+        let snapshot = GroupSnapshot {
+            activated: true,
+            ..Default::default()
+        };
+        engine.add_group(group.clone(), snapshot, 0);
+        engine.handle_connected(&group, Side::B, 0, 0).unwrap();
+        let mut relay = Relay {
+            engine,
+            log: MemoryStreamLog::new(),
+            group,
+            now: 0,
+            b_cursor: 0,
+            b_received: Vec::new(),
+            b_gapped: 0,
+            violations: Vec::new(),
+        };
+        relay.drive(false);
+        relay
+    }
+
+    fn key(&self) -> String {
+        Direction::AToB.stream_key(&self.group)
+    }
+
+    /// Runs the engine and its storage; `fail_append`: the next append fails (nothing stored).
+    /// Returns what went to side A.
+    fn drive(&mut self, mut fail_append: bool) -> Vec<Down> {
+        let mut to_a = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(req) = self.engine.poll_storage() {
+                progressed = true;
+                match req {
+                    StorageRequest::Append {
+                        group, direction, ..
+                    } if std::mem::take(&mut fail_append) => {
+                        let failure = Err(relay_core::Error::Corrupt {
+                            stream: direction.stream_key(&group),
+                            detail: "simulated storage failure".to_owned(),
+                        });
+                        let result = self
+                            .engine
+                            .handle_append_result(&group, direction, failure, self.now);
+                        result.unwrap();
+                    }
+                    other => storage_support::serve(
+                        &mut self.engine,
+                        &self.log,
+                        other,
+                        self.now,
+                        storage_support::Cursors::Store,
+                    ),
+                }
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+                progressed = true;
+                self.engine.handle_timeout(self.now);
+            }
+            while let Some(out) = self.engine.poll_output() {
+                progressed = true;
+                match out {
+                    RelayOutput::Ack {
+                        to: Side::A, up_to, ..
+                    } => to_a.push(Down::Ack(up_to)),
+                    RelayOutput::ResetProducer { side: Side::A, .. } => {
+                        // The server closes the connection with `internal`.
+                        to_a.push(Down::Refused(Refusal::for_relay_error(ErrorCode::Internal)));
+                    }
+                    RelayOutput::Deliver {
+                        to: Side::B, items, ..
+                    } => self.deliver_to_b(&items),
+                    RelayOutput::Gap {
+                        to: Side::B, gap, ..
+                    } => {
+                        if gap.from != self.b_cursor + 1 || gap.reason != GapReason::Missing {
+                            self.violations
+                                .push(format!("B got {gap:?} after {}", self.b_cursor));
+                        }
+                        self.b_cursor = gap.to;
+                        self.b_gapped += gap.count;
+                        let group = self.group.clone();
+                        self.engine
+                            .handle_ack(&group, Side::B, gap.to, self.now)
+                            .unwrap();
+                    }
+                    RelayOutput::ModeChanged { .. } => {}
+                    other => self.violations.push(format!("unexpected {other:?}")),
+                }
+            }
+            if !progressed {
+                return to_a;
+            }
+        }
+    }
+
+    /// Side B takes the items in order and acknowledges them.
+    fn deliver_to_b(&mut self, items: &[Item]) {
+        for item in items {
+            if item.seq != self.b_cursor + 1 {
+                self.violations
+                    .push(format!("B got seq {} after {}", item.seq, self.b_cursor));
+            }
+            self.b_cursor = item.seq;
+            self.b_received.push((item.seq, record_id(&item.payload)));
+        }
+        let (group, cursor) = (self.group.clone(), self.b_cursor);
+        self.engine
+            .handle_ack(&group, Side::B, cursor, self.now)
+            .unwrap();
+    }
+
+    fn receive(&mut self, records: &[OutboxRecord], fail_append: bool) -> Vec<Down> {
+        let items = records.iter().map(Item::from).collect();
+        let group = self.group.clone();
+        if let Err(e) = self.engine.handle_frames(&group, Side::A, items, self.now) {
+            // The server answers with the error and the agent closes the connection.
+            let mut downs = self.drive(false);
+            downs.push(Down::Refused(Refusal::for_relay_error(
+                ErrorCode::for_error(&e),
+            )));
+            return downs;
+        }
+        self.drive(fail_append)
+    }
+}
+
 /// The consumer side.
 enum Consumer {
-    Relay {
-        /// `(seq, record id)` stored, in order.
-        stored: Vec<(u64, u64)>,
-        head: u64,
-        /// The next batch is the first of its connection.
-        fresh: bool,
-        /// Storing a batch of this connection failed: everything after it is refused too
-        /// (it was built on it), until the producer reconnects.
-        failed: bool,
-        inactive: bool,
-    },
+    Relay(Box<Relay>),
     Inbox(Box<dyn UplinkInbox>),
 }
 
@@ -71,73 +216,104 @@ impl Consumer {
     /// What the remote holds durably (its handshake's ack).
     fn acked(&mut self) -> u64 {
         match self {
-            Consumer::Relay { head, .. } => *head,
+            Consumer::Relay(relay) => block_on(relay.log.backlog(&relay.key(), 0)).unwrap().head,
             Consumer::Inbox(inbox) => inbox.acked(KEY).unwrap(),
         }
     }
 
-    fn connected(&mut self) {
-        if let Consumer::Relay { fresh, failed, .. } = self {
-            *fresh = true;
-            *failed = false;
+    /// The producer connects; returns the handshake's ack.
+    fn connect(&mut self, now: u64) -> u64 {
+        let acked = self.acked();
+        if let Consumer::Relay(relay) = self {
+            relay.now = now;
+            let group = relay.group.clone();
+            let welcome = relay
+                .engine
+                .handle_connected(&group, Side::A, 0, now)
+                .unwrap();
+            assert_eq!(welcome.tx_acked, acked, "the welcome acks what is durable");
+            relay.drive(false);
+        }
+        acked
+    }
+
+    fn disconnected(&mut self, now: u64) {
+        if let Consumer::Relay(relay) = self {
+            relay.now = now;
+            let group = relay.group.clone();
+            relay
+                .engine
+                .handle_disconnected(&group, Side::A, now)
+                .unwrap();
+            relay.drive(false);
         }
     }
 
-    /// Storing the batch that just arrived failed (the relay then resets the producer).
-    fn fail(&mut self) {
-        if let Consumer::Relay { fresh, failed, .. } = self {
-            *fresh = false;
-            *failed = true;
-        }
-    }
-
-    /// Commits a batch and returns the ack (sent after the commit), or a refusal.
-    fn receive(&mut self, records: &[OutboxRecord]) -> Result<u64, Refusal> {
+    /// Whether the remote's own consumer (the relay's side B) has everything that is durable.
+    fn caught_up(&mut self) -> bool {
+        let acked = self.acked();
         match self {
-            Consumer::Relay {
-                stored,
-                head,
-                fresh,
-                failed,
-                inactive,
-            } => {
-                let first_of_connection = std::mem::replace(fresh, false);
-                if *failed {
-                    return Err(Refusal::Resync);
-                }
-                if *inactive {
-                    return Err(Refusal::DropPending {
-                        reason: DropReason::Refused,
-                    });
-                }
-                let new: Vec<&OutboxRecord> = records.iter().filter(|r| r.seq > *head).collect();
-                if let Some(first) = new.first()
-                    && !first_of_connection
-                    && first.seq > *head + 1
-                {
-                    return Err(Refusal::Resync);
-                }
-                for r in new {
-                    stored.push((r.seq, record_id(&r.payload)));
-                    *head = r.seq;
-                }
-                Ok(*head)
+            Consumer::Relay(relay) => relay.b_cursor >= acked,
+            Consumer::Inbox(_) => true,
+        }
+    }
+
+    /// The engine's next timer.
+    fn poll_timeout(&mut self) -> Option<u64> {
+        match self {
+            Consumer::Relay(relay) => relay.engine.poll_timeout(),
+            Consumer::Inbox(_) => None,
+        }
+    }
+
+    /// Time `now` has come: what the remote sends meanwhile.
+    fn tick(&mut self, now: u64) -> Vec<Down> {
+        match self {
+            Consumer::Relay(relay) => {
+                relay.now = now;
+                relay.drive(false)
             }
-            Consumer::Inbox(inbox) => Ok(inbox.commit(KEY, records).unwrap().ack),
+            Consumer::Inbox(_) => Vec::new(),
+        }
+    }
+
+    /// Takes a batch; returns what the remote answers (acks after the commit, a refusal).
+    /// `fail`: the remote fails to store it (the relay then resets the producer).
+    fn receive(&mut self, records: &[OutboxRecord], now: u64, fail: bool) -> Vec<Down> {
+        match self {
+            Consumer::Relay(relay) => {
+                relay.now = now;
+                relay.receive(records, fail)
+            }
+            Consumer::Inbox(inbox) => vec![Down::Ack(inbox.commit(KEY, records).unwrap().ack)],
         }
     }
 
     /// `(seq, record id)` of everything stored, in seq order.
     fn contents(&mut self) -> Vec<(u64, u64)> {
-        match self {
-            Consumer::Relay { stored, .. } => stored.clone(),
+        let records: Vec<(u64, Bytes)> = match self {
+            Consumer::Relay(relay) => {
+                let mut items = Vec::new();
+                let mut after = 0;
+                loop {
+                    let batch = block_on(relay.log.read(&relay.key(), after, usize::MAX)).unwrap();
+                    let Some(last) = batch.last_seq() else { break };
+                    after = last;
+                    items.extend(batch.items.into_iter().map(|i| (i.seq, i.payload)));
+                }
+                items
+            }
             Consumer::Inbox(inbox) => inbox
                 .read(KEY, 0, usize::MAX)
                 .unwrap()
-                .iter()
-                .map(|r| (r.seq, record_id(&r.payload)))
+                .into_iter()
+                .map(|r| (r.seq, r.payload))
                 .collect(),
-        }
+        };
+        records
+            .into_iter()
+            .map(|(seq, payload)| (seq, record_id(&payload)))
+            .collect()
     }
 }
 
@@ -216,6 +392,9 @@ impl Sim {
     }
 
     fn close_link(&mut self) {
+        if self.connected {
+            self.consumer.disconnected(self.now);
+        }
         self.connected = false;
         self.up.clear();
         self.down.clear();
@@ -257,8 +436,7 @@ impl Sim {
                     if self.remote_up {
                         self.connected = true;
                         self.conn += 1;
-                        self.consumer.connected();
-                        let acked = self.consumer.acked();
+                        let acked = self.consumer.connect(now);
                         self.session.handle_connected(acked, now);
                     } else {
                         self.session.handle_connect_failed(now);
@@ -307,24 +485,21 @@ impl Sim {
             let next_up = self.up.front().map(|(t, _, _)| *t);
             let next_down = self.down.front().map(|(t, _, _)| *t);
             let next_timer = self.session.poll_timeout();
-            let next = [next_up, next_down, next_timer].into_iter().flatten().min();
+            let next_remote = self.consumer.poll_timeout();
+            let next = [next_up, next_down, next_timer, next_remote]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
                     if next_up == Some(t) {
                         let (_, conn, records) = self.up.pop_front().unwrap();
                         if conn == self.conn && self.remote_up {
-                            let answer = if std::mem::take(&mut self.lose_next) {
-                                // The relay failed to store it: it resets the producer.
-                                self.consumer.fail();
-                                Down::Refused(Refusal::Resync)
-                            } else {
-                                match self.consumer.receive(&records) {
-                                    Ok(ack) => Down::Ack(ack),
-                                    Err(refusal) => Down::Refused(refusal),
-                                }
-                            };
-                            self.down.push_back((self.now + LATENCY_MS, conn, answer));
+                            let fail = std::mem::take(&mut self.lose_next);
+                            for answer in self.consumer.receive(&records, self.now, fail) {
+                                self.down.push_back((self.now + LATENCY_MS, conn, answer));
+                            }
                         }
                     } else if next_down == Some(t) {
                         let (_, conn, answer) = self.down.pop_front().unwrap();
@@ -339,6 +514,13 @@ impl Sim {
                                 }
                             }
                         }
+                    } else if next_remote == Some(t) {
+                        for answer in self.consumer.tick(self.now) {
+                            if self.connected {
+                                self.down
+                                    .push_back((self.now + LATENCY_MS, self.conn, answer));
+                            }
+                        }
                     }
                     self.drive().await;
                 }
@@ -350,8 +532,22 @@ impl Sim {
     }
 
     fn set_inactive(&mut self, value: bool) {
-        if let Consumer::Relay { inactive, .. } = &mut self.consumer {
-            *inactive = value;
+        if let Consumer::Relay(relay) = &mut self.consumer {
+            relay.now = self.now;
+            let group = relay.group.clone();
+            let mode = if value {
+                relay.engine.handle_deactivate(&group, self.now)
+            } else {
+                relay.engine.handle_activate(&group, self.now)
+            };
+            mode.unwrap();
+            // What the engine answers A meanwhile (none expected) reaches it like any answer.
+            for answer in relay.drive(false) {
+                if self.connected {
+                    self.down
+                        .push_back((self.now + LATENCY_MS, self.conn, answer));
+                }
+            }
         }
     }
 
@@ -365,6 +561,7 @@ impl Sim {
                 && self.outbox().pending() == 0
                 && self.up.is_empty()
                 && self.down.is_empty()
+                && self.consumer.caught_up()
             {
                 break;
             }
@@ -398,6 +595,18 @@ impl Sim {
             assert_eq!(
                 missing, dropped,
                 "missing {missing}, counted {dropped}: {stats:?}"
+            );
+        }
+        if let Consumer::Relay(relay) = &self.consumer {
+            assert!(relay.violations.is_empty(), "{:?}", relay.violations);
+            assert_eq!(
+                relay.b_received, contents,
+                "B was delivered what the log holds"
+            );
+            assert_eq!(
+                relay.b_received.len() as u64 + relay.b_gapped,
+                relay.b_cursor,
+                "every seq up to B's cursor delivered or gapped once"
             );
         }
         let last_seq = contents.last().map_or(0, |(seq, _)| *seq);
@@ -444,7 +653,7 @@ async fn run(sim: &mut Sim, ops: Vec<Op>) {
             Op::RemoteUp => sim.remote_up = true,
             // The uplink's remote never fails a batch alone (a WebSocket does not lose one);
             // the relay may fail to store one and reset the producer.
-            Op::LoseNextBatch => sim.lose_next = matches!(sim.consumer, Consumer::Relay { .. }),
+            Op::LoseNextBatch => sim.lose_next = matches!(sim.consumer, Consumer::Relay(_)),
             Op::Inactive(v) => sim.set_inactive(v),
             Op::Restart => sim.restart().await,
         }
@@ -453,13 +662,7 @@ async fn run(sim: &mut Sim, ops: Vec<Op>) {
 }
 
 fn relay() -> Consumer {
-    Consumer::Relay {
-        stored: Vec::new(),
-        head: 0,
-        fresh: true,
-        failed: false,
-        inactive: false,
-    }
+    Consumer::Relay(Box::new(Relay::new()))
 }
 
 proptest! {

@@ -236,6 +236,21 @@ pub enum ErrorCode {
     Other,
 }
 
+impl ErrorCode {
+    /// The code a relay server sends for an engine refusal or failure: the one mapping every
+    /// data-plane server uses (`docs/protocols/data-plane.md`, "Errors").
+    pub fn for_error(err: &crate::Error) -> Self {
+        use crate::Error;
+        match err {
+            Error::GroupInactive { .. } => ErrorCode::GroupInactive,
+            Error::SeqOutOfOrder { .. } => ErrorCode::SeqOutOfOrder,
+            Error::CursorAhead { .. } => ErrorCode::CursorAhead,
+            Error::InvalidSeq { .. } | Error::InvalidTimestamp { .. } => ErrorCode::BadMessage,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
 /// An error report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorMessage {

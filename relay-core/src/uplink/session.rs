@@ -141,6 +141,22 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// What a relay server's error code means for a producer's session: `group_inactive`
+    /// drops the pending frames (counted as [`DropReason::Refused`]); every other code closes
+    /// the connection and resends from the server's ack after the backoff, on the same server
+    /// (a server that keeps refusing gets no reconnect storm). The data-plane agent adds its
+    /// side effects (re-polling assignments, resetting a `cursor_ahead` cursor) around it.
+    pub fn for_relay_error(code: crate::protocol::ErrorCode) -> Self {
+        match code {
+            crate::protocol::ErrorCode::GroupInactive => Refusal::DropPending {
+                reason: DropReason::Refused,
+            },
+            _ => Refusal::Resync,
+        }
+    }
+}
+
 /// A batch as actually sent (the outbox may return fewer records than asked for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentBatch {

@@ -45,6 +45,18 @@ pub struct OutboxRecord {
     pub payload: Bytes,
 }
 
+impl From<&OutboxRecord> for crate::log::Item {
+    /// The record as a relay stream item (the dongle agent's `frames` message, the engine's
+    /// input): same seq, time and payload.
+    fn from(r: &OutboxRecord) -> Self {
+        crate::log::Item {
+            seq: r.seq,
+            ts_ms: r.ts_ms,
+            payload: r.payload.clone(),
+        }
+    }
+}
+
 /// A record as a store keeps it: under its slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
