@@ -62,11 +62,11 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     let redis = RedisConsole::start().await?;
     let server = &redis.server;
     let (token, _agent, a, b) = server.user_with_pair("rae").await?;
-    let group = Uuid::parse_str(&console_support::group(&server, &token, &a, &b).await?)?;
+    let group = Uuid::parse_str(&console_support::group(server, &token, &a, &b).await?)?;
     let dongle = Uuid::parse_str(&a)?;
     let console = server.server.state().console();
     let path = format!("/api/v1/streams/dongles/{a}/console");
-    let mut live = subscribe(&server, &path, Some(&token), None).await?;
+    let mut live = subscribe(server, &path, Some(&token), None).await?;
     for i in 0..4u32 {
         console.can_frame(dongle, Some(group), &frame(0x200 + i, "FF"));
     }
@@ -80,9 +80,8 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     assert_eq!(json(&first[4])?["message"], "boom");
     drop(live);
 
-    log_info(&server, ConsoleStream::Dongle(dongle), "while away");
-    let mut resumed =
-        subscribe(&server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
+    log_info(server, ConsoleStream::Dongle(dongle), "while away");
+    let mut resumed = subscribe(server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
     let rest = resumed.take(4).await?;
     for (got, want) in rest.iter().zip(&first[2..]) {
         assert_eq!(got.last_event_id, want.last_event_id);
@@ -99,7 +98,7 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
         .await?;
     assert_eq!(len, 6);
 
-    let mut stale = subscribe(&server, &path, Some(&token), Some("1-0")).await?;
+    let mut stale = subscribe(server, &path, Some(&token), Some("1-0")).await?;
     let reset = stale.next().await?;
     assert_eq!(reset.event_type, "stream_reset");
     assert_eq!(json(&reset)?["reason"], "too_old");
@@ -115,13 +114,13 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     let redis = RedisConsole::start().await?;
     let server = &redis.server;
     let (token, _agent, a, b) = server.user_with_pair("sam").await?;
-    let group_text = console_support::group(&server, &token, &a, &b).await?;
+    let group_text = console_support::group(server, &token, &a, &b).await?;
     let (dongle, group) = (Uuid::parse_str(&a)?, Uuid::parse_str(&group_text)?);
     let log = |scope, text: &str| {
-        log_info(&server, scope, text);
+        log_info(server, scope, text);
     };
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
-    let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    let mut events = subscribe(server, &path, Some(&token), None).await?;
     let current = events.next().await?;
     assert_eq!(current.event_type, "group_state", "the group's state first");
     log(ConsoleStream::Dongle(dongle), "d1");
@@ -130,7 +129,7 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     drop(events);
     log(ConsoleStream::Group(group), "g-away");
     log(ConsoleStream::Dongle(dongle), "d-away");
-    let mut resumed = subscribe(&server, &path, Some(&token), Some(&d1.last_event_id)).await?;
+    let mut resumed = subscribe(server, &path, Some(&token), Some(&d1.last_event_id)).await?;
     let mut lines: Vec<String> = Vec::new();
     for event in resumed.take(2).await? {
         assert_eq!(event.event_type, "log");
