@@ -18,6 +18,7 @@ use crate::console::{ConsoleConfig, ConsoleSettings};
 use crate::error::ServerError;
 use crate::http::cors::{CorsSettings, OriginPolicy};
 use crate::http::limits::{LimitConfig, LimitSettings};
+use crate::setting::bounded;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -210,48 +211,39 @@ impl RelayConfig {
             }
             Some(secs) => Some(Duration::from_secs(secs)),
         };
-        let replay_rate_per_s = file.replay_rate_per_s.unwrap_or(DEFAULT_RELAY_REPLAY_RATE);
-        if !(1..=10_000_000).contains(&replay_rate_per_s) {
-            return Err(format!(
-                "relay.replay_rate_per_s {replay_rate_per_s} is outside 1..=10000000"
-            ));
-        }
-        let replay_burst = file.replay_burst.unwrap_or(DEFAULT_RELAY_REPLAY_BURST);
-        if !(1..=1_000_000).contains(&replay_burst) {
-            return Err(format!(
-                "relay.replay_burst {replay_burst} is outside 1..=1000000"
-            ));
-        }
-        let consumer_window = file
-            .consumer_window
-            .unwrap_or(DEFAULT_RELAY_CONSUMER_WINDOW);
-        if !(1..=1_000_000).contains(&consumer_window) {
-            return Err(format!(
-                "relay.consumer_window {consumer_window} is outside 1..=1000000"
-            ));
-        }
-        let cut_through = file.cut_through.unwrap_or(DEFAULT_RELAY_CUT_THROUGH);
-        if cut_through > 1_000_000 {
-            return Err(format!(
-                "relay.cut_through {cut_through} is outside 0..=1000000"
-            ));
-        }
-        let trim_secs = file
-            .trim_interval_secs
-            .unwrap_or(DEFAULT_RELAY_TRIM_INTERVAL_SECS);
-        if !(1..=86_400).contains(&trim_secs) {
-            return Err(format!(
-                "relay.trim_interval_secs {trim_secs} is outside 1..=86400"
-            ));
-        }
         Ok(RelayConfig {
             max_len,
             max_age,
-            replay_rate_per_s,
-            replay_burst,
-            consumer_window,
-            cut_through,
-            trim_interval: Duration::from_secs(trim_secs),
+            replay_rate_per_s: bounded(
+                "relay.replay_rate_per_s",
+                file.replay_rate_per_s,
+                DEFAULT_RELAY_REPLAY_RATE,
+                1..=10_000_000,
+            )?,
+            replay_burst: bounded(
+                "relay.replay_burst",
+                file.replay_burst,
+                DEFAULT_RELAY_REPLAY_BURST,
+                1..=1_000_000,
+            )?,
+            consumer_window: bounded(
+                "relay.consumer_window",
+                file.consumer_window,
+                DEFAULT_RELAY_CONSUMER_WINDOW,
+                1..=1_000_000,
+            )?,
+            cut_through: bounded(
+                "relay.cut_through",
+                file.cut_through,
+                DEFAULT_RELAY_CUT_THROUGH,
+                0..=1_000_000,
+            )?,
+            trim_interval: Duration::from_secs(bounded(
+                "relay.trim_interval_secs",
+                file.trim_interval_secs,
+                DEFAULT_RELAY_TRIM_INTERVAL_SECS,
+                1..=86_400,
+            )?),
         })
     }
 }
@@ -358,20 +350,20 @@ impl ServerConfig {
         if let Some(url) = &database_url {
             check_database_url(url)?;
         }
-        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
-            return Err(invalid(format!(
-                "max_body_bytes {max_body_bytes} is outside 1024..=16777216"
-            )));
-        }
-        let header_secs = file
-            .header_read_timeout_secs
-            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS);
-        if !(1..=3600).contains(&header_secs) {
-            return Err(invalid(format!(
-                "header_read_timeout_secs {header_secs} is outside 1..=3600"
-            )));
-        }
+        let max_body_bytes = bounded(
+            "max_body_bytes",
+            file.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            1024..=16 * 1024 * 1024,
+        )
+        .map_err(invalid)?;
+        let header_secs = bounded(
+            "header_read_timeout_secs",
+            file.header_read_timeout_secs,
+            DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            1..=3600,
+        )
+        .map_err(invalid)?;
         let relay = RelayConfig::resolve(file.relay).map_err(invalid)?;
         let console = ConsoleConfig::resolve(file.console).map_err(invalid)?;
         let commands = CommandsConfig::resolve(file.commands).map_err(invalid)?;

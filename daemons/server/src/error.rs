@@ -113,6 +113,16 @@ impl ServerError {
         }
     }
 
+    /// A [`ServerError::TaskFailed`] of `task`; used as `.map_err(task_failed("…"))`.
+    pub(crate) fn task_failed<E: std::fmt::Display>(
+        task: &'static str,
+    ) -> impl FnOnce(E) -> ServerError {
+        move |err| ServerError::TaskFailed {
+            task,
+            detail: err.to_string(),
+        }
+    }
+
     /// Whether retrying the same operation later may succeed (a busy or unavailable resource)
     /// rather than failing again the same way (bad config, corrupt data).
     pub fn is_retryable(&self) -> bool {

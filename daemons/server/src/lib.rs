@@ -83,6 +83,7 @@ pub mod metering;
 pub mod metrics;
 pub mod routes;
 mod serve;
+mod setting;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -149,10 +150,7 @@ impl RunningServer {
             data_plane.shutdown().await;
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
-            Ok(joined) => joined.map_err(|err| ServerError::TaskFailed {
-                task: "server",
-                detail: err.to_string(),
-            }),
+            Ok(joined) => joined.map_err(ServerError::task_failed("server")),
             Err(_) => {
                 tracing::warn!("graceful shutdown timed out; closing remaining connections");
                 self.task.abort();
@@ -213,14 +211,10 @@ impl ServerBuilder {
         let ServerBuilder { config, probe } = self;
         let data_dir = config.data_dir.clone();
         let database_url = config.database_url.clone();
-        let store = tokio::task::spawn_blocking(move || {
+        let store = store::blocking("storage", move || {
             Store::open_configured(&data_dir, database_url.as_deref())
         })
-        .await
-        .map_err(|err| ServerError::TaskFailed {
-            task: "storage",
-            detail: err.to_string(),
-        })??;
+        .await?;
         let redis = config
             .redis_url
             .as_deref()
@@ -252,13 +246,10 @@ impl ServerBuilder {
         )?;
         let state = AppState::new(Arc::new(store), Arc::clone(&metrics), probe, redis, console);
         let metering_dir = config.data_dir.clone();
-        let metering =
-            tokio::task::spawn_blocking(move || metering::MeteringStore::open_in(&metering_dir))
-                .await
-                .map_err(|err| ServerError::TaskFailed {
-                    task: "metering storage",
-                    detail: err.to_string(),
-                })??;
+        let metering = store::blocking("metering storage", move || {
+            metering::MeteringStore::open_in(&metering_dir)
+        })
+        .await?;
         let telemetry = tether_collector::remote::Remote::open(
             &config.data_dir.join("telemetry.db"),
             relay_core::sqlite::Durability::Full,

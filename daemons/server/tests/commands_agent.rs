@@ -9,14 +9,11 @@ mod server_support;
 use std::time::Duration;
 
 use commands_support::fake_agent::FakeAgent;
-use commands_support::{Fleet, ended, fleet, stream};
+use commands_support::{Fleet, fleet, outcome, stream};
 use futures::{SinkExt, StreamExt};
-use relay_core::protocol::diag::{
-    AgentCommandStatus, CommandFailed, CommandStatusUpdate, DiagMessage,
-};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -53,10 +50,9 @@ async fn commands_run_through_the_agent_and_its_answers_are_stored_and_streamed(
     eventually_online(&server, &f, true).await?;
 
     // A functional ReadDTC: two ECUs answer, the second is final.
-    let accepted = f
-        .accept(&server, "ReadDTC", json!({"status_mask": 8}))
+    let id = f
+        .accept_id(&server, "ReadDTC", json!({"status_mask": 8}))
         .await?;
-    let id: Uuid = text(&accepted, "command_id")?.parse()?;
     let command = agent.command().await?;
     assert_eq!(command.command_id, id);
     assert_eq!(command.dongle_id, f.dongle.parse::<Uuid>()?);
@@ -66,19 +62,14 @@ async fn commands_run_through_the_agent_and_its_answers_are_stored_and_streamed(
     assert_eq!(command.ecus.len(), 2);
     assert_eq!(command.ecus[0].request_id, 0x7E0);
     assert!(command.deadline_ms > 0);
-    agent
-        .send(&DiagMessage::CommandStatus(CommandStatusUpdate {
-            command_id: id,
-            status: AgentCommandStatus::InProgress,
-        }))
-        .await?;
+    agent.in_progress(id).await?;
     let engine = json!({"ecu": "engine", "dtcs": [{"dtcCode": "P0420", "ftb": 0, "status": 47}]});
     let abs = json!({"ecu": "abs", "dtcs": []});
     agent.answer(id, 1, false, engine.clone()).await?;
     // A duplicate / out-of-sequence answer is ignored.
     agent.answer(id, 1, false, json!({"ecu": "dup"})).await?;
     agent.answer(id, 2, true, abs.clone()).await?;
-    let done = ended(&server, &f.token, &id.to_string()).await?;
+    let done = f.ended(&server, id).await?;
     assert_eq!(done["status"], "completed", "{done}");
     let (events, _) = stream(&server, &id.to_string(), &f.token, false).await?;
     let payloads: Vec<&Value> = events.iter().map(|e| &e["response"]).collect();
@@ -86,90 +77,70 @@ async fn commands_run_through_the_agent_and_its_answers_are_stored_and_streamed(
     assert_eq!(events[1]["is_final"], true);
 
     // A negative answer fails the command with the NRC's name.
-    let accepted = f
-        .accept(
+    let id = f
+        .accept_id(
             &server,
             "ReadDataByID",
             json!({"ecu": "engine", "did": "0xF199"}),
         )
         .await?;
-    let id: Uuid = text(&accepted, "command_id")?.parse()?;
     let command = agent.command().await?;
     assert_eq!(command.command_id, id);
-    agent
-        .send(&DiagMessage::CommandFailed(CommandFailed {
-            command_id: id,
-            error: "requestOutOfRange".into(),
-        }))
-        .await?;
-    let done = ended(&server, &f.token, &id.to_string()).await?;
-    assert_eq!(
-        (done["status"].as_str(), done["error_message"].as_str()),
-        (Some("failed"), Some("requestOutOfRange"))
-    );
+    agent.fail(id, "requestOutOfRange").await?;
+    let done = f.ended(&server, id).await?;
+    assert_eq!(outcome(&done), (Some("failed"), Some("requestOutOfRange")));
 
     // A report for a command the connection does not run is ignored.
     agent.answer(Uuid::new_v4(), 1, true, json!({})).await?;
     agent.close().await?;
     eventually_online(&server, &f, false).await?;
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn agent_restart_retries_read_only_commands_once_and_never_clear_dtc() -> TestResult {
     let server = TestServer::start().await?;
     let f = fleet(&server, "alice").await?;
-    let (mut agent, _) = FakeAgent::connect(&server, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&server).await?;
     eventually_online(&server, &f, true).await?;
 
     // ReadDTC: the agent goes away mid-command and comes back: attempt 2, then it completes.
-    let accepted = f
-        .accept(&server, "ReadDTC", json!({"ecu": "engine"}))
+    let id = f
+        .accept_id(&server, "ReadDTC", json!({"ecu": "engine"}))
         .await?;
-    let id: Uuid = text(&accepted, "command_id")?.parse()?;
     assert_eq!(agent.command().await?.attempt, 1);
     agent.close().await?;
-    let (mut agent, _) = FakeAgent::connect(&server, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&server).await?;
     let again = agent.command().await?;
     assert_eq!((again.command_id, again.attempt), (id, 2));
     agent
         .answer(id, 1, true, json!({"ecu": "engine", "dtcs": []}))
         .await?;
-    assert_eq!(
-        ended(&server, &f.token, &id.to_string()).await?["status"],
-        "completed"
-    );
+    assert_eq!(f.ended(&server, id).await?["status"], "completed");
 
     // ClearDTC: interrupted, and not sent again after the reconnect.
-    let accepted = f
-        .accept(&server, "ClearDTC", json!({"ecu": "engine"}))
+    let clear = f
+        .accept_id(&server, "ClearDTC", json!({"ecu": "engine"}))
         .await?;
-    let clear: Uuid = text(&accepted, "command_id")?.parse()?;
     assert_eq!(agent.command().await?.command_id, clear);
     agent.close().await?;
-    let done = ended(&server, &f.token, &clear.to_string()).await?;
+    let done = f.ended(&server, clear).await?;
     assert_eq!(
-        (done["status"].as_str(), done["error_message"].as_str()),
+        outcome(&done),
         (Some("failed"), Some("interrupted: agent disconnected"))
     );
-    let (mut agent, _) = FakeAgent::connect(&server, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&server).await?;
     let next = f
-        .accept(&server, "TesterPresent", json!({"ecu": "engine"}))
+        .accept_id(&server, "TesterPresent", json!({"ecu": "engine"}))
         .await?;
-    let next: Uuid = text(&next, "command_id")?.parse()?;
     let sent = agent.command().await?;
     assert_eq!(sent.command_id, next, "the ClearDTC must not come again");
     agent
         .answer(next, 1, true, json!({"ecu": "engine", "hex": "7E00"}))
         .await?;
-    assert_eq!(
-        ended(&server, &f.token, &next.to_string()).await?["status"],
-        "completed"
-    );
+    assert_eq!(f.ended(&server, next).await?["status"], "completed");
     agent.close().await?;
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
@@ -177,33 +148,27 @@ async fn an_offline_vehicle_keeps_the_command_pending_until_its_ttl() -> TestRes
     let server = TestServer::start().await?;
     let f = fleet(&server, "alice").await?;
     // Runs once the agent connects within the ttl.
-    let accepted = f.accept(&server, "ReadDTC", json!({"ttl_s": 30})).await?;
-    let id: Uuid = text(&accepted, "command_id")?.parse()?;
+    let id = f
+        .accept_id(&server, "ReadDTC", json!({"ttl_s": 30}))
+        .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, body) = server
         .get(&format!("/api/v1/commands/{id}"), &f.token)
         .await?;
     assert_eq!(body["status"], "pending");
-    let (mut agent, _) = FakeAgent::connect(&server, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&server).await?;
     assert_eq!(agent.command().await?.command_id, id);
     agent
         .answer(id, 1, true, json!({"ecu": "engine", "dtcs": []}))
         .await?;
-    assert_eq!(
-        ended(&server, &f.token, &id.to_string()).await?["status"],
-        "completed"
-    );
+    assert_eq!(f.ended(&server, id).await?["status"], "completed");
     agent.close().await?;
     eventually_online(&server, &f, false).await?;
 
     // Fails when nobody comes.
     let done = f.run(&server, "ReadDTC", json!({"ttl_s": 0.3})).await?;
-    assert_eq!(
-        (done["status"].as_str(), done["error_message"].as_str()),
-        (Some("failed"), Some("vehicle offline"))
-    );
-    server.server.shutdown().await?;
-    Ok(())
+    assert_eq!(outcome(&done), (Some("failed"), Some("vehicle offline")));
+    server.stop().await
 }
 
 #[tokio::test]
@@ -227,6 +192,5 @@ async fn a_bad_diag_hello_is_refused() -> TestResult {
     let answer: Value = serde_json::from_str(&t)?;
     assert_eq!(answer["type"], "error");
     assert_eq!(answer["code"], "unsupported_version");
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }

@@ -9,7 +9,7 @@ mod server_support;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commands_support::{ended, fleet, mock, stream};
+use commands_support::{ended, fleet, mock, mocked_fleet, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer, code, text};
@@ -21,8 +21,7 @@ fn time(body: &Value, field: &str) -> TestResult<DateTime<Utc>> {
 
 #[tokio::test]
 async fn vehicles_are_a_resource_of_their_user() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let (status, body) = server
         .get(&format!("/api/v1/vehicles/{}", f.vehicle), &f.token)
         .await?;
@@ -82,14 +81,12 @@ async fn vehicles_are_a_resource_of_their_user() -> TestResult {
             .await?;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad} → {body}");
     }
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let accepted = f
         .accept(&server, "ReadDTC", json!({"ecu": "engine"}))
         .await?;
@@ -162,14 +159,12 @@ async fn a_command_is_accepted_stored_answered_and_streamed() -> TestResult {
         .get(&format!("/api/v1/commands/{clear_id}/responses"), &f.token)
         .await?;
     assert_eq!(body["responses"][0]["response_payload"]["cleared"], true);
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn live_stream_gets_every_response_once_and_closes() -> TestResult {
-    let server = TestServer::start_with(mock(400)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(400, "alice").await?;
     let accepted = f.accept(&server, "TesterPresent", json!({})).await?;
     let id = text(&accepted, "command_id")?;
     // Connects while the command is running (400 ms): gets the live response.
@@ -177,14 +172,12 @@ async fn live_stream_gets_every_response_once_and_closes() -> TestResult {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["response"]["hex"], "7E00");
     assert_eq!(close, Some(CloseCode::Normal));
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn bad_commands_are_refused_with_the_reason() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let post = |body: Value| {
         let server = &server;
         let token = f.token.clone();
@@ -267,14 +260,12 @@ async fn bad_commands_are_refused_with_the_reason() -> TestResult {
     );
     let (_, list) = server.get("/api/v1/commands", &bob).await?;
     assert_eq!(list["commands"], json!([]));
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn commands_are_listed_newest_first_filtered_and_paged() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let mut ids = Vec::new();
     for _ in 0..5 {
         let body = f.accept(&server, "TesterPresent", json!({})).await?;
@@ -334,14 +325,12 @@ async fn commands_are_listed_newest_first_filtered_and_paged() -> TestResult {
             "{bad}"
         );
     }
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn one_command_at_a_time_per_ecu_and_console_events() -> TestResult {
-    let server = TestServer::start_with(mock(300)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(300, "alice").await?;
     let mut console = console_support::subscribe_dongle(&server, &f.token, &f.dongle).await?;
     let mut engine = Vec::new();
     for _ in 0..3 {
@@ -372,14 +361,12 @@ async fn one_command_at_a_time_per_ecu_and_console_events() -> TestResult {
         }
     }
     assert_eq!(states, ["pending", "in_progress", "completed"]);
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
 async fn commands_left_open_by_a_crash_end_after_restart() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let data_dir = server.dir.path().join("data");
     // Rows as a killed process leaves them: one started, one pending past its ttl, one
     // pending within it.
@@ -458,8 +445,7 @@ async fn commands_left_open_by_a_crash_end_after_restart() -> TestResult {
 
 #[tokio::test]
 async fn sovd_resources_answer_with_the_final_response_or_202() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let base = format!("/api/v1/vehicles/{}/components", f.vehicle);
     let (status, body) = server
         .get(&format!("{base}/engine/faults"), &f.token)
@@ -540,6 +526,5 @@ async fn sovd_resources_answer_with_the_final_response_or_202() -> TestResult {
     let id = text(&body, "command_id")?;
     assert!(text(&body, "stream_url")?.ends_with(&format!("/ws/responses/{id}")));
     assert_eq!(ended(&slow, &f.token, &id).await?["status"], "completed");
-    slow.server.shutdown().await?;
-    Ok(())
+    slow.stop().await
 }

@@ -10,7 +10,7 @@ mod server_support;
 use std::time::Duration;
 
 use chrono::Utc;
-use commands_support::{fleet, mock};
+use commands_support::{fleet, mock, mocked_fleet};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer, code};
@@ -49,8 +49,7 @@ async fn used_token(server: &TestServer, vehicle: &str) -> TestResult<(uuid::Uui
 
 #[tokio::test]
 async fn a_revoked_token_is_refused_though_it_was_remembered() -> TestResult {
-    let server = TestServer::start_with(mock(0)).await?;
-    let f = fleet(&server, "alice").await?;
+    let (server, f) = mocked_fleet(0, "alice").await?;
     let store = server.server.state().store().clone();
 
     // Revoked through this server's store: refused on the very next request.
@@ -98,8 +97,7 @@ async fn a_revoked_token_is_refused_though_it_was_remembered() -> TestResult {
         post_command(&server, &f.token, &f.vehicle).await?,
         StatusCode::ACCEPTED
     );
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]
@@ -185,6 +183,5 @@ async fn a_foreign_or_deleted_vehicle_is_404_though_it_was_remembered() -> TestR
         )
         .await?;
     assert_eq!(listed["commands"], Value::Array(vec![]));
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }

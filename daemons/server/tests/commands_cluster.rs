@@ -9,56 +9,38 @@ mod server_support;
 
 use std::time::Duration;
 
-use commands_support::fake_agent::FakeAgent;
-use commands_support::{ended, fleet, stream};
+use commands_support::{fleet, pair, stream};
 use futures::StreamExt;
-use relay_core::protocol::diag::{AgentCommandStatus, CommandStatusUpdate, DiagMessage};
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, redis_url};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_posted_on_one_instance_runs_on_the_agent_of_another() -> TestResult {
-    let url = std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL must point at a Redis server for this test")?;
-    let shared = tempfile::tempdir()?;
-    let data = shared.path().join("records");
-    let one = TestServer::start_with(|config| {
-        config.redis_url = Some(url.clone());
-        config.data_dir = data.clone();
-    })
-    .await?;
-    let two = TestServer::start_with(|config| {
-        config.redis_url = Some(url.clone());
-        config.data_dir = data.clone();
-    })
-    .await?;
+    let url = redis_url()?;
+    let (one, two, _shared) = pair(&url).await?;
     let f = fleet(&one, "cleo").await?;
-    let (mut agent, welcome) = FakeAgent::connect(&two, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, welcome) = f.connect_agent(&two).await?;
     assert_eq!(welcome.dongles, [f.dongle.parse::<Uuid>()?]);
 
     // Watch Redis for the published responses.
     let client = redis::Client::open(url.as_str())?;
     let mut pubsub = client.get_async_pubsub().await?;
 
-    let accepted = f.accept(&one, "ReadDTC", json!({"status_mask": 8})).await?;
-    let id: Uuid = text(&accepted, "command_id")?.parse()?;
+    let id = f
+        .accept_id(&one, "ReadDTC", json!({"status_mask": 8}))
+        .await?;
     pubsub.subscribe(format!("response:{id}")).await?;
     // Instance 1 has no connection for the dongle: the request travels through Redis.
     let command = agent.command().await?;
     assert_eq!(command.command_id, id);
     assert_eq!(command.command_name, "ReadDTC");
-    agent
-        .send(&DiagMessage::CommandStatus(CommandStatusUpdate {
-            command_id: id,
-            status: AgentCommandStatus::InProgress,
-        }))
-        .await?;
+    agent.in_progress(id).await?;
     let engine = json!({"ecu": "engine", "dtcs": [{"dtcCode": "P0420", "ftb": 0, "status": 47}]});
     let abs = json!({"ecu": "abs", "dtcs": []});
     agent.answer(id, 1, false, engine.clone()).await?;
     agent.answer(id, 2, true, abs.clone()).await?;
-    let done = ended(&one, &f.token, &id.to_string()).await?;
+    let done = f.ended(&one, id).await?;
     assert_eq!(done["status"], "completed", "{done}");
 
     // Published once each on `response:{id}`, in order.
@@ -83,6 +65,5 @@ async fn a_command_posted_on_one_instance_runs_on_the_agent_of_another() -> Test
     }
     agent.close().await?;
     one.server.shutdown().await?;
-    two.server.shutdown().await?;
-    Ok(())
+    two.stop().await
 }

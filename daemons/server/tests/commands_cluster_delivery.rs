@@ -13,25 +13,17 @@ mod server_support;
 use std::time::Duration;
 
 use commands_support::fake_agent::FakeAgent;
-use commands_support::{Fleet, ended, fleet, submit};
+use commands_support::{Fleet, ended, fleet, pair, submit};
 use relay_core::protocol::diag::CommandRequest;
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, text};
+use server_support::{TestResult, TestServer, redis_url, text};
 use uuid::Uuid;
 
-fn redis_url() -> TestResult<String> {
-    Ok(std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL must point at a Redis server for this test")?)
-}
-
-async fn pair(url: &str, data: &std::path::Path) -> TestResult<(TestServer, TestServer)> {
-    let start = || {
-        TestServer::start_with(|config| {
-            config.redis_url = Some(url.to_owned());
-            config.data_dir = data.to_path_buf();
-        })
-    };
-    Ok((start().await?, start().await?))
+/// Closes the agent and shuts both instances down.
+async fn shut_down(agent: FakeAgent, one: TestServer, two: TestServer) -> TestResult {
+    agent.close().await?;
+    one.server.shutdown().await?;
+    two.stop().await
 }
 
 fn instance(server: &TestServer) -> String {
@@ -195,7 +187,7 @@ async fn handed_to_a_dying_receiver(
             .query_async::<()>(redis)
             .await?;
     }
-    let (agent, _) = FakeAgent::connect(two, &f.agent_token, &[&f.dongle]).await?;
+    let (agent, _) = f.connect_agent(two).await?;
     announced(redis, &f.dongle, &instance(two)).await?;
     forget_holder(redis, &holder).await?;
     Ok((agent, id, delivery))
@@ -204,11 +196,10 @@ async fn handed_to_a_dying_receiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_added_while_the_receiver_is_cut_off_from_redis_arrives_once() -> TestResult {
     let url = redis_url()?;
-    let shared = tempfile::tempdir()?;
-    let (one, two) = pair(&url, &shared.path().join("records")).await?;
+    let (one, two, _shared) = pair(&url).await?;
     let mut redis = conn(&url).await?;
     let f = fleet(&one, "cutoff").await?;
-    let (mut agent, _) = FakeAgent::connect(&two, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&two).await?;
     announced(&mut redis, &f.dongle, &instance(&two)).await?;
 
     // Instance 2's inbox reader is disconnected over and over (CLIENT KILL of its own
@@ -251,17 +242,13 @@ async fn a_request_added_while_the_receiver_is_cut_off_from_redis_arrives_once()
     assert!(kills >= 2, "the inbox reader was killed {kills} times");
 
     runs_once(&mut agent, &one, &f, &id, 1).await?;
-    agent.close().await?;
-    one.server.shutdown().await?;
-    two.server.shutdown().await?;
-    Ok(())
+    shut_down(agent, one, two).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_a_dead_receiver_never_claimed_is_voided_and_handed_over_again() -> TestResult {
     let url = redis_url()?;
-    let shared = tempfile::tempdir()?;
-    let (one, two) = pair(&url, &shared.path().join("records")).await?;
+    let (one, two, _shared) = pair(&url).await?;
     let mut redis = conn(&url).await?;
     let f = fleet(&one, "unclaimed").await?;
     let (mut agent, id, delivery) =
@@ -273,17 +260,13 @@ async fn a_request_a_dead_receiver_never_claimed_is_voided_and_handed_over_again
         handover_state(&mut redis, &id, &delivery).await?.as_deref(),
         Some("void")
     );
-    agent.close().await?;
-    one.server.shutdown().await?;
-    two.server.shutdown().await?;
-    Ok(())
+    shut_down(agent, one, two).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_a_dead_receiver_claimed_is_never_sent_again_unless_read_only() -> TestResult {
     let url = redis_url()?;
-    let shared = tempfile::tempdir()?;
-    let (one, two) = pair(&url, &shared.path().join("records")).await?;
+    let (one, two, _shared) = pair(&url).await?;
     let mut redis = conn(&url).await?;
     let f = fleet(&one, "claimed").await?;
 
@@ -311,17 +294,13 @@ async fn a_request_a_dead_receiver_claimed_is_never_sent_again_unless_read_only(
     )
     .await?;
     runs_once(&mut agent, &one, &f, &id, 2).await?;
-    agent.close().await?;
-    one.server.shutdown().await?;
-    two.server.shutdown().await?;
-    Ok(())
+    shut_down(agent, one, two).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_command_adopted_elsewhere_is_never_sent_by_its_previous_owner() -> TestResult {
     let url = redis_url()?;
-    let shared = tempfile::tempdir()?;
-    let (one, two) = pair(&url, &shared.path().join("records")).await?;
+    let (one, two, _shared) = pair(&url).await?;
     let mut redis = conn(&url).await?;
     let f = fleet(&one, "fenced").await?;
     let (one_id, two_id) = (instance(&one), instance(&two));
@@ -350,7 +329,7 @@ async fn a_pending_command_adopted_elsewhere_is_never_sent_by_its_previous_owner
 
     // Instance 1 is back (its next refresh) and the agent connects to it: instance 1's own
     // queued copy is fenced; instance 2 runs the command through instance 1's connection.
-    let (mut agent, _) = FakeAgent::connect(&one, &f.agent_token, &[&f.dongle]).await?;
+    let (mut agent, _) = f.connect_agent(&one).await?;
     runs_once(&mut agent, &two, &f, &id, 1).await?;
     let sent: Vec<String> = redis::cmd("HVALS")
         .arg(format!("tether:diag:handover:{id}"))
@@ -358,8 +337,5 @@ async fn a_pending_command_adopted_elsewhere_is_never_sent_by_its_previous_owner
         .await?;
     let sends = sent.iter().filter(|v| v.starts_with("sent:")).count();
     assert_eq!(sends, 1, "{sent:?}");
-    agent.close().await?;
-    one.server.shutdown().await?;
-    two.server.shutdown().await?;
-    Ok(())
+    shut_down(agent, one, two).await
 }

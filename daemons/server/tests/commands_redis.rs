@@ -9,12 +9,7 @@ use std::time::Duration;
 use commands_support::{ended, fleet, mock};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use server_support::{TestResult, TestServer, text};
-
-fn redis_url() -> TestResult<String> {
-    std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL must point at a Redis server for the commands Redis tests".into())
-}
+use server_support::{TestResult, TestServer, redis_url, text};
 
 #[tokio::test]
 async fn responses_are_published_on_redis_after_they_are_stored() -> TestResult {

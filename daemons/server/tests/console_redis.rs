@@ -5,22 +5,39 @@ mod console_support;
 mod server_support;
 
 use console_support::{frame, json, log_info, subscribe};
-use server_support::{TestResult, TestServer};
+use server_support::{TestResult, TestServer, redis_url};
 use sse_core::events::LogLevel;
 use tether_server::ServerConfig;
 use tether_server::console::ConsoleStream;
 use uuid::Uuid;
 
-fn redis_url() -> TestResult<String> {
-    std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL must point at a Redis server for the console Redis tests".into())
+/// A server whose console streams are in Redis under a key prefix of this test's own.
+struct RedisConsole {
+    server: TestServer,
+    url: String,
+    prefix: String,
 }
 
-/// Redis settings with a key prefix of this test's own.
-fn with_redis(url: String, prefix: String) -> impl FnOnce(&mut ServerConfig) {
-    move |config| {
-        config.redis_url = Some(url);
-        config.console.redis_key_prefix = prefix;
+impl RedisConsole {
+    async fn start() -> TestResult<RedisConsole> {
+        let url = redis_url()?;
+        let prefix = format!("test:console:{}:", Uuid::new_v4());
+        let server = TestServer::start_with(|config: &mut ServerConfig| {
+            config.redis_url = Some(url.clone());
+            config.console.redis_key_prefix = prefix.clone();
+        })
+        .await?;
+        Ok(RedisConsole {
+            server,
+            url,
+            prefix,
+        })
+    }
+
+    /// Shuts the server down and deletes the test's keys.
+    async fn stop(self) -> TestResult {
+        self.server.stop().await?;
+        delete_prefix(&self.url, &self.prefix).await
     }
 }
 
@@ -42,15 +59,14 @@ async fn delete_prefix(url: &str, prefix: &str) -> TestResult {
 
 #[tokio::test]
 async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
-    let url = redis_url()?;
-    let prefix = format!("test:console:{}:", Uuid::new_v4());
-    let server = TestServer::start_with(with_redis(url.clone(), prefix.clone())).await?;
+    let redis = RedisConsole::start().await?;
+    let server = &redis.server;
     let (token, _agent, a, b) = server.user_with_pair("rae").await?;
-    let group = Uuid::parse_str(&console_support::group(&server, &token, &a, &b).await?)?;
+    let group = Uuid::parse_str(&console_support::group(server, &token, &a, &b).await?)?;
     let dongle = Uuid::parse_str(&a)?;
     let console = server.server.state().console();
     let path = format!("/api/v1/streams/dongles/{a}/console");
-    let mut live = subscribe(&server, &path, Some(&token), None).await?;
+    let mut live = subscribe(server, &path, Some(&token), None).await?;
     for i in 0..4u32 {
         console.can_frame(dongle, Some(group), &frame(0x200 + i, "FF"));
     }
@@ -64,9 +80,8 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     assert_eq!(json(&first[4])?["message"], "boom");
     drop(live);
 
-    log_info(&server, ConsoleStream::Dongle(dongle), "while away");
-    let mut resumed =
-        subscribe(&server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
+    log_info(server, ConsoleStream::Dongle(dongle), "while away");
+    let mut resumed = subscribe(server, &path, Some(&token), Some(&first[1].last_event_id)).await?;
     let rest = resumed.take(4).await?;
     for (got, want) in rest.iter().zip(&first[2..]) {
         assert_eq!(got.last_event_id, want.last_event_id);
@@ -75,15 +90,15 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     assert_eq!(json(&rest[3])?["message"], "while away");
 
     // The keys are where docs/sse.md says, under this test's prefix.
-    let client = redis::Client::open(url.as_str())?;
+    let client = redis::Client::open(redis.url.as_str())?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let len: u64 = redis::cmd("XLEN")
-        .arg(format!("{prefix}dongle:{dongle}"))
+        .arg(format!("{}dongle:{dongle}", redis.prefix))
         .query_async(&mut con)
         .await?;
     assert_eq!(len, 6);
 
-    let mut stale = subscribe(&server, &path, Some(&token), Some("1-0")).await?;
+    let mut stale = subscribe(server, &path, Some(&token), Some("1-0")).await?;
     let reset = stale.next().await?;
     assert_eq!(reset.event_type, "stream_reset");
     assert_eq!(json(&reset)?["reason"], "too_old");
@@ -91,24 +106,21 @@ async fn redis_streams_resume_exactly_and_reset_stale_ids() -> TestResult {
     assert_eq!(history[0].last_event_id, first[0].last_event_id);
     assert_eq!(json(&history[5])?["message"], "while away");
 
-    server.server.shutdown().await?;
-    delete_prefix(&url, &prefix).await?;
-    Ok(())
+    redis.stop().await
 }
 
 #[tokio::test]
 async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
-    let url = redis_url()?;
-    let prefix = format!("test:console:{}:", Uuid::new_v4());
-    let server = TestServer::start_with(with_redis(url.clone(), prefix.clone())).await?;
+    let redis = RedisConsole::start().await?;
+    let server = &redis.server;
     let (token, _agent, a, b) = server.user_with_pair("sam").await?;
-    let group_text = console_support::group(&server, &token, &a, &b).await?;
+    let group_text = console_support::group(server, &token, &a, &b).await?;
     let (dongle, group) = (Uuid::parse_str(&a)?, Uuid::parse_str(&group_text)?);
     let log = |scope, text: &str| {
-        log_info(&server, scope, text);
+        log_info(server, scope, text);
     };
     let path = format!("/api/v1/streams/console?dongles={a}&groups={group_text}");
-    let mut events = subscribe(&server, &path, Some(&token), None).await?;
+    let mut events = subscribe(server, &path, Some(&token), None).await?;
     let current = events.next().await?;
     assert_eq!(current.event_type, "group_state", "the group's state first");
     log(ConsoleStream::Dongle(dongle), "d1");
@@ -117,7 +129,7 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     drop(events);
     log(ConsoleStream::Group(group), "g-away");
     log(ConsoleStream::Dongle(dongle), "d-away");
-    let mut resumed = subscribe(&server, &path, Some(&token), Some(&d1.last_event_id)).await?;
+    let mut resumed = subscribe(server, &path, Some(&token), Some(&d1.last_event_id)).await?;
     let mut lines: Vec<String> = Vec::new();
     for event in resumed.take(2).await? {
         assert_eq!(event.event_type, "log");
@@ -125,7 +137,5 @@ async fn redis_multiplexed_stream_resumes_exactly() -> TestResult {
     }
     lines.sort();
     assert_eq!(lines, ["d-away", "g-away"]);
-    server.server.shutdown().await?;
-    delete_prefix(&url, &prefix).await?;
-    Ok(())
+    redis.stop().await
 }

@@ -91,8 +91,7 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
         "one seen, then offline"
     );
     assert!(!state.mark_dongle_seen(Uuid::new_v4()).await?);
-    server.server.shutdown().await?;
-    Ok(())
+    server.stop().await
 }
 
 #[tokio::test]

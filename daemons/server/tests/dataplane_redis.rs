@@ -11,12 +11,11 @@ use data_client::{DataClient, Received};
 use relay_core::engine::Side;
 use relay_core::log::{MAX_SEQ, RedisStreamLog, StreamLog};
 use relay_core::protocol::Encoding;
-use server_support::{TestResult, TestServer};
+use server_support::{TestResult, TestServer, redis_url};
 
 #[tokio::test]
 async fn relay_backlog_and_replay_on_redis_streams() -> TestResult {
-    let url = std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL must point at a Redis server for this test")?;
+    let url = redis_url()?;
     let srv = TestServer::start_with(|config| config.redis_url = Some(url.clone())).await?;
     let (user, agent, a, b) = srv.user_with_pair("rita").await?;
     let id = srv.active_group(&user, &a, &b).await?;

@@ -52,8 +52,7 @@ async fn agents_are_created_listed_read_and_revoked() -> TestResult {
     // Its dongle stays the user's.
     let (_, dongles) = srv.get("/api/v1/dongles", &token).await?;
     assert_eq!(dongles["dongles"].as_array().map(Vec::len), Some(1));
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -106,8 +105,7 @@ async fn dongle_announce_is_an_idempotent_upsert_owned_by_the_agents_user() -> T
     assert_eq!(bob_dongles[0]["id"], bobs["id"]);
     let (status, _) = srv.get(&format!("/api/v1/dongles/{id}"), &bob).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -201,8 +199,7 @@ async fn group_creation_refusals_are_clear() -> TestResult {
         )
         .await?;
     assert_eq!(status, StatusCode::CREATED);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -315,6 +312,5 @@ async fn revoked_user_token_is_refused() -> TestResult {
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

@@ -100,8 +100,7 @@ async fn another_users_token_gets_404_on_everything_and_changes_nothing() -> Tes
         .get(&format!("/api/v1/groups/{group_id}/audit"), &alice)
         .await?;
     assert_eq!(audit["entries"].as_array().map(Vec::len), Some(1));
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -185,6 +184,5 @@ async fn bad_tokens_get_401_on_every_endpoint() -> TestResult {
     assert_eq!(dongles["dongles"].as_array().map(Vec::len), Some(2));
     let (_, groups) = srv.get("/api/v1/groups", &alice).await?;
     assert_eq!(groups["groups"].as_array().map(Vec::len), Some(1));
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

@@ -80,8 +80,7 @@ async fn errors_hyper_writes_itself_have_json_bodies() -> TestResult {
         .call(reqwest::Method::GET, "/healthz", None, None)
         .await?;
     assert_eq!(status, StatusCode::OK);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -112,8 +111,7 @@ async fn bodies_must_be_objects_and_messages_name_no_rust_types() -> TestResult 
         agents,
         "nothing stored"
     );
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -143,6 +141,5 @@ async fn a_record_reads_the_same_when_created_and_later() -> TestResult {
     let fraction = text_at.rsplit_once('.').map(|(_, f)| f).unwrap_or_default();
     assert_eq!(fraction.len(), 4, "{text_at}");
     assert!(fraction.ends_with('Z'), "{text_at}");
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

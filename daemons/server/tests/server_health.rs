@@ -4,11 +4,7 @@ mod server_support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use server_support::{TestResult, TestServer, code};
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+use server_support::{TestResult, TestServer, code, redis_url};
 
 #[tokio::test]
 async fn healthz_and_readyz_without_redis() -> TestResult {
@@ -21,8 +17,7 @@ async fn healthz_and_readyz_without_redis() -> TestResult {
         body["checks"],
         json!({ "database": "ok", "redis": "not_configured" })
     );
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -53,24 +48,21 @@ async fn readyz_is_503_when_redis_is_unreachable() -> TestResult {
         metrics.contains("tether_server_readiness_failures_total 1"),
         "{metrics}"
     );
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
 async fn readyz_is_ok_with_a_real_redis() -> TestResult {
-    let url = redis_url();
-    let srv = TestServer::start_with(|c| c.redis_url = Some(url)).await?;
+    let url = redis_url()?;
+    let srv = TestServer::start_with(|c| c.redis_url = Some(url.clone())).await?;
     let (status, body) = srv.call(Method::GET, "/readyz", None, None).await?;
     assert_eq!(
         status,
         StatusCode::OK,
-        "Redis at {} must be reachable: {body}",
-        redis_url()
+        "Redis at {url} must be reachable: {body}"
     );
     assert_eq!(body["checks"], json!({ "database": "ok", "redis": "ok" }));
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -122,6 +114,5 @@ async fn metrics_count_requests_by_route_and_connections() -> TestResult {
     for family in ["tether_server_relay_", "tether_server_sse_subscribers"] {
         assert!(text.contains(family), "no {family}* family in {text}");
     }
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

@@ -184,8 +184,7 @@ async fn malformed_bodies_get_json_errors_and_store_nothing() -> TestResult {
         let (status, answer) = raw(&srv, path, token, json_type, body.clone().into_bytes()).await?;
         assert_eq!(status, StatusCode::CREATED, "{path}: {answer}");
     }
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -223,8 +222,7 @@ async fn chunked_oversized_body_is_refused_with_json() -> TestResult {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
     assert_eq!(counts(&srv, &token).await?, [0, 0, 0]);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -233,7 +231,7 @@ async fn unknown_routes_wrong_methods_and_bad_ids_are_json_errors() -> TestResul
     let (alice, _, a, b) = srv.user_with_pair("alice").await?;
     let group_id = srv.group(&alice, &a, &b).await?;
     // `GET /` is the web page (server_webui.rs); everything unknown around it is a JSON 404.
-    let not_found = [
+    let not_found = vec![
         (Method::GET, "/nope".to_owned()),
         (Method::GET, "/api/v2/agents".to_owned()),
         (Method::POST, "/api/v1/agents/extra/segments".to_owned()),
@@ -242,15 +240,7 @@ async fn unknown_routes_wrong_methods_and_bad_ids_are_json_errors() -> TestResul
         (Method::GET, "/api/v1/dongles/%FF%FE".to_owned()),
         (Method::POST, "/api/v1/groups/123/activate".to_owned()),
     ];
-    for (method, path) in not_found {
-        let (status, body) = srv.call(method.clone(), &path, Some(&alice), None).await?;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::NOT_FOUND, "not_found"),
-            "{method} {path}"
-        );
-    }
-    let wrong_method = [
+    let wrong_method = vec![
         (Method::PUT, "/api/v1/agents".to_owned()),
         (Method::PATCH, format!("/api/v1/groups/{group_id}")),
         (Method::GET, format!("/api/v1/groups/{group_id}/activate")),
@@ -258,13 +248,23 @@ async fn unknown_routes_wrong_methods_and_bad_ids_are_json_errors() -> TestResul
         (Method::POST, "/healthz".to_owned()),
         (Method::GET, "/api/v1/agent/dongles".to_owned()),
     ];
-    for (method, path) in wrong_method {
-        let (status, body) = srv.call(method.clone(), &path, Some(&alice), None).await?;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            "{method} {path}"
-        );
+    let expected = [
+        (StatusCode::NOT_FOUND, "not_found", not_found),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            wrong_method,
+        ),
+    ];
+    for (want_status, want_code, requests) in expected {
+        for (method, path) in requests {
+            let (status, body) = srv.call(method.clone(), &path, Some(&alice), None).await?;
+            assert_eq!(
+                (status, code(&body)),
+                (want_status, want_code),
+                "{method} {path}"
+            );
+        }
     }
     // A non-ASCII Authorization header is a 401, not a crash.
     let response = srv
@@ -280,8 +280,7 @@ async fn unknown_routes_wrong_methods_and_bad_ids_are_json_errors() -> TestResul
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = srv.call(Method::GET, "/healthz", None, None).await?;
     assert_eq!(status, StatusCode::OK);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -331,8 +330,7 @@ async fn random_bodies_never_break_the_server() -> TestResult {
     assert!(after[2] == before[2], "no group can come from random bytes");
     let (status, _) = srv.call(Method::GET, "/healthz", None, None).await?;
     assert_eq!(status, StatusCode::OK);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -358,6 +356,5 @@ async fn silent_connections_are_closed_and_the_server_keeps_serving() -> TestRes
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
     let (status, _) = srv.call(Method::GET, "/healthz", None, None).await?;
     assert_eq!(status, StatusCode::OK);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

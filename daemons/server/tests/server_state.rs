@@ -125,6 +125,5 @@ async fn presence_and_backlog_drive_the_mode_seen_by_the_api() -> TestResult {
     .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
     .collect();
     assert_eq!(actions, expected);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

@@ -85,8 +85,7 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
         let missing = srv.client.get(format!("{}{path}", srv.base)).send().await?;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -105,8 +104,7 @@ async fn cors_is_off_by_default() -> TestResult {
     let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(header(&get, ACCESS_CONTROL_ALLOW_ORIGIN), None);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }
 
 #[tokio::test]
@@ -175,6 +173,5 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     // Another origin gets nothing it could use.
     let other = from_origin(&srv, Method::GET, "http://evil.example", Some(&token), &[]).await?;
     assert_eq!(header(&other, ACCESS_CONTROL_ALLOW_ORIGIN), None);
-    srv.server.shutdown().await?;
-    Ok(())
+    srv.stop().await
 }

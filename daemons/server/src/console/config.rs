@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::setting::bounded;
+
 /// Default number of events each console stream keeps for resuming.
 pub const DEFAULT_HISTORY_EVENTS: usize = 10_000;
 /// Default age bound of console history, in seconds.
@@ -114,31 +116,49 @@ impl ConsoleConfig {
     pub fn resolve(settings: Option<ConsoleSettings>) -> Result<ConsoleConfig, String> {
         let s = settings.unwrap_or_default();
         let d = ConsoleConfig::default();
-        let history_events = s.history_events.unwrap_or(d.history_events);
-        check("history_events", history_events as u64, 1, 1_000_000)?;
-        let age = s
-            .history_max_age_secs
-            .unwrap_or(DEFAULT_HISTORY_MAX_AGE_SECS);
-        check("history_max_age_secs", age, 1, 7 * 24 * 3600)?;
-        let budget = s.history_budget_bytes.unwrap_or(d.history_budget_bytes);
-        check("history_budget_bytes", budget, 1 << 20, 1 << 40)?;
-        let threshold = s
-            .sampling_threshold_per_s
-            .unwrap_or(d.sampling_threshold_per_s);
-        check(
-            "sampling_threshold_per_s",
-            u64::from(threshold),
-            1,
-            1_000_000,
+        let history_events = bounded(
+            "console.history_events",
+            s.history_events,
+            d.history_events,
+            1..=1_000_000,
         )?;
-        let keep_alive = s.keep_alive_secs.unwrap_or(DEFAULT_KEEP_ALIVE_SECS);
-        check("keep_alive_secs", keep_alive, 1, 3600)?;
-        let retry_ms = s.retry_ms.unwrap_or(d.retry_ms);
-        check("retry_ms", retry_ms, 100, 3_600_000)?;
-        let queue_capacity = s.queue_capacity.unwrap_or(d.queue_capacity);
-        check("queue_capacity", queue_capacity as u64, 16, 10_000_000)?;
-        let seen = s.seen_interval_secs.unwrap_or(DEFAULT_SEEN_INTERVAL_SECS);
-        check("seen_interval_secs", seen, 0, 24 * 3600)?;
+        let age = bounded(
+            "console.history_max_age_secs",
+            s.history_max_age_secs,
+            DEFAULT_HISTORY_MAX_AGE_SECS,
+            1..=7 * 24 * 3600,
+        )?;
+        let budget = bounded(
+            "console.history_budget_bytes",
+            s.history_budget_bytes,
+            d.history_budget_bytes,
+            (1 << 20)..=(1 << 40),
+        )?;
+        let threshold = bounded(
+            "console.sampling_threshold_per_s",
+            s.sampling_threshold_per_s,
+            d.sampling_threshold_per_s,
+            1..=1_000_000,
+        )?;
+        let keep_alive = bounded(
+            "console.keep_alive_secs",
+            s.keep_alive_secs,
+            DEFAULT_KEEP_ALIVE_SECS,
+            1..=3600,
+        )?;
+        let retry_ms = bounded("console.retry_ms", s.retry_ms, d.retry_ms, 100..=3_600_000)?;
+        let queue_capacity = bounded(
+            "console.queue_capacity",
+            s.queue_capacity,
+            d.queue_capacity,
+            16..=10_000_000,
+        )?;
+        let seen = bounded(
+            "console.seen_interval_secs",
+            s.seen_interval_secs,
+            DEFAULT_SEEN_INTERVAL_SECS,
+            0..=24 * 3600,
+        )?;
         let redis_key_prefix = s.redis_key_prefix.unwrap_or(d.redis_key_prefix);
         if redis_key_prefix.len() > 100 || redis_key_prefix.chars().any(char::is_control) {
             return Err(
@@ -157,14 +177,6 @@ impl ConsoleConfig {
             seen_interval: Duration::from_secs(seen),
             redis_key_prefix,
         })
-    }
-}
-
-fn check(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("console.{field} {value} is outside {min}..={max}"))
     }
 }
 

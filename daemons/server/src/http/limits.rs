@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use super::ApiError;
 use super::auth::bearer_token;
+use crate::setting::bounded;
 
 /// Default `limits.console_streams_per_token`.
 pub const DEFAULT_CONSOLE_STREAMS_PER_TOKEN: u32 = 256;
@@ -115,14 +116,12 @@ impl LimitConfig {
             }
             (Some(rate), Some(burst)) => Some((rate, burst)),
         };
-        let retry = file
-            .capacity_retry_after_secs
-            .unwrap_or(DEFAULT_CAPACITY_RETRY_AFTER_SECS);
-        if !(1..=3600).contains(&retry) {
-            return Err(format!(
-                "limits.capacity_retry_after_secs {retry} is outside 1..=3600"
-            ));
-        }
+        let retry = bounded(
+            "limits.capacity_retry_after_secs",
+            file.capacity_retry_after_secs,
+            DEFAULT_CAPACITY_RETRY_AFTER_SECS,
+            1..=3600,
+        )?;
         Ok(LimitConfig {
             console_streams_per_token: NonZeroU32::new(console),
             rest,

@@ -24,19 +24,13 @@ pub fn generate(now: DateTime<Utc>) -> Result<SigningKeyRow, ServerError> {
     let key = SigningKey::from_bytes(&seed);
     let der = key
         .to_pkcs8_der()
-        .map_err(|e| ServerError::TaskFailed {
-            task: "signing key",
-            detail: e.to_string(),
-        })?
+        .map_err(ServerError::task_failed("signing key"))?
         .as_bytes()
         .to_vec();
     let pem = key
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| ServerError::TaskFailed {
-            task: "signing key",
-            detail: e.to_string(),
-        })?;
+        .map_err(ServerError::task_failed("signing key"))?;
     let mut tag = [0u8; 4];
     rand::rng().fill_bytes(&mut tag);
     Ok(SigningKeyRow {
@@ -109,8 +103,5 @@ pub fn sign_command(
         &claims,
         &EncodingKey::from_ed_der(&key.private_der),
     )
-    .map_err(|e| ServerError::TaskFailed {
-        task: "signing a command",
-        detail: e.to_string(),
-    })
+    .map_err(ServerError::task_failed("signing a command"))
 }

@@ -225,12 +225,7 @@ impl MeteringStore {
         F: FnOnce(&MeteringStore) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|err| ServerError::TaskFailed {
-                task: "metering storage",
-                detail: err.to_string(),
-            })?
+        crate::store::blocking("metering storage", move || f(&store)).await
     }
 
     fn write<T>(

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::validate_name;
+use super::{found, validate_name};
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 
@@ -48,11 +48,9 @@ pub(super) async fn get(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let agent = state
-        .store
-        .call(move |store| store.get_agent(user.id, id))
-        .await?;
-    agent.map(Json).ok_or_else(|| ApiError::not_found("agent"))
+    found(&state, "agent", move |store| store.get_agent(user.id, id))
+        .await
+        .map(Json)
 }
 
 pub(super) async fn delete(

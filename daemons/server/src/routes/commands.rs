@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use super::found;
 use crate::commands::bus::BusEvent;
 use crate::commands::{Commands, SubmitError};
 use crate::http::cors::OriginPolicy;
@@ -179,11 +180,10 @@ pub(super) async fn get(
     urls: Urls,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let record = state
-        .store
-        .call(move |store| store.get_command(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("command"))?;
+    let record = found(&state, "command", move |store| {
+        store.get_command(user.id, id)
+    })
+    .await?;
     Ok(Json(command_view(&record, urls.stream(id))))
 }
 
@@ -259,16 +259,13 @@ pub(super) async fn responses(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let responses = state
-        .store
-        .call(move |store| {
-            if store.get_command(user.id, id)?.is_none() {
-                return Ok(None);
-            }
-            store.responses_after(id, 0).map(Some)
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found("command"))?;
+    let responses = found(&state, "command", move |store| {
+        if store.get_command(user.id, id)?.is_none() {
+            return Ok(None);
+        }
+        store.responses_after(id, 0).map(Some)
+    })
+    .await?;
     Ok(Json(json!({ "responses": responses })))
 }
 

@@ -9,6 +9,7 @@ use relay_core::engine::Side;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::found;
 use crate::http::{AgentAuth, ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 use crate::store::Announce;
@@ -71,13 +72,9 @@ pub(super) async fn get(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let dongle = state
-        .store
-        .call(move |store| store.get_dongle(user.id, id))
-        .await?;
-    dongle
+    found(&state, "dongle", move |store| store.get_dongle(user.id, id))
+        .await
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("dongle"))
 }
 
 /// `GET /api/v1/agent/dongles/{id}` (agent token): which group and side the agent opens on
@@ -87,17 +84,14 @@ pub(super) async fn assignment(
     AgentAuth(agent): AgentAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let found = state
-        .store
-        .call(move |store| {
-            let Some(dongle) = store.dongle_of_agent(&agent, id)? else {
-                return Ok(None);
-            };
-            let group = store.group_of_dongle(dongle.id)?;
-            Ok(Some((dongle, group)))
-        })
-        .await?;
-    let (dongle, group) = found.ok_or_else(|| ApiError::not_found("dongle"))?;
+    let (dongle, group) = found(&state, "dongle", move |store| {
+        let Some(dongle) = store.dongle_of_agent(&agent, id)? else {
+            return Ok(None);
+        };
+        let group = store.group_of_dongle(dongle.id)?;
+        Ok(Some((dongle, group)))
+    })
+    .await?;
     let group = group.map(|g| {
         let side = if g.dongle_a == dongle.id {
             Side::A

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::validate_name;
+use super::{found, validate_name};
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 use crate::store::{Actor, GroupRefusal, GroupView};
@@ -88,11 +88,7 @@ pub(super) async fn get(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let group = state
-        .store
-        .call(move |store| store.get_group(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("group"))?;
+    let group = found(&state, "group", move |store| store.get_group(user.id, id)).await?;
     Ok(Json(group.state(state.relay.status(group.id).as_ref())))
 }
 
@@ -123,13 +119,10 @@ async fn set_activated(
 ) -> Result<Json<GroupView>, ApiError> {
     let relay = state.relay.status(id);
     let relay_now = relay.clone();
-    let result = state
-        .store
-        .call(move |store| {
-            store.set_group_activated(user_id, id, activated, relay_now, &actor, Utc::now())
-        })
-        .await?;
-    let (group, change) = result.ok_or_else(|| ApiError::not_found("group"))?;
+    let (group, change) = found(&state, "group", move |store| {
+        store.set_group_activated(user_id, id, activated, relay_now, &actor, Utc::now())
+    })
+    .await?;
     if let Some(change) = &change {
         tracing::info!(
             group = %id,
@@ -165,10 +158,6 @@ pub(super) async fn audit(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let entries = state
-        .store
-        .call(move |store| store.group_audit(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("group"))?;
+    let entries = found(&state, "group", move |store| store.group_audit(user.id, id)).await?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -33,6 +33,22 @@ use crate::state::AppState;
 /// Longest accepted display name, in characters.
 const MAX_NAME_CHARS: usize = 100;
 
+/// Runs `read` on the store ([`crate::store::Store::call`]); `None` (not the caller's, or
+/// unknown) is a 404 naming `what`.
+async fn found<T, F>(state: &AppState, what: &'static str, read: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&crate::store::Store) -> Result<Option<T>, crate::error::ServerError>
+        + Send
+        + 'static,
+{
+    state
+        .store
+        .call(read)
+        .await?
+        .ok_or_else(|| ApiError::not_found(what))
+}
+
 /// Builds the router with all routes and layers.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()

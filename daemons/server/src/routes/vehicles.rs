@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::validate_name;
+use super::{found, validate_name};
 use crate::commands::Commands;
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
@@ -139,11 +139,10 @@ pub(super) async fn get(
     UserAuth(user): UserAuth,
     IdPath(id): IdPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let vehicle = state
-        .store
-        .call(move |store| store.get_vehicle(user.id, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("vehicle"))?;
+    let vehicle = found(&state, "vehicle", move |store| {
+        store.get_vehicle(user.id, id)
+    })
+    .await?;
     Ok(Json(view(&commands, &vehicle).await?))
 }
 

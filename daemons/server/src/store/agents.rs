@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::sql::{DbError, Row, args, stored_time};
+use super::sql::{DbError, Row, args, from_columns, stored_time};
 use super::{Agent, AgentWithToken, Store};
 use crate::error::ServerError;
 use crate::token::{self, TokenKind};
@@ -11,12 +11,7 @@ use crate::token::{self, TokenKind};
 const AGENT_COLUMNS: &str = "id, user_id, name, created_at";
 
 fn agent_row(row: &Row, first: usize) -> Result<Agent, DbError> {
-    Ok(Agent {
-        id: row.get(first)?,
-        user_id: row.get(first + 1)?,
-        name: row.get(first + 2)?,
-        created_at: row.get(first + 3)?,
-    })
+    Ok(from_columns!(row, first => Agent { id, user_id, name, created_at }))
 }
 
 impl Store {
@@ -57,33 +52,28 @@ impl Store {
 
     /// The user's live (not revoked) agents, oldest first.
     pub fn list_agents(&self, user_id: Uuid) -> Result<Vec<Agent>, ServerError> {
-        self.run("listing agents", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {AGENT_COLUMNS} FROM agents
-                     WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, id"
-                ),
-                args![user_id],
-            )?
-            .iter()
-            .map(|row| agent_row(row, 0))
-            .collect()
-        })
+        self.read_rows(
+            "listing agents",
+            &format!(
+                "SELECT {AGENT_COLUMNS} FROM agents
+                 WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, id"
+            ),
+            args![user_id],
+            |row| agent_row(row, 0),
+        )
     }
 
     /// One of the user's live agents; `None` if it is not theirs, revoked or unknown.
     pub fn get_agent(&self, user_id: Uuid, agent_id: Uuid) -> Result<Option<Agent>, ServerError> {
-        self.run("reading an agent", |sql| {
-            sql.query_opt(
-                &format!(
-                    "SELECT {AGENT_COLUMNS} FROM agents
-                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
-                ),
-                args![agent_id, user_id],
-            )?
-            .map(|row| agent_row(&row, 0))
-            .transpose()
-        })
+        self.read_row(
+            "reading an agent",
+            &format!(
+                "SELECT {AGENT_COLUMNS} FROM agents
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
+            ),
+            args![agent_id, user_id],
+            |row| agent_row(row, 0),
+        )
     }
 
     /// Revokes one of the user's agents: its token stops working and it disappears from the
@@ -109,17 +99,15 @@ impl Store {
         let Some(lookup) = token::lookup_key(TokenKind::Agent, presented) else {
             return Ok(None);
         };
-        let found = self.run("authenticating an agent token", |sql| {
-            sql.query_opt(
-                &format!(
-                    "SELECT token_hash, {AGENT_COLUMNS} FROM agents
-                     WHERE token_lookup = $1 AND revoked_at IS NULL"
-                ),
-                args![lookup],
-            )?
-            .map(|row| Ok((row.get::<Vec<u8>>(0)?, agent_row(&row, 1)?)))
-            .transpose()
-        })?;
+        let found = self.read_row(
+            "authenticating an agent token",
+            &format!(
+                "SELECT token_hash, {AGENT_COLUMNS} FROM agents
+                 WHERE token_lookup = $1 AND revoked_at IS NULL"
+            ),
+            args![lookup],
+            |row| Ok((row.get::<Vec<u8>>(0)?, agent_row(row, 1)?)),
+        )?;
         Ok(found.and_then(|(hash, agent)| token::matches(presented, &hash).then_some(agent)))
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Store;
-use super::sql::{self, DbError, FromValue, Row, Sql, args};
+use super::sql::{self, DbError, FromValue, Row, Sql, args, from_columns};
 use crate::error::ServerError;
 
 /// Where a command is in its life: `pending → in_progress → completed | failed`.
@@ -191,29 +191,15 @@ impl FromValue for CommandStatus {
 }
 
 fn command_row(row: &Row) -> Result<CommandRecord, DbError> {
-    Ok(CommandRecord {
-        command_id: row.get(0)?,
-        user_id: row.get(1)?,
-        vehicle_id: row.get(2)?,
-        command_name: row.get(3)?,
-        command_params: row.get(4)?,
-        status: row.get(5)?,
-        error_message: row.get(6)?,
-        submitted_at: row.get(7)?,
-        completed_at: row.get(8)?,
-        deadline_at: row.get(9)?,
-    })
+    Ok(from_columns!(row, 0 => CommandRecord {
+        command_id, user_id, vehicle_id, command_name, command_params, status, error_message, submitted_at, completed_at, deadline_at
+    }))
 }
 
 fn response_row(row: &Row) -> Result<ResponseRecord, DbError> {
-    Ok(ResponseRecord {
-        response_id: row.get(0)?,
-        command_id: row.get(1)?,
-        sequence_number: row.get(2)?,
-        is_final: row.get(3)?,
-        response_payload: row.get(4)?,
-        received_at: row.get(5)?,
-    })
+    Ok(from_columns!(row, 0 => ResponseRecord {
+        response_id, command_id, sequence_number, is_final, response_payload, received_at
+    }))
 }
 
 const RESPONSE_COLUMNS: &str =
@@ -285,16 +271,14 @@ fn add_response_on(
 ) -> Result<(bool, ResponseOutcome), DbError> {
     // Locked (PostgreSQL), so a response and a failure racing on two instances end the
     // command once.
-    let status = sql
-        .query_opt(
-            &format!(
-                "SELECT status FROM commands WHERE id = $1{}",
-                sql.for_update()
-            ),
-            args![command_id],
-        )?
-        .map(|row| row.get::<CommandStatus>(0))
-        .transpose()?;
+    let status = sql.query_opt_map(
+        &format!(
+            "SELECT status FROM commands WHERE id = $1{}",
+            sql.for_update()
+        ),
+        args![command_id],
+        |row| row.get::<CommandStatus>(0),
+    )?;
     let was_pending = match status {
         None => return Ok((false, ResponseOutcome::UnknownCommand)),
         Some(s) if s.is_terminal() => return Ok((false, ResponseOutcome::CommandEnded(s))),
@@ -484,26 +468,22 @@ impl Store {
         user_id: Uuid,
         command_id: Uuid,
     ) -> Result<Option<CommandRecord>, ServerError> {
-        self.run("reading a command", |sql| {
-            sql.query_opt(
-                &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1 AND user_id = $2"),
-                args![command_id, user_id],
-            )?
-            .map(|row| command_row(&row))
-            .transpose()
-        })
+        self.read_row(
+            "reading a command",
+            &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1 AND user_id = $2"),
+            args![command_id, user_id],
+            command_row,
+        )
     }
 
     /// A command by id, whoever owns it (the commands service).
     pub fn command_by_id(&self, command_id: Uuid) -> Result<Option<CommandRecord>, ServerError> {
-        self.run("reading a command", |sql| {
-            sql.query_opt(
-                &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1"),
-                args![command_id],
-            )?
-            .map(|row| command_row(&row))
-            .transpose()
-        })
+        self.read_row(
+            "reading a command",
+            &format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1"),
+            args![command_id],
+            command_row,
+        )
     }
 
     /// The user's commands, newest first, filtered and paged by `query`.
@@ -534,18 +514,15 @@ impl Store {
         }
         args.push(i64::try_from(query.limit).unwrap_or(i64::MAX).into());
         let limit = args.len();
-        self.run("listing commands", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {COMMAND_COLUMNS} FROM commands WHERE {filter}
-                     ORDER BY submitted_at DESC, id DESC LIMIT ${limit}"
-                ),
-                &args,
-            )?
-            .iter()
-            .map(command_row)
-            .collect()
-        })
+        self.read_rows(
+            "listing commands",
+            &format!(
+                "SELECT {COMMAND_COLUMNS} FROM commands WHERE {filter}
+                 ORDER BY submitted_at DESC, id DESC LIMIT ${limit}"
+            ),
+            &args,
+            command_row,
+        )
     }
 
     /// A command's responses with a sequence number above `after`, in order.
@@ -554,52 +531,43 @@ impl Store {
         command_id: Uuid,
         after: u32,
     ) -> Result<Vec<ResponseRecord>, ServerError> {
-        self.run("reading responses", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {RESPONSE_COLUMNS} FROM command_responses
-                     WHERE command_id = $1 AND sequence_number > $2 ORDER BY sequence_number"
-                ),
-                args![command_id, after],
-            )?
-            .iter()
-            .map(response_row)
-            .collect()
-        })
+        self.read_rows(
+            "reading responses",
+            &format!(
+                "SELECT {RESPONSE_COLUMNS} FROM command_responses
+                 WHERE command_id = $1 AND sequence_number > $2 ORDER BY sequence_number"
+            ),
+            args![command_id, after],
+            response_row,
+        )
     }
 
     /// Commands still `pending` or `in_progress` (after a restart: what the previous process
     /// left open).
     pub fn open_commands(&self) -> Result<Vec<CommandRecord>, ServerError> {
-        self.run("listing open commands", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {COMMAND_COLUMNS} FROM commands
-                     WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
-                ),
-                &[],
-            )?
-            .iter()
-            .map(command_row)
-            .collect()
-        })
+        self.read_rows(
+            "listing open commands",
+            &format!(
+                "SELECT {COMMAND_COLUMNS} FROM commands
+                 WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
+            ),
+            &[],
+            command_row,
+        )
     }
 
     /// Every open command with the instance owning it (`None`: stored before owners were
     /// recorded, or by a test), oldest first.
     pub fn open_commands_owned(&self) -> Result<Vec<(CommandRecord, Option<String>)>, ServerError> {
-        self.run("listing open commands", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {COMMAND_COLUMNS}, instance FROM commands
-                     WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
-                ),
-                &[],
-            )?
-            .iter()
-            .map(|row| Ok((command_row(row)?, row.get(10)?)))
-            .collect()
-        })
+        self.read_rows(
+            "listing open commands",
+            &format!(
+                "SELECT {COMMAND_COLUMNS}, instance FROM commands
+                 WHERE status IN ('pending', 'in_progress') ORDER BY submitted_at, id"
+            ),
+            &[],
+            |row| Ok((command_row(row)?, row.get(10)?)),
+        )
     }
 
     /// Makes this process's [`instance`](Store::instance) the owner of an open command

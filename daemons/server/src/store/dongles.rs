@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::sql::{DbError, Row, args, stored_time};
+use super::sql::{DbError, Row, args, from_columns, stored_time};
 use super::{Actor, Agent, Announce, Dongle, ModeChange, Store};
 use crate::error::ServerError;
 use crate::group_mode::GroupStatus;
@@ -11,15 +11,9 @@ use crate::group_mode::GroupStatus;
 const DONGLE_COLUMNS: &str = "id, user_id, serial, agent_id, online, last_seen, created_at";
 
 fn dongle_row(row: &Row) -> Result<Dongle, DbError> {
-    Ok(Dongle {
-        id: row.get(0)?,
-        user_id: row.get(1)?,
-        serial: row.get(2)?,
-        agent_id: row.get(3)?,
-        online: row.get(4)?,
-        last_seen: row.get(5)?,
-        created_at: row.get(6)?,
-    })
+    Ok(from_columns!(row, 0 => Dongle {
+        id, user_id, serial, agent_id, online, last_seen, created_at
+    }))
 }
 
 impl Store {
@@ -51,16 +45,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Announce, ServerError> {
         self.transaction("announcing a dongle", |sql| {
-            let existing = sql
-                .query_opt(
-                    &format!(
-                        "SELECT {DONGLE_COLUMNS} FROM dongles WHERE serial = $1 AND user_id = $2{}",
-                        sql.for_update()
-                    ),
-                    args![serial, agent.user_id],
-                )?
-                .map(|row| dongle_row(&row))
-                .transpose()?;
+            let existing = sql.query_opt_map(
+                &format!(
+                    "SELECT {DONGLE_COLUMNS} FROM dongles WHERE serial = $1 AND user_id = $2{}",
+                    sql.for_update()
+                ),
+                args![serial, agent.user_id],
+                dongle_row,
+            )?;
             if let Some(mut dongle) = existing {
                 if dongle.agent_id != agent.id {
                     sql.execute(
@@ -91,18 +83,15 @@ impl Store {
 
     /// The user's dongles, oldest first.
     pub fn list_dongles(&self, user_id: Uuid) -> Result<Vec<Dongle>, ServerError> {
-        self.run("listing dongles", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {DONGLE_COLUMNS} FROM dongles WHERE user_id = $1
-                     ORDER BY created_at, id"
-                ),
-                args![user_id],
-            )?
-            .iter()
-            .map(dongle_row)
-            .collect()
-        })
+        self.read_rows(
+            "listing dongles",
+            &format!(
+                "SELECT {DONGLE_COLUMNS} FROM dongles WHERE user_id = $1
+                 ORDER BY created_at, id"
+            ),
+            args![user_id],
+            dongle_row,
+        )
     }
 
     /// One of the user's dongles; `None` if it is not theirs or unknown.
@@ -124,17 +113,14 @@ impl Store {
         &self,
         agent_id: Uuid,
     ) -> Result<Vec<(Uuid, Option<Uuid>)>, ServerError> {
-        self.run("listing an agent's dongles", |sql| {
-            sql.query(
-                "SELECT d.id, m.group_id FROM dongles d
-                 LEFT JOIN group_members m ON m.dongle_id = d.id
-                 WHERE d.agent_id = $1 ORDER BY d.created_at, d.id",
-                args![agent_id],
-            )?
-            .iter()
-            .map(|row| Ok((row.get(0)?, row.get(1)?)))
-            .collect()
-        })
+        self.read_rows(
+            "listing an agent's dongles",
+            "SELECT d.id, m.group_id FROM dongles d
+             LEFT JOIN group_members m ON m.dongle_id = d.id
+             WHERE d.agent_id = $1 ORDER BY d.created_at, d.id",
+            args![agent_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
     }
 
     /// The dongle with `serial` if `agent` may speak for it (it belongs to the agent's user).
@@ -172,14 +158,12 @@ impl Store {
         filter: &str,
         args: &[super::sql::Value],
     ) -> Result<Option<Dongle>, ServerError> {
-        self.run(action, |sql| {
-            sql.query_opt(
-                &format!("SELECT {DONGLE_COLUMNS} FROM dongles WHERE {filter}"),
-                args,
-            )?
-            .map(|row| dongle_row(&row))
-            .transpose()
-        })
+        self.read_row(
+            action,
+            &format!("SELECT {DONGLE_COLUMNS} FROM dongles WHERE {filter}"),
+            args,
+            dongle_row,
+        )
     }
 
     /// Updates `last_seen` (data plane: traffic or keep-alive). `Ok(false)` for an unknown id.
@@ -227,16 +211,13 @@ impl Store {
     /// the side as stored (`a` or `b`). A cluster instance starting up checks these against
     /// the live presence keys before it resets any (`docs/cluster.md`).
     pub fn online_members(&self) -> Result<Vec<(Uuid, Uuid, String)>, ServerError> {
-        self.run("listing online group members", |sql| {
-            sql.query(
-                "SELECT m.dongle_id, m.group_id, m.side FROM group_members m
-                 JOIN dongles d ON d.id = m.dongle_id WHERE d.online",
-                &[],
-            )?
-            .iter()
-            .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .collect()
-        })
+        self.read_rows(
+            "listing online group members",
+            "SELECT m.dongle_id, m.group_id, m.side FROM group_members m
+             JOIN dongles d ON d.id = m.dongle_id WHERE d.online",
+            &[],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
     }
 
     /// Marks the listed dongles offline — with `seen_before`, only those not seen since (a
@@ -317,12 +298,11 @@ impl Store {
                 "UPDATE dongles SET online = $2, last_seen = $3 WHERE id = $1",
                 args![dongle_id, online, now],
             )?;
-            sql.query_opt(
+            sql.query_opt_map(
                 "SELECT group_id FROM group_members WHERE dongle_id = $1",
                 args![dongle_id],
-            )?
-            .map(|row| row.get(0))
-            .transpose()
+                |row| row.get(0),
+            )
         })?;
         let mut changes = Vec::new();
         if let Some(group_id) = group {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::sql::{DbError, FromValue, Row, Sql, Value, args};
+use super::sql::{DbError, FromValue, Row, Sql, Value, args, from_columns};
 use super::{Actor, AuditEntry, Group, GroupRefusal, ModeChange, Store};
 use crate::error::ServerError;
 use crate::group_mode::{GroupMode, GroupStatus};
@@ -22,18 +22,9 @@ impl FromValue for GroupMode {
 }
 
 fn group_row(row: &Row) -> Result<Group, DbError> {
-    Ok(Group {
-        id: row.get(0)?,
-        user_id: row.get(1)?,
-        name: row.get(2)?,
-        dongle_a: row.get(3)?,
-        dongle_b: row.get(4)?,
-        activated: row.get(5)?,
-        mode: row.get(6)?,
-        a_online: row.get(7)?,
-        b_online: row.get(8)?,
-        created_at: row.get(9)?,
-    })
+    Ok(from_columns!(row, 0 => Group {
+        id, user_id, name, dongle_a, dongle_b, activated, mode, a_online, b_online, created_at
+    }))
 }
 
 /// The group matching `filter`, if any. In a transaction on PostgreSQL it first locks the
@@ -57,9 +48,7 @@ fn read_group(
             return Ok(None);
         }
     }
-    sql.query_opt(&format!("{GROUP_SELECT} WHERE {filter}"), args)?
-        .map(|row| group_row(&row))
-        .transpose()
+    sql.query_opt_map(&format!("{GROUP_SELECT} WHERE {filter}"), args, group_row)
 }
 
 fn audit(
@@ -192,25 +181,22 @@ impl Store {
 
     /// The user's groups, oldest first.
     pub fn list_groups(&self, user_id: Uuid) -> Result<Vec<Group>, ServerError> {
-        self.run("listing groups", |sql| {
-            sql.query(
-                &format!("{GROUP_SELECT} WHERE g.user_id = $1 ORDER BY g.created_at, g.id"),
-                args![user_id],
-            )?
-            .iter()
-            .map(group_row)
-            .collect()
-        })
+        self.read_rows(
+            "listing groups",
+            &format!("{GROUP_SELECT} WHERE g.user_id = $1 ORDER BY g.created_at, g.id"),
+            args![user_id],
+            group_row,
+        )
     }
 
     /// Every group's id, whoever owns it (the data plane's backlog at start).
     pub fn all_group_ids(&self) -> Result<Vec<Uuid>, ServerError> {
-        self.run("listing groups", |sql| {
-            sql.query("SELECT id FROM relay_groups ORDER BY id", &[])?
-                .iter()
-                .map(|row| row.get(0))
-                .collect()
-        })
+        self.read_rows(
+            "listing groups",
+            "SELECT id FROM relay_groups ORDER BY id",
+            &[],
+            |row| row.get(0),
+        )
     }
 
     /// One of the user's groups; `None` if it is not theirs or unknown.
@@ -256,16 +242,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
         self.transaction("deleting a group", |sql| {
-            let mode = sql
-                .query_opt(
-                    &format!(
-                        "SELECT mode FROM relay_groups WHERE id = $1 AND user_id = $2{}",
-                        sql.for_update()
-                    ),
-                    args![group_id, user_id],
-                )?
-                .map(|row| row.get::<GroupMode>(0))
-                .transpose()?;
+            let mode = sql.query_opt_map(
+                &format!(
+                    "SELECT mode FROM relay_groups WHERE id = $1 AND user_id = $2{}",
+                    sql.for_update()
+                ),
+                args![group_id, user_id],
+                |row| row.get::<GroupMode>(0),
+            )?;
             let Some(mode) = mode else {
                 return Ok(false);
             };
@@ -343,13 +327,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, ServerError> {
         self.run("writing the group audit log", |sql| {
-            let mode = sql
-                .query_opt(
-                    "SELECT mode FROM relay_groups WHERE id = $1",
-                    args![group_id],
-                )?
-                .map(|row| row.get::<GroupMode>(0))
-                .transpose()?;
+            let mode = sql.query_opt_map(
+                "SELECT mode FROM relay_groups WHERE id = $1",
+                args![group_id],
+                |row| row.get::<GroupMode>(0),
+            )?;
             let Some(mode) = mode else {
                 return Ok(false);
             };
@@ -373,23 +355,16 @@ impl Store {
             if owned.is_none() {
                 return Ok(None);
             }
-            sql.query(
+            sql.query_map(
                 "SELECT id, at, actor, action, old_mode, new_mode FROM group_audit
                  WHERE group_id = $1 ORDER BY id",
                 args![group_id],
-            )?
-            .iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    id: row.get(0)?,
-                    at: row.get(1)?,
-                    actor: row.get(2)?,
-                    action: row.get(3)?,
-                    old_mode: row.get(4)?,
-                    new_mode: row.get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
+                |row| {
+                    Ok(from_columns!(row, 0 => AuditEntry {
+                        id, at, actor, action, old_mode, new_mode
+                    }))
+                },
+            )
             .map(Some)
         })
     }

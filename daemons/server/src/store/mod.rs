@@ -261,12 +261,7 @@ impl Store {
         F: FnOnce(&Store) -> Result<T, ServerError> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|err| ServerError::TaskFailed {
-                task: "storage",
-                detail: err.to_string(),
-            })?
+        blocking("storage", move || f(&store)).await
     }
 
     /// Checks that the database answers a query (for `/readyz`).
@@ -295,6 +290,29 @@ impl Store {
             Backend::Postgres(pg) => pg.client().and_then(|mut c| f(&mut PgSql(&mut *c))),
         }
         .map_err(ServerError::db(action))
+    }
+
+    /// Runs one query outside a transaction ([`Store::run`]); each row decoded by `decode`.
+    fn read_rows<T>(
+        &self,
+        action: &'static str,
+        query: &str,
+        args: &[sql::Value],
+        decode: impl FnMut(&sql::Row) -> Result<T, E>,
+    ) -> Result<Vec<T>, ServerError> {
+        self.run(action, |sql| sql.query_map(query, args, decode))
+    }
+
+    /// Runs one query outside a transaction ([`Store::run`]); its first row, if any, decoded
+    /// by `decode`.
+    fn read_row<T>(
+        &self,
+        action: &'static str,
+        query: &str,
+        args: &[sql::Value],
+        decode: impl FnOnce(&sql::Row) -> Result<T, E>,
+    ) -> Result<Option<T>, ServerError> {
+        self.run(action, |sql| sql.query_opt_map(query, args, decode))
     }
 
     /// Runs `f` in a write transaction, committed when `f` returns `Ok` and rolled back when it
@@ -393,6 +411,18 @@ fn pg_transaction<T, R>(
 
 /// The SQLite connection. A panic while holding the lock cannot leave a half-written change
 /// (transactions roll back on drop), so a poisoned lock is safe to take over.
+/// Runs `f` (database work) on the blocking thread pool; a task that panicked or was cancelled
+/// is a [`ServerError::TaskFailed`] of `task`.
+pub(crate) async fn blocking<T, F>(task: &'static str, f: F) -> Result<T, ServerError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ServerError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ServerError::task_failed(task))?
+}
+
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(PoisonError::into_inner)
 }

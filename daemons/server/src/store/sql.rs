@@ -234,7 +234,42 @@ pub(super) struct Row {
     values: Vec<Value>,
 }
 
+/// Decodes a row into a struct whose fields are its columns in order, from column `first`:
+/// `from_columns!(row, 2 => User { id, name })` is
+/// `User { id: row.get(2)?, name: row.get(3)? }`. The fields must be listed in the order of the
+/// query's columns (the `*_COLUMNS` constants).
+macro_rules! from_columns {
+    ($row:expr, $first:expr => $ty:ident { $($field:ident),+ $(,)? }) => {{
+        let mut columns = $row.columns($first);
+        $ty { $($field: columns.next()?),+ }
+    }};
+}
+pub(super) use from_columns;
+
+/// The columns of a [`Row`], read one after the other ([`from_columns`]).
+pub(super) struct Columns<'a> {
+    row: &'a Row,
+    next: usize,
+}
+
+impl Columns<'_> {
+    /// The next column as a `T`.
+    pub(super) fn next<T: FromValue>(&mut self) -> Result<T, DbError> {
+        let value = self.row.get(self.next);
+        self.next += 1;
+        value
+    }
+}
+
 impl Row {
+    /// The columns from `first` on, to read in order.
+    pub(super) fn columns(&self, first: usize) -> Columns<'_> {
+        Columns {
+            row: self,
+            next: first,
+        }
+    }
+
     /// Column `idx` as a `T`.
     pub(super) fn get<T: FromValue>(&self, idx: usize) -> Result<T, DbError> {
         let value = self.values.get(idx).ok_or_else(|| DbError::Decode {
@@ -417,6 +452,28 @@ pub(super) trait Sql {
     /// The first row of a query that always returns one.
     fn query_one(&mut self, sql: &str, args: &[Value]) -> Result<Row, DbError> {
         self.query_opt(sql, args)?.ok_or(DbError::NoRow)
+    }
+}
+
+impl dyn Sql + '_ {
+    /// A query's rows, each decoded by `decode`.
+    pub(super) fn query_map<T>(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        decode: impl FnMut(&Row) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        self.query(sql, args)?.iter().map(decode).collect()
+    }
+
+    /// The first row of a query, if any, decoded by `decode`.
+    pub(super) fn query_opt_map<T>(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        decode: impl FnOnce(&Row) -> Result<T, DbError>,
+    ) -> Result<Option<T>, DbError> {
+        self.query_opt(sql, args)?.as_ref().map(decode).transpose()
     }
 }
 

@@ -3,17 +3,13 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::sql::{DbError, Row, args};
+use super::sql::{DbError, Row, args, from_columns};
 use super::{Store, User, UserTokenInfo};
 use crate::error::ServerError;
 use crate::token::{self, IssuedToken, TokenKind};
 
 fn user_row(row: &Row, first: usize) -> Result<User, DbError> {
-    Ok(User {
-        id: row.get(first)?,
-        name: row.get(first + 1)?,
-        created_at: row.get(first + 2)?,
-    })
+    Ok(from_columns!(row, first => User { id, name, created_at }))
 }
 
 impl Store {
@@ -76,27 +72,20 @@ impl Store {
             Some(name) => ("WHERE u.name = $1", vec![name.into()]),
             None => ("", Vec::new()),
         };
-        self.run("listing user tokens", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT t.id, u.name, t.lookup, t.created_at, t.revoked_at
-                     FROM user_tokens t JOIN users u ON u.id = t.user_id
-                     {filter} ORDER BY t.created_at, t.id"
-                ),
-                &args,
-            )?
-            .iter()
-            .map(|row| {
-                Ok(UserTokenInfo {
-                    id: row.get(0)?,
-                    user: row.get(1)?,
-                    lookup: row.get(2)?,
-                    created_at: row.get(3)?,
-                    revoked_at: row.get(4)?,
-                })
-            })
-            .collect()
-        })
+        self.read_rows(
+            "listing user tokens",
+            &format!(
+                "SELECT t.id, u.name, t.lookup, t.created_at, t.revoked_at
+                 FROM user_tokens t JOIN users u ON u.id = t.user_id
+                 {filter} ORDER BY t.created_at, t.id"
+            ),
+            &args,
+            |row| {
+                Ok(from_columns!(row, 0 => UserTokenInfo {
+                    id, user, lookup, created_at, revoked_at
+                }))
+            },
+        )
     }
 
     /// The user a presented token belongs to, or `None` for an unknown, malformed or revoked
@@ -105,16 +94,14 @@ impl Store {
         let Some(lookup) = token::lookup_key(TokenKind::User, presented) else {
             return Ok(None);
         };
-        let found = self.run("authenticating a user token", |sql| {
-            sql.query_opt(
-                "SELECT t.hash, u.id, u.name, u.created_at
-                 FROM user_tokens t JOIN users u ON u.id = t.user_id
-                 WHERE t.lookup = $1 AND t.revoked_at IS NULL",
-                args![lookup],
-            )?
-            .map(|row| Ok((row.get::<Vec<u8>>(0)?, user_row(&row, 1)?)))
-            .transpose()
-        })?;
+        let found = self.read_row(
+            "authenticating a user token",
+            "SELECT t.hash, u.id, u.name, u.created_at
+             FROM user_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.lookup = $1 AND t.revoked_at IS NULL",
+            args![lookup],
+            |row| Ok((row.get::<Vec<u8>>(0)?, user_row(row, 1)?)),
+        )?;
         Ok(found.and_then(|(hash, user)| token::matches(presented, &hash).then_some(user)))
     }
 }

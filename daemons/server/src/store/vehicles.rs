@@ -7,7 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::Store;
-use super::sql::{DbError, Row, args, stored_time};
+use super::sql::{self, DbError, FromValue, Row, args, from_columns, stored_time};
 use crate::error::ServerError;
 
 /// A vehicle, as the API shows it (without `online`, which is live state).
@@ -41,20 +41,15 @@ pub enum VehicleRefusal {
 
 const VEHICLE_COLUMNS: &str = "id, user_id, name, vin, dongle_id, ecus, created_at";
 
+/// The ECU list, stored as JSON.
+impl FromValue for Vec<EcuAddress> {
+    fn from_value(value: &sql::Value) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::from_value(value)?).map_err(|err| err.to_string())
+    }
+}
+
 fn vehicle_row(row: &Row) -> Result<Vehicle, DbError> {
-    let ecus = serde_json::from_value(row.get(5)?).map_err(|err| DbError::Decode {
-        column: 5,
-        detail: err.to_string(),
-    })?;
-    Ok(Vehicle {
-        id: row.get(0)?,
-        user_id: row.get(1)?,
-        name: row.get(2)?,
-        vin: row.get(3)?,
-        dongle_id: row.get(4)?,
-        ecus,
-        created_at: row.get(6)?,
-    })
+    Ok(from_columns!(row, 0 => Vehicle { id, user_id, name, vin, dongle_id, ecus, created_at }))
 }
 
 impl Store {
@@ -111,18 +106,15 @@ impl Store {
 
     /// The user's vehicles, oldest first.
     pub fn list_vehicles(&self, user_id: Uuid) -> Result<Vec<Vehicle>, ServerError> {
-        self.run("listing vehicles", |sql| {
-            sql.query(
-                &format!(
-                    "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE user_id = $1
-                     ORDER BY created_at, id"
-                ),
-                args![user_id],
-            )?
-            .iter()
-            .map(vehicle_row)
-            .collect()
-        })
+        self.read_rows(
+            "listing vehicles",
+            &format!(
+                "SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE user_id = $1
+                 ORDER BY created_at, id"
+            ),
+            args![user_id],
+            vehicle_row,
+        )
     }
 
     /// One of the user's vehicles; `None` if it is not theirs or unknown.
@@ -131,39 +123,33 @@ impl Store {
         user_id: Uuid,
         vehicle_id: Uuid,
     ) -> Result<Option<Vehicle>, ServerError> {
-        self.run("reading a vehicle", |sql| {
-            sql.query_opt(
-                &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1 AND user_id = $2"),
-                args![vehicle_id, user_id],
-            )?
-            .map(|row| vehicle_row(&row))
-            .transpose()
-        })
+        self.read_row(
+            "reading a vehicle",
+            &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1 AND user_id = $2"),
+            args![vehicle_id, user_id],
+            vehicle_row,
+        )
     }
 
     /// A vehicle by id, whoever owns it (the commands service, after the route checked the
     /// owner).
     pub fn vehicle_by_id(&self, vehicle_id: Uuid) -> Result<Option<Vehicle>, ServerError> {
-        self.run("reading a vehicle", |sql| {
-            sql.query_opt(
-                &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1"),
-                args![vehicle_id],
-            )?
-            .map(|row| vehicle_row(&row))
-            .transpose()
-        })
+        self.read_row(
+            "reading a vehicle",
+            &format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id = $1"),
+            args![vehicle_id],
+            vehicle_row,
+        )
     }
 
     /// The agent that last announced `dongle_id`, if the dongle exists.
     pub fn agent_of_dongle(&self, dongle_id: Uuid) -> Result<Option<Uuid>, ServerError> {
-        self.run("reading a dongle's agent", |sql| {
-            sql.query_opt(
-                "SELECT agent_id FROM dongles WHERE id = $1",
-                args![dongle_id],
-            )?
-            .map(|row| row.get(0))
-            .transpose()
-        })
+        self.read_row(
+            "reading a dongle's agent",
+            "SELECT agent_id FROM dongles WHERE id = $1",
+            args![dongle_id],
+            |row| row.get(0),
+        )
     }
 
     /// Which of `dongles` were announced by `agent_id` (the diagnostics channel accepts only

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use relay_core::protocol::diag::{
-    CommandRequest, CommandResponse, DiagHello, DiagMessage, DiagWelcome, decode_diag, encode_diag,
+    AgentCommandStatus, CommandFailed, CommandRequest, CommandResponse, CommandStatusUpdate,
+    DiagHello, DiagMessage, DiagWelcome, decode_diag, encode_diag,
 };
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -91,6 +92,24 @@ impl FakeAgent {
             sequence_number: seq,
             is_final,
             response,
+        }))
+        .await
+    }
+
+    /// Reports `command` as in progress.
+    pub async fn in_progress(&mut self, command: Uuid) -> TestResult {
+        self.send(&DiagMessage::CommandStatus(CommandStatusUpdate {
+            command_id: command,
+            status: AgentCommandStatus::InProgress,
+        }))
+        .await
+    }
+
+    /// Reports `command` as failed with `error`.
+    pub async fn fail(&mut self, command: Uuid, error: &str) -> TestResult {
+        self.send(&DiagMessage::CommandFailed(CommandFailed {
+            command_id: command,
+            error: error.into(),
         }))
         .await
     }

@@ -8,6 +8,7 @@ pub mod fake_agent;
 use std::time::Duration;
 
 use futures::StreamExt;
+use relay_core::protocol::diag::DiagWelcome;
 use serde_json::Value;
 use tether_server::ServerConfig;
 use tether_server::config::ConnectorKind;
@@ -15,8 +16,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use uuid::Uuid;
 
 use crate::server_support::{TestResult, TestServer, text};
+use fake_agent::FakeAgent;
 
 /// Longest wait for one event.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -30,6 +33,27 @@ pub fn mock(delay_ms: u64) -> impl FnOnce(&mut ServerConfig) {
             Duration::from_millis(delay_ms),
         );
     }
+}
+
+/// Two instances on the Redis at `url` sharing one records directory, kept in the returned
+/// directory (`docs/cluster.md`).
+pub async fn pair(url: &str) -> TestResult<(TestServer, TestServer, tempfile::TempDir)> {
+    let shared = tempfile::tempdir()?;
+    let data = shared.path().join("records");
+    let start = || {
+        TestServer::start_with(|config| {
+            config.redis_url = Some(url.to_owned());
+            config.data_dir = data.clone();
+        })
+    };
+    Ok((start().await?, start().await?, shared))
+}
+
+/// A server with the [`mock`] connector and a [`fleet`] of `name` on it.
+pub async fn mocked_fleet(delay_ms: u64, name: &str) -> TestResult<(TestServer, Fleet)> {
+    let server = TestServer::start_with(mock(delay_ms)).await?;
+    let f = fleet(&server, name).await?;
+    Ok((server, f))
 }
 
 /// A user with an agent, one dongle and a vehicle on it with ECUs `engine` (0x7E0) and `abs`
@@ -67,6 +91,27 @@ impl Fleet {
         submit(server, &self.token, &self.vehicle, name, params).await
     }
 
+    /// [`Fleet::accept`]; returns the command id.
+    pub async fn accept_id(
+        &self,
+        server: &TestServer,
+        name: &str,
+        params: Value,
+    ) -> TestResult<Uuid> {
+        let accepted = self.accept(server, name, params).await?;
+        Ok(text(&accepted, "command_id")?.parse()?)
+    }
+
+    /// Waits until this fleet's command `id` has [`ended`]; returns it.
+    pub async fn ended(&self, server: &TestServer, id: Uuid) -> TestResult<Value> {
+        ended(server, &self.token, &id.to_string()).await
+    }
+
+    /// Connects a [`FakeAgent`] with this fleet's agent token and dongle.
+    pub async fn connect_agent(&self, server: &TestServer) -> TestResult<(FakeAgent, DiagWelcome)> {
+        FakeAgent::connect(server, &self.agent_token, &[&self.dongle]).await
+    }
+
     /// [`Fleet::accept`], then waits until the command has [`ended`]; returns it.
     pub async fn run(&self, server: &TestServer, name: &str, params: Value) -> TestResult<Value> {
         let accepted = self.accept(server, name, params).await?;
@@ -88,6 +133,11 @@ pub async fn submit(
 /// Polls a command until it has ended; returns it.
 pub async fn ended(server: &TestServer, token: &str, id: &str) -> TestResult<Value> {
     server.command_ended(token, id, WAIT).await
+}
+
+/// An ended command's `(status, error_message)`.
+pub fn outcome(done: &Value) -> (Option<&str>, Option<&str>) {
+    (done["status"].as_str(), done["error_message"].as_str())
 }
 
 /// Everything `/ws/responses/{id}` sends until it closes, and the close code.

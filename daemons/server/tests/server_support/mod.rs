@@ -48,6 +48,12 @@ impl TestServer {
         TestServer { dir, server, api }
     }
 
+    /// Shuts the server down; the end of a test.
+    pub async fn stop(self) -> TestResult {
+        self.server.shutdown().await?;
+        Ok(())
+    }
+
     /// Issues a user token the way `tether server token create` does.
     pub async fn user_token(&self, name: &str) -> TestResult<String> {
         let name = name.to_owned();
@@ -93,6 +99,12 @@ impl TestServer {
         let b = self.dongle(&agent, &format!("{name}-B")).await?;
         Ok((token, agent, a, b))
     }
+}
+
+/// `REDIS_URL`, which the tests that need Redis require (they fail without it).
+pub fn redis_url() -> TestResult<String> {
+    Ok(std::env::var("REDIS_URL")
+        .map_err(|_| "REDIS_URL must point at a Redis server for this test")?)
 }
 
 /// `GET url` with `token` until it is refused, for a token revoked outside this process (the

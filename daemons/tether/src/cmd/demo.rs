@@ -265,31 +265,37 @@ struct Api {
 
 impl Api {
     async fn post(&self, path: &str, token: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
+        self.call(reqwest::Method::POST, path, token, Some(&body))
             .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
-        Ok(body)
     }
 
     async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
-        let response = self
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Sends one request with `token`; the answer's JSON body (`null` if it has none), or an
+    /// error naming the request if it did not succeed.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
             .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
-            .with_context(|| format!("GET {path}"))?;
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {body}");
         Ok(body)
     }
 }
