@@ -916,31 +916,21 @@ impl Worker {
             Message::Error(e) => {
                 warn!(serial = %self.serial, code = ?e.code, message = %e.message, "data plane error");
                 let reason = format!("refused: {:?}: {}", e.code, e.message);
+                // What the code means for the session is relay-core's rule
+                // (`Refusal::for_relay_error`): `group_inactive` drops the pending frames, every
+                // other code resends from `tx_acked + 1` after the backoff, on the same server
+                // (a server that keeps refusing gets no reconnect storm). Around it, the
+                // agent's own side effects:
                 match e.code {
                     ErrorCode::GroupInactive => {
                         self.set_mode(GroupMode::Inactive);
                         self.repoll.notify_one();
-                        self.refused(
-                            Refusal::DropPending {
-                                reason: uplink::DropReason::Refused,
-                            },
-                            &reason,
-                        );
                     }
-                    ErrorCode::CursorAhead => {
-                        self.reset_cursor().await?;
-                        self.refused(Refusal::Resync, &reason);
-                    }
-                    ErrorCode::Unauthorized => {
-                        self.repoll.notify_one();
-                        self.refused(Refusal::Resync, &reason);
-                    }
-                    // `seq_out_of_order`: the new session resends from `tx_acked + 1`. Every
-                    // other code: the session retries on the same server after the backoff
-                    // (at least `reconnect_min`), so a server that keeps refusing gets no
-                    // reconnect storm.
-                    _ => self.refused(Refusal::Resync, &reason),
+                    ErrorCode::CursorAhead => self.reset_cursor().await?,
+                    ErrorCode::Unauthorized => self.repoll.notify_one(),
+                    _ => {}
                 }
+                self.refused(Refusal::for_relay_error(e.code), &reason);
             }
             other => self.conn_lost(format!("unexpected {} from the server", other.type_name())),
         }
@@ -1071,14 +1061,7 @@ impl Worker {
 /// payloads are the frames' MessagePack: a MessagePack connection gets them spliced as they
 /// are, a JSON one re-encoded (`relay_core::protocol::encode_delivery`).
 async fn write_frames(c: &mut Conn, stream: &str, batch: &[OutboxRecord]) -> anyhow::Result<()> {
-    let items: Vec<Item> = batch
-        .iter()
-        .map(|r| Item {
-            seq: r.seq,
-            ts_ms: r.ts_ms,
-            payload: r.payload.clone(),
-        })
-        .collect();
+    let items: Vec<Item> = batch.iter().map(Item::from).collect();
     let mut messages = encode_delivery(stream, &items, c.encoding, DeliverySource::Live)?;
     let bytes = match (messages.pop(), messages.is_empty()) {
         (Some(DeliveryMessage::Frames(bytes)), true) => bytes,
