@@ -8,7 +8,7 @@ use std::sync::Arc;
 use can_io::formats::Entry;
 use can_io::formats::asc::{self, channel_number};
 use can_io::{CanFrame, CanRecord, Direction};
-use common::data::{PY_DUMP, capture, run_python};
+use common::data::{PY_DUMP, assert_same_lines, capture, py_dump_line, run_python};
 use common::{arb_frame, arb_record_with, arb_ts_us};
 use proptest::prelude::*;
 
@@ -84,43 +84,18 @@ proptest! {
     }
 }
 
+/// [`py_dump_line`] as ASC keeps a record: the channel number without `can`, and error frames
+/// without length, data or direction (as [`normalise_python`] makes python-can's).
 fn summary(r: &CanRecord) -> String {
-    let (id, ext) = r
-        .frame
-        .id()
-        .map(|i| (i.raw(), i.is_extended()))
-        .unwrap_or((0, false));
-    let (fd, brs, esi) = match &r.frame {
-        CanFrame::Fd(f) => (true, f.flags().brs, f.flags().esi),
-        _ => (false, false, false),
-    };
-    let error = matches!(r.frame, CanFrame::Error(_));
-    let channel = r.channel.trim_start_matches("can");
-    let (len, data) = if error {
-        (0, String::new())
-    } else {
-        (r.frame.len(), hex::encode_upper(r.frame.data()))
-    };
-    format!(
-        "{}.{:06}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-        r.ts_ns / 1_000_000_000,
-        r.ts_ns % 1_000_000_000 / 1000,
-        channel,
-        id,
-        ext as u8,
-        matches!(r.frame, CanFrame::Remote(_)) as u8,
-        error as u8,
-        fd as u8,
-        brs as u8,
-        esi as u8,
-        len,
-        data,
-        if error {
-            "-".to_string()
-        } else {
-            ((r.direction != Direction::Tx) as u8).to_string()
-        },
-    )
+    let line = py_dump_line(r, r.channel.trim_start_matches("can"));
+    if !matches!(r.frame, CanFrame::Error(_)) {
+        return line;
+    }
+    let mut f: Vec<&str> = line.split('|').collect();
+    f[9] = "0";
+    f[10] = "";
+    f[11] = "-";
+    f.join("|")
 }
 
 /// python-can's view, normalised where it differs on purpose: error frames have no id/data and
@@ -164,10 +139,7 @@ fn python_can_samples_match_python_can() {
             .lines()
             .map(normalise_python)
             .collect();
-        assert_eq!(ours.len(), theirs.len(), "{path:?}");
-        for (o, t) in ours.iter().zip(&theirs) {
-            assert_eq!(o, t, "{path:?}");
-        }
+        assert_same_lines(&ours, &theirs, &format!("{path:?}"));
         total += ours.len();
     }
     assert!(total > 30);

@@ -9,7 +9,7 @@ use std::process::Command;
 use can_io::formats::candump::{self, LineStyle, Parser};
 use can_io::formats::{Entry, LogLine};
 use can_io::{CanFrame, CanRecord, Direction};
-use common::data::{PY_DUMP, capture, run_python};
+use common::data::{PY_DUMP, assert_same_lines, capture, py_dump_line, run_python};
 use common::{arb_frame, arb_record, arb_record_with, arb_ts_ns};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -269,41 +269,12 @@ fn real_captures_match_python_can() {
         let bytes = std::fs::read(&path).expect("capture present");
         let ours: Vec<String> = records(&read_all(&bytes))
             .iter()
-            .map(|r| {
-                let (id, ext) = r
-                    .frame
-                    .id()
-                    .map(|i| (i.raw(), i.is_extended()))
-                    .unwrap_or((0, false));
-                let (fd, brs, esi) = match &r.frame {
-                    CanFrame::Fd(f) => (true, f.flags().brs, f.flags().esi),
-                    _ => (false, false, false),
-                };
-                format!(
-                    "{}.{:06}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-                    r.ts_ns / 1_000_000_000,
-                    r.ts_ns % 1_000_000_000 / 1000,
-                    r.channel,
-                    id,
-                    ext as u8,
-                    matches!(r.frame, CanFrame::Remote(_)) as u8,
-                    matches!(r.frame, CanFrame::Error(_)) as u8,
-                    fd as u8,
-                    brs as u8,
-                    esi as u8,
-                    r.frame.len(),
-                    hex::encode_upper(r.frame.data()),
-                    (r.direction != Direction::Tx) as u8,
-                )
-            })
+            .map(|r| py_dump_line(r, &r.channel))
             .collect();
         let theirs: Vec<String> = run_python(PY_DUMP, &[path.to_str().expect("UTF-8 path"), "log"])
             .lines()
             .map(String::from)
             .collect();
-        assert_eq!(ours.len(), theirs.len(), "{name}");
-        for (o, t) in ours.iter().zip(&theirs) {
-            assert_eq!(o, t, "{name}");
-        }
+        assert_same_lines(&ours, &theirs, name);
     }
 }

@@ -44,6 +44,12 @@ const REMP_FRAMES: &str = "52454d500103000754442d3030303100000001000216345785d8a
 16345785d8a007d0004f18daf1100c00000102030405060708090a0b";
 const REMP_KEEPALIVE: &str = "52454d500102000754442d3030303100000002010203040506070800000003";
 
+/// `d` encodes to the hex `golden`, and `golden` decodes to `d`.
+fn assert_remp_golden(d: &RempDatagram, golden: &str) {
+    assert_eq!(d.to_bytes().unwrap(), hex(golden));
+    assert_eq!(&remp::decode(&hex(golden)).unwrap(), d);
+}
+
 #[test]
 fn remp_hello_golden() {
     let d = RempDatagram {
@@ -56,8 +62,7 @@ fn remp_hello_golden() {
             channels: vec!["can0".into()],
         }),
     };
-    assert_eq!(d.to_bytes().unwrap(), hex(REMP_HELLO));
-    assert_eq!(remp::decode(&hex(REMP_HELLO)).unwrap(), d);
+    assert_remp_golden(&d, REMP_HELLO);
 }
 
 #[test]
@@ -80,8 +85,7 @@ fn remp_frames_golden() {
             },
         ]),
     };
-    assert_eq!(d.to_bytes().unwrap(), hex(REMP_FRAMES));
-    assert_eq!(remp::decode(&hex(REMP_FRAMES)).unwrap(), d);
+    assert_remp_golden(&d, REMP_FRAMES);
 }
 
 #[test]
@@ -94,8 +98,7 @@ fn remp_keepalive_golden() {
             dropped: 3,
         }),
     };
-    assert_eq!(d.to_bytes().unwrap(), hex(REMP_KEEPALIVE));
-    assert_eq!(remp::decode(&hex(REMP_KEEPALIVE)).unwrap(), d);
+    assert_remp_golden(&d, REMP_KEEPALIVE);
 }
 
 #[test]

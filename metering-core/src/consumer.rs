@@ -443,6 +443,24 @@ async fn sampler(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// A worker's fetch from Redis failed (`what`, with `error`): marks Redis down, logs the first
+/// failure of a run, and waits out the backoff for `failures` in a row. False on shutdown.
+async fn fetch_failed(
+    s: &Shared,
+    q: QueueKind,
+    failures: &mut u32,
+    what: &str,
+    error: &impl std::fmt::Display,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    s.set_redis(false);
+    *failures += 1;
+    if *failures == 1 {
+        warn!(error = %error, queue = q.name(), "{what}");
+    }
+    sleep_or_shutdown(redis_backoff(*failures), shutdown).await
+}
+
 /// Wait while the breaker is open. False on shutdown.
 async fn wait_until_closed(s: &Shared, shutdown: &mut watch::Receiver<bool>) -> bool {
     loop {
@@ -474,12 +492,16 @@ async fn worker(s: Arc<Shared>, q: QueueKind, index: usize, mut shutdown: watch:
                     None => match s.store.blocking_connection(s.cfg.block).await {
                         Ok(c) => blocking.insert(c),
                         Err(e) => {
-                            s.set_redis(false);
-                            failures += 1;
-                            if failures == 1 {
-                                warn!(error = %e, queue = q.name(), "cannot open blocking connection");
-                            }
-                            if !sleep_or_shutdown(redis_backoff(failures), &mut shutdown).await {
+                            if !fetch_failed(
+                                &s,
+                                q,
+                                &mut failures,
+                                "cannot open blocking connection",
+                                &e,
+                                &mut shutdown,
+                            )
+                            .await
+                            {
                                 return;
                             }
                             continue;
@@ -499,12 +521,16 @@ async fn worker(s: Arc<Shared>, q: QueueKind, index: usize, mut shutdown: watch:
                     }
                     Err(e) => {
                         blocking = None;
-                        s.set_redis(false);
-                        failures += 1;
-                        if failures == 1 {
-                            warn!(error = %e, queue = q.name(), "blocking fetch failed");
-                        }
-                        if !sleep_or_shutdown(redis_backoff(failures), &mut shutdown).await {
+                        if !fetch_failed(
+                            &s,
+                            q,
+                            &mut failures,
+                            "blocking fetch failed",
+                            &e,
+                            &mut shutdown,
+                        )
+                        .await
+                        {
                             return;
                         }
                         continue;
@@ -512,12 +538,7 @@ async fn worker(s: Arc<Shared>, q: QueueKind, index: usize, mut shutdown: watch:
                 }
             }
             Err(e) => {
-                s.set_redis(false);
-                failures += 1;
-                if failures == 1 {
-                    warn!(error = %e, queue = q.name(), "fetch failed");
-                }
-                if !sleep_or_shutdown(redis_backoff(failures), &mut shutdown).await {
+                if !fetch_failed(&s, q, &mut failures, "fetch failed", &e, &mut shutdown).await {
                     return;
                 }
                 continue;

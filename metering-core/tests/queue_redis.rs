@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use metering_core::message::QueueKind;
 use metering_core::queue::{DlqEntry, KeyLayout, QueueStore};
+use tether_testkit::redis::{RedisNamespace, redis_url};
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// Keys of the test's own, deleted when dropped (whether the test passed or not).
+fn namespace() -> RedisNamespace {
+    RedisNamespace::new("metering-queue")
 }
 
 fn store(prefix: &str, instance: &str) -> QueueStore {
@@ -17,26 +19,6 @@ fn store(prefix: &str, instance: &str) -> QueueStore {
         Duration::from_secs(5),
     )
     .expect("store")
-}
-
-async fn cleanup(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis must be reachable");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .expect("keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut c)
-            .await
-            .expect("del");
-    }
 }
 
 async fn lpush(prefix: &str, q: QueueKind, items: &[&str]) {
@@ -52,12 +34,13 @@ async fn lpush(prefix: &str, q: QueueKind, items: &[&str]) {
 
 #[tokio::test]
 async fn fetch_ack_reap_and_dlq_round_trip() {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let ns = namespace();
+    let prefix = &ns.prefix;
     let q = QueueKind::UsageRecords;
-    lpush(&prefix, q, &["a", "b", "c"]).await;
+    lpush(prefix, q, &["a", "b", "c"]).await;
 
     // A dies holding two items (no lease ever written).
-    let a = store(&prefix, "inst-a");
+    let a = store(prefix, "inst-a");
     a.refresh_lease(Duration::from_millis(50))
         .await
         .expect("lease");
@@ -70,7 +53,7 @@ async fn fetch_ack_reap_and_dlq_round_trip() {
     assert_eq!(a.depths(q).await.expect("depths"), (1, 2, 0));
 
     // B cannot reap while A's lease lives.
-    let b = store(&prefix, "inst-b");
+    let b = store(prefix, "inst-b");
     assert_eq!(b.reap(3).await.expect("reap").returned, 0);
     tokio::time::sleep(Duration::from_millis(120)).await;
     let r = b.reap(3).await.expect("reap");
@@ -102,17 +85,17 @@ async fn fetch_ack_reap_and_dlq_round_trip() {
     assert!(b.dead_letter(q, &got[0], &entry).await.expect("dlq"));
     assert_eq!(b.dlq_purge(q, None).await.expect("purge"), 1);
     assert_eq!(b.depths(q).await.expect("depths"), (0, 0, 0));
-    cleanup(&prefix).await;
 }
 
 #[tokio::test]
 async fn item_reaped_too_often_goes_to_the_dlq() {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let ns = namespace();
+    let prefix = &ns.prefix;
     let q = QueueKind::QuotaRefresh;
-    lpush(&prefix, q, &["poison"]).await;
-    let reaper = store(&prefix, "reaper");
+    lpush(prefix, q, &["poison"]).await;
+    let reaper = store(prefix, "reaper");
     for round in 1..=3u64 {
-        let dying = store(&prefix, &format!("dying-{round}"));
+        let dying = store(prefix, &format!("dying-{round}"));
         dying
             .refresh_lease(Duration::from_millis(20))
             .await
@@ -134,14 +117,14 @@ async fn item_reaped_too_often_goes_to_the_dlq() {
     // Retry resets the delivery count.
     assert_eq!(reaper.dlq_retry(q, None).await.expect("retry"), 1);
     assert_eq!(reaper.depths(q).await.expect("depths"), (1, 0, 0));
-    cleanup(&prefix).await;
 }
 
 #[tokio::test]
 async fn blocking_fetch_outlives_the_default_response_timeout() {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let ns = namespace();
+    let prefix = &ns.prefix;
     let q = QueueKind::SessionLifecycle;
-    let s = store(&prefix, "blocker");
+    let s = store(prefix, "blocker");
     let mut conn = s
         .blocking_connection(Duration::from_secs(2))
         .await
@@ -159,18 +142,17 @@ async fn blocking_fetch_outlives_the_default_response_timeout() {
         .expect("BLMOVE must not time out");
     pusher.await.expect("pusher");
     assert_eq!(got, Some(b"late".to_vec()));
-    cleanup(&prefix).await;
 }
 
 #[tokio::test]
 async fn executed_commands_are_remembered() {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
-    let s = store(&prefix, "cmd");
+    let ns = namespace();
+    let prefix = &ns.prefix;
+    let s = store(prefix, "cmd");
     let now = 1_800_000_000;
     assert!(!s.command_executed("c1", now).await.expect("check"));
     s.mark_command_executed("c1", now).await.expect("mark");
     assert!(s.command_executed("c1", now + 10).await.expect("check"));
     // Older than 24 h: forgotten.
     assert!(!s.command_executed("c1", now + 86_401).await.expect("check"));
-    cleanup(&prefix).await;
 }

@@ -37,6 +37,20 @@ impl H {
         Self::with_config(activated, EngineConfig::default())
     }
 
+    /// Connects `side` (at time 0), having delivered up to `acked`.
+    fn connect(&mut self, side: Side, acked: u64) {
+        self.engine
+            .handle_connected(&self.g, side, acked, 0)
+            .unwrap();
+    }
+
+    /// `side` sends frames `seqs` (at time 0).
+    fn frames(&mut self, side: Side, seqs: std::ops::RangeInclusive<u64>) {
+        self.engine
+            .handle_frames(&self.g, side, items(seqs), 0)
+            .unwrap();
+    }
+
     /// The oldest A → B append fails; returns the outputs of `then` (which runs the engine).
     fn fail_oldest_append(&mut self, then: fn(&mut H) -> Vec<RelayOutput>) -> Vec<RelayOutput> {
         let failure = Error::WorkerGone { action: "append" };
@@ -150,20 +164,18 @@ fn activation_is_idempotent_and_returns_the_mode() {
 fn modes_follow_presence_and_backlog() {
     let mut h = H::new(true);
     h.drive();
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.connect(Side::A, 0);
     let status = h.engine.group_status(&h.g).unwrap();
     assert_eq!(
         (status.mode, status.offline.clone()),
         (GroupMode::Degraded, vec![Side::B])
     );
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=10), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=10);
     h.drive();
     assert_eq!(h.engine.group_status(&h.g).unwrap().backlog.a_to_b, 10);
 
     // B connects with a backlog: degraded until it drained, then active.
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.connect(Side::B, 0);
     let outs = h.drive();
     assert_eq!(H::delivered(&outs, Side::B), (1..=10).collect::<Vec<_>>());
     assert_eq!(H::modes(&outs).last(), Some(&GroupMode::Active));
@@ -196,11 +208,9 @@ fn modes_follow_presence_and_backlog() {
 #[test]
 fn acks_only_after_durable_append_and_duplicates_are_reacked() {
     let mut h = H::new(true);
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.connect(Side::A, 0);
     h.drive();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=5), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=5);
     // No ack before the append result.
     let req = h.engine.poll_storage().unwrap();
     assert!(matches!(&req, StorageRequest::Append { items, .. } if items.len() == 5));
@@ -226,9 +236,7 @@ fn acks_only_after_durable_append_and_duplicates_are_reacked() {
     }));
 
     // A retransmission of 3..=5 is not appended again, just re-acknowledged.
-    h.engine
-        .handle_frames(&h.g, Side::A, items(3..=5), 0)
-        .unwrap();
+    h.frames(Side::A, 3..=5);
     assert_eq!(h.engine.poll_storage(), None);
     assert_eq!(
         h.engine.poll_output(),
@@ -247,7 +255,7 @@ fn refusals_change_nothing() {
         h.engine.handle_frames(&h.g, Side::A, items(1..=1), 0),
         Err(Error::SideNotConnected { .. })
     ));
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.connect(Side::A, 0);
     assert!(matches!(
         h.engine.handle_frames(&h.g, Side::A, items(1..=1), 0),
         Err(Error::GroupInactive { .. })
@@ -264,9 +272,7 @@ fn refusals_change_nothing() {
     ));
     assert_eq!(h.engine.poll_storage(), None);
     // After the first batch of a connection, a hole is refused.
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=2), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=2);
     assert!(matches!(
         h.engine.handle_frames(&h.g, Side::A, items(5..=6), 0),
         Err(Error::SeqOutOfOrder {
@@ -283,7 +289,7 @@ fn refusals_change_nothing() {
         h.engine.handle_connected(&h.g, Side::B, limit + 1, 0),
         Err(Error::CursorAhead { .. })
     ));
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.connect(Side::B, 0);
     h.drive();
     assert!(matches!(
         h.engine.handle_ack(&h.g, Side::B, 9, 0),
@@ -295,21 +301,15 @@ fn refusals_change_nothing() {
 #[test]
 fn failed_append_resets_the_producer_which_resends() {
     let mut h = H::new(true);
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.connect(Side::A, 0);
     h.drive();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=3), 0)
-        .unwrap();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(4..=6), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=3);
+    h.frames(Side::A, 4..=6);
     assert!(h.engine.poll_storage().is_some());
     let outs = h.fail_oldest_append(H::drive);
     // The producer reconnects and resends from its ack (0).
     h.reconnect_reset_producer(&outs);
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=6), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=6);
     let outs = h.drive();
     assert!(outs.contains(&RelayOutput::Ack {
         group: h.g.clone(),
@@ -321,17 +321,13 @@ fn failed_append_resets_the_producer_which_resends() {
 #[test]
 fn trim_reports_pressure_for_unacknowledged_items_and_a_gap_first() {
     let mut h = H::new(true);
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=10), 0)
-        .unwrap();
+    h.connect(Side::A, 0);
+    h.connect(Side::B, 0);
+    h.frames(Side::A, 1..=10);
     h.drive();
     h.engine.handle_ack(&h.g, Side::B, 10, 0).unwrap();
     h.engine.handle_disconnected(&h.g, Side::B, 0).unwrap();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(11..=40), 0)
-        .unwrap();
+    h.frames(Side::A, 11..=40);
     h.drive();
     let key = Direction::AToB.stream_key(&h.g);
     let trims = block_on(h.log.trim(
@@ -366,7 +362,7 @@ fn trim_reports_pressure_for_unacknowledged_items_and_a_gap_first() {
     assert_eq!(pressure, vec![25]);
     assert_eq!(h.engine.group_status(&h.g).unwrap().backlog.a_to_b, 5);
 
-    h.engine.handle_connected(&h.g, Side::B, 10, 0).unwrap();
+    h.connect(Side::B, 10);
     let outs = h.drive();
     let to_b: Vec<&RelayOutput> = outs
         .iter()
@@ -397,7 +393,7 @@ fn stale_read_results_after_a_reconnect_are_ignored() {
         b_to_a: StreamSnapshot::default(),
     };
     h.engine.add_group(h.g.clone(), snap, 0);
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.connect(Side::B, 0);
     h.engine.handle_timeout(0);
     let Some(StorageRequest::Read {
         epoch, after: 0, ..
@@ -407,7 +403,7 @@ fn stale_read_results_after_a_reconnect_are_ignored() {
     };
     // B reconnects having processed 15 before the old read comes back.
     h.engine.handle_disconnected(&h.g, Side::B, 0).unwrap();
-    h.engine.handle_connected(&h.g, Side::B, 15, 0).unwrap();
+    h.connect(Side::B, 15);
     let stale = block_on(h.log.read(&key, 0, 512));
     h.engine
         .handle_read_result(&h.g, Direction::AToB, epoch, stale, 0)
@@ -419,12 +415,10 @@ fn stale_read_results_after_a_reconnect_are_ignored() {
 #[test]
 fn first_batch_hole_becomes_a_missing_gap_for_the_consumer() {
     let mut h = H::new(true);
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
+    h.connect(Side::B, 0);
+    h.connect(Side::A, 0);
     // A lost its frames 1..=4 (the server told it 0 was acked, but it only holds 5..).
-    h.engine
-        .handle_frames(&h.g, Side::A, items(5..=7), 0)
-        .unwrap();
+    h.frames(Side::A, 5..=7);
     let outs = h.drive();
     let gap = outs.iter().find_map(|o| match o {
         RelayOutput::Gap { gap, .. } => Some(*gap),
@@ -461,12 +455,10 @@ fn delivered_to(outs: &[RelayOutput], side: Side) -> Vec<u64> {
 /// Both sides online, A sends 1..=3: the append request, not yet executed.
 fn three_frames_appending(config: EngineConfig) -> (H, StorageRequest) {
     let mut h = H::with_config(true, config);
-    h.engine.handle_connected(&h.g, Side::A, 0, 0).unwrap();
-    h.engine.handle_connected(&h.g, Side::B, 0, 0).unwrap();
+    h.connect(Side::A, 0);
+    h.connect(Side::B, 0);
     h.drive();
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=3), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=3);
     let append = h.engine.poll_storage().unwrap();
     (h, append)
 }
@@ -483,9 +475,7 @@ fn cut_through_delivers_before_durability_and_never_twice() {
     // The append fails: the producer is reset and resends; B does not get 1..=3 again.
     let outs = h.fail_oldest_append(|h| rounds_only(&mut h.engine, 0));
     h.reconnect_reset_producer(&outs);
-    h.engine
-        .handle_frames(&h.g, Side::A, items(1..=4), 0)
-        .unwrap();
+    h.frames(Side::A, 1..=4);
     let outs = h.drive();
     assert_eq!(delivered_to(&outs, Side::B), vec![4]);
     assert!(outs.contains(&RelayOutput::Ack {
@@ -499,9 +489,7 @@ fn cut_through_delivers_before_durability_and_never_twice() {
     // head plus the cut-through, and the producer's resend of those seqs is not delivered.
     let welcome = h.engine.handle_connected(&h.g, Side::B, 6, 0).unwrap();
     assert_eq!((welcome.rx_from, welcome.ahead_of_log), (6, 2));
-    h.engine
-        .handle_frames(&h.g, Side::A, items(5..=7), 0)
-        .unwrap();
+    h.frames(Side::A, 5..=7);
     let outs = h.drive();
     assert_eq!(delivered_to(&outs, Side::B), vec![7]);
 }

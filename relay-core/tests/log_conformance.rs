@@ -725,9 +725,7 @@ fn config_parses_each_backend() {
 async fn redis_prefix_of_another_format_is_refused() {
     let h = RedisHarness::new().await;
     let key = format!("{}#format", h.log().key_prefix());
-    let client = ::redis::Client::open(log_common::redis_url()).expect("Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = tether_testkit::redis::connect(&log_common::redis_url())
         .await
         .expect("Redis connection");
     let stamp: Option<String> = ::redis::cmd("GET")

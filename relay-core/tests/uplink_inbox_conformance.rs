@@ -2,10 +2,13 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
+mod uplink_support;
+
 use bytes::Bytes;
 use relay_core::Error;
 use relay_core::sqlite::Durability;
 use relay_core::uplink::{MemoryInbox, OutboxRecord, SqliteInbox, UplinkInbox};
+use uplink_support::seqs;
 
 fn rec(seq: u64) -> OutboxRecord {
     OutboxRecord {
@@ -28,11 +31,6 @@ fn conformance(make: &mut dyn FnMut() -> Box<dyn UplinkInbox>) {
     large_batches_read_back_across_chunk_boundaries(make().as_mut());
     holes_filled_later_read_back_in_seq_order(make().as_mut());
     unordered_batches_keep_the_first_copy(make().as_mut());
-}
-
-/// Seqs of `records`.
-fn seqs(records: &[OutboxRecord]) -> Vec<u64> {
-    records.iter().map(|r| r.seq).collect()
 }
 
 fn large_batches_read_back_across_chunk_boundaries(i: &mut dyn UplinkInbox) {

@@ -40,6 +40,13 @@ async fn next_reset(sub: &mut Subscription) -> sse_core::StreamReset {
     }
 }
 
+/// Subscribes to `key` resuming after `last` (as a `Last-Event-ID` would).
+async fn resume(b: &dyn EventBackend, key: &str, last: EventId) -> Subscription {
+    b.subscribe(key, Some(&last.to_string()))
+        .await
+        .expect("subscribe")
+}
+
 async fn publish_n(b: &dyn EventBackend, key: &str, n: usize, tag: &str) -> Vec<EventId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -133,10 +140,7 @@ mod cases {
     pub(crate) async fn exact_resume_from_middle_then_live(b: &dyn EventBackend, _c: &ManualClock) {
         let key = KEY;
         let ids = publish_n(b, key, 10, "e").await;
-        let mut sub = b
-            .subscribe(key, Some(&ids[3].to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, ids[3]).await;
         for (i, id) in ids.iter().enumerate().skip(4) {
             let (got, t, data) = next_event(&mut sub).await;
             assert_eq!(
@@ -153,10 +157,7 @@ mod cases {
     pub(crate) async fn resume_from_latest_gets_only_live(b: &dyn EventBackend, _c: &ManualClock) {
         let key = KEY;
         let ids = publish_n(b, key, 4, "e").await;
-        let mut sub = b
-            .subscribe(key, Some(&ids[3].to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, ids[3]).await;
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
@@ -190,10 +191,7 @@ mod cases {
         let key = KEY;
         let ids = publish_n(b, key, 2, "e").await;
         let newer = EventId::new(ids[1].ms + 1_000_000, 0);
-        let mut sub = b
-            .subscribe(key, Some(&newer.to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, newer).await;
         let reset = next_reset(&mut sub).await;
         assert_eq!(reset.reason, ResetReason::NewerThanLatest);
         assert_eq!(reset.latest, Some(ids[1].to_string()));
@@ -208,10 +206,7 @@ mod cases {
         let key = KEY;
         bound(b, key, 3, 60_000);
         let ids = publish_n(b, key, 8, "e").await;
-        let mut sub = b
-            .subscribe(key, Some(&ids[0].to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, ids[0]).await;
         let reset = next_reset(&mut sub).await;
         assert_eq!(reset.reason, ResetReason::TooOld);
         assert_eq!(reset.oldest, Some(ids[5].to_string()));
@@ -227,10 +222,7 @@ mod cases {
     ) {
         let key = KEY;
         let first = publish_n(b, key, 300, "a").await;
-        let mut sub = b
-            .subscribe(key, Some(&first[0].to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, first[0]).await;
         let (more, received) = tokio::join!(publish_n(b, key, 300, "b"), async {
             let mut got = Vec::new();
             for _ in 0..599 {
@@ -385,10 +377,7 @@ mod cases {
         let young = publish_n(b, key, 2, "young").await;
         c.advance(600);
         // old are now 1,200 ms old (> 1,000), young 600 ms.
-        let mut sub = b
-            .subscribe(key, Some(&old[0].to_string()))
-            .await
-            .expect("subscribe");
+        let mut sub = resume(b, key, old[0]).await;
         let reset = next_reset(&mut sub).await;
         assert_eq!(reset.reason, ResetReason::TooOld);
         assert_eq!(reset.oldest, Some(young[0].to_string()));

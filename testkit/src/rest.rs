@@ -115,6 +115,14 @@ impl Api {
         Ok(answer)
     }
 
+    /// `POST path` that must create (201) → the new resource's `id`.
+    async fn create(&self, path: &str, user_token: &str, body: Value) -> TestResult<String> {
+        let created = self
+            .post_expect(path, user_token, body, StatusCode::CREATED)
+            .await?;
+        text(&created, "id")
+    }
+
     /// `POST /api/v1/agents` → `(id, token)`.
     pub async fn create_agent(&self, user_token: &str, name: &str) -> TestResult<(String, String)> {
         let body = json!({ "name": name });
@@ -152,10 +160,7 @@ impl Api {
         b: &str,
     ) -> TestResult<String> {
         let body = json!({ "name": name, "dongle_a": a, "dongle_b": b });
-        let group = self
-            .post_expect("/api/v1/groups", user_token, body, StatusCode::CREATED)
-            .await?;
-        text(&group, "id")
+        self.create("/api/v1/groups", user_token, body).await
     }
 
     /// `POST /api/v1/groups/{id}/activate` (200).
@@ -203,10 +208,7 @@ impl Api {
                 {"name": "abs", "request_id": 2017, "response_id": 2025}
             ]
         });
-        let vehicle = self
-            .post_expect("/api/v1/vehicles", user_token, body, StatusCode::CREATED)
-            .await?;
-        text(&vehicle, "id")
+        self.create("/api/v1/vehicles", user_token, body).await
     }
 
     /// `POST /api/v1/commands` (202) → the accepted body.

@@ -16,6 +16,8 @@ use crate::wire::cannelloni::{self, CannelloniSender};
 use crate::wire::remp::{self, RempEvent, RempReceiver, RempSender};
 
 const RECV_BUF: usize = 65536;
+const SENDING_REMP: &str = "sending a REMP datagram";
+const SENDING_CANNELLONI: &str = "sending a cannelloni datagram";
 
 /// A UDP socket and the peer it talks to: a fixed address, or else whoever was last heard from.
 #[derive(Debug)]
@@ -66,6 +68,18 @@ impl UdpPeer {
         Ok(())
     }
 
+    /// Sends `datagrams` in order: what a sender's `push` or `flush` handed back.
+    async fn send_all(
+        &self,
+        datagrams: impl IntoIterator<Item = Vec<u8>>,
+        action: &'static str,
+    ) -> Result<(), Error> {
+        for d in datagrams {
+            self.send(&d, action).await?;
+        }
+        Ok(())
+    }
+
     async fn recv_from(
         &self,
         buf: &mut [u8],
@@ -76,6 +90,13 @@ impl UdpPeer {
             .await
             .map_err(|source| Error::Io { action, source })
     }
+}
+
+/// The next record already decoded, counted as received.
+fn take_received(inbox: &mut VecDeque<CanRecord>, stats: &mut BusStats) -> Option<CanRecord> {
+    let r = inbox.pop_front()?;
+    stats.received += 1;
+    Some(r)
 }
 
 /// REMP over UDP, either side: a dongle sending to an agent, or an agent receiving from
@@ -143,7 +164,7 @@ impl RempUdp {
     }
 
     async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
-        self.link.send(d, "sending a REMP datagram").await
+        self.link.send(d, SENDING_REMP).await
     }
 
     /// Send a hello (announces the serial and channel names).
@@ -201,24 +222,20 @@ fn boot_id() -> u64 {
 
 impl CanBus for RempUdp {
     async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
-        for d in self.sender.push(record)? {
-            self.send_datagram(&d).await?;
-        }
+        let datagrams = self.sender.push(record)?;
+        self.link.send_all(datagrams, SENDING_REMP).await?;
         self.stats.sent += 1;
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
-        if let Some(d) = self.sender.flush()? {
-            self.send_datagram(&d).await?;
-        }
-        Ok(())
+        let datagram = self.sender.flush()?;
+        self.link.send_all(datagram, SENDING_REMP).await
     }
 
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         loop {
-            if let Some(r) = self.inbox.pop_front() {
-                self.stats.received += 1;
+            if let Some(r) = take_received(&mut self.inbox, &mut self.stats) {
                 return Ok(Some(r));
             }
             if let RempEvent::Frames { records, .. } = self.recv_event().await? {
@@ -270,32 +287,24 @@ impl CannelloniUdp {
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
         self.link.local_addr()
     }
-
-    async fn send_datagram(&mut self, d: &[u8]) -> Result<(), Error> {
-        self.link.send(d, "sending a cannelloni datagram").await
-    }
 }
 
 impl CanBus for CannelloniUdp {
     async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
-        if let Some(d) = self.sender.push(record.frame)? {
-            self.send_datagram(&d).await?;
-        }
+        let datagram = self.sender.push(record.frame)?;
+        self.link.send_all(datagram, SENDING_CANNELLONI).await?;
         self.stats.sent += 1;
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
-        if let Some(d) = self.sender.flush()? {
-            self.send_datagram(&d).await?;
-        }
-        Ok(())
+        let datagram = self.sender.flush()?;
+        self.link.send_all(datagram, SENDING_CANNELLONI).await
     }
 
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
         loop {
-            if let Some(r) = self.inbox.pop_front() {
-                self.stats.received += 1;
+            if let Some(r) = take_received(&mut self.inbox, &mut self.stats) {
                 return Ok(Some(r));
             }
             let (n, from) = self

@@ -725,86 +725,66 @@ mod tests {
 
     #[test]
     fn bad_params_name_the_field() {
+        let bad = |name, params| field(parse(name, params).unwrap_err());
         assert_eq!(
-            field(parse("ReadDTC", json!({"status_mask": 256})).unwrap_err()),
+            bad("ReadDTC", json!({"status_mask": 256})),
             "command_params.status_mask"
         );
         assert_eq!(
-            field(parse("ReadDTC", json!({"status_mask": "ff"})).unwrap_err()),
+            bad("ReadDTC", json!({"status_mask": "ff"})),
             "command_params.status_mask"
         );
         assert_eq!(
-            field(parse("ReadDTC", json!({"statusMask": 1})).unwrap_err()),
+            bad("ReadDTC", json!({"statusMask": 1})),
             "command_params.statusMask"
         );
         assert_eq!(
-            field(parse("ClearDTC", json!({"group": 0x1000000})).unwrap_err()),
+            bad("ClearDTC", json!({"group": 0x1000000})),
             "command_params.group"
         );
+        assert_eq!(bad("ReadDataByID", json!({})), "command_params.did");
         assert_eq!(
-            field(parse("ReadDataByID", json!({})).unwrap_err()),
-            "command_params.did"
-        );
-        assert_eq!(
-            field(parse("ReadDataByID", json!({"did": [1, "x"]})).unwrap_err()),
+            bad("ReadDataByID", json!({"did": [1, "x"]})),
             "command_params.did[1]"
         );
         assert_eq!(
-            field(parse("ReadDataByID", json!({"did": []})).unwrap_err()),
+            bad("ReadDataByID", json!({"did": []})),
             "command_params.did"
         );
         assert_eq!(
-            field(parse("ReadDataByID", json!({"did": 70000})).unwrap_err()),
+            bad("ReadDataByID", json!({"did": 70000})),
             "command_params.did"
         );
         assert_eq!(
-            field(parse("DiagnosticSessionControl", json!({})).unwrap_err()),
+            bad("DiagnosticSessionControl", json!({})),
             "command_params.session"
         );
         assert_eq!(
-            field(parse("DiagnosticSessionControl", json!({"session": "fast"})).unwrap_err()),
+            bad("DiagnosticSessionControl", json!({"session": "fast"})),
             "command_params.session"
         );
         assert_eq!(
-            field(parse("ECUReset", json!({"reset_type": 0})).unwrap_err()),
+            bad("ECUReset", json!({"reset_type": 0})),
             "command_params.reset_type"
         );
+        assert_eq!(bad("UdsRequest", json!({"hex": "2"})), "command_params.hex");
+        assert_eq!(bad("UdsRequest", json!({"hex": ""})), "command_params.hex");
+        assert_eq!(bad("UdsRequest", json!({"hex": 34})), "command_params.hex");
+        assert_eq!(bad("ReadDTC", json!({"ttl_s": 0})), "command_params.ttl_s");
         assert_eq!(
-            field(parse("UdsRequest", json!({"hex": "2"})).unwrap_err()),
-            "command_params.hex"
-        );
-        assert_eq!(
-            field(parse("UdsRequest", json!({"hex": ""})).unwrap_err()),
-            "command_params.hex"
-        );
-        assert_eq!(
-            field(parse("UdsRequest", json!({"hex": 34})).unwrap_err()),
-            "command_params.hex"
-        );
-        assert_eq!(
-            field(parse("ReadDTC", json!({"ttl_s": 0})).unwrap_err()),
+            bad("ReadDTC", json!({"ttl_s": "60"})),
             "command_params.ttl_s"
         );
+        assert_eq!(bad("ReadDTC", json!({"ecu": 5})), "command_params.ecu");
         assert_eq!(
-            field(parse("ReadDTC", json!({"ttl_s": "60"})).unwrap_err()),
-            "command_params.ttl_s"
-        );
-        assert_eq!(
-            field(parse("ReadDTC", json!({"ecu": 5})).unwrap_err()),
-            "command_params.ecu"
-        );
-        assert_eq!(
-            field(parse("ReadDTC", json!({"ecu": "engine", "ecuAddress": 2016})).unwrap_err()),
+            bad("ReadDTC", json!({"ecu": "engine", "ecuAddress": 2016})),
             "command_params.ecuAddress"
         );
         assert_eq!(
-            field(parse("ReadDTC", json!({"ecuAddress": "0x7FA"})).unwrap_err()),
+            bad("ReadDTC", json!({"ecuAddress": "0x7FA"})),
             "command_params.ecuAddress"
         );
-        assert_eq!(
-            field(parse("ReadDTC", json!([1])).unwrap_err()),
-            "command_params"
-        );
+        assert_eq!(bad("ReadDTC", json!([1])), "command_params");
     }
 
     #[test]

@@ -22,6 +22,40 @@ use tether_runtime::config::{
 };
 use tether_runtime::logging::check_log_level;
 
+use self::defaults::{five, point_two, ten, thirty, three, two, yes};
+
+/// The defaults of the agent file's keys, for `#[serde(default = "…")]`: one function per
+/// value, shared by every section of the file.
+pub(crate) mod defaults {
+    pub(crate) fn yes() -> bool {
+        true
+    }
+    pub(crate) fn one() -> f64 {
+        1.0
+    }
+    pub(crate) fn two() -> u32 {
+        2
+    }
+    pub(crate) fn three() -> u32 {
+        3
+    }
+    pub(crate) fn five() -> f64 {
+        5.0
+    }
+    pub(crate) fn ten() -> f64 {
+        10.0
+    }
+    pub(crate) fn thirty() -> f64 {
+        30.0
+    }
+    pub(crate) fn point_two() -> f64 {
+        0.2
+    }
+    pub(crate) fn info() -> String {
+        "info".into()
+    }
+}
+
 /// Which layout a metering configuration was written in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Layout {
@@ -259,14 +293,6 @@ pub struct RedisSection {
     pub retry_on_timeout: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
-fn five() -> f64 {
-    5.0
-}
-
 impl RedisSection {
     /// Timeout of non-blocking commands: `socket_timeout` when given, else `operation_timeout`.
     pub fn command_timeout(&self) -> f64 {
@@ -332,22 +358,6 @@ pub struct ControlPlaneSection {
     /// Seconds the breaker stays open before a probe (default 30).
     #[serde(default = "thirty")]
     pub breaker_open_seconds: f64,
-}
-
-fn ten() -> f64 {
-    10.0
-}
-fn two() -> u32 {
-    2
-}
-fn three() -> u32 {
-    3
-}
-fn point_two() -> f64 {
-    0.2
-}
-fn thirty() -> f64 {
-    30.0
 }
 
 /// `metering.queues`.

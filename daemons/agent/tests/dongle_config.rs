@@ -2,12 +2,21 @@
 //! it with the top-level settings the role needs, `AgentConfig::dongle_role` resolves it.
 
 use tether_agent::config::parse;
-use tether_agent::dongle::config::{DongleEdge, DongleProtocol};
+use tether_agent::dongle::config::{DongleEdge, DongleProtocol, DongleRole};
 
 const MIN: &str = "server_url: http://127.0.0.1:8080/\ntoken: ${TOK}\ndata_dir: /tmp/x\ndongle:\n  listen: 127.0.0.1:20100\n";
 
 fn env(n: &str) -> Option<String> {
     (n == "TOK").then(|| "secret".to_owned())
+}
+
+/// The dongle role of the file `text` (with variables from `env`), which must be valid.
+fn dongle_role(text: &str, env: &dyn Fn(&str) -> Option<String>) -> DongleRole {
+    parse(text, env, &[])
+        .expect("parses")
+        .dongle_role()
+        .expect("valid")
+        .expect("dongle section")
 }
 
 #[test]
@@ -31,11 +40,7 @@ fn server_url_is_one_url_a_list_or_comma_separated() {
         "server_url: http://127.0.0.1:8080/",
         "server_url:\n  - http://127.0.0.1:8080/\n  - https://b.example:8443",
     );
-    let role = parse(&list, &env, &[])
-        .expect("parses")
-        .dongle_role()
-        .expect("valid")
-        .expect("dongle section");
+    let role = dongle_role(&list, &env);
     let bases: Vec<&str> = role.servers.as_slice().iter().map(|u| &*u.base).collect();
     assert_eq!(bases, ["http://127.0.0.1:8080", "https://b.example:8443"]);
     assert_eq!(
@@ -51,11 +56,7 @@ fn server_url_is_one_url_a_list_or_comma_separated() {
         "TETHER_SERVERS" => Some("http://127.0.0.1:8080, https://b.example:8443/".to_owned()),
         other => env(other),
     };
-    let over = parse(&from_env, &env_list, &[])
-        .expect("parses")
-        .dongle_role()
-        .expect("valid")
-        .expect("dongle section");
+    let over = dongle_role(&from_env, &env_list);
     assert_eq!(over.servers, role.servers);
     // The telemetry role uplinks to the same servers, in the same order.
     let telemetry = list.replace(
@@ -130,11 +131,7 @@ fn socketcan_names_an_interface_and_the_one_dongle_serial() {
     for listen in ["can0", "socketcan://can0", "'socketcan://can0/'"] {
         let text =
             MIN.replace("127.0.0.1:20100", listen) + "  protocol: socketcan\n  serial: VEH-42\n";
-        let role = parse(&text, &env, &[])
-            .expect("parses")
-            .dongle_role()
-            .expect("valid")
-            .expect("dongle section");
+        let role = dongle_role(&text, &env);
         assert_eq!(role.protocol(), DongleProtocol::Socketcan);
         match role.edge {
             DongleEdge::SocketCan { interface, serial } => {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::store::OutboxRecord;
+use super::store::{OutboxRecord, validate_name};
 use crate::error::{Error, Result};
 use crate::log::Seq;
 
@@ -88,16 +88,7 @@ pub trait UplinkInbox: Send {
 
 /// Checks a source id and a batch before anything is stored.
 pub(crate) fn validate_commit(source: &str, records: &[OutboxRecord]) -> Result<()> {
-    if source.is_empty() || source.len() > MAX_SOURCE_LEN {
-        return Err(Error::InvalidUplinkInput {
-            reason: format!("source id must be 1..={MAX_SOURCE_LEN} bytes"),
-        });
-    }
-    if source.chars().any(char::is_control) {
-        return Err(Error::InvalidUplinkInput {
-            reason: "source id contains a control character".to_owned(),
-        });
-    }
+    validate_name("source id", source, MAX_SOURCE_LEN)?;
     if records
         .iter()
         .any(|r| r.seq == 0 || i64::try_from(r.seq).is_err())

@@ -38,10 +38,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::inbox::{InboxCommit, InboxSource, UplinkInbox, validate_commit};
 use super::store::OutboxRecord;
 use super::store_sqlite::{
-    execute_each, from_sql, in_transaction, open_connection, store_err, to_sql,
+    chunk_columns, execute_each, from_sql, in_transaction, open_connection, store_err, to_sql,
 };
 use crate::error::{Error, Result};
-use crate::log::{Seq, sqlite_chunk};
+use crate::log::Seq;
+use crate::log::sqlite_chunk::{self, ChunkBounds};
 use crate::sqlite::{BackgroundCheckpoints, Durability};
 
 const STORE: &str = "inbox";
@@ -107,14 +108,6 @@ struct Chunk {
     records: Vec<OutboxRecord>,
 }
 
-/// The columns of a chunk row that describe its blob.
-#[derive(Debug, Clone, Copy)]
-struct ChunkColumns {
-    first_seq: Seq,
-    last_seq: Seq,
-    count: u64,
-}
-
 fn corrupt(source: &str, detail: String) -> Error {
     Error::Corrupt {
         stream: format!("inbox source {source:?}"),
@@ -143,7 +136,7 @@ fn encode_chunk(records: &[OutboxRecord]) -> Vec<u8> {
 /// seqs from `first_seq` to `last_seq`, nothing after the last. Payloads are slices of the
 /// (inflated) items.
 fn decode_chunk(
-    columns: ChunkColumns,
+    columns: ChunkBounds,
     blob: &Bytes,
 ) -> std::result::Result<Vec<OutboxRecord>, String> {
     let blob = &sqlite_chunk::open(blob).map_err(|e| e.to_string())?;
@@ -308,12 +301,7 @@ impl SqliteInbox {
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err("read"))?;
         let mut rows = stmt.query(params).map_err(sql_err("read"))?;
         while let Some(row) = rows.next().map_err(sql_err("read"))? {
-            let columns = ChunkColumns {
-                first_seq: from_sql(row.get(1).map_err(sql_err("read"))?),
-                last_seq: from_sql(row.get(2).map_err(sql_err("read"))?),
-                count: from_sql(row.get(3).map_err(sql_err("read"))?),
-            };
-            let blob = Bytes::from(row.get::<_, Vec<u8>>(4).map_err(sql_err("read"))?);
+            let (columns, blob) = chunk_columns(row, 1, STORE)?;
             let records = decode_chunk(columns, &blob).map_err(|detail| {
                 corrupt(
                     source,
@@ -582,30 +570,30 @@ mod tests {
     fn chunks_round_trip_and_damaged_ones_are_refused() {
         let records = make(&[(3, "{}"), (5, ""), (6, "{\"a\":1}")]);
         let blob = Bytes::from(encode_chunk(&records));
-        let columns = ChunkColumns {
+        let columns = ChunkBounds {
             first_seq: 3,
             last_seq: 6,
             count: 3,
         };
         assert_eq!(decode_chunk(columns, &blob).as_deref(), Ok(&records[..]));
         for bad in [
-            ChunkColumns {
+            ChunkBounds {
                 count: 2,
                 ..columns
             },
-            ChunkColumns {
+            ChunkBounds {
                 count: 4,
                 ..columns
             },
-            ChunkColumns {
+            ChunkBounds {
                 last_seq: 7,
                 ..columns
             },
-            ChunkColumns {
+            ChunkBounds {
                 last_seq: 5,
                 ..columns
             },
-            ChunkColumns {
+            ChunkBounds {
                 first_seq: 2,
                 ..columns
             },
@@ -629,7 +617,7 @@ mod tests {
             "{} bytes",
             packed.len()
         );
-        let columns = ChunkColumns {
+        let columns = ChunkBounds {
             first_seq: 1,
             last_seq: 100,
             count: 100,

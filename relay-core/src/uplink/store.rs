@@ -314,14 +314,20 @@ pub trait OutboxStore: Send {
 
 /// Checks a stream key before any store sees it.
 pub(crate) fn validate_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_STREAM_KEY_LEN {
+    validate_name("outbox stream key", key, MAX_STREAM_KEY_LEN)
+}
+
+/// Checks a name a store keys rows by (`what` says which, for the error): 1 to `max` bytes,
+/// no control character.
+pub(crate) fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
+    if name.is_empty() || name.len() > max {
         return Err(Error::InvalidUplinkInput {
-            reason: format!("outbox stream key must be 1..={MAX_STREAM_KEY_LEN} bytes"),
+            reason: format!("{what} must be 1..={max} bytes"),
         });
     }
-    if key.chars().any(char::is_control) {
+    if name.chars().any(char::is_control) {
         return Err(Error::InvalidUplinkInput {
-            reason: "outbox stream key contains a control character".to_owned(),
+            reason: format!("{what} contains a control character"),
         });
     }
     Ok(())

@@ -91,6 +91,26 @@ pub(super) fn from_sql(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// The bounds and blob of a chunk row of `store`: the columns `first_seq`, `last_seq`, `count`
+/// and the blob, in that order from column `first`.
+pub(super) fn chunk_columns(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+    store: &'static str,
+) -> Result<(ChunkBounds, Bytes)> {
+    let int = |i: usize| -> Result<u64> {
+        let v: i64 = row.get(i).map_err(store_err(store, "read"))?;
+        Ok(from_sql(v))
+    };
+    let bounds = ChunkBounds {
+        first_seq: int(first)?,
+        last_seq: int(first + 1)?,
+        count: int(first + 2)?,
+    };
+    let blob: Vec<u8> = row.get(first + 3).map_err(store_err(store, "read"))?;
+    Ok((bounds, Bytes::from(blob)))
+}
+
 /// Opens `path` for an uplink `store` with WAL, the given sync level and a busy timeout, and
 /// runs `schema`. With `manual_checkpoints` SQLite never checkpoints inside a commit of this
 /// connection ([`open_wal_manual_checkpoints`]): the caller runs a checkpointer.
@@ -236,12 +256,7 @@ impl SqliteOutboxStore {
         let mut stmt = self.conn.prepare_cached(sql).map_err(sql_err("read"))?;
         let mut rows = stmt.query(params).map_err(sql_err("read"))?;
         while let Some(row) = rows.next().map_err(sql_err("read"))? {
-            let bounds = ChunkBounds {
-                first_seq: from_sql(row.get(0).map_err(sql_err("read"))?),
-                last_seq: from_sql(row.get(1).map_err(sql_err("read"))?),
-                count: from_sql(row.get(2).map_err(sql_err("read"))?),
-            };
-            let blob = Bytes::from(row.get::<_, Vec<u8>>(3).map_err(sql_err("read"))?);
+            let (bounds, blob) = chunk_columns(row, 0, STORE)?;
             let items = sqlite_chunk::items_above(bounds, &blob, floor).map_err(|err| {
                 out_of_order(
                     stream,

@@ -11,6 +11,8 @@
 use bytes::Bytes;
 use relay_core::log::{Item, MemoryStreamLog, RedisStreamLog, Seq, SqliteStreamLog, StreamLog};
 use relay_core::sqlite::Durability;
+use tether_testkit::redis as test_redis;
+pub(crate) use tether_testkit::redis::redis_url;
 
 /// One backend under test.
 pub(crate) trait Harness {
@@ -95,11 +97,6 @@ impl Harness for SqliteHarness {
     async fn cleanup(self) {}
 }
 
-/// The Redis URL under test.
-pub(crate) fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
 /// Redis backend with a unique key prefix.
 pub(crate) struct RedisHarness {
     prefix: String,
@@ -139,23 +136,12 @@ impl Harness for RedisHarness {
         self.log = Some(Self::connect(&self.prefix).await);
     }
     async fn cleanup(self) {
-        let client = redis::Client::open(redis_url()).expect("Redis URL");
-        let mut conn = client
-            .get_multiplexed_async_connection()
+        let mut conn = test_redis::connect(&redis_url())
             .await
             .expect("Redis connection for cleanup");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query_async(&mut conn)
+        test_redis::delete_prefix(&mut conn, &self.prefix)
             .await
-            .expect("list test keys");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .expect("delete test keys");
-        }
+            .expect("delete test keys");
     }
 }
 

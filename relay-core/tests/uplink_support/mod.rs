@@ -1,5 +1,6 @@
 //! Test harness for the outbox stores, shared by `uplink_outbox_conformance.rs`,
-//! `uplink_outbox_model.rs` and `uplink_session.rs`: one store behind its thread, which can be
+//! `uplink_outbox_model.rs`, `uplink_sim.rs` and (for its record helpers)
+//! `uplink_inbox_conformance.rs`: one store behind its thread, which can be
 //! closed and opened again over the same storage (a producer restart).
 
 #![allow(dead_code)]

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use tether_runtime::config::{opt_string_like, secs};
 
+use crate::config::defaults::{five, one, point_two, ten};
+
 /// One bus the role runs commands on, as written in the file: `bus` (with `serial`) or
 /// `dongle`.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,19 +50,6 @@ pub struct DiagnosticsSection {
     /// Largest reconnect / retry delay, seconds (full-jitter exponential backoff in between).
     #[serde(default = "ten")]
     pub reconnect_max: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn five() -> f64 {
-    5.0
-}
-fn point_two() -> f64 {
-    0.2
-}
-fn ten() -> f64 {
-    10.0
 }
 
 /// Where a bus's frames come from.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use tether_runtime::config::{opt_string_like, secs, string_like};
 
+use crate::config::defaults::{info, one, point_two, ten, thirty};
 use crate::servers::{ServerUrlSetting, ServerUrls};
 
 /// How the role reaches its dongles (`dongle.protocol`; `docs/agent.md`, "Protocols").
@@ -171,21 +172,6 @@ fn default_batch_max() -> usize {
 }
 fn default_window() -> u64 {
     8192
-}
-fn one() -> f64 {
-    1.0
-}
-fn ten() -> f64 {
-    10.0
-}
-fn thirty() -> f64 {
-    30.0
-}
-fn point_two() -> f64 {
-    0.2
-}
-fn info() -> String {
-    "info".into()
 }
 
 /// The dongle role's settings, validated and resolved.
