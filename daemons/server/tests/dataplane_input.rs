@@ -37,8 +37,7 @@ async fn refused(client: &mut DataClient, raw: &str, code: ErrorCode) -> TestRes
 #[tokio::test]
 async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult {
     let srv = TestServer::start().await?;
-    let (user, agent, a, b) = srv.user_with_pair("mallory").await?;
-    let id = srv.active_group(&user, &a, &b).await?;
+    let (_, agent, id) = srv.user_with_active_group("mallory").await?;
 
     // Before the handshake.
     let hello = |version: u64| {
@@ -160,19 +159,15 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
     let mut got = Received::default();
     b.consume_until(3, &mut got).await?;
     assert_eq!(got.seqs, vec![1, 2, 3]);
-    let metrics = srv.metrics().await?;
-    assert!(
-        metrics.contains(r#"tether_server_relay_errors_total{code="bad_message"}"#),
-        "{metrics}"
-    );
+    srv.assert_metrics(&[r#"tether_server_relay_errors_total{code="bad_message"}"#])
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResult {
     let srv = TestServer::start().await?;
-    let (user, agent, a, b) = srv.user_with_pair("oscar").await?;
-    let id = srv.active_group(&user, &a, &b).await?;
+    let (_, agent, id) = srv.user_with_active_group("oscar").await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     a.send_frames(1, 3).await?;
     a.wait_ack(3).await?;
@@ -190,8 +185,7 @@ async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResu
 #[tokio::test]
 async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted() -> TestResult {
     let srv = TestServer::start().await?;
-    let (user, agent, a, b) = srv.user_with_pair("olga").await?;
-    let id = srv.active_group(&user, &a, &b).await?;
+    let (_, agent, id) = srv.user_with_active_group("olga").await?;
     let over = relay_core::protocol::MAX_MESSAGE_BYTES + 64 * 1024;
     let just_over = relay_core::protocol::MAX_MESSAGE_BYTES + 16;
 
@@ -227,19 +221,15 @@ async fn oversized_messages_get_message_too_big_then_close_1009_and_are_counted(
         assert_eq!(error.code, ErrorCode::MessageTooBig);
         assert!(error.message.contains("4194304"), "{}", error.message);
     }
-    let metrics = srv.metrics().await?;
-    assert!(
-        metrics.contains(r#"tether_server_relay_errors_total{code="message_too_big"} 3"#),
-        "{metrics}"
-    );
+    srv.assert_metrics(&[r#"tether_server_relay_errors_total{code="message_too_big"} 3"#])
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_frame_naming_another_group_is_refused_counted_and_not_stored() -> TestResult {
     let srv = TestServer::start().await?;
-    let (user, agent, a, b) = srv.user_with_pair("gina").await?;
-    let id = srv.active_group(&user, &a, &b).await?;
+    let (_, agent, id) = srv.user_with_active_group("gina").await?;
     let (mut client, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     let mut foreign = data_client::batch(1, 2);
     if let Message::Frames(batch) = &mut foreign {
@@ -261,14 +251,10 @@ async fn a_frame_naming_another_group_is_refused_counted_and_not_stored() -> Tes
     client.send_frames(1, 2).await?;
     let seen = client.recv_until(|m| matches!(m, Message::Ack(_))).await?;
     assert!(matches!(seen.last(), Some(Message::Ack(ack)) if ack.up_to == 2));
-    let metrics = srv.metrics().await?;
-    assert!(
-        metrics.contains(r#"tether_server_relay_errors_total{code="group_mismatch"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"tether_server_relay_frames_refused_total{code="group_mismatch"} 2"#),
-        "{metrics}"
-    );
+    srv.assert_metrics(&[
+        r#"tether_server_relay_errors_total{code="group_mismatch"} 1"#,
+        r#"tether_server_relay_frames_refused_total{code="group_mismatch"} 2"#,
+    ])
+    .await?;
     Ok(())
 }

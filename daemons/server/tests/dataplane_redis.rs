@@ -17,8 +17,7 @@ use server_support::{TestResult, TestServer, redis_url};
 async fn relay_backlog_and_replay_on_redis_streams() -> TestResult {
     let url = redis_url()?;
     let srv = TestServer::start_with(|config| config.redis_url = Some(url.clone())).await?;
-    let (user, agent, a, b) = srv.user_with_pair("rita").await?;
-    let id = srv.active_group(&user, &a, &b).await?;
+    let (user, agent, id) = srv.user_with_active_group("rita").await?;
     let log = RedisStreamLog::connect(&url, "tether:").await?;
     let keys = [format!("group:{id}:a_to_b"), format!("group:{id}:b_to_a")];
 

@@ -40,12 +40,11 @@ async fn group(
     name: &str,
     activate: bool,
 ) -> TestResult<(String, String, String)> {
+    if activate {
+        return srv.user_with_active_group(name).await;
+    }
     let (user, agent, a, b) = srv.user_with_pair(name).await?;
-    let id = if activate {
-        srv.active_group(&user, &a, &b).await?
-    } else {
-        srv.group(&user, &a, &b).await?
-    };
+    let id = srv.group(&user, &a, &b).await?;
     Ok((user, agent, id))
 }
 
@@ -115,12 +114,11 @@ async fn frames_flow_both_ways_in_order_acked_after_storage_and_deduplicated() -
         Ok(group_state(srv_r, user_r, id_r).await?["mode"] == "active")
     })
     .await?;
-    let text = srv.metrics().await?;
-    assert!(
-        text.contains("tether_server_relay_frames_relayed_total 155"),
-        "{text}"
-    );
-    assert!(text.contains("tether_server_relay_connections 2"), "{text}");
+    srv.assert_metrics(&[
+        "tether_server_relay_frames_relayed_total 155",
+        "tether_server_relay_connections 2",
+    ])
+    .await?;
 
     // A second connection of side A replaces the first, which is closed.
     let (_a2, welcome_a2) = DataClient::open(&srv.base, &agent, &id, Side::A, 50, JSON).await?;
@@ -184,19 +182,10 @@ async fn offline_side_builds_a_backlog_that_replays_in_order_then_the_group_is_a
             && state["offline_side"].is_null())
     })
     .await?;
-    let text = srv.metrics().await?;
-    assert!(
-        text.contains("tether_server_relay_frames_buffered_total"),
-        "{text}"
-    );
-    let (_, audit) = srv
-        .get(&format!("/api/v1/groups/{id}/audit"), &user)
+    srv.assert_metrics(&["tether_server_relay_frames_buffered_total"])
         .await?;
-    let actions: Vec<&str> = audit["entries"]
-        .as_array()
-        .map(|e| e.iter().filter_map(|x| x["action"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(actions.contains(&"presence"), "{audit}");
+    let audit = srv.group_audit(&user, &id).await?;
+    assert!(audit.iter().any(|x| x["action"] == "presence"), "{audit:?}");
     Ok(())
 }
 
@@ -264,11 +253,8 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
             (8, 8, 1, "corrupt".to_owned())
         ]
     );
-    let text = srv.metrics().await?;
-    assert!(
-        text.contains("tether_server_relay_frames_corrupt_total 3"),
-        "{text}"
-    );
+    srv.assert_metrics(&["tether_server_relay_frames_corrupt_total 3"])
+        .await?;
     // The stream goes on.
     a.send_frames(11, 12).await?;
     b.consume_until(12, &mut got).await?;
@@ -289,12 +275,8 @@ async fn retention_while_away_gives_an_exact_gap_pressure_metric_and_audit_entry
     a.send_frames(1, 150).await?;
     a.wait_ack(150).await?;
     eventually("buffer-pressure audit entry", || async move {
-        let (_, audit) = srv_r
-            .get(&format!("/api/v1/groups/{id_r}/audit"), user_r)
-            .await?;
-        Ok(audit["entries"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|x| x["action"] == "buffer_pressure")))
+        let audit = srv_r.group_audit(user_r, id_r).await?;
+        Ok(audit.iter().any(|x| x["action"] == "buffer_pressure"))
     })
     .await?;
     eventually("pressure metric", || async move {

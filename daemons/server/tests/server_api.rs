@@ -239,11 +239,7 @@ async fn activation_is_idempotent_persisted_and_audited() -> TestResult {
         );
     }
 
-    let (status, audit) = srv
-        .get(&format!("/api/v1/groups/{id}/audit"), &alice)
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    let entries = audit["entries"].as_array().cloned().unwrap_or_default();
+    let entries = srv.group_audit(&alice, &id).await?;
     let trail: Vec<(String, String, String, String)> = entries
         .iter()
         .map(|e| {

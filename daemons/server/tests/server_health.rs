@@ -43,11 +43,8 @@ async fn readyz_is_503_when_redis_is_unreachable() -> TestResult {
     // Alive all the same.
     let (status, _) = srv.call(Method::GET, "/healthz", None, None).await?;
     assert_eq!(status, StatusCode::OK);
-    let metrics = srv.metrics().await?;
-    assert!(
-        metrics.contains("tether_server_readiness_failures_total 1"),
-        "{metrics}"
-    );
+    srv.assert_metrics(&["tether_server_readiness_failures_total 1"])
+        .await?;
     srv.stop().await
 }
 

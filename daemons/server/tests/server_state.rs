@@ -6,7 +6,6 @@ mod server_support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use reqwest::StatusCode;
 use serde_json::json;
 use server_support::{TestResult, TestServer};
 use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide, RelayProbe};
@@ -98,14 +97,9 @@ async fn presence_and_backlog_drive_the_mode_seen_by_the_api() -> TestResult {
         "no change, no event"
     );
 
-    let (status, audit) = srv
-        .get(&format!("/api/v1/groups/{id}/audit"), &alice)
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    let actions: Vec<(String, String)> = audit["entries"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let actions: Vec<(String, String)> = srv
+        .group_audit(&alice, &id)
+        .await?
         .iter()
         .map(|e| {
             (

@@ -163,7 +163,6 @@ async fn commands_are_verified_run_once_and_retried_after_failure() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 86_400);
 
-    sigterm(&agent);
-    assert!(wait_exit(agent).await.success());
+    stop_agent(agent).await;
     cleanup(&mut r, &setup.prefix).await;
 }

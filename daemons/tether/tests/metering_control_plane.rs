@@ -153,9 +153,7 @@ async fn thousand_sessions_are_charged_by_the_formula() {
     const BALANCE: u32 = 10_000_000;
     let plane = Plane::new(BALANCE);
     let mut server = start_server(plane.dir.path(), plane.port);
-    let setup = agent_setup(&plane.url(), &redis_url(), "", "");
-    let p = setup.prefix.clone();
-    let mut r = redis_conn(&setup.redis_url).await;
+    let (setup, mut r, p) = shared_redis_setup(&plane.url(), "", "").await;
 
     let mut rng = rand::rng();
     let mut want: HashMap<String, i64> = HashMap::new();
@@ -168,7 +166,7 @@ async fn thousand_sessions_are_charged_by_the_formula() {
         records.push(record(&s, &format!("rec-{i}"), audio, connection));
         events.push(event(&s, "start"));
     }
-    lpush(&mut r, &format!("{p}queue:usage_records"), &records).await;
+    lpush(&mut r, &setup.usage_queue(), &records).await;
     lpush(&mut r, &format!("{p}queue:session_lifecycle"), &events).await;
     // The same refresh twice (a producer retry): one grant.
     let refresh = json!({"api_session_id": "sess-0", "customer_id": "cust-1",
@@ -188,13 +186,14 @@ async fn thousand_sessions_are_charged_by_the_formula() {
         c["balance"] == json!(i64::from(BALANCE) - total)
     })
     .await;
-    eventually(Duration::from_secs(20), "lists drained", || {
-        let (mut r, p) = (r.clone(), p.clone());
-        async move {
-            llen(&mut r, &format!("{p}queue:quota_refresh")).await == 0
-                && processing_total(&mut r, &p).await == 0
-        }
-    })
+    let quota_queue = format!("{p}queue:quota_refresh");
+    wait_drained(
+        &r,
+        &p,
+        &quota_queue,
+        Duration::from_secs(20),
+        "lists drained",
+    )
     .await;
     for (s, credits) in &want {
         let (status, v) = plane.get(&format!("/api/v1/metering/sessions/{s}")).await;
@@ -326,14 +325,12 @@ async fn kill_9_of_agent_and_server_loses_nothing_and_charges_once() {
     const BALANCE: u32 = 10_000_000;
     let plane = Plane::new(BALANCE);
     let mut server = start_server(plane.dir.path(), plane.port);
-    let setup = agent_setup(
+    let (setup, mut r, p) = shared_redis_setup(
         &plane.url(),
-        &redis_url(),
         "    batch_size: 20\n",
         "    breaker_failure_threshold: 2\n    breaker_open_seconds: 0.3\n",
-    );
-    let p = setup.prefix.clone();
-    let mut r = redis_conn(&setup.redis_url).await;
+    )
+    .await;
     let mut rng = rand::rng();
     let mut want: HashMap<String, i64> = HashMap::new();
     let mut records = Vec::new();
@@ -345,7 +342,7 @@ async fn kill_9_of_agent_and_server_loses_nothing_and_charges_once() {
         records.push(record(&s, &format!("k-rec-{i}"), audio, connection));
     }
     let total: i64 = want.values().sum();
-    let queue = format!("{p}queue:usage_records");
+    let queue = setup.usage_queue();
     // Fed in slices, so the kills land while records flow.
     let mut slices = records.chunks(records.len() / 4);
     lpush(&mut r, &queue, slices.next().unwrap()).await;
@@ -374,11 +371,7 @@ async fn kill_9_of_agent_and_server_loses_nothing_and_charges_once() {
         balance().await == i64::from(BALANCE) - total
     })
     .await;
-    eventually(Duration::from_secs(20), "lists drained", || {
-        let (mut r, p, q) = (r.clone(), p.clone(), queue.clone());
-        async move { llen(&mut r, &q).await == 0 && processing_total(&mut r, &p).await == 0 }
-    })
-    .await;
+    wait_drained(&r, &p, &queue, Duration::from_secs(20), "lists drained").await;
     for (s, credits) in &want {
         let (_, v) = plane.get(&format!("/api/v1/metering/sessions/{s}")).await;
         assert_eq!(v["credits_consumed"], json!(credits), "{s}: {v}");
@@ -389,7 +382,7 @@ async fn kill_9_of_agent_and_server_loses_nothing_and_charges_once() {
         );
     }
     assert_eq!(
-        llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
+        llen(&mut r, &setup.usage_dlq()).await,
         0,
         "{}",
         agent_logs(&setup)

@@ -20,15 +20,9 @@ async fn kill_9_at_random_moments_loses_nothing() {
     // Slow answers widen the window in which items are held when the kill lands.
     cp.delay_ms.store(5, Ordering::Relaxed);
     // Crashes must never dead-letter here: allow many deliveries.
-    let setup = agent_setup(
-        &url,
-        &redis_url(),
-        "    max_deliveries: 1000\n    batch_size: 100\n",
-        "",
-    );
-    let p = setup.prefix.clone();
-    let mut r = redis_conn(&setup.redis_url).await;
-    let queue = format!("{p}queue:usage_records");
+    let (setup, mut r, p) =
+        shared_redis_setup(&url, "    max_deliveries: 1000\n    batch_size: 100\n", "").await;
+    let queue = setup.usage_queue();
     let produced: Vec<String> = (0..RECORDS).map(|i| format!("rec-{i}")).collect();
 
     let producer = {
@@ -79,10 +73,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         extra.is_empty(),
         "sent records that were never queued: {extra:?}"
     );
-    assert_eq!(
-        llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
-        0
-    );
+    assert_eq!(llen(&mut r, &setup.usage_dlq()).await, 0);
     let redelivered = seen.values().filter(|n| **n > 1).count();
     eprintln!(
         "{} records, {redelivered} seen more than once (the control plane deduplicates them)",
@@ -92,7 +83,6 @@ async fn kill_9_at_random_moments_loses_nothing() {
     // The last agent may have started a moment ago (its predecessors delivered everything):
     // a SIGTERM before it installed its handlers would be the default action, not a stop.
     wait_redis_connected(&setup, Duration::from_secs(30), "the last agent up").await;
-    sigterm(&agent);
-    assert!(wait_exit(agent).await.success());
+    stop_agent(agent).await;
     cleanup(&mut r, &p).await;
 }

@@ -15,15 +15,13 @@ use metering_support::*;
 async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     let (cp, url) = start_double().await;
     cp.down.store(true, Ordering::Relaxed);
-    let setup = agent_setup(
+    let (setup, mut r, p) = shared_redis_setup(
         &url,
-        &redis_url(),
         "    batch_size: 20\n",
         "    breaker_failure_threshold: 2\n    breaker_open_seconds: 0.5\n",
-    );
-    let p = setup.prefix.clone();
-    let mut r = redis_conn(&setup.redis_url).await;
-    let queue = format!("{p}queue:usage_records");
+    )
+    .await;
+    let queue = setup.usage_queue();
     let ids: Vec<String> = (0..1000).map(|i| format!("o-{i}")).collect();
     let msgs: Vec<String> = ids
         .iter()
@@ -54,10 +52,7 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
         llen(&mut r, &queue).await > 500,
         "consumption did not pause"
     );
-    assert_eq!(
-        llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
-        0
-    );
+    assert_eq!(llen(&mut r, &setup.usage_dlq()).await, 0);
     assert!(cp.record_ids().is_empty());
     let probes_during_outage = cp.requests_to("/usage-records").len();
 
@@ -73,10 +68,7 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     )
     .await;
     wait_drained(&r, &p, &queue, Duration::from_secs(30), "lists empty").await;
-    assert_eq!(
-        llen(&mut r, &format!("{p}metering:dlq:usage_records")).await,
-        0
-    );
+    assert_eq!(llen(&mut r, &setup.usage_dlq()).await, 0);
     // The outage cost a bounded number of requests (probes), not one per item.
     assert!(
         probes_during_outage < 200,
@@ -92,7 +84,6 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
             .any(|l| l.starts_with("circuit_breaker_state{") && l.ends_with(" 0"))
     );
 
-    sigterm(&agent);
-    assert!(wait_exit(agent).await.success());
+    stop_agent(agent).await;
     cleanup(&mut r, &p).await;
 }

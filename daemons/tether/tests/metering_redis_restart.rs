@@ -24,7 +24,7 @@ async fn redis_restart_under_load_loses_nothing() {
         "",
     );
     let p = setup.prefix.clone();
-    let queue = format!("{p}queue:usage_records");
+    let queue = setup.usage_queue();
     let agent = spawn_agent(&setup, 0);
     wait_redis_connected(&setup, Duration::from_secs(20), "agent healthy").await;
 
@@ -84,8 +84,7 @@ async fn redis_restart_under_load_loses_nothing() {
         "the Redis outage should have been seen and logged"
     );
 
-    sigterm(&agent);
-    assert!(wait_exit(agent).await.success());
+    stop_agent(agent).await;
     let _ = redis::cmd("SHUTDOWN")
         .arg("NOSAVE")
         .query_async::<()>(&mut r)

@@ -91,6 +91,28 @@ impl TestServer {
         Ok(self.api.metrics().await.ok_or("/metrics did not answer")?)
     }
 
+    /// Asserts that the `/metrics` page contains each of `lines` (a sample, or a family name);
+    /// the failure shows the whole page.
+    pub async fn assert_metrics(&self, lines: &[&str]) -> TestResult {
+        let text = self.metrics().await?;
+        for line in lines {
+            assert!(text.contains(line), "no {line} in {text}");
+        }
+        Ok(())
+    }
+
+    /// The entries of group `id`'s audit trail, as `user` reads them (asserts a 200).
+    pub async fn group_audit(&self, user: &str, id: &str) -> TestResult<Vec<Value>> {
+        let (status, audit) = self
+            .get(&format!("/api/v1/groups/{id}/audit"), user)
+            .await?;
+        assert_eq!(status, StatusCode::OK, "{audit}");
+        Ok(audit["entries"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| format!("no audit entries in {audit}"))?)
+    }
+
     /// A user with an agent and two announced dongles: `(user token, agent token, a, b)`.
     pub async fn user_with_pair(&self, name: &str) -> TestResult<(String, String, String, String)> {
         let token = self.user_token(name).await?;
@@ -98,6 +120,14 @@ impl TestServer {
         let a = self.dongle(&agent, &format!("{name}-A")).await?;
         let b = self.dongle(&agent, &format!("{name}-B")).await?;
         Ok((token, agent, a, b))
+    }
+
+    /// [`TestServer::user_with_pair`] with the pair in an activated group:
+    /// `(user token, agent token, group id)`.
+    pub async fn user_with_active_group(&self, name: &str) -> TestResult<(String, String, String)> {
+        let (user, agent, a, b) = self.user_with_pair(name).await?;
+        let id = self.active_group(&user, &a, &b).await?;
+        Ok((user, agent, id))
     }
 }
 

@@ -260,6 +260,37 @@ pub fn agent_setup(cp_url: &str, redis_url: &str, queues: &str, control_plane: &
     }
 }
 
+impl AgentSetup {
+    /// The key of the usage-record queue the agent consumes.
+    pub fn usage_queue(&self) -> String {
+        format!("{}queue:usage_records", self.prefix)
+    }
+
+    /// The key of the usage-record dead-letter list.
+    pub fn usage_dlq(&self) -> String {
+        format!("{}metering:dlq:usage_records", self.prefix)
+    }
+}
+
+/// [`agent_setup`] on the shared Redis (`REDIS_URL`), with a connection to it:
+/// `(setup, connection, key prefix)`.
+pub async fn shared_redis_setup(
+    cp_url: &str,
+    queues: &str,
+    control_plane: &str,
+) -> (AgentSetup, redis::aio::MultiplexedConnection, String) {
+    let setup = agent_setup(cp_url, &redis_url(), queues, control_plane);
+    let r = redis_conn(&setup.redis_url).await;
+    let prefix = setup.prefix.clone();
+    (setup, r, prefix)
+}
+
+/// SIGTERM to `agent`, then asserts that it exits cleanly.
+pub async fn stop_agent(agent: Child) {
+    sigterm(&agent);
+    assert!(wait_exit(agent).await.success());
+}
+
 /// Start `tether agent --config …`; logs go to `<dir>/agent-N.log`.
 pub fn spawn_agent(setup: &AgentSetup, n: usize) -> Child {
     let log = std::fs::File::create(setup.dir.path().join(format!("agent-{n}.log"))).unwrap();
