@@ -29,7 +29,12 @@
 # (DONGLES per agent, RATE frames/s each way per dongle), then the overload case (one dongle
 # pair sending as fast as they can, `dongle.outbox_max_frames` = OUTBOX_CAP): the delivered
 # frames per second of the run show whether the rate holds, the agent's
-# `frames_dropped_total{reason="outbox_full"}` counts what was shed.
+# `frames_dropped_total{reason="outbox_full"}` counts what was shed. The result line also
+# has each agent's CPU time (user + system, from /proc) from the start of sending to the end of
+# the drain, per frame it handled (`agent_cpu_us_per_frame`, agent A/agent B: frames read from
+# its dongles plus frames sent to them), the driver's (`driver_cpu_us_per_frame`) and the
+# server's over its whole run per frame sent (`server_cpu_us_per_frame`): steadier than rates
+# and latencies on a shared machine.
 #
 # Usage: scripts/bench-relay.sh [PAIRS=20] [RATE=4500] [SECONDS=10]
 #        scripts/bench-relay.sh agents [DONGLES=10] [RATE=4500] [SECONDS=10] (OUTBOX_CAP=2000)
@@ -138,11 +143,19 @@ run_agents() {
   token=$("$BIN/tether" server token create --user bench --data-dir "$data" 2>/dev/null)
   start_server "$label" "$data"
   echo "== $label: 2 agents x $dongles dongles, ${rate} frames/s per dongle each way (0 = as fast as possible) for ${DURATION}s ==" >&2
-  nice "$BIN/examples/bench_agents" --server "$SERVER_BASE" --token "$token" --tether "$BIN/tether" \
-    --work "$data/agents" --dongles "$dongles" --rate "$rate" --seconds "$DURATION" --label "$label" "$@" || {
+  local line
+  line=$(nice "$BIN/examples/bench_agents" --server "$SERVER_BASE" --token "$token" --tether "$BIN/tether" \
+    --work "$data/agents" --dongles "$dongles" --rate "$rate" --seconds "$DURATION" --label "$label" "$@") || {
     tail -5 "$data"/agents/agent-*/agent.err >&2
     return 1
   }
+  # The server's utime + stime over its whole run (set-up included), per frame sent.
+  local ticks sent
+  ticks=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
+  sent=$(tr ' ' '\n' <<<"$line" | sed -n 's/^sent=//p')
+  line="$line $(awk -v t="$ticks" -v h="$(getconf CLK_TCK)" -v n="${sent:-0}" \
+    'BEGIN { printf "server_cpu_s=%.2f server_cpu_us_per_frame=%s", t / h, (n > 0 ? sprintf("%.2f", t / h * 1e6 / n) : "-") }')"
+  echo "$line"
   echo "   server resident memory after the run: $(ps -o rss= -p "$SERVER_PID" | tr -d ' ') KiB" >&2
   if [ -n "${AGENT_LOGS:-}" ]; then
     mkdir -p "$AGENT_LOGS"

@@ -14,8 +14,9 @@
 //! * [`BusEdge`]: any `CanBus` that sends frame by frame — the SocketCAN interface
 //!   (`can_io::transport::open::AnyBus`), or a virtual bus in the tests.
 //!
-//! Every frame for the dongle that does not leave is counted `not_sent` by [`BusLink::send`];
-//! the worker counts what did leave as `frames_delivered`.
+//! Every frame for the dongle that does not leave is counted `not_sent` by [`BusLink::send`]
+//! (a REMP dongle's by [`DongleOut::send`]); the worker counts what did leave as
+//! `frames_delivered`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,18 +53,23 @@ pub const CANNELLONI_CHANNEL: &str = "can0";
 /// The way to a dongle that the worker sends the other side's frames through.
 #[derive(Debug)]
 pub enum DongleOut {
-    /// A REMP dongle (shared with a diagnostics tap).
-    Remp(Arc<DongleLink>),
+    /// A REMP dongle (its link is shared with a diagnostics tap) and the role's counters.
+    Remp(Arc<DongleLink>, Box<DongleMetrics>),
     /// The one dongle of a SocketCAN or cannelloni edge.
     Bus(Box<BusLink>),
 }
 
 impl DongleOut {
     /// Sends `records` to the dongle; what could not be carried or sent is reported, not
-    /// retried.
+    /// retried. Frames that did not leave (`send_errors`: the socket refused their datagram,
+    /// the edge has no peer) are counted `not_sent` here.
     pub async fn send(&self, records: Vec<CanRecord>) -> LinkSend {
         match self {
-            DongleOut::Remp(link) => link.send(&records).await,
+            DongleOut::Remp(link, metrics) => {
+                let sent = link.send(&records).await;
+                metrics.dropped(link.serial(), DropReason::NotSent, sent.send_errors);
+                sent
+            }
             DongleOut::Bus(link) => link.send(records).await,
         }
     }
@@ -672,6 +678,51 @@ mod tests {
         assert!(datagrams > 1);
         assert_eq!(numbers(&back), (0..300).collect::<Vec<_>>());
         assert_eq!(dropped(&metrics, DropReason::NotSent), 2);
+    }
+
+    /// A REMP dongle's frames in datagrams the socket refuses are counted `not_sent`, frame by
+    /// frame, and not as sent; once the socket takes them again they count as sent.
+    #[tokio::test]
+    async fn frames_in_remp_datagrams_the_socket_refuses_are_counted_not_sent() {
+        let agent = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // An IPv4 socket cannot send to an IPv6 address: every send_to fails.
+        let link = Arc::new(DongleLink::new(SERIAL, agent, "[::1]:9".parse().unwrap()).unwrap());
+        let metrics = DongleMetrics::default();
+        let out = DongleOut::Remp(link.clone(), Box::new(metrics.clone()));
+        // 300 frames: several datagrams, all refused.
+        let sent = out.send((0..300).map(record).collect()).await;
+        assert_eq!(
+            sent,
+            LinkSend {
+                encoded: 0,
+                invalid: 0,
+                send_errors: 300
+            }
+        );
+        assert_eq!(dropped(&metrics, DropReason::NotSent), 300);
+
+        let dongle = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        link.set_peer(dongle.local_addr().unwrap());
+        let sent = out.send((0..300).map(record).collect()).await;
+        assert_eq!((sent.encoded, sent.send_errors), (300, 0));
+        assert_eq!(dropped(&metrics, DropReason::NotSent), 300);
+        let mut buf = vec![0u8; 2048];
+        let mut frames = 0;
+        let mut datagrams = 0;
+        while frames < 300 {
+            let n = tokio::time::timeout(Duration::from_secs(5), dongle.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if let can_io::wire::remp::RempBody::Frames(f) =
+                can_io::wire::remp::decode(&buf[..n]).unwrap().body
+            {
+                frames += f.len();
+                datagrams += 1;
+            }
+        }
+        assert_eq!(frames, 300);
+        assert!(datagrams > 1, "the frames filled more than one datagram");
     }
 
     /// With `dongle.peer`, frames go there, whoever was heard from.

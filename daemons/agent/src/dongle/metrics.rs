@@ -25,8 +25,9 @@ pub enum DropReason {
     Invalid,
     /// Still waiting for a group that changed: frames of the old group are not relayed.
     GroupChanged,
-    /// A frame for the dongle that a SocketCAN or cannelloni edge could not send (no peer
-    /// heard from yet, the interface refused it).
+    /// A frame for the dongle that could not be sent: the UDP socket refused its REMP or
+    /// cannelloni datagram, a cannelloni edge has heard from no peer yet, the SocketCAN
+    /// interface refused it.
     NotSent,
 }
 
@@ -277,6 +278,27 @@ impl DongleMetrics {
             .set(i64::try_from(v).unwrap_or(i64::MAX));
     }
 
+    /// The per-frame counters and the gauges of `serial` that its worker updates on every
+    /// batch, taken from their families once: an update is then an atomic add, without the
+    /// label's allocation and lookup.
+    pub fn of_serial(&self, serial: &str) -> SerialMetrics {
+        let l = SerialLabels {
+            serial: serial.to_owned(),
+        };
+        let counter = |f: &Family<SerialLabels, Counter>| f.get_or_create(&l).clone();
+        let gauge = |f: &Family<SerialLabels, Gauge>| f.get_or_create(&l).clone();
+        SerialMetrics {
+            frames_in: counter(&self.frames_in),
+            frames_queued: counter(&self.frames_queued),
+            frames_sent: counter(&self.frames_sent),
+            frames_acked: counter(&self.frames_acked),
+            frames_delivered: counter(&self.frames_delivered),
+            frames_duplicate: counter(&self.frames_duplicate),
+            outbox_pending: gauge(&self.outbox_pending),
+            relaying: gauge(&self.relaying),
+        }
+    }
+
     /// The totals of `serial`.
     pub fn totals(&self, serial: &str) -> Totals {
         let l = SerialLabels {
@@ -305,6 +327,28 @@ impl DongleMetrics {
             pending: u64::try_from(m.outbox_pending.get_or_create(&l).get()).unwrap_or(0),
         }
     }
+}
+
+/// One dongle's series of the families its worker updates per batch ([`DongleMetrics::of_serial`];
+/// shared with the families: what they count is exposed).
+#[derive(Debug, Clone)]
+pub struct SerialMetrics {
+    /// `frames_in`.
+    pub frames_in: Counter,
+    /// `frames_queued`.
+    pub frames_queued: Counter,
+    /// `frames_sent`.
+    pub frames_sent: Counter,
+    /// `frames_acked`.
+    pub frames_acked: Counter,
+    /// `frames_delivered`.
+    pub frames_delivered: Counter,
+    /// `frames_duplicate`.
+    pub frames_duplicate: Counter,
+    /// `outbox_pending`.
+    pub outbox_pending: Gauge,
+    /// `relaying`.
+    pub relaying: Gauge,
 }
 
 /// Totals of one dongle, for log lines and the exit report.

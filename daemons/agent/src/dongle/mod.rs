@@ -425,7 +425,12 @@ fn learn(
         tap.attach(link.clone());
         tap.count_drops_in(ctx.metrics.tap_dropped_counter(serial));
     }
-    let (frames, handle) = start_dongle(ctx, api, serial, DongleOut::Remp(link.clone()))?;
+    let (frames, handle) = start_dongle(
+        ctx,
+        api,
+        serial,
+        DongleOut::Remp(link.clone(), Box::new(ctx.metrics.clone())),
+    )?;
     Ok((DongleEntry { frames, link, tap }, handle))
 }
 

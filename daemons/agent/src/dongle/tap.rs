@@ -33,14 +33,15 @@ pub const TAP_QUEUE: usize = 4096;
 /// A warning about tap drops at most this often (milliseconds).
 const DROP_WARN_EVERY_MS: u64 = 5_000;
 
-/// What one [`DongleLink::send`] did.
+/// What one [`DongleLink::send`] (or a SocketCAN or cannelloni edge's send) did with the
+/// records it was given: each is counted in exactly one field.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LinkSend {
-    /// Records encoded into datagrams.
+    /// Records that left (in datagrams the socket took).
     pub encoded: u64,
-    /// Records REMP cannot carry (skipped).
+    /// Records the protocol cannot carry (skipped).
     pub invalid: u64,
-    /// Datagrams the socket refused.
+    /// Records that did not leave: the socket refused their datagram (or there is no peer).
     pub send_errors: u64,
 }
 
@@ -74,17 +75,31 @@ impl DongleLink {
         }
     }
 
+    /// The dongle's serial.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
     /// Sends `records` to the dongle as REMP frames datagrams. The sender stays locked until
-    /// the datagrams are on the socket, so they leave in the order they are numbered.
+    /// the datagrams are on the socket, so they leave in the order they are numbered. The
+    /// report counts the records of a datagram the socket refused as `send_errors`.
     pub async fn send(&self, records: &[CanRecord]) -> LinkSend {
         let mut report = LinkSend::default();
         let mut sender = self.sender.lock().await;
-        let mut datagrams = Vec::new();
+        // Each datagram with the number of records it carries (0: a hello).
+        let mut datagrams: Vec<(Vec<u8>, u64)> = Vec::new();
         for r in records {
+            let before = sender.pending() as u64;
             match sender.push(r) {
                 Ok(d) => {
-                    datagrams.extend(d);
-                    report.encoded += 1;
+                    // A push that sent the pending batch leaves only this record pending; its
+                    // frames datagram comes last, after a hello naming a new channel.
+                    let flushed = before > 0 && sender.pending() == 1;
+                    let last = d.len().saturating_sub(1);
+                    for (i, d) in d.into_iter().enumerate() {
+                        let n = if flushed && i == last { before } else { 0 };
+                        datagrams.push((d, n));
+                    }
                 }
                 Err(e) => {
                     report.invalid += 1;
@@ -92,18 +107,23 @@ impl DongleLink {
                 }
             }
         }
+        let pending = sender.pending() as u64;
         match sender.flush() {
-            Ok(d) => datagrams.extend(d),
+            Ok(d) => datagrams.extend(d.map(|d| (d, pending))),
             // Cannot happen for frames `push` accepted; never let it stall a caller.
             Err(e) => {
+                report.send_errors += pending;
                 warn!(serial = %self.serial, error = %e, "a REMP batch for the dongle could not be encoded")
             }
         }
         let peer = *self.peer.lock().unwrap_or_else(|p| p.into_inner());
-        for d in &datagrams {
-            if let Err(e) = self.socket.send_to(d, peer).await {
-                report.send_errors += 1;
-                debug!(serial = %self.serial, %peer, error = %e, "sending to the dongle failed");
+        for (d, n) in &datagrams {
+            match self.socket.send_to(d, peer).await {
+                Ok(_) => report.encoded += n,
+                Err(e) => {
+                    report.send_errors += n;
+                    debug!(serial = %self.serial, %peer, error = %e, "sending to the dongle failed");
+                }
             }
         }
         report

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use can_io::CanRecord;
-use can_io::frame::Channel;
+use can_io::frame::{CanFrame, Channel, Direction, MAX_EXTENDED_ID};
 use futures::{FutureExt, SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,7 +31,7 @@ use relay_core::engine::{DeliverySource, GroupMode, Side};
 use relay_core::log::Item;
 use relay_core::protocol::{
     self, Ack, DeliveryMessage, Encoding, ErrorCode, FrameBatch, GapNotice, Hello, Message,
-    ResumeCursor, Welcome, WireFrame, decode_stored_frame, encode_delivery, encode_stored_frame,
+    ResumeCursor, Welcome, decode_stored_frame, encode_delivery,
 };
 use relay_core::uplink::{
     self as uplink, FullJitter, NewRecord, OutboxRecord, OutboxStoreHandle, Reconciled, Refusal,
@@ -49,7 +49,7 @@ use crate::servers::Failover;
 use super::assignments::{Assignments, SavedAssignment};
 use super::config::DongleRole;
 use super::edge::DongleOut;
-use super::metrics::{DongleMetrics, DropReason};
+use super::metrics::{DongleMetrics, DropReason, SerialMetrics};
 use super::poller::PollState;
 
 type Ws =
@@ -67,9 +67,12 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Records read per store call when the stored frames are checked at open.
 const CHECK_PAGE: usize = 4096;
-/// Server messages already received that are handled before the inbound cursor is stored and
-/// acknowledged once for all of them.
+/// Server messages already received that are handled in one go.
 const WS_BURST: usize = 64;
+/// How long the inbound cursor of handled frames may wait before it is stored and acknowledged
+/// (one store commit and one `ack` for every burst in that time instead of one per burst).
+/// Frames are sent to the dongle at once; only the cursor waits.
+const RX_FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// A queue of a dongle's frames from the UDP task to its worker, bounded in frames (`max`)
 /// and in datagrams (`datagrams`).
@@ -199,6 +202,10 @@ pub fn session_config(cfg: &DongleRole) -> SessionConfig {
 struct Stream {
     group: String,
     side: Side,
+    /// Writes the group's stored frames.
+    encoder: StoredFrameEncoder,
+    /// The channel of the last inbound frame.
+    channel: Channel,
     outbox: StreamOutbox,
     session: UplinkSession<StdRng>,
     /// Highest inbound seq handled (delivered to the dongle or reported as a gap) whose cursor
@@ -256,6 +263,12 @@ pub struct Worker {
     server: usize,
     started: Instant,
     drops: DropLog,
+    /// This dongle's series of the busy counters.
+    counters: SerialMetrics,
+    /// When the due inbound cursor is stored and acknowledged ([`RX_FLUSH_EVERY`]); armed
+    /// while a cursor is due.
+    rx_flush: std::pin::Pin<Box<tokio::time::Sleep>>,
+    rx_flush_armed: bool,
 }
 
 /// The server answered the handshake with a refusal: the server works, so the next attempt
@@ -279,6 +292,7 @@ impl Worker {
         saved: Option<SavedAssignment>,
     ) -> anyhow::Result<Self> {
         let server = ctx.servers.current().0;
+        let counters = ctx.metrics.of_serial(&serial);
         Ok(Worker {
             serial,
             ctx,
@@ -293,6 +307,9 @@ impl Worker {
             server,
             started: Instant::now(),
             drops: DropLog::default(),
+            counters,
+            rx_flush: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            rx_flush_armed: false,
         })
     }
 
@@ -349,16 +366,24 @@ impl Worker {
                     }
                 }
                 () = sleep_until(wake) => {}
-                m = next_msg(&mut self.conn) => self.on_ws_burst(m).await?,
+                () = &mut self.rx_flush, if self.rx_flush_armed => {
+                    self.rx_flush_armed = false;
+                    self.flush_rx().await?;
+                }
+                m = next_msg(&mut self.conn) => {
+                    self.on_ws_burst(m).await?;
+                    self.arm_rx_flush();
+                }
             }
         }
     }
 
     fn publish(&self) {
-        let m = &self.ctx.metrics;
         let pending = self.stream.as_ref().map_or(0, |s| s.outbox.pending());
-        DongleMetrics::set(&m.outbox_pending, &self.serial, pending);
-        DongleMetrics::set(&m.relaying, &self.serial, u64::from(self.relaying()));
+        let c = &self.counters;
+        c.outbox_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        c.relaying.set(i64::from(self.relaying()));
     }
 
     /// Does every action the session asks for. Store errors end the worker (the next datagram
@@ -380,7 +405,7 @@ impl Worker {
                 SessionAction::MarkUplinked { up_to } => {
                     if let Some(s) = self.stream.as_mut() {
                         let n = s.outbox.ack(up_to).await?;
-                        DongleMetrics::inc(&self.ctx.metrics.frames_acked, &self.serial, n);
+                        self.counters.frames_acked.inc_by(n);
                     }
                 }
                 SessionAction::DropPending { reason } => {
@@ -392,6 +417,7 @@ impl Worker {
                     self.drop_pending(reason, label).await?;
                 }
                 SessionAction::Disconnect => {
+                    self.flush_rx().await?;
                     if let Some(mut c) = self.conn.take() {
                         let _ = c.sink.send(WsMessage::Close(None)).await;
                     }
@@ -429,6 +455,7 @@ impl Worker {
             _ => false,
         };
         if !same_stream {
+            self.flush_rx().await?;
             self.close_conn().await;
             if let Some(mut old) = self.stream.take() {
                 let report = old
@@ -492,6 +519,8 @@ impl Worker {
         Ok(Stream {
             group: group.to_owned(),
             side,
+            encoder: StoredFrameEncoder::new(group),
+            channel: Channel::from("can0"),
             outbox,
             session,
             rx_due: None,
@@ -553,7 +582,7 @@ impl Worker {
 
     async fn on_frames(&mut self, batches: Vec<Vec<CanRecord>>) -> anyhow::Result<()> {
         let n: u64 = batches.iter().map(|b| b.len() as u64).sum();
-        DongleMetrics::inc(&self.ctx.metrics.frames_in, &self.serial, n);
+        self.counters.frames_in.inc_by(n);
         if !self.relaying() || self.stream.is_none() {
             self.count_drop(DropReason::NoGroup, n);
             return Ok(());
@@ -561,25 +590,18 @@ impl Worker {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        let mut records = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-        let mut invalid = 0;
-        for r in batches.iter().flatten() {
-            match encode_stored_frame(&WireFrame::from_record(&s.group, r)) {
-                Ok(payload) => records.push(NewRecord {
-                    ts_ms: r.ts_ns / 1_000_000,
-                    payload: payload.into(),
-                }),
-                Err(e) => {
-                    invalid += 1;
-                    debug!(serial = %self.serial, error = %e, "a frame the data plane cannot carry");
-                }
-            }
-        }
+        let records: Vec<NewRecord> = batches
+            .iter()
+            .flatten()
+            .map(|r| NewRecord {
+                ts_ms: r.ts_ns / 1_000_000,
+                payload: s.encoder.encode(r).into(),
+            })
+            .collect();
         let queued = records.len() as u64;
         let report = s.outbox.append(records).await?;
         s.session.handle_records_available(s.outbox.last_seq());
-        DongleMetrics::inc(&self.ctx.metrics.frames_queued, &self.serial, queued);
-        self.count_drop(DropReason::Invalid, invalid);
+        self.counters.frames_queued.inc_by(queued);
         // Dropped by the cap and never to reach the server; those that were sent are counted
         // once the server's ack or handshake tells whether it holds them.
         self.count_drop(DropReason::OutboxFull, report.dropped_pending);
@@ -588,6 +610,8 @@ impl Worker {
 
     /// `SessionAction::Connect`: open `/ws/data` at the current server, `hello`, `welcome`.
     async fn connect(&mut self) -> anyhow::Result<()> {
+        // `hello.resume.rx_seq` is the stored cursor: store what was handled first.
+        self.flush_rx().await?;
         let now = self.now();
         match self.handshake().await {
             Ok((conn, welcome)) => {
@@ -701,7 +725,7 @@ impl Worker {
                 "the server holds fewer frames than it acknowledged before");
         }
         s.session.handle_reconciled(&r, now);
-        DongleMetrics::inc(&self.ctx.metrics.frames_acked, &self.serial, r.newly_acked);
+        self.counters.frames_acked.inc_by(r.newly_acked);
         self.count_drop(DropReason::OutboxFull, r.lost_in_flight);
         if inactive {
             self.drop_pending(uplink::DropReason::Refused, DropReason::GroupInactive)
@@ -734,7 +758,7 @@ impl Worker {
             _ => None,
         };
         if let Some(b) = &sent {
-            DongleMetrics::inc(&self.ctx.metrics.frames_sent, &self.serial, b.count);
+            self.counters.frames_sent.inc_by(b.count);
         }
         s.session.handle_sent(sent, now);
         Ok(())
@@ -744,6 +768,7 @@ impl Worker {
         if let Some(s) = self.stream.as_mut() {
             warn!(serial = %self.serial, rx_seq = s.outbox.rx_seq(),
                 "the server never stored this agent's inbound cursor (cursor_ahead): resuming from its start");
+            s.rx_due = None;
             s.outbox.set_rx(0).await?;
         }
         Ok(())
@@ -814,9 +839,21 @@ impl Worker {
         }
     }
 
-    /// Handles `m` and the messages already received after it (at most [`WS_BURST`]), then
-    /// stores the inbound cursor and acknowledges it once: one store commit and one `ack` per
-    /// burst instead of per `frames` message, so a busy inbound stream costs less than the
+    /// A cursor is due: store and acknowledge it within [`RX_FLUSH_EVERY`] (at the latest).
+    fn arm_rx_flush(&mut self) {
+        let due = self.stream.as_ref().is_some_and(|s| s.rx_due.is_some());
+        if due && !self.rx_flush_armed {
+            self.rx_flush
+                .as_mut()
+                .reset(Instant::now() + RX_FLUSH_EVERY);
+            self.rx_flush_armed = true;
+        }
+    }
+
+    /// Handles `m` and the messages already received after it (at most [`WS_BURST`]). Their
+    /// inbound cursor is stored and acknowledged later ([`arm_rx_flush`](Self::arm_rx_flush)),
+    /// once for every burst within [`RX_FLUSH_EVERY`]: one store commit and one `ack` per
+    /// interval instead of per `frames` message, so a busy inbound stream costs less than the
     /// server's delivery.
     async fn on_ws_burst(
         &mut self,
@@ -829,7 +866,7 @@ impl Worker {
             };
             self.on_ws(m).await?;
         }
-        self.flush_rx().await
+        Ok(())
     }
 
     /// Handles one WebSocket message; inbound frames and gaps leave their cursor to
@@ -879,31 +916,21 @@ impl Worker {
             Message::Error(e) => {
                 warn!(serial = %self.serial, code = ?e.code, message = %e.message, "data plane error");
                 let reason = format!("refused: {:?}: {}", e.code, e.message);
+                // What the code means for the session is relay-core's rule
+                // (`Refusal::for_relay_error`): `group_inactive` drops the pending frames, every
+                // other code resends from `tx_acked + 1` after the backoff, on the same server
+                // (a server that keeps refusing gets no reconnect storm). Around it, the
+                // agent's own side effects:
                 match e.code {
                     ErrorCode::GroupInactive => {
                         self.set_mode(GroupMode::Inactive);
                         self.repoll.notify_one();
-                        self.refused(
-                            Refusal::DropPending {
-                                reason: uplink::DropReason::Refused,
-                            },
-                            &reason,
-                        );
                     }
-                    ErrorCode::CursorAhead => {
-                        self.reset_cursor().await?;
-                        self.refused(Refusal::Resync, &reason);
-                    }
-                    ErrorCode::Unauthorized => {
-                        self.repoll.notify_one();
-                        self.refused(Refusal::Resync, &reason);
-                    }
-                    // `seq_out_of_order`: the new session resends from `tx_acked + 1`. Every
-                    // other code: the session retries on the same server after the backoff
-                    // (at least `reconnect_min`), so a server that keeps refusing gets no
-                    // reconnect storm.
-                    _ => self.refused(Refusal::Resync, &reason),
+                    ErrorCode::CursorAhead => self.reset_cursor().await?,
+                    ErrorCode::Unauthorized => self.repoll.notify_one(),
+                    _ => {}
                 }
+                self.refused(Refusal::for_relay_error(e.code), &reason);
             }
             other => self.conn_lost(format!("unexpected {} from the server", other.type_name())),
         }
@@ -920,15 +947,25 @@ impl Worker {
         let rx_seq = s.outbox.rx_seq();
         let mut dup = 0;
         let mut invalid = 0;
-        let default_channel = Channel::from("can0");
         let mut records = Vec::with_capacity(batch.frames.len());
         for (seq, f) in (batch.first_seq..).zip(&batch.frames) {
             if seq <= rx_seq {
                 dup += 1;
                 continue;
             }
-            match f.to_record(&default_channel) {
-                Ok(r) => records.push(r),
+            // `WireFrame::to_record`, with the channel's name shared by the frames naming it
+            // (`can0` when absent) rather than allocated per frame.
+            let name = f.channel.as_deref().unwrap_or("can0");
+            if *s.channel != *name {
+                s.channel = Channel::from(name);
+            }
+            match f.frame() {
+                Ok(frame) => records.push(CanRecord::new(
+                    f.ts,
+                    s.channel.clone(),
+                    f.direction.into(),
+                    frame,
+                )),
                 Err(e) => {
                     invalid += 1;
                     debug!(serial = %self.serial, seq, error = %e, "inbound frame the dongle cannot carry");
@@ -938,10 +975,11 @@ impl Worker {
         let sent = self.link.send(records).await;
         let delivered = sent.encoded;
         invalid += sent.invalid;
-        let m = &self.ctx.metrics;
-        DongleMetrics::inc(&m.frames_delivered, &self.serial, delivered);
-        DongleMetrics::inc(&m.frames_duplicate, &self.serial, dup);
-        m.dropped(&self.serial, DropReason::Invalid, invalid);
+        self.counters.frames_delivered.inc_by(delivered);
+        self.counters.frames_duplicate.inc_by(dup);
+        self.ctx
+            .metrics
+            .dropped(&self.serial, DropReason::Invalid, invalid);
         self.advance_rx(last);
         Ok(())
     }
@@ -1009,6 +1047,7 @@ impl Worker {
             };
             self.on_ws_burst(m).await?;
         }
+        self.flush_rx().await?;
         self.close_conn().await;
         self.publish();
         let t = self.ctx.metrics.totals(&self.serial);
@@ -1022,14 +1061,7 @@ impl Worker {
 /// payloads are the frames' MessagePack: a MessagePack connection gets them spliced as they
 /// are, a JSON one re-encoded (`relay_core::protocol::encode_delivery`).
 async fn write_frames(c: &mut Conn, stream: &str, batch: &[OutboxRecord]) -> anyhow::Result<()> {
-    let items: Vec<Item> = batch
-        .iter()
-        .map(|r| Item {
-            seq: r.seq,
-            ts_ms: r.ts_ms,
-            payload: r.payload.clone(),
-        })
-        .collect();
+    let items: Vec<Item> = batch.iter().map(Item::from).collect();
     let mut messages = encode_delivery(stream, &items, c.encoding, DeliverySource::Live)?;
     let bytes = match (messages.pop(), messages.is_empty()) {
         (Some(DeliveryMessage::Frames(bytes)), true) => bytes,
@@ -1037,6 +1069,153 @@ async fn write_frames(c: &mut Conn, stream: &str, batch: &[OutboxRecord]) -> any
     };
     // Flush per batch: batching already happened upstream, latency matters.
     write_ws(c, bytes).await
+}
+
+/// Writes the stored form of a dongle's frames for one group — the bytes of
+/// `relay_core::protocol::encode_stored_frame(&WireFrame::from_record(group, record))`, a
+/// MessagePack map as `rmp_serde::to_vec_named` writes it — straight from the record: no
+/// intermediate `WireFrame` (three allocations per frame) and no serde. The map's first entry
+/// (`groupId`) is the same for every frame of the stream and written once. The tests check the
+/// bytes against the reference encoder for every kind of frame.
+#[derive(Debug)]
+struct StoredFrameEncoder {
+    /// `"groupId": GROUP` as MessagePack.
+    group: Vec<u8>,
+}
+
+impl StoredFrameEncoder {
+    fn new(group: &str) -> Self {
+        let mut out = Vec::with_capacity(group.len() + 10);
+        mp_str(&mut out, "groupId");
+        mp_str(&mut out, group);
+        StoredFrameEncoder { group: out }
+    }
+
+    fn encode(&self, r: &CanRecord) -> Vec<u8> {
+        let f = &r.frame;
+        let (can_id, is_extended) = match f.id() {
+            Some(id) => (id.raw(), id.is_extended()),
+            None => (f.linux_can_id() & MAX_EXTENDED_ID, false),
+        };
+        let (is_fd, brs, esi) = match f {
+            CanFrame::Fd(fd) => (true, fd.flags().brs, fd.flags().esi),
+            _ => (false, false, false),
+        };
+        let is_remote = matches!(f, CanFrame::Remote(_));
+        let is_error = matches!(f, CanFrame::Error(_));
+        let raw_dlc = match f {
+            CanFrame::Data(d) => d.raw_dlc(),
+            _ => None,
+        };
+        let channel = (!r.channel.is_empty()).then_some(&*r.channel);
+        let data = f.data();
+        let optional = [
+            channel.is_some(),
+            is_fd,
+            brs,
+            esi,
+            is_remote,
+            is_error,
+            raw_dlc.is_some(),
+        ];
+        let fields = 7 + optional.iter().filter(|present| **present).count();
+        let mut out = Vec::with_capacity(
+            self.group.len() + 80 + data.len() + channel.map_or(0, |c| c.len() + 10),
+        );
+        // At most 14 entries: a fixmap.
+        out.push(0x80 | fields as u8);
+        out.extend_from_slice(&self.group);
+        mp_str(&mut out, "direction");
+        mp_str(
+            &mut out,
+            match r.direction {
+                Direction::Rx => "rx",
+                Direction::Tx => "tx",
+                Direction::Unknown => "unknown",
+            },
+        );
+        mp_str(&mut out, "ts");
+        mp_uint(&mut out, r.ts_ns);
+        mp_str(&mut out, "canId");
+        mp_uint(&mut out, u64::from(can_id));
+        mp_str(&mut out, "isExtended");
+        mp_bool(&mut out, is_extended);
+        mp_str(&mut out, "dlc");
+        mp_uint(&mut out, u64::from(f.len() as u8));
+        mp_str(&mut out, "data");
+        mp_bin(&mut out, data);
+        if let Some(c) = channel {
+            mp_str(&mut out, "channel");
+            mp_str(&mut out, c);
+        }
+        for (name, flag) in [
+            ("isFd", is_fd),
+            ("brs", brs),
+            ("esi", esi),
+            ("isRemote", is_remote),
+            ("isError", is_error),
+        ] {
+            if flag {
+                mp_str(&mut out, name);
+                mp_bool(&mut out, true);
+            }
+        }
+        if let Some(raw) = raw_dlc {
+            mp_str(&mut out, "rawDlc");
+            mp_uint(&mut out, u64::from(raw));
+        }
+        out
+    }
+}
+
+/// A MessagePack unsigned integer in its shortest form.
+fn mp_uint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else if let Ok(v) = u8::try_from(v) {
+        out.extend_from_slice(&[0xcc, v]);
+    } else if let Ok(v) = u16::try_from(v) {
+        out.push(0xcd);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else if let Ok(v) = u32::try_from(v) {
+        out.push(0xce);
+        out.extend_from_slice(&v.to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// A MessagePack string (fixstr, str8, str16 or str32 by length).
+fn mp_str(out: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if let Ok(n) = u8::try_from(n) {
+        out.extend_from_slice(&[0xd9, n]);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(0xda);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A MessagePack bin (bin8 or bin16: a CAN payload is at most 64 bytes).
+fn mp_bin(out: &mut Vec<u8>, b: &[u8]) {
+    if let Ok(n) = u8::try_from(b.len()) {
+        out.extend_from_slice(&[0xc4, n]);
+    } else {
+        out.push(0xc5);
+        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(b);
+}
+
+fn mp_bool(out: &mut Vec<u8>, v: bool) {
+    out.push(if v { 0xc3 } else { 0xc2 });
 }
 
 /// Sends one encoded message and flushes it.
@@ -1108,7 +1287,11 @@ mod tests {
     use can_io::CanRecord;
     use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
 
-    use super::{QueueRefused, frame_queue};
+    use can_io::ErrorFrame;
+    use can_io::frame::{FdFlags, FdFrame, RemoteFrame};
+    use relay_core::protocol::{WireFrame, encode_stored_frame};
+
+    use super::{QueueRefused, StoredFrameEncoder, frame_queue};
 
     fn records(from: u32, n: u32) -> Vec<CanRecord> {
         (from..from + n)
@@ -1127,6 +1310,77 @@ mod tests {
 
     fn numbers(batches: &[Vec<CanRecord>]) -> Vec<u64> {
         batches.iter().flatten().map(|r| r.ts_ns).collect()
+    }
+
+    /// The stored form written by hand is the reference encoder's, byte for byte, for every
+    /// kind of frame, direction, channel and group id length (fixstr, str8), and for integers
+    /// at each MessagePack width.
+    #[test]
+    fn stored_frames_are_written_as_the_reference_encoder_writes_them() {
+        let std_id = CanId::standard(0x7ff).unwrap();
+        let ext_id = CanId::extended(0x1fff_fffe).unwrap();
+        let fd = |data: &[u8], brs, esi| {
+            CanFrame::Fd(FdFrame::new(ext_id, data, FdFlags { brs, esi }).unwrap())
+        };
+        let frames = [
+            CanFrame::Data(DataFrame::new(CanId::standard(0x12).unwrap(), &[]).unwrap()),
+            CanFrame::Data(DataFrame::new(std_id, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap()),
+            CanFrame::Data(
+                DataFrame::new(ext_id, &[0xff; 8])
+                    .unwrap()
+                    .with_raw_dlc(15)
+                    .unwrap(),
+            ),
+            CanFrame::Data(DataFrame::new(CanId::standard(0x80).unwrap(), &[9]).unwrap()),
+            CanFrame::Data(DataFrame::new(CanId::standard(0x100).unwrap(), &[9]).unwrap()),
+            CanFrame::Data(DataFrame::new(CanId::extended(0x1_0000).unwrap(), &[9]).unwrap()),
+            fd(&[7; 64], true, false),
+            fd(&[7; 12], false, true),
+            fd(&[], true, true),
+            CanFrame::Remote(RemoteFrame::new(std_id, 8).unwrap()),
+            CanFrame::Remote(RemoteFrame::new(ext_id, 0).unwrap()),
+            CanFrame::Error(ErrorFrame::new(0x0000_0004, &[0, 4, 0, 0, 0, 0, 0, 0]).unwrap()),
+        ];
+        let group31 = "g".repeat(31);
+        let group128 = "0123456789abcdef".repeat(8);
+        let groups = [
+            "7b0c9f1e-2a4d-4e8b-9c3f-5d6e7f8a9b0c",
+            "g",
+            &group31,
+            &group128,
+        ];
+        let stamps = [
+            0,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            4_294_967_296,
+            u64::MAX,
+        ];
+        let channels = ["can0", "", "a-rather-long-channel-name-of-40-bytes!!"];
+        let directions = [Direction::Rx, Direction::Tx, Direction::Unknown];
+        let mut checked = 0;
+        for group in groups {
+            let encoder = StoredFrameEncoder::new(group);
+            for (i, frame) in frames.iter().enumerate() {
+                for (k, &ts) in stamps.iter().enumerate() {
+                    let record = CanRecord::new(
+                        ts,
+                        Arc::from(channels[(i + k) % channels.len()]),
+                        directions[(i + k) % directions.len()],
+                        *frame,
+                    );
+                    let want =
+                        encode_stored_frame(&WireFrame::from_record(group, &record)).unwrap();
+                    assert_eq!(encoder.encode(&record), want, "{group} {record:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 4 * frames.len() * stamps.len());
     }
 
     #[tokio::test]
