@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{ServerOptions, ServerProc, TestResult, Workspace, code};
+use support::{ServerProc, TestResult, code, default_server};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -86,8 +86,7 @@ fn refused(outcome: &WsOutcome) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_and_agents_are_kept_out() -> TestResult {
-    let ws = Workspace::new()?;
-    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    let (_ws, server) = default_server().await?;
     let api = server.api();
     let alice = server.user_token("alice")?;
     let mallory = server.user_token("mallory")?;

@@ -15,10 +15,7 @@ use can_io::frame::{CanFrame, CanId, CanRecord, Channel, DataFrame, Direction};
 use can_io::transport::CanBus;
 use can_io::transport::udp::RempUdp;
 use can_io::wire::cannelloni;
-use support::{
-    AgentProc, PATIENCE, Pair, ServerOptions, ServerProc, TestResult, Workspace, eventually,
-    metric_sum,
-};
+use support::{AgentProc, PATIENCE, Pair, TestResult, default_server, eventually, metric_sum};
 use tokio::net::UdpSocket;
 
 /// Frames each way.
@@ -87,8 +84,7 @@ async fn dongle_receives(dongle: &mut RempUdp, n: usize) -> TestResult<Vec<CanFr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cannelloni_frames_cross_to_a_remp_dongle_and_back_in_order() -> TestResult {
-    let ws = Workspace::new()?;
-    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    let (ws, server) = default_server().await?;
     let api = server.api();
     let user_token = server.user_token("carol")?;
     let base = [server.base.as_str()];

@@ -348,17 +348,24 @@ fn check_record(peer: &Peer, last: u64) -> TestResult {
     Ok(())
 }
 
-/// The group as `api` shows it, once `check` accepts it.
+/// The group as each of `servers` shows it, once `check` accepts it there (waited for on one
+/// instance after the other).
 async fn wait_group(
-    api: &Api,
+    servers: &[ServerProc],
     setup: &Setup,
     what: &str,
     check: impl Fn(&Value) -> bool,
-) -> TestResult<Value> {
-    eventually(Duration::from_secs(20), what, || async {
-        api.group(&setup.user, &setup.group).await.filter(&check)
-    })
-    .await
+) -> TestResult<Vec<Value>> {
+    let mut seen = Vec::with_capacity(servers.len());
+    for server in servers {
+        let api = server.api();
+        let group = eventually(Duration::from_secs(20), what, || async {
+            api.group(&setup.user, &setup.group).await.filter(&check)
+        })
+        .await?;
+        seen.push(group);
+    }
+    Ok(seen)
 }
 
 fn active_no_backlog(group: &Value) -> bool {
@@ -373,15 +380,13 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
         let setup = setup(&servers[0], "kim", Some(&db)).await?;
         // A on instance 1 (then 3, as an agent with `server_url: [s1, s3]`), B on instance 2.
         let (mut a, mut b) = setup.peers(vec![base(0), base(2)], vec![base(1)]).await?;
-        for server in &servers {
-            wait_group(
-                &server.api(),
-                &setup,
-                "active on every instance",
-                active_no_backlog,
-            )
-            .await?;
-        }
+        wait_group(
+            &servers,
+            &setup,
+            "active on every instance",
+            active_no_backlog,
+        )
+        .await?;
         let last = 6000;
         // Both ways, in order, across instances, until a third is through.
         run(&mut [&mut a, &mut b], last, |p| {
@@ -395,23 +400,21 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
         a.client = None;
         let b_target = b.acked + 500;
         run(&mut [&mut b], last, |p| p[0].acked >= b_target).await?;
-        for server in &servers[1..] {
-            wait_group(&server.api(), &setup, "degraded with A offline", |g| {
-                g["mode"] == "degraded" && g["offline_side"] == "a"
-            })
-            .await?;
-        }
+        wait_group(&servers[1..], &setup, "degraded with A offline", |g| {
+            g["mode"] == "degraded" && g["offline_side"] == "a"
+        })
+        .await?;
         // Instance 2 (B's) counts B's frames waiting for A, and so does instance 3, which
         // holds neither side (it shows the status instance 2 shares through Redis).
-        for (index, server) in servers.iter().enumerate().skip(1) {
-            let seen = wait_group(&server.api(), &setup, "B's frames waiting for A", |g| {
-                g["mode"] == "degraded"
-                    && g["backlog"]["b_to_a"]
-                        .as_u64()
-                        .is_some_and(|n| n + a_before >= b_target)
-            })
-            .await?;
-            eprintln!("instance {} during the outage: {seen}", index + 1);
+        let seen = wait_group(&servers[1..], &setup, "B's frames waiting for A", |g| {
+            g["mode"] == "degraded"
+                && g["backlog"]["b_to_a"]
+                    .as_u64()
+                    .is_some_and(|n| n + a_before >= b_target)
+        })
+        .await?;
+        for (index, group) in seen.iter().enumerate() {
+            eprintln!("instance {} during the outage: {group}", index + 2);
         }
         // A fails over to instance 3 and everything drains.
         a.at = 1;
@@ -427,15 +430,13 @@ async fn sides_on_two_instances_relay_and_fail_over_after_kill_9() -> TestResult
             a.redelivered, b.redelivered
         );
         // Mode and backlog right on the instances still up.
-        for server in &servers[1..] {
-            wait_group(
-                &server.api(),
-                &setup,
-                "active after failover",
-                active_no_backlog,
-            )
-            .await?;
-        }
+        wait_group(
+            &servers[1..],
+            &setup,
+            "active after failover",
+            active_no_backlog,
+        )
+        .await?;
         Ok(())
     }
     .await;
@@ -535,15 +536,13 @@ async fn a_restarting_instance_leaves_the_live_ones_sides_and_commands_alone() -
         let base = servers[0].base.clone();
         let (mut a, mut b) = setup.peers(vec![base.clone()], vec![base.clone()]).await?;
         let mut diag = DiagAgent::connect(&base, &setup.token_a, &setup.dongle_a).await?;
-        for server in &servers {
-            wait_group(
-                &server.api(),
-                &setup,
-                "active on both instances",
-                active_both_online,
-            )
-            .await?;
-        }
+        wait_group(
+            &servers,
+            &setup,
+            "active on both instances",
+            active_both_online,
+        )
+        .await?;
         let api = servers[0].api();
         let id = vehicle_and_command(&api, &setup).await?;
         let started = diag.start_command().await?;
@@ -710,15 +709,13 @@ async fn a_stalled_instance_appending_late_changes_nothing() -> TestResult {
         check_record(&a, last)?;
         check_record(&b, last)?;
         assert_eq!(b.redelivered, 0, "B got frames twice on one connection");
-        for server in &servers {
-            wait_group(
-                &server.api(),
-                &setup,
-                "active after the stall",
-                active_no_backlog,
-            )
-            .await?;
-        }
+        wait_group(
+            &servers,
+            &setup,
+            "active after the stall",
+            active_no_backlog,
+        )
+        .await?;
         Ok(())
     }
     .await;

@@ -17,8 +17,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    Api, DongleProc, PATIENCE, Pair, ServerOptions, ServerProc, TETHER, TestResult, Workspace,
-    candump_frames, eventually, metric_sum, text,
+    Api, DongleProc, PATIENCE, Pair, TETHER, TestResult, Workspace, candump_frames, default_server,
+    eventually, metric_sum, text,
 };
 
 /// Commands posted one after the other (alternating ReadDTC and the VIN).
@@ -150,8 +150,7 @@ async fn run_command(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_vehicle_dongle_is_diagnosed_while_its_frames_are_relayed_in_order() -> TestResult {
-    let ws = Workspace::new()?;
-    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    let (ws, server) = default_server().await?;
     let api = server.api();
     let mut pair = Pair::start(&ws, &server, "alice").await?;
     let outcome = async {

@@ -13,8 +13,8 @@
 mod support;
 
 use support::{
-    Api, Pair, ServerOptions, ServerProc, TestResult, Workspace, candump_frames, metric_sum,
-    redis_url, require_redis,
+    Api, Pair, ServerOptions, ServerProc, TestResult, Workspace, metric_sum, redis_url,
+    require_redis,
 };
 
 /// The Redis database of this test (keys are per group id, so runs never share a stream).
@@ -45,26 +45,21 @@ async fn kill9_of_the_first_server_fails_over_to_the_second() -> TestResult {
     let outcome = async {
         pair.wait_mode(&first.api(), "active").await?;
         replay.running(300).await?;
-        for agent in [&pair.a.agent, &pair.b.agent] {
-            let text = agent.metrics().await.ok_or("agent metrics")?;
-            let index = metric_sum(&text, "tether_agent_dongle_server_index", &[]);
+        for agent in pair.agents() {
+            let (index, _, text) = server_index(agent).await?;
             assert_eq!(
                 index, 0.0,
                 "{}: not on the first server\n{text}",
                 agent.name
             );
         }
-        let at_kill = candump_frames(&replay.b_rx).len();
+        let at_kill = replay.received_at_b();
         first.kill9();
-        replay.check(&pair, "across the fail-over").await?;
-        assert!(
-            at_kill < replay.want_at_b.len(),
-            "the kill came after the stream ended"
-        );
-        for agent in [&pair.a.agent, &pair.b.agent] {
-            let text = agent.metrics().await.ok_or("agent metrics")?;
-            let failovers = metric_sum(&text, "tether_agent_dongle_failovers_total", &[]);
-            let index = metric_sum(&text, "tether_agent_dongle_server_index", &[]);
+        replay
+            .check_across(&pair, "across the fail-over", at_kill)
+            .await?;
+        for agent in pair.agents() {
+            let (index, failovers, text) = server_index(agent).await?;
             assert!(failovers >= 1.0, "{}: no fail-over\n{text}", agent.name);
             assert_eq!(
                 index, 1.0,
@@ -72,9 +67,7 @@ async fn kill9_of_the_first_server_fails_over_to_the_second() -> TestResult {
                 agent.name
             );
         }
-        let group = pair.wait_mode(&second.api(), "active").await?;
-        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
-        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        pair.assert_drained(&second.api()).await?;
         TestResult::Ok(())
     }
     .await;
@@ -82,12 +75,14 @@ async fn kill9_of_the_first_server_fails_over_to_the_second() -> TestResult {
     pair.explain(&ws, outcome).await
 }
 
-/// The agent's server index (0: its first `server_url`) and fail-overs so far.
-async fn server_index(agent: &support::AgentProc) -> TestResult<(f64, f64)> {
-    let text = agent.metrics().await.ok_or("agent metrics")?;
+/// The agent's server index (0: its first `server_url`), fail-overs so far, and its metrics
+/// text (for failure messages).
+async fn server_index(agent: &support::AgentProc) -> TestResult<(f64, f64, String)> {
+    let text = agent.metrics_text().await?;
     Ok((
         metric_sum(&text, "tether_agent_dongle_server_index", &[]),
         metric_sum(&text, "tether_agent_dongle_failovers_total", &[]),
+        text,
     ))
 }
 
@@ -142,16 +137,11 @@ async fn kill9_of_side_a_instance_fails_over_to_the_third_of_three() -> TestResu
             0.0,
             "A not on instance 1"
         );
-        let at_kill = candump_frames(&replay.b_rx).len();
+        let at_kill = replay.received_at_b();
         first.kill9();
-        replay
-            .check(&pair, "across the fail-over to a third instance")
-            .await?;
-        assert!(
-            at_kill < replay.want_at_b.len(),
-            "the kill came after the stream ended"
-        );
-        let (index, failovers) = server_index(&pair.a.agent).await?;
+        let what = "across the fail-over to a third instance";
+        replay.check_across(&pair, what, at_kill).await?;
+        let (index, failovers, _) = server_index(&pair.a.agent).await?;
         assert_eq!(
             (index, failovers >= 1.0),
             (1.0, true),

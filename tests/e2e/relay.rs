@@ -10,9 +10,9 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Api, DongleProc, PATIENCE, Pair, ServerOptions, ServerProc, SseReader, TestResult, Workspace,
-    assert_same_frames, candump_frames, check_relayed, eventually, metric_sum, settle_frames,
-    wait_frames,
+    Api, PATIENCE, Pair, ServerOptions, ServerProc, SseReader, TestResult, Workspace,
+    assert_same_frames, candump_frames, check_relayed, default_server, eventually, metric_sum,
+    settle_frames, wait_frames,
 };
 
 /// Replay speed: the 64 s capture in about 6 s, slow enough that UDP on loopback never
@@ -21,40 +21,17 @@ const SPEED: &str = "10";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_cross_both_ways_complete_and_in_order() -> TestResult {
-    let ws = Workspace::new()?;
-    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    let (ws, server) = default_server().await?;
     let api = server.api();
     let pair = Pair::start(&ws, &server, "alice").await?;
-    // Even frames from A, odd frames from B: both directions at once, distinguishable.
-    let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
-    let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
-    let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
-    let mut dongle_b = DongleProc::start(
-        &ws,
-        &pair.b.serial,
-        &pair.b.agent.udp_addr(),
-        Some((&from_b, SPEED)),
-        Some(&b_rx),
-    )?;
-    let mut dongle_a = DongleProc::start(
-        &ws,
-        &pair.a.serial,
-        &pair.a.agent.udp_addr(),
-        Some((&from_a, SPEED)),
-        Some(&a_rx),
-    )?;
-    let want_at_b = candump_frames(&from_a);
-    let want_at_a = candump_frames(&from_b);
+    let mut replay = pair.replay_both_ways_at(&ws, SPEED)?;
     let outcome = async {
         pair.wait_mode(&api, "active").await?;
-        check_relayed("A → B", &want_at_b, &pair.a.agent, &b_rx).await?;
-        check_relayed("B → A", &want_at_a, &pair.b.agent, &a_rx).await?;
-        let group = pair.wait_mode(&api, "active").await?;
-        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
-        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        replay.check(&pair, "in one run").await?;
+        pair.assert_drained(&api).await?;
         // Nothing was lost on the UDP hops.
-        for agent in [&pair.a.agent, &pair.b.agent] {
-            let text = agent.metrics().await.ok_or("agent metrics")?;
+        for agent in pair.agents() {
+            let text = agent.metrics_text().await?;
             for family in [
                 "tether_agent_dongle_remp_lost_datagrams",
                 "tether_agent_dongle_remp_dongle_dropped",
@@ -78,8 +55,7 @@ async fn frames_cross_both_ways_complete_and_in_order() -> TestResult {
         TestResult::Ok(())
     }
     .await;
-    dongle_a.stop().await?;
-    dongle_b.stop().await?;
+    replay.stop().await?;
     pair.explain(&ws, outcome).await
 }
 
@@ -90,8 +66,7 @@ fn backlog(group: &serde_json::Value, direction: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_outage_buffers_then_replays_in_order() -> TestResult {
-    let ws = Workspace::new()?;
-    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    let (ws, server) = default_server().await?;
     let api = server.api();
     let mut pair = Pair::start(&ws, &server, "bob").await?;
     let console = SseReader::open(pair.group_console(&server), Some(pair.user_token.clone()));

@@ -10,8 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Pair, ServerOptions, ServerProc, TestResult, Workspace, candump_frames, metric_sum, redis_url,
-    require_redis,
+    Pair, ServerOptions, ServerProc, TestResult, Workspace, metric_sum, redis_url, require_redis,
 };
 
 async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
@@ -24,20 +23,18 @@ async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
         pair.wait_mode(&api, "active").await?;
         // Mid-stream: some frames through in both directions, most still to come.
         replay.running(300).await?;
-        let at_kill = candump_frames(&replay.b_rx).len();
+        let at_kill = replay.received_at_b();
         server.kill9();
         // Down for a moment while the dongles keep sending into the agents' outboxes.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         server.restart().await?;
-        replay.check(&pair, "across kill -9").await?;
-        assert!(
-            at_kill < replay.want_at_b.len(),
-            "the kill came after the stream ended"
-        );
+        replay
+            .check_across(&pair, "across kill -9", at_kill)
+            .await?;
         // Both agents saw the server go away (check_relayed made sure they dropped nothing
         // once they knew the group).
-        for agent in [&pair.a.agent, &pair.b.agent] {
-            let text = agent.metrics().await.ok_or("agent metrics")?;
+        for agent in pair.agents() {
+            let text = agent.metrics_text().await?;
             let disconnects = metric_sum(&text, "tether_agent_dongle_disconnects_total", &[]);
             assert!(
                 disconnects >= 1.0,
@@ -45,9 +42,7 @@ async fn kill_mid_stream(options: ServerOptions, user: &str) -> TestResult {
                 agent.name
             );
         }
-        let group = pair.wait_mode(&api, "active").await?;
-        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
-        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        pair.assert_drained(&api).await?;
         TestResult::Ok(())
     }
     .await;

@@ -29,7 +29,7 @@ pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
 pub use tether_testkit::dir::Workspace;
 pub use tether_testkit::metrics::metric_sum;
-pub use tether_testkit::process::{signal, wait_child};
+pub use tether_testkit::process::{kill9, signal, wait_child};
 pub use tether_testkit::redis::{redis_url, require_redis};
 pub use tether_testkit::rest::{Api, code, text};
 pub use tether_testkit::sse::SseReader;
@@ -51,6 +51,13 @@ pub struct ServerOptions {
     pub wrapper: Vec<String>,
     /// Extra environment of the server process.
     pub env: Vec<(String, String)>,
+}
+
+/// A fresh workspace with a server on the default configuration (SQLite, no Redis) in it.
+pub async fn default_server() -> TestResult<(Workspace, ServerProc)> {
+    let ws = Workspace::new()?;
+    let server = ServerProc::start(&ws, ServerOptions::default()).await?;
+    Ok((ws, server))
 }
 
 /// A `tether server` child process with its data directory.
@@ -180,10 +187,7 @@ impl ServerProc {
 
     /// `kill -9`, then wait for the process to be gone.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(&mut self.child);
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -236,6 +240,13 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// `kill -9` of the child in `slot`, if any, and waits until it is gone.
+fn reap(slot: &mut Option<Child>) {
+    if let Some(mut child) = slot.take() {
+        kill9(&mut child);
     }
 }
 
@@ -377,6 +388,12 @@ impl AgentProc {
         response.text().await.ok()
     }
 
+    /// [`AgentProc::metrics`], an error while the agent does not answer.
+    pub async fn metrics_text(&self) -> TestResult<String> {
+        let text = self.metrics().await;
+        text.ok_or_else(|| format!("agent {}: metrics do not answer", self.name).into())
+    }
+
     /// Waits until the running agent listens for dongles (its log says so): a datagram sent
     /// before that would hit a closed port.
     pub async fn ready(&self) -> TestResult {
@@ -402,7 +419,7 @@ impl AgentProc {
     /// frames of a dongle it has just learned, before its assignment arrived (counted and
     /// logged by the agent). Fails if the agent dropped frames for any other reason.
     pub async fn leading_drops(&self) -> TestResult<usize> {
-        let text = self.metrics().await.ok_or("agent metrics do not answer")?;
+        let text = self.metrics_text().await?;
         let family = "tether_agent_dongle_frames_dropped_total";
         let all = metric_sum(&text, family, &[]);
         let no_group = metric_sum(&text, family, &["reason=\"no_group\""]);
@@ -440,10 +457,7 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
@@ -507,10 +521,7 @@ impl DongleProc {
 
 impl Drop for DongleProc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
@@ -564,6 +575,16 @@ pub struct Side {
 }
 
 impl Side {
+    /// A simulated dongle on this side's agent ([`DongleProc::start`]).
+    pub fn dongle(
+        &self,
+        ws: &Workspace,
+        replay: Option<(&Path, &str)>,
+        record: Option<&Path>,
+    ) -> TestResult<DongleProc> {
+        DongleProc::start(ws, &self.serial, &self.agent.udp_addr(), replay, record)
+    }
+
     /// A simulated dongle on this side's agent replaying `from` at `speed`.
     pub fn replaying_dongle(
         &self,
@@ -571,18 +592,12 @@ impl Side {
         from: &Path,
         speed: &str,
     ) -> TestResult<DongleProc> {
-        DongleProc::start(
-            ws,
-            &self.serial,
-            &self.agent.udp_addr(),
-            Some((from, speed)),
-            None,
-        )
+        self.dongle(ws, Some((from, speed)), None)
     }
 
     /// A simulated dongle on this side's agent recording what it receives into `into`.
     pub fn recording_dongle(&self, ws: &Workspace, into: &Path) -> TestResult<DongleProc> {
-        DongleProc::start(ws, &self.serial, &self.agent.udp_addr(), None, Some(into))
+        self.dongle(ws, None, Some(into))
     }
 }
 
@@ -726,26 +741,34 @@ impl Pair {
         .await
     }
 
-    /// Starts both dongles replaying alternate frames of the shipped capture to each other at
-    /// speed 8 (A the even ones, B the odd ones), each recording what it receives.
+    /// Waits until `api` shows the group `active`, then checks that neither direction has a
+    /// backlog left (and returns the group's state).
+    pub async fn assert_drained(&self, api: &Api) -> TestResult<Value> {
+        let group = self.wait_mode(api, "active").await?;
+        assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
+        assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
+        Ok(group)
+    }
+
+    /// Both agents, A's first.
+    pub fn agents(&self) -> [&AgentProc; 2] {
+        [&self.a.agent, &self.b.agent]
+    }
+
+    /// [`Pair::replay_both_ways_at`] speed 8.
     pub fn replay_both_ways(&self, ws: &Workspace) -> TestResult<TwoWay> {
+        self.replay_both_ways_at(ws, "8")
+    }
+
+    /// Starts both dongles replaying alternate frames of the shipped capture to each other at
+    /// `speed` (A the even ones, B the odd ones: both directions at once, distinguishable),
+    /// each recording what it receives.
+    pub fn replay_both_ways_at(&self, ws: &Workspace, speed: &str) -> TestResult<TwoWay> {
         let from_a = ws.split_capture("a.log", |i| i % 2 == 0)?;
         let from_b = ws.split_capture("b.log", |i| i % 2 == 1)?;
         let (a_rx, b_rx) = (ws.path("a-received.log"), ws.path("b-received.log"));
-        let dongle_a = DongleProc::start(
-            ws,
-            &self.a.serial,
-            &self.a.agent.udp_addr(),
-            Some((&from_a, "8")),
-            Some(&a_rx),
-        )?;
-        let dongle_b = DongleProc::start(
-            ws,
-            &self.b.serial,
-            &self.b.agent.udp_addr(),
-            Some((&from_b, "8")),
-            Some(&b_rx),
-        )?;
+        let dongle_a = self.a.dongle(ws, Some((&from_a, speed)), Some(&a_rx))?;
+        let dongle_b = self.b.dongle(ws, Some((&from_b, speed)), Some(&b_rx))?;
         Ok(TwoWay {
             want_at_b: candump_frames(&from_a),
             want_at_a: candump_frames(&from_b),
@@ -789,20 +812,30 @@ impl TwoWay {
 
     /// Checks both directions relayed exactly ([`check_relayed`]).
     pub async fn check(&self, pair: &Pair, what: &str) -> TestResult {
-        check_relayed(
-            &format!("A → B {what}"),
-            &self.want_at_b,
-            &pair.a.agent,
-            &self.b_rx,
-        )
-        .await?;
-        check_relayed(
-            &format!("B → A {what}"),
-            &self.want_at_a,
-            &pair.b.agent,
-            &self.a_rx,
-        )
-        .await?;
+        let directions = [
+            ("A → B", &self.want_at_b, &pair.a.agent, &self.b_rx),
+            ("B → A", &self.want_at_a, &pair.b.agent, &self.a_rx),
+        ];
+        for (direction, sent, sender, record) in directions {
+            check_relayed(&format!("{direction} {what}"), sent, sender, record).await?;
+        }
+        Ok(())
+    }
+
+    /// How many of A's frames B's record holds so far.
+    pub fn received_at_b(&self) -> usize {
+        candump_frames(&self.b_rx).len()
+    }
+
+    /// [`TwoWay::check`] across an outage that began when B had received `at_cut` of A's
+    /// frames ([`TwoWay::received_at_b`]); the outage must have come before the stream ended,
+    /// or the check would prove nothing about it.
+    pub async fn check_across(&self, pair: &Pair, what: &str, at_cut: usize) -> TestResult {
+        self.check(pair, what).await?;
+        assert!(
+            at_cut < self.want_at_b.len(),
+            "the kill came after the stream ended"
+        );
         Ok(())
     }
 
