@@ -460,3 +460,39 @@ fn stored_items_that_are_not_frames_become_a_corrupt_gap() {
         [DeliveryMessage::Frames(_)]
     ));
 }
+
+#[test]
+fn error_codes_spell_as_on_the_wire() {
+    let codes = [
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::BadMessage,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::GroupInactive,
+        ErrorCode::SeqOutOfOrder,
+        ErrorCode::CursorAhead,
+        ErrorCode::Unauthorized,
+        ErrorCode::Internal,
+        ErrorCode::MessageTooBig,
+        ErrorCode::GroupMismatch,
+        ErrorCode::Other,
+    ];
+    for code in codes {
+        let json = serde_json::to_string(&code).unwrap();
+        assert_eq!(json, format!("\"{}\"", code.as_str()));
+    }
+    // Only the codes that refuse one batch leave the connection open.
+    let open: Vec<_> = codes.iter().filter(|c| !c.is_fatal()).collect();
+    assert_eq!(
+        open,
+        [
+            &ErrorCode::GroupInactive,
+            &ErrorCode::SeqOutOfOrder,
+            &ErrorCode::GroupMismatch
+        ]
+    );
+    // What the engine's refusals become on the wire.
+    let inactive = Error::GroupInactive {
+        group: "g".to_owned(),
+    };
+    assert_eq!(ErrorCode::for_error(&inactive), ErrorCode::GroupInactive);
+}

@@ -237,6 +237,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The wire spelling (`seq_out_of_order`, …), also the servers' metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::GroupInactive => "group_inactive",
+            ErrorCode::SeqOutOfOrder => "seq_out_of_order",
+            ErrorCode::CursorAhead => "cursor_ahead",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Internal => "internal",
+            ErrorCode::MessageTooBig => "message_too_big",
+            ErrorCode::GroupMismatch => "group_mismatch",
+            ErrorCode::Other => "other",
+        }
+    }
+
+    /// Whether the server closes the connection after sending this code
+    /// (`docs/protocols/data-plane.md`, "Error codes"): all but `group_inactive`,
+    /// `seq_out_of_order` and `group_mismatch`, which refuse one batch.
+    pub fn is_fatal(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::GroupInactive | ErrorCode::SeqOutOfOrder | ErrorCode::GroupMismatch
+        )
+    }
+
     /// The code a relay server sends for an engine refusal or failure: the one mapping every
     /// data-plane server uses (`docs/protocols/data-plane.md`, "Errors").
     pub fn for_error(err: &crate::Error) -> Self {

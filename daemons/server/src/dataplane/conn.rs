@@ -18,7 +18,6 @@ use relay_core::protocol::{
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use super::driver::code_label;
 use super::outbox::{Out, Outbox};
 use super::{Command, DataPlane, Refusal, taps};
 use crate::metrics::{CodeLabels, RelayMetrics};
@@ -126,7 +125,7 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
         }
         Ok(None) => return,
         Err(refused) => {
-            tracing::info!(agent = %agent.id, code = code_label(refused.code), reason = %refused.message, "data-plane connection refused before its hello");
+            tracing::info!(agent = %agent.id, code = refused.code.as_str(), reason = %refused.message, "data-plane connection refused before its hello");
             let linger = refused.code == ErrorCode::MessageTooBig;
             close_with_error(&mut sink, refused, metrics).await;
             if linger {
@@ -141,7 +140,7 @@ pub(super) async fn run(socket: WebSocket, plane: DataPlane, state: AppState, ag
     let (session, welcome) = match welcome(&plane, &state, &agent, &hello, conn, &outbox).await {
         Ok(done) => done,
         Err(refused) => {
-            tracing::info!(agent = %agent.id, group = %hello.group_id, side = %hello.side, code = code_label(refused.code), reason = %refused.message, "data-plane connection refused");
+            tracing::info!(agent = %agent.id, group = %hello.group_id, side = %hello.side, code = refused.code.as_str(), reason = %refused.message, "data-plane connection refused");
             close_with_error(&mut sink, refused, metrics).await;
             return;
         }
@@ -489,7 +488,7 @@ async fn handle(
                 metrics
                     .frames_refused
                     .get_or_create(&CodeLabels {
-                        code: code_label(ErrorCode::GroupMismatch),
+                        code: ErrorCode::GroupMismatch.as_str(),
                     })
                     .inc_by(batch.frames.len() as u64);
                 tracing::warn!(group = %session.group, side = %session.side, frame = index, named = %frame.group_id, "frame batch names another group: refused");
@@ -577,7 +576,7 @@ fn count_error(metrics: &RelayMetrics, code: ErrorCode) {
     metrics
         .errors
         .get_or_create(&CodeLabels {
-            code: code_label(code),
+            code: code.as_str(),
         })
         .inc();
 }

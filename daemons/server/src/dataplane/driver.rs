@@ -111,44 +111,6 @@ impl Loaded {
     }
 }
 
-/// Maps an engine refusal to the protocol's error code.
-fn error_code(err: &RelayError) -> ErrorCode {
-    match err {
-        RelayError::GroupInactive { .. } => ErrorCode::GroupInactive,
-        RelayError::SeqOutOfOrder { .. } => ErrorCode::SeqOutOfOrder,
-        RelayError::CursorAhead { .. } => ErrorCode::CursorAhead,
-        RelayError::InvalidSeq { .. } | RelayError::InvalidTimestamp { .. } => {
-            ErrorCode::BadMessage
-        }
-        _ => ErrorCode::Internal,
-    }
-}
-
-/// The wire spelling of an error code, for metric labels.
-pub(super) fn code_label(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::UnsupportedVersion => "unsupported_version",
-        ErrorCode::BadMessage => "bad_message",
-        ErrorCode::HandshakeRequired => "handshake_required",
-        ErrorCode::GroupInactive => "group_inactive",
-        ErrorCode::SeqOutOfOrder => "seq_out_of_order",
-        ErrorCode::CursorAhead => "cursor_ahead",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::Internal => "internal",
-        ErrorCode::MessageTooBig => "message_too_big",
-        ErrorCode::GroupMismatch => "group_mismatch",
-        ErrorCode::Other => "other",
-    }
-}
-
-/// Whether an error code ends the connection (protocol doc, "Error codes").
-fn is_fatal(code: ErrorCode) -> bool {
-    !matches!(
-        code,
-        ErrorCode::GroupInactive | ErrorCode::SeqOutOfOrder | ErrorCode::GroupMismatch
-    )
-}
-
 /// The engine's driver.
 pub(super) struct Driver {
     engine: RelayEngine,
@@ -516,7 +478,7 @@ impl Driver {
                         });
                     }
                     Err(err) => {
-                        let code = error_code(&err);
+                        let code = ErrorCode::for_error(&err);
                         let _ = reply.send(Err(Refusal {
                             code,
                             message: err.to_string(),
@@ -554,11 +516,11 @@ impl Driver {
                         self.seen(&gid, side);
                     }
                     Err(err) => {
-                        let code = error_code(&err);
+                        let code = ErrorCode::for_error(&err);
                         self.metrics
                             .frames_refused
                             .get_or_create(&CodeLabels {
-                                code: code_label(code),
+                                code: code.as_str(),
                             })
                             .inc_by(count);
                         self.refuse(&gid, side, code, err.to_string());
@@ -582,7 +544,7 @@ impl Driver {
                 match self.engine.handle_ack(&gid, side, up_to, now) {
                     Ok(()) => self.seen(&gid, side),
                     Err(err) => {
-                        let code = error_code(&err);
+                        let code = ErrorCode::for_error(&err);
                         self.refuse(&gid, side, code, err.to_string());
                     }
                 }
@@ -619,13 +581,13 @@ impl Driver {
         self.metrics
             .errors
             .get_or_create(&CodeLabels {
-                code: code_label(code),
+                code: code.as_str(),
             })
             .inc();
         let Some(loaded) = self.groups.get(gid) else {
             return;
         };
-        if is_fatal(code) {
+        if code.is_fatal() {
             loaded.push(side, Out::Fatal(code, message));
             self.side_gone(gid, side);
         } else {
