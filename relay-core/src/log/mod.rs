@@ -57,7 +57,7 @@ pub mod sqlite_chunk;
 pub use crate::sqlite::Durability as SqliteSynchronous;
 pub use any::{AnyStreamLog, StreamLogConfig};
 pub use memory::MemoryStreamLog;
-pub use redis_streams::{Pipelined, RedisStreamLog, RedisStreamTail, TailBatch};
+pub use redis_streams::{RedisStreamLog, RedisStreamTail, TailBatch};
 pub use sqlite::SqliteStreamLog;
 
 /// The version of the durable stream logs' storage format (`docs/storage.md`): the SQLite

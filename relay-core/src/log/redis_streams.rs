@@ -39,19 +39,16 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Adds chunks. KEYS: stream, meta. ARGV: the first chunk's first seq, the lowest `head` the
-/// call may find (`after`: 0, or the last seq of an append pipelined before it), then per chunk
-/// its ID (last seq), first seq, item count and blob. Returns `{1, head}` when added; nothing
-/// changed and `{2, head}` when `head` is below `after` (an append pipelined before this one
-/// was not stored), `{0, head}` when the first seq is not above `head`.
+/// Adds chunks. KEYS: stream, meta. ARGV: the first chunk's first seq, then per chunk its ID
+/// (last seq), first seq, item count and blob. Returns `{1, head}` when added, `{0, head}`
+/// (nothing changed) when the first seq is not above `head`.
 /// Numbers go back to Redis as `%d` strings (Redis 7.2.0–7.2.4 formatted some Lua numbers as
 /// `1e+08`).
 const APPEND_LUA: &str = r"
 local head = redis.call('HGET', KEYS[2], 'head') or '0'
-if tonumber(head) < tonumber(ARGV[2]) then return {2, head} end
 if tonumber(ARGV[1]) <= tonumber(head) then return {0, head} end
 local n = 0
-for i = 3, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   redis.call('XADD', KEYS[1], ARGV[i], 'first', ARGV[i + 1], 'n', ARGV[i + 2], 'items', ARGV[i + 3])
   n = n + tonumber(ARGV[i + 2])
 end
@@ -458,97 +455,6 @@ fn chunks_above(items: &[Item], head: Seq) -> Vec<(ChunkBounds, Vec<u8>)> {
     out
 }
 
-/// What [`RedisStreamLog::append_after`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pipelined {
-    /// As [`StreamLog::append`]: the items above the stream's head are stored (the rest were
-    /// duplicates).
-    Done(AppendOutcome),
-    /// Nothing was stored: the stream's `head` was below `after` — the append this one was
-    /// pipelined behind has not stored its items (it was refused, failed, or reached Redis
-    /// later). The caller appends again once that one is settled.
-    Behind {
-        /// The head the script found.
-        head: Seq,
-    },
-}
-
-impl RedisStreamLog {
-    /// A [`StreamLog::append`] that may be sent while an earlier append of the same stream is
-    /// still under way (pipelined on the shared connection): it stores nothing unless the
-    /// stream's `head` has reached `after` — the last seq of that earlier append's items (0:
-    /// none under way). So an append never lands in front of one it follows, whatever became
-    /// of that one: a refused or failed predecessor makes it [`Pipelined::Behind`] too, and
-    /// the caller sends it again after the predecessor (`docs/storage.md`). Once `head` is at
-    /// least `after`, duplicates are dropped and the rest stored as by `append`.
-    pub async fn append_after(
-        &self,
-        stream: &str,
-        items: &[Item],
-        after: Seq,
-    ) -> Result<Pipelined> {
-        validate_stream_name(stream)?;
-        validate_batch(stream, items)?;
-        let keys = self.keys(stream);
-        let mut conn = self.conn.clone();
-        // First assume nothing is a duplicate; the script answers with the head otherwise.
-        let mut head = 0;
-        for _ in 0..RETRIES {
-            let chunks = chunks_above(items, head);
-            let stored: u64 = chunks.iter().map(|(b, _)| b.count).sum();
-            let Some((first, _)) = chunks.first() else {
-                if items.is_empty() {
-                    // Nothing to store: report the head.
-                    let value: Value = redis::cmd("HGET")
-                        .arg(&keys[1])
-                        .arg("head")
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(redis_err("append"))?;
-                    head = opt_num(stream, &value, "head")?.unwrap_or(0);
-                    if head < after {
-                        return Ok(Pipelined::Behind { head });
-                    }
-                }
-                return Ok(Pipelined::Done(AppendOutcome {
-                    stored: 0,
-                    duplicates: items.len() as u64,
-                    ack: head,
-                }));
-            };
-            let mut call = self.append.key(&keys[0]);
-            call.key(&keys[1]).arg(first.first_seq).arg(after);
-            for (bounds, blob) in &chunks {
-                call.arg(bounds.last_seq)
-                    .arg(bounds.first_seq)
-                    .arg(bounds.count)
-                    .arg(&blob[..]);
-            }
-            let reply: Value = call
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err("append"))?;
-            let parts = array(stream, reply)?;
-            let [answer, now] = <[Value; 2]>::try_from(parts)
-                .map_err(|p| corrupt(stream, format!("append reply has {} parts", p.len())))?;
-            let now = num(stream, &now, "head")?;
-            match num(stream, &answer, "append result")? {
-                1 => {
-                    return Ok(Pipelined::Done(AppendOutcome {
-                        stored,
-                        duplicates: items.len() as u64 - stored,
-                        ack: now,
-                    }));
-                }
-                2 => return Ok(Pipelined::Behind { head: now }),
-                // Some items are at or below the head: drop them and try again.
-                _ => head = now,
-            }
-        }
-        Err(contended("append"))
-    }
-}
-
 /// A retention rule, for [`RedisStreamLog::cut`].
 #[derive(Debug, Clone, Copy)]
 enum Rule {
@@ -731,14 +637,59 @@ impl RedisStreamLog {
 
 impl StreamLog for RedisStreamLog {
     async fn append(&self, stream: &str, items: &[Item]) -> Result<AppendOutcome> {
-        match self.append_after(stream, items, 0).await? {
-            Pipelined::Done(outcome) => Ok(outcome),
-            // `head` is never below 0.
-            Pipelined::Behind { head } => Err(corrupt(
-                stream,
-                format!("the append script refused head {head} as below 0"),
-            )),
+        validate_stream_name(stream)?;
+        validate_batch(stream, items)?;
+        let keys = self.keys(stream);
+        let mut conn = self.conn.clone();
+        // First assume nothing is a duplicate; the script answers with the head otherwise.
+        let mut head = 0;
+        for _ in 0..RETRIES {
+            let chunks = chunks_above(items, head);
+            let stored: u64 = chunks.iter().map(|(b, _)| b.count).sum();
+            let Some((first, _)) = chunks.first() else {
+                if items.is_empty() {
+                    // Nothing to store: report the head.
+                    let value: Value = redis::cmd("HGET")
+                        .arg(&keys[1])
+                        .arg("head")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(redis_err("append"))?;
+                    head = opt_num(stream, &value, "head")?.unwrap_or(0);
+                }
+                return Ok(AppendOutcome {
+                    stored: 0,
+                    duplicates: items.len() as u64,
+                    ack: head,
+                });
+            };
+            let mut call = self.append.key(&keys[0]);
+            call.key(&keys[1]).arg(first.first_seq);
+            for (bounds, blob) in &chunks {
+                call.arg(bounds.last_seq)
+                    .arg(bounds.first_seq)
+                    .arg(bounds.count)
+                    .arg(&blob[..]);
+            }
+            let reply: Value = call
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err("append"))?;
+            let parts = array(stream, reply)?;
+            let [added, now] = <[Value; 2]>::try_from(parts)
+                .map_err(|p| corrupt(stream, format!("append reply has {} parts", p.len())))?;
+            let now = num(stream, &now, "head")?;
+            if num(stream, &added, "append result")? == 1 {
+                return Ok(AppendOutcome {
+                    stored,
+                    duplicates: items.len() as u64 - stored,
+                    ack: now,
+                });
+            }
+            // Some items are at or below the head: drop them and try again.
+            head = now;
         }
+        Err(contended("append"))
     }
 
     async fn read(&self, stream: &str, after: Seq, max: usize) -> Result<ReadBatch> {
