@@ -27,7 +27,9 @@ pub use codec::fuzz_decode;
 pub use codec::{decode, decode_hello, encode, negotiate_encoding};
 #[cfg(any(test, fuzzing))]
 pub use convert::fuzz_stored_frame;
-pub use convert::{DeliveryMessage, decode_stored_frame, encode_delivery, encode_stored_frame};
+pub use convert::{
+    DeliveryMessage, StoredFrameEncoder, decode_stored_frame, encode_delivery, encode_stored_frame,
+};
 pub use messages::{
     Ack, Encoding, ErrorCode, ErrorMessage, FrameBatch, GapNotice, GroupState, Hello, Message,
     ResumeCursor, Welcome, WireFrame, WireGapReason,

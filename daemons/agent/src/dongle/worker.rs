@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use can_io::CanRecord;
-use can_io::frame::{CanFrame, Channel, Direction, MAX_EXTENDED_ID};
+use can_io::frame::Channel;
 use futures::{FutureExt, SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,7 +31,7 @@ use relay_core::engine::{DeliverySource, GroupMode, Side};
 use relay_core::log::Item;
 use relay_core::protocol::{
     self, Ack, DeliveryMessage, Encoding, ErrorCode, FrameBatch, GapNotice, Hello, Message,
-    ResumeCursor, Welcome, decode_stored_frame, encode_delivery,
+    ResumeCursor, StoredFrameEncoder, Welcome, decode_stored_frame, encode_delivery,
 };
 use relay_core::uplink::{
     self as uplink, FullJitter, NewRecord, OutboxRecord, OutboxStoreHandle, Reconciled, Refusal,
@@ -1071,153 +1071,6 @@ async fn write_frames(c: &mut Conn, stream: &str, batch: &[OutboxRecord]) -> any
     write_ws(c, bytes).await
 }
 
-/// Writes the stored form of a dongle's frames for one group — the bytes of
-/// `relay_core::protocol::encode_stored_frame(&WireFrame::from_record(group, record))`, a
-/// MessagePack map as `rmp_serde::to_vec_named` writes it — straight from the record: no
-/// intermediate `WireFrame` (three allocations per frame) and no serde. The map's first entry
-/// (`groupId`) is the same for every frame of the stream and written once. The tests check the
-/// bytes against the reference encoder for every kind of frame.
-#[derive(Debug)]
-struct StoredFrameEncoder {
-    /// `"groupId": GROUP` as MessagePack.
-    group: Vec<u8>,
-}
-
-impl StoredFrameEncoder {
-    fn new(group: &str) -> Self {
-        let mut out = Vec::with_capacity(group.len() + 10);
-        mp_str(&mut out, "groupId");
-        mp_str(&mut out, group);
-        StoredFrameEncoder { group: out }
-    }
-
-    fn encode(&self, r: &CanRecord) -> Vec<u8> {
-        let f = &r.frame;
-        let (can_id, is_extended) = match f.id() {
-            Some(id) => (id.raw(), id.is_extended()),
-            None => (f.linux_can_id() & MAX_EXTENDED_ID, false),
-        };
-        let (is_fd, brs, esi) = match f {
-            CanFrame::Fd(fd) => (true, fd.flags().brs, fd.flags().esi),
-            _ => (false, false, false),
-        };
-        let is_remote = matches!(f, CanFrame::Remote(_));
-        let is_error = matches!(f, CanFrame::Error(_));
-        let raw_dlc = match f {
-            CanFrame::Data(d) => d.raw_dlc(),
-            _ => None,
-        };
-        let channel = (!r.channel.is_empty()).then_some(&*r.channel);
-        let data = f.data();
-        let optional = [
-            channel.is_some(),
-            is_fd,
-            brs,
-            esi,
-            is_remote,
-            is_error,
-            raw_dlc.is_some(),
-        ];
-        let fields = 7 + optional.iter().filter(|present| **present).count();
-        let mut out = Vec::with_capacity(
-            self.group.len() + 80 + data.len() + channel.map_or(0, |c| c.len() + 10),
-        );
-        // At most 14 entries: a fixmap.
-        out.push(0x80 | fields as u8);
-        out.extend_from_slice(&self.group);
-        mp_str(&mut out, "direction");
-        mp_str(
-            &mut out,
-            match r.direction {
-                Direction::Rx => "rx",
-                Direction::Tx => "tx",
-                Direction::Unknown => "unknown",
-            },
-        );
-        mp_str(&mut out, "ts");
-        mp_uint(&mut out, r.ts_ns);
-        mp_str(&mut out, "canId");
-        mp_uint(&mut out, u64::from(can_id));
-        mp_str(&mut out, "isExtended");
-        mp_bool(&mut out, is_extended);
-        mp_str(&mut out, "dlc");
-        mp_uint(&mut out, u64::from(f.len() as u8));
-        mp_str(&mut out, "data");
-        mp_bin(&mut out, data);
-        if let Some(c) = channel {
-            mp_str(&mut out, "channel");
-            mp_str(&mut out, c);
-        }
-        for (name, flag) in [
-            ("isFd", is_fd),
-            ("brs", brs),
-            ("esi", esi),
-            ("isRemote", is_remote),
-            ("isError", is_error),
-        ] {
-            if flag {
-                mp_str(&mut out, name);
-                mp_bool(&mut out, true);
-            }
-        }
-        if let Some(raw) = raw_dlc {
-            mp_str(&mut out, "rawDlc");
-            mp_uint(&mut out, u64::from(raw));
-        }
-        out
-    }
-}
-
-/// A MessagePack unsigned integer in its shortest form.
-fn mp_uint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else if let Ok(v) = u8::try_from(v) {
-        out.extend_from_slice(&[0xcc, v]);
-    } else if let Ok(v) = u16::try_from(v) {
-        out.push(0xcd);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else if let Ok(v) = u32::try_from(v) {
-        out.push(0xce);
-        out.extend_from_slice(&v.to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-}
-
-/// A MessagePack string (fixstr, str8, str16 or str32 by length).
-fn mp_str(out: &mut Vec<u8>, s: &str) {
-    let n = s.len();
-    if n < 32 {
-        out.push(0xa0 | n as u8);
-    } else if let Ok(n) = u8::try_from(n) {
-        out.extend_from_slice(&[0xd9, n]);
-    } else if let Ok(n) = u16::try_from(n) {
-        out.push(0xda);
-        out.extend_from_slice(&n.to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// A MessagePack bin (bin8 or bin16: a CAN payload is at most 64 bytes).
-fn mp_bin(out: &mut Vec<u8>, b: &[u8]) {
-    if let Ok(n) = u8::try_from(b.len()) {
-        out.extend_from_slice(&[0xc4, n]);
-    } else {
-        out.push(0xc5);
-        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(b);
-}
-
-fn mp_bool(out: &mut Vec<u8>, v: bool) {
-    out.push(if v { 0xc3 } else { 0xc2 });
-}
-
 /// Sends one encoded message and flushes it.
 async fn write_ws(c: &mut Conn, bytes: Vec<u8>) -> anyhow::Result<()> {
     let ws = match c.encoding {
@@ -1287,11 +1140,7 @@ mod tests {
     use can_io::CanRecord;
     use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
 
-    use can_io::ErrorFrame;
-    use can_io::frame::{FdFlags, FdFrame, RemoteFrame};
-    use relay_core::protocol::{WireFrame, encode_stored_frame};
-
-    use super::{QueueRefused, StoredFrameEncoder, frame_queue};
+    use super::{QueueRefused, frame_queue};
 
     fn records(from: u32, n: u32) -> Vec<CanRecord> {
         (from..from + n)
@@ -1310,77 +1159,6 @@ mod tests {
 
     fn numbers(batches: &[Vec<CanRecord>]) -> Vec<u64> {
         batches.iter().flatten().map(|r| r.ts_ns).collect()
-    }
-
-    /// The stored form written by hand is the reference encoder's, byte for byte, for every
-    /// kind of frame, direction, channel and group id length (fixstr, str8), and for integers
-    /// at each MessagePack width.
-    #[test]
-    fn stored_frames_are_written_as_the_reference_encoder_writes_them() {
-        let std_id = CanId::standard(0x7ff).unwrap();
-        let ext_id = CanId::extended(0x1fff_fffe).unwrap();
-        let fd = |data: &[u8], brs, esi| {
-            CanFrame::Fd(FdFrame::new(ext_id, data, FdFlags { brs, esi }).unwrap())
-        };
-        let frames = [
-            CanFrame::Data(DataFrame::new(CanId::standard(0x12).unwrap(), &[]).unwrap()),
-            CanFrame::Data(DataFrame::new(std_id, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap()),
-            CanFrame::Data(
-                DataFrame::new(ext_id, &[0xff; 8])
-                    .unwrap()
-                    .with_raw_dlc(15)
-                    .unwrap(),
-            ),
-            CanFrame::Data(DataFrame::new(CanId::standard(0x80).unwrap(), &[9]).unwrap()),
-            CanFrame::Data(DataFrame::new(CanId::standard(0x100).unwrap(), &[9]).unwrap()),
-            CanFrame::Data(DataFrame::new(CanId::extended(0x1_0000).unwrap(), &[9]).unwrap()),
-            fd(&[7; 64], true, false),
-            fd(&[7; 12], false, true),
-            fd(&[], true, true),
-            CanFrame::Remote(RemoteFrame::new(std_id, 8).unwrap()),
-            CanFrame::Remote(RemoteFrame::new(ext_id, 0).unwrap()),
-            CanFrame::Error(ErrorFrame::new(0x0000_0004, &[0, 4, 0, 0, 0, 0, 0, 0]).unwrap()),
-        ];
-        let group31 = "g".repeat(31);
-        let group128 = "0123456789abcdef".repeat(8);
-        let groups = [
-            "7b0c9f1e-2a4d-4e8b-9c3f-5d6e7f8a9b0c",
-            "g",
-            &group31,
-            &group128,
-        ];
-        let stamps = [
-            0,
-            127,
-            128,
-            255,
-            256,
-            65_535,
-            65_536,
-            4_294_967_296,
-            u64::MAX,
-        ];
-        let channels = ["can0", "", "a-rather-long-channel-name-of-40-bytes!!"];
-        let directions = [Direction::Rx, Direction::Tx, Direction::Unknown];
-        let mut checked = 0;
-        for group in groups {
-            let encoder = StoredFrameEncoder::new(group);
-            for (i, frame) in frames.iter().enumerate() {
-                for (k, &ts) in stamps.iter().enumerate() {
-                    let record = CanRecord::new(
-                        ts,
-                        Arc::from(channels[(i + k) % channels.len()]),
-                        directions[(i + k) % directions.len()],
-                        *frame,
-                    );
-                    let want =
-                        encode_stored_frame(&WireFrame::from_record(group, &record)).unwrap();
-                    assert_eq!(encoder.encode(&record), want, "{group} {record:?}");
-                    checked += 1;
-                }
-            }
-        }
-        assert_eq!(checked, 4 * frames.len() * stamps.len());
     }
 
     #[tokio::test]
