@@ -12,6 +12,9 @@
 //!   encoded again, MessagePack sliced from the received message
 //!   ([`FrameBatch::to_items_from`], what the server does), and compact JSON (the format
 //!   before).
+//! * `produce` — what the dongle agent does with each frame it stores: the record's stored form
+//!   written straight from the record ([`protocol::StoredFrameEncoder`]) beside the reference
+//!   path (`WireFrame::from_record`, then [`protocol::encode_stored_frame`]).
 //!
 //! Run: `cargo bench -p relay-core --bench protocol` (the machine is shared: compare ratios).
 
@@ -109,6 +112,45 @@ fn codec(c: &mut Criterion) {
                 .frames
                 .iter()
                 .map(CanRelayFrame::encode)
+                .collect::<Vec<_>>()
+        })
+    });
+    group.finish();
+
+    let group_id = "0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a";
+    let records: Vec<can_io::CanRecord> = frames
+        .frames
+        .iter()
+        .map(|f| {
+            let frame = can_io::frame::CanFrame::Data(
+                can_io::frame::DataFrame::new(
+                    can_io::frame::CanId::standard(f.can_id).unwrap(),
+                    &f.data,
+                )
+                .unwrap(),
+            );
+            can_io::CanRecord::new(f.ts, "can0".into(), can_io::frame::Direction::Rx, frame)
+        })
+        .collect();
+    let mut group = c.benchmark_group("produce");
+    group.throughput(Throughput::Elements(FRAMES));
+    let encoder = protocol::StoredFrameEncoder::new(group_id);
+    group.bench_function("direct", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .map(|r| encoder.encode(r))
+                .collect::<Vec<_>>()
+        })
+    });
+    group.bench_function("via_wire_frame", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .map(|r| {
+                    protocol::encode_stored_frame(&protocol::WireFrame::from_record(group_id, r))
+                        .unwrap()
+                })
                 .collect::<Vec<_>>()
         })
     });
