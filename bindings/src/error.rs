@@ -56,6 +56,18 @@ create_exception!(
     TetherError,
     "A metering message that `tether agent` would refuse and dead-letter."
 );
+create_exception!(
+    tether,
+    IsoTpTransferError,
+    TetherError,
+    "An ISO-TP transfer that could not be started or was aborted (a timer ran out, the peer answered OVERFLOW, a frame out of sequence); the message names the reason."
+);
+create_exception!(
+    tether,
+    UdsProtocolError,
+    TetherError,
+    "A UDS request that failed: no answer in time, a failed transfer, or an answer that does not decode."
+);
 
 /// Adds the exception classes to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -68,6 +80,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("InvalidMessageError", py.get_type::<InvalidMessageError>())?;
+    m.add("IsoTpTransferError", py.get_type::<IsoTpTransferError>())?;
+    m.add("UdsProtocolError", py.get_type::<UdsProtocolError>())?;
     Ok(())
 }
 

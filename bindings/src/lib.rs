@@ -79,7 +79,6 @@ fn _tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
     m.add_class::<bus::CanLink>()?;
-    diag::register(m)?;
     m.add_class::<diag::IsoTpEndpoint>()?;
     m.add_class::<diag::IsoTpEventInfo>()?;
     m.add_class::<diag::UdsTester>()?;

@@ -2,9 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use can_io::wire::remp::{
-    DongleStats, RempEvent, RempReceiver as Receiver, RempSender as Sender, SeqVerdict,
-};
+use can_io::wire::remp::{RempEvent, RempReceiver as Receiver, RempSender as Sender, SeqVerdict};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -89,19 +87,6 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn stats_dict<'py>(py: Python<'py>, s: &DongleStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("datagrams", s.datagrams)?;
-    d.set_item("frames", s.frames)?;
-    d.set_item("lost", s.lost)?;
-    d.set_item("duplicate", s.duplicate)?;
-    d.set_item("reordered", s.reordered)?;
-    d.set_item("stale", s.stale)?;
-    d.set_item("restarts", s.restarts)?;
-    d.set_item("dongle_dropped", s.dongle_dropped)?;
-    Ok(d)
-}
-
 #[pymethods]
 impl RempReceiver {
     #[new]
@@ -175,7 +160,7 @@ impl RempReceiver {
     fn stats<'py>(&self, py: Python<'py>, serial: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.inner
             .stats(serial)
-            .map(|s| stats_dict(py, &s))
+            .map(|s| Ok(pythonize::pythonize(py, &s)?.cast_into()?))
             .transpose()
     }
 

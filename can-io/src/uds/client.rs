@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::service::suppresses_positive_response;
 use super::{NEGATIVE_RESPONSE, Nrc, POSITIVE_OFFSET, UdsError};
 use crate::frame::CanId;
@@ -61,7 +63,7 @@ pub enum UdsEvent {
 }
 
 /// Counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UdsStats {
     /// Requests started.
     pub requests: u64,
