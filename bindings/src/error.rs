@@ -69,22 +69,6 @@ create_exception!(
     "A UDS request that failed: no answer in time, a failed transfer, or an answer that does not decode."
 );
 
-/// Adds the exception classes to the module.
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("TetherError", py.get_type::<TetherError>())?;
-    m.add("InvalidFrameError", py.get_type::<InvalidFrameError>())?;
-    m.add("LogFormatError", py.get_type::<LogFormatError>())?;
-    m.add("MalformedError", py.get_type::<MalformedError>())?;
-    m.add("TruncatedError", py.get_type::<TruncatedError>())?;
-    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
-    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
-    m.add("InvalidMessageError", py.get_type::<InvalidMessageError>())?;
-    m.add("IsoTpTransferError", py.get_type::<IsoTpTransferError>())?;
-    m.add("UdsProtocolError", py.get_type::<UdsProtocolError>())?;
-    Ok(())
-}
-
 /// The exception for a can-io error.
 pub(crate) fn can(err: CanError) -> PyErr {
     let text = err.to_string();

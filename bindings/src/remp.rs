@@ -109,40 +109,35 @@ impl RempReceiver {
             .inner
             .handle_datagram(datagram, now_ns.unwrap_or_else(self::now_ns))
             .map_err(error::can)?;
+        let (kind, serial) = match &event {
+            RempEvent::Hello { serial, .. } => ("hello", serial),
+            RempEvent::Keepalive { serial } => ("keepalive", serial),
+            RempEvent::Frames { serial, .. } => ("frames", serial),
+            RempEvent::Dropped { serial, .. } => ("dropped", serial),
+        };
         let d = PyDict::new(py);
+        d.set_item("type", kind)?;
+        d.set_item("serial", serial)?;
         match event {
             RempEvent::Hello {
-                serial,
                 boot_id,
                 keepalive_ms,
                 restarted,
+                ..
             } => {
-                d.set_item("type", "hello")?;
-                d.set_item("serial", serial)?;
                 d.set_item("boot_id", boot_id)?;
                 d.set_item("keepalive_ms", keepalive_ms)?;
                 d.set_item("restarted", restarted)?;
             }
-            RempEvent::Keepalive { serial } => {
-                d.set_item("type", "keepalive")?;
-                d.set_item("serial", serial)?;
-            }
-            RempEvent::Frames { serial, records } => {
-                d.set_item("type", "frames")?;
-                d.set_item("serial", serial)?;
+            RempEvent::Keepalive { .. } => {}
+            RempEvent::Frames { records, .. } => {
                 let frames = records
                     .into_iter()
                     .map(|record| Py::new(py, Frame { record }))
                     .collect::<PyResult<Vec<_>>>()?;
                 d.set_item("frames", frames)?;
             }
-            RempEvent::Dropped {
-                serial,
-                seq,
-                verdict,
-            } => {
-                d.set_item("type", "dropped")?;
-                d.set_item("serial", serial)?;
+            RempEvent::Dropped { seq, verdict, .. } => {
                 d.set_item("seq", seq)?;
                 let verdict = match verdict {
                     SeqVerdict::Duplicate => "duplicate",
