@@ -13,38 +13,16 @@ use std::time::{Duration, Instant};
 
 use can_io::isotp::{
     Addressing, FrameFormat, FrameMachine, IsoTpConfig, IsoTpEndpoint as Endpoint, IsoTpError,
-    IsoTpEvent, IsoTpStats, Side, StMin, Timeouts,
+    IsoTpEvent, Side, StMin, Timeouts,
 };
 use can_io::uds::service::{decode_did_values, decode_dtc_report};
 use can_io::uds::{Answer, Nrc, Target, UdsError, UdsEvent, UdsTesterCore, UdsTiming};
 use can_io::{CanFrame, CanId, DataFrame, FdFlags, FdFrame};
-use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::error::{self, TetherError};
-
-create_exception!(
-    tether,
-    IsoTpTransferError,
-    TetherError,
-    "An ISO-TP transfer that could not be started or was aborted (a timer ran out, the peer answered OVERFLOW, a frame out of sequence); the message names the reason."
-);
-create_exception!(
-    tether,
-    UdsProtocolError,
-    TetherError,
-    "A UDS request that failed: no answer in time, a failed transfer, or an answer that does not decode."
-);
-
-/// Adds the exception classes to the module.
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("IsoTpTransferError", py.get_type::<IsoTpTransferError>())?;
-    m.add("UdsProtocolError", py.get_type::<UdsProtocolError>())?;
-    Ok(())
-}
+use crate::error::{self, IsoTpTransferError, UdsProtocolError};
 
 /// A frame to send: `(can_id, extended, fd, brs, data)`.
 type OutFrame<'py> = (u32, bool, bool, bool, Bound<'py, PyBytes>);
@@ -100,20 +78,6 @@ fn duration(name: &str, seconds: f64) -> PyResult<Duration> {
 
 fn isotp_error(e: IsoTpError) -> PyErr {
     IsoTpTransferError::new_err(e.to_string())
-}
-
-fn stats_dict<'py>(py: Python<'py>, s: IsoTpStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("frames_sent", s.frames_sent)?;
-    d.set_item("frames_received", s.frames_received)?;
-    d.set_item("frames_ignored", s.frames_ignored)?;
-    d.set_item("messages_sent", s.messages_sent)?;
-    d.set_item("messages_received", s.messages_received)?;
-    d.set_item("rx_aborted", s.rx_aborted)?;
-    d.set_item("tx_aborted", s.tx_aborted)?;
-    d.set_item("invalid_frames", s.invalid_frames)?;
-    d.set_item("unexpected_frames", s.unexpected_frames)?;
-    Ok(d)
 }
 
 /// The ISO-TP settings every constructor here takes.
@@ -348,7 +312,7 @@ impl IsoTpEndpoint {
     /// `messages_received`, `rx_aborted`, `tx_aborted`, `invalid_frames`,
     /// `unexpected_frames`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stats_dict(py, self.inner.stats())
+        Ok(pythonize::pythonize(py, &self.inner.stats())?.cast_into()?)
     }
 }
 
@@ -533,16 +497,7 @@ impl UdsTester {
     /// The client's counters: `requests`, `positive`, `negative`, `pending`, `timeouts`,
     /// `unmatched`, `failed_transfers`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.stats();
-        let d = PyDict::new(py);
-        d.set_item("requests", s.requests)?;
-        d.set_item("positive", s.positive)?;
-        d.set_item("negative", s.negative)?;
-        d.set_item("pending", s.pending)?;
-        d.set_item("timeouts", s.timeouts)?;
-        d.set_item("unmatched", s.unmatched)?;
-        d.set_item("failed_transfers", s.failed_transfers)?;
-        Ok(d)
+        Ok(pythonize::pythonize(py, &self.inner.stats())?.cast_into()?)
     }
 }
 

@@ -56,20 +56,18 @@ create_exception!(
     TetherError,
     "A metering message that `tether agent` would refuse and dead-letter."
 );
-
-/// Adds the exception classes to the module.
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("TetherError", py.get_type::<TetherError>())?;
-    m.add("InvalidFrameError", py.get_type::<InvalidFrameError>())?;
-    m.add("LogFormatError", py.get_type::<LogFormatError>())?;
-    m.add("MalformedError", py.get_type::<MalformedError>())?;
-    m.add("TruncatedError", py.get_type::<TruncatedError>())?;
-    m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
-    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
-    m.add("InvalidMessageError", py.get_type::<InvalidMessageError>())?;
-    Ok(())
-}
+create_exception!(
+    tether,
+    IsoTpTransferError,
+    TetherError,
+    "An ISO-TP transfer that could not be started or was aborted (a timer ran out, the peer answered OVERFLOW, a frame out of sequence); the message names the reason."
+);
+create_exception!(
+    tether,
+    UdsProtocolError,
+    TetherError,
+    "A UDS request that failed: no answer in time, a failed transfer, or an answer that does not decode."
+);
 
 /// The exception for a can-io error.
 pub(crate) fn can(err: CanError) -> PyErr {

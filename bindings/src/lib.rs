@@ -61,33 +61,32 @@ pub(crate) fn bytes_or_str<'a>(
 /// The native module `tether._tether`; the package `tether` (bindings/python/tether/)
 /// re-exports it.
 #[pymodule]
-fn _tether(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    error::register(m)?;
-    m.add_class::<frame::Frame>()?;
-    m.add_class::<logs::ParsedLog>()?;
-    m.add_function(wrap_pyfunction!(logs::parse_log, m)?)?;
-    m.add_function(wrap_pyfunction!(logs::format_log, m)?)?;
-    m.add_class::<table::FrameTable>()?;
-    m.add_class::<table::io::LogBatches>()?;
-    m.add_function(wrap_pyfunction!(table::io::read_log, m)?)?;
-    m.add_function(wrap_pyfunction!(table::io::iter_log, m)?)?;
-    m.add_function(wrap_pyfunction!(table::io::write_log, m)?)?;
-    m.add_class::<remp::RempSender>()?;
-    m.add_class::<remp::RempReceiver>()?;
-    m.add_function(wrap_pyfunction!(protocol::encode_message, m)?)?;
-    m.add_function(wrap_pyfunction!(protocol::decode_message, m)?)?;
-    m.add_function(wrap_pyfunction!(metering::validate_message, m)?)?;
-    m.add_class::<bus::CanLink>()?;
-    diag::register(m)?;
-    m.add_class::<diag::IsoTpEndpoint>()?;
-    m.add_class::<diag::IsoTpEventInfo>()?;
-    m.add_class::<diag::UdsTester>()?;
-    m.add_class::<diag::UdsEventInfo>()?;
-    m.add_function(wrap_pyfunction!(diag::nrc_name, m)?)?;
-    m.add_function(wrap_pyfunction!(diag::decode_dtc_response, m)?)?;
-    m.add_function(wrap_pyfunction!(diag::decode_did_response, m)?)?;
-    m.add_class::<sse::EventStreamParser>()?;
-    m.add_class::<sse::SseEvent>()?;
-    Ok(())
+mod _tether {
+    #[pymodule_export]
+    use crate::{
+        bus::CanLink,
+        diag::{
+            IsoTpEndpoint, IsoTpEventInfo, UdsEventInfo, UdsTester, decode_did_response,
+            decode_dtc_response, nrc_name,
+        },
+        error::{
+            InvalidFrameError, InvalidMessageError, IsoTpTransferError, LogFormatError,
+            MalformedError, ProtocolError, TetherError, TruncatedError, UdsProtocolError,
+            UnsupportedError,
+        },
+        frame::Frame,
+        logs::{ParsedLog, format_log, parse_log},
+        metering::validate_message,
+        protocol::{decode_message, encode_message},
+        remp::{RempReceiver, RempSender},
+        sse::{EventStreamParser, SseEvent},
+        table::FrameTable,
+        table::io::{LogBatches, iter_log, read_log, write_log},
+    };
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
 }

@@ -2,9 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use can_io::wire::remp::{
-    DongleStats, RempEvent, RempReceiver as Receiver, RempSender as Sender, SeqVerdict,
-};
+use can_io::wire::remp::{RempEvent, RempReceiver as Receiver, RempSender as Sender, SeqVerdict};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -89,19 +87,6 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn stats_dict<'py>(py: Python<'py>, s: &DongleStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("datagrams", s.datagrams)?;
-    d.set_item("frames", s.frames)?;
-    d.set_item("lost", s.lost)?;
-    d.set_item("duplicate", s.duplicate)?;
-    d.set_item("reordered", s.reordered)?;
-    d.set_item("stale", s.stale)?;
-    d.set_item("restarts", s.restarts)?;
-    d.set_item("dongle_dropped", s.dongle_dropped)?;
-    Ok(d)
-}
-
 #[pymethods]
 impl RempReceiver {
     #[new]
@@ -124,40 +109,35 @@ impl RempReceiver {
             .inner
             .handle_datagram(datagram, now_ns.unwrap_or_else(self::now_ns))
             .map_err(error::can)?;
+        let (kind, serial) = match &event {
+            RempEvent::Hello { serial, .. } => ("hello", serial),
+            RempEvent::Keepalive { serial } => ("keepalive", serial),
+            RempEvent::Frames { serial, .. } => ("frames", serial),
+            RempEvent::Dropped { serial, .. } => ("dropped", serial),
+        };
         let d = PyDict::new(py);
+        d.set_item("type", kind)?;
+        d.set_item("serial", serial)?;
         match event {
             RempEvent::Hello {
-                serial,
                 boot_id,
                 keepalive_ms,
                 restarted,
+                ..
             } => {
-                d.set_item("type", "hello")?;
-                d.set_item("serial", serial)?;
                 d.set_item("boot_id", boot_id)?;
                 d.set_item("keepalive_ms", keepalive_ms)?;
                 d.set_item("restarted", restarted)?;
             }
-            RempEvent::Keepalive { serial } => {
-                d.set_item("type", "keepalive")?;
-                d.set_item("serial", serial)?;
-            }
-            RempEvent::Frames { serial, records } => {
-                d.set_item("type", "frames")?;
-                d.set_item("serial", serial)?;
+            RempEvent::Keepalive { .. } => {}
+            RempEvent::Frames { records, .. } => {
                 let frames = records
                     .into_iter()
                     .map(|record| Py::new(py, Frame { record }))
                     .collect::<PyResult<Vec<_>>>()?;
                 d.set_item("frames", frames)?;
             }
-            RempEvent::Dropped {
-                serial,
-                seq,
-                verdict,
-            } => {
-                d.set_item("type", "dropped")?;
-                d.set_item("serial", serial)?;
+            RempEvent::Dropped { seq, verdict, .. } => {
                 d.set_item("seq", seq)?;
                 let verdict = match verdict {
                     SeqVerdict::Duplicate => "duplicate",
@@ -175,7 +155,7 @@ impl RempReceiver {
     fn stats<'py>(&self, py: Python<'py>, serial: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.inner
             .stats(serial)
-            .map(|s| stats_dict(py, &s))
+            .map(|s| Ok(pythonize::pythonize(py, &s)?.cast_into()?))
             .transpose()
     }
 

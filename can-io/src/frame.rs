@@ -27,39 +27,25 @@ pub struct CanId {
 impl CanId {
     /// An 11-bit standard identifier; refuses values above `0x7FF`.
     pub fn standard(raw: u32) -> Result<Self, Error> {
-        if raw > MAX_STANDARD_ID {
-            return Err(Error::IdOutOfRange {
-                id: raw,
-                extended: false,
-            });
-        }
-        Ok(Self {
-            raw,
-            extended: false,
-        })
+        Self::new(raw, false)
     }
 
     /// A 29-bit extended identifier; refuses values above `0x1FFF_FFFF`.
     pub fn extended(raw: u32) -> Result<Self, Error> {
-        if raw > MAX_EXTENDED_ID {
-            return Err(Error::IdOutOfRange {
-                id: raw,
-                extended: true,
-            });
-        }
-        Ok(Self {
-            raw,
-            extended: true,
-        })
+        Self::new(raw, true)
     }
 
     /// Either kind, chosen by `extended`.
     pub fn new(raw: u32, extended: bool) -> Result<Self, Error> {
-        if extended {
-            Self::extended(raw)
+        let max = if extended {
+            MAX_EXTENDED_ID
         } else {
-            Self::standard(raw)
+            MAX_STANDARD_ID
+        };
+        if raw > max {
+            return Err(Error::IdOutOfRange { id: raw, extended });
         }
+        Ok(Self { raw, extended })
     }
 
     /// The identifier value without flag bits.

@@ -17,6 +17,11 @@ fn classic(id: u32, data: &[u8]) -> CanFrame {
     CanFrame::Data(DataFrame::new(CanId::standard(id).unwrap(), data).unwrap())
 }
 
+/// The error event of a transfer aborted by `timer`.
+fn timed_out(timer: Timer) -> IsoTpEvent {
+    IsoTpEvent::Error(IsoTpError::Timeout { timer })
+}
+
 fn data_of(log: &[(Duration, Side, CanFrame)]) -> Vec<(Side, Vec<u8>)> {
     log.iter()
         .map(|(_, s, f)| (*s, f.data().to_vec()))
@@ -411,10 +416,7 @@ fn n_bs_expires_without_flow_control() {
     ep.handle_timeout(t0 + Duration::from_millis(999));
     assert!(events(&mut ep).is_empty());
     ep.handle_timeout(t0 + Duration::from_secs(1));
-    assert_eq!(
-        events(&mut ep),
-        vec![IsoTpEvent::Error(IsoTpError::Timeout { timer: Timer::NBs })]
-    );
+    assert_eq!(events(&mut ep), vec![timed_out(Timer::NBs)]);
     // The endpoint can send again.
     ep.send(&[1, 2], t0).unwrap();
     assert!(ep.poll_transmit(t0).is_some());
@@ -431,10 +433,7 @@ fn n_cr_expires_between_consecutive_frames() {
     ep.handle_frame(&classic(0x7E0, &[0x21, 6, 7, 8, 9, 10, 11, 12]), t1);
     assert_eq!(ep.poll_timeout(), Some(t1 + Duration::from_secs(1)));
     ep.handle_timeout(t1 + Duration::from_secs(1));
-    assert_eq!(
-        events(&mut ep)[1..],
-        [IsoTpEvent::Error(IsoTpError::Timeout { timer: Timer::NCr })]
-    );
+    assert_eq!(events(&mut ep)[1..], [timed_out(Timer::NCr)]);
     assert!(ep.is_idle());
 }
 
@@ -443,17 +442,11 @@ fn transmit_timeouts_abort_the_right_side() {
     let (mut ep, t0) = sender_after_first_frame(50);
     let ff = classic(0x7E0, &[0x10, 50, 0, 0, 0, 0, 0, 0]);
     ep.handle_transmit_timeout(&ff);
-    assert_eq!(
-        events(&mut ep),
-        vec![IsoTpEvent::Error(IsoTpError::Timeout { timer: Timer::NAs })]
-    );
+    assert_eq!(events(&mut ep), vec![timed_out(Timer::NAs)]);
     ep.handle_frame(&classic(0x7E8, &[0x10, 20, 0, 1, 2, 3, 4, 5]), t0);
     let fc = ep.poll_transmit(t0).unwrap();
     ep.handle_transmit_timeout(&fc);
-    assert_eq!(
-        events(&mut ep)[1..],
-        [IsoTpEvent::Error(IsoTpError::Timeout { timer: Timer::NAr })]
-    );
+    assert_eq!(events(&mut ep)[1..], [timed_out(Timer::NAr)]);
     assert!(ep.is_idle());
 }
 

@@ -44,61 +44,55 @@ const REMP_FRAMES: &str = "52454d500103000754442d3030303100000001000216345785d8a
 16345785d8a007d0004f18daf1100c00000102030405060708090a0b";
 const REMP_KEEPALIVE: &str = "52454d500102000754442d3030303100000002010203040506070800000003";
 
-/// `d` encodes to the hex `golden`, and `golden` decodes to `d`.
-fn assert_remp_golden(d: &RempDatagram, golden: &str) {
+/// Datagram `seq` of dongle `TD-0001` carrying `body` encodes to the hex `golden`, and
+/// `golden` decodes to it.
+fn assert_remp_golden(seq: u32, body: RempBody, golden: &str) {
+    let d = RempDatagram {
+        serial: "TD-0001".into(),
+        seq,
+        body,
+    };
     assert_eq!(d.to_bytes().unwrap(), hex(golden));
-    assert_eq!(&remp::decode(&hex(golden)).unwrap(), d);
+    assert_eq!(remp::decode(&hex(golden)).unwrap(), d);
 }
 
 #[test]
 fn remp_hello_golden() {
-    let d = RempDatagram {
-        serial: "TD-0001".into(),
-        seq: 0,
-        body: RempBody::Hello(Hello {
-            boot_id: 0x0102_0304_0506_0708,
-            keepalive_ms: 1000,
-            dropped: 0,
-            channels: vec!["can0".into()],
-        }),
-    };
-    assert_remp_golden(&d, REMP_HELLO);
+    let body = RempBody::Hello(Hello {
+        boot_id: 0x0102_0304_0506_0708,
+        keepalive_ms: 1000,
+        dropped: 0,
+        channels: vec!["can0".into()],
+    });
+    assert_remp_golden(0, body, REMP_HELLO);
 }
 
 #[test]
 fn remp_frames_golden() {
-    let d = RempDatagram {
-        serial: "TD-0001".into(),
-        seq: 1,
-        body: RempBody::Frames(vec![
-            RempFrame {
-                ts_ns: 1_600_000_000_000_001_000,
-                channel: 0,
-                direction: Direction::Rx,
-                frame: obd_request(),
-            },
-            RempFrame {
-                ts_ns: 1_600_000_000_000_002_000,
-                channel: 0,
-                direction: Direction::Tx,
-                frame: fd_frame(),
-            },
-        ]),
-    };
-    assert_remp_golden(&d, REMP_FRAMES);
+    let body = RempBody::Frames(vec![
+        RempFrame {
+            ts_ns: 1_600_000_000_000_001_000,
+            channel: 0,
+            direction: Direction::Rx,
+            frame: obd_request(),
+        },
+        RempFrame {
+            ts_ns: 1_600_000_000_000_002_000,
+            channel: 0,
+            direction: Direction::Tx,
+            frame: fd_frame(),
+        },
+    ]);
+    assert_remp_golden(1, body, REMP_FRAMES);
 }
 
 #[test]
 fn remp_keepalive_golden() {
-    let d = RempDatagram {
-        serial: "TD-0001".into(),
-        seq: 2,
-        body: RempBody::Keepalive(Keepalive {
-            boot_id: 0x0102_0304_0506_0708,
-            dropped: 3,
-        }),
-    };
-    assert_remp_golden(&d, REMP_KEEPALIVE);
+    let body = RempBody::Keepalive(Keepalive {
+        boot_id: 0x0102_0304_0506_0708,
+        dropped: 3,
+    });
+    assert_remp_golden(2, body, REMP_KEEPALIVE);
 }
 
 #[test]

@@ -438,28 +438,23 @@ mod tests {
 
     #[test]
     fn detects_formats_from_the_first_line() {
-        assert_eq!(
-            LogFormat::detect(b"\n(1.000000) can0 123#00\n"),
-            Some(LogFormat::Candump)
-        );
-        assert_eq!(
-            LogFormat::detect(b"DROPCOUNT: dropped 1 CAN frame"),
-            Some(LogFormat::Candump)
-        );
-        assert_eq!(
-            LogFormat::detect(b"date Sam Sep 30 15:06:13.191 2017\n"),
-            Some(LogFormat::Asc)
-        );
-        assert_eq!(
-            LogFormat::detect(b"  Begin TriggerBlock\n"),
-            Some(LogFormat::Asc)
-        );
-        assert_eq!(
-            LogFormat::detect(b"{\"ts_ns\": 1}\n"),
-            Some(LogFormat::Jsonl)
-        );
-        assert_eq!(LogFormat::detect(b"timestamp,id,data\n"), None);
-        assert_eq!(LogFormat::detect(b""), None);
+        let cases: [(&[u8], Option<LogFormat>); 7] = [
+            (b"\n(1.000000) can0 123#00\n", Some(LogFormat::Candump)),
+            (b"DROPCOUNT: dropped 1 CAN frame", Some(LogFormat::Candump)),
+            (b"date Sam Sep 30 15:06:13.191 2017\n", Some(LogFormat::Asc)),
+            (b"  Begin TriggerBlock\n", Some(LogFormat::Asc)),
+            (b"{\"ts_ns\": 1}\n", Some(LogFormat::Jsonl)),
+            (b"timestamp,id,data\n", None),
+            (b"", None),
+        ];
+        for (first, format) in cases {
+            assert_eq!(
+                LogFormat::detect(first),
+                format,
+                "{:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,8 @@ mod rx;
 use std::fmt;
 use std::time::Instant;
 
+use serde::Serialize;
+
 use crate::frame::CanFrame;
 
 pub use channel::IsoTpChannel;
@@ -252,7 +254,7 @@ pub enum IsoTpEvent {
 
 /// Counters an endpoint or monitor keeps. Every error event increments exactly one of
 /// `rx_aborted`, `tx_aborted`, `invalid_frames`, `unexpected_frames`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct IsoTpStats {
     /// CAN frames handed out by `poll_transmit`.
     pub frames_sent: u64,

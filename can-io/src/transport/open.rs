@@ -173,6 +173,21 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, Error> {
         })
 }
 
+/// Where a UDP bus to `addr` binds and whom it sends to: listening, `addr` itself and whoever
+/// sent last; otherwise `options.local` (or an ephemeral port) and `addr`.
+async fn udp_ends(
+    addr: &str,
+    options: &OpenOptions,
+) -> Result<(SocketAddr, Option<SocketAddr>), Error> {
+    let addr = resolve(addr).await?;
+    Ok(if options.listen {
+        (addr, None)
+    } else {
+        let local = options.local.unwrap_or_else(|| unspecified_like(addr));
+        (local, Some(addr))
+    })
+}
+
 fn unspecified_like(addr: SocketAddr) -> SocketAddr {
     if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -202,26 +217,16 @@ impl AnyBus {
     pub async fn open(address: &BusAddress, options: &OpenOptions) -> Result<Self, Error> {
         Ok(match address {
             BusAddress::Remp(addr) => {
-                let addr = resolve(addr).await?;
-                let bus = if options.listen {
-                    RempUdp::bind(addr, None, &options.serial).await?
-                } else {
-                    let local = options.local.unwrap_or_else(|| unspecified_like(addr));
-                    let mut bus = RempUdp::bind(local, Some(addr), &options.serial).await?;
+                let (local, peer) = udp_ends(addr, options).await?;
+                let mut bus = RempUdp::bind(local, peer, &options.serial).await?;
+                if peer.is_some() {
                     bus.hello().await?;
-                    bus
-                };
+                }
                 AnyBus::Remp(bus)
             }
             BusAddress::Cannelloni(addr) => {
-                let addr = resolve(addr).await?;
-                let bus = if options.listen {
-                    CannelloniUdp::bind(addr, None, &options.channel).await?
-                } else {
-                    let local = options.local.unwrap_or_else(|| unspecified_like(addr));
-                    CannelloniUdp::bind(local, Some(addr), &options.channel).await?
-                };
-                AnyBus::Cannelloni(bus)
+                let (local, peer) = udp_ends(addr, options).await?;
+                AnyBus::Cannelloni(CannelloniUdp::bind(local, peer, &options.channel).await?)
             }
             BusAddress::Socketcand { addr, bus } => {
                 AnyBus::Socketcand(SocketcandClient::connect(resolve(addr).await?, bus).await?)
@@ -273,49 +278,35 @@ impl AnyBus {
     }
 }
 
+/// `$body` with `$b` bound to whichever backend `$bus` holds.
+macro_rules! each_backend {
+    ($bus:expr, $b:ident => $body:expr) => {
+        match $bus {
+            AnyBus::Remp($b) => $body,
+            AnyBus::Cannelloni($b) => $body,
+            AnyBus::Socketcand($b) => $body,
+            AnyBus::Multicast($b) => $body,
+            #[cfg(all(target_os = "linux", feature = "socketcan"))]
+            AnyBus::SocketCan($b) => $body,
+        }
+    };
+}
+
 impl CanBus for AnyBus {
     async fn send(&mut self, record: &CanRecord) -> Result<(), Error> {
-        match self {
-            AnyBus::Remp(b) => b.send(record).await,
-            AnyBus::Cannelloni(b) => b.send(record).await,
-            AnyBus::Socketcand(b) => b.send(record).await,
-            AnyBus::Multicast(b) => b.send(record).await,
-            #[cfg(all(target_os = "linux", feature = "socketcan"))]
-            AnyBus::SocketCan(b) => b.send(record).await,
-        }
+        each_backend!(self, b => b.send(record).await)
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
-        match self {
-            AnyBus::Remp(b) => b.flush().await,
-            AnyBus::Cannelloni(b) => b.flush().await,
-            AnyBus::Socketcand(b) => b.flush().await,
-            AnyBus::Multicast(b) => b.flush().await,
-            #[cfg(all(target_os = "linux", feature = "socketcan"))]
-            AnyBus::SocketCan(b) => b.flush().await,
-        }
+        each_backend!(self, b => b.flush().await)
     }
 
     async fn recv(&mut self) -> Result<Option<CanRecord>, Error> {
-        match self {
-            AnyBus::Remp(b) => b.recv().await,
-            AnyBus::Cannelloni(b) => b.recv().await,
-            AnyBus::Socketcand(b) => b.recv().await,
-            AnyBus::Multicast(b) => b.recv().await,
-            #[cfg(all(target_os = "linux", feature = "socketcan"))]
-            AnyBus::SocketCan(b) => b.recv().await,
-        }
+        each_backend!(self, b => b.recv().await)
     }
 
     fn stats(&self) -> BusStats {
-        match self {
-            AnyBus::Remp(b) => b.stats(),
-            AnyBus::Cannelloni(b) => b.stats(),
-            AnyBus::Socketcand(b) => b.stats(),
-            AnyBus::Multicast(b) => b.stats(),
-            #[cfg(all(target_os = "linux", feature = "socketcan"))]
-            AnyBus::SocketCan(b) => b.stats(),
-        }
+        each_backend!(self, b => b.stats())
     }
 }
 

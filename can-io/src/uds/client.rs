@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::service::suppresses_positive_response;
 use super::{NEGATIVE_RESPONSE, Nrc, POSITIVE_OFFSET, UdsError};
 use crate::frame::CanId;
@@ -61,7 +63,7 @@ pub enum UdsEvent {
 }
 
 /// Counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UdsStats {
     /// Requests started.
     pub requests: u64,
@@ -374,6 +376,16 @@ mod tests {
         std::iter::from_fn(|| c.poll_event()).collect()
     }
 
+    /// A client with the default timing that sent the physical `request` at the returned
+    /// instant.
+    fn physical(request: &[u8]) -> (UdsClient, Instant) {
+        let t0 = Instant::now();
+        let mut c = UdsClient::new(UdsTiming::default());
+        c.begin(request, &[], false).unwrap();
+        c.request_sent(t0);
+        (c, t0)
+    }
+
     #[test]
     fn physical_positive_answer() {
         let t0 = Instant::now();
@@ -436,10 +448,7 @@ mod tests {
 
     #[test]
     fn negative_answer_and_plain_timeout() {
-        let t0 = Instant::now();
-        let mut c = UdsClient::new(UdsTiming::default());
-        c.begin(&[0x22, 0x12, 0x34], &[], false).unwrap();
-        c.request_sent(t0);
+        let (mut c, t0) = physical(&[0x22, 0x12, 0x34]);
         c.handle_response(id(0x7E8), &[0x7F, 0x22, 0x31], t0);
         assert_eq!(
             events(&mut c)[0],
@@ -488,19 +497,13 @@ mod tests {
 
     #[test]
     fn suppressed_positive_finishes_when_sent() {
-        let t0 = Instant::now();
-        let mut c = UdsClient::new(UdsTiming::default());
-        c.begin(&[0x3E, 0x80], &[], false).unwrap();
-        c.request_sent(t0);
+        let (mut c, _) = physical(&[0x3E, 0x80]);
         assert_eq!(events(&mut c), vec![UdsEvent::Finished(Ok(()))]);
     }
 
     #[test]
     fn failed_transfer_fails_a_physical_request() {
-        let t0 = Instant::now();
-        let mut c = UdsClient::new(UdsTiming::default());
-        c.begin(&[0x19, 0x02, 0xFF], &[], false).unwrap();
-        c.request_sent(t0);
+        let (mut c, t0) = physical(&[0x19, 0x02, 0xFF]);
         c.handle_response_started(id(0x7E8), t0);
         c.handle_response_failed(
             id(0x7E8),

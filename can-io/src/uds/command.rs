@@ -725,66 +725,59 @@ mod tests {
 
     #[test]
     fn bad_params_name_the_field() {
-        let bad = |name, params| field(parse(name, params).unwrap_err());
-        assert_eq!(
-            bad("ReadDTC", json!({"status_mask": 256})),
-            "command_params.status_mask"
-        );
-        assert_eq!(
-            bad("ReadDTC", json!({"status_mask": "ff"})),
-            "command_params.status_mask"
-        );
-        assert_eq!(
-            bad("ReadDTC", json!({"statusMask": 1})),
-            "command_params.statusMask"
-        );
-        assert_eq!(
-            bad("ClearDTC", json!({"group": 0x1000000})),
-            "command_params.group"
-        );
-        assert_eq!(bad("ReadDataByID", json!({})), "command_params.did");
-        assert_eq!(
-            bad("ReadDataByID", json!({"did": [1, "x"]})),
-            "command_params.did[1]"
-        );
-        assert_eq!(
-            bad("ReadDataByID", json!({"did": []})),
-            "command_params.did"
-        );
-        assert_eq!(
-            bad("ReadDataByID", json!({"did": 70000})),
-            "command_params.did"
-        );
-        assert_eq!(
-            bad("DiagnosticSessionControl", json!({})),
-            "command_params.session"
-        );
-        assert_eq!(
-            bad("DiagnosticSessionControl", json!({"session": "fast"})),
-            "command_params.session"
-        );
-        assert_eq!(
-            bad("ECUReset", json!({"reset_type": 0})),
-            "command_params.reset_type"
-        );
-        assert_eq!(bad("UdsRequest", json!({"hex": "2"})), "command_params.hex");
-        assert_eq!(bad("UdsRequest", json!({"hex": ""})), "command_params.hex");
-        assert_eq!(bad("UdsRequest", json!({"hex": 34})), "command_params.hex");
-        assert_eq!(bad("ReadDTC", json!({"ttl_s": 0})), "command_params.ttl_s");
-        assert_eq!(
-            bad("ReadDTC", json!({"ttl_s": "60"})),
-            "command_params.ttl_s"
-        );
-        assert_eq!(bad("ReadDTC", json!({"ecu": 5})), "command_params.ecu");
-        assert_eq!(
-            bad("ReadDTC", json!({"ecu": "engine", "ecuAddress": 2016})),
-            "command_params.ecuAddress"
-        );
-        assert_eq!(
-            bad("ReadDTC", json!({"ecuAddress": "0x7FA"})),
-            "command_params.ecuAddress"
-        );
-        assert_eq!(bad("ReadDTC", json!([1])), "command_params");
+        let cases = [
+            (
+                "ReadDTC",
+                vec![
+                    (json!({"status_mask": 256}), "status_mask"),
+                    (json!({"status_mask": "ff"}), "status_mask"),
+                    (json!({"statusMask": 1}), "statusMask"),
+                    (json!({"ttl_s": 0}), "ttl_s"),
+                    (json!({"ttl_s": "60"}), "ttl_s"),
+                    (json!({"ecu": 5}), "ecu"),
+                    (json!({"ecu": "engine", "ecuAddress": 2016}), "ecuAddress"),
+                    (json!({"ecuAddress": "0x7FA"}), "ecuAddress"),
+                ],
+            ),
+            ("ClearDTC", vec![(json!({"group": 0x1000000}), "group")]),
+            (
+                "ReadDataByID",
+                vec![
+                    (json!({}), "did"),
+                    (json!({"did": [1, "x"]}), "did[1]"),
+                    (json!({"did": []}), "did"),
+                    (json!({"did": 70000}), "did"),
+                ],
+            ),
+            (
+                "DiagnosticSessionControl",
+                vec![
+                    (json!({}), "session"),
+                    (json!({"session": "fast"}), "session"),
+                ],
+            ),
+            ("ECUReset", vec![(json!({"reset_type": 0}), "reset_type")]),
+            (
+                "UdsRequest",
+                vec![
+                    (json!({"hex": "2"}), "hex"),
+                    (json!({"hex": ""}), "hex"),
+                    (json!({"hex": 34}), "hex"),
+                ],
+            ),
+        ];
+        for (name, params) in cases {
+            for (params, want) in params {
+                let err = DiagCommand::parse(name, &params).unwrap_err();
+                assert_eq!(
+                    field(err),
+                    format!("command_params.{want}"),
+                    "{name} {params}"
+                );
+            }
+        }
+        let not_an_object = DiagCommand::parse("ReadDTC", &json!([1])).unwrap_err();
+        assert_eq!(field(not_an_object), "command_params");
     }
 
     #[test]

@@ -501,6 +501,16 @@ ecus:
             }
         }
 
+        /// `run` for the ECUs of `vehicle()`, which must succeed.
+        async fn ok(&self, name: &str, params: Value) -> Vec<(Value, bool)> {
+            self.run(name, params, &vehicle()).await.unwrap()
+        }
+
+        /// `run` for the ECUs of `vehicle()`, which must fail.
+        async fn err(&self, name: &str, params: Value) -> ExecError {
+            self.run(name, params, &vehicle()).await.unwrap_err()
+        }
+
         async fn run(
             &self,
             name: &str,
@@ -534,10 +544,7 @@ ecus:
     #[tokio::test(start_paused = true)]
     async fn read_dtc_physical_has_the_contract_shape() {
         let rig = Rig::start(PROFILE);
-        let got = rig
-            .run("ReadDTC", json!({"ecu": "engine"}), &vehicle())
-            .await
-            .unwrap();
+        let got = rig.ok("ReadDTC", json!({"ecu": "engine"})).await;
         assert_eq!(
             got,
             [(
@@ -574,7 +581,7 @@ ecus:
     async fn functional_read_dtc_streams_each_ecu_last_final() {
         let rig = Rig::start(PROFILE);
         // The abs ECU answers response-pending for 1.5 s: longer than P2, inside P2*.
-        let got = rig.run("ReadDTC", json!({}), &vehicle()).await.unwrap();
+        let got = rig.ok("ReadDTC", json!({})).await;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0["ecu"], "engine");
         assert!(!got[0].1);
@@ -594,18 +601,12 @@ ecus:
     #[tokio::test(start_paused = true)]
     async fn clear_dtc_and_read_again() {
         let rig = Rig::start(PROFILE);
-        let got = rig
-            .run("ClearDTC", json!({"ecu": "engine"}), &vehicle())
-            .await
-            .unwrap();
+        let got = rig.ok("ClearDTC", json!({"ecu": "engine"})).await;
         assert_eq!(
             got[0].0,
             json!({"ecu": "engine", "cleared": true, "group": 16777215})
         );
-        let got = rig
-            .run("ReadDTC", json!({"ecu": "engine"}), &vehicle())
-            .await
-            .unwrap();
+        let got = rig.ok("ReadDTC", json!({"ecu": "engine"})).await;
         assert_eq!(got[0].0, json!({"ecu": "engine", "dtcs": []}));
     }
 
@@ -613,26 +614,19 @@ ecus:
     async fn read_data_by_id_single_and_list() {
         let rig = Rig::start(PROFILE);
         let got = rig
-            .run(
-                "ReadDataByID",
-                json!({"ecu": "engine", "did": "0xF190"}),
-                &vehicle(),
-            )
-            .await
-            .unwrap();
+            .ok("ReadDataByID", json!({"ecu": "engine", "did": "0xF190"}))
+            .await;
         assert_eq!(
             got[0].0,
             json!({"ecu": "engine", "did": 61840, "didHex": "F190",
                    "hex": hex::encode_upper("1HGCM82633A004352"), "ascii": "1HGCM82633A004352"})
         );
         let got = rig
-            .run(
+            .ok(
                 "ReadDataByID",
                 json!({"ecu": "engine", "did": [0xF40D, 0xF190, 0x1234]}),
-                &vehicle(),
             )
-            .await
-            .unwrap();
+            .await;
         assert_eq!(
             got[0].0,
             json!({"ecu": "engine", "values": [
@@ -644,19 +638,14 @@ ecus:
         );
         // Every DID refused: the command fails with the NRC.
         let err = rig
-            .run(
+            .err(
                 "ReadDataByID",
                 json!({"ecu": "engine", "did": [0x1234, 0x5678]}),
-                &vehicle(),
             )
-            .await
-            .unwrap_err();
+            .await;
         assert_eq!(err.reason(), "requestOutOfRange");
         // Functionally, a list: one response per ECU with its values.
-        let got = rig
-            .run("ReadDataByID", json!({"did": [0xF190]}), &vehicle())
-            .await
-            .unwrap();
+        let got = rig.ok("ReadDataByID", json!({"did": [0xF190]})).await;
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].0["values"][0]["ascii"], "ABS-UNIT-0001");
     }
@@ -664,75 +653,52 @@ ecus:
     #[tokio::test(start_paused = true)]
     async fn session_reset_tester_present_and_raw() {
         let rig = Rig::start(PROFILE);
-        let v = vehicle();
         let one = |got: Vec<(Value, bool)>| got[0].0["hex"].as_str().unwrap().to_owned();
         let session = rig
-            .run(
+            .ok(
                 "DiagnosticSessionControl",
                 json!({"ecu": "engine", "session": "extended"}),
-                &v,
             )
-            .await
-            .unwrap();
+            .await;
         assert!(one(session).starts_with("5003"));
-        let reset = rig
-            .run("ECUReset", json!({"ecu": "engine"}), &v)
-            .await
-            .unwrap();
+        let reset = rig.ok("ECUReset", json!({"ecu": "engine"})).await;
         assert!(one(reset).starts_with("5101"));
-        let tp = rig
-            .run("TesterPresent", json!({"ecu": "engine"}), &v)
-            .await
-            .unwrap();
+        let tp = rig.ok("TesterPresent", json!({"ecu": "engine"})).await;
         assert_eq!(one(tp), "7E00");
         let raw = rig
-            .run("UdsRequest", json!({"ecu": "engine", "hex": "22F40D"}), &v)
-            .await
-            .unwrap();
+            .ok("UdsRequest", json!({"ecu": "engine", "hex": "22F40D"}))
+            .await;
         assert_eq!(one(raw), "62F40D3C");
         // A raw request the ECU does not support: the NRC's name.
         let err = rig
-            .run("UdsRequest", json!({"ecu": "engine", "hex": "2701"}), &v)
-            .await
-            .unwrap_err();
+            .err("UdsRequest", json!({"ecu": "engine", "hex": "2701"}))
+            .await;
         assert_eq!(err.reason(), "serviceNotSupported");
     }
 
     #[tokio::test(start_paused = true)]
     async fn nrc_timeout_and_unknown_ecu() {
         let rig = Rig::start(PROFILE);
-        let v = vehicle();
         let err = rig
-            .run("ReadDataByID", json!({"ecu": "engine", "did": 0x1234}), &v)
-            .await
-            .unwrap_err();
+            .err("ReadDataByID", json!({"ecu": "engine", "did": 0x1234}))
+            .await;
         assert_eq!(err, ExecError::Negative(Nrc::REQUEST_OUT_OF_RANGE));
         assert_eq!(err.reason(), "requestOutOfRange");
         // Nobody on 0x7E5.
-        let err = rig
-            .run("ReadDTC", json!({"ecuAddress": 0x7E5}), &v)
-            .await
-            .unwrap_err();
+        let err = rig.err("ReadDTC", json!({"ecuAddress": 0x7E5})).await;
         assert_eq!(err.reason(), "timeout");
-        let err = rig
-            .run("ReadDTC", json!({"ecu": "gearbox"}), &v)
-            .await
-            .unwrap_err();
+        let err = rig.err("ReadDTC", json!({"ecu": "gearbox"})).await;
         assert_eq!(
             err.reason(),
             "unknown_ecu: gearbox (the vehicle has: engine, abs)"
         );
         // Functionally, an unknown DID is suppressed by every ECU: no answer at all.
-        let err = rig
-            .run("ReadDataByID", json!({"did": 0x1234}), &v)
-            .await
-            .unwrap_err();
+        let err = rig.err("ReadDataByID", json!({"did": 0x1234})).await;
         assert_eq!(err, ExecError::Timeout);
         // A functional request too long for one frame goes to each listed ECU in turn…
         let got = rig
-            .run("UdsRequest", json!({"hex": "22F190F40DF190F40D"}), &v)
-            .await
-            .unwrap();
+            .ok("UdsRequest", json!({"hex": "22F190F40DF190F40D"}))
+            .await;
         let names: Vec<&str> = got
             .iter()
             .map(|(r, _)| r["ecu"].as_str().unwrap())

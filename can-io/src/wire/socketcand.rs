@@ -105,19 +105,20 @@ impl Tokenizer {
 
 /// Split a captured client → server byte stream into messages (one result per element).
 pub fn parse_client_stream(bytes: &[u8]) -> Vec<Result<ClientMessage, Error>> {
-    let mut t = Tokenizer::new();
-    t.push(bytes);
-    std::iter::from_fn(|| t.next_element())
-        .map(|el| el.and_then(|e| parse_client(&e)))
-        .collect()
+    parse_stream(bytes, parse_client)
 }
 
 /// Split a captured server → client byte stream into messages (one result per element).
 pub fn parse_server_stream(bytes: &[u8]) -> Vec<Result<ServerMessage, Error>> {
+    parse_stream(bytes, parse_server)
+}
+
+/// Split a captured byte stream into elements and parse each with `parse`.
+fn parse_stream<T>(bytes: &[u8], parse: fn(&str) -> Result<T, Error>) -> Vec<Result<T, Error>> {
     let mut t = Tokenizer::new();
     t.push(bytes);
     std::iter::from_fn(|| t.next_element())
-        .map(|el| el.and_then(|e| parse_server(&e)))
+        .map(|el| el.and_then(|e| parse(&e)))
         .collect()
 }
 

@@ -46,26 +46,32 @@ impl<A: FrameMachine, B: FrameMachine> Pair<A, B> {
 
     /// Move every frame due now across the link; returns how many moved.
     pub fn exchange(&mut self) -> usize {
+        let Pair {
+            a,
+            b,
+            t0,
+            now,
+            log,
+            latency,
+        } = self;
+        // Every frame `from` has due now, to `to`.
+        let mut cross = |from: &mut dyn FrameMachine, to: &mut dyn FrameMachine, side| {
+            let mut moved = 0;
+            while let Some(f) = from.poll_transmit(*now) {
+                log.push((*now - *t0, side, f));
+                *now += *latency;
+                to.handle_frame(&f, *now);
+                moved += 1;
+            }
+            moved
+        };
         let mut moved = 0;
         loop {
-            let mut any = false;
-            while let Some(f) = self.a.poll_transmit(self.now) {
-                self.log.push((self.now - self.t0, Side::A, f));
-                self.now += self.latency;
-                self.b.handle_frame(&f, self.now);
-                any = true;
-                moved += 1;
-            }
-            while let Some(f) = self.b.poll_transmit(self.now) {
-                self.log.push((self.now - self.t0, Side::B, f));
-                self.now += self.latency;
-                self.a.handle_frame(&f, self.now);
-                any = true;
-                moved += 1;
-            }
-            if !any {
+            let round = cross(a, b, Side::A) + cross(b, a, Side::B);
+            if round == 0 {
                 return moved;
             }
+            moved += round;
         }
     }
 

@@ -1,6 +1,7 @@
 //! [`EcuResponder`]: one simulated ECU's answers, on whole UDS messages.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use automotive_diag::uds::UdsCommand;
@@ -246,41 +247,37 @@ impl EcuResponder {
                 }
             }
             Some(UdsCommand::DiagnosticSessionControl) => {
-                let [sub] = args else {
-                    return Err(Nrc::INCORRECT_LENGTH);
-                };
-                let session = sub & !SUPPRESS_POSITIVE;
-                if !(1..=3).contains(&session) {
-                    return Err(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
-                }
+                let session = sub_function(args, 1..=3)?;
                 self.session = session;
                 // P2server_max 50 ms, P2*server_max 5000 ms (in units of 10 ms).
                 positive.extend_from_slice(&[session, 0x00, 0x32, 0x01, 0xF4]);
             }
             Some(UdsCommand::ECUReset) => {
-                let [sub] = args else {
-                    return Err(Nrc::INCORRECT_LENGTH);
-                };
-                let reset_type = sub & !SUPPRESS_POSITIVE;
-                if !(1..=3).contains(&reset_type) {
-                    return Err(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
-                }
+                let reset_type = sub_function(args, 1..=3)?;
                 self.session = 1;
                 positive.push(reset_type);
             }
             Some(UdsCommand::TesterPresent) => {
-                let [sub] = args else {
-                    return Err(Nrc::INCORRECT_LENGTH);
-                };
-                if sub & !SUPPRESS_POSITIVE != 0 {
-                    return Err(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
-                }
+                sub_function(args, 0..=0)?;
                 positive.push(0);
             }
             _ => return Err(Nrc::SERVICE_NOT_SUPPORTED),
         }
         Ok(positive)
     }
+}
+
+/// The sub-function of a request whose only argument is one, without the suppress bit;
+/// refused unless it is in `supported`.
+fn sub_function(args: &[u8], supported: RangeInclusive<u8>) -> Result<u8, Nrc> {
+    let [sub] = args else {
+        return Err(Nrc::INCORRECT_LENGTH);
+    };
+    let sub = sub & !SUPPRESS_POSITIVE;
+    if !supported.contains(&sub) {
+        return Err(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
+    }
+    Ok(sub)
 }
 
 fn negative(sid: u8, nrc: Nrc) -> Vec<u8> {

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+
 use super::{RempBody, RempKey, decode, is_authenticated};
 use crate::error::Error;
 use crate::frame::{CanRecord, Channel};
@@ -78,7 +80,7 @@ impl SeqWindow {
 }
 
 /// Counters for one dongle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DongleStats {
     /// Datagrams accepted.
     pub datagrams: u64,
