@@ -39,10 +39,11 @@ pub struct GroupDirectionLabels {
     pub direction: &'static str,
 }
 
-/// Labels of trim counters.
+/// Labels of counters by reason: the retention rule of trims, why console events were dropped,
+/// why diagnostics-channel messages were ignored (each family's docs list its reasons).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TrimLabels {
-    /// Retention rule: `age` or `length`.
+pub struct ReasonLabels {
+    /// Reason.
     pub reason: &'static str,
 }
 
@@ -72,11 +73,11 @@ pub struct RelayMetrics {
     pub frames_relayed: Counter,
     /// Frames refused without being stored (inactive group, out of order, bad message), by code.
     pub frames_refused: Family<CodeLabels, Counter>,
-    /// Frames removed by retention, by rule.
-    pub frames_trimmed: Family<TrimLabels, Counter>,
+    /// Frames removed by retention, by rule (`age` or `length`).
+    pub frames_trimmed: Family<ReasonLabels, Counter>,
     /// Frames removed by retention before their consumer acknowledged them (reported to it as
-    /// a gap, to the group console as buffer pressure), by rule.
-    pub frames_trimmed_undelivered: Family<TrimLabels, Counter>,
+    /// a gap, to the group console as buffer pressure), by rule (`age` or `length`).
+    pub frames_trimmed_undelivered: Family<ReasonLabels, Counter>,
     /// Frames waiting for an offline or replaying consumer, per group and direction.
     pub backlog: Family<GroupDirectionLabels, Gauge>,
     /// Data-plane WebSocket connections past the handshake.
@@ -151,14 +152,6 @@ pub struct EventTypeLabels {
     pub event_type: &'static str,
 }
 
-/// Labels of dropped console events: why they were dropped (`queue_full`, `closed`,
-/// `backend_error`).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    /// Reason.
-    pub reason: &'static str,
-}
-
 fn duration_histogram() -> Histogram {
     // 0.5 ms … ~1 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 12))
@@ -182,8 +175,9 @@ pub struct ServerMetrics {
     pub sse_subscribers: Gauge,
     /// Console events written to the hub, by event type.
     pub console_events_published: Family<EventTypeLabels, Counter>,
-    /// Console events lost before reaching the hub, by reason.
-    pub console_events_dropped: Family<DropLabels, Counter>,
+    /// Console events lost before reaching the hub, by reason (`queue_full`, `closed`,
+    /// `backend_error`).
+    pub console_events_dropped: Family<ReasonLabels, Counter>,
     /// `can_frame` events left out of console streams by sampling (not an error: the relay
     /// still carries every frame).
     pub console_can_frames_sampled_out: Counter,

@@ -447,14 +447,7 @@ impl DiagChannel for AgentHub {
 }
 
 fn error_text(code: ErrorCode, message: &str) -> String {
-    let mut message = message.to_owned();
-    if message.len() > 1024 {
-        let mut end = 1024;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
+    let message = crate::dataplane::clip(message.to_owned());
     encode_diag(&DiagMessage::Error(ErrorMessage { code, message })).unwrap_or_default()
 }
 

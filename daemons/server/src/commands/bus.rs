@@ -108,6 +108,16 @@ impl ResponseBus {
         }
     }
 
+    /// Publishes that a command failed with `error` ([`BusEvent::Failed`]), as
+    /// [`ResponseBus::publish`] does.
+    pub async fn publish_failed(&self, command_id: Uuid, error: &str) {
+        self.publish(BusEvent::Failed {
+            command_id,
+            error_message: error.to_owned(),
+        })
+        .await;
+    }
+
     /// Publishes an event whose row is already committed: to local subscribers, then to
     /// Redis. A Redis failure is counted and logged; the event stays in the store.
     pub async fn publish(&self, event: BusEvent) {

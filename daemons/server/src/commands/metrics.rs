@@ -5,20 +5,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::metrics::ServerMetrics;
+use crate::metrics::{ReasonLabels, ServerMetrics};
 
 /// Labels of command outcomes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `completed` or `failed`.
     pub status: &'static str,
-}
-
-/// Labels of ignored diagnostics-channel messages.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IgnoredLabels {
-    /// Why it was ignored (`unknown_command`, `out_of_order`, `ended`, `bad_message`, …).
-    pub reason: &'static str,
 }
 
 /// The commands service's counters (cheap to clone).
@@ -34,8 +27,9 @@ pub struct CommandMetrics {
     pub events_published: Counter,
     /// Events Redis refused (they stay in the store).
     pub publish_errors: Counter,
-    /// Diagnostics-channel messages ignored, by reason.
-    pub ignored: Family<IgnoredLabels, Counter>,
+    /// Diagnostics-channel messages ignored, by reason (`unknown_command`, `out_of_order`,
+    /// `ended`, `bad_message`, …).
+    pub ignored: Family<ReasonLabels, Counter>,
     /// Read-only commands re-sent after their agent reconnected.
     pub retries: Counter,
     /// Commands accepted and not ended.
@@ -51,60 +45,28 @@ impl CommandMetrics {
     pub fn register(metrics: &mut ServerMetrics) -> CommandMetrics {
         let m = CommandMetrics::default();
         let r = metrics.registry_mut();
-        r.register(
-            "commands_submitted",
-            "Vehicle commands accepted",
-            m.submitted.clone(),
-        );
-        r.register(
-            "commands_finished",
-            "Vehicle commands ended, by status (completed, failed)",
-            m.finished.clone(),
-        );
-        r.register(
-            "command_responses",
-            "Command responses stored",
-            m.responses.clone(),
-        );
-        r.register(
-            "command_events_published",
-            "Command events published on the response bus",
-            m.events_published.clone(),
-        );
-        r.register(
-            "command_publish_errors",
-            "Command events Redis did not take (they are stored; readers get them from the store)",
-            m.publish_errors.clone(),
-        );
-        r.register(
-            "diag_messages_ignored",
-            "Diagnostics-channel messages ignored, by reason",
-            m.ignored.clone(),
-        );
-        r.register(
-            "command_retries",
-            "Read-only commands re-sent after their agent reconnected",
-            m.retries.clone(),
-        );
-        r.register(
-            "commands_open",
-            "Vehicle commands accepted and not ended",
-            m.open.clone(),
-        );
-        r.register(
-            "command_write_batches",
-            "Transactions of the commands writer (each a group commit of queued changes)",
-            m.write_batches.clone(),
-        );
-        r.register(
-            "command_writes",
-            "Changes the commands writer stored (commands, starts, responses, failures)",
-            m.writes.clone(),
-        );
+        tether_runtime::register_all!(r, [
+            "commands_submitted" => m.submitted, "Vehicle commands accepted";
+            "commands_finished" => m.finished,
+                "Vehicle commands ended, by status (completed, failed)";
+            "command_responses" => m.responses, "Command responses stored";
+            "command_events_published" => m.events_published,
+                "Command events published on the response bus";
+            "command_publish_errors" => m.publish_errors,
+                "Command events Redis did not take (they are stored; readers get them from the store)";
+            "diag_messages_ignored" => m.ignored, "Diagnostics-channel messages ignored, by reason";
+            "command_retries" => m.retries,
+                "Read-only commands re-sent after their agent reconnected";
+            "commands_open" => m.open, "Vehicle commands accepted and not ended";
+            "command_write_batches" => m.write_batches,
+                "Transactions of the commands writer (each a group commit of queued changes)";
+            "command_writes" => m.writes,
+                "Changes the commands writer stored (commands, starts, responses, failures)";
+        ]);
         m
     }
 
     pub(crate) fn ignored(&self, reason: &'static str) {
-        self.ignored.get_or_create(&IgnoredLabels { reason }).inc();
+        self.ignored.get_or_create(&ReasonLabels { reason }).inc();
     }
 }

@@ -261,13 +261,7 @@ impl Reporter {
         }
         match written {
             Ok(CommandWritten::Failed(true)) => {
-                self.inner
-                    .bus
-                    .publish(BusEvent::Failed {
-                        command_id: id,
-                        error_message: error.to_owned(),
-                    })
-                    .await;
+                self.inner.bus.publish_failed(id, error).await;
                 self.inner
                     .finished(&self.job, CommandState::Failed, Some(error));
             }
@@ -818,13 +812,7 @@ impl Commands {
                     .call(move |s| s.fail_command(id, INTERRUPTED_RESTART, Utc::now()))
                     .await?;
                 if failed {
-                    self.inner
-                        .bus
-                        .publish(BusEvent::Failed {
-                            command_id: id,
-                            error_message: INTERRUPTED_RESTART.to_owned(),
-                        })
-                        .await;
+                    self.inner.bus.publish_failed(id, INTERRUPTED_RESTART).await;
                     if let Some(dongle) = vehicle.and_then(|v| v.dongle_id) {
                         self.inner.console.command_status(
                             dongle,

@@ -52,7 +52,7 @@ pub use sse_core::events::{ConsoleStream, PresenceStatus};
 
 use crate::error::ServerError;
 use crate::group_mode::RelayProbe;
-use crate::metrics::{DropLabels, EventTypeLabels, ServerMetrics};
+use crate::metrics::{EventTypeLabels, ReasonLabels, ServerMetrics};
 use crate::store::{ModeChange, Store};
 
 /// Most events the publisher takes from the queue at once.
@@ -152,7 +152,7 @@ struct ConsoleMetrics {
         prometheus_client::metrics::counter::Counter,
     >,
     dropped: prometheus_client::metrics::family::Family<
-        DropLabels,
+        ReasonLabels,
         prometheus_client::metrics::counter::Counter,
     >,
     sampled_out: prometheus_client::metrics::counter::Counter,
@@ -163,7 +163,7 @@ struct ConsoleMetrics {
 
 impl ConsoleMetrics {
     fn dropped(&self, reason: &'static str) {
-        self.dropped.get_or_create(&DropLabels { reason }).inc();
+        self.dropped.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Copies the in-memory hub's history totals into the gauges (nothing with Redis).

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::outbox::{Out, Outbox};
-use super::{Command, DataPlane, Refusal, taps};
+use super::{Command, DataPlane, Refusal, clip, taps};
 use crate::metrics::{CodeLabels, RelayMetrics};
 use crate::state::AppState;
 use crate::store::Agent;
@@ -36,26 +36,11 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// reads them.
 const TOO_BIG_LINGER: Duration = Duration::from_secs(1);
 
-/// Longest error text sent (the protocol allows 4096 bytes).
-const MAX_ERROR_TEXT: usize = 1024;
-
 /// Encodings this server speaks after the handshake.
 const SUPPORTED: &[Encoding] = &[Encoding::Msgpack, Encoding::Json];
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 type Source = SplitStream<WebSocket>;
-
-/// Cuts an error text to [`MAX_ERROR_TEXT`] bytes at a character boundary.
-fn clip(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
 
 /// When a read failed because the message was larger than the connection accepts: the refusal
 /// to send before closing with 1009.
@@ -693,18 +678,5 @@ async fn write_loop(
         if sink.flush().await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clip_keeps_char_boundaries() {
-        let long = "é".repeat(MAX_ERROR_TEXT);
-        let clipped = clip(long);
-        assert!(clipped.len() <= MAX_ERROR_TEXT);
-        assert!(clipped.chars().all(|c| c == 'é'));
     }
 }

@@ -29,7 +29,7 @@ use super::storage::{self, AppendDone, AppendRequest, Event};
 use super::sync::SyncJob;
 use super::{Command, ConnId, Refusal, RelayStatusCache, ShownSeqs};
 use crate::config::RelayConfig;
-use crate::metrics::{CodeLabels, GroupDirectionLabels, RelayMetrics, TrimLabels};
+use crate::metrics::{CodeLabels, GroupDirectionLabels, ReasonLabels, RelayMetrics};
 use crate::state::AppState;
 use crate::store::ModeChange;
 
@@ -754,7 +754,7 @@ impl Driver {
                         for trim in &trims {
                             self.metrics
                                 .frames_trimmed
-                                .get_or_create(&TrimLabels {
+                                .get_or_create(&ReasonLabels {
                                     reason: trim.reason.as_str(),
                                 })
                                 .inc_by(trim.count);
@@ -1157,7 +1157,7 @@ impl Driver {
             } => {
                 self.metrics
                     .frames_trimmed_undelivered
-                    .get_or_create(&TrimLabels {
+                    .get_or_create(&ReasonLabels {
                         reason: trimmed.reason.as_str(),
                     })
                     .inc_by(unacknowledged);

@@ -78,6 +78,22 @@ pub const STREAM_LOG_FILE: &str = "streams.db";
 /// Key prefix of the Redis stream log.
 pub const REDIS_KEY_PREFIX: &str = "tether:";
 
+/// Longest error text sent to an agent, on the data plane and the diagnostics channel (the
+/// protocol allows 4096 bytes).
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Cuts an error text to [`MAX_ERROR_TEXT`] bytes at a character boundary.
+pub(crate) fn clip(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Capacity of the connection → driver channel, in messages (frame batches, acks, …).
 const COMMAND_CAPACITY: usize = 4096;
 
@@ -581,4 +597,17 @@ pub async fn ws_data(
             conn::run(socket, plane, state, agent).await;
             drop(permit);
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_char_boundaries() {
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let clipped = clip(long);
+        assert!(clipped.len() <= MAX_ERROR_TEXT);
+        assert!(clipped.chars().all(|c| c == 'é'));
+    }
 }

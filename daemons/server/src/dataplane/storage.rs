@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::metrics::{RelayMetrics, TrimLabels};
+use crate::metrics::{ReasonLabels, RelayMetrics};
 
 /// A storage result or a records fact, reported to the driver by the background tasks it
 /// starts (here and in the driver). Defined with the storage tasks, which produce most of them,
@@ -124,7 +124,7 @@ pub(super) fn spawn_delete_group(
                 }
             }
         }
-        let labels = TrimLabels {
+        let labels = ReasonLabels {
             reason: "group_deleted",
         };
         metrics

@@ -81,43 +81,43 @@ pub(crate) async fn user_from_header_or_param(
     user_for_token(store, token).await
 }
 
+/// The agent of a live agent token, from the store.
+async fn agent_for_token(store: &Arc<Store>, token: String) -> Result<Agent, ApiError> {
+    store
+        .call(move |store| store.authenticate_agent(&token))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid or revoked agent token"))
+}
+
+/// Implements the extractor `$auth($record)`: the record `$authenticate` finds for the request's
+/// `Authorization: Bearer` token.
+macro_rules! bearer_extractor {
+    ($auth:ident, $authenticate:ident) => {
+        impl<S> FromRequestParts<S> for $auth
+        where
+            Arc<Store>: FromRef<S>,
+            S: Send + Sync,
+        {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+                let token = bearer(parts)?.to_owned();
+                $authenticate(&Arc::<Store>::from_ref(state), token)
+                    .await
+                    .map($auth)
+            }
+        }
+    };
+}
+
 /// A request authenticated with a live user token.
 #[derive(Debug, Clone)]
 pub struct UserAuth(pub User);
 
-impl<S> FromRequestParts<S> for UserAuth
-where
-    Arc<Store>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let token = bearer(parts)?.to_owned();
-        user_for_token(&Arc::<Store>::from_ref(state), token)
-            .await
-            .map(UserAuth)
-    }
-}
+bearer_extractor!(UserAuth, user_for_token);
 
 /// A request authenticated with a live agent token.
 #[derive(Debug, Clone)]
 pub struct AgentAuth(pub Agent);
 
-impl<S> FromRequestParts<S> for AgentAuth
-where
-    Arc<Store>: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let token = bearer(parts)?.to_owned();
-        let agent = Arc::<Store>::from_ref(state)
-            .call(move |store| store.authenticate_agent(&token))
-            .await?;
-        agent
-            .map(AgentAuth)
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked agent token"))
-    }
-}
+bearer_extractor!(AgentAuth, agent_for_token);

@@ -7,7 +7,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Extension, Router};
 use chrono::{Duration, Utc};
 use serde::Deserialize;
@@ -34,8 +34,8 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/public-keys", get(public_keys))
         .route("/servers/{id}/commands", get(commands).post(queue_command))
         .route("/servers/{id}/commands/{command_id}/result", post(result))
-        .route("/sessions/{id}/start", post(start))
-        .route("/sessions/{id}/complete", post(complete))
+        .route("/sessions/{id}/start", lifecycle_route("start"))
+        .route("/sessions/{id}/complete", lifecycle_route("complete"))
         .route("/sessions/{id}/usage-records", post(usage_records))
         .route("/sessions/{id}/refresh", post(refresh))
         .route("/metering/sessions/{id}", get(session))
@@ -364,22 +364,16 @@ async fn lifecycle(
     out.map(|v| Json(v).into_response()).map_err(refused)
 }
 
-async fn start(
-    key: ServerKey,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Response, ApiError> {
-    lifecycle(key, id, "start", &headers, &body).await
-}
-
-async fn complete(
-    key: ServerKey,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Response, ApiError> {
-    lifecycle(key, id, "complete", &headers, &body).await
+/// `POST /sessions/{id}/<event>`: the session lifecycle `event` (`start`, `complete`).
+fn lifecycle_route(event: &'static str) -> MethodRouter<AppState> {
+    post(
+        move |key: ServerKey,
+              Path(id): Path<String>,
+              headers: HeaderMap,
+              ApiJson(body): ApiJson<Value>| async move {
+            lifecycle(key, id, event, &headers, &body).await
+        },
+    )
 }
 
 async fn usage_records(

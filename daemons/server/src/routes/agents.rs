@@ -1,4 +1,5 @@
-//! `/api/v1/agents`: a user's agents.
+//! `/api/v1/agents`: a user's agents (read through [`super::list_route`] and
+//! [`super::get_route`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -6,9 +7,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{found, validate_name};
+use super::validate_name;
 use crate::http::{ApiError, ApiJson, IdPath, UserAuth};
 use crate::state::AppState;
 
@@ -30,27 +30,6 @@ pub(super) async fn create(
         .call(move |store| store.create_agent(user.id, &name, Utc::now()))
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-pub(super) async fn list(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-) -> Result<impl IntoResponse, ApiError> {
-    let agents = state
-        .store
-        .call(move |store| store.list_agents(user.id))
-        .await?;
-    Ok(Json(json!({ "agents": agents })))
-}
-
-pub(super) async fn get(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-    IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
-    found(&state, "agent", move |store| store.get_agent(user.id, id))
-        .await
-        .map(Json)
 }
 
 pub(super) async fn delete(

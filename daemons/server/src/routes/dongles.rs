@@ -1,4 +1,5 @@
-//! Dongles: announced by agents (`/api/v1/agent/dongles`), read by users (`/api/v1/dongles`).
+//! Dongles: announced by agents (`/api/v1/agent/dongles`), read by users (`/api/v1/dongles`,
+//! through [`super::list_route`] and [`super::get_route`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::found;
-use crate::http::{AgentAuth, ApiError, ApiJson, IdPath, UserAuth};
+use crate::http::{AgentAuth, ApiError, ApiJson, IdPath};
 use crate::state::AppState;
 use crate::store::Announce;
 
@@ -54,27 +55,6 @@ pub(super) async fn announce(
         Announce::Created(dongle) => Ok((StatusCode::CREATED, Json(dongle))),
         Announce::Existing(dongle) => Ok((StatusCode::OK, Json(dongle))),
     }
-}
-
-pub(super) async fn list(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-) -> Result<impl IntoResponse, ApiError> {
-    let dongles = state
-        .store
-        .call(move |store| store.list_dongles(user.id))
-        .await?;
-    Ok(Json(json!({ "dongles": dongles })))
-}
-
-pub(super) async fn get(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-    IdPath(id): IdPath,
-) -> Result<impl IntoResponse, ApiError> {
-    found(&state, "dongle", move |store| store.get_dongle(user.id, id))
-        .await
-        .map(Json)
 }
 
 /// `GET /api/v1/agent/dongles/{id}` (agent token): which group and side the agent opens on

@@ -110,17 +110,17 @@ pub(super) async fn delete(
     }
 }
 
-async fn set_activated(
-    state: AppState,
-    user_id: Uuid,
-    actor: Actor,
-    id: Uuid,
-    activated: bool,
+/// `POST /api/v1/groups/{id}/activate` (`ACTIVATED`) and `…/deactivate` (not `ACTIVATED`).
+pub(super) async fn set_activated<const ACTIVATED: bool>(
+    State(state): State<AppState>,
+    UserAuth(user): UserAuth,
+    IdPath(id): IdPath,
 ) -> Result<Json<GroupView>, ApiError> {
+    let actor = Actor::User(user.name.clone());
     let relay = state.relay.status(id);
     let relay_now = relay.clone();
     let (group, change) = found(&state, "group", move |store| {
-        store.set_group_activated(user_id, id, activated, relay_now, &actor, Utc::now())
+        store.set_group_activated(user.id, id, ACTIVATED, relay_now, &actor, Utc::now())
     })
     .await?;
     if let Some(change) = &change {
@@ -133,24 +133,6 @@ async fn set_activated(
     }
     state.publish_mode_changes(change);
     Ok(Json(group.state(relay.as_ref())))
-}
-
-pub(super) async fn activate(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-    IdPath(id): IdPath,
-) -> Result<Json<GroupView>, ApiError> {
-    let actor = Actor::User(user.name.clone());
-    set_activated(state, user.id, actor, id, true).await
-}
-
-pub(super) async fn deactivate(
-    State(state): State<AppState>,
-    UserAuth(user): UserAuth,
-    IdPath(id): IdPath,
-) -> Result<Json<GroupView>, ApiError> {
-    let actor = Actor::User(user.name.clone());
-    set_activated(state, user.id, actor, id, false).await
 }
 
 pub(super) async fn audit(

@@ -14,21 +14,26 @@ mod vehicles;
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
+use uuid::Uuid;
 
 use crate::console::routes as console;
-use crate::http::ApiError;
+use crate::error::ServerError;
+use crate::http::{ApiError, IdPath, UserAuth};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
+use crate::store::Store;
 
 /// Longest accepted display name, in characters.
 const MAX_NAME_CHARS: usize = 100;
@@ -38,9 +43,7 @@ const MAX_NAME_CHARS: usize = 100;
 async fn found<T, F>(state: &AppState, what: &'static str, read: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&crate::store::Store) -> Result<Option<T>, crate::error::ServerError>
-        + Send
-        + 'static,
+    F: FnOnce(&Store) -> Result<Option<T>, ServerError> + Send + 'static,
 {
     state
         .store
@@ -49,19 +52,63 @@ where
         .ok_or_else(|| ApiError::not_found(what))
 }
 
+/// `GET` of a collection of the caller's records: `{ "<key>": [records] }`, read by `read`
+/// (e.g. [`Store::list_agents`]) for the user.
+fn list_route<T>(
+    key: &'static str,
+    read: fn(&Store, Uuid) -> Result<Vec<T>, ServerError>,
+) -> MethodRouter<AppState>
+where
+    T: Serialize + Send + 'static,
+{
+    get(
+        move |State(state): State<AppState>, UserAuth(user): UserAuth| async move {
+            let records = state.store.call(move |store| read(store, user.id)).await?;
+            Ok::<_, ApiError>(Json(json!({ key: records })))
+        },
+    )
+}
+
+/// `GET` of one of the caller's records by id, read by `read` (e.g. [`Store::get_agent`]) for
+/// the user; one that is not theirs, or unknown, is a 404 naming `what`.
+fn get_route<T>(
+    what: &'static str,
+    read: fn(&Store, Uuid, Uuid) -> Result<Option<T>, ServerError>,
+) -> MethodRouter<AppState>
+where
+    T: Serialize + Send + 'static,
+{
+    get(
+        move |State(state): State<AppState>, UserAuth(user): UserAuth, IdPath(id): IdPath| async move {
+            found(&state, what, move |store| read(store, user.id, id))
+                .await
+                .map(Json)
+        },
+    )
+}
+
 /// Builds the router with all routes and layers.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let api = Router::new()
-        .route("/agents", post(agents::create).get(agents::list))
-        .route("/agents/{id}", get(agents::get).delete(agents::delete))
+        .route(
+            "/agents",
+            list_route("agents", Store::list_agents).post(agents::create),
+        )
+        .route(
+            "/agents/{id}",
+            get_route("agent", Store::get_agent).delete(agents::delete),
+        )
         .route("/agent/dongles", post(dongles::announce))
         .route("/agent/dongles/{id}", get(dongles::assignment))
-        .route("/dongles", get(dongles::list))
-        .route("/dongles/{id}", get(dongles::get))
+        .route("/dongles", list_route("dongles", Store::list_dongles))
+        .route("/dongles/{id}", get_route("dongle", Store::get_dongle))
         .route("/groups", post(groups::create).get(groups::list))
         .route("/groups/{id}", get(groups::get).delete(groups::delete))
-        .route("/groups/{id}/activate", post(groups::activate))
-        .route("/groups/{id}/deactivate", post(groups::deactivate))
+        .route("/groups/{id}/activate", post(groups::set_activated::<true>))
+        .route(
+            "/groups/{id}/deactivate",
+            post(groups::set_activated::<false>),
+        )
         .route("/groups/{id}/audit", get(groups::audit))
         .route("/vehicles", post(vehicles::create).get(vehicles::list))
         .route("/vehicles/{id}", get(vehicles::get))

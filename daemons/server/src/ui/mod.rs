@@ -27,15 +27,13 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; s
 /// One embedded file.
 struct Asset {
     name: &'static str,
-    content_type: &'static str,
     body: &'static [u8],
 }
 
 macro_rules! asset {
-    ($name:literal, $type:literal) => {
+    ($name:literal) => {
         Asset {
             name: $name,
-            content_type: $type,
             body: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ui/", $name)),
         }
     };
@@ -43,19 +41,30 @@ macro_rules! asset {
 
 /// Every file of the page. `index.html` is served at `/`, all of them under `/ui/`.
 const ASSETS: &[Asset] = &[
-    asset!("index.html", "text/html; charset=utf-8"),
-    asset!("style.css", "text/css; charset=utf-8"),
-    asset!("app.js", "text/javascript; charset=utf-8"),
-    asset!("api.js", "text/javascript; charset=utf-8"),
-    asset!("dom.js", "text/javascript; charset=utf-8"),
-    asset!("console.js", "text/javascript; charset=utf-8"),
-    asset!("frametable.js", "text/javascript; charset=utf-8"),
-    asset!("views.js", "text/javascript; charset=utf-8"),
-    asset!("commands.js", "text/javascript; charset=utf-8"),
-    asset!("telemetry.js", "text/javascript; charset=utf-8"),
-    asset!("chart.js", "text/javascript; charset=utf-8"),
-    asset!("favicon.svg", "image/svg+xml"),
+    asset!("index.html"),
+    asset!("style.css"),
+    asset!("app.js"),
+    asset!("api.js"),
+    asset!("dom.js"),
+    asset!("console.js"),
+    asset!("frametable.js"),
+    asset!("views.js"),
+    asset!("commands.js"),
+    asset!("telemetry.js"),
+    asset!("chart.js"),
+    asset!("favicon.svg"),
 ];
+
+/// The `Content-Type` of an embedded file, by its extension.
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, extension)| extension) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
 
 /// Quoted strong ETags of [`ASSETS`], same order, computed once.
 fn etags() -> &'static [HeaderValue] {
@@ -103,7 +112,7 @@ fn serve(name: &str, request: &HeaderMap) -> Response {
     let headers = [
         (
             header::CONTENT_TYPE,
-            HeaderValue::from_static(asset.content_type),
+            HeaderValue::from_static(content_type(asset.name)),
         ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         (header::ETAG, etag),
@@ -149,6 +158,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        for asset in ASSETS {
+            assert_ne!(
+                content_type(asset.name),
+                "application/octet-stream",
+                "{}",
+                asset.name
+            );
+        }
+        assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type("style.css"), "text/css; charset=utf-8");
+        assert_eq!(content_type("app.js"), "text/javascript; charset=utf-8");
+        assert_eq!(content_type("favicon.svg"), "image/svg+xml");
+        assert_eq!(content_type("js"), "application/octet-stream");
     }
 
     #[test]
