@@ -479,7 +479,7 @@ fn scalar(text: &str) -> Result<Scalar<'_>, String> {
 fn check(queue: QueueKind, body: &impl Fields, raw: &[u8]) -> Result<Checked, String> {
     let session_id = session_id_field(body)?;
     non_empty_string(body, "customer_id")?;
-    match queue {
+    let (route, key, key_field) = match queue {
         QueueKind::UsageRecords => {
             let product = non_empty_string(body, "product_code")?;
             if product != PRODUCT_CODE {
@@ -498,16 +498,8 @@ fn check(queue: QueueKind, body: &impl Fields, raw: &[u8]) -> Result<Checked, St
             if resp < req {
                 return Err("response_timestamp is before request_timestamp".into());
             }
-            let key = match body.field("record_id") {
-                None | Some(Field::Null) => raw_hash_key(raw),
-                Some(_) => non_empty_string(body, "record_id")?.to_owned(),
-            };
-            Ok(Checked {
-                route: Route::UsageRecords,
-                session_id,
-                key,
-                key_field: Some("record_id"),
-            })
+            let key = key_or_derived(body, "record_id", raw, raw_hash_key)?;
+            (Route::UsageRecords, key, Some("record_id"))
         }
         QueueKind::SessionLifecycle => {
             let route = match non_empty_string(body, "event")? {
@@ -520,28 +512,34 @@ fn check(queue: QueueKind, body: &impl Fields, raw: &[u8]) -> Result<Checked, St
                 }
             };
             timestamp(body, "timestamp")?;
-            Ok(Checked {
-                route,
-                session_id,
-                key: raw_hash_key(raw),
-                key_field: None,
-            })
+            (route, raw_hash_key(raw), None)
         }
         QueueKind::QuotaRefresh => {
             if body.field("timestamp").is_some() {
                 timestamp(body, "timestamp")?;
             }
-            let key = match body.field("transaction_id") {
-                None | Some(Field::Null) => derived_transaction_id(raw),
-                Some(_) => non_empty_string(body, "transaction_id")?.to_owned(),
-            };
-            Ok(Checked {
-                route: Route::QuotaRefresh,
-                session_id,
-                key,
-                key_field: Some("transaction_id"),
-            })
+            let key = key_or_derived(body, "transaction_id", raw, derived_transaction_id)?;
+            (Route::QuotaRefresh, key, Some("transaction_id"))
         }
+    };
+    Ok(Checked {
+        route,
+        session_id,
+        key,
+        key_field,
+    })
+}
+
+/// The idempotency key: `field` when the body has it (a non-empty string), else `derive(raw)`.
+fn key_or_derived(
+    body: &impl Fields,
+    field: &str,
+    raw: &[u8],
+    derive: fn(&[u8]) -> String,
+) -> Result<String, String> {
+    match body.field(field) {
+        None | Some(Field::Null) => Ok(derive(raw)),
+        Some(_) => Ok(non_empty_string(body, field)?.to_owned()),
     }
 }
 

@@ -20,7 +20,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use can_io::wire::relay_json::{CanRelayFrame, RelayDirection};
+use can_io::wire::relay_json::CanRelayFrame;
+use can_io::{CanFrame, CanId, CanRecord, Channel, DataFrame, Direction};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use relay_core::engine::DeliverySource;
 use relay_core::protocol::{self, Encoding, FrameBatch, Message};
@@ -28,22 +29,17 @@ use relay_core::protocol::{self, Encoding, FrameBatch, Message};
 const FRAMES: u64 = 22;
 
 fn batch() -> Message {
+    let id = CanId::standard(0x7e8).unwrap();
     let frames = (0..FRAMES)
-        .map(|i| CanRelayFrame {
-            group_id: "0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a".to_owned(),
-            direction: RelayDirection::Rx,
-            ts: 1_700_000_000_000_000_000 + i * 222_222,
-            can_id: 0x7e8,
-            is_extended: false,
-            dlc: 8,
-            data: vec![0x02, 0x10, 0x03, 0, 0, 0, 0, 0],
-            channel: None,
-            is_fd: false,
-            brs: false,
-            esi: false,
-            is_remote: false,
-            is_error: false,
-            raw_dlc: None,
+        .map(|i| {
+            let data = DataFrame::new(id, &[0x02, 0x10, 0x03, 0, 0, 0, 0, 0]).unwrap();
+            let record = CanRecord::new(
+                1_700_000_000_000_000_000 + i * 222_222,
+                Channel::from(""),
+                Direction::Rx,
+                CanFrame::Data(data),
+            );
+            CanRelayFrame::from_record("0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a", &record)
         })
         .collect();
     Message::Frames(FrameBatch {

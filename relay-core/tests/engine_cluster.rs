@@ -20,12 +20,16 @@ fn item(seq: u64) -> Item {
     }
 }
 
-fn active_group(engine: &mut RelayEngine, gid: &GroupId) {
+/// One server instance: an engine holding the activated group `gid` with `side` connected here.
+fn instance(gid: &GroupId, side: Side) -> Result<RelayEngine, Box<dyn std::error::Error>> {
+    let mut engine = RelayEngine::new(EngineConfig::default());
     let snapshot = GroupSnapshot {
         activated: true,
         ..GroupSnapshot::default()
     };
     engine.add_group(gid.clone(), snapshot, 0);
+    engine.handle_connected(gid, side, 0, 1)?;
+    Ok(engine)
 }
 
 fn drain(engine: &mut RelayEngine, now: u64) -> (Vec<RelayOutput>, Vec<StorageRequest>) {
@@ -59,12 +63,8 @@ fn delivered(outputs: &[RelayOutput]) -> Vec<(u64, DeliverySource)> {
 #[test]
 fn tailed_items_reach_a_consumer_on_another_instance_once_in_order() -> TestResult {
     let gid = GroupId::new("g");
-    let mut one = RelayEngine::new(EngineConfig::default());
-    let mut two = RelayEngine::new(EngineConfig::default());
-    active_group(&mut one, &gid);
-    active_group(&mut two, &gid);
-    one.handle_connected(&gid, Side::A, 0, 1)?;
-    two.handle_connected(&gid, Side::B, 0, 1)?;
+    let mut one = instance(&gid, Side::A)?;
+    let mut two = instance(&gid, Side::B)?;
     // Each instance sees the other side offline until presence says otherwise.
     assert_eq!(
         two.group_status(&gid).map(|s| s.mode),
@@ -120,9 +120,7 @@ fn tailed_items_reach_a_consumer_on_another_instance_once_in_order() -> TestResu
 #[test]
 fn a_hole_in_the_tail_is_read_from_the_log() -> TestResult {
     let gid = GroupId::new("g");
-    let mut two = RelayEngine::new(EngineConfig::default());
-    active_group(&mut two, &gid);
-    two.handle_connected(&gid, Side::B, 0, 1)?;
+    let mut two = instance(&gid, Side::B)?;
     // The tail starts late (it missed 1..=3): nothing is delivered before a log read.
     two.handle_tailed(&gid, Direction::AToB, (4..=6).map(item).collect(), 2)?;
     let (outputs, storage) = drain(&mut two, 2);
@@ -148,10 +146,8 @@ fn a_hole_in_the_tail_is_read_from_the_log() -> TestResult {
 #[test]
 fn remote_progress_sets_head_and_backlog_without_a_tail() -> TestResult {
     let gid = GroupId::new("g");
-    let mut two = RelayEngine::new(EngineConfig::default());
-    active_group(&mut two, &gid);
     // B produces here; A (remote, now offline) had acknowledged 4 of B's 10 frames.
-    two.handle_connected(&gid, Side::B, 0, 1)?;
+    let mut two = instance(&gid, Side::B)?;
     two.handle_frames(&gid, Side::B, (1..=10).map(item).collect(), 2)?;
     let _ = drain(&mut two, 2);
     let ack = AppendOutcome {

@@ -37,6 +37,14 @@ impl H {
         Self::with_config(activated, EngineConfig::default())
     }
 
+    /// An activated group with producer A connected and the outputs of that drained.
+    fn producing() -> Self {
+        let mut h = H::new(true);
+        h.connect(Side::A, 0);
+        h.drive();
+        h
+    }
+
     /// Connects `side` (at time 0), having delivered up to `acked`.
     fn connect(&mut self, side: Side, acked: u64) {
         self.engine
@@ -207,9 +215,7 @@ fn modes_follow_presence_and_backlog() {
 
 #[test]
 fn acks_only_after_durable_append_and_duplicates_are_reacked() {
-    let mut h = H::new(true);
-    h.connect(Side::A, 0);
-    h.drive();
+    let mut h = H::producing();
     h.frames(Side::A, 1..=5);
     // No ack before the append result.
     let req = h.engine.poll_storage().unwrap();
@@ -300,9 +306,7 @@ fn refusals_change_nothing() {
 
 #[test]
 fn failed_append_resets_the_producer_which_resends() {
-    let mut h = H::new(true);
-    h.connect(Side::A, 0);
-    h.drive();
+    let mut h = H::producing();
     h.frames(Side::A, 1..=3);
     h.frames(Side::A, 4..=6);
     assert!(h.engine.poll_storage().is_some());

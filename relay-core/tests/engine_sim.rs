@@ -139,14 +139,21 @@ proptest! {
     }
 }
 
-#[test]
-fn offline_consumer_gets_backlog_in_order_after_reconnect() {
+/// A sim where A connected and produced `n` frames while B stayed away, then `rounds` steps of
+/// 8 hops ran.
+fn produced_while_b_away(n: u64, rounds: usize) -> Sim {
     let mut sim = Sim::new(small_config());
     sim.connect(Side::A);
-    sim.produce(Side::A, 100);
-    for _ in 0..50 {
+    sim.produce(Side::A, n);
+    for _ in 0..rounds {
         sim.step(8);
     }
+    sim
+}
+
+#[test]
+fn offline_consumer_gets_backlog_in_order_after_reconnect() {
+    let mut sim = produced_while_b_away(100, 50);
     assert_eq!(sim.sides[&Side::A].tx_acked, 100, "durable while B is away");
     assert_eq!(
         sim.engine
@@ -162,12 +169,7 @@ fn offline_consumer_gets_backlog_in_order_after_reconnect() {
 
 #[test]
 fn trim_while_offline_reports_exact_gap_and_pressure() {
-    let mut sim = Sim::new(small_config());
-    sim.connect(Side::A);
-    sim.produce(Side::A, 50);
-    for _ in 0..30 {
-        sim.step(8);
-    }
+    let mut sim = produced_while_b_away(50, 30);
     sim.trim(Direction::AToB, 20);
     assert_eq!(sim.pressure.get(&Direction::AToB), Some(&30));
     sim.settle();

@@ -26,6 +26,16 @@ fn gap(from: u64, to: u64, reason: GapReason) -> Option<Gap> {
     })
 }
 
+/// What a trim reports removing: `count` items from `first` through `last`.
+fn trimmed(count: u64, first: u64, last: u64, reason: TrimReason) -> Trimmed {
+    Trimmed {
+        count,
+        first,
+        last,
+        reason,
+    }
+}
+
 const LEN: GapReason = GapReason::Retention(TrimReason::Length);
 const AGE: GapReason = GapReason::Retention(TrimReason::Age);
 
@@ -182,15 +192,7 @@ mod cases {
         let log = h.log();
         log.append("s", &items("s", 1..=100)).await.expect("append");
         let t = log.trim("s", &by_len(30), 0).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 70,
-                first: 1,
-                last: 70,
-                reason: TrimReason::Length
-            }]
-        );
+        assert_eq!(t, vec![trimmed(70, 1, 70, TrimReason::Length)]);
         assert!(
             log.trim("s", &by_len(30), 0)
                 .await
@@ -217,30 +219,14 @@ mod cases {
         log.append("s", &items("s", 1..=100)).await.expect("append"); // ts = seq * 10
         // cutoff = 1000 - 500 = 500: ts < 500 means seqs 1..=49.
         let t = log.trim("s", &by_age(500), 1000).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 49,
-                first: 1,
-                last: 49,
-                reason: TrimReason::Age
-            }]
-        );
+        assert_eq!(t, vec![trimmed(49, 1, 49, TrimReason::Age)]);
         let r = log.read("s", 0, 1).await.expect("read");
         assert_eq!((r.gap, seqs(&r)), (gap(1, 49, AGE), vec![50]));
         // A clock that stepped back: an old item after a young one stays (prefix semantics).
         let odd = vec![item("o", 1, 100), item("o", 2, 900), item("o", 3, 50)];
         log.append("o", &odd).await.expect("append");
         let t = log.trim("o", &by_age(500), 1000).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 1,
-                first: 1,
-                last: 1,
-                reason: TrimReason::Age
-            }]
-        );
+        assert_eq!(t, vec![trimmed(1, 1, 1, TrimReason::Age)]);
         assert_eq!(seqs(&log.read("o", 1, 10).await.expect("read")), vec![2, 3]);
         // Nothing old enough: nothing removed; unknown stream: nothing to do.
         assert!(
@@ -269,18 +255,8 @@ mod cases {
         assert_eq!(
             t,
             vec![
-                Trimmed {
-                    count: 19,
-                    first: 1,
-                    last: 19,
-                    reason: TrimReason::Age
-                },
-                Trimmed {
-                    count: 71,
-                    first: 20,
-                    last: 90,
-                    reason: TrimReason::Length
-                },
+                trimmed(19, 1, 19, TrimReason::Age),
+                trimmed(71, 20, 90, TrimReason::Length),
             ]
         );
         // The gap spans both trims and carries the most recent reason.
@@ -293,15 +269,7 @@ mod cases {
         let log = h.log();
         log.append("s", &items("s", 1..=20)).await.expect("append");
         let t = log.trim("s", &by_len(0), 0).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 20,
-                first: 1,
-                last: 20,
-                reason: TrimReason::Length
-            }]
-        );
+        assert_eq!(t, vec![trimmed(20, 1, 20, TrimReason::Length)]);
         let r = log.read("s", 3, 10).await.expect("read");
         assert_eq!((r.gap, r.items.len()), (gap(4, 20, LEN), 0));
         // Retransmissions of trimmed items are still duplicates; new items continue.
@@ -359,15 +327,7 @@ mod cases {
         let log = h.log();
         log.append("s", &items("s", 1..=5)).await.expect("append");
         let t = log.trim("s", &by_len(2), 0).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 3,
-                first: 1,
-                last: 3,
-                reason: TrimReason::Length
-            }]
-        );
+        assert_eq!(t, vec![trimmed(3, 1, 3, TrimReason::Length)]);
         log.append("s", &items("s", 8..=9)).await.expect("append");
         let r = log.read("s", 0, 100).await.expect("read");
         assert_eq!((r.gap, seqs(&r)), (gap(1, 3, LEN), vec![4, 5]));
@@ -378,15 +338,7 @@ mod cases {
         );
         // A trim whose survivor lies after a hole covers the hole: `last` is survivor - 1.
         let t = log.trim("s", &by_len(1), 0).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 3,
-                first: 4,
-                last: 8,
-                reason: TrimReason::Length
-            }]
-        );
+        assert_eq!(t, vec![trimmed(3, 4, 8, TrimReason::Length)]);
         let r = log.read("s", 5, 100).await.expect("read");
         assert_eq!((r.gap, seqs(&r)), (gap(6, 8, LEN), vec![9]));
     }
@@ -482,15 +434,7 @@ mod cases {
         }
         assert_eq!(n, 3000);
         let t = log.trim("big", &by_age(0), 2501 * 10).await.expect("trim");
-        assert_eq!(
-            t,
-            vec![Trimmed {
-                count: 2500,
-                first: 1,
-                last: 2500,
-                reason: TrimReason::Age
-            }]
-        );
+        assert_eq!(t, vec![trimmed(2500, 1, 2500, TrimReason::Age)]);
     }
 
     pub(crate) async fn reopen_keeps_everything(h: &mut impl Harness) {

@@ -73,89 +73,81 @@ impl fmt::Display for ConsoleStream {
     }
 }
 
-/// Every console event type. Serializes as its payload alone (what goes on the `data:` line);
-/// the type goes on the `event:` line ([`ConsoleEvent::event_type`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-#[non_exhaustive]
-pub enum ConsoleEvent {
-    /// A dongle or an agent came online, went offline, or (dongles) was seen.
-    Presence(Presence),
-    /// One CAN frame a dongle reported.
-    CanFrame(CanFrameEvent),
-    /// A log line (including sampling notices and drop notices).
-    Log(LogEvent),
-    /// Progress of a command sent to a vehicle's dongle.
-    CommandStatus(CommandStatus),
-    /// A relay group's state.
-    GroupState(GroupState),
-    /// The stream could not be resumed exactly.
-    StreamReset(StreamReset),
-}
+/// Defines [`ConsoleEvent`] from one table of `Variant(Payload) => "event_type"` rows: the enum,
+/// a `From` for each payload, and both directions between a variant and its event type.
+macro_rules! console_events {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty) => $event_type:literal,)*) => {
+        /// Every console event type. Serializes as its payload alone (what goes on the `data:`
+        /// line); the type goes on the `event:` line ([`ConsoleEvent::event_type`]).
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        #[non_exhaustive]
+        pub enum ConsoleEvent {
+            $($(#[$doc])* $variant($ty),)*
+        }
 
-macro_rules! from_payload {
-    ($($variant:ident($ty:ty)),* $(,)?) => {
         $(impl From<$ty> for ConsoleEvent {
             fn from(value: $ty) -> Self {
                 ConsoleEvent::$variant(value)
             }
         })*
+
+        impl ConsoleEvent {
+            /// The SSE event type (`event:` field).
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(ConsoleEvent::$variant(_) => $event_type,)*
+                }
+            }
+
+            /// Reads an event back from its type and data (clients, tests). Unknown fields are
+            /// ignored, as the protocol asks of clients; an unknown type or a payload that does
+            /// not fit the type's schema is an [`SseError::InvalidConsoleEvent`].
+            pub fn from_parts(event_type: &str, data: &str) -> Result<ConsoleEvent, SseError> {
+                fn parse<'a, T: Deserialize<'a>>(
+                    event_type: &str,
+                    data: &'a str,
+                ) -> Result<T, SseError> {
+                    serde_json::from_str(data).map_err(|err| SseError::InvalidConsoleEvent {
+                        event_type: event_type.to_owned(),
+                        detail: err.to_string(),
+                    })
+                }
+                Ok(match event_type {
+                    $($event_type => ConsoleEvent::$variant(parse(event_type, data)?),)*
+                    _ => {
+                        return Err(SseError::InvalidConsoleEvent {
+                            event_type: event_type.to_owned(),
+                            detail: "not a console event type".to_owned(),
+                        });
+                    }
+                })
+            }
+        }
     };
 }
 
-from_payload!(
-    Presence(Presence),
-    CanFrame(CanFrameEvent),
-    Log(LogEvent),
-    CommandStatus(CommandStatus),
-    GroupState(GroupState),
-    StreamReset(StreamReset),
-);
+console_events! {
+    /// A dongle or an agent came online, went offline, or (dongles) was seen.
+    Presence(Presence) => "presence",
+    /// One CAN frame a dongle reported.
+    CanFrame(CanFrameEvent) => "can_frame",
+    /// A log line (including sampling notices and drop notices).
+    Log(LogEvent) => "log",
+    /// Progress of a command sent to a vehicle's dongle.
+    CommandStatus(CommandStatus) => "command_status",
+    /// A relay group's state.
+    GroupState(GroupState) => "group_state",
+    /// The stream could not be resumed exactly.
+    StreamReset(StreamReset) => "stream_reset",
+}
 
 impl ConsoleEvent {
-    /// The SSE event type (`event:` field).
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            ConsoleEvent::Presence(_) => "presence",
-            ConsoleEvent::CanFrame(_) => "can_frame",
-            ConsoleEvent::Log(_) => "log",
-            ConsoleEvent::CommandStatus(_) => "command_status",
-            ConsoleEvent::GroupState(_) => "group_state",
-            ConsoleEvent::StreamReset(_) => "stream_reset",
-        }
-    }
-
     /// The `data:` payload: one JSON object, no line breaks (serde_json escapes them).
     pub fn to_data(&self) -> String {
         // Strings, numbers, bools, UUIDs and JSON values only (a non-finite float becomes
         // `null`): serializing cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
-    }
-
-    /// Reads an event back from its type and data (clients, tests). Unknown fields are ignored,
-    /// as the protocol asks of clients; an unknown type or a payload that does not fit the
-    /// type's schema is an [`SseError::InvalidConsoleEvent`].
-    pub fn from_parts(event_type: &str, data: &str) -> Result<ConsoleEvent, SseError> {
-        fn parse<'a, T: Deserialize<'a>>(event_type: &str, data: &'a str) -> Result<T, SseError> {
-            serde_json::from_str(data).map_err(|err| SseError::InvalidConsoleEvent {
-                event_type: event_type.to_owned(),
-                detail: err.to_string(),
-            })
-        }
-        Ok(match event_type {
-            "presence" => ConsoleEvent::Presence(parse(event_type, data)?),
-            "can_frame" => ConsoleEvent::CanFrame(parse(event_type, data)?),
-            "log" => ConsoleEvent::Log(parse(event_type, data)?),
-            "command_status" => ConsoleEvent::CommandStatus(parse(event_type, data)?),
-            "group_state" => ConsoleEvent::GroupState(parse(event_type, data)?),
-            "stream_reset" => ConsoleEvent::StreamReset(parse(event_type, data)?),
-            _ => {
-                return Err(SseError::InvalidConsoleEvent {
-                    event_type: event_type.to_owned(),
-                    detail: "not a console event type".to_owned(),
-                });
-            }
-        })
     }
 }
 

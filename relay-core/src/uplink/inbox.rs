@@ -52,8 +52,11 @@ pub trait UplinkInbox: Send {
     /// a reconnecting vehicle.
     fn acked(&mut self, source: &str) -> Result<Seq>;
 
-    /// Up to `max` stored records of `source` with seq `> after`, in seq order.
-    fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>>;
+    /// Up to `max` stored records of `source` with seq `> after`, in seq order: a
+    /// [`read_between`](Self::read_between) over all time.
+    fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
+        self.read_between(source, after, 0, u64::MAX, max)
+    }
 
     /// Several batches, of one source or many, in one durable commit (the remote's group
     /// commit: one sync for every connection's pending batch). Every batch is validated
@@ -137,10 +140,6 @@ impl UplinkInbox for MemoryInbox {
             .get(source)
             .and_then(|held| held.last_key_value())
             .map_or(0, |(seq, _)| *seq))
-    }
-
-    fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
-        self.read_between(source, after, 0, u64::MAX, max)
     }
 
     fn sources(&mut self) -> Result<Vec<InboxSource>> {

@@ -486,10 +486,6 @@ impl UplinkInbox for SqliteInbox {
         Ok(row.map_or(0, |r| r.acked))
     }
 
-    fn read(&mut self, source: &str, after: Seq, max: usize) -> Result<Vec<OutboxRecord>> {
-        self.read_between(source, after, 0, u64::MAX, max)
-    }
-
     fn sources(&mut self) -> Result<Vec<InboxSource>> {
         let mut stmt = self
             .conn

@@ -35,24 +35,11 @@ struct Inner {
     open: Mutex<HashSet<String>>,
 }
 
+/// A call on the store, run after the commits queued before it.
+type StoreCall = Box<dyn FnOnce(&mut dyn OutboxStore) + Send>;
+
 enum Job {
-    Open {
-        key: String,
-        done: oneshot::Sender<Result<StoredStream>>,
-    },
-    Read {
-        stream: StreamId,
-        after_slot: u64,
-        max: usize,
-        done: oneshot::Sender<Result<Vec<StoredRecord>>>,
-    },
-    ReadNewest {
-        stream: StreamId,
-        since_ts_ms: u64,
-        before_slot: u64,
-        max: usize,
-        done: oneshot::Sender<Result<Vec<StoredRecord>>>,
-    },
+    Call(StoreCall),
     Commit {
         writes: Vec<StreamWrite>,
         done: oneshot::Sender<Result<()>>,
@@ -116,6 +103,20 @@ impl OutboxStoreHandle {
         answer.await.map_err(|_| Error::WorkerGone { action })
     }
 
+    /// Runs `call` on the store's thread, after the commits sent before it.
+    async fn call<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        call: impl FnOnce(&mut dyn OutboxStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.ask(action, |done| {
+            Job::Call(Box::new(move |store| {
+                let _ = done.send(call(store));
+            }))
+        })
+        .await?
+    }
+
     /// Opens `key` for one writer: refused with [`Error::OutboxStreamBusy`] while another
     /// holds it.
     pub(crate) async fn open_stream(&self, key: &str) -> Result<(StoredStream, StreamLease)> {
@@ -137,8 +138,8 @@ impl OutboxStoreHandle {
         };
         let key = key.to_owned();
         let stored = self
-            .ask("open stream", |done| Job::Open { key, done })
-            .await??;
+            .call("open stream", move |store| store.open_stream(&key))
+            .await?;
         Ok((stored, lease))
     }
 
@@ -153,13 +154,8 @@ impl OutboxStoreHandle {
         after_slot: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>> {
-        self.ask("read", |done| Job::Read {
-            stream,
-            after_slot,
-            max,
-            done,
-        })
-        .await?
+        self.call("read", move |store| store.read(stream, after_slot, max))
+            .await
     }
 
     pub(crate) async fn read_newest(
@@ -169,14 +165,10 @@ impl OutboxStoreHandle {
         before_slot: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>> {
-        self.ask("read", |done| Job::ReadNewest {
-            stream,
-            since_ts_ms,
-            before_slot,
-            max,
-            done,
+        self.call("read", move |store| {
+            store.read_newest(stream, since_ts_ms, before_slot, max)
         })
-        .await?
+        .await
     }
 }
 
@@ -189,28 +181,9 @@ fn run(mut store: Box<dyn OutboxStore>, jobs: &mpsc::Receiver<Job>) {
         for job in woke {
             match job {
                 Job::Commit { writes, done } => commits.push((writes, done)),
-                Job::Open { key, done } => {
+                Job::Call(call) => {
                     commit_all(store.as_mut(), &mut commits);
-                    let _ = done.send(store.open_stream(&key));
-                }
-                Job::Read {
-                    stream,
-                    after_slot,
-                    max,
-                    done,
-                } => {
-                    commit_all(store.as_mut(), &mut commits);
-                    let _ = done.send(store.read(stream, after_slot, max));
-                }
-                Job::ReadNewest {
-                    stream,
-                    since_ts_ms,
-                    before_slot,
-                    max,
-                    done,
-                } => {
-                    commit_all(store.as_mut(), &mut commits);
-                    let _ = done.send(store.read_newest(stream, since_ts_ms, before_slot, max));
+                    call(store.as_mut());
                 }
                 Job::Close { done } => {
                     commit_all(store.as_mut(), &mut commits);

@@ -57,91 +57,106 @@ impl Harness for MemoryHarness {
     async fn cleanup(self) {}
 }
 
-/// SQLite backend in a temporary directory.
-pub(crate) struct SqliteHarness {
-    dir: tempfile::TempDir,
-    log: Option<SqliteStreamLog>,
+/// Storage that outlives the log opened over it (durable backends).
+pub(crate) trait Storage {
+    /// The log type.
+    type Log: StreamLog;
+    /// Opens a log over this storage.
+    async fn open(&self) -> Self::Log;
+    /// Removes what the storage holds.
+    async fn cleanup(self);
 }
+
+/// A durable backend: its storage and the log open over it.
+pub(crate) struct DurableHarness<S: Storage> {
+    storage: S,
+    log: Option<S::Log>,
+}
+
+impl<S: Storage> DurableHarness<S> {
+    async fn with(storage: S) -> Self {
+        let log = storage.open().await;
+        Self {
+            storage,
+            log: Some(log),
+        }
+    }
+}
+
+impl<S: Storage> Harness for DurableHarness<S> {
+    type Log = S::Log;
+    fn log(&self) -> &S::Log {
+        self.log.as_ref().expect("log is open")
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+    async fn reopen(&mut self) {
+        // Drop first so the connection is really closed before the storage is opened again.
+        drop(self.log.take());
+        self.log = Some(self.storage.open().await);
+    }
+    async fn cleanup(self) {
+        drop(self.log);
+        self.storage.cleanup().await;
+    }
+}
+
+/// A SQLite database file in a temporary directory.
+pub(crate) struct SqliteFile(tempfile::TempDir);
+
+impl Storage for SqliteFile {
+    type Log = SqliteStreamLog;
+    async fn open(&self) -> SqliteStreamLog {
+        SqliteStreamLog::open(self.0.path().join("streams.db"), Durability::Normal)
+            .await
+            .expect("open SQLite stream log")
+    }
+    async fn cleanup(self) {}
+}
+
+/// SQLite backend in a temporary directory.
+pub(crate) type SqliteHarness = DurableHarness<SqliteFile>;
 
 impl SqliteHarness {
     /// A fresh database file in a new temporary directory.
     pub(crate) async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log = SqliteStreamLog::open(dir.path().join("streams.db"), Durability::Normal)
-            .await
-            .expect("open SQLite stream log");
-        Self {
-            dir,
-            log: Some(log),
-        }
+        Self::with(SqliteFile(dir)).await
     }
 }
 
-impl Harness for SqliteHarness {
-    type Log = SqliteStreamLog;
-    fn log(&self) -> &SqliteStreamLog {
-        self.log.as_ref().expect("log is open")
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-    async fn reopen(&mut self) {
-        // Drop first so the connection is really closed before the file is opened again.
-        drop(self.log.take());
-        self.log = Some(
-            SqliteStreamLog::open(self.dir.path().join("streams.db"), Durability::Normal)
-                .await
-                .expect("reopen SQLite stream log"),
-        );
-    }
-    async fn cleanup(self) {}
-}
+/// The keys of Redis under a unique prefix.
+pub(crate) struct RedisPrefix(String);
 
-/// Redis backend with a unique key prefix.
-pub(crate) struct RedisHarness {
-    prefix: String,
-    log: Option<RedisStreamLog>,
-}
-
-impl RedisHarness {
-    /// Connects with a new unique prefix. Panics when Redis is unreachable.
-    pub(crate) async fn new() -> Self {
-        let prefix = format!("tether-test:{:016x}:", rand::random::<u64>());
-        let log = Self::connect(&prefix).await;
-        Self {
-            prefix,
-            log: Some(log),
-        }
-    }
-
-    async fn connect(prefix: &str) -> RedisStreamLog {
+impl Storage for RedisPrefix {
+    type Log = RedisStreamLog;
+    /// Panics when Redis is unreachable.
+    async fn open(&self) -> RedisStreamLog {
         let url = redis_url();
-        match RedisStreamLog::connect(&url, prefix).await {
+        match RedisStreamLog::connect(&url, &self.0).await {
             Ok(log) => log,
             Err(e) => panic!("Redis at {url} is required for this test (set REDIS_URL): {e}"),
         }
-    }
-}
-
-impl Harness for RedisHarness {
-    type Log = RedisStreamLog;
-    fn log(&self) -> &RedisStreamLog {
-        self.log.as_ref().expect("log is open")
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-    async fn reopen(&mut self) {
-        drop(self.log.take());
-        self.log = Some(Self::connect(&self.prefix).await);
     }
     async fn cleanup(self) {
         let mut conn = test_redis::connect(&redis_url())
             .await
             .expect("Redis connection for cleanup");
-        test_redis::delete_prefix(&mut conn, &self.prefix)
+        test_redis::delete_prefix(&mut conn, &self.0)
             .await
             .expect("delete test keys");
+    }
+}
+
+/// Redis backend with a unique key prefix.
+pub(crate) type RedisHarness = DurableHarness<RedisPrefix>;
+
+impl RedisHarness {
+    /// Connects with a new unique prefix. Panics when Redis is unreachable.
+    pub(crate) async fn new() -> Self {
+        let prefix = format!("tether-test:{:016x}:", rand::random::<u64>());
+        Self::with(RedisPrefix(prefix)).await
     }
 }
 

@@ -527,6 +527,37 @@ mod tests {
         panic!("the edge did not start the dongle's worker");
     }
 
+    /// An edge running through [`run`] for `SERIAL`, and what the test drives it with.
+    struct Running {
+        metrics: DongleMetrics,
+        stop_tx: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
+        queue: FrameQueue,
+        out: DongleOut,
+    }
+
+    /// Runs `edge` with a worker queue of `max` frames, once it started the worker.
+    async fn start<E: FrameEdge + Send + 'static>(edge: E, max: usize) -> Running {
+        let metrics = DongleMetrics::default();
+        let started = Started::default();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run(
+            edge,
+            SERIAL.into(),
+            metrics.clone(),
+            starter(&started, max),
+            stop,
+        ));
+        let (queue, out) = take_started(&started).await;
+        Running {
+            metrics,
+            stop_tx,
+            task,
+            queue,
+            out,
+        }
+    }
+
     /// Takes frames from the queue until `n` arrived.
     async fn queued(queue: &mut FrameQueue, n: usize) -> Vec<CanRecord> {
         let mut got = Vec::new();
@@ -560,17 +591,13 @@ mod tests {
             bus.port("agent", 4096, OverflowPolicy::Backpressure),
             "virtual",
         );
-        let metrics = DongleMetrics::default();
-        let started = Started::default();
-        let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(run(
-            edge,
-            SERIAL.into(),
-            metrics.clone(),
-            starter(&started, 256),
-            stop,
-        ));
-        let (mut queue, out) = take_started(&started).await;
+        let Running {
+            metrics,
+            stop_tx,
+            task,
+            mut queue,
+            out,
+        } = start(edge, 256).await;
 
         for i in 0..100 {
             car.send(&record(i)).await.unwrap();
@@ -633,17 +660,13 @@ mod tests {
             .unwrap();
         let agent = edge.local_addr().unwrap();
         let dongle = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let metrics = DongleMetrics::default();
-        let started = Started::default();
-        let (_stop_tx, stop) = watch::channel(false);
-        tokio::spawn(run(
-            edge,
-            SERIAL.into(),
-            metrics.clone(),
-            starter(&started, 4096),
-            stop,
-        ));
-        let (mut queue, out) = take_started(&started).await;
+        let Running {
+            metrics,
+            stop_tx: _stop_tx,
+            mut queue,
+            out,
+            ..
+        } = start(edge, 4096).await;
 
         let early = out.send(vec![record(1), record(2)]).await;
         assert_eq!((early.encoded, early.send_errors), (0, 2));
