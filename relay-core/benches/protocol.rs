@@ -28,19 +28,28 @@ use relay_core::protocol::{self, Encoding, FrameBatch, Message};
 
 const FRAMES: u64 = 22;
 
-fn batch() -> Message {
+const GROUP: &str = "0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a";
+
+/// The batch's frames as the dongle captured them.
+fn records() -> Vec<CanRecord> {
     let id = CanId::standard(0x7e8).unwrap();
-    let frames = (0..FRAMES)
+    (0..FRAMES)
         .map(|i| {
             let data = DataFrame::new(id, &[0x02, 0x10, 0x03, 0, 0, 0, 0, 0]).unwrap();
-            let record = CanRecord::new(
+            CanRecord::new(
                 1_700_000_000_000_000_000 + i * 222_222,
                 Channel::from(""),
                 Direction::Rx,
                 CanFrame::Data(data),
-            );
-            CanRelayFrame::from_record("0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a", &record)
+            )
         })
+        .collect()
+}
+
+fn batch() -> Message {
+    let frames = records()
+        .iter()
+        .map(|record| CanRelayFrame::from_record(GROUP, record))
         .collect();
     Message::Frames(FrameBatch {
         first_seq: 1,
@@ -113,24 +122,10 @@ fn codec(c: &mut Criterion) {
     });
     group.finish();
 
-    let group_id = "0b6f3c1e-4a58-4c2b-9a55-3f2d4c1e9b7a";
-    let records: Vec<can_io::CanRecord> = frames
-        .frames
-        .iter()
-        .map(|f| {
-            let frame = can_io::frame::CanFrame::Data(
-                can_io::frame::DataFrame::new(
-                    can_io::frame::CanId::standard(f.can_id).unwrap(),
-                    &f.data,
-                )
-                .unwrap(),
-            );
-            can_io::CanRecord::new(f.ts, "can0".into(), can_io::frame::Direction::Rx, frame)
-        })
-        .collect();
+    let records = records();
     let mut group = c.benchmark_group("produce");
     group.throughput(Throughput::Elements(FRAMES));
-    let encoder = protocol::StoredFrameEncoder::new(group_id);
+    let encoder = protocol::StoredFrameEncoder::new(GROUP);
     group.bench_function("direct", |b| {
         b.iter(|| {
             records
@@ -144,7 +139,7 @@ fn codec(c: &mut Criterion) {
             records
                 .iter()
                 .map(|r| {
-                    protocol::encode_stored_frame(&protocol::WireFrame::from_record(group_id, r))
+                    protocol::encode_stored_frame(&protocol::WireFrame::from_record(GROUP, r))
                         .unwrap()
                 })
                 .collect::<Vec<_>>()

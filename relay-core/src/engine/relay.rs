@@ -23,39 +23,25 @@ struct Group {
     published: Option<(GroupMode, Vec<Side>)>,
 }
 
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B => 1,
-    }
-}
-
-fn dir_index(dir: Direction) -> usize {
-    match dir {
-        Direction::AToB => 0,
-        Direction::BToA => 1,
-    }
-}
-
 impl Group {
     fn stream(&mut self, dir: Direction) -> &mut StreamState {
-        &mut self.streams[dir_index(dir)]
+        &mut self.streams[dir.index()]
     }
 
     fn is_online(&self, side: Side) -> bool {
-        self.online[side_index(side)]
+        self.online[side.index()]
     }
 
     fn status(&mut self, config: &EngineConfig) -> GroupStatus {
         let offline: Vec<Side> = [Side::A, Side::B]
             .into_iter()
-            .filter(|s| !self.is_online(*s) && !self.remote[side_index(*s)])
+            .filter(|s| !self.is_online(*s) && !self.remote[s.index()])
             .collect();
         let replaying = self.streams.iter_mut().any(|s| s.is_replaying(config));
         let mode = GroupMode::decide(self.activated, offline.is_empty(), replaying);
         let mut backlog = GroupBacklog::default();
         for dir in Direction::BOTH {
-            backlog.set(dir, self.streams[dir_index(dir)].backlog());
+            backlog.set(dir, self.streams[dir.index()].backlog());
         }
         GroupStatus {
             mode,
@@ -224,7 +210,7 @@ impl RelayEngine {
                 head: limit,
             });
         }
-        g.online[side_index(side)] = true;
+        g.online[side.index()] = true;
         let s = g.stream(inbound);
         s.consumer_connected(rx_cursor, &config, now_ms);
         let mut store_cursor = None;
@@ -259,7 +245,7 @@ impl RelayEngine {
     pub fn handle_disconnected(&mut self, group: &GroupId, side: Side, now_ms: u64) -> Result<()> {
         self.now_ms = self.now_ms.max(now_ms);
         let g = self.group_mut(group)?;
-        g.online[side_index(side)] = false;
+        g.online[side.index()] = false;
         g.stream(side.inbound()).consumer_disconnected();
         self.publish_mode(group);
         Ok(())
@@ -536,7 +522,7 @@ impl RelayEngine {
         now_ms: u64,
     ) -> Result<()> {
         self.now_ms = self.now_ms.max(now_ms);
-        self.group_mut(group)?.remote[side_index(side)] = online;
+        self.group_mut(group)?.remote[side.index()] = online;
         self.publish_mode(group);
         Ok(())
     }
@@ -546,7 +532,7 @@ impl RelayEngine {
     pub fn stream_position(&self, group: &GroupId, direction: Direction) -> Option<Seq> {
         self.groups
             .get(group)
-            .map(|g| g.streams[dir_index(direction)].appended)
+            .map(|g| g.streams[direction.index()].appended)
     }
 
     /// The result of a [`StorageRequest::Read`]. Results carrying an old `epoch` (from before a

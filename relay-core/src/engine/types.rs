@@ -14,6 +14,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// The side's slot in per-side arrays: A = 0, B = 1.
+    pub const fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
     /// The other side of the group.
     pub fn peer(self) -> Side {
         match self {
@@ -58,6 +66,14 @@ pub enum Direction {
 impl Direction {
     /// Both directions, in a fixed order.
     pub const BOTH: [Direction; 2] = [Direction::AToB, Direction::BToA];
+
+    /// The direction's slot in per-direction arrays: its place in [`BOTH`](Self::BOTH).
+    pub const fn index(self) -> usize {
+        match self {
+            Direction::AToB => 0,
+            Direction::BToA => 1,
+        }
+    }
 
     /// The side that produces this stream.
     pub fn producer(self) -> Side {

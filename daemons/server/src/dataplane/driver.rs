@@ -82,29 +82,15 @@ struct Loaded {
     remote: [Option<bool>; 2],
 }
 
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::A => 0,
-        Side::B => 1,
-    }
-}
-
-fn dir_index(direction: Direction) -> usize {
-    match direction {
-        Direction::AToB => 0,
-        Direction::BToA => 1,
-    }
-}
-
 impl Loaded {
     fn current(&self, side: Side, conn: ConnId) -> bool {
-        self.slots[side_index(side)]
+        self.slots[side.index()]
             .as_ref()
             .is_some_and(|slot| slot.conn == conn)
     }
 
     fn push(&self, side: Side, out: Out) -> Pushed {
-        match &self.slots[side_index(side)] {
+        match &self.slots[side.index()] {
             Some(slot) => slot.outbox.push(out),
             None => Pushed::Closing,
         }
@@ -463,14 +449,14 @@ impl Driver {
                         let Some(loaded) = self.groups.get_mut(&gid) else {
                             return;
                         };
-                        let old = loaded.slots[side_index(side)].replace(Slot { conn, outbox });
+                        let old = loaded.slots[side.index()].replace(Slot { conn, outbox });
                         if let Some(old) = old {
                             old.outbox.push(Out::Close(
                                 "replaced by a newer connection of the same side".to_owned(),
                             ));
                         }
-                        let dongle = loaded.dongles[side_index(side)];
-                        loaded.last_seen[side_index(side)] = Some(Instant::now());
+                        let dongle = loaded.dongles[side.index()];
+                        loaded.last_seen[side.index()] = Some(Instant::now());
                         self.update_tails(&gid);
                         self.send_sync(SyncJob::Online {
                             dongle,
@@ -506,7 +492,7 @@ impl Driver {
                 let last = items.last().map_or(0, |i| i.seq);
                 match self.engine.handle_frames(&gid, side, items, now) {
                     Ok(()) => {
-                        let arrivals = &mut loaded.arrivals[dir_index(side.outbound())];
+                        let arrivals = &mut loaded.arrivals[side.outbound().index()];
                         if arrivals.back().is_none_or(|(seq, _)| *seq < last) {
                             arrivals.push_back((last, received));
                             if arrivals.len() > MAX_ARRIVALS {
@@ -568,10 +554,10 @@ impl Driver {
         let Some(loaded) = self.groups.get_mut(gid) else {
             return;
         };
-        let last = &mut loaded.last_seen[side_index(side)];
+        let last = &mut loaded.last_seen[side.index()];
         if last.is_none_or(|at| at.elapsed() >= SEEN_EVERY) {
             *last = Some(Instant::now());
-            let dongle = loaded.dongles[side_index(side)];
+            let dongle = loaded.dongles[side.index()];
             self.send_sync(SyncJob::Seen { dongle });
         }
     }
@@ -601,7 +587,7 @@ impl Driver {
         let Some(loaded) = self.groups.get_mut(gid) else {
             return;
         };
-        let slot = loaded.slots[side_index(side)].take();
+        let slot = loaded.slots[side.index()].take();
         let had_slot = slot.is_some();
         if let Some(slot) = slot {
             // Already closing in every normal path; this closes a connection that lost its slot
@@ -609,7 +595,7 @@ impl Driver {
             slot.outbox
                 .push(Out::Close("the connection is no longer current".to_owned()));
         }
-        let dongle = loaded.dongles[side_index(side)];
+        let dongle = loaded.dongles[side.index()];
         if let Err(err) = self.engine.handle_disconnected(gid, side, now) {
             tracing::error!(group = %gid, %side, %err, "engine refused a disconnect");
         }
@@ -633,7 +619,7 @@ impl Driver {
                 let Some(loaded) = self.groups.get(&group) else {
                     return;
                 };
-                let lane = &loaded.lanes[dir_index(direction)];
+                let lane = &loaded.lanes[direction.index()];
                 let sent = lane.tx.send(AppendRequest {
                     generation: lane.generation,
                     items,
@@ -687,15 +673,14 @@ impl Driver {
                 let Some(loaded) = self.groups.get_mut(&group) else {
                     return;
                 };
-                let lane = &mut loaded.lanes[dir_index(direction)];
+                let lane = &mut loaded.lanes[direction.index()];
                 if lane.generation != generation {
                     return;
                 }
                 match done {
                     AppendDone::Stored(outcomes) => {
                         let stored: u64 = outcomes.iter().map(|o| o.stored).sum();
-                        let consumer_online =
-                            loaded.slots[side_index(direction.consumer())].is_some();
+                        let consumer_online = loaded.slots[direction.consumer().index()].is_some();
                         if stored > 0 && (!consumer_online || loaded.mode != GroupMode::Active) {
                             self.metrics.frames_buffered.inc_by(stored);
                         }
@@ -748,7 +733,7 @@ impl Driver {
                 let Some(loaded) = self.groups.get_mut(&group) else {
                     return;
                 };
-                loaded.trimming[dir_index(direction)] = false;
+                loaded.trimming[direction.index()] = false;
                 match result {
                     Ok(trims) => {
                         for trim in &trims {
@@ -808,8 +793,8 @@ impl Driver {
             .tails
             .get_or_insert_with(|| cluster::Tails::spawn(link, events.clone()));
         for direction in Direction::BOTH {
-            let want = loaded.slots[side_index(direction.consumer())].is_some()
-                && loaded.slots[side_index(direction.producer())].is_none();
+            let want = loaded.slots[direction.consumer().index()].is_some()
+                && loaded.slots[direction.producer().index()].is_none();
             if want && !tails.is_tailing(gid, direction) {
                 let after = self.engine.stream_position(gid, direction).unwrap_or(0);
                 tails.start(gid, direction, after);
@@ -883,7 +868,7 @@ impl Driver {
             }
         }
         for (index, direction) in Direction::BOTH.into_iter().enumerate() {
-            let consumer_local = loaded.slots[side_index(direction.consumer())].is_some();
+            let consumer_local = loaded.slots[direction.consumer().index()].is_some();
             let cursor = if consumer_local {
                 None
             } else {
@@ -1053,7 +1038,7 @@ impl Driver {
         let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
         for (gid, loaded) in &mut self.groups {
             for direction in Direction::BOTH {
-                let index = dir_index(direction);
+                let index = direction.index();
                 if loaded.trimming[index] {
                     continue;
                 }
@@ -1099,7 +1084,7 @@ impl Driver {
                 let count = items.len() as u64;
                 self.metrics.frames_relayed.inc_by(count);
                 let last = items.last().map_or(0, |i| i.seq);
-                let arrivals = &mut loaded.arrivals[dir_index(to.inbound())];
+                let arrivals = &mut loaded.arrivals[to.inbound().index()];
                 let mut arrived = None;
                 while let Some(&(seq, at)) = arrivals.front() {
                     if seq > last {
