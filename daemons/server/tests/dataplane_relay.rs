@@ -319,11 +319,7 @@ async fn only_the_agent_of_a_side_may_open_it_and_inactive_groups_store_nothing(
         let mut client = DataClient::connect(&srv.base, token).await?;
         match client.hello(group_id, Side::A, 0, JSON).await? {
             Message::Error(err) => {
-                assert_eq!(
-                    err.code,
-                    ErrorCode::Unauthorized,
-                    "{err:?}"
-                )
+                assert_eq!(err.code, ErrorCode::Unauthorized, "{err:?}")
             }
             other => return Err(format!("expected unauthorized, got {other:?}").into()),
         }
