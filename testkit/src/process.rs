@@ -35,6 +35,21 @@ pub fn spawn_logged(command: &mut Command, log: &Path) -> std::io::Result<Child>
     command.stdout(Stdio::null()).stderr(file).spawn()
 }
 
+/// Runs `command` to completion and asserts that it exited 0 (the failure names the command
+/// and shows its stderr) → its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits for a child to exit without blocking the runtime; kills it after `limit`.
 pub async fn wait_child(child: &mut Child, limit: Duration) -> TestResult<ExitStatus> {
     let deadline = tokio::time::Instant::now() + limit;

@@ -53,6 +53,16 @@ impl Api {
         format!("{}{path}", self.base.replacen("http://", "ws://", 1))
     }
 
+    /// A `GET path` to add to (headers, a token) before sending it; no timeout, for streams.
+    pub fn get_request(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    /// `GET path` without a token: the response as it came (status, headers, body).
+    pub async fn fetch(&self, path: &str) -> TestResult<reqwest::Response> {
+        Ok(self.get_request(path).send().await?)
+    }
+
     /// Sends a request with an optional bearer token and JSON body; returns the status and the
     /// JSON body (`Value::Null` when empty).
     pub async fn call(
@@ -151,7 +161,19 @@ impl Api {
         text(&answer, "id")
     }
 
-    /// `POST /api/v1/groups` of dongles `a` and `b` → group id.
+    /// `POST /api/v1/groups` of dongles `a` and `b`: the raw answer.
+    pub async fn post_group(
+        &self,
+        user_token: &str,
+        name: &str,
+        a: &str,
+        b: &str,
+    ) -> TestResult<(StatusCode, Value)> {
+        self.post("/api/v1/groups", user_token, group_body(name, a, b))
+            .await
+    }
+
+    /// `POST /api/v1/groups` of dongles `a` and `b` (201) → group id.
     pub async fn create_group(
         &self,
         user_token: &str,
@@ -159,7 +181,7 @@ impl Api {
         a: &str,
         b: &str,
     ) -> TestResult<String> {
-        let body = json!({ "name": name, "dongle_a": a, "dongle_b": b });
+        let body = group_body(name, a, b);
         self.create("/api/v1/groups", user_token, body).await
     }
 
@@ -211,6 +233,19 @@ impl Api {
         self.create("/api/v1/vehicles", user_token, body).await
     }
 
+    /// `POST /api/v1/commands` of command `name` on `vehicle` (`command_params` left out when
+    /// `None`): the raw answer.
+    pub async fn post_command(
+        &self,
+        user_token: &str,
+        vehicle: &str,
+        name: &str,
+        params: Option<Value>,
+    ) -> TestResult<(StatusCode, Value)> {
+        let body = command_body(vehicle, name, params);
+        self.post("/api/v1/commands", user_token, body).await
+    }
+
     /// `POST /api/v1/commands` (202) → the accepted body.
     pub async fn submit_command(
         &self,
@@ -219,7 +254,7 @@ impl Api {
         name: &str,
         params: Value,
     ) -> TestResult<Value> {
-        let body = json!({"vehicle_id": vehicle, "command_name": name, "command_params": params});
+        let body = command_body(vehicle, name, Some(params));
         self.post_expect("/api/v1/commands", user_token, body, StatusCode::ACCEPTED)
             .await
     }
@@ -253,6 +288,20 @@ impl Api {
     pub async fn metrics(&self) -> Option<String> {
         get_text(&self.client, &self.url("/metrics")).await
     }
+}
+
+/// The body of `POST /api/v1/groups`.
+fn group_body(name: &str, a: &str, b: &str) -> Value {
+    json!({ "name": name, "dongle_a": a, "dongle_b": b })
+}
+
+/// The body of `POST /api/v1/commands`.
+fn command_body(vehicle: &str, name: &str, params: Option<Value>) -> Value {
+    let mut body = json!({ "vehicle_id": vehicle, "command_name": name });
+    if let Some(params) = params {
+        body["command_params"] = params;
+    }
+    body
 }
 
 /// Reads a response as JSON, asserting that error responses have the JSON error shape.
@@ -315,6 +364,14 @@ pub fn text(body: &Value, field: &str) -> TestResult<String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("no string field {field:?} in {body}").into())
+}
+
+/// Asserts that the JSON object `body` has every one of `fields` (the failure names the field
+/// missing and shows `body`).
+pub fn assert_fields(body: &Value, fields: &[&str]) {
+    for field in fields {
+        assert!(body.get(field).is_some(), "no field {field:?} in {body}");
+    }
 }
 
 /// The error code of a JSON error body (`""` when it is not one).

@@ -116,13 +116,7 @@ async fn other_users_and_agents_are_kept_out() -> TestResult {
             "{method} {path}: {body}"
         );
     }
-    let (status, body) = api
-        .post(
-            "/api/v1/groups",
-            &mallory,
-            json!({"name": "steal", "dongle_a": m1, "dongle_b": a}),
-        )
-        .await?;
+    let (status, body) = api.post_group(&mallory, "steal", &m1, &a).await?;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNPROCESSABLE_ENTITY, "unknown_dongle"),

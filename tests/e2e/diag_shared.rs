@@ -116,25 +116,9 @@ async fn run_command(
     name: &str,
     params: Value,
 ) -> TestResult<Vec<Value>> {
-    let (status, body) = api
-        .post(
-            "/api/v1/commands",
-            user,
-            json!({"vehicle_id": vehicle, "command_name": name, "command_params": params}),
-        )
-        .await?;
-    if status != StatusCode::ACCEPTED {
-        return Err(format!("post command: {status} {body}").into());
-    }
-    let id = text(&body, "command_id")?;
-    let done = eventually(PATIENCE, &format!("{name} {id} ends"), || async {
-        let (_, c) = api
-            .get(&format!("/api/v1/commands/{id}"), user)
-            .await
-            .ok()?;
-        (c["status"] == "completed" || c["status"] == "failed").then_some(c)
-    })
-    .await?;
+    let accepted = api.submit_command(user, vehicle, name, params).await?;
+    let id = text(&accepted, "command_id")?;
+    let done = api.command_ended(user, &id, PATIENCE).await?;
     if done["status"] != "completed" {
         return Err(format!("{name} did not complete: {done}").into());
     }

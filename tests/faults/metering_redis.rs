@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use crate::metering_support::{
-    agent_setup, kill9, sigterm, spawn_agent, start_double, usage_record, wait_delivered,
-    wait_exit, wait_redis_connected,
+    kill9, lpush_retrying, outage_agent, sigterm, usage_records, wait_delivered, wait_exit,
+    wait_redis_connected,
 };
 use crate::support::{TestResult, Workspace};
 use tether_testkit::redis::OwnRedis;
@@ -19,42 +19,16 @@ use tether_testkit::redis::OwnRedis;
 const RECORDS: usize = 2000;
 const CHUNK: usize = 100;
 
-async fn push(url: &str, queue: &str, msgs: &[String]) {
-    loop {
-        if let Ok(client) = redis::Client::open(url)
-            && let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("LPUSH")
-                .arg(queue)
-                .arg(msgs)
-                .query_async::<i64>(&mut c)
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_metering_loses_nothing() -> TestResult {
     let ws = Workspace::new()?;
     let mut redis = OwnRedis::start(&ws.path("redis")).await?;
     let url = redis.url();
-    let (cp, cp_url) = start_double().await;
-    let setup = agent_setup(
-        &cp_url,
-        &url,
-        "    max_deliveries: 1000\n    batch_size: 50\n",
-        "",
-    );
-    let queue = format!("{}queue:usage_records", setup.prefix);
-    let agent = spawn_agent(&setup, 0);
-    wait_redis_connected(&setup, Duration::from_secs(20), "agent healthy").await;
+    let (cp, setup, agent) = outage_agent(&url).await;
+    let queue = setup.usage_queue();
     let ids: Vec<String> = (0..RECORDS).map(|i| format!("k-{i}")).collect();
     for (round, chunk) in ids.chunks(CHUNK).enumerate() {
-        let msgs: Vec<String> = chunk.iter().map(|id| usage_record("s1", id)).collect();
-        push(&url, &queue, &msgs).await;
+        lpush_retrying(&url, &queue, &usage_records(chunk, 1)).await;
         if round == 5 {
             redis.kill9();
             tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -10,35 +10,17 @@ Needs TETHER_BIN.
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
-import httpx
-from tether_server import TETHER, TIMEOUT, create_token, env_without_redis
+from loopback import free_port, stop
+from tether_server import TETHER, api, create_token, env_without_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURE = ROOT / "data" / "captures" / "nissan-leaf-isotp.log"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, grace: float = 10) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Relay:
@@ -99,10 +81,7 @@ class Relay:
 
     # --- REST --------------------------------------------------------------------------------
     def api(self, method: str, path: str, body: Optional[dict] = None, token: Optional[str] = None):
-        r = httpx.request(method, f"{self.base}/api/v1{path}", json=body, timeout=TIMEOUT,
-                          headers={"Authorization": f"Bearer {token or self.token}"})
-        assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
-        return r.json() if r.content else None
+        return api(self.base, token or self.token, method, f"/api/v1{path}", body)
 
     def setup(self) -> None:
         self.sides = {}

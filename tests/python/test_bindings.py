@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import can
-import httpx
 import pytest
-from tether_server import create_token, running_server
+from tether_server import api, create_token, pair_in_group, running_server
 from websockets.sync.client import connect
 
 import tether
@@ -307,14 +306,7 @@ def server(tmp_path):
     data = tmp_path / "data"
     token = create_token(data, "pia")
     with running_server(data) as addr:
-        yield {"addr": addr, "token": token}
-
-
-def api(s, token, method, path, body=None):
-    r = httpx.request(method, f"http://{s['addr']}{path}", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
-    return r.json() if r.content else None
+        yield {"addr": addr, "base": f"http://{addr}", "token": token}
 
 
 def open_side(s, agent_token, group, side):
@@ -329,12 +321,10 @@ def open_side(s, agent_token, group, side):
 
 
 def test_a_python_agent_relays_frames_through_the_real_server(server):
-    agent = api(server, server["token"], "POST", "/api/v1/agents", {"name": "py-edge"})
-    dongles = [api(server, agent["token"], "POST", "/api/v1/agent/dongles", {"serial": serial})["id"]
-               for serial in ("PY-A", "PY-B")]
-    group = api(server, server["token"], "POST", "/api/v1/groups",
-                {"name": "py-pair", "dongle_a": dongles[0], "dongle_b": dongles[1]})["id"]
-    api(server, server["token"], "POST", f"/api/v1/groups/{group}/activate")
+    base, token = server["base"], server["token"]
+    agent, _dongles, group = pair_in_group(base, token, "py-edge", ("PY-A", "PY-B"), "py-pair")
+    group = group["id"]
+    api(base, token, "POST", f"/api/v1/groups/{group}/activate")
     a, b = open_side(server, agent["token"], group, "a"), open_side(server, agent["token"], group, "b")
     sent = tether.parse_log(CAPTURE.read_bytes()).frames[:300]
     for first in range(0, len(sent), 100):
@@ -354,7 +344,7 @@ def test_a_python_agent_relays_frames_through_the_real_server(server):
             acked = m["up_to"]
     assert [view(f) for f in got] == [view(f) for f in sent]
     assert [(f.ts_ns, f.direction) for f in got] == [(f.ts_ns, f.direction) for f in sent]
-    state = api(server, server["token"], "GET", f"/api/v1/groups/{group}")
+    state = api(server["base"], server["token"], "GET", f"/api/v1/groups/{group}")
     assert state["mode"] == "active"
     a.close()
     b.close()

@@ -13,21 +13,15 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import can
 import cantools
+from loopback import free_port
 
 TETHER = os.environ.get("TETHER_BIN", "tether")
 DBC = pathlib.Path(__file__).resolve().parents[2] / "data" / "dbc" / "tether-system.dbc"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_status_frames_decode_with_the_shipped_dbc(tmp_path):

@@ -13,7 +13,7 @@ import re
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from tether_server import TIMEOUT, create_token, running_server
+from tether_server import TIMEOUT, api, create_token, pair_in_group, running_server
 
 
 @pytest.fixture
@@ -25,19 +25,8 @@ def server(tmp_path):
         yield {"base": f"http://{addr}", "token": token, "stranger": stranger}
 
 
-def api(base, token, method, path, body=None):
-    r = httpx.request(method, f"{base}{path}", json=body, timeout=TIMEOUT,
-                      headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
-    return r.json() if r.content else None
-
-
 def setup_group(s):
-    agent = api(s["base"], s["token"], "POST", "/api/v1/agents", {"name": "edge"})
-    dongles = [api(s["base"], agent["token"], "POST", "/api/v1/agent/dongles", {"serial": serial})["id"]
-               for serial in ("SN-A", "SN-B")]
-    group = api(s["base"], s["token"], "POST", "/api/v1/groups",
-                {"name": "pair", "dongle_a": dongles[0], "dongle_b": dongles[1]})
+    _agent, dongles, group = pair_in_group(s["base"], s["token"], "edge", ("SN-A", "SN-B"), "pair")
     return dongles, group["id"]
 
 

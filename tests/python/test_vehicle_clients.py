@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import can
 import pytest
+from loopback import free_udp_port, stop, until
 from tether_server import TETHER, create_token, running_server
 
 from tether.client import AsyncClient, Client, Ecu, Vehicle
@@ -34,24 +34,6 @@ DTCS = [
     {"dtcCode": "P0171", "ftb": 0, "status": 0x24, "description": "System Too Lean (Bank 1)"},
     {"dtcCode": "U0100", "ftb": 0, "status": 0x09, "description": 'Lost Communication With ECM/PCM "A"'},
 ]
-T = TypeVar("T")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def until(what: str, check: Callable[[], T], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -62,12 +44,7 @@ def process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> It
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, grace=15)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 

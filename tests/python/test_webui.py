@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from relay_harness import chromium, free_port, running_relay, stop
+from loopback import free_port, stop
+from loopback import until as poll_until
+from relay_harness import chromium, running_relay
 from tether_server import TETHER, TIMEOUT, env_without_redis
 
 # scripts/test.sh installs the browser and sets TETHER_REQUIRE_BROWSER: there a missing browser
@@ -44,18 +46,8 @@ def shot(driver, name: str) -> None:
 
 
 def until(what: str, fn, patience: float = WAIT):
-    deadline = time.monotonic() + patience
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as err:  # noqa: BLE001 - elements come and go while a view loads
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    # Elements come and go while a view loads: an exception is a "not yet".
+    return poll_until(what, fn, patience, tolerate=(Exception,))
 
 
 def text(driver, css: str) -> str:

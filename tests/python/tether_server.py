@@ -11,7 +11,9 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import Any, Optional, Union
+
+import httpx
 
 TETHER = os.environ.get("TETHER_BIN", "tether")
 TIMEOUT = 20
@@ -32,6 +34,25 @@ def create_token(data: Union[str, Path], user: str) -> str:
     ).stdout.strip()
     assert token.startswith("tu_"), token
     return token
+
+
+def api(base: str, token: str, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+    """`method base+path` with a bearer token and a JSON body; asserts a 2xx answer and returns
+    its JSON (None when empty)."""
+    r = httpx.request(method, f"{base}{path}", json=body, timeout=TIMEOUT,
+                      headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+    return r.json() if r.content else None
+
+
+def pair_in_group(base: str, token: str, agent: str, serials: tuple[str, str], group: str) -> tuple[Any, list[str], Any]:
+    """Through the REST API as `token`'s user: an agent named `agent`, its two dongles announced
+    with `serials`, and an (inactive) group `group` of them → (agent, dongle ids, group)."""
+    made = api(base, token, "POST", "/api/v1/agents", {"name": agent})
+    dongles = [api(base, made["token"], "POST", "/api/v1/agent/dongles", {"serial": serial})["id"]
+               for serial in serials]
+    pair = api(base, token, "POST", "/api/v1/groups", {"name": group, "dongle_a": dongles[0], "dongle_b": dongles[1]})
+    return made, dongles, pair
 
 
 @contextlib.contextmanager

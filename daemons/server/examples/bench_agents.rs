@@ -45,12 +45,8 @@ use support::ErrorLog;
 #[derive(Debug, Parser)]
 #[command(about = "Dongle → agent → server → agent → dongle load driver")]
 struct Cli {
-    /// Server base URL, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    server: String,
-    /// A user token (`tether server token create`).
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    target: support::ServerArgs,
     /// The `tether` binary that runs the agents.
     #[arg(long)]
     tether: PathBuf,
@@ -441,12 +437,12 @@ async fn cpu_mark(agents: &[Agent]) -> CpuMark {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let server = cli.server.trim_end_matches('/').to_owned();
+    let server = cli.target.base().to_owned();
     let runid = std::process::id();
     let serial = |i: usize, side: &str| format!("AB{runid}-{i}-{side}");
     let groups = support::setup_groups(
         &server,
-        &cli.token,
+        &cli.target.token,
         cli.dongles,
         &format!("agentbench-{runid}"),
         &serial,

@@ -27,15 +27,14 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+#[path = "support/mod.rs"]
+mod support;
+
 #[derive(Debug, Parser)]
 #[command(about = "Vehicle-commands load driver (scripts/bench-commands.sh)")]
 struct Cli {
-    /// Base URL of the server (`http://127.0.0.1:PORT`).
-    #[arg(long)]
-    server: String,
-    /// A user token.
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    target: support::ServerArgs,
     /// The server's Redis URL (to see published events).
     #[arg(long)]
     redis: String,
@@ -62,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
     let mut vehicles = Vec::new();
     for i in 0..cli.vehicles {
         let body: Value = http
-            .post(format!("{}/api/v1/vehicles", cli.server))
-            .bearer_auth(&cli.token)
+            .post(format!("{}/api/v1/vehicles", cli.target.base()))
+            .bearer_auth(&cli.target.token)
             .json(&json!({"name": format!("bench-{i}"), "ecus": [
                 {"name": "engine", "request_id": 2016, "response_id": 2024}]}))
             .send()
@@ -123,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             Arc::clone(&sent),
             Arc::clone(&bodies),
         );
-        let (server, token) = (cli.server.clone(), cli.token.clone());
+        let (server, token) = (cli.target.base().to_owned(), cli.target.token.clone());
         let (count, stream_every) = (cli.count, cli.stream_every);
         let (streamed, stream_failures) = (Arc::clone(&streamed), Arc::clone(&stream_failures));
         workers.push(tokio::spawn(async move {

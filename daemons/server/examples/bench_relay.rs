@@ -53,12 +53,8 @@ struct Cli {
 enum Mode {
     /// Through a running `tether server` (`/ws/data`).
     Relay {
-        /// Server base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
-        server: String,
-        /// A user token (`tether server token create`).
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        target: support::ServerArgs,
         /// Another instance of the same cluster: every group's side B connects there, side A
         /// to `--server` (`docs/cluster.md`).
         #[arg(long)]
@@ -429,12 +425,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut sockets = Vec::new();
     match &cli.mode {
         Mode::Relay {
-            server,
-            token,
-            server_b,
-            ..
+            target, server_b, ..
         } => {
-            let server = server.trim_end_matches('/');
+            let (server, token) = (target.base(), &target.token);
             let run = std::process::id();
             let serial = |i: usize, side: &str| format!("BENCH-{run}-{i}-{side}");
             let groups =

@@ -240,11 +240,7 @@ async fn bad_commands_are_refused_with_the_reason() -> TestResult {
     let id = text(&done, "command_id")?;
     let bob = server.user_token("bob").await?;
     let (status, body) = server
-        .post(
-            "/api/v1/commands",
-            &bob,
-            json!({"vehicle_id": f.vehicle, "command_name": "ReadDTC"}),
-        )
+        .post_command(&bob, &f.vehicle, "ReadDTC", None)
         .await?;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     for path in [

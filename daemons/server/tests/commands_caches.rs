@@ -21,13 +21,9 @@ use tether_server::store::{DB_FILE, Store, USER_TOKEN_CACHE_TTL};
 const MARGIN: Duration = Duration::from_millis(300);
 
 async fn post_command(server: &TestServer, token: &str, vehicle: &str) -> TestResult<StatusCode> {
+    let params = json!({"ecu": "engine"});
     let (status, _) = server
-        .post(
-            "/api/v1/commands",
-            token,
-            json!({"vehicle_id": vehicle, "command_name": "TesterPresent",
-                   "command_params": {"ecu": "engine"}}),
-        )
+        .post_command(token, vehicle, "TesterPresent", Some(params))
         .await?;
     Ok(status)
 }
@@ -64,11 +60,7 @@ async fn a_revoked_token_is_refused_though_it_was_remembered() -> TestResult {
             .await?
     );
     let (status, body) = server
-        .post(
-            "/api/v1/commands",
-            &token,
-            json!({"vehicle_id": f.vehicle, "command_name": "TesterPresent"}),
-        )
+        .post_command(&token, &f.vehicle, "TesterPresent", None)
         .await?;
     assert_eq!(
         (status, code(&body)),
@@ -113,11 +105,7 @@ async fn a_foreign_or_deleted_vehicle_is_404_though_it_was_remembered() -> TestR
     );
     for _ in 0..2 {
         let (status, body) = server
-            .post(
-                "/api/v1/commands",
-                &bob.token,
-                json!({"vehicle_id": alice.vehicle, "command_name": "ReadDTC"}),
-            )
+            .post_command(&bob.token, &alice.vehicle, "ReadDTC", None)
             .await?;
         assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     }
@@ -151,11 +139,7 @@ async fn a_foreign_or_deleted_vehicle_is_404_though_it_was_remembered() -> TestR
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let doomed = body["id"].as_str().ok_or("vehicle id")?.to_owned();
     let (status, _) = server
-        .post(
-            "/api/v1/commands",
-            &alice.token,
-            json!({"vehicle_id": doomed, "command_name": "NoSuchCommand"}),
-        )
+        .post_command(&alice.token, &doomed, "NoSuchCommand", None)
         .await?;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let db = server.dir.path().join("data").join(DB_FILE);
@@ -169,11 +153,7 @@ async fn a_foreign_or_deleted_vehicle_is_404_though_it_was_remembered() -> TestR
     assert_eq!(deleted, 1);
     tokio::time::sleep(VEHICLE_CACHE_TTL + MARGIN).await;
     let (status, body) = server
-        .post(
-            "/api/v1/commands",
-            &alice.token,
-            json!({"vehicle_id": doomed, "command_name": "ReadDTC"}),
-        )
+        .post_command(&alice.token, &doomed, "ReadDTC", None)
         .await?;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (_, listed) = server

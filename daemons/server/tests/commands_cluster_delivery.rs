@@ -36,6 +36,25 @@ async fn conn(url: &str) -> TestResult<redis::aio::MultiplexedConnection> {
         .await?)
 }
 
+/// Two instances, a connection to their Redis, a fleet on the first instance, and the directory
+/// of their shared records.
+type Cluster = (
+    TestServer,
+    TestServer,
+    redis::aio::MultiplexedConnection,
+    Fleet,
+    tempfile::TempDir,
+);
+
+/// Two instances on the Redis at `url` ([`pair`]), a connection to that Redis, and a fleet of
+/// `name` on the first instance.
+async fn cluster(url: &str, name: &str) -> TestResult<Cluster> {
+    let (one, two, shared) = pair(url).await?;
+    let redis = conn(url).await?;
+    let f = fleet(&one, name).await?;
+    Ok((one, two, redis, f, shared))
+}
+
 /// Waits until `tether:diag:dongle:{dongle}` names `holder`.
 async fn announced(
     redis: &mut redis::aio::MultiplexedConnection,
@@ -196,9 +215,7 @@ async fn handed_to_a_dying_receiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_added_while_the_receiver_is_cut_off_from_redis_arrives_once() -> TestResult {
     let url = redis_url()?;
-    let (one, two, _shared) = pair(&url).await?;
-    let mut redis = conn(&url).await?;
-    let f = fleet(&one, "cutoff").await?;
+    let (one, two, mut redis, f, _shared) = cluster(&url, "cutoff").await?;
     let (mut agent, _) = f.connect_agent(&two).await?;
     announced(&mut redis, &f.dongle, &instance(&two)).await?;
 
@@ -248,9 +265,7 @@ async fn a_request_added_while_the_receiver_is_cut_off_from_redis_arrives_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_a_dead_receiver_never_claimed_is_voided_and_handed_over_again() -> TestResult {
     let url = redis_url()?;
-    let (one, two, _shared) = pair(&url).await?;
-    let mut redis = conn(&url).await?;
-    let f = fleet(&one, "unclaimed").await?;
+    let (one, two, mut redis, f, _shared) = cluster(&url, "unclaimed").await?;
     let (mut agent, id, delivery) =
         handed_to_a_dying_receiver(&mut redis, (&one, &two), &f, ("ClearDTC", json!({})), false)
             .await?;
@@ -266,9 +281,7 @@ async fn a_request_a_dead_receiver_never_claimed_is_voided_and_handed_over_again
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_a_dead_receiver_claimed_is_never_sent_again_unless_read_only() -> TestResult {
     let url = redis_url()?;
-    let (one, two, _shared) = pair(&url).await?;
-    let mut redis = conn(&url).await?;
-    let f = fleet(&one, "claimed").await?;
+    let (one, two, mut redis, f, _shared) = cluster(&url, "claimed").await?;
 
     // ClearDTC: the receiving instance claimed it (it may have reached the vehicle), then
     // died: the command fails as interrupted, and the agent now on instance 2 never gets it.
@@ -300,9 +313,7 @@ async fn a_request_a_dead_receiver_claimed_is_never_sent_again_unless_read_only(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_command_adopted_elsewhere_is_never_sent_by_its_previous_owner() -> TestResult {
     let url = redis_url()?;
-    let (one, two, _shared) = pair(&url).await?;
-    let mut redis = conn(&url).await?;
-    let f = fleet(&one, "fenced").await?;
+    let (one, two, mut redis, f, _shared) = cluster(&url, "fenced").await?;
     let (one_id, two_id) = (instance(&one), instance(&two));
 
     // Instance 1 accepts a ClearDTC for a vehicle whose agent is not connected: pending,

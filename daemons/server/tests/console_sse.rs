@@ -97,19 +97,17 @@ async fn presence_and_group_state_follow_dongles_and_activation() -> TestResult 
 #[tokio::test]
 async fn agent_presence_follows_its_first_and_last_data_plane_connection() -> TestResult {
     let server = TestServer::start().await?;
-    let token = server.user_token("ava").await?;
-    let (agent_id, agent) = server.agent(&token, "ava-edge").await?;
-    let a = server.dongle(&agent, "ava-A").await?;
-    let b = server.dongle(&agent, "ava-B").await?;
-    let group = console_support::group(&server, &token, &a, &b).await?;
-    let mut on_a = console_support::subscribe_dongle(&server, &token, &a).await?;
-    let mut on_group = console_support::subscribe_group(&server, &token, &group).await?;
+    let ava = server.user_pair("ava").await?;
+    let (token, agent) = (&ava.user, &ava.agent);
+    let group = console_support::group(&server, token, &ava.a, &ava.b).await?;
+    let mut on_a = console_support::subscribe_dongle(&server, token, &ava.a).await?;
+    let mut on_group = console_support::subscribe_group(&server, token, &group).await?;
     // Two connections of the same agent: one `online` when the first opens, one `offline`
     // when the last closes, on the dongle's and on the group's stream.
     let (side_a, _) =
-        DataClient::open(&server.base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
+        DataClient::open(&server.base, agent, &group, Side::A, 0, &[Encoding::Json]).await?;
     let (side_b, _) =
-        DataClient::open(&server.base, &agent, &group, Side::B, 0, &[Encoding::Json]).await?;
+        DataClient::open(&server.base, agent, &group, Side::B, 0, &[Encoding::Json]).await?;
     side_a.close().await?;
     side_b.close().await?;
     for (what, events) in [("dongle", &mut on_a), ("group", &mut on_group)] {
@@ -118,7 +116,7 @@ async fn agent_presence_follows_its_first_and_last_data_plane_connection() -> Te
             let event = tokio::time::timeout(EVENT_TIMEOUT, events.next_of("presence")).await??;
             let body = json(&event)?;
             if body.get("agent_id").is_some() {
-                assert_eq!(body["agent_id"], agent_id.as_str(), "{what}: {body}");
+                assert_eq!(body["agent_id"], ava.agent_id.as_str(), "{what}: {body}");
                 assert!(body.get("dongle_id").is_none(), "{what}: {body}");
                 statuses.push(body["status"].as_str().unwrap_or_default().to_owned());
             }

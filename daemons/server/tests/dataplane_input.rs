@@ -146,11 +146,7 @@ async fn malformed_and_out_of_place_messages_get_the_right_codes() -> TestResult
         log.backlog(&format!("group:{id}:a_to_b"), 0).await?.count,
         1
     );
-    let health = srv
-        .client
-        .get(format!("{}/healthz", srv.base))
-        .send()
-        .await?;
+    let health = srv.fetch("/healthz").await?;
     assert_eq!(health.status(), StatusCode::OK);
     let (mut a, welcome) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     assert_eq!(welcome.tx_acked, 1);
@@ -169,16 +165,14 @@ async fn out_of_order_batches_are_refused_but_the_connection_stays() -> TestResu
     let srv = TestServer::start().await?;
     let (_, agent, id) = srv.user_with_active_group("oscar").await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
-    a.send_frames(1, 3).await?;
-    a.wait_ack(3).await?;
+    a.send_acked(1, 3).await?;
     a.send_frames(10, 12).await?;
     let seen = a.recv_until(|m| matches!(m, Message::Error(_))).await?;
     assert!(
         matches!(seen.last(), Some(Message::Error(e)) if e.code == ErrorCode::SeqOutOfOrder),
         "{seen:?}"
     );
-    a.send_frames(4, 5).await?;
-    assert_eq!(a.wait_ack(5).await?, 5);
+    assert_eq!(a.send_acked(4, 5).await?, 5);
     Ok(())
 }
 

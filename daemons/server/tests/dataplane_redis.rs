@@ -24,31 +24,25 @@ async fn relay_backlog_and_replay_on_redis_streams() -> TestResult {
     let result = async {
         let (mut a, _) =
             DataClient::open(&srv.base, &agent, &id, Side::A, 0, &[Encoding::Json]).await?;
-        a.send_frames(1, 100).await?;
-        let acked = a.wait_ack(100).await?;
+        let acked = a.send_acked(1, 100).await?;
         assert!(log.backlog(&keys[0], MAX_SEQ).await?.head >= acked);
         let (mut b, _) =
             DataClient::open(&srv.base, &agent, &id, Side::B, 0, &[Encoding::Msgpack]).await?;
         let mut got = Received::default();
         b.consume_until(100, &mut got).await?;
         assert_eq!(got.seqs, (1..=100).collect::<Vec<_>>());
-        b.send_frames(1, 10).await?;
-        b.wait_ack(10).await?;
+        b.send_acked(1, 10).await?;
         let mut back = Received::default();
         a.consume_until(10, &mut back).await?;
         assert_eq!(back.seqs, (1..=10).collect::<Vec<_>>());
 
         // B away: backlog, then replay from B's cursor.
         b.close().await?;
-        a.send_frames(101, 160).await?;
-        a.wait_ack(160).await?;
+        a.send_acked(101, 160).await?;
         let (mut b, welcome) =
             DataClient::open(&srv.base, &agent, &id, Side::B, 100, &[Encoding::Json]).await?;
         assert_eq!(welcome.tx_acked, 10);
-        let mut rest = Received {
-            covered: 100,
-            ..Received::default()
-        };
+        let mut rest = Received::after(100);
         b.consume_until(160, &mut rest).await?;
         assert_eq!(rest.seqs, (101..=160).collect::<Vec<_>>());
         for _ in 0..400 {

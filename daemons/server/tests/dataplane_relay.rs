@@ -10,7 +10,7 @@ use std::time::Duration;
 use data_client::{DataClient, Received};
 use relay_core::engine::{GroupMode, Side};
 use relay_core::log::{MAX_SEQ, SqliteStreamLog, SqliteSynchronous, StreamLog, sqlite_chunk};
-use relay_core::protocol::{Encoding, Message};
+use relay_core::protocol::{Encoding, ErrorCode, Message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server_support::{TestResult, TestServer};
@@ -78,8 +78,7 @@ async fn frames_flow_both_ways_in_order_acked_after_storage_and_deduplicated() -
 
     // A → B in batches; every ack is backed by the stream log.
     for first in (1..=100).step_by(10) {
-        a.send_frames(first, first + 9).await?;
-        let acked = a.wait_ack(first + 9).await?;
+        let acked = a.send_acked(first, first + 9).await?;
         let head = log.backlog(&key(&id, "a_to_b"), MAX_SEQ).await?.head;
         assert!(
             head >= acked,
@@ -93,17 +92,14 @@ async fn frames_flow_both_ways_in_order_acked_after_storage_and_deduplicated() -
 
     // B → A, msgpack on B's side.
     b.send_frames(1, 30).await?;
-    b.send_frames(31, 50).await?;
-    b.wait_ack(50).await?;
+    b.send_acked(31, 50).await?;
     let mut got_a = Received::default();
     a.consume_until(50, &mut got_a).await?;
     assert_eq!(got_a.seqs, (1..=50).collect::<Vec<_>>());
 
     // A retransmission is acknowledged again, not stored or delivered again.
-    a.send_frames(91, 100).await?;
-    assert_eq!(a.wait_ack(100).await?, 100);
-    a.send_frames(101, 105).await?;
-    a.wait_ack(105).await?;
+    assert_eq!(a.send_acked(91, 100).await?, 100);
+    a.send_acked(101, 105).await?;
     b.consume_until(105, &mut got_b).await?;
     assert_eq!(got_b.seqs, (1..=105).collect::<Vec<_>>(), "no duplicate");
     let stored = log.read(&key(&id, "a_to_b"), 0, 1000).await?;
@@ -168,10 +164,7 @@ async fn offline_side_builds_a_backlog_that_replays_in_order_then_the_group_is_a
 
     let (mut b, welcome) = DataClient::open(&srv.base, &agent, &id, Side::B, 20, JSON).await?;
     assert_eq!(welcome.rx_from, 20);
-    let mut replayed = Received {
-        covered: 20,
-        ..Received::default()
-    };
+    let mut replayed = Received::after(20);
     b.consume_until(220, &mut replayed).await?;
     assert_eq!(replayed.seqs, (21..=220).collect::<Vec<_>>());
     assert!(replayed.gaps.is_empty());
@@ -194,8 +187,7 @@ async fn stored_rows_that_are_not_frames_reach_the_consumer_as_a_corrupt_gap() -
     let srv = TestServer::start().await?;
     let (_, agent, id) = group(&srv, "carol", true).await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
-    a.send_frames(1, 10).await?;
-    a.wait_ack(10).await?;
+    a.send_acked(1, 10).await?;
     // Storage corruption (or another writer) while B is away: 4 is not MessagePack at all, 5
     // is a map cut short, which spliced as it is would swallow the frames after it, and 8 has
     // one bit flipped in a key, which keeps the MessagePack well formed.
@@ -272,8 +264,7 @@ async fn retention_while_away_gives_an_exact_gap_pressure_metric_and_audit_entry
     let (user, agent, id) = group(&srv, "carol", true).await?;
     let (srv_r, user_r, id_r) = (&srv, user.as_str(), id.as_str());
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
-    a.send_frames(1, 150).await?;
-    a.wait_ack(150).await?;
+    a.send_acked(1, 150).await?;
     eventually("buffer-pressure audit entry", || async move {
         let audit = srv_r.group_audit(user_r, id_r).await?;
         Ok(audit.iter().any(|x| x["action"] == "buffer_pressure"))
@@ -328,11 +319,7 @@ async fn only_the_agent_of_a_side_may_open_it_and_inactive_groups_store_nothing(
         let mut client = DataClient::connect(&srv.base, token).await?;
         match client.hello(group_id, Side::A, 0, JSON).await? {
             Message::Error(err) => {
-                assert_eq!(
-                    err.code,
-                    relay_core::protocol::ErrorCode::Unauthorized,
-                    "{err:?}"
-                )
+                assert_eq!(err.code, ErrorCode::Unauthorized, "{err:?}")
             }
             other => return Err(format!("expected unauthorized, got {other:?}").into()),
         }
@@ -347,7 +334,7 @@ async fn only_the_agent_of_a_side_may_open_it_and_inactive_groups_store_nothing(
     let seen = a.recv_until(|m| matches!(m, Message::Error(_))).await?;
     match seen.last() {
         Some(Message::Error(err)) => {
-            assert_eq!(err.code, relay_core::protocol::ErrorCode::GroupInactive)
+            assert_eq!(err.code, ErrorCode::GroupInactive)
         }
         other => return Err(format!("expected group_inactive, got {other:?}").into()),
     }
@@ -385,13 +372,7 @@ async fn agent_assignment_names_group_side_and_mode() -> TestResult {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["serial"], "dora-A");
     assert!(body["group"].is_null());
-    let (_, group) = srv
-        .post(
-            "/api/v1/groups",
-            &user,
-            json!({ "name": "g", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
+    let (_, group) = srv.post_group(&user, "g", &a, &b).await?;
     let (_, body) = srv
         .get(&format!("/api/v1/agent/dongles/{b}"), &agent)
         .await?;
@@ -427,13 +408,11 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
     let (user, agent, id) = group(&srv, "erin", true).await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
     let (mut b, _) = DataClient::open(&srv.base, &agent, &id, Side::B, 0, JSON).await?;
-    a.send_frames(1, 40).await?;
-    a.wait_ack(40).await?;
+    a.send_acked(1, 40).await?;
     let mut got = Received::default();
     b.consume_until(40, &mut got).await?;
     b.close().await?;
-    a.send_frames(41, 60).await?;
-    a.wait_ack(60).await?;
+    a.send_acked(41, 60).await?;
     let TestServer { server, dir, .. } = srv;
     server.shutdown().await?;
 
@@ -454,17 +433,12 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
     // B resumes from its own cursor; the server's stored cursor is at most what B acked.
     let (mut b, welcome_b) = DataClient::open(&srv.base, &agent, &id, Side::B, 40, MSGPACK).await?;
     assert_eq!(welcome_b.rx_from, 40);
-    let mut rest = Received {
-        covered: 40,
-        ..Received::default()
-    };
+    let mut rest = Received::after(40);
     b.consume_until(60, &mut rest).await?;
     assert_eq!(rest.seqs, (41..=60).collect::<Vec<_>>());
     // A retransmits what it had sent; nothing is stored twice.
-    a.send_frames(51, 60).await?;
-    assert_eq!(a.wait_ack(60).await?, 60);
-    a.send_frames(61, 61).await?;
-    a.wait_ack(61).await?;
+    assert_eq!(a.send_acked(51, 60).await?, 60);
+    a.send_acked(61, 61).await?;
     b.consume_until(61, &mut rest).await?;
     assert_eq!(rest.seqs, (41..=61).collect::<Vec<_>>());
     let (srv_r, user_r, id_r) = (&srv, user.as_str(), id.as_str());
@@ -478,23 +452,14 @@ async fn a_restarted_server_keeps_acknowledged_frames_heads_and_cursors() -> Tes
 #[tokio::test]
 async fn revoking_an_agent_closes_its_open_connections() -> TestResult {
     let srv = TestServer::start().await?;
-    let user = srv.user_token("rita").await?;
-    let (agent_id, agent) = srv.agent(&user, "rita-edge").await?;
-    let a = srv.dongle(&agent, "rita-A").await?;
-    let b = srv.dongle(&agent, "rita-B").await?;
-    let id = srv.group(&user, &a, &b).await?;
-    let (mut side, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
-    let (status, _) = srv
-        .delete(&format!("/api/v1/agents/{agent_id}"), &user)
-        .await?;
+    let rita = srv.user_pair("rita").await?;
+    let id = srv.group(&rita.user, &rita.a, &rita.b).await?;
+    let (mut side, _) = DataClient::open(&srv.base, &rita.agent, &id, Side::A, 0, JSON).await?;
+    let agent = format!("/api/v1/agents/{}", rita.agent_id);
+    let (status, _) = srv.delete(&agent, &rita.user).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     // The open connection is closed with `unauthorized`, not only new upgrades refused.
-    let seen = side.recv_until_closed().await?;
-    assert!(
-        seen.iter().any(|m| matches!(m, Message::Error(e)
-            if e.code == relay_core::protocol::ErrorCode::Unauthorized)),
-        "{seen:?}"
-    );
+    side.closed_with(ErrorCode::Unauthorized).await?;
     Ok(())
 }
 
@@ -507,16 +472,10 @@ async fn deleting_a_group_closes_its_sides() -> TestResult {
     .await?;
     let (user, agent, id) = group(&srv, "fred", true).await?;
     let (mut a, _) = DataClient::open(&srv.base, &agent, &id, Side::A, 0, JSON).await?;
-    a.send_frames(1, 3).await?;
-    a.wait_ack(3).await?;
+    a.send_acked(1, 3).await?;
     let (status, _) = srv.delete(&format!("/api/v1/groups/{id}"), &user).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let seen = a.recv_until_closed().await?;
-    assert!(
-        seen.iter().any(|m| matches!(m, Message::Error(e)
-            if e.code == relay_core::protocol::ErrorCode::Unauthorized)),
-        "{seen:?}"
-    );
+    a.closed_with(ErrorCode::Unauthorized).await?;
     let mut again = DataClient::connect(&srv.base, &agent).await?;
     assert!(matches!(
         again.hello(&id, Side::A, 0, JSON).await?,

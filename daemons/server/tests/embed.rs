@@ -129,8 +129,7 @@ async fn mounted_under_a_prefix_everything_answers_there() -> TestResult {
     // The data plane under the prefix relays A → B.
     let (mut a, _) = DataClient::open(&base, &agent, &group, Side::A, 0, &[Encoding::Json]).await?;
     let (mut b, _) = DataClient::open(&base, &agent, &group, Side::B, 0, &[Encoding::Json]).await?;
-    a.send_frames(1, 20).await?;
-    assert_eq!(a.wait_ack(20).await?, 20);
+    assert_eq!(a.send_acked(1, 20).await?, 20);
     let mut got = Received::default();
     b.consume_until(20, &mut got).await?;
     assert_eq!(got.seqs, (1..=20).collect::<Vec<_>>());

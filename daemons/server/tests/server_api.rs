@@ -4,7 +4,7 @@ mod server_support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use server_support::{TestResult, TestServer, code, text};
+use server_support::{TestResult, TestServer, assert_fields, code, text};
 
 #[tokio::test]
 async fn agents_are_created_listed_read_and_revoked() -> TestResult {
@@ -96,9 +96,7 @@ async fn dongle_announce_is_an_idempotent_upsert_owned_by_the_agents_user() -> T
     let id = text(&dongles[0], "id")?;
     let (status, one) = srv.get(&format!("/api/v1/dongles/{id}"), &alice).await?;
     assert_eq!(status, StatusCode::OK);
-    for field in ["id", "serial", "agent_id", "online", "last_seen"] {
-        assert!(one.get(field).is_some(), "missing {field} in {one}");
-    }
+    assert_fields(&one, &["id", "serial", "agent_id", "online", "last_seen"]);
     let (_, bob_list) = srv.get("/api/v1/dongles", &bob).await?;
     let bob_dongles = bob_list["dongles"].as_array().cloned().unwrap_or_default();
     assert_eq!(bob_dongles.len(), 1);
@@ -162,13 +160,7 @@ async fn group_creation_refusals_are_clear() -> TestResult {
         "refusals stored nothing"
     );
 
-    let (status, group) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "bench pair", "dongle_a": a, "dongle_b": b }),
-        )
-        .await?;
+    let (status, group) = srv.post_group(&alice, "bench pair", &a, &b).await?;
     assert_eq!(status, StatusCode::CREATED, "{group}");
     assert_eq!(group["mode"], "inactive");
     assert_eq!(group["backlog"], json!({ "a_to_b": 0, "b_to_a": 0 }));
@@ -191,13 +183,7 @@ async fn group_creation_refusals_are_clear() -> TestResult {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = srv.get(&format!("/api/v1/groups/{id}"), &alice).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = srv
-        .post(
-            "/api/v1/groups",
-            &alice,
-            json!({ "name": "again", "dongle_a": c, "dongle_b": a }),
-        )
-        .await?;
+    let (status, _) = srv.post_group(&alice, "again", &c, &a).await?;
     assert_eq!(status, StatusCode::CREATED);
     srv.stop().await
 }

@@ -59,13 +59,7 @@ async fn another_users_token_gets_404_on_everything_and_changes_nothing() -> Tes
         assert!(!answer.to_string().contains("alice"));
     }
     // Bob cannot use alice's dongles in his group either (same refusal as an unknown id).
-    let (status, answer) = srv
-        .post(
-            "/api/v1/groups",
-            &bob,
-            json!({ "name": "steal", "dongle_a": bob_a, "dongle_b": b }),
-        )
-        .await?;
+    let (status, answer) = srv.post_group(&bob, "steal", &bob_a, &b).await?;
     assert_eq!(
         (status, code(&answer)),
         (StatusCode::UNPROCESSABLE_ENTITY, "unknown_dongle")

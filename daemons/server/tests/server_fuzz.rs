@@ -65,14 +65,7 @@ fn harness() -> &'static Harness {
             std::mem::forget(built);
             let server = TestServer::start().await.expect("server");
             let (user, agent, a, b) = server.user_with_pair("fuzz").await.expect("pair");
-            let (_, group) = server
-                .post(
-                    "/api/v1/groups",
-                    &user,
-                    serde_json::json!({"name": "g", "dongle_a": a, "dongle_b": b}),
-                )
-                .await
-                .expect("group");
+            let (_, group) = server.post_group(&user, "g", &a, &b).await.expect("group");
             let group = group["id"].as_str().expect("group id").to_owned();
             (server, agent, group, router, router_tokens)
         });

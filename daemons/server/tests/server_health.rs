@@ -71,11 +71,7 @@ async fn metrics_count_requests_by_route_and_connections() -> TestResult {
         srv.get(&format!("/api/v1/agents/{agent}"), &token).await?;
     }
     srv.call(Method::GET, "/no/such/route", None, None).await?;
-    let response = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await?;
+    let response = srv.fetch("/metrics").await?;
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response
         .headers()

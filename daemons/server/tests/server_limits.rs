@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use data_client::DataClient;
 use reqwest::StatusCode;
-use serde_json::json;
 use server_support::{TestResult, TestServer, code};
+use tether_testkit::eventually;
+
+/// How long a closed stream or connection may take to give its place back.
+const PLACE_BACK: Duration = Duration::from_secs(5);
 
 fn nz(n: u32) -> Option<NonZeroU32> {
     NonZeroU32::new(n)
@@ -55,8 +58,7 @@ async fn a_token_over_its_rate_gets_429_with_retry_after_and_others_do_not() -> 
         assert_eq!(status, StatusCode::OK, "request {i}: {body}");
     }
     let response = srv
-        .client
-        .get(format!("{}/api/v1/agents", srv.base))
+        .get_request("/api/v1/agents")
         .bearer_auth(&alice)
         .send()
         .await?;
@@ -114,30 +116,20 @@ async fn console_streams_per_token_are_capped_and_given_back() -> TestResult {
     // Another token has its own places.
     let (other, _, other_dongle, _) = srv.user_with_pair("dave").await?;
     let dave_stream = srv
-        .client
-        .get(format!(
-            "{}/api/v1/streams/console?dongles={other_dongle}",
-            srv.base
-        ))
+        .get_request(&format!("/api/v1/streams/console?dongles={other_dongle}"))
         .bearer_auth(&other)
         .send()
         .await?;
     assert_eq!(dave_stream.status(), StatusCode::OK);
     // Closing a stream gives its place back.
     drop(first);
-    let mut reopened = None;
-    for _ in 0..50 {
-        let response = open(&token).await?;
-        if response.status() == StatusCode::OK {
-            reopened = Some(response);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        reopened.is_some(),
-        "the closed stream's place never came back"
-    );
+    let _reopened = eventually(PLACE_BACK, "the closed stream's place back", || async {
+        open(&token)
+            .await
+            .ok()
+            .filter(|r| r.status() == StatusCode::OK)
+    })
+    .await?;
     drop(second);
     Ok(())
 }
@@ -175,18 +167,10 @@ async fn ws_data_connections_per_agent_are_capped_before_the_upgrade() -> TestRe
     drop(other);
     // The place comes back when the connection ends.
     first.close().await?;
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(client) = DataClient::connect(&srv.base, &agent).await {
-            again = Some(client);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        again.is_some(),
-        "the closed connection's place never came back"
-    );
+    let _again = eventually(PLACE_BACK, "the closed connection's place back", || async {
+        DataClient::connect(&srv.base, &agent).await.ok()
+    })
+    .await?;
     Ok(())
 }
 
@@ -194,21 +178,12 @@ async fn ws_data_connections_per_agent_are_capped_before_the_upgrade() -> TestRe
 async fn a_fresh_group_subscriber_gets_the_current_group_state_first() -> TestResult {
     let srv = TestServer::start().await?;
     let (token, _, a, b) = srv.user_with_pair("gina").await?;
-    let id = srv.create_group(&token, "g", &a, &b).await?;
-    let (status, _) = srv
-        .post(&format!("/api/v1/groups/{id}/activate"), &token, json!({}))
-        .await?;
-    assert_eq!(status, StatusCode::OK);
+    let id = srv.active_group(&token, &a, &b).await?;
     for path in [
         format!("/api/v1/streams/groups/{id}/console"),
         format!("/api/v1/streams/console?groups={id}"),
     ] {
-        let response = srv
-            .client
-            .get(format!("{}{path}", srv.base))
-            .bearer_auth(&token)
-            .send()
-            .await?;
+        let response = srv.get_request(&path).bearer_auth(&token).send().await?;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let mut response = response;
         let mut text = String::new();
@@ -252,8 +227,7 @@ async fn a_fresh_group_subscriber_gets_the_current_group_state_first() -> TestRe
     }
     // A resuming subscriber gets no extra group_state.
     let response = srv
-        .client
-        .get(format!("{}/api/v1/streams/groups/{id}/console", srv.base))
+        .get_request(&format!("/api/v1/streams/groups/{id}/console"))
         .bearer_auth(&token)
         .header("last-event-id", "0-0")
         .send()

@@ -45,10 +45,19 @@ async fn from_origin(
     request.send().await
 }
 
+/// A CORS preflight (`OPTIONS /api/v1/groups`) from a page of [`DASH`] asking for the
+/// `request` headers (`Access-Control-Request-*`).
+async fn preflight(
+    srv: &TestServer,
+    request: &[(HeaderName, &str)],
+) -> reqwest::Result<reqwest::Response> {
+    from_origin(srv, Method::OPTIONS, DASH, None, request).await
+}
+
 #[tokio::test]
 async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
     let srv = TestServer::start().await?;
-    let page = srv.client.get(format!("{}/", srv.base)).send().await?;
+    let page = srv.fetch("/").await?;
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(
         header(&page, CONTENT_TYPE).as_deref(),
@@ -61,18 +70,13 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 
     // Revalidation: the same ETag answers 304 without a body.
     let again = srv
-        .client
-        .get(format!("{}/", srv.base))
+        .get_request("/")
         .header(IF_NONE_MATCH, &etag)
         .send()
         .await?;
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
 
-    let js = srv
-        .client
-        .get(format!("{}/ui/app.js", srv.base))
-        .send()
-        .await?;
+    let js = srv.fetch("/ui/app.js").await?;
     assert_eq!(js.status(), StatusCode::OK);
     assert_eq!(
         header(&js, CONTENT_TYPE).as_deref(),
@@ -82,7 +86,7 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 
     // Unknown files are JSON 404s like every other unknown route; no path escapes.
     for path in ["/ui/nope.js", "/ui/..%2FCargo.toml", "/ui/"] {
-        let missing = srv.client.get(format!("{}{path}", srv.base)).send().await?;
+        let missing = srv.fetch(path).await?;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
     }
     srv.stop().await
@@ -92,15 +96,8 @@ async fn the_page_and_its_files_are_served_from_the_binary() -> TestResult {
 async fn cors_is_off_by_default() -> TestResult {
     let srv = TestServer::start().await?;
     let token = srv.user_token("ann").await?;
-    let preflight = from_origin(
-        &srv,
-        Method::OPTIONS,
-        DASH,
-        None,
-        &[(ACCESS_CONTROL_REQUEST_METHOD, "GET")],
-    )
-    .await?;
-    assert_eq!(preflight.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let refused = preflight(&srv, &[(ACCESS_CONTROL_REQUEST_METHOD, "GET")]).await?;
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
     let get = from_origin(&srv, Method::GET, DASH, Some(&token), &[]).await?;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(header(&get, ACCESS_CONTROL_ALLOW_ORIGIN), None);
@@ -116,23 +113,20 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     let token = srv.user_token("bo").await?;
 
     // Preflight of a JSON POST with a token.
-    let preflight = from_origin(
+    let answer = preflight(
         &srv,
-        Method::OPTIONS,
-        DASH,
-        None,
         &[
             (ACCESS_CONTROL_REQUEST_METHOD, "POST"),
             (ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type"),
         ],
     )
     .await?;
-    assert_eq!(preflight.status(), StatusCode::OK);
+    assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(
-        header(&preflight, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
+        header(&answer, ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
         Some(DASH)
     );
-    let allowed = header(&preflight, ACCESS_CONTROL_ALLOW_HEADERS).unwrap_or_default();
+    let allowed = header(&answer, ACCESS_CONTROL_ALLOW_HEADERS).unwrap_or_default();
     assert!(
         allowed.contains("authorization") && allowed.contains("content-type"),
         "{allowed}"
@@ -155,10 +149,8 @@ async fn listed_origins_get_cors_on_the_api_and_the_consoles() -> TestResult {
     // A console stream, as an EventSource on the dashboard opens it.
     let (token_c, _, dongle, _) = srv.user_with_pair("dee").await?;
     let console = srv
-        .client
-        .get(format!(
-            "{}/api/v1/streams/dongles/{dongle}/console?access_token={token_c}",
-            srv.base
+        .get_request(&format!(
+            "/api/v1/streams/dongles/{dongle}/console?access_token={token_c}"
         ))
         .header(ORIGIN, DASH)
         .send()

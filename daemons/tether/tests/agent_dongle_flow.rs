@@ -10,15 +10,10 @@ use agent_dongle_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_flow_both_ways_in_order() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    server.assign("SIM-A", "g-1", "a", "active");
-    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
-    let mut dongle = SimDongle::new("SIM-A", agent.udp).await;
+    let rig = Rig::new().await;
+    let server = &rig.server;
     // Hello until the agent has a data-plane session for the dongle's group.
-    until_session(&server, &agent, &mut dongle, "g-1").await;
+    let (agent, mut dongle) = rig.session("SIM-A", "g-1", "a").await;
     let hello = &server.hellos_for("g-1")[0];
     assert_eq!(hello.resume.rx_seq, 0);
     assert_eq!(hello.encodings[0], relay_core::protocol::Encoding::Msgpack);
@@ -75,14 +70,9 @@ async fn frames_flow_both_ways_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_holds_frames_while_the_server_is_unreachable() {
-    let mut server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    server.assign("SIM-B", "g-2", "b", "active");
-    let mut agent = Agent::start(dir.path(), &config, udp, metrics, 1);
-    let mut dongle = SimDongle::new("SIM-B", agent.udp).await;
-    until_session(&server, &agent, &mut dongle, "g-2").await;
+    let mut rig = Rig::new().await;
+    let (mut agent, mut dongle) = rig.session("SIM-B", "g-2", "b").await;
+    let server = &mut rig.server;
     let records = capture(1500);
     dongle.send(&records[..300]).await;
     eventually("300 stored", || server.stream("g-2", "b").len() == 300).await;
@@ -122,17 +112,9 @@ async fn outbox_holds_frames_while_the_server_is_unreachable() {
 /// (`outbox_full`), and the rest still arrive in order with dense seqs once the server is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
-    let mut server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    let mut yaml = std::fs::read_to_string(&config).unwrap();
-    yaml.push_str("  outbox_max_frames: 500\n");
-    std::fs::write(&config, yaml).unwrap();
-    server.assign("SIM-F", "g-6", "a", "active");
-    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
-    let mut dongle = SimDongle::new("SIM-F", agent.udp).await;
-    until_session(&server, &agent, &mut dongle, "g-6").await;
+    let mut rig = Rig::with_dongle_config("  outbox_max_frames: 500\n").await;
+    let (agent, mut dongle) = rig.session("SIM-F", "g-6", "a").await;
+    let server = &mut rig.server;
     let records = capture(1500);
     dongle.send(&records[..300]).await;
     eventually("300 stored", || server.stream("g-6", "a").len() == 300).await;
@@ -192,42 +174,25 @@ async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_without_an_active_group_are_dropped_and_counted() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
+    let rig = Rig::new().await;
+    let server = &rig.server;
+    let agent = rig.agent(1);
     let mut dongle = SimDongle::new("SIM-C", agent.udp).await;
     // Learned and announced, but in no group.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while !server.inner().dongles.contains_key("SIM-C") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not announced; log:\n{}",
-            agent.log_text()
-        );
-        dongle.hello().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    hello_until(&agent, &mut dongle, "not announced", || {
+        server.inner().dongles.contains_key("SIM-C")
+    })
+    .await;
     let records = capture(200);
     dongle.send(&records[..50]).await;
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}",
-            50,
-        )
-        .await;
+    let no_group = "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}";
+    agent.wait_metric(no_group, 50).await;
 
     // An inactive group: the session is up but frames are still not relayed.
     server.assign("SIM-C", "g-3", "a", "inactive");
     eventually("session", || !server.hellos_for("g-3").is_empty()).await;
     dongle.send(&records[50..80]).await;
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}",
-            80,
-        )
-        .await;
+    agent.wait_metric(no_group, 80).await;
 
     // Activated: frames flow, numbered from 1.
     server.assign("SIM-C", "g-3", "a", "active");
@@ -247,14 +212,9 @@ async fn frames_without_an_active_group_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_batches_are_dropped_counted_and_their_seqs_not_reused() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    server.assign("SIM-D", "g-4", "a", "active");
-    let agent = Agent::start(dir.path(), &config, udp, metrics, 1);
-    let mut dongle = SimDongle::new("SIM-D", agent.udp).await;
-    until_session(&server, &agent, &mut dongle, "g-4").await;
+    let rig = Rig::new().await;
+    let server = &rig.server;
+    let (agent, mut dongle) = rig.session("SIM-D", "g-4", "a").await;
     let records = capture(400);
     dongle.send(&records[..100]).await;
     eventually("100 stored", || server.stream("g-4", "a").len() == 100).await;

@@ -13,14 +13,9 @@ use agent_dongle_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_and_duplicates_nothing() {
-    let server = MockServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (udp, metrics) = (free_udp_port(), free_tcp_port());
-    let config = write_config(dir.path(), &server.url(), udp, metrics);
-    server.assign("SIM-K", "g-k", "a", "active");
-    let mut agent = Agent::start(dir.path(), &config, udp, metrics, 1);
-    let mut dongle = SimDongle::new("SIM-K", agent.udp).await;
-    until_session(&server, &agent, &mut dongle, "g-k").await;
+    let rig = Rig::new().await;
+    let server = &rig.server;
+    let (mut agent, mut dongle) = rig.session("SIM-K", "g-k", "a").await;
     let records = capture(900);
 
     // Phase 1: 300 frames stored and acknowledged; 300 inbound frames delivered and acked.
@@ -45,7 +40,7 @@ async fn kill_9_and_restart_loses_and_duplicates_nothing() {
     server.inner().hold_acks = false;
 
     // Restart on the same state. The dongle only sends keep-alives (no new hello).
-    let agent = Agent::start(dir.path(), &config, udp, metrics, 2);
+    let agent = rig.agent(2);
     let deadline = tokio::time::Instant::now() + GUARD;
     while server.hellos_for("g-k").len() < 2 {
         assert!(
@@ -57,7 +52,13 @@ async fn kill_9_and_restart_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A second agent on the same state directory is refused.
-    let mut second = Agent::start(dir.path(), &config, free_udp_port(), free_tcp_port(), 3);
+    let mut second = Agent::start(
+        rig.dir.path(),
+        &rig.config,
+        free_udp_port(),
+        free_tcp_port(),
+        3,
+    );
     let status = second.child.wait().unwrap();
     assert!(!status.success());
     assert!(

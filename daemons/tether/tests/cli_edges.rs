@@ -4,31 +4,18 @@
 //! closed output pipe ends a tool quietly, `can stats` fails when nothing parsed, `sse tail`
 //! gives up by default, and `agent --help` shows `--config` as required.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod cli_support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+use cli_support::{TETHER, first_line, stderr, tether};
+use tether_testkit::TestResult;
 
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
-
-fn tether(args: &[&str]) -> TestResult<Output> {
-    Ok(Command::new(TETHER)
-        .args(args)
-        .env_remove("REDIS_URL")
-        .output()?)
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
+/// The capture shipped with the project, as an argument.
 fn capture() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/captures/nissan-leaf-isotp.log")
-        .display()
-        .to_string()
+    tether_testkit::capture_path().display().to_string()
 }
 
 #[test]
@@ -36,7 +23,7 @@ fn token_list_and_revoke_never_create_a_database() -> TestResult {
     let dir = tempfile::tempdir()?;
     let typo = dir.path().join("typo");
     let typo_text = typo.display().to_string();
-    let list = tether(&["server", "token", "list", "--data-dir", &typo_text])?;
+    let list = tether(&["server", "token", "list", "--data-dir", &typo_text], None)?;
     assert!(!list.status.success());
     assert!(
         stderr(&list).contains("no server database at"),
@@ -44,28 +31,34 @@ fn token_list_and_revoke_never_create_a_database() -> TestResult {
         stderr(&list)
     );
     assert!(list.stdout.is_empty(), "printed a table for a typo");
-    let revoke = tether(&[
-        "server",
-        "token",
-        "revoke",
-        "00000000-0000-0000-0000-000000000000",
-        "--data-dir",
-        &typo_text,
-    ])?;
+    let revoke = tether(
+        &[
+            "server",
+            "token",
+            "revoke",
+            "00000000-0000-0000-0000-000000000000",
+            "--data-dir",
+            &typo_text,
+        ],
+        None,
+    )?;
     assert!(!revoke.status.success());
     assert!(!typo.exists(), "the mistyped directory was created");
     // After `token create` made the database, list works.
-    let create = tether(&[
-        "server",
-        "token",
-        "create",
-        "--user",
-        "u",
-        "--data-dir",
-        &typo_text,
-    ])?;
+    let create = tether(
+        &[
+            "server",
+            "token",
+            "create",
+            "--user",
+            "u",
+            "--data-dir",
+            &typo_text,
+        ],
+        None,
+    )?;
     assert!(create.status.success(), "{}", stderr(&create));
-    let list = tether(&["server", "token", "list", "--data-dir", &typo_text])?;
+    let list = tether(&["server", "token", "list", "--data-dir", &typo_text], None)?;
     assert!(list.status.success(), "{}", stderr(&list));
     assert!(String::from_utf8(list.stdout)?.contains("\tu\t"));
     Ok(())
@@ -76,7 +69,7 @@ fn demo_flags_are_checked_before_anything_starts() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
     let data_text = data.display().to_string();
-    let speed = tether(&["demo", "--speed", "fast", "--data-dir", &data_text])?;
+    let speed = tether(&["demo", "--speed", "fast", "--data-dir", &data_text], None)?;
     assert!(!speed.status.success());
     assert!(
         speed.stdout.is_empty(),
@@ -88,13 +81,16 @@ fn demo_flags_are_checked_before_anything_starts() -> TestResult {
         "{}",
         stderr(&speed)
     );
-    let listen = tether(&[
-        "demo",
-        "--listen",
-        "localhost:27083",
-        "--data-dir",
-        &data_text,
-    ])?;
+    let listen = tether(
+        &[
+            "demo",
+            "--listen",
+            "localhost:27083",
+            "--data-dir",
+            &data_text,
+        ],
+        None,
+    )?;
     assert!(!listen.status.success());
     assert!(listen.stdout.is_empty());
     assert!(
@@ -142,7 +138,7 @@ fn every_help_has_examples() -> TestResult {
     for path in commands {
         let mut args = path.to_vec();
         args.push("--help");
-        let out = tether(&args)?;
+        let out = tether(&args, None)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -161,7 +157,7 @@ fn every_help_has_examples() -> TestResult {
 
 #[test]
 fn agent_help_shows_config_as_required() -> TestResult {
-    let out = tether(&["agent", "--help"])?;
+    let out = tether(&["agent", "--help"], None)?;
     let text = String::from_utf8(out.stdout)?;
     let usage = text
         .lines()
@@ -175,34 +171,40 @@ fn agent_help_shows_config_as_required() -> TestResult {
 #[test]
 fn buses_are_bus_and_from_to_are_formats_with_old_spellings_kept() -> TestResult {
     for sub in ["record", "replay"] {
-        let out = tether(&["can", sub, "--help"])?;
+        let out = tether(&["can", sub, "--help"], None)?;
         let text = String::from_utf8(out.stdout)?;
         assert!(text.contains("--bus <URL>"), "can {sub}:\n{text}");
     }
     // `record --from URL`, the old spelling, still records.
-    let out = tether(&[
-        "can",
-        "record",
-        "--from",
-        "udp://127.0.0.1:0",
-        "-o",
-        "-",
-        "--duration",
-        "0.2",
-    ])?;
+    let out = tether(
+        &[
+            "can",
+            "record",
+            "--from",
+            "udp://127.0.0.1:0",
+            "-o",
+            "-",
+            "--duration",
+            "0.2",
+        ],
+        None,
+    )?;
     assert!(out.status.success(), "{}", stderr(&out));
     // `convert --from` / `--to` are formats.
-    let out = tether(&[
-        "can",
-        "convert",
-        &capture(),
-        "--from",
-        "candump",
-        "--to",
-        "jsonl",
-        "-o",
-        "/dev/null",
-    ])?;
+    let out = tether(
+        &[
+            "can",
+            "convert",
+            &capture(),
+            "--from",
+            "candump",
+            "--to",
+            "jsonl",
+            "-o",
+            "/dev/null",
+        ],
+        None,
+    )?;
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
@@ -214,10 +216,8 @@ fn convert_into_a_closed_pipe_exits_quietly() -> TestResult {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
-    // The reader is gone (like `| head -1`).
+    // The reader is gone once it read the first line (like `| head -1`).
+    let first = first_line(&mut child)?;
     assert!(first.starts_with('{'), "{first}");
     let status = child.wait()?;
     let mut err = String::new();
@@ -237,17 +237,20 @@ fn stats_fails_when_no_line_parsed() -> TestResult {
     let dir = tempfile::tempdir()?;
     let junk = dir.path().join("junk.log");
     std::fs::write(&junk, "this is not\na CAN log\n")?;
-    let out = tether(&[
-        "can",
-        "stats",
-        "--from",
-        "candump",
-        &junk.display().to_string(),
-    ])?;
+    let out = tether(
+        &[
+            "can",
+            "stats",
+            "--from",
+            "candump",
+            &junk.display().to_string(),
+        ],
+        None,
+    )?;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no line of"), "{}", stderr(&out));
     // A good log still succeeds.
-    let out = tether(&["can", "stats", &capture()])?;
+    let out = tether(&["can", "stats", &capture()], None)?;
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
@@ -260,12 +263,15 @@ fn sse_tail_gives_up_by_default() -> TestResult {
         .port();
     let url = format!("http://127.0.0.1:{port}/events");
     let started = Instant::now();
-    let out = tether(&["sse", "tail", &url, "--retry-ms", "10"])?;
+    let out = tether(&["sse", "tail", &url, "--retry-ms", "10"], None)?;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("gave up on"), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     // `--forever` conflicts with a bound.
-    let out = tether(&["sse", "tail", &url, "--forever", "--max-reconnects", "3"])?;
+    let out = tether(
+        &["sse", "tail", &url, "--forever", "--max-reconnects", "3"],
+        None,
+    )?;
     assert!(!out.status.success());
     Ok(())
 }

@@ -16,15 +16,11 @@ const CYCLES: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_either_side_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (remote_port, vehicle_port) = (free_port(), free_port());
-    let mut bus = Bus::start().await;
-    let remote_db = dir.path().join("remote.db");
-    let vehicle_db = dir.path().join("vehicle.db");
-    let renv = remote_env(&remote_db, remote_port, "car-1:key-1");
-    let venv = vehicle_env(&vehicle_db, vehicle_port, remote_port, "key-1", bus.addr);
-    let mut remote = Collector::spawn(dir.path(), "remote", &renv);
-    let mut vehicle = Collector::spawn(dir.path(), "vehicle", &venv);
+    let mut site = Site::start().await;
+    let renv = site.remote_env("car-1:key-1");
+    let venv = site.vehicle_env("key-1");
+    let mut remote = site.spawn("remote", &renv);
+    let mut vehicle = site.spawn("vehicle", &venv);
     let mut rng = rand::rng();
     let mut counter = 0u32;
     for cycle in 0..CYCLES {
@@ -33,30 +29,28 @@ async fn kill_9_of_either_side_loses_and_duplicates_nothing() {
         })
         .await;
         let n = rng.random_range(20..120);
-        bus.send_counters(counter..counter + n).await;
+        site.bus.send_counters(counter..counter + n).await;
         counter += n;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         match cycle % 3 {
             0 => {
                 vehicle.kill();
-                vehicle = Collector::spawn(dir.path(), "vehicle", &venv);
+                vehicle = site.spawn("vehicle", &venv);
             }
             1 => {
                 remote.kill();
-                remote = Collector::spawn(dir.path(), "remote", &renv);
+                remote = site.spawn("remote", &renv);
             }
             _ => {
                 remote.kill();
                 vehicle.kill();
-                remote = Collector::spawn(dir.path(), "remote", &renv);
-                vehicle = Collector::spawn(dir.path(), "vehicle", &venv);
+                remote = site.spawn("remote", &renv);
+                vehicle = site.spawn("vehicle", &venv);
             }
         }
     }
-    let status = wait_for("the vehicle drained", || async {
-        vehicle_status(&vehicle).await.filter(|s| {
-            s["state"] == "connected" && s["queue_size"] == 0 && s["acked_seq"] == s["last_seq"]
-        })
+    let status = wait_status(&vehicle, "the vehicle drained", |s| {
+        s["state"] == "connected" && s["queue_size"] == 0 && s["acked_seq"] == s["last_seq"]
     })
     .await;
     let stored = vehicle_records(&vehicle).await;

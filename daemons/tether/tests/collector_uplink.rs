@@ -14,44 +14,20 @@ use collector_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_survives_a_remote_outage_and_resumes_from_the_last_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let (remote_port, vehicle_port) = (free_port(), free_port());
-    let mut bus = Bus::start().await;
-    let remote_db = dir.path().join("remote.db");
-    let mut remote = Collector::spawn(
-        dir.path(),
-        "remote",
-        &remote_env(&remote_db, remote_port, "car-1:key-1,car-2:key-2"),
-    );
-    let vehicle = Collector::spawn(
-        dir.path(),
-        "vehicle",
-        &vehicle_env(
-            &dir.path().join("vehicle.db"),
-            vehicle_port,
-            remote_port,
-            "key-1",
-            bus.addr,
-        ),
-    );
-    wait_for("the vehicle connected", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["state"] == "connected")
+    let mut site = Site::start().await;
+    let renv = site.remote_env("car-1:key-1,car-2:key-2");
+    let mut remote = site.spawn("remote", &renv);
+    let vehicle = site.spawn("vehicle", &site.vehicle_env("key-1"));
+    wait_status(&vehicle, "the vehicle connected", |s| {
+        s["state"] == "connected"
     })
     .await;
 
     // Stream, ack, mark.
-    bus.send_counters(0..300).await;
-    let remote_url = remote.http.clone();
-    wait_for("300 records at the remote", || async {
-        (remote_records(&remote_url, "car-1").await.len() == 300).then_some(())
-    })
-    .await;
-    let status = wait_for("everything marked uplinked", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["acked_seq"] == 300 && s["queue_size"] == 0)
+    site.bus.send_counters(0..300).await;
+    wait_remote_records(&remote.http, "car-1", 300).await;
+    let status = wait_status(&vehicle, "everything marked uplinked", |s| {
+        s["acked_seq"] == 300 && s["queue_size"] == 0
     })
     .await;
     assert_eq!(status["last_seq"], 300);
@@ -59,12 +35,11 @@ async fn streams_survives_a_remote_outage_and_resumes_from_the_last_ack() {
 
     // The remote goes away: the vehicle keeps collecting and says so on the bus.
     remote.kill();
-    wait_for("the vehicle noticed", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["state"] != "connected")
+    wait_status(&vehicle, "the vehicle noticed", |s| {
+        s["state"] != "connected"
     })
     .await;
+    let bus = &mut site.bus;
     bus.status_frames(Duration::from_millis(300)).await;
     bus.send_counters(300..400).await;
     let mid = bus.status_frames(Duration::from_millis(600)).await;
@@ -85,27 +60,16 @@ async fn streams_survives_a_remote_outage_and_resumes_from_the_last_ack() {
         queue_of(&late) > queue_of(&mid),
         "the queue did not grow: {mid:?} {late:?}"
     );
-    let status = wait_for("200 records queued", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["queue_size"] == 200)
-    })
-    .await;
+    let status = wait_status(&vehicle, "200 records queued", |s| s["queue_size"] == 200).await;
     assert_eq!(status["acked_seq"], 300);
     let stored = vehicle_records(&vehicle).await;
     assert_eq!(stored.len(), 500);
     assert_eq!(stored.iter().filter(|(_, _, up)| !up).count(), 200);
 
     // The remote comes back: resume from its ack, nothing lost, nothing twice.
-    let mut remote = Collector::spawn(
-        dir.path(),
-        "remote",
-        &remote_env(&remote_db, remote_port, "car-1:key-1,car-2:key-2"),
-    );
-    wait_for("all 500 uplinked", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["acked_seq"] == 500 && s["queue_size"] == 0 && s["state"] == "connected")
+    let mut remote = site.spawn("remote", &renv);
+    wait_status(&vehicle, "all 500 uplinked", |s| {
+        s["acked_seq"] == 500 && s["queue_size"] == 0 && s["state"] == "connected"
     })
     .await;
     let held = remote_records(&remote.http, "car-1").await;
@@ -134,31 +98,13 @@ async fn streams_survives_a_remote_outage_and_resumes_from_the_last_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_under_an_outage_and_counts_exactly_what_it_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (remote_port, vehicle_port) = (free_port(), free_port());
-    let mut bus = Bus::start().await;
-    let mut env = vehicle_env(
-        &dir.path().join("vehicle.db"),
-        vehicle_port,
-        remote_port,
-        "key-1",
-        bus.addr,
-    );
+    let mut site = Site::start().await;
+    let mut env = site.vehicle_env("key-1");
     env.push(("MAX_LOCAL_RECORDS", "50".into()));
-    let vehicle = Collector::spawn(dir.path(), "vehicle", &env);
-    wait_for("the vehicle is up", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["state"] != "connected")
-    })
-    .await;
-    bus.send_counters(0..230).await;
-    let status = wait_for("230 frames in", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["can_frames"] == 230)
-    })
-    .await;
+    let vehicle = site.spawn("vehicle", &env);
+    wait_status(&vehicle, "the vehicle is up", |s| s["state"] != "connected").await;
+    site.bus.send_counters(0..230).await;
+    let status = wait_status(&vehicle, "230 frames in", |s| s["can_frames"] == 230).await;
     assert_eq!(status["stored"], 50);
     assert_eq!(status["queue_size"], 50);
     assert_eq!(status["dropped_overflow"], 180);
@@ -174,15 +120,9 @@ async fn the_cap_holds_under_an_outage_and_counts_exactly_what_it_dropped() {
         "{metrics}"
     );
     // The remote appears: it gets exactly the 50 records kept, the newest ones, in order.
-    let remote = Collector::spawn(
-        dir.path(),
-        "remote",
-        &remote_env(&dir.path().join("remote.db"), remote_port, "car-1:key-1"),
-    );
-    wait_for("the kept records uplinked", || async {
-        vehicle_status(&vehicle)
-            .await
-            .filter(|s| s["queue_size"] == 0 && s["state"] == "connected")
+    let remote = site.spawn("remote", &site.remote_env("car-1:key-1"));
+    wait_status(&vehicle, "the kept records uplinked", |s| {
+        s["queue_size"] == 0 && s["state"] == "connected"
     })
     .await;
     let held = remote_records(&remote.http, "car-1").await;
@@ -246,31 +186,23 @@ async fn a_bad_key_is_refused_before_the_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_telemetry_role_uplinks_with_the_agent_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (remote_port, dashboard_port) = (free_port(), free_port());
-    let mut bus = Bus::start().await;
-    let remote = Collector::spawn(
-        dir.path(),
-        "remote",
-        &remote_env(
-            &dir.path().join("remote.db"),
-            remote_port,
-            "truck-9:ta_agent_token",
-        ),
-    );
-    let config = dir.path().join("agent.yaml");
+    let mut site = Site::start().await;
+    // The agent's telemetry role stands where a vehicle collector would.
+    let (dir, remote_port, dashboard_port) = (site.dir.path(), site.remote_port, site.vehicle_port);
+    let remote = site.spawn("remote", &site.remote_env("truck-9:ta_agent_token"));
+    let config = dir.join("agent.yaml");
     std::fs::write(
         &config,
         format!(
             "server_url: http://127.0.0.1:{remote_port}\ntoken: ${{AGENT_TOKEN}}\n\
              data_dir: {}\ntelemetry:\n  can_bus: socketcand://{}/vcan0\n  \
              listen: 127.0.0.1:{dashboard_port}\n  status_interval_ms: 200\n",
-            dir.path().join("agent").display(),
-            bus.addr
+            dir.join("agent").display(),
+            site.bus.addr
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["agent", "--config"])
         .arg(&config)
@@ -280,19 +212,14 @@ async fn the_agent_telemetry_role_uplinks_with_the_agent_token() {
         .spawn()
         .unwrap();
     let dashboard = format!("http://127.0.0.1:{dashboard_port}/api/v1/telemetry/status");
-    wait_for("the agent's telemetry role connected", || async {
-        get_json(&dashboard, None)
-            .await
-            .filter(|s| s["state"] == "connected")
+    wait_status_at(&dashboard, "the agent's telemetry role connected", |s| {
+        s["state"] == "connected"
     })
     .await;
-    bus.send_counters(0..40).await;
-    let remote_url = remote.http.clone();
-    wait_for("40 records under the agent token's vehicle", || async {
-        (remote_records(&remote_url, "truck-9").await.len() == 40).then_some(())
-    })
-    .await;
-    assert!(dir.path().join("agent").join("telemetry.db").exists());
+    site.bus.send_counters(0..40).await;
+    // Under the agent token's vehicle.
+    wait_remote_records(&remote.http, "truck-9", 40).await;
+    assert!(dir.join("agent").join("telemetry.db").exists());
     let _ = agent.kill();
     let _ = agent.wait();
 }

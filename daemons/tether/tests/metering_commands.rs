@@ -85,11 +85,7 @@ async fn commands_are_verified_run_once_and_retried_after_failure() {
     )
     .await;
     // Let several more polls pass: the replayed valid command must not run again.
-    let polls = cp.requests_to("/commands").len();
-    eventually(Duration::from_secs(20), "three more polls", || async {
-        cp.requests_to("/commands").len() >= polls + 3
-    })
-    .await;
+    cp.more_polls(3).await;
     let results = cp.requests_to("/commands/cmd-valid/result");
     assert_eq!(results.len(), 1, "replayed command ran again");
     assert_eq!(results[0].2["status"], "succeeded");
@@ -127,11 +123,7 @@ async fn commands_are_verified_run_once_and_retried_after_failure() {
             .any(|r| r.2["status"] == "succeeded")
     })
     .await;
-    let polls = cp.requests_to("/commands").len();
-    eventually(Duration::from_secs(20), "three more polls", || async {
-        cp.requests_to("/commands").len() >= polls + 3
-    })
-    .await;
+    cp.more_polls(3).await;
     let results = cp.requests_to("/commands/cmd-refresh/result");
     assert_eq!(
         results[0].2["status"], "failed",

@@ -17,18 +17,10 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 fn tether(args: &[&str], data_dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tether {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    run_ok(command.args(args).arg("--data-dir").arg(data_dir))
+        .trim()
+        .to_owned()
 }
 
 /// Starts `tether server` on `port`; returns once it listens.

@@ -132,14 +132,13 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     }
     let batches = cp.requests_to("/usage-records");
     let rec = &batches[0].2["records"][0];
-    for f in [
+    let enrichment = [
         "server_instance_id",
         "api_server_region",
         "processing_timestamp",
         "agent_version",
-    ] {
-        assert!(rec.get(f).is_some(), "missing enrichment field {f}: {rec}");
-    }
+    ];
+    assert_fields(rec, &enrichment);
     assert_eq!(rec["api_server_region"], "test-region");
     // Batching: fewer requests than good records.
     assert!(
@@ -155,26 +154,15 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     assert!(pos("/s1/start") < pos("/s1/complete"));
 
     // DLQ entries carry reasons, attempts, timestamps, the original payload; refusals the response.
-    let list = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "agent",
-            "metering",
-            "dlq",
-            "list",
-            "--queue",
-            "usage_records",
-            "--config",
-        ])
-        .arg(&setup.config)
-        .env("CP_KEY", "test-key")
-        .output()
-        .unwrap();
-    assert!(
-        list.status.success(),
-        "{}",
-        String::from_utf8_lossy(&list.stderr)
-    );
-    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&list.stdout)
+    let list = run_ok(&mut setup.tether(&[
+        "agent",
+        "metering",
+        "dlq",
+        "list",
+        "--queue",
+        "usage_records",
+    ]));
+    let entries: Vec<serde_json::Value> = list
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -238,18 +226,9 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     )
     .await;
     // Purge through the CLI.
-    let purge = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["agent", "metering", "dlq", "purge", "--all", "--config"])
-        .arg(&setup.config)
-        .env("CP_KEY", "test-key")
-        .output()
-        .unwrap();
-    assert!(purge.status.success());
+    let purge = run_ok(&mut setup.tether(&["agent", "metering", "dlq", "purge", "--all"]));
     let total: usize = dlq_expected.iter().map(|(_, n)| n).sum();
-    assert_eq!(
-        String::from_utf8_lossy(&purge.stdout).trim(),
-        format!("{{\"purged\": {}}}", total - 1)
-    );
+    assert_eq!(purge.trim(), format!("{{\"purged\": {}}}", total - 1));
 
     // Health, metrics, registration, heartbeat.
     let resp = reqwest::get(&health_url).await.unwrap();
@@ -257,14 +236,13 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
     let h: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(h["status"], "healthy", "{h}");
     assert_eq!(h["redis_connected"], true);
-    for f in [
+    let health = [
         "timestamp",
         "version",
         "uptime_seconds",
         "control_plane_connected",
-    ] {
-        assert!(h.get(f).is_some(), "health lacks {f}");
-    }
+    ];
+    assert_fields(&h, &health);
     let m = get_text(&format!("http://127.0.0.1:{}/metrics", setup.health_port))
         .await
         .unwrap();
@@ -317,16 +295,15 @@ async fn good_messages_flow_and_malformed_ones_are_dead_lettered() {
             .all(|r| ["online", "degraded"].contains(&r.2["status"].as_str().unwrap_or(""))),
         "heartbeat status outside online/degraded"
     );
-    for f in [
+    let heartbeat_metrics = [
         "usage_records_processed",
         "control_plane_requests",
         "redis_queue_depth",
         "failed_deliveries",
         "memory_usage_mb",
         "cpu_usage_percent",
-    ] {
-        assert!(hb["metrics"].get(f).is_some(), "heartbeat lacks {f}: {hb}");
-    }
+    ];
+    assert_fields(&hb["metrics"], &heartbeat_metrics);
 
     // Graceful stop: shutdown notified, nothing left held.
     sigterm(&agent);

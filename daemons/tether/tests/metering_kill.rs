@@ -31,12 +31,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         let produced = produced.clone();
         tokio::spawn(async move {
             for chunk in produced.chunks(100) {
-                let msgs: Vec<String> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| usage_record(&format!("s{}", i % 7), id))
-                    .collect();
-                lpush(&mut r, &queue, &msgs).await;
+                lpush(&mut r, &queue, &usage_records(chunk, 7)).await;
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
         })

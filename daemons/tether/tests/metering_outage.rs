@@ -5,7 +5,6 @@
 
 mod metering_support;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -23,12 +22,7 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     .await;
     let queue = setup.usage_queue();
     let ids: Vec<String> = (0..1000).map(|i| format!("o-{i}")).collect();
-    let msgs: Vec<String> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| usage_record(&format!("s{}", i % 10), id))
-        .collect();
-    lpush(&mut r, &queue, &msgs).await;
+    lpush(&mut r, &queue, &usage_records(&ids, 10)).await;
 
     let agent = spawn_agent(&setup, 0);
     let metrics_url = format!("http://127.0.0.1:{}/metrics", setup.health_port);
@@ -59,14 +53,8 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     // Recovery, with flaky 503s (Retry-After: 0) on top.
     cp.fail_every.store(5, Ordering::Relaxed);
     cp.down.store(false, Ordering::Relaxed);
-    let want: HashSet<String> = ids.iter().cloned().collect();
-    wait_delivered(
-        &cp,
-        &want,
-        Duration::from_secs(60),
-        "everything delivered after recovery",
-    )
-    .await;
+    let after_recovery = "everything delivered after recovery";
+    wait_delivered(&cp, &ids, Duration::from_secs(60), after_recovery).await;
     wait_drained(&r, &p, &queue, Duration::from_secs(30), "lists empty").await;
     assert_eq!(llen(&mut r, &setup.usage_dlq()).await, 0);
     // The outage cost a bounded number of requests (probes), not one per item.

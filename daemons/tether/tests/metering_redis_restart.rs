@@ -4,7 +4,6 @@
 
 mod metering_support;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use metering_support::*;
@@ -16,39 +15,15 @@ async fn redis_restart_under_load_loses_nothing() {
     let mut server = OwnRedis::start(data.path()).await.unwrap();
     let url = server.url();
 
-    let (cp, cp_url) = start_double().await;
-    let setup = agent_setup(
-        &cp_url,
-        &url,
-        "    max_deliveries: 1000\n    batch_size: 50\n",
-        "",
-    );
+    let (cp, setup, agent) = outage_agent(&url).await;
     let p = setup.prefix.clone();
     let queue = setup.usage_queue();
-    let agent = spawn_agent(&setup, 0);
-    wait_redis_connected(&setup, Duration::from_secs(20), "agent healthy").await;
 
     let ids: Vec<String> = (0..3000).map(|i| format!("r-{i}")).collect();
     let mut pushed = 0;
     for (round, chunk) in ids.chunks(100).enumerate() {
-        let msgs: Vec<String> = chunk.iter().map(|id| usage_record("s1", id)).collect();
         // The producer retries across the restart too.
-        loop {
-            if let Ok(mut c) = redis::Client::open(url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                && redis::cmd("LPUSH")
-                    .arg(&queue)
-                    .arg(&msgs)
-                    .query_async::<i64>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        lpush_retrying(&url, &queue, &usage_records(chunk, 1)).await;
         pushed += chunk.len();
         if round == 10 {
             // Restart mid-stream: SHUTDOWN flushes the AOF; same dir and port.
@@ -62,14 +37,7 @@ async fn redis_restart_under_load_loses_nothing() {
     }
     assert_eq!(pushed, ids.len());
 
-    let want: HashSet<String> = ids.iter().cloned().collect();
-    wait_delivered(
-        &cp,
-        &want,
-        Duration::from_secs(90),
-        "every record delivered",
-    )
-    .await;
+    wait_delivered(&cp, &ids, Duration::from_secs(90), "every record delivered").await;
     let mut r = redis_conn(&url).await;
     wait_drained(&r, &p, &queue, Duration::from_secs(30), "lists empty").await;
     wait_redis_connected(

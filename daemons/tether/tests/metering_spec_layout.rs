@@ -30,16 +30,7 @@ monitoring:    {{heartbeat_interval: 0.3, metrics_port: {health_port}, health_ch
 /// `tether agent --config path --check-config` with the environment of [`command`]: its stdout,
 /// after asserting that it succeeded.
 fn check_config(path: &std::path::Path, cp_url: &str, password: &str) -> String {
-    let out = command(path, cp_url, password)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(command(path, cp_url, password).arg("--check-config"))
 }
 
 fn command(config: &std::path::Path, cp_url: &str, password: &str) -> Command {

@@ -8,9 +8,9 @@ mod cli_support;
 
 use std::process::{Command, Output};
 
-use cli_support::{TETHER, sigterm, start_server, stdout, tether, token};
+use cli_support::{TETHER, start_server, stdout, stop, tether, token};
 use reqwest::StatusCode;
-use server_support::{TestResult, code, read, refused_after_revocation};
+use server_support::{Api, TestResult, code, refused_after_revocation};
 
 #[tokio::test]
 async fn token_create_then_server_then_revoke() -> TestResult {
@@ -23,14 +23,9 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     assert!(first.starts_with("tu_") && first.len() == 67, "{first}");
     assert!(data.join("tether.db").exists());
 
-    let (mut child, addr) = start_server(&data, None)?;
-    let client = reqwest::Client::new();
-    let agents = client
-        .get(format!("{addr}/api/v1/agents"))
-        .bearer_auth(&first)
-        .send()
-        .await?;
-    let (status, body) = read(agents).await?;
+    let (child, addr) = start_server(&data, None)?;
+    let api = Api::checked(addr);
+    let (status, body) = api.get("/api/v1/agents", &first).await?;
     assert_eq!(
         (status, body),
         (StatusCode::OK, serde_json::json!({ "agents": [] }))
@@ -55,26 +50,19 @@ async fn token_create_then_server_then_revoke() -> TestResult {
     let revoked = token(&["revoke", &first_id], data_arg)?;
     assert!(revoked.status.success(), "{revoked:?}");
     let (status, body) =
-        refused_after_revocation(&client, &format!("{addr}/api/v1/agents"), &first).await?;
+        refused_after_revocation(&api.client, &api.url("/api/v1/agents"), &first).await?;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
-    let still = client
-        .get(format!("{addr}/api/v1/agents"))
-        .bearer_auth(stdout(&second))
-        .send()
-        .await?;
-    assert_eq!(still.status(), StatusCode::OK);
+    let (still, _) = api.get("/api/v1/agents", &stdout(&second)).await?;
+    assert_eq!(still, StatusCode::OK);
     let listed = token(&["list"], data_arg)?;
     assert_eq!(stdout(&listed).matches("revoked").count(), 1);
     let unknown = token(&["revoke", &uuid::Uuid::new_v4().to_string()], data_arg)?;
     assert!(!unknown.status.success());
 
-    sigterm(&child)?;
-    let status = child.wait()?;
-    assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
-    Ok(())
+    stop(child)
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod cli_support;
 
 use cli_support::{start_server, stdout, stop, tether};
 use reqwest::StatusCode;
-use server_support::{TestResult, code, read, refused_after_revocation};
+use server_support::{Api, TestResult, code, refused_after_revocation};
 use tether_testkit::postgres::TestDatabase;
 
 #[tokio::test]
@@ -52,22 +52,12 @@ async fn two_instances_share_the_records_of_one_database() -> TestResult {
 
     let (one, one_url) = start_server(&dir.path().join("one"), Some(url))?;
     let (two, two_url) = start_server(&dir.path().join("two"), Some(url))?;
-    let client = reqwest::Client::new();
+    let (api_one, api_two) = (Api::checked(one_url.clone()), Api::checked(two_url.clone()));
     // An agent created through one instance is listed, and its token accepted, by the other.
-    let made = client
-        .post(format!("{one_url}/api/v1/agents"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "name": "car" }))
-        .send()
-        .await?;
-    let (status, agent) = read(made).await?;
+    let body = serde_json::json!({ "name": "car" });
+    let (status, agent) = api_one.post("/api/v1/agents", &token, body).await?;
     assert_eq!(status, StatusCode::CREATED, "{agent}");
-    let listed = client
-        .get(format!("{two_url}/api/v1/agents"))
-        .bearer_auth(&token)
-        .send()
-        .await?;
-    let (status, body) = read(listed).await?;
+    let (status, body) = api_two.get("/api/v1/agents", &token).await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["agents"][0]["id"], agent["id"]);
     assert_eq!(body["agents"][0]["created_at"], agent["created_at"]);
@@ -84,7 +74,7 @@ async fn two_instances_share_the_records_of_one_database() -> TestResult {
     assert!(revoked.status.success(), "{revoked:?}");
     for instance in [&one_url, &two_url] {
         let url = format!("{instance}/api/v1/agents");
-        let (status, body) = refused_after_revocation(&client, &url, &token).await?;
+        let (status, body) = refused_after_revocation(&api_one.client, &url, &token).await?;
         assert_eq!(
             (status, code(&body)),
             (StatusCode::UNAUTHORIZED, "unauthorized")

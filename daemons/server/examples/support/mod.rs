@@ -1,6 +1,6 @@
-//! What the load drivers `bench_relay` and `bench_agents` share: their pacing options, the REST
-//! set-up of two agents and N activated groups between their dongles, the bounded error log,
-//! and `main`'s runtime.
+//! What the load drivers `bench_relay`, `bench_agents` and `bench_commands` share: the server
+//! they load (`--server`, `--token`), their pacing options, the REST set-up of two agents and N
+//! activated groups between their dongles, the bounded error log, and `main`'s runtime.
 //! Included by each with `#[path = "support/mod.rs"] mod support;`; each uses part of it.
 
 #![allow(dead_code, unreachable_pub)]
@@ -11,6 +11,24 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use serde_json::{Value, json};
+
+/// The running `tether server` a driver loads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub server: String,
+    /// A user token (`tether server token create`).
+    #[arg(long)]
+    pub token: String,
+}
+
+impl ServerArgs {
+    /// The base URL without a trailing `/`.
+    pub fn base(&self) -> &str {
+        self.server.trim_end_matches('/')
+    }
+}
 
 /// How long a load driver sends, its batching and drain, and the label of its results.
 #[derive(Debug, Clone, clap::Args)]

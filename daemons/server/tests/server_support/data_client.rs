@@ -162,6 +162,12 @@ impl DataClient {
         self.send(&batch(first, last)).await
     }
 
+    /// Sends frames `first..=last` and waits for the server's ack of `last` → the seq acked.
+    pub async fn send_acked(&mut self, first: u64, last: u64) -> TestResult<u64> {
+        self.send_frames(first, last).await?;
+        self.wait_ack(last).await
+    }
+
     /// Sends a cumulative ack.
     pub async fn ack(&mut self, up_to: u64) -> TestResult {
         self.send(&Message::Ack(Ack { up_to })).await
@@ -218,6 +224,19 @@ impl DataClient {
             seen.push(message);
         }
         Ok(seen)
+    }
+
+    /// Receives until the server closes the connection; fails unless it sent an error `code`
+    /// before.
+    pub async fn closed_with(&mut self, code: protocol::ErrorCode) -> TestResult {
+        let seen = self.recv_until_closed().await?;
+        if !seen
+            .iter()
+            .any(|m| matches!(m, Message::Error(e) if e.code == code))
+        {
+            return Err(format!("closed without a {code:?} error: {seen:?}").into());
+        }
+        Ok(())
     }
 
     /// Receives until the server's close frame, returning what arrived and the close code
@@ -306,6 +325,14 @@ pub struct Received {
 }
 
 impl Received {
+    /// What a consumer resuming after `covered` starts from.
+    pub fn after(covered: u64) -> Received {
+        Received {
+            covered,
+            ..Received::default()
+        }
+    }
+
     /// Takes one message into account; returns the ack to send, if any.
     pub fn take(&mut self, message: &Message) -> TestResult<Option<u64>> {
         match message {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tether_server::{self as server, RunningServer, ServerConfig};
 pub use tether_testkit::TestResult;
-pub use tether_testkit::rest::{Api, assert_error_shape, code, read, text};
+pub use tether_testkit::rest::{Api, assert_error_shape, assert_fields, code, read, text};
 
 /// A running server with its own data directory; derefs to its checked [`Api`] client
 /// (`call`, `get`, `post`, `delete`, `client`, `base`, …).
@@ -113,13 +113,26 @@ impl TestServer {
             .ok_or_else(|| format!("no audit entries in {audit}"))?)
     }
 
-    /// A user with an agent and two announced dongles: `(user token, agent token, a, b)`.
-    pub async fn user_with_pair(&self, name: &str) -> TestResult<(String, String, String, String)> {
-        let token = self.user_token(name).await?;
-        let (_, agent) = self.agent(&token, &format!("{name}-edge")).await?;
+    /// A user `name` with an agent `{name}-edge` and its two announced dongles `{name}-A` and
+    /// `{name}-B`.
+    pub async fn user_pair(&self, name: &str) -> TestResult<UserPair> {
+        let user = self.user_token(name).await?;
+        let (agent_id, agent) = self.agent(&user, &format!("{name}-edge")).await?;
         let a = self.dongle(&agent, &format!("{name}-A")).await?;
         let b = self.dongle(&agent, &format!("{name}-B")).await?;
-        Ok((token, agent, a, b))
+        Ok(UserPair {
+            user,
+            agent_id,
+            agent,
+            a,
+            b,
+        })
+    }
+
+    /// [`TestServer::user_pair`] as `(user token, agent token, a, b)`.
+    pub async fn user_with_pair(&self, name: &str) -> TestResult<(String, String, String, String)> {
+        let pair = self.user_pair(name).await?;
+        Ok((pair.user, pair.agent, pair.a, pair.b))
     }
 
     /// [`TestServer::user_with_pair`] with the pair in an activated group:
@@ -129,6 +142,16 @@ impl TestServer {
         let id = self.active_group(&user, &a, &b).await?;
         Ok((user, agent, id))
     }
+}
+
+/// What [`TestServer::user_pair`] made: a user's token, its agent (id and token), and the ids
+/// of the agent's two dongles.
+pub struct UserPair {
+    pub user: String,
+    pub agent_id: String,
+    pub agent: String,
+    pub a: String,
+    pub b: String,
 }
 
 /// `REDIS_URL`, which the tests that need Redis require (they fail without it).

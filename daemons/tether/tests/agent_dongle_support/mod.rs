@@ -450,15 +450,81 @@ pub async fn until_session(
     dongle: &mut SimDongle,
     group: &str,
 ) {
+    hello_until(agent, dongle, "no session", || {
+        !server.hellos_for(group).is_empty()
+    })
+    .await;
+}
+
+/// Says hello from `dongle` until `done` holds (fails with `what` and the agent's log after
+/// [`GUARD`]).
+pub async fn hello_until(
+    agent: &Agent,
+    dongle: &mut SimDongle,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
     let deadline = tokio::time::Instant::now() + GUARD;
-    while server.hellos_for(group).is_empty() {
+    while !done() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no session; log:\n{}",
+            "{what}; log:\n{}",
             agent.log_text()
         );
         dongle.hello().await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// What every test starts from: the stand-in server, a scratch directory holding the agent's
+/// config, and the agent's dongle (UDP) and metrics ports.
+pub struct Rig {
+    pub server: MockServer,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub udp: u16,
+    pub metrics: u16,
+}
+
+impl Rig {
+    /// A rig with the default config ([`write_config`]).
+    pub async fn new() -> Rig {
+        Rig::with_dongle_config("").await
+    }
+
+    /// A rig whose config's `dongle:` section ends with `extra` (indented YAML lines).
+    pub async fn with_dongle_config(extra: &str) -> Rig {
+        let server = MockServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (udp, metrics) = (free_udp_port(), free_tcp_port());
+        let config = write_config(dir.path(), &server.url(), udp, metrics);
+        if !extra.is_empty() {
+            let mut yaml = std::fs::read_to_string(&config).unwrap();
+            yaml.push_str(extra);
+            std::fs::write(&config, yaml).unwrap();
+        }
+        Rig {
+            server,
+            dir,
+            config,
+            udp,
+            metrics,
+        }
+    }
+
+    /// Starts `tether agent` on the rig's config; `run` numbers its log file.
+    pub fn agent(&self, run: u32) -> Agent {
+        Agent::start(self.dir.path(), &self.config, self.udp, self.metrics, run)
+    }
+
+    /// `serial` in `group` as `side` (active), the agent started, and the dongle saying hello
+    /// until the agent has a data-plane session for the group.
+    pub async fn session(&self, serial: &str, group: &str, side: &str) -> (Agent, SimDongle) {
+        self.server.assign(serial, group, side, "active");
+        let agent = self.agent(1);
+        let mut dongle = SimDongle::new(serial, agent.udp).await;
+        until_session(&self.server, &agent, &mut dongle, group).await;
+        (agent, dongle)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Shared by the tests of the `tether server …` commands (`server_cli`, `server_cli_postgres`):
-//! one-shot commands and `tether server` processes, never touching `REDIS_URL`.
+//! Shared by the tests of the command line (`cli_edges`, and the `tether server …` commands in
+//! `server_cli`, `server_cli_postgres`): one-shot commands and `tether server` processes,
+//! never touching `REDIS_URL`.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -36,6 +37,19 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A command's stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The first line `child` prints on its piped stdout; the pipe is closed once it is read.
+pub fn first_line(child: &mut Child) -> TestResult<String> {
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    Ok(line)
+}
+
 /// Starts `tether server` on 127.0.0.1:0 with `data_dir` (and PostgreSQL records at
 /// `database_url`); returns it with the address it printed on its first line.
 pub fn start_server(data_dir: &Path, database_url: Option<&str>) -> TestResult<(Child, String)> {
@@ -53,9 +67,7 @@ pub fn start_server(data_dir: &Path, database_url: Option<&str>) -> TestResult<(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
+    let line = first_line(&mut child)?;
     let addr = line
         .trim()
         .strip_prefix("tether server listening on ")

@@ -191,6 +191,66 @@ pub async fn vehicle_status(c: &Collector) -> Option<Value> {
     get_json(&format!("{}/api/v1/telemetry/status", c.http), None).await
 }
 
+/// Polls the telemetry status at `url` until `want` holds for it → that status (panics after
+/// `GUARD` with `what`).
+pub async fn wait_status_at(url: &str, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, || async {
+        get_json(url, None).await.filter(|s| want(s))
+    })
+    .await
+}
+
+/// [`wait_status_at`] on a vehicle collector's status.
+pub async fn wait_status(c: &Collector, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    wait_status_at(&format!("{}/api/v1/telemetry/status", c.http), what, want).await
+}
+
+/// Polls until the remote at `remote` holds exactly `n` records for `vehicle`.
+pub async fn wait_remote_records(remote: &str, vehicle: &str, n: usize) {
+    let what = format!("{n} records of {vehicle} at the remote");
+    wait_for(&what, || async {
+        (remote_records(remote, vehicle).await.len() == n).then_some(())
+    })
+    .await
+}
+
+/// What a vehicle ↔ remote test starts from: a scratch directory, the vehicle's bus, and a
+/// port for each role.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub bus: Bus,
+    pub remote_port: u16,
+    pub vehicle_port: u16,
+}
+
+impl Site {
+    pub async fn start() -> Site {
+        Site {
+            dir: tempfile::tempdir().unwrap(),
+            bus: Bus::start().await,
+            remote_port: free_port(),
+            vehicle_port: free_port(),
+        }
+    }
+
+    /// The remote's environment ([`remote_env`]) with its database in the site's directory.
+    pub fn remote_env(&self, keys: &str) -> Vec<(&'static str, String)> {
+        remote_env(&self.dir.path().join("remote.db"), self.remote_port, keys)
+    }
+
+    /// The vehicle's environment ([`vehicle_env`]): its database in the site's directory, the
+    /// site's bus, uplinking to the site's remote with `key`.
+    pub fn vehicle_env(&self, key: &str) -> Vec<(&'static str, String)> {
+        let db = self.dir.path().join("vehicle.db");
+        vehicle_env(&db, self.vehicle_port, self.remote_port, key, self.bus.addr)
+    }
+
+    /// Starts a collector named `name` (its log file) in the site's directory.
+    pub fn spawn(&self, name: &str, env: &[(&str, String)]) -> Collector {
+        Collector::spawn(self.dir.path(), name, env)
+    }
+}
+
 /// Polls `f` until it returns `Some`, or panics after `GUARD` with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
 where

@@ -31,8 +31,9 @@ pub const OTHER_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2
 
 pub use tether_testkit::free_tcp_port as free_port;
 pub use tether_testkit::poll::wait_until as eventually;
-pub use tether_testkit::process::{kill9, sigterm, wait_exit};
+pub use tether_testkit::process::{kill9, run_ok, sigterm, wait_exit};
 pub use tether_testkit::redis::{RedisNamespace, redis_url};
+pub use tether_testkit::rest::assert_fields;
 pub use tether_testkit::rest::get_json_any as get_json;
 
 /// What the double saw and how it misbehaves.
@@ -69,6 +70,15 @@ impl DoubleState {
             .filter(|r| r.1.ends_with(suffix))
             .cloned()
             .collect()
+    }
+
+    /// Waits until the agent has polled for commands `n` more times than it had so far.
+    pub async fn more_polls(&self, n: usize) {
+        let polls = self.requests_to("/commands").len();
+        eventually(Duration::from_secs(20), "more command polls", || async {
+            self.requests_to("/commands").len() >= polls + n
+        })
+        .await;
     }
 }
 
@@ -261,6 +271,18 @@ pub fn agent_setup(cp_url: &str, redis_url: &str, queues: &str, control_plane: &
 }
 
 impl AgentSetup {
+    /// `tether <args…> --config <the setup's config>`, with the control plane's key in the
+    /// environment the config names.
+    pub fn tether(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("CP_KEY", "test-key");
+        command
+    }
+
     /// The key of the usage-record queue the agent consumes.
     pub fn usage_queue(&self) -> String {
         format!("{}queue:usage_records", self.prefix)
@@ -285,6 +307,39 @@ pub async fn shared_redis_setup(
     (setup, r, prefix)
 }
 
+/// The settings of a Redis-outage test: a crash or an outage never dead-letters
+/// (`max_deliveries: 1000`), batches of 50.
+pub const OUTAGE_QUEUES: &str = "    max_deliveries: 1000\n    batch_size: 50\n";
+
+/// A control-plane double and a healthy agent (log 0) on `redis_url` with [`OUTAGE_QUEUES`]:
+/// what a test that takes Redis away starts from.
+pub async fn outage_agent(redis_url: &str) -> (S, AgentSetup, Child) {
+    let (cp, cp_url) = start_double().await;
+    let setup = agent_setup(&cp_url, redis_url, OUTAGE_QUEUES, "");
+    let agent = spawn_agent(&setup, 0);
+    wait_redis_connected(&setup, Duration::from_secs(20), "agent healthy").await;
+    (cp, setup, agent)
+}
+
+/// `LPUSH queue msgs` on `redis_url`, retried every 100 ms until Redis takes it (a producer
+/// that outlives a Redis outage).
+pub async fn lpush_retrying(redis_url: &str, queue: &str, msgs: &[String]) {
+    loop {
+        if let Ok(client) = redis::Client::open(redis_url)
+            && let Ok(mut c) = client.get_multiplexed_async_connection().await
+            && redis::cmd("LPUSH")
+                .arg(queue)
+                .arg(msgs)
+                .query_async::<i64>(&mut c)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// SIGTERM to `agent`, then asserts that it exits cleanly.
 pub async fn stop_agent(agent: Child) {
     sigterm(&agent);
@@ -294,10 +349,8 @@ pub async fn stop_agent(agent: Child) {
 /// Start `tether agent --config …`; logs go to `<dir>/agent-N.log`.
 pub fn spawn_agent(setup: &AgentSetup, n: usize) -> Child {
     let log = std::fs::File::create(setup.dir.path().join(format!("agent-{n}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["agent", "--config"])
-        .arg(&setup.config)
-        .env("CP_KEY", "test-key")
+    setup
+        .tether(&["agent"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -399,6 +452,15 @@ pub async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, prefix: &str)
     tether_testkit::redis::delete_prefix(conn, prefix)
         .await
         .unwrap();
+}
+
+/// Usage records with ids `ids`, spread round-robin over sessions `s0` … `s{sessions - 1}`.
+pub fn usage_records(ids: &[String], sessions: usize) -> Vec<String> {
+    let session = |i: usize| format!("s{}", i % sessions);
+    let records = ids.iter().enumerate();
+    records
+        .map(|(i, id)| usage_record(&session(i), id))
+        .collect()
 }
 
 pub fn usage_record(session: &str, record_id: &str) -> String {
