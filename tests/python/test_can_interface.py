@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
-import socket
 import subprocess
 import textwrap
 import threading
@@ -27,6 +25,8 @@ from typing import Any
 
 import can
 import pytest
+from can_support import frames_of, recv_n, stop_cleanly
+from loopback import free_udp_port
 from netns import run_in_private_network
 
 import tether
@@ -56,34 +56,12 @@ def view(m: can.Message) -> tuple[Any, ...]:
     return (m.arbitration_id, m.is_extended_id, m.is_remote_frame, m.is_fd, m.bitrate_switch, m.dlc, bytes(m.data))
 
 
-def frames_of(text: str) -> list[str]:
-    return [line.split()[2] for line in text.splitlines() if line.startswith("(")]
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def recv_n(bus: can.BusABC, n: int, timeout: float = 10) -> list[can.Message]:
-    got: list[can.Message] = []
-    while len(got) < n:
-        m = bus.recv(timeout=timeout)
-        assert m is not None, f"only {len(got)} of {n} frames arrived"
-        got.append(m)
-    return got
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, err
-    return err
 
 
 def port_of(bus: TetherBus) -> str:
@@ -197,7 +175,7 @@ def test_tether_can_dongle_and_a_python_can_agent_talk_both_ways(tmp_path: Path)
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and len(frames_of(out.read_text() if out.exists() else "")) < 3:
             time.sleep(0.05)
-        err = stop(dongle)
+        err = stop_cleanly(dongle)
     finally:
         bus.shutdown()
         if dongle.poll() is None:
@@ -261,7 +239,7 @@ def test_socketcand_with_python_cans_own_client_as_peer(tmp_path: Path) -> None:
         with pytest.raises(can.CanOperationError, match="socketcand"):
             ours.send(MESSAGES[1])
         assert state_of(ours) == can.BusState.ACTIVE
-        stop(proc)
+        stop_cleanly(proc)
         # The server went away: the bus reports it instead of waiting forever.
         with pytest.raises(can.CanOperationError, match="closed"):
             ours.recv(timeout=5)

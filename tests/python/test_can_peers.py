@@ -11,12 +11,13 @@ Needs env TETHER_BIN (the built `tether` binary).
 
 import os
 import re
-import signal
 import subprocess
 import textwrap
 
 import can
 import pytest
+from can_support import frames_of, recv_n, stop_cleanly
+from loopback import free_udp_port
 from netns import run_in_private_network
 
 TETHER = os.environ.get("TETHER_BIN", "tether")
@@ -37,33 +38,14 @@ def start_server(tmp_path, *extra):
     return proc, int(m.group(1)), out
 
 
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, err
-    return err
 
 
 def client(port):
     return can.Bus(interface="socketcand", host="127.0.0.1", port=port, channel="vcan0")
 
 
-def frames_of(log_text):
-    """The `ID#DATA` part of each candump line."""
-    return [line.split()[2] for line in log_text.splitlines() if line.startswith("(")]
 
 
-def recv_n(bus, n):
-    got = []
-    while len(got) < n:
-        m = bus.recv(timeout=10)
-        assert m is not None, f"only {len(got)} of {n} frames arrived"
-        got.append(m)
-    return got
 
 
 MESSAGES = [
@@ -91,7 +73,7 @@ def test_socketcand_clients_exchange_frames_through_our_server(tmp_path):
     finally:
         a.shutdown()
         b.shutdown()
-        err = stop(proc)
+        err = stop_cleanly(proc)
     assert frames_of(out.read_text()) == EXPECTED + ["456#AABB"]
     assert "clients sent 4 frames" in err
 
@@ -132,7 +114,7 @@ def test_tether_replay_and_record_over_socketcand(tmp_path):
         py.shutdown()
         if rec.poll() is None:
             rec.kill()
-        stop(proc)
+        stop_cleanly(proc)
 
 
 # Runs inside the namespace: python-can sends 3 frames that `tether can record` writes, then
@@ -188,12 +170,6 @@ def test_udp_multicast_both_ways_in_private_namespace(tmp_path):
     ]
 
 
-def free_udp_port():
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CAPTURE = (

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TYPED_TESTS = ["test_tables.py", "test_can_interface.py", "test_clients.py", "test_docs.py",
                "test_vehicle_clients.py", "test_isotp_uds.py",
-               "test_typing.py", "tether_server.py", "loopback.py"]
+               "test_typing.py", "tether_server.py", "loopback.py", "can_support.py"]
 
 
 def test_mypy_strict_accepts_the_package_and_the_typed_tests() -> None:
