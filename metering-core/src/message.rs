@@ -530,7 +530,8 @@ fn check(queue: QueueKind, body: &impl Fields, raw: &[u8]) -> Result<Checked, St
     })
 }
 
-/// The idempotency key: `field` when the body has it (a non-empty string), else `derive(raw)`.
+/// The idempotency key: `derive(raw)` when the body has no `field` (absent or null); otherwise
+/// `field`, which must be a non-empty string.
 fn key_or_derived(
     body: &impl Fields,
     field: &str,

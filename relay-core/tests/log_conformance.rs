@@ -338,6 +338,7 @@ mod cases {
         );
         // A trim whose survivor lies after a hole covers the hole: `last` is survivor - 1.
         let t = log.trim("s", &by_len(1), 0).await.expect("trim");
+        // 3 items trimmed, seqs 4..=8 with the hole 6..=7.
         assert_eq!(t, vec![trimmed(3, 4, 8, TrimReason::Length)]);
         let r = log.read("s", 5, 100).await.expect("read");
         assert_eq!((r.gap, seqs(&r)), (gap(6, 8, LEN), vec![9]));

@@ -169,6 +169,10 @@ def test_remp_round_trips_and_tracks_sequence_and_restarts():
     again = receiver.handle(datagrams[-1])
     assert (again["type"], again["verdict"]) == ("dropped", "duplicate")
     stats = receiver.stats("PY-1")
+    # The whole key set is the Python API (the Rust struct's field names).
+    assert set(stats) == {"datagrams", "frames", "lost", "duplicate", "reordered", "stale", "restarts",
+                          "dongle_dropped"}
+    assert all(type(v) is int for v in stats.values())
     assert (stats["frames"], stats["duplicate"], stats["lost"]) == (300, 1, 0)
     # Bytes that are not REMP change nothing.
     for bad in [b"", b"\x00" * 3, datagrams[1][:-1], b"XXXX" + datagrams[1][4:]]:

@@ -56,14 +56,6 @@ def view(m: can.Message) -> tuple[Any, ...]:
     return (m.arbitration_id, m.is_extended_id, m.is_remote_frame, m.is_fd, m.bitrate_switch, m.dlc, bytes(m.data))
 
 
-
-
-
-
-
-
-
-
 def port_of(bus: TetherBus) -> str:
     assert bus.local_addr is not None
     return bus.local_addr.rsplit(":", 1)[1]

@@ -38,14 +38,8 @@ def start_server(tmp_path, *extra):
     return proc, int(m.group(1)), out
 
 
-
-
 def client(port):
     return can.Bus(interface="socketcand", host="127.0.0.1", port=port, channel="vcan0")
-
-
-
-
 
 
 MESSAGES = [
@@ -168,8 +162,6 @@ def test_udp_multicast_both_ways_in_private_namespace(tmp_path):
          "data": "112233445566778899AABBCC"},
         {"id": 0x7DF, "ext": False, "fd": False, "brs": False, "rtr": True, "dlc": 2, "data": ""},
     ]
-
-
 
 
 CAPTURE = (

@@ -62,6 +62,11 @@ def test_messages_both_ways_with_can_isotp(channel: str, peer: isotp.NotifierBas
             peer.send(answer)
             assert sock.recv(timeout=20) == answer, n
         stats = sock.stats()
+        # The whole key set is the Python API (the Rust struct's field names).
+        assert set(stats) == {"frames_sent", "frames_received", "frames_ignored", "messages_sent",
+                              "messages_received", "rx_aborted", "tx_aborted", "invalid_frames",
+                              "unexpected_frames"}
+        assert all(type(v) is int for v in stats.values())
         assert (stats["messages_sent"], stats["messages_received"]) == (len(SIZES), len(SIZES))
         assert stats["rx_aborted"] == stats["tx_aborted"] == stats["invalid_frames"] == 0
         assert sock.errors == []
@@ -156,6 +161,9 @@ def test_uds_client_against_a_can_isotp_ecu(channel: str, peer: isotp.NotifierBa
                 client.ecu_reset(0x7E0)
             assert 0.15 < time.monotonic() - started < 2
             stats = client.stats()
+            assert set(stats) == {"requests", "positive", "negative", "pending", "timeouts", "unmatched",
+                                  "failed_transfers"}
+            assert all(type(v) is int for v in stats.values())
             assert (stats["requests"], stats["positive"], stats["negative"], stats["pending"], stats["timeouts"]) == (
                 5, 2, 2, 1, 1)
     finally:

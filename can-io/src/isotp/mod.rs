@@ -254,6 +254,8 @@ pub enum IsoTpEvent {
 
 /// Counters an endpoint or monitor keeps. Every error event increments exactly one of
 /// `rx_aborted`, `tx_aborted`, `invalid_frames`, `unexpected_frames`.
+/// Its serde form (the field names) is the `stats()` dict of the Python bindings: renaming a
+/// field renames a Python key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct IsoTpStats {
     /// CAN frames handed out by `poll_transmit`.

@@ -219,7 +219,7 @@ impl AnyBus {
             BusAddress::Remp(addr) => {
                 let (local, peer) = udp_ends(addr, options).await?;
                 let mut bus = RempUdp::bind(local, peer, &options.serial).await?;
-                if peer.is_some() {
+                if !options.listen {
                     bus.hello().await?;
                 }
                 AnyBus::Remp(bus)

@@ -63,6 +63,8 @@ pub enum UdsEvent {
 }
 
 /// Counters.
+/// Its serde form (the field names) is the `stats()` dict of the Python bindings: renaming a
+/// field renames a Python key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UdsStats {
     /// Requests started.

@@ -47,6 +47,15 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The labels of [`RelayMetrics::frames_trimmed`] and
+/// [`RelayMetrics::frames_trimmed_undelivered`] (the name they had before [`ReasonLabels`]
+/// served every by-reason family).
+pub type TrimLabels = ReasonLabels;
+
+/// The labels of [`ServerMetrics::console_events_dropped`] (the name they had before
+/// [`ReasonLabels`]).
+pub type DropLabels = ReasonLabels;
+
 /// Labels of data-plane refusals and connection ends.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {

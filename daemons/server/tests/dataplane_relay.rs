@@ -455,8 +455,8 @@ async fn revoking_an_agent_closes_its_open_connections() -> TestResult {
     let rita = srv.user_pair("rita").await?;
     let id = srv.group(&rita.user, &rita.a, &rita.b).await?;
     let (mut side, _) = DataClient::open(&srv.base, &rita.agent, &id, Side::A, 0, JSON).await?;
-    let agent = format!("/api/v1/agents/{}", rita.agent_id);
-    let (status, _) = srv.delete(&agent, &rita.user).await?;
+    let agent_path = format!("/api/v1/agents/{}", rita.agent_id);
+    let (status, _) = srv.delete(&agent_path, &rita.user).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     // The open connection is closed with `unauthorized`, not only new upgrades refused.
     side.closed_with(ErrorCode::Unauthorized).await?;

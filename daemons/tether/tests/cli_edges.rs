@@ -10,7 +10,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_support::{TETHER, first_line, stderr, tether};
+use cli_support::{TETHER, first_line, run, stderr, token};
 use tether_testkit::TestResult;
 
 /// The capture shipped with the project, as an argument.
@@ -23,7 +23,7 @@ fn token_list_and_revoke_never_create_a_database() -> TestResult {
     let dir = tempfile::tempdir()?;
     let typo = dir.path().join("typo");
     let typo_text = typo.display().to_string();
-    let list = tether(&["server", "token", "list", "--data-dir", &typo_text], None)?;
+    let list = token(&["list"], &typo_text)?;
     assert!(!list.status.success());
     assert!(
         stderr(&list).contains("no server database at"),
@@ -31,34 +31,16 @@ fn token_list_and_revoke_never_create_a_database() -> TestResult {
         stderr(&list)
     );
     assert!(list.stdout.is_empty(), "printed a table for a typo");
-    let revoke = tether(
-        &[
-            "server",
-            "token",
-            "revoke",
-            "00000000-0000-0000-0000-000000000000",
-            "--data-dir",
-            &typo_text,
-        ],
-        None,
+    let revoke = token(
+        &["revoke", "00000000-0000-0000-0000-000000000000"],
+        &typo_text,
     )?;
     assert!(!revoke.status.success());
     assert!(!typo.exists(), "the mistyped directory was created");
     // After `token create` made the database, list works.
-    let create = tether(
-        &[
-            "server",
-            "token",
-            "create",
-            "--user",
-            "u",
-            "--data-dir",
-            &typo_text,
-        ],
-        None,
-    )?;
+    let create = token(&["create", "--user", "u"], &typo_text)?;
     assert!(create.status.success(), "{}", stderr(&create));
-    let list = tether(&["server", "token", "list", "--data-dir", &typo_text], None)?;
+    let list = token(&["list"], &typo_text)?;
     assert!(list.status.success(), "{}", stderr(&list));
     assert!(String::from_utf8(list.stdout)?.contains("\tu\t"));
     Ok(())
@@ -69,7 +51,7 @@ fn demo_flags_are_checked_before_anything_starts() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("demo");
     let data_text = data.display().to_string();
-    let speed = tether(&["demo", "--speed", "fast", "--data-dir", &data_text], None)?;
+    let speed = run(&["demo", "--speed", "fast", "--data-dir", &data_text])?;
     assert!(!speed.status.success());
     assert!(
         speed.stdout.is_empty(),
@@ -81,16 +63,13 @@ fn demo_flags_are_checked_before_anything_starts() -> TestResult {
         "{}",
         stderr(&speed)
     );
-    let listen = tether(
-        &[
-            "demo",
-            "--listen",
-            "localhost:27083",
-            "--data-dir",
-            &data_text,
-        ],
-        None,
-    )?;
+    let listen = run(&[
+        "demo",
+        "--listen",
+        "localhost:27083",
+        "--data-dir",
+        &data_text,
+    ])?;
     assert!(!listen.status.success());
     assert!(listen.stdout.is_empty());
     assert!(
@@ -138,7 +117,7 @@ fn every_help_has_examples() -> TestResult {
     for path in commands {
         let mut args = path.to_vec();
         args.push("--help");
-        let out = tether(&args, None)?;
+        let out = run(&args)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -157,7 +136,7 @@ fn every_help_has_examples() -> TestResult {
 
 #[test]
 fn agent_help_shows_config_as_required() -> TestResult {
-    let out = tether(&["agent", "--help"], None)?;
+    let out = run(&["agent", "--help"])?;
     let text = String::from_utf8(out.stdout)?;
     let usage = text
         .lines()
@@ -171,40 +150,34 @@ fn agent_help_shows_config_as_required() -> TestResult {
 #[test]
 fn buses_are_bus_and_from_to_are_formats_with_old_spellings_kept() -> TestResult {
     for sub in ["record", "replay"] {
-        let out = tether(&["can", sub, "--help"], None)?;
+        let out = run(&["can", sub, "--help"])?;
         let text = String::from_utf8(out.stdout)?;
         assert!(text.contains("--bus <URL>"), "can {sub}:\n{text}");
     }
     // `record --from URL`, the old spelling, still records.
-    let out = tether(
-        &[
-            "can",
-            "record",
-            "--from",
-            "udp://127.0.0.1:0",
-            "-o",
-            "-",
-            "--duration",
-            "0.2",
-        ],
-        None,
-    )?;
+    let out = run(&[
+        "can",
+        "record",
+        "--from",
+        "udp://127.0.0.1:0",
+        "-o",
+        "-",
+        "--duration",
+        "0.2",
+    ])?;
     assert!(out.status.success(), "{}", stderr(&out));
     // `convert --from` / `--to` are formats.
-    let out = tether(
-        &[
-            "can",
-            "convert",
-            &capture(),
-            "--from",
-            "candump",
-            "--to",
-            "jsonl",
-            "-o",
-            "/dev/null",
-        ],
-        None,
-    )?;
+    let out = run(&[
+        "can",
+        "convert",
+        &capture(),
+        "--from",
+        "candump",
+        "--to",
+        "jsonl",
+        "-o",
+        "/dev/null",
+    ])?;
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
@@ -237,20 +210,17 @@ fn stats_fails_when_no_line_parsed() -> TestResult {
     let dir = tempfile::tempdir()?;
     let junk = dir.path().join("junk.log");
     std::fs::write(&junk, "this is not\na CAN log\n")?;
-    let out = tether(
-        &[
-            "can",
-            "stats",
-            "--from",
-            "candump",
-            &junk.display().to_string(),
-        ],
-        None,
-    )?;
+    let out = run(&[
+        "can",
+        "stats",
+        "--from",
+        "candump",
+        &junk.display().to_string(),
+    ])?;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no line of"), "{}", stderr(&out));
     // A good log still succeeds.
-    let out = tether(&["can", "stats", &capture()], None)?;
+    let out = run(&["can", "stats", &capture()])?;
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
@@ -263,15 +233,12 @@ fn sse_tail_gives_up_by_default() -> TestResult {
         .port();
     let url = format!("http://127.0.0.1:{port}/events");
     let started = Instant::now();
-    let out = tether(&["sse", "tail", &url, "--retry-ms", "10"], None)?;
+    let out = run(&["sse", "tail", &url, "--retry-ms", "10"])?;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("gave up on"), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     // `--forever` conflicts with a bound.
-    let out = tether(
-        &["sse", "tail", &url, "--forever", "--max-reconnects", "3"],
-        None,
-    )?;
+    let out = run(&["sse", "tail", &url, "--forever", "--max-reconnects", "3"])?;
     assert!(!out.status.success());
     Ok(())
 }

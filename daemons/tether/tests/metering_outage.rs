@@ -53,8 +53,13 @@ async fn outage_opens_the_breaker_and_nothing_is_dead_lettered() {
     // Recovery, with flaky 503s (Retry-After: 0) on top.
     cp.fail_every.store(5, Ordering::Relaxed);
     cp.down.store(false, Ordering::Relaxed);
-    let after_recovery = "everything delivered after recovery";
-    wait_delivered(&cp, &ids, Duration::from_secs(60), after_recovery).await;
+    wait_delivered(
+        &cp,
+        &ids,
+        Duration::from_secs(60),
+        "everything delivered after recovery",
+    )
+    .await;
     wait_drained(&r, &p, &queue, Duration::from_secs(30), "lists empty").await;
     assert_eq!(llen(&mut r, &setup.usage_dlq()).await, 0);
     // The outage cost a bounded number of requests (probes), not one per item.

@@ -35,7 +35,8 @@ struct Inner {
     open: Mutex<HashSet<String>>,
 }
 
-/// A call on the store, run after the commits queued before it.
+/// A read or `open_stream` on the store, run after the commits queued before it. Writes go
+/// through [`Job::Commit`] (the group commit), never through a call.
 type StoreCall = Box<dyn FnOnce(&mut dyn OutboxStore) + Send>;
 
 enum Job {

@@ -80,6 +80,8 @@ impl SeqWindow {
 }
 
 /// Counters for one dongle.
+/// Its serde form (the field names) is the `stats()` dict of the Python bindings: renaming a
+/// field renames a Python key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DongleStats {
     /// Datagrams accepted.

@@ -7,6 +7,10 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::{ReasonLabels, ServerMetrics};
 
+/// The labels of [`CommandMetrics::ignored`], the ignored diagnostics-channel messages (the name they had before
+/// [`ReasonLabels`] served every by-reason family).
+pub type IgnoredLabels = ReasonLabels;
+
 /// Labels of command outcomes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {

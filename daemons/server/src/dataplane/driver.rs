@@ -867,7 +867,8 @@ impl Driver {
                 });
             }
         }
-        for (index, direction) in Direction::BOTH.into_iter().enumerate() {
+        for direction in Direction::BOTH {
+            let index = direction.index();
             let consumer_local = loaded.slots[direction.consumer().index()].is_some();
             let cursor = if consumer_local {
                 None

@@ -24,6 +24,11 @@ pub fn tether(args: &[&str], database_url: Option<&str>) -> TestResult<Output> {
     Ok(command.output()?)
 }
 
+/// Runs `tether args…` to completion without a database URL ([`tether`] with `None`).
+pub fn run(args: &[&str]) -> TestResult<Output> {
+    tether(args, None)
+}
+
 /// `tether server token <args…> --data-dir <data_dir>` (SQLite records, no database URL).
 pub fn token(args: &[&str], data_dir: &str) -> TestResult<Output> {
     let mut all = vec!["server", "token"];

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -322,21 +322,27 @@ pub async fn outage_agent(redis_url: &str) -> (S, AgentSetup, Child) {
 }
 
 /// `LPUSH queue msgs` on `redis_url`, retried every 100 ms until Redis takes it (a producer
-/// that outlives a Redis outage).
+/// that outlives a Redis outage); panics with the last error after 60 s, and at once on a URL
+/// that does not parse.
 pub async fn lpush_retrying(redis_url: &str, queue: &str, msgs: &[String]) {
+    let client = redis::Client::open(redis_url).expect("a Redis URL");
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(client) = redis::Client::open(redis_url)
-            && let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("LPUSH")
+        let pushed = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("LPUSH")
                 .arg(queue)
                 .arg(msgs)
                 .query_async::<i64>(&mut c)
                 .await
-                .is_ok()
-        {
-            return;
+        };
+        match pushed.await {
+            Ok(_) => return,
+            Err(err) if Instant::now() >= deadline => {
+                panic!("LPUSH {queue}: Redis did not take it within 60 s: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
