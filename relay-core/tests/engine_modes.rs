@@ -241,8 +241,10 @@ fn acks_only_after_durable_append_and_duplicates_are_reacked() {
         up_to: 5
     }));
 
-    // A retransmission of 3..=5 is not appended again, just re-acknowledged.
-    h.frames(Side::A, 3..=5);
+    // A retransmission of 3..=5 is not appended again, just re-acknowledged (and reported,
+    // for the caller to count).
+    let retransmitted = h.engine.handle_frames(&h.g, Side::A, items(3..=5), 0);
+    assert_eq!(retransmitted.unwrap(), 3);
     assert_eq!(h.engine.poll_storage(), None);
     assert_eq!(
         h.engine.poll_output(),

@@ -76,6 +76,9 @@ pub struct RelayMetrics {
     pub frames_received: Counter,
     /// Frames stored in a stream log for the first time.
     pub frames_stored: Counter,
+    /// Frames received again that were already stored or on their way to the log (a producer's
+    /// resend after a reconnect, a refusal or a lost ack): dropped and acknowledged again.
+    pub frames_duplicate: Counter,
     /// Frames stored while their consumer was offline or still replaying a backlog.
     pub frames_buffered: Counter,
     /// Frames handed to a consumer connection (live or replayed).
@@ -109,6 +112,7 @@ impl RelayMetrics {
         let relay = RelayMetrics {
             frames_received: Counter::default(),
             frames_stored: Counter::default(),
+            frames_duplicate: Counter::default(),
             frames_buffered: Counter::default(),
             frames_relayed: Counter::default(),
             frames_refused: Family::default(),
@@ -127,6 +131,8 @@ impl RelayMetrics {
                 "Frames received from producing agents (retransmits included)";
             "relay_frames_stored" => relay.frames_stored,
                 "Frames stored in a relay stream log for the first time";
+            "relay_frames_duplicate" => relay.frames_duplicate,
+                "Frames received again that the relay already held (resends): dropped, acknowledged again";
             "relay_frames_buffered" => relay.frames_buffered,
                 "Frames stored while their consumer was offline or replaying a backlog";
             "relay_frames_relayed" => relay.frames_relayed,

@@ -110,7 +110,11 @@ async fn frames_flow_both_ways_in_order_acked_after_storage_and_deduplicated() -
         Ok(group_state(srv_r, user_r, id_r).await?["mode"] == "active")
     })
     .await?;
+    // Each frame received was stored once or counted as a duplicate: 155 + 10 resent.
     srv.assert_metrics(&[
+        "tether_server_relay_frames_received_total 165",
+        "tether_server_relay_frames_stored_total 155",
+        "tether_server_relay_frames_duplicate_total 10",
         "tether_server_relay_frames_relayed_total 155",
         "tether_server_relay_connections 2",
     ])

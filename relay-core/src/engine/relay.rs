@@ -253,7 +253,8 @@ impl RelayEngine {
 
     /// Frames from side `side` (its outbound stream), with producer seqs. Retransmissions at or
     /// below what was already handed to the log are dropped here (and re-acknowledged when
-    /// durable); the rest become one append request. Refused, with nothing stored, when the group
+    /// durable); the rest become one append request. Returns how many were dropped as
+    /// retransmissions, for the caller to count. Refused, with nothing stored, when the group
     /// is not activated ([`Error::GroupInactive`]), the side is not connected, a seq is outside
     /// `1..=MAX_SEQ` ([`Error::InvalidSeq`]) or a timestamp above it
     /// ([`Error::InvalidTimestamp`]), or the batch
@@ -266,7 +267,7 @@ impl RelayEngine {
         side: Side,
         items: Vec<Item>,
         now_ms: u64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         self.now_ms = self.now_ms.max(now_ms);
         let config = self.config;
         let g = self.group_mut(group)?;
@@ -303,6 +304,7 @@ impl RelayEngine {
             });
         }
         let s = g.stream(dir);
+        let received = items.len() as u64;
         let mut fresh: Vec<Item> = Vec::with_capacity(items.len());
         let mut last = s.appended;
         for item in items {
@@ -311,6 +313,7 @@ impl RelayEngine {
                 fresh.push(item);
             }
         }
+        let retransmitted = received - fresh.len() as u64;
         if fresh.is_empty() {
             // Pure retransmission: re-acknowledge what is durable.
             if s.appends_in_flight == 0 {
@@ -321,7 +324,7 @@ impl RelayEngine {
                     up_to,
                 });
             }
-            return Ok(());
+            return Ok(retransmitted);
         }
         let expected = s.appended + 1;
         if !first_of_connection && fresh[0].seq > expected {
@@ -347,7 +350,7 @@ impl RelayEngine {
             direction: dir,
             items: fresh,
         });
-        Ok(())
+        Ok(retransmitted)
     }
 
     /// The result of the oldest outstanding append of `direction`. On success the producer is

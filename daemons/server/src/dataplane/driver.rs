@@ -491,7 +491,8 @@ impl Driver {
                 let count = items.len() as u64;
                 let last = items.last().map_or(0, |i| i.seq);
                 match self.engine.handle_frames(&gid, side, items, now) {
-                    Ok(()) => {
+                    Ok(retransmitted) => {
+                        self.metrics.frames_duplicate.inc_by(retransmitted);
                         let arrivals = &mut loaded.arrivals[side.outbound().index()];
                         if arrivals.back().is_none_or(|(seq, _)| *seq < last) {
                             arrivals.push_back((last, received));

@@ -178,6 +178,7 @@ async fn lane(
         let done = match log.append(&key, &items).await {
             Ok(outcome) => {
                 metrics.frames_stored.inc_by(outcome.stored);
+                metrics.frames_duplicate.inc_by(outcome.duplicates);
                 let mut outcomes = Vec::with_capacity(lasts.len());
                 let mut previous = 0;
                 for last in lasts {
