@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::credits_for;
 use crate::error::ServerError;
+use crate::store::begin_sqlite_step;
 use crate::token;
 
 /// File name of the control plane's database inside the data directory.
@@ -191,18 +192,14 @@ impl MeteringStore {
         })?;
         let mut conn = open_wal(data_dir.join(DB_FILE), Durability::Normal)
             .map_err(ServerError::db("opening metering.db"))?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("starting the metering migration"))?;
-        let found: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(ServerError::db("reading the metering schema version"))?;
-        if found > METERING_SCHEMA_VERSION {
-            return Err(ServerError::SchemaTooNew {
-                found,
-                supported: METERING_SCHEMA_VERSION,
-            });
-        }
+        let (tx, _) = begin_sqlite_step(
+            &mut conn,
+            METERING_SCHEMA_VERSION,
+            (
+                "starting the metering migration",
+                "reading the metering schema version",
+            ),
+        )?;
         tx.execute_batch(SCHEMA)
             .map_err(ServerError::db("creating the metering tables"))?;
         tx.pragma_update(None, "user_version", METERING_SCHEMA_VERSION)

@@ -50,6 +50,7 @@ pub use records::{
     Actor, Agent, AgentWithToken, Announce, AuditEntry, Dongle, Group, GroupRefusal, GroupView,
     ModeChange, User, UserTokenInfo,
 };
+pub(crate) use schema::begin_sqlite_step;
 pub use schema::{POSTGRES_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use sql::DbError;
 pub use vehicles::{Vehicle, VehicleRefusal};

@@ -8,7 +8,7 @@
 //! of SQLite's version 3, in native types. Entries are never edited once released; changes are
 //! new entries in both lists. `docs/storage-server.md` describes the tables.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::error::ServerError;
 
@@ -164,20 +164,41 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), ServerError> {
     migrated
 }
 
+/// Opens one step of a SQLite migration (the records' or the metering database's): a write
+/// transaction (`BEGIN IMMEDIATE`, so processes opening the same file take turns) and the
+/// `PRAGMA user_version` read inside it, refused when newer than `supported`. `actions` name
+/// the start and the read in errors.
+pub(crate) fn begin_sqlite_step<'c>(
+    conn: &'c mut Connection,
+    supported: i64,
+    actions: (&'static str, &'static str),
+) -> Result<(Transaction<'c>, i64), ServerError> {
+    let (starting, reading) = actions;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ServerError::db(starting))?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(ServerError::db(reading))?;
+    refuse_newer(found, supported)?;
+    Ok((tx, found))
+}
+
+/// Refuses a schema version `found` that a newer binary wrote.
+fn refuse_newer(found: i64, supported: i64) -> Result<(), ServerError> {
+    if found > supported {
+        return Err(ServerError::SchemaTooNew { found, supported });
+    }
+    Ok(())
+}
+
 fn migrate_steps(conn: &mut Connection) -> Result<(), ServerError> {
     loop {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::db("starting a migration"))?;
-        let found: i64 = tx
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(ServerError::db("reading the schema version"))?;
-        if found > SCHEMA_VERSION {
-            return Err(ServerError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        let (tx, found) = begin_sqlite_step(
+            conn,
+            SCHEMA_VERSION,
+            ("starting a migration", "reading the schema version"),
+        )?;
         let Some(sql) = usize::try_from(found).ok().and_then(|i| MIGRATIONS.get(i)) else {
             return Ok(());
         };
@@ -356,12 +377,7 @@ pub(super) fn migrate_postgres(client: &mut postgres::Client) -> Result<(), Serv
         .query_one(POSTGRES_VERSION_QUERY, &[])
         .and_then(|row| row.try_get(0))
         .map_err(ServerError::db("reading the schema version"))?;
-    if found > POSTGRES_SCHEMA_VERSION {
-        return Err(ServerError::SchemaTooNew {
-            found,
-            supported: POSTGRES_SCHEMA_VERSION,
-        });
-    }
+    refuse_newer(found, POSTGRES_SCHEMA_VERSION)?;
     for (version, sql) in (1_i64..)
         .zip(POSTGRES_MIGRATIONS)
         .skip_while(|(v, _)| *v <= found)
