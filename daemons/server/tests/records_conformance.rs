@@ -14,7 +14,7 @@ use tether_server::ServerError;
 use tether_server::group_mode::{GroupBacklog, GroupMode, GroupStatus, OfflineSide};
 use tether_server::store::{
     Actor, Announce, CommandQuery, CommandRecord, CommandStatus, CommandWrite, CommandWritten,
-    Dongle, GroupRefusal, POSTGRES_SCHEMA_VERSION, ResponseOutcome, Store, VehicleRefusal,
+    Dongle, GroupRefusal, POSTGRES_SCHEMA_VERSION, ResponseOutcome, Store, Vehicle, VehicleRefusal,
 };
 use uuid::Uuid;
 
@@ -431,9 +431,7 @@ fn presence_reset_of_listed_dongles_not_seen_since(store: &Store) -> TestResult 
 /// by one adopter, and only while it is open.
 fn commands_are_adopted_once_from_their_recorded_owner(store: &Store) -> TestResult {
     let alice = store.ensure_user("alice", at(0))?;
-    let car = store
-        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
+    let car = bare_vehicle(store, alice.id, "car")?;
     let cmd = command(alice.id, car.id, at(1));
     store.insert_command(&cmd)?;
     let me = store.instance().to_owned();
@@ -508,6 +506,18 @@ fn vehicles_and_their_refusals(store: &Store) -> TestResult {
     Ok(())
 }
 
+/// A vehicle of `user` with no VIN, dongle or ECUs, created at `at(0)`.
+fn bare_vehicle(
+    store: &Store,
+    user: Uuid,
+    name: &str,
+) -> Result<Vehicle, Box<dyn std::error::Error + Send + Sync>> {
+    let vehicle = store
+        .create_vehicle(user, name, None, None, &[], at(0))?
+        .map_err(|r| format!("{r:?}"))?;
+    Ok(vehicle)
+}
+
 fn command(user: Uuid, vehicle: Uuid, submitted: DateTime<Utc>) -> CommandRecord {
     CommandRecord {
         command_id: Uuid::new_v4(),
@@ -526,9 +536,7 @@ fn command(user: Uuid, vehicle: Uuid, submitted: DateTime<Utc>) -> CommandRecord
 fn command_lifecycle(store: &Store) -> TestResult {
     let alice = store.ensure_user("alice", at(0))?;
     let bob = store.ensure_user("bob", at(0))?;
-    let car = store
-        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
+    let car = bare_vehicle(store, alice.id, "car")?;
     let cmd = command(alice.id, car.id, at(1));
     store.insert_command(&cmd)?;
     let stored = store
@@ -591,15 +599,9 @@ fn command_lifecycle(store: &Store) -> TestResult {
 fn command_listing_filters_and_pages(store: &Store) -> TestResult {
     let alice = store.ensure_user("alice", at(0))?;
     let bob = store.ensure_user("bob", at(0))?;
-    let car = store
-        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
-    let van = store
-        .create_vehicle(alice.id, "van", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
-    let bobs = store
-        .create_vehicle(bob.id, "b", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
+    let car = bare_vehicle(store, alice.id, "car")?;
+    let van = bare_vehicle(store, alice.id, "van")?;
+    let bobs = bare_vehicle(store, bob.id, "b")?;
     let mut ids = Vec::new();
     // Two commands share each submission time, so paging must break ties by id.
     for i in 0..6 {
@@ -685,9 +687,7 @@ fn command_listing_filters_and_pages(store: &Store) -> TestResult {
 
 fn command_writes_in_one_commit(store: &Store) -> TestResult {
     let alice = store.ensure_user("alice", at(0))?;
-    let car = store
-        .create_vehicle(alice.id, "car", None, None, &[], at(0))?
-        .map_err(|r| format!("{r:?}"))?;
+    let car = bare_vehicle(store, alice.id, "car")?;
     let cmd = command(alice.id, car.id, at(1));
     let duplicate = command(alice.id, car.id, at(1));
     let response = |seq: u32, is_final: bool| CommandWrite::Response {
