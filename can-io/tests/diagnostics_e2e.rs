@@ -20,30 +20,8 @@ use can_io::uds::{
 use can_io::{CanId, Error};
 use tokio::sync::oneshot;
 
-const PROFILE: &str = r#"
-ecus:
-  - name: engine
-    request_id: 0x7E0
-    response_id: 0x7E8
-    dtcs:
-      - {code: P0420, status: 0x2F}
-      - {dtc: 0xC10000, status: 0x09}
-      - {code: P0300, status: 0x08}
-      - {code: P0171, status: 0x24}
-      - {code: P0562, ftb: 0x16, status: 0x01}
-    dids:
-      0xF190: {ascii: "1HGCM82633A004352"}
-      0xF40D: {hex: "3C"}
-  - name: abs
-    request_id: 0x7E1
-    response_id: 0x7E9
-    dtcs:
-      - {code: C0035, status: 0x2F}
-    dids:
-      0xF190: {ascii: "ABS-UNIT-0001"}
-    response_pending_ms: 300
-    isotp: {block_size: 2, st_min: 0xF5}
-"#;
+/// The test vehicle shared with `uds::exec`'s unit tests and tether-agent's.
+const PROFILE: &str = include_str!("fixtures/engine_abs.yaml");
 
 fn profile() -> EcuProfile {
     serde_norway::from_str(PROFILE).unwrap()
@@ -81,7 +59,7 @@ async fn diagnose<B: CanBus>(tester: &mut UdsTester<B>) {
     let codes: Vec<String> = dtcs.iter().map(|d| d.dtc.to_string()).collect();
     assert_eq!(
         codes,
-        ["P0420-00", "U0100-00", "P0300-00", "P0171-00", "P0562-16"]
+        ["P0420-00", "U0100-00", "P0300-00", "P0171-00", "P1234-16"]
     );
     assert_eq!(dtcs[0].status.0, 0x2F);
     assert_eq!(

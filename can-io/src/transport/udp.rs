@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 
 use super::{BusStats, CanBus, now_ns, send_error};
 use crate::error::Error;
-use crate::frame::{CanRecord, Channel, Direction};
+use crate::frame::{CanRecord, Channel};
 use crate::wire::cannelloni::{self, CannelloniSender};
 use crate::wire::remp::{self, RempEvent, RempReceiver, RempSender};
 
@@ -314,12 +314,7 @@ impl CanBus for CannelloniUdp {
             match cannelloni::decode_datagram(&self.buf[..n]) {
                 Ok(d) => {
                     self.link.last_from = Some(from);
-                    let ts = now_ns();
-                    self.inbox.extend(
-                        d.frames
-                            .into_iter()
-                            .map(|f| CanRecord::new(ts, self.channel.clone(), Direction::Rx, f)),
-                    );
+                    self.inbox.extend(d.into_records(now_ns(), &self.channel));
                 }
                 Err(e) => {
                     self.stats.malformed += 1;

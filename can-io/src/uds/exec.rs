@@ -441,27 +441,8 @@ mod tests {
     use crate::transport::virtual_bus::{OverflowPolicy, VirtualBus, VirtualPort};
     use crate::uds::ecu::{EcuProfile, run_ecus};
 
-    const PROFILE: &str = r#"
-ecus:
-  - name: engine
-    request_id: 0x7E0
-    response_id: 0x7E8
-    dtcs:
-      - {code: P0420, status: 0x2F}
-      - {dtc: 0xC10000, status: 0x09}
-      - {code: P1234, ftb: 0x16, status: 0x01}
-    dids:
-      0xF190: {ascii: "1HGCM82633A004352"}
-      0xF40D: {hex: "3C"}
-  - name: abs
-    request_id: 0x7E1
-    response_id: 0x7E9
-    dtcs:
-      - {code: C0035, status: 0x2F}
-    dids:
-      0xF190: {ascii: "ABS-UNIT-0001"}
-    response_pending_ms: 1500
-"#;
+    /// The test vehicle shared with the integration tests (engine and abs).
+    const PROFILE: &str = include_str!("../../tests/fixtures/engine_abs.yaml");
 
     /// The ECUs of [`PROFILE`], as a vehicle's `ecus` list names them.
     fn vehicle() -> Vec<EcuAddress> {
@@ -553,6 +534,10 @@ ecus:
                      "description": "Catalyst System Efficiency Below Threshold"},
                     {"dtcCode": "U0100", "ftb": 0, "status": 9,
                      "description": "Lost Communication With ECM/PCM \"A\""},
+                    {"dtcCode": "P0300", "ftb": 0, "status": 8,
+                     "description": "Random/Multiple Cylinder Misfire Detected"},
+                    {"dtcCode": "P0171", "ftb": 0, "status": 36,
+                     "description": "System Too Lean (Bank 1)"},
                     {"dtcCode": "P1234", "ftb": 22, "status": 1, "description": null},
                 ]}),
                 true
@@ -574,13 +559,13 @@ ecus:
             .iter()
             .map(|d| d["dtcCode"].as_str().unwrap())
             .collect();
-        assert_eq!(codes, ["P0420", "U0100"]);
+        assert_eq!(codes, ["P0420", "U0100", "P0300"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn functional_read_dtc_streams_each_ecu_last_final() {
         let rig = Rig::start(PROFILE);
-        // The abs ECU answers response-pending for 1.5 s: longer than P2, inside P2*.
+        // The abs ECU answers response-pending for 300 ms: longer than P2, inside P2*.
         let got = rig.ok("ReadDTC", json!({})).await;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0["ecu"], "engine");

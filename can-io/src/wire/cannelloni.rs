@@ -19,7 +19,7 @@ use bytes::{Buf, BytesMut};
 
 use super::linux::{fd_flags_byte, frame_from_linux};
 use crate::error::Error;
-use crate::frame::CanFrame;
+use crate::frame::{CanFrame, CanRecord, Channel, Direction};
 
 const PROTOCOL: &str = "cannelloni";
 
@@ -119,6 +119,16 @@ pub struct CannelloniDatagram {
     pub seq: u8,
     /// The frames.
     pub frames: Vec<CanFrame>,
+}
+
+impl CannelloniDatagram {
+    /// The frames as received records. The datagram carries no timestamp, channel or
+    /// direction: each record gets `ts_ns` (the receive time), `channel` and [`Direction::Rx`].
+    pub fn into_records(self, ts_ns: u64, channel: &Channel) -> impl Iterator<Item = CanRecord> {
+        self.frames
+            .into_iter()
+            .map(move |f| CanRecord::new(ts_ns, channel.clone(), Direction::Rx, f))
+    }
 }
 
 /// Decode a UDP datagram. The frame count must match the bytes exactly.

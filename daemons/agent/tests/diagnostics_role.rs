@@ -32,22 +32,8 @@ use uuid::Uuid;
 const TOKEN: &str = "ta_diag_test";
 const GUARD: Duration = Duration::from_secs(20);
 
-const PROFILE: &str = r#"
-ecus:
-  - name: engine
-    request_id: 0x7E0
-    response_id: 0x7E8
-    dtcs:
-      - {code: P0420, status: 0x2F}
-    dids:
-      0xF190: {ascii: "1HGCM82633A004352"}
-  - name: abs
-    request_id: 0x7E1
-    response_id: 0x7E9
-    dtcs:
-      - {code: C0035, status: 0x2F}
-    response_pending_ms: 400
-"#;
+/// can-io's two-ECU test vehicle (engine, and abs answering response-pending for 300 ms).
+const PROFILE: &str = include_str!("../../../can-io/tests/fixtures/engine_abs.yaml");
 
 /// One accepted WebSocket: what the agent sent, and a way to send to it.
 struct Conn {
@@ -286,15 +272,23 @@ async fn the_role_runs_commands_on_a_remp_bus_and_reconnects() {
         command(dongle, "ReadDTC", json!({"ecu": "engine"})),
     )
     .await;
+    let seq: Vec<(u32, bool)> = o.responses.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(seq, [(1, true)]);
+    let got = &o.responses[0].2;
+    assert_eq!(got.as_object().unwrap().len(), 2, "{got}");
+    assert_eq!(got["ecu"], "engine");
     assert_eq!(
-        o.responses,
-        [(
-            1,
-            true,
-            json!({"ecu": "engine", "dtcs": [{"dtcCode": "P0420", "ftb": 0, "status": 47,
-                "description": "Catalyst System Efficiency Below Threshold"}]})
-        )]
+        got["dtcs"][0],
+        json!({"dtcCode": "P0420", "ftb": 0, "status": 47,
+               "description": "Catalyst System Efficiency Below Threshold"})
     );
+    let codes: Vec<&str> = got["dtcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dtcCode"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["P0420", "U0100", "P0300", "P0171", "P1234"]);
 
     let o = run_one(
         &mut conn,

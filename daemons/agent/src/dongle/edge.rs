@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use can_io::CanRecord;
 use can_io::error::Error;
-use can_io::frame::{Channel, Direction};
+use can_io::frame::Channel;
 use can_io::transport::{CanBus, now_ns};
 use can_io::wire::cannelloni::{self, CannelloniSender};
 use futures::FutureExt;
@@ -212,13 +212,7 @@ impl FrameEdge for CannelloniEdge {
         match cannelloni::decode_datagram(&self.buf[..n]) {
             Ok(d) => {
                 self.last_from = Some(from);
-                let ts = now_ns();
-                Ok(Some(
-                    d.frames
-                        .into_iter()
-                        .map(|f| CanRecord::new(ts, self.channel.clone(), Direction::Rx, f))
-                        .collect(),
-                ))
+                Ok(Some(d.into_records(now_ns(), &self.channel).collect()))
             }
             Err(e) => {
                 self.malformed += 1;
@@ -481,7 +475,7 @@ async fn next_out(current: &mut Option<Current>) -> Option<Outgoing> {
 mod tests {
     use std::sync::Mutex;
 
-    use can_io::frame::{CanFrame, CanId, DataFrame};
+    use can_io::frame::{CanFrame, CanId, DataFrame, Direction};
     use can_io::transport::virtual_bus::{OverflowPolicy, VirtualBus};
 
     use super::*;
