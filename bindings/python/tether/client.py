@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from tether.console import ConsoleSubscriber
-from tether.errors import ApiError, CommandFailed, ConnectionFailed, WaitTimeout, api_error
+from tether.errors import CommandFailed, ConnectionFailed, WaitTimeout, api_error
 
 __all__ = [
     "Agent",
@@ -442,28 +442,65 @@ def _with_query(path: str, **params: Any) -> str:
     return f"{path}?{urlencode(query)}" if query else path
 
 
-def _ws_url(base: str, command_id: str) -> str:
-    scheme, rest = base.split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/responses/{quote(command_id, safe='')}"
+class _ResponseStream:
+    """One ``/ws/responses/{command_id}`` stream apart from its socket, shared by both clients:
+    its URL, the time left for the final answer, what a message means, and what each failure
+    raises. Needs the ``websockets`` package, imported on first use."""
 
+    def __init__(self, base: str, command_id: str, timeout: Optional[float]) -> None:
+        scheme, rest = base.split("://", 1)
+        ws_scheme = "wss" if scheme == "https" else "ws"
+        self.url = f"{ws_scheme}://{rest}/ws/responses/{quote(command_id, safe='')}"
+        self.command_id = command_id
+        self.timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
 
-def _stream_message(command_id: str, text: str | bytes) -> CommandResponse:
-    """One message of the response stream: a response, or ``CommandFailed`` for a failure."""
-    try:
-        d = json.loads(text)
-        event = d["event"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConnectionFailed(f"response stream of {command_id}: not an event: {text!r:.200}") from e
-    if event == "failed":
-        raise CommandFailed(command_id, str(d.get("error_message", "")))
-    if event != "response":
-        raise ConnectionFailed(f"response stream of {command_id}: unknown event {event!r}")
-    return CommandResponse.from_json(d)
+    @staticmethod
+    def errors() -> tuple[type[BaseException], ...]:
+        """What opening or reading the socket may raise; ``open_failed`` and ``recv_failed``
+        say what each becomes."""
+        from websockets.exceptions import WebSocketException
 
+        return (OSError, WebSocketException, TimeoutError, asyncio.TimeoutError)
 
-def _refused_upgrade(e: Exception) -> ApiError:
-    response = getattr(e, "response", None)
-    return api_error(int(getattr(response, "status_code", 0)), bytes(getattr(response, "body", b"") or b""))
+    def left(self) -> Optional[float]:
+        """Seconds left until the final answer is due (``None``: no limit)."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def open_failed(self, e: BaseException) -> Exception:
+        """The refusal of the upgrade as the server's typed error; anything else as
+        ``ConnectionFailed``."""
+        from websockets.exceptions import InvalidStatus
+
+        if isinstance(e, InvalidStatus):
+            response = getattr(e, "response", None)
+            status = int(getattr(response, "status_code", 0))
+            return api_error(status, bytes(getattr(response, "body", b"") or b""))
+        return ConnectionFailed(f"{self.url}: {e}")
+
+    def recv_failed(self, e: BaseException) -> Exception:
+        """No message in time: ``WaitTimeout``; a closed or broken socket: ``ConnectionFailed``."""
+        from websockets.exceptions import ConnectionClosed
+
+        if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+            return WaitTimeout(f"command {self.command_id}: no final answer within {self.timeout} s")
+        if isinstance(e, ConnectionClosed):
+            return ConnectionFailed(f"{self.url}: closed before the final response ({e})")
+        return ConnectionFailed(f"{self.url}: {e}")
+
+    def message(self, text: str | bytes) -> CommandResponse:
+        """One message: a response, or ``CommandFailed`` for a failure."""
+        command_id = self.command_id
+        try:
+            d = json.loads(text)
+            event = d["event"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConnectionFailed(f"response stream of {command_id}: not an event: {text!r:.200}") from e
+        if event == "failed":
+            raise CommandFailed(command_id, str(d.get("error_message", "")))
+        if event != "response":
+            raise ConnectionFailed(f"response stream of {command_id}: unknown event {event!r}")
+        return CommandResponse.from_json(d)
 
 
 def _console_url(
@@ -639,29 +676,20 @@ class Client(_Base):
         """The command's responses over ``/ws/responses/{command_id}``: the stored ones, then
         live ones, each once and in sequence, ending after the final one. A failed command
         raises ``CommandFailed``; no final answer within ``timeout`` seconds ``WaitTimeout``."""
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        url = _ws_url(self.url, command_id)
+        stream = _ResponseStream(self.url, command_id, timeout)
         try:
-            ws = connect(url, additional_headers=self._auth, open_timeout=self._timeout)
-        except InvalidStatus as e:
-            raise _refused_upgrade(e) from e
-        except (OSError, WebSocketException, TimeoutError) as e:
-            raise ConnectionFailed(f"{url}: {e}") from e
+            ws = connect(stream.url, additional_headers=self._auth, open_timeout=self._timeout)
+        except _ResponseStream.errors() as e:
+            raise stream.open_failed(e) from e
         with ws:
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
                 try:
-                    text = ws.recv(timeout=left)
-                except TimeoutError as e:
-                    raise WaitTimeout(f"command {command_id}: no final answer within {timeout} s") from e
-                except ConnectionClosed as e:
-                    raise ConnectionFailed(f"{url}: closed before the final response ({e})") from e
-                except (OSError, WebSocketException) as e:
-                    raise ConnectionFailed(f"{url}: {e}") from e
-                response = _stream_message(command_id, text)
+                    text = ws.recv(timeout=stream.left())
+                except _ResponseStream.errors() as e:
+                    raise stream.recv_failed(e) from e
+                response = stream.message(text)
                 yield response
                 if response.is_final:
                     return
@@ -832,28 +860,19 @@ class AsyncClient(_Base):
     ) -> AsyncIterator[CommandResponse]:
         """As ``Client.stream_responses``, as an async iterator."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        url = _ws_url(self.url, command_id)
+        stream = _ResponseStream(self.url, command_id, timeout)
         try:
-            ws = await connect(url, additional_headers=self._auth, open_timeout=self._timeout)
-        except InvalidStatus as e:
-            raise _refused_upgrade(e) from e
-        except (OSError, WebSocketException, TimeoutError) as e:
-            raise ConnectionFailed(f"{url}: {e}") from e
+            ws = await connect(stream.url, additional_headers=self._auth, open_timeout=self._timeout)
+        except _ResponseStream.errors() as e:
+            raise stream.open_failed(e) from e
         async with ws:
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
                 try:
-                    text = await asyncio.wait_for(ws.recv(), left)
-                except (TimeoutError, asyncio.TimeoutError) as e:
-                    raise WaitTimeout(f"command {command_id}: no final answer within {timeout} s") from e
-                except ConnectionClosed as e:
-                    raise ConnectionFailed(f"{url}: closed before the final response ({e})") from e
-                except (OSError, WebSocketException) as e:
-                    raise ConnectionFailed(f"{url}: {e}") from e
-                response = _stream_message(command_id, text)
+                    text = await asyncio.wait_for(ws.recv(), stream.left())
+                except _ResponseStream.errors() as e:
+                    raise stream.recv_failed(e) from e
+                response = stream.message(text)
                 yield response
                 if response.is_final:
                     return

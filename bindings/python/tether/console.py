@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Optional
 
 import httpx
@@ -66,6 +67,31 @@ def _event(event: str, id: str, data: str) -> ConsoleEvent:
         requested=body.get("requested"), oldest=body.get("oldest"),
         latest=body.get("latest"), reason=str(body.get("reason", "")),
     )
+
+
+class _Attempt:
+    """One connection attempt: whether it got any bytes, and the error that ended it (``None``
+    when the server ended the stream). As a context manager it keeps the errors a reconnect may
+    fix (HTTP failures, refusals) in ``error`` instead of raising them; ``_after_connection``
+    decides."""
+
+    def __init__(self) -> None:
+        self.got_bytes = False
+        self.error: Optional[Exception] = None
+
+    def __enter__(self) -> _Attempt:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        error: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool:
+        if isinstance(error, (httpx.HTTPError, ApiError)):
+            self.error = error
+            return True
+        return False
 
 
 class ConsoleSubscriber:
@@ -143,12 +169,13 @@ class ConsoleSubscriber:
         self.resets += sum(isinstance(e, StreamReset) for e in events)
         return events
 
-    def _after_connection(self, attempts: int, got_bytes: bool, error: Optional[Exception]) -> int:
+    def _after_connection(self, attempts: int, attempt: _Attempt) -> int:
         """Counts a connection that ended; raises when retrying cannot help or is used up.
         Returns the number of consecutive failed attempts so far."""
+        error = attempt.error
         if isinstance(error, ApiError) and not error.retryable:
             raise error
-        attempts = 0 if got_bytes else attempts + 1
+        attempts = 0 if attempt.got_bytes else attempts + 1
         if self.max_retries is not None and attempts > self.max_retries:
             reason = error or "the stream ended without data"
             raise ConnectionFailed(f"{self.url}: gave up after {attempts} attempts: {reason}") from error
@@ -156,9 +183,15 @@ class ConsoleSubscriber:
         self.reconnects += 1
         return attempts
 
-    def _delivered(self, event: ConsoleEvent) -> ConsoleEvent:
-        self._last_id = event.id
-        return event
+    def _events(self, chunk: bytes, attempt: _Attempt) -> Iterator[ConsoleEvent]:
+        """The events ``chunk`` completes, each one's ID kept as the last delivered as it is
+        yielded; stops early once the subscriber is closed."""
+        attempt.got_bytes = True
+        for event in self._deliver(chunk):
+            self._last_id = event.id
+            yield event
+            if self._closed:
+                return
 
     @staticmethod
     def _check(response: httpx.Response, body: bytes) -> None:
@@ -172,42 +205,33 @@ class ConsoleSubscriber:
         attempts = 0
         with httpx.Client(timeout=self._timeout) as client:
             while not self._closed:
-                got_bytes, error = False, None
-                try:
+                with _Attempt() as attempt:
                     with client.stream("GET", self.url, headers=self._request_headers()) as r:
                         self._check(r, r.read() if r.status_code != 200 else b"")
                         self.connections += 1
                         for chunk in r.iter_raw():
-                            got_bytes = True
-                            for event in self._deliver(chunk):
-                                yield self._delivered(event)
-                                if self._closed:
-                                    return
-                except (httpx.HTTPError, ApiError) as e:
-                    error = e
+                            yield from self._events(chunk, attempt)
+                            if self._closed:
+                                return
                 if self._closed:
                     return
-                attempts = self._after_connection(attempts, got_bytes, error)
+                attempts = self._after_connection(attempts, attempt)
                 time.sleep(self.retry_ms / 1000)
 
     async def __aiter__(self) -> AsyncIterator[ConsoleEvent]:
         attempts = 0
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             while not self._closed:
-                got_bytes, error = False, None
-                try:
+                with _Attempt() as attempt:
                     async with client.stream("GET", self.url, headers=self._request_headers()) as r:
                         self._check(r, await r.aread() if r.status_code != 200 else b"")
                         self.connections += 1
                         async for chunk in r.aiter_raw():
-                            got_bytes = True
-                            for event in self._deliver(chunk):
-                                yield self._delivered(event)
-                                if self._closed:
-                                    return
-                except (httpx.HTTPError, ApiError) as e:
-                    error = e
+                            for event in self._events(chunk, attempt):
+                                yield event
+                            if self._closed:
+                                return
                 if self._closed:
                     return
-                attempts = self._after_connection(attempts, got_bytes, error)
+                attempts = self._after_connection(attempts, attempt)
                 await asyncio.sleep(self.retry_ms / 1000)

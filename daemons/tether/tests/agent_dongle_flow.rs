@@ -32,12 +32,8 @@ async fn frames_flow_both_ways_in_order() {
         assert!(same_frame(w, r), "frame {i}: stored {w:?}, sent {r:?}");
         assert_eq!(w.group_id, "g-1");
     }
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_acked_total{serial=\"SIM-A\"}",
-            2000,
-        )
-        .await;
+    let metrics = agent.dongle_metrics("SIM-A");
+    metrics.wait("frames_acked_total", 2000).await;
 
     // Server → dongle: frames for this side reach the dongle in order, and are acknowledged.
     let inbound = synthetic("g-1", 500, 0);
@@ -48,12 +44,7 @@ async fn frames_flow_both_ways_in_order() {
         assert!(same_frame(w, r), "inbound {i}: got {r:?}, sent {w:?}");
     }
     eventually("agent acked 500", || server.agent_acked("g-1", "a") == 500).await;
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_delivered_total{serial=\"SIM-A\"}",
-            500,
-        )
-        .await;
+    metrics.wait("frames_delivered_total", 500).await;
     server.assert_no_violations();
     let text = agent.metrics_text().await;
     let dropped: Vec<&str> = text
@@ -80,9 +71,8 @@ async fn outbox_holds_frames_while_the_server_is_unreachable() {
     // The server goes away: frames wait in the agent's outbox.
     server.stop().await;
     dongle.send(&records[300..1200]).await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-B\"}", 900)
-        .await;
+    let metrics = agent.dongle_metrics("SIM-B");
+    metrics.wait("outbox_pending", 900).await;
     assert_eq!(server.stream("g-2", "b").len(), 300);
 
     // It comes back: everything arrives, in order, once.
@@ -94,9 +84,7 @@ async fn outbox_holds_frames_while_the_server_is_unreachable() {
     for (i, (w, r)) in stored.iter().zip(&records).enumerate() {
         assert!(same_frame(w, r), "frame {i}");
     }
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-B\"}", 0)
-        .await;
+    metrics.wait("outbox_pending", 0).await;
     server.assert_no_violations();
     assert!(server.hellos_for("g-2").len() >= 2, "the agent reconnected");
     // SIGTERM: a clean exit with the totals logged.
@@ -118,32 +106,21 @@ async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
     let records = capture(1500);
     dongle.send(&records[..300]).await;
     eventually("300 stored", || server.stream("g-6", "a").len() == 300).await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
-        .await;
+    let metrics = agent.dongle_metrics("SIM-F");
+    metrics.wait("outbox_pending", 0).await;
 
     // The server goes away: 900 frames for a 500-frame outbox.
     server.stop().await;
     dongle.send(&records[300..1200]).await;
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_queued_total{serial=\"SIM-F\"}",
-            1200,
-        )
-        .await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 500)
-        .await;
-    let full = "tether_agent_dongle_frames_dropped_total{serial=\"SIM-F\",reason=\"outbox_full\"}";
-    agent.wait_metric(full, 400).await;
+    metrics.wait("frames_queued_total", 1200).await;
+    metrics.wait("outbox_pending", 500).await;
+    metrics.wait_dropped("outbox_full", 400).await;
 
     // Back: the 500 newest held frames arrive (renumbered to follow what the server holds, so
     // no hole it would refuse), then the next 300 — in order, once.
     server.restart().await;
     eventually("800 stored", || server.stream("g-6", "a").len() >= 800).await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
-        .await;
+    metrics.wait("outbox_pending", 0).await;
     dongle.send(&records[1200..]).await;
     let deadline = tokio::time::Instant::now() + GUARD;
     while server.stream("g-6", "a").len() < 1100 {
@@ -155,9 +132,7 @@ async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-F\"}", 0)
-        .await;
+    metrics.wait("outbox_pending", 0).await;
     let stored = server.stream("g-6", "a");
     let expected: Vec<_> = records[..300].iter().chain(&records[700..]).collect();
     assert_eq!(stored.len(), expected.len());
@@ -165,7 +140,7 @@ async fn a_full_outbox_drops_the_oldest_counted_and_the_rest_arrive() {
         assert!(same_frame(w, r), "frame {i}");
     }
     assert_eq!(
-        agent.metric(full).await,
+        metrics.dropped("outbox_full").await,
         Some(400),
         "exactly the excess is counted"
     );
@@ -185,21 +160,19 @@ async fn frames_without_an_active_group_are_dropped_and_counted() {
     .await;
     let records = capture(200);
     dongle.send(&records[..50]).await;
-    let no_group = "tether_agent_dongle_frames_dropped_total{serial=\"SIM-C\",reason=\"no_group\"}";
-    agent.wait_metric(no_group, 50).await;
+    let metrics = agent.dongle_metrics("SIM-C");
+    metrics.wait_dropped("no_group", 50).await;
 
     // An inactive group: the session is up but frames are still not relayed.
     server.assign("SIM-C", "g-3", "a", "inactive");
     eventually("session", || !server.hellos_for("g-3").is_empty()).await;
     dongle.send(&records[50..80]).await;
-    agent.wait_metric(no_group, 80).await;
+    metrics.wait_dropped("no_group", 80).await;
 
     // Activated: frames flow, numbered from 1.
     server.assign("SIM-C", "g-3", "a", "active");
     // The mode change reaches the agent by group_state (and by the poll).
-    agent
-        .wait_metric("tether_agent_dongle_relaying{serial=\"SIM-C\"}", 1)
-        .await;
+    metrics.wait("relaying", 1).await;
     dongle.send(&records[80..]).await;
     eventually("120 stored", || server.stream("g-3", "a").len() >= 120).await;
     let stored = server.stream("g-3", "a");
@@ -222,18 +195,10 @@ async fn refused_batches_are_dropped_counted_and_their_seqs_not_reused() {
     // The group was deactivated while a batch was in flight: the server refuses it.
     server.inner().refuse_batches = 1;
     dongle.send(&records[100..150]).await;
-    agent
-        .wait_metric(
-            "tether_agent_dongle_frames_dropped_total{serial=\"SIM-D\",reason=\"group_inactive\"}",
-            50,
-        )
-        .await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-D\"}", 0)
-        .await;
-    agent
-        .wait_metric("tether_agent_dongle_connected{serial=\"SIM-D\"}", 1)
-        .await;
+    let metrics = agent.dongle_metrics("SIM-D");
+    metrics.wait_dropped("group_inactive", 50).await;
+    metrics.wait("outbox_pending", 0).await;
+    metrics.wait("connected", 1).await;
     // Later frames continue above the refused ones: those were sent, and a real server may
     // have accepted (and delivered) some before the deactivation, so their seqs are never
     // reused. The new connection's first batch skips them; the server reports them `missing`.

@@ -6,6 +6,7 @@ mod server_support;
 
 mod cli_support;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use cli_support::{TETHER, start_server, stdout, stop, tether, token};
@@ -68,15 +69,13 @@ async fn token_create_then_server_then_revoke() -> TestResult {
 #[test]
 fn config_file_with_env_substitution_and_flag_overrides() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
+    let config = server_yaml(
+        dir.path(),
         "listen: \"127.0.0.1:${TETHER_TEST_PORT}\"\ndata_dir: ${TETHER_TEST_DIR}/data\nmax_body_bytes: 4096\n",
     )?;
-    let config_arg = config.to_str().ok_or("path")?;
     let run = |extra: &[&str], port: Option<&str>| -> TestResult<Output> {
         let mut cmd = Command::new(TETHER);
-        cmd.args(["server", "--check-config", "--config", config_arg])
+        cmd.args(["server", "--check-config", "--config", config.as_str()])
             .args(extra)
             .env_remove("REDIS_URL")
             .env("TETHER_TEST_DIR", dir.path());
@@ -87,13 +86,7 @@ fn config_file_with_env_substitution_and_flag_overrides() -> TestResult {
         Ok(cmd.output()?)
     };
     let ok = run(&[], Some("9123"))?;
-    assert!(ok.status.success(), "{ok:?}");
-    let text = stdout(&ok);
-    assert!(text.contains("listen: 127.0.0.1:9123"), "{text}");
-    assert!(
-        text.contains(&format!("data_dir: {}/data", dir.path().display())),
-        "{text}"
-    );
+    let text = assert_checked(&ok, "127.0.0.1:9123", &dir.path().join("data"));
     assert!(
         text.contains("max_body_bytes: 4096") && text.contains("redis: not configured"),
         "{text}"
@@ -132,20 +125,13 @@ fn config_file_with_env_substitution_and_flag_overrides() -> TestResult {
 #[test]
 fn token_create_uses_the_config_files_data_dir() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("server.yaml");
-    std::fs::write(
-        &config,
-        format!("data_dir: {}/from-config\n", dir.path().display()),
+    let config = server_yaml(
+        dir.path(),
+        &format!("data_dir: {}/from-config\n", dir.path().display()),
     )?;
     let out = tether(
         &[
-            "server",
-            "token",
-            "create",
-            "--user",
-            "bob",
-            "--config",
-            config.to_str().ok_or("path")?,
+            "server", "token", "create", "--user", "bob", "--config", &config,
         ],
         None,
     )?;
@@ -171,12 +157,26 @@ fn shipped_example_config_is_valid() -> TestResult {
         .env_remove("REDIS_URL")
         .env("TETHER_DATA_DIR", dir.path())
         .output()?;
+    assert_checked(&out, "127.0.0.1:8080", dir.path());
+    Ok(())
+}
+
+/// Writes `text` to `dir/server.yaml`; returns the file's path.
+fn server_yaml(dir: &Path, text: &str) -> TestResult<String> {
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path.to_str().ok_or("non-UTF-8 temp path")?.to_owned())
+}
+
+/// Asserts that `tether server --check-config` succeeded and printed `listen` and `data_dir` as
+/// the effective settings; returns all it printed.
+fn assert_checked(out: &Output, listen: &str, data_dir: &Path) -> String {
     assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
-    assert!(text.contains("listen: 127.0.0.1:8080"), "{text}");
+    let text = stdout(out);
+    assert!(text.contains(&format!("listen: {listen}")), "{text}");
     assert!(
-        text.contains(&format!("data_dir: {}", dir.path().display())),
+        text.contains(&format!("data_dir: {}", data_dir.display())),
         "{text}"
     );
-    Ok(())
+    text
 }

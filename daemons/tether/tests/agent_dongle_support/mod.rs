@@ -638,6 +638,45 @@ impl SimDongle {
 
 pub use tether_testkit::{free_tcp_port, free_udp_port};
 
+/// One dongle's series of an agent's metrics (`Agent::dongle_metrics`), named without the
+/// `tether_agent_dongle_` prefix and the `serial` label.
+pub struct DongleMetrics<'a> {
+    agent: &'a Agent,
+    serial: &'a str,
+}
+
+impl DongleMetrics<'_> {
+    /// `tether_agent_dongle_{name}{serial="…"}`.
+    pub fn series(&self, name: &str) -> String {
+        format!("tether_agent_dongle_{name}{{serial=\"{}\"}}", self.serial)
+    }
+
+    /// `tether_agent_dongle_frames_dropped_total{serial="…",reason="…"}`.
+    pub fn dropped_series(&self, reason: &str) -> String {
+        let serial = self.serial;
+        format!(
+            "tether_agent_dongle_frames_dropped_total{{serial=\"{serial}\",reason=\"{reason}\"}}"
+        )
+    }
+
+    /// Waits until the series `name` is `want` (as `Agent::wait_metric`).
+    pub async fn wait(&self, name: &str, want: u64) {
+        self.agent.wait_metric(&self.series(name), want).await;
+    }
+
+    /// Waits until the frames dropped for `reason` are `want`.
+    pub async fn wait_dropped(&self, reason: &str, want: u64) {
+        self.agent
+            .wait_metric(&self.dropped_series(reason), want)
+            .await;
+    }
+
+    /// The frames dropped for `reason` (`None` while the series is absent).
+    pub async fn dropped(&self, reason: &str) -> Option<u64> {
+        self.agent.metric(&self.dropped_series(reason)).await
+    }
+}
+
 /// A running `tether agent`.
 pub struct Agent {
     pub child: Child,
@@ -708,6 +747,14 @@ impl Agent {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The agent's `tether_agent_dongle_*` series of the dongle `serial`.
+    pub fn dongle_metrics<'a>(&'a self, serial: &'a str) -> DongleMetrics<'a> {
+        DongleMetrics {
+            agent: self,
+            serial,
         }
     }
 

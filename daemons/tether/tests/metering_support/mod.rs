@@ -17,8 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
@@ -84,11 +87,18 @@ impl DoubleState {
 
 type S = Arc<DoubleState>;
 
-fn log(s: &S, method: &str, path: String, body: &Value) {
+/// Records every request to a route of the double, as (method, path, JSON body or `null`),
+/// before its handler runs.
+async fn record(State(s): State<S>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     s.requests
         .lock()
         .unwrap()
-        .push((method.into(), path, body.clone()));
+        .push((parts.method.to_string(), parts.uri.path().to_owned(), json));
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn session_gate(s: &S) -> Option<Response> {
@@ -103,12 +113,6 @@ async fn session_gate(s: &S) -> Option<Response> {
 }
 
 async fn usage(State(s): State<S>, Path(id): Path<String>, body: axum::Json<Value>) -> Response {
-    log(
-        &s,
-        "POST",
-        format!("/api/v1/sessions/{id}/usage-records"),
-        &body,
-    );
     if let Some(r) = session_gate(&s).await {
         return r;
     }
@@ -136,44 +140,23 @@ async fn usage(State(s): State<S>, Path(id): Path<String>, body: axum::Json<Valu
     axum::Json(json!({"accepted": true})).into_response()
 }
 
-async fn session_event(
-    State(s): State<S>,
-    Path((id, action)): Path<(String, String)>,
-    body: axum::Json<Value>,
-) -> Response {
-    log(&s, "POST", format!("/api/v1/sessions/{id}/{action}"), &body);
+async fn session_event(State(s): State<S>, _body: axum::Json<Value>) -> Response {
     if let Some(r) = session_gate(&s).await {
         return r;
     }
     axum::Json(json!({"ok": true})).into_response()
 }
 
-async fn register(State(s): State<S>, body: axum::Json<Value>) -> Response {
-    log(&s, "POST", "/api/v1/servers/register".into(), &body);
-    axum::Json(json!({"registered": true})).into_response()
+async fn register(_body: axum::Json<Value>) -> axum::Json<Value> {
+    axum::Json(json!({"registered": true}))
 }
 
-async fn heartbeat(
-    State(s): State<S>,
-    Path(id): Path<String>,
-    body: axum::Json<Value>,
-) -> Response {
-    log(&s, "PUT", format!("/api/v1/servers/{id}/heartbeat"), &body);
-    axum::Json(json!({"ok": true})).into_response()
+/// Heartbeats, shutdown notices and command results.
+async fn ok(_body: axum::Json<Value>) -> axum::Json<Value> {
+    axum::Json(json!({"ok": true}))
 }
 
-async fn shutdown(State(s): State<S>, Path(id): Path<String>, body: axum::Json<Value>) -> Response {
-    log(&s, "POST", format!("/api/v1/servers/{id}/shutdown"), &body);
-    axum::Json(json!({"ok": true})).into_response()
-}
-
-async fn public_keys(State(s): State<S>, Path(id): Path<String>) -> Response {
-    log(
-        &s,
-        "GET",
-        format!("/api/v1/servers/{id}/public-keys"),
-        &Value::Null,
-    );
+async fn public_keys(State(s): State<S>) -> Response {
     if s.fail_public_keys.load(Ordering::Relaxed) > 0 {
         s.fail_public_keys.fetch_sub(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "keys unavailable").into_response();
@@ -182,13 +165,7 @@ async fn public_keys(State(s): State<S>, Path(id): Path<String>) -> Response {
         .into_response()
 }
 
-async fn commands(State(s): State<S>, Path(id): Path<String>) -> Response {
-    log(
-        &s,
-        "GET",
-        format!("/api/v1/servers/{id}/commands"),
-        &Value::Null,
-    );
+async fn commands(State(s): State<S>) -> axum::Json<Value> {
     let list: Vec<Value> = s
         .commands
         .lock()
@@ -196,21 +173,7 @@ async fn commands(State(s): State<S>, Path(id): Path<String>) -> Response {
         .iter()
         .map(|t| json!({"token": t}))
         .collect();
-    axum::Json(json!({"commands": list})).into_response()
-}
-
-async fn command_result(
-    State(s): State<S>,
-    Path((id, cid)): Path<(String, String)>,
-    body: axum::Json<Value>,
-) -> Response {
-    log(
-        &s,
-        "POST",
-        format!("/api/v1/servers/{id}/commands/{cid}/result"),
-        &body,
-    );
-    axum::Json(json!({"ok": true})).into_response()
+    axum::Json(json!({"commands": list}))
 }
 
 /// Start the double; returns its state and base URL.
@@ -220,14 +183,12 @@ pub async fn start_double() -> (S, String) {
         .route("/api/v1/sessions/{id}/usage-records", post(usage))
         .route("/api/v1/sessions/{id}/{action}", post(session_event))
         .route("/api/v1/servers/register", post(register))
-        .route("/api/v1/servers/{id}/heartbeat", put(heartbeat))
-        .route("/api/v1/servers/{id}/shutdown", post(shutdown))
+        .route("/api/v1/servers/{id}/heartbeat", put(ok))
+        .route("/api/v1/servers/{id}/shutdown", post(ok))
         .route("/api/v1/servers/{id}/public-keys", get(public_keys))
         .route("/api/v1/servers/{id}/commands", get(commands))
-        .route(
-            "/api/v1/servers/{id}/commands/{cid}/result",
-            post(command_result),
-        )
+        .route("/api/v1/servers/{id}/commands/{cid}/result", post(ok))
+        .route_layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
