@@ -573,30 +573,37 @@ impl QueueStore {
 
     /// Move one entry (`Some(id)`) or all entries of `q`'s DLQ back to the queue head, atomically.
     pub async fn dlq_retry(&self, q: QueueKind, id: Option<&str>) -> Result<u64> {
-        let mut c = self.conn.clone();
-        ctx(
-            "dlq retry",
-            DLQ_RETRY_SCRIPT
-                .key(self.keys.dlq(q))
-                .key(self.keys.queue(q))
-                .key(self.keys.deliveries(q))
-                .arg(id.unwrap_or(""))
-                .invoke_async(&mut c)
-                .await,
-        )
+        let keys = [
+            self.keys.dlq(q),
+            self.keys.queue(q),
+            self.keys.deliveries(q),
+        ];
+        self.dlq_script("dlq retry", &DLQ_RETRY_SCRIPT, &keys, id)
+            .await
     }
 
     /// Delete one entry (`Some(id)`) or all entries of `q`'s DLQ.
     pub async fn dlq_purge(&self, q: QueueKind, id: Option<&str>) -> Result<u64> {
+        self.dlq_script("dlq purge", &DLQ_PURGE_SCRIPT, &[self.keys.dlq(q)], id)
+            .await
+    }
+
+    /// Runs a DLQ script over `keys` on one entry (`Some(id)`; the script's argument) or on
+    /// all (`""`); returns how many entries it handled.
+    async fn dlq_script(
+        &self,
+        action: &str,
+        script: &Script,
+        keys: &[String],
+        id: Option<&str>,
+    ) -> Result<u64> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(id.unwrap_or(""));
         let mut c = self.conn.clone();
-        ctx(
-            "dlq purge",
-            DLQ_PURGE_SCRIPT
-                .key(self.keys.dlq(q))
-                .arg(id.unwrap_or(""))
-                .invoke_async(&mut c)
-                .await,
-        )
+        ctx(action, invocation.invoke_async(&mut c).await)
     }
 
     /// Warnings about Redis settings that can lose queued data (eviction, no persistence).

@@ -205,15 +205,9 @@ fn resume_from_the_remote_ack_after_an_outage() {
     assert_eq!(s.stats(10).in_flight, 0);
     let at = s.poll_timeout().unwrap();
     assert!(at <= 110);
-    assert_eq!(s.poll_action(at), Some(SessionAction::Connect));
     // The remote committed up to 5 before the connection dropped (its acks were lost): the
     // reconcile marks them, and sending resumes after 5.
-    s.handle_connected(5, at);
-    assert_eq!(
-        s.poll_action(at),
-        Some(SessionAction::Reconcile { remote_acked: 5 })
-    );
-    s.handle_reconciled(&reconciled(5, 5, 10), at);
+    connect(&mut s, 5, 10, at);
     assert_eq!(
         s.poll_action(at),
         Some(SessionAction::Send { after: 5, max: 4 })
@@ -233,13 +227,7 @@ fn resume_from_the_remote_ack_after_an_outage() {
 fn a_remote_ahead_of_the_outbox_is_reconciled_or_fatal_as_configured() {
     // Default: reconcile (the outbox renumbers its held records to follow the remote).
     let mut s = session(0, 3);
-    s.poll_action(0);
-    s.handle_connected(50, 0);
-    assert_eq!(
-        s.poll_action(0),
-        Some(SessionAction::Reconcile { remote_acked: 50 })
-    );
-    s.handle_reconciled(&reconciled(50, 50, 53), 0);
+    connect(&mut s, 50, 53, 0);
     assert_eq!(
         s.poll_action(0),
         Some(SessionAction::Send { after: 50, max: 4 })

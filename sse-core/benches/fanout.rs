@@ -105,13 +105,7 @@ fn fanout(c: &mut Criterion) {
                 )
                 .expect("publish");
             }
-            let mut delivered = 0usize;
-            for s in &mut subs {
-                while let Some(item) = s.try_next() {
-                    black_box(&item);
-                    delivered += 1;
-                }
-            }
+            let delivered = drain_all(&mut subs, |s| s.try_next());
             assert_eq!(delivered, SUBSCRIBERS * EVENTS_PER_ROUND);
         })
     });
@@ -127,17 +121,24 @@ fn fanout(c: &mut Criterion) {
                     "{\"b\":2}".to_owned()
                 }));
             }
-            let mut delivered = 0usize;
-            for r in &mut rxs {
-                while let Ok(item) = r.try_recv() {
-                    black_box(&item);
-                    delivered += 1;
-                }
-            }
+            let delivered = drain_all(&mut rxs, |r| r.try_recv().ok());
             assert_eq!(delivered, SUBSCRIBERS * EVENTS_PER_ROUND);
         })
     });
     group.finish();
+}
+
+/// Takes every item each receiver holds (`try_next` yields `None` when it holds no more);
+/// returns how many there were.
+fn drain_all<R, T>(receivers: &mut [R], mut try_next: impl FnMut(&mut R) -> Option<T>) -> usize {
+    let mut delivered = 0;
+    for r in receivers {
+        while let Some(item) = try_next(r) {
+            black_box(&item);
+            delivered += 1;
+        }
+    }
+    delivered
 }
 
 criterion_group!(benches, fanout);

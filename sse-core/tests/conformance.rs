@@ -40,6 +40,22 @@ async fn next_reset(sub: &mut Subscription) -> sse_core::StreamReset {
     }
 }
 
+/// The next items of `sub` are one reset for `reason` naming `retained[0]` as the oldest
+/// event held, then exactly `retained`, in order. Returns the reset.
+async fn expect_reset_then(
+    sub: &mut Subscription,
+    reason: ResetReason,
+    retained: &[EventId],
+) -> sse_core::StreamReset {
+    let reset = next_reset(sub).await;
+    assert_eq!(reset.reason, reason);
+    assert_eq!(reset.oldest, retained.first().map(EventId::to_string));
+    for id in retained {
+        assert_eq!(next_event(sub).await.0, *id);
+    }
+    reset
+}
+
 /// Subscribes to `key` resuming after `last` (as a `Last-Event-ID` would).
 async fn resume(b: &dyn EventBackend, key: &str, last: EventId) -> Subscription {
     b.subscribe(key, Some(&last.to_string()))
@@ -192,11 +208,8 @@ mod cases {
         let ids = publish_n(b, key, 2, "e").await;
         let newer = EventId::new(ids[1].ms + 1_000_000, 0);
         let mut sub = resume(b, key, newer).await;
-        let reset = next_reset(&mut sub).await;
-        assert_eq!(reset.reason, ResetReason::NewerThanLatest);
+        let reset = expect_reset_then(&mut sub, ResetReason::NewerThanLatest, &ids).await;
         assert_eq!(reset.latest, Some(ids[1].to_string()));
-        assert_eq!(next_event(&mut sub).await.0, ids[0]);
-        assert_eq!(next_event(&mut sub).await.0, ids[1]);
     }
 
     pub(crate) async fn too_old_resets_then_retained_history(
@@ -207,13 +220,8 @@ mod cases {
         bound(b, key, 3, 60_000);
         let ids = publish_n(b, key, 8, "e").await;
         let mut sub = resume(b, key, ids[0]).await;
-        let reset = next_reset(&mut sub).await;
-        assert_eq!(reset.reason, ResetReason::TooOld);
-        assert_eq!(reset.oldest, Some(ids[5].to_string()));
+        let reset = expect_reset_then(&mut sub, ResetReason::TooOld, &ids[5..]).await;
         assert_eq!(reset.latest, Some(ids[7].to_string()));
-        for id in &ids[5..] {
-            assert_eq!(next_event(&mut sub).await.0, *id);
-        }
     }
 
     pub(crate) async fn publishing_during_replay_loses_and_repeats_nothing(
@@ -242,12 +250,7 @@ mod cases {
         bound(b, key, 5, 60_000);
         let mut sub = b.subscribe(key, None).await.expect("subscribe");
         let ids = publish_n(b, key, 20, "e").await;
-        let reset = next_reset(&mut sub).await;
-        assert_eq!(reset.reason, ResetReason::Lagged);
-        assert_eq!(reset.oldest, Some(ids[15].to_string()));
-        for id in &ids[15..] {
-            assert_eq!(next_event(&mut sub).await.0, *id);
-        }
+        expect_reset_then(&mut sub, ResetReason::Lagged, &ids[15..]).await;
         assert!(drain_until_marker(b, &mut sub, key).await.is_empty());
     }
 
@@ -378,11 +381,7 @@ mod cases {
         c.advance(600);
         // old are now 1,200 ms old (> 1,000), young 600 ms.
         let mut sub = resume(b, key, old[0]).await;
-        let reset = next_reset(&mut sub).await;
-        assert_eq!(reset.reason, ResetReason::TooOld);
-        assert_eq!(reset.oldest, Some(young[0].to_string()));
-        assert_eq!(next_event(&mut sub).await.0, young[0]);
-        assert_eq!(next_event(&mut sub).await.0, young[1]);
+        expect_reset_then(&mut sub, ResetReason::TooOld, &young).await;
     }
 }
 

@@ -43,12 +43,8 @@ async fn a_clock_stepped_back_mid_relay_loses_and_reorders_nothing() -> TestResu
         let at_step = stream.received_at_b();
         std::fs::write(&offset, "-3600\n")?;
         stream
-            .check("across a clock step back", &server, &pair)
+            .check_across("across a clock step back", &server, &pair, at_step)
             .await?;
-        assert!(
-            at_step < stream.total_to_b(),
-            "the clock stepped after the stream ended"
-        );
         // The step reached the server: a record made now is dated about an hour ago.
         let (status, agent) = server
             .api()

@@ -104,11 +104,9 @@ async fn a_full_data_directory_refuses_frames_and_recovers_without_loss() -> Tes
         tokio::time::sleep(Duration::from_secs(2)).await;
         let out = in_server_ns(&server, "rm -f \"$DATA/filler\"")?;
         assert!(out.status.success(), "{out:?}");
-        stream.check("across a full disk", &server, &pair).await?;
-        assert!(
-            stalled_at < stream.total_to_b(),
-            "the disk filled after the stream ended"
-        );
+        stream
+            .check_across("across a full disk", &server, &pair, stalled_at)
+            .await?;
         let server_log = std::fs::read_to_string(ws.path("server-0.stderr"))?;
         assert!(
             server_log.contains("full"),

@@ -36,15 +36,29 @@ impl TwoWay {
     /// Both directions complete, exactly once and in order; the group drains to no backlog.
     pub(crate) async fn check(&self, what: &str, server: &ServerProc, pair: &Pair) -> TestResult {
         self.0.check(pair, what).await?;
+        self.drained(server, pair).await
+    }
+
+    /// [`TwoWay::check`] across a fault that came when B had received `at_fault` frames
+    /// ([`TwoWay::received_at_b`]), which must be before the stream ended
+    /// ([`support::TwoWay::check_across`]).
+    pub(crate) async fn check_across(
+        &self,
+        what: &str,
+        server: &ServerProc,
+        pair: &Pair,
+        at_fault: usize,
+    ) -> TestResult {
+        self.0.check_across(pair, what, at_fault).await?;
+        self.drained(server, pair).await
+    }
+
+    /// The group is active again with no backlog either way.
+    async fn drained(&self, server: &ServerProc, pair: &Pair) -> TestResult {
         let group = pair.wait_mode(&server.api(), "active").await?;
         assert_eq!(group["backlog"]["a_to_b"], 0, "{group}");
         assert_eq!(group["backlog"]["b_to_a"], 0, "{group}");
         Ok(())
-    }
-
-    /// Total frames the capture sends A → B.
-    pub(crate) fn total_to_b(&self) -> usize {
-        self.0.want_at_b.len()
     }
 
     /// Stops both dongles.

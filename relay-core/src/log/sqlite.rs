@@ -13,6 +13,7 @@
 //! file with another version, or an unstamped one that already holds tables, is refused on
 //! open ([`Error::UnsupportedLogFormat`]).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -516,6 +517,28 @@ macro_rules! chunk_columns {
     };
 }
 
+/// A stream's chunks after a seq (`?1` stream id, `?2` seq), oldest first.
+const CHUNKS_AFTER: &str = concat!(
+    "SELECT ",
+    chunk_columns!(),
+    " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq"
+);
+/// The oldest of [`CHUNKS_AFTER`].
+const FIRST_CHUNK_AFTER: &str = concat!(
+    "SELECT ",
+    chunk_columns!(),
+    " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq LIMIT 1"
+);
+/// All of a stream's chunks (`?1` stream id), oldest first.
+const CHUNKS: &str = concat!(
+    "SELECT ",
+    chunk_columns!(),
+    " FROM log_chunks WHERE stream_id = ?1 ORDER BY last_seq"
+);
+/// [`CHUNKS`] without their blobs (`NULL`, read as empty).
+const CHUNK_BOUNDS: &str = "SELECT id, first_seq, last_seq, count, NULL FROM log_chunks
+     WHERE stream_id = ?1 ORDER BY last_seq";
+
 impl ChunkRow {
     /// Reads a row selected with `chunk_columns!()`. A blob that cannot be read comes out empty
     /// (and then fails to decode, so its items are reported as damaged); bounds that cannot be
@@ -567,6 +590,27 @@ impl ChunkRow {
     }
 }
 
+/// Hands `visit` each chunk row that `select` finds (in its order) until `visit` breaks.
+/// `select` reads the columns of `chunk_columns!()` (a blob may be left out as `NULL`);
+/// `action` names the call in errors.
+fn scan_chunks(
+    conn: &Connection,
+    stream: &str,
+    action: &'static str,
+    select: &str,
+    params: impl rusqlite::Params,
+    mut visit: impl FnMut(ChunkRow) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let mut st = conn.prepare_cached(select).map_err(sql(action))?;
+    let mut rows = st.query(params).map_err(sql(action))?;
+    while let Some(r) = rows.next().map_err(sql(action))? {
+        if visit(ChunkRow::from_row(stream, r)?)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn delete_blocking(conn: &mut Connection, stream: &str) -> Result<u64> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -593,38 +637,36 @@ fn read_blocking(conn: &Connection, stream: &str, after: Seq, max: usize) -> Res
     };
     // Fetch at least one item to learn the next stored seq even when max == 0.
     let want = max.max(1);
-    let mut st = conn
-        .prepare_cached(concat!(
-            "SELECT ",
-            chunk_columns!(),
-            " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq"
-        ))
-        .map_err(sql("read"))?;
-    let mut rows = st
-        .query(params![row.id, to_i64(after)])
-        .map_err(sql("read"))?;
     let mut items: Vec<Item> = Vec::new();
-    while items.len() < want {
-        let Some(r) = rows.next().map_err(sql("read"))? else {
-            break;
-        };
-        let chunk = ChunkRow::from_row(stream, r)?;
-        if items
-            .last()
-            .is_some_and(|last| chunk.bounds.first_seq > last.seq + 1)
-        {
-            // A hole: the read stops in front of it.
-            break;
-        }
-        let room = want - items.len();
-        match chunk.items_after(stream, after) {
-            Ok(found) => items.extend(found.into_iter().take(room)),
-            Err(_) => items.extend(sqlite_chunk::placeholders(
-                chunk.damaged_after(after, row.meta.head),
-                room,
-            )),
-        }
-    }
+    scan_chunks(
+        conn,
+        stream,
+        "read",
+        CHUNKS_AFTER,
+        params![row.id, to_i64(after)],
+        |chunk| {
+            if items
+                .last()
+                .is_some_and(|last| chunk.bounds.first_seq > last.seq + 1)
+            {
+                // A hole: the read stops in front of it.
+                return Ok(ControlFlow::Break(()));
+            }
+            let room = want - items.len();
+            match chunk.items_after(stream, after) {
+                Ok(found) => items.extend(found.into_iter().take(room)),
+                Err(_) => items.extend(sqlite_chunk::placeholders(
+                    chunk.damaged_after(after, row.meta.head),
+                    room,
+                )),
+            }
+            Ok(if items.len() < want {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            })
+        },
+    )?;
     Ok(row.meta.batch_after(after, items, max))
 }
 
@@ -718,79 +760,75 @@ fn remove_prefix(
 /// one. Walks chunks from the oldest, decoding each: O(removed). A
 /// damaged chunk counts as old (as a damaged timestamp did), so it cannot hold retention up.
 fn age_cut(tx: &Connection, stream: &str, stream_id: i64, cutoff: u64) -> Result<Cut> {
-    let mut st = tx
-        .prepare_cached(concat!(
-            "SELECT ",
-            chunk_columns!(),
-            " FROM log_chunks WHERE stream_id = ?1 ORDER BY last_seq"
-        ))
-        .map_err(sql("trim"))?;
-    let mut rows = st.query([stream_id]).map_err(sql("trim"))?;
     let mut cut = Cut::default();
-    while let Some(r) = rows.next().map_err(sql("trim"))? {
-        let chunk = ChunkRow::from_row(stream, r)?;
+    scan_chunks(tx, stream, "trim", CHUNKS, [stream_id], |chunk| {
         let Ok(items) = chunk.items_after(stream, 0) else {
             cut.take_whole(&chunk);
-            continue;
+            return Ok(ControlFlow::Continue(()));
         };
-        match items.iter().position(|i| i.ts_ms >= cutoff) {
-            None => cut.take_whole(&chunk),
+        Ok(match items.iter().position(|i| i.ts_ms >= cutoff) {
+            None => {
+                cut.take_whole(&chunk);
+                ControlFlow::Continue(())
+            }
             Some(0) => {
                 cut.survivor = Some(chunk.bounds.first_seq);
-                break;
+                ControlFlow::Break(())
             }
             Some(k) => {
                 cut.split_at(&chunk, items, k);
-                break;
+                ControlFlow::Break(())
             }
-        }
-    }
+        })
+    })?;
     Ok(cut)
 }
 
 /// The length rule's cut: the oldest `excess` items. Walks chunk counts from the oldest and
 /// decodes only the chunk the cut goes through (one that is damaged goes whole).
 fn length_cut(tx: &Connection, stream: &str, stream_id: i64, excess: u64) -> Result<Cut> {
-    // Without the blobs: only the chunk the cut goes through is read whole.
-    let mut st = tx
-        .prepare_cached(
-            "SELECT id, first_seq, last_seq, count, NULL FROM log_chunks
-             WHERE stream_id = ?1 ORDER BY last_seq",
-        )
-        .map_err(sql("trim"))?;
-    let mut rows = st.query([stream_id]).map_err(sql("trim"))?;
     let mut cut = Cut::default();
-    while let Some(r) = rows.next().map_err(sql("trim"))? {
-        let mut chunk = ChunkRow::from_row(stream, r)?;
-        if cut.count >= excess {
-            cut.survivor = Some(chunk.bounds.first_seq);
-            break;
-        }
-        let need = excess - cut.count;
-        if chunk.bounds.count <= need {
-            cut.take_whole(&chunk);
-            continue;
-        }
-        chunk.blob = tx
-            .prepare_cached("SELECT items FROM log_chunks WHERE id = ?1")
-            .and_then(|mut st| {
-                st.query_row([chunk.id], |r| {
-                    Ok(match r.get_ref(0)? {
-                        ValueRef::Blob(b) => Bytes::copy_from_slice(b),
-                        _ => Bytes::new(),
+    scan_chunks(
+        tx,
+        stream,
+        "trim",
+        // Without the blobs: only the chunk the cut goes through is read whole.
+        CHUNK_BOUNDS,
+        [stream_id],
+        |mut chunk| {
+            if cut.count >= excess {
+                cut.survivor = Some(chunk.bounds.first_seq);
+                return Ok(ControlFlow::Break(()));
+            }
+            let need = excess - cut.count;
+            if chunk.bounds.count <= need {
+                cut.take_whole(&chunk);
+                return Ok(ControlFlow::Continue(()));
+            }
+            chunk.blob = tx
+                .prepare_cached("SELECT items FROM log_chunks WHERE id = ?1")
+                .and_then(|mut st| {
+                    st.query_row([chunk.id], |r| {
+                        Ok(match r.get_ref(0)? {
+                            ValueRef::Blob(b) => Bytes::copy_from_slice(b),
+                            _ => Bytes::new(),
+                        })
                     })
                 })
+                .map_err(sql("trim"))?;
+            Ok(match chunk.items_after(stream, 0) {
+                // `need < count`, which is then the number of items.
+                Ok(items) if (need as usize) < items.len() => {
+                    cut.split_at(&chunk, items, need as usize);
+                    ControlFlow::Break(())
+                }
+                _ => {
+                    cut.take_whole(&chunk);
+                    ControlFlow::Continue(())
+                }
             })
-            .map_err(sql("trim"))?;
-        match chunk.items_after(stream, 0) {
-            // `need < count`, which is then the number of items.
-            Ok(items) if (need as usize) < items.len() => {
-                cut.split_at(&chunk, items, need as usize);
-                break;
-            }
-            _ => cut.take_whole(&chunk),
-        }
-    }
+        },
+    )?;
     Ok(cut)
 }
 
@@ -838,20 +876,21 @@ fn backlog_blocking(conn: &Connection, stream: &str, after: Seq) -> Result<Backl
         .map_err(sql("backlog"))?;
     let mut count = to_u64(stream, count)?;
     // The oldest chunk may hold items at or below `after`, and holds the oldest timestamp.
-    let mut st = conn
-        .prepare_cached(concat!(
-            "SELECT ",
-            chunk_columns!(),
-            " FROM log_chunks WHERE stream_id = ?1 AND last_seq > ?2 ORDER BY last_seq LIMIT 1"
-        ))
-        .map_err(sql("backlog"))?;
-    let mut rows = st
-        .query(params![row.id, to_i64(after)])
-        .map_err(sql("backlog"))?;
-    let (oldest_seq, oldest_ts_ms) = match rows.next().map_err(sql("backlog"))? {
+    let mut oldest_chunk = None;
+    scan_chunks(
+        conn,
+        stream,
+        "backlog",
+        FIRST_CHUNK_AFTER,
+        params![row.id, to_i64(after)],
+        |chunk| {
+            oldest_chunk = Some(chunk);
+            Ok(ControlFlow::Break(()))
+        },
+    )?;
+    let (oldest_seq, oldest_ts_ms) = match oldest_chunk {
         None => (None, None),
-        Some(r) => {
-            let chunk = ChunkRow::from_row(stream, r)?;
+        Some(chunk) => {
             let (above, oldest) = match chunk.items_after(stream, after) {
                 Ok(items) => (
                     items.len() as u64,
@@ -1040,6 +1079,21 @@ mod tests {
         (log, db)
     }
 
+    /// A log in a new directory with one append (so one chunk, up to the chunk limits) of
+    /// each of `batches` to stream `s`.
+    async fn appended(
+        batches: &[std::ops::RangeInclusive<u64>],
+    ) -> (tempfile::TempDir, SqliteStreamLog, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, db) = open(&dir).await;
+        for batch in batches {
+            log.append("s", &items(batch.clone()))
+                .await
+                .expect("append");
+        }
+        (dir, log, db)
+    }
+
     /// Trims with `max_len` / `max_age_ms` at `now_ms`, as `(first, last, count)` per rule.
     async fn trim(
         log: &SqliteStreamLog,
@@ -1067,10 +1121,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_is_one_chunk_row_up_to_the_chunk_limits() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (log, db) = open(&dir).await;
-        log.append("s", &items(1..=3)).await.expect("append");
-        log.append("s", &items(4..=600)).await.expect("append");
+        let (_dir, log, db) = appended(&[1..=3, 4..=600]).await;
         let rows = chunk_rows(&db);
         assert_eq!(
             rows,
@@ -1082,10 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_chunk_reads_as_empty_items_instead_of_failing_the_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (log, db) = open(&dir).await;
-        log.append("s", &items(1..=3)).await.expect("append");
-        log.append("s", &items(4..=5)).await.expect("append");
+        let (_dir, log, db) = appended(&[1..=3, 4..=5]).await;
         // The blob of the first chunk cut short, then not a blob at all.
         for damage in [
             "UPDATE log_chunks SET items = substr(items, 1, 9) WHERE first_seq = 1",
@@ -1136,10 +1184,7 @@ mod tests {
 
     #[tokio::test]
     async fn trims_split_the_chunk_the_cut_goes_through() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (log, db) = open(&dir).await;
-        log.append("s", &items(1..=10)).await.expect("append");
-        log.append("s", &items(11..=20)).await.expect("append");
+        let (_dir, log, db) = appended(&[1..=10, 11..=20]).await;
         assert_eq!(trim(&log, Some(13), None, 0).await, [(1, 7, 7)]);
         // Items 8..=11 are older than 1_012 - 1_000.
         assert_eq!(trim(&log, None, Some(1_000), 2_012).await, [(8, 11, 4)]);

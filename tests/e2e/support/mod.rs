@@ -827,14 +827,14 @@ impl TwoWay {
         candump_frames(&self.b_rx).len()
     }
 
-    /// [`TwoWay::check`] across an outage that began when B had received `at_cut` of A's
-    /// frames ([`TwoWay::received_at_b`]); the outage must have come before the stream ended,
-    /// or the check would prove nothing about it.
+    /// [`TwoWay::check`] across a fault (an outage, a kill) that began when B had received
+    /// `at_cut` of A's frames ([`TwoWay::received_at_b`]); the fault must have come before the
+    /// stream ended, or the check would prove nothing about it.
     pub async fn check_across(&self, pair: &Pair, what: &str, at_cut: usize) -> TestResult {
         self.check(pair, what).await?;
         assert!(
             at_cut < self.want_at_b.len(),
-            "the kill came after the stream ended"
+            "{what}: the fault came after the stream ended"
         );
         Ok(())
     }
