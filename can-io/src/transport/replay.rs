@@ -5,7 +5,10 @@
 //! tests can pause the clock). Timestamps are kept as recorded. A timestamp that goes backwards
 //! is sent at once, after the previous record, rather than reordering the log.
 
+use std::future::Future;
 use std::io::BufRead;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -173,17 +176,10 @@ impl<R: BufRead + Send> CanBus for LogReplay<R> {
 pub async fn pump<S: CanBus, D: CanBus>(source: &mut S, sink: &mut D) -> Result<u64, Error> {
     let mut n = 0;
     loop {
-        // Flush before waiting on the source, so nothing due sits in a batch while we sleep.
-        let next = {
-            let recv = source.recv();
-            tokio::pin!(recv);
-            match futures::poll!(recv.as_mut()) {
-                std::task::Poll::Ready(r) => r,
-                std::task::Poll::Pending => {
-                    sink.flush().await?;
-                    recv.await
-                }
-            }
+        let mut recv = std::pin::pin!(source.recv());
+        let next = match flush_unless_ready(recv.as_mut(), sink).await? {
+            Poll::Ready(r) => r,
+            Poll::Pending => recv.await,
         };
         match next? {
             Some(r) => {
@@ -195,4 +191,21 @@ pub async fn pump<S: CanBus, D: CanBus>(source: &mut S, sink: &mut D) -> Result<
     }
     sink.flush().await?;
     Ok(n)
+}
+
+/// The step [`pump`] takes before it waits on its source, for callers that wait on more than
+/// the source (a keep-alive timer, a stop signal): polls `recv`, a pending receive from the
+/// source, once. Ready: its result. Not ready: flushes `sink` first, so that nothing due sits in
+/// a batch while the source sleeps, and returns `Poll::Pending`; the caller then awaits `recv`.
+pub async fn flush_unless_ready<F: Future, D: CanBus>(
+    recv: Pin<&mut F>,
+    sink: &mut D,
+) -> Result<Poll<F::Output>, Error> {
+    match futures::poll!(recv) {
+        Poll::Ready(r) => Ok(Poll::Ready(r)),
+        Poll::Pending => {
+            sink.flush().await?;
+            Ok(Poll::Pending)
+        }
+    }
 }

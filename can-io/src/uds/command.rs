@@ -784,18 +784,9 @@ mod tests {
     fn targets_ttl_and_addresses() {
         let cmd = parse("ReadDTC", json!({"ecu": "engine", "ttl_s": 2.5})).unwrap();
         assert_eq!(cmd.ttl, Duration::from_millis(2500));
-        let ecus = vec![
-            EcuAddress {
-                name: "engine".into(),
-                request_id: 0x7E0,
-                response_id: 0x7E8,
-            },
-            EcuAddress {
-                name: "abs".into(),
-                request_id: 0x7E1,
-                response_id: 0x7E9,
-            },
-        ];
+        let ecus = crate::uds::ecu::engine_abs().addresses();
+        let names: Vec<_> = ecus.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["engine", "abs"]);
         assert_eq!(cmd.target.resolve(&ecus).unwrap(), vec![ecus[0].clone()]);
         assert_eq!(cmd.target.queue_key(), "engine");
         let unknown = parse("ReadDTC", json!({"ecu": "gearbox"}))

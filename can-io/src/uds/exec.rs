@@ -439,15 +439,13 @@ mod tests {
 
     use super::*;
     use crate::transport::virtual_bus::{OverflowPolicy, VirtualBus, VirtualPort};
-    use crate::uds::ecu::{EcuProfile, run_ecus};
-
     /// The test vehicle shared with the integration tests (engine and abs).
-    const PROFILE: &str = include_str!("../../tests/fixtures/engine_abs.yaml");
+    use crate::uds::ecu::ENGINE_ABS as PROFILE;
+    use crate::uds::ecu::{EcuProfile, engine_abs, run_ecus};
 
     /// The ECUs of [`PROFILE`], as a vehicle's `ecus` list names them.
     fn vehicle() -> Vec<EcuAddress> {
-        let profile: EcuProfile = serde_norway::from_str(PROFILE).unwrap();
-        profile.addresses()
+        engine_abs().addresses()
     }
 
     fn timing() -> UdsTiming {

@@ -25,17 +25,14 @@ async fn kill_9_and_restart_loses_and_duplicates_nothing() {
     server.push_to_agent("g-k", "a", &inbound[..300]);
     dongle.receive(300).await;
     eventually("inbound acked", || server.agent_acked("g-k", "a") == 300).await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-K\"}", 0)
-        .await;
+    let metrics = agent.dongle_metrics("SIM-K");
+    metrics.wait("outbox_pending", 0).await;
 
     // Phase 2: the server stores 300 more but its acks are lost; the agent is killed.
     server.inner().hold_acks = true;
     dongle.send(&records[300..600]).await;
     eventually("600 stored", || server.stream("g-k", "a").len() == 600).await;
-    agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-K\"}", 300)
-        .await;
+    metrics.wait("outbox_pending", 300).await;
     agent.kill9();
     server.inner().hold_acks = false;
 
@@ -72,7 +69,8 @@ async fn kill_9_and_restart_loses_and_duplicates_nothing() {
         "the inbound cursor survived kill -9"
     );
     agent
-        .wait_metric("tether_agent_dongle_outbox_pending{serial=\"SIM-K\"}", 0)
+        .dongle_metrics("SIM-K")
+        .wait("outbox_pending", 0)
         .await;
 
     // Phase 3: more frames both ways continue the same streams.

@@ -17,3 +17,15 @@ pub(crate) use profile::parse_int_text;
 pub use profile::{DidSpec, DtcSpec, EcuProfile, EcuSpec, IsoTpSpec};
 pub use responder::{EcuResponder, EcuStats};
 pub use simulator::{EcuSimulator, run_ecus};
+
+/// The two-ECU test vehicle of the UDS tests (engine and abs), which the integration tests
+/// include as well: `tests/fixtures/engine_abs.yaml`.
+#[cfg(test)]
+pub(crate) const ENGINE_ABS: &str = include_str!("../../../tests/fixtures/engine_abs.yaml");
+
+/// [`ENGINE_ABS`], parsed.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn engine_abs() -> EcuProfile {
+    serde_norway::from_str(ENGINE_ABS).unwrap()
+}

@@ -292,38 +292,13 @@ fn suppress_bit(request: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uds::ecu::profile::{DidSpec, DtcSpec, EcuSpec, IsoTpSpec};
+    use crate::uds::ecu::profile::EcuSpec;
 
+    /// The engine of the shared test vehicle, answering response-pending for `pending_ms`.
     fn engine(pending_ms: u64) -> EcuSpec {
-        EcuSpec {
-            name: "engine".into(),
-            request_id: 0x7E0,
-            response_id: 0x7E8,
-            functional_id: None,
-            dtcs: vec![
-                DtcSpec {
-                    code: Some("P0420".into()),
-                    ftb: 0,
-                    dtc: None,
-                    status: 0x2F,
-                },
-                DtcSpec {
-                    code: None,
-                    ftb: 0,
-                    dtc: Some(0xC1_0000),
-                    status: 0x09,
-                },
-            ],
-            dids: BTreeMap::from([(
-                0xF190,
-                DidSpec {
-                    ascii: Some("1HGCM82633A004352".into()),
-                    hex: None,
-                },
-            )]),
-            response_pending_ms: pending_ms,
-            isotp: IsoTpSpec::default(),
-        }
+        let mut engine = crate::uds::ecu::engine_abs().ecus.remove(0);
+        engine.response_pending_ms = pending_ms;
+        engine
     }
 
     fn ask(e: &mut EcuResponder, req: &[u8]) -> Vec<u8> {
@@ -337,16 +312,19 @@ mod tests {
         assert_eq!(
             ask(&mut e, &[0x19, 0x02, 0xFF]),
             [
-                0x59, 0x02, 0xFF, 0x04, 0x20, 0x00, 0x2F, 0xC1, 0x00, 0x00, 0x09
+                0x59, 0x02, 0xFF, 0x04, 0x20, 0x00, 0x2F, 0xC1, 0x00, 0x00, 0x09, 0x03, 0x00, 0x00,
+                0x08, 0x01, 0x71, 0x00, 0x24, 0x12, 0x34, 0x16, 0x01
             ]
         );
         assert_eq!(
             ask(&mut e, &[0x19, 0x02, 0x20]),
-            [0x59, 0x02, 0xFF, 0x04, 0x20, 0x00, 0x2F]
+            [
+                0x59, 0x02, 0xFF, 0x04, 0x20, 0x00, 0x2F, 0x01, 0x71, 0x00, 0x24
+            ]
         );
         assert_eq!(
             ask(&mut e, &[0x19, 0x01, 0xFF]),
-            [0x59, 0x01, 0xFF, 0x01, 0x00, 0x02]
+            [0x59, 0x01, 0xFF, 0x01, 0x00, 0x05]
         );
         assert_eq!(ask(&mut e, &[0x19, 0x42, 0xFF]), [0x7F, 0x19, 0x12]);
         assert_eq!(ask(&mut e, &[0x19, 0x02]), [0x7F, 0x19, 0x13]);
@@ -367,7 +345,7 @@ mod tests {
         assert_eq!(ask(&mut e, &[0x27, 0x01]), [0x7F, 0x27, 0x11]);
         assert_eq!(ask(&mut e, &[0x14, 0x00, 0x00, 0x01]), [0x7F, 0x14, 0x31]);
         assert_eq!(ask(&mut e, &[0x14, 0xC1, 0x00, 0x00]), [0x54]);
-        assert_eq!(e.dtcs().len(), 1);
+        assert_eq!(e.dtcs().len(), 4);
         assert_eq!(ask(&mut e, &[0x14, 0xFF, 0xFF, 0xFF]), [0x54]);
         assert!(e.dtcs().is_empty());
         assert_eq!(ask(&mut e, &[0x19, 0x02, 0xFF]), [0x59, 0x02, 0xFF]);

@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
 use can_io::transport::CanBus;
-use can_io::transport::replay::{LogReplay, ReplaySpeed};
+use can_io::transport::replay::{LogReplay, ReplaySpeed, flush_unless_ready};
 
 use super::record::{BusUrl, UdpProtocol, open_bus, runtime};
 use super::{InputFormat, open_log};
@@ -93,24 +94,21 @@ async fn replay_pass<R: std::io::BufRead + Send, F: std::future::Future<Output =
     keepalive.tick().await;
     let mut sent = 0;
     loop {
-        let next = {
-            let recv = replay.recv();
-            tokio::pin!(recv);
-            match futures::poll!(recv.as_mut()) {
-                std::task::Poll::Ready(r) => r,
-                std::task::Poll::Pending => {
-                    // Nothing more is due now: send the batch, then wait, keeping the dongle
-                    // alive during long gaps.
-                    bus.flush().await.context("sending")?;
-                    loop {
-                        tokio::select! {
-                            r = &mut recv => break r,
-                            _ = keepalive.tick() => bus.tick().await?,
-                            () = stop.as_mut() => return Ok((sent, true)),
-                        }
-                    }
+        let mut recv = std::pin::pin!(replay.recv());
+        let next = match flush_unless_ready(recv.as_mut(), bus)
+            .await
+            .context("sending")?
+        {
+            Poll::Ready(r) => r,
+            // Nothing more is due now and the batch is sent: wait, keeping the dongle alive
+            // during long gaps.
+            Poll::Pending => loop {
+                tokio::select! {
+                    r = &mut recv => break r,
+                    _ = keepalive.tick() => bus.tick().await?,
+                    () = stop.as_mut() => return Ok((sent, true)),
                 }
-            }
+            },
         };
         match next.context("reading the log")? {
             Some(record) => {
