@@ -173,6 +173,13 @@ impl StreamOutbox {
         self.draft().pending()
     }
 
+    /// Sent records the cap dropped whose arrival the remote has not confirmed yet
+    /// ([`OutboxStats::unsettled`]): each is counted as acknowledged or as lost once the
+    /// remote's ack or handshake says.
+    pub fn unsettled(&self) -> u64 {
+        self.state.unsettled.count()
+    }
+
     /// The inbound cursor (the relay's `hello.resume.rx_seq`).
     pub fn rx_seq(&self) -> Seq {
         self.state.rx_seq
@@ -200,7 +207,7 @@ impl StreamOutbox {
             acked_through: self.state.acked,
             sent_through: self.send.sent_high,
             rx_seq: self.state.rx_seq,
-            unsettled: self.state.unsettled.count(),
+            unsettled: self.unsettled(),
             dropped: self.state.dropped,
             dropped_pending_total: self.state.dropped.total(),
         }

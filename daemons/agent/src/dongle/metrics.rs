@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tracing::info;
 
 /// Why a frame was dropped by the agent (every drop has one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +99,9 @@ pub struct DongleMetrics {
     pub remp_dongle_dropped: Family<SerialLabels, Gauge>,
     /// Unacknowledged frames in the outbox.
     pub outbox_pending: Family<SerialLabels, Gauge>,
+    /// Frames a full outbox dropped after sending them, until the server says whether it holds
+    /// them (then counted as acknowledged or as dropped `outbox_full`).
+    pub outbox_unsettled: Family<SerialLabels, Gauge>,
     /// 1 while the dongle's `/ws/data` session is up.
     pub connected: Family<SerialLabels, Gauge>,
     /// 1 while the dongle's frames are relayed (it has a group that is not inactive).
@@ -178,6 +182,11 @@ impl DongleMetrics {
             "outbox_pending",
             "Unacknowledged frames in the outbox",
             self.outbox_pending.clone(),
+        );
+        p.register(
+            "outbox_unsettled",
+            "Frames a full outbox dropped after sending them, until the server says whether it holds them",
+            self.outbox_unsettled.clone(),
         );
         p.register(
             "connected",
@@ -295,6 +304,7 @@ impl DongleMetrics {
             frames_delivered: counter(&self.frames_delivered),
             frames_duplicate: counter(&self.frames_duplicate),
             outbox_pending: gauge(&self.outbox_pending),
+            outbox_unsettled: gauge(&self.outbox_unsettled),
             relaying: gauge(&self.relaying),
         }
     }
@@ -325,6 +335,7 @@ impl DongleMetrics {
                 .collect(),
             gaps: m.gap_frames.get_or_create(&l).get(),
             pending: u64::try_from(m.outbox_pending.get_or_create(&l).get()).unwrap_or(0),
+            unsettled: u64::try_from(m.outbox_unsettled.get_or_create(&l).get()).unwrap_or(0),
         }
     }
 }
@@ -347,6 +358,8 @@ pub struct SerialMetrics {
     pub frames_duplicate: Counter,
     /// `outbox_pending`.
     pub outbox_pending: Gauge,
+    /// `outbox_unsettled`.
+    pub outbox_unsettled: Gauge,
     /// `relaying`.
     pub relaying: Gauge,
 }
@@ -366,6 +379,17 @@ pub struct Totals {
     pub gaps: u64,
     /// Outbox size.
     pub pending: u64,
+    /// Frames dropped after sending, not yet known to have arrived or not.
+    pub unsettled: u64,
+}
+
+impl Totals {
+    /// Logs these totals of `serial` as one structured line with the message `what`.
+    pub fn log(&self, serial: &str, what: &str) {
+        info!(%serial, frames_in = self.frames_in, acked = self.acked, delivered = self.delivered,
+            pending = self.pending, unsettled = self.unsettled, dropped = ?self.dropped,
+            gap_frames = self.gaps, "{what}");
+    }
 }
 
 /// Registry and metrics, shared by the HTTP endpoint.

@@ -481,8 +481,6 @@ async fn stats_loop(h: MetricsHandle, every: Duration, mut stop: watch::Receiver
 
 fn log_totals(h: &MetricsHandle, what: &str) {
     for serial in h.metrics.serials() {
-        let t = h.metrics.totals(&serial);
-        info!(%serial, frames_in = t.frames_in, acked = t.acked, delivered = t.delivered,
-            pending = t.pending, dropped = ?t.dropped, gap_frames = t.gaps, "{what}");
+        h.metrics.totals(&serial).log(&serial, what);
     }
 }

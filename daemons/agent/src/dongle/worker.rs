@@ -379,10 +379,15 @@ impl Worker {
     }
 
     fn publish(&self) {
-        let pending = self.stream.as_ref().map_or(0, |s| s.outbox.pending());
+        let (pending, unsettled) = self
+            .stream
+            .as_ref()
+            .map_or((0, 0), |s| (s.outbox.pending(), s.outbox.unsettled()));
         let c = &self.counters;
         c.outbox_pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        c.outbox_unsettled
+            .set(i64::try_from(unsettled).unwrap_or(i64::MAX));
         c.relaying.set(i64::from(self.relaying()));
     }
 
@@ -1050,9 +1055,10 @@ impl Worker {
         self.flush_rx().await?;
         self.close_conn().await;
         self.publish();
-        let t = self.ctx.metrics.totals(&self.serial);
-        info!(serial = %self.serial, frames_in = t.frames_in, acked = t.acked, delivered = t.delivered,
-            pending = t.pending, dropped = ?t.dropped, gap_frames = t.gaps, "dongle worker stopped");
+        self.ctx
+            .metrics
+            .totals(&self.serial)
+            .log(&self.serial, "dongle worker stopped");
         Ok(())
     }
 }

@@ -675,6 +675,27 @@ impl DongleMetrics<'_> {
     pub async fn dropped(&self, reason: &str) -> Option<u64> {
         self.agent.metric(&self.dropped_series(reason)).await
     }
+
+    /// Waits until the frames a full outbox removed are `want`: those counted as dropped
+    /// (`outbox_full`) and those sent before their removal, which stay `outbox_unsettled` until
+    /// the server's next handshake says whether it holds them.
+    pub async fn wait_evicted(&self, want: u64) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let dropped = self.dropped("outbox_full").await;
+            let unsettled = self.agent.metric(&self.series("outbox_unsettled")).await;
+            if dropped.unwrap_or(0) + unsettled.unwrap_or(0) == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: outbox_full {dropped:?} + outbox_unsettled {unsettled:?}, wanted {want} in all; agent log:\n{}",
+                self.serial,
+                self.agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A running `tether agent`.
