@@ -1,10 +1,10 @@
-//! `tether can dongle`, the real binary, against a UDP socket standing in for the agent: hello
-//! first, keep-alives every second, the capture complete and in order, and every frame sent to
-//! it written to its `--record` candump log as it arrives.
+//! `tether can dongle` and `tether can replay`, the real binary, against a UDP socket standing
+//! in for the agent: hello first, keep-alives every second, the capture complete and in order,
+//! and every frame sent to the dongle written to its `--record` candump log as it arrives.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,26 +39,25 @@ fn recv(sock: &UdpSocket) -> (remp::RempDatagram, std::net::SocketAddr) {
     (remp::decode(&buf[..n]).expect("valid REMP"), from)
 }
 
-#[test]
-fn replay_sends_the_capture_in_order_after_a_hello() {
+/// Runs `tether`, with the arguments `args` gives for the agent's address, against a UDP socket
+/// standing in for the agent, and checks what a replay of the capture at 20× must show there:
+/// a hello from `serial` first, then datagrams numbered without a hole carrying every frame in
+/// order with its timestamp and direction, keep-alives while it waits (the capture spans about
+/// 50 s, so the replay takes seconds), and a clean exit. Returns its stderr.
+fn check_replay_to_agent(serial: &str, args: impl FnOnce(&mut Command, SocketAddr)) -> String {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(GUARD)).unwrap();
-    // Room for the whole capture even if this test is slow to read.
-    let agent = sock.local_addr().unwrap();
     let expected = read_log(&capture_path());
     assert_eq!(expected.len(), 5588);
-    let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["can", "dongle", "--serial", "TD-REPLAY", "--agent"])
-        .arg(agent.to_string())
-        .arg("--replay")
-        .arg(capture_path())
-        .args(["--speed", "20"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    args(&mut command, sock.local_addr().unwrap());
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (first, _) = recv(&sock);
-    assert_eq!(first.serial, "TD-REPLAY");
+    assert_eq!(first.serial, serial);
     assert!(matches!(first.body, RempBody::Hello(_)), "{first:?}");
     let mut got = Vec::new();
     let mut keepalives = 0;
@@ -78,16 +77,47 @@ fn replay_sends_the_capture_in_order_after_a_hello() {
         }
     }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("sent 5588 frames"), "{stderr}");
+    assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(g.frame, e.frame, "frame {i}");
         assert_eq!(g.ts_ns, e.ts_ns, "frame {i}");
         assert_eq!(g.direction, e.direction, "frame {i}");
     }
-    // The capture spans about 50 s: at 20× the replay takes seconds, with keep-alives.
     assert!(keepalives >= 1, "keep-alives while replaying");
+    stderr
+}
+
+#[test]
+fn replay_sends_the_capture_in_order_after_a_hello() {
+    let stderr = check_replay_to_agent("TD-REPLAY", |command, agent| {
+        command
+            .args(["can", "dongle", "--serial", "TD-REPLAY", "--agent"])
+            .arg(agent.to_string())
+            .arg("--replay")
+            .arg(capture_path())
+            .args(["--speed", "20"]);
+    });
+    assert!(stderr.contains("sent 5588 frames"), "{stderr}");
+}
+
+/// `tether can replay --bus udp://…` (REMP): the same checks, and it ends on its own with a
+/// summary.
+#[test]
+fn can_replay_sends_the_capture_in_order_with_keepalives() {
+    let stderr = check_replay_to_agent("TD-CAN-REPLAY", |command, agent| {
+        command
+            .args(["can", "replay"])
+            .arg(capture_path())
+            .arg("--bus")
+            .arg(format!("udp://{agent}"))
+            .args(["--serial", "TD-CAN-REPLAY", "--speed", "20"]);
+    });
+    assert!(
+        stderr.contains("sent 5588 frames to udp://") && stderr.contains("(0 bad lines skipped"),
+        "{stderr}"
+    );
 }
 
 #[test]
