@@ -597,7 +597,7 @@ mod tests {
         assert_eq!(msgpack_extent(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]), None);
     }
 
-    /// The stored form written by hand is the reference encoder's, byte for byte, for every
+    /// [`StoredFrameEncoder`] writes what the reference encoder writes, byte for byte, for every
     /// kind of frame, direction, channel and group id length (fixstr, str8), and for integers
     /// at each MessagePack width.
     #[test]
